@@ -1,0 +1,35 @@
+# Two entry points for a fresh machine: `make run` serves devreg, `make test` runs the suite.
+# Both build the virtual environment and install PostgreSQL's binaries first when missing.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PYTEST_ARGS ?=
+
+.PHONY: run test check lint typecheck postgres lock clean
+
+run: $(VENV)/.installed postgres
+	$(BIN)/devreg serve
+
+test: $(VENV)/.installed postgres
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+check: $(VENV)/.installed
+	$(BIN)/ruff check src tests migrations bench
+	$(BIN)/ruff format --check src tests migrations bench
+	$(BIN)/mypy src
+	$(BIN)/lint-imports
+
+postgres:
+	@bash scripts/ensure-postgres.sh
+
+$(VENV)/.installed: pyproject.toml requirements.lock
+	$(PYTHON) -m venv $(VENV) || { apt-get update && apt-get install -y python3-venv && $(PYTHON) -m venv $(VENV); }
+	$(BIN)/pip install --quiet --disable-pip-version-check -c requirements.lock -e '.[dev]'
+	touch $@
+
+# Refresh the pinned versions after changing dependencies in pyproject.toml.
+lock: $(VENV)/.installed
+	$(BIN)/pip freeze --exclude-editable --disable-pip-version-check > requirements.lock
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

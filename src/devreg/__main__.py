@@ -1,0 +1,3 @@
+from devreg.cli import main
+
+main()

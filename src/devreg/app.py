@@ -1,0 +1,74 @@
+"""create_app(): the lifespan (database, migrations), the routers and the error handlers."""
+
+import re
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import TypedDict
+
+from asgi_correlation_id import CorrelationIdMiddleware
+from fastapi import APIRouter, FastAPI
+from fastapi_offline import FastAPIOffline
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from devreg import __version__
+from devreg.compat.routes import router as tutorial_router
+from devreg.config import Settings, get_settings
+from devreg.db import migrations
+from devreg.db.embedded import resolve_database_url
+from devreg.db.server import check_connection
+from devreg.db.session import SessionMaker, create_engine, create_sessionmaker
+from devreg.devices.routes import router as devices_router
+from devreg.errors import register_error_handlers
+from devreg.health.routes import router as health_router
+from devreg.logs import RequestLogMiddleware
+from devreg.users.routes import router as users_router
+
+API_PREFIX = "/api/v1"
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+
+
+class State(TypedDict):
+    engine: AsyncEngine
+    sessionmaker: SessionMaker
+
+
+def _valid_request_id(value: str) -> bool:
+    return _REQUEST_ID.fullmatch(value) is not None
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[State]:
+        url = await resolve_database_url(settings)
+        await check_connection(url, connect_timeout=settings.db_connect_timeout)
+        engine = create_engine(url, settings)
+        try:
+            if settings.migrate_on_start:
+                await migrations.upgrade(engine)
+            yield {"engine": engine, "sessionmaker": create_sessionmaker(engine)}
+        finally:
+            await engine.dispose()
+
+    app = FastAPIOffline(
+        title="devreg",
+        version=__version__,
+        summary="A device registry: users own devices; create, find, update and retire them.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+
+    api = APIRouter(prefix=API_PREFIX)
+    api.include_router(users_router)
+    api.include_router(devices_router)
+    app.include_router(api)
+    app.include_router(health_router)
+    app.include_router(tutorial_router)
+
+    register_error_handlers(app)
+    app.add_middleware(RequestLogMiddleware)
+    app.add_middleware(
+        CorrelationIdMiddleware, header_name="X-Request-ID", validator=_valid_request_id
+    )
+    return app

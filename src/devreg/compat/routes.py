@@ -1,0 +1,70 @@
+"""The tutorials' exact requests and responses, kept apart from the canonical API.
+
+No logic lives here: every route calls the same services as the canonical routes.
+"""
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+
+from devreg.compat.schemas import Deleted, TutorialDeviceIn, TutorialDeviceUpdate, TutorialItem
+from devreg.db.session import SessionDep
+from devreg.devices import service as devices_service
+from devreg.devices.routes import DeviceId
+from devreg.devices.schemas import DeviceCreate, DeviceUpdate
+from devreg.pagination import PAGE_LIMIT_DEFAULT, PAGE_LIMIT_MAX, PageRequest
+from devreg.schemas import ShortText
+from devreg.users import service as users_service
+from devreg.users.routes import UserId
+from devreg.users.schemas import UserCreate
+
+router = APIRouter(include_in_schema=False)
+
+# The tutorials listed every row; here a list is the first page, as everywhere in devreg.
+Limit = Annotated[int, Query(ge=1, le=PAGE_LIMIT_MAX)]
+
+
+@router.post("/api/v1/device/", response_model=TutorialItem)
+async def tutorial_create_device(data: TutorialDeviceIn, session: SessionDep) -> object:
+    return await devices_service.register_device(session, data=DeviceCreate(name=data.name))
+
+
+@router.get("/api/v1/device/", response_model=list[TutorialItem])
+async def tutorial_list_devices(session: SessionDep, limit: Limit = PAGE_LIMIT_DEFAULT) -> object:
+    page = await devices_service.list_devices(session, page=PageRequest(limit=limit))
+    return page.items
+
+
+@router.get("/api/v1/device/{device_id}", response_model=TutorialItem)
+async def tutorial_get_device(device_id: DeviceId, session: SessionDep) -> object:
+    return await devices_service.get_device(session, device_id)
+
+
+@router.put("/api/v1/device/{device_id}", response_model=TutorialItem)
+async def tutorial_update_device(
+    device_id: DeviceId, data: TutorialDeviceUpdate, session: SessionDep
+) -> object:
+    changes = DeviceUpdate.model_validate(data.changes())
+    return await devices_service.update_device(session, device_id, data=changes)
+
+
+@router.delete("/api/v1/device/{device_id}", response_model=Deleted)
+async def tutorial_delete_device(device_id: DeviceId, session: SessionDep) -> Deleted:
+    await devices_service.delete_device(session, device_id)
+    return Deleted()
+
+
+@router.post("/users/", response_model=TutorialItem)
+async def tutorial_create_user(name: Annotated[ShortText, Query()], session: SessionDep) -> object:
+    return await users_service.register_user(session, data=UserCreate(name=name))
+
+
+@router.get("/users/", response_model=list[TutorialItem])
+async def tutorial_list_users(session: SessionDep, limit: Limit = PAGE_LIMIT_DEFAULT) -> object:
+    page = await users_service.list_users(session, page=PageRequest(limit=limit))
+    return page.items
+
+
+@router.get("/users/{user_id}", response_model=TutorialItem)
+async def tutorial_get_user(user_id: UserId, session: SessionDep) -> object:
+    return await users_service.get_user(session, user_id)

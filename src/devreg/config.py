@@ -1,0 +1,132 @@
+"""Every knob devreg has, read from the environment (and a `.env` file) in one place."""
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Literal
+
+from fastapi import Depends, Request
+from platformdirs import user_data_path
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError
+
+ASYNC_DRIVER = "postgresql+asyncpg"
+_POSTGRES_SCHEMES = {
+    "postgres",
+    "postgresql",
+    "postgresql+asyncpg",
+    "postgresql+psycopg",
+    "postgresql+psycopg2",
+}
+
+LogLevel = Literal["critical", "error", "warning", "info", "debug"]
+Port = Annotated[int, Field(ge=1, le=65535)]
+
+
+def default_data_dir() -> Path:
+    """Where the embedded cluster lives: a system path for root, the XDG data dir otherwise."""
+    if os.geteuid() == 0:
+        return Path("/var/lib/devreg")
+    return user_data_path("devreg")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_file=".env",
+        env_ignore_empty=True,
+        extra="ignore",
+        case_sensitive=False,
+    )
+
+    # An external PostgreSQL: DATABASE_URL, or the tutorial's five DB_* parts.
+    # With neither, devreg runs its own embedded cluster under DATA_DIR.
+    database_url: SecretStr | None = None
+    db_user: str | None = None
+    db_password: SecretStr | None = None
+    db_name: str | None = None
+    db_host: str | None = None
+    db_port: Port | None = None
+
+    pool_size: int = Field(20, ge=1, le=1000)
+    max_overflow: int = Field(10, ge=0, le=1000)
+    pool_timeout: float = Field(
+        3.0,
+        gt=0,
+        le=300,
+        description="Seconds to wait for a pooled connection before answering 503.",
+    )
+    db_connect_timeout: float = Field(5.0, gt=0, le=300)
+    health_timeout: float = Field(2.0, gt=0, le=60)
+    db_echo: bool = False
+
+    host: str = "127.0.0.1"
+    port: Port = 4000
+    workers: int = Field(1, ge=1, le=64)
+    log_level: LogLevel = "info"
+    migrate_on_start: bool = True
+
+    data_dir: Path = Field(default_factory=default_data_dir)
+    embedded_pg_port: Port = 54329
+    embedded_db_name: str = "devreg"
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _lowercase_log_level(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value
+
+    @field_validator("database_url")
+    @classmethod
+    def _must_be_postgres(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            _to_async_url(value.get_secret_value())
+        return value
+
+    def external_database_url(self) -> URL | None:
+        """The configured server's URL on the asyncpg driver, or None to use the embedded one."""
+        if self.database_url is not None:
+            return _to_async_url(self.database_url.get_secret_value())
+        parts = (self.db_user, self.db_password, self.db_name, self.db_host, self.db_port)
+        if all(part is None for part in parts):
+            return None
+        # The tutorial's defaults fill in whichever parts are left out.
+        return URL.create(
+            ASYNC_DRIVER,
+            username=self.db_user or "postgres",
+            password=self.db_password.get_secret_value() if self.db_password else "postgres",
+            host=self.db_host or "localhost",
+            port=self.db_port or 5432,
+            database=self.db_name or "postgres",
+        )
+
+    @property
+    def embedded_cluster_dir(self) -> Path:
+        return self.data_dir / "pg"
+
+
+def _to_async_url(raw: str) -> URL:
+    try:
+        url = make_url(raw)
+    except (ArgumentError, ValueError) as exc:
+        raise ValueError("DATABASE_URL is not a valid database URL") from exc
+    if url.drivername not in _POSTGRES_SCHEMES:
+        raise ValueError("DATABASE_URL must be a postgresql:// URL")
+    query = dict(url.query)
+    # libpq spells TLS as sslmode; asyncpg takes the same values as `ssl`.
+    if "sslmode" in query:
+        query["ssl"] = query.pop("sslmode")
+    return url.set(drivername=ASYNC_DRIVER, query=query)
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()
+
+
+def _app_settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+SettingsDep = Annotated[Settings, Depends(_app_settings)]

@@ -1,0 +1,1 @@
+"""Engine and sessions, the embedded PostgreSQL launcher, and the glue to Alembic."""

@@ -1,0 +1,182 @@
+"""devreg's own PostgreSQL cluster, run with the system's PostgreSQL binaries.
+
+The cluster is a separate daemon (pg_ctl puts the postmaster in its own session), so Ctrl-C on
+the server never reaches it; it keeps running between devreg runs until `devreg db stop`.
+PostgreSQL refuses to run as root, so as root initdb and pg_ctl run as the `postgres` user.
+"""
+
+import asyncio
+import os
+import pwd
+import secrets
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sqlalchemy.engine import URL
+
+from devreg.config import ASYNC_DRIVER, Settings
+from devreg.db.server import ensure_database
+
+SUPERUSER = "devreg"
+_SERVICE_ACCOUNT = "postgres"
+_CONFIG_FILE = "devreg.conf"
+
+
+class EmbeddedPostgresError(Exception):
+    """The embedded cluster could not be set up or started; the message says what to do."""
+
+
+def find_pg_bindir() -> Path:
+    on_path = shutil.which("pg_ctl")
+    if on_path:
+        return Path(on_path).resolve().parent
+    versions = sorted(
+        Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"),
+        key=lambda path: int(path.parent.parent.name) if path.parent.parent.name.isdigit() else 0,
+    )
+    if versions:
+        return versions[-1].parent
+    raise EmbeddedPostgresError(
+        "PostgreSQL's server binaries were not found. Install them with "
+        "`apt-get update && apt-get install -y postgresql` (or run `make run`), "
+        "or set DATABASE_URL to use an existing server."
+    )
+
+
+@dataclass(frozen=True)
+class EmbeddedCluster:
+    data_dir: Path
+    port: int
+    server_settings: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def password_file(self) -> Path:
+        return self.data_dir.with_name(self.data_dir.name + ".password")
+
+    @property
+    def log_file(self) -> Path:
+        return self.data_dir / "server.log"
+
+    def url(self, database: str) -> URL:
+        return URL.create(
+            ASYNC_DRIVER,
+            username=SUPERUSER,
+            password=self.password_file.read_text().strip(),
+            host="127.0.0.1",
+            port=self.port,
+            database=database,
+        )
+
+    def is_initialised(self) -> bool:
+        return (self.data_dir / "PG_VERSION").exists()
+
+    def is_running(self) -> bool:
+        if not self.is_initialised():
+            return False
+        status = self._pg_ctl("status", check=False)
+        return status.returncode == 0
+
+    def ensure_running(self) -> None:
+        """Create the cluster on first use, then start it unless it is already up."""
+        if not self.is_initialised():
+            self._initdb()
+        if self.is_running():
+            return
+        self._write_config()
+        started = self._pg_ctl("start", "-w", "-t", "60", "-l", str(self.log_file), check=False)
+        if started.returncode != 0:
+            raise EmbeddedPostgresError(
+                f"the embedded PostgreSQL did not start (is port {self.port} taken?); "
+                f"see {self.log_file}"
+            )
+
+    def stop(self) -> bool:
+        """Stop the cluster cleanly; False when it was not running."""
+        if not self.is_running():
+            return False
+        self._pg_ctl("stop", "-w", "-m", "fast")
+        return True
+
+    def _initdb(self) -> None:
+        self.data_dir.parent.mkdir(parents=True, exist_ok=True)
+        self.data_dir.mkdir(mode=0o700, exist_ok=True)
+        self._hand_to_service_account(self.data_dir)
+        password = secrets.token_urlsafe(24)
+        # The password file is for devreg (its owner) alone; initdb reads a throwaway copy.
+        self.password_file.touch(mode=0o600)
+        self.password_file.write_text(password + "\n")
+        with tempfile.NamedTemporaryFile("w", prefix="devreg-pw-", delete=False) as pwfile:
+            pwfile.write(password + "\n")
+        try:
+            self._hand_to_service_account(Path(pwfile.name))
+            self._run(
+                "initdb",
+                "-D",
+                str(self.data_dir),
+                "-U",
+                SUPERUSER,
+                f"--pwfile={pwfile.name}",
+                "--auth-host=scram-sha-256",
+                "--auth-local=scram-sha-256",
+                "--encoding=UTF8",
+                "--locale=C.UTF-8",
+            )
+        finally:
+            os.unlink(pwfile.name)
+        with (self.data_dir / "postgresql.conf").open("a") as conf:
+            conf.write(f"\ninclude_if_exists = '{_CONFIG_FILE}'\n")
+
+    def _write_config(self) -> None:
+        settings = {
+            "listen_addresses": "'127.0.0.1'",
+            "port": str(self.port),
+            "unix_socket_directories": "''",
+            **self.server_settings,
+        }
+        path = self.data_dir / _CONFIG_FILE
+        path.write_text("".join(f"{name} = {value}\n" for name, value in settings.items()))
+        self._hand_to_service_account(path)
+
+    def _pg_ctl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return self._run("pg_ctl", "-D", str(self.data_dir), *args, check=check)
+
+    def _run(self, tool: str, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        command = [str(find_pg_bindir() / tool), *args]
+        if os.geteuid() == 0:
+            command = ["runuser", "-u", _SERVICE_ACCOUNT, "--", *command]
+        result = subprocess.run(  # noqa: S603 - fixed binaries, arguments built here
+            command,
+            capture_output=True,
+            text=True,
+            check=False,
+            start_new_session=True,
+            cwd="/",
+        )
+        if check and result.returncode != 0:
+            raise EmbeddedPostgresError(f"{tool} failed: {result.stderr.strip()[-500:]}")
+        return result
+
+    @staticmethod
+    def _hand_to_service_account(path: Path) -> None:
+        if os.geteuid() == 0:
+            account = pwd.getpwnam(_SERVICE_ACCOUNT)
+            os.chown(path, account.pw_uid, account.pw_gid)
+
+
+def embedded_cluster(settings: Settings) -> EmbeddedCluster:
+    return EmbeddedCluster(data_dir=settings.embedded_cluster_dir, port=settings.embedded_pg_port)
+
+
+async def resolve_database_url(settings: Settings) -> URL:
+    """The external server's URL when one is configured; else the embedded cluster's, started."""
+    external = settings.external_database_url()
+    if external is not None:
+        return external
+    cluster = embedded_cluster(settings)
+    await asyncio.to_thread(cluster.ensure_running)
+    url = cluster.url(settings.embedded_db_name)
+    await ensure_database(url)
+    return url

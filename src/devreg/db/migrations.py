@@ -1,0 +1,57 @@
+"""Alembic, driven from devreg: upgrades run under an advisory lock so concurrent starters
+(several workers, several replicas) apply each migration exactly once."""
+
+from collections.abc import Callable
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Connection, func, select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+PROJECT_ROOT = Path(__file__).resolve().parents[3]
+# Any constant works; it only has to be the same for every devreg process.
+_MIGRATION_LOCK_KEY = 0x6465767265670001
+
+_Operation = Callable[[Config], None]
+
+
+def alembic_config() -> Config:
+    config = Config(str(PROJECT_ROOT / "alembic.ini"))
+    config.set_main_option("script_location", str(PROJECT_ROOT / "migrations"))
+    return config
+
+
+async def upgrade(engine: AsyncEngine, revision: str = "head") -> None:
+    await _run_locked(engine, lambda config: command.upgrade(config, revision))
+
+
+async def downgrade(engine: AsyncEngine, revision: str = "-1") -> None:
+    await _run_locked(engine, lambda config: command.downgrade(config, revision))
+
+
+async def current_revision(engine: AsyncEngine) -> str | None:
+    async with engine.connect() as connection:
+        return await connection.run_sync(
+            lambda sync: MigrationContext.configure(sync).get_current_revision()
+        )
+
+
+def head_revision() -> str | None:
+    return ScriptDirectory.from_config(alembic_config()).get_current_head()
+
+
+async def _run_locked(engine: AsyncEngine, operation: _Operation) -> None:
+    async with engine.connect() as connection:
+        # A transaction-level lock: released by the commit that makes the migration visible.
+        await connection.execute(select(func.pg_advisory_xact_lock(_MIGRATION_LOCK_KEY)))
+        await connection.run_sync(_with_connection, operation)
+        await connection.commit()
+
+
+def _with_connection(connection: Connection, operation: _Operation) -> None:
+    config = alembic_config()
+    config.attributes["connection"] = connection
+    operation(config)

@@ -1,0 +1,85 @@
+"""Talking to the PostgreSQL server itself: reachability, clear start-up errors, databases."""
+
+import asyncio
+import contextlib
+import socket
+from collections.abc import Iterator
+
+import asyncpg
+from sqlalchemy import text
+from sqlalchemy.engine import URL
+from sqlalchemy.exc import IntegrityError, ProgrammingError
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.pool import NullPool
+
+
+class DatabaseConnectError(Exception):
+    """PostgreSQL could not be reached at start-up; the message is one line, with no password."""
+
+
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        driver_error = getattr(current, "orig", None)
+        current = current.__cause__ or current.__context__ or driver_error
+
+
+def describe_connect_failure(exc: BaseException, url: URL) -> str:
+    where = f"PostgreSQL at {url.host or 'localhost'}:{url.port or 5432}"
+    for cause in _causes(exc):
+        if isinstance(cause, asyncpg.InvalidPasswordError):
+            return f"wrong password: {where} rejected the password for user {url.username!r}"
+        if isinstance(cause, asyncpg.InvalidAuthorizationSpecificationError):
+            return f"access denied: {where} refused user {url.username!r}"
+        if isinstance(cause, asyncpg.InvalidCatalogNameError):
+            return f"missing database: {where} has no database {url.database!r}"
+        if isinstance(cause, socket.gaierror):
+            return f"unreachable host: cannot resolve {url.host!r}"
+        if isinstance(cause, TimeoutError):
+            return f"unreachable host: {where} did not answer in time"
+        if isinstance(cause, OSError):
+            reason = cause.strerror or type(cause).__name__
+            return f"unreachable host: cannot connect to {where} ({reason})"
+    return f"cannot connect to {where} ({type(exc).__name__})"
+
+
+async def check_connection(url: URL, *, connect_timeout: float) -> None:
+    engine = create_async_engine(url, poolclass=NullPool, connect_args={"timeout": connect_timeout})
+    try:
+        async with engine.connect() as connection:
+            await connection.execute(text("SELECT 1"))
+    except Exception as exc:
+        raise DatabaseConnectError(describe_connect_failure(exc, url)) from None
+    finally:
+        await engine.dispose()
+
+
+async def ensure_database(url: URL) -> None:
+    """Create the URL's database when it does not exist yet (the embedded cluster, tests)."""
+    maintenance = create_async_engine(
+        url.set(database="postgres"), poolclass=NullPool, isolation_level="AUTOCOMMIT"
+    )
+    try:
+        async with maintenance.connect() as connection:
+            exists = await connection.scalar(
+                text("SELECT 1 FROM pg_database WHERE datname = :name"), {"name": url.database}
+            )
+            if not exists:
+                quoted = connection.dialect.identifier_preparer.quote(url.database or "")
+                # Another starter may create it in the meantime; that is as good.
+                with contextlib.suppress(IntegrityError, ProgrammingError):
+                    await connection.execute(text(f"CREATE DATABASE {quoted}"))
+    finally:
+        await maintenance.dispose()
+
+
+async def ping(engine: AsyncEngine, *, within_seconds: float) -> bool:
+    try:
+        async with asyncio.timeout(within_seconds), engine.connect() as connection:
+            await connection.execute(text("SELECT 1"))
+    except Exception:  # every failure means the same thing here: not ready
+        return False
+    return True

@@ -1,0 +1,62 @@
+"""The engine, and the one unit of work: a session that commits on success, rolls back on error."""
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Annotated
+
+from fastapi import Depends, Request
+from sqlalchemy.engine import URL
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
+
+from devreg.config import Settings
+
+SessionMaker = async_sessionmaker[AsyncSession]
+
+
+def create_engine(url: URL, settings: Settings) -> AsyncEngine:
+    return create_async_engine(
+        url,
+        pool_size=settings.pool_size,
+        max_overflow=settings.max_overflow,
+        pool_timeout=settings.pool_timeout,
+        # A long-lived pool that never churns: connections are recycled only when broken.
+        pool_pre_ping=False,
+        # Bound parameters stay out of exception messages, so they cannot reach a log line.
+        hide_parameters=True,
+        connect_args={
+            "timeout": settings.db_connect_timeout,
+            "server_settings": {"application_name": "devreg"},
+        },
+    )
+
+
+def create_sessionmaker(engine: AsyncEngine) -> SessionMaker:
+    return async_sessionmaker(engine, expire_on_commit=False, autoflush=False)
+
+
+@asynccontextmanager
+async def session_scope(sessionmaker: SessionMaker) -> AsyncIterator[AsyncSession]:
+    """One transaction: committed when the block ends normally, rolled back on any exception."""
+    async with sessionmaker() as session:
+        try:
+            yield session
+        except BaseException:
+            await session.rollback()
+            raise
+        else:
+            await session.commit()
+
+
+async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
+    async with session_scope(request.state.sessionmaker) as session:
+        yield session
+
+
+# scope="function": the commit runs before the response is sent, so a failed commit
+# becomes an error response instead of a 201 for data that was never saved.
+SessionDep = Annotated[AsyncSession, Depends(get_session, scope="function")]

@@ -1,0 +1,71 @@
+from datetime import datetime
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, AwareDatetime, Field
+
+from devreg.devices.models import DeviceStatus
+from devreg.pagination import Page
+from devreg.schemas import Id, InputSchema, JsonObject, Schema, ShortText, Tag, UpdateSchema
+
+TAGS_MAX = 100
+
+
+def _distinct(tags: list[str]) -> list[str]:
+    return list(dict.fromkeys(tags))
+
+
+Tags = Annotated[list[Tag], Field(max_length=TAGS_MAX), AfterValidator(_distinct)]
+
+
+class DeviceCreate(InputSchema):
+    """A new device, or (for PUT) the whole of a device's new state: left-out fields reset."""
+
+    name: ShortText
+    serial_number: ShortText | None = None
+    model: ShortText | None = None
+    status: DeviceStatus = DeviceStatus.ACTIVE
+    owner_id: Id | None = None
+    tags: Tags = Field(default_factory=list)
+    attributes: JsonObject = Field(default_factory=dict)
+    last_seen_at: AwareDatetime | None = None
+
+
+class DeviceUpdate(UpdateSchema):
+    """Only the fields sent change. `null` clears the optional fields; `name`, `status`, `tags`
+    and `attributes` can be left out but never set to null."""
+
+    # Non-nullable fields default to None only to tell "left out" from "sent"; defaults are not
+    # validated, and an explicit null fails validation.
+    name: ShortText = None  # type: ignore[assignment]
+    serial_number: ShortText | None = None
+    model: ShortText | None = None
+    status: DeviceStatus = None  # type: ignore[assignment]
+    owner_id: Id | None = None
+    tags: Tags = None  # type: ignore[assignment]
+    attributes: JsonObject = None  # type: ignore[assignment]
+    last_seen_at: AwareDatetime | None = None
+
+
+class DeviceOwner(Schema):
+    id: int
+    name: str
+
+
+class DeviceRead(Schema):
+    id: int
+    name: str
+    serial_number: str | None
+    model: str | None
+    status: DeviceStatus
+    owner_id: int | None
+    owner: DeviceOwner | None
+    tags: list[str]
+    attributes: dict[str, Any]
+    last_seen_at: datetime | None
+    created_at: datetime
+    updated_at: datetime
+    version: int
+
+
+class DevicePage(Page[DeviceRead]):
+    pass

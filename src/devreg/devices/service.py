@@ -1,0 +1,56 @@
+"""Device use cases. Services never commit: the caller's session scope does."""
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from devreg.devices.models import Device
+from devreg.devices.repository import DeviceRepository
+from devreg.devices.schemas import DeviceCreate, DeviceUpdate
+from devreg.errors import DeviceNotFound
+from devreg.pagination import PageRequest, PageResult
+
+
+async def register_device(session: AsyncSession, *, data: DeviceCreate) -> Device:
+    return await DeviceRepository(session).add(data.model_dump())
+
+
+async def get_device(session: AsyncSession, device_id: int) -> Device:
+    device = await DeviceRepository(session).get_by_id(device_id)
+    if device is None:
+        raise DeviceNotFound
+    return device
+
+
+async def list_devices(
+    session: AsyncSession, *, page: PageRequest, owner_id: int | None = None
+) -> PageResult[Device]:
+    rows = await DeviceRepository(session).list_page(
+        owner_id=owner_id, after_id=page.after_id, limit=page.limit
+    )
+    return PageResult.from_rows(rows, page, key=lambda device: device.id)
+
+
+async def replace_device(session: AsyncSession, device_id: int, *, data: DeviceCreate) -> Device:
+    return await _apply(session, device_id, data.model_dump())
+
+
+async def update_device(session: AsyncSession, device_id: int, *, data: DeviceUpdate) -> Device:
+    changes = data.changes()
+    if not changes:
+        return await get_device(session, device_id)
+    return await _apply(session, device_id, changes)
+
+
+async def delete_device(session: AsyncSession, device_id: int) -> None:
+    if not await DeviceRepository(session).delete(device_id):
+        raise DeviceNotFound
+
+
+async def delete_devices_of_owner(session: AsyncSession, *, owner_id: int) -> None:
+    await DeviceRepository(session).delete_by_owner(owner_id)
+
+
+async def _apply(session: AsyncSession, device_id: int, changes: dict[str, object]) -> Device:
+    device = await DeviceRepository(session).update(device_id, changes)
+    if device is None:
+        raise DeviceNotFound
+    return device

@@ -1,0 +1,260 @@
+"""Domain errors, and the one place they (and every other failure) become RFC 9457 problems.
+
+Every error response is `application/problem+json` with `type`, `title`, `status`, `detail`
+(the human message, so `{"detail": ...}` clients keep working) and `instance`. No response
+and no log line carries SQL, a stack trace, a DSN or a password.
+"""
+
+import logging
+from http import HTTPStatus
+from typing import Any, ClassVar
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+logger = logging.getLogger("devreg.errors")
+
+PROBLEM_MEDIA_TYPE = "application/problem+json"
+_TYPE_PREFIX = "urn:devreg:problem:"
+
+
+class DevregError(Exception):
+    status: ClassVar[int] = 500
+    slug: ClassVar[str] = "internal-error"
+    default_detail: ClassVar[str] = "The server could not handle the request."
+    headers: ClassVar[dict[str, str]] = {}
+
+    def __init__(self, detail: str | None = None, **extensions: Any) -> None:
+        self.detail = detail or self.default_detail
+        self.extensions = extensions
+        super().__init__(self.detail)
+
+
+class BadRequest(DevregError):
+    status = 400
+    slug = "bad-request"
+    default_detail = "The request is malformed."
+
+
+class InvalidCursor(BadRequest):
+    slug = "invalid-cursor"
+    default_detail = "The cursor is not valid; use the next_cursor of a previous page."
+
+
+class NotFound(DevregError):
+    status = 404
+    slug = "not-found"
+    default_detail = "Not found"
+
+
+class DeviceNotFound(NotFound):
+    default_detail = "Device not found"
+
+
+class UserNotFound(NotFound):
+    default_detail = "User not found"
+
+
+class Conflict(DevregError):
+    status = 409
+    slug = "conflict"
+    default_detail = "The request conflicts with data already stored."
+
+
+class AlreadyRegistered(Conflict):
+    slug = "already-registered"
+    field: ClassVar[str]
+
+    def __init__(self) -> None:
+        super().__init__(f"{self.field} is already registered", field=self.field)
+
+
+class SerialAlreadyRegistered(AlreadyRegistered):
+    field = "serial_number"
+
+
+class EmailAlreadyRegistered(AlreadyRegistered):
+    field = "email"
+
+
+class UserHasDevices(Conflict):
+    slug = "user-has-devices"
+    default_detail = (
+        "The user still owns devices; reassign or delete them, or delete with ?cascade=devices."
+    )
+
+
+class InvalidInput(DevregError):
+    status = 422
+    slug = "invalid-input"
+    default_detail = "The request is not valid."
+
+
+class UnknownOwner(InvalidInput):
+    slug = "unknown-owner"
+    default_detail = "owner_id does not name an existing user"
+
+    def __init__(self) -> None:
+        super().__init__(field="owner_id")
+
+
+class ServiceUnavailable(DevregError):
+    status = 503
+    slug = "service-unavailable"
+    default_detail = "The database is unavailable; try again shortly."
+    headers = {"Retry-After": "1"}
+
+
+class PoolExhausted(ServiceUnavailable):
+    slug = "busy"
+    default_detail = "The server is too busy to take this request now; try again shortly."
+
+
+class ValidationIssue(BaseModel):
+    loc: list[str | int]
+    msg: str
+    type: str
+
+
+class Problem(BaseModel):
+    """The body of every error response (RFC 9457)."""
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    instance: str | None = None
+
+
+def problem_response(
+    request: Request,
+    *,
+    status: int,
+    detail: str,
+    slug: str | None = None,
+    headers: dict[str, str] | None = None,
+    **extensions: Any,
+) -> JSONResponse:
+    body = {
+        "type": _TYPE_PREFIX + slug if slug else "about:blank",
+        "title": HTTPStatus(status).phrase,
+        "status": status,
+        "detail": detail,
+        "instance": request.url.path,
+        **extensions,
+    }
+    return JSONResponse(body, status_code=status, headers=headers, media_type=PROBLEM_MEDIA_TYPE)
+
+
+def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """The `responses=` entry documenting a route's error statuses in OpenAPI."""
+    return {
+        status: {
+            "model": Problem,
+            "description": HTTPStatus(status).phrase,
+            "content": {PROBLEM_MEDIA_TYPE: {}},
+        }
+        for status in statuses
+    }
+
+
+async def _devreg_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, DevregError)
+    return problem_response(
+        request,
+        status=exc.status,
+        detail=exc.detail,
+        slug=exc.slug,
+        headers=exc.headers,
+        **exc.extensions,
+    )
+
+
+def _location(loc: tuple[Any, ...]) -> list[str | int]:
+    return [part if isinstance(part, int) else str(part) for part in loc]
+
+
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    # `input` and `ctx` are left out: they echo what was sent, which may be huge or binary.
+    issues = [
+        ValidationIssue(loc=_location(error["loc"]), msg=error["msg"], type=error["type"])
+        for error in exc.errors()
+    ]
+    first = issues[0] if issues else None
+    detail = "The request is not valid"
+    if first is not None:
+        where = ".".join(str(part) for part in first.loc)
+        detail = f"{where}: {first.msg}" if where else first.msg
+        if len(issues) > 1:
+            detail += f" (and {len(issues) - 1} more)"
+    return problem_response(
+        request,
+        status=422,
+        detail=detail,
+        slug="validation-error",
+        errors=[issue.model_dump() for issue in issues],
+    )
+
+
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    detail = exc.detail if isinstance(exc.detail, str) else HTTPStatus(exc.status_code).phrase
+    return problem_response(
+        request, status=exc.status_code, detail=detail, headers=dict(exc.headers or {})
+    )
+
+
+async def _pool_timeout(request: Request, exc: Exception) -> JSONResponse:
+    return await _devreg_error(request, PoolExhausted())
+
+
+async def _database_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, DBAPIError)
+    if isinstance(exc, IntegrityError):
+        return await _devreg_error(request, Conflict())
+    if exc.connection_invalidated or _is_connection_error(exc):
+        return await _devreg_error(request, ServiceUnavailable())
+    if getattr(exc.orig, "sqlstate", "").startswith("22"):  # data exception: a value PG refused
+        return await _devreg_error(request, InvalidInput("A value in the request is not valid."))
+    return await unhandled_error(request, exc)
+
+
+async def _connection_error(request: Request, exc: Exception) -> JSONResponse:
+    return await _devreg_error(request, ServiceUnavailable())
+
+
+def _is_connection_error(exc: DBAPIError) -> bool:
+    sqlstate = getattr(exc.orig, "sqlstate", None) or ""
+    # Class 08: connection exception; 57P0x: the server is shutting down or restarting.
+    return sqlstate.startswith(("08", "57P0")) or type(exc.orig).__name__ in {
+        "InterfaceError",
+        "InternalClientError",
+    }
+
+
+async def unhandled_error(request: Request, exc: BaseException) -> JSONResponse:
+    logger.error(
+        "unhandled error",
+        extra={
+            "error_type": type(exc).__name__,
+            "method": request.method,
+            "path": request.url.path,
+        },
+    )
+    return problem_response(request, status=500, detail=DevregError.default_detail)
+
+
+def register_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(DevregError, _devreg_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(PoolTimeoutError, _pool_timeout)
+    app.add_exception_handler(DBAPIError, _database_error)
+    app.add_exception_handler(OSError, _connection_error)
+    app.add_exception_handler(TimeoutError, _connection_error)

@@ -1,0 +1,40 @@
+"""Probes: liveness never touches the database; readiness answers within HEALTH_TIMEOUT."""
+
+from typing import Any
+
+from fastapi import APIRouter, Request, Response, status
+
+from devreg.config import SettingsDep
+from devreg.db.server import ping
+from devreg.health.schemas import Liveness, Readiness
+
+router = APIRouter(tags=["health"])
+
+_NOT_READY: dict[int | str, dict[str, Any]] = {
+    503: {"model": Readiness, "description": "PostgreSQL cannot be reached"}
+}
+
+
+@router.get("/livez", response_model=Liveness)
+async def livez() -> Liveness:
+    return Liveness()
+
+
+async def _readiness(request: Request, response: Response, settings: SettingsDep) -> Readiness:
+    if await ping(request.state.engine, within_seconds=settings.health_timeout):
+        return Readiness(status="ok", db="reachable")
+    response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE
+    return Readiness(status="error", db="unreachable")
+
+
+router.add_api_route(
+    "/readyz", _readiness, response_model=Readiness, responses=_NOT_READY, name="readyz"
+)
+# The tutorial's path for the same check.
+router.add_api_route(
+    "/api/v1/health-check/db",
+    _readiness,
+    response_model=Readiness,
+    responses=_NOT_READY,
+    name="health_check_db",
+)

@@ -1,0 +1,80 @@
+"""The wire format's shared pieces: base models, validated text and ids."""
+
+import math
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+
+BIGINT_MAX = 2**63 - 1
+
+
+class Schema(BaseModel):
+    """Output models: built from ORM rows."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+
+class InputSchema(BaseModel):
+    """Input models: unknown fields (typos, server-owned fields such as `id`) are a 422."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class UpdateSchema(InputSchema):
+    """Partial updates: a field left out stays as it is."""
+
+    def changes(self) -> dict[str, Any]:
+        return self.model_dump(exclude_unset=True)
+
+
+def storable_text(value: str) -> str:
+    """PostgreSQL cannot store NUL, and text must be valid UTF-8 (no lone surrogates)."""
+    if "\x00" in value:
+        raise ValueError("must not contain NUL characters")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("must be valid UTF-8 text") from None
+    return value
+
+
+ShortText = Annotated[
+    str,
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=100),
+    AfterValidator(storable_text),
+]
+"""Names, serial numbers, models: trimmed, then 1 to 100 characters of storable text."""
+
+Tag = Annotated[
+    str,
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=64),
+    AfterValidator(storable_text),
+]
+
+Id = Annotated[int, Field(ge=1, le=BIGINT_MAX)]
+
+ATTRIBUTES_MAX_DEPTH = 16
+
+
+def _storable_json(value: Any, depth: int = 0) -> None:
+    if depth > ATTRIBUTES_MAX_DEPTH:
+        raise ValueError(f"must not nest deeper than {ATTRIBUTES_MAX_DEPTH} levels")
+    if isinstance(value, str):
+        storable_text(value)
+    elif isinstance(value, float) and not math.isfinite(value):
+        raise ValueError("numbers must be finite")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            storable_text(key)
+            _storable_json(item, depth + 1)
+    elif isinstance(value, list):
+        for item in value:
+            _storable_json(item, depth + 1)
+
+
+def _storable_json_object(value: dict[str, Any]) -> dict[str, Any]:
+    _storable_json(value)
+    return value
+
+
+JsonObject = Annotated[dict[str, Any], AfterValidator(_storable_json_object)]

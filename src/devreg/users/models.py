@@ -1,0 +1,20 @@
+from sqlalchemy import BigInteger, CheckConstraint, Identity, Index, String, func
+from sqlalchemy.orm import Mapped, mapped_column
+
+from devreg.db.base import Base, Timestamped
+
+NAME_MAX_LENGTH = 100
+EMAIL_MAX_LENGTH = 320
+
+
+class User(Timestamped, Base):
+    __tablename__ = "users"
+    __table_args__ = (CheckConstraint("btrim(name) <> ''", name="name_not_blank"),)
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(always=True), primary_key=True)
+    name: Mapped[str] = mapped_column(String(NAME_MAX_LENGTH))
+    email: Mapped[str | None] = mapped_column(String(EMAIL_MAX_LENGTH))
+
+
+# Emails are unique whatever their case: Ann@example.org and ann@example.org are one address.
+Index("uq_users_email_lower", func.lower(User.email), unique=True)

@@ -1,0 +1,33 @@
+from datetime import datetime
+from typing import Annotated
+
+from pydantic import AfterValidator, EmailStr, Field
+
+from devreg.pagination import Page
+from devreg.schemas import InputSchema, Schema, ShortText, UpdateSchema, storable_text
+
+Email = Annotated[EmailStr, Field(max_length=320), AfterValidator(storable_text)]
+
+
+class UserCreate(InputSchema):
+    name: ShortText
+    email: Email | None = None
+
+
+class UserUpdate(UpdateSchema):
+    """Only the fields sent change; `email: null` clears the email, `name` cannot be null."""
+
+    name: ShortText = None  # type: ignore[assignment]  # may be left out, never null
+    email: Email | None = None
+
+
+class UserRead(Schema):
+    id: int
+    name: str
+    email: str | None
+    created_at: datetime
+    updated_at: datetime
+
+
+class UserPage(Page[UserRead]):
+    pass

@@ -1,0 +1,52 @@
+"""User use cases. Services never commit: the caller's session scope does."""
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from devreg.devices import service as devices_service
+from devreg.devices.models import Device
+from devreg.errors import UserNotFound
+from devreg.pagination import PageRequest, PageResult
+from devreg.users.models import User
+from devreg.users.repository import UserRepository
+from devreg.users.schemas import UserCreate, UserUpdate
+
+
+async def register_user(session: AsyncSession, *, data: UserCreate) -> User:
+    return await UserRepository(session).add(data.model_dump())
+
+
+async def get_user(session: AsyncSession, user_id: int) -> User:
+    user = await UserRepository(session).get_by_id(user_id)
+    if user is None:
+        raise UserNotFound
+    return user
+
+
+async def list_users(session: AsyncSession, *, page: PageRequest) -> PageResult[User]:
+    rows = await UserRepository(session).list_page(after_id=page.after_id, limit=page.limit)
+    return PageResult.from_rows(rows, page, key=lambda user: user.id)
+
+
+async def update_user(session: AsyncSession, user_id: int, *, data: UserUpdate) -> User:
+    changes = data.changes()
+    if not changes:
+        return await get_user(session, user_id)
+    user = await UserRepository(session).update(user_id, changes)
+    if user is None:
+        raise UserNotFound
+    return user
+
+
+async def delete_user(session: AsyncSession, user_id: int, *, cascade_devices: bool) -> None:
+    """Refused with UserHasDevices while the user owns devices, unless they go with the user."""
+    if cascade_devices:
+        await devices_service.delete_devices_of_owner(session, owner_id=user_id)
+    if not await UserRepository(session).delete(user_id):
+        raise UserNotFound
+
+
+async def list_user_devices(
+    session: AsyncSession, user_id: int, *, page: PageRequest
+) -> PageResult[Device]:
+    await get_user(session, user_id)
+    return await devices_service.list_devices(session, page=page, owner_id=user_id)
