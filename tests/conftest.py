@@ -10,54 +10,37 @@ Set TEST_DATABASE_URL (a superuser URL) to use an existing server instead of a t
 
 import os
 import shutil
-import socket
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
-from fastapi import FastAPI
-from httpx import ASGITransport, AsyncClient
-from sqlalchemy import event, text
+from httpx import AsyncClient
+from sqlalchemy import event
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import (
     AsyncConnection,
     AsyncSession,
     async_sessionmaker,
-    create_async_engine,
 )
-from sqlalchemy.pool import NullPool
-from starlette.types import Receive, Scope, Send
 
 from devreg.app import create_app
-from devreg.config import Settings
 from devreg.db import migrations
 from devreg.db.embedded import EmbeddedCluster
 from devreg.db.session import create_engine, get_session, session_scope
+from tests.support import (
+    RunningApp,
+    admin,
+    api_client,
+    create_database,
+    free_port,
+    make_settings,
+    running,
+)
 
 TEMPLATE_DATABASE = "devreg_template"
 TEST_DATABASE = "devreg_test"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-def make_settings(url: URL, **overrides: object) -> Settings:
-    """Settings for a test: only what the test says, nothing from the environment or `.env`."""
-    values: dict[str, object] = {
-        "database_url": url.render_as_string(hide_password=False),
-        "migrate_on_start": False,
-        **overrides,
-    }
-    return Settings(_env_file=None, **values)  # type: ignore[call-arg]
 
 
 @pytest.fixture(scope="session")
@@ -82,24 +65,6 @@ def server_url() -> Iterator[URL]:
         shutil.rmtree(root, ignore_errors=True)
 
 
-async def _admin(server_url: URL, *statements: str) -> None:
-    engine = create_async_engine(server_url, poolclass=NullPool, isolation_level="AUTOCOMMIT")
-    try:
-        async with engine.connect() as connection:
-            for statement in statements:
-                await connection.execute(text(statement))
-    finally:
-        await engine.dispose()
-
-
-async def create_database(server_url: URL, name: str, *, template: str | None = None) -> URL:
-    clone = f" TEMPLATE {template}" if template else ""
-    await _admin(
-        server_url, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)", f"CREATE DATABASE {name}{clone}"
-    )
-    return server_url.set(database=name)
-
-
 @pytest.fixture(scope="session")
 async def template_url(server_url: URL) -> URL:
     """A database migrated to head once per run; tests clone it and never connect to it."""
@@ -122,25 +87,7 @@ async def committed_database_url(server_url: URL, template_url: URL) -> AsyncIte
     name = f"devreg_{uuid.uuid4().hex[:12]}"
     url = await create_database(server_url, name, template=TEMPLATE_DATABASE)
     yield url
-    await _admin(server_url, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-
-
-@dataclass
-class RunningApp:
-    """An app whose lifespan has run; `state` is what every request sees as request.state."""
-
-    app: FastAPI
-    state: dict[str, Any]
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        scope["state"] = self.state
-        await self.app(scope, receive, send)
-
-
-@asynccontextmanager
-async def running(app: FastAPI) -> AsyncIterator[RunningApp]:
-    async with app.router.lifespan_context(app) as state:
-        yield RunningApp(app, dict(state or {}))
+    await admin(server_url, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
 @pytest.fixture(scope="session")
@@ -185,10 +132,6 @@ async def client(
             yield client
     finally:
         overrides.clear()
-
-
-def api_client(app: RunningApp) -> AsyncClient:
-    return AsyncClient(transport=ASGITransport(app=app), base_url="http://devreg.test")
 
 
 class StatementLog(list[str]):

@@ -1,5 +1,6 @@
 """create_app(): the lifespan (database, migrations), the routers and the error handlers."""
 
+import logging
 import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -14,14 +15,16 @@ from devreg import __version__
 from devreg.compat.routes import router as tutorial_router
 from devreg.config import Settings, get_settings
 from devreg.db import migrations
-from devreg.db.embedded import resolve_database_url
-from devreg.db.server import check_connection
+from devreg.db.embedded import EmbeddedPostgresError, resolve_database_url
+from devreg.db.server import DatabaseConnectError, check_connection
 from devreg.db.session import SessionMaker, create_engine, create_sessionmaker
 from devreg.devices.routes import router as devices_router
 from devreg.errors import register_error_handlers
 from devreg.health.routes import router as health_router
 from devreg.logs import RequestLogMiddleware
 from devreg.users.routes import router as users_router
+
+logger = logging.getLogger("devreg")
 
 API_PREFIX = "/api/v1"
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
@@ -41,8 +44,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[State]:
-        url = await resolve_database_url(settings)
-        await check_connection(url, connect_timeout=settings.db_connect_timeout)
+        try:
+            url = await resolve_database_url(settings)
+            await check_connection(url, connect_timeout=settings.db_connect_timeout)
+        except (DatabaseConnectError, EmbeddedPostgresError) as exc:
+            logger.error(str(exc))  # the one line that says what to fix
+            raise
         engine = create_engine(url, settings)
         try:
             if settings.migrate_on_start:

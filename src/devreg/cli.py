@@ -41,7 +41,6 @@ app.add_typer(users_app, name="users")
 app.add_typer(devices_app, name="devices")
 
 stdout = Console()
-stderr = Console(stderr=True)
 T = TypeVar("T")
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
@@ -51,7 +50,7 @@ DeviceIdArgument = Annotated[int, typer.Argument(min=1, max=BIGINT_MAX, help="Th
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
-    stderr.print(f"devreg: {message}", markup=False, highlight=False)
+    print(f"devreg: {message}", file=sys.stderr)
     raise typer.Exit(code)
 
 

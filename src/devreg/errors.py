@@ -16,6 +16,7 @@ from pydantic import BaseModel
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 logger = logging.getLogger("devreg.errors")
 
@@ -202,12 +203,41 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     )
 
 
+_UNREADABLE_BODY = {
+    UnicodeDecodeError: "JSON decode error: the body is not valid UTF-8",
+    RecursionError: "JSON decode error: the body nests too deeply",
+}
+
+
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
+    # FastAPI answers 400 when the body is not JSON text at all; like any malformed JSON,
+    # that is a 422 here.
+    unreadable = _UNREADABLE_BODY.get(type(exc.__cause__))
+    if unreadable is not None:
+        error = {"type": "json_invalid", "loc": ("body",), "msg": unreadable}
+        return await _validation_error(request, RequestValidationError([error]))
     detail = exc.detail if isinstance(exc.detail, str) else HTTPStatus(exc.status_code).phrase
-    return problem_response(
-        request, status=exc.status_code, detail=detail, headers=dict(exc.headers or {})
-    )
+    headers = dict(exc.headers or {})
+    if exc.status_code == 405:
+        headers["Allow"] = _allowed_methods(request)
+    return problem_response(request, status=exc.status_code, detail=detail, headers=headers)
+
+
+_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+
+def _allowed_methods(request: Request) -> str:
+    """Every method the path takes: Starlette's own Allow names only the first matching route."""
+    routes = request.app.router.routes
+    allowed = [
+        method
+        for method in _METHODS
+        if any(
+            route.matches({**request.scope, "method": method})[0] is Match.FULL for route in routes
+        )
+    ]
+    return ", ".join(allowed)
 
 
 async def _pool_timeout(request: Request, exc: Exception) -> JSONResponse:

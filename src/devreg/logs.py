@@ -4,12 +4,37 @@ import logging
 import time
 from typing import Any
 
+from pythonjsonlogger.core import RESERVED_ATTRS
+from pythonjsonlogger.json import JsonFormatter
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from devreg.errors import unhandled_error
 
 request_logger = logging.getLogger("devreg.request")
+
+_TRACEBACK_HEADER = "Traceback (most recent call last)"
+
+
+class RedactingJsonFormatter(JsonFormatter):
+    """JSON lines that never carry a stack trace: a record's exception becomes its type name.
+
+    Tracebacks (and the SQL and values in exception messages) stay out of logs by policy; this
+    also covers the traceback text uvicorn logs when an application's start-up fails.
+    """
+
+    def format(self, record: logging.LogRecord) -> str:
+        if record.exc_info and record.exc_info[0] is not None:
+            record.error_type = record.exc_info[0].__name__
+        record.exc_info = None
+        record.exc_text = None
+        record.stack_info = None
+        message = record.getMessage()
+        if _TRACEBACK_HEADER in message:
+            last_line = message.strip().splitlines()[-1]
+            record.msg = "error: " + last_line.split(":", 1)[0].rsplit(".", 1)[-1]
+            record.args = ()
+        return super().format(record)
 
 
 def logging_config(level: str, *, echo_sql: bool = False) -> dict[str, Any]:
@@ -22,8 +47,10 @@ def logging_config(level: str, *, echo_sql: bool = False) -> dict[str, Any]:
         },
         "formatters": {
             "json": {
-                "()": "pythonjsonlogger.json.JsonFormatter",
+                "()": RedactingJsonFormatter,
                 "fmt": "%(asctime)s %(levelname)s %(name)s %(message)s",
+                # uvicorn's `color_message` repeats the message with terminal colour codes.
+                "reserved_attrs": [*RESERVED_ATTRS, "color_message"],
                 "rename_fields": {
                     "levelname": "level",
                     "name": "logger",

@@ -1,0 +1,218 @@
+"""The CLI as a user runs it: arguments in, a table or JSON out, errors on stderr."""
+
+import json
+import re
+from collections.abc import Callable, Iterator
+
+import pytest
+from sqlalchemy.engine import URL
+from typer.testing import CliRunner, Result
+
+from devreg.cli import app
+from devreg.config import get_settings
+from devreg.db import migrations
+
+Invoke = Callable[..., Result]
+
+
+@pytest.fixture
+def devreg(committed_database_url: URL, monkeypatch: pytest.MonkeyPatch) -> Iterator[Invoke]:
+    """Runs `devreg ARGS...` against a database of the test's own."""
+    for name in ("DB_USER", "DB_PASSWORD", "DB_NAME", "DB_HOST", "DB_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("DATABASE_URL", committed_database_url.render_as_string(hide_password=False))
+    runner = CliRunner()
+
+    def invoke(*args: str) -> Result:
+        get_settings.cache_clear()
+        return runner.invoke(app, list(args))
+
+    yield invoke
+    get_settings.cache_clear()
+
+
+def json_of(result: Result) -> dict:  # type: ignore[type-arg]
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+class TestUsers:
+    def test_create_prints_the_user_as_json(self, devreg: Invoke) -> None:
+        user = json_of(
+            devreg("users", "create", "--name", " Ann ", "--email", "ann@x.org", "--json")
+        )
+        assert user["name"] == "Ann"
+        assert user["email"] == "ann@x.org"
+        assert isinstance(user["id"], int)
+
+    def test_list_shows_a_table(self, devreg: Invoke) -> None:
+        devreg("users", "create", "--name", "Ann")
+        devreg("users", "create", "--name", "Bob")
+        result = devreg("users", "list")
+        assert result.exit_code == 0
+        assert "Ann" in result.stdout
+        assert "Bob" in result.stdout
+
+    def test_list_pages_with_the_printed_cursor(self, devreg: Invoke) -> None:
+        for name in ("a", "b", "c"):
+            devreg("users", "create", "--name", name)
+        first = json_of(devreg("users", "list", "--limit", "2", "--json"))
+        second = json_of(devreg("users", "list", "--cursor", first["next_cursor"], "--json"))
+        names = [user["name"] for user in first["items"] + second["items"]]
+        assert names == ["a", "b", "c"]
+        assert second["next_cursor"] is None
+
+    def test_duplicate_email_fails_on_stderr(self, devreg: Invoke) -> None:
+        devreg("users", "create", "--name", "Ann", "--email", "ann@x.org")
+        result = devreg("users", "create", "--name", "Ann", "--email", "ANN@x.org")
+        assert result.exit_code != 0
+        assert "email is already registered" in result.stderr
+        assert result.stdout == ""
+
+    def test_invalid_email_is_a_usage_error(self, devreg: Invoke) -> None:
+        result = devreg("users", "create", "--name", "Ann", "--email", "not-an-email")
+        assert result.exit_code == 2
+        assert "email" in result.stderr
+
+
+class TestDevices:
+    def test_create_get_list_delete(self, devreg: Invoke) -> None:
+        owner = json_of(devreg("users", "create", "--name", "Ann", "--json"))
+        device = json_of(
+            devreg(
+                "devices",
+                "create",
+                "--name",
+                "pi",
+                "--serial",
+                "SN-1",
+                "--model",
+                "rpi4",
+                "--status",
+                "inactive",
+                "--owner-id",
+                str(owner["id"]),
+                "--tag",
+                "lab",
+                "--tag",
+                "eu",
+                "--json",
+            )
+        )
+        assert device["owner"] == {"id": owner["id"], "name": "Ann"}
+        assert device["tags"] == ["lab", "eu"]
+        assert device["status"] == "inactive"
+
+        fetched = json_of(devreg("devices", "get", str(device["id"]), "--json"))
+        assert fetched == device
+
+        table = devreg("devices", "list")
+        assert "SN-1" in table.stdout
+
+        deleted = devreg("devices", "delete", str(device["id"]))
+        assert deleted.exit_code == 0
+        missing = devreg("devices", "get", str(device["id"]))
+        assert missing.exit_code == 1
+        assert "Device not found" in missing.stderr
+
+    def test_get_shows_fields_as_a_table(self, devreg: Invoke) -> None:
+        device = json_of(devreg("devices", "create", "--name", "pi", "--json"))
+        result = devreg("devices", "get", str(device["id"]))
+        assert result.exit_code == 0
+        assert "serial_number" in result.stdout
+        assert "pi" in result.stdout
+
+    def test_duplicate_serial_fails(self, devreg: Invoke) -> None:
+        devreg("devices", "create", "--name", "a", "--serial", "SN-1")
+        result = devreg("devices", "create", "--name", "b", "--serial", "SN-1")
+        assert result.exit_code == 1
+        assert "serial_number is already registered" in result.stderr
+
+    def test_unknown_owner_fails(self, devreg: Invoke) -> None:
+        result = devreg("devices", "create", "--name", "a", "--owner-id", "999")
+        assert result.exit_code == 1
+        assert "owner_id" in result.stderr
+
+    @pytest.mark.parametrize("name", ["", "   ", "x" * 101])
+    def test_bad_name_is_a_usage_error(self, devreg: Invoke, name: str) -> None:
+        result = devreg("devices", "create", "--name", name)
+        assert result.exit_code == 2
+        assert "name" in result.stderr
+        assert json_of(devreg("devices", "list", "--json"))["items"] == []
+
+    def test_id_out_of_range_is_a_usage_error(self, devreg: Invoke) -> None:
+        result = devreg("devices", "get", str(2**63))
+        assert result.exit_code == 2
+
+    def test_bad_cursor_is_a_usage_error(self, devreg: Invoke) -> None:
+        result = devreg("devices", "list", "--cursor", "garbage")
+        assert result.exit_code == 2
+        assert "cursor" in result.stderr
+
+
+class TestDatabase:
+    def test_status_downgrade_upgrade(self, devreg: Invoke) -> None:
+        assert "up to date" in devreg("db", "status").stdout
+
+        assert devreg("db", "downgrade", "base").exit_code == 0
+        assert "current: empty" in devreg("db", "status").stdout
+
+        assert devreg("db", "upgrade").exit_code == 0
+        assert "up to date" in devreg("db", "status").stdout
+
+
+class TestStartupErrors:
+    def test_invalid_setting_is_named(
+        self, devreg: Invoke, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.setenv("POOL_SIZE", "many")
+        result = devreg("users", "list")
+        assert result.exit_code == 2
+        assert "POOL_SIZE" in result.stderr
+
+    def test_wrong_password_is_one_line_without_the_password(
+        self, devreg: Invoke, committed_database_url: URL, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        wrong = committed_database_url.set(password="not-the-password-42")
+        monkeypatch.setenv("DATABASE_URL", wrong.render_as_string(hide_password=False))
+        result = devreg("users", "list")
+        assert result.exit_code == 1
+        assert "wrong password" in result.stderr
+        assert "not-the-password-42" not in result.output
+        assert len(result.stderr.strip().splitlines()) == 1
+
+    def test_missing_database_is_named(
+        self, devreg: Invoke, committed_database_url: URL, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        missing = committed_database_url.set(database="no_such_db")
+        monkeypatch.setenv("DATABASE_URL", missing.render_as_string(hide_password=False))
+        result = devreg("users", "list")
+        assert result.exit_code == 1
+        assert "missing database" in result.stderr
+        assert "no_such_db" in result.stderr
+
+    def test_unreachable_host_is_named(
+        self, devreg: Invoke, committed_database_url: URL, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        from tests.support import free_port
+
+        closed = committed_database_url.set(port=free_port())
+        monkeypatch.setenv("DATABASE_URL", closed.render_as_string(hide_password=False))
+        result = devreg("users", "list")
+        assert result.exit_code == 1
+        assert "unreachable host" in result.stderr
+
+
+def test_revision_writes_a_dated_migration(devreg: Invoke) -> None:
+    versions = migrations.PROJECT_ROOT / "migrations" / "versions"
+    before = set(versions.iterdir())
+    result = devreg("db", "revision", "-m", "probe for the test", "--no-autogenerate")
+    written = set(versions.iterdir()) - before
+    try:
+        assert result.exit_code == 0, result.output
+        assert len(written) == 1
+        (path,) = written
+        assert re.fullmatch(r"\d{4}-\d{2}-\d{2}_probe_for_the_test\.py", path.name)
+    finally:
+        for path in written:
+            path.unlink()

@@ -1,0 +1,54 @@
+"""With no database configured, devreg runs its own PostgreSQL cluster and keeps its data."""
+
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from devreg.db.embedded import EmbeddedCluster
+from tests.support import devreg_server, free_port, run_devreg
+
+
+@pytest.fixture
+def embedded_settings() -> Iterator[dict[str, str]]:
+    root = Path(tempfile.mkdtemp(prefix="devreg-embedded-"))
+    root.chmod(0o755)  # as root, the postgres account must reach the cluster inside
+    settings = {"DATA_DIR": str(root), "EMBEDDED_PG_PORT": str(free_port())}
+    try:
+        yield settings
+    finally:
+        EmbeddedCluster(data_dir=root / "pg", port=int(settings["EMBEDDED_PG_PORT"])).stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_data_survives_restarts_until_db_stop(embedded_settings: dict[str, str]) -> None:
+    cluster = EmbeddedCluster(
+        data_dir=Path(embedded_settings["DATA_DIR"]) / "pg",
+        port=int(embedded_settings["EMBEDDED_PG_PORT"]),
+    )
+    with devreg_server(**embedded_settings) as base_url:
+        created = httpx.post(f"{base_url}/api/v1/devices", json={"name": "kept"})
+        assert created.status_code == 201
+    # Ctrl-C stopped the server, not the cluster: it is a daemon of its own.
+    assert cluster.is_running()
+
+    with devreg_server(**embedded_settings) as base_url:
+        fetched = httpx.get(f"{base_url}/api/v1/devices/{created.json()['id']}")
+        assert fetched.json()["name"] == "kept"
+
+    stopped = run_devreg("db", "stop", **embedded_settings)
+    assert stopped.returncode == 0
+    assert "stopped" in stopped.stdout
+    assert not cluster.is_running()
+    assert "not running" in run_devreg("db", "stop", **embedded_settings).stdout
+
+
+def test_password_file_is_private(embedded_settings: dict[str, str]) -> None:
+    result = run_devreg("db", "status", **embedded_settings)
+    assert result.returncode == 0, result.stderr
+    assert "migrations pending" in result.stdout  # a new cluster, nothing migrated yet
+    password_file = Path(embedded_settings["DATA_DIR"]) / "pg.password"
+    assert password_file.stat().st_mode & 0o077 == 0

@@ -1,0 +1,75 @@
+import asyncio
+
+from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import inspect, text
+from sqlalchemy.engine import URL
+
+from devreg.db import migrations
+from devreg.db.base import Base
+from devreg.db.session import create_engine
+from tests.support import create_database, make_settings
+
+
+async def _fresh_engine(server_url: URL, name: str):  # type: ignore[no-untyped-def]
+    url = await create_database(server_url, name)
+    return create_engine(url, make_settings(url))
+
+
+async def test_models_and_migrations_agree(database_url: URL) -> None:
+    engine = create_engine(database_url, make_settings(database_url))
+    try:
+        async with engine.connect() as connection:
+            diff = await connection.run_sync(
+                lambda sync: compare_metadata(MigrationContext.configure(sync), Base.metadata)
+            )
+    finally:
+        await engine.dispose()
+    assert diff == []
+
+
+async def test_downgrade_to_base_then_upgrade_again(server_url: URL) -> None:
+    engine = await _fresh_engine(server_url, "devreg_roundtrip")
+    try:
+        await migrations.upgrade(engine)
+        assert await migrations.current_revision(engine) == migrations.head_revision()
+
+        await migrations.downgrade(engine, "base")
+        async with engine.connect() as connection:
+            tables = await connection.run_sync(lambda sync: inspect(sync).get_table_names())
+        assert set(tables) <= {"alembic_version"}
+        assert await migrations.current_revision(engine) is None
+
+        await migrations.upgrade(engine)
+        async with engine.connect() as connection:
+            tables = await connection.run_sync(lambda sync: inspect(sync).get_table_names())
+        assert {"users", "devices"} <= set(tables)
+    finally:
+        await engine.dispose()
+
+
+async def test_concurrent_starters_migrate_exactly_once(server_url: URL) -> None:
+    engines = [await _fresh_engine(server_url, "devreg_race")]
+    url = engines[0].url
+    engines += [create_engine(url, make_settings(url)) for _ in range(3)]
+    try:
+        await asyncio.gather(*(migrations.upgrade(engine) for engine in engines))
+        async with engines[0].connect() as connection:
+            versions = (await connection.execute(text("SELECT * FROM alembic_version"))).all()
+        assert [row[0] for row in versions] == [migrations.head_revision()]
+    finally:
+        for engine in engines:
+            await engine.dispose()
+
+
+def test_autogenerate_proposes_nothing(tmp_path, database_url: URL, monkeypatch) -> None:
+    """`alembic check`: the models and the newest migration describe the same schema."""
+    monkeypatch.setenv("DATABASE_URL", database_url.render_as_string(hide_password=False))
+    from devreg.config import get_settings
+
+    get_settings.cache_clear()
+    try:
+        command.check(migrations.alembic_config())
+    finally:
+        get_settings.cache_clear()

@@ -1,0 +1,973 @@
+"""HTTP-level tests of /api/v1/devices: every use case, its errors, paging and query counts."""
+
+from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
+
+import pytest
+from httpx import AsyncClient, Response
+
+DEVICES = "/api/v1/devices"
+USERS = "/api/v1/users"
+PROBLEM_FIELDS = {"type", "title", "status", "detail", "instance"}
+BIGINT_MAX = 2**63 - 1
+
+SERVER_DEFAULTS = {
+    "serial_number": None,
+    "model": None,
+    "status": "active",
+    "owner_id": None,
+    "owner": None,
+    "tags": [],
+    "attributes": {},
+    "last_seen_at": None,
+}
+
+
+# --- helpers -------------------------------------------------------------------------------
+
+
+async def create_user(client: AsyncClient, **fields: Any) -> dict[str, Any]:
+    response = await client.post(USERS, json={"name": "ann", **fields})
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+async def create_device(client: AsyncClient, **fields: Any) -> dict[str, Any]:
+    response = await client.post(DEVICES, json={"name": "pi", **fields})
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+async def stored_devices(client: AsyncClient) -> list[dict[str, Any]]:
+    """Every device, as the list endpoint shows them (one page is enough for a test)."""
+    response = await client.get(DEVICES, params={"limit": 1000})
+    assert response.status_code == 200, response.text
+    return response.json()["items"]
+
+
+async def fetch_device(client: AsyncClient, device_id: int) -> dict[str, Any]:
+    response = await client.get(f"{DEVICES}/{device_id}")
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+async def walk_pages(
+    client: AsyncClient, url: str, *, limit: int, cursor: str | None = None
+) -> list[dict[str, Any]]:
+    """Every page of `url` from `cursor` on, following next_cursor until it is null."""
+    pages = []
+    params: dict[str, Any] = {"limit": limit}
+    while True:
+        if cursor is not None:
+            params["cursor"] = cursor
+        response = await client.get(url, params=params)
+        assert response.status_code == 200, response.text
+        page = response.json()
+        pages.append(page)
+        cursor = page["next_cursor"]
+        if cursor is None:
+            return pages
+
+
+def items_of(pages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [item for page in pages for item in page["items"]]
+
+
+def assert_problem(response: Response, status: int, detail: str | None = None) -> dict[str, Any]:
+    """An RFC 9457 problem with the given status (and detail, when given)."""
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/problem+json")
+    body = response.json()
+    assert body.keys() >= PROBLEM_FIELDS
+    assert body["status"] == status
+    assert body["instance"] == response.request.url.path
+    assert isinstance(body["title"], str)
+    assert isinstance(body["type"], str)
+    assert isinstance(body["detail"], str)
+    assert body["detail"]
+    if detail is not None:
+        assert body["detail"] == detail
+    return body
+
+
+async def send_raw(
+    client: AsyncClient, method: str, url: str, body: bytes, content_type: str | None
+) -> Response:
+    """`body` exactly as given, with `content_type` (or no content type at all)."""
+    headers = {"content-type": content_type} if content_type else {}
+    return await client.request(method, url, content=body, headers=headers)
+
+
+def nested(levels: int, *, lists: bool = False) -> Any:
+    """`levels` objects (or lists) inside each other, with a string at the bottom."""
+    value: Any = "leaf"
+    for _ in range(levels):
+        value = [value] if lists else {"a": value}
+    return value
+
+
+def parse_time(value: str) -> datetime:
+    return datetime.fromisoformat(value)
+
+
+# --- bad input shared by POST, PUT and PATCH ----------------------------------------------
+
+# Each is merged into a valid body; every one must be refused with a 422 and nothing stored.
+INVALID_FIELDS = [
+    pytest.param({"name": ""}, id="name-empty"),
+    pytest.param({"name": "   "}, id="name-blank"),
+    pytest.param({"name": "\t\n "}, id="name-whitespace"),
+    pytest.param({"name": "x" * 101}, id="name-101-chars"),
+    pytest.param({"name": "x" * 10_000}, id="name-10000-chars"),
+    pytest.param({"name": "p\x00i"}, id="name-nul"),
+    pytest.param({"name": None}, id="name-null"),
+    pytest.param({"name": 123}, id="name-number"),
+    pytest.param({"name": ["pi"]}, id="name-list"),
+    pytest.param({"name": {"a": 1}}, id="name-object"),
+    pytest.param({"serial_number": ""}, id="serial-empty"),
+    pytest.param({"serial_number": "s" * 101}, id="serial-101-chars"),
+    pytest.param({"serial_number": "s\x00n"}, id="serial-nul"),
+    pytest.param({"serial_number": 42}, id="serial-number"),
+    pytest.param({"model": "m" * 101}, id="model-101-chars"),
+    pytest.param({"model": "m\x00"}, id="model-nul"),
+    pytest.param({"status": "broken"}, id="status-unknown"),
+    pytest.param({"status": "ACTIVE"}, id="status-wrong-case"),
+    pytest.param({"status": None}, id="status-null"),
+    pytest.param({"status": 1}, id="status-number"),
+    pytest.param({"owner_id": 0}, id="owner-zero"),
+    pytest.param({"owner_id": -1}, id="owner-negative"),
+    pytest.param({"owner_id": 2**63}, id="owner-beyond-bigint"),
+    pytest.param({"owner_id": "abc"}, id="owner-string"),
+    pytest.param({"owner_id": 1.5}, id="owner-fraction"),
+    pytest.param({"tags": "pi"}, id="tags-string"),
+    pytest.param({"tags": None}, id="tags-null"),
+    pytest.param({"tags": {"a": 1}}, id="tags-object"),
+    pytest.param({"tags": [1]}, id="tags-number"),
+    pytest.param({"tags": [None]}, id="tags-null-item"),
+    pytest.param({"tags": [""]}, id="tags-empty-item"),
+    pytest.param({"tags": ["  "]}, id="tags-blank-item"),
+    pytest.param({"tags": ["t\x00"]}, id="tags-nul"),
+    pytest.param({"tags": ["t" * 65]}, id="tags-65-chars"),
+    pytest.param({"tags": [f"t{i}" for i in range(101)]}, id="tags-101-items"),
+    pytest.param({"attributes": None}, id="attributes-null"),
+    pytest.param({"attributes": []}, id="attributes-list"),
+    pytest.param({"attributes": "x"}, id="attributes-string"),
+    pytest.param({"attributes": 1}, id="attributes-number"),
+    pytest.param({"attributes": {"k\x00": 1}}, id="attributes-nul-key"),
+    pytest.param({"attributes": {"k": "v\x00"}}, id="attributes-nul-value"),
+    pytest.param({"attributes": {"k": ["v\x00"]}}, id="attributes-nul-in-list"),
+    pytest.param({"attributes": {"k": {"\x00": 1}}}, id="attributes-nul-nested-key"),
+    pytest.param({"attributes": nested(17)}, id="attributes-17-levels"),
+    pytest.param({"attributes": {"k": nested(16, lists=True)}}, id="attributes-17-levels-lists"),
+    pytest.param({"last_seen_at": "2024-01-01T00:00:00"}, id="last-seen-naive"),
+    pytest.param({"last_seen_at": "yesterday"}, id="last-seen-garbage"),
+    pytest.param({"last_seen_at": "2024-13-01T00:00:00Z"}, id="last-seen-bad-month"),
+    pytest.param({"id": 7}, id="client-id"),
+    pytest.param({"version": 5}, id="client-version"),
+    pytest.param({"created_at": "2024-01-01T00:00:00Z"}, id="client-created-at"),
+    pytest.param({"updated_at": "2024-01-01T00:00:00Z"}, id="client-updated-at"),
+    pytest.param({"owner": {"id": 1, "name": "ann"}}, id="client-owner"),
+    pytest.param({"colour": "red"}, id="unknown-field"),
+]
+
+# Raw request bodies (sent as application/json) that must be refused with a 422.
+INVALID_JSON = [
+    pytest.param(b'{"name": "pi"', id="truncated"),
+    pytest.param(b'{"name": pi}', id="malformed"),
+    pytest.param(b'{"name": "pi",}', id="trailing-comma"),
+    pytest.param(b"not json", id="not-json"),
+    pytest.param(b"", id="empty"),
+    pytest.param(b"[]", id="array"),
+    pytest.param(b'"pi"', id="string"),
+    pytest.param(b"null", id="null"),
+    pytest.param(b"42", id="number"),
+    pytest.param(b'{"name": "\\ud800"}', id="name-lone-high-surrogate"),
+    pytest.param(b'{"name": "a\\udc00b"}', id="name-lone-low-surrogate"),
+    pytest.param(b'{"name": "\\u0000"}', id="name-escaped-nul"),
+    pytest.param(b'{"name": "pi", "tags": ["\\udfff"]}', id="tag-lone-surrogate"),
+    pytest.param(b'{"name": "pi", "serial_number": "\\ud800"}', id="serial-lone-surrogate"),
+    pytest.param(b'{"name": "pi", "attributes": {"\\ud800": 1}}', id="attribute-key-surrogate"),
+    pytest.param(b'{"name": "pi", "attributes": {"a": "\\ud800"}}', id="attribute-surrogate"),
+    pytest.param(b'{"name": "pi", "attributes": {"a": "\\u0000"}}', id="attribute-escaped-nul"),
+    pytest.param(b'{"name": "\xff\xfe"}', id="invalid-utf8"),
+    pytest.param(b'{"name": "\xc3"}', id="truncated-utf8"),
+    pytest.param(b'{"name": "\xed\xa0\x80"}', id="utf8-encoded-surrogate"),
+    pytest.param(b'{"name":"x","attributes":{"a":NaN}}', id="nan"),
+    pytest.param(b'{"name":"x","attributes":{"a":Infinity}}', id="infinity"),
+    pytest.param(b'{"name":"x","attributes":{"a":[-Infinity]}}', id="minus-infinity"),
+    pytest.param(b'{"name":"x","attributes":{"a":1e400}}', id="overflowing-number"),
+    pytest.param(
+        b'{"name":"x","attributes":' + b'{"a":' * 100_000 + b"1" + b"}" * 100_001,
+        id="attributes-100000-levels",
+    ),
+]
+
+# Bodies that are not JSON at all, by content type: refused with a 4xx problem, never a 500.
+WRONG_CONTENT_TYPES = [
+    pytest.param(b'{"name": "pi"}', "text/plain", id="json-as-text"),
+    pytest.param(b"name=pi", "application/x-www-form-urlencoded", id="form"),
+    pytest.param(b"<device><name>pi</name></device>", "application/xml", id="xml"),
+    pytest.param(b'{"name": "pi"}', None, id="no-content-type"),
+]
+
+BAD_IDS = [
+    pytest.param("0", id="zero"),
+    pytest.param("-1", id="negative"),
+    pytest.param(str(2**63), id="beyond-bigint"),
+    pytest.param(str(10**30), id="huge"),
+    pytest.param("abc", id="word"),
+    pytest.param("1.5", id="fraction"),
+]
+
+INVALID_CURSORS = [
+    pytest.param("garbage", id="garbage"),
+    pytest.param("!!!!", id="not-base64"),
+    pytest.param("eyJhZnRlciI6LTF9", id="negative-after"),  # {"after":-1}
+    pytest.param("eyJhZnRlciI6IngifQ", id="string-after"),  # {"after":"x"}
+    pytest.param("eyJhZnRlciI6dHJ1ZX0", id="boolean-after"),  # {"after":true}
+    pytest.param("eyJiZWZvcmUiOjF9", id="wrong-key"),  # {"before":1}
+    pytest.param("W10", id="json-array"),  # []
+    pytest.param("eyJhZnRlciI6OTIyMzM3MjAzNjg1NDc3NTgwOH0", id="beyond-bigint"),  # 2**63
+]
+
+ID_METHODS = [
+    pytest.param("GET", None, id="get"),
+    pytest.param("PUT", {"name": "pi"}, id="put"),
+    pytest.param("PATCH", {"name": "pi"}, id="patch"),
+    pytest.param("DELETE", None, id="delete"),
+]
+
+
+# --- tests ---------------------------------------------------------------------------------
+
+
+class TestRegisterDevice:
+    async def test_name_only_gets_defaults(self, client):
+        response = await client.post(DEVICES, json={"name": "pi"})
+
+        assert response.status_code == 201
+        assert response.headers["content-type"] == "application/json"
+        device = response.json()
+        assert device["name"] == "pi"
+        assert {key: device[key] for key in SERVER_DEFAULTS} == SERVER_DEFAULTS
+        assert isinstance(device["id"], int)
+        assert device["id"] >= 1
+        assert device["version"] == 1
+        assert parse_time(device["created_at"]).tzinfo is not None
+        assert device["updated_at"] == device["created_at"]
+
+    async def test_created_has_location_of_new_device(self, client):
+        response = await client.post(DEVICES, json={"name": "pi"})
+
+        device = response.json()
+        location = response.headers["location"]
+        assert location.endswith(f"{DEVICES}/{device['id']}")
+        fetched = await client.get(location)
+        assert fetched.status_code == 200
+        assert fetched.json() == device
+
+    async def test_all_fields_are_stored(self, client):
+        owner = await create_user(client, name="ann")
+        seen = datetime(2024, 5, 6, 7, 8, 9, 123000, tzinfo=timezone(timedelta(hours=2)))
+        fields = {
+            "name": "gateway",
+            "serial_number": "SN-1",
+            "model": "Pi 5",
+            "status": "inactive",
+            "owner_id": owner["id"],
+            "tags": ["lab", "edge"],
+            "attributes": {"ram_gb": 8, "ports": [1, 2], "meta": {"rack": "A", "ok": True}},
+            "last_seen_at": seen.isoformat(),
+        }
+
+        device = await create_device(client, **fields)
+
+        assert device["owner"] == {"id": owner["id"], "name": "ann"}
+        assert parse_time(device["last_seen_at"]) == seen
+        for key in ("name", "serial_number", "model", "status", "owner_id", "tags", "attributes"):
+            assert device[key] == fields[key]
+        assert await fetch_device(client, device["id"]) == device
+
+    @pytest.mark.parametrize("status", ["active", "inactive", "retired"])
+    async def test_each_status_is_accepted(self, client, status):
+        device = await create_device(client, status=status)
+
+        assert device["status"] == status
+
+    async def test_text_fields_are_trimmed(self, client):
+        device = await create_device(
+            client, name=" pi ", serial_number="\tSN-1\n", model="  Pi 5 ", tags=[" lab ", "x "]
+        )
+
+        assert device["name"] == "pi"
+        assert device["serial_number"] == "SN-1"
+        assert device["model"] == "Pi 5"
+        assert device["tags"] == ["lab", "x"]
+        assert (await fetch_device(client, device["id"]))["name"] == "pi"
+
+    async def test_duplicate_tags_are_dropped_keeping_order(self, client):
+        device = await create_device(client, tags=["b", "a", "b", " a ", "c", "a"])
+
+        assert device["tags"] == ["b", "a", "c"]
+
+    async def test_longest_values_are_accepted(self, client):
+        device = await create_device(
+            client, name="n" * 100, serial_number="s" * 100, model="m" * 100, tags=["t" * 64]
+        )
+
+        assert device["name"] == "n" * 100
+        assert device["serial_number"] == "s" * 100
+        assert device["model"] == "m" * 100
+        assert device["tags"] == ["t" * 64]
+
+    async def test_non_ascii_text_is_kept(self, client):
+        device = await create_device(
+            client, name="Ölfühler 温度 🌡", tags=["café"], attributes={"ключ": "значение"}
+        )
+
+        stored = await fetch_device(client, device["id"])
+        assert stored["name"] == "Ölfühler 温度 🌡"
+        assert stored["tags"] == ["café"]
+        assert stored["attributes"] == {"ключ": "значение"}
+
+    async def test_attributes_16_levels_deep_are_accepted(self, client):
+        device = await create_device(client, attributes=nested(16))
+
+        assert device["attributes"] == nested(16)
+
+    async def test_devices_without_serial_number_do_not_conflict(self, client):
+        await create_device(client, name="a")
+        await create_device(client, name="b", serial_number=None)
+
+        assert [device["name"] for device in await stored_devices(client)] == ["a", "b"]
+
+    async def test_duplicate_serial_number_conflicts(self, client):
+        first = await create_device(client, name="a", serial_number="SN-1")
+
+        response = await client.post(DEVICES, json={"name": "b", "serial_number": "SN-1"})
+
+        problem = assert_problem(response, 409)
+        assert problem["field"] == "serial_number"
+        assert await stored_devices(client) == [first]
+
+    async def test_serial_number_conflict_is_found_after_trimming(self, client):
+        first = await create_device(client, name="a", serial_number="SN-1")
+
+        response = await client.post(DEVICES, json={"name": "b", "serial_number": " SN-1 "})
+
+        assert assert_problem(response, 409)["field"] == "serial_number"
+        assert await stored_devices(client) == [first]
+
+    async def test_unknown_owner_is_refused(self, client):
+        response = await client.post(DEVICES, json={"name": "pi", "owner_id": BIGINT_MAX})
+
+        problem = assert_problem(response, 422)
+        assert problem["field"] == "owner_id"
+        assert await stored_devices(client) == []
+
+    async def test_ids_are_not_reused_after_a_failed_insert(self, client):
+        first = await create_device(client, name="a", serial_number="SN-1")
+        await client.post(DEVICES, json={"name": "b", "serial_number": "SN-1"})
+
+        second = await create_device(client, name="c")
+
+        assert second["id"] > first["id"]
+
+    @pytest.mark.parametrize("fields", INVALID_FIELDS)
+    async def test_invalid_field_is_refused(self, client, fields):
+        response = await client.post(DEVICES, json={"name": "pi", **fields})
+
+        assert_problem(response, 422)
+        assert await stored_devices(client) == []
+
+    async def test_missing_name_is_refused(self, client):
+        response = await client.post(DEVICES, json={"model": "Pi 5"})
+
+        problem = assert_problem(response, 422)
+        assert problem["errors"][0]["loc"] == ["body", "name"]
+        assert await stored_devices(client) == []
+
+    async def test_validation_problem_lists_each_error(self, client):
+        response = await client.post(DEVICES, json={"name": "", "status": "broken"})
+
+        problem = assert_problem(response, 422)
+        assert problem["type"].endswith("validation-error")
+        assert {tuple(error["loc"]) for error in problem["errors"]} == {
+            ("body", "name"),
+            ("body", "status"),
+        }
+        assert all({"loc", "msg", "type"} <= error.keys() for error in problem["errors"])
+
+    async def test_problem_does_not_echo_huge_input(self, client):
+        response = await client.post(DEVICES, json={"name": "x" * 10_000})
+
+        assert_problem(response, 422)
+        assert "x" * 200 not in response.text
+
+    @pytest.mark.parametrize("body", INVALID_JSON)
+    async def test_invalid_json_is_refused(self, client, body):
+        response = await send_raw(client, "POST", DEVICES, body, "application/json")
+
+        assert_problem(response, 422)
+        assert await stored_devices(client) == []
+
+    @pytest.mark.parametrize(("body", "content_type"), WRONG_CONTENT_TYPES)
+    async def test_wrong_content_type_is_refused(self, client, body, content_type):
+        response = await send_raw(client, "POST", DEVICES, body, content_type)
+
+        assert response.status_code in {415, 422}
+        assert_problem(response, response.status_code)
+        assert await stored_devices(client) == []
+
+    async def test_json_with_charset_is_accepted(self, client):
+        body = b'{"name": "pi"}'
+        response = await send_raw(client, "POST", DEVICES, body, "application/json; charset=utf-8")
+
+        assert response.status_code == 201
+        assert response.json()["name"] == "pi"
+
+
+class TestGetDevice:
+    async def test_existing_device_is_returned(self, client):
+        owner = await create_user(client, name="bob")
+        created = await create_device(client, owner_id=owner["id"], tags=["x"])
+
+        response = await client.get(f"{DEVICES}/{created['id']}")
+
+        assert response.status_code == 200
+        assert response.json() == created
+        assert response.json()["owner"] == {"id": owner["id"], "name": "bob"}
+
+    async def test_costs_one_statement(self, client, statements):
+        owner = await create_user(client)
+        device = await create_device(client, owner_id=owner["id"])
+        statements.clear()
+
+        await client.get(f"{DEVICES}/{device['id']}")
+
+        assert len(statements) == 1
+
+    @pytest.mark.parametrize("device_id", [1, 999_999, BIGINT_MAX])
+    async def test_unknown_id_is_not_found(self, client, device_id):
+        response = await client.get(f"{DEVICES}/{device_id}")
+
+        assert_problem(response, 404, "Device not found")
+
+    async def test_deleted_device_is_not_found(self, client):
+        device = await create_device(client)
+        await client.delete(f"{DEVICES}/{device['id']}")
+
+        response = await client.get(f"{DEVICES}/{device['id']}")
+
+        assert_problem(response, 404, "Device not found")
+
+
+class TestBadDeviceId:
+    @pytest.mark.parametrize(("method", "body"), ID_METHODS)
+    @pytest.mark.parametrize("device_id", BAD_IDS)
+    async def test_bad_id_is_refused(self, client, method, body, device_id):
+        existing = await create_device(client)
+
+        response = await client.request(method, f"{DEVICES}/{device_id}", json=body)
+
+        assert_problem(response, 422)
+        assert await stored_devices(client) == [existing]
+
+    @pytest.mark.parametrize(("method", "body"), ID_METHODS)
+    async def test_unknown_id_is_not_found(self, client, method, body):
+        existing = await create_device(client)
+
+        response = await client.request(method, f"{DEVICES}/{existing['id'] + 1}", json=body)
+
+        assert_problem(response, 404, "Device not found")
+        assert await stored_devices(client) == [existing]
+
+
+class TestListDevices:
+    async def test_no_devices_is_an_empty_page(self, client):
+        response = await client.get(DEVICES)
+
+        assert response.status_code == 200
+        assert response.json() == {"items": [], "next_cursor": None}
+
+    async def test_items_are_full_devices_in_id_order(self, client):
+        owner = await create_user(client, name="ann")
+        created = [
+            await create_device(client, name="a", owner_id=owner["id"]),
+            await create_device(client, name="b"),
+        ]
+
+        response = await client.get(DEVICES)
+
+        assert response.json() == {"items": created, "next_cursor": None}
+
+    async def test_pages_walk_every_device_once_in_id_order(self, client):
+        created = [await create_device(client, name=f"d{i}") for i in range(5)]
+
+        pages = await walk_pages(client, DEVICES, limit=2)
+
+        assert [len(page["items"]) for page in pages] == [2, 2, 1]
+        assert [page["next_cursor"] is None for page in pages] == [False, False, True]
+        assert items_of(pages) == created
+
+    async def test_exactly_full_last_page_has_no_next_cursor(self, client):
+        created = [await create_device(client, name=f"d{i}") for i in range(4)]
+
+        pages = await walk_pages(client, DEVICES, limit=2)
+
+        assert [len(page["items"]) for page in pages] == [2, 2]
+        assert items_of(pages) == created
+
+    async def test_default_limit_is_50(self, client):
+        for i in range(51):
+            await create_device(client, name=f"d{i}")
+
+        page = (await client.get(DEVICES)).json()
+
+        assert len(page["items"]) == 50
+        assert page["next_cursor"] is not None
+
+    async def test_limit_1000_is_accepted(self, client):
+        device = await create_device(client)
+
+        response = await client.get(DEVICES, params={"limit": 1000})
+
+        assert response.status_code == 200
+        assert response.json()["items"] == [device]
+
+    async def test_device_deleted_between_pages_does_not_break_the_walk(self, client):
+        created = [await create_device(client, name=f"d{i}") for i in range(5)]
+        first = (await client.get(DEVICES, params={"limit": 2})).json()
+        await client.delete(f"{DEVICES}/{created[1]['id']}")  # the cursor's own row
+        await client.delete(f"{DEVICES}/{created[2]['id']}")  # the next page's first row
+
+        rest = items_of(await walk_pages(client, DEVICES, limit=2, cursor=first["next_cursor"]))
+
+        assert [item["id"] for item in rest] == [created[3]["id"], created[4]["id"]]
+
+    async def test_device_created_during_the_walk_is_seen_at_the_end(self, client):
+        created = [await create_device(client, name=f"d{i}") for i in range(3)]
+        first = (await client.get(DEVICES, params={"limit": 2})).json()
+        late = await create_device(client, name="late")
+
+        rest = items_of(await walk_pages(client, DEVICES, limit=2, cursor=first["next_cursor"]))
+
+        assert [item["id"] for item in rest] == [created[2]["id"], late["id"]]
+
+    @pytest.mark.parametrize("limit", ["0", "-1", "1001", "abc", "1.5", ""])
+    async def test_bad_limit_is_refused(self, client, limit):
+        response = await client.get(DEVICES, params={"limit": limit})
+
+        assert_problem(response, 422)
+
+    @pytest.mark.parametrize("cursor", INVALID_CURSORS)
+    async def test_invalid_cursor_is_a_bad_request(self, client, cursor):
+        await create_device(client)
+
+        response = await client.get(DEVICES, params={"cursor": cursor})
+
+        assert_problem(response, 400)
+
+    async def test_overlong_cursor_is_refused(self, client):
+        response = await client.get(DEVICES, params={"cursor": "A" * 513})
+
+        assert_problem(response, 422)
+
+    @pytest.mark.parametrize("count", [2, 10])
+    async def test_page_with_owners_costs_one_statement(self, client, statements, count):
+        owners = [await create_user(client, name=f"owner{i}") for i in range(3)]
+        for i in range(count):
+            await create_device(client, name=f"d{i}", owner_id=owners[i % 3]["id"])
+        statements.clear()
+
+        response = await client.get(DEVICES)
+
+        assert len(statements) == 1
+        items = response.json()["items"]
+        assert len(items) == count
+        assert [item["owner"] for item in items] == [
+            {"id": owners[i % 3]["id"], "name": f"owner{i % 3}"} for i in range(count)
+        ]
+
+
+class TestReplaceDevice:
+    async def test_sent_fields_replace_and_left_out_fields_reset(self, client):
+        owner = await create_user(client)
+        device = await create_device(
+            client,
+            serial_number="SN-1",
+            model="Pi 4",
+            status="retired",
+            owner_id=owner["id"],
+            tags=["a"],
+            attributes={"k": 1},
+            last_seen_at="2024-01-01T00:00:00Z",
+        )
+
+        response = await client.put(f"{DEVICES}/{device['id']}", json={"name": " new "})
+
+        assert response.status_code == 200
+        replaced = response.json()
+        assert replaced["name"] == "new"
+        assert {key: replaced[key] for key in SERVER_DEFAULTS} == SERVER_DEFAULTS
+        assert replaced["id"] == device["id"]
+        assert replaced["created_at"] == device["created_at"]
+        assert replaced["version"] == 2
+        assert await fetch_device(client, device["id"]) == replaced
+
+    async def test_all_fields_are_replaced(self, client):
+        owner = await create_user(client, name="cy")
+        device = await create_device(client, serial_number="SN-1")
+        fields = {
+            "name": "b",
+            "serial_number": "SN-2",
+            "model": "m",
+            "status": "inactive",
+            "owner_id": owner["id"],
+            "tags": ["x", "y", "x"],
+            "attributes": {"a": [1, {"b": None}]},
+            "last_seen_at": "2024-02-03T04:05:06+00:00",
+        }
+
+        replaced = (await client.put(f"{DEVICES}/{device['id']}", json=fields)).json()
+
+        assert replaced["owner"] == {"id": owner["id"], "name": "cy"}
+        assert replaced["tags"] == ["x", "y"]
+        assert parse_time(replaced["last_seen_at"]) == datetime(2024, 2, 3, 4, 5, 6, tzinfo=UTC)
+        for key in ("name", "serial_number", "model", "status", "owner_id", "attributes"):
+            assert replaced[key] == fields[key]
+
+    async def test_same_state_keeps_version(self, client):
+        device = await create_device(client, tags=["a"])
+
+        response = await client.put(f"{DEVICES}/{device['id']}", json={"name": "pi", "tags": ["a"]})
+
+        assert response.status_code == 200
+        assert response.json() == device
+
+    async def test_keeping_own_serial_number_is_not_a_conflict(self, client):
+        device = await create_device(client, serial_number="SN-1")
+
+        response = await client.put(
+            f"{DEVICES}/{device['id']}", json={"name": "b", "serial_number": "SN-1"}
+        )
+
+        assert response.status_code == 200
+        assert response.json()["serial_number"] == "SN-1"
+
+    async def test_serial_number_of_another_device_conflicts(self, client):
+        await create_device(client, name="a", serial_number="SN-1")
+        device = await create_device(client, name="b", serial_number="SN-2")
+
+        response = await client.put(
+            f"{DEVICES}/{device['id']}", json={"name": "c", "serial_number": "SN-1"}
+        )
+
+        assert assert_problem(response, 409)["field"] == "serial_number"
+        assert await fetch_device(client, device["id"]) == device
+
+    async def test_unknown_owner_is_refused(self, client):
+        device = await create_device(client)
+
+        response = await client.put(
+            f"{DEVICES}/{device['id']}", json={"name": "b", "owner_id": 999_999}
+        )
+
+        assert assert_problem(response, 422)["field"] == "owner_id"
+        assert await fetch_device(client, device["id"]) == device
+
+    async def test_missing_name_is_refused(self, client):
+        device = await create_device(client)
+
+        response = await client.put(f"{DEVICES}/{device['id']}", json={"model": "m"})
+
+        assert_problem(response, 422)
+        assert await fetch_device(client, device["id"]) == device
+
+    async def test_unknown_device_is_not_created(self, client):
+        response = await client.put(f"{DEVICES}/1", json={"name": "pi"})
+
+        assert_problem(response, 404, "Device not found")
+        assert await stored_devices(client) == []
+
+    @pytest.mark.parametrize("fields", INVALID_FIELDS)
+    async def test_invalid_field_is_refused(self, client, fields):
+        device = await create_device(client, serial_number="SN-1", tags=["a"])
+
+        response = await client.put(f"{DEVICES}/{device['id']}", json={"name": "b", **fields})
+
+        assert_problem(response, 422)
+        assert await stored_devices(client) == [device]
+
+    @pytest.mark.parametrize("body", INVALID_JSON)
+    async def test_invalid_json_is_refused(self, client, body):
+        device = await create_device(client)
+
+        response = await send_raw(
+            client, "PUT", f"{DEVICES}/{device['id']}", body, "application/json"
+        )
+
+        assert_problem(response, 422)
+        assert await stored_devices(client) == [device]
+
+    @pytest.mark.parametrize(("body", "content_type"), WRONG_CONTENT_TYPES)
+    async def test_wrong_content_type_is_refused(self, client, body, content_type):
+        device = await create_device(client)
+
+        response = await send_raw(client, "PUT", f"{DEVICES}/{device['id']}", body, content_type)
+
+        assert response.status_code in {415, 422}
+        assert_problem(response, response.status_code)
+        assert await stored_devices(client) == [device]
+
+
+class TestUpdateDevice:
+    async def test_only_sent_fields_change(self, client):
+        device = await create_device(
+            client, serial_number="SN-1", model="m", tags=["a"], attributes={"k": 1}
+        )
+
+        response = await client.patch(f"{DEVICES}/{device['id']}", json={"status": "retired"})
+
+        assert response.status_code == 200
+        updated = response.json()
+        assert updated == {**device, "status": "retired", "version": 2}
+        assert await fetch_device(client, device["id"]) == updated
+
+    @pytest.mark.parametrize(
+        ("field", "value", "expected"),
+        [
+            ("name", " new ", "new"),
+            ("serial_number", "SN-9", "SN-9"),
+            ("model", "Pi 5", "Pi 5"),
+            ("status", "inactive", "inactive"),
+            ("tags", ["z", "y", "z"], ["z", "y"]),
+            (
+                "attributes",
+                {"new": {"deep": [1, 2.5, None, True]}},
+                {"new": {"deep": [1, 2.5, None, True]}},
+            ),
+        ],
+    )
+    async def test_each_field_can_change(self, client, field, value, expected):
+        device = await create_device(client, tags=["a"], attributes={"k": 1})
+
+        updated = (await client.patch(f"{DEVICES}/{device['id']}", json={field: value})).json()
+
+        assert updated == {**device, field: expected, "version": 2}
+
+    async def test_attributes_are_replaced_not_merged(self, client):
+        device = await create_device(client, attributes={"a": 1, "b": 2})
+
+        updated = (
+            await client.patch(f"{DEVICES}/{device['id']}", json={"attributes": {"c": 3}})
+        ).json()
+
+        assert updated["attributes"] == {"c": 3}
+
+    async def test_owner_can_be_set_and_is_embedded(self, client):
+        owner = await create_user(client, name="dee")
+        device = await create_device(client)
+
+        updated = (
+            await client.patch(f"{DEVICES}/{device['id']}", json={"owner_id": owner["id"]})
+        ).json()
+
+        assert updated["owner_id"] == owner["id"]
+        assert updated["owner"] == {"id": owner["id"], "name": "dee"}
+
+    async def test_last_seen_at_can_be_set(self, client):
+        device = await create_device(client)
+
+        updated = (
+            await client.patch(
+                f"{DEVICES}/{device['id']}", json={"last_seen_at": "2024-03-04T05:06:07-05:00"}
+            )
+        ).json()
+
+        expected = datetime(2024, 3, 4, 10, 6, 7, tzinfo=UTC)
+        assert parse_time(updated["last_seen_at"]) == expected
+
+    async def test_null_clears_optional_fields(self, client):
+        owner = await create_user(client)
+        device = await create_device(
+            client,
+            serial_number="SN-1",
+            model="m",
+            owner_id=owner["id"],
+            last_seen_at="2024-01-01T00:00:00Z",
+        )
+        cleared = dict.fromkeys(("serial_number", "model", "owner_id", "last_seen_at"))
+
+        response = await client.patch(f"{DEVICES}/{device['id']}", json=cleared)
+
+        assert response.status_code == 200
+        updated = response.json()
+        assert updated == {**device, **cleared, "owner": None, "version": 2}
+        assert await fetch_device(client, device["id"]) == updated
+
+    @pytest.mark.parametrize("field", ["name", "status", "tags", "attributes"])
+    async def test_null_for_required_field_is_refused(self, client, field):
+        device = await create_device(client)
+
+        response = await client.patch(f"{DEVICES}/{device['id']}", json={field: None})
+
+        assert_problem(response, 422)
+        assert await fetch_device(client, device["id"]) == device
+
+    async def test_empty_body_changes_nothing(self, client):
+        device = await create_device(client)
+
+        response = await client.patch(f"{DEVICES}/{device['id']}", json={})
+
+        assert response.status_code == 200
+        assert response.json() == device
+
+    async def test_same_values_leave_version_and_updated_at_alone(self, client):
+        device = await create_device(client, model="m", tags=["a", "b"])
+
+        response = await client.patch(
+            f"{DEVICES}/{device['id']}",
+            json={"name": " pi ", "model": "m", "tags": ["a", "b", "a"], "status": "active"},
+        )
+
+        assert response.status_code == 200
+        assert response.json() == device
+        assert await fetch_device(client, device["id"]) == device
+
+    async def test_version_goes_up_by_one_per_change(self, client):
+        device = await create_device(client)
+        url = f"{DEVICES}/{device['id']}"
+
+        versions = [
+            (await client.patch(url, json={"name": "a"})).json()["version"],
+            (await client.patch(url, json={"name": "a"})).json()["version"],
+            (await client.patch(url, json={"model": "m"})).json()["version"],
+            (await client.put(url, json={"name": "b"})).json()["version"],
+        ]
+
+        assert versions == [2, 2, 3, 4]
+        assert (await fetch_device(client, device["id"]))["version"] == 4
+
+    async def test_created_at_never_changes(self, client):
+        device = await create_device(client)
+
+        updated = (await client.patch(f"{DEVICES}/{device['id']}", json={"name": "b"})).json()
+
+        assert updated["created_at"] == device["created_at"]
+        assert parse_time(updated["updated_at"]) >= parse_time(device["updated_at"])
+
+    async def test_serial_number_of_another_device_conflicts(self, client):
+        await create_device(client, name="a", serial_number="SN-1")
+        device = await create_device(client, name="b")
+
+        response = await client.patch(f"{DEVICES}/{device['id']}", json={"serial_number": "SN-1"})
+
+        assert assert_problem(response, 409)["field"] == "serial_number"
+        assert await fetch_device(client, device["id"]) == device
+
+    async def test_unknown_owner_is_refused(self, client):
+        device = await create_device(client)
+
+        response = await client.patch(f"{DEVICES}/{device['id']}", json={"owner_id": 999_999})
+
+        assert assert_problem(response, 422)["field"] == "owner_id"
+        assert await fetch_device(client, device["id"]) == device
+
+    async def test_unknown_device_is_not_found(self, client):
+        response = await client.patch(f"{DEVICES}/1", json={})
+
+        assert_problem(response, 404, "Device not found")
+
+    @pytest.mark.parametrize("fields", INVALID_FIELDS)
+    async def test_invalid_field_is_refused(self, client, fields):
+        device = await create_device(client, serial_number="SN-1", tags=["a"])
+
+        response = await client.patch(f"{DEVICES}/{device['id']}", json=fields)
+
+        assert_problem(response, 422)
+        assert await stored_devices(client) == [device]
+
+    @pytest.mark.parametrize("body", INVALID_JSON)
+    async def test_invalid_json_is_refused(self, client, body):
+        device = await create_device(client)
+
+        response = await send_raw(
+            client, "PATCH", f"{DEVICES}/{device['id']}", body, "application/json"
+        )
+
+        assert_problem(response, 422)
+        assert await stored_devices(client) == [device]
+
+    @pytest.mark.parametrize(("body", "content_type"), WRONG_CONTENT_TYPES)
+    async def test_wrong_content_type_is_refused(self, client, body, content_type):
+        device = await create_device(client)
+
+        response = await send_raw(client, "PATCH", f"{DEVICES}/{device['id']}", body, content_type)
+
+        assert response.status_code in {415, 422}
+        assert_problem(response, response.status_code)
+        assert await stored_devices(client) == [device]
+
+
+class TestDeleteDevice:
+    async def test_device_is_deleted(self, client):
+        kept = await create_device(client, name="kept")
+        device = await create_device(client, name="gone")
+
+        response = await client.delete(f"{DEVICES}/{device['id']}")
+
+        assert response.status_code == 204
+        assert response.content == b""
+        assert_problem(await client.get(f"{DEVICES}/{device['id']}"), 404, "Device not found")
+        assert await stored_devices(client) == [kept]
+
+    async def test_second_delete_is_not_found(self, client):
+        device = await create_device(client)
+        await client.delete(f"{DEVICES}/{device['id']}")
+
+        response = await client.delete(f"{DEVICES}/{device['id']}")
+
+        assert_problem(response, 404, "Device not found")
+
+    async def test_serial_number_is_free_again(self, client):
+        device = await create_device(client, serial_number="SN-1")
+        await client.delete(f"{DEVICES}/{device['id']}")
+
+        again = await create_device(client, serial_number="SN-1")
+
+        assert again["serial_number"] == "SN-1"
+
+    async def test_owner_is_kept(self, client):
+        owner = await create_user(client)
+        device = await create_device(client, owner_id=owner["id"])
+
+        await client.delete(f"{DEVICES}/{device['id']}")
+
+        assert (await client.get(f"{USERS}/{owner['id']}")).status_code == 200
+
+
+class TestRouting:
+    @pytest.mark.parametrize(
+        ("method", "path"),
+        [
+            ("PUT", DEVICES),
+            ("PATCH", DEVICES),
+            ("DELETE", DEVICES),
+            ("POST", f"{DEVICES}/1"),
+        ],
+    )
+    async def test_wrong_method_is_not_allowed(self, client, method, path):
+        response = await client.request(method, path, json={"name": "pi"})
+
+        assert_problem(response, 405)
+        assert "allow" in response.headers
+        assert await stored_devices(client) == []
+
+    @pytest.mark.parametrize(
+        "path", ["/api/v1/nothing", f"{DEVICES}/1/parts", "/api/v2/devices", "/api/v1/gadgets"]
+    )
+    async def test_unknown_route_is_not_found(self, client, path):
+        response = await client.get(path)
+
+        assert_problem(response, 404)

@@ -1,0 +1,221 @@
+"""Settings: every knob from the environment or `.env`, validated, the password kept secret."""
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from devreg.config import Settings
+
+PASSWORD = "s3cret-pw"
+DB_PARTS = ("DB_USER", "DB_PASSWORD", "DB_NAME", "DB_HOST", "DB_PORT")
+
+
+@pytest.fixture(autouse=True)
+def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """No setting leaks in from the developer's environment or a `.env` in the working dir."""
+    for name in Settings.model_fields:
+        monkeypatch.delenv(name.upper(), raising=False)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def set_env(monkeypatch: pytest.MonkeyPatch, values: dict[str, str]) -> None:
+    for name, value in values.items():
+        monkeypatch.setenv(name, value)
+
+
+def rendered_url(settings: Settings) -> str | None:
+    url = settings.external_database_url()
+    return None if url is None else url.render_as_string(hide_password=False)
+
+
+def error_fields(error: ValidationError) -> set[str]:
+    return {str(detail["loc"][0]) for detail in error.errors() if detail["loc"]}
+
+
+class TestDatabaseUrl:
+    @pytest.mark.parametrize(
+        ("raw", "expected"),
+        [
+            ("postgresql://u:p@h:5433/db", "postgresql+asyncpg://u:p@h:5433/db"),
+            ("postgres://u:p@h:5433/db", "postgresql+asyncpg://u:p@h:5433/db"),
+            ("postgresql+psycopg://u:p@h:5433/db", "postgresql+asyncpg://u:p@h:5433/db"),
+            ("postgresql+asyncpg://u:p@h:5433/db", "postgresql+asyncpg://u:p@h:5433/db"),
+            (
+                "postgresql://u:p@h:5433/db?sslmode=require",
+                "postgresql+asyncpg://u:p@h:5433/db?ssl=require",
+            ),
+        ],
+    )
+    def test_postgres_url_maps_to_asyncpg(
+        self, monkeypatch: pytest.MonkeyPatch, raw: str, expected: str
+    ) -> None:
+        monkeypatch.setenv("DATABASE_URL", raw)
+
+        assert rendered_url(Settings(_env_file=None)) == expected
+
+    @pytest.mark.parametrize(
+        "raw", ["mysql://u:p@h:3306/db", "sqlite:///devreg.db", "not a url at all"]
+    )
+    def test_non_postgres_url_rejected(self, monkeypatch: pytest.MonkeyPatch, raw: str) -> None:
+        monkeypatch.setenv("DATABASE_URL", raw)
+
+        with pytest.raises(ValidationError) as raised:
+            Settings(_env_file=None)
+
+        assert "database_url" in error_fields(raised.value)
+
+    def test_database_url_wins_over_db_parts(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        set_env(monkeypatch, {"DATABASE_URL": "postgresql://u:p@h:5433/db", "DB_NAME": "other"})
+
+        assert rendered_url(Settings(_env_file=None)) == "postgresql+asyncpg://u:p@h:5433/db"
+
+
+class TestDatabaseParts:
+    @pytest.mark.parametrize(
+        ("env", "expected"),
+        [
+            (
+                {
+                    "DB_USER": "app",
+                    "DB_PASSWORD": "pw",
+                    "DB_NAME": "mydb",
+                    "DB_HOST": "postgres_db",
+                    "DB_PORT": "6543",
+                },
+                "postgresql+asyncpg://app:pw@postgres_db:6543/mydb",
+            ),
+            ({"DB_NAME": "mydb"}, "postgresql+asyncpg://postgres:postgres@localhost:5432/mydb"),
+            ({"DB_HOST": "db"}, "postgresql+asyncpg://postgres:postgres@db:5432/postgres"),
+            ({"DB_PORT": "6543"}, "postgresql+asyncpg://postgres:postgres@localhost:6543/postgres"),
+            ({"DB_USER": "app"}, "postgresql+asyncpg://app:postgres@localhost:5432/postgres"),
+            ({"DB_PASSWORD": "pw"}, "postgresql+asyncpg://postgres:pw@localhost:5432/postgres"),
+        ],
+        ids=["all-five", "name", "host", "port", "user", "password"],
+    )
+    def test_parts_compose_url_with_tutorial_defaults(
+        self, monkeypatch: pytest.MonkeyPatch, env: dict[str, str], expected: str
+    ) -> None:
+        set_env(monkeypatch, env)
+
+        assert rendered_url(Settings(_env_file=None)) == expected
+
+    def test_nothing_set_means_embedded(self) -> None:
+        assert Settings(_env_file=None).external_database_url() is None
+
+    def test_tutorial_dotenv_with_export_lines_read(self, clean_environment: Path) -> None:
+        (clean_environment / ".env").write_text(
+            "export DB_USER=postgres\n"
+            "export DB_PASSWORD=postgres\n"
+            "export DB_NAME=mydb\n"
+            "export DB_HOST=postgres_db\n"
+            "export DB_PORT=5432\n"
+        )
+
+        expected = "postgresql+asyncpg://postgres:postgres@postgres_db:5432/mydb"
+        assert rendered_url(Settings()) == expected
+
+
+class TestSources:
+    @pytest.mark.parametrize(
+        ("name", "value", "field", "expected"),
+        [
+            ("POOL_SIZE", "5", "pool_size", 5),
+            ("MAX_OVERFLOW", "0", "max_overflow", 0),
+            ("POOL_TIMEOUT", "1.5", "pool_timeout", 1.5),
+            ("PORT", "8080", "port", 8080),
+            ("HOST", "devreg.internal", "host", "devreg.internal"),
+            ("LOG_LEVEL", "DEBUG", "log_level", "debug"),
+            ("MIGRATE_ON_START", "false", "migrate_on_start", False),
+        ],
+    )
+    def test_value_read_from_environment(
+        self, monkeypatch: pytest.MonkeyPatch, name: str, value: str, field: str, expected: Any
+    ) -> None:
+        monkeypatch.setenv(name, value)
+
+        assert getattr(Settings(_env_file=None), field) == expected
+
+    def test_value_read_from_dotenv(self, clean_environment: Path) -> None:
+        (clean_environment / ".env").write_text(
+            "POOL_SIZE=7\nDATABASE_URL=postgresql://u:p@h:5433/db\n"
+        )
+
+        settings = Settings()
+
+        assert settings.pool_size == 7
+        assert rendered_url(settings) == "postgresql+asyncpg://u:p@h:5433/db"
+
+    def test_environment_wins_over_dotenv(
+        self, monkeypatch: pytest.MonkeyPatch, clean_environment: Path
+    ) -> None:
+        (clean_environment / ".env").write_text("POOL_SIZE=7\n")
+        monkeypatch.setenv("POOL_SIZE", "9")
+
+        assert Settings().pool_size == 9
+
+
+class TestDefaults:
+    @pytest.mark.parametrize(
+        ("field", "expected"),
+        [
+            ("pool_size", 20),
+            ("max_overflow", 10),
+            ("port", 4000),
+            ("host", "127.0.0.1"),
+            ("migrate_on_start", True),
+        ],
+    )
+    def test_unset_field_has_default(self, field: str, expected: Any) -> None:
+        assert getattr(Settings(_env_file=None), field) == expected
+
+    def test_pool_timeout_default_is_a_few_seconds(self) -> None:
+        assert 0 < Settings(_env_file=None).pool_timeout <= 10
+
+
+class TestInvalidValues:
+    @pytest.mark.parametrize(
+        ("name", "value"),
+        [
+            ("POOL_SIZE", "abc"),
+            ("POOL_SIZE", "0"),
+            ("MAX_OVERFLOW", "-1"),
+            ("POOL_TIMEOUT", "0"),
+            ("PORT", "70000"),
+            ("DB_PORT", "0"),
+            ("LOG_LEVEL", "loud"),
+            ("MIGRATE_ON_START", "maybe"),
+        ],
+    )
+    def test_invalid_value_rejected_naming_field(
+        self, monkeypatch: pytest.MonkeyPatch, name: str, value: str
+    ) -> None:
+        monkeypatch.setenv(name, value)
+
+        with pytest.raises(ValidationError) as raised:
+            Settings(_env_file=None)
+
+        assert error_fields(raised.value) == {name.lower()}
+
+
+class TestSecrecy:
+    @pytest.mark.parametrize(
+        "env",
+        [
+            {"DATABASE_URL": f"postgresql://u:{PASSWORD}@h:5433/db"},
+            {"DB_PASSWORD": PASSWORD},
+        ],
+        ids=["database-url", "db-password"],
+    )
+    @pytest.mark.parametrize("show", [repr, str], ids=["repr", "str"])
+    def test_password_not_shown(
+        self, monkeypatch: pytest.MonkeyPatch, env: dict[str, str], show: Any
+    ) -> None:
+        set_env(monkeypatch, env)
+
+        settings = Settings(_env_file=None)
+
+        assert PASSWORD in rendered_url(settings)  # type: ignore[operator]
+        assert PASSWORD not in show(settings)

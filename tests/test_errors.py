@@ -1,0 +1,241 @@
+"""Every failure is an RFC 9457 problem; requests carry an id and leave one log line."""
+
+import logging
+import re
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any, NoReturn
+
+import pytest
+from fastapi import FastAPI
+from httpx import AsyncClient, Response
+from sqlalchemy.engine import URL
+from sqlalchemy.exc import DBAPIError
+
+from devreg.app import create_app
+from devreg.errors import DevregError
+from devreg.logs import request_logger
+from tests.support import RunningApp, api_client, make_settings, running
+
+PROBLEM_JSON = "application/problem+json"
+SECRET = "hunter2"
+SECRET_SQL = f"SELECT * FROM users WHERE password={SECRET}"
+HUGE_NAME = "x" * 10_000
+PROBLEM_BODY_MAX_BYTES = 2_000
+
+
+def assert_problem(response: Response, status: int) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith(PROBLEM_JSON)
+    body: dict[str, Any] = response.json()
+    assert body["status"] == status
+    assert isinstance(body["title"], str)
+    assert isinstance(body["detail"], str)
+    assert isinstance(body["type"], str)
+    return body
+
+
+def request_records(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [record for record in caplog.records if record.name == request_logger.name]
+
+
+@pytest.fixture
+async def app_client(running_app: RunningApp) -> AsyncIterator[AsyncClient]:
+    """The session app, for requests that never reach the database."""
+    async with api_client(running_app) as client:
+        yield client
+
+
+@pytest.fixture
+def fresh_app(database_url: URL) -> Callable[..., FastAPI]:
+    def build(**overrides: object) -> FastAPI:
+        return create_app(make_settings(database_url, **overrides))
+
+    return build
+
+
+class TestUnknownRoute:
+    async def test_unknown_path_returns_404_problem(self, app_client: AsyncClient) -> None:
+        response = await app_client.get("/no/such/route")
+
+        body = assert_problem(response, 404)
+        assert body["type"] == "about:blank"
+        assert body["instance"] == "/no/such/route"
+
+
+class TestWrongMethod:
+    @pytest.mark.parametrize(
+        ("method", "path", "allowed"),
+        [
+            ("DELETE", "/livez", {"GET"}),
+            ("POST", "/api/v1/devices/1", {"GET", "PUT", "PATCH", "DELETE"}),
+            ("PATCH", "/api/v1/device/1", {"GET", "PUT", "DELETE"}),
+        ],
+    )
+    async def test_unsupported_method_returns_405_with_allow(
+        self, app_client: AsyncClient, method: str, path: str, allowed: set[str]
+    ) -> None:
+        response = await app_client.request(method, path)
+
+        assert_problem(response, 405)
+        allow = {part.strip() for part in response.headers["allow"].split(",")}
+        assert allowed <= allow
+        assert method not in allow
+
+
+class TestValidationError:
+    @pytest.mark.parametrize(
+        ("method", "path", "body", "loc"),
+        [
+            ("POST", "/api/v1/devices", {"name": HUGE_NAME}, ["body", "name"]),
+            ("POST", "/api/v1/devices", {}, ["body", "name"]),
+            ("POST", "/api/v1/devices", {"name": 42}, ["body", "name"]),
+            ("POST", "/api/v1/device/", {"name": HUGE_NAME}, ["body", "name"]),
+            ("GET", "/api/v1/devices/not-a-number", None, ["path", "device_id"]),
+            ("GET", "/api/v1/devices?limit=0", None, ["query", "limit"]),
+        ],
+        ids=["too-long", "missing", "wrong-type", "tutorial-too-long", "bad-path", "bad-query"],
+    )
+    async def test_invalid_request_returns_422_problem_with_errors(
+        self,
+        client: AsyncClient,
+        method: str,
+        path: str,
+        body: dict[str, Any] | None,
+        loc: list[str],
+    ) -> None:
+        response = await client.request(method, path, json=body)
+
+        problem = assert_problem(response, 422)
+        assert problem["errors"]
+        assert all(set(error) == {"loc", "msg", "type"} for error in problem["errors"])
+        assert problem["errors"][0]["loc"] == loc
+
+    async def test_huge_value_not_echoed(self, client: AsyncClient) -> None:
+        response = await client.post("/api/v1/devices", json={"name": HUGE_NAME})
+
+        assert_problem(response, 422)
+        assert len(response.content) < PROBLEM_BODY_MAX_BYTES
+        assert "xxxxxxxxxx" not in response.text
+
+
+def _raise_runtime_error() -> NoReturn:
+    raise RuntimeError(f"secret {SECRET_SQL}")
+
+
+def _raise_database_error() -> NoReturn:
+    raise DBAPIError(SECRET_SQL, {"password": SECRET}, Exception(f"syntax error in {SECRET_SQL}"))
+
+
+class TestUnhandledException:
+    @pytest.fixture(params=[_raise_runtime_error, _raise_database_error], ids=["runtime", "db"])
+    async def crashing_client(
+        self, request: pytest.FixtureRequest, fresh_app: Callable[..., FastAPI]
+    ) -> AsyncIterator[AsyncClient]:
+        app = fresh_app()
+        crash: Callable[[], NoReturn] = request.param
+
+        async def crashing_endpoint() -> None:
+            crash()
+
+        app.add_api_route("/boom", crashing_endpoint)
+        async with running(app) as started, api_client(started) as client:
+            yield client
+
+    async def test_crash_returns_generic_500_problem(self, crashing_client: AsyncClient) -> None:
+        response = await crashing_client.get("/boom")
+
+        body = assert_problem(response, 500)
+        assert body["detail"] == DevregError.default_detail
+        for leak in (SECRET, "SELECT", "Traceback", "RuntimeError", "DBAPIError"):
+            assert leak not in response.text
+
+    async def test_crash_logs_one_request_line_and_no_traceback(
+        self, crashing_client: AsyncClient, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        with caplog.at_level(logging.INFO):
+            await crashing_client.get("/boom")
+
+        assert [record.status for record in request_records(caplog)] == [500]  # type: ignore[attr-defined]
+        for record in caplog.records:
+            assert SECRET not in record.getMessage()
+            assert record.exc_info is None
+            assert record.exc_text is None
+        assert SECRET not in caplog.text
+        assert "Traceback" not in caplog.text
+
+
+class TestRequestId:
+    VALID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+
+    async def test_valid_sent_id_echoed(self, app_client: AsyncClient) -> None:
+        response = await app_client.get("/livez", headers={"X-Request-ID": "abc-123"})
+
+        assert response.headers["x-request-id"] == "abc-123"
+
+    async def test_no_sent_id_gets_new_id_per_request(self, app_client: AsyncClient) -> None:
+        ids = [(await app_client.get("/livez")).headers["x-request-id"] for _ in range(2)]
+
+        assert all(self.VALID.fullmatch(request_id) for request_id in ids)
+        assert ids[0] != ids[1]
+
+    @pytest.mark.parametrize(
+        "sent",
+        ["a" * 300, "has spaces", "semi;colon", "<script>"],
+        ids=["long", "sp", "sc", "html"],
+    )
+    async def test_invalid_sent_id_replaced(self, app_client: AsyncClient, sent: str) -> None:
+        response = await app_client.get("/livez", headers={"X-Request-ID": sent})
+
+        echoed = response.headers["x-request-id"]
+        assert echoed != sent
+        assert self.VALID.fullmatch(echoed)
+
+
+class TestRequestLog:
+    @pytest.mark.parametrize(
+        ("method", "path", "status"),
+        [
+            ("GET", "/livez", 200),
+            ("GET", "/no/such/route", 404),
+            ("DELETE", "/livez", 405),
+            ("GET", "/api/v1/devices?limit=0", 422),
+        ],
+    )
+    async def test_request_logs_one_line_with_outcome(
+        self,
+        app_client: AsyncClient,
+        caplog: pytest.LogCaptureFixture,
+        method: str,
+        path: str,
+        status: int,
+    ) -> None:
+        with caplog.at_level(logging.INFO):
+            await app_client.request(method, path)
+
+        [record] = request_records(caplog)
+        fields = {name: getattr(record, name, None) for name in ("method", "path", "status")}
+        assert fields == {"method": method, "path": path.split("?")[0], "status": status}
+        duration: Any = getattr(record, "duration_ms", None)
+        assert isinstance(duration, float | int)
+        assert duration >= 0
+
+
+class TestPoolExhausted:
+    async def test_no_free_connection_returns_503_then_recovers(
+        self, fresh_app: Callable[..., FastAPI]
+    ) -> None:
+        app = fresh_app(pool_size=1, max_overflow=0, pool_timeout=0.3)
+        async with running(app) as started, api_client(started) as client:
+            async with started.state["engine"].connect() as held:
+                await held.exec_driver_sql("select 1")
+                began = time.monotonic()
+                busy = await client.get("/api/v1/devices")
+                elapsed = time.monotonic() - began
+
+            recovered = await client.get("/api/v1/devices")
+
+        assert_problem(busy, 503)
+        assert busy.headers["retry-after"].isdigit()
+        assert elapsed < 2
+        assert recovered.status_code == 200

@@ -1,0 +1,40 @@
+import json
+import logging
+
+from devreg.logs import RedactingJsonFormatter
+
+
+def format_record(message: str, *, exc_info: bool = False) -> dict[str, object]:
+    formatter = RedactingJsonFormatter("%(levelname)s %(name)s %(message)s")
+    try:
+        raise RuntimeError("SELECT secret FROM users WHERE password='hunter2'")
+    except RuntimeError:
+        import sys
+
+        record = logging.LogRecord(
+            "devreg.test",
+            logging.ERROR,
+            __file__,
+            1,
+            message,
+            (),
+            sys.exc_info() if exc_info else None,
+        )
+    return json.loads(formatter.format(record))  # type: ignore[no-any-return]
+
+
+def test_exception_becomes_its_type_name() -> None:
+    line = format_record("failed", exc_info=True)
+    assert line["message"] == "failed"
+    assert line["error_type"] == "RuntimeError"
+    assert "hunter2" not in json.dumps(line)
+    assert "Traceback" not in json.dumps(line)
+
+
+def test_traceback_text_in_a_message_is_reduced_to_the_error_type() -> None:
+    traceback_text = (
+        'Traceback (most recent call last):\n  File "x.py", line 1, in <module>\n'
+        "sqlalchemy.exc.ProgrammingError: (asyncpg.exceptions.Foo) SELECT password='hunter2'"
+    )
+    line = format_record(traceback_text)
+    assert line["message"] == "error: ProgrammingError"

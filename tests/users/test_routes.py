@@ -1,0 +1,621 @@
+"""HTTP-level tests of /api/v1/users: every use case, its errors, paging and query counts."""
+
+from datetime import datetime
+from typing import Any
+
+import pytest
+from httpx import AsyncClient, Response
+
+USERS = "/api/v1/users"
+DEVICES = "/api/v1/devices"
+PROBLEM_FIELDS = {"type", "title", "status", "detail", "instance"}
+BIGINT_MAX = 2**63 - 1
+
+
+# --- helpers -------------------------------------------------------------------------------
+
+
+async def create_user(client: AsyncClient, **fields: Any) -> dict[str, Any]:
+    response = await client.post(USERS, json={"name": "ann", **fields})
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+async def create_device(client: AsyncClient, **fields: Any) -> dict[str, Any]:
+    response = await client.post(DEVICES, json={"name": "pi", **fields})
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+async def stored(client: AsyncClient, url: str = USERS) -> list[dict[str, Any]]:
+    """Every item `url` lists (one page is enough for a test)."""
+    response = await client.get(url, params={"limit": 1000})
+    assert response.status_code == 200, response.text
+    return response.json()["items"]
+
+
+async def fetch_user(client: AsyncClient, user_id: int) -> dict[str, Any]:
+    response = await client.get(f"{USERS}/{user_id}")
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+async def walk_pages(client: AsyncClient, url: str, *, limit: int) -> list[dict[str, Any]]:
+    """Every page of `url`, following next_cursor until it is null."""
+    pages = []
+    params: dict[str, Any] = {"limit": limit}
+    while True:
+        response = await client.get(url, params=params)
+        assert response.status_code == 200, response.text
+        page = response.json()
+        pages.append(page)
+        if page["next_cursor"] is None:
+            return pages
+        params["cursor"] = page["next_cursor"]
+
+
+def items_of(pages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [item for page in pages for item in page["items"]]
+
+
+def assert_problem(response: Response, status: int, detail: str | None = None) -> dict[str, Any]:
+    """An RFC 9457 problem with the given status (and detail, when given)."""
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/problem+json")
+    body = response.json()
+    assert body.keys() >= PROBLEM_FIELDS
+    assert body["status"] == status
+    assert body["instance"] == response.request.url.path
+    assert isinstance(body["title"], str)
+    assert isinstance(body["type"], str)
+    assert isinstance(body["detail"], str)
+    assert body["detail"]
+    if detail is not None:
+        assert body["detail"] == detail
+    return body
+
+
+async def send_raw(
+    client: AsyncClient, method: str, url: str, body: bytes, content_type: str | None
+) -> Response:
+    """`body` exactly as given, with `content_type` (or no content type at all)."""
+    headers = {"content-type": content_type} if content_type else {}
+    return await client.request(method, url, content=body, headers=headers)
+
+
+# --- bad input shared by POST and PATCH ---------------------------------------------------
+
+# Each is merged into a valid body; every one must be refused with a 422 and nothing stored.
+INVALID_FIELDS = [
+    pytest.param({"name": ""}, id="name-empty"),
+    pytest.param({"name": "   "}, id="name-blank"),
+    pytest.param({"name": "\t\n "}, id="name-whitespace"),
+    pytest.param({"name": "x" * 101}, id="name-101-chars"),
+    pytest.param({"name": "x" * 10_000}, id="name-10000-chars"),
+    pytest.param({"name": "a\x00n"}, id="name-nul"),
+    pytest.param({"name": None}, id="name-null"),
+    pytest.param({"name": 123}, id="name-number"),
+    pytest.param({"name": ["ann"]}, id="name-list"),
+    pytest.param({"email": "not-an-email"}, id="email-no-at"),
+    pytest.param({"email": ""}, id="email-empty"),
+    pytest.param({"email": "ann@"}, id="email-no-domain"),
+    pytest.param({"email": "@example.org"}, id="email-no-local-part"),
+    pytest.param({"email": "ann@@example.org"}, id="email-two-ats"),
+    pytest.param({"email": "ann @example.org"}, id="email-space"),
+    pytest.param({"email": "ann\x00@example.org"}, id="email-nul"),
+    pytest.param({"email": "a" * 310 + "@example.org"}, id="email-too-long"),
+    pytest.param({"email": 123}, id="email-number"),
+    pytest.param({"email": ["ann@example.org"]}, id="email-list"),
+    pytest.param({"id": 7}, id="client-id"),
+    pytest.param({"created_at": "2024-01-01T00:00:00Z"}, id="client-created-at"),
+    pytest.param({"updated_at": "2024-01-01T00:00:00Z"}, id="client-updated-at"),
+    pytest.param({"colour": "red"}, id="unknown-field"),
+]
+
+# Raw request bodies (sent as application/json) that must be refused with a 422.
+INVALID_JSON = [
+    pytest.param(b'{"name": "ann"', id="truncated"),
+    pytest.param(b'{"name": ann}', id="malformed"),
+    pytest.param(b"not json", id="not-json"),
+    pytest.param(b"", id="empty"),
+    pytest.param(b"[]", id="array"),
+    pytest.param(b"null", id="null"),
+    pytest.param(b'{"name": "\\ud800"}', id="name-lone-surrogate"),
+    pytest.param(b'{"name": "ann", "email": "\\udc00@example.org"}', id="email-lone-surrogate"),
+    pytest.param(b'{"name": "\\u0000"}', id="name-escaped-nul"),
+    pytest.param(b'{"name": "\xff\xfe"}', id="invalid-utf8"),
+    pytest.param(b'{"name": NaN}', id="nan"),
+]
+
+# Bodies that are not JSON at all, by content type: refused with a 4xx problem, never a 500.
+WRONG_CONTENT_TYPES = [
+    pytest.param(b'{"name": "ann"}', "text/plain", id="json-as-text"),
+    pytest.param(b"name=ann", "application/x-www-form-urlencoded", id="form"),
+    pytest.param(b'{"name": "ann"}', None, id="no-content-type"),
+]
+
+BAD_IDS = [
+    pytest.param("0", id="zero"),
+    pytest.param("-1", id="negative"),
+    pytest.param(str(2**63), id="beyond-bigint"),
+    pytest.param("abc", id="word"),
+    pytest.param("1.5", id="fraction"),
+]
+
+INVALID_CURSORS = [
+    pytest.param("garbage", id="garbage"),
+    pytest.param("!!!!", id="not-base64"),
+    pytest.param("eyJhZnRlciI6LTF9", id="negative-after"),  # {"after":-1}
+    pytest.param("eyJhZnRlciI6IngifQ", id="string-after"),  # {"after":"x"}
+    pytest.param("W10", id="json-array"),  # []
+]
+
+ID_METHODS = [
+    pytest.param("GET", "", None, id="get"),
+    pytest.param("PATCH", "", {"name": "bob"}, id="patch"),
+    pytest.param("DELETE", "", None, id="delete"),
+    pytest.param("GET", "/devices", None, id="list-devices"),
+]
+
+
+# --- tests ---------------------------------------------------------------------------------
+
+
+class TestRegisterUser:
+    async def test_name_only_has_no_email(self, client):
+        response = await client.post(USERS, json={"name": "ann"})
+
+        assert response.status_code == 201
+        assert response.headers["content-type"] == "application/json"
+        user = response.json()
+        assert set(user) == {"id", "name", "email", "created_at", "updated_at"}
+        assert user["name"] == "ann"
+        assert user["email"] is None
+        assert isinstance(user["id"], int)
+        assert user["id"] >= 1
+        assert datetime.fromisoformat(user["created_at"]).tzinfo is not None
+        assert user["updated_at"] == user["created_at"]
+
+    async def test_created_has_location_of_new_user(self, client):
+        response = await client.post(USERS, json={"name": "ann", "email": "ann@example.org"})
+
+        user = response.json()
+        assert response.headers["location"].endswith(f"{USERS}/{user['id']}")
+        fetched = await client.get(response.headers["location"])
+        assert fetched.status_code == 200
+        assert fetched.json() == user
+
+    async def test_email_is_stored(self, client):
+        user = await create_user(client, email="ann@example.org")
+
+        assert user["email"] == "ann@example.org"
+        assert await fetch_user(client, user["id"]) == user
+
+    async def test_explicit_null_email_is_accepted(self, client):
+        user = await create_user(client, email=None)
+
+        assert user["email"] is None
+
+    async def test_name_is_trimmed(self, client):
+        user = await create_user(client, name="  ann lee \t")
+
+        assert user["name"] == "ann lee"
+        assert (await fetch_user(client, user["id"]))["name"] == "ann lee"
+
+    async def test_100_character_name_is_accepted(self, client):
+        user = await create_user(client, name="n" * 100)
+
+        assert user["name"] == "n" * 100
+
+    async def test_non_ascii_name_is_kept(self, client):
+        user = await create_user(client, name="Zoë 山田 🙂")
+
+        assert (await fetch_user(client, user["id"]))["name"] == "Zoë 山田 🙂"
+
+    async def test_users_without_email_do_not_conflict(self, client):
+        first = await create_user(client, name="a")
+        second = await create_user(client, name="b")
+
+        assert await stored(client) == [first, second]
+
+    @pytest.mark.parametrize("email", ["ann@example.org", "ANN@example.org", "Ann@Example.Org"])
+    async def test_taken_email_in_any_case_conflicts(self, client, email):
+        first = await create_user(client, email="ann@example.org")
+
+        response = await client.post(USERS, json={"name": "other", "email": email})
+
+        problem = assert_problem(response, 409)
+        assert problem["field"] == "email"
+        assert await stored(client) == [first]
+
+    @pytest.mark.parametrize("fields", INVALID_FIELDS)
+    async def test_invalid_field_is_refused(self, client, fields):
+        response = await client.post(USERS, json={"name": "ann", **fields})
+
+        assert_problem(response, 422)
+        assert await stored(client) == []
+
+    async def test_missing_name_is_refused(self, client):
+        response = await client.post(USERS, json={"email": "ann@example.org"})
+
+        problem = assert_problem(response, 422)
+        assert problem["errors"][0]["loc"] == ["body", "name"]
+        assert await stored(client) == []
+
+    @pytest.mark.parametrize("body", INVALID_JSON)
+    async def test_invalid_json_is_refused(self, client, body):
+        response = await send_raw(client, "POST", USERS, body, "application/json")
+
+        assert_problem(response, 422)
+        assert await stored(client) == []
+
+    @pytest.mark.parametrize(("body", "content_type"), WRONG_CONTENT_TYPES)
+    async def test_wrong_content_type_is_refused(self, client, body, content_type):
+        response = await send_raw(client, "POST", USERS, body, content_type)
+
+        assert response.status_code in {415, 422}
+        assert_problem(response, response.status_code)
+        assert await stored(client) == []
+
+
+class TestGetUser:
+    async def test_existing_user_is_returned(self, client):
+        user = await create_user(client, email="ann@example.org")
+
+        response = await client.get(f"{USERS}/{user['id']}")
+
+        assert response.status_code == 200
+        assert response.json() == user
+
+    @pytest.mark.parametrize("user_id", [1, 999_999, BIGINT_MAX])
+    async def test_unknown_id_is_not_found(self, client, user_id):
+        response = await client.get(f"{USERS}/{user_id}")
+
+        assert_problem(response, 404, "User not found")
+
+
+class TestBadUserId:
+    @pytest.mark.parametrize(("method", "suffix", "body"), ID_METHODS)
+    @pytest.mark.parametrize("user_id", BAD_IDS)
+    async def test_bad_id_is_refused(self, client, method, suffix, body, user_id):
+        existing = await create_user(client)
+
+        response = await client.request(method, f"{USERS}/{user_id}{suffix}", json=body)
+
+        assert_problem(response, 422)
+        assert await stored(client) == [existing]
+
+    @pytest.mark.parametrize(("method", "suffix", "body"), ID_METHODS)
+    async def test_unknown_id_is_not_found(self, client, method, suffix, body):
+        existing = await create_user(client)
+
+        response = await client.request(method, f"{USERS}/{existing['id'] + 1}{suffix}", json=body)
+
+        assert_problem(response, 404, "User not found")
+        assert await stored(client) == [existing]
+
+
+class TestListUsers:
+    async def test_no_users_is_an_empty_page(self, client):
+        response = await client.get(USERS)
+
+        assert response.status_code == 200
+        assert response.json() == {"items": [], "next_cursor": None}
+
+    async def test_pages_walk_every_user_once_in_id_order(self, client):
+        created = [await create_user(client, name=f"u{i}") for i in range(5)]
+
+        pages = await walk_pages(client, USERS, limit=2)
+
+        assert [len(page["items"]) for page in pages] == [2, 2, 1]
+        assert [page["next_cursor"] is None for page in pages] == [False, False, True]
+        assert items_of(pages) == created
+
+    async def test_user_deleted_between_pages_does_not_break_the_walk(self, client):
+        created = [await create_user(client, name=f"u{i}") for i in range(4)]
+        first = (await client.get(USERS, params={"limit": 2})).json()
+        await client.delete(f"{USERS}/{created[1]['id']}")
+
+        rest = await client.get(USERS, params={"limit": 2, "cursor": first["next_cursor"]})
+
+        assert rest.json() == {"items": created[2:], "next_cursor": None}
+
+    @pytest.mark.parametrize("limit", ["0", "-1", "1001", "abc"])
+    async def test_bad_limit_is_refused(self, client, limit):
+        response = await client.get(USERS, params={"limit": limit})
+
+        assert_problem(response, 422)
+
+    @pytest.mark.parametrize("cursor", INVALID_CURSORS)
+    async def test_invalid_cursor_is_a_bad_request(self, client, cursor):
+        await create_user(client)
+
+        response = await client.get(USERS, params={"cursor": cursor})
+
+        assert_problem(response, 400)
+
+
+class TestUpdateUser:
+    async def test_name_changes_and_email_is_kept(self, client):
+        user = await create_user(client, email="ann@example.org")
+
+        response = await client.patch(f"{USERS}/{user['id']}", json={"name": " bob "})
+
+        assert response.status_code == 200
+        updated = response.json()
+        assert updated == {**user, "name": "bob", "updated_at": updated["updated_at"]}
+        assert await fetch_user(client, user["id"]) == updated
+
+    async def test_email_can_be_set(self, client):
+        user = await create_user(client)
+
+        updated = (
+            await client.patch(f"{USERS}/{user['id']}", json={"email": "ann@example.org"})
+        ).json()
+
+        assert updated["email"] == "ann@example.org"
+        assert updated["name"] == user["name"]
+
+    async def test_null_email_clears_it(self, client):
+        user = await create_user(client, email="ann@example.org")
+
+        updated = (await client.patch(f"{USERS}/{user['id']}", json={"email": None})).json()
+
+        assert updated["email"] is None
+        assert (await fetch_user(client, user["id"]))["email"] is None
+
+    async def test_cleared_email_is_free_for_another_user(self, client):
+        user = await create_user(client, email="ann@example.org")
+        await client.patch(f"{USERS}/{user['id']}", json={"email": None})
+
+        other = await create_user(client, name="other", email="ann@example.org")
+
+        assert other["email"] == "ann@example.org"
+
+    async def test_empty_body_changes_nothing(self, client):
+        user = await create_user(client, email="ann@example.org")
+
+        response = await client.patch(f"{USERS}/{user['id']}", json={})
+
+        assert response.status_code == 200
+        assert response.json() == user
+
+    async def test_same_values_leave_updated_at_alone(self, client):
+        user = await create_user(client, email="ann@example.org")
+
+        response = await client.patch(
+            f"{USERS}/{user['id']}", json={"name": " ann ", "email": "ann@example.org"}
+        )
+
+        assert response.json() == user
+
+    async def test_own_email_in_other_case_is_not_a_conflict(self, client):
+        user = await create_user(client, email="ann@example.org")
+
+        response = await client.patch(f"{USERS}/{user['id']}", json={"email": "ANN@example.org"})
+
+        assert response.status_code == 200
+        assert response.json()["email"].lower() == "ann@example.org"
+
+    @pytest.mark.parametrize("email", ["bob@example.org", "BOB@example.org"])
+    async def test_email_of_another_user_conflicts(self, client, email):
+        await create_user(client, name="bob", email="bob@example.org")
+        user = await create_user(client, email="ann@example.org")
+
+        response = await client.patch(f"{USERS}/{user['id']}", json={"email": email})
+
+        assert assert_problem(response, 409)["field"] == "email"
+        assert await fetch_user(client, user["id"]) == user
+
+    async def test_unknown_user_is_not_found(self, client):
+        response = await client.patch(f"{USERS}/1", json={"name": "bob"})
+
+        assert_problem(response, 404, "User not found")
+        assert await stored(client) == []
+
+    @pytest.mark.parametrize("fields", INVALID_FIELDS)
+    async def test_invalid_field_is_refused(self, client, fields):
+        user = await create_user(client, email="ann@example.org")
+
+        response = await client.patch(f"{USERS}/{user['id']}", json=fields)
+
+        assert_problem(response, 422)
+        assert await stored(client) == [user]
+
+    @pytest.mark.parametrize("body", INVALID_JSON)
+    async def test_invalid_json_is_refused(self, client, body):
+        user = await create_user(client)
+
+        response = await send_raw(
+            client, "PATCH", f"{USERS}/{user['id']}", body, "application/json"
+        )
+
+        assert_problem(response, 422)
+        assert await stored(client) == [user]
+
+    @pytest.mark.parametrize(("body", "content_type"), WRONG_CONTENT_TYPES)
+    async def test_wrong_content_type_is_refused(self, client, body, content_type):
+        user = await create_user(client)
+
+        response = await send_raw(client, "PATCH", f"{USERS}/{user['id']}", body, content_type)
+
+        assert response.status_code in {415, 422}
+        assert_problem(response, response.status_code)
+        assert await stored(client) == [user]
+
+
+class TestDeleteUser:
+    async def test_user_without_devices_is_deleted(self, client):
+        kept = await create_user(client, name="kept")
+        user = await create_user(client, name="gone")
+
+        response = await client.delete(f"{USERS}/{user['id']}")
+
+        assert response.status_code == 204
+        assert response.content == b""
+        assert_problem(await client.get(f"{USERS}/{user['id']}"), 404, "User not found")
+        assert await stored(client) == [kept]
+
+    async def test_email_is_free_again(self, client):
+        user = await create_user(client, email="ann@example.org")
+        await client.delete(f"{USERS}/{user['id']}")
+
+        again = await create_user(client, email="ann@example.org")
+
+        assert again["email"] == "ann@example.org"
+
+    async def test_second_delete_is_not_found(self, client):
+        user = await create_user(client)
+        await client.delete(f"{USERS}/{user['id']}")
+
+        response = await client.delete(f"{USERS}/{user['id']}")
+
+        assert_problem(response, 404, "User not found")
+
+    async def test_user_owning_devices_is_refused(self, client):
+        user = await create_user(client)
+        device = await create_device(client, owner_id=user["id"])
+
+        response = await client.delete(f"{USERS}/{user['id']}")
+
+        problem = assert_problem(response, 409)
+        assert "cascade=devices" in problem["detail"]
+        assert await stored(client) == [user]
+        assert await stored(client, DEVICES) == [device]
+
+    async def test_cascade_deletes_the_users_devices_only(self, client):
+        user = await create_user(client, name="gone")
+        other = await create_user(client, name="kept")
+        await create_device(client, name="a", owner_id=user["id"])
+        await create_device(client, name="b", owner_id=user["id"])
+        others_device = await create_device(client, name="c", owner_id=other["id"])
+        unowned = await create_device(client, name="d")
+
+        response = await client.delete(f"{USERS}/{user['id']}", params={"cascade": "devices"})
+
+        assert response.status_code == 204
+        assert response.content == b""
+        assert await stored(client) == [other]
+        assert await stored(client, DEVICES) == [others_device, unowned]
+
+    async def test_cascade_without_devices_deletes_the_user(self, client):
+        user = await create_user(client)
+
+        response = await client.delete(f"{USERS}/{user['id']}", params={"cascade": "devices"})
+
+        assert response.status_code == 204
+        assert await stored(client) == []
+
+    async def test_cascade_for_unknown_user_is_not_found(self, client):
+        user = await create_user(client)
+        device = await create_device(client, owner_id=user["id"])
+
+        response = await client.delete(f"{USERS}/{user['id'] + 1}", params={"cascade": "devices"})
+
+        assert_problem(response, 404, "User not found")
+        assert await stored(client, DEVICES) == [device]
+
+    @pytest.mark.parametrize("cascade", ["", "all", "DEVICES", "users"])
+    async def test_unknown_cascade_is_refused(self, client, cascade):
+        user = await create_user(client)
+        device = await create_device(client, owner_id=user["id"])
+
+        response = await client.delete(f"{USERS}/{user['id']}", params={"cascade": cascade})
+
+        assert_problem(response, 422)
+        assert await stored(client) == [user]
+        assert await stored(client, DEVICES) == [device]
+
+
+class TestListUserDevices:
+    async def test_only_the_users_devices_are_listed_with_owner(self, client):
+        user = await create_user(client, name="ann")
+        other = await create_user(client, name="bob")
+        mine = [
+            await create_device(client, name="a", owner_id=user["id"]),
+            await create_device(client, name="b", owner_id=user["id"]),
+        ]
+        await create_device(client, name="c", owner_id=other["id"])
+        await create_device(client, name="d")
+
+        response = await client.get(f"{USERS}/{user['id']}/devices")
+
+        assert response.status_code == 200
+        assert response.json() == {"items": mine, "next_cursor": None}
+        assert {item["owner"]["name"] for item in mine} == {"ann"}
+
+    async def test_user_without_devices_has_an_empty_page(self, client):
+        user = await create_user(client)
+        await create_device(client)
+
+        response = await client.get(f"{USERS}/{user['id']}/devices")
+
+        assert response.json() == {"items": [], "next_cursor": None}
+
+    async def test_pages_walk_every_device_once_in_id_order(self, client):
+        user = await create_user(client)
+        other = await create_user(client, name="bob")
+        mine = []
+        for i in range(5):
+            mine.append(await create_device(client, name=f"d{i}", owner_id=user["id"]))
+            await create_device(client, name=f"x{i}", owner_id=other["id"])
+
+        pages = await walk_pages(client, f"{USERS}/{user['id']}/devices", limit=2)
+
+        assert [len(page["items"]) for page in pages] == [2, 2, 1]
+        assert items_of(pages) == mine
+
+    @pytest.mark.parametrize("count", [2, 10])
+    async def test_costs_two_statements(self, client, statements, count):
+        user = await create_user(client)
+        for i in range(count):
+            await create_device(client, name=f"d{i}", owner_id=user["id"])
+        statements.clear()
+
+        response = await client.get(f"{USERS}/{user['id']}/devices")
+
+        assert len(response.json()["items"]) == count
+        assert len(statements) == 2
+
+    @pytest.mark.parametrize("limit", ["0", "1001"])
+    async def test_bad_limit_is_refused(self, client, limit):
+        user = await create_user(client)
+
+        response = await client.get(f"{USERS}/{user['id']}/devices", params={"limit": limit})
+
+        assert_problem(response, 422)
+
+    @pytest.mark.parametrize("cursor", INVALID_CURSORS)
+    async def test_invalid_cursor_is_a_bad_request(self, client, cursor):
+        user = await create_user(client)
+
+        response = await client.get(f"{USERS}/{user['id']}/devices", params={"cursor": cursor})
+
+        assert_problem(response, 400)
+
+
+class TestRouting:
+    @pytest.mark.parametrize(
+        ("method", "path"),
+        [
+            ("PUT", USERS),
+            ("DELETE", USERS),
+            ("PUT", f"{USERS}/1"),
+            ("POST", f"{USERS}/1"),
+            ("POST", f"{USERS}/1/devices"),
+        ],
+    )
+    async def test_wrong_method_is_not_allowed(self, client, method, path):
+        await create_user(client)
+
+        response = await client.request(method, path, json={"name": "bob"})
+
+        assert_problem(response, 405)
+        assert "allow" in response.headers
+        assert [user["name"] for user in await stored(client)] == ["ann"]
+
+    @pytest.mark.parametrize("path", [f"{USERS}/1/things", "/api/v1/people", "/api/v1/users/1/x/y"])
+    async def test_unknown_route_is_not_found(self, client, path):
+        response = await client.get(path)
+
+        assert_problem(response, 404)
