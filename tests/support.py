@@ -5,11 +5,12 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import IO, Any
 
 import httpx
 from fastapi import FastAPI
@@ -92,34 +93,38 @@ def devreg_environment(**settings: str) -> dict[str, str]:
 
 @contextmanager
 def devreg_server(**settings: str) -> Iterator[str]:
-    """A real `devreg serve` process; yields its base URL, stops it with Ctrl-C (SIGINT)."""
+    """A real `devreg serve` process; yields its base URL, stops it with Ctrl-C (SIGINT).
+
+    Its output goes to a file: a pipe nobody reads would fill up and block the server.
+    """
     port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "devreg", "serve", "--port", str(port)],
-        env=devreg_environment(**settings),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    base_url = f"http://127.0.0.1:{port}"
-    try:
-        _wait_until_live(process, base_url)
-        yield base_url
-    finally:
-        process.send_signal(signal.SIGINT)
+    with tempfile.TemporaryFile("w+") as output:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "devreg", "serve", "--port", str(port)],
+            env=devreg_environment(**settings),
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        base_url = f"http://127.0.0.1:{port}"
         try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+            _wait_until_live(process, base_url, output)
+            yield base_url
+        finally:
+            process.send_signal(signal.SIGINT)
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
 
 
-def _wait_until_live(process: subprocess.Popen[str], base_url: str) -> None:
+def _wait_until_live(process: subprocess.Popen[str], base_url: str, output: IO[str]) -> None:
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            output = process.stdout.read() if process.stdout else ""
-            raise AssertionError(f"devreg serve exited with {process.returncode}:\n{output}")
+            output.seek(0)
+            raise AssertionError(f"devreg serve exited with {process.returncode}:\n{output.read()}")
         try:
             if httpx.get(f"{base_url}/livez", timeout=1).status_code == 200:
                 return

@@ -21,10 +21,13 @@ SessionMaker = async_sessionmaker[AsyncSession]
 def create_engine(url: URL, settings: Settings) -> AsyncEngine:
     return create_async_engine(
         url,
-        pool_size=settings.pool_size,
-        max_overflow=settings.max_overflow,
+        # SQLAlchemy closes an overflow connection as soon as it is returned, so a steady load
+        # above POOL_SIZE would open and close connections all the time. Instead every
+        # connection, overflow included, opens on demand and stays open.
+        pool_size=settings.pool_size + settings.max_overflow,
+        max_overflow=0,
         pool_timeout=settings.pool_timeout,
-        # A long-lived pool that never churns: connections are recycled only when broken.
+        # No ping before each checkout: that would be a round trip per request.
         pool_pre_ping=False,
         # Bound parameters stay out of exception messages, so they cannot reach a log line.
         hide_parameters=True,
