@@ -8,31 +8,20 @@ from typing import Any, NoReturn
 
 import pytest
 from fastapi import FastAPI
-from httpx import AsyncClient, Response
+from httpx import AsyncClient
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError
 
 from devreg.app import create_app
 from devreg.errors import DevregError
 from devreg.logs import request_logger
+from tests.api import assert_problem
 from tests.support import RunningApp, api_client, make_settings, running
 
-PROBLEM_JSON = "application/problem+json"
 SECRET = "hunter2"
 SECRET_SQL = f"SELECT * FROM users WHERE password={SECRET}"
 HUGE_NAME = "x" * 10_000
 PROBLEM_BODY_MAX_BYTES = 2_000
-
-
-def assert_problem(response: Response, status: int) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith(PROBLEM_JSON)
-    body: dict[str, Any] = response.json()
-    assert body["status"] == status
-    assert isinstance(body["title"], str)
-    assert isinstance(body["detail"], str)
-    assert isinstance(body["type"], str)
-    return body
 
 
 def request_records(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:

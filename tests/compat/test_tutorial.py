@@ -5,10 +5,11 @@ from typing import Any
 import pytest
 from httpx import AsyncClient, Response
 
+from tests.api import assert_problem
+
 DEVICE = "/api/v1/device/"
 USERS = "/users/"
 MISSING_ID = 987_654_321
-PROBLEM_JSON = "application/problem+json"
 
 
 def assert_item(response: Response, *, status: int = 200, **expected: Any) -> dict[str, Any]:
@@ -19,12 +20,6 @@ def assert_item(response: Response, *, status: int = 200, **expected: Any) -> di
     assert isinstance(body["id"], int)
     assert body.items() >= expected.items()
     return body
-
-
-def assert_not_found(response: Response, detail: str) -> None:
-    assert response.status_code == 404, response.text
-    assert response.headers["content-type"].startswith(PROBLEM_JSON)
-    assert response.json()["detail"] == detail
 
 
 async def create_device(client: AsyncClient, name: str = "my-first-device") -> dict[str, Any]:
@@ -95,7 +90,7 @@ class TestTutorialDeviceDelete:
 
         assert response.status_code == 200
         assert response.json() == {"ok": True}
-        assert_not_found(await client.get(f"{DEVICE}{device['id']}"), "Device not found")
+        assert_problem(await client.get(f"{DEVICE}{device['id']}"), 404, "Device not found")
 
 
 class TestTutorialMissing:
@@ -118,7 +113,7 @@ class TestTutorialMissing:
     ) -> None:
         response = await client.request(method, path, json=body)
 
-        assert_not_found(response, detail)
+        assert_problem(response, 404, detail)
 
 
 class TestTutorialUsers:

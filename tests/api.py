@@ -1,0 +1,210 @@
+"""Helpers shared by the HTTP API tests: requests, RFC 9457 problems, and bad input to send."""
+
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from httpx import AsyncClient, Response
+
+USERS = "/api/v1/users"
+DEVICES = "/api/v1/devices"
+PROBLEM_JSON = "application/problem+json"
+PROBLEM_FIELDS = {"type", "title", "status", "detail", "instance"}
+BIGINT_MAX = 2**63 - 1
+
+
+# --- requests ------------------------------------------------------------------------------
+
+
+async def _create(client: AsyncClient, url: str, body: dict[str, Any]) -> dict[str, Any]:
+    response = await client.post(url, json=body)
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+async def create_user(client: AsyncClient, **fields: Any) -> dict[str, Any]:
+    return await _create(client, USERS, {"name": "ann", **fields})
+
+
+async def create_device(client: AsyncClient, **fields: Any) -> dict[str, Any]:
+    return await _create(client, DEVICES, {"name": "pi", **fields})
+
+
+async def _fetch(client: AsyncClient, url: str) -> dict[str, Any]:
+    response = await client.get(url)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+async def fetch_user(client: AsyncClient, user_id: int) -> dict[str, Any]:
+    return await _fetch(client, f"{USERS}/{user_id}")
+
+
+async def fetch_device(client: AsyncClient, device_id: int) -> dict[str, Any]:
+    return await _fetch(client, f"{DEVICES}/{device_id}")
+
+
+async def stored(client: AsyncClient, url: str) -> list[dict[str, Any]]:
+    """Every item `url` lists, as the list endpoint shows them (one page is enough for a test)."""
+    response = await client.get(url, params={"limit": 1000})
+    assert response.status_code == 200, response.text
+    return response.json()["items"]
+
+
+async def stored_users(client: AsyncClient) -> list[dict[str, Any]]:
+    return await stored(client, USERS)
+
+
+async def stored_devices(client: AsyncClient) -> list[dict[str, Any]]:
+    return await stored(client, DEVICES)
+
+
+async def walk_pages(
+    client: AsyncClient, url: str, *, limit: int, cursor: str | None = None
+) -> list[dict[str, Any]]:
+    """Every page of `url` from `cursor` on, following next_cursor until it is null."""
+    pages = []
+    params: dict[str, Any] = {"limit": limit}
+    while True:
+        if cursor is not None:
+            params["cursor"] = cursor
+        response = await client.get(url, params=params)
+        assert response.status_code == 200, response.text
+        page = response.json()
+        pages.append(page)
+        cursor = page["next_cursor"]
+        if cursor is None:
+            return pages
+
+
+def items_of(pages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [item for page in pages for item in page["items"]]
+
+
+async def send_raw(
+    client: AsyncClient, method: str, url: str, body: bytes, content_type: str | None
+) -> Response:
+    """`body` exactly as given, with `content_type` (or no content type at all)."""
+    headers = {"content-type": content_type} if content_type else {}
+    return await client.request(method, url, content=body, headers=headers)
+
+
+def assert_problem(response: Response, status: int, detail: str | None = None) -> dict[str, Any]:
+    """An RFC 9457 problem with the given status (and detail, when given)."""
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith(PROBLEM_JSON)
+    body: dict[str, Any] = response.json()
+    assert body.keys() >= PROBLEM_FIELDS
+    assert body["status"] == status
+    assert body["instance"] == response.request.url.path
+    assert isinstance(body["title"], str)
+    assert isinstance(body["type"], str)
+    assert isinstance(body["detail"], str)
+    assert body["detail"]
+    if detail is not None:
+        assert body["detail"] == detail
+    return body
+
+
+@dataclass
+class Write:
+    """One write a test makes: a POST to a collection, or a PUT or PATCH of a stored item.
+
+    `valid` is a body the write accepts, which a test's own fields are merged over; `stored` is
+    what `collection` lists before the write, and must still list after a refused one.
+    """
+
+    method: str
+    url: str
+    collection: str
+    valid: dict[str, Any]
+    stored: list[dict[str, Any]]
+
+    async def send(self, client: AsyncClient, fields: dict[str, Any]) -> Response:
+        return await client.request(self.method, self.url, json={**self.valid, **fields})
+
+    async def send_raw(
+        self, client: AsyncClient, body: bytes, content_type: str | None
+    ) -> Response:
+        return await send_raw(client, self.method, self.url, body, content_type)
+
+    async def assert_unchanged(self, client: AsyncClient) -> None:
+        assert await stored(client, self.collection) == self.stored
+
+
+# --- bad input shared by users and devices -------------------------------------------------
+
+# Each is merged into a valid body; every one must be refused with a 422 and nothing stored.
+INVALID_NAMES = [
+    pytest.param({"name": ""}, id="name-empty"),
+    pytest.param({"name": "   "}, id="name-blank"),
+    pytest.param({"name": "\t\n "}, id="name-whitespace"),
+    pytest.param({"name": "x" * 101}, id="name-101-chars"),
+    pytest.param({"name": "x" * 10_000}, id="name-10000-chars"),
+    pytest.param({"name": "a\x00b"}, id="name-nul"),
+    pytest.param({"name": None}, id="name-null"),
+    pytest.param({"name": 123}, id="name-number"),
+    pytest.param({"name": ["x"]}, id="name-list"),
+    pytest.param({"name": {"a": 1}}, id="name-object"),
+]
+
+# Fields only the server sets, and one it does not know: refused like an invalid value.
+SERVER_SET_FIELDS = [
+    pytest.param({"id": 7}, id="client-id"),
+    pytest.param({"created_at": "2024-01-01T00:00:00Z"}, id="client-created-at"),
+    pytest.param({"updated_at": "2024-01-01T00:00:00Z"}, id="client-updated-at"),
+    pytest.param({"colour": "red"}, id="unknown-field"),
+]
+
+# Raw request bodies (sent as application/json) that must be refused with a 422.
+INVALID_JSON = [
+    pytest.param(b'{"name": "x"', id="truncated"),
+    pytest.param(b'{"name": x}', id="malformed"),
+    pytest.param(b'{"name": "x",}', id="trailing-comma"),
+    pytest.param(b"not json", id="not-json"),
+    pytest.param(b"", id="empty"),
+    pytest.param(b"[]", id="array"),
+    pytest.param(b'"x"', id="string"),
+    pytest.param(b"null", id="null"),
+    pytest.param(b"42", id="number"),
+    pytest.param(b'{"name": "\\ud800"}', id="name-lone-high-surrogate"),
+    pytest.param(b'{"name": "a\\udc00b"}', id="name-lone-low-surrogate"),
+    pytest.param(b'{"name": "\\u0000"}', id="name-escaped-nul"),
+    pytest.param(b'{"name": "\xff\xfe"}', id="invalid-utf8"),
+    pytest.param(b'{"name": "\xc3"}', id="truncated-utf8"),
+    pytest.param(b'{"name": "\xed\xa0\x80"}', id="utf8-encoded-surrogate"),
+    pytest.param(b'{"name": NaN}', id="name-nan"),
+]
+
+# Bodies that are not JSON at all, by content type: refused with a 4xx problem, never a 500.
+WRONG_CONTENT_TYPES = [
+    pytest.param(b'{"name": "x"}', "text/plain", id="json-as-text"),
+    pytest.param(b"name=x", "application/x-www-form-urlencoded", id="form"),
+    pytest.param(b"<item><name>x</name></item>", "application/xml", id="xml"),
+    pytest.param(b'{"name": "x"}', None, id="no-content-type"),
+]
+
+# Path ids that are not a positive 64-bit integer: refused with a 422.
+BAD_IDS = [
+    pytest.param("0", id="zero"),
+    pytest.param("-1", id="negative"),
+    pytest.param(str(2**63), id="beyond-bigint"),
+    pytest.param(str(10**30), id="huge"),
+    pytest.param("abc", id="word"),
+    pytest.param("1.5", id="fraction"),
+]
+
+# Page sizes outside 1..1000, or not a whole number: refused with a 422.
+BAD_LIMITS = ["0", "-1", "1001", "abc", "1.5", ""]
+
+# Paging cursors the server never hands out: a 400.
+INVALID_CURSORS = [
+    pytest.param("garbage", id="garbage"),
+    pytest.param("!!!!", id="not-base64"),
+    pytest.param("eyJhZnRlciI6LTF9", id="negative-after"),  # {"after":-1}
+    pytest.param("eyJhZnRlciI6IngifQ", id="string-after"),  # {"after":"x"}
+    pytest.param("eyJhZnRlciI6dHJ1ZX0", id="boolean-after"),  # {"after":true}
+    pytest.param("eyJiZWZvcmUiOjF9", id="wrong-key"),  # {"before":1}
+    pytest.param("W10", id="json-array"),  # []
+    pytest.param("eyJhZnRlciI6OTIyMzM3MjAzNjg1NDc3NTgwOH0", id="beyond-bigint"),  # 2**63
+]
