@@ -1,7 +1,7 @@
 import json
 import logging
 
-from devreg.logs import RedactingJsonFormatter
+from devreg.logs import RedactingJsonFormatter, logging_config
 
 
 def format_record(message: str, *, exc_info: bool = False) -> dict[str, object]:
@@ -38,3 +38,9 @@ def test_traceback_text_in_a_message_is_reduced_to_the_error_type() -> None:
     )
     line = format_record(traceback_text)
     assert line["message"] == "error: ProgrammingError"
+
+
+def test_sql_is_logged_only_with_db_echo() -> None:
+    quiet = logging_config("info")["loggers"]["sqlalchemy.engine"]["level"]
+    echoing = logging_config("info", echo_sql=True)["loggers"]["sqlalchemy.engine"]["level"]
+    assert (quiet, echoing) == ("WARNING", "INFO")

@@ -1,0 +1,46 @@
+"""One unit of work: everything a session scope wrote is committed together, or not at all."""
+
+import pytest
+from sqlalchemy import func, select
+from sqlalchemy.engine import URL
+
+from devreg.db.session import create_engine, create_sessionmaker, session_scope
+from devreg.devices import service as devices_service
+from devreg.devices.models import Device
+from devreg.devices.schemas import DeviceCreate
+from tests.support import make_settings
+
+
+class Interrupted(Exception):
+    pass
+
+
+async def count_devices(url: URL) -> int:
+    engine = create_engine(url, make_settings(url))
+    try:
+        async with engine.connect() as connection:
+            return int(await connection.scalar(select(func.count()).select_from(Device)) or 0)
+    finally:
+        await engine.dispose()
+
+
+async def test_an_error_after_writes_rolls_all_of_them_back(committed_database_url: URL) -> None:
+    engine = create_engine(committed_database_url, make_settings(committed_database_url))
+    sessionmaker = create_sessionmaker(engine)
+
+    async def register_two_then_fail() -> None:
+        async with session_scope(sessionmaker) as session:
+            await devices_service.register_device(session, data=DeviceCreate(name="a"))
+            await devices_service.register_device(session, data=DeviceCreate(name="b"))
+            raise Interrupted
+
+    try:
+        with pytest.raises(Interrupted):
+            await register_two_then_fail()
+        assert await count_devices(committed_database_url) == 0
+
+        async with session_scope(sessionmaker) as session:
+            await devices_service.register_device(session, data=DeviceCreate(name="a"))
+        assert await count_devices(committed_database_url) == 1
+    finally:
+        await engine.dispose()
