@@ -23,13 +23,15 @@ from devreg.db.embedded import EmbeddedPostgresError, embedded_cluster, resolve_
 from devreg.db.server import DatabaseConnectError, check_connection
 from devreg.db.session import create_engine, create_sessionmaker, session_scope
 from devreg.devices import service as devices_service
+from devreg.devices.filters import DeviceFilter
 from devreg.devices.models import DeviceStatus
 from devreg.devices.schemas import DeviceCreate, DevicePage, DeviceRead
-from devreg.errors import DevregError
+from devreg.errors import DevregError, InvalidParameter
 from devreg.logs import logging_config
-from devreg.pagination import PAGE_LIMIT_DEFAULT, PageRequest, decode_cursor
+from devreg.pagination import PAGE_LIMIT_DEFAULT, PageRequest
 from devreg.schemas import BIGINT_MAX
 from devreg.users import service as users_service
+from devreg.users.filters import UserFilter
 from devreg.users.schemas import UserCreate, UserPage, UserRead
 
 app = typer.Typer(help=__doc__, no_args_is_help=True, pretty_exceptions_enable=False)
@@ -69,6 +71,8 @@ def run_async(operation: Coroutine[Any, Any, T]) -> T:
         return asyncio.run(operation)
     except (DatabaseConnectError, EmbeddedPostgresError) as exc:
         fail(str(exc))
+    except InvalidParameter as exc:
+        fail(exc.detail, code=2)
     except DevregError as exc:
         fail(exc.detail)
 
@@ -139,13 +143,6 @@ def _cell(value: Any) -> str:
     if isinstance(value, list | dict):
         return json.dumps(value, ensure_ascii=False)
     return str(value)
-
-
-def page_request(limit: int, cursor: str | None) -> PageRequest:
-    try:
-        return PageRequest(limit=limit, after_id=decode_cursor(cursor) if cursor else 0)
-    except DevregError as exc:
-        fail(exc.detail, code=2)
 
 
 @app.command()
@@ -240,8 +237,10 @@ def users_list(
     limit: Limit = PAGE_LIMIT_DEFAULT, cursor: Cursor = None, as_json: JsonFlag = False
 ) -> None:
     """List users, a page at a time."""
-    page = page_request(limit, cursor)
-    result = in_transaction(lambda session: users_service.list_users(session, page=page))
+    page = PageRequest(limit=limit, cursor=cursor)
+    result = in_transaction(
+        lambda session: users_service.list_users(session, filters=UserFilter(), page=page)
+    )
     users = UserPage.model_validate(result)
     show_page(users, users.items, ("id", "name", "email"), as_json=as_json)
 
@@ -282,8 +281,10 @@ def devices_list(
     limit: Limit = PAGE_LIMIT_DEFAULT, cursor: Cursor = None, as_json: JsonFlag = False
 ) -> None:
     """List devices, a page at a time."""
-    page = page_request(limit, cursor)
-    result = in_transaction(lambda session: devices_service.list_devices(session, page=page))
+    page = PageRequest(limit=limit, cursor=cursor)
+    result = in_transaction(
+        lambda session: devices_service.list_devices(session, filters=DeviceFilter(), page=page)
+    )
     devices = DevicePage.model_validate(result)
     show_page(
         devices,

@@ -42,9 +42,22 @@ class BadRequest(DevregError):
     default_detail = "The request is malformed."
 
 
-class InvalidCursor(BadRequest):
+class InvalidParameter(BadRequest):
+    """A query parameter that is unknown, or whose value cannot be used."""
+
+    slug = "invalid-parameter"
+
+    def __init__(self, parameter: str, detail: str) -> None:
+        super().__init__(detail, parameter=parameter)
+
+
+class InvalidCursor(InvalidParameter):
     slug = "invalid-cursor"
-    default_detail = "The cursor is not valid; use the next_cursor of a previous page."
+
+    def __init__(
+        self, detail: str = "The cursor is not valid; use the next_cursor of a previous page."
+    ) -> None:
+        super().__init__("cursor", detail)
 
 
 class NotFound(DevregError):

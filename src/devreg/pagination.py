@@ -1,15 +1,24 @@
-"""Keyset pagination: a page is `limit` rows after an opaque cursor; never all rows at once."""
+"""Keyset pagination: a page is `limit` rows after an opaque cursor; never all rows at once.
+
+A cursor carries the sort key and id of the last row seen, plus a fingerprint of the filters
+and sort it was made for: reused with other filters or another sort, it is refused (400)
+rather than silently skipping or repeating rows.
+"""
 
 import base64
 import binascii
+import enum
+import hashlib
 import json
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Annotated, Generic, TypeVar
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Annotated, Any, Generic, TypeVar, cast
 
-from fastapi import Depends, Query
+from fastapi import Query
+from pydantic import Field, SerializerFunctionWrapHandler, model_serializer
 
-from devreg.errors import InvalidCursor
+from devreg.errors import InvalidCursor, InvalidParameter
 from devreg.schemas import BIGINT_MAX, Schema
 
 PAGE_LIMIT_DEFAULT = 50
@@ -18,61 +27,161 @@ PAGE_LIMIT_MAX = 1000
 RowT = TypeVar("RowT")
 ItemT = TypeVar("ItemT")
 
+SortValue = str | int | float | datetime | None
+
+
+class CountMode(enum.StrEnum):
+    NONE = "none"
+    EXACT = "exact"
+    ESTIMATED = "estimated"
+
+
+@dataclass(frozen=True)
+class Sort:
+    """One sort key (ties broken by id in the same direction)."""
+
+    key: str = "id"
+    descending: bool = False
+
+    def __str__(self) -> str:
+        return f"-{self.key}" if self.descending else self.key
+
+    @classmethod
+    def parse(cls, raw: str | None, allowed: Sequence[str], *, default: "Sort") -> "Sort":
+        if raw is None:
+            return default
+        key = raw.removeprefix("-")
+        if key not in allowed:
+            raise InvalidParameter(
+                "sort",
+                f"sort must be one of {', '.join(allowed)}, "
+                "optionally prefixed with - for descending",
+            )
+        return cls(key=key, descending=raw.startswith("-"))
+
+
+@dataclass(frozen=True)
+class Position:
+    """Where the previous page ended: its last row's sort value and id."""
+
+    value: SortValue
+    id: int
+
 
 @dataclass(frozen=True)
 class PageRequest:
     limit: int = PAGE_LIMIT_DEFAULT
-    after_id: int = 0
+    sort: Sort = field(default_factory=Sort)
+    cursor: str | None = None
+    count: CountMode = CountMode.NONE
 
 
 @dataclass(frozen=True)
 class PageResult(Generic[RowT]):
     items: Sequence[RowT]
     next_cursor: str | None
-
-    @classmethod
-    def from_rows(
-        cls, rows: Sequence[RowT], page: PageRequest, key: Callable[[RowT], int]
-    ) -> "PageResult[RowT]":
-        """`rows` holds up to limit + 1 rows: the extra one only says another page exists."""
-        if len(rows) <= page.limit:
-            return cls(items=rows, next_cursor=None)
-        items = rows[: page.limit]
-        return cls(items=items, next_cursor=encode_cursor(key(items[-1])))
+    total: int | None = None
+    total_is_estimate: bool | None = None
 
 
 class Page(Schema, Generic[ItemT]):
     items: list[ItemT]
     next_cursor: str | None = None
+    total: int | None = Field(None, description="With `count=exact` or `count=estimated`.")
+    total_is_estimate: bool | None = None
+
+    @model_serializer(mode="wrap")
+    def _total_only_when_counted(self, serialize: SerializerFunctionWrapHandler) -> Any:
+        data = serialize(self)
+        if self.total is None and isinstance(data, dict):
+            data.pop("total", None)
+            data.pop("total_is_estimate", None)
+        return data
 
 
-def encode_cursor(last_id: int) -> str:
-    payload = json.dumps({"after": last_id}, separators=(",", ":")).encode()
-    return base64.urlsafe_b64encode(payload).rstrip(b"=").decode()
+class Cursors:
+    """Makes and reads the cursors of one listing (one set of filters and one sort)."""
+
+    def __init__(self, sort: Sort, filters: dict[str, Any], value_type: type) -> None:
+        self.sort = sort
+        self.value_type = value_type
+        canonical = json.dumps([str(sort), filters], sort_keys=True, default=str)
+        self.fingerprint = hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+    def encode(self, position: Position) -> str:
+        value = position.value
+        wire = value.isoformat() if isinstance(value, datetime) else value
+        payload = json.dumps([self.fingerprint, wire, position.id], separators=(",", ":"))
+        return base64.urlsafe_b64encode(payload.encode()).rstrip(b"=").decode()
+
+    def decode(self, cursor: str) -> Position:
+        try:
+            padded = cursor + "=" * (-len(cursor) % 4)
+            fingerprint, wire, row_id = json.loads(base64.urlsafe_b64decode(padded.encode()))
+        except (ValueError, TypeError, binascii.Error) as exc:
+            raise InvalidCursor from exc
+        if fingerprint != self.fingerprint:
+            raise InvalidCursor(
+                "The cursor was made for other filters or another sort; "
+                "start again without a cursor."
+            )
+        if not _is_id(row_id):
+            raise InvalidCursor
+        return Position(value=self._value(wire), id=row_id)
+
+    def _value(self, wire: Any) -> SortValue:
+        if wire is None:
+            return None
+        try:
+            if self.value_type is datetime:
+                parsed = datetime.fromisoformat(wire)
+                if parsed.tzinfo is None:
+                    raise InvalidCursor
+                return parsed
+            if self.value_type is float and isinstance(wire, int | float):
+                return float(wire)
+        except (TypeError, ValueError) as exc:
+            raise InvalidCursor from exc
+        if type(wire) is not self.value_type or (self.value_type is int and not _is_id(wire)):
+            raise InvalidCursor
+        return cast(SortValue, wire)
 
 
-def decode_cursor(cursor: str) -> int:
-    """The id a page continues after; InvalidCursor for anything encode_cursor did not make."""
-    try:
-        padded = cursor + "=" * (-len(cursor) % 4)
-        after = json.loads(base64.urlsafe_b64decode(padded.encode("ascii")))["after"]
-    except (ValueError, TypeError, KeyError, binascii.Error) as exc:
-        raise InvalidCursor from exc
-    if not isinstance(after, int) or isinstance(after, bool) or not 0 <= after <= BIGINT_MAX:
-        raise InvalidCursor
-    return after
+def _is_id(value: Any) -> bool:
+    return type(value) is int and 0 <= value <= BIGINT_MAX
 
 
-def page_request(
-    limit: Annotated[
-        int, Query(ge=1, le=PAGE_LIMIT_MAX, description="Rows per page.")
-    ] = PAGE_LIMIT_DEFAULT,
-    cursor: Annotated[
-        str | None,
-        Query(max_length=512, description="`next_cursor` of the previous page."),
-    ] = None,
-) -> PageRequest:
-    return PageRequest(limit=limit, after_id=decode_cursor(cursor) if cursor else 0)
+async def paginate(
+    page: PageRequest,
+    cursors: Cursors,
+    *,
+    fetch: Callable[[Position | None], Awaitable[Sequence[tuple[RowT, SortValue]]]],
+    count: Callable[[bool], Awaitable[int]],
+    id_of: Callable[[RowT], int],
+) -> PageResult[RowT]:
+    """One page: `fetch` returns up to limit + 1 (row, sort value) pairs after a position (the
+    extra one only says another page exists); `count(exact)` the total, when asked for."""
+    rows = await fetch(cursors.decode(page.cursor) if page.cursor else None)
+    items = [row for row, _ in rows[: page.limit]]
+    next_cursor = None
+    if len(rows) > page.limit:
+        last, last_value = rows[page.limit - 1]
+        next_cursor = cursors.encode(Position(value=last_value, id=id_of(last)))
+    if page.count is CountMode.NONE:
+        return PageResult(items=items, next_cursor=next_cursor)
+    return PageResult(
+        items=items,
+        next_cursor=next_cursor,
+        total=await count(page.count is CountMode.EXACT),
+        total_is_estimate=page.count is CountMode.ESTIMATED,
+    )
 
 
-PageDep = Annotated[PageRequest, Depends(page_request)]
+Limit = Annotated[int, Query(ge=1, le=PAGE_LIMIT_MAX, description="Rows per page.")]
+CursorParam = Annotated[
+    str | None, Query(max_length=1024, description="`next_cursor` of the previous page.")
+]
+CountParam = Annotated[
+    CountMode,
+    Query(description="Add the total: `exact` counts, `estimated` asks the planner (fast)."),
+]

@@ -10,11 +10,13 @@ from fastapi import APIRouter, Query
 from devreg.compat.schemas import Deleted, TutorialDeviceIn, TutorialDeviceUpdate, TutorialItem
 from devreg.db.session import SessionDep
 from devreg.devices import service as devices_service
+from devreg.devices.filters import DeviceFilter
 from devreg.devices.routes import DeviceId
 from devreg.devices.schemas import DeviceCreate, DeviceUpdate
 from devreg.pagination import PAGE_LIMIT_DEFAULT, PAGE_LIMIT_MAX, PageRequest
 from devreg.schemas import ShortText
 from devreg.users import service as users_service
+from devreg.users.filters import UserFilter
 from devreg.users.routes import UserId
 from devreg.users.schemas import UserCreate
 
@@ -31,7 +33,9 @@ async def tutorial_create_device(data: TutorialDeviceIn, session: SessionDep) ->
 
 @router.get("/api/v1/device/", response_model=list[TutorialItem])
 async def tutorial_list_devices(session: SessionDep, limit: Limit = PAGE_LIMIT_DEFAULT) -> object:
-    page = await devices_service.list_devices(session, page=PageRequest(limit=limit))
+    page = await devices_service.list_devices(
+        session, filters=DeviceFilter(), page=PageRequest(limit=limit)
+    )
     return page.items
 
 
@@ -61,7 +65,9 @@ async def tutorial_create_user(name: Annotated[ShortText, Query()], session: Ses
 
 @router.get("/users/", response_model=list[TutorialItem])
 async def tutorial_list_users(session: SessionDep, limit: Limit = PAGE_LIMIT_DEFAULT) -> object:
-    page = await users_service.list_users(session, page=PageRequest(limit=limit))
+    page = await users_service.list_users(
+        session, filters=UserFilter(), page=PageRequest(limit=limit)
+    )
     return page.items
 
 

@@ -33,7 +33,12 @@ def create_engine(url: URL, settings: Settings) -> AsyncEngine:
         hide_parameters=True,
         connect_args={
             "timeout": settings.db_connect_timeout,
-            "server_settings": {"application_name": "devreg"},
+            "server_settings": {
+                "application_name": "devreg",
+                # `q=` matches words this similar (0..1); pg_trgm's 0.6 misses one-letter typos
+                # in short words such as "rasberry".
+                "pg_trgm.word_similarity_threshold": "0.4",
+            },
         },
     )
 

@@ -5,6 +5,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import (
     BigInteger,
     CheckConstraint,
+    Computed,
     DateTime,
     Enum,
     ForeignKey,
@@ -38,7 +39,26 @@ class Device(Timestamped, Base):
     __tablename__ = "devices"
     __table_args__ = (
         CheckConstraint("btrim(name) <> ''", name="name_not_blank"),
+        # Every filter and sort is served by an index; each keyset index ends with `id`.
         Index("ix_devices_owner_id_id", "owner_id", "id"),
+        Index("ix_devices_name_id", "name", "id"),
+        Index("ix_devices_model_id", "model", "id"),
+        Index("ix_devices_status_id", "status", "id"),
+        Index("ix_devices_created_at_id", "created_at", "id"),
+        Index("ix_devices_last_seen_at_id", "last_seen_at", "id"),
+        Index("ix_devices_tags", "tags", postgresql_using="gin"),
+        Index(
+            "ix_devices_attributes",
+            "attributes",
+            postgresql_using="gin",
+            postgresql_ops={"attributes": "jsonb_path_ops"},
+        ),
+        Index(
+            "ix_devices_search_text_trgm",
+            "search_text",
+            postgresql_using="gin",
+            postgresql_ops={"search_text": "gin_trgm_ops"},
+        ),
     )
 
     id: Mapped[int] = mapped_column(BigInteger, Identity(always=True), primary_key=True)
@@ -64,5 +84,15 @@ class Device(Timestamped, Base):
     last_seen_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     # Bumped by a trigger on every UPDATE, whichever code path issues it.
     version: Mapped[int] = mapped_column(Integer, server_default=text("1"))
+    # What `q=` searches (by trigram similarity), and what name__ic / name__isw narrow through
+    # its index: it starts with the name.
+    search_text: Mapped[str] = mapped_column(
+        Text,
+        Computed(
+            "name || ' ' || coalesce(serial_number, '') || ' ' || coalesce(model, '')",
+            persisted=True,
+        ),
+        deferred=True,
+    )
 
     owner: Mapped["User | None"] = relationship(lazy="raise")

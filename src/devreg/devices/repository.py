@@ -1,15 +1,30 @@
-from collections.abc import Sequence
+from collections.abc import Iterable
 from typing import Any
 
-from sqlalchemy import Executable, ScalarResult, delete, insert, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Executable,
+    ScalarResult,
+    Select,
+    SQLColumnExpression,
+    delete,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import joinedload
 from sqlalchemy.orm.attributes import set_committed_value
 
 from devreg.db.constraints import violated_constraint
+from devreg.db.keyset import count_rows, estimate_rows, fetch_page
+from devreg.devices.filters import RELEVANCE, DeviceFilter
 from devreg.devices.models import Device
 from devreg.errors import SerialAlreadyRegistered, UnknownOwner
+from devreg.pagination import Position, Sort, SortValue
 from devreg.users.models import User
 
 _VIOLATIONS = {
@@ -29,19 +44,87 @@ class DeviceRepository:
         return (await self.session.scalars(statement)).one_or_none()
 
     async def list_page(
-        self, *, owner_id: int | None = None, after_id: int, limit: int
-    ) -> Sequence[Device]:
-        """Up to `limit` + 1 devices after `after_id`, by id: the extra row says more exist."""
-        statement = (
-            select(Device)
-            .options(joinedload(Device.owner))
-            .where(Device.id > after_id)
-            .order_by(Device.id)
-            .limit(limit + 1)
+        self, filters: DeviceFilter, *, sort: Sort, after: Position | None, limit: int
+    ) -> list[tuple[Device, SortValue]]:
+        """Up to `limit` + 1 matching devices after `after`, each with its sort value; the
+        extra row says more exist."""
+        statement = self._matching(filters).options(joinedload(Device.owner))
+        key = self._sort_key(sort, filters)
+        rows = await fetch_page(
+            self.session,
+            statement,
+            key=key,
+            id_column=Device.id,
+            descending=sort.descending,
+            nullable=sort.key == "last_seen_at",
+            after=after,
+            limit=limit,
         )
-        if owner_id is not None:
-            statement = statement.where(Device.owner_id == owner_id)
-        return (await self.session.scalars(statement)).all()
+        return [(row[0], row[1]) for row in rows]
+
+    async def count(self, filters: DeviceFilter, *, exact: bool) -> int:
+        statement = self._matching(filters)
+        if exact:
+            return await count_rows(self.session, statement)
+        return await estimate_rows(self.session, statement)
+
+    @staticmethod
+    def _sort_key(sort: Sort, filters: DeviceFilter) -> ColumnElement[Any]:
+        if sort.key == RELEVANCE:
+            return func.word_similarity(filters.search or "", Device.search_text)
+        column: ColumnElement[Any] = getattr(Device, sort.key)
+        return column
+
+    @staticmethod
+    def _matching(filters: DeviceFilter) -> Select[Device]:
+        statement = select(Device)
+        conditions = [
+            *_any_of(Device.status, filters.status),
+            *_any_of(Device.owner_id, filters.owner_id),
+            *_any_of(Device.model, filters.model),
+            *_any_of(Device.name, filters.name),
+            *_any_of(Device.serial_number, filters.serial_number),
+        ]
+        # search_text begins with the name, so its trigram index narrows name searches too.
+        if filters.name_contains:
+            conditions.append(
+                or_(
+                    *(
+                        Device.search_text.icontains(text, autoescape=True)
+                        & Device.name.icontains(text, autoescape=True)
+                        for text in filters.name_contains
+                    )
+                )
+            )
+        if filters.name_starts_with:
+            conditions.append(
+                or_(
+                    *(
+                        Device.search_text.istartswith(text, autoescape=True)
+                        & Device.name.istartswith(text, autoescape=True)
+                        for text in filters.name_starts_with
+                    )
+                )
+            )
+        if filters.created_after is not None:
+            conditions.append(Device.created_at > filters.created_after)
+        if filters.created_before is not None:
+            conditions.append(Device.created_at < filters.created_before)
+        if filters.last_seen_after is not None:
+            conditions.append(Device.last_seen_at > filters.last_seen_after)
+        if filters.last_seen_before is not None:
+            conditions.append(Device.last_seen_at < filters.last_seen_before)
+        if filters.tags:
+            conditions.append(Device.tags.contains(list(filters.tags)))
+        if filters.has_owner is not None:
+            conditions.append(
+                Device.owner_id.is_not(None) if filters.has_owner else Device.owner_id.is_(None)
+            )
+        for name, values in filters.attributes:
+            conditions.append(or_(*(Device.attributes.contains({name: value}) for value in values)))
+        if filters.search:
+            conditions.append(Device.search_text.op("%>")(filters.search))
+        return statement.where(*conditions)
 
     async def add(self, values: dict[str, Any]) -> Device:
         device = (await self._returning(insert(Device).values(values).returning(Device))).one()
@@ -74,3 +157,11 @@ class DeviceRepository:
         owner = await self.session.get(User, device.owner_id) if device.owner_id else None
         set_committed_value(device, "owner", owner)
         return device
+
+
+def _any_of(column: SQLColumnExpression[Any], values: Iterable[Any]) -> list[ColumnElement[bool]]:
+    """`column` equal to one of `values`; no condition at all when there are none."""
+    values = list(values)
+    if not values:
+        return []
+    return [column == values[0] if len(values) == 1 else column.in_(values)]

@@ -1,13 +1,38 @@
+from dataclasses import dataclass
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Request, Response, status
+from fastapi import APIRouter, Depends, Path, Query, Request, Response, status
+from pydantic import AwareDatetime
 
 from devreg.db.session import SessionDep
 from devreg.devices import service
+from devreg.devices.filters import (
+    DEFAULT_SORT,
+    RELEVANCE_SORT,
+    SORT_KEYS,
+    DeviceFilter,
+    JsonScalar,
+)
+from devreg.devices.models import DeviceStatus
 from devreg.devices.schemas import DeviceCreate, DevicePage, DeviceRead, DeviceUpdate
-from devreg.errors import problem_responses
-from devreg.pagination import PageDep
-from devreg.schemas import BIGINT_MAX
+from devreg.errors import InvalidParameter, problem_responses
+from devreg.pagination import (
+    PAGE_LIMIT_DEFAULT,
+    CountMode,
+    CountParam,
+    CursorParam,
+    Limit,
+    PageRequest,
+    Sort,
+)
+from devreg.querystring import (
+    LISTING_PARAMETERS,
+    json_scalar,
+    page_response,
+    parse_fields,
+    reject_unknown,
+)
+from devreg.schemas import BIGINT_MAX, Id, ShortText, Tag
 
 router = APIRouter(prefix="/devices", tags=["devices"])
 
@@ -30,9 +55,115 @@ async def create_device(
     return device
 
 
+@dataclass(frozen=True)
+class DeviceListing:
+    filters: DeviceFilter
+    page: PageRequest
+    fields: frozenset[str] | None
+
+
+_LISTING_PARAMETERS = LISTING_PARAMETERS | {
+    "status", "owner_id", "model", "name", "name__ic", "name__isw", "serial_number",
+    "created_after", "created_before", "last_seen_after", "last_seen_before", "tag",
+    "has_owner", "q",
+}  # fmt: skip
+_ATTRIBUTE_PREFIX = "attr."
+Texts = Annotated[list[ShortText] | None, Query()]
+
+
+async def device_listing(
+    request: Request,
+    status: Annotated[list[DeviceStatus] | None, Query(description="Any of these.")] = None,
+    owner_id: Annotated[list[Id] | None, Query(description="Owned by any of these.")] = None,
+    model: Texts = None,
+    name: Texts = None,
+    name__ic: Annotated[
+        list[ShortText] | None, Query(description="Name contains (any case).")
+    ] = None,
+    name__isw: Annotated[
+        list[ShortText] | None, Query(description="Name starts with (any case).")
+    ] = None,
+    serial_number: Texts = None,
+    created_after: AwareDatetime | None = None,
+    created_before: AwareDatetime | None = None,
+    last_seen_after: AwareDatetime | None = None,
+    last_seen_before: AwareDatetime | None = None,
+    tag: Annotated[list[Tag] | None, Query(description="Has all of these tags.")] = None,
+    has_owner: bool | None = None,
+    q: Annotated[
+        str | None,
+        Query(
+            min_length=1,
+            max_length=100,
+            description="Search name, serial and model, "
+            "forgiving typos and partial words; ordered by relevance unless `sort` is given.",
+        ),
+    ] = None,
+    sort: Annotated[
+        str | None,
+        Query(
+            description="`name`, `created_at`, `last_seen_at` or `id`; `-` for "
+            "descending. Ties are broken by id."
+        ),
+    ] = None,
+    limit: Limit = PAGE_LIMIT_DEFAULT,
+    cursor: CursorParam = None,
+    count: CountParam = CountMode.NONE,
+    fields: Annotated[
+        str | None, Query(description="Comma-separated fields to return for each device.")
+    ] = None,
+) -> DeviceListing:
+    """Also `attr.<key>=<value>`: attributes contain {key: value} (value read as JSON when it
+    parses, else as text)."""
+    reject_unknown(request, _LISTING_PARAMETERS, prefix=_ATTRIBUTE_PREFIX)
+    filters = DeviceFilter(
+        status=tuple(status or ()),
+        owner_id=tuple(owner_id or ()),
+        model=tuple(model or ()),
+        name=tuple(name or ()),
+        name_contains=tuple(name__ic or ()),
+        name_starts_with=tuple(name__isw or ()),
+        serial_number=tuple(serial_number or ()),
+        created_after=created_after,
+        created_before=created_before,
+        last_seen_after=last_seen_after,
+        last_seen_before=last_seen_before,
+        tags=tuple(tag or ()),
+        has_owner=has_owner,
+        attributes=_attribute_filters(request),
+        search=q,
+    )
+    default_sort = RELEVANCE_SORT if q else DEFAULT_SORT
+    return DeviceListing(
+        filters=filters,
+        page=PageRequest(
+            limit=limit,
+            sort=Sort.parse(sort, list(SORT_KEYS), default=default_sort),
+            cursor=cursor,
+            count=count,
+        ),
+        fields=parse_fields(fields, DeviceRead),
+    )
+
+
+def _attribute_filters(request: Request) -> tuple[tuple[str, tuple[JsonScalar, ...]], ...]:
+    values: dict[str, list[JsonScalar]] = {}
+    for parameter, raw in request.query_params.multi_items():
+        if parameter.startswith(_ATTRIBUTE_PREFIX):
+            key = parameter.removeprefix(_ATTRIBUTE_PREFIX)
+            if not key or len(key) > 100 or "\x00" in key + raw:
+                raise InvalidParameter(parameter, f"{parameter} is not a usable attribute filter")
+            values.setdefault(key, []).append(json_scalar(raw))
+    return tuple((key, tuple(options)) for key, options in sorted(values.items()))
+
+
+DeviceListingDep = Annotated[DeviceListing, Depends(device_listing)]
+
+
 @router.get("", response_model=DevicePage, responses=problem_responses(400, 422))
-async def list_devices(session: SessionDep, page: PageDep) -> object:
-    return await service.list_devices(session, page=page)
+async def list_devices(session: SessionDep, listing: DeviceListingDep) -> object:
+    result = await service.list_devices(session, filters=listing.filters, page=listing.page)
+    return page_response(DevicePage, result, listing.fields)
 
 
 @router.get("/{device_id}", response_model=DeviceRead, responses=problem_responses(404, 422))

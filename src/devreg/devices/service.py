@@ -2,11 +2,12 @@
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from devreg.devices.filters import SORT_KEYS, DeviceFilter
 from devreg.devices.models import Device
 from devreg.devices.repository import DeviceRepository
 from devreg.devices.schemas import DeviceCreate, DeviceUpdate
 from devreg.errors import DeviceNotFound
-from devreg.pagination import PageRequest, PageResult
+from devreg.pagination import Cursors, PageRequest, PageResult, paginate
 
 
 async def register_device(session: AsyncSession, *, data: DeviceCreate) -> Device:
@@ -21,12 +22,17 @@ async def get_device(session: AsyncSession, device_id: int) -> Device:
 
 
 async def list_devices(
-    session: AsyncSession, *, page: PageRequest, owner_id: int | None = None
+    session: AsyncSession, *, filters: DeviceFilter, page: PageRequest
 ) -> PageResult[Device]:
-    rows = await DeviceRepository(session).list_page(
-        owner_id=owner_id, after_id=page.after_id, limit=page.limit
+    repository = DeviceRepository(session)
+    sort = page.sort
+    return await paginate(
+        page,
+        Cursors(sort, filters.describe(), value_type=SORT_KEYS.get(sort.key, float)),
+        fetch=lambda after: repository.list_page(filters, sort=sort, after=after, limit=page.limit),
+        count=lambda exact: repository.count(filters, exact=exact),
+        id_of=lambda device: device.id,
     )
-    return PageResult.from_rows(rows, page, key=lambda device: device.id)
 
 
 async def replace_device(session: AsyncSession, device_id: int, *, data: DeviceCreate) -> Device:

@@ -1,12 +1,25 @@
-from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Executable, ScalarResult, delete, insert, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Executable,
+    ScalarResult,
+    Select,
+    delete,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from devreg.db.constraints import violated_constraint
+from devreg.db.keyset import count_rows, estimate_rows, fetch_page
 from devreg.errors import EmailAlreadyRegistered, UserHasDevices
+from devreg.pagination import Position, Sort, SortValue
+from devreg.users.filters import UserFilter
 from devreg.users.models import User
 
 
@@ -17,10 +30,56 @@ class UserRepository:
     async def get_by_id(self, user_id: int) -> User | None:
         return await self.session.get(User, user_id)
 
-    async def list_page(self, *, after_id: int, limit: int) -> Sequence[User]:
-        """Up to `limit` + 1 users after `after_id`, by id: the extra row says more exist."""
-        statement = select(User).where(User.id > after_id).order_by(User.id).limit(limit + 1)
-        return (await self.session.scalars(statement)).all()
+    async def list_page(
+        self, filters: UserFilter, *, sort: Sort, after: Position | None, limit: int
+    ) -> list[tuple[User, SortValue]]:
+        """Up to `limit` + 1 matching users after `after`, each with its sort value; the extra
+        row says more exist."""
+        rows = await fetch_page(
+            self.session,
+            self._matching(filters),
+            key=getattr(User, sort.key),
+            id_column=User.id,
+            descending=sort.descending,
+            nullable=False,
+            after=after,
+            limit=limit,
+        )
+        return [(row[0], row[1]) for row in rows]
+
+    async def count(self, filters: UserFilter, *, exact: bool) -> int:
+        statement = self._matching(filters)
+        if exact:
+            return await count_rows(self.session, statement)
+        return await estimate_rows(self.session, statement)
+
+    @staticmethod
+    def _matching(filters: UserFilter) -> Select[User]:
+        conditions: list[ColumnElement[bool]] = []
+        if filters.name:
+            conditions.append(User.name.in_(filters.name))
+        if filters.name_contains:
+            conditions.append(
+                or_(*(User.name.icontains(text, autoescape=True) for text in filters.name_contains))
+            )
+        if filters.name_starts_with:
+            conditions.append(
+                or_(
+                    *(
+                        User.name.istartswith(text, autoescape=True)
+                        for text in filters.name_starts_with
+                    )
+                )
+            )
+        if filters.email:
+            conditions.append(
+                func.lower(User.email).in_([email.lower() for email in filters.email])
+            )
+        if filters.created_after is not None:
+            conditions.append(User.created_at > filters.created_after)
+        if filters.created_before is not None:
+            conditions.append(User.created_at < filters.created_before)
+        return select(User).where(*conditions)
 
     async def add(self, values: dict[str, Any]) -> User:
         return (await self._returning(insert(User).values(values).returning(User))).one()

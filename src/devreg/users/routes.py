@@ -1,13 +1,26 @@
+from dataclasses import dataclass
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Path, Query, Request, Response, status
+from fastapi import APIRouter, Depends, Path, Query, Request, Response, status
+from pydantic import AwareDatetime
 
 from devreg.db.session import SessionDep
+from devreg.devices.routes import DeviceListingDep
 from devreg.devices.schemas import DevicePage
 from devreg.errors import problem_responses
-from devreg.pagination import PageDep
-from devreg.schemas import BIGINT_MAX
+from devreg.pagination import (
+    PAGE_LIMIT_DEFAULT,
+    CountMode,
+    CountParam,
+    CursorParam,
+    Limit,
+    PageRequest,
+    Sort,
+)
+from devreg.querystring import LISTING_PARAMETERS, page_response, parse_fields, reject_unknown
+from devreg.schemas import BIGINT_MAX, ShortText
 from devreg.users import service
+from devreg.users.filters import DEFAULT_SORT, SORT_KEYS, UserFilter
 from devreg.users.schemas import UserCreate, UserPage, UserRead, UserUpdate
 
 router = APIRouter(prefix="/users", tags=["users"])
@@ -29,9 +42,67 @@ async def create_user(
     return user
 
 
+@dataclass(frozen=True)
+class UserListing:
+    filters: UserFilter
+    page: PageRequest
+    fields: frozenset[str] | None
+
+
+_LISTING_PARAMETERS = LISTING_PARAMETERS | {
+    "name", "name__ic", "name__isw", "email", "created_after", "created_before",
+}  # fmt: skip
+
+
+async def user_listing(
+    request: Request,
+    name: Annotated[list[ShortText] | None, Query()] = None,
+    name__ic: Annotated[
+        list[ShortText] | None, Query(description="Name contains (any case).")
+    ] = None,
+    name__isw: Annotated[
+        list[ShortText] | None, Query(description="Name starts with (any case).")
+    ] = None,
+    email: Annotated[list[ShortText] | None, Query(description="Any case.")] = None,
+    created_after: AwareDatetime | None = None,
+    created_before: AwareDatetime | None = None,
+    sort: Annotated[
+        str | None,
+        Query(description="`name`, `created_at` or `id`; `-` for descending. Ties by id."),
+    ] = None,
+    limit: Limit = PAGE_LIMIT_DEFAULT,
+    cursor: CursorParam = None,
+    count: CountParam = CountMode.NONE,
+    fields: Annotated[
+        str | None, Query(description="Comma-separated fields to return for each user.")
+    ] = None,
+) -> UserListing:
+    reject_unknown(request, _LISTING_PARAMETERS)
+    return UserListing(
+        filters=UserFilter(
+            name=tuple(name or ()),
+            name_contains=tuple(name__ic or ()),
+            name_starts_with=tuple(name__isw or ()),
+            email=tuple(email or ()),
+            created_after=created_after,
+            created_before=created_before,
+        ),
+        page=PageRequest(
+            limit=limit,
+            sort=Sort.parse(sort, list(SORT_KEYS), default=DEFAULT_SORT),
+            cursor=cursor,
+            count=count,
+        ),
+        fields=parse_fields(fields, UserRead),
+    )
+
+
 @router.get("", response_model=UserPage, responses=problem_responses(400, 422))
-async def list_users(session: SessionDep, page: PageDep) -> object:
-    return await service.list_users(session, page=page)
+async def list_users(
+    session: SessionDep, listing: Annotated[UserListing, Depends(user_listing)]
+) -> object:
+    result = await service.list_users(session, filters=listing.filters, page=listing.page)
+    return page_response(UserPage, result, listing.fields)
 
 
 @router.get("/{user_id}", response_model=UserRead, responses=problem_responses(404, 422))
@@ -63,5 +134,11 @@ async def delete_user(
 @router.get(
     "/{user_id}/devices", response_model=DevicePage, responses=problem_responses(400, 404, 422)
 )
-async def list_user_devices(user_id: UserId, session: SessionDep, page: PageDep) -> object:
-    return await service.list_user_devices(session, user_id, page=page)
+async def list_user_devices(
+    user_id: UserId, session: SessionDep, listing: DeviceListingDep
+) -> object:
+    """The user's devices, with every filter and option of `GET /devices`."""
+    result = await service.list_user_devices(
+        session, user_id, filters=listing.filters, page=listing.page
+    )
+    return page_response(DevicePage, result, listing.fields)

@@ -1,11 +1,15 @@
 """User use cases. Services never commit: the caller's session scope does."""
 
+from dataclasses import replace
+
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from devreg.devices import service as devices_service
+from devreg.devices.filters import DeviceFilter
 from devreg.devices.models import Device
 from devreg.errors import UserNotFound
-from devreg.pagination import PageRequest, PageResult
+from devreg.pagination import Cursors, PageRequest, PageResult, paginate
+from devreg.users.filters import SORT_KEYS, UserFilter
 from devreg.users.models import User
 from devreg.users.repository import UserRepository
 from devreg.users.schemas import UserCreate, UserUpdate
@@ -22,9 +26,18 @@ async def get_user(session: AsyncSession, user_id: int) -> User:
     return user
 
 
-async def list_users(session: AsyncSession, *, page: PageRequest) -> PageResult[User]:
-    rows = await UserRepository(session).list_page(after_id=page.after_id, limit=page.limit)
-    return PageResult.from_rows(rows, page, key=lambda user: user.id)
+async def list_users(
+    session: AsyncSession, *, filters: UserFilter, page: PageRequest
+) -> PageResult[User]:
+    repository = UserRepository(session)
+    sort = page.sort
+    return await paginate(
+        page,
+        Cursors(sort, filters.describe(), value_type=SORT_KEYS[sort.key]),
+        fetch=lambda after: repository.list_page(filters, sort=sort, after=after, limit=page.limit),
+        count=lambda exact: repository.count(filters, exact=exact),
+        id_of=lambda user: user.id,
+    )
 
 
 async def update_user(session: AsyncSession, user_id: int, *, data: UserUpdate) -> User:
@@ -46,7 +59,8 @@ async def delete_user(session: AsyncSession, user_id: int, *, cascade_devices: b
 
 
 async def list_user_devices(
-    session: AsyncSession, user_id: int, *, page: PageRequest
+    session: AsyncSession, user_id: int, *, filters: DeviceFilter, page: PageRequest
 ) -> PageResult[Device]:
     await get_user(session, user_id)
-    return await devices_service.list_devices(session, page=page, owner_id=user_id)
+    owned = replace(filters, owner_id=(user_id,))
+    return await devices_service.list_devices(session, filters=owned, page=page)

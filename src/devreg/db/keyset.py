@@ -1,0 +1,86 @@
+"""SQL for keyset pages and counts, shared by every listing."""
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import ColumnElement, Select, SQLColumnExpression, func, select, tuple_
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.expression import ClauseElement, Executable
+
+from devreg.pagination import Position
+
+
+class _ExplainJson(Executable, ClauseElement):
+    """`EXPLAIN (FORMAT JSON) <select>`, with the select's parameters bound as usual."""
+
+    inherit_cache = False
+
+    def __init__(self, statement: Select[Any]) -> None:
+        self.statement = statement
+
+
+@compiles(_ExplainJson)
+def _compile_explain(element: _ExplainJson, compiler: SQLCompiler, **kw: Any) -> str:
+    return "EXPLAIN (FORMAT JSON) " + compiler.process(element.statement, **kw)
+
+
+async def fetch_page(
+    session: AsyncSession,
+    statement: Select[Any],
+    *,
+    key: SQLColumnExpression[Any],
+    id_column: SQLColumnExpression[int],
+    descending: bool,
+    nullable: bool,
+    after: Position | None,
+    limit: int,
+) -> Sequence[Any]:
+    """Up to limit + 1 rows of `statement` ordered by (key, id), NULL keys last, after `after`;
+    each row gets the key's value as its last column, for the next cursor.
+
+    Rows with a NULL key are read by a second query when the first runs out, so each part is
+    one ordered index scan, in either direction.
+    """
+    statement = statement.add_columns(key)
+
+    def direction(column: SQLColumnExpression[Any]) -> ColumnElement[Any]:
+        return column.desc() if descending else column.asc()
+
+    def beyond(position: Position) -> ColumnElement[bool]:
+        row, mark = tuple_(key, id_column), tuple_(position.value, position.id)
+        return row < mark if descending else row > mark
+
+    async def rows_of(part: Select[Any], *order: ColumnElement[Any], count: int) -> list[Any]:
+        return list(await session.execute(part.order_by(*order).limit(count)))
+
+    if not nullable:
+        part = statement if after is None else statement.where(beyond(after))
+        return await rows_of(part, direction(key), direction(id_column), count=limit + 1)
+
+    rows: list[Any] = []
+    if after is None or after.value is not None:
+        part = statement.where(key.is_not(None))
+        if after is not None:
+            part = part.where(beyond(after))
+        rows = await rows_of(part, direction(key), direction(id_column), count=limit + 1)
+        if len(rows) > limit:
+            return rows
+    nulls = statement.where(key.is_(None))
+    if after is not None and after.value is None:
+        nulls = nulls.where(id_column < after.id if descending else id_column > after.id)
+    return rows + await rows_of(nulls, direction(id_column), count=limit + 1 - len(rows))
+
+
+async def count_rows(session: AsyncSession, statement: Select[Any]) -> int:
+    total = await session.scalar(select(func.count()).select_from(statement.subquery()))
+    return int(total or 0)
+
+
+async def estimate_rows(session: AsyncSession, statement: Select[Any]) -> int:
+    """The planner's row estimate for `statement`: instant at any size, roughly right."""
+    plan = await session.scalar(_ExplainJson(statement))
+    document = json.loads(plan) if isinstance(plan, str) else plan
+    return int(document[0]["Plan"]["Plan Rows"])

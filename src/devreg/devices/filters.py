@@ -1,0 +1,45 @@
+"""What a device listing asks for: filters (ANDed; several values of one filter are ORed)."""
+
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from typing import Any
+
+from devreg.devices.models import DeviceStatus
+from devreg.pagination import Sort
+
+JsonScalar = str | int | float | bool | None
+
+# Sort keys a client may ask for, with the Python type of their values (for cursors).
+SORT_KEYS: dict[str, type] = {
+    "id": int,
+    "name": str,
+    "created_at": datetime,
+    "last_seen_at": datetime,
+}
+RELEVANCE = "relevance"
+DEFAULT_SORT = Sort("id")
+RELEVANCE_SORT = Sort(RELEVANCE, descending=True)
+
+
+@dataclass(frozen=True)
+class DeviceFilter:
+    status: tuple[DeviceStatus, ...] = ()
+    owner_id: tuple[int, ...] = ()
+    model: tuple[str, ...] = ()
+    name: tuple[str, ...] = ()
+    name_contains: tuple[str, ...] = ()
+    name_starts_with: tuple[str, ...] = ()
+    serial_number: tuple[str, ...] = ()
+    created_after: datetime | None = None
+    created_before: datetime | None = None
+    last_seen_after: datetime | None = None
+    last_seen_before: datetime | None = None
+    tags: tuple[str, ...] = ()
+    has_owner: bool | None = None
+    # attribute name -> the values it may have (attributes @> {name: value})
+    attributes: tuple[tuple[str, tuple[JsonScalar, ...]], ...] = ()
+    search: str | None = None
+
+    def describe(self) -> dict[str, Any]:
+        """The filters in use, as JSON-able data: what a cursor's fingerprint is made of."""
+        return {name: value for name, value in asdict(self).items() if value not in ((), None)}
