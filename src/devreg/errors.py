@@ -117,6 +117,24 @@ class UnknownOwner(InvalidInput):
         super().__init__(field="owner_id")
 
 
+class InvalidItems(InvalidInput):
+    """Some items of a bulk request cannot be applied; none of them was."""
+
+    slug = "invalid-items"
+
+    def __init__(self, problems: dict[int, tuple[str, str]]) -> None:
+        """`problems` maps an item's index to (field, reason)."""
+        errors = [
+            {"loc": ["body", index, field], "msg": reason, "type": "invalid_item"}
+            for index, (field, reason) in sorted(problems.items())
+        ]
+        first = errors[0]
+        detail = f"body.{first['loc'][1]}.{first['loc'][2]}: {first['msg']}"
+        if len(errors) > 1:
+            detail += f" (and {len(errors) - 1} more)"
+        super().__init__(detail, errors=errors)
+
+
 class ServiceUnavailable(DevregError):
     status = 503
     slug = "service-unavailable"

@@ -7,13 +7,16 @@ from sqlalchemy import (
     ScalarResult,
     Select,
     SQLColumnExpression,
+    bindparam,
     delete,
     func,
     insert,
     or_,
     select,
+    text,
     update,
 )
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import joinedload
@@ -27,7 +30,42 @@ from devreg.errors import SerialAlreadyRegistered, UnknownOwner
 from devreg.pagination import Position, Sort, SortValue
 from devreg.users.models import User
 
-_VIOLATIONS = {
+_INSERT_MANY = """
+INSERT INTO devices (name, serial_number, model, status, owner_id, tags, attributes, last_seen_at)
+SELECT name, serial_number, model, status, owner_id, tags, attributes, last_seen_at
+FROM ROWS FROM (
+    jsonb_to_recordset(:rows) AS (
+        name text, serial_number text, model text, status text, owner_id bigint, tags text[],
+        attributes jsonb, last_seen_at timestamptz
+    )
+) WITH ORDINALITY AS item(
+    name, serial_number, model, status, owner_id, tags, attributes, last_seen_at, position
+)
+ORDER BY position
+RETURNING id
+"""
+
+# A key an item leaves out keeps the device's value; a key sent as null sets NULL.
+_UPDATE_MANY = """
+UPDATE devices AS device SET
+    name = CASE WHEN item ? 'name' THEN item->>'name' ELSE device.name END,
+    serial_number = CASE WHEN item ? 'serial_number' THEN item->>'serial_number'
+                         ELSE device.serial_number END,
+    model = CASE WHEN item ? 'model' THEN item->>'model' ELSE device.model END,
+    status = CASE WHEN item ? 'status' THEN item->>'status' ELSE device.status END,
+    owner_id = CASE WHEN item ? 'owner_id' THEN (item->>'owner_id')::bigint
+                    ELSE device.owner_id END,
+    tags = CASE WHEN item ? 'tags' THEN ARRAY(SELECT jsonb_array_elements_text(item->'tags'))
+                ELSE device.tags END,
+    attributes = CASE WHEN item ? 'attributes' THEN item->'attributes' ELSE device.attributes END,
+    last_seen_at = CASE WHEN item ? 'last_seen_at' THEN (item->>'last_seen_at')::timestamptz
+                        ELSE device.last_seen_at END
+FROM jsonb_array_elements(:items) AS item
+WHERE device.id = (item->>'id')::bigint
+RETURNING device.id
+"""
+
+_VIOLATIONS: dict[str, type[Exception]] = {
     "uq_devices_serial_number": SerialAlreadyRegistered,
     "fk_devices_owner_id_users": UnknownOwner,
 }
@@ -135,6 +173,38 @@ class DeviceRepository:
         device = (await self._returning(statement)).one_or_none()
         return await self._with_owner(device) if device is not None else None
 
+    async def add_many(self, rows: list[dict[str, Any]]) -> list[int]:
+        """Insert every row in one statement; ids come back in the rows' order."""
+        statement = text(_INSERT_MANY).bindparams(bindparam("rows", type_=JSONB))
+        try:
+            ids = (await self.session.scalars(statement, {"rows": rows})).all()
+        except IntegrityError as exc:
+            raise self._violation(exc) from None
+        # Identity values are drawn in the SELECT's (input) order, whatever order RETURNING
+        # reports them in.
+        return sorted(ids)
+
+    async def update_many(self, changes: list[dict[str, Any]]) -> list[int]:
+        """Apply each item's changes (only the keys it has) in one statement; the ids found."""
+        statement = text(_UPDATE_MANY).bindparams(bindparam("items", type_=JSONB))
+        try:
+            return list((await self.session.scalars(statement, {"items": changes})).all())
+        except IntegrityError as exc:
+            raise self._violation(exc) from None
+
+    async def delete_many(self, ids: list[int]) -> list[int]:
+        statement = delete(Device).where(Device.id.in_(ids)).returning(Device.id)
+        return list((await self.session.scalars(statement)).all())
+
+    async def touch_last_seen(self, device_id: int) -> bool:
+        statement = (
+            update(Device)
+            .where(Device.id == device_id)
+            .values(last_seen_at=func.now())
+            .returning(Device.id)
+        )
+        return await self.session.scalar(statement) is not None
+
     async def delete(self, device_id: int) -> bool:
         statement = delete(Device).where(Device.id == device_id).returning(Device.id)
         return await self.session.scalar(statement) is not None
@@ -148,10 +218,13 @@ class DeviceRepository:
                 statement, execution_options={"populate_existing": True}
             )
         except IntegrityError as exc:
-            violation = _VIOLATIONS.get(violated_constraint(exc) or "")
-            if violation is not None:
-                raise violation from None
-            raise
+            raise self._violation(exc) from None
+
+    @staticmethod
+    def _violation(exc: IntegrityError) -> Exception:
+        """The domain error for a constraint violation, or the violation itself if unknown."""
+        violation = _VIOLATIONS.get(violated_constraint(exc) or "")
+        return violation() if violation is not None else exc
 
     async def _with_owner(self, device: Device) -> Device:
         owner = await self.session.get(User, device.owner_id) if device.owner_id else None

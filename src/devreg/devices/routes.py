@@ -1,11 +1,11 @@
 from dataclasses import dataclass
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Path, Query, Request, Response, status
+from fastapi import APIRouter, Body, Depends, Path, Query, Request, Response, status
 from pydantic import AwareDatetime
 
 from devreg.db.session import SessionDep
-from devreg.devices import service
+from devreg.devices import bulk, service
 from devreg.devices.filters import (
     DEFAULT_SORT,
     RELEVANCE_SORT,
@@ -14,7 +14,15 @@ from devreg.devices.filters import (
     JsonScalar,
 )
 from devreg.devices.models import DeviceStatus
-from devreg.devices.schemas import DeviceCreate, DevicePage, DeviceRead, DeviceUpdate
+from devreg.devices.schemas import (
+    BULK_MAX,
+    BulkResult,
+    DeviceBulkUpdate,
+    DeviceCreate,
+    DevicePage,
+    DeviceRead,
+    DeviceUpdate,
+)
 from devreg.errors import InvalidParameter, problem_responses
 from devreg.pagination import (
     PAGE_LIMIT_DEFAULT,
@@ -166,6 +174,34 @@ async def list_devices(session: SessionDep, listing: DeviceListingDep) -> object
     return page_response(DevicePage, result, listing.fields)
 
 
+BulkCreate = Annotated[list[DeviceCreate], Body(min_length=1, max_length=BULK_MAX)]
+BulkUpdate = Annotated[list[DeviceBulkUpdate], Body(min_length=1, max_length=BULK_MAX)]
+BulkDelete = Annotated[list[Id], Body(min_length=1, max_length=BULK_MAX)]
+
+
+@router.post(
+    "/bulk",
+    status_code=status.HTTP_201_CREATED,
+    response_model=BulkResult,
+    responses=problem_responses(409, 422),
+)
+async def create_devices(items: BulkCreate, session: SessionDep) -> BulkResult:
+    """Up to 10,000 devices, all or nothing; the new ids in the order given."""
+    return BulkResult(ids=await bulk.register_devices(session, items=items))
+
+
+@router.patch("/bulk", response_model=BulkResult, responses=problem_responses(409, 422))
+async def update_devices(items: BulkUpdate, session: SessionDep) -> BulkResult:
+    """Up to 10,000 `{id, ...fields}` changes, all or nothing."""
+    return BulkResult(ids=await bulk.update_devices(session, items=items))
+
+
+@router.delete("/bulk", status_code=status.HTTP_204_NO_CONTENT, responses=problem_responses(422))
+async def delete_devices(ids: BulkDelete, session: SessionDep) -> None:
+    """Up to 10,000 ids, all or nothing: one unknown id and none is deleted."""
+    await bulk.delete_devices(session, ids=ids)
+
+
 @router.get("/{device_id}", response_model=DeviceRead, responses=problem_responses(404, 422))
 async def get_device(device_id: DeviceId, session: SessionDep) -> object:
     return await service.get_device(session, device_id)
@@ -179,6 +215,16 @@ async def replace_device(device_id: DeviceId, data: DeviceCreate, session: Sessi
 @router.patch("/{device_id}", response_model=DeviceRead, responses=WRITE_ERRORS)
 async def update_device(device_id: DeviceId, data: DeviceUpdate, session: SessionDep) -> object:
     return await service.update_device(session, device_id, data=data)
+
+
+@router.post(
+    "/{device_id}/heartbeat",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses=problem_responses(404, 422),
+)
+async def record_heartbeat(device_id: DeviceId, session: SessionDep) -> None:
+    """The device is alive: sets `last_seen_at` to now."""
+    await service.record_heartbeat(session, device_id)
 
 
 @router.delete(

@@ -46,6 +46,19 @@ class DeviceUpdate(UpdateSchema):
     last_seen_at: AwareDatetime | None = None
 
 
+BULK_MAX = 10_000
+
+
+class DeviceBulkUpdate(DeviceUpdate):
+    """One item of a bulk update: which device, and the fields to change."""
+
+    id: Id
+
+
+class BulkResult(Schema):
+    ids: list[int]
+
+
 class DeviceOwner(Schema):
     id: int
     name: str

@@ -51,6 +51,12 @@ async def delete_device(session: AsyncSession, device_id: int) -> None:
         raise DeviceNotFound
 
 
+async def record_heartbeat(session: AsyncSession, device_id: int) -> None:
+    """The device was seen now: one UPDATE, nothing read back."""
+    if not await DeviceRepository(session).touch_last_seen(device_id):
+        raise DeviceNotFound
+
+
 async def delete_devices_of_owner(session: AsyncSession, *, owner_id: int) -> None:
     await DeviceRepository(session).delete_by_owner(owner_id)
 

@@ -1,0 +1,59 @@
+"""Bulk use cases: many devices in one request, all or nothing, a statement or two of SQL."""
+
+from collections.abc import Hashable, Sequence
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from devreg.devices.repository import DeviceRepository
+from devreg.devices.schemas import DeviceBulkUpdate, DeviceCreate
+from devreg.errors import InvalidItems
+
+
+async def register_devices(session: AsyncSession, *, items: Sequence[DeviceCreate]) -> list[int]:
+    """The new devices' ids, in the order of `items`."""
+    _refuse_repeats(
+        [item.serial_number for item in items],
+        "serial_number",
+        "serial_number appears more than once in this request",
+    )
+    return await DeviceRepository(session).add_many(
+        [item.model_dump(mode="json") for item in items]
+    )
+
+
+async def update_devices(session: AsyncSession, *, items: Sequence[DeviceBulkUpdate]) -> list[int]:
+    ids = [item.id for item in items]
+    _refuse_repeats(ids, "id", "id appears more than once in this request")
+    updated = await DeviceRepository(session).update_many(
+        [item.model_dump(mode="json", exclude_unset=True) for item in items]
+    )
+    _refuse_missing(ids, found=updated)
+    return ids
+
+
+async def delete_devices(session: AsyncSession, *, ids: Sequence[int]) -> None:
+    deleted = await DeviceRepository(session).delete_many(list(dict.fromkeys(ids)))
+    _refuse_missing(ids, found=deleted)
+
+
+def _refuse_repeats(values: Sequence[Hashable | None], field: str, reason: str) -> None:
+    first_index: dict[Hashable, int] = {}
+    problems: dict[int, tuple[str, str]] = {}
+    for index, value in enumerate(values):
+        if value is None:
+            continue
+        if value in first_index:
+            problems[index] = (field, reason)
+        first_index.setdefault(value, index)
+    if problems:
+        raise InvalidItems(problems)
+
+
+def _refuse_missing(ids: Sequence[int], *, found: Sequence[int]) -> None:
+    """Raising here rolls back what the statement already changed: all or nothing."""
+    known = set(found)
+    problems = {
+        index: ("id", "Device not found") for index, id_ in enumerate(ids) if id_ not in known
+    }
+    if problems:
+        raise InvalidItems(problems)
