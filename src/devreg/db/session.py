@@ -68,3 +68,5 @@ async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
 # scope="function": the commit runs before the response is sent, so a failed commit
 # becomes an error response instead of a 201 for data that was never saved.
 SessionDep = Annotated[AsyncSession, Depends(get_session, scope="function")]
+# For streamed responses: the session stays open until the last byte is sent. Read-only use.
+StreamingSessionDep = Annotated[AsyncSession, Depends(get_session)]

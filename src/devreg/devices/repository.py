@@ -1,13 +1,16 @@
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable, Sequence
 from typing import Any
 
 from sqlalchemy import (
     ColumnElement,
     Executable,
+    Row,
     ScalarResult,
     Select,
     SQLColumnExpression,
+    Text,
     bindparam,
+    cast,
     delete,
     func,
     insert,
@@ -65,6 +68,38 @@ WHERE device.id = (item->>'id')::bigint
 RETURNING device.id
 """
 
+
+def _iso(column: SQLColumnExpression[Any]) -> ColumnElement[str]:
+    """A timestamp as ISO 8601 text, the way JSON shows it."""
+    return func.to_json(column).op("#>>")(text("'{}'"))
+
+
+EXPORT_COLUMNS = (
+    "id",
+    "name",
+    "serial_number",
+    "model",
+    "status",
+    "owner_id",
+    "tags",
+    "attributes",
+    "last_seen_at",
+    "created_at",
+    "updated_at",
+    "version",
+)
+_CSV_COLUMNS: list[SQLColumnExpression[Any]] = [
+    Device.id, Device.name, Device.serial_number, Device.model, Device.status, Device.owner_id,
+    cast(func.to_json(Device.tags), Text), cast(Device.attributes, Text),
+    _iso(Device.last_seen_at), _iso(Device.created_at), _iso(Device.updated_at), Device.version,
+]  # fmt: skip
+_JSON_LINE = cast(
+    func.json_build_object(
+        *(part for name in EXPORT_COLUMNS for part in (name, getattr(Device, name)))
+    ),
+    Text,
+)
+
 _VIOLATIONS: dict[str, type[Exception]] = {
     "uq_devices_serial_number": SerialAlreadyRegistered,
     "fk_devices_owner_id_users": UnknownOwner,
@@ -113,9 +148,23 @@ class DeviceRepository:
         column: ColumnElement[Any] = getattr(Device, sort.key)
         return column
 
+    async def stream_export(
+        self, filters: DeviceFilter, *, as_json: bool, batch_size: int
+    ) -> AsyncIterator[Sequence[Row[Any]]]:
+        """Matching devices by id, in batches from a server-side cursor, already formatted by
+        PostgreSQL: one JSON text per row, or the CSV columns as text."""
+        columns = [_JSON_LINE] if as_json else _CSV_COLUMNS
+        statement = select(*columns).where(*self._conditions(filters)).order_by(Device.id)
+        result = await self.session.stream(statement.execution_options(yield_per=batch_size))
+        async for rows in result.partitions():
+            yield rows
+
+    @classmethod
+    def _matching(cls, filters: DeviceFilter) -> Select[Device]:
+        return select(Device).where(*cls._conditions(filters))
+
     @staticmethod
-    def _matching(filters: DeviceFilter) -> Select[Device]:
-        statement = select(Device)
+    def _conditions(filters: DeviceFilter) -> list[ColumnElement[bool]]:
         conditions = [
             *_any_of(Device.status, filters.status),
             *_any_of(Device.owner_id, filters.owner_id),
@@ -162,7 +211,7 @@ class DeviceRepository:
             conditions.append(or_(*(Device.attributes.contains({name: value}) for value in values)))
         if filters.search:
             conditions.append(Device.search_text.op("%>")(filters.search))
-        return statement.where(*conditions)
+        return conditions
 
     async def add(self, values: dict[str, Any]) -> Device:
         device = (await self._returning(insert(Device).values(values).returning(Device))).one()

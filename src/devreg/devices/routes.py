@@ -2,10 +2,12 @@ from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import APIRouter, Body, Depends, Path, Query, Request, Response, status
+from fastapi.responses import StreamingResponse
 from pydantic import AwareDatetime
 
-from devreg.db.session import SessionDep
-from devreg.devices import bulk, service
+from devreg.db.session import SessionDep, StreamingSessionDep
+from devreg.devices import bulk, export, service
+from devreg.devices.export import EXPORT_MEDIA_TYPES, ExportFormat
 from devreg.devices.filters import (
     DEFAULT_SORT,
     RELEVANCE_SORT,
@@ -70,16 +72,16 @@ class DeviceListing:
     fields: frozenset[str] | None
 
 
-_LISTING_PARAMETERS = LISTING_PARAMETERS | {
+_FILTER_PARAMETERS = frozenset({
     "status", "owner_id", "model", "name", "name__ic", "name__isw", "serial_number",
     "created_after", "created_before", "last_seen_after", "last_seen_before", "tag",
     "has_owner", "q",
-}  # fmt: skip
+})  # fmt: skip
 _ATTRIBUTE_PREFIX = "attr."
 Texts = Annotated[list[ShortText] | None, Query()]
 
 
-async def device_listing(
+async def device_filters(
     request: Request,
     status: Annotated[list[DeviceStatus] | None, Query(description="Any of these.")] = None,
     owner_id: Annotated[list[Id] | None, Query(description="Owned by any of these.")] = None,
@@ -107,24 +109,10 @@ async def device_listing(
             "forgiving typos and partial words; ordered by relevance unless `sort` is given.",
         ),
     ] = None,
-    sort: Annotated[
-        str | None,
-        Query(
-            description="`name`, `created_at`, `last_seen_at` or `id`; `-` for "
-            "descending. Ties are broken by id."
-        ),
-    ] = None,
-    limit: Limit = PAGE_LIMIT_DEFAULT,
-    cursor: CursorParam = None,
-    count: CountParam = CountMode.NONE,
-    fields: Annotated[
-        str | None, Query(description="Comma-separated fields to return for each device.")
-    ] = None,
-) -> DeviceListing:
+) -> DeviceFilter:
     """Also `attr.<key>=<value>`: attributes contain {key: value} (value read as JSON when it
     parses, else as text)."""
-    reject_unknown(request, _LISTING_PARAMETERS, prefix=_ATTRIBUTE_PREFIX)
-    filters = DeviceFilter(
+    return DeviceFilter(
         status=tuple(status or ()),
         owner_id=tuple(owner_id or ()),
         model=tuple(model or ()),
@@ -141,7 +129,30 @@ async def device_listing(
         attributes=_attribute_filters(request),
         search=q,
     )
-    default_sort = RELEVANCE_SORT if q else DEFAULT_SORT
+
+
+DeviceFilterDep = Annotated[DeviceFilter, Depends(device_filters)]
+
+
+async def device_listing(
+    request: Request,
+    filters: DeviceFilterDep,
+    sort: Annotated[
+        str | None,
+        Query(
+            description="`name`, `created_at`, `last_seen_at` or `id`; `-` for "
+            "descending. Ties are broken by id."
+        ),
+    ] = None,
+    limit: Limit = PAGE_LIMIT_DEFAULT,
+    cursor: CursorParam = None,
+    count: CountParam = CountMode.NONE,
+    fields: Annotated[
+        str | None, Query(description="Comma-separated fields to return for each device.")
+    ] = None,
+) -> DeviceListing:
+    reject_unknown(request, _FILTER_PARAMETERS | LISTING_PARAMETERS, prefix=_ATTRIBUTE_PREFIX)
+    default_sort = RELEVANCE_SORT if filters.search else DEFAULT_SORT
     return DeviceListing(
         filters=filters,
         page=PageRequest(
@@ -172,6 +183,32 @@ DeviceListingDep = Annotated[DeviceListing, Depends(device_listing)]
 async def list_devices(session: SessionDep, listing: DeviceListingDep) -> object:
     result = await service.list_devices(session, filters=listing.filters, page=listing.page)
     return page_response(DevicePage, result, listing.fields)
+
+
+@router.get(
+    "/export",
+    response_class=StreamingResponse,
+    responses={
+        200: {
+            "content": {media: {} for media in EXPORT_MEDIA_TYPES.values()},
+            "description": "Every matching device, by id, streamed.",
+        },
+        **problem_responses(400, 422),
+    },
+)
+async def export_devices(
+    request: Request,
+    filters: DeviceFilterDep,
+    session: StreamingSessionDep,
+    format: Annotated[ExportFormat, Query(description="`csv` or `ndjson`.")] = ExportFormat.CSV,
+) -> StreamingResponse:
+    """Every device matching the filters (those of `GET /devices`), streamed in constant memory."""
+    reject_unknown(request, _FILTER_PARAMETERS | {"format"}, prefix=_ATTRIBUTE_PREFIX)
+    return StreamingResponse(
+        export.export_devices(session, filters=filters, format=format),
+        media_type=EXPORT_MEDIA_TYPES[format],
+        headers={"Content-Disposition": f'attachment; filename="devices.{format.value}"'},
+    )
 
 
 BulkCreate = Annotated[list[DeviceCreate], Body(min_length=1, max_length=BULK_MAX)]
