@@ -1,4 +1,5 @@
 from collections.abc import AsyncIterator, Iterable, Sequence
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
@@ -46,6 +47,64 @@ FROM ROWS FROM (
 )
 ORDER BY position
 RETURNING id
+"""
+
+_STAGING_TABLE = "device_import"
+_STAGING_COLUMNS = [
+    "line",
+    "name",
+    "serial_number",
+    "model",
+    "status",
+    "owner_id",
+    "tags",
+    "attributes",
+    "last_seen_at",
+]
+ImportRecord = tuple[
+    int, str, str | None, str | None, str, int | None, list[str], str, datetime | None
+]
+_CREATE_STAGING = """
+CREATE TEMP TABLE device_import (
+    line bigint, name text, serial_number text, model text, status text, owner_id bigint,
+    tags text[], attributes jsonb, last_seen_at timestamptz
+) ON COMMIT DROP
+"""
+_STAGED_PROBLEMS = """
+SELECT line, 'serial_number repeats an earlier line of the file' AS reason
+FROM (
+    SELECT line, row_number() OVER (PARTITION BY serial_number ORDER BY line) AS nth
+    FROM device_import WHERE serial_number IS NOT NULL
+) AS numbered
+WHERE nth > 1
+UNION ALL
+SELECT line, 'owner_id does not name an existing user'
+FROM device_import AS staged
+WHERE owner_id IS NOT NULL AND NOT EXISTS (SELECT FROM users WHERE users.id = staged.owner_id)
+"""
+_STAGED_ALREADY_REGISTERED = """
+UNION ALL
+SELECT line, 'serial_number is already registered'
+FROM device_import AS staged JOIN devices USING (serial_number)
+"""
+_INSERT_STAGED = """
+WITH written AS (
+    INSERT INTO devices (
+        name, serial_number, model, status, owner_id, tags, attributes, last_seen_at
+    )
+    SELECT name, serial_number, model, status, owner_id, tags, attributes, last_seen_at
+    FROM device_import ORDER BY line
+    ON CONFLICT (serial_number) {}
+    RETURNING xmax = 0 AS inserted
+)
+SELECT count(*) FILTER (WHERE inserted) AS inserted,
+       count(*) FILTER (WHERE NOT inserted) AS updated
+FROM written
+"""
+_ON_CONFLICT_UPDATE = """DO UPDATE SET
+    name = EXCLUDED.name, model = EXCLUDED.model, status = EXCLUDED.status,
+    owner_id = EXCLUDED.owner_id, tags = EXCLUDED.tags, attributes = EXCLUDED.attributes,
+    last_seen_at = EXCLUDED.last_seen_at
 """
 
 # A key an item leaves out keeps the device's value; a key sent as null sets NULL.
@@ -253,6 +312,29 @@ class DeviceRepository:
             .returning(Device.id)
         )
         return await self.session.scalar(statement) is not None
+
+    async def create_import_staging(self) -> None:
+        await self.session.execute(text(_CREATE_STAGING))
+
+    async def copy_into_staging(self, records: Sequence[ImportRecord]) -> None:
+        """COPY (binary) into the staging table, on this session's connection and transaction."""
+        connection = await self.session.connection()
+        raw = await connection.get_raw_connection()
+        await raw.driver_connection.copy_records_to_table(  # type: ignore[union-attr]
+            _STAGING_TABLE, records=records, columns=_STAGING_COLUMNS
+        )
+
+    async def find_import_problem(self, *, check_existing: bool) -> tuple[int, str] | None:
+        """The first staged row that cannot be imported, as (line, reason)."""
+        query = _STAGED_PROBLEMS + (_STAGED_ALREADY_REGISTERED if check_existing else "")
+        row = (await self.session.execute(text(query + " ORDER BY line LIMIT 1"))).first()
+        return (int(row.line), str(row.reason)) if row else None
+
+    async def insert_from_staging(self, *, update_existing: bool) -> tuple[int, int]:
+        """Write the staged rows in one statement: (inserted, updated)."""
+        on_conflict = _ON_CONFLICT_UPDATE if update_existing else "DO NOTHING"
+        row = (await self.session.execute(text(_INSERT_STAGED.format(on_conflict)))).one()
+        return int(row.inserted), int(row.updated)
 
     async def delete(self, device_id: int) -> bool:
         statement = delete(Device).where(Device.id == device_id).returning(Device.id)

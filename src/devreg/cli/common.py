@@ -1,0 +1,127 @@
+"""What every `devreg` command shares: settings, the database, errors and output."""
+
+import asyncio
+import json
+import sys
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from typing import Annotated, Any, NoReturn, TypeVar
+
+import typer
+from pydantic import BaseModel, ValidationError
+from rich.console import Console
+from rich.table import Table
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+
+from devreg.config import Settings, get_settings
+from devreg.db import migrations
+from devreg.db.embedded import EmbeddedPostgresError, resolve_database_url
+from devreg.db.server import DatabaseConnectError, check_connection
+from devreg.db.session import create_engine, create_sessionmaker, session_scope
+from devreg.errors import DevregError, InvalidParameter
+from devreg.schemas import BIGINT_MAX
+
+stdout = Console()
+T = TypeVar("T")
+
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+Limit = Annotated[int, typer.Option(min=1, max=1000, help="Rows per page.")]
+Cursor = Annotated[str | None, typer.Option(help="next_cursor printed by the previous page.")]
+DeviceIdArgument = Annotated[int, typer.Argument(min=1, max=BIGINT_MAX, help="The device's id.")]
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    print(f"devreg: {message}", file=sys.stderr)
+    raise typer.Exit(code)
+
+
+def load_settings() -> Settings:
+    try:
+        return get_settings()
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        name = str(first["loc"][0]).upper() if first["loc"] else "settings"
+        fail(f"invalid setting {name}: {first['msg']}", code=2)
+
+
+def run_async(operation: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine, turning the failures a user can act on into one line on stderr."""
+    try:
+        return asyncio.run(operation)
+    except (DatabaseConnectError, EmbeddedPostgresError) as exc:
+        fail(str(exc))
+    except InvalidParameter as exc:
+        fail(exc.detail, code=2)
+    except DevregError as exc:
+        fail(exc.detail)
+    except DBAPIError as exc:
+        # PostgreSQL's own message, without the statement or its parameters.
+        fail(f"database error: {exc.orig}")
+
+
+async def with_engine(settings: Settings, use: Callable[[AsyncEngine], Awaitable[T]]) -> T:
+    url = await resolve_database_url(settings)
+    await check_connection(url, connect_timeout=settings.db_connect_timeout)
+    engine = create_engine(url, settings)
+    try:
+        return await use(engine)
+    finally:
+        await engine.dispose()
+
+
+def in_transaction(operation: Callable[[AsyncSession], Awaitable[T]]) -> T:
+    """Run `operation` in one transaction on a migrated database."""
+    settings = load_settings()
+
+    async def use(engine: AsyncEngine) -> T:
+        if settings.migrate_on_start:
+            await migrations.upgrade(engine)
+        async with session_scope(create_sessionmaker(engine)) as session:
+            return await operation(session)
+
+    return run_async(with_engine(settings, use))
+
+
+def validated(schema: type[BaseModel], **fields: Any) -> Any:
+    try:
+        return schema.model_validate({k: v for k, v in fields.items() if v is not None})
+    except ValidationError as exc:
+        messages = "; ".join(
+            f"{'.'.join(str(part) for part in error['loc'])}: {error['msg']}"
+            for error in exc.errors()
+        )
+        fail(messages, code=2)
+
+
+def show(item: BaseModel, *, as_json: bool) -> None:
+    if as_json:
+        print(item.model_dump_json())
+        return
+    table = Table(show_header=False, box=None)
+    for name, value in item.model_dump(mode="json").items():
+        table.add_row(name, _cell(value))
+    stdout.print(table)
+
+
+def show_page(
+    page: BaseModel, items: Sequence[BaseModel], columns: Sequence[str], *, as_json: bool
+) -> None:
+    if as_json:
+        print(page.model_dump_json())
+        return
+    table = Table(*columns)
+    for item in items:
+        row = item.model_dump(mode="json")
+        table.add_row(*(_cell(row[column]) for column in columns))
+    stdout.print(table)
+    next_cursor = getattr(page, "next_cursor", None)
+    if next_cursor:
+        stdout.print(f"next page: --cursor {next_cursor}", markup=False, highlight=False)
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, list | dict):
+        return json.dumps(value, ensure_ascii=False)
+    return str(value)

@@ -1,0 +1,114 @@
+"""`devreg users ...` and `devreg devices ...`: the same services as the HTTP API."""
+
+from typing import Annotated
+
+import typer
+
+from devreg.cli.common import (
+    Cursor,
+    DeviceIdArgument,
+    JsonFlag,
+    Limit,
+    in_transaction,
+    show,
+    show_page,
+    stdout,
+    validated,
+)
+from devreg.devices import service as devices_service
+from devreg.devices.filters import DeviceFilter
+from devreg.devices.models import DeviceStatus
+from devreg.devices.schemas import DeviceCreate, DevicePage, DeviceRead
+from devreg.pagination import PAGE_LIMIT_DEFAULT, PageRequest
+from devreg.users import service as users_service
+from devreg.users.filters import UserFilter
+from devreg.users.schemas import UserCreate, UserPage, UserRead
+
+users_app = typer.Typer(help="Create and list users.", no_args_is_help=True)
+devices_app = typer.Typer(help="Create, show, list and delete devices.", no_args_is_help=True)
+
+
+@users_app.command("create")
+def users_create(
+    name: Annotated[str, typer.Option(help="The user's name.")],
+    email: Annotated[str | None, typer.Option(help="Unique, case-insensitively.")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Register a user."""
+    data = validated(UserCreate, name=name, email=email)
+    user = in_transaction(lambda session: users_service.register_user(session, data=data))
+    show(UserRead.model_validate(user), as_json=as_json)
+
+
+@users_app.command("list")
+def users_list(
+    limit: Limit = PAGE_LIMIT_DEFAULT, cursor: Cursor = None, as_json: JsonFlag = False
+) -> None:
+    """List users, a page at a time."""
+    page = PageRequest(limit=limit, cursor=cursor)
+    result = in_transaction(
+        lambda session: users_service.list_users(session, filters=UserFilter(), page=page)
+    )
+    users = UserPage.model_validate(result)
+    show_page(users, users.items, ("id", "name", "email"), as_json=as_json)
+
+
+@devices_app.command("create")
+def devices_create(
+    name: Annotated[str, typer.Option(help="The device's name.")],
+    serial_number: Annotated[str | None, typer.Option("--serial-number", "--serial")] = None,
+    model: Annotated[str | None, typer.Option()] = None,
+    status: Annotated[DeviceStatus | None, typer.Option()] = None,
+    owner_id: Annotated[int | None, typer.Option(help="The owning user's id.")] = None,
+    tags: Annotated[list[str] | None, typer.Option("--tag", help="Repeat for more tags.")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Register a device."""
+    data = validated(
+        DeviceCreate,
+        name=name,
+        serial_number=serial_number,
+        model=model,
+        status=status,
+        owner_id=owner_id,
+        tags=tags,
+    )
+    device = in_transaction(lambda session: devices_service.register_device(session, data=data))
+    show(DeviceRead.model_validate(device), as_json=as_json)
+
+
+@devices_app.command("get")
+def devices_get(device_id: DeviceIdArgument, as_json: JsonFlag = False) -> None:
+    """Show one device."""
+    device = in_transaction(lambda session: devices_service.get_device(session, device_id))
+    show(DeviceRead.model_validate(device), as_json=as_json)
+
+
+@devices_app.command("list")
+def devices_list(
+    limit: Limit = PAGE_LIMIT_DEFAULT, cursor: Cursor = None, as_json: JsonFlag = False
+) -> None:
+    """List devices, a page at a time."""
+    page = PageRequest(limit=limit, cursor=cursor)
+    result = in_transaction(
+        lambda session: devices_service.list_devices(session, filters=DeviceFilter(), page=page)
+    )
+    devices = DevicePage.model_validate(result)
+    show_page(
+        devices,
+        devices.items,
+        ("id", "name", "serial_number", "model", "status", "owner_id"),
+        as_json=as_json,
+    )
+
+
+@devices_app.command("delete")
+def devices_delete(device_id: DeviceIdArgument) -> None:
+    """Delete a device."""
+    in_transaction(lambda session: devices_service.delete_device(session, device_id))
+    stdout.print(f"device {device_id} deleted")
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(users_app, name="users")
+    app.add_typer(devices_app, name="devices")

@@ -1,0 +1,100 @@
+"""`devreg serve` and `devreg db ...`."""
+
+from typing import Annotated
+
+import typer
+import uvicorn
+from alembic import command as alembic_command
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from devreg.cli.common import (
+    fail,
+    load_settings,
+    run_async,
+    stdout,
+    with_engine,
+)
+from devreg.db import migrations
+from devreg.db.embedded import EmbeddedPostgresError, embedded_cluster
+from devreg.logs import logging_config
+
+db_app = typer.Typer(help="Migrations and the embedded PostgreSQL.", no_args_is_help=True)
+
+
+def serve(
+    host: Annotated[str | None, typer.Option(help="Address to bind [HOST].")] = None,
+    port: Annotated[int | None, typer.Option(min=1, max=65535, help="Port [PORT].")] = None,
+    workers: Annotated[int | None, typer.Option(min=1, max=64, help="Processes [WORKERS].")] = None,
+    reload: Annotated[bool, typer.Option(help="Restart on code changes (development).")] = False,
+) -> None:
+    """Serve the HTTP API (starting the embedded PostgreSQL when no database is configured)."""
+    settings = load_settings()
+    # Start the database and surface a bad URL or password as one line, before any worker runs.
+    run_async(with_engine(settings, _nothing))
+    uvicorn.run(
+        "devreg.app:create_app",
+        factory=True,
+        host=host or settings.host,
+        port=port or settings.port,
+        workers=None if reload else (workers or settings.workers),
+        reload=reload,
+        log_config=logging_config(settings.log_level, echo_sql=settings.db_echo),
+        access_log=False,
+        server_header=False,
+    )
+
+
+async def _nothing(engine: AsyncEngine) -> None:
+    return None
+
+
+@db_app.command("upgrade")
+def db_upgrade(revision: Annotated[str, typer.Argument()] = "head") -> None:
+    """Apply migrations up to REVISION (default: the newest)."""
+    run_async(with_engine(load_settings(), lambda engine: migrations.upgrade(engine, revision)))
+    stdout.print(f"database at revision {revision}")
+
+
+@db_app.command("downgrade")
+def db_downgrade(revision: Annotated[str, typer.Argument()] = "-1") -> None:
+    """Undo migrations down to REVISION (default: one step; `base` for an empty schema)."""
+    run_async(with_engine(load_settings(), lambda engine: migrations.downgrade(engine, revision)))
+    stdout.print(f"database downgraded to {revision}")
+
+
+@db_app.command("revision")
+def db_revision(
+    message: Annotated[str, typer.Option("-m", "--message", help="What the migration does.")],
+    autogenerate: Annotated[
+        bool, typer.Option(help="Diff the models against the database.")
+    ] = True,
+) -> None:
+    """Write a new migration file under migrations/versions."""
+    load_settings()
+    alembic_command.revision(
+        migrations.alembic_config(), message=message, autogenerate=autogenerate
+    )
+
+
+@db_app.command("status")
+def db_status() -> None:
+    """Show the database's migration revision and the newest one."""
+    current = run_async(with_engine(load_settings(), migrations.current_revision))
+    head = migrations.head_revision()
+    state = "up to date" if current == head else "migrations pending"
+    stdout.print(f"current: {current or 'empty'}  head: {head}  ({state})")
+
+
+@db_app.command("stop")
+def db_stop() -> None:
+    """Stop the embedded PostgreSQL cluster (data is kept)."""
+    try:
+        stopped = embedded_cluster(load_settings()).stop()
+    except EmbeddedPostgresError as exc:
+        fail(str(exc))
+    stdout.print("embedded PostgreSQL stopped" if stopped else "embedded PostgreSQL is not running")
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(serve)
+    app.add_typer(db_app, name="db")

@@ -1,0 +1,140 @@
+"""`devreg import`, `devreg export` and `devreg seed`: data in bulk."""
+
+import os
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
+from pathlib import Path
+from typing import Annotated, TextIO, TypeVar
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from devreg import seed
+from devreg.cli.common import (
+    fail,
+    in_transaction,
+    stdout,
+)
+from devreg.devices import export, imports
+from devreg.devices.export import ExportFormat
+from devreg.devices.filters import DeviceFilter
+from devreg.devices.imports import ImportFormat, OnConflict
+from devreg.devices.models import DeviceStatus
+
+import_app = typer.Typer(help="Load data from files.", no_args_is_help=True)
+export_app = typer.Typer(help="Write data to files.", no_args_is_help=True)
+
+
+@import_app.command("devices")
+def import_devices(
+    file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, readable=True)],
+    format: Annotated[
+        ImportFormat | None, typer.Option(help="Default: from the file's extension.")
+    ] = None,
+    on_conflict: Annotated[
+        OnConflict, typer.Option(help="For a serial number already registered.")
+    ] = OnConflict.ERROR,
+) -> None:
+    """Import devices from CSV (with a header) or NDJSON, all or nothing."""
+    chosen = format or _format_of(file, ImportFormat)
+    started = time.perf_counter()
+    try:
+        with file.open(encoding="utf-8", newline="") as source, _progress(source) as progress:
+            result = in_transaction(
+                lambda session: imports.import_devices(
+                    session, source, format=chosen, on_conflict=on_conflict, progress=progress
+                )
+            )
+    except UnicodeDecodeError:
+        fail(f"{file} is not UTF-8 text", code=2)
+    seconds = time.perf_counter() - started
+    stdout.print(
+        f"{result.rows} rows: {result.inserted} inserted, {result.updated} updated, "
+        f"{result.skipped} skipped in {seconds:.1f} s ({result.rows / seconds:,.0f} rows/s)",
+        markup=False,
+        highlight=False,
+    )
+
+
+@export_app.command("devices")
+def export_devices(
+    format: Annotated[
+        ExportFormat | None, typer.Option(help="Default: from --output, else csv.")
+    ] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Default: stdout.")] = None,
+    status: Annotated[list[DeviceStatus] | None, typer.Option(help="Repeat for any of.")] = None,
+    owner_id: Annotated[list[int] | None, typer.Option(help="Repeat for any of.")] = None,
+    tag: Annotated[list[str] | None, typer.Option(help="Repeat: has all of these.")] = None,
+    q: Annotated[str | None, typer.Option(help="Search name, serial and model.")] = None,
+) -> None:
+    """Export devices (all, or those matching the filters) as CSV or NDJSON."""
+    chosen = format or (_format_of(output, ExportFormat) if output else ExportFormat.CSV)
+    filters = DeviceFilter(
+        status=tuple(status or ()), owner_id=tuple(owner_id or ()), tags=tuple(tag or ()), search=q
+    )
+
+    async def write(session: AsyncSession) -> None:
+        with output.open("wb") if output else nullcontext(sys.stdout.buffer) as sink:
+            async for chunk in export.export_devices(session, filters=filters, format=chosen):
+                sink.write(chunk)
+
+    in_transaction(write)
+
+
+def seed_data(
+    devices: Annotated[int, typer.Option(min=0, max=100_000_000)] = 1000,
+    users: Annotated[int, typer.Option(min=0, max=10_000_000)] = 100,
+) -> None:
+    """Fill the database with synthetic users and devices (development, benchmarks)."""
+    started = time.perf_counter()
+    seeded = in_transaction(lambda session: seed.seed(session, users=users, devices=devices))
+    stdout.print(
+        f"seeded {seeded.users} users and {seeded.devices} devices in "
+        f"{time.perf_counter() - started:.1f} s"
+    )
+
+
+FormatT = TypeVar("FormatT", ImportFormat, ExportFormat)
+
+
+def _format_of(path: Path, formats: type[FormatT]) -> FormatT:
+    try:
+        return formats(path.suffix.lstrip(".").lower())
+    except ValueError:
+        choices = ", ".join(member.value for member in formats)
+        fail(f"cannot tell the format of {path.name}; use --format ({choices})", code=2)
+
+
+@contextmanager
+def _progress(source: TextIO) -> Iterator[imports.Progress | None]:
+    """A progress bar (rows, rows/s, ETA from the bytes read) on a terminal; else nothing."""
+    if not sys.stderr.isatty():
+        yield None
+        return
+    columns = (
+        TextColumn("{task.fields[rows]:,} rows"),
+        TextColumn("{task.fields[rate]}"),
+        BarColumn(),
+        TimeRemainingColumn(),
+    )
+    size = os.fstat(source.fileno()).st_size
+    with Progress(*columns, console=Console(stderr=True)) as bar:
+        task = bar.add_task("import", total=size, rows=0, rate="")
+        started = time.perf_counter()
+
+        def advance(rows: int) -> None:
+            rate = rows / max(time.perf_counter() - started, 1e-6)
+            read = min(source.buffer.tell(), size)
+            bar.update(task, completed=read, rows=rows, rate=f"{rate:,.0f} rows/s")
+
+        yield advance
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(import_app, name="import")
+    app.add_typer(export_app, name="export")
+    app.command("seed")(seed_data)
