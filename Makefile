@@ -14,8 +14,8 @@ test: $(VENV)/.installed postgres
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 check: $(VENV)/.installed
-	$(BIN)/ruff check src tests migrations
-	$(BIN)/ruff format --check src tests migrations
+	$(BIN)/ruff check src tests migrations bench
+	$(BIN)/ruff format --check src tests migrations bench
 	$(BIN)/mypy src
 	$(BIN)/lint-imports
 

@@ -1,0 +1,294 @@
+"""Scale benchmark: every listing filter, search, deep pages and counts at 10k and at 1M devices;
+import and export throughput at 1M rows. Not part of the test suite.
+
+    .venv/bin/python bench/scale.py                # full: 10k vs 1M devices (~6 minutes)
+    .venv/bin/python bench/scale.py --large 100000 # quicker
+
+It starts a throwaway PostgreSQL cluster (fsync off, a temporary directory) unless
+BENCH_DATABASE_URL names a server (superuser URL) to create its databases on. Requests go through
+the whole ASGI app in-process (routing, validation, SQL, serialisation), one at a time, so the
+numbers compare query cost at two sizes, not server throughput. Loopback only; bounded by the
+fixed number of repetitions.
+"""
+
+import argparse
+import asyncio
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+
+from httpx import ASGITransport, AsyncClient
+from sqlalchemy import text
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.pool import NullPool
+
+from devreg.app import create_app
+from devreg.config import Settings
+from devreg.db import migrations
+from devreg.db.embedded import EmbeddedCluster
+from devreg.db.session import create_engine, create_sessionmaker, session_scope
+from devreg.devices.filters import SORT_KEYS
+from devreg.pagination import Cursors, Position, Sort
+from devreg.seed import seed
+
+DEVICES = "/api/v1/devices"
+REPEATS = 30
+WARMUP = 3
+DEEP_PAGE = 10_000
+PAGE_SIZE = 100
+
+# (label, query string); {deep_id} and {deep_name} are filled in per database.
+QUERIES = [
+    ("first page, default sort", ""),
+    ("status=inactive", "status=inactive"),
+    ("status=active&status=inactive", "status=active&status=inactive"),
+    ("owner_id=42", "owner_id={owner}"),
+    ("model=Jetson Nano", "model=Jetson%20Nano"),
+    ("name (exact)", "name=camera-0000002"),
+    ("name__ic=amer", "name__ic=amer"),
+    ("name__isw=therm", "name__isw=therm"),
+    ("serial_number (exact)", "serial_number={serial}"),
+    ("created_after (recent)", "created_after={recent}"),
+    ("last_seen_before (old)", "last_seen_before={old}"),
+    ("tag=critical&tag=eu", "tag=critical&tag=eu"),
+    ("has_owner=false", "has_owner=false"),
+    ("attr.room=C", "attr.room=C"),
+    ("q=raspbery pi (typo)", "q=raspbery%20pi"),
+    ("sort=name", "sort=name"),
+    ("sort=-created_at", "sort=-created_at"),
+    ("sort=last_seen_at", "sort=last_seen_at"),
+    ("sort=-last_seen_at", "sort=-last_seen_at"),
+    (f"page {DEEP_PAGE:,} by id", "cursor={deep_id}"),
+    (f"page {DEEP_PAGE:,} by name", "sort=name&cursor={deep_name}"),
+    ("count=estimated", "count=estimated"),
+    ("count=estimated&status=retired", "count=estimated&status=retired"),
+    ("count=exact&status=retired (for scale)", "count=exact&status=retired"),
+]
+
+
+def settings_for(url: URL) -> Settings:
+    return Settings(  # type: ignore[call-arg]
+        _env_file=None,
+        database_url=url.render_as_string(hide_password=False),
+        migrate_on_start=False,
+    )
+
+
+@asynccontextmanager
+async def server() -> AsyncIterator[URL]:
+    external = os.environ.get("BENCH_DATABASE_URL")
+    if external:
+        yield make_url(external).set(drivername="postgresql+asyncpg", database="postgres")
+        return
+    root = Path(tempfile.mkdtemp(prefix="devreg-bench-"))
+    os.chmod(root, 0o755)  # noqa: S103 - as root, the postgres account must reach the cluster
+    cluster = EmbeddedCluster(
+        data_dir=root / "pg",
+        port=55433,
+        server_settings={
+            "fsync": "off",
+            "synchronous_commit": "off",
+            "full_page_writes": "off",
+            "shared_buffers": "'512MB'",
+        },
+    )
+    await asyncio.to_thread(cluster.ensure_running)
+    try:
+        yield cluster.url("postgres")
+    finally:
+        await asyncio.to_thread(cluster.stop)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+async def admin(server_url: URL, statement: str) -> None:
+    engine = create_async_engine(server_url, poolclass=NullPool, isolation_level="AUTOCOMMIT")
+    try:
+        async with engine.connect() as connection:
+            await connection.execute(text(statement))
+    finally:
+        await engine.dispose()
+
+
+async def fresh_database(server_url: URL, name: str) -> URL:
+    await admin(server_url, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    await admin(server_url, f"CREATE DATABASE {name}")
+    url = server_url.set(database=name)
+    engine = create_engine(url, settings_for(url))
+    try:
+        await migrations.upgrade(engine)
+    finally:
+        await engine.dispose()
+    return url
+
+
+async def seeded_database(
+    server_url: URL, name: str, devices: int, *, users: int | None = None
+) -> tuple[URL, float]:
+    url = await fresh_database(server_url, name)
+    engine = create_engine(url, settings_for(url))
+    try:
+        started = time.perf_counter()
+        async with session_scope(create_sessionmaker(engine)) as session:
+            await seed(
+                session, users=max(devices // 10, 1) if users is None else users, devices=devices
+            )
+        seconds = time.perf_counter() - started
+    finally:
+        await engine.dispose()
+    await admin(url, "VACUUM ANALYZE")
+    return url, seconds
+
+
+async def placeholders(url: URL) -> dict[str, str]:
+    """Values that exist in this database: an owner, a serial, dates, deep cursors."""
+    engine = create_engine(url, settings_for(url))
+    async with engine.connect() as connection:
+        owner = await connection.scalar(
+            text("SELECT owner_id FROM devices WHERE owner_id IS NOT NULL ORDER BY id LIMIT 1")
+        )
+        serial = await connection.scalar(
+            text("SELECT serial_number FROM devices ORDER BY id DESC LIMIT 1")
+        )
+        deep = DEEP_PAGE * PAGE_SIZE
+        total = await connection.scalar(text("SELECT count(*) FROM devices"))
+        offset = min(deep, max(total - PAGE_SIZE, 0))
+        at_offset = {"offset": offset}
+        by_id = (
+            await connection.execute(
+                text("SELECT id FROM devices ORDER BY id OFFSET :offset LIMIT 1"), at_offset
+            )
+        ).one()
+        by_name = (
+            await connection.execute(
+                text("SELECT name, id FROM devices ORDER BY name, id OFFSET :offset LIMIT 1"),
+                at_offset,
+            )
+        ).one()
+    await engine.dispose()
+    now = datetime.now(UTC)
+    return {
+        "owner": str(owner),
+        "serial": str(serial),
+        "recent": (now.replace(microsecond=0)).isoformat().replace("+00:00", "Z"),
+        "old": "2000-01-01T00:00:00Z",
+        "deep_id": Cursors(Sort("id"), {}, SORT_KEYS["id"]).encode(Position(by_id.id, by_id.id)),
+        "deep_name": Cursors(Sort("name"), {}, SORT_KEYS["name"]).encode(
+            Position(by_name.name, by_name.id)
+        ),
+    }
+
+
+async def time_queries(url: URL) -> dict[str, tuple[float, float, int]]:
+    """label -> (p50 ms, p99 ms, items on the page)."""
+    values = await placeholders(url)
+    app = create_app(settings_for(url))
+    results: dict[str, tuple[float, float, int]] = {}
+    async with app.router.lifespan_context(app) as state:
+
+        async def asgi(scope, receive, send):  # type: ignore[no-untyped-def]
+            scope["state"] = dict(state or {})
+            await app(scope, receive, send)
+
+        async with AsyncClient(transport=ASGITransport(app=asgi), base_url="http://bench") as c:
+            for label, query in QUERIES:
+                target = f"{DEVICES}?limit={PAGE_SIZE}&{query.format(**values)}"
+                samples = []
+                for attempt in range(WARMUP + REPEATS):
+                    started = time.perf_counter()
+                    response = await c.get(target)
+                    elapsed = (time.perf_counter() - started) * 1000
+                    if response.status_code != 200:
+                        raise SystemExit(f"{label}: {response.status_code} {response.text}")
+                    if attempt >= WARMUP:
+                        samples.append(elapsed)
+                samples.sort()
+                p99 = samples[min(len(samples) - 1, round(0.99 * (len(samples) - 1)))]
+                results[label] = (statistics.median(samples), p99, len(response.json()["items"]))
+    return results
+
+
+def devreg_cli(url: URL, *args: str) -> tuple[float, int, str]:
+    """Run `devreg ARGS` against `url`: (seconds, peak RSS in MiB of that process, stdout)."""
+    env = {**os.environ, "DATABASE_URL": url.render_as_string(hide_password=False)}
+    started = time.perf_counter()
+    with tempfile.TemporaryFile("w+") as output:
+        process = subprocess.Popen(  # noqa: S603
+            [sys.executable, "-m", "devreg", *args],
+            env=env,
+            stdout=output,
+            stderr=output,
+            text=True,
+        )
+        _, status, usage = os.wait4(process.pid, 0)
+        seconds = time.perf_counter() - started
+        output.seek(0)
+        said = output.read()
+    if status != 0:
+        raise SystemExit(f"devreg {' '.join(args)} failed:\n{said}")
+    return seconds, usage.ru_maxrss // 1024, said
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--small", type=int, default=10_000)
+    parser.add_argument("--large", type=int, default=1_000_000)
+    args = parser.parse_args()
+
+    async with server() as server_url:
+        small_url, _ = await seeded_database(server_url, "bench_small", args.small)
+        large_url, seed_seconds = await seeded_database(server_url, "bench_large", args.large)
+        small = await time_queries(small_url)
+        large = await time_queries(large_url)
+
+        export_file = Path(tempfile.mkdtemp(prefix="devreg-export-")) / "devices.csv"
+        export_seconds, export_rss, _ = devreg_cli(
+            large_url, "export", "devices", "-o", str(export_file)
+        )
+        # The same users as the large database (ids 1..n), so every owner_id resolves.
+        import_url, _ = await seeded_database(server_url, "bench_import", 0, users=args.large // 10)
+        import_seconds, import_rss, import_output = devreg_cli(
+            import_url, "import", "devices", str(export_file)
+        )
+        shutil.rmtree(export_file.parent, ignore_errors=True)
+
+    print(f"# devreg scale benchmark, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC")
+    print(
+        f"\nMachine: {platform.machine()}, {os.cpu_count()} cores, Python "
+        f"{platform.python_version()}; command: `.venv/bin/python bench/scale.py "
+        f"--small {args.small} --large {args.large}`\n"
+    )
+    print(f"Seeding {args.large:,} devices and {args.large // 10:,} users: {seed_seconds:.1f} s\n")
+    print(
+        f"| query (limit {PAGE_SIZE}) | p50 ms at {args.small:,} | p99 ms at {args.small:,} "
+        f"| p50 ms at {args.large:,} | p99 ms at {args.large:,} | p50 ratio |"
+    )
+    print("|---|---|---|---|---|---|")
+    for label, _ in QUERIES:
+        s50, s99, _ = small[label]
+        l50, l99, _ = large[label]
+        print(f"| {label} | {s50:.1f} | {s99:.1f} | {l50:.1f} | {l99:.1f} | {l50 / s50:.2f}x |")
+    rows = args.large
+    print(f"\n| {rows:,} rows | seconds | rows/s | peak RSS MiB |\n|---|---|---|---|")
+    print(
+        f"| export CSV (`devreg export devices -o FILE`) | {export_seconds:.1f} | "
+        f"{rows / export_seconds:,.0f} | {export_rss} |"
+    )
+    print(
+        f"| import CSV (`devreg import devices FILE`) | {import_seconds:.1f} | "
+        f"{rows / import_seconds:,.0f} | {import_rss} |"
+    )
+    print(f"\nimport said: {import_output.strip()}")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
