@@ -181,8 +181,10 @@ async def placeholders(url: URL) -> dict[str, str]:
         "serial": str(serial),
         "recent": (now.replace(microsecond=0)).isoformat().replace("+00:00", "Z"),
         "old": "2000-01-01T00:00:00Z",
-        "deep_id": Cursors(Sort("id"), {}, SORT_KEYS["id"]).encode(Position(by_id.id, by_id.id)),
-        "deep_name": Cursors(Sort("name"), {}, SORT_KEYS["name"]).encode(
+        "deep_id": Cursors("devices", Sort("id"), {}, SORT_KEYS["id"]).encode(
+            Position(by_id.id, by_id.id)
+        ),
+        "deep_name": Cursors("devices", Sort("name"), {}, SORT_KEYS["name"]).encode(
             Position(by_name.name, by_name.id)
         ),
     }

@@ -1,10 +1,15 @@
 """Helpers shared by the HTTP API tests: requests, RFC 9457 problems, and bad input to send."""
 
+import base64
+import json
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import pytest
 from httpx import AsyncClient, Response
+from sqlalchemy import event, text
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 USERS = "/api/v1/users"
 DEVICES = "/api/v1/devices"
@@ -208,3 +213,156 @@ INVALID_CURSORS = [
     pytest.param("W10", id="json-array"),  # []
     pytest.param("eyJhZnRlciI6OTIyMzM3MjAzNjg1NDc3NTgwOH0", id="beyond-bigint"),  # 2**63
 ]
+
+
+# --- listings: pages with filters, sort orders, cursors, query plans -----------------------
+
+# Query values that look like SQL (or array and LIKE syntax): a listing must treat them as data.
+INJECTIONS = [
+    pytest.param("'; DROP TABLE devices; --", id="drop-table"),
+    pytest.param("x'); DELETE FROM users; --", id="delete"),
+    pytest.param("' OR '1'='1", id="or-true"),
+    pytest.param("{lab,edge}", id="array-literal"),
+    pytest.param("$1::text", id="placeholder"),
+    pytest.param("%_\\", id="like-wildcards"),
+]
+
+
+async def get_page(client: AsyncClient, url: str, params: Any = None) -> dict[str, Any]:
+    response = await client.get(url, params=params)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def ids_of(items: list[dict[str, Any]]) -> list[int]:
+    return [item["id"] for item in items]
+
+
+async def walk_listing(
+    client: AsyncClient, url: str, params: dict[str, Any], *, limit: int
+) -> list[dict[str, Any]]:
+    """Every page of `url` with `params` (filters, sort), following next_cursor to the end."""
+    pages = [await get_page(client, url, {**params, "limit": limit})]
+    while pages[-1]["next_cursor"] is not None:
+        cursor = pages[-1]["next_cursor"]
+        pages.append(await get_page(client, url, {**params, "limit": limit, "cursor": cursor}))
+    return pages
+
+
+async def cursor_after(client: AsyncClient, url: str, params: dict[str, Any], rows: int) -> str:
+    """The next_cursor once the first `rows` rows of the listing have been read."""
+    cursor = None
+    while rows:
+        limit = min(rows, 1000)
+        extra = {"cursor": cursor} if cursor else {}
+        cursor = (await get_page(client, url, {**params, "limit": limit, **extra}))["next_cursor"]
+        assert cursor is not None
+        rows -= limit
+    assert cursor is not None
+    return cursor
+
+
+def in_sort_order(items: list[dict[str, Any]], sort: str) -> list[dict[str, Any]]:
+    """`items` as `sort` (such as "-last_seen_at") orders them: by the field, ties by id, both
+    in the sort's direction; items whose field is null come last, also by id."""
+    key = sort.removeprefix("-")
+    descending = sort.startswith("-")
+
+    def value(item: dict[str, Any]) -> Any:
+        raw = item[key]
+        return datetime.fromisoformat(raw) if key.endswith("_at") else raw
+
+    present = [item for item in items if item[key] is not None]
+    missing = [item for item in items if item[key] is None]
+    return [
+        *sorted(present, key=lambda item: (value(item), item["id"]), reverse=descending),
+        *sorted(missing, key=lambda item: item["id"], reverse=descending),
+    ]
+
+
+def rewrite_cursor(cursor: str, **changes: Any) -> str:
+    """`cursor` with its sort `value` or row `id` replaced, as a client tampering with it would.
+
+    Knows the cursor format: base64url (unpadded) JSON of [fingerprint, value, id].
+    """
+    fingerprint, value, row_id = json.loads(
+        base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+    )
+    fields = {"value": value, "id": row_id, **changes}
+    payload = json.dumps([fingerprint, fields["value"], fields["id"]]).encode()
+    return base64.urlsafe_b64encode(payload).rstrip(b"=").decode()
+
+
+async def set_created_at(
+    connection: AsyncConnection, table: str, times: dict[int, datetime]
+) -> None:
+    """created_at is the server's: the API cannot set it, so a test arranges it in SQL."""
+    for row_id, when in times.items():
+        await connection.execute(
+            text(f"UPDATE {table} SET created_at = :when WHERE id = :id"),
+            {"when": when, "id": row_id},
+        )
+
+
+async def settle(connection: AsyncConnection, table: str) -> None:
+    """Leave `table` as autovacuum would after a bulk insert: pending GIN entries merged into
+    their indexes (the planner shuns an index with a long pending list) and statistics fresh."""
+    await connection.execute(
+        text(
+            "SELECT gin_clean_pending_list(i.indexrelid::regclass) FROM pg_index AS i"
+            " JOIN pg_class AS c ON c.oid = i.indexrelid JOIN pg_am AS am ON am.oid = c.relam"
+            " WHERE i.indrelid = CAST(:table AS regclass) AND am.amname = 'gin'"
+        ),
+        {"table": table},
+    )
+    await connection.execute(text(f"ANALYZE {table}"))
+
+
+@dataclass(frozen=True)
+class Plan:
+    """An EXPLAIN (FORMAT JSON) plan, as the list of its nodes."""
+
+    nodes: list[dict[str, Any]]
+
+    @property
+    def node_types(self) -> set[str]:
+        return {node["Node Type"] for node in self.nodes}
+
+    @property
+    def indexes(self) -> set[str]:
+        return {node["Index Name"] for node in self.nodes if "Index Name" in node}
+
+
+def _plan_nodes(node: dict[str, Any]) -> list[dict[str, Any]]:
+    return [node, *(child for sub in node.get("Plans", []) for child in _plan_nodes(sub))]
+
+
+async def explain_listing(
+    client: AsyncClient, connection: AsyncConnection, url: str, params: dict[str, Any]
+) -> list[Plan]:
+    """The plan of each SELECT the app runs for GET `url` with `params`.
+
+    Each statement is explained as sent, with the parameters it was sent with, and with
+    sequential scans disabled: a Seq Scan then shows only where no index can serve the query.
+    """
+    executed: list[tuple[str, Any]] = []
+
+    def record(_conn: object, _cursor: object, statement: str, parameters: Any, *_: Any) -> None:
+        if statement.lstrip().upper().startswith("SELECT"):
+            executed.append((statement, parameters))
+
+    event.listen(connection.sync_connection, "before_cursor_execute", record)
+    try:
+        await get_page(client, url, params)
+    finally:
+        event.remove(connection.sync_connection, "before_cursor_execute", record)
+    assert executed
+    await connection.exec_driver_sql("SET LOCAL enable_seqscan = off")
+    plans = []
+    for statement, parameters in executed:
+        result = await connection.exec_driver_sql(f"EXPLAIN (FORMAT JSON) {statement}", parameters)
+        document = result.scalar_one()
+        if isinstance(document, str):
+            document = json.loads(document)
+        plans.append(Plan(_plan_nodes(document[0]["Plan"])))
+    return plans

@@ -1,5 +1,8 @@
-"""Helpers shared by the tests: settings, databases, an app with its lifespan run."""
+"""Helpers shared by the tests: settings, databases, an app with its lifespan run, exports."""
 
+import csv
+import io
+import json
 import os
 import signal
 import socket
@@ -10,6 +13,7 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from typing import IO, Any
 
 import httpx
@@ -143,3 +147,63 @@ def run_devreg(*args: str, **settings: str) -> subprocess.CompletedProcess[str]:
         timeout=120,
         check=False,
     )
+
+
+# --- exports (HTTP and CLI) ----------------------------------------------------------------
+
+EXPORT_HEADER = (
+    "id,name,serial_number,model,status,owner_id,tags,attributes,last_seen_at,created_at,"
+    "updated_at,version"
+)
+EXPORT_COLUMNS = tuple(EXPORT_HEADER.split(","))
+_INTEGER_COLUMNS = ("id", "owner_id", "version")
+_JSON_COLUMNS = ("tags", "attributes")
+_TIME_COLUMNS = ("last_seen_at", "created_at", "updated_at")
+
+
+def _with_times(record: dict[str, Any]) -> dict[str, Any]:
+    """Timestamps as datetimes: the API and PostgreSQL spell the same instant differently."""
+    return {
+        key: datetime.fromisoformat(value) if key in _TIME_COLUMNS and value else value
+        for key, value in record.items()
+    }
+
+
+def export_view(device: dict[str, Any]) -> dict[str, Any]:
+    """What an export holds for `device` as the API shows it, in the form the parsers give."""
+    return _with_times({column: device[column] for column in EXPORT_COLUMNS})
+
+
+def csv_records(text: str) -> list[dict[str, Any]]:
+    """The rows of a CSV export, typed like `export_view` (an empty field is a missing value).
+
+    Checks the header row is exactly EXPORT_HEADER.
+    """
+    reader = csv.reader(io.StringIO(text, newline=""))
+    assert next(reader) == list(EXPORT_COLUMNS)
+    records = []
+    for row in reader:
+        assert len(row) == len(EXPORT_COLUMNS), row
+        record: dict[str, Any] = {}
+        for column, value in zip(EXPORT_COLUMNS, row, strict=True):
+            if value == "":
+                record[column] = None
+            elif column in _INTEGER_COLUMNS:
+                record[column] = int(value)
+            elif column in _JSON_COLUMNS:
+                record[column] = json.loads(value)
+            else:
+                record[column] = value
+        records.append(_with_times(record))
+    return records
+
+
+def ndjson_records(text: str) -> list[dict[str, Any]]:
+    """The objects of an NDJSON export, one a line (every line ends with a newline)."""
+    assert text == "" or text.endswith("\n")
+    records = [json.loads(line) for line in text.split("\n")[:-1]]
+    assert all(tuple(record) == EXPORT_COLUMNS for record in records)
+    return [_with_times(record) for record in records]
+
+
+EXPORT_PARSERS = {"csv": csv_records, "ndjson": ndjson_records}

@@ -102,10 +102,19 @@ class Page(Schema, Generic[ItemT]):
 class Cursors:
     """Makes and reads the cursors of one listing (one set of filters and one sort)."""
 
-    def __init__(self, sort: Sort, filters: dict[str, Any], value_type: type) -> None:
+    def __init__(
+        self,
+        listing: str,
+        sort: Sort,
+        filters: dict[str, Any],
+        value_type: type,
+        *,
+        nullable: bool = False,
+    ) -> None:
         self.sort = sort
         self.value_type = value_type
-        canonical = json.dumps([str(sort), filters], sort_keys=True, default=str)
+        self.nullable = nullable
+        canonical = json.dumps([listing, str(sort), filters], sort_keys=True, default=str)
         self.fingerprint = hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
     def encode(self, position: Position) -> str:
@@ -131,6 +140,8 @@ class Cursors:
 
     def _value(self, wire: Any) -> SortValue:
         if wire is None:
+            if not self.nullable:
+                raise InvalidCursor
             return None
         try:
             if self.value_type is datetime:

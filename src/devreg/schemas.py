@@ -51,6 +51,13 @@ Tag = Annotated[
     AfterValidator(storable_text),
 ]
 
+SearchText = Annotated[
+    str,
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=100),
+    AfterValidator(storable_text),
+]
+"""What `q=` searches for."""
+
 Id = Annotated[int, Field(ge=1, le=BIGINT_MAX)]
 
 ATTRIBUTES_MAX_DEPTH = 16

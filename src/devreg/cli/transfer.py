@@ -14,16 +14,13 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from devreg import seed
-from devreg.cli.common import (
-    fail,
-    in_transaction,
-    stdout,
-)
+from devreg.cli.common import fail, in_transaction, stdout, validated
 from devreg.devices import export, imports
 from devreg.devices.export import ExportFormat
 from devreg.devices.filters import DeviceFilter
 from devreg.devices.imports import ImportFormat, OnConflict
 from devreg.devices.models import DeviceStatus
+from devreg.devices.schemas import DeviceFilterOptions
 
 import_app = typer.Typer(help="Load data from files.", no_args_is_help=True)
 export_app = typer.Typer(help="Write data to files.", no_args_is_help=True)
@@ -43,7 +40,8 @@ def import_devices(
     chosen = format or _format_of(file, ImportFormat)
     started = time.perf_counter()
     try:
-        with file.open(encoding="utf-8", newline="") as source, _progress(source) as progress:
+        # utf-8-sig: spreadsheets often start a CSV file with a byte order mark.
+        with file.open(encoding="utf-8-sig", newline="") as source, _progress(source) as progress:
             result = in_transaction(
                 lambda session: imports.import_devices(
                     session, source, format=chosen, on_conflict=on_conflict, progress=progress
@@ -73,14 +71,24 @@ def export_devices(
 ) -> None:
     """Export devices (all, or those matching the filters) as CSV or NDJSON."""
     chosen = format or (_format_of(output, ExportFormat) if output else ExportFormat.CSV)
-    filters = DeviceFilter(
-        status=tuple(status or ()), owner_id=tuple(owner_id or ()), tags=tuple(tag or ()), search=q
+    options: DeviceFilterOptions = validated(
+        DeviceFilterOptions, status=status, owner_id=owner_id, tag=tag, q=q
     )
+    filters = DeviceFilter(
+        status=tuple(options.status),
+        owner_id=tuple(options.owner_id),
+        tags=tuple(options.tag),
+        search=options.q,
+    )
+    try:
+        sink = output.open("wb") if output else nullcontext(sys.stdout.buffer)
+    except OSError as exc:
+        fail(f"cannot write {output}: {exc.strerror}")
 
     async def write(session: AsyncSession) -> None:
-        with output.open("wb") if output else nullcontext(sys.stdout.buffer) as sink:
+        with sink as stream:
             async for chunk in export.export_devices(session, filters=filters, format=chosen):
-                sink.write(chunk)
+                stream.write(chunk)
 
     in_transaction(write)
 

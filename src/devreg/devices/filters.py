@@ -16,6 +16,7 @@ SORT_KEYS: dict[str, type] = {
     "created_at": datetime,
     "last_seen_at": datetime,
 }
+NULLABLE_SORT_KEYS = frozenset({"last_seen_at"})
 RELEVANCE = "relevance"
 DEFAULT_SORT = Sort("id")
 RELEVANCE_SORT = Sort(RELEVANCE, descending=True)

@@ -92,13 +92,19 @@ def _parse(source: IO[str], format: ImportFormat) -> Iterator[tuple[int, dict[st
 
 def _csv_rows(source: IO[str]) -> Iterator[tuple[int, dict[str, Any]]]:
     reader = csv.DictReader(source)
-    unknown = set(reader.fieldnames or ()) - DeviceCreate.model_fields.keys() - _IGNORED
+    header = reader.fieldnames or []
+    unknown = set(header) - DeviceCreate.model_fields.keys() - _IGNORED
     if unknown:
         raise ImportRejected(1, f"unknown columns: {', '.join(sorted(unknown))}")
+    repeated = sorted({column for column in header if header.count(column) > 1})
+    if repeated:
+        raise ImportRejected(1, f"columns appear more than once: {', '.join(repeated)}")
     line = 2
     for row in reader:
         if None in row:
             raise ImportRejected(line, "more fields than the header has")
+        if None in row.values():
+            raise ImportRejected(line, "fewer fields than the header has")
         fields: dict[str, Any] = {key: value for key, value in row.items() if value != ""}
         for column in _JSON_COLUMNS:
             if column in fields:

@@ -28,7 +28,7 @@ from sqlalchemy.orm.attributes import set_committed_value
 
 from devreg.db.constraints import violated_constraint
 from devreg.db.keyset import count_rows, estimate_rows, fetch_page
-from devreg.devices.filters import RELEVANCE, DeviceFilter
+from devreg.devices.filters import NULLABLE_SORT_KEYS, RELEVANCE, DeviceFilter
 from devreg.devices.models import Device
 from devreg.errors import SerialAlreadyRegistered, UnknownOwner
 from devreg.pagination import Position, Sort, SortValue
@@ -188,7 +188,7 @@ class DeviceRepository:
             key=key,
             id_column=Device.id,
             descending=sort.descending,
-            nullable=sort.key == "last_seen_at",
+            nullable=sort.key in NULLABLE_SORT_KEYS,
             after=after,
             limit=limit,
         )

@@ -42,7 +42,7 @@ from devreg.querystring import (
     parse_fields,
     reject_unknown,
 )
-from devreg.schemas import BIGINT_MAX, Id, ShortText, Tag
+from devreg.schemas import BIGINT_MAX, Id, SearchText, ShortText, Tag
 
 router = APIRouter(prefix="/devices", tags=["devices"])
 
@@ -101,10 +101,8 @@ async def device_filters(
     tag: Annotated[list[Tag] | None, Query(description="Has all of these tags.")] = None,
     has_owner: bool | None = None,
     q: Annotated[
-        str | None,
+        SearchText | None,
         Query(
-            min_length=1,
-            max_length=100,
             description="Search name, serial and model, "
             "forgiving typos and partial words; ordered by relevance unless `sort` is given.",
         ),

@@ -5,7 +5,16 @@ from pydantic import AfterValidator, AwareDatetime, Field
 
 from devreg.devices.models import DeviceStatus
 from devreg.pagination import Page
-from devreg.schemas import Id, InputSchema, JsonObject, Schema, ShortText, Tag, UpdateSchema
+from devreg.schemas import (
+    Id,
+    InputSchema,
+    JsonObject,
+    Schema,
+    SearchText,
+    ShortText,
+    Tag,
+    UpdateSchema,
+)
 
 TAGS_MAX = 100
 
@@ -57,6 +66,15 @@ class DeviceBulkUpdate(DeviceUpdate):
 
 class BulkResult(Schema):
     ids: list[int]
+
+
+class DeviceFilterOptions(InputSchema):
+    """Listing filters given outside a query string (the CLI), checked by the same rules."""
+
+    status: list[DeviceStatus] = Field(default_factory=list)
+    owner_id: list[Id] = Field(default_factory=list)
+    tag: list[Tag] = Field(default_factory=list)
+    q: SearchText | None = None
 
 
 class DeviceOwner(Schema):

@@ -2,7 +2,7 @@
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from devreg.devices.filters import SORT_KEYS, DeviceFilter
+from devreg.devices.filters import NULLABLE_SORT_KEYS, SORT_KEYS, DeviceFilter
 from devreg.devices.models import Device
 from devreg.devices.repository import DeviceRepository
 from devreg.devices.schemas import DeviceCreate, DeviceUpdate
@@ -28,7 +28,13 @@ async def list_devices(
     sort = page.sort
     return await paginate(
         page,
-        Cursors(sort, filters.describe(), value_type=SORT_KEYS.get(sort.key, float)),
+        Cursors(
+            "devices",
+            sort,
+            filters.describe(),
+            value_type=SORT_KEYS.get(sort.key, float),
+            nullable=sort.key in NULLABLE_SORT_KEYS,
+        ),
         fetch=lambda after: repository.list_page(filters, sort=sort, after=after, limit=page.limit),
         count=lambda exact: repository.count(filters, exact=exact),
         id_of=lambda device: device.id,

@@ -33,7 +33,7 @@ async def list_users(
     sort = page.sort
     return await paginate(
         page,
-        Cursors(sort, filters.describe(), value_type=SORT_KEYS[sort.key]),
+        Cursors("users", sort, filters.describe(), value_type=SORT_KEYS[sort.key]),
         fetch=lambda after: repository.list_page(filters, sort=sort, after=after, limit=page.limit),
         count=lambda exact: repository.count(filters, exact=exact),
         id_of=lambda user: user.id,

@@ -1,0 +1,622 @@
+"""`devreg import devices`, `devreg export devices` and `devreg seed`, run in-process against a
+database of the test's own (real commits)."""
+
+import csv
+import io
+import json
+from collections.abc import AsyncIterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy.engine import URL
+from typer.testing import Result
+
+from tests.cli.conftest import Invoke
+from tests.support import (
+    EXPORT_HEADER,
+    EXPORT_PARSERS,
+    admin,
+    create_database,
+    csv_records,
+    export_view,
+)
+
+FORMATS = list(EXPORT_PARSERS)
+# The fields an import sets, and what a device has when a row leaves one out.
+DEFAULTS: dict[str, Any] = {
+    "serial_number": None,
+    "model": None,
+    "status": "active",
+    "owner_id": None,
+    "tags": [],
+    "attributes": {},
+    "last_seen_at": None,
+}
+IMPORT_COLUMNS = ("name", *DEFAULTS)
+
+# Rows with text CSV must quote, and text beyond ASCII; each must arrive exactly as written.
+RECORDS: list[dict[str, Any]] = [
+    {
+        "name": 'gw, "main"',
+        "serial_number": "SN-1",
+        "model": "Pi\n5\r\nrev 2",
+        "status": "retired",
+        "tags": ["lab", "é 🚀", "a,b"],
+        "attributes": {"rack": 4, "note": 'a,b"c\nd', "nested": {"ok": True, "none": None}},
+        "last_seen_at": "2024-05-06T05:08:09.123456+00:00",
+    },
+    {"name": "bare"},
+    {"name": "Ölfühler 温度 🌡", "serial_number": "SN-2", "tags": [], "status": "inactive"},
+]
+
+
+# --- helpers -------------------------------------------------------------------------------
+
+
+def ok(result: Result) -> Result:
+    assert result.exit_code == 0, (result.stdout, result.stderr, result.exception)
+    return result
+
+
+def output(result: Result) -> str:
+    """stdout exactly as written (Result.stdout turns CSV's CRLF line ends into LF)."""
+    return ok(result).stdout_bytes.decode()
+
+
+def listed(devreg: Invoke, kind: str, **env: str) -> list[dict[str, Any]]:
+    """Every user or device `devreg KIND list` shows, page after page."""
+    items: list[dict[str, Any]] = []
+    cursor: list[str] = []
+    while True:
+        result = ok(devreg(kind, "list", "--limit", "1000", *cursor, "--json", env=env or None))
+        page = json.loads(result.stdout)
+        items += page["items"]
+        if page["next_cursor"] is None:
+            return items
+        cursor = ["--cursor", page["next_cursor"]]
+
+
+def stored(devreg: Invoke, **env: str) -> list[dict[str, Any]]:
+    return listed(devreg, "devices", **env)
+
+
+def content(device: dict[str, Any]) -> dict[str, Any]:
+    """The fields an import sets, defaults filled in: what must survive a round trip."""
+    values = {**DEFAULTS, **{key: device[key] for key in IMPORT_COLUMNS if key in device}}
+    if values["last_seen_at"] is not None:
+        values["last_seen_at"] = datetime.fromisoformat(values["last_seen_at"])
+    return values
+
+
+def as_ndjson(records: list[dict[str, Any]]) -> str:
+    return "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records)
+
+
+def as_csv(records: list[dict[str, Any]], columns: tuple[str, ...] = IMPORT_COLUMNS) -> str:
+    """A CSV file of `records`, the way an export writes one: JSON text for tags and attributes,
+    an empty field for a missing value."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(columns)
+    for record in records:
+        writer.writerow([_csv_field(column, record.get(column)) for column in columns])
+    return buffer.getvalue()
+
+
+def _csv_field(column: str, value: Any) -> str:
+    if value is None:
+        return ""
+    if column in ("tags", "attributes"):
+        return json.dumps(value, ensure_ascii=False)
+    return str(value)
+
+
+WRITERS = {"csv": as_csv, "ndjson": as_ndjson}
+
+
+def write(directory: Path, name: str, text: str | bytes) -> Path:
+    path = directory / name
+    path.write_bytes(text.encode() if isinstance(text, str) else text)
+    return path
+
+
+def import_devices(devreg: Invoke, path: Path, *options: str, **env: str) -> Result:
+    return devreg("import", "devices", str(path), *options, env=env or None)
+
+
+def assert_summary(result: Result, rows: int, inserted: int, updated: int, skipped: int) -> None:
+    ok(result)
+    expected = f"{rows} rows: {inserted} inserted, {updated} updated, {skipped} skipped in "
+    assert result.stdout.startswith(expected), result.stdout
+
+
+def assert_refused(result: Result, code: int | None, *fragments: str) -> None:
+    """A handled failure: a `devreg: ...` line on stderr, no traceback, nothing on stdout; exit
+    `code` (None: any but 0)."""
+    assert result.exit_code != 0, (result.stdout, result.stderr, result.exception)
+    assert code is None or result.exit_code == code, (result.stderr, result.exception)
+    assert isinstance(result.exception, SystemExit), repr(result.exception)
+    assert result.stderr.startswith("devreg: ")
+    for fragment in fragments:
+        assert fragment in result.stderr
+    assert result.stdout == ""
+
+
+def create_device(devreg: Invoke, name: str, *options: str) -> dict[str, Any]:
+    device: dict[str, Any] = json.loads(
+        ok(devreg("devices", "create", "--name", name, *options, "--json")).stdout
+    )
+    return device
+
+
+def create_user(devreg: Invoke, name: str = "ann") -> dict[str, Any]:
+    user: dict[str, Any] = json.loads(
+        ok(devreg("users", "create", "--name", name, "--json")).stdout
+    )
+    return user
+
+
+@pytest.fixture
+async def other_database_url(committed_database_url: URL, server_url: URL) -> AsyncIterator[URL]:
+    """A second fresh database, cloned from the test's own before anything is written to it."""
+    name = f"{committed_database_url.database}_other"
+    url = await create_database(server_url, name, template=committed_database_url.database)
+    yield url
+    await admin(server_url, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+def database_env(url: URL) -> dict[str, str]:
+    return {"DATABASE_URL": url.render_as_string(hide_password=False)}
+
+
+# --- import --------------------------------------------------------------------------------
+
+
+class TestImport:
+    @pytest.mark.parametrize("format", FORMATS)
+    def test_rows_are_inserted_in_file_order(self, devreg, tmp_path, format):
+        owner = create_user(devreg)
+        records = [*RECORDS, {"name": "owned", "owner_id": owner["id"]}]
+        path = write(tmp_path, f"devices.{format}", WRITERS[format](records))
+
+        result = import_devices(devreg, path)
+
+        assert_summary(result, rows=4, inserted=4, updated=0, skipped=0)
+        devices = stored(devreg)
+        assert [content(device) for device in devices] == [content(r) for r in records]
+        assert devices[3]["owner"] == {"id": owner["id"], "name": "ann"}
+        assert {device["version"] for device in devices} == {1}
+
+    @pytest.mark.parametrize(
+        ("name", "format", "option"),
+        [
+            pytest.param("devices.txt", "ndjson", "ndjson", id="txt-as-ndjson"),
+            pytest.param("devices.csv", "ndjson", "ndjson", id="csv-name-ndjson-content"),
+            pytest.param("devices.ndjson", "csv", "csv", id="ndjson-name-csv-content"),
+            pytest.param("DEVICES.CSV", "csv", None, id="upper-case-extension"),
+        ],
+    )
+    def test_format_option_overrides_the_extension(self, devreg, tmp_path, name, format, option):
+        path = write(tmp_path, name, WRITERS[format](RECORDS))
+
+        result = import_devices(devreg, path, *(["--format", option] if option else []))
+
+        assert_summary(result, rows=3, inserted=3, updated=0, skipped=0)
+        assert [content(device) for device in stored(devreg)] == [content(r) for r in RECORDS]
+
+    def test_unknown_extension_needs_a_format(self, devreg, tmp_path):
+        path = write(tmp_path, "devices.json", as_ndjson(RECORDS))
+
+        result = import_devices(devreg, path)
+
+        assert_refused(result, 2, "--format")
+        assert stored(devreg) == []
+
+    def test_server_owned_fields_of_an_export_are_ignored(self, devreg, tmp_path):
+        record = {
+            "id": 77,
+            "name": "pi",
+            "created_at": "2001-01-01T00:00:00+00:00",
+            "updated_at": "2001-01-01T00:00:00+00:00",
+            "version": 9,
+        }
+        path = write(tmp_path, "devices.ndjson", as_ndjson([record]))
+
+        assert_summary(import_devices(devreg, path), rows=1, inserted=1, updated=0, skipped=0)
+
+        (device,) = stored(devreg)
+        assert device["id"] != 77
+        assert device["version"] == 1
+        assert not device["created_at"].startswith("2001")
+
+    @pytest.mark.parametrize(
+        ("name", "text"),
+        [
+            pytest.param("devices.csv", ",".join(IMPORT_COLUMNS) + "\r\n", id="csv-header-only"),
+            pytest.param("devices.csv", "", id="csv-empty"),
+            pytest.param("devices.ndjson", "", id="ndjson-empty"),
+            pytest.param("devices.ndjson", "\n  \n\n", id="ndjson-blank-lines"),
+        ],
+    )
+    def test_file_without_rows_imports_nothing(self, devreg, tmp_path, name, text):
+        create_device(devreg, "existing")
+        before = stored(devreg)
+
+        result = import_devices(devreg, write(tmp_path, name, text))
+
+        assert_summary(result, rows=0, inserted=0, updated=0, skipped=0)
+        assert stored(devreg) == before
+
+    @pytest.mark.parametrize(
+        ("name", "data"),
+        [
+            pytest.param("devices.csv", "name\ncafé\n".encode("latin-1"), id="csv-latin-1"),
+            pytest.param("devices.csv", b"name\n\xff\xfe\n", id="csv-garbage"),
+            pytest.param("devices.ndjson", '{"name": "café"}\n'.encode("cp1252"), id="ndjson"),
+            pytest.param("devices.csv", "name\nx\n".encode("utf-16"), id="utf-16"),
+        ],
+    )
+    def test_non_utf8_file_is_refused(self, devreg, tmp_path, name, data):
+        create_device(devreg, "existing")
+        before = stored(devreg)
+
+        result = import_devices(devreg, write(tmp_path, name, data))
+
+        assert_refused(result, 2, "not UTF-8")
+        assert stored(devreg) == before
+
+    def test_missing_file_is_a_usage_error(self, devreg, tmp_path):
+        result = import_devices(devreg, tmp_path / "nowhere.csv")
+
+        assert result.exit_code == 2
+        assert "nowhere.csv" in result.stderr
+
+
+class TestImportConflicts:
+    """A row whose serial number is already registered, after a row that is new."""
+
+    @pytest.fixture
+    def registered(self, devreg) -> dict[str, Any]:
+        return create_device(devreg, "old", "--serial", "SN-1", "--model", "m1", "--tag", "x")
+
+    @pytest.fixture(params=FORMATS)
+    def file(self, request, tmp_path) -> Path:
+        rows = [
+            {"name": "fresh", "serial_number": "SN-2"},
+            {"name": "new", "serial_number": "SN-1", "status": "retired", "tags": ["y"]},
+        ]
+        return write(tmp_path, f"devices.{request.param}", WRITERS[request.param](rows))
+
+    @pytest.mark.parametrize("options", [(), ("--on-conflict", "error")])
+    def test_error_aborts_naming_the_line(self, devreg, registered, file, options):
+        result = import_devices(devreg, file, *options)
+
+        line = 3 if file.suffix == ".csv" else 2
+        assert_refused(result, 1, f"line {line}:", "serial_number is already registered")
+        assert stored(devreg) == [registered]
+
+    def test_skip_keeps_the_registered_device(self, devreg, registered, file):
+        result = import_devices(devreg, file, "--on-conflict", "skip")
+
+        assert_summary(result, rows=2, inserted=1, updated=0, skipped=1)
+        first, second = stored(devreg)
+        assert first == registered
+        assert (second["name"], second["serial_number"]) == ("fresh", "SN-2")
+
+    def test_update_rewrites_the_registered_device(self, devreg, registered, file):
+        result = import_devices(devreg, file, "--on-conflict", "update")
+
+        assert_summary(result, rows=2, inserted=1, updated=1, skipped=0)
+        first, second = stored(devreg)
+        assert first["id"] == registered["id"]
+        assert (first["name"], first["status"], first["tags"]) == ("new", "retired", ["y"])
+        assert first["version"] == registered["version"] + 1
+        assert second["serial_number"] == "SN-2"
+
+
+CSV_HEADER = "name,serial_number,status,owner_id,tags\n"
+GOOD_CSV_ROW = "a,SN-1,active,,[]\n"
+
+# A file with one bad row (or header) among good ones: (file name, text, line of the problem,
+# what stderr must say about it).
+BAD_FILES = [
+    pytest.param(
+        "d.csv", CSV_HEADER + GOOD_CSV_ROW + ",SN-2,active,,[]\n" + "c,,,,\n", 3, "name",
+        id="csv-empty-name",
+    ),
+    pytest.param(
+        "d.csv", CSV_HEADER + GOOD_CSV_ROW + "   ,SN-2,active,,[]\n", 3, "name", id="csv-blank-name"
+    ),
+    pytest.param(
+        "d.csv", CSV_HEADER + GOOD_CSV_ROW + f"{'n' * 101},,,,\n", 3, "name", id="csv-long-name"
+    ),
+    pytest.param(
+        "d.csv", CSV_HEADER + GOOD_CSV_ROW + "b,SN-2,broken,,[]\nc,,,,\n", 3, "status",
+        id="csv-bad-status",
+    ),
+    pytest.param(
+        "d.csv", CSV_HEADER + GOOD_CSV_ROW + 'b,SN-2,active,,"[""x"""\n', 3, "tags",
+        id="csv-malformed-json-tags",
+    ),
+    pytest.param(
+        "d.csv", CSV_HEADER + GOOD_CSV_ROW + 'b,SN-2,active,,"{""a"": 1}"\n', 3, "tags",
+        id="csv-tags-not-a-list",
+    ),
+    pytest.param(
+        "d.csv", CSV_HEADER + GOOD_CSV_ROW + "b,SN-2,active,999,[]\n", 3, "owner_id",
+        id="csv-unknown-owner",
+    ),
+    pytest.param(
+        "d.csv", CSV_HEADER + GOOD_CSV_ROW + "b,SN-2,active,abc,[]\n", 3, "owner_id",
+        id="csv-owner-not-a-number",
+    ),
+    pytest.param(
+        "d.csv", CSV_HEADER + GOOD_CSV_ROW + "b,,,,\n" + "c, SN-1 ,,,\n", 4, "serial_number",
+        id="csv-serial-repeated-in-the-file",
+    ),
+    pytest.param(
+        "d.csv", CSV_HEADER + GOOD_CSV_ROW + "b,SN-2,active,,[],extra\n", 3, "more fields",
+        id="csv-more-fields-than-the-header",
+    ),
+    pytest.param(
+        "d.csv", "name,tags,serial_number\n" + "a,[],SN-1\n" + "b,[]\n", 3, "fields",
+        id="csv-fewer-fields-than-the-header",
+    ),
+    pytest.param(
+        "d.csv", CSV_HEADER + GOOD_CSV_ROW + "b,SN-2,active\n", 3, "fields",
+        id="csv-fewer-fields-leaving-out-a-json-column",
+    ),
+    pytest.param(
+        "d.csv", "name,colour\n" + "a,red\n", 1, "colour", id="csv-unknown-column"
+    ),
+    pytest.param(
+        "d.csv", CSV_HEADER + '"two\nlines",SN-1,active,,[]\n' + "b,SN-2,nope,,[]\n", 4, "status",
+        id="csv-line-after-a-quoted-newline",
+    ),
+    pytest.param(
+        "d.ndjson", '{"name": "a"}\n{"name": "b",}\n', 2, "not valid JSON",
+        id="ndjson-malformed-line",
+    ),
+    pytest.param(
+        "d.ndjson", '{"name": "a"}\n{"name": "b"}\n["c"]\n', 3, "JSON object",
+        id="ndjson-not-an-object",
+    ),
+    pytest.param(
+        "d.ndjson", '{"name": "a"}\n\n{"name": "c", "status": "nope"}\n', 3, "status",
+        id="ndjson-line-after-a-blank-line",
+    ),
+    pytest.param(
+        "d.ndjson", '{"name": "a"}\n{"name": "b", "colour": "red"}\n', 2, "colour",
+        id="ndjson-unknown-field",
+    ),
+    pytest.param(
+        "d.ndjson", '{"name": "a"}\n{"name": "b", "owner_id": 999}\n', 2, "owner_id",
+        id="ndjson-unknown-owner",
+    ),
+    pytest.param(
+        "d.ndjson",
+        '{"name": "a", "serial_number": "SN-9"}\n{"name": "b"}\n'
+        '{"name": "c", "serial_number": "SN-9"}\n',
+        3, "serial_number", id="ndjson-serial-repeated-in-the-file",
+    ),
+]  # fmt: skip
+
+
+class TestImportRejectsBadRows:
+    @pytest.mark.parametrize(("name", "text", "line", "reason"), BAD_FILES)
+    def test_bad_row_aborts_naming_its_line(self, devreg, tmp_path, name, text, line, reason):
+        create_device(devreg, "existing", "--serial", "SN-0")
+        before = stored(devreg)
+
+        result = import_devices(devreg, write(tmp_path, name, text))
+
+        assert_refused(result, 1, f"line {line}:", reason)
+        assert stored(devreg) == before
+
+    def test_bad_row_after_the_first_batch_names_its_line(self, devreg, tmp_path):
+        rows = [{"name": f"d{i}", "serial_number": f"SN-{i}"} for i in range(10_050)]
+        rows[10_020]["status"] = "broken"  # line 10,022: the header is line 1
+
+        result = import_devices(devreg, write(tmp_path, "d.csv", as_csv(rows)))
+
+        assert_refused(result, 1, "line 10022:", "status")
+        assert stored(devreg) == []
+
+    def test_serial_repeated_across_batches_names_the_later_line(self, devreg, tmp_path):
+        rows = [{"name": f"d{i}", "serial_number": f"SN-{i}"} for i in range(10_050)]
+        rows[10_030]["serial_number"] = "SN-5"
+
+        result = import_devices(devreg, write(tmp_path, "d.ndjson", as_ndjson(rows)))
+
+        assert_refused(result, 1, "line 10031:", "serial_number")
+        assert stored(devreg) == []
+
+
+class TestRoundTrip:
+    @pytest.mark.parametrize("format", FORMATS)
+    def test_export_imports_into_another_database(
+        self, devreg, tmp_path, other_database_url, format
+    ):
+        ok(import_devices(devreg, write(tmp_path, "seed.ndjson", as_ndjson(RECORDS))))
+        exported = tmp_path / f"export.{format}"
+        ok(devreg("export", "devices", "-o", str(exported)))
+        other = database_env(other_database_url)
+
+        result = import_devices(devreg, exported, **other)
+
+        assert_summary(result, rows=3, inserted=3, updated=0, skipped=0)
+        copies = stored(devreg, **other)
+        assert [content(device) for device in copies] == [content(r) for r in RECORDS]
+
+    @pytest.mark.parametrize("format", FORMATS)
+    def test_export_reimported_skips_every_row_with_a_serial(self, devreg, tmp_path, format):
+        owner = create_user(devreg)
+        create_device(devreg, "a", "--serial", "SN-1", "--owner-id", str(owner["id"]))
+        create_device(devreg, "b")
+        create_device(devreg, "c", "--serial", "SN-3", "--tag", "lab")
+        before = stored(devreg)
+        exported = tmp_path / f"export.{format}"
+        ok(devreg("export", "devices", "--format", format, "-o", str(exported)))
+
+        result = import_devices(devreg, exported, "--on-conflict", "skip")
+
+        assert_summary(result, rows=3, inserted=1, updated=0, skipped=2)
+        after = stored(devreg)
+        assert after[:3] == before
+        assert content(after[3]) == content(before[1])  # the device without a serial, again
+
+
+# --- export --------------------------------------------------------------------------------
+
+
+class TestExport:
+    @pytest.fixture
+    def fleet(self, devreg) -> list[dict[str, Any]]:
+        owner = create_user(devreg)
+        create_device(devreg, "Raspberry Pi 4", "--tag", "lab", "--tag", "eu")
+        create_device(devreg, "Jetson Nano", "--status", "retired", "--tag", "lab")
+        create_device(devreg, "Arduino Uno", "--status", "inactive", "--owner-id", str(owner["id"]))
+        create_device(devreg, "Raspberry Pi 5", "--status", "retired", "--tag", "eu")
+        return stored(devreg)
+
+    def test_csv_goes_to_stdout_by_default(self, devreg, fleet):
+        text = output(devreg("export", "devices"))
+
+        assert text.split("\r\n")[0] == EXPORT_HEADER
+        assert csv_records(text) == [export_view(device) for device in fleet]
+
+    @pytest.mark.parametrize("format", FORMATS)
+    def test_stdout_carries_awkward_text_exactly(self, devreg, tmp_path, format):
+        ok(import_devices(devreg, write(tmp_path, "seed.ndjson", as_ndjson(RECORDS))))
+
+        text = output(devreg("export", "devices", "--format", format))
+
+        records = EXPORT_PARSERS[format](text)
+        assert records == [export_view(device) for device in stored(devreg)]
+        assert records[0]["model"] == RECORDS[0]["model"]
+
+    @pytest.mark.parametrize(
+        ("name", "options", "format"),
+        [
+            pytest.param("out.ndjson", [], "ndjson", id="ndjson-from-extension"),
+            pytest.param("out.csv", [], "csv", id="csv-from-extension"),
+            pytest.param("out.txt", ["--format", "ndjson"], "ndjson", id="format-option"),
+            pytest.param("out.csv", ["--format", "ndjson"], "ndjson", id="format-over-extension"),
+        ],
+    )
+    def test_output_file_gets_the_export(self, devreg, fleet, tmp_path, name, options, format):
+        path = tmp_path / name
+
+        result = ok(devreg("export", "devices", "-o", str(path), *options))
+
+        assert result.stdout == ""
+        records = EXPORT_PARSERS[format](path.read_text(encoding="utf-8"))
+        assert records == [export_view(device) for device in fleet]
+
+    @pytest.mark.parametrize(
+        ("options", "names"),
+        [
+            pytest.param(["--status", "retired"], ["Jetson Nano", "Raspberry Pi 5"], id="status"),
+            pytest.param(
+                ["--status", "active", "--status", "inactive"],
+                ["Raspberry Pi 4", "Arduino Uno"],
+                id="status-any-of",
+            ),
+            pytest.param(["--tag", "lab"], ["Raspberry Pi 4", "Jetson Nano"], id="tag"),
+            pytest.param(["--tag", "lab", "--tag", "eu"], ["Raspberry Pi 4"], id="tags-all-of"),
+            pytest.param(["--q", "rasberry"], ["Raspberry Pi 4", "Raspberry Pi 5"], id="q"),
+            pytest.param(["--status", "retired", "--tag", "eu"], ["Raspberry Pi 5"], id="both"),
+            pytest.param(["--tag", "nowhere"], [], id="no-match"),
+        ],
+    )
+    @pytest.mark.parametrize("format", FORMATS)
+    def test_filters_choose_the_devices(self, devreg, fleet, options, names, format):
+        text = output(devreg("export", "devices", "--format", format, *options))
+
+        assert [record["name"] for record in EXPORT_PARSERS[format](text)] == names
+
+    def test_owner_filter_chooses_the_owned_devices(self, devreg, fleet):
+        owner_id = next(device["owner_id"] for device in fleet if device["owner_id"])
+
+        text = output(devreg("export", "devices", "--owner-id", str(owner_id)))
+
+        assert [record["name"] for record in csv_records(text)] == ["Arduino Uno"]
+
+    def test_empty_database_is_the_header_only(self, devreg):
+        assert output(devreg("export", "devices")) == EXPORT_HEADER + "\r\n"
+
+    # The CLI's filters follow the server's rules: each of these is a 422 over HTTP.
+    @pytest.mark.parametrize(
+        "options",
+        [
+            pytest.param(["-o", "out.json"], id="unknown-extension"),
+            pytest.param(["--format", "xml"], id="unknown-format"),
+            pytest.param(["--status", "broken"], id="unknown-status"),
+            pytest.param(["--owner-id", "0"], id="owner-zero"),
+            pytest.param(["--owner-id", str(2**63)], id="owner-beyond-bigint"),
+            pytest.param(["--tag", ""], id="tag-empty"),
+            pytest.param(["--q", "x" * 101], id="q-101-chars"),
+        ],
+    )
+    def test_bad_option_is_a_usage_error(self, devreg, tmp_path, monkeypatch, options):
+        monkeypatch.chdir(tmp_path)
+
+        result = devreg("export", "devices", *options)
+
+        assert result.exit_code == 2
+        assert result.stdout == ""
+        assert not (tmp_path / "out.json").exists()
+
+    def test_output_in_a_missing_directory_is_refused(self, devreg, fleet, tmp_path):
+        path = tmp_path / "missing" / "out.csv"
+
+        result = devreg("export", "devices", "-o", str(path))
+
+        assert_refused(result, None, "out.csv")
+
+
+# --- seed ----------------------------------------------------------------------------------
+
+
+class TestSeed:
+    @pytest.fixture
+    def seeded(self, devreg) -> Result:
+        return ok(devreg("seed", "--devices", "500", "--users", "50"))
+
+    def test_prints_the_counts(self, seeded):
+        assert seeded.stdout.startswith("seeded 50 users and 500 devices in ")
+
+    def test_stores_the_counts(self, devreg, seeded):
+        assert len(listed(devreg, "users")) == 50
+        assert len(stored(devreg)) == 500
+
+    def test_devices_are_consistent(self, devreg, seeded):
+        devices = stored(devreg)
+        user_ids = {user["id"] for user in listed(devreg, "users")}
+
+        owners = {device["owner_id"] for device in devices} - {None}
+        assert owners
+        assert owners <= user_ids
+        serials = [device["serial_number"] for device in devices]
+        assert None not in serials
+        assert len(set(serials)) == len(serials)
+        assert all(device["tags"] and device["attributes"] for device in devices)
+        assert {device["status"] for device in devices} == {"active", "inactive", "retired"}
+
+    def test_seeding_again_adds_more_without_collisions(self, devreg, seeded):
+        ok(devreg("seed", "--devices", "500", "--users", "50"))
+
+        users, devices = listed(devreg, "users"), stored(devreg)
+        assert len(users) == 100
+        assert len(devices) == 1000
+        assert len({user["email"] for user in users}) == 100
+        assert len({device["serial_number"] for device in devices}) == 1000
+
+    def test_devices_without_users_have_no_owner(self, devreg):
+        ok(devreg("seed", "--devices", "20", "--users", "0"))
+
+        devices = stored(devreg)
+        assert len(devices) == 20
+        assert {device["owner_id"] for device in devices} == {None}

@@ -1,0 +1,486 @@
+"""HTTP tests of bulk writes (/devices/bulk) and the heartbeat: all or nothing, one statement."""
+
+import time
+from datetime import datetime
+from typing import Any
+
+import pytest
+from httpx import AsyncClient, Response
+
+from tests.api import (
+    BAD_IDS,
+    DEVICES,
+    assert_problem,
+    create_device,
+    create_user,
+    fetch_device,
+    stored_devices,
+)
+
+BULK = f"{DEVICES}/bulk"
+BULK_MAX = 10_000
+
+
+# --- helpers -------------------------------------------------------------------------------
+
+
+async def bulk_create(client: AsyncClient, items: list[dict[str, Any]]) -> list[int]:
+    response = await client.post(BULK, json=items)
+    assert response.status_code == 201, response.text
+    assert response.headers["content-type"] == "application/json"
+    ids: list[int] = response.json()["ids"]
+    return ids
+
+
+async def bulk_update(client: AsyncClient, items: list[dict[str, Any]]) -> Response:
+    return await client.patch(BULK, json=items)
+
+
+async def bulk_delete(client: AsyncClient, ids: list[Any]) -> Response:
+    return await client.request("DELETE", BULK, json=ids)
+
+
+async def device_count(client: AsyncClient) -> int:
+    response = await client.get(DEVICES, params={"count": "exact", "limit": 1})
+    assert response.status_code == 200, response.text
+    total: int = response.json()["total"]
+    return total
+
+
+def bad_items(problem: dict[str, Any]) -> list[tuple[int, str]]:
+    """(index, field) of each error of a bulk 422, in the order listed."""
+    locations = [error["loc"] for error in problem["errors"]]
+    assert all(loc[0] == "body" and isinstance(loc[1], int) for loc in locations), locations
+    return [(loc[1], loc[2]) for loc in locations]
+
+
+def heartbeat_url(device_id: object) -> str:
+    return f"{DEVICES}/{device_id}/heartbeat"
+
+
+def parse_time(value: str) -> datetime:
+    return datetime.fromisoformat(value)
+
+
+def starting_with(statements: list[str], verb: str) -> list[str]:
+    return [statement for statement in statements if statement.lstrip().upper().startswith(verb)]
+
+
+# --- tests ---------------------------------------------------------------------------------
+
+
+class TestBulkCreate:
+    async def test_ids_come_back_in_input_order(self, client):
+        names = ["zulu", "alpha", "mike", "bravo"]
+
+        ids = await bulk_create(client, [{"name": name} for name in names])
+
+        assert len(ids) == len(names)
+        assert ids == sorted(ids)
+        assert len(set(ids)) == len(ids)
+        assert [(await fetch_device(client, id_))["name"] for id_ in ids] == names
+
+    async def test_every_field_of_each_item_is_stored(self, client):
+        owner = await create_user(client, name="ann")
+        items = [
+            {
+                "name": " gw ",
+                "serial_number": "SN-1",
+                "model": "Pi 5",
+                "status": "retired",
+                "owner_id": owner["id"],
+                "tags": ["lab", "lab", "eu"],
+                "attributes": {"rack": 4, "meta": {"ok": True}},
+                "last_seen_at": "2024-05-06T07:08:09+02:00",
+            },
+            {"name": "bare"},
+        ]
+
+        first, second = await bulk_create(client, items)
+
+        stored = await fetch_device(client, first)
+        assert stored["name"] == "gw"
+        assert stored["owner"] == {"id": owner["id"], "name": "ann"}
+        assert stored["tags"] == ["lab", "eu"]
+        assert parse_time(stored["last_seen_at"]) == parse_time(items[0]["last_seen_at"])
+        for key in ("serial_number", "model", "status", "attributes"):
+            assert stored[key] == items[0][key]
+        bare = await fetch_device(client, second)
+        assert (bare["status"], bare["tags"], bare["attributes"]) == ("active", [], {})
+        assert bare["version"] == 1
+
+    async def test_the_maximum_batch_is_written_quickly(self, client):
+        items = [{"name": f"d{i}", "serial_number": f"SN-{i}"} for i in range(BULK_MAX)]
+
+        started = time.perf_counter()
+        ids = await bulk_create(client, items)
+        elapsed = time.perf_counter() - started
+
+        assert elapsed < 3, f"{BULK_MAX} devices took {elapsed:.1f} s"
+        assert len(ids) == BULK_MAX
+        assert ids == sorted(set(ids))
+        assert await device_count(client) == BULK_MAX
+        assert (await fetch_device(client, ids[0]))["serial_number"] == "SN-0"
+        assert (await fetch_device(client, ids[-1]))["serial_number"] == f"SN-{BULK_MAX - 1}"
+
+    @pytest.mark.parametrize(
+        "body",
+        [
+            pytest.param([], id="empty-list"),
+            pytest.param([{"name": "d"}] * (BULK_MAX + 1), id="10001-items"),
+            pytest.param({"name": "d"}, id="object"),
+            pytest.param("d", id="string"),
+            pytest.param(None, id="null"),
+        ],
+    )
+    async def test_body_that_is_not_1_to_10000_items_is_refused(self, client, body):
+        await create_device(client)
+
+        response = await client.post(BULK, json=body)
+
+        assert_problem(response, 422)
+        assert await device_count(client) == 1
+
+    async def test_every_invalid_item_is_listed_and_nothing_is_written(self, client):
+        existing = await stored_devices(client)
+        items = [
+            {"name": "ok"},
+            {"name": ""},
+            {"name": "ok"},
+            {"name": "x", "status": "broken"},
+            {"name": "x", "colour": "red"},
+            {"name": "ok", "tags": "lab"},
+        ]
+
+        response = await client.post(BULK, json=items)
+
+        problem = assert_problem(response, 422)
+        assert bad_items(problem) == [(1, "name"), (3, "status"), (4, "colour"), (5, "tags")]
+        assert await stored_devices(client) == existing
+
+    @pytest.mark.parametrize(
+        "repeat", [pytest.param("SN-1", id="same"), pytest.param("  SN-1 ", id="same-trimmed")]
+    )
+    async def test_serial_repeated_in_the_batch_names_the_later_items(self, client, repeat):
+        items = [
+            {"name": "a", "serial_number": "SN-1"},
+            {"name": "b"},
+            {"name": "c", "serial_number": repeat},
+            {"name": "d"},
+            {"name": "e", "serial_number": "SN-1"},
+        ]
+
+        response = await client.post(BULK, json=items)
+
+        problem = assert_problem(response, 422)
+        assert bad_items(problem) == [(2, "serial_number"), (4, "serial_number")]
+        assert await device_count(client) == 0
+
+    async def test_devices_without_serial_do_not_repeat(self, client):
+        ids = await bulk_create(client, [{"name": "a"}, {"name": "b", "serial_number": None}])
+
+        assert len(ids) == 2
+
+    async def test_serial_already_registered_is_a_conflict(self, client):
+        await create_device(client, serial_number="SN-1")
+
+        response = await client.post(
+            BULK,
+            json=[{"name": "a", "serial_number": "SN-2"}, {"name": "b", "serial_number": "SN-1"}],
+        )
+
+        problem = assert_problem(response, 409, "serial_number is already registered")
+        assert problem["field"] == "serial_number"
+        assert await device_count(client) == 1
+
+    async def test_unknown_owner_is_refused(self, client):
+        owner = await create_user(client)
+
+        response = await client.post(
+            BULK, json=[{"name": "a", "owner_id": owner["id"]}, {"name": "b", "owner_id": 999_999}]
+        )
+
+        problem = assert_problem(response, 422)
+        assert "owner_id" in problem["detail"]
+        assert await device_count(client) == 0
+
+    async def test_runs_one_insert(self, client, statements):
+        owner = await create_user(client)
+        items = [{"name": f"d{i}", "owner_id": owner["id"], "tags": ["t"]} for i in range(50)]
+        statements.clear()
+
+        await bulk_create(client, items)
+
+        assert len(starting_with(statements, "INSERT")) == 1
+        assert len(statements) == 1
+
+
+class TestBulkUpdate:
+    @pytest.fixture
+    async def devices(self, client) -> list[dict[str, Any]]:
+        owner = await create_user(client, name="ann")
+        return [
+            await create_device(
+                client,
+                name=f"d{i}",
+                serial_number=f"SN-{i}",
+                model="Pi 4",
+                status="active",
+                owner_id=owner["id"],
+                tags=["lab"],
+                attributes={"rack": i},
+                last_seen_at="2024-01-01T00:00:00Z",
+            )
+            for i in range(3)
+        ]
+
+    async def test_only_the_fields_sent_change(self, client, devices):
+        first, second, untouched = devices
+
+        response = await bulk_update(
+            client,
+            [
+                {"id": second["id"], "model": "Pi 5", "tags": ["edge", "eu"]},
+                {"id": first["id"], "status": "retired", "attributes": {"room": "B"}},
+            ],
+        )
+
+        assert response.status_code == 200, response.text
+        assert response.json() == {"ids": [second["id"], first["id"]]}
+        expected = [
+            {**first, "status": "retired", "attributes": {"room": "B"}, "version": 2},
+            {**second, "model": "Pi 5", "tags": ["edge", "eu"], "version": 2},
+            untouched,
+        ]
+        stored = await stored_devices(client)
+        assert [{**device, "updated_at": None} for device in stored] == [
+            {**device, "updated_at": None} for device in expected
+        ]
+
+    @pytest.mark.parametrize(
+        "same",
+        [
+            pytest.param({}, id="nothing"),
+            pytest.param({"name": "d1", "status": "active"}, id="same-values"),
+            pytest.param({"tags": ["lab"], "attributes": {"rack": 1}}, id="same-collections"),
+        ],
+    )
+    async def test_version_is_bumped_only_where_something_changed(self, client, devices, same):
+        changed, unchanged, _ = devices
+
+        response = await bulk_update(
+            client, [{"id": changed["id"], "name": "renamed"}, {"id": unchanged["id"], **same}]
+        )
+
+        assert response.status_code == 200, response.text
+        assert (await fetch_device(client, changed["id"]))["version"] == 2
+        assert await fetch_device(client, unchanged["id"]) == unchanged
+
+    async def test_null_clears_the_optional_fields(self, client, devices):
+        device = devices[0]
+        cleared = {"serial_number": None, "model": None, "owner_id": None, "last_seen_at": None}
+
+        response = await bulk_update(client, [{"id": device["id"], **cleared}])
+
+        assert response.status_code == 200, response.text
+        stored = await fetch_device(client, device["id"])
+        assert {key: stored[key] for key in cleared} == cleared
+        assert stored["owner"] is None
+        assert (stored["name"], stored["tags"]) == (device["name"], device["tags"])
+
+    @pytest.mark.parametrize(
+        ("change", "field"),
+        [
+            pytest.param({"name": None}, "name", id="name-null"),
+            pytest.param({"status": None}, "status", id="status-null"),
+            pytest.param({"tags": None}, "tags", id="tags-null"),
+            pytest.param({"name": ""}, "name", id="name-empty"),
+            pytest.param({"version": 9}, "version", id="version"),
+        ],
+    )
+    async def test_invalid_item_changes_nothing(self, client, devices, change, field):
+        first, second, _ = devices
+
+        response = await bulk_update(
+            client, [{"id": first["id"], "model": "Pi 5"}, {"id": second["id"], **change}]
+        )
+
+        problem = assert_problem(response, 422)
+        assert bad_items(problem) == [(1, field)]
+        assert await stored_devices(client) == devices
+
+    @pytest.mark.parametrize(
+        "item", [pytest.param({}, id="missing"), pytest.param({"id": 0}, id="zero")]
+    )
+    async def test_item_without_a_valid_id_is_refused(self, client, devices, item):
+        response = await bulk_update(client, [{"id": devices[0]["id"]}, {**item, "name": "x"}])
+
+        problem = assert_problem(response, 422)
+        assert bad_items(problem) == [(1, "id")]
+        assert await stored_devices(client) == devices
+
+    async def test_unknown_id_changes_nothing(self, client, devices):
+        first, second, third = devices
+        missing = third["id"] + 1000
+
+        response = await bulk_update(
+            client,
+            [
+                {"id": first["id"], "name": "renamed"},
+                {"id": missing, "name": "ghost"},
+                {"id": second["id"], "status": "retired"},
+            ],
+        )
+
+        problem = assert_problem(response, 422)
+        assert bad_items(problem) == [(1, "id")]
+        assert await stored_devices(client) == devices
+
+    async def test_repeated_id_is_refused(self, client, devices):
+        first, second, _ = devices
+
+        response = await bulk_update(
+            client,
+            [
+                {"id": first["id"], "name": "a"},
+                {"id": second["id"], "name": "b"},
+                {"id": first["id"], "name": "c"},
+            ],
+        )
+
+        problem = assert_problem(response, 422)
+        assert bad_items(problem) == [(2, "id")]
+        assert await stored_devices(client) == devices
+
+    @pytest.mark.parametrize(
+        "serials",
+        [
+            pytest.param(["SN-new", "SN-2"], id="registered-to-another-device"),
+            pytest.param(["SN-new", "SN-new"], id="same-serial-twice"),
+        ],
+    )
+    async def test_serial_conflict_changes_nothing(self, client, devices, serials):
+        first, second, _ = devices
+
+        response = await bulk_update(
+            client,
+            [
+                {"id": first["id"], "name": "renamed", "serial_number": serials[0]},
+                {"id": second["id"], "serial_number": serials[1]},
+            ],
+        )
+
+        assert_problem(response, 409, "serial_number is already registered")
+        assert await stored_devices(client) == devices
+
+    async def test_unknown_owner_changes_nothing(self, client, devices):
+        first, second, _ = devices
+
+        response = await bulk_update(
+            client, [{"id": first["id"], "name": "renamed"}, {"id": second["id"], "owner_id": 999}]
+        )
+
+        assert_problem(response, 422)
+        assert await stored_devices(client) == devices
+
+    @pytest.mark.parametrize(
+        "body",
+        [pytest.param([], id="empty-list"), pytest.param([{"id": 1}] * (BULK_MAX + 1), id="10001")],
+    )
+    async def test_body_that_is_not_1_to_10000_items_is_refused(self, client, devices, body):
+        response = await bulk_update(client, body)
+
+        assert_problem(response, 422)
+        assert await stored_devices(client) == devices
+
+
+class TestBulkDelete:
+    async def test_listed_devices_are_deleted(self, client):
+        kept, *doomed = [await create_device(client, name=f"d{i}") for i in range(4)]
+
+        response = await bulk_delete(client, [device["id"] for device in doomed])
+
+        assert response.status_code == 204
+        assert response.content == b""
+        assert await stored_devices(client) == [kept]
+
+    async def test_unknown_id_deletes_nothing(self, client):
+        devices = [await create_device(client, name=f"d{i}") for i in range(3)]
+        ids = [devices[0]["id"], devices[2]["id"] + 1000, devices[1]["id"]]
+
+        response = await bulk_delete(client, ids)
+
+        problem = assert_problem(response, 422)
+        assert bad_items(problem) == [(1, "id")]
+        assert await stored_devices(client) == devices
+
+    @pytest.mark.parametrize(
+        "body",
+        [
+            pytest.param([], id="empty-list"),
+            pytest.param([1] * (BULK_MAX + 1), id="10001-ids"),
+            pytest.param([0], id="zero"),
+            pytest.param([2**63], id="beyond-bigint"),
+            pytest.param(["abc"], id="word"),
+            pytest.param({"ids": [1]}, id="object"),
+        ],
+    )
+    async def test_body_that_is_not_a_list_of_ids_is_refused(self, client, body):
+        devices = [await create_device(client)]
+
+        response = await bulk_delete(client, body)
+
+        assert_problem(response, 422)
+        assert await stored_devices(client) == devices
+
+
+class TestHeartbeat:
+    async def test_sets_last_seen_to_now_without_a_body(self, client):
+        device = await create_device(client)
+        assert device["last_seen_at"] is None
+
+        response = await client.post(heartbeat_url(device["id"]))
+
+        assert response.status_code == 204
+        assert response.content == b""
+        seen = (await fetch_device(client, device["id"]))["last_seen_at"]
+        assert seen is not None
+        # Inside the test's one transaction, now() is when that transaction began.
+        assert parse_time(seen) >= parse_time(device["created_at"])
+
+    async def test_replaces_an_older_last_seen(self, client):
+        device = await create_device(client, last_seen_at="2001-01-01T00:00:00Z")
+
+        await client.post(heartbeat_url(device["id"]))
+
+        seen = (await fetch_device(client, device["id"]))["last_seen_at"]
+        assert parse_time(seen) >= parse_time(device["created_at"])
+
+    async def test_leaves_other_devices_alone(self, client):
+        device, other = await create_device(client), await create_device(client)
+
+        await client.post(heartbeat_url(device["id"]))
+
+        assert await fetch_device(client, other["id"]) == other
+
+    async def test_unknown_id_is_not_found(self, client):
+        device = await create_device(client)
+
+        response = await client.post(heartbeat_url(device["id"] + 1))
+
+        assert_problem(response, 404, "Device not found")
+
+    @pytest.mark.parametrize("device_id", BAD_IDS)
+    async def test_bad_id_is_refused(self, client, device_id):
+        response = await client.post(heartbeat_url(device_id))
+
+        assert_problem(response, 422)
+
+    async def test_runs_one_update(self, client, statements):
+        device = await create_device(client)
+        statements.clear()
+
+        await client.post(heartbeat_url(device["id"]))
+
+        assert len(statements) == 1
+        assert starting_with(statements, "UPDATE") == statements

@@ -1,0 +1,235 @@
+"""HTTP tests of GET /devices/export: CSV and NDJSON, streamed by id, with the listing filters."""
+
+from typing import Any
+
+import pytest
+from httpx import AsyncClient, Response
+
+from tests.api import DEVICES, assert_problem, create_device, create_user, stored_devices
+from tests.support import EXPORT_HEADER, EXPORT_PARSERS, export_view
+
+EXPORT = f"{DEVICES}/export"
+FORMATS = list(EXPORT_PARSERS)
+
+# Text that CSV must quote or escape, and characters beyond ASCII: each must come back as is.
+AWKWARD_TEXT = [
+    pytest.param("a,b", id="comma"),
+    pytest.param('say "hi"', id="quotes"),
+    pytest.param('"', id="lone-quote"),
+    pytest.param("line1\nline2", id="newline"),
+    pytest.param("line1\r\nline2", id="crlf"),
+    pytest.param("cr\ronly", id="carriage-return"),
+    pytest.param("Ölfühler 温度 🌡🚀", id="unicode-emoji"),
+    pytest.param("tab\there; semi", id="tab-semicolon"),
+    pytest.param("\u2028sep\u0085nel", id="unicode-line-separators"),
+    pytest.param("back\\slash", id="backslash"),
+    pytest.param("=1+2", id="formula-like"),
+]
+
+
+# --- helpers -------------------------------------------------------------------------------
+
+
+async def export(client: AsyncClient, params: Any = None) -> Response:
+    response = await client.get(EXPORT, params=params)
+    assert response.status_code == 200, response.text
+    return response
+
+
+async def exported(client: AsyncClient, format: str, params: Any = ()) -> list[dict[str, Any]]:
+    """The records of an export in `format`, parsed and typed (see tests.support)."""
+    response = await export(client, [("format", format), *params])
+    return EXPORT_PARSERS[format](response.text)
+
+
+async def bulk_create(client: AsyncClient, items: list[dict[str, Any]]) -> None:
+    response = await client.post(f"{DEVICES}/bulk", json=items)
+    assert response.status_code == 201, response.text
+
+
+# --- tests ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("format", FORMATS)
+class TestExportContent:
+    async def test_every_device_is_exported_in_id_order(self, client, format):
+        owner = await create_user(client, name="ann")
+        await create_device(
+            client,
+            name="gw",
+            serial_number="SN-1",
+            model="Pi 5",
+            status="retired",
+            owner_id=owner["id"],
+            tags=["lab", "eu"],
+            attributes={"rack": 4, "ports": [1, 2], "meta": {"ok": True, "none": None}},
+            last_seen_at="2024-05-06T07:08:09.123456+02:00",
+        )
+        await create_device(client, name="bare")
+        await create_device(client, name="third", tags=["x"])
+
+        records = await exported(client, format)
+
+        assert records == [export_view(device) for device in await stored_devices(client)]
+
+    async def test_missing_values_are_empty(self, client, format):
+        device = await create_device(client, name="bare")
+
+        (record,) = await exported(client, format)
+
+        assert record["id"] == device["id"]
+        missing = ("serial_number", "model", "owner_id", "last_seen_at")
+        assert {key: record[key] for key in missing} == dict.fromkeys(missing)
+        assert (record["tags"], record["attributes"], record["version"]) == ([], {}, 1)
+
+    @pytest.mark.parametrize("text", AWKWARD_TEXT)
+    async def test_awkward_text_comes_back_exactly(self, client, format, text):
+        device = await create_device(
+            client,
+            name=f"n {text} n",
+            serial_number=f"s {text} s",
+            model=f"m {text} m",
+            tags=[f"t {text} t", "plain"],
+            attributes={f"k {text}": f"v {text}", "list": [text]},
+        )
+
+        (record,) = await exported(client, format)
+
+        assert record == export_view(device)
+        assert record["name"] == f"n {text} n"
+        assert record["attributes"] == {f"k {text}": f"v {text}", "list": [text]}
+
+    async def test_no_devices_is_no_records(self, client, format):
+        await create_device(client, status="active")
+
+        assert await exported(client, format, [("status", "retired")]) == []
+
+    async def test_more_devices_than_one_batch_are_all_exported(self, client, format):
+        count = 5_001  # the export reads 5,000 rows at a time
+        await bulk_create(client, [{"name": f"d{i}", "tags": ["t"]} for i in range(count)])
+
+        records = await exported(client, format)
+
+        assert len(records) == count
+        assert [record["name"] for record in records] == [f"d{i}" for i in range(count)]
+        ids = [record["id"] for record in records]
+        assert ids == sorted(set(ids))
+
+
+class TestExportFormats:
+    @pytest.mark.parametrize("params", [{}, {"format": "csv"}])
+    async def test_csv_is_the_default_and_starts_with_the_header(self, client, params):
+        await create_device(client, name="pi")
+
+        response = await export(client, params)
+
+        lines = response.text.split("\r\n")
+        assert lines[0] == EXPORT_HEADER
+        assert lines[1].split(",")[1] == "pi"
+
+    async def test_empty_csv_is_the_header_only(self, client):
+        response = await export(client, {"format": "csv"})
+
+        assert response.text == EXPORT_HEADER + "\r\n"
+
+    async def test_empty_ndjson_is_an_empty_body(self, client):
+        response = await export(client, {"format": "ndjson"})
+
+        assert response.content == b""
+
+    async def test_ndjson_is_one_object_per_line(self, client):
+        for name in ("a", "b", "c"):
+            await create_device(client, name=f"multi\nline {name}")
+
+        response = await export(client, {"format": "ndjson"})
+
+        lines = response.text.split("\n")
+        assert lines[-1] == ""
+        assert len(lines) == 4
+
+    @pytest.mark.parametrize(
+        ("format", "content_type", "filename"),
+        [
+            ("csv", "text/csv; charset=utf-8", "devices.csv"),
+            ("ndjson", "application/x-ndjson", "devices.ndjson"),
+        ],
+    )
+    async def test_headers_name_the_type_and_file(self, client, format, content_type, filename):
+        await create_device(client)
+
+        response = await export(client, {"format": format})
+
+        assert response.headers["content-type"] == content_type
+        assert response.headers["content-disposition"] == f'attachment; filename="{filename}"'
+
+
+class TestExportFilters:
+    @pytest.fixture
+    async def fleet(self, client) -> None:
+        owner = await create_user(client, name="ann")
+        devices = [
+            ("Raspberry Pi 4", "active", ["lab", "eu"], {"rack": 4}, owner["id"]),
+            ("Jetson Nano", "retired", ["lab"], {"rack": "4"}, None),
+            ("Arduino Uno", "inactive", ["eu"], {"rack": 5}, owner["id"]),
+            ("Raspberry Pi 5", "retired", [], {}, None),
+        ]
+        for name, status, tags, attributes, owner_id in devices:
+            await create_device(
+                client,
+                name=name,
+                status=status,
+                tags=tags,
+                attributes=attributes,
+                owner_id=owner_id,
+            )
+
+    @pytest.mark.parametrize("format", FORMATS)
+    @pytest.mark.parametrize(
+        ("params", "names"),
+        [
+            pytest.param([], ["Raspberry Pi 4", "Jetson Nano", "Arduino Uno", "Raspberry Pi 5"]),
+            pytest.param([("status", "retired")], ["Jetson Nano", "Raspberry Pi 5"], id="status"),
+            pytest.param(
+                [("status", "active"), ("status", "inactive")],
+                ["Raspberry Pi 4", "Arduino Uno"],
+                id="status-any-of",
+            ),
+            pytest.param([("tag", "lab")], ["Raspberry Pi 4", "Jetson Nano"], id="tag"),
+            pytest.param([("tag", "lab"), ("tag", "eu")], ["Raspberry Pi 4"], id="tags-all-of"),
+            pytest.param([("q", "rasberry")], ["Raspberry Pi 4", "Raspberry Pi 5"], id="q"),
+            pytest.param([("attr.rack", "4")], ["Raspberry Pi 4"], id="attr-number"),
+            pytest.param([("attr.rack", '"4"')], ["Jetson Nano"], id="attr-string"),
+            pytest.param([("has_owner", "true")], ["Raspberry Pi 4", "Arduino Uno"], id="owner"),
+            pytest.param(
+                [("status", "retired"), ("q", "raspbery")], ["Raspberry Pi 5"], id="combined"
+            ),
+            pytest.param([("tag", "nowhere")], [], id="no-match"),
+        ],
+    )
+    async def test_filters_choose_the_devices(self, client, fleet, format, params, names):
+        records = await exported(client, format, params)
+
+        assert [record["name"] for record in records] == names
+
+    @pytest.mark.parametrize("parameter", ["limit", "cursor", "sort", "fields", "count", "colour"])
+    async def test_unknown_parameter_is_a_bad_request(self, client, fleet, parameter):
+        response = await client.get(EXPORT, params={parameter: "1"})
+
+        problem = assert_problem(response, 400)
+        assert parameter in problem["detail"]
+
+    @pytest.mark.parametrize(
+        "params",
+        [
+            pytest.param({"format": "xml"}, id="format-xml"),
+            pytest.param({"format": ""}, id="format-empty"),
+            pytest.param({"status": "broken"}, id="status-unknown"),
+            pytest.param({"owner_id": "0"}, id="owner-zero"),
+            pytest.param({"created_after": "yesterday"}, id="created-after-garbage"),
+            pytest.param({"q": ""}, id="q-empty"),
+        ],
+    )
+    async def test_invalid_value_is_refused(self, client, fleet, params):
+        response = await client.get(EXPORT, params=params)
+
+        assert_problem(response, 422)
