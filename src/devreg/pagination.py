@@ -11,7 +11,7 @@ import enum
 import hashlib
 import json
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Annotated, Any, Generic, TypeVar, cast
 
@@ -156,6 +156,12 @@ class Cursors:
         if type(wire) is not self.value_type or (self.value_type is int and not _is_id(wire)):
             raise InvalidCursor
         return cast(SortValue, wire)
+
+
+def describe_filters(filters: Any) -> dict[str, Any]:
+    """A filters dataclass's filters in use, as JSON-able data: what a cursor's fingerprint is
+    made of."""
+    return {name: value for name, value in asdict(filters).items() if value not in ((), None)}
 
 
 def _is_id(value: Any) -> bool:

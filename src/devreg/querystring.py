@@ -3,15 +3,27 @@
 import json
 import math
 from collections.abc import Collection
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
 
 from fastapi import Request, Response
 from pydantic import BaseModel
 
 from devreg.errors import InvalidParameter
-from devreg.pagination import PageResult
+from devreg.pagination import PageRequest, PageResult
 
 LISTING_PARAMETERS = frozenset({"limit", "cursor", "sort", "count", "fields"})
+
+FilterT = TypeVar("FilterT")
+
+
+@dataclass(frozen=True)
+class Listing(Generic[FilterT]):
+    """A listing request as the query string asked for it: filters, page, sparse fields."""
+
+    filters: FilterT
+    page: PageRequest
+    fields: frozenset[str] | None
 
 
 def reject_unknown(request: Request, known: Collection[str], *, prefix: str | None = None) -> None:

@@ -74,6 +74,13 @@ async def fetch_page(
     return rows + await rows_of(nulls, direction(id_column), count=limit + 1 - len(rows))
 
 
+async def count_matching(session: AsyncSession, statement: Select[Any], *, exact: bool) -> int:
+    """The rows `statement` selects: counted, or the planner's estimate."""
+    if exact:
+        return await count_rows(session, statement)
+    return await estimate_rows(session, statement)
+
+
 async def count_rows(session: AsyncSession, statement: Select[Any]) -> int:
     total = await session.scalar(select(func.count()).select_from(statement.subquery()))
     return int(total or 0)

@@ -1,8 +1,7 @@
 """What a device listing asks for: filters (ANDed; several values of one filter are ORed)."""
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
 from devreg.devices.models import DeviceStatus
 from devreg.pagination import Sort
@@ -40,7 +39,3 @@ class DeviceFilter:
     # attribute name -> the values it may have (attributes @> {name: value})
     attributes: tuple[tuple[str, tuple[JsonScalar, ...]], ...] = ()
     search: str | None = None
-
-    def describe(self) -> dict[str, Any]:
-        """The filters in use, as JSON-able data: what a cursor's fingerprint is made of."""
-        return {name: value for name, value in asdict(self).items() if value not in ((), None)}

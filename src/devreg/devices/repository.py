@@ -27,7 +27,7 @@ from sqlalchemy.orm import joinedload
 from sqlalchemy.orm.attributes import set_committed_value
 
 from devreg.db.constraints import violated_constraint
-from devreg.db.keyset import count_rows, estimate_rows, fetch_page
+from devreg.db.keyset import count_matching, fetch_page
 from devreg.devices.filters import NULLABLE_SORT_KEYS, RELEVANCE, DeviceFilter
 from devreg.devices.models import Device
 from devreg.errors import SerialAlreadyRegistered, UnknownOwner
@@ -195,10 +195,7 @@ class DeviceRepository:
         return [(row[0], row[1]) for row in rows]
 
     async def count(self, filters: DeviceFilter, *, exact: bool) -> int:
-        statement = self._matching(filters)
-        if exact:
-            return await count_rows(self.session, statement)
-        return await estimate_rows(self.session, statement)
+        return await count_matching(self.session, self._matching(filters), exact=exact)
 
     @staticmethod
     def _sort_key(sort: Sort, filters: DeviceFilter) -> ColumnElement[Any]:

@@ -1,4 +1,3 @@
-from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import APIRouter, Body, Depends, Path, Query, Request, Response, status
@@ -37,6 +36,7 @@ from devreg.pagination import (
 )
 from devreg.querystring import (
     LISTING_PARAMETERS,
+    Listing,
     json_scalar,
     page_response,
     parse_fields,
@@ -63,13 +63,6 @@ async def create_device(
     device = await service.register_device(session, data=data)
     response.headers["Location"] = str(request.url_for("get_device", device_id=device.id))
     return device
-
-
-@dataclass(frozen=True)
-class DeviceListing:
-    filters: DeviceFilter
-    page: PageRequest
-    fields: frozenset[str] | None
 
 
 _FILTER_PARAMETERS = frozenset({
@@ -148,10 +141,10 @@ async def device_listing(
     fields: Annotated[
         str | None, Query(description="Comma-separated fields to return for each device.")
     ] = None,
-) -> DeviceListing:
+) -> Listing[DeviceFilter]:
     reject_unknown(request, _FILTER_PARAMETERS | LISTING_PARAMETERS, prefix=_ATTRIBUTE_PREFIX)
     default_sort = RELEVANCE_SORT if filters.search else DEFAULT_SORT
-    return DeviceListing(
+    return Listing(
         filters=filters,
         page=PageRequest(
             limit=limit,
@@ -174,7 +167,7 @@ def _attribute_filters(request: Request) -> tuple[tuple[str, tuple[JsonScalar, .
     return tuple((key, tuple(options)) for key, options in sorted(values.items()))
 
 
-DeviceListingDep = Annotated[DeviceListing, Depends(device_listing)]
+DeviceListingDep = Annotated[Listing[DeviceFilter], Depends(device_listing)]
 
 
 @router.get("", response_model=DevicePage, responses=problem_responses(400, 422))

@@ -7,7 +7,7 @@ from devreg.devices.models import Device
 from devreg.devices.repository import DeviceRepository
 from devreg.devices.schemas import DeviceCreate, DeviceUpdate
 from devreg.errors import DeviceNotFound
-from devreg.pagination import Cursors, PageRequest, PageResult, paginate
+from devreg.pagination import Cursors, PageRequest, PageResult, describe_filters, paginate
 
 
 async def register_device(session: AsyncSession, *, data: DeviceCreate) -> Device:
@@ -31,7 +31,7 @@ async def list_devices(
         Cursors(
             "devices",
             sort,
-            filters.describe(),
+            describe_filters(filters),
             value_type=SORT_KEYS.get(sort.key, float),
             nullable=sort.key in NULLABLE_SORT_KEYS,
         ),

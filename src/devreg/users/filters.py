@@ -1,8 +1,7 @@
 """What a user listing asks for: filters (ANDed; several values of one filter are ORed)."""
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
 from devreg.pagination import Sort
 
@@ -18,7 +17,3 @@ class UserFilter:
     email: tuple[str, ...] = ()
     created_after: datetime | None = None
     created_before: datetime | None = None
-
-    def describe(self) -> dict[str, Any]:
-        """The filters in use, as JSON-able data: what a cursor's fingerprint is made of."""
-        return {name: value for name, value in asdict(self).items() if value not in ((), None)}

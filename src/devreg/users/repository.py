@@ -16,7 +16,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from devreg.db.constraints import violated_constraint
-from devreg.db.keyset import count_rows, estimate_rows, fetch_page
+from devreg.db.keyset import count_matching, fetch_page
 from devreg.errors import EmailAlreadyRegistered, UserHasDevices
 from devreg.pagination import Position, Sort, SortValue
 from devreg.users.filters import UserFilter
@@ -48,10 +48,7 @@ class UserRepository:
         return [(row[0], row[1]) for row in rows]
 
     async def count(self, filters: UserFilter, *, exact: bool) -> int:
-        statement = self._matching(filters)
-        if exact:
-            return await count_rows(self.session, statement)
-        return await estimate_rows(self.session, statement)
+        return await count_matching(self.session, self._matching(filters), exact=exact)
 
     @staticmethod
     def _matching(filters: UserFilter) -> Select[User]:

@@ -1,4 +1,3 @@
-from dataclasses import dataclass
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Path, Query, Request, Response, status
@@ -17,7 +16,13 @@ from devreg.pagination import (
     PageRequest,
     Sort,
 )
-from devreg.querystring import LISTING_PARAMETERS, page_response, parse_fields, reject_unknown
+from devreg.querystring import (
+    LISTING_PARAMETERS,
+    Listing,
+    page_response,
+    parse_fields,
+    reject_unknown,
+)
 from devreg.schemas import BIGINT_MAX, ShortText
 from devreg.users import service
 from devreg.users.filters import DEFAULT_SORT, SORT_KEYS, UserFilter
@@ -40,13 +45,6 @@ async def create_user(
     user = await service.register_user(session, data=data)
     response.headers["Location"] = str(request.url_for("get_user", user_id=user.id))
     return user
-
-
-@dataclass(frozen=True)
-class UserListing:
-    filters: UserFilter
-    page: PageRequest
-    fields: frozenset[str] | None
 
 
 _LISTING_PARAMETERS = LISTING_PARAMETERS | {
@@ -76,9 +74,9 @@ async def user_listing(
     fields: Annotated[
         str | None, Query(description="Comma-separated fields to return for each user.")
     ] = None,
-) -> UserListing:
+) -> Listing[UserFilter]:
     reject_unknown(request, _LISTING_PARAMETERS)
-    return UserListing(
+    return Listing(
         filters=UserFilter(
             name=tuple(name or ()),
             name_contains=tuple(name__ic or ()),
@@ -99,7 +97,7 @@ async def user_listing(
 
 @router.get("", response_model=UserPage, responses=problem_responses(400, 422))
 async def list_users(
-    session: SessionDep, listing: Annotated[UserListing, Depends(user_listing)]
+    session: SessionDep, listing: Annotated[Listing[UserFilter], Depends(user_listing)]
 ) -> object:
     result = await service.list_users(session, filters=listing.filters, page=listing.page)
     return page_response(UserPage, result, listing.fields)

@@ -8,7 +8,7 @@ from devreg.devices import service as devices_service
 from devreg.devices.filters import DeviceFilter
 from devreg.devices.models import Device
 from devreg.errors import UserNotFound
-from devreg.pagination import Cursors, PageRequest, PageResult, paginate
+from devreg.pagination import Cursors, PageRequest, PageResult, describe_filters, paginate
 from devreg.users.filters import SORT_KEYS, UserFilter
 from devreg.users.models import User
 from devreg.users.repository import UserRepository
@@ -33,7 +33,7 @@ async def list_users(
     sort = page.sort
     return await paginate(
         page,
-        Cursors("users", sort, filters.describe(), value_type=SORT_KEYS[sort.key]),
+        Cursors("users", sort, describe_filters(filters), value_type=SORT_KEYS[sort.key]),
         fetch=lambda after: repository.list_page(filters, sort=sort, after=after, limit=page.limit),
         count=lambda exact: repository.count(filters, exact=exact),
         id_of=lambda user: user.id,
