@@ -484,7 +484,7 @@ class TestExport:
     def test_csv_goes_to_stdout_by_default(self, devreg, fleet):
         text = output(devreg("export", "devices"))
 
-        assert text.split("\r\n")[0] == EXPORT_HEADER
+        assert text.splitlines()[0] == EXPORT_HEADER
         assert csv_records(text) == [export_view(device) for device in fleet]
 
     @pytest.mark.parametrize("format", FORMATS)
@@ -545,7 +545,7 @@ class TestExport:
         assert [record["name"] for record in csv_records(text)] == ["Arduino Uno"]
 
     def test_empty_database_is_the_header_only(self, devreg):
-        assert output(devreg("export", "devices")) == EXPORT_HEADER + "\r\n"
+        assert output(devreg("export", "devices")) == EXPORT_HEADER + "\n"
 
     # The CLI's filters follow the server's rules: each of these is a 422 over HTTP.
     @pytest.mark.parametrize(

@@ -123,14 +123,14 @@ class TestExportFormats:
 
         response = await export(client, params)
 
-        lines = response.text.split("\r\n")
+        lines = response.text.splitlines()
         assert lines[0] == EXPORT_HEADER
         assert lines[1].split(",")[1] == "pi"
 
     async def test_empty_csv_is_the_header_only(self, client):
         response = await export(client, {"format": "csv"})
 
-        assert response.text == EXPORT_HEADER + "\r\n"
+        assert response.text == EXPORT_HEADER + "\n"
 
     async def test_empty_ndjson_is_an_empty_body(self, client):
         response = await export(client, {"format": "ndjson"})

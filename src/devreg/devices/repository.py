@@ -5,7 +5,6 @@ from typing import Any
 from sqlalchemy import (
     ColumnElement,
     Executable,
-    Row,
     ScalarResult,
     Select,
     SQLColumnExpression,
@@ -27,6 +26,7 @@ from sqlalchemy.orm import joinedload
 from sqlalchemy.orm.attributes import set_committed_value
 
 from devreg.db.constraints import violated_constraint
+from devreg.db.copy import copy_out, driver_connection
 from devreg.db.keyset import count_matching, fetch_page
 from devreg.devices.filters import NULLABLE_SORT_KEYS, RELEVANCE, DeviceFilter
 from devreg.devices.models import Device
@@ -148,9 +148,17 @@ EXPORT_COLUMNS = (
     "version",
 )
 _CSV_COLUMNS: list[SQLColumnExpression[Any]] = [
-    Device.id, Device.name, Device.serial_number, Device.model, Device.status, Device.owner_id,
-    cast(func.to_json(Device.tags), Text), cast(Device.attributes, Text),
-    _iso(Device.last_seen_at), _iso(Device.created_at), _iso(Device.updated_at), Device.version,
+    column.label(name)
+    for name, column in zip(
+        EXPORT_COLUMNS,
+        [
+            Device.id, Device.name, Device.serial_number, Device.model, Device.status,
+            Device.owner_id, cast(func.to_json(Device.tags), Text),
+            cast(Device.attributes, Text), _iso(Device.last_seen_at), _iso(Device.created_at),
+            _iso(Device.updated_at), Device.version,
+        ],
+        strict=True,
+    )
 ]  # fmt: skip
 _JSON_LINE = cast(
     func.json_build_object(
@@ -204,16 +212,15 @@ class DeviceRepository:
         column: ColumnElement[Any] = getattr(Device, sort.key)
         return column
 
-    async def stream_export(
-        self, filters: DeviceFilter, *, as_json: bool, batch_size: int
-    ) -> AsyncIterator[Sequence[Row[Any]]]:
-        """Matching devices by id, in batches from a server-side cursor, already formatted by
-        PostgreSQL: one JSON text per row, or the CSV columns as text."""
+    def export(self, filters: DeviceFilter, *, as_json: bool) -> AsyncIterator[bytes]:
+        """Matching devices by id, written by PostgreSQL's COPY: CSV with a header, or one JSON
+        object per line (as CSV with a delimiter and quote that JSON text never contains, so
+        nothing is quoted or escaped)."""
         columns = [_JSON_LINE] if as_json else _CSV_COLUMNS
         statement = select(*columns).where(*self._conditions(filters)).order_by(Device.id)
-        result = await self.session.stream(statement.execution_options(yield_per=batch_size))
-        async for rows in result.partitions():
-            yield rows
+        if as_json:
+            return copy_out(self.session, statement, format="csv", delimiter="\x01", quote="\x02")
+        return copy_out(self.session, statement, format="csv", header=True)
 
     @classmethod
     def _matching(cls, filters: DeviceFilter) -> Select[Device]:
@@ -315,9 +322,8 @@ class DeviceRepository:
 
     async def copy_into_staging(self, records: Sequence[ImportRecord]) -> None:
         """COPY (binary) into the staging table, on this session's connection and transaction."""
-        connection = await self.session.connection()
-        raw = await connection.get_raw_connection()
-        await raw.driver_connection.copy_records_to_table(  # type: ignore[union-attr]
+        connection = await driver_connection(self.session)
+        await connection.copy_records_to_table(
             _STAGING_TABLE, records=records, columns=_STAGING_COLUMNS
         )
 

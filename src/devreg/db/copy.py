@@ -1,0 +1,69 @@
+"""PostgreSQL's COPY protocol through the session's own connection and transaction."""
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+from sqlalchemy import Dialect, Select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+_CHUNK_BYTES = 256 * 1024
+_CHUNKS_IN_FLIGHT = 8  # with _CHUNK_BYTES, what bounds the memory one export uses
+
+
+async def driver_connection(session: AsyncSession) -> Any:
+    """The asyncpg connection under the session, inside its transaction."""
+    connection = await session.connection()
+    raw = await connection.get_raw_connection()
+    return raw.driver_connection
+
+
+def driver_sql(statement: Select[Any], dialect: Dialect) -> tuple[str, list[Any]]:
+    """`statement` as asyncpg's SQL ($1, $2, ...) and its parameters, processed as SQLAlchemy
+    would bind them: the values stay parameters, never SQL text."""
+    compiled = statement.compile(dialect=dialect, compile_kwargs={"render_postcompile": True})
+    values = compiled.construct_params()
+    processors = {name: bind.type.bind_processor(dialect) for name, bind in compiled.binds.items()}
+    arguments = []
+    for name in compiled.positiontup or ():
+        # An expanded IN list's parameters are named <parameter>_<n>.
+        processor = processors.get(name) or processors.get(name.rsplit("_", 1)[0])
+        arguments.append(processor(values[name]) if processor else values[name])
+    return str(compiled), arguments
+
+
+async def copy_out(
+    session: AsyncSession, statement: Select[Any], **options: Any
+) -> AsyncIterator[bytes]:
+    """The rows of `statement` as COPY writes them (`options`: asyncpg's copy_from_query
+    options, e.g. format="csv", header=True), in chunks, with bounded memory."""
+    connection = await driver_connection(session)
+    sql, arguments = driver_sql(statement, (await session.connection()).dialect)
+    chunks: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=_CHUNKS_IN_FLIGHT)
+    pending = bytearray()
+
+    async def collect(data: bytes) -> None:
+        pending.extend(data)
+        if len(pending) >= _CHUNK_BYTES:
+            await chunks.put(bytes(pending))
+            pending.clear()
+
+    async def produce() -> None:
+        try:
+            await connection.copy_from_query(sql, *arguments, output=collect, **options)
+            if pending:
+                await chunks.put(bytes(pending))
+        finally:
+            await chunks.put(None)
+
+    producer = asyncio.create_task(produce())
+    try:
+        while (chunk := await chunks.get()) is not None:
+            yield chunk
+        await producer  # raises what COPY raised, if anything
+    finally:
+        if not producer.done():
+            producer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await producer
