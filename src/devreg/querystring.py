@@ -4,13 +4,22 @@ import json
 import math
 from collections.abc import Collection
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Annotated, Any, Generic, TypeVar
 
-from fastapi import Request, Response
+from fastapi import Depends, Query, Request, Response
 from pydantic import BaseModel
 
 from devreg.errors import InvalidParameter
-from devreg.pagination import PageRequest, PageResult
+from devreg.pagination import (
+    PAGE_LIMIT_DEFAULT,
+    CountMode,
+    CountParam,
+    CursorParam,
+    Limit,
+    PageRequest,
+    PageResult,
+    Sort,
+)
 
 LISTING_PARAMETERS = frozenset({"limit", "cursor", "sort", "count", "fields"})
 
@@ -24,6 +33,57 @@ class Listing(Generic[FilterT]):
     filters: FilterT
     page: PageRequest
     fields: frozenset[str] | None
+
+
+@dataclass(frozen=True)
+class PageOptions:
+    """The page part of a listing's query string, before the listing interprets it."""
+
+    sort: str | None
+    limit: int
+    cursor: str | None
+    count: CountMode
+    fields: str | None
+
+    def listing(
+        self,
+        filters: FilterT,
+        *,
+        sort_keys: Collection[str],
+        default_sort: Sort,
+        item: type[BaseModel],
+    ) -> Listing[FilterT]:
+        return Listing(
+            filters=filters,
+            page=PageRequest(
+                limit=self.limit,
+                sort=Sort.parse(self.sort, list(sort_keys), default=default_sort),
+                cursor=self.cursor,
+                count=self.count,
+            ),
+            fields=parse_fields(self.fields, item),
+        )
+
+
+async def page_options(
+    sort: Annotated[
+        str | None,
+        Query(
+            description="A sort key (see the errors for each listing's), `-` for descending; "
+            "ties are broken by id."
+        ),
+    ] = None,
+    limit: Limit = PAGE_LIMIT_DEFAULT,
+    cursor: CursorParam = None,
+    count: CountParam = CountMode.NONE,
+    fields: Annotated[
+        str | None, Query(description="Comma-separated fields to return for each item.")
+    ] = None,
+) -> PageOptions:
+    return PageOptions(sort=sort, limit=limit, cursor=cursor, count=count, fields=fields)
+
+
+PageOptionsDep = Annotated[PageOptions, Depends(page_options)]
 
 
 def reject_unknown(request: Request, known: Collection[str], *, prefix: str | None = None) -> None:

@@ -25,21 +25,12 @@ from devreg.devices.schemas import (
     DeviceUpdate,
 )
 from devreg.errors import InvalidParameter, problem_responses
-from devreg.pagination import (
-    PAGE_LIMIT_DEFAULT,
-    CountMode,
-    CountParam,
-    CursorParam,
-    Limit,
-    PageRequest,
-    Sort,
-)
 from devreg.querystring import (
     LISTING_PARAMETERS,
     Listing,
+    PageOptionsDep,
     json_scalar,
     page_response,
-    parse_fields,
     reject_unknown,
 )
 from devreg.schemas import BIGINT_MAX, Id, SearchText, ShortText, Tag
@@ -126,33 +117,15 @@ DeviceFilterDep = Annotated[DeviceFilter, Depends(device_filters)]
 
 
 async def device_listing(
-    request: Request,
-    filters: DeviceFilterDep,
-    sort: Annotated[
-        str | None,
-        Query(
-            description="`name`, `created_at`, `last_seen_at` or `id`; `-` for "
-            "descending. Ties are broken by id."
-        ),
-    ] = None,
-    limit: Limit = PAGE_LIMIT_DEFAULT,
-    cursor: CursorParam = None,
-    count: CountParam = CountMode.NONE,
-    fields: Annotated[
-        str | None, Query(description="Comma-separated fields to return for each device.")
-    ] = None,
+    request: Request, filters: DeviceFilterDep, options: PageOptionsDep
 ) -> Listing[DeviceFilter]:
+    """Sort keys: `name`, `created_at`, `last_seen_at`, `id`; with `q=`, relevance by default."""
     reject_unknown(request, _FILTER_PARAMETERS | LISTING_PARAMETERS, prefix=_ATTRIBUTE_PREFIX)
-    default_sort = RELEVANCE_SORT if filters.search else DEFAULT_SORT
-    return Listing(
-        filters=filters,
-        page=PageRequest(
-            limit=limit,
-            sort=Sort.parse(sort, list(SORT_KEYS), default=default_sort),
-            cursor=cursor,
-            count=count,
-        ),
-        fields=parse_fields(fields, DeviceRead),
+    return options.listing(
+        filters,
+        sort_keys=SORT_KEYS,
+        default_sort=RELEVANCE_SORT if filters.search else DEFAULT_SORT,
+        item=DeviceRead,
     )
 
 

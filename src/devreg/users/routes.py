@@ -7,20 +7,11 @@ from devreg.db.session import SessionDep
 from devreg.devices.routes import DeviceListingDep
 from devreg.devices.schemas import DevicePage
 from devreg.errors import problem_responses
-from devreg.pagination import (
-    PAGE_LIMIT_DEFAULT,
-    CountMode,
-    CountParam,
-    CursorParam,
-    Limit,
-    PageRequest,
-    Sort,
-)
 from devreg.querystring import (
     LISTING_PARAMETERS,
     Listing,
+    PageOptionsDep,
     page_response,
-    parse_fields,
     reject_unknown,
 )
 from devreg.schemas import BIGINT_MAX, ShortText
@@ -54,6 +45,7 @@ _LISTING_PARAMETERS = LISTING_PARAMETERS | {
 
 async def user_listing(
     request: Request,
+    options: PageOptionsDep,
     name: Annotated[list[ShortText] | None, Query()] = None,
     name__ic: Annotated[
         list[ShortText] | None, Query(description="Name contains (any case).")
@@ -64,35 +56,17 @@ async def user_listing(
     email: Annotated[list[ShortText] | None, Query(description="Any case.")] = None,
     created_after: AwareDatetime | None = None,
     created_before: AwareDatetime | None = None,
-    sort: Annotated[
-        str | None,
-        Query(description="`name`, `created_at` or `id`; `-` for descending. Ties by id."),
-    ] = None,
-    limit: Limit = PAGE_LIMIT_DEFAULT,
-    cursor: CursorParam = None,
-    count: CountParam = CountMode.NONE,
-    fields: Annotated[
-        str | None, Query(description="Comma-separated fields to return for each user.")
-    ] = None,
 ) -> Listing[UserFilter]:
     reject_unknown(request, _LISTING_PARAMETERS)
-    return Listing(
-        filters=UserFilter(
-            name=tuple(name or ()),
-            name_contains=tuple(name__ic or ()),
-            name_starts_with=tuple(name__isw or ()),
-            email=tuple(email or ()),
-            created_after=created_after,
-            created_before=created_before,
-        ),
-        page=PageRequest(
-            limit=limit,
-            sort=Sort.parse(sort, list(SORT_KEYS), default=DEFAULT_SORT),
-            cursor=cursor,
-            count=count,
-        ),
-        fields=parse_fields(fields, UserRead),
+    filters = UserFilter(
+        name=tuple(name or ()),
+        name_contains=tuple(name__ic or ()),
+        name_starts_with=tuple(name__isw or ()),
+        email=tuple(email or ()),
+        created_after=created_after,
+        created_before=created_before,
     )
+    return options.listing(filters, sort_keys=SORT_KEYS, default_sort=DEFAULT_SORT, item=UserRead)
 
 
 @router.get("", response_model=UserPage, responses=problem_responses(400, 422))
