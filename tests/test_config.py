@@ -57,7 +57,7 @@ class TestDatabaseUrl:
         assert rendered_url(Settings(_env_file=None)) == expected
 
     @pytest.mark.parametrize(
-        "raw", ["mysql://u:p@h:3306/db", "sqlite:///devreg.db", "not a url at all"]
+        "raw", ["mysql://u:p@h:3306/db", "mssql://u:p@h/db", "not a url at all"]
     )
     def test_non_postgres_url_rejected(self, monkeypatch: pytest.MonkeyPatch, raw: str) -> None:
         monkeypatch.setenv("DATABASE_URL", raw)
