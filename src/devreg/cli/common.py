@@ -19,6 +19,7 @@ from devreg.db.embedded import EmbeddedPostgresError, resolve_database_url
 from devreg.db.server import DatabaseConnectError, check_connection
 from devreg.db.session import create_engine, create_sessionmaker, session_scope
 from devreg.errors import DevregError, InvalidParameter
+from devreg.pagination import Page
 from devreg.schemas import BIGINT_MAX
 
 stdout = Console()
@@ -104,19 +105,20 @@ def show(item: BaseModel, *, as_json: bool) -> None:
 
 
 def show_page(
-    page: BaseModel, items: Sequence[BaseModel], columns: Sequence[str], *, as_json: bool
+    page_model: type[Page[Any]], result: object, columns: Sequence[str], *, as_json: bool
 ) -> None:
+    """A page from a service, as a table of `columns` (and the next cursor) or as JSON."""
+    page = page_model.model_validate(result)
     if as_json:
         print(page.model_dump_json())
         return
     table = Table(*columns)
-    for item in items:
+    for item in page.items:
         row = item.model_dump(mode="json")
         table.add_row(*(_cell(row[column]) for column in columns))
     stdout.print(table)
-    next_cursor = getattr(page, "next_cursor", None)
-    if next_cursor:
-        stdout.print(f"next page: --cursor {next_cursor}", markup=False, highlight=False)
+    if page.next_cursor:
+        stdout.print(f"next page: --cursor {page.next_cursor}", markup=False, highlight=False)
 
 
 def _cell(value: Any) -> str:

@@ -49,8 +49,7 @@ def users_list(
     result = in_transaction(
         lambda session: users_service.list_users(session, filters=UserFilter(), page=page)
     )
-    users = UserPage.model_validate(result)
-    show_page(users, users.items, ("id", "name", "email"), as_json=as_json)
+    show_page(UserPage, result, ("id", "name", "email"), as_json=as_json)
 
 
 @devices_app.command("create")
@@ -93,13 +92,8 @@ def devices_list(
     result = in_transaction(
         lambda session: devices_service.list_devices(session, filters=DeviceFilter(), page=page)
     )
-    devices = DevicePage.model_validate(result)
-    show_page(
-        devices,
-        devices.items,
-        ("id", "name", "serial_number", "model", "status", "owner_id"),
-        as_json=as_json,
-    )
+    columns = ("id", "name", "serial_number", "model", "status", "owner_id")
+    show_page(DevicePage, result, columns, as_json=as_json)
 
 
 @devices_app.command("delete")

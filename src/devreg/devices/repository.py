@@ -34,6 +34,11 @@ from devreg.errors import SerialAlreadyRegistered, UnknownOwner
 from devreg.pagination import Position, Sort, SortValue
 from devreg.users.models import User
 
+# The columns a client writes, in the order every bulk statement and file format uses.
+_WRITABLE_COLUMNS = (
+    "name", "serial_number", "model", "status", "owner_id", "tags", "attributes", "last_seen_at",
+)  # fmt: skip
+
 _INSERT_MANY = """
 INSERT INTO devices (name, serial_number, model, status, owner_id, tags, attributes, last_seen_at)
 SELECT name, serial_number, model, status, owner_id, tags, attributes, last_seen_at
@@ -50,17 +55,7 @@ RETURNING id
 """
 
 _STAGING_TABLE = "device_import"
-_STAGING_COLUMNS = [
-    "line",
-    "name",
-    "serial_number",
-    "model",
-    "status",
-    "owner_id",
-    "tags",
-    "attributes",
-    "last_seen_at",
-]
+_STAGING_COLUMNS = ["line", *_WRITABLE_COLUMNS]
 ImportRecord = tuple[
     int, str, str | None, str | None, str, int | None, list[str], str, datetime | None
 ]
@@ -133,20 +128,7 @@ def _iso(column: SQLColumnExpression[Any]) -> ColumnElement[str]:
     return func.to_json(column).op("#>>")(text("'{}'"))
 
 
-EXPORT_COLUMNS = (
-    "id",
-    "name",
-    "serial_number",
-    "model",
-    "status",
-    "owner_id",
-    "tags",
-    "attributes",
-    "last_seen_at",
-    "created_at",
-    "updated_at",
-    "version",
-)
+EXPORT_COLUMNS = ("id", *_WRITABLE_COLUMNS, "created_at", "updated_at", "version")
 _CSV_COLUMNS: list[SQLColumnExpression[Any]] = [
     column.label(name)
     for name, column in zip(
