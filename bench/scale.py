@@ -21,21 +21,15 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
 from httpx import ASGITransport, AsyncClient
 from sqlalchemy import text
-from sqlalchemy.engine import URL, make_url
-from sqlalchemy.ext.asyncio import create_async_engine
-from sqlalchemy.pool import NullPool
+from sqlalchemy.engine import URL
 
+from common import NOT_DURABLE, admin, fresh_database, server, settings_for
 from devreg.app import create_app
-from devreg.config import Settings
-from devreg.db import migrations
-from devreg.db.embedded import EmbeddedCluster
 from devreg.db.session import create_engine, create_sessionmaker, session_scope
 from devreg.devices.filters import SORT_KEYS
 from devreg.pagination import Cursors, Position, Sort
@@ -74,61 +68,6 @@ QUERIES = [
     ("count=estimated&status=retired", "count=estimated&status=retired"),
     ("count=exact&status=retired (for scale)", "count=exact&status=retired"),
 ]
-
-
-def settings_for(url: URL) -> Settings:
-    return Settings(  # type: ignore[call-arg]
-        _env_file=None,
-        database_url=url.render_as_string(hide_password=False),
-        migrate_on_start=False,
-    )
-
-
-@asynccontextmanager
-async def server() -> AsyncIterator[URL]:
-    external = os.environ.get("BENCH_DATABASE_URL")
-    if external:
-        yield make_url(external).set(drivername="postgresql+asyncpg", database="postgres")
-        return
-    root = Path(tempfile.mkdtemp(prefix="devreg-bench-"))
-    os.chmod(root, 0o755)  # noqa: S103 - as root, the postgres account must reach the cluster
-    cluster = EmbeddedCluster(
-        data_dir=root / "pg",
-        port=55433,
-        server_settings={
-            "fsync": "off",
-            "synchronous_commit": "off",
-            "full_page_writes": "off",
-            "shared_buffers": "'512MB'",
-        },
-    )
-    await asyncio.to_thread(cluster.ensure_running)
-    try:
-        yield cluster.url("postgres")
-    finally:
-        await asyncio.to_thread(cluster.stop)
-        shutil.rmtree(root, ignore_errors=True)
-
-
-async def admin(server_url: URL, statement: str) -> None:
-    engine = create_async_engine(server_url, poolclass=NullPool, isolation_level="AUTOCOMMIT")
-    try:
-        async with engine.connect() as connection:
-            await connection.execute(text(statement))
-    finally:
-        await engine.dispose()
-
-
-async def fresh_database(server_url: URL, name: str) -> URL:
-    await admin(server_url, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-    await admin(server_url, f"CREATE DATABASE {name}")
-    url = server_url.set(database=name)
-    engine = create_engine(url, settings_for(url))
-    try:
-        await migrations.upgrade(engine)
-    finally:
-        await engine.dispose()
-    return url
 
 
 async def seeded_database(
@@ -224,7 +163,7 @@ def devreg_cli(url: URL, *args: str) -> tuple[float, int, str]:
     env = {**os.environ, "DATABASE_URL": url.render_as_string(hide_password=False)}
     started = time.perf_counter()
     with tempfile.TemporaryFile("w+") as output:
-        process = subprocess.Popen(  # noqa: S603
+        process = subprocess.Popen(
             [sys.executable, "-m", "devreg", *args],
             env=env,
             stdout=output,
@@ -246,7 +185,7 @@ async def main() -> None:
     parser.add_argument("--large", type=int, default=1_000_000)
     args = parser.parse_args()
 
-    async with server() as server_url:
+    async with server(55433, NOT_DURABLE) as server_url:
         small_url, _ = await seeded_database(server_url, "bench_small", args.small)
         large_url, seed_seconds = await seeded_database(server_url, "bench_large", args.large)
         small = await time_queries(small_url)

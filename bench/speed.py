@@ -1,0 +1,501 @@
+"""Speed benchmark: devreg side by side with the peer apps of ../shared/peers on the same data
+and the same load, in interleaved rounds. Not part of the test suite.
+
+    .venv/bin/python bench/speed.py           # quick: 1 round of 2 s runs (~3 minutes)
+    .venv/bin/python bench/speed.py --full    # 3 rounds of 7 s runs (~20 minutes)
+
+Peers (their code is not copied here; they run from the peers folder, in their own virtual
+environment built from its requirements.txt): A the sync SQLModel tutorial, B the async
+SQLAlchemy tutorial, C raw asyncpg + orjson (the practical Python bound; PATCH added by
+raw_asyncpg_with_patch.py), D no database (the framework bound).
+
+It starts a throwaway PostgreSQL cluster (PostgreSQL's default settings, max_connections 200)
+with two databases holding the same 10,000 devices (ids 1..10000, names device-<id>): `devices`
+with the peers' table and `devreg` migrated, and installs wrk from Debian's packages when missing.
+Each round starts every app in turn (same uvicorn loop/http, same worker count), warms it up and
+drives each scenario with wrk (2 threads, 64 connections, loopback only, bounded by --duration),
+counting the app's CPU time (/proc) and the PostgreSQL sessions opened meanwhile
+(pg_stat_database). Rows written by POST are deleted after each run. The report gives medians
+over rounds, and ratios to C and to B taken within each round, then their median.
+"""
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from sqlalchemy import text
+from sqlalchemy.engine import URL
+from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.pool import NullPool
+
+from common import admin, fresh_database, server
+
+BENCH = Path(__file__).resolve().parent
+PROJECT = BENCH.parent
+DEFAULT_PEERS = PROJECT.parent / "shared" / "peers"
+PEERS_VENV = BENCH / ".venv-peers"
+SEEDED = 10_000
+HOST = "127.0.0.1"
+
+SCENARIOS = ("get", "post", "patch", "page", "heartbeat")
+# The scenario whose C figure a devreg scenario is held against (the heartbeat has no peer).
+BASELINE_SCENARIO = {"heartbeat": "get"}
+
+
+@dataclass(frozen=True)
+class Route:
+    method: str
+    path: str  # "{id}" is a random id in 1..SEEDED
+    body: str = ""
+
+
+@dataclass(frozen=True)
+class App:
+    name: str
+    description: str
+    routes: dict[str, Route]
+    ready_path: str
+    module: str = ""  # uvicorn module of a peer app
+    app_dir: str = ""
+    env: dict[str, str] = field(default_factory=dict)
+
+
+def _tutorial_routes(update_method: str) -> dict[str, Route]:
+    return {
+        "get": Route("GET", "/api/v1/device/{id}"),
+        "post": Route("POST", "/api/v1/device/", '{"name":"bench-device"}'),
+        "patch": Route(update_method, "/api/v1/device/{id}", '{"name":"bench-renamed"}'),
+    }
+
+
+def apps(peers: Path, server_url: URL) -> dict[str, App]:
+    def dsn(driver: str, database: str) -> str:
+        return server_url.set(drivername=driver, database=database).render_as_string(
+            hide_password=False
+        )
+
+    peer_env = {"PYTHONPATH": str(peers)}
+    return {
+        "devreg": App(
+            "devreg",
+            "devreg (this project)",
+            {
+                "get": Route("GET", "/api/v1/devices/{id}"),
+                "post": Route("POST", "/api/v1/devices", '{"name":"bench-device"}'),
+                "patch": Route("PATCH", "/api/v1/devices/{id}", '{"name":"bench-renamed"}'),
+                "page": Route("GET", "/api/v1/devices?limit=100"),
+                "heartbeat": Route("POST", "/api/v1/devices/{id}/heartbeat"),
+            },
+            ready_path="/readyz",
+            env={"DATABASE_URL": dsn("postgresql+asyncpg", "devreg")},
+        ),
+        "A": App(
+            "A",
+            "sync SQLModel tutorial",
+            _tutorial_routes("PUT"),
+            "/api/v1/device/1",
+            "seed_sync_sqlmodel",
+            str(peers),
+            {"DATABASE_URL": dsn("postgresql+psycopg", "devices")},
+        ),
+        "B": App(
+            "B",
+            "async SQLAlchemy tutorial",
+            _tutorial_routes("PUT"),
+            "/api/v1/device/1",
+            "seed_async_sqlalchemy",
+            str(peers),
+            {"DATABASE_URL": dsn("postgresql+asyncpg", "devices")},
+        ),
+        "C": App(
+            "C",
+            "raw asyncpg + orjson",
+            {**_tutorial_routes("PATCH"), "page": Route("GET", "/api/v1/device/?limit=100")},
+            "/api/v1/device/1",
+            "raw_asyncpg_with_patch",
+            str(BENCH),
+            {**peer_env, "ASYNCPG_DSN": dsn("postgresql", "devices")},
+        ),
+        "D": App(
+            "D",
+            "no database",
+            {
+                "get": Route("GET", "/api/v1/device/{id}"),
+                "post": Route("POST", "/api/v1/device/", '{"name":"bench-device"}'),
+            },
+            "/api/v1/device/1",
+            "bound_hello",
+            str(peers),
+        ),
+    }
+
+
+# -- set-up ---------------------------------------------------------------------------------
+
+
+def ensure_wrk() -> None:
+    if shutil.which("wrk"):
+        return
+    install = ["apt-get", "install", "-y", "-q", "wrk"]
+    if subprocess.run(install, check=False, capture_output=True).returncode != 0:
+        subprocess.run(["apt-get", "update", "-q"], check=True, capture_output=True)
+        subprocess.run(install, check=True, capture_output=True)
+
+
+def ensure_peers_venv(peers: Path) -> None:
+    marker = PEERS_VENV / ".installed"
+    if marker.exists():
+        return
+    subprocess.run([sys.executable, "-m", "venv", "--clear", str(PEERS_VENV)], check=True)
+    pip = [str(PEERS_VENV / "bin" / "pip"), "install", "--quiet", "--disable-pip-version-check"]
+    subprocess.run([*pip, "-r", str(peers / "requirements.txt")], check=True)
+    marker.touch()
+
+
+async def seed_databases(server_url: URL) -> tuple[URL, URL]:
+    """The same devices twice: in the peers' table and in devreg's schema."""
+    peers_url = await fresh_database(server_url, "devices", migrate=False)
+    await admin(
+        peers_url,
+        "CREATE TABLE device (id SERIAL PRIMARY KEY, name VARCHAR(100) NOT NULL)",
+        "INSERT INTO device (id, name) "
+        f"SELECT g, 'device-' || g FROM generate_series(1, {SEEDED}) g",
+        f"SELECT setval('device_id_seq', {SEEDED})",
+        "VACUUM ANALYZE device",
+    )
+    devreg_url = await fresh_database(server_url, "devreg")
+    await admin(
+        devreg_url,
+        f"INSERT INTO devices (name) SELECT 'device-' || g FROM generate_series(1, {SEEDED}) g",
+        "VACUUM ANALYZE devices",
+    )
+    return peers_url, devreg_url
+
+
+async def delete_created_rows(peers_url: URL, devreg_url: URL) -> None:
+    await admin(peers_url, f"DELETE FROM device WHERE id > {SEEDED}", "VACUUM ANALYZE device")
+    await admin(devreg_url, f"DELETE FROM devices WHERE id > {SEEDED}", "VACUUM ANALYZE devices")
+
+
+# -- one app process ------------------------------------------------------------------------
+
+
+@dataclass
+class Running:
+    app: App
+    process: subprocess.Popen[bytes]
+    base_url: str
+
+
+@contextmanager
+def running(app: App, *, port: int, workers: int, log: Path) -> Iterator[Running]:
+    if app.module:
+        command = [
+            str(PEERS_VENV / "bin" / "uvicorn"), f"{app.module}:app", "--app-dir", app.app_dir,
+            "--loop", "uvloop", "--http", "httptools", "--no-access-log",
+            "--log-level", "warning",
+        ]  # fmt: skip
+    else:
+        command = [str(Path(sys.executable).parent / "devreg"), "serve"]
+    command += ["--host", HOST, "--port", str(port), "--workers", str(workers)]
+    env = {**os.environ, **app.env}
+    with log.open("ab") as output:
+        process = subprocess.Popen(
+            command, env=env, stdout=output, stderr=output, start_new_session=True
+        )
+    base_url = f"http://{HOST}:{port}"
+    try:
+        _wait_ready(process, base_url + app.ready_path)
+        if workers > 1:
+            time.sleep(1.5)  # the other workers finish starting
+        yield Running(app, process, base_url)
+    finally:
+        _stop(process)
+
+
+def _wait_ready(process: subprocess.Popen[bytes], url: str) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"the app exited with status {process.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=1) as response:  # noqa: S310 - loopback
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"the app did not answer {url} within 60 s")
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process and all its descendants (e.g. uvicorn's workers)."""
+    parents: dict[int, int] = {}
+    times: dict[int, float] = {}
+    tick = os.sysconf("SC_CLK_TCK")
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        process = int(stat.parent.name)
+        parents[process] = int(fields[1])
+        times[process] = (int(fields[11]) + int(fields[12])) / tick
+    tree = {pid}
+    grew = True
+    while grew:
+        children = {child for child, parent in parents.items() if parent in tree} - tree
+        tree |= children
+        grew = bool(children)
+    return sum(times.get(process, 0.0) for process in tree)
+
+
+async def connection_counts(server_url: URL, database: str, since: datetime) -> tuple[int, int]:
+    """(sessions PostgreSQL has counted for `database` so far, live backends started since
+    `since`): the counter catches connections that closed again, the backends those it has not
+    published yet."""
+    engine = create_async_engine(server_url, poolclass=NullPool)
+    try:
+        async with engine.connect() as connection:
+            counted = await connection.scalar(
+                text("SELECT sessions FROM pg_stat_database WHERE datname = :name"),
+                {"name": database},
+            )
+            started = await connection.scalar(
+                text(
+                    "SELECT count(*) FROM pg_stat_activity "
+                    "WHERE datname = :name AND backend_start >= :since"
+                ),
+                {"name": database, "since": since},
+            )
+    finally:
+        await engine.dispose()
+    return int(counted or 0), int(started or 0)
+
+
+# -- measuring ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Load:
+    connections: int
+    duration: float
+    warmup: float
+
+
+def wrk(base_url: str, route: Route, load: Load, seconds: float) -> dict[str, float]:
+    env = {
+        **os.environ,
+        "WRK_METHOD": route.method,
+        "WRK_PATH": route.path,
+        "WRK_BODY": route.body,
+        "MAX_ID": str(SEEDED),
+    }
+    command = [
+        "wrk", "-t2", f"-c{load.connections}", f"-d{max(seconds, 1):.0f}s", "--timeout", "10s",
+        "-s", str(BENCH / "wrk" / "scenario.lua"), base_url,
+    ]  # fmt: skip
+    output = subprocess.run(command, env=env, capture_output=True, text=True, check=True).stdout
+    line = next(line for line in output.splitlines() if line.startswith("WRKJSON "))
+    result: dict[str, float] = json.loads(line.removeprefix("WRKJSON "))
+    return result
+
+
+async def measure(
+    target: Running, scenario: str, load: Load, server_url: URL, database: str
+) -> dict[str, float]:
+    route = target.app.routes[scenario]
+    if load.warmup:
+        wrk(target.base_url, route, load, load.warmup)
+    started_at = datetime.now(UTC)
+    sessions_before, _ = await connection_counts(server_url, database, started_at)
+    cpu_before = cpu_seconds(target.process.pid)
+    result = await asyncio.to_thread(wrk, target.base_url, route, load, load.duration)
+    cpu = cpu_seconds(target.process.pid) - cpu_before
+    await asyncio.sleep(1.1)  # PostgreSQL publishes session counts at most once a second
+    sessions_after, started = await connection_counts(server_url, database, started_at)
+    result["app_cpu_us"] = cpu / max(result["requests"], 1) * 1e6
+    result["new_connections"] = max(sessions_after - sessions_before, started)
+    return result
+
+
+# -- report ---------------------------------------------------------------------------------
+
+
+def _median(values: list[float]) -> float | None:
+    return statistics.median(values) if values else None
+
+
+def report(results: list[dict[str, object]], apps_run: list[str]) -> str:
+    def runs(app: str, workers: int, scenario: str) -> dict[int, dict[str, object]]:
+        return {
+            int(str(r["round"])): r
+            for r in results
+            if r["app"] == app and r["workers"] == workers and r["scenario"] == scenario
+        }
+
+    def ratio(mine: dict[int, dict[str, object]], app: str, workers: int, scenario: str) -> str:
+        theirs = runs(app, workers, scenario)
+        ratios = [
+            float(str(mine[round_]["rps"])) / float(str(theirs[round_]["rps"]))
+            for round_ in mine
+            if round_ in theirs and float(str(theirs[round_]["rps"])) > 0
+        ]
+        value = _median(ratios)
+        return "–" if value is None else f"{value:.2f}"
+
+    lines = [
+        "| workers | scenario | app | req/s | p50 ms | p99 ms | app CPU µs/req | ×C | ×B "
+        "| non-2xx | new PG conns |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    worker_counts = sorted({int(str(r["workers"])) for r in results})
+    for workers in worker_counts:
+        for scenario in SCENARIOS:
+            for app in apps_run:
+                mine = runs(app, workers, scenario)
+                if not mine:
+                    continue
+
+                def median_of(key: str, mine: dict[int, dict[str, object]] = mine) -> float:
+                    return statistics.median(float(str(r[key])) for r in mine.values())
+
+                def total(key: str, mine: dict[int, dict[str, object]] = mine) -> int:
+                    return sum(int(str(r[key])) for r in mine.values())
+
+                baseline = BASELINE_SCENARIO.get(scenario, scenario)
+                lines.append(
+                    f"| {workers} | {scenario} | {app} | {median_of('rps'):,.0f} "
+                    f"| {median_of('p50_ms'):.1f} | {median_of('p99_ms'):.1f} "
+                    f"| {median_of('app_cpu_us'):,.0f} "
+                    f"| {ratio(mine, 'C', workers, baseline)} "
+                    f"| {ratio(mine, 'B', workers, scenario)} "
+                    f"| {total('non_2xx') + total('errors')} | {total('new_connections')} |"
+                )
+    if len(worker_counts) > 1:
+        low, high = worker_counts[0], worker_counts[-1]
+        lines += ["", f"Scaling, {high} workers ÷ {low} worker(s), median req/s:", ""]
+        for app in apps_run:
+            parts = []
+            for scenario in SCENARIOS:
+                one, many = runs(app, low, scenario), runs(app, high, scenario)
+                if one and many:
+                    rate = statistics.median(float(str(r["rps"])) for r in many.values())
+                    base = statistics.median(float(str(r["rps"])) for r in one.values())
+                    parts.append(f"{scenario} {rate / base:.2f}x")
+            if parts:
+                lines.append(f"- {app}: " + ", ".join(parts))
+    return "\n".join(lines)
+
+
+# -- main -----------------------------------------------------------------------------------
+
+
+def arguments() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--full", action="store_true", help="3 rounds of 7 s runs")
+    parser.add_argument("--rounds", type=int)
+    parser.add_argument("--duration", type=float, help="seconds measured per run")
+    parser.add_argument("--warmup", type=float, help="seconds of warm-up before each run")
+    parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--workers", default="1,2", help="worker counts, e.g. 1,2")
+    parser.add_argument("--apps", default="devreg,C,B,A,D")
+    parser.add_argument("--scenarios", default=",".join(SCENARIOS))
+    parser.add_argument("--peers", type=Path, default=DEFAULT_PEERS, help="the peers folder")
+    parser.add_argument("--port", type=int, default=8900)
+    parser.add_argument("--pg-port", type=int, default=55434)
+    parser.add_argument("--out", type=Path, default=BENCH / "results")
+    args = parser.parse_args()
+    args.rounds = args.rounds or (3 if args.full else 1)
+    args.duration = args.duration or (7.0 if args.full else 2.0)
+    args.warmup = 2.0 if args.warmup is None and args.full else (args.warmup or 1.0)
+    return args
+
+
+async def main() -> None:
+    args = arguments()
+    app_names = args.apps.split(",")
+    scenarios = [s for s in args.scenarios.split(",") if s]
+    unknown = set(scenarios) - set(SCENARIOS)
+    if unknown:
+        raise SystemExit(f"unknown scenarios: {', '.join(sorted(unknown))}")
+    load = Load(args.connections, args.duration, args.warmup)
+    ensure_wrk()
+    if set(app_names) - {"devreg"}:
+        ensure_peers_venv(args.peers)
+    args.out.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    results_file = args.out / f"speed-{stamp}.jsonl"
+    log = args.out / f"speed-{stamp}.log"
+    results: list[dict[str, object]] = []
+    async with server(args.pg_port, {"max_connections": "200"}) as server_url:
+        peers_url, devreg_url = await seed_databases(server_url)
+        known = apps(args.peers.resolve(), server_url)
+        unknown = set(app_names) - known.keys()
+        if unknown:
+            raise SystemExit(f"unknown apps: {', '.join(sorted(unknown))}")
+        for round_ in range(1, args.rounds + 1):
+            for workers in [int(w) for w in args.workers.split(",")]:
+                for name in app_names:
+                    app = known[name]
+                    wanted = [s for s in scenarios if s in app.routes]
+                    if not wanted:
+                        continue
+                    with running(app, port=args.port, workers=workers, log=log) as target:
+                        for scenario in wanted:
+                            database = "devreg" if name == "devreg" else "devices"
+                            result = await measure(target, scenario, load, server_url, database)
+                            record = {
+                                "round": round_,
+                                "workers": workers,
+                                "app": name,
+                                "scenario": scenario,
+                                **result,
+                            }
+                            results.append(record)
+                            with results_file.open("a") as output:
+                                output.write(json.dumps(record) + "\n")
+                            print(
+                                f"round {round_} workers {workers} {name:6} {scenario:9} "
+                                f"{result['rps']:8,.0f} req/s  p99 {result['p99_ms']:7.1f} ms  "
+                                f"{result['app_cpu_us']:6,.0f} µs/req",
+                                file=sys.stderr,
+                                flush=True,
+                            )
+                            if scenario == "post":
+                                await delete_created_rows(peers_url, devreg_url)
+    print(
+        f"\nRun {stamp} on {platform.machine()}, {os.cpu_count()} cores, Python "
+        f"{platform.python_version()}; {args.rounds} round(s) of {args.duration:g} s runs "
+        f"(warm-up {args.warmup:g} s), {args.connections} connections, wrk 2 threads; "
+        f"raw results: {results_file}\n"
+    )
+    print(report(results, app_names))
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
