@@ -5,32 +5,13 @@ import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
-from sqlalchemy import Dialect, Select
+from sqlalchemy import Select
 from sqlalchemy.ext.asyncio import AsyncSession
+
+from devreg.db.driver import driver_connection, driver_sql
 
 _CHUNK_BYTES = 256 * 1024
 _CHUNKS_IN_FLIGHT = 8  # with _CHUNK_BYTES, what bounds the memory one export uses
-
-
-async def driver_connection(session: AsyncSession) -> Any:
-    """The asyncpg connection under the session, inside its transaction."""
-    connection = await session.connection()
-    raw = await connection.get_raw_connection()
-    return raw.driver_connection
-
-
-def driver_sql(statement: Select[Any], dialect: Dialect) -> tuple[str, list[Any]]:
-    """`statement` as asyncpg's SQL ($1, $2, ...) and its parameters, processed as SQLAlchemy
-    would bind them: the values stay parameters, never SQL text."""
-    compiled = statement.compile(dialect=dialect, compile_kwargs={"render_postcompile": True})
-    values = compiled.construct_params()
-    processors = {name: bind.type.bind_processor(dialect) for name, bind in compiled.binds.items()}
-    arguments = []
-    for name in compiled.positiontup or ():
-        # An expanded IN list's parameters are named <parameter>_<n>.
-        processor = processors.get(name) or processors.get(name.rsplit("_", 1)[0])
-        arguments.append(processor(values[name]) if processor else values[name])
-    return str(compiled), arguments
 
 
 async def copy_out(

@@ -48,20 +48,33 @@ def create_sessionmaker(engine: AsyncEngine) -> SessionMaker:
 
 
 @asynccontextmanager
-async def session_scope(sessionmaker: SessionMaker) -> AsyncIterator[AsyncSession]:
-    """One transaction: committed when the block ends normally, rolled back on any exception."""
+async def session_scope(
+    sessionmaker: SessionMaker, *, begin: bool = True
+) -> AsyncIterator[AsyncSession]:
+    """One transaction: committed when the block ends normally, rolled back on any exception.
+
+    begin=False (a request's session) begins it only when a statement needs one: a lone
+    hot-path statement then runs on its own, in autocommit, at the cost of one round trip
+    (db.driver.fetch_row). The first ORM statement begins the transaction and every later
+    statement joins it; a use case that needs several statements to stand or fall together
+    begins it itself first (`await session.begin()`).
+    """
     async with sessionmaker() as session:
+        if begin:
+            await session.begin()
         try:
             yield session
         except BaseException:
-            await session.rollback()
+            if session.in_transaction():
+                await session.rollback()
             raise
         else:
-            await session.commit()
+            if session.in_transaction():
+                await session.commit()
 
 
 async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
-    async with session_scope(request.state.sessionmaker) as session:
+    async with session_scope(request.state.sessionmaker, begin=False) as session:
         yield session
 
 

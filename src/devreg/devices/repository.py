@@ -1,14 +1,18 @@
-from collections.abc import AsyncIterator, Iterable, Sequence
+import functools
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
+    BigInteger,
+    BindParameter,
     ColumnElement,
-    Executable,
-    ScalarResult,
+    FromClause,
+    Insert,
     Select,
     SQLColumnExpression,
     Text,
+    Update,
     bindparam,
     cast,
     delete,
@@ -23,13 +27,14 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import joinedload
-from sqlalchemy.orm.attributes import set_committed_value
 
 from devreg.db.constraints import violated_constraint
-from devreg.db.copy import copy_out, driver_connection
+from devreg.db.copy import copy_out
+from devreg.db.driver import DriverStatement, driver_connection, fetch_row
 from devreg.db.keyset import count_matching, fetch_page
 from devreg.devices.filters import NULLABLE_SORT_KEYS, RELEVANCE, DeviceFilter
 from devreg.devices.models import Device
+from devreg.devices.schemas import DeviceRead
 from devreg.errors import SerialAlreadyRegistered, UnknownOwner
 from devreg.pagination import Position, Sort, SortValue
 from devreg.users.models import User
@@ -154,6 +159,49 @@ _VIOLATIONS: dict[str, type[Exception]] = {
     "fk_devices_owner_id_users": UnknownOwner,
 }
 
+# The hot paths (one device by id: read, create, change, heartbeat) are single statements run
+# straight on asyncpg: one round trip each, with the owner's name joined in.
+_DEVICES = Device.__table__
+_READ_COLUMNS = tuple(column.key for column in _DEVICES.c if column.key != "search_text")
+
+
+def _with_owner(devices: FromClause) -> Select[Any]:
+    return select(
+        *(devices.c[key] for key in _READ_COLUMNS), User.name.label("owner_name")
+    ).outerjoin(User, User.id == devices.c.owner_id)
+
+
+def _written_with_owner(statement: Insert | Update) -> DriverStatement:
+    """`statement`, then the written device with its owner's name, in one statement."""
+    written = statement.returning(*(_DEVICES.c[key] for key in _READ_COLUMNS)).cte("written")
+    return DriverStatement.compile(_with_owner(written))
+
+
+def _values(columns: Iterable[str]) -> dict[str, BindParameter[Any]]:
+    return {name: bindparam(name, type_=_DEVICES.c[name].type) for name in columns}
+
+
+_BY_ID = bindparam("device_id", type_=BigInteger)
+_GET = DriverStatement.compile(_with_owner(_DEVICES).where(_DEVICES.c.id == _BY_ID))
+_INSERT = _written_with_owner(insert(Device).values(_values(_WRITABLE_COLUMNS)))
+_HEARTBEAT = DriverStatement.compile(
+    update(Device).where(Device.id == _BY_ID).values(last_seen_at=func.now()).returning(Device.id)
+)
+
+
+@functools.cache
+def _update_statement(columns: tuple[str, ...]) -> DriverStatement:
+    """UPDATE of these columns; one compiled statement per set of columns a client changes."""
+    return _written_with_owner(update(Device).where(Device.id == _BY_ID).values(_values(columns)))
+
+
+def _device(row: Mapping[str, Any]) -> DeviceRead:
+    values = dict(row)
+    owner_name = values.pop("owner_name")
+    owner_id = values["owner_id"]
+    values["owner"] = None if owner_id is None else {"id": owner_id, "name": owner_name}
+    return DeviceRead.model_validate(values)
+
 
 class DeviceRepository:
     """Every device it returns has `owner` loaded: one join for reads, one lookup after a write."""
@@ -161,9 +209,8 @@ class DeviceRepository:
     def __init__(self, session: AsyncSession) -> None:
         self.session = session
 
-    async def get_by_id(self, device_id: int) -> Device | None:
-        statement = select(Device).options(joinedload(Device.owner)).where(Device.id == device_id)
-        return (await self.session.scalars(statement)).one_or_none()
+    async def get_by_id(self, device_id: int) -> DeviceRead | None:
+        return await self._one(_GET, {"device_id": device_id})
 
     async def list_page(
         self, filters: DeviceFilter, *, sort: Sort, after: Position | None, limit: int
@@ -258,14 +305,14 @@ class DeviceRepository:
             conditions.append(Device.search_text.op("%>")(filters.search))
         return conditions
 
-    async def add(self, values: dict[str, Any]) -> Device:
-        device = (await self._returning(insert(Device).values(values).returning(Device))).one()
-        return await self._with_owner(device)
+    async def add(self, values: dict[str, Any]) -> DeviceRead:
+        device = await self._one(_INSERT, values)
+        assert device is not None
+        return device
 
-    async def update(self, device_id: int, changes: dict[str, Any]) -> Device | None:
-        statement = update(Device).where(Device.id == device_id).values(changes).returning(Device)
-        device = (await self._returning(statement)).one_or_none()
-        return await self._with_owner(device) if device is not None else None
+    async def update(self, device_id: int, changes: dict[str, Any]) -> DeviceRead | None:
+        statement = _update_statement(tuple(sorted(changes)))
+        return await self._one(statement, {**changes, "device_id": device_id})
 
     async def add_many(self, rows: list[dict[str, Any]]) -> list[int]:
         """Insert every row in one statement; ids come back in the rows' order."""
@@ -291,13 +338,8 @@ class DeviceRepository:
         return list((await self.session.scalars(statement)).all())
 
     async def touch_last_seen(self, device_id: int) -> bool:
-        statement = (
-            update(Device)
-            .where(Device.id == device_id)
-            .values(last_seen_at=func.now())
-            .returning(Device.id)
-        )
-        return await self.session.scalar(statement) is not None
+        found = await fetch_row(self.session, _HEARTBEAT, {"device_id": device_id}, _VIOLATIONS)
+        return found is not None
 
     async def create_import_staging(self) -> None:
         await self.session.execute(text(_CREATE_STAGING))
@@ -328,24 +370,17 @@ class DeviceRepository:
     async def delete_by_owner(self, owner_id: int) -> None:
         await self.session.execute(delete(Device).where(Device.owner_id == owner_id))
 
-    async def _returning(self, statement: Executable) -> ScalarResult[Device]:
-        try:
-            return await self.session.scalars(
-                statement, execution_options={"populate_existing": True}
-            )
-        except IntegrityError as exc:
-            raise self._violation(exc) from None
+    async def _one(
+        self, statement: DriverStatement, values: Mapping[str, Any]
+    ) -> DeviceRead | None:
+        row = await fetch_row(self.session, statement, values, _VIOLATIONS)
+        return _device(row) if row is not None else None
 
     @staticmethod
     def _violation(exc: IntegrityError) -> Exception:
         """The domain error for a constraint violation, or the violation itself if unknown."""
         violation = _VIOLATIONS.get(violated_constraint(exc) or "")
         return violation() if violation is not None else exc
-
-    async def _with_owner(self, device: Device) -> Device:
-        owner = await self.session.get(User, device.owner_id) if device.owner_id else None
-        set_committed_value(device, "owner", owner)
-        return device
 
 
 def _any_of(column: SQLColumnExpression[Any], values: Iterable[Any]) -> list[ColumnElement[bool]]:

@@ -5,16 +5,16 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from devreg.devices.filters import NULLABLE_SORT_KEYS, SORT_KEYS, DeviceFilter
 from devreg.devices.models import Device
 from devreg.devices.repository import DeviceRepository
-from devreg.devices.schemas import DeviceCreate, DeviceUpdate
+from devreg.devices.schemas import DeviceCreate, DeviceRead, DeviceUpdate
 from devreg.errors import DeviceNotFound
 from devreg.pagination import Cursors, PageRequest, PageResult, describe_filters, paginate
 
 
-async def register_device(session: AsyncSession, *, data: DeviceCreate) -> Device:
+async def register_device(session: AsyncSession, *, data: DeviceCreate) -> DeviceRead:
     return await DeviceRepository(session).add(data.model_dump())
 
 
-async def get_device(session: AsyncSession, device_id: int) -> Device:
+async def get_device(session: AsyncSession, device_id: int) -> DeviceRead:
     device = await DeviceRepository(session).get_by_id(device_id)
     if device is None:
         raise DeviceNotFound
@@ -41,11 +41,13 @@ async def list_devices(
     )
 
 
-async def replace_device(session: AsyncSession, device_id: int, *, data: DeviceCreate) -> Device:
+async def replace_device(
+    session: AsyncSession, device_id: int, *, data: DeviceCreate
+) -> DeviceRead:
     return await _apply(session, device_id, data.model_dump())
 
 
-async def update_device(session: AsyncSession, device_id: int, *, data: DeviceUpdate) -> Device:
+async def update_device(session: AsyncSession, device_id: int, *, data: DeviceUpdate) -> DeviceRead:
     changes = data.changes()
     if not changes:
         return await get_device(session, device_id)
@@ -67,7 +69,7 @@ async def delete_devices_of_owner(session: AsyncSession, *, owner_id: int) -> No
     await DeviceRepository(session).delete_by_owner(owner_id)
 
 
-async def _apply(session: AsyncSession, device_id: int, changes: dict[str, object]) -> Device:
+async def _apply(session: AsyncSession, device_id: int, changes: dict[str, object]) -> DeviceRead:
     device = await DeviceRepository(session).update(device_id, changes)
     if device is None:
         raise DeviceNotFound

@@ -1,0 +1,140 @@
+"""Statements straight on asyncpg, for the hot paths: one round trip each, none of the ORM's or
+the session's machinery per request. SQLAlchemy still writes the SQL (compiled once)."""
+
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+from sqlalchemy import Dialect
+from sqlalchemy.dialects.postgresql.asyncpg import PGDialect_asyncpg
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+from sqlalchemy.pool import PoolProxiedConnection
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.expression import ClauseElement
+
+from devreg.db.constraints import violated_constraint
+from devreg.errors import Conflict, InvalidInput, ServiceUnavailable
+
+_DIALECT = PGDialect_asyncpg()  # type: ignore[no-untyped-call]
+Violations = Mapping[str, Callable[[], Exception]]
+
+
+@dataclass(frozen=True)
+class DriverStatement:
+    """A statement compiled once to asyncpg's SQL ($1, $2, ...), with what binds its values the
+    way SQLAlchemy would (e.g. JSONB as JSON text): values stay parameters, never SQL text."""
+
+    sql: str
+    names: tuple[str, ...]
+    processors: tuple[Callable[[Any], Any] | None, ...]
+
+    @classmethod
+    def compile(cls, statement: ClauseElement, dialect: Dialect = _DIALECT) -> "DriverStatement":
+        return cls._of(_compiled(statement, dialect), dialect)
+
+    @classmethod
+    def _of(cls, compiled: SQLCompiler, dialect: Dialect) -> "DriverStatement":
+        names = tuple(compiled.positiontup or ())
+        binds = {name: bind.type.bind_processor(dialect) for name, bind in compiled.binds.items()}
+        # An expanded IN list's parameters are named <parameter>_<n>.
+        processors = tuple(binds.get(name) or binds.get(name.rsplit("_", 1)[0]) for name in names)
+        return cls(str(compiled), names, processors)
+
+    def arguments(self, values: Mapping[str, Any]) -> list[Any]:
+        return [
+            value if processor is None or value is None else processor(value)
+            for value, processor in zip(
+                (values[name] for name in self.names), self.processors, strict=True
+            )
+        ]
+
+
+def driver_sql(statement: ClauseElement, dialect: Dialect) -> tuple[str, list[Any]]:
+    """`statement` with the values bound in it, as asyncpg's SQL and arguments."""
+    compiled = _compiled(statement, dialect)
+    return str(compiled), DriverStatement._of(compiled, dialect).arguments(
+        compiled.construct_params() or {}
+    )
+
+
+def _compiled(statement: ClauseElement, dialect: Dialect) -> SQLCompiler:
+    compiled = statement.compile(dialect=dialect, compile_kwargs={"render_postcompile": True})
+    assert isinstance(compiled, SQLCompiler)
+    return compiled
+
+
+async def driver_connection(session: AsyncSession) -> Any:
+    """The asyncpg connection under the session, inside its transaction."""
+    connection = await session.connection()
+    raw = await connection.get_raw_connection()
+    return raw.driver_connection
+
+
+async def fetch_row(
+    session: AsyncSession,
+    statement: DriverStatement,
+    values: Mapping[str, Any],
+    violations: Violations,
+) -> Mapping[str, Any] | None:
+    """The first row of one statement that is atomic on its own, or None.
+
+    Outside a transaction (a hot-path request's lone statement) it runs straight on a pooled
+    asyncpg connection in autocommit: one round trip, no BEGIN or COMMIT, no ORM or session work.
+    Inside the session's transaction (session_scope's, one an earlier statement began, or a
+    test's) it runs on that transaction's connection, so it commits or rolls back with the rest.
+
+    A constraint violation becomes the error `violations` names for that constraint; a lost
+    connection is dropped from the pool and becomes a 503.
+    """
+    arguments = statement.arguments(values)
+    bind = session.bind
+    if session.in_transaction() or not isinstance(bind, AsyncEngine):
+        connection = await session.connection()
+        try:
+            result = await connection.exec_driver_sql(statement.sql, tuple(arguments))
+        except IntegrityError as exc:
+            raise _violation(violated_constraint(exc), violations) from None
+        found = result.mappings().first()
+        return dict(found) if found is not None else None
+    pooled = await bind.raw_connection()
+    driver: asyncpg.Connection = pooled.driver_connection
+    try:
+        async with _translated(pooled, violations):
+            row: Mapping[str, Any] | None = await driver.fetchrow(statement.sql, *arguments)
+            return row
+    finally:
+        pooled.close()
+
+
+def _violation(constraint: str | None, violations: Violations) -> Exception:
+    violation = violations.get(constraint or "")
+    return violation() if violation is not None else Conflict()
+
+
+@asynccontextmanager
+async def _translated(pooled: PoolProxiedConnection, violations: Violations) -> AsyncIterator[None]:
+    """asyncpg's errors as the ones SQLAlchemy's path would lead to."""
+    try:
+        yield
+    except asyncpg.IntegrityConstraintViolationError as exc:
+        raise _violation(exc.constraint_name, violations) from None
+    except asyncpg.DataError:  # class 22: a value PostgreSQL refused
+        raise InvalidInput("A value in the request is not valid.") from None
+    except BaseException as exc:
+        if _connection_lost(exc, pooled.driver_connection):
+            pooled.invalidate()
+            raise ServiceUnavailable() from None
+        if not isinstance(exc, asyncpg.PostgresError):
+            # Cancelled mid-statement, or worse: the connection's state is unknown.
+            pooled.invalidate()
+        raise
+
+
+def _connection_lost(exc: BaseException, connection: asyncpg.Connection) -> bool:
+    if isinstance(exc, asyncpg.PostgresError):
+        # Class 08: connection exception; 57P0x: the server is shutting down or restarting.
+        return str(exc.sqlstate).startswith(("08", "57P0")) or connection.is_closed()
+    return isinstance(exc, asyncpg.InterfaceError | OSError)
