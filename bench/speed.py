@@ -10,8 +10,9 @@ SQLAlchemy tutorial, C raw asyncpg + orjson (the practical Python bound; PATCH a
 raw_asyncpg_with_patch.py), D no database (the framework bound).
 
 It starts a throwaway PostgreSQL cluster (PostgreSQL's default settings, max_connections 200)
-with two databases holding the same 10,000 devices (ids 1..10000, names device-<id>): `devices`
-with the peers' table and `devreg` migrated, and installs wrk from Debian's packages when missing.
+with two databases holding the same 10,000 devices (ids 1..10000, names device-<id>): one with
+the peers' table, one migrated for devreg (BENCH_DATABASE_URL, a superuser URL, names a server
+to use instead), and installs wrk from Debian's packages when missing.
 Each round starts every app in turn (same uvicorn loop/http, same worker count), warms it up and
 drives each scenario with wrk (2 threads, 64 connections, loopback only, bounded by --duration),
 counting the app's CPU time (/proc) and the PostgreSQL sessions opened meanwhile
@@ -49,6 +50,8 @@ PROJECT = BENCH.parent
 DEFAULT_PEERS = PROJECT.parent / "shared" / "peers"
 PEERS_VENV = BENCH / ".venv-peers"
 SEEDED = 10_000
+PEERS_DATABASE = "bench_peers"
+DEVREG_DATABASE = "bench_devreg"
 HOST = "127.0.0.1"
 
 SCENARIOS = ("get", "post", "patch", "page", "heartbeat")
@@ -101,7 +104,7 @@ def apps(peers: Path, server_url: URL) -> dict[str, App]:
                 "heartbeat": Route("POST", "/api/v1/devices/{id}/heartbeat"),
             },
             ready_path="/readyz",
-            env={"DATABASE_URL": dsn("postgresql+asyncpg", "devreg")},
+            env={"DATABASE_URL": dsn("postgresql+asyncpg", DEVREG_DATABASE)},
         ),
         "A": App(
             "A",
@@ -110,7 +113,7 @@ def apps(peers: Path, server_url: URL) -> dict[str, App]:
             "/api/v1/device/1",
             "seed_sync_sqlmodel",
             str(peers),
-            {"DATABASE_URL": dsn("postgresql+psycopg", "devices")},
+            {"DATABASE_URL": dsn("postgresql+psycopg", PEERS_DATABASE)},
         ),
         "B": App(
             "B",
@@ -119,7 +122,7 @@ def apps(peers: Path, server_url: URL) -> dict[str, App]:
             "/api/v1/device/1",
             "seed_async_sqlalchemy",
             str(peers),
-            {"DATABASE_URL": dsn("postgresql+asyncpg", "devices")},
+            {"DATABASE_URL": dsn("postgresql+asyncpg", PEERS_DATABASE)},
         ),
         "C": App(
             "C",
@@ -128,7 +131,7 @@ def apps(peers: Path, server_url: URL) -> dict[str, App]:
             "/api/v1/device/1",
             "raw_asyncpg_with_patch",
             str(BENCH),
-            {**peer_env, "ASYNCPG_DSN": dsn("postgresql", "devices")},
+            {**peer_env, "ASYNCPG_DSN": dsn("postgresql", PEERS_DATABASE)},
         ),
         "D": App(
             "D",
@@ -168,7 +171,7 @@ def ensure_peers_venv(peers: Path) -> None:
 
 async def seed_databases(server_url: URL) -> tuple[URL, URL]:
     """The same devices twice: in the peers' table and in devreg's schema."""
-    peers_url = await fresh_database(server_url, "devices", migrate=False)
+    peers_url = await fresh_database(server_url, PEERS_DATABASE, migrate=False)
     await admin(
         peers_url,
         "CREATE TABLE device (id SERIAL PRIMARY KEY, name VARCHAR(100) NOT NULL)",
@@ -177,7 +180,7 @@ async def seed_databases(server_url: URL) -> tuple[URL, URL]:
         f"SELECT setval('device_id_seq', {SEEDED})",
         "VACUUM ANALYZE device",
     )
-    devreg_url = await fresh_database(server_url, "devreg")
+    devreg_url = await fresh_database(server_url, DEVREG_DATABASE)
     await admin(
         devreg_url,
         f"INSERT INTO devices (name) SELECT 'device-' || g FROM generate_series(1, {SEEDED}) g",
@@ -432,7 +435,8 @@ def arguments() -> argparse.Namespace:
     args = parser.parse_args()
     args.rounds = args.rounds or (3 if args.full else 1)
     args.duration = args.duration or (7.0 if args.full else 2.0)
-    args.warmup = 2.0 if args.warmup is None and args.full else (args.warmup or 1.0)
+    if args.warmup is None:
+        args.warmup = 2.0 if args.full else 1.0
     return args
 
 
@@ -467,7 +471,7 @@ async def main() -> None:
                         continue
                     with running(app, port=args.port, workers=workers, log=log) as target:
                         for scenario in wanted:
-                            database = "devreg" if name == "devreg" else "devices"
+                            database = DEVREG_DATABASE if name == "devreg" else PEERS_DATABASE
                             result = await measure(target, scenario, load, server_url, database)
                             record = {
                                 "round": round_,

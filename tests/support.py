@@ -81,6 +81,22 @@ async def running(app: FastAPI) -> AsyncIterator[RunningApp]:
         yield RunningApp(app, dict(state or {}))
 
 
+async def devreg_backends(url: URL) -> set[int]:
+    """The PostgreSQL backends devreg holds open on the database at `url`."""
+    engine = create_async_engine(url, poolclass=NullPool)
+    try:
+        async with engine.connect() as connection:
+            rows = await connection.execute(
+                text(
+                    "SELECT pid FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND application_name = 'devreg'"
+                )
+            )
+            return {row.pid for row in rows}
+    finally:
+        await engine.dispose()
+
+
 def api_client(app: RunningApp) -> AsyncClient:
     return AsyncClient(transport=ASGITransport(app=app), base_url="http://devreg.test")
 
@@ -99,13 +115,14 @@ def devreg_environment(**settings: str) -> dict[str, str]:
 def devreg_server(**settings: str) -> Iterator[str]:
     """A real `devreg serve` process; yields its base URL, stops it with Ctrl-C (SIGINT).
 
-    Its output goes to a file: a pipe nobody reads would fill up and block the server.
+    One worker unless `WORKERS` says otherwise, whatever the machine's CPUs. Its output goes to
+    a file: a pipe nobody reads would fill up and block the server.
     """
     port = free_port()
     with tempfile.TemporaryFile("w+") as output:
         process = subprocess.Popen(
             [sys.executable, "-m", "devreg", "serve", "--port", str(port)],
-            env=devreg_environment(**settings),
+            env=devreg_environment(**{"WORKERS": "1", **settings}),
             stdout=output,
             stderr=subprocess.STDOUT,
             text=True,

@@ -219,3 +219,18 @@ class TestSecrecy:
 
         assert PASSWORD in rendered_url(settings)  # type: ignore[operator]
         assert PASSWORD not in show(settings)
+
+
+class TestWorkers:
+    @pytest.mark.parametrize(("cpus", "expected"), [(1, 1), (2, 2), (4, 4), (16, 4)])
+    def test_default_is_one_per_usable_cpu_up_to_four(
+        self, monkeypatch: pytest.MonkeyPatch, cpus: int, expected: int
+    ) -> None:
+        monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(cpus)))
+
+        assert Settings(_env_file=None).workers == expected
+
+    def test_the_environment_wins(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setenv("WORKERS", "7")
+
+        assert Settings(_env_file=None).workers == 7

@@ -10,27 +10,11 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
 from devreg.db import migrations
-from tests.support import create_database, devreg_server, run_devreg
+from tests.support import create_database, devreg_backends, devreg_server, run_devreg
 
 
 def url_setting(url: URL) -> str:
     return url.render_as_string(hide_password=False)
-
-
-async def devreg_backends(url: URL) -> set[int]:
-    """The PostgreSQL backends devreg holds open on the database at `url`."""
-    engine = create_async_engine(url, poolclass=NullPool)
-    try:
-        async with engine.connect() as connection:
-            rows = await connection.execute(
-                text(
-                    "SELECT pid FROM pg_stat_activity "
-                    "WHERE datname = current_database() AND application_name = 'devreg'"
-                )
-            )
-            return {row.pid for row in rows}
-    finally:
-        await engine.dispose()
 
 
 async def burst(base_url: str, size: int) -> Counter[int]:

@@ -7,7 +7,7 @@ from contextlib import asynccontextmanager
 from typing import TypedDict
 
 from asgi_correlation_id import CorrelationIdMiddleware
-from fastapi import APIRouter, FastAPI
+from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -17,7 +17,7 @@ from devreg.config import Settings, get_settings
 from devreg.db import migrations
 from devreg.db.embedded import EmbeddedPostgresError, resolve_database_url
 from devreg.db.server import DatabaseConnectError, check_connection
-from devreg.db.session import SessionMaker, create_engine, create_sessionmaker
+from devreg.db.session import SessionMaker, create_engine, create_sessionmaker, open_pool
 from devreg.devices.routes import router as devices_router
 from devreg.errors import register_error_handlers
 from devreg.health.routes import router as health_router
@@ -54,6 +54,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             if settings.migrate_on_start:
                 await migrations.upgrade(engine)
+            await open_pool(engine)
             yield {"engine": engine, "sessionmaker": create_sessionmaker(engine)}
         finally:
             await engine.dispose()
@@ -66,10 +67,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
 
-    api = APIRouter(prefix=API_PREFIX)
-    api.include_router(users_router)
-    api.include_router(devices_router)
-    app.include_router(api)
+    # Included flat, busiest first: FastAPI matches a request against included routers in order,
+    # and each level of nesting scans its routes again.
+    app.include_router(devices_router, prefix=API_PREFIX)
+    app.include_router(users_router, prefix=API_PREFIX)
     app.include_router(health_router)
     app.include_router(tutorial_router)
 

@@ -25,6 +25,16 @@ LogLevel = Literal["critical", "error", "warning", "info", "debug"]
 Port = Annotated[int, Field(ge=1, le=65535)]
 
 
+# Each worker keeps up to POOL_SIZE + MAX_OVERFLOW connections open; four workers at the
+# defaults (120) fit the embedded cluster's max_connections (see db/embedded.py).
+_MAX_DEFAULT_WORKERS = 4
+
+
+def default_workers() -> int:
+    """One worker per CPU this process may run on, up to four."""
+    return max(1, min(len(os.sched_getaffinity(0)), _MAX_DEFAULT_WORKERS))
+
+
 def default_data_dir() -> Path:
     """Where the embedded cluster lives: a system path for root, the XDG data dir otherwise."""
     if os.geteuid() == 0:
@@ -63,7 +73,7 @@ class Settings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: Port = 4000
-    workers: int = Field(1, ge=1, le=64)
+    workers: int = Field(default_factory=default_workers, ge=1, le=64)
     log_level: LogLevel = "info"
     migrate_on_start: bool = True
 

@@ -134,6 +134,8 @@ class EmbeddedCluster:
             "listen_addresses": "'127.0.0.1'",
             "port": str(self.port),
             "unix_socket_directories": "''",
+            # Room for the default workers' pools (4 x 30) and the CLI beside them.
+            "max_connections": "200",
             **self.server_settings,
         }
         path = self.data_dir / _CONFIG_FILE

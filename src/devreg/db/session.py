@@ -1,7 +1,8 @@
 """The engine, and the one unit of work: a session that commits on success, rolls back on error."""
 
+import asyncio
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -12,6 +13,7 @@ from sqlalchemy.ext.asyncio import (
     async_sessionmaker,
     create_async_engine,
 )
+from sqlalchemy.pool import QueuePool
 
 from devreg.config import Settings
 
@@ -43,6 +45,14 @@ def create_engine(url: URL, settings: Settings) -> AsyncEngine:
     )
 
 
+async def open_pool(engine: AsyncEngine) -> None:
+    """Open every pooled connection now, so that neither the first burst of requests nor a steady
+    load later pays for connecting (TCP, authentication, a backend process, type set-up)."""
+    size = engine.pool.size() if isinstance(engine.pool, QueuePool) else 0
+    async with AsyncExitStack() as held:
+        await asyncio.gather(*(held.enter_async_context(engine.connect()) for _ in range(size)))
+
+
 def create_sessionmaker(engine: AsyncEngine) -> SessionMaker:
     return async_sessionmaker(engine, expire_on_commit=False, autoflush=False)
 
@@ -59,18 +69,20 @@ async def session_scope(
     statement joins it; a use case that needs several statements to stand or fall together
     begins it itself first (`await session.begin()`).
     """
-    async with sessionmaker() as session:
-        if begin:
-            await session.begin()
-        try:
-            yield session
-        except BaseException:
-            if session.in_transaction():
-                await session.rollback()
-            raise
-        else:
-            if session.in_transaction():
-                await session.commit()
+    session = sessionmaker()
+    if begin:
+        await session.begin()
+    # Ending the transaction returns its connection to the pool; a session that never began one
+    # holds nothing, so there is no close() to pay for.
+    try:
+        yield session
+    except BaseException:
+        if session.in_transaction():
+            await session.rollback()
+        raise
+    else:
+        if session.in_transaction():
+            await session.commit()
 
 
 async def get_session(request: Request) -> AsyncIterator[AsyncSession]:

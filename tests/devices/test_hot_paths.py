@@ -1,0 +1,102 @@
+"""The device hot paths as production runs them: a request's session has no transaction, so
+each lone statement goes straight to a pooled connection, in autocommit. (Elsewhere the tests
+wrap every request in a rolled-back transaction, which takes the session's path instead.)"""
+
+from collections.abc import AsyncIterator
+
+import pytest
+from httpx import AsyncClient
+from sqlalchemy import text
+from sqlalchemy.engine import URL
+from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.pool import NullPool
+
+from devreg.app import create_app
+from tests.api import assert_problem, create_user
+from tests.support import admin, api_client, devreg_backends, make_settings, running
+
+DEVICES = "/api/v1/devices"
+
+
+@pytest.fixture
+async def client(committed_database_url: URL) -> AsyncIterator[AsyncClient]:
+    settings = make_settings(committed_database_url, pool_size=1, max_overflow=0)
+    async with running(create_app(settings)) as app, api_client(app) as client:
+        yield client
+
+
+async def stored_device(url: URL, device_id: int) -> dict[str, object]:
+    """The device's row as another connection sees it: only what was committed."""
+    engine = create_async_engine(url, poolclass=NullPool)
+    try:
+        async with engine.connect() as connection:
+            row = await connection.execute(
+                text("SELECT model, version, last_seen_at FROM devices WHERE id = :id"),
+                {"id": device_id},
+            )
+            return dict(row.one()._mapping)
+    finally:
+        await engine.dispose()
+
+
+async def test_each_write_is_committed_as_soon_as_it_answers(
+    client: AsyncClient, committed_database_url: URL
+) -> None:
+    owner = await create_user(client, name="Ada")
+    created = await client.post(DEVICES, json={"name": "probe", "owner_id": owner["id"]})
+    assert created.status_code == 201
+    device = created.json()
+    assert device["owner"] == {"id": owner["id"], "name": "Ada"}
+    assert created.headers["location"].endswith(f"{DEVICES}/{device['id']}")
+
+    changed = await client.patch(f"{DEVICES}/{device['id']}", json={"model": "m1"})
+    assert changed.status_code == 200
+    assert (changed.json()["model"], changed.json()["version"]) == ("m1", 2)
+    assert (await stored_device(committed_database_url, device["id"]))["model"] == "m1"
+
+    beat = await client.post(f"{DEVICES}/{device['id']}/heartbeat")
+    assert beat.status_code == 204
+    assert (await stored_device(committed_database_url, device["id"]))["last_seen_at"] is not None
+
+    read = await client.get(f"{DEVICES}/{device['id']}")
+    assert read.json() == {
+        **changed.json(),
+        "last_seen_at": read.json()["last_seen_at"],
+        "updated_at": read.json()["updated_at"],
+        "version": 3,
+    }
+
+
+async def test_constraint_violations_are_the_same_problems(client: AsyncClient) -> None:
+    assert (await client.post(DEVICES, json={"name": "a", "serial_number": "SN-1"})).is_success
+    duplicate = await client.post(DEVICES, json={"name": "b", "serial_number": "SN-1"})
+    assert_problem(duplicate, 409, "serial_number is already registered")
+    no_owner = await client.post(DEVICES, json={"name": "c", "owner_id": 999_999})
+    assert_problem(no_owner, 422)
+    assert no_owner.json()["field"] == "owner_id"
+    # The failed statements left the pool's one connection usable.
+    assert (await client.get(f"{DEVICES}/999999")).status_code == 404
+
+
+async def test_a_lost_connection_is_a_503_and_the_next_request_gets_a_new_one(
+    client: AsyncClient, committed_database_url: URL
+) -> None:
+    device = (await client.post(DEVICES, json={"name": "probe"})).json()
+    await admin(
+        committed_database_url,
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+        "WHERE datname = current_database() AND application_name = 'devreg'",
+    )
+    lost = await client.get(f"{DEVICES}/{device['id']}")
+    assert_problem(lost, 503)
+    assert "SQL" not in lost.text
+    assert "terminat" not in lost.text
+    again = await client.get(f"{DEVICES}/{device['id']}")
+    assert again.status_code == 200
+    assert again.json()["id"] == device["id"]
+
+
+async def test_the_pool_is_open_before_the_first_request(committed_database_url: URL) -> None:
+    settings = make_settings(committed_database_url, pool_size=3, max_overflow=2)
+    async with running(create_app(settings)):
+        assert len(await devreg_backends(committed_database_url)) == 5

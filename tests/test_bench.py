@@ -1,0 +1,41 @@
+"""The speed benchmark's smallest run, end to end: the script works. (The benchmark itself is
+not a test; this proves only that it starts devreg, drives it and reports.)"""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from sqlalchemy.engine import URL
+
+from devreg.db.migrations import PROJECT_ROOT
+from tests.support import devreg_environment, free_port
+
+
+def test_smallest_speed_run_reports_each_scenario(server_url: URL, tmp_path: Path) -> None:
+    command = [
+        sys.executable, str(PROJECT_ROOT / "bench" / "speed.py"), "--apps", "devreg",
+        "--workers", "1", "--scenarios", "get,heartbeat", "--duration", "1", "--warmup", "0",
+        "--port", str(free_port()), "--out", str(tmp_path),
+    ]  # fmt: skip
+    environment = devreg_environment(
+        BENCH_DATABASE_URL=server_url.render_as_string(hide_password=False), WORKERS="1"
+    )
+
+    result = subprocess.run(
+        command, env=environment, capture_output=True, text=True, timeout=100, check=False
+    )
+
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [line.split("|")[1:-1] for line in result.stdout.splitlines() if line.startswith("| 1 ")]
+    assert [(row[1].strip(), row[2].strip()) for row in rows] == [
+        ("get", "devreg"),
+        ("heartbeat", "devreg"),
+    ]
+    (raw,) = tmp_path.glob("speed-*.jsonl")
+    records = [json.loads(line) for line in raw.read_text().splitlines()]
+    assert [record["scenario"] for record in records] == ["get", "heartbeat"]
+    for record in records:
+        assert record["requests"] > 0
+        assert record["non_2xx"] == record["errors"] == 0
+        assert record["app_cpu_us"] > 0
