@@ -100,3 +100,18 @@ async def test_the_pool_is_open_before_the_first_request(committed_database_url:
     settings = make_settings(committed_database_url, pool_size=3, max_overflow=2)
     async with running(create_app(settings)):
         assert len(await devreg_backends(committed_database_url)) == 5
+
+
+async def test_pages_read_committed_rows_with_their_owners(client: AsyncClient) -> None:
+    owner = await create_user(client, name="Ada")
+    for name in ("a", "b", "c"):
+        await client.post(DEVICES, json={"name": name, "owner_id": owner["id"]})
+
+    first = (await client.get(DEVICES, params={"limit": 2, "sort": "-name"})).json()
+    rest = (
+        await client.get(DEVICES, params={"sort": "-name", "cursor": first["next_cursor"]})
+    ).json()
+
+    assert [device["name"] for device in first["items"] + rest["items"]] == ["c", "b", "a"]
+    assert {device["owner"]["name"] for device in first["items"] + rest["items"]} == {"Ada"}
+    assert rest["next_cursor"] is None

@@ -1,13 +1,13 @@
 """Statements straight on asyncpg, for the hot paths: one round trip each, none of the ORM's or
 the session's machinery per request. SQLAlchemy still writes the SQL (compiled once)."""
 
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
-from sqlalchemy import Dialect
+from sqlalchemy import Dialect, Row, Select
 from sqlalchemy.dialects.postgresql.asyncpg import PGDialect_asyncpg
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
@@ -109,6 +109,20 @@ async def fetch_row(
         pooled.close()
 
 
+async def fetch_all(session: AsyncSession, statement: Select[Any]) -> Sequence[Row[Any]]:
+    """Every row of one read-only statement: outside a transaction on a pooled connection in
+    autocommit (one round trip, no BEGIN or ROLLBACK), inside on the transaction's."""
+    bind = session.bind
+    if session.in_transaction() or not isinstance(bind, AsyncEngine):
+        result = await session.execute(statement)
+    else:
+        async with bind.connect() as connection:
+            autocommit = await connection.execution_options(isolation_level="AUTOCOMMIT")
+            result = await autocommit.execute(statement)
+    rows: Sequence[Row[Any]] = result.all()
+    return rows
+
+
 def _violation(constraint: str | None, violations: Violations) -> Exception:
     violation = violations.get(constraint or "")
     return violation() if violation is not None else Conflict()
@@ -137,4 +151,5 @@ def _connection_lost(exc: BaseException, connection: asyncpg.Connection) -> bool
     if isinstance(exc, asyncpg.PostgresError):
         # Class 08: connection exception; 57P0x: the server is shutting down or restarting.
         return str(exc.sqlstate).startswith(("08", "57P0")) or connection.is_closed()
-    return isinstance(exc, asyncpg.InterfaceError | OSError)
+    # InternalClientError: the connection broke in the middle of the statement's messages.
+    return isinstance(exc, asyncpg.InterfaceError | asyncpg.InternalClientError | OSError)

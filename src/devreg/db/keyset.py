@@ -1,7 +1,7 @@
 """SQL for keyset pages and counts, shared by every listing."""
 
 import json
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from sqlalchemy import ColumnElement, Select, SQLColumnExpression, func, select, tuple_
@@ -27,8 +27,13 @@ def _compile_explain(element: _ExplainJson, compiler: SQLCompiler, **kw: Any) ->
     return "EXPLAIN (FORMAT JSON) " + compiler.process(element.statement, **kw)
 
 
+# The label of the sort key's value, the last column of every row fetch_page returns.
+SORT_VALUE = "sort_value"
+Rows = Callable[[Select[Any]], Awaitable[Sequence[Any]]]
+
+
 async def fetch_page(
-    session: AsyncSession,
+    rows_of_statement: Rows,
     statement: Select[Any],
     *,
     key: SQLColumnExpression[Any],
@@ -38,13 +43,14 @@ async def fetch_page(
     after: Position | None,
     limit: int,
 ) -> Sequence[Any]:
-    """Up to limit + 1 rows of `statement` ordered by (key, id), NULL keys last, after `after`;
-    each row gets the key's value as its last column, for the next cursor.
+    """Up to limit + 1 rows of `statement` (run by `rows_of_statement`) ordered by (key, id),
+    NULL keys last, after `after`; each row gets the key's value as its last column, for the
+    next cursor.
 
     Rows with a NULL key are read by a second query when the first runs out, so each part is
     one ordered index scan, in either direction.
     """
-    statement = statement.add_columns(key)
+    statement = statement.add_columns(key.label(SORT_VALUE))
 
     def direction(column: SQLColumnExpression[Any]) -> ColumnElement[Any]:
         return column.desc() if descending else column.asc()
@@ -54,7 +60,7 @@ async def fetch_page(
         return row < mark if descending else row > mark
 
     async def rows_of(part: Select[Any], *order: ColumnElement[Any], count: int) -> list[Any]:
-        return list(await session.execute(part.order_by(*order).limit(count)))
+        return list(await rows_of_statement(part.order_by(*order).limit(count)))
 
     if not nullable:
         part = statement if after is None else statement.where(beyond(after))

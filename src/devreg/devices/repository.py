@@ -26,12 +26,11 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import joinedload
 
 from devreg.db.constraints import violated_constraint
 from devreg.db.copy import copy_out
-from devreg.db.driver import DriverStatement, driver_connection, fetch_row
-from devreg.db.keyset import count_matching, fetch_page
+from devreg.db.driver import DriverStatement, driver_connection, fetch_all, fetch_row
+from devreg.db.keyset import SORT_VALUE, count_matching, fetch_page
 from devreg.devices.filters import NULLABLE_SORT_KEYS, RELEVANCE, DeviceFilter
 from devreg.devices.models import Device
 from devreg.devices.schemas import DeviceRead
@@ -195,8 +194,10 @@ def _update_statement(columns: tuple[str, ...]) -> DriverStatement:
     return _written_with_owner(update(Device).where(Device.id == _BY_ID).values(_values(columns)))
 
 
-def _device(row: Mapping[str, Any]) -> DeviceRead:
+def _device(row: Mapping[str, Any], *, without: str | None = None) -> DeviceRead:
     values = dict(row)
+    if without is not None:
+        values.pop(without)
     owner_name = values.pop("owner_name")
     owner_id = values["owner_id"]
     values["owner"] = None if owner_id is None else {"id": owner_id, "name": owner_name}
@@ -214,22 +215,22 @@ class DeviceRepository:
 
     async def list_page(
         self, filters: DeviceFilter, *, sort: Sort, after: Position | None, limit: int
-    ) -> list[tuple[Device, SortValue]]:
+    ) -> list[tuple[DeviceRead, SortValue]]:
         """Up to `limit` + 1 matching devices after `after`, each with its sort value; the
-        extra row says more exist."""
-        statement = self._matching(filters).options(joinedload(Device.owner))
+        extra row says more exist. Plain rows, not ORM objects: a page is a hot path too."""
+        statement = _with_owner(_DEVICES).where(*self._conditions(filters))
         key = self._sort_key(sort, filters)
         rows = await fetch_page(
-            self.session,
+            lambda part: fetch_all(self.session, part),
             statement,
             key=key,
-            id_column=Device.id,
+            id_column=_DEVICES.c.id,
             descending=sort.descending,
             nullable=sort.key in NULLABLE_SORT_KEYS,
             after=after,
             limit=limit,
         )
-        return [(row[0], row[1]) for row in rows]
+        return [(_device(row._mapping, without=SORT_VALUE), row[-1]) for row in rows]
 
     async def count(self, filters: DeviceFilter, *, exact: bool) -> int:
         return await count_matching(self.session, self._matching(filters), exact=exact)

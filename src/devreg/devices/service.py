@@ -3,7 +3,6 @@
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from devreg.devices.filters import NULLABLE_SORT_KEYS, SORT_KEYS, DeviceFilter
-from devreg.devices.models import Device
 from devreg.devices.repository import DeviceRepository
 from devreg.devices.schemas import DeviceCreate, DeviceRead, DeviceUpdate
 from devreg.errors import DeviceNotFound
@@ -23,7 +22,7 @@ async def get_device(session: AsyncSession, device_id: int) -> DeviceRead:
 
 async def list_devices(
     session: AsyncSession, *, filters: DeviceFilter, page: PageRequest
-) -> PageResult[Device]:
+) -> PageResult[DeviceRead]:
     repository = DeviceRepository(session)
     sort = page.sort
     return await paginate(

@@ -1,3 +1,4 @@
+from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import (
@@ -36,7 +37,7 @@ class UserRepository:
         """Up to `limit` + 1 matching users after `after`, each with its sort value; the extra
         row says more exist."""
         rows = await fetch_page(
-            self.session,
+            self._rows,
             self._matching(filters),
             key=getattr(User, sort.key),
             id_column=User.id,
@@ -46,6 +47,10 @@ class UserRepository:
             limit=limit,
         )
         return [(row[0], row[1]) for row in rows]
+
+    async def _rows(self, statement: Select[Any]) -> Sequence[Any]:
+        rows: Sequence[Any] = (await self.session.execute(statement)).all()
+        return rows
 
     async def count(self, filters: UserFilter, *, exact: bool) -> int:
         return await count_matching(self.session, self._matching(filters), exact=exact)

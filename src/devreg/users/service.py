@@ -6,7 +6,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from devreg.devices import service as devices_service
 from devreg.devices.filters import DeviceFilter
-from devreg.devices.models import Device
+from devreg.devices.schemas import DeviceRead
 from devreg.errors import UserNotFound
 from devreg.pagination import Cursors, PageRequest, PageResult, describe_filters, paginate
 from devreg.users.filters import SORT_KEYS, UserFilter
@@ -60,7 +60,7 @@ async def delete_user(session: AsyncSession, user_id: int, *, cascade_devices: b
 
 async def list_user_devices(
     session: AsyncSession, user_id: int, *, filters: DeviceFilter, page: PageRequest
-) -> PageResult[Device]:
+) -> PageResult[DeviceRead]:
     await get_user(session, user_id)
     owned = replace(filters, owner_id=(user_id,))
     return await devices_service.list_devices(session, filters=owned, page=page)
