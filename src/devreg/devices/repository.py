@@ -181,7 +181,8 @@ def _values(columns: Iterable[str]) -> dict[str, BindParameter[Any]]:
 
 
 _BY_ID = bindparam("device_id", type_=BigInteger)
-_GET = DriverStatement.compile(_with_owner(_DEVICES).where(_DEVICES.c.id == _BY_ID))
+_LISTED = _with_owner(_DEVICES)
+_GET = DriverStatement.compile(_LISTED.where(_DEVICES.c.id == _BY_ID))
 _INSERT = _written_with_owner(insert(Device).values(_values(_WRITABLE_COLUMNS)))
 _HEARTBEAT = DriverStatement.compile(
     update(Device).where(Device.id == _BY_ID).values(last_seen_at=func.now()).returning(Device.id)
@@ -194,8 +195,8 @@ def _update_statement(columns: tuple[str, ...]) -> DriverStatement:
     return _written_with_owner(update(Device).where(Device.id == _BY_ID).values(_values(columns)))
 
 
-def _device(row: Mapping[str, Any], *, without: str | None = None) -> DeviceRead:
-    values = dict(row)
+def _device(values: dict[str, Any], *, without: str | None = None) -> DeviceRead:
+    """A device from its row's values (and its owner's name), which it takes over."""
     if without is not None:
         values.pop(without)
     owner_name = values.pop("owner_name")
@@ -218,7 +219,7 @@ class DeviceRepository:
     ) -> list[tuple[DeviceRead, SortValue]]:
         """Up to `limit` + 1 matching devices after `after`, each with its sort value; the
         extra row says more exist. Plain rows, not ORM objects: a page is a hot path too."""
-        statement = _with_owner(_DEVICES).where(*self._conditions(filters))
+        statement = _LISTED.where(*self._conditions(filters))
         key = self._sort_key(sort, filters)
         rows = await fetch_page(
             lambda part: fetch_all(self.session, part),
@@ -230,7 +231,7 @@ class DeviceRepository:
             after=after,
             limit=limit,
         )
-        return [(_device(row._mapping, without=SORT_VALUE), row[-1]) for row in rows]
+        return [(_device(row._asdict(), without=SORT_VALUE), row[-1]) for row in rows]
 
     async def count(self, filters: DeviceFilter, *, exact: bool) -> int:
         return await count_matching(self.session, self._matching(filters), exact=exact)
@@ -375,7 +376,7 @@ class DeviceRepository:
         self, statement: DriverStatement, values: Mapping[str, Any]
     ) -> DeviceRead | None:
         row = await fetch_row(self.session, statement, values, _VIOLATIONS)
-        return _device(row) if row is not None else None
+        return _device(dict(row)) if row is not None else None
 
     @staticmethod
     def _violation(exc: IntegrityError) -> Exception:
