@@ -325,6 +325,9 @@ def wrk(base_url: str, route: Route, load: Load, seconds: float) -> dict[str, fl
     output = subprocess.run(command, env=env, capture_output=True, text=True, check=True).stdout
     line = next(line for line in output.splitlines() if line.startswith("WRKJSON "))
     result: dict[str, float] = json.loads(line.removeprefix("WRKJSON "))
+    # Requests still in flight when wrk stops finish before the next run starts (as in the
+    # peers' own harness): a new wave on top of them wedges app A's thread pool.
+    time.sleep(0.5)
     return result
 
 
@@ -354,6 +357,8 @@ def _median(values: list[float]) -> float | None:
 
 
 def report(results: list[dict[str, object]], apps_run: list[str]) -> str:
+    """Markdown: one row per workers, scenario and app; then each app's scaling with workers."""
+
     def runs(app: str, workers: int, scenario: str) -> dict[int, dict[str, object]]:
         return {
             int(str(r["round"])): r
@@ -409,7 +414,7 @@ def report(results: list[dict[str, object]], apps_run: list[str]) -> str:
                 if one and many:
                     rate = statistics.median(float(str(r["rps"])) for r in many.values())
                     base = statistics.median(float(str(r["rps"])) for r in one.values())
-                    parts.append(f"{scenario} {rate / base:.2f}x")
+                    parts.append(f"{scenario} {rate / base:.2f}x" if base else f"{scenario} –")
             if parts:
                 lines.append(f"- {app}: " + ", ".join(parts))
     return "\n".join(lines)
@@ -432,6 +437,7 @@ def arguments() -> argparse.Namespace:
     parser.add_argument("--port", type=int, default=8900)
     parser.add_argument("--pg-port", type=int, default=55434)
     parser.add_argument("--out", type=Path, default=BENCH / "results")
+    parser.add_argument("--report", type=Path, help="only print the table of a results .jsonl")
     args = parser.parse_args()
     args.rounds = args.rounds or (3 if args.full else 1)
     args.duration = args.duration or (7.0 if args.full else 2.0)
@@ -442,6 +448,10 @@ def arguments() -> argparse.Namespace:
 
 async def main() -> None:
     args = arguments()
+    if args.report:
+        records = [json.loads(line) for line in args.report.read_text().splitlines()]
+        print(report(records, list(dict.fromkeys(str(r["app"]) for r in records))))
+        return
     app_names = args.apps.split(",")
     scenarios = [s for s in args.scenarios.split(",") if s]
     unknown = set(scenarios) - set(SCENARIOS)
