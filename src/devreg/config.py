@@ -76,6 +76,8 @@ class Settings(BaseSettings):
     workers: int = Field(default_factory=default_workers, ge=1, le=64)
     log_level: LogLevel = "info"
     migrate_on_start: bool = True
+    # PUT, PATCH and DELETE of a device without If-Match: last write wins, or 428 when required.
+    require_if_match: bool = False
 
     data_dir: Path = Field(default_factory=default_data_dir)
     embedded_pg_port: Port = 54329

@@ -18,6 +18,8 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
+from devreg.conditional import etag
+
 logger = logging.getLogger("devreg.errors")
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
@@ -28,11 +30,12 @@ class DevregError(Exception):
     status: ClassVar[int] = 500
     slug: ClassVar[str] = "internal-error"
     default_detail: ClassVar[str] = "The server could not handle the request."
-    headers: ClassVar[dict[str, str]] = {}
+    default_headers: ClassVar[dict[str, str]] = {}
 
     def __init__(self, detail: str | None = None, **extensions: Any) -> None:
         self.detail = detail or self.default_detail
         self.extensions = extensions
+        self.headers = dict(self.default_headers)
         super().__init__(self.detail)
 
 
@@ -135,11 +138,31 @@ class InvalidItems(InvalidInput):
         super().__init__(detail, errors=errors)
 
 
+class PreconditionFailed(DevregError):
+    """If-Match named a version the resource no longer has."""
+
+    status = 412
+    slug = "precondition-failed"
+
+    def __init__(self, current_version: int) -> None:
+        super().__init__(
+            f"The resource has changed: its version is now {current_version}.",
+            current_version=current_version,
+        )
+        self.headers["ETag"] = etag(current_version)
+
+
+class PreconditionRequired(DevregError):
+    status = 428
+    slug = "precondition-required"
+    default_detail = "Send If-Match with the ETag of the version you are changing."
+
+
 class ServiceUnavailable(DevregError):
     status = 503
     slug = "service-unavailable"
     default_detail = "The database is unavailable; try again shortly."
-    headers = {"Retry-After": "1"}
+    default_headers = {"Retry-After": "1"}
 
 
 class PoolExhausted(ServiceUnavailable):

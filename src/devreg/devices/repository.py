@@ -4,15 +4,18 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
+    ARRAY,
     BigInteger,
     BindParameter,
     ColumnElement,
     FromClause,
     Insert,
+    Integer,
     Select,
     SQLColumnExpression,
     Text,
     Update,
+    any_,
     bindparam,
     cast,
     delete,
@@ -189,10 +192,28 @@ _HEARTBEAT = DriverStatement.compile(
 )
 
 
+_IN_VERSIONS = _DEVICES.c.version == any_(bindparam("versions", type_=ARRAY(Integer)))
+_VERSION = DriverStatement.compile(select(_DEVICES.c.version).where(_DEVICES.c.id == _BY_ID))
+
+
+def _by_id(guarded: bool) -> list[ColumnElement[bool]]:
+    """The device by id and, when `guarded`, only at one of the versions bound as `versions`."""
+    return [_DEVICES.c.id == _BY_ID, *([_IN_VERSIONS] if guarded else [])]
+
+
 @functools.cache
-def _update_statement(columns: tuple[str, ...]) -> DriverStatement:
+def _update_statement(columns: tuple[str, ...], guarded: bool) -> DriverStatement:
     """UPDATE of these columns; one compiled statement per set of columns a client changes."""
-    return _written_with_owner(update(Device).where(Device.id == _BY_ID).values(_values(columns)))
+    return _written_with_owner(update(Device).where(*_by_id(guarded)).values(_values(columns)))
+
+
+@functools.cache
+def _delete_statement(guarded: bool) -> DriverStatement:
+    return DriverStatement.compile(delete(Device).where(*_by_id(guarded)).returning(Device.id))
+
+
+def _listed(versions: frozenset[int] | None) -> list[int] | None:
+    return sorted(versions) if versions is not None else None
 
 
 def _device(values: dict[str, Any], *, without: str | None = None) -> DeviceRead:
@@ -312,9 +333,18 @@ class DeviceRepository:
         assert device is not None
         return device
 
-    async def update(self, device_id: int, changes: dict[str, Any]) -> DeviceRead | None:
-        statement = _update_statement(tuple(sorted(changes)))
-        return await self._one(statement, {**changes, "device_id": device_id})
+    async def update(
+        self, device_id: int, changes: dict[str, Any], *, versions: frozenset[int] | None = None
+    ) -> DeviceRead | None:
+        """The device with `changes` applied; None if it does not exist or, when `versions` is
+        given, is at none of them."""
+        statement = _update_statement(tuple(sorted(changes)), versions is not None)
+        values = {**changes, "device_id": device_id, "versions": _listed(versions)}
+        return await self._one(statement, values)
+
+    async def current_version(self, device_id: int) -> int | None:
+        row = await fetch_row(self.session, _VERSION, {"device_id": device_id}, _VIOLATIONS)
+        return int(row["version"]) if row is not None else None
 
     async def add_many(self, rows: list[dict[str, Any]]) -> list[int]:
         """Insert every row in one statement; ids come back in the rows' order."""
@@ -365,9 +395,11 @@ class DeviceRepository:
         row = (await self.session.execute(text(_INSERT_STAGED.format(on_conflict)))).one()
         return int(row.inserted), int(row.updated)
 
-    async def delete(self, device_id: int) -> bool:
-        statement = delete(Device).where(Device.id == device_id).returning(Device.id)
-        return await self.session.scalar(statement) is not None
+    async def delete(self, device_id: int, *, versions: frozenset[int] | None = None) -> bool:
+        """Whether a device was deleted (only at one of `versions`, when given)."""
+        values = {"device_id": device_id, "versions": _listed(versions)}
+        statement = _delete_statement(versions is not None)
+        return await fetch_row(self.session, statement, values, _VIOLATIONS) is not None
 
     async def delete_by_owner(self, owner_id: int) -> None:
         await self.session.execute(delete(Device).where(Device.owner_id == owner_id))

@@ -1,9 +1,11 @@
 from typing import Annotated
 
-from fastapi import APIRouter, Body, Depends, Path, Query, Request, Response, status
+from fastapi import APIRouter, Body, Depends, Header, Path, Query, Request, Response, status
 from fastapi.responses import StreamingResponse
 from pydantic import AwareDatetime
 
+from devreg.conditional import IfMatch, etag, not_modified
+from devreg.config import SettingsDep
 from devreg.db.session import SessionDep, StreamingSessionDep
 from devreg.devices import bulk, export, service
 from devreg.devices.export import EXPORT_MEDIA_TYPES, ExportFormat
@@ -24,7 +26,7 @@ from devreg.devices.schemas import (
     DeviceRead,
     DeviceUpdate,
 )
-from devreg.errors import InvalidParameter, problem_responses
+from devreg.errors import InvalidParameter, PreconditionRequired, problem_responses
 from devreg.querystring import (
     LISTING_PARAMETERS,
     Listing,
@@ -39,7 +41,7 @@ router = APIRouter(prefix="/devices", tags=["devices"])
 
 DeviceId = Annotated[int, Path(ge=1, le=BIGINT_MAX, description="The device's id.")]
 
-WRITE_ERRORS = problem_responses(404, 409, 422)
+WRITE_ERRORS = problem_responses(404, 409, 412, 422, 428)
 
 
 @router.post(
@@ -53,7 +55,30 @@ async def create_device(
 ) -> object:
     device = await service.register_device(session, data=data)
     response.headers["Location"] = str(request.url_for("get_device", device_id=device.id))
+    return _tagged(device, response)
+
+
+def _tagged(device: DeviceRead, response: Response) -> DeviceRead:
+    """The device, its response carrying the device's version as ETag."""
+    response.headers["ETag"] = etag(device.version)
     return device
+
+
+async def write_precondition(
+    settings: SettingsDep,
+    if_match: Annotated[
+        str | None,
+        Header(description="Apply only if the device's ETag is one of these (else 412)."),
+    ] = None,
+) -> IfMatch | None:
+    if if_match is None:
+        if settings.require_if_match:
+            raise PreconditionRequired
+        return None
+    return IfMatch.parse(if_match)
+
+
+WritePrecondition = Annotated[IfMatch | None, Depends(write_precondition)]
 
 
 _FILTER_PARAMETERS = frozenset({
@@ -203,19 +228,49 @@ async def delete_devices(ids: BulkDelete, session: SessionDep) -> None:
     await bulk.delete_devices(session, ids=ids)
 
 
-@router.get("/{device_id}", response_model=DeviceRead, responses=problem_responses(404, 422))
-async def get_device(device_id: DeviceId, session: SessionDep) -> object:
-    return await service.get_device(session, device_id)
+@router.get(
+    "/{device_id}",
+    response_model=DeviceRead,
+    responses={304: {"description": "Not Modified"}, **problem_responses(404, 422)},
+)
+async def get_device(
+    device_id: DeviceId,
+    session: SessionDep,
+    response: Response,
+    if_none_match: Annotated[
+        str | None, Header(description="304 without a body if the ETag is one of these.")
+    ] = None,
+) -> object:
+    device = await service.get_device(session, device_id)
+    if not_modified(if_none_match, device.version):
+        return Response(
+            status_code=status.HTTP_304_NOT_MODIFIED, headers={"ETag": etag(device.version)}
+        )
+    return _tagged(device, response)
 
 
 @router.put("/{device_id}", response_model=DeviceRead, responses=WRITE_ERRORS)
-async def replace_device(device_id: DeviceId, data: DeviceCreate, session: SessionDep) -> object:
-    return await service.replace_device(session, device_id, data=data)
+async def replace_device(
+    device_id: DeviceId,
+    data: DeviceCreate,
+    session: SessionDep,
+    precondition: WritePrecondition,
+    response: Response,
+) -> object:
+    device = await service.replace_device(session, device_id, data=data, if_match=precondition)
+    return _tagged(device, response)
 
 
 @router.patch("/{device_id}", response_model=DeviceRead, responses=WRITE_ERRORS)
-async def update_device(device_id: DeviceId, data: DeviceUpdate, session: SessionDep) -> object:
-    return await service.update_device(session, device_id, data=data)
+async def update_device(
+    device_id: DeviceId,
+    data: DeviceUpdate,
+    session: SessionDep,
+    precondition: WritePrecondition,
+    response: Response,
+) -> object:
+    device = await service.update_device(session, device_id, data=data, if_match=precondition)
+    return _tagged(device, response)
 
 
 @router.post(
@@ -231,7 +286,9 @@ async def record_heartbeat(device_id: DeviceId, session: SessionDep) -> None:
 @router.delete(
     "/{device_id}",
     status_code=status.HTTP_204_NO_CONTENT,
-    responses=problem_responses(404, 422),
+    responses=problem_responses(404, 412, 422, 428),
 )
-async def delete_device(device_id: DeviceId, session: SessionDep) -> None:
-    await service.delete_device(session, device_id)
+async def delete_device(
+    device_id: DeviceId, session: SessionDep, precondition: WritePrecondition
+) -> None:
+    await service.delete_device(session, device_id, if_match=precondition)

@@ -2,10 +2,11 @@
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from devreg.conditional import IfMatch
 from devreg.devices.filters import NULLABLE_SORT_KEYS, SORT_KEYS, DeviceFilter
 from devreg.devices.repository import DeviceRepository
 from devreg.devices.schemas import DeviceCreate, DeviceRead, DeviceUpdate
-from devreg.errors import DeviceNotFound
+from devreg.errors import DeviceNotFound, PreconditionFailed
 from devreg.pagination import Cursors, PageRequest, PageResult, describe_filters, paginate
 
 
@@ -41,21 +42,29 @@ async def list_devices(
 
 
 async def replace_device(
-    session: AsyncSession, device_id: int, *, data: DeviceCreate
+    session: AsyncSession, device_id: int, *, data: DeviceCreate, if_match: IfMatch | None = None
 ) -> DeviceRead:
-    return await _apply(session, device_id, data.model_dump())
+    return await _apply(session, device_id, data.model_dump(), if_match)
 
 
-async def update_device(session: AsyncSession, device_id: int, *, data: DeviceUpdate) -> DeviceRead:
+async def update_device(
+    session: AsyncSession, device_id: int, *, data: DeviceUpdate, if_match: IfMatch | None = None
+) -> DeviceRead:
     changes = data.changes()
     if not changes:
-        return await get_device(session, device_id)
-    return await _apply(session, device_id, changes)
+        device = await get_device(session, device_id)
+        if if_match is not None and not if_match.accepts(device.version):
+            raise PreconditionFailed(device.version)
+        return device
+    return await _apply(session, device_id, changes, if_match)
 
 
-async def delete_device(session: AsyncSession, device_id: int) -> None:
-    if not await DeviceRepository(session).delete(device_id):
-        raise DeviceNotFound
+async def delete_device(
+    session: AsyncSession, device_id: int, *, if_match: IfMatch | None = None
+) -> None:
+    repository = DeviceRepository(session)
+    if not await repository.delete(device_id, versions=_versions(if_match)):
+        raise await _not_written(repository, device_id, if_match)
 
 
 async def record_heartbeat(session: AsyncSession, device_id: int) -> None:
@@ -68,8 +77,25 @@ async def delete_devices_of_owner(session: AsyncSession, *, owner_id: int) -> No
     await DeviceRepository(session).delete_by_owner(owner_id)
 
 
-async def _apply(session: AsyncSession, device_id: int, changes: dict[str, object]) -> DeviceRead:
-    device = await DeviceRepository(session).update(device_id, changes)
+async def _apply(
+    session: AsyncSession, device_id: int, changes: dict[str, object], if_match: IfMatch | None
+) -> DeviceRead:
+    repository = DeviceRepository(session)
+    device = await repository.update(device_id, changes, versions=_versions(if_match))
     if device is None:
-        raise DeviceNotFound
+        raise await _not_written(repository, device_id, if_match)
     return device
+
+
+def _versions(if_match: IfMatch | None) -> frozenset[int] | None:
+    """The versions a write may apply to; None for any. The database checks them, in the
+    write's own statement, so two writers can never both pass the same If-Match."""
+    return if_match.versions if if_match is not None else None
+
+
+async def _not_written(
+    repository: DeviceRepository, device_id: int, if_match: IfMatch | None
+) -> Exception:
+    """Why a guarded write found no row: the device is gone, or at another version."""
+    current = None if _versions(if_match) is None else await repository.current_version(device_id)
+    return DeviceNotFound() if current is None else PreconditionFailed(current)

@@ -1,0 +1,174 @@
+"""Safe concurrent edits: every device response carries its version as ETag; If-Match guards
+PUT, PATCH and DELETE (412 when the version moved on), If-None-Match spares a GET (304)."""
+
+import asyncio
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterator
+
+import httpx
+import pytest
+from httpx import AsyncClient
+from sqlalchemy.engine import URL
+
+from devreg.conditional import IfMatch, not_modified
+from tests.api import DEVICES, assert_problem, create_device, fetch_device
+from tests.support import RunningApp, devreg_server
+
+
+def etag_of(device: dict[str, object]) -> str:
+    return f'"{device["version"]}"'
+
+
+async def test_every_device_response_carries_its_version_as_etag(client: AsyncClient) -> None:
+    created = await client.post(DEVICES, json={"name": "probe"})
+    url = f"{DEVICES}/{created.json()['id']}"
+    read = await client.get(url)
+    patched = await client.patch(url, json={"model": "m1"})
+    replaced = await client.put(url, json={"name": "probe"})
+
+    assert [r.headers["etag"] for r in (created, read, patched, replaced)] == [
+        '"1"',
+        '"1"',
+        '"2"',
+        '"3"',
+    ]
+
+
+@pytest.mark.parametrize("header", ['"1"', 'W/"1"', '"7", "1"', "*"])
+async def test_if_none_match_naming_the_version_is_a_304(client: AsyncClient, header: str) -> None:
+    device = await create_device(client)
+    response = await client.get(f"{DEVICES}/{device['id']}", headers={"If-None-Match": header})
+    assert response.status_code == 304
+    assert response.content == b""
+    assert response.headers["etag"] == '"1"'
+
+
+@pytest.mark.parametrize("header", ['"2"', "W/2", "garbage", '""'])
+async def test_if_none_match_naming_another_version_reads(client: AsyncClient, header: str) -> None:
+    device = await create_device(client)
+    response = await client.get(f"{DEVICES}/{device['id']}", headers={"If-None-Match": header})
+    assert response.status_code == 200
+    assert response.json() == device
+
+
+@pytest.mark.parametrize("header", ['"1"', '"5", "1"', "*"])
+async def test_a_write_with_a_matching_if_match_applies(client: AsyncClient, header: str) -> None:
+    device = await create_device(client)
+    url = f"{DEVICES}/{device['id']}"
+    response = await client.patch(url, json={"model": "m1"}, headers={"If-Match": header})
+    assert response.status_code == 200
+    assert response.json()["model"] == "m1"
+
+
+@pytest.mark.parametrize("header", ['"2"', 'W/"1"', "garbage", '"99999999999999999999"'])
+@pytest.mark.parametrize(
+    ("method", "body"),
+    [("PATCH", {"model": "m1"}), ("PATCH", {}), ("PUT", {"name": "other"}), ("DELETE", None)],
+)
+async def test_a_write_with_a_stale_if_match_is_a_412_and_changes_nothing(
+    client: AsyncClient, method: str, body: object, header: str
+) -> None:
+    device = await create_device(client)
+    url = f"{DEVICES}/{device['id']}"
+    response = await client.request(method, url, json=body, headers={"If-Match": header})
+    problem = assert_problem(response, 412)
+    assert problem["current_version"] == 1
+    assert response.headers["etag"] == '"1"'
+    assert await fetch_device(client, device["id"]) == device
+
+
+@pytest.mark.parametrize(("method", "body"), [("PATCH", {"model": "m1"}), ("DELETE", None)])
+async def test_if_match_on_a_missing_device_is_a_404(
+    client: AsyncClient, method: str, body: object
+) -> None:
+    response = await client.request(
+        method, f"{DEVICES}/999999", json=body, headers={"If-Match": '"1"'}
+    )
+    assert_problem(response, 404, "Device not found")
+
+
+async def test_delete_with_the_current_version_deletes(client: AsyncClient) -> None:
+    device = await create_device(client)
+    url = f"{DEVICES}/{device['id']}"
+    assert (await client.delete(url, headers={"If-Match": '"1"'})).status_code == 204
+    assert (await client.get(url)).status_code == 404
+
+
+@pytest.fixture
+def if_match_required(running_app: RunningApp) -> Iterator[None]:
+    settings = running_app.app.state.settings
+    running_app.app.state.settings = settings.model_copy(update={"require_if_match": True})
+    try:
+        yield
+    finally:
+        running_app.app.state.settings = settings
+
+
+@pytest.mark.usefixtures("if_match_required")
+@pytest.mark.parametrize(
+    ("method", "body"), [("PATCH", {"model": "m1"}), ("PUT", {"name": "x"}), ("DELETE", None)]
+)
+async def test_writes_without_if_match_are_a_428_when_it_is_required(
+    client: AsyncClient, method: str, body: object
+) -> None:
+    device = await create_device(client)
+    url = f"{DEVICES}/{device['id']}"
+    assert_problem(await client.request(method, url, json=body), 428)
+    guarded = await client.request(method, url, json=body, headers={"If-Match": '"1"'})
+    assert guarded.is_success
+
+
+@pytest.mark.parametrize(
+    ("header", "accepted", "refused"),
+    [
+        ("*", [1, 2, 99], []),
+        ('"3"', [3], [1, 30]),
+        (' "1" , "2",W/"3"', [1, 2], [3]),
+        ('"a1", 1, "", W/', [], [1]),
+    ],
+)
+def test_if_match_parsing(header: str, accepted: list[int], refused: list[int]) -> None:
+    condition = IfMatch.parse(header)
+    assert all(condition.accepts(version) for version in accepted)
+    assert not any(condition.accepts(version) for version in refused)
+
+
+def test_if_none_match_compares_weakly() -> None:
+    assert not_modified('W/"4"', 4)
+    assert not not_modified(None, 4)
+    assert not not_modified('"40"', 4)
+
+
+RACERS = 100
+
+
+async def race(
+    base_url: str, send: Callable[[httpx.AsyncClient], Awaitable[httpx.Response]]
+) -> Counter[int]:
+    """The statuses of RACERS copies of one request, all sent at once."""
+    limits = httpx.Limits(max_connections=RACERS)
+    async with httpx.AsyncClient(base_url=base_url, limits=limits, timeout=30) as client:
+        responses = await asyncio.gather(*(send(client) for _ in range(RACERS)))
+    return Counter(response.status_code for response in responses)
+
+
+async def test_races_are_decided_by_the_database(committed_database_url: URL) -> None:
+    url = committed_database_url.render_as_string(hide_password=False)
+    with devreg_server(DATABASE_URL=url) as base_url:
+        async with httpx.AsyncClient(base_url=base_url) as client:
+            device = (await client.post(DEVICES, json={"name": "contended"})).json()
+        device_url = f"{DEVICES}/{device['id']}"
+
+        same_version = await race(
+            base_url,
+            lambda c: c.patch(device_url, json={"model": "m"}, headers={"If-Match": '"1"'}),
+        )
+        same_serial = await race(
+            base_url, lambda c: c.post(DEVICES, json={"name": "twin", "serial_number": "SN-RACE"})
+        )
+        async with httpx.AsyncClient(base_url=base_url) as client:
+            final = (await client.get(device_url)).json()
+
+    assert same_version == Counter({200: 1, 412: RACERS - 1})
+    assert same_serial == Counter({201: 1, 409: RACERS - 1})
+    assert final["version"] == 2
