@@ -12,6 +12,7 @@ from fastapi_offline import FastAPIOffline
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from devreg import __version__
+from devreg.body_limit import BodyLimitMiddleware
 from devreg.compat.routes import router as tutorial_router
 from devreg.config import Settings, get_settings
 from devreg.db import migrations
@@ -22,6 +23,7 @@ from devreg.devices.routes import router as devices_router
 from devreg.errors import register_error_handlers
 from devreg.health.routes import router as health_router
 from devreg.logs import RequestLogMiddleware
+from devreg.security import add_security_middleware
 from devreg.users.routes import router as users_router
 
 logger = logging.getLogger("devreg")
@@ -75,7 +77,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(tutorial_router)
 
     register_error_handlers(app)
+    app.add_middleware(
+        BodyLimitMiddleware,
+        default=settings.max_body_size,
+        limits={f"{API_PREFIX}/devices/bulk": settings.max_bulk_body_size},
+    )
     app.add_middleware(RequestLogMiddleware)
+    add_security_middleware(app, settings)
     app.add_middleware(
         CorrelationIdMiddleware, header_name="X-Request-ID", validator=_valid_request_id
     )

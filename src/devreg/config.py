@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 from fastapi import Depends, Request
 from platformdirs import user_data_path
 from pydantic import Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
@@ -76,6 +76,11 @@ class Settings(BaseSettings):
     workers: int = Field(default_factory=default_workers, ge=1, le=64)
     log_level: LogLevel = "info"
     migrate_on_start: bool = True
+    # Request bodies above these many bytes are refused with 413: every route, and bulk writes.
+    max_body_size: int = Field(1024 * 1024, ge=1024)
+    max_bulk_body_size: int = Field(64 * 1024 * 1024, ge=1024)
+    # Origins (comma-separated) whose browser scripts may call the API; none by default.
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     # PUT, PATCH and DELETE of a device without If-Match: last write wins, or 428 when required.
     require_if_match: bool = False
 
@@ -87,6 +92,13 @@ class Settings(BaseSettings):
     @classmethod
     def _lowercase_log_level(cls, value: object) -> object:
         return value.lower() if isinstance(value, str) else value
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [origin.strip() for origin in value.split(",") if origin.strip()]
+        return value
 
     @field_validator("database_url")
     @classmethod

@@ -1,0 +1,90 @@
+"""What bounds and guards every request: body size limits, security headers, CORS."""
+
+from collections.abc import AsyncIterator
+
+import pytest
+from httpx import AsyncClient
+from sqlalchemy.engine import URL
+
+from devreg.app import create_app
+from tests.api import DEVICES, assert_problem, stored_devices
+from tests.support import api_client, make_settings, running
+
+MIB = 1024 * 1024
+
+
+async def test_a_body_over_the_limit_is_a_413_and_nothing_is_written(client: AsyncClient) -> None:
+    body = {"name": "big", "attributes": {"blob": "a" * MIB}}
+    assert_problem(await client.post(DEVICES, json=body), 413)
+    assert await stored_devices(client) == []
+
+
+async def test_bulk_writes_take_bodies_beyond_the_general_limit(client: AsyncClient) -> None:
+    items = [{"name": f"d{index}", "attributes": {"pad": "a" * 300}} for index in range(5000)]
+    response = await client.post(f"{DEVICES}/bulk", json=items)
+    assert response.status_code == 201, response.text
+    assert len(response.json()["ids"]) == 5000
+
+
+@pytest.fixture
+async def small_limits(committed_database_url: URL) -> AsyncIterator[AsyncClient]:
+    settings = make_settings(committed_database_url, max_body_size=2048, max_bulk_body_size=8192)
+    async with running(create_app(settings)) as app, api_client(app) as client:
+        yield client
+
+
+async def test_a_streamed_body_is_cut_off_at_the_limit(small_limits: AsyncClient) -> None:
+    async def chunks() -> AsyncIterator[bytes]:
+        yield b'{"name": "x", "attributes": {"blob": "'
+        for _ in range(10):
+            yield b"a" * 1024
+        yield b'"}}'
+
+    response = await small_limits.post(
+        DEVICES, content=chunks(), headers={"content-type": "application/json"}
+    )
+    problem = assert_problem(response, 413)
+    assert "2048 bytes" in problem["detail"]
+
+
+async def test_bulk_routes_have_their_own_limit(small_limits: AsyncClient) -> None:
+    within = [{"name": f"d{index}"} for index in range(200)]  # about 3 KiB
+    assert (await small_limits.post(f"{DEVICES}/bulk", json=within)).status_code == 201
+    beyond = [{"name": f"d{index}"} for index in range(1000)]
+    assert (
+        "8192 bytes"
+        in assert_problem(await small_limits.post(f"{DEVICES}/bulk", json=beyond), 413)["detail"]
+    )
+
+
+async def test_every_response_carries_the_security_headers(client: AsyncClient) -> None:
+    for response in (
+        await client.get("/livez"),
+        await client.get(f"{DEVICES}/999999"),
+        await client.post(DEVICES, json={"name": ""}),
+    ):
+        assert response.headers["x-content-type-options"] == "nosniff"
+        assert response.headers["x-frame-options"] == "DENY"
+        assert response.headers["referrer-policy"] == "no-referrer"
+        assert "frame-ancestors 'none'" in response.headers["content-security-policy"]
+        assert "access-control-allow-origin" not in response.headers
+
+
+async def test_cross_origin_calls_are_allowed_only_from_the_configured_origins(
+    committed_database_url: URL,
+) -> None:
+    settings = make_settings(committed_database_url, cors_origins="https://ui.example, https://b")
+    assert settings.cors_origins == ["https://ui.example", "https://b"]
+    preflight = {"access-control-request-method": "PATCH"}
+    async with running(create_app(settings)) as app, api_client(app) as client:
+        allowed = await client.options(
+            f"{DEVICES}/1", headers={"origin": "https://ui.example", **preflight}
+        )
+        refused = await client.options(
+            f"{DEVICES}/1", headers={"origin": "https://evil.example", **preflight}
+        )
+        read = await client.get("/livez", headers={"origin": "https://ui.example"})
+    assert allowed.status_code == 200
+    assert allowed.headers["access-control-allow-origin"] == "https://ui.example"
+    assert "access-control-allow-origin" not in refused.headers
+    assert "ETag" in read.headers["access-control-expose-headers"]
