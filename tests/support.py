@@ -81,20 +81,25 @@ async def running(app: FastAPI) -> AsyncIterator[RunningApp]:
         yield RunningApp(app, dict(state or {}))
 
 
-async def devreg_backends(url: URL) -> set[int]:
-    """The PostgreSQL backends devreg holds open on the database at `url`."""
+async def query(url: URL, sql: str, **parameters: object) -> list[dict[str, Any]]:
+    """The rows of one query on a connection of its own: what another client sees."""
     engine = create_async_engine(url, poolclass=NullPool)
     try:
         async with engine.connect() as connection:
-            rows = await connection.execute(
-                text(
-                    "SELECT pid FROM pg_stat_activity "
-                    "WHERE datname = current_database() AND application_name = 'devreg'"
-                )
-            )
-            return {row.pid for row in rows}
+            result = await connection.execute(text(sql), parameters)
+            return [dict(row._mapping) for row in result]
     finally:
         await engine.dispose()
+
+
+async def devreg_backends(url: URL) -> set[int]:
+    """The PostgreSQL backends devreg holds open on the database at `url`."""
+    rows = await query(
+        url,
+        "SELECT pid FROM pg_stat_activity "
+        "WHERE datname = current_database() AND application_name = 'devreg'",
+    )
+    return {row["pid"] for row in rows}
 
 
 def api_client(app: RunningApp) -> AsyncClient:

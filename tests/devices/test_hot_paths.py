@@ -6,14 +6,11 @@ from collections.abc import AsyncIterator
 
 import pytest
 from httpx import AsyncClient
-from sqlalchemy import text
 from sqlalchemy.engine import URL
-from sqlalchemy.ext.asyncio import create_async_engine
-from sqlalchemy.pool import NullPool
 
 from devreg.app import create_app
 from tests.api import assert_problem, create_user
-from tests.support import admin, api_client, devreg_backends, make_settings, running
+from tests.support import admin, api_client, devreg_backends, make_settings, query, running
 
 DEVICES = "/api/v1/devices"
 
@@ -27,16 +24,9 @@ async def client(committed_database_url: URL) -> AsyncIterator[AsyncClient]:
 
 async def stored_device(url: URL, device_id: int) -> dict[str, object]:
     """The device's row as another connection sees it: only what was committed."""
-    engine = create_async_engine(url, poolclass=NullPool)
-    try:
-        async with engine.connect() as connection:
-            row = await connection.execute(
-                text("SELECT model, version, last_seen_at FROM devices WHERE id = :id"),
-                {"id": device_id},
-            )
-            return dict(row.one()._mapping)
-    finally:
-        await engine.dispose()
+    sql = "SELECT model, version, last_seen_at FROM devices WHERE id = :id"
+    (row,) = await query(url, sql, id=device_id)
+    return row
 
 
 async def test_each_write_is_committed_as_soon_as_it_answers(
