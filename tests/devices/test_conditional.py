@@ -172,3 +172,47 @@ async def test_races_are_decided_by_the_database(committed_database_url: URL) ->
     assert same_version == Counter({200: 1, 412: RACERS - 1})
     assert same_serial == Counter({201: 1, 409: RACERS - 1})
     assert final["version"] == 2
+
+
+INCREMENTERS = 10
+INCREMENTS = 5
+
+
+async def increment(client: httpx.AsyncClient, url: str) -> int:
+    """Add one to the device's `count` attribute: read, write back under If-Match, and start
+    over when another writer got there first. The 412s it met."""
+    conflicts = 0
+    while True:
+        read = await client.get(url)
+        count = read.json()["attributes"]["count"]
+        written = await client.patch(
+            url,
+            json={"attributes": {"count": count + 1}},
+            headers={"If-Match": read.headers["etag"]},
+        )
+        if written.status_code == 200:
+            return conflicts
+        assert written.status_code == 412, written.text
+        conflicts += 1
+
+
+async def test_concurrent_increments_under_if_match_lose_nothing(
+    committed_database_url: URL,
+) -> None:
+    url = committed_database_url.render_as_string(hide_password=False)
+    with devreg_server(DATABASE_URL=url) as base_url:
+        async with httpx.AsyncClient(base_url=base_url, timeout=30) as client:
+            created = await client.post(
+                DEVICES, json={"name": "counter", "attributes": {"count": 0}}
+            )
+            device_url = f"{DEVICES}/{created.json()['id']}"
+
+            async def incrementer() -> int:
+                return sum([await increment(client, device_url) for _ in range(INCREMENTS)])
+
+            conflicts = await asyncio.gather(*(incrementer() for _ in range(INCREMENTERS)))
+            final = (await client.get(device_url)).json()
+
+    assert final["attributes"]["count"] == INCREMENTERS * INCREMENTS
+    assert final["version"] == 1 + INCREMENTERS * INCREMENTS
+    assert sum(conflicts) > 0  # the writers did collide, and If-Match turned them away
