@@ -116,9 +116,20 @@ def devreg_environment(**settings: str) -> dict[str, str]:
     return env
 
 
+@dataclass
+class DevregProcess:
+    base_url: str
+    process: "subprocess.Popen[str]"
+    output: IO[str]
+
+    def log(self) -> str:
+        self.output.seek(0)
+        return self.output.read()
+
+
 @contextmanager
-def devreg_server(**settings: str) -> Iterator[str]:
-    """A real `devreg serve` process; yields its base URL, stops it with Ctrl-C (SIGINT).
+def devreg_process(**settings: str) -> Iterator[DevregProcess]:
+    """A real `devreg serve` process; stopped with Ctrl-C (SIGINT) if it is still running.
 
     One worker unless `WORKERS` says otherwise, whatever the machine's CPUs. Its output goes to
     a file: a pipe nobody reads would fill up and block the server.
@@ -135,7 +146,7 @@ def devreg_server(**settings: str) -> Iterator[str]:
         base_url = f"http://127.0.0.1:{port}"
         try:
             _wait_until_live(process, base_url, output)
-            yield base_url
+            yield DevregProcess(base_url, process, output)
         finally:
             process.send_signal(signal.SIGINT)
             try:
@@ -143,6 +154,13 @@ def devreg_server(**settings: str) -> Iterator[str]:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+
+
+@contextmanager
+def devreg_server(**settings: str) -> Iterator[str]:
+    """A real `devreg serve` process (see devreg_process); yields its base URL."""
+    with devreg_process(**settings) as server:
+        yield server.base_url
 
 
 def _wait_until_live(process: subprocess.Popen[str], base_url: str, output: IO[str]) -> None:

@@ -1,6 +1,8 @@
 """A real uvicorn process: start-up errors, and a burst far above the pool."""
 
 import asyncio
+import signal
+import time
 from collections import Counter
 
 import httpx
@@ -10,7 +12,14 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
 from devreg.db import migrations
-from tests.support import create_database, devreg_backends, devreg_server, run_devreg
+from tests.support import (
+    create_database,
+    devreg_backends,
+    devreg_process,
+    devreg_server,
+    query,
+    run_devreg,
+)
 
 
 def url_setting(url: URL) -> str:
@@ -94,3 +103,48 @@ async def test_two_workers_on_an_empty_database_migrate_once(server_url: URL) ->
     finally:
         await engine.dispose()
     assert [row[0] for row in versions] == [migrations.head_revision()]
+
+
+async def test_sigterm_lets_the_requests_in_flight_finish(committed_database_url: URL) -> None:
+    """uvicorn stops accepting, finishes what it accepted, then the lifespan disposes the
+    engine: no 5xx, every accepted write committed, no connection left behind."""
+    items = [{"name": f"d{index}"} for index in range(10_000)]
+    with devreg_process(DATABASE_URL=url_setting(committed_database_url)) as server:
+        async with httpx.AsyncClient(base_url=server.base_url, timeout=60) as client:
+
+            async def bulk_write() -> tuple[int, float]:
+                response = await client.post("/api/v1/devices/bulk", json=items)
+                return response.status_code, time.monotonic()
+
+            writes = [asyncio.create_task(bulk_write()) for _ in range(3)]
+            await wait_for_backends(committed_database_url, active=True)
+            stopped_at = time.monotonic()
+            server.process.send_signal(signal.SIGTERM)
+            finished = await asyncio.gather(*writes)
+        exit_status = await asyncio.to_thread(server.process.wait, 30)
+        log = server.log()
+
+    assert [status for status, _ in finished] == [201, 201, 201]
+    assert max(at for _, at in finished) > stopped_at  # still in flight when SIGTERM came
+    # uvicorn finishes its shutdown, then re-raises the signal: the conventional exit status.
+    assert exit_status == -signal.SIGTERM
+    assert "Application shutdown complete" in log  # the lifespan, engine.dispose() included
+    assert '"level": "ERROR"' not in log
+    (row,) = await query(committed_database_url, "SELECT count(*) AS devices FROM devices")
+    assert row["devices"] == 30_000
+    assert await devreg_backends(committed_database_url) == set()
+
+
+async def wait_for_backends(url: URL, *, active: bool) -> None:
+    """Until some devreg backend is (or none is) running a statement; at most 10 s."""
+    deadline = time.monotonic() + 10
+    sql = (
+        "SELECT count(*) AS busy FROM pg_stat_activity WHERE datname = current_database() "
+        "AND application_name = 'devreg' AND state = 'active'"
+    )
+    while time.monotonic() < deadline:
+        (row,) = await query(url, sql)
+        if bool(row["busy"]) is active:
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError("devreg never got that far")
