@@ -99,7 +99,11 @@ async def fetch_row(
             raise _violation(violated_constraint(exc), violations) from None
         found = result.mappings().first()
         return dict(found) if found is not None else None
-    pooled = await bind.raw_connection()
+    try:
+        pooled = await bind.raw_connection()
+    except bind.dialect.loaded_dbapi.Error:
+        # The pool had to connect, and could not: the database is down or starting up.
+        raise ServiceUnavailable() from None
     driver: asyncpg.Connection = pooled.driver_connection
     try:
         async with _translated(pooled, violations):

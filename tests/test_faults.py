@@ -1,0 +1,92 @@
+"""PostgreSQL restarted under load: requests fail fast with a 503 problem meanwhile, the pool
+drops its dead connections, and devreg serves again by itself once the database is back."""
+
+import asyncio
+import shutil
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from devreg.db.embedded import EmbeddedCluster
+from tests.api import PROBLEM_JSON
+from tests.support import admin, devreg_process, free_port
+
+DEVICES = "/api/v1/devices"
+LOADERS = 8
+
+
+@pytest.fixture
+def cluster() -> Iterator[EmbeddedCluster]:
+    """A cluster of this test's own: restarting the suite's would cut every other test off."""
+    root = Path(tempfile.mkdtemp(prefix="devreg-faults-"))
+    root.chmod(0o755)  # the postgres account must reach the data directory inside
+    cluster = EmbeddedCluster(
+        data_dir=root / "pg", port=free_port(), server_settings={"fsync": "off"}
+    )
+    cluster.ensure_running()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+async def test_a_database_restart_under_load_costs_503s_and_nothing_else(
+    cluster: EmbeddedCluster,
+) -> None:
+    await admin(cluster.url("postgres"), "CREATE DATABASE devreg")
+    url = cluster.url("devreg").render_as_string(hide_password=False)
+    statuses: Counter[int] = Counter()
+    unavailable_without_retry_after = 0
+    done = asyncio.Event()
+
+    with devreg_process(DATABASE_URL=url, POOL_SIZE="4", MAX_OVERFLOW="0") as server:
+        async with httpx.AsyncClient(base_url=server.base_url, timeout=15) as client:
+            device = (await client.post(DEVICES, json={"name": "probe"})).json()
+            requests = [
+                ("GET", f"{DEVICES}/{device['id']}", None),
+                ("POST", f"{DEVICES}/{device['id']}/heartbeat", None),
+                ("GET", DEVICES, None),
+                ("POST", DEVICES, {"name": "during the restart"}),
+            ]
+
+            async def load(offset: int) -> None:
+                nonlocal unavailable_without_retry_after
+                sent = offset
+                while not done.is_set():
+                    method, path, body = requests[sent % len(requests)]
+                    response = await client.request(method, path, json=body)
+                    statuses[response.status_code] += 1
+                    if response.status_code == 503:
+                        assert response.headers["content-type"].startswith(PROBLEM_JSON)
+                        unavailable_without_retry_after += "retry-after" not in response.headers
+                    sent += 1
+
+            loaders = [asyncio.create_task(load(index)) for index in range(LOADERS)]
+            await asyncio.sleep(1)
+            await asyncio.to_thread(cluster.stop)
+            await asyncio.sleep(1)
+            before_restart = statuses.copy()
+            await asyncio.to_thread(cluster.ensure_running)
+            back_at = time.monotonic()
+            while (await client.get(f"{DEVICES}/{device['id']}")).status_code != 200:
+                assert time.monotonic() - back_at < 10, "devreg did not recover within 10 s"
+                await asyncio.sleep(0.05)
+            recovered_after = time.monotonic() - back_at
+            served_before = statuses[200]
+            await asyncio.sleep(1)
+            done.set()
+            await asyncio.gather(*loaders)
+        errors = [line for line in server.log().splitlines() if '"level": "ERROR"' in line]
+
+    assert set(statuses) <= {200, 201, 204, 503}, (statuses, errors)
+    assert errors == []
+    assert before_restart[503] > 0  # the outage was seen...
+    assert unavailable_without_retry_after == 0
+    assert statuses[200] > served_before  # ...and service resumed without restarting devreg
+    assert recovered_after < 5
