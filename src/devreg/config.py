@@ -70,6 +70,8 @@ class Settings(BaseSettings):
     db_connect_timeout: float = Field(5.0, gt=0, le=300)
     health_timeout: float = Field(2.0, gt=0, le=60)
     db_echo: bool = False
+    # Seconds one SQL statement may run before PostgreSQL cancels it (a 503); 0: no limit.
+    statement_timeout: float = Field(0.0, ge=0, le=86_400)
 
     host: str = "127.0.0.1"
     port: Port = 4000

@@ -165,6 +165,15 @@ class ServiceUnavailable(DevregError):
     default_headers = {"Retry-After": "1"}
 
 
+# SQLSTATE of a statement cancelled by statement_timeout.
+QUERY_CANCELED = "57014"
+
+
+class StatementTimedOut(ServiceUnavailable):
+    slug = "timeout"
+    default_detail = "The database took too long to answer; try again shortly."
+
+
 class PoolExhausted(ServiceUnavailable):
     slug = "busy"
     default_detail = "The server is too busy to take this request now; try again shortly."
@@ -300,13 +309,24 @@ async def _pool_timeout(request: Request, exc: Exception) -> JSONResponse:
 
 async def _database_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, DBAPIError)
+    problem = database_problem(exc)
+    if problem is None:
+        return await unhandled_error(request, exc)
+    return await _devreg_error(request, problem)
+
+
+def database_problem(exc: DBAPIError) -> DevregError | None:
+    """The problem a database error means for the client; None for a bug of devreg's own."""
     if isinstance(exc, IntegrityError):
-        return await _devreg_error(request, Conflict())
+        return Conflict()
     if exc.connection_invalidated or _is_connection_error(exc):
-        return await _devreg_error(request, ServiceUnavailable())
-    if getattr(exc.orig, "sqlstate", "").startswith("22"):  # data exception: a value PG refused
-        return await _devreg_error(request, InvalidInput("A value in the request is not valid."))
-    return await unhandled_error(request, exc)
+        return ServiceUnavailable()
+    sqlstate = getattr(exc.orig, "sqlstate", None) or ""
+    if sqlstate == QUERY_CANCELED:
+        return StatementTimedOut()
+    if sqlstate.startswith("22"):  # data exception: a value PG refused
+        return InvalidInput("A value in the request is not valid.")
+    return None
 
 
 async def _connection_error(request: Request, exc: Exception) -> JSONResponse:

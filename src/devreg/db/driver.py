@@ -16,7 +16,7 @@ from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.expression import ClauseElement
 
 from devreg.db.constraints import violated_constraint
-from devreg.errors import Conflict, InvalidInput, ServiceUnavailable
+from devreg.errors import Conflict, InvalidInput, ServiceUnavailable, StatementTimedOut
 
 _DIALECT = PGDialect_asyncpg()  # type: ignore[no-untyped-call]
 Violations = Mapping[str, Callable[[], Exception]]
@@ -141,6 +141,8 @@ async def _translated(pooled: PoolProxiedConnection, violations: Violations) -> 
         raise _violation(exc.constraint_name, violations) from None
     except asyncpg.DataError:  # class 22: a value PostgreSQL refused
         raise InvalidInput("A value in the request is not valid.") from None
+    except asyncpg.QueryCanceledError:  # statement_timeout; the connection stays usable
+        raise StatementTimedOut() from None
     except BaseException as exc:
         if _connection_lost(exc, pooled.driver_connection):
             pooled.invalidate()

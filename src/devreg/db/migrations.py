@@ -8,7 +8,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, func, select
+from sqlalchemy import Connection, func, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 PROJECT_ROOT = Path(__file__).resolve().parents[3]
@@ -47,6 +47,8 @@ async def _run_locked(engine: AsyncEngine, operation: _Operation) -> None:
     async with engine.connect() as connection:
         # A transaction-level lock: released by the commit that makes the migration visible.
         await connection.execute(select(func.pg_advisory_xact_lock(_MIGRATION_LOCK_KEY)))
+        # A migration may rewrite a big table; STATEMENT_TIMEOUT is for requests.
+        await connection.execute(text("SET LOCAL statement_timeout = 0"))
         await connection.run_sync(_with_connection, operation)
         await connection.commit()
 

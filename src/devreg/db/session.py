@@ -37,6 +37,7 @@ def create_engine(url: URL, settings: Settings) -> AsyncEngine:
             "timeout": settings.db_connect_timeout,
             "server_settings": {
                 "application_name": "devreg",
+                "statement_timeout": str(round(settings.statement_timeout * 1000)),
                 # `q=` matches words this similar (0..1); pg_trgm's 0.6 misses one-letter typos
                 # in short words such as "rasberry".
                 "pg_trgm.word_similarity_threshold": "0.4",

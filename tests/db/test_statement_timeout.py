@@ -1,0 +1,72 @@
+"""STATEMENT_TIMEOUT: a statement running past it is cancelled, which a client sees as a 503,
+and its connection goes back to the pool usable. Migrations are exempt."""
+
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+from sqlalchemy import bindparam, func, select
+from sqlalchemy.engine import URL
+from sqlalchemy.exc import DBAPIError
+
+from devreg.db import migrations
+from devreg.db.driver import DriverStatement, fetch_all, fetch_row
+from devreg.db.session import SessionMaker, create_engine, create_sessionmaker, session_scope
+from devreg.errors import StatementTimedOut, database_problem
+from tests.support import admin, create_database, make_settings
+
+SLOW = select(func.pg_sleep(bindparam("seconds", 2)))
+BACKEND = select(func.pg_backend_pid().label("pid"))
+
+
+@pytest.fixture
+async def sessionmaker(committed_database_url: URL) -> AsyncIterator[SessionMaker]:
+    settings = make_settings(
+        committed_database_url, statement_timeout=0.2, pool_size=1, max_overflow=0
+    )
+    engine = create_engine(committed_database_url, settings)
+    try:
+        yield create_sessionmaker(engine)
+    finally:
+        await engine.dispose()
+
+
+async def test_a_hot_path_statement_past_the_timeout(sessionmaker: SessionMaker) -> None:
+    backend = DriverStatement.compile(BACKEND)
+    async with session_scope(sessionmaker, begin=False) as session:
+        before = await fetch_row(session, backend, {}, {})
+        with pytest.raises(StatementTimedOut):
+            await fetch_row(session, DriverStatement.compile(SLOW), {"seconds": 2}, {})
+        after = await fetch_row(session, backend, {}, {})
+    assert before == after  # the pool's one connection, still working
+
+
+async def test_a_sqlalchemy_statement_past_the_timeout(sessionmaker: SessionMaker) -> None:
+    async with session_scope(sessionmaker, begin=False) as session:
+        before = await fetch_all(session, BACKEND)
+        with pytest.raises(DBAPIError) as cancelled:
+            await fetch_all(session, SLOW)
+        after = await fetch_all(session, BACKEND)
+    assert isinstance(database_problem(cancelled.value), StatementTimedOut)
+    assert before == after
+
+
+async def test_migrations_run_without_the_timeout(server_url: URL) -> None:
+    """The second migration indexes a table this test fills first: far past a 50 ms timeout."""
+    name = f"devreg_{uuid.uuid4().hex[:12]}"
+    url = await create_database(server_url, name)
+    unlimited = create_engine(url, make_settings(url))
+    limited = create_engine(url, make_settings(url, statement_timeout=0.05))
+    try:
+        await migrations.upgrade(unlimited, "+1")
+        await admin(
+            url,
+            "INSERT INTO devices (name, serial_number, model) SELECT 'device ' || g, "
+            "'SN-' || g, 'model ' || g % 100 FROM generate_series(1, 200000) AS g",
+        )
+        await migrations.upgrade(limited)
+        assert await migrations.current_revision(limited) == migrations.head_revision()
+    finally:
+        await unlimited.dispose()
+        await limited.dispose()
+        await admin(server_url, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
