@@ -319,9 +319,22 @@ def database_problem(exc: DBAPIError) -> DevregError | None:
     """The problem a database error means for the client; None for a bug of devreg's own."""
     if isinstance(exc, IntegrityError):
         return Conflict()
-    if exc.connection_invalidated or _is_connection_error(exc):
+    if exc.connection_invalidated or type(exc.orig).__name__ in _DRIVER_CONNECTION_ERRORS:
         return ServiceUnavailable()
-    sqlstate = getattr(exc.orig, "sqlstate", None) or ""
+    return sqlstate_problem(getattr(exc.orig, "sqlstate", None) or "")
+
+
+# Class 08: connection exception; 57P0x: the server is shutting down or restarting.
+CONNECTION_LOST_SQLSTATES = ("08", "57P0")
+# asyncpg's errors for a connection that broke without a SQLSTATE, as SQLAlchemy names them.
+_DRIVER_CONNECTION_ERRORS = frozenset({"InterfaceError", "InternalClientError"})
+
+
+def sqlstate_problem(sqlstate: str) -> DevregError | None:
+    """The problem a PostgreSQL error means for the client, by its SQLSTATE, whichever layer
+    (SQLAlchemy or asyncpg itself) raised it; None for a bug of devreg's own."""
+    if sqlstate.startswith(CONNECTION_LOST_SQLSTATES):
+        return ServiceUnavailable()
     if sqlstate == QUERY_CANCELED:
         return StatementTimedOut()
     if sqlstate.startswith("22"):  # data exception: a value PG refused
@@ -331,15 +344,6 @@ def database_problem(exc: DBAPIError) -> DevregError | None:
 
 async def _connection_error(request: Request, exc: Exception) -> JSONResponse:
     return await _devreg_error(request, ServiceUnavailable())
-
-
-def _is_connection_error(exc: DBAPIError) -> bool:
-    sqlstate = getattr(exc.orig, "sqlstate", None) or ""
-    # Class 08: connection exception; 57P0x: the server is shutting down or restarting.
-    return sqlstate.startswith(("08", "57P0")) or type(exc.orig).__name__ in {
-        "InterfaceError",
-        "InternalClientError",
-    }
 
 
 async def unhandled_error(request: Request, exc: BaseException) -> JSONResponse:

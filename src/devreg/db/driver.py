@@ -16,7 +16,13 @@ from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.expression import ClauseElement
 
 from devreg.db.constraints import violated_constraint
-from devreg.errors import Conflict, InvalidInput, ServiceUnavailable, StatementTimedOut
+from devreg.errors import (
+    CONNECTION_LOST_SQLSTATES,
+    Conflict,
+    DevregError,
+    ServiceUnavailable,
+    sqlstate_problem,
+)
 
 _DIALECT = PGDialect_asyncpg()  # type: ignore[no-untyped-call]
 Violations = Mapping[str, Callable[[], Exception]]
@@ -96,7 +102,7 @@ async def fetch_row(
         try:
             result = await connection.exec_driver_sql(statement.sql, tuple(arguments))
         except IntegrityError as exc:
-            raise _violation(violated_constraint(exc), violations) from None
+            raise violation_error(violated_constraint(exc), violations) from None
         found = result.mappings().first()
         return dict(found) if found is not None else None
     try:
@@ -127,35 +133,35 @@ async def fetch_all(session: AsyncSession, statement: Select[Any]) -> Sequence[R
     return rows
 
 
-def _violation(constraint: str | None, violations: Violations) -> Exception:
+def violation_error(constraint: str | None, violations: Violations) -> Exception:
+    """The error `violations` names for a violated constraint; a plain 409 for any other."""
     violation = violations.get(constraint or "")
     return violation() if violation is not None else Conflict()
 
 
 @asynccontextmanager
 async def _translated(pooled: PoolProxiedConnection, violations: Violations) -> AsyncIterator[None]:
-    """asyncpg's errors as the ones SQLAlchemy's path would lead to."""
+    """asyncpg's errors as the problems SQLAlchemy's path leads to (errors.database_problem);
+    a connection in doubt leaves the pool."""
     try:
         yield
     except asyncpg.IntegrityConstraintViolationError as exc:
-        raise _violation(exc.constraint_name, violations) from None
-    except asyncpg.DataError:  # class 22: a value PostgreSQL refused
-        raise InvalidInput("A value in the request is not valid.") from None
-    except asyncpg.QueryCanceledError:  # statement_timeout; the connection stays usable
-        raise StatementTimedOut() from None
+        raise violation_error(exc.constraint_name, violations) from None
     except BaseException as exc:
-        if _connection_lost(exc, pooled.driver_connection):
+        lost = _connection_lost(exc, pooled.driver_connection)
+        if lost or not isinstance(exc, asyncpg.PostgresError):
+            # Lost, or cancelled mid-statement: the connection's state is unknown.
             pooled.invalidate()
-            raise ServiceUnavailable() from None
-        if not isinstance(exc, asyncpg.PostgresError):
-            # Cancelled mid-statement, or worse: the connection's state is unknown.
-            pooled.invalidate()
-        raise
+        problem: DevregError | None = ServiceUnavailable() if lost else None
+        if problem is None and isinstance(exc, asyncpg.PostgresError):
+            problem = sqlstate_problem(str(exc.sqlstate))
+        if problem is None:
+            raise
+        raise problem from None
 
 
 def _connection_lost(exc: BaseException, connection: asyncpg.Connection) -> bool:
     if isinstance(exc, asyncpg.PostgresError):
-        # Class 08: connection exception; 57P0x: the server is shutting down or restarting.
-        return str(exc.sqlstate).startswith(("08", "57P0")) or connection.is_closed()
+        return str(exc.sqlstate).startswith(CONNECTION_LOST_SQLSTATES) or connection.is_closed()
     # InternalClientError: the connection broke in the middle of the statement's messages.
     return isinstance(exc, asyncpg.InterfaceError | asyncpg.InternalClientError | OSError)

@@ -32,7 +32,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from devreg.db.constraints import violated_constraint
 from devreg.db.copy import copy_out
-from devreg.db.driver import DriverStatement, driver_connection, fetch_all, fetch_row
+from devreg.db.driver import (
+    DriverStatement,
+    driver_connection,
+    fetch_all,
+    fetch_row,
+    violation_error,
+)
 from devreg.db.keyset import SORT_VALUE, count_matching, fetch_page
 from devreg.devices.filters import NULLABLE_SORT_KEYS, RELEVANCE, DeviceFilter
 from devreg.devices.models import Device
@@ -227,7 +233,7 @@ def _device(values: dict[str, Any], *, without: str | None = None) -> DeviceRead
 
 
 class DeviceRepository:
-    """Every device it returns has `owner` loaded: one join for reads, one lookup after a write."""
+    """Every device it returns carries its owner's id and name, joined in the same statement."""
 
     def __init__(self, session: AsyncSession) -> None:
         self.session = session
@@ -352,7 +358,7 @@ class DeviceRepository:
         try:
             ids = (await self.session.scalars(statement, {"rows": rows})).all()
         except IntegrityError as exc:
-            raise self._violation(exc) from None
+            raise violation_error(violated_constraint(exc), _VIOLATIONS) from None
         # Identity values are drawn in the SELECT's (input) order, whatever order RETURNING
         # reports them in.
         return sorted(ids)
@@ -363,7 +369,7 @@ class DeviceRepository:
         try:
             return list((await self.session.scalars(statement, {"items": changes})).all())
         except IntegrityError as exc:
-            raise self._violation(exc) from None
+            raise violation_error(violated_constraint(exc), _VIOLATIONS) from None
 
     async def delete_many(self, ids: list[int]) -> list[int]:
         statement = delete(Device).where(Device.id.in_(ids)).returning(Device.id)
@@ -409,12 +415,6 @@ class DeviceRepository:
     ) -> DeviceRead | None:
         row = await fetch_row(self.session, statement, values, _VIOLATIONS)
         return _device(dict(row)) if row is not None else None
-
-    @staticmethod
-    def _violation(exc: IntegrityError) -> Exception:
-        """The domain error for a constraint violation, or the violation itself if unknown."""
-        violation = _VIOLATIONS.get(violated_constraint(exc) or "")
-        return violation() if violation is not None else exc
 
 
 def _any_of(column: SQLColumnExpression[Any], values: Iterable[Any]) -> list[ColumnElement[bool]]:
