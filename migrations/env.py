@@ -12,6 +12,7 @@ from sqlalchemy import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
+from devreg.auth import models as _auth_models  # noqa: F401
 from devreg.config import get_settings
 from devreg.db.base import Base
 from devreg.db.embedded import resolve_database_url

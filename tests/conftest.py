@@ -127,11 +127,15 @@ async def client(
 
     overrides = running_app.app.dependency_overrides
     overrides[get_session] = session_in_test_transaction
+    # Tokens a test creates vanish with its transaction; so must what the app cached of them.
+    authenticator = running_app.app.state.authenticator
+    authenticator.reset()
     try:
         async with api_client(running_app) as client:
             yield client
     finally:
         overrides.clear()
+        authenticator.reset()
 
 
 class StatementLog(list[str]):

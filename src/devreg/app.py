@@ -12,6 +12,8 @@ from fastapi_offline import FastAPIOffline
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from devreg import __version__
+from devreg.auth.guard import Authenticator, UnsafeBinding, check_binding
+from devreg.auth.routes import router as tokens_router
 from devreg.body_limit import BodyLimitMiddleware
 from devreg.compat.routes import router as tutorial_router
 from devreg.config import Settings, get_settings
@@ -47,9 +49,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[State]:
         try:
+            check_binding(settings)
             url = await resolve_database_url(settings)
             await check_connection(url, connect_timeout=settings.db_connect_timeout)
-        except (DatabaseConnectError, EmbeddedPostgresError) as exc:
+        except (UnsafeBinding, DatabaseConnectError, EmbeddedPostgresError) as exc:
             logger.error(str(exc))  # the one line that says what to fix
             raise
         engine = create_engine(url, settings)
@@ -68,11 +71,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.settings = settings
+    app.state.authenticator = Authenticator(settings.auth, cache_ttl=settings.auth_cache_ttl)
 
     # Included flat, busiest first: FastAPI matches a request against included routers in order,
     # and each level of nesting scans its routes again.
     app.include_router(devices_router, prefix=API_PREFIX)
     app.include_router(users_router, prefix=API_PREFIX)
+    app.include_router(tokens_router, prefix=API_PREFIX)
     app.include_router(health_router)
     app.include_router(tutorial_router)
 

@@ -21,6 +21,7 @@ _POSTGRES_SCHEMES = {
     "postgresql+psycopg2",
 }
 
+AuthMode = Literal["auto", "required", "off"]
 LogLevel = Literal["critical", "error", "warning", "info", "debug"]
 Port = Annotated[int, Field(ge=1, le=65535)]
 
@@ -83,6 +84,12 @@ class Settings(BaseSettings):
     max_bulk_body_size: int = Field(64 * 1024 * 1024, ge=1024)
     # Origins (comma-separated) whose browser scripts may call the API; none by default.
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # auto: open on a loopback address until the first token is created, then tokens required;
+    # refused on any other address. required: tokens always. off: no authentication at all.
+    auth: AuthMode = "auto"
+    # Seconds a verified token (or the absence of any token) is trusted without asking the
+    # database again: how long a revocation may take to reach the other workers.
+    auth_cache_ttl: float = Field(10.0, ge=0, le=3600)
     # PUT, PATCH and DELETE of a device without If-Match: last write wins, or 428 when required.
     require_if_match: bool = False
 
@@ -90,9 +97,9 @@ class Settings(BaseSettings):
     embedded_pg_port: Port = 54329
     embedded_db_name: str = "devreg"
 
-    @field_validator("log_level", mode="before")
+    @field_validator("log_level", "auth", mode="before")
     @classmethod
-    def _lowercase_log_level(cls, value: object) -> object:
+    def _lowercase(cls, value: object) -> object:
         return value.lower() if isinstance(value, str) else value
 
     @field_validator("cors_origins", mode="before")

@@ -63,6 +63,35 @@ class InvalidCursor(InvalidParameter):
         super().__init__("cursor", detail)
 
 
+class Unauthenticated(DevregError):
+    """No usable credentials (RFC 6750: the challenge says how to authenticate)."""
+
+    status = 401
+    slug = "unauthenticated"
+    default_detail = "Send a token: Authorization: Bearer <token>."
+    default_headers = {"WWW-Authenticate": 'Bearer realm="devreg"'}
+
+
+class InvalidToken(Unauthenticated):
+    slug = "invalid-token"
+    default_detail = "The token is not valid: unknown, expired or revoked."
+    default_headers = {"WWW-Authenticate": 'Bearer realm="devreg", error="invalid_token"'}
+
+
+class Forbidden(DevregError):
+    status = 403
+    slug = "forbidden"
+    default_detail = "This token may not do that."
+
+
+class ReadOnlyToken(Forbidden):
+    default_detail = "This token may only read; writing needs a token with the write scope."
+
+
+class AdminRequired(Forbidden):
+    default_detail = "Only an admin token may do that."
+
+
 class NotFound(DevregError):
     status = 404
     slug = "not-found"
@@ -75,6 +104,10 @@ class DeviceNotFound(NotFound):
 
 class UserNotFound(NotFound):
     default_detail = "User not found"
+
+
+class TokenNotFound(NotFound):
+    default_detail = "Token not found"
 
 
 class Conflict(DevregError):
@@ -118,6 +151,14 @@ class UnknownOwner(InvalidInput):
 
     def __init__(self) -> None:
         super().__init__(field="owner_id")
+
+
+class UnknownUser(InvalidInput):
+    slug = "unknown-user"
+    default_detail = "user_id does not name an existing user"
+
+    def __init__(self) -> None:
+        super().__init__(field="user_id")
 
 
 class InvalidItems(InvalidInput):

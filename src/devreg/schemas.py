@@ -1,9 +1,18 @@
 """The wire format's shared pieces: base models, validated text and ids."""
 
 import math
+import re
+from datetime import timedelta
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+)
 
 BIGINT_MAX = 2**63 - 1
 
@@ -59,6 +68,24 @@ SearchText = Annotated[
 """What `q=` searches for."""
 
 Id = Annotated[int, Field(ge=1, le=BIGINT_MAX)]
+
+_SHORT_DURATION = re.compile(r"(\d{1,6})([dhm])")
+_DURATION_UNITS = {"d": "days", "h": "hours", "m": "minutes"}
+
+
+def _short_duration(value: Any) -> Any:
+    """`90d`, `12h`, `30m` as a timedelta; anything else is left to pydantic (ISO 8601, seconds)."""
+    if isinstance(value, str) and (match := _SHORT_DURATION.fullmatch(value.strip())):
+        return timedelta(**{_DURATION_UNITS[match[2]]: int(match[1])})
+    return value
+
+
+Duration = Annotated[
+    timedelta,
+    BeforeValidator(_short_duration),
+    Field(gt=timedelta(0), le=timedelta(days=36_500)),
+]
+"""A span of time: `90d`, `12h`, `30m`, an ISO 8601 duration (`P90D`) or seconds."""
 
 ATTRIBUTES_MAX_DEPTH = 16
 

@@ -196,3 +196,36 @@ def test_revision_writes_a_dated_migration(devreg: Invoke) -> None:
     finally:
         for path in written:
             path.unlink()
+
+
+class TestTokens:
+    def test_create_list_revoke(self, devreg: Invoke) -> None:
+        user = json_of(devreg("users", "create", "--name", "Ann", "--json"))
+        result = devreg("tokens", "create", "--user", str(user["id"]), "--scope", "read",
+                        "--expires", "90d")  # fmt: skip
+        assert result.exit_code == 0, result.output
+        token = result.stdout.strip().splitlines()[-1]
+        assert token.startswith("dvr_")
+        assert "shown once" in result.stdout
+        listed = devreg("tokens", "list", "--json")
+        [item] = json.loads(listed.stdout)
+        assert item["prefix"] == token[:12]
+        assert item["scope"] == "read"
+        assert item["expires_at"] is not None
+        assert token not in listed.stdout
+        assert devreg("tokens", "revoke", str(item["id"])).exit_code == 0
+        [revoked] = json.loads(devreg("tokens", "list", "--json").stdout)
+        assert revoked["revoked_at"] is not None
+
+    def test_unknown_user_and_bad_expiry_fail(self, devreg: Invoke) -> None:
+        unknown = devreg("tokens", "create", "--user", "999")
+        assert unknown.exit_code == 1
+        assert "user_id does not name an existing user" in unknown.stderr
+        bad = devreg("tokens", "create", "--user", "1", "--expires", "soon")
+        assert bad.exit_code == 2
+        assert "expires_in" in bad.stderr
+
+    def test_revoking_an_unknown_token_fails(self, devreg: Invoke) -> None:
+        result = devreg("tokens", "revoke", "42")
+        assert result.exit_code == 1
+        assert "Token not found" in result.stderr

@@ -4,6 +4,7 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.engine import URL
 
+from devreg.auth.principal import FULL_ACCESS
 from devreg.db.session import create_engine, create_sessionmaker, session_scope
 from devreg.devices import service as devices_service
 from devreg.devices.models import Device
@@ -30,8 +31,12 @@ async def test_an_error_after_writes_rolls_all_of_them_back(committed_database_u
 
     async def register_two_then_fail() -> None:
         async with session_scope(sessionmaker) as session:
-            await devices_service.register_device(session, data=DeviceCreate(name="a"))
-            await devices_service.register_device(session, data=DeviceCreate(name="b"))
+            await devices_service.register_device(
+                session, data=DeviceCreate(name="a"), principal=FULL_ACCESS
+            )
+            await devices_service.register_device(
+                session, data=DeviceCreate(name="b"), principal=FULL_ACCESS
+            )
             raise Interrupted
 
     try:
@@ -40,7 +45,9 @@ async def test_an_error_after_writes_rolls_all_of_them_back(committed_database_u
         assert await count_devices(committed_database_url) == 0
 
         async with session_scope(sessionmaker) as session:
-            await devices_service.register_device(session, data=DeviceCreate(name="a"))
+            await devices_service.register_device(
+                session, data=DeviceCreate(name="a"), principal=FULL_ACCESS
+            )
         assert await count_devices(committed_database_url) == 1
     finally:
         await engine.dispose()

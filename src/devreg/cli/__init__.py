@@ -7,11 +7,12 @@ import sys
 
 import typer
 
-from devreg.cli import records, server, transfer
+from devreg.cli import records, server, tokens, transfer
 
 app = typer.Typer(help=__doc__, no_args_is_help=True, pretty_exceptions_enable=False)
 server.register(app)
 records.register(app)
+tokens.register(app)
 transfer.register(app)
 
 

@@ -4,6 +4,7 @@ from typing import Annotated
 
 import typer
 
+from devreg.auth.principal import FULL_ACCESS
 from devreg.cli.common import (
     Cursor,
     DeviceIdArgument,
@@ -36,7 +37,9 @@ def users_create(
 ) -> None:
     """Register a user."""
     data = validated(UserCreate, name=name, email=email)
-    user = in_transaction(lambda session: users_service.register_user(session, data=data))
+    user = in_transaction(
+        lambda session: users_service.register_user(session, data=data, principal=FULL_ACCESS)
+    )
     show(UserRead.model_validate(user), as_json=as_json)
 
 
@@ -47,7 +50,9 @@ def users_list(
     """List users, a page at a time."""
     page = PageRequest(limit=limit, cursor=cursor)
     result = in_transaction(
-        lambda session: users_service.list_users(session, filters=UserFilter(), page=page)
+        lambda session: users_service.list_users(
+            session, filters=UserFilter(), page=page, principal=FULL_ACCESS
+        )
     )
     show_page(UserPage, result, ("id", "name", "email"), as_json=as_json)
 
@@ -72,14 +77,18 @@ def devices_create(
         owner_id=owner_id,
         tags=tags,
     )
-    device = in_transaction(lambda session: devices_service.register_device(session, data=data))
+    device = in_transaction(
+        lambda session: devices_service.register_device(session, data=data, principal=FULL_ACCESS)
+    )
     show(DeviceRead.model_validate(device), as_json=as_json)
 
 
 @devices_app.command("get")
 def devices_get(device_id: DeviceIdArgument, as_json: JsonFlag = False) -> None:
     """Show one device."""
-    device = in_transaction(lambda session: devices_service.get_device(session, device_id))
+    device = in_transaction(
+        lambda session: devices_service.get_device(session, device_id, principal=FULL_ACCESS)
+    )
     show(DeviceRead.model_validate(device), as_json=as_json)
 
 
@@ -90,7 +99,9 @@ def devices_list(
     """List devices, a page at a time."""
     page = PageRequest(limit=limit, cursor=cursor)
     result = in_transaction(
-        lambda session: devices_service.list_devices(session, filters=DeviceFilter(), page=page)
+        lambda session: devices_service.list_devices(
+            session, filters=DeviceFilter(), page=page, principal=FULL_ACCESS
+        )
     )
     columns = ("id", "name", "serial_number", "model", "status", "owner_id")
     show_page(DevicePage, result, columns, as_json=as_json)
@@ -99,7 +110,9 @@ def devices_list(
 @devices_app.command("delete")
 def devices_delete(device_id: DeviceIdArgument) -> None:
     """Delete a device."""
-    in_transaction(lambda session: devices_service.delete_device(session, device_id))
+    in_transaction(
+        lambda session: devices_service.delete_device(session, device_id, principal=FULL_ACCESS)
+    )
     stdout.print(f"device {device_id} deleted")
 
 

@@ -1,5 +1,6 @@
 """`devreg serve` and `devreg db ...`."""
 
+import os
 from typing import Annotated
 
 import typer
@@ -7,6 +8,7 @@ import uvicorn
 from alembic import command as alembic_command
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from devreg.auth.guard import UnsafeBinding, check_binding
 from devreg.cli.common import (
     fail,
     load_settings,
@@ -29,12 +31,20 @@ def serve(
 ) -> None:
     """Serve the HTTP API (starting the embedded PostgreSQL when no database is configured)."""
     settings = load_settings()
+    if host is not None:
+        # The workers read their settings from the environment: they must see the same host.
+        os.environ["HOST"] = host
+        settings = settings.model_copy(update={"host": host})
+    try:
+        check_binding(settings)
+    except UnsafeBinding as exc:
+        fail(str(exc), code=2)
     # Start the database and surface a bad URL or password as one line, before any worker runs.
     run_async(with_engine(settings, _nothing))
     uvicorn.run(
         "devreg.app:create_app",
         factory=True,
-        host=host or settings.host,
+        host=settings.host,
         port=port or settings.port,
         workers=None if reload else (workers or settings.workers),
         reload=reload,

@@ -14,6 +14,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from devreg import seed
+from devreg.auth.principal import FULL_ACCESS
 from devreg.cli.common import fail, in_transaction, stdout, validated
 from devreg.devices import export, imports
 from devreg.devices.export import ExportFormat
@@ -87,7 +88,9 @@ def export_devices(
 
     async def write(session: AsyncSession) -> None:
         with sink as stream:
-            async for chunk in export.export_devices(session, filters=filters, format=chosen):
+            async for chunk in export.export_devices(
+                session, filters=filters, format=chosen, principal=FULL_ACCESS
+            ):
                 stream.write(chunk)
 
     in_transaction(write)

@@ -7,6 +7,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
+from devreg.auth.guard import Reader, Writer
 from devreg.compat.schemas import Deleted, TutorialDeviceIn, TutorialDeviceUpdate, TutorialItem
 from devreg.db.session import SessionDep
 from devreg.devices import service as devices_service
@@ -27,50 +28,68 @@ Limit = Annotated[int, Query(ge=1, le=PAGE_LIMIT_MAX)]
 
 
 @router.post("/api/v1/device/", response_model=TutorialItem)
-async def tutorial_create_device(data: TutorialDeviceIn, session: SessionDep) -> object:
-    return await devices_service.register_device(session, data=DeviceCreate(name=data.name))
+async def tutorial_create_device(
+    data: TutorialDeviceIn, session: SessionDep, principal: Writer
+) -> object:
+    return await devices_service.register_device(
+        session, data=DeviceCreate(name=data.name), principal=principal
+    )
 
 
 @router.get("/api/v1/device/", response_model=list[TutorialItem])
-async def tutorial_list_devices(session: SessionDep, limit: Limit = PAGE_LIMIT_DEFAULT) -> object:
+async def tutorial_list_devices(
+    session: SessionDep, principal: Reader, limit: Limit = PAGE_LIMIT_DEFAULT
+) -> object:
     page = await devices_service.list_devices(
-        session, filters=DeviceFilter(), page=PageRequest(limit=limit)
+        session, filters=DeviceFilter(), page=PageRequest(limit=limit), principal=principal
     )
     return page.items
 
 
 @router.get("/api/v1/device/{device_id}", response_model=TutorialItem)
-async def tutorial_get_device(device_id: DeviceId, session: SessionDep) -> object:
-    return await devices_service.get_device(session, device_id)
+async def tutorial_get_device(
+    device_id: DeviceId, session: SessionDep, principal: Reader
+) -> object:
+    return await devices_service.get_device(session, device_id, principal=principal)
 
 
 @router.put("/api/v1/device/{device_id}", response_model=TutorialItem)
 async def tutorial_update_device(
-    device_id: DeviceId, data: TutorialDeviceUpdate, session: SessionDep
+    device_id: DeviceId, data: TutorialDeviceUpdate, session: SessionDep, principal: Writer
 ) -> object:
     changes = DeviceUpdate.model_validate(data.changes())
-    return await devices_service.update_device(session, device_id, data=changes)
+    return await devices_service.update_device(
+        session, device_id, data=changes, principal=principal
+    )
 
 
 @router.delete("/api/v1/device/{device_id}", response_model=Deleted)
-async def tutorial_delete_device(device_id: DeviceId, session: SessionDep) -> Deleted:
-    await devices_service.delete_device(session, device_id)
+async def tutorial_delete_device(
+    device_id: DeviceId, session: SessionDep, principal: Writer
+) -> Deleted:
+    await devices_service.delete_device(session, device_id, principal=principal)
     return Deleted()
 
 
 @router.post("/users/", response_model=TutorialItem)
-async def tutorial_create_user(name: Annotated[ShortText, Query()], session: SessionDep) -> object:
-    return await users_service.register_user(session, data=UserCreate(name=name))
+async def tutorial_create_user(
+    name: Annotated[ShortText, Query()], session: SessionDep, principal: Writer
+) -> object:
+    return await users_service.register_user(
+        session, data=UserCreate(name=name), principal=principal
+    )
 
 
 @router.get("/users/", response_model=list[TutorialItem])
-async def tutorial_list_users(session: SessionDep, limit: Limit = PAGE_LIMIT_DEFAULT) -> object:
+async def tutorial_list_users(
+    session: SessionDep, principal: Reader, limit: Limit = PAGE_LIMIT_DEFAULT
+) -> object:
     page = await users_service.list_users(
-        session, filters=UserFilter(), page=PageRequest(limit=limit)
+        session, filters=UserFilter(), page=PageRequest(limit=limit), principal=principal
     )
     return page.items
 
 
 @router.get("/users/{user_id}", response_model=TutorialItem)
-async def tutorial_get_user(user_id: UserId, session: SessionDep) -> object:
-    return await users_service.get_user(session, user_id)
+async def tutorial_get_user(user_id: UserId, session: SessionDep, principal: Reader) -> object:
+    return await users_service.get_user(session, user_id, principal=principal)

@@ -4,35 +4,45 @@ from collections.abc import Hashable, Sequence
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from devreg.auth.principal import Principal
 from devreg.devices.repository import DeviceRepository
 from devreg.devices.schemas import DeviceBulkUpdate, DeviceCreate
+from devreg.devices.service import with_permitted_owner
 from devreg.errors import InvalidItems
 
 
-async def register_devices(session: AsyncSession, *, items: Sequence[DeviceCreate]) -> list[int]:
+async def register_devices(
+    session: AsyncSession, *, items: Sequence[DeviceCreate], principal: Principal
+) -> list[int]:
     """The new devices' ids, in the order of `items`."""
     _refuse_repeats(
         [item.serial_number for item in items],
         "serial_number",
         "serial_number appears more than once in this request",
     )
-    return await DeviceRepository(session).add_many(
-        [item.model_dump(mode="json") for item in items]
-    )
+    rows = [with_permitted_owner(principal, item.model_dump(mode="json")) for item in items]
+    return await DeviceRepository(session).add_many(rows)
 
 
-async def update_devices(session: AsyncSession, *, items: Sequence[DeviceBulkUpdate]) -> list[int]:
+async def update_devices(
+    session: AsyncSession, *, items: Sequence[DeviceBulkUpdate], principal: Principal
+) -> list[int]:
     ids = [item.id for item in items]
     _refuse_repeats(ids, "id", "id appears more than once in this request")
-    updated = await DeviceRepository(session).update_many(
-        [item.model_dump(mode="json", exclude_unset=True) for item in items]
-    )
+    changes = [
+        with_permitted_owner(principal, item.model_dump(mode="json", exclude_unset=True))
+        for item in items
+    ]
+    updated = await DeviceRepository(session).update_many(changes, owner=principal.owner)
     _refuse_missing(ids, found=updated)
     return ids
 
 
-async def delete_devices(session: AsyncSession, *, ids: Sequence[int]) -> None:
-    deleted = await DeviceRepository(session).delete_many(list(dict.fromkeys(ids)))
+async def delete_devices(
+    session: AsyncSession, *, ids: Sequence[int], principal: Principal
+) -> None:
+    repository = DeviceRepository(session)
+    deleted = await repository.delete_many(list(dict.fromkeys(ids)), owner=principal.owner)
     _refuse_missing(ids, found=deleted)
 
 

@@ -5,8 +5,10 @@ from collections.abc import AsyncIterator
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from devreg.auth.principal import Principal
 from devreg.devices.filters import DeviceFilter
 from devreg.devices.repository import DeviceRepository
+from devreg.devices.service import visible
 
 
 class ExportFormat(enum.StrEnum):
@@ -21,8 +23,10 @@ EXPORT_MEDIA_TYPES = {
 
 
 def export_devices(
-    session: AsyncSession, *, filters: DeviceFilter, format: ExportFormat
+    session: AsyncSession, *, filters: DeviceFilter, format: ExportFormat, principal: Principal
 ) -> AsyncIterator[bytes]:
     """Chunks of the export. CSV has a header; `tags` and `attributes` are JSON text in CSV,
     and an empty unquoted field is a missing value (an empty string would be quoted)."""
-    return DeviceRepository(session).export(filters, as_json=format is ExportFormat.NDJSON)
+    return DeviceRepository(session).export(
+        visible(principal, filters), as_json=format is ExportFormat.NDJSON
+    )

@@ -39,3 +39,5 @@ class DeviceFilter:
     # attribute name -> the values it may have (attributes @> {name: value})
     attributes: tuple[tuple[str, tuple[JsonScalar, ...]], ...] = ()
     search: str | None = None
+    # Only this user's devices: what a non-admin token may see, whatever else was asked.
+    visible_to: int | None = None

@@ -131,7 +131,7 @@ UPDATE devices AS device SET
     last_seen_at = CASE WHEN item ? 'last_seen_at' THEN (item->>'last_seen_at')::timestamptz
                         ELSE device.last_seen_at END
 FROM jsonb_array_elements(:items) AS item
-WHERE device.id = (item->>'id')::bigint
+WHERE device.id = (item->>'id')::bigint AND (:owner IS NULL OR device.owner_id = :owner)
 RETURNING device.id
 """
 
@@ -191,35 +191,64 @@ def _values(columns: Iterable[str]) -> dict[str, BindParameter[Any]]:
 
 _BY_ID = bindparam("device_id", type_=BigInteger)
 _LISTED = _with_owner(_DEVICES)
-_GET = DriverStatement.compile(_LISTED.where(_DEVICES.c.id == _BY_ID))
 _INSERT = _written_with_owner(insert(Device).values(_values(_WRITABLE_COLUMNS)))
-_HEARTBEAT = DriverStatement.compile(
-    update(Device).where(Device.id == _BY_ID).values(last_seen_at=func.now()).returning(Device.id)
-)
-
 
 _IN_VERSIONS = _DEVICES.c.version == any_(bindparam("versions", type_=ARRAY(Integer)))
-_VERSION = DriverStatement.compile(select(_DEVICES.c.version).where(_DEVICES.c.id == _BY_ID))
+_OWNED = _DEVICES.c.owner_id == bindparam("owner", type_=BigInteger)
 
 
-def _by_id(guarded: bool) -> list[ColumnElement[bool]]:
-    """The device by id and, when `guarded`, only at one of the versions bound as `versions`."""
-    return [_DEVICES.c.id == _BY_ID, *([_IN_VERSIONS] if guarded else [])]
+def _by_id(*, owned: bool, guarded: bool = False) -> list[ColumnElement[bool]]:
+    """The device by id; when `owned`, only if the user bound as `owner` owns it; when
+    `guarded`, only at one of the versions bound as `versions`. Both checks are part of the
+    statement itself: no extra round trip, and no window between a check and the write."""
+    return [
+        _DEVICES.c.id == _BY_ID,
+        *([_OWNED] if owned else []),
+        *([_IN_VERSIONS] if guarded else []),
+    ]
 
 
 @functools.cache
-def _update_statement(columns: tuple[str, ...], guarded: bool) -> DriverStatement:
+def _get_statement(owned: bool) -> DriverStatement:
+    return DriverStatement.compile(_LISTED.where(*_by_id(owned=owned)))
+
+
+@functools.cache
+def _version_statement(owned: bool) -> DriverStatement:
+    return DriverStatement.compile(select(_DEVICES.c.version).where(*_by_id(owned=owned)))
+
+
+@functools.cache
+def _heartbeat_statement(owned: bool) -> DriverStatement:
+    return DriverStatement.compile(
+        update(Device)
+        .where(*_by_id(owned=owned))
+        .values(last_seen_at=func.now())
+        .returning(Device.id)
+    )
+
+
+@functools.cache
+def _update_statement(columns: tuple[str, ...], owned: bool, guarded: bool) -> DriverStatement:
     """UPDATE of these columns; one compiled statement per set of columns a client changes."""
-    return _written_with_owner(update(Device).where(*_by_id(guarded)).values(_values(columns)))
+    return _written_with_owner(
+        update(Device).where(*_by_id(owned=owned, guarded=guarded)).values(_values(columns))
+    )
 
 
 @functools.cache
-def _delete_statement(guarded: bool) -> DriverStatement:
-    return DriverStatement.compile(delete(Device).where(*_by_id(guarded)).returning(Device.id))
+def _delete_statement(owned: bool, guarded: bool) -> DriverStatement:
+    return DriverStatement.compile(
+        delete(Device).where(*_by_id(owned=owned, guarded=guarded)).returning(Device.id)
+    )
 
 
 def _listed(versions: frozenset[int] | None) -> list[int] | None:
     return sorted(versions) if versions is not None else None
+
+
+def _target(device_id: int, owner: int | None) -> dict[str, Any]:
+    return {"device_id": device_id, "owner": owner}
 
 
 def _device(values: dict[str, Any], *, without: str | None = None) -> DeviceRead:
@@ -238,8 +267,9 @@ class DeviceRepository:
     def __init__(self, session: AsyncSession) -> None:
         self.session = session
 
-    async def get_by_id(self, device_id: int) -> DeviceRead | None:
-        return await self._one(_GET, {"device_id": device_id})
+    async def get_by_id(self, device_id: int, *, owner: int | None = None) -> DeviceRead | None:
+        """The device; with `owner`, only if that user owns it."""
+        return await self._one(_get_statement(owner is not None), _target(device_id, owner))
 
     async def list_page(
         self, filters: DeviceFilter, *, sort: Sort, after: Position | None, limit: int
@@ -287,6 +317,7 @@ class DeviceRepository:
     @staticmethod
     def _conditions(filters: DeviceFilter) -> list[ColumnElement[bool]]:
         conditions = [
+            *_any_of(Device.owner_id, () if filters.visible_to is None else (filters.visible_to,)),
             *_any_of(Device.status, filters.status),
             *_any_of(Device.owner_id, filters.owner_id),
             *_any_of(Device.model, filters.model),
@@ -340,16 +371,24 @@ class DeviceRepository:
         return device
 
     async def update(
-        self, device_id: int, changes: dict[str, Any], *, versions: frozenset[int] | None = None
+        self,
+        device_id: int,
+        changes: dict[str, Any],
+        *,
+        owner: int | None = None,
+        versions: frozenset[int] | None = None,
     ) -> DeviceRead | None:
-        """The device with `changes` applied; None if it does not exist or, when `versions` is
-        given, is at none of them."""
-        statement = _update_statement(tuple(sorted(changes)), versions is not None)
-        values = {**changes, "device_id": device_id, "versions": _listed(versions)}
+        """The device with `changes` applied; None if it does not exist or, when `owner` or
+        `versions` is given, is not that user's or at none of those versions."""
+        statement = _update_statement(
+            tuple(sorted(changes)), owner is not None, versions is not None
+        )
+        values = {**changes, **_target(device_id, owner), "versions": _listed(versions)}
         return await self._one(statement, values)
 
-    async def current_version(self, device_id: int) -> int | None:
-        row = await fetch_row(self.session, _VERSION, {"device_id": device_id}, _VIOLATIONS)
+    async def current_version(self, device_id: int, *, owner: int | None = None) -> int | None:
+        statement = _version_statement(owner is not None)
+        row = await fetch_row(self.session, statement, _target(device_id, owner), _VIOLATIONS)
         return int(row["version"]) if row is not None else None
 
     async def add_many(self, rows: list[dict[str, Any]]) -> list[int]:
@@ -363,20 +402,29 @@ class DeviceRepository:
         # reports them in.
         return sorted(ids)
 
-    async def update_many(self, changes: list[dict[str, Any]]) -> list[int]:
-        """Apply each item's changes (only the keys it has) in one statement; the ids found."""
-        statement = text(_UPDATE_MANY).bindparams(bindparam("items", type_=JSONB))
+    async def update_many(
+        self, changes: list[dict[str, Any]], *, owner: int | None = None
+    ) -> list[int]:
+        """Apply each item's changes (only the keys it has) in one statement; the ids found
+        (only `owner`'s devices, when given)."""
+        statement = text(_UPDATE_MANY).bindparams(
+            bindparam("items", type_=JSONB), bindparam("owner", type_=BigInteger)
+        )
         try:
-            return list((await self.session.scalars(statement, {"items": changes})).all())
+            found = await self.session.scalars(statement, {"items": changes, "owner": owner})
         except IntegrityError as exc:
             raise violation_error(violated_constraint(exc), _VIOLATIONS) from None
+        return list(found.all())
 
-    async def delete_many(self, ids: list[int]) -> list[int]:
+    async def delete_many(self, ids: list[int], *, owner: int | None = None) -> list[int]:
         statement = delete(Device).where(Device.id.in_(ids)).returning(Device.id)
+        if owner is not None:
+            statement = statement.where(Device.owner_id == owner)
         return list((await self.session.scalars(statement)).all())
 
-    async def touch_last_seen(self, device_id: int) -> bool:
-        found = await fetch_row(self.session, _HEARTBEAT, {"device_id": device_id}, _VIOLATIONS)
+    async def touch_last_seen(self, device_id: int, *, owner: int | None = None) -> bool:
+        statement = _heartbeat_statement(owner is not None)
+        found = await fetch_row(self.session, statement, _target(device_id, owner), _VIOLATIONS)
         return found is not None
 
     async def create_import_staging(self) -> None:
@@ -401,10 +449,12 @@ class DeviceRepository:
         row = (await self.session.execute(text(_INSERT_STAGED.format(on_conflict)))).one()
         return int(row.inserted), int(row.updated)
 
-    async def delete(self, device_id: int, *, versions: frozenset[int] | None = None) -> bool:
-        """Whether a device was deleted (only at one of `versions`, when given)."""
-        values = {"device_id": device_id, "versions": _listed(versions)}
-        statement = _delete_statement(versions is not None)
+    async def delete(
+        self, device_id: int, *, owner: int | None = None, versions: frozenset[int] | None = None
+    ) -> bool:
+        """Whether a device was deleted (only `owner`'s, at one of `versions`, when given)."""
+        values = {**_target(device_id, owner), "versions": _listed(versions)}
+        statement = _delete_statement(owner is not None, versions is not None)
         return await fetch_row(self.session, statement, values, _VIOLATIONS) is not None
 
     async def delete_by_owner(self, owner_id: int) -> None:

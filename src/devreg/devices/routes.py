@@ -4,6 +4,7 @@ from fastapi import APIRouter, Body, Depends, Header, Path, Query, Request, Resp
 from fastapi.responses import StreamingResponse
 from pydantic import AwareDatetime
 
+from devreg.auth.guard import Reader, Writer
 from devreg.conditional import IfMatch, etag, not_modified
 from devreg.config import SettingsDep
 from devreg.db.session import SessionDep, StreamingSessionDep
@@ -37,7 +38,7 @@ from devreg.querystring import (
 )
 from devreg.schemas import BIGINT_MAX, Id, SearchText, ShortText, Tag
 
-router = APIRouter(prefix="/devices", tags=["devices"])
+router = APIRouter(prefix="/devices", tags=["devices"], responses=problem_responses(401, 403))
 
 DeviceId = Annotated[int, Path(ge=1, le=BIGINT_MAX, description="The device's id.")]
 
@@ -51,9 +52,9 @@ WRITE_ERRORS = problem_responses(404, 409, 412, 422, 428)
     responses=problem_responses(409, 422),
 )
 async def create_device(
-    data: DeviceCreate, session: SessionDep, request: Request, response: Response
+    data: DeviceCreate, session: SessionDep, principal: Writer, request: Request, response: Response
 ) -> object:
-    device = await service.register_device(session, data=data)
+    device = await service.register_device(session, data=data, principal=principal)
     response.headers["Location"] = str(request.url_for("get_device", device_id=device.id))
     return _tagged(device, response)
 
@@ -169,8 +170,10 @@ DeviceListingDep = Annotated[Listing[DeviceFilter], Depends(device_listing)]
 
 
 @router.get("", response_model=DevicePage, responses=problem_responses(400, 422))
-async def list_devices(session: SessionDep, listing: DeviceListingDep) -> object:
-    result = await service.list_devices(session, filters=listing.filters, page=listing.page)
+async def list_devices(session: SessionDep, principal: Reader, listing: DeviceListingDep) -> object:
+    result = await service.list_devices(
+        session, filters=listing.filters, page=listing.page, principal=principal
+    )
     return page_response(DevicePage, result, listing.fields)
 
 
@@ -189,12 +192,13 @@ async def export_devices(
     request: Request,
     filters: DeviceFilterDep,
     session: StreamingSessionDep,
+    principal: Reader,
     format: Annotated[ExportFormat, Query(description="`csv` or `ndjson`.")] = ExportFormat.CSV,
 ) -> StreamingResponse:
     """Every device matching the filters (those of `GET /devices`), streamed in constant memory."""
     reject_unknown(request, _FILTER_PARAMETERS | {"format"}, prefix=_ATTRIBUTE_PREFIX)
     return StreamingResponse(
-        export.export_devices(session, filters=filters, format=format),
+        export.export_devices(session, filters=filters, format=format, principal=principal),
         media_type=EXPORT_MEDIA_TYPES[format],
         headers={"Content-Disposition": f'attachment; filename="devices.{format.value}"'},
     )
@@ -211,21 +215,21 @@ BulkDelete = Annotated[list[Id], Body(min_length=1, max_length=BULK_MAX)]
     response_model=BulkResult,
     responses=problem_responses(409, 422),
 )
-async def create_devices(items: BulkCreate, session: SessionDep) -> BulkResult:
+async def create_devices(items: BulkCreate, session: SessionDep, principal: Writer) -> BulkResult:
     """Up to 10,000 devices, all or nothing; the new ids in the order given."""
-    return BulkResult(ids=await bulk.register_devices(session, items=items))
+    return BulkResult(ids=await bulk.register_devices(session, items=items, principal=principal))
 
 
 @router.patch("/bulk", response_model=BulkResult, responses=problem_responses(409, 422))
-async def update_devices(items: BulkUpdate, session: SessionDep) -> BulkResult:
+async def update_devices(items: BulkUpdate, session: SessionDep, principal: Writer) -> BulkResult:
     """Up to 10,000 `{id, ...fields}` changes, all or nothing."""
-    return BulkResult(ids=await bulk.update_devices(session, items=items))
+    return BulkResult(ids=await bulk.update_devices(session, items=items, principal=principal))
 
 
 @router.delete("/bulk", status_code=status.HTTP_204_NO_CONTENT, responses=problem_responses(422))
-async def delete_devices(ids: BulkDelete, session: SessionDep) -> None:
+async def delete_devices(ids: BulkDelete, session: SessionDep, principal: Writer) -> None:
     """Up to 10,000 ids, all or nothing: one unknown id and none is deleted."""
-    await bulk.delete_devices(session, ids=ids)
+    await bulk.delete_devices(session, ids=ids, principal=principal)
 
 
 @router.get(
@@ -236,12 +240,13 @@ async def delete_devices(ids: BulkDelete, session: SessionDep) -> None:
 async def get_device(
     device_id: DeviceId,
     session: SessionDep,
+    principal: Reader,
     response: Response,
     if_none_match: Annotated[
         str | None, Header(description="304 without a body if the ETag is one of these.")
     ] = None,
 ) -> object:
-    device = await service.get_device(session, device_id)
+    device = await service.get_device(session, device_id, principal=principal)
     if not_modified(if_none_match, device.version):
         return Response(
             status_code=status.HTTP_304_NOT_MODIFIED, headers={"ETag": etag(device.version)}
@@ -254,10 +259,13 @@ async def replace_device(
     device_id: DeviceId,
     data: DeviceCreate,
     session: SessionDep,
+    principal: Writer,
     precondition: WritePrecondition,
     response: Response,
 ) -> object:
-    device = await service.replace_device(session, device_id, data=data, if_match=precondition)
+    device = await service.replace_device(
+        session, device_id, data=data, if_match=precondition, principal=principal
+    )
     return _tagged(device, response)
 
 
@@ -266,10 +274,13 @@ async def update_device(
     device_id: DeviceId,
     data: DeviceUpdate,
     session: SessionDep,
+    principal: Writer,
     precondition: WritePrecondition,
     response: Response,
 ) -> object:
-    device = await service.update_device(session, device_id, data=data, if_match=precondition)
+    device = await service.update_device(
+        session, device_id, data=data, if_match=precondition, principal=principal
+    )
     return _tagged(device, response)
 
 
@@ -278,9 +289,9 @@ async def update_device(
     status_code=status.HTTP_204_NO_CONTENT,
     responses=problem_responses(404, 422),
 )
-async def record_heartbeat(device_id: DeviceId, session: SessionDep) -> None:
+async def record_heartbeat(device_id: DeviceId, session: SessionDep, principal: Writer) -> None:
     """The device is alive: sets `last_seen_at` to now."""
-    await service.record_heartbeat(session, device_id)
+    await service.record_heartbeat(session, device_id, principal=principal)
 
 
 @router.delete(
@@ -289,6 +300,6 @@ async def record_heartbeat(device_id: DeviceId, session: SessionDep) -> None:
     responses=problem_responses(404, 412, 422, 428),
 )
 async def delete_device(
-    device_id: DeviceId, session: SessionDep, precondition: WritePrecondition
+    device_id: DeviceId, session: SessionDep, principal: Writer, precondition: WritePrecondition
 ) -> None:
-    await service.delete_device(session, device_id, if_match=precondition)
+    await service.delete_device(session, device_id, if_match=precondition, principal=principal)

@@ -1,30 +1,63 @@
 """Device use cases. Services never commit: the caller's session scope does."""
 
+from dataclasses import replace
+from typing import Any
+
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from devreg.auth.principal import Principal
 from devreg.conditional import IfMatch
 from devreg.devices.filters import NULLABLE_SORT_KEYS, SORT_KEYS, DeviceFilter
 from devreg.devices.repository import DeviceRepository
 from devreg.devices.schemas import DeviceCreate, DeviceRead, DeviceUpdate
-from devreg.errors import DeviceNotFound, PreconditionFailed
+from devreg.errors import DeviceNotFound, Forbidden, PreconditionFailed
 from devreg.pagination import Cursors, PageRequest, PageResult, describe_filters, paginate
 
 
-async def register_device(session: AsyncSession, *, data: DeviceCreate) -> DeviceRead:
-    return await DeviceRepository(session).add(data.model_dump())
+def _owner_for(principal: Principal, owner_id: int | None) -> int | None:
+    """The owner a write may give a device: anyone for an admin; for other tokens their own
+    user (also when none is named), never another."""
+    if principal.owner is None:
+        return owner_id
+    if owner_id is not None and owner_id != principal.owner:
+        raise Forbidden("A token may only give devices to its own user; admins may assign any.")
+    return principal.owner
 
 
-async def get_device(session: AsyncSession, device_id: int) -> DeviceRead:
-    device = await DeviceRepository(session).get_by_id(device_id)
+def with_permitted_owner(principal: Principal, values: dict[str, Any]) -> dict[str, Any]:
+    """`values` with the owner the principal may give (when they name one, or must)."""
+    if principal.owner is None or "owner_id" not in values:
+        return values
+    return {**values, "owner_id": _owner_for(principal, values.get("owner_id"))}
+
+
+def visible(principal: Principal, filters: DeviceFilter) -> DeviceFilter:
+    return filters if principal.owner is None else replace(filters, visible_to=principal.owner)
+
+
+async def register_device(
+    session: AsyncSession, *, data: DeviceCreate, principal: Principal
+) -> DeviceRead:
+    return await DeviceRepository(session).add(with_permitted_owner(principal, data.model_dump()))
+
+
+async def get_device(session: AsyncSession, device_id: int, *, principal: Principal) -> DeviceRead:
+    """Another user's device is not found, as if it did not exist: ids do not leak."""
+    device = await DeviceRepository(session).get_by_id(device_id, owner=principal.owner)
     if device is None:
         raise DeviceNotFound
     return device
 
 
 async def list_devices(
-    session: AsyncSession, *, filters: DeviceFilter, page: PageRequest
+    session: AsyncSession,
+    *,
+    filters: DeviceFilter,
+    page: PageRequest,
+    principal: Principal,
 ) -> PageResult[DeviceRead]:
     repository = DeviceRepository(session)
+    filters = visible(principal, filters)
     sort = page.sort
     return await paginate(
         page,
@@ -42,34 +75,53 @@ async def list_devices(
 
 
 async def replace_device(
-    session: AsyncSession, device_id: int, *, data: DeviceCreate, if_match: IfMatch | None = None
+    session: AsyncSession,
+    device_id: int,
+    *,
+    data: DeviceCreate,
+    if_match: IfMatch | None = None,
+    principal: Principal,
 ) -> DeviceRead:
-    return await _apply(session, device_id, data.model_dump(), if_match)
+    return await _apply(
+        session, device_id, with_permitted_owner(principal, data.model_dump()), if_match, principal
+    )
 
 
 async def update_device(
-    session: AsyncSession, device_id: int, *, data: DeviceUpdate, if_match: IfMatch | None = None
+    session: AsyncSession,
+    device_id: int,
+    *,
+    data: DeviceUpdate,
+    if_match: IfMatch | None = None,
+    principal: Principal,
 ) -> DeviceRead:
     changes = data.changes()
     if not changes:
-        device = await get_device(session, device_id)
+        device = await get_device(session, device_id, principal=principal)
         if if_match is not None and not if_match.accepts(device.version):
             raise PreconditionFailed(device.version)
         return device
-    return await _apply(session, device_id, changes, if_match)
+    return await _apply(
+        session, device_id, with_permitted_owner(principal, changes), if_match, principal
+    )
 
 
 async def delete_device(
-    session: AsyncSession, device_id: int, *, if_match: IfMatch | None = None
+    session: AsyncSession,
+    device_id: int,
+    *,
+    if_match: IfMatch | None = None,
+    principal: Principal,
 ) -> None:
     repository = DeviceRepository(session)
-    if not await repository.delete(device_id, versions=_versions(if_match)):
-        raise await _not_written(repository, device_id, if_match)
+    owner = principal.owner
+    if not await repository.delete(device_id, owner=owner, versions=_versions(if_match)):
+        raise await _not_written(repository, device_id, if_match, owner)
 
 
-async def record_heartbeat(session: AsyncSession, device_id: int) -> None:
+async def record_heartbeat(session: AsyncSession, device_id: int, *, principal: Principal) -> None:
     """The device was seen now: one UPDATE, nothing read back."""
-    if not await DeviceRepository(session).touch_last_seen(device_id):
+    if not await DeviceRepository(session).touch_last_seen(device_id, owner=principal.owner):
         raise DeviceNotFound
 
 
@@ -78,12 +130,17 @@ async def delete_devices_of_owner(session: AsyncSession, *, owner_id: int) -> No
 
 
 async def _apply(
-    session: AsyncSession, device_id: int, changes: dict[str, object], if_match: IfMatch | None
+    session: AsyncSession,
+    device_id: int,
+    changes: dict[str, Any],
+    if_match: IfMatch | None,
+    principal: Principal,
 ) -> DeviceRead:
     repository = DeviceRepository(session)
-    device = await repository.update(device_id, changes, versions=_versions(if_match))
+    owner = principal.owner
+    device = await repository.update(device_id, changes, owner=owner, versions=_versions(if_match))
     if device is None:
-        raise await _not_written(repository, device_id, if_match)
+        raise await _not_written(repository, device_id, if_match, owner)
     return device
 
 
@@ -94,8 +151,11 @@ def _versions(if_match: IfMatch | None) -> frozenset[int] | None:
 
 
 async def _not_written(
-    repository: DeviceRepository, device_id: int, if_match: IfMatch | None
+    repository: DeviceRepository, device_id: int, if_match: IfMatch | None, owner: int | None
 ) -> Exception:
-    """Why a guarded write found no row: the device is gone, or at another version."""
-    current = None if _versions(if_match) is None else await repository.current_version(device_id)
+    """Why a guarded write found no row: the device is gone (or not the owner's), or at
+    another version."""
+    if _versions(if_match) is None:
+        return DeviceNotFound()
+    current = await repository.current_version(device_id, owner=owner)
     return DeviceNotFound() if current is None else PreconditionFailed(current)

@@ -17,3 +17,5 @@ class UserFilter:
     email: tuple[str, ...] = ()
     created_after: datetime | None = None
     created_before: datetime | None = None
+    # Only this user: what a non-admin token may see of the users.
+    visible_to: int | None = None

@@ -58,6 +58,8 @@ class UserRepository:
     @staticmethod
     def _matching(filters: UserFilter) -> Select[User]:
         conditions: list[ColumnElement[bool]] = []
+        if filters.visible_to is not None:
+            conditions.append(User.id == filters.visible_to)
         if filters.name:
             conditions.append(User.name.in_(filters.name))
         if filters.name_contains:

@@ -3,6 +3,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Depends, Path, Query, Request, Response, status
 from pydantic import AwareDatetime
 
+from devreg.auth.guard import Reader, Writer
 from devreg.db.session import SessionDep
 from devreg.devices.routes import DeviceListingDep
 from devreg.devices.schemas import DevicePage
@@ -19,7 +20,7 @@ from devreg.users import service
 from devreg.users.filters import DEFAULT_SORT, SORT_KEYS, UserFilter
 from devreg.users.schemas import UserCreate, UserPage, UserRead, UserUpdate
 
-router = APIRouter(prefix="/users", tags=["users"])
+router = APIRouter(prefix="/users", tags=["users"], responses=problem_responses(401, 403))
 
 UserId = Annotated[int, Path(ge=1, le=BIGINT_MAX, description="The user's id.")]
 
@@ -31,9 +32,10 @@ UserId = Annotated[int, Path(ge=1, le=BIGINT_MAX, description="The user's id.")]
     responses=problem_responses(409, 422),
 )
 async def create_user(
-    data: UserCreate, session: SessionDep, request: Request, response: Response
+    data: UserCreate, session: SessionDep, principal: Writer, request: Request, response: Response
 ) -> object:
-    user = await service.register_user(session, data=data)
+    """Admins only, once tokens are in use."""
+    user = await service.register_user(session, data=data, principal=principal)
     response.headers["Location"] = str(request.url_for("get_user", user_id=user.id))
     return user
 
@@ -71,20 +73,27 @@ async def user_listing(
 
 @router.get("", response_model=UserPage, responses=problem_responses(400, 422))
 async def list_users(
-    session: SessionDep, listing: Annotated[Listing[UserFilter], Depends(user_listing)]
+    session: SessionDep,
+    principal: Reader,
+    listing: Annotated[Listing[UserFilter], Depends(user_listing)],
 ) -> object:
-    result = await service.list_users(session, filters=listing.filters, page=listing.page)
+    """Every user for an admin token; only its own user for any other."""
+    result = await service.list_users(
+        session, filters=listing.filters, page=listing.page, principal=principal
+    )
     return page_response(UserPage, result, listing.fields)
 
 
 @router.get("/{user_id}", response_model=UserRead, responses=problem_responses(404, 422))
-async def get_user(user_id: UserId, session: SessionDep) -> object:
-    return await service.get_user(session, user_id)
+async def get_user(user_id: UserId, session: SessionDep, principal: Reader) -> object:
+    return await service.get_user(session, user_id, principal=principal)
 
 
 @router.patch("/{user_id}", response_model=UserRead, responses=problem_responses(404, 409, 422))
-async def update_user(user_id: UserId, data: UserUpdate, session: SessionDep) -> object:
-    return await service.update_user(session, user_id, data=data)
+async def update_user(
+    user_id: UserId, data: UserUpdate, session: SessionDep, principal: Writer
+) -> object:
+    return await service.update_user(session, user_id, data=data, principal=principal)
 
 
 @router.delete(
@@ -95,22 +104,26 @@ async def update_user(user_id: UserId, data: UserUpdate, session: SessionDep) ->
 async def delete_user(
     user_id: UserId,
     session: SessionDep,
+    principal: Writer,
     cascade: Annotated[
         Literal["devices"] | None,
         Query(description="`devices` deletes the user's devices along with the user."),
     ] = None,
 ) -> None:
-    await service.delete_user(session, user_id, cascade_devices=cascade == "devices")
+    """Admins only, once tokens are in use."""
+    await service.delete_user(
+        session, user_id, cascade_devices=cascade == "devices", principal=principal
+    )
 
 
 @router.get(
     "/{user_id}/devices", response_model=DevicePage, responses=problem_responses(400, 404, 422)
 )
 async def list_user_devices(
-    user_id: UserId, session: SessionDep, listing: DeviceListingDep
+    user_id: UserId, session: SessionDep, principal: Reader, listing: DeviceListingDep
 ) -> object:
     """The user's devices, with every filter and option of `GET /devices`."""
     result = await service.list_user_devices(
-        session, user_id, filters=listing.filters, page=listing.page
+        session, user_id, filters=listing.filters, page=listing.page, principal=principal
     )
     return page_response(DevicePage, result, listing.fields)

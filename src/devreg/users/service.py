@@ -4,6 +4,7 @@ from dataclasses import replace
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from devreg.auth.principal import Principal
 from devreg.devices import service as devices_service
 from devreg.devices.filters import DeviceFilter
 from devreg.devices.schemas import DeviceRead
@@ -15,21 +16,31 @@ from devreg.users.repository import UserRepository
 from devreg.users.schemas import UserCreate, UserUpdate
 
 
-async def register_user(session: AsyncSession, *, data: UserCreate) -> User:
+def _visible(principal: Principal, user_id: int) -> int:
+    """A non-admin token sees only its own user; any other is not found."""
+    if principal.owner is not None and user_id != principal.owner:
+        raise UserNotFound
+    return user_id
+
+
+async def register_user(session: AsyncSession, *, data: UserCreate, principal: Principal) -> User:
+    principal.require_admin()
     return await UserRepository(session).add(data.model_dump())
 
 
-async def get_user(session: AsyncSession, user_id: int) -> User:
-    user = await UserRepository(session).get_by_id(user_id)
+async def get_user(session: AsyncSession, user_id: int, *, principal: Principal) -> User:
+    user = await UserRepository(session).get_by_id(_visible(principal, user_id))
     if user is None:
         raise UserNotFound
     return user
 
 
 async def list_users(
-    session: AsyncSession, *, filters: UserFilter, page: PageRequest
+    session: AsyncSession, *, filters: UserFilter, page: PageRequest, principal: Principal
 ) -> PageResult[User]:
     repository = UserRepository(session)
+    if principal.owner is not None:
+        filters = replace(filters, visible_to=principal.owner)
     sort = page.sort
     return await paginate(
         page,
@@ -40,18 +51,24 @@ async def list_users(
     )
 
 
-async def update_user(session: AsyncSession, user_id: int, *, data: UserUpdate) -> User:
+async def update_user(
+    session: AsyncSession, user_id: int, *, data: UserUpdate, principal: Principal
+) -> User:
     changes = data.changes()
     if not changes:
-        return await get_user(session, user_id)
-    user = await UserRepository(session).update(user_id, changes)
+        return await get_user(session, user_id, principal=principal)
+    user = await UserRepository(session).update(_visible(principal, user_id), changes)
     if user is None:
         raise UserNotFound
     return user
 
 
-async def delete_user(session: AsyncSession, user_id: int, *, cascade_devices: bool) -> None:
-    """Refused with UserHasDevices while the user owns devices, unless they go with the user."""
+async def delete_user(
+    session: AsyncSession, user_id: int, *, cascade_devices: bool, principal: Principal
+) -> None:
+    """Refused with UserHasDevices while the user owns devices, unless they go with the user.
+    Only an admin deletes users."""
+    principal.require_admin()
     if cascade_devices:
         await devices_service.delete_devices_of_owner(session, owner_id=user_id)
     if not await UserRepository(session).delete(user_id):
@@ -59,8 +76,15 @@ async def delete_user(session: AsyncSession, user_id: int, *, cascade_devices: b
 
 
 async def list_user_devices(
-    session: AsyncSession, user_id: int, *, filters: DeviceFilter, page: PageRequest
+    session: AsyncSession,
+    user_id: int,
+    *,
+    filters: DeviceFilter,
+    page: PageRequest,
+    principal: Principal,
 ) -> PageResult[DeviceRead]:
-    await get_user(session, user_id)
+    await get_user(session, user_id, principal=principal)
     owned = replace(filters, owner_id=(user_id,))
-    return await devices_service.list_devices(session, filters=owned, page=page)
+    return await devices_service.list_devices(
+        session, filters=owned, page=page, principal=principal
+    )

@@ -1,0 +1,30 @@
+"""Who a request (or a command) acts for, and what that allows."""
+
+from dataclasses import dataclass
+
+from devreg.errors import AdminRequired, ReadOnlyToken
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    user_id: int | None
+    token_id: int | None = None
+    can_write: bool = True
+    admin: bool = True
+
+    @property
+    def owner(self) -> int | None:
+        """The one user whose data this principal may see and change; None for everyone's."""
+        return None if self.admin else self.user_id
+
+    def require_write(self) -> None:
+        if not self.can_write:
+            raise ReadOnlyToken
+
+    def require_admin(self) -> None:
+        if not self.admin:
+            raise AdminRequired
+
+
+# The CLI (it holds the database's credentials anyway) and the API while authentication is off.
+FULL_ACCESS = Principal(user_id=None)

@@ -1,0 +1,94 @@
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    LargeBinary,
+    bindparam,
+    exists,
+    extract,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from devreg.auth.models import ApiToken, TokenScope
+from devreg.auth.principal import Principal
+from devreg.db.constraints import violated_constraint
+from devreg.db.driver import DriverStatement, fetch_row, violation_error
+from devreg.errors import UnknownUser
+
+_VIOLATIONS = {"fk_api_tokens_user_id_users": UnknownUser}
+
+# A cache miss's one statement: is the token live, and whose is it; the same statement notes
+# that it was used.
+_USE = DriverStatement.compile(
+    update(ApiToken)
+    .where(
+        ApiToken.token_hash == bindparam("token_hash", type_=LargeBinary),
+        ApiToken.revoked_at.is_(None),
+        or_(ApiToken.expires_at.is_(None), ApiToken.expires_at > func.now()),
+    )
+    .values(last_used_at=func.now())
+    .returning(
+        ApiToken.id,
+        ApiToken.user_id,
+        ApiToken.scope,
+        ApiToken.admin,
+        extract("epoch", ApiToken.expires_at - func.now()).label("expires_in"),
+    )
+)
+_ANY = DriverStatement.compile(select(exists(select(ApiToken.id)).label("found")))
+
+
+class TokenRepository:
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def add(self, values: dict[str, Any]) -> ApiToken:
+        statement = insert(ApiToken).values(values).returning(ApiToken)
+        try:
+            return (await self.session.scalars(statement)).one()
+        except IntegrityError as exc:
+            raise violation_error(violated_constraint(exc), _VIOLATIONS) from None
+
+    async def list(self, *, user_id: int | None) -> Sequence[ApiToken]:
+        statement = select(ApiToken).order_by(ApiToken.id)
+        if user_id is not None:
+            statement = statement.where(ApiToken.user_id == user_id)
+        return (await self.session.scalars(statement)).all()
+
+    async def revoke(self, token_id: int, *, owner: int | None) -> bytes | None:
+        """Revoke the token (a no-op if it already is); its hash, or None if there is none."""
+        statement = (
+            update(ApiToken)
+            .where(ApiToken.id == bindparam("token_id", type_=BigInteger))
+            .values(revoked_at=func.coalesce(ApiToken.revoked_at, func.now()))
+            .returning(ApiToken.token_hash)
+        )
+        if owner is not None:
+            statement = statement.where(ApiToken.user_id == owner)
+        digest: bytes | None = await self.session.scalar(statement, {"token_id": token_id})
+        return digest
+
+    async def use(self, token_hash: bytes) -> tuple[Principal, float | None] | None:
+        """The live token's principal and seconds until it expires; None if it is not live."""
+        row = await fetch_row(self.session, _USE, {"token_hash": token_hash}, _VIOLATIONS)
+        if row is None:
+            return None
+        principal = Principal(
+            user_id=row["user_id"],
+            token_id=row["id"],
+            can_write=row["scope"] == TokenScope.WRITE,
+            admin=row["admin"],
+        )
+        expires_in = row["expires_in"]
+        return principal, None if expires_in is None else float(expires_in)
+
+    async def any_exist(self) -> bool:
+        row = await fetch_row(self.session, _ANY, {}, _VIOLATIONS)
+        return bool(row is not None and row["found"])

@@ -1,0 +1,48 @@
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Query, status
+
+from devreg.auth import service
+from devreg.auth.guard import AuthenticatorDep, Reader, Writer
+from devreg.auth.schemas import TokenCreate, TokenCreated, TokenList, TokenRead
+from devreg.db.session import SessionDep
+from devreg.errors import problem_responses
+from devreg.schemas import BIGINT_MAX, Id
+
+router = APIRouter(prefix="/tokens", tags=["tokens"], responses=problem_responses(401, 403))
+
+TokenId = Annotated[int, Path(ge=1, le=BIGINT_MAX, description="The token's id.")]
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=TokenCreated,
+    responses=problem_responses(422),
+)
+async def create_token(
+    data: TokenCreate, session: SessionDep, principal: Writer, authenticator: AuthenticatorDep
+) -> TokenCreated:
+    """A new token, shown in full this once; only its hash is kept."""
+    return await service.create_token(session, principal, data=data, authenticator=authenticator)
+
+
+@router.get("", response_model=TokenList, responses=problem_responses(422))
+async def list_tokens(
+    session: SessionDep,
+    principal: Reader,
+    user_id: Annotated[Id | None, Query(description="Only this user's (admins).")] = None,
+) -> TokenList:
+    """The caller's tokens (an admin's: everyone's), revoked ones included, oldest first."""
+    tokens = await service.list_tokens(session, principal, user_id=user_id)
+    return TokenList(items=[TokenRead.model_validate(token) for token in tokens])
+
+
+@router.delete(
+    "/{token_id}", status_code=status.HTTP_204_NO_CONTENT, responses=problem_responses(404, 422)
+)
+async def revoke_token(
+    token_id: TokenId, session: SessionDep, principal: Writer, authenticator: AuthenticatorDep
+) -> None:
+    """Revoke a token: it stops working at once (on other workers within AUTH_CACHE_TTL)."""
+    await service.revoke_token(session, principal, token_id, authenticator=authenticator)

@@ -1,0 +1,87 @@
+"""Secure by default: open on loopback until a token exists, never open elsewhere by accident."""
+
+import logging
+import time
+
+import httpx
+import pytest
+from sqlalchemy.engine import URL
+
+from devreg.app import create_app
+from devreg.auth.guard import UnsafeBinding, is_loopback
+from tests.api import DEVICES, assert_problem
+from tests.support import api_client, devreg_server, make_settings, run_devreg, running
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "127.0.0.2", "::1", "localhost"])
+def test_loopback_hosts(host: str) -> None:
+    assert is_loopback(host)
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "192.168.1.10", "devreg.example.org"])  # noqa: S104
+def test_other_hosts(host: str) -> None:
+    assert not is_loopback(host)
+
+
+async def test_app_refuses_a_public_address_without_a_decision(database_url: URL) -> None:
+    settings = make_settings(database_url, host="0.0.0.0")  # noqa: S104
+    with pytest.raises(UnsafeBinding, match="AUTH=required"):
+        async with running(create_app(settings)):
+            pass
+
+
+def test_serve_refuses_a_public_address_without_a_decision() -> None:
+    result = run_devreg("serve", "--host", "0.0.0.0", AUTH="auto")  # noqa: S104
+    assert result.returncode == 2
+    assert "AUTH=required" in result.stderr
+    assert "AUTH=off" in result.stderr
+
+
+async def test_auth_required_needs_a_token_even_before_any_exists(database_url: URL) -> None:
+    settings = make_settings(database_url, host="0.0.0.0", auth="required")  # noqa: S104
+    async with running(create_app(settings)) as app, api_client(app) as client:
+        assert_problem(await client.get(DEVICES), 401)
+
+
+async def test_auth_off_serves_without_tokens_and_warns(
+    database_url: URL, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = make_settings(database_url, host="0.0.0.0", auth="off")  # noqa: S104
+    with caplog.at_level(logging.WARNING, logger="devreg.auth"):
+        async with running(create_app(settings)) as app, api_client(app) as client:
+            assert (await client.get(DEVICES)).status_code == 200
+    assert any("AUTH=off" in record.getMessage() for record in caplog.records)
+
+
+def _status_within(url: str, expected: int, headers: dict[str, str], seconds: float) -> int:
+    deadline = time.monotonic() + seconds
+    while True:
+        status = httpx.get(url, headers=headers, timeout=5).status_code
+        if status == expected or time.monotonic() > deadline:
+            return status
+        time.sleep(0.1)
+
+
+def test_tokens_from_the_cli_reach_a_running_server(committed_database_url: URL) -> None:
+    """A real server: the first token (made by another process) closes the open API, and a
+    revocation from the CLI stops the token, both within AUTH_CACHE_TTL."""
+    database = {"DATABASE_URL": committed_database_url.render_as_string(hide_password=False)}
+    with devreg_server(**database, AUTH_CACHE_TTL="1") as base_url:
+        devices = f"{base_url}{DEVICES}"
+        user = httpx.post(f"{base_url}/api/v1/users", json={"name": "ann"}).json()
+        assert httpx.get(devices).status_code == 200
+
+        created = run_devreg("tokens", "create", "--user", str(user["id"]), "--json", **database)
+        assert created.returncode == 0, created.stderr
+        token = httpx.Response(200, content=created.stdout).json()
+        assert _status_within(devices, 401, {}, seconds=5) == 401
+        bearer = {"Authorization": f"Bearer {token['token']}"}
+        assert httpx.get(devices, headers=bearer).status_code == 200
+
+        revoked = run_devreg("tokens", "revoke", str(token["id"]), **database)
+        assert revoked.returncode == 0, revoked.stderr
+        assert _status_within(devices, 401, bearer, seconds=5) == 401
+
+        listed = run_devreg("tokens", "list", **database)
+        assert token["prefix"] in listed.stdout
+        assert token["token"] not in listed.stdout + listed.stderr

@@ -1,0 +1,259 @@
+"""API tokens over HTTP: who may do what, and how a token stops working."""
+
+import hashlib
+from typing import Any
+
+import pytest
+from httpx import AsyncClient
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from tests.api import DEVICES, USERS, assert_problem, create_device, create_user
+
+TOKENS = "/api/v1/tokens"
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+async def new_token(client: AsyncClient, *, as_token: str | None = None, **fields: Any) -> str:
+    headers = bearer(as_token) if as_token else {}
+    response = await client.post(TOKENS, json=fields, headers=headers)
+    assert response.status_code == 201, response.text
+    token: str = response.json()["token"]
+    return token
+
+
+@pytest.fixture
+async def people(client: AsyncClient) -> dict[str, Any]:
+    """Ann (an admin token) and Bob (a write and a read token), each with a device. Created
+    while the API is still open; from the first token on, tokens are required."""
+    ann = await create_user(client, name="ann")
+    bob = await create_user(client, name="bob")
+    anns_device = await create_device(client, name="ann-pi", owner_id=ann["id"])
+    bobs_device = await create_device(client, name="bob-pi", owner_id=bob["id"])
+    admin = await new_token(client, user_id=ann["id"], admin=True)
+    writer = await new_token(client, as_token=admin, user_id=bob["id"])
+    reader = await new_token(client, as_token=admin, user_id=bob["id"], scope="read")
+    return {
+        "ann": ann, "bob": bob, "anns_device": anns_device, "bobs_device": bobs_device,
+        "admin": admin, "writer": writer, "reader": reader,
+    }  # fmt: skip
+
+
+class TestOpenUntilTheFirstToken:
+    async def test_without_any_token_the_api_is_open(self, client: AsyncClient) -> None:
+        response = await client.post(DEVICES, json={"name": "pi"})
+        assert response.status_code == 201
+
+    async def test_after_the_first_token_a_token_is_required(self, client, people) -> None:
+        response = await client.get(DEVICES)
+        assert_problem(response, 401)
+        assert response.headers["WWW-Authenticate"] == 'Bearer realm="devreg"'
+
+    async def test_health_stays_open(self, client, people) -> None:
+        response = await client.get("/livez")
+        assert response.status_code == 200
+
+
+class TestAuthentication:
+    @pytest.mark.parametrize(
+        "authorization",
+        ["Bearer dvr_not-a-token", "Bearer ", "Basic YW5uOnB3", "dvr_no-scheme", "Bearer  "],
+    )
+    async def test_a_bad_token_is_401_invalid_token(self, client, people, authorization) -> None:
+        response = await client.get(DEVICES, headers={"Authorization": authorization})
+        assert_problem(response, 401)
+        assert 'error="invalid_token"' in response.headers["WWW-Authenticate"]
+
+    async def test_only_a_hash_and_a_prefix_are_stored(
+        self, client, people, connection: AsyncConnection
+    ) -> None:
+        token = people["writer"]
+        rows = (await connection.execute(text("SELECT * FROM api_tokens"))).mappings().all()
+        stored = [
+            row for row in rows if row["token_hash"] == hashlib.sha256(token.encode()).digest()
+        ]
+        assert len(stored) == 1
+        assert stored[0]["prefix"] == token[:12]
+        assert all(token not in str(dict(row)) for row in rows)
+
+    async def test_an_expired_token_is_refused(
+        self, client, people, connection: AsyncConnection
+    ) -> None:
+        await connection.execute(
+            text("UPDATE api_tokens SET expires_at = now() - interval '1 second'")
+        )
+        response = await client.get(DEVICES, headers=bearer(people["writer"]))
+        assert_problem(response, 401)
+
+    async def test_a_token_that_expires_later_works(self, client, people) -> None:
+        token = await new_token(
+            client, as_token=people["admin"], user_id=people["bob"]["id"], expires_in="90d"
+        )
+        response = await client.get(DEVICES, headers=bearer(token))
+        assert response.status_code == 200
+
+    async def test_a_revoked_token_stops_working_at_once(self, client, people) -> None:
+        token = people["writer"]
+        assert (await client.get(DEVICES, headers=bearer(token))).status_code == 200  # cached
+        listed = (await client.get(TOKENS, headers=bearer(token))).json()["items"]
+        own = next(item for item in listed if item["prefix"] == token[:12])
+        response = await client.delete(f"{TOKENS}/{own['id']}", headers=bearer(token))
+        assert response.status_code == 204
+        assert_problem(await client.get(DEVICES, headers=bearer(token)), 401)
+
+    async def test_use_is_recorded(self, client, people) -> None:
+        await client.get(DEVICES, headers=bearer(people["reader"]))
+        listed = (await client.get(TOKENS, headers=bearer(people["admin"]))).json()["items"]
+        reader = next(item for item in listed if item["prefix"] == people["reader"][:12])
+        assert reader["last_used_at"] is not None
+
+
+class TestScopes:
+    @pytest.mark.parametrize(
+        ("method", "path", "body"),
+        [
+            ("POST", DEVICES, {"name": "x"}),
+            ("PATCH", "{device}", {"name": "x"}),
+            ("PUT", "{device}", {"name": "x"}),
+            ("DELETE", "{device}", None),
+            ("POST", "{device}/heartbeat", None),
+            ("POST", f"{DEVICES}/bulk", [{"name": "x"}]),
+            ("PATCH", USERS + "/{bob}", {"name": "x"}),
+            ("POST", TOKENS, {}),
+        ],
+    )
+    async def test_a_read_token_cannot_write(self, client, people, method, path, body) -> None:
+        url = path.format(
+            device=f"{DEVICES}/{people['bobs_device']['id']}", bob=people["bob"]["id"]
+        )
+        response = await client.request(method, url, json=body, headers=bearer(people["reader"]))
+        assert_problem(response, 403)
+        after = await client.get(
+            f"{DEVICES}/{people['bobs_device']['id']}", headers=bearer(people["reader"])
+        )
+        assert after.json()["version"] == people["bobs_device"]["version"]
+
+    async def test_a_read_token_reads(self, client, people) -> None:
+        response = await client.get(
+            f"{DEVICES}/{people['bobs_device']['id']}", headers=bearer(people["reader"])
+        )
+        assert response.status_code == 200
+
+
+class TestOwnership:
+    async def test_others_devices_are_not_found(self, client, people) -> None:
+        anns = f"{DEVICES}/{people['anns_device']['id']}"
+        headers = bearer(people["writer"])
+        for method, body in (("GET", None), ("PATCH", {"name": "x"}), ("PUT", {"name": "x"}),
+                             ("DELETE", None)):  # fmt: skip
+            response = await client.request(method, anns, json=body, headers=headers)
+            assert_problem(response, 404)
+            assert response.json()["detail"] == "Device not found"
+        assert_problem(await client.post(f"{anns}/heartbeat", headers=headers), 404)
+        guarded = {**headers, "If-Match": '"1"'}
+        assert_problem(await client.patch(anns, json={"name": "x"}, headers=guarded), 404)
+        admin_view = await client.get(anns, headers=bearer(people["admin"]))
+        assert admin_view.json()["name"] == "ann-pi"
+
+    async def test_lists_and_exports_hold_only_own_devices(self, client, people) -> None:
+        headers = bearer(people["writer"])
+        listed = (await client.get(DEVICES, headers=headers)).json()["items"]
+        assert [device["name"] for device in listed] == ["bob-pi"]
+        asked_for_ann = await client.get(
+            DEVICES, params={"owner_id": people["ann"]["id"]}, headers=headers
+        )
+        assert asked_for_ann.json()["items"] == []
+        exported = await client.get(f"{DEVICES}/export?format=ndjson", headers=headers)
+        assert "bob-pi" in exported.text
+        assert "ann-pi" not in exported.text
+        everyone = (await client.get(DEVICES, headers=bearer(people["admin"]))).json()["items"]
+        assert {device["name"] for device in everyone} == {"ann-pi", "bob-pi"}
+
+    async def test_new_devices_belong_to_the_token_user(self, client, people) -> None:
+        headers = bearer(people["writer"])
+        created = await client.post(DEVICES, json={"name": "new"}, headers=headers)
+        assert created.json()["owner"]["id"] == people["bob"]["id"]
+        given_away = await client.post(
+            DEVICES, json={"name": "new", "owner_id": people["ann"]["id"]}, headers=headers
+        )
+        assert_problem(given_away, 403)
+        moved = await client.patch(
+            f"{DEVICES}/{people['bobs_device']['id']}",
+            json={"owner_id": people["ann"]["id"]},
+            headers=headers,
+        )
+        assert_problem(moved, 403)
+
+    async def test_bulk_writes_touch_only_own_devices(self, client, people) -> None:
+        headers = bearer(people["writer"])
+        ids = [people["bobs_device"]["id"], people["anns_device"]["id"]]
+        deleted = await client.request("DELETE", f"{DEVICES}/bulk", json=ids, headers=headers)
+        assert_problem(deleted, 422)
+        changed = await client.patch(
+            f"{DEVICES}/bulk", json=[{"id": i, "name": "x"} for i in ids], headers=headers
+        )
+        assert_problem(changed, 422)
+        admin = bearer(people["admin"])
+        names = {d["name"] for d in (await client.get(DEVICES, headers=admin)).json()["items"]}
+        assert names == {"ann-pi", "bob-pi"}
+        created = await client.post(f"{DEVICES}/bulk", json=[{"name": "b1"}], headers=headers)
+        assert created.status_code == 201
+        mine = await client.get(f"{DEVICES}/{created.json()['ids'][0]}", headers=headers)
+        assert mine.json()["owner"]["id"] == people["bob"]["id"]
+
+    async def test_users_see_only_themselves(self, client, people) -> None:
+        headers = bearer(people["writer"])
+        listed = (await client.get(USERS, headers=headers)).json()["items"]
+        assert [user["name"] for user in listed] == ["bob"]
+        ann = f"{USERS}/{people['ann']['id']}"
+        assert_problem(await client.get(ann, headers=headers), 404)
+        assert_problem(await client.patch(ann, json={"name": "x"}, headers=headers), 404)
+        assert_problem(await client.get(f"{ann}/devices", headers=headers), 404)
+        renamed = await client.patch(
+            f"{USERS}/{people['bob']['id']}", json={"name": "robert"}, headers=headers
+        )
+        assert renamed.json()["name"] == "robert"
+
+    async def test_only_admins_create_and_delete_users(self, client, people) -> None:
+        headers = bearer(people["writer"])
+        assert_problem(await client.post(USERS, json={"name": "eve"}, headers=headers), 403)
+        bob = f"{USERS}/{people['bob']['id']}"
+        assert_problem(await client.delete(bob, headers=headers), 403)
+        created = await client.post(USERS, json={"name": "eve"}, headers=bearer(people["admin"]))
+        assert created.status_code == 201
+
+    async def test_the_tutorial_routes_follow_the_same_rules(self, client, people) -> None:
+        headers = bearer(people["writer"])
+        anns = f"/api/v1/device/{people['anns_device']['id']}"
+        assert_problem(await client.get(anns, headers=headers), 404)
+        assert_problem(await client.get("/api/v1/device/"), 401)
+        listed = (await client.get("/api/v1/device/", headers=headers)).json()
+        assert [device["name"] for device in listed] == ["bob-pi"]
+
+
+class TestManagingTokens:
+    async def test_a_user_lists_and_revokes_only_own_tokens(self, client, people) -> None:
+        headers = bearer(people["writer"])
+        listed = (await client.get(TOKENS, headers=headers)).json()["items"]
+        assert {item["user_id"] for item in listed} == {people["bob"]["id"]}
+        assert all("token" not in item and "token_hash" not in item for item in listed)
+        everyone = (await client.get(TOKENS, headers=bearer(people["admin"]))).json()["items"]
+        anns = next(item for item in everyone if item["user_id"] == people["ann"]["id"])
+        assert_problem(await client.delete(f"{TOKENS}/{anns['id']}", headers=headers), 404)
+
+    async def test_a_user_creates_plain_tokens_for_itself_only(self, client, people) -> None:
+        headers = bearer(people["writer"])
+        own = await client.post(TOKENS, json={"scope": "read"}, headers=headers)
+        assert own.status_code == 201
+        assert own.json()["user_id"] == people["bob"]["id"]
+        assert own.json()["token"].startswith("dvr_")
+        for body in ({"admin": True}, {"user_id": people["ann"]["id"]}):
+            assert_problem(await client.post(TOKENS, json=body, headers=headers), 403)
+
+    async def test_bad_token_requests_are_422(self, client, people) -> None:
+        headers = bearer(people["admin"])
+        for body in ({"scope": "root"}, {"expires_in": "forever"}, {"user_id": 10**12}):
+            assert_problem(await client.post(TOKENS, json=body, headers=headers), 422)
