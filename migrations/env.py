@@ -13,10 +13,12 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
 from devreg.auth import models as _auth_models  # noqa: F401
+from devreg.changes import models as _changes_models  # noqa: F401
 from devreg.config import get_settings
 from devreg.db.base import Base
 from devreg.db.embedded import resolve_database_url
 from devreg.devices import models as _devices_models  # noqa: F401 - registers the tables
+from devreg.idempotency import models as _idempotency_models  # noqa: F401
 from devreg.users import models as _users_models  # noqa: F401
 
 config = context.config

@@ -12,18 +12,27 @@ from fastapi_offline import FastAPIOffline
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from devreg import __version__
-from devreg.auth.guard import Authenticator, UnsafeBinding, check_binding
+from devreg.auth.authenticator import Authenticator, UnsafeBinding, check_binding
 from devreg.auth.routes import router as tokens_router
 from devreg.body_limit import BodyLimitMiddleware
+from devreg.changes.routes import router as changes_router
 from devreg.compat.routes import router as tutorial_router
 from devreg.config import Settings, get_settings
 from devreg.db import migrations
 from devreg.db.embedded import EmbeddedPostgresError, resolve_database_url
 from devreg.db.server import DatabaseConnectError, check_connection
-from devreg.db.session import SessionMaker, create_engine, create_sessionmaker, open_pool
+from devreg.db.session import (
+    SessionMaker,
+    create_engine,
+    create_sessionmaker,
+    open_pool,
+    session_scope,
+)
 from devreg.devices.routes import router as devices_router
 from devreg.errors import register_error_handlers
 from devreg.health.routes import router as health_router
+from devreg.idempotency.dependency import IdempotentReplay, replay
+from devreg.idempotency.service import forget_expired
 from devreg.logs import RequestLogMiddleware
 from devreg.security import add_security_middleware
 from devreg.users.routes import router as users_router
@@ -60,7 +69,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             if settings.migrate_on_start:
                 await migrations.upgrade(engine)
             await open_pool(engine)
-            yield {"engine": engine, "sessionmaker": create_sessionmaker(engine)}
+            sessionmaker = create_sessionmaker(engine)
+            async with session_scope(sessionmaker) as session:
+                await forget_expired(session, lifetime=settings.idempotency_key_lifetime)
+            yield {"engine": engine, "sessionmaker": sessionmaker}
         finally:
             await engine.dispose()
 
@@ -78,10 +90,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(devices_router, prefix=API_PREFIX)
     app.include_router(users_router, prefix=API_PREFIX)
     app.include_router(tokens_router, prefix=API_PREFIX)
+    app.include_router(changes_router, prefix=API_PREFIX)
     app.include_router(health_router)
     app.include_router(tutorial_router)
 
     register_error_handlers(app)
+    app.add_exception_handler(IdempotentReplay, replay)
     app.add_middleware(
         BodyLimitMiddleware,
         default=settings.max_body_size,

@@ -1,6 +1,7 @@
 """Every knob devreg has, read from the environment (and a `.env` file) in one place."""
 
 import os
+from datetime import timedelta
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
@@ -90,6 +91,8 @@ class Settings(BaseSettings):
     # Seconds a verified token (or the absence of any token) is trusted without asking the
     # database again: how long a revocation may take to reach the other workers.
     auth_cache_ttl: float = Field(10.0, ge=0, le=3600)
+    # How long an Idempotency-Key is remembered (its answer given again to a retry).
+    idempotency_key_lifetime: timedelta = Field(timedelta(hours=24), gt=timedelta(0))
     # PUT, PATCH and DELETE of a device without If-Match: last write wins, or 428 when required.
     require_if_match: bool = False
 

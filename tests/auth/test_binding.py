@@ -8,7 +8,7 @@ import pytest
 from sqlalchemy.engine import URL
 
 from devreg.app import create_app
-from devreg.auth.guard import UnsafeBinding, is_loopback
+from devreg.auth.authenticator import UnsafeBinding, is_loopback
 from tests.api import DEVICES, assert_problem
 from tests.support import api_client, devreg_server, make_settings, run_devreg, running
 

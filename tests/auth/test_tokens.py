@@ -257,3 +257,25 @@ class TestManagingTokens:
         headers = bearer(people["admin"])
         for body in ({"scope": "root"}, {"expires_in": "forever"}, {"user_id": 10**12}):
             assert_problem(await client.post(TOKENS, json=body, headers=headers), 422)
+
+
+class TestCost:
+    async def test_a_verified_token_and_the_change_log_add_no_statement(
+        self, client, people, statements
+    ) -> None:
+        """Token, ownership, If-Match and the change record ride on the one statement of
+        each request, once the token is in the cache."""
+        headers = bearer(people["writer"])
+        url = f"{DEVICES}/{people['bobs_device']['id']}"
+        await client.get(url, headers=headers)
+        statements.reset()
+
+        fetched = await client.get(url, headers=headers)
+        changed = await client.patch(
+            url, json={"name": "y"}, headers={**headers, "If-Match": fetched.headers["ETag"]}
+        )
+
+        assert changed.status_code == 200
+        assert len(statements) == 2, statements
+        history = await client.get(f"{url}/changes", headers=headers)
+        assert history.json()["items"][0]["after"] == {"name": "y"}

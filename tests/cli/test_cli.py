@@ -1,5 +1,6 @@
 """The CLI as a user runs it: arguments in, a table or JSON out, errors on stderr."""
 
+import asyncio
 import json
 import re
 
@@ -9,6 +10,7 @@ from typer.testing import Result
 
 from devreg.db import migrations
 from tests.cli.conftest import Invoke
+from tests.support import admin, query
 
 
 def json_of(result: Result) -> dict:  # type: ignore[type-arg]
@@ -229,3 +231,49 @@ class TestTokens:
         result = devreg("tokens", "revoke", "42")
         assert result.exit_code == 1
         assert "Token not found" in result.stderr
+
+
+class TestChanges:
+    def test_cli_writes_and_imports_are_recorded_seeds_are_not(
+        self, devreg: Invoke, committed_database_url: URL, tmp_path
+    ) -> None:
+        json_of(devreg("devices", "create", "--name", "pi", "--json"))
+        source = tmp_path / "devices.ndjson"
+        source.write_text('{"name": "a"}\n{"name": "b"}\n')
+        assert devreg("import", "devices", str(source)).exit_code == 0
+        assert devreg("seed", "--devices", "5", "--users", "2").exit_code == 0
+        recorded = asyncio.run(
+            query(
+                committed_database_url,
+                "SELECT object_type, action, user_id, after->>'name' AS name FROM changes "
+                "ORDER BY id",
+            )
+        )
+        assert recorded == [
+            {"object_type": "device", "action": "create", "user_id": None, "name": name}
+            for name in ("pi", "a", "b")
+        ]
+
+    def test_prune_deletes_only_older_records(
+        self, devreg: Invoke, committed_database_url: URL
+    ) -> None:
+        for name in ("old", "new"):
+            devreg("devices", "create", "--name", name)
+        asyncio.run(
+            admin(
+                committed_database_url,
+                "UPDATE changes SET at = now() - interval '91 days' WHERE after->>'name' = 'old'",
+            )
+        )
+        result = devreg("changes", "prune", "--older-than", "90d")
+        assert result.exit_code == 0, result.output
+        assert "1 change records deleted" in result.stdout
+        left = asyncio.run(
+            query(committed_database_url, "SELECT after->>'name' AS name FROM changes")
+        )
+        assert left == [{"name": "new"}]
+
+    def test_prune_needs_a_valid_age(self, devreg: Invoke) -> None:
+        result = devreg("changes", "prune", "--older-than", "soon")
+        assert result.exit_code == 2
+        assert "older_than" in result.stderr

@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from devreg.auth.guard import Authenticator, token_digest
+from devreg.auth.authenticator import Authenticator, token_digest
 from devreg.auth.models import PREFIX_LENGTH, ApiToken
 from devreg.auth.principal import Principal
 from devreg.auth.repository import TokenRepository

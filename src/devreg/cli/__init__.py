@@ -7,12 +7,13 @@ import sys
 
 import typer
 
-from devreg.cli import records, server, tokens, transfer
+from devreg.cli import changes, records, server, tokens, transfer
 
 app = typer.Typer(help=__doc__, no_args_is_help=True, pretty_exceptions_enable=False)
 server.register(app)
 records.register(app)
 tokens.register(app)
+changes.register(app)
 transfer.register(app)
 
 

@@ -8,7 +8,7 @@ import uvicorn
 from alembic import command as alembic_command
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from devreg.auth.guard import UnsafeBinding, check_binding
+from devreg.auth.authenticator import UnsafeBinding, check_binding
 from devreg.cli.common import (
     fail,
     load_settings,

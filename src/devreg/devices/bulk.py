@@ -5,6 +5,7 @@ from collections.abc import Hashable, Sequence
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from devreg.auth.principal import Principal
+from devreg.changes.actor import actor_of
 from devreg.devices.repository import DeviceRepository
 from devreg.devices.schemas import DeviceBulkUpdate, DeviceCreate
 from devreg.devices.service import with_permitted_owner
@@ -21,7 +22,7 @@ async def register_devices(
         "serial_number appears more than once in this request",
     )
     rows = [with_permitted_owner(principal, item.model_dump(mode="json")) for item in items]
-    return await DeviceRepository(session).add_many(rows)
+    return await DeviceRepository(session).add_many(rows, actor=actor_of(principal))
 
 
 async def update_devices(
@@ -33,7 +34,9 @@ async def update_devices(
         with_permitted_owner(principal, item.model_dump(mode="json", exclude_unset=True))
         for item in items
     ]
-    updated = await DeviceRepository(session).update_many(changes, owner=principal.owner)
+    updated = await DeviceRepository(session).update_many(
+        changes, actor=actor_of(principal), owner=principal.owner
+    )
     _refuse_missing(ids, found=updated)
     return ids
 
@@ -42,7 +45,9 @@ async def delete_devices(
     session: AsyncSession, *, ids: Sequence[int], principal: Principal
 ) -> None:
     repository = DeviceRepository(session)
-    deleted = await repository.delete_many(list(dict.fromkeys(ids)), owner=principal.owner)
+    deleted = await repository.delete_many(
+        list(dict.fromkeys(ids)), actor=actor_of(principal), owner=principal.owner
+    )
     _refuse_missing(ids, found=deleted)
 
 

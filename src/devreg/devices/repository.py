@@ -30,6 +30,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from devreg.changes.actor import ACTING, ACTING_SQL
 from devreg.db.constraints import violated_constraint
 from devreg.db.copy import copy_out
 from devreg.db.driver import (
@@ -52,7 +53,7 @@ _WRITABLE_COLUMNS = (
     "name", "serial_number", "model", "status", "owner_id", "tags", "attributes", "last_seen_at",
 )  # fmt: skip
 
-_INSERT_MANY = """
+_INSERT_MANY = f"""
 INSERT INTO devices (name, serial_number, model, status, owner_id, tags, attributes, last_seen_at)
 SELECT name, serial_number, model, status, owner_id, tags, attributes, last_seen_at
 FROM ROWS FROM (
@@ -63,9 +64,10 @@ FROM ROWS FROM (
 ) WITH ORDINALITY AS item(
     name, serial_number, model, status, owner_id, tags, attributes, last_seen_at, position
 )
+WHERE {ACTING_SQL}
 ORDER BY position
 RETURNING id
-"""
+"""  # noqa: S608 - constant SQL: values are parameters
 
 _STAGING_TABLE = "device_import"
 _STAGING_COLUMNS = ["line", *_WRITABLE_COLUMNS]
@@ -116,7 +118,7 @@ _ON_CONFLICT_UPDATE = """DO UPDATE SET
 """
 
 # A key an item leaves out keeps the device's value; a key sent as null sets NULL.
-_UPDATE_MANY = """
+_UPDATE_MANY = f"""
 UPDATE devices AS device SET
     name = CASE WHEN item ? 'name' THEN item->>'name' ELSE device.name END,
     serial_number = CASE WHEN item ? 'serial_number' THEN item->>'serial_number'
@@ -132,8 +134,9 @@ UPDATE devices AS device SET
                         ELSE device.last_seen_at END
 FROM jsonb_array_elements(:items) AS item
 WHERE device.id = (item->>'id')::bigint AND (:owner IS NULL OR device.owner_id = :owner)
+    AND {ACTING_SQL}
 RETURNING device.id
-"""
+"""  # noqa: S608 - constant SQL: values are parameters
 
 
 def _iso(column: SQLColumnExpression[Any]) -> ColumnElement[str]:
@@ -191,7 +194,11 @@ def _values(columns: Iterable[str]) -> dict[str, BindParameter[Any]]:
 
 _BY_ID = bindparam("device_id", type_=BigInteger)
 _LISTED = _with_owner(_DEVICES)
-_INSERT = _written_with_owner(insert(Device).values(_values(_WRITABLE_COLUMNS)))
+_INSERT = _written_with_owner(
+    insert(Device).from_select(
+        _WRITABLE_COLUMNS, select(*_values(_WRITABLE_COLUMNS).values()).where(ACTING)
+    )
+)
 
 _IN_VERSIONS = _DEVICES.c.version == any_(bindparam("versions", type_=ARRAY(Integer)))
 _OWNED = _DEVICES.c.owner_id == bindparam("owner", type_=BigInteger)
@@ -232,14 +239,14 @@ def _heartbeat_statement(owned: bool) -> DriverStatement:
 def _update_statement(columns: tuple[str, ...], owned: bool, guarded: bool) -> DriverStatement:
     """UPDATE of these columns; one compiled statement per set of columns a client changes."""
     return _written_with_owner(
-        update(Device).where(*_by_id(owned=owned, guarded=guarded)).values(_values(columns))
+        update(Device).where(*_by_id(owned=owned, guarded=guarded), ACTING).values(_values(columns))
     )
 
 
 @functools.cache
 def _delete_statement(owned: bool, guarded: bool) -> DriverStatement:
     return DriverStatement.compile(
-        delete(Device).where(*_by_id(owned=owned, guarded=guarded)).returning(Device.id)
+        delete(Device).where(*_by_id(owned=owned, guarded=guarded), ACTING).returning(Device.id)
     )
 
 
@@ -365,8 +372,9 @@ class DeviceRepository:
             conditions.append(Device.search_text.op("%>")(filters.search))
         return conditions
 
-    async def add(self, values: dict[str, Any]) -> DeviceRead:
-        device = await self._one(_INSERT, values)
+    async def add(self, values: dict[str, Any], *, actor: str) -> DeviceRead:
+        """`actor`: who writes, for the change log (changes.actor)."""
+        device = await self._one(_INSERT, {**values, "actor": actor})
         assert device is not None
         return device
 
@@ -375,6 +383,7 @@ class DeviceRepository:
         device_id: int,
         changes: dict[str, Any],
         *,
+        actor: str,
         owner: int | None = None,
         versions: frozenset[int] | None = None,
     ) -> DeviceRead | None:
@@ -383,7 +392,12 @@ class DeviceRepository:
         statement = _update_statement(
             tuple(sorted(changes)), owner is not None, versions is not None
         )
-        values = {**changes, **_target(device_id, owner), "versions": _listed(versions)}
+        values = {
+            **changes,
+            **_target(device_id, owner),
+            "versions": _listed(versions),
+            "actor": actor,
+        }
         return await self._one(statement, values)
 
     async def current_version(self, device_id: int, *, owner: int | None = None) -> int | None:
@@ -391,11 +405,11 @@ class DeviceRepository:
         row = await fetch_row(self.session, statement, _target(device_id, owner), _VIOLATIONS)
         return int(row["version"]) if row is not None else None
 
-    async def add_many(self, rows: list[dict[str, Any]]) -> list[int]:
+    async def add_many(self, rows: list[dict[str, Any]], *, actor: str) -> list[int]:
         """Insert every row in one statement; ids come back in the rows' order."""
         statement = text(_INSERT_MANY).bindparams(bindparam("rows", type_=JSONB))
         try:
-            ids = (await self.session.scalars(statement, {"rows": rows})).all()
+            ids = (await self.session.scalars(statement, {"rows": rows, "actor": actor})).all()
         except IntegrityError as exc:
             raise violation_error(violated_constraint(exc), _VIOLATIONS) from None
         # Identity values are drawn in the SELECT's (input) order, whatever order RETURNING
@@ -403,7 +417,7 @@ class DeviceRepository:
         return sorted(ids)
 
     async def update_many(
-        self, changes: list[dict[str, Any]], *, owner: int | None = None
+        self, changes: list[dict[str, Any]], *, actor: str, owner: int | None = None
     ) -> list[int]:
         """Apply each item's changes (only the keys it has) in one statement; the ids found
         (only `owner`'s devices, when given)."""
@@ -411,16 +425,20 @@ class DeviceRepository:
             bindparam("items", type_=JSONB), bindparam("owner", type_=BigInteger)
         )
         try:
-            found = await self.session.scalars(statement, {"items": changes, "owner": owner})
+            found = await self.session.scalars(
+                statement, {"items": changes, "owner": owner, "actor": actor}
+            )
         except IntegrityError as exc:
             raise violation_error(violated_constraint(exc), _VIOLATIONS) from None
         return list(found.all())
 
-    async def delete_many(self, ids: list[int], *, owner: int | None = None) -> list[int]:
-        statement = delete(Device).where(Device.id.in_(ids)).returning(Device.id)
+    async def delete_many(
+        self, ids: list[int], *, actor: str, owner: int | None = None
+    ) -> list[int]:
+        statement = delete(Device).where(Device.id.in_(ids), ACTING).returning(Device.id)
         if owner is not None:
             statement = statement.where(Device.owner_id == owner)
-        return list((await self.session.scalars(statement)).all())
+        return list((await self.session.scalars(statement, {"actor": actor})).all())
 
     async def touch_last_seen(self, device_id: int, *, owner: int | None = None) -> bool:
         statement = _heartbeat_statement(owner is not None)
@@ -450,10 +468,15 @@ class DeviceRepository:
         return int(row.inserted), int(row.updated)
 
     async def delete(
-        self, device_id: int, *, owner: int | None = None, versions: frozenset[int] | None = None
+        self,
+        device_id: int,
+        *,
+        actor: str,
+        owner: int | None = None,
+        versions: frozenset[int] | None = None,
     ) -> bool:
         """Whether a device was deleted (only `owner`'s, at one of `versions`, when given)."""
-        values = {**_target(device_id, owner), "versions": _listed(versions)}
+        values = {**_target(device_id, owner), "versions": _listed(versions), "actor": actor}
         statement = _delete_statement(owner is not None, versions is not None)
         return await fetch_row(self.session, statement, values, _VIOLATIONS) is not None
 

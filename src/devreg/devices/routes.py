@@ -28,6 +28,8 @@ from devreg.devices.schemas import (
     DeviceUpdate,
 )
 from devreg.errors import InvalidParameter, PreconditionRequired, problem_responses
+from devreg.idempotency.dependency import IdempotencyDep
+from devreg.idempotency.service import Answer
 from devreg.querystring import (
     LISTING_PARAMETERS,
     Listing,
@@ -52,11 +54,24 @@ WRITE_ERRORS = problem_responses(404, 409, 412, 422, 428)
     responses=problem_responses(409, 422),
 )
 async def create_device(
-    data: DeviceCreate, session: SessionDep, principal: Writer, request: Request, response: Response
+    data: DeviceCreate,
+    session: SessionDep,
+    principal: Writer,
+    idempotency: IdempotencyDep,
+    request: Request,
+    response: Response,
 ) -> object:
     device = await service.register_device(session, data=data, principal=principal)
     response.headers["Location"] = str(request.url_for("get_device", device_id=device.id))
-    return _tagged(device, response)
+    _tagged(device, response)
+    await idempotency.remember(
+        Answer(
+            status.HTTP_201_CREATED,
+            device.model_dump(mode="json"),
+            {name: response.headers[name] for name in ("Location", "ETag")},
+        )
+    )
+    return device
 
 
 def _tagged(device: DeviceRead, response: Response) -> DeviceRead:
@@ -215,9 +230,13 @@ BulkDelete = Annotated[list[Id], Body(min_length=1, max_length=BULK_MAX)]
     response_model=BulkResult,
     responses=problem_responses(409, 422),
 )
-async def create_devices(items: BulkCreate, session: SessionDep, principal: Writer) -> BulkResult:
+async def create_devices(
+    items: BulkCreate, session: SessionDep, principal: Writer, idempotency: IdempotencyDep
+) -> BulkResult:
     """Up to 10,000 devices, all or nothing; the new ids in the order given."""
-    return BulkResult(ids=await bulk.register_devices(session, items=items, principal=principal))
+    result = BulkResult(ids=await bulk.register_devices(session, items=items, principal=principal))
+    await idempotency.remember(Answer(status.HTTP_201_CREATED, result.model_dump(mode="json")))
+    return result
 
 
 @router.patch("/bulk", response_model=BulkResult, responses=problem_responses(409, 422))
@@ -289,9 +308,12 @@ async def update_device(
     status_code=status.HTTP_204_NO_CONTENT,
     responses=problem_responses(404, 422),
 )
-async def record_heartbeat(device_id: DeviceId, session: SessionDep, principal: Writer) -> None:
+async def record_heartbeat(
+    device_id: DeviceId, session: SessionDep, principal: Writer, idempotency: IdempotencyDep
+) -> None:
     """The device is alive: sets `last_seen_at` to now."""
     await service.record_heartbeat(session, device_id, principal=principal)
+    await idempotency.remember(Answer(status.HTTP_204_NO_CONTENT))
 
 
 @router.delete(

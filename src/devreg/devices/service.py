@@ -6,6 +6,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from devreg.auth.principal import Principal
+from devreg.changes.actor import actor_of
 from devreg.conditional import IfMatch
 from devreg.devices.filters import NULLABLE_SORT_KEYS, SORT_KEYS, DeviceFilter
 from devreg.devices.repository import DeviceRepository
@@ -38,7 +39,8 @@ def visible(principal: Principal, filters: DeviceFilter) -> DeviceFilter:
 async def register_device(
     session: AsyncSession, *, data: DeviceCreate, principal: Principal
 ) -> DeviceRead:
-    return await DeviceRepository(session).add(with_permitted_owner(principal, data.model_dump()))
+    values = with_permitted_owner(principal, data.model_dump())
+    return await DeviceRepository(session).add(values, actor=actor_of(principal))
 
 
 async def get_device(session: AsyncSession, device_id: int, *, principal: Principal) -> DeviceRead:
@@ -115,7 +117,10 @@ async def delete_device(
 ) -> None:
     repository = DeviceRepository(session)
     owner = principal.owner
-    if not await repository.delete(device_id, owner=owner, versions=_versions(if_match)):
+    deleted = await repository.delete(
+        device_id, actor=actor_of(principal), owner=owner, versions=_versions(if_match)
+    )
+    if not deleted:
         raise await _not_written(repository, device_id, if_match, owner)
 
 
@@ -126,6 +131,7 @@ async def record_heartbeat(session: AsyncSession, device_id: int, *, principal: 
 
 
 async def delete_devices_of_owner(session: AsyncSession, *, owner_id: int) -> None:
+    """Part of deleting the user, in its transaction (which names the actor)."""
     await DeviceRepository(session).delete_by_owner(owner_id)
 
 
@@ -138,7 +144,9 @@ async def _apply(
 ) -> DeviceRead:
     repository = DeviceRepository(session)
     owner = principal.owner
-    device = await repository.update(device_id, changes, owner=owner, versions=_versions(if_match))
+    device = await repository.update(
+        device_id, changes, actor=actor_of(principal), owner=owner, versions=_versions(if_match)
+    )
     if device is None:
         raise await _not_written(repository, device_id, if_match, owner)
     return device

@@ -5,6 +5,7 @@ from dataclasses import replace
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from devreg.auth.principal import Principal
+from devreg.changes.actor import record_actor
 from devreg.devices import service as devices_service
 from devreg.devices.filters import DeviceFilter
 from devreg.devices.schemas import DeviceRead
@@ -25,6 +26,7 @@ def _visible(principal: Principal, user_id: int) -> int:
 
 async def register_user(session: AsyncSession, *, data: UserCreate, principal: Principal) -> User:
     principal.require_admin()
+    await record_actor(session, principal)
     return await UserRepository(session).add(data.model_dump())
 
 
@@ -57,6 +59,7 @@ async def update_user(
     changes = data.changes()
     if not changes:
         return await get_user(session, user_id, principal=principal)
+    await record_actor(session, principal)
     user = await UserRepository(session).update(_visible(principal, user_id), changes)
     if user is None:
         raise UserNotFound
@@ -69,6 +72,7 @@ async def delete_user(
     """Refused with UserHasDevices while the user owns devices, unless they go with the user.
     Only an admin deletes users."""
     principal.require_admin()
+    await record_actor(session, principal)
     if cascade_devices:
         await devices_service.delete_devices_of_owner(session, owner_id=user_id)
     if not await UserRepository(session).delete(user_id):

@@ -1,0 +1,132 @@
+"""Authentication: which principal a request acts for, checked without a round trip per request.
+
+A token is verified against the database once, then trusted from an in-process cache for at
+most AUTH_CACHE_TTL seconds (and never past its expiry). Revoking a token clears it from this
+process's cache at once; other workers and processes drop it within the TTL.
+"""
+
+import hashlib
+import ipaddress
+import logging
+import time
+from dataclasses import dataclass
+
+from cachetools import TLRUCache
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from devreg.auth.principal import FULL_ACCESS, Principal
+from devreg.auth.repository import TokenRepository
+from devreg.config import AuthMode, Settings
+from devreg.errors import InvalidToken, Unauthenticated
+
+logger = logging.getLogger("devreg.auth")
+
+_CACHED_TOKENS = 10_000
+
+
+def token_digest(token: str) -> bytes:
+    """What is stored of a token. Tokens carry 256 random bits, so a fast hash is enough: no
+    password-style stretching, which would cost milliseconds on every cache miss."""
+    return hashlib.sha256(token.encode()).digest()
+
+
+@dataclass(frozen=True, slots=True)
+class _Verdict:
+    principal: Principal | None  # None: not a live token
+    trusted_for: float  # seconds
+
+
+class Authenticator:
+    def __init__(self, mode: AuthMode, *, cache_ttl: float) -> None:
+        self.mode = mode
+        self.cache_ttl = cache_ttl
+        self._verdicts: TLRUCache[bytes, _Verdict] = TLRUCache(
+            maxsize=_CACHED_TOKENS, ttu=lambda _key, verdict, now: now + verdict.trusted_for
+        )
+        self._tokens_exist = False
+        self._open_until = 0.0
+
+    async def principal(self, session: AsyncSession, authorization: str | None) -> Principal:
+        if authorization is None:
+            if await self._open(session):
+                return FULL_ACCESS
+            raise Unauthenticated
+        scheme, _, credentials = authorization.partition(" ")
+        token = credentials.strip()
+        if scheme.lower() != "bearer" or not token:
+            raise InvalidToken("Authorization must be: Bearer <token>.")
+        verdict = await self._verdict(session, token_digest(token))
+        if verdict.principal is None:
+            raise InvalidToken
+        return verdict.principal
+
+    async def _verdict(self, session: AsyncSession, digest: bytes) -> _Verdict:
+        verdict = self._verdicts.get(digest)
+        if verdict is None:
+            found = await TokenRepository(session).use(digest)
+            if found is None:
+                verdict = _Verdict(None, self.cache_ttl)
+            else:
+                principal, expires_in = found
+                ttl = self.cache_ttl if expires_in is None else min(self.cache_ttl, expires_in)
+                verdict = _Verdict(principal, ttl)
+            if verdict.trusted_for > 0:
+                self._verdicts[digest] = verdict
+        return verdict
+
+    async def _open(self, session: AsyncSession) -> bool:
+        """Whether a request without a token is served: with AUTH=off; with AUTH=auto (which
+        only a loopback address may run) until the first token is created."""
+        if self.mode != "auto":
+            return self.mode == "off"
+        if self._tokens_exist:
+            return False
+        if time.monotonic() < self._open_until:
+            return True
+        if await TokenRepository(session).any_exist():
+            self.token_created()
+            return False
+        self._open_until = time.monotonic() + self.cache_ttl
+        return True
+
+    def token_created(self) -> None:
+        self._tokens_exist = True
+
+    def forget(self, digest: bytes) -> None:
+        self._verdicts.pop(digest, None)
+
+    def reset(self) -> None:
+        """Forget everything cached (for tests, whose tokens vanish with their transaction)."""
+        self._verdicts.clear()
+        self._tokens_exist = False
+        self._open_until = 0.0
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class UnsafeBinding(Exception):
+    """Serving a non-loopback address with AUTH=auto: the operator must choose."""
+
+
+def check_binding(settings: Settings) -> None:
+    """Refuse to serve other hosts without a decision on authentication; warn when it is off."""
+    if settings.auth == "off":
+        logger.warning(
+            "AUTH=off: authentication is disabled; anyone who can reach %s:%s may read and "
+            "change every device and user",
+            settings.host,
+            settings.port,
+        )
+    elif settings.auth == "auto" and not is_loopback(settings.host):
+        raise UnsafeBinding(
+            f"HOST={settings.host} is not a loopback address: set AUTH=required to require "
+            "API tokens (create one with `devreg tokens create`), or AUTH=off to serve "
+            "without authentication"
+        )

@@ -1,0 +1,41 @@
+"""Who a write is by, handed to the change log's triggers as the transaction-local setting
+`devreg.actor`: inside the writing statement itself (ACTING, ACTING_SQL), or once at the start
+of a transaction (record_actor) for writes through the ORM."""
+
+import json
+
+from asgi_correlation_id import correlation_id
+from sqlalchemy import ColumnElement, Text, bindparam, func, literal_column, select, text, true
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from devreg.auth.principal import Principal
+
+_SET_ACTOR = "set_config('devreg.actor', :actor, true)"
+ACTING_SQL = f"(SELECT {_SET_ACTOR}) IS NOT NULL"
+"""A condition that always holds; evaluating it (once per statement: it is a constant
+subquery) tells the change log who writes, the value bound as `actor`. Put it in the WHERE of
+a write: no extra statement, no extra round trip."""
+ACTING: ColumnElement[bool] = (
+    select(
+        func.set_config(literal_column("'devreg.actor'"), bindparam("actor", type_=Text), true())
+    )
+    .scalar_subquery()
+    .is_not(None)
+)
+"""ACTING_SQL, for SQLAlchemy statements."""
+
+
+def actor_of(principal: Principal) -> str:
+    """The user, token and request id (when serving a request) of a write, as JSON."""
+    return json.dumps(
+        {
+            "user_id": principal.user_id,
+            "token_id": principal.token_id,
+            "request_id": correlation_id.get(),
+        }
+    )
+
+
+async def record_actor(session: AsyncSession, principal: Principal) -> None:
+    """Name the actor for every write in the session's transaction (which this begins)."""
+    await session.execute(text(f"SELECT {_SET_ACTOR}"), {"actor": actor_of(principal)})

@@ -1,0 +1,46 @@
+import enum
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import BigInteger, CheckConstraint, DateTime, Identity, Index, String, func
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import Mapped, mapped_column
+
+from devreg.db.base import Base
+
+
+class ObjectType(enum.StrEnum):
+    DEVICE = "device"
+    USER = "user"
+
+
+class Action(enum.StrEnum):
+    CREATE = "create"
+    UPDATE = "update"
+    DELETE = "delete"
+
+
+class Change(Base):
+    """One create, update or delete of a device or user. Written by triggers (see the
+    migration that made this table), never by devreg's Python code."""
+
+    __tablename__ = "changes"
+    __table_args__ = (
+        CheckConstraint("action IN ('create', 'update', 'delete')", name="action_known"),
+        Index("ix_changes_object_type_object_id_id", "object_type", "object_id", "id"),
+        Index("ix_changes_user_id_id", "user_id", "id"),
+        Index("ix_changes_at", "at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(always=True), primary_key=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    object_type: Mapped[str] = mapped_column(String(16))
+    object_id: Mapped[int] = mapped_column(BigInteger)
+    action: Mapped[str] = mapped_column(String(8))
+    # Who acted; no foreign keys: the record outlives the user and the token.
+    user_id: Mapped[int | None] = mapped_column(BigInteger)
+    token_id: Mapped[int | None] = mapped_column(BigInteger)
+    request_id: Mapped[str | None] = mapped_column(String(128))
+    # Create: every field after; delete: every field before; update: only the changed fields.
+    before: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    after: Mapped[dict[str, Any] | None] = mapped_column(JSONB)

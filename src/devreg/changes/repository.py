@@ -1,0 +1,65 @@
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import ColumnElement, Select, delete, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from devreg.changes.filters import ChangeFilter
+from devreg.changes.models import Change
+from devreg.changes.schemas import ChangeRead
+from devreg.db.driver import fetch_all
+from devreg.db.keyset import count_matching, fetch_page
+from devreg.pagination import Position, Sort, SortValue
+
+
+class ChangeRepository:
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def list_page(
+        self, filters: ChangeFilter, *, sort: Sort, after: Position | None, limit: int
+    ) -> list[tuple[ChangeRead, SortValue]]:
+        """Up to `limit` + 1 matching changes after `after`, each with its sort value."""
+        rows = await fetch_page(
+            lambda part: fetch_all(self.session, part),
+            select(*Change.__table__.c).where(*self._conditions(filters)),
+            key=Change.id,
+            id_column=Change.id,
+            descending=sort.descending,
+            nullable=False,
+            after=after,
+            limit=limit,
+        )
+        return [(ChangeRead.model_validate(dict(row._mapping)), row[-1]) for row in rows]
+
+    async def count(self, filters: ChangeFilter, *, exact: bool) -> int:
+        return await count_matching(self.session, self._matching(filters), exact=exact)
+
+    async def delete_older_than(self, moment: datetime) -> int:
+        statement = delete(Change).where(Change.at < moment)
+        result = await self.session.execute(statement)
+        return int(result.rowcount)  # type: ignore[attr-defined]
+
+    @classmethod
+    def _matching(cls, filters: ChangeFilter) -> Select[Any]:
+        return select(Change).where(*cls._conditions(filters))
+
+    @staticmethod
+    def _conditions(filters: ChangeFilter) -> Sequence[ColumnElement[bool]]:
+        conditions: list[ColumnElement[bool]] = []
+        for column, values in (
+            (Change.object_type, filters.object_type),
+            (Change.object_id, filters.object_id),
+            (Change.user_id, filters.user_id),
+            (Change.action, filters.action),
+        ):
+            if values:
+                conditions.append(column.in_(values))
+        if filters.made_by is not None:
+            conditions.append(Change.user_id == filters.made_by)
+        if filters.since is not None:
+            conditions.append(Change.at >= filters.since)
+        if filters.until is not None:
+            conditions.append(Change.at < filters.until)
+        return conditions

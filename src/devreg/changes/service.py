@@ -1,0 +1,58 @@
+"""Change-log use cases. Services never commit: the caller's session scope does."""
+
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from devreg.auth.principal import Principal
+from devreg.changes.filters import SORT_KEYS, ChangeFilter
+from devreg.changes.models import ObjectType
+from devreg.changes.repository import ChangeRepository
+from devreg.changes.schemas import ChangeRead
+from devreg.devices import service as devices_service
+from devreg.pagination import Cursors, PageRequest, PageResult, describe_filters, paginate
+
+
+async def list_changes(
+    session: AsyncSession, *, filters: ChangeFilter, page: PageRequest, principal: Principal
+) -> PageResult[ChangeRead]:
+    """Every change for an admin; for any other token, the changes its user made."""
+    if principal.owner is not None:
+        filters = replace(filters, made_by=principal.owner)
+    return await _page(session, filters, page)
+
+
+async def _page(
+    session: AsyncSession, filters: ChangeFilter, page: PageRequest
+) -> PageResult[ChangeRead]:
+    repository = ChangeRepository(session)
+    sort = page.sort
+    return await paginate(
+        page,
+        Cursors("changes", sort, describe_filters(filters), value_type=SORT_KEYS[sort.key]),
+        fetch=lambda after: repository.list_page(filters, sort=sort, after=after, limit=page.limit),
+        count=lambda exact: repository.count(filters, exact=exact),
+        id_of=lambda change: change.id,
+    )
+
+
+async def list_device_changes(
+    session: AsyncSession,
+    device_id: int,
+    *,
+    filters: ChangeFilter,
+    page: PageRequest,
+    principal: Principal,
+) -> PageResult[ChangeRead]:
+    """A device's history, whoever made it. An admin sees a deleted device's too; any other
+    token only that of a device its user owns now."""
+    if principal.owner is not None:
+        await devices_service.get_device(session, device_id, principal=principal)
+    device = replace(filters, object_type=(ObjectType.DEVICE,), object_id=(device_id,))
+    return await _page(session, device, page)
+
+
+async def prune_changes(session: AsyncSession, *, older_than: timedelta) -> int:
+    """Delete the records older than `older_than`; how many went."""
+    return await ChangeRepository(session).delete_older_than(datetime.now(UTC) - older_than)

@@ -1,0 +1,31 @@
+"""`devreg changes ...`: upkeep of the change log."""
+
+from typing import Annotated
+
+import typer
+
+from devreg.changes import service
+from devreg.cli.common import in_transaction, stdout, validated
+from devreg.schemas import Duration, InputSchema
+
+changes_app = typer.Typer(help="The change log of devices and users.", no_args_is_help=True)
+
+
+class _Age(InputSchema):
+    older_than: Duration
+
+
+@changes_app.command("prune")
+def changes_prune(
+    older_than: Annotated[
+        str, typer.Option("--older-than", help="Age of the records to delete, e.g. 90d.")
+    ],
+) -> None:
+    """Delete change records older than the given age."""
+    age = validated(_Age, older_than=older_than).older_than
+    pruned = in_transaction(lambda session: service.prune_changes(session, older_than=age))
+    stdout.print(f"{pruned} change records deleted")
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(changes_app, name="changes")

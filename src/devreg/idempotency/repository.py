@@ -1,0 +1,60 @@
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from devreg.idempotency.models import IdempotencyKey
+
+
+class IdempotencyRepository:
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def claim(
+        self, token_id: int, key: str, fingerprint: bytes, *, lifetime: timedelta
+    ) -> IdempotencyKey | None:
+        """Claim the key for this request; None when claimed, else the earlier request's row.
+
+        A key whose lifetime is over is claimed afresh. A key claimed by a request still in
+        flight makes this wait for that request's transaction: it then answers its response
+        (committed) or lets this one claim the key (rolled back)."""
+        expired = IdempotencyKey.created_at < func.now() - lifetime
+        statement = (
+            insert(IdempotencyKey)
+            .values(token_id=token_id, key=key, fingerprint=fingerprint)
+            .on_conflict_do_update(
+                index_elements=[IdempotencyKey.token_id, IdempotencyKey.key],
+                set_={
+                    "fingerprint": fingerprint,
+                    "status": None,
+                    "headers": None,
+                    "body": None,
+                    "created_at": func.now(),
+                },
+                where=expired,
+            )
+            .returning(IdempotencyKey.key)
+        )
+        if await self.session.scalar(statement) is not None:
+            return None
+        earlier = select(IdempotencyKey).where(
+            IdempotencyKey.token_id == token_id, IdempotencyKey.key == key
+        )
+        return (await self.session.scalars(earlier)).one()
+
+    async def remember(
+        self, token_id: int, key: str, *, status: int, headers: dict[str, str], body: Any
+    ) -> None:
+        await self.session.execute(
+            update(IdempotencyKey)
+            .where(IdempotencyKey.token_id == token_id, IdempotencyKey.key == key)
+            .values(status=status, headers=headers, body=body)
+        )
+
+    async def delete_expired(self, lifetime: timedelta) -> int:
+        result = await self.session.execute(
+            delete(IdempotencyKey).where(IdempotencyKey.created_at < func.now() - lifetime)
+        )
+        return int(result.rowcount)  # type: ignore[attr-defined]

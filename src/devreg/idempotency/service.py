@@ -1,0 +1,63 @@
+"""Idempotent writes: a retried request with the same Idempotency-Key gets the first answer.
+Services never commit: the caller's session scope does, writing the key, the write and the
+answer together, or none of them."""
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from devreg.errors import InvalidInput
+from devreg.idempotency.repository import IdempotencyRepository
+
+
+class IdempotencyKeyReused(InvalidInput):
+    slug = "idempotency-key-reused"
+    default_detail = "This Idempotency-Key was used for a different request."
+
+
+@dataclass(frozen=True)
+class Answer:
+    status: int
+    body: Any = None
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+def fingerprint(method: str, path: str, body: bytes) -> bytes:
+    """What identifies a request for its key: method, path and body (JSON compared by value,
+    so key order and spacing do not matter)."""
+    try:
+        content = json.dumps(json.loads(body), sort_keys=True, separators=(",", ":")).encode()
+    except ValueError:
+        content = body
+    return hashlib.sha256(b"\n".join([method.encode(), path.encode(), content])).digest()
+
+
+async def claim_key(
+    session: AsyncSession, *, token_id: int, key: str, fingerprint: bytes, lifetime: timedelta
+) -> Answer | None:
+    """None: this request holds the key now and goes ahead. Otherwise the first request's
+    answer, to give again without writing anything."""
+    earlier = await IdempotencyRepository(session).claim(
+        token_id, key, fingerprint, lifetime=lifetime
+    )
+    if earlier is None:
+        return None
+    if earlier.fingerprint != fingerprint:
+        raise IdempotencyKeyReused(field="Idempotency-Key")
+    return Answer(status=earlier.status or 200, body=earlier.body, headers=earlier.headers or {})
+
+
+async def remember_answer(
+    session: AsyncSession, *, token_id: int, key: str, answer: Answer
+) -> None:
+    await IdempotencyRepository(session).remember(
+        token_id, key, status=answer.status, headers=answer.headers, body=answer.body
+    )
+
+
+async def forget_expired(session: AsyncSession, *, lifetime: timedelta) -> int:
+    return await IdempotencyRepository(session).delete_expired(lifetime)

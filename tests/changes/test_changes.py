@@ -1,0 +1,150 @@
+"""The change log: every create, update and delete of a device or user, in the same transaction."""
+
+from typing import Any
+
+from httpx import AsyncClient
+
+from tests.api import DEVICES, USERS, assert_problem, create_device, create_user
+from tests.auth.test_tokens import bearer, new_token
+
+CHANGES = "/api/v1/changes"
+
+
+async def changes(client: AsyncClient, url: str = CHANGES, **params: Any) -> list[dict[str, Any]]:
+    response = await client.get(url, params={"sort": "id", "limit": 1000, **params})
+    assert response.status_code == 200, response.text
+    items: list[dict[str, Any]] = response.json()["items"]
+    return items
+
+
+def history(device_id: int) -> str:
+    return f"{DEVICES}/{device_id}/changes"
+
+
+class TestDeviceChanges:
+    async def test_create_records_every_field_and_the_request(self, client: AsyncClient) -> None:
+        response = await client.post(
+            DEVICES, json={"name": "pi", "tags": ["lab"]}, headers={"X-Request-ID": "req-1"}
+        )
+        device = response.json()
+        [change] = await changes(client, history(device["id"]))
+        assert change["action"] == "create"
+        assert change["object_type"] == "device"
+        assert change["object_id"] == device["id"]
+        assert change["request_id"] == "req-1"
+        assert change["before"] is None
+        assert change["after"]["name"] == "pi"
+        assert change["after"]["tags"] == ["lab"]
+        assert "search_text" not in change["after"]
+        assert "version" not in change["after"]
+
+    async def test_update_records_only_what_changed(self, client: AsyncClient) -> None:
+        device = await create_device(client, name="pi", model="m1")
+        await client.patch(f"{DEVICES}/{device['id']}", json={"name": "pi-2", "model": "m1"})
+        update = (await changes(client, history(device["id"])))[-1]
+        assert update["action"] == "update"
+        assert update["before"] == {"name": "pi"}
+        assert update["after"] == {"name": "pi-2"}
+
+    async def test_delete_records_every_field_before(self, client: AsyncClient) -> None:
+        device = await create_device(client, name="pi")
+        await client.delete(f"{DEVICES}/{device['id']}")
+        delete = (await changes(client, history(device["id"])))[-1]
+        assert delete["action"] == "delete"
+        assert delete["before"]["name"] == "pi"
+        assert delete["after"] is None
+
+    async def test_heartbeats_and_no_op_writes_are_not_changes(self, client: AsyncClient) -> None:
+        device = await create_device(client, name="pi")
+        await client.post(f"{DEVICES}/{device['id']}/heartbeat")
+        await client.patch(f"{DEVICES}/{device['id']}", json={"name": "pi"})
+        assert [c["action"] for c in await changes(client, history(device["id"]))] == ["create"]
+
+    async def test_refused_writes_leave_no_record(self, client: AsyncClient) -> None:
+        device = await create_device(client, name="pi", serial_number="S1")
+        other = await create_device(client, name="pi2")
+        taken = await client.patch(f"{DEVICES}/{other['id']}", json={"serial_number": "S1"})
+        assert_problem(taken, 409)
+        stale = await client.patch(
+            f"{DEVICES}/{device['id']}", json={"name": "x"}, headers={"If-Match": '"9"'}
+        )
+        assert_problem(stale, 412)
+        assert_problem(await client.post(DEVICES, json={"name": "p", "serial_number": "S1"}), 409)
+        assert [c["action"] for c in await changes(client)] == ["create", "create"]
+
+    async def test_bulk_writes_record_each_device(self, client: AsyncClient) -> None:
+        created = await client.post(f"{DEVICES}/bulk", json=[{"name": "a"}, {"name": "b"}])
+        ids = created.json()["ids"]
+        await client.patch(f"{DEVICES}/bulk", json=[{"id": i, "status": "retired"} for i in ids])
+        await client.request("DELETE", f"{DEVICES}/bulk", json=ids)
+        recorded = await changes(client)
+        assert [(c["action"], c["object_id"]) for c in recorded] == [
+            ("create", ids[0]), ("create", ids[1]),
+            ("update", ids[0]), ("update", ids[1]),
+            ("delete", ids[0]), ("delete", ids[1]),
+        ]  # fmt: skip
+        assert recorded[2]["before"] == {"status": "active"}
+        assert recorded[2]["after"] == {"status": "retired"}
+
+
+class TestUserChanges:
+    async def test_user_writes_and_cascades_are_recorded(self, client: AsyncClient) -> None:
+        user = await create_user(client, name="ann")
+        await client.patch(f"{USERS}/{user['id']}", json={"email": "ann@example.org"})
+        device = await create_device(client, name="pi", owner_id=user["id"])
+        await client.delete(f"{USERS}/{user['id']}", params={"cascade": "devices"})
+        recorded = [(c["object_type"], c["action"], c["object_id"]) for c in await changes(client)]
+        assert recorded == [
+            ("user", "create", user["id"]),
+            ("user", "update", user["id"]),
+            ("device", "create", device["id"]),
+            ("device", "delete", device["id"]),
+            ("user", "delete", user["id"]),
+        ]
+        [update] = await changes(client, object_type="user", action="update")
+        assert update["before"] == {"email": None}
+        assert update["after"] == {"email": "ann@example.org"}
+
+
+class TestReading:
+    async def test_tokens_are_recorded_and_bound_what_is_seen(self, client: AsyncClient) -> None:
+        ann = await create_user(client, name="ann")
+        bob = await create_user(client, name="bob")
+        anns_device = await create_device(client, name="ann-pi", owner_id=ann["id"])
+        admin = await new_token(client, user_id=ann["id"], admin=True)
+        writer = await new_token(client, as_token=admin, user_id=bob["id"])
+        created = await client.post(DEVICES, json={"name": "bob-pi"}, headers=bearer(writer))
+        bobs = created.json()["id"]
+
+        everything = await client.get(CHANGES, params={"sort": "id"}, headers=bearer(admin))
+        last = everything.json()["items"][-1]
+        assert (last["object_id"], last["user_id"]) == (bobs, bob["id"])
+        assert last["token_id"] is not None
+        own = await client.get(CHANGES, headers=bearer(writer))
+        assert [c["object_id"] for c in own.json()["items"]] == [bobs]
+        hidden = await client.get(history(anns_device["id"]), headers=bearer(writer))
+        assert_problem(hidden, 404)
+        seen = await client.get(history(bobs), headers=bearer(writer))
+        assert [c["action"] for c in seen.json()["items"]] == ["create"]
+
+    async def test_filters_sort_and_pages(self, client: AsyncClient) -> None:
+        for name in ("a", "b", "c"):
+            await create_device(client, name=name)
+        newest_first = (await client.get(CHANGES)).json()["items"]
+        assert [c["after"]["name"] for c in newest_first] == ["c", "b", "a"]
+        first = (await client.get(CHANGES, params={"limit": 2})).json()
+        rest = await client.get(CHANGES, params={"limit": 2, "cursor": first["next_cursor"]})
+        assert [c["after"]["name"] for c in first["items"] + rest.json()["items"]] == [
+            "c", "b", "a"
+        ]  # fmt: skip
+        at = newest_first[0]["at"]
+        assert len(await changes(client, since=at)) == 3
+        assert await changes(client, until=at) == []
+        assert await changes(client, action="delete") == []
+
+    async def test_bad_parameters_are_problems(self, client: AsyncClient) -> None:
+        for params in ({"object_type": "token"}, {"since": "yesterday"}, {"sort": "at"},
+                       {"what": "1"}):  # fmt: skip
+            response = await client.get(CHANGES, params=params)
+            assert response.status_code in (400, 422), params
+            assert_problem(response, response.status_code)

@@ -1,0 +1,130 @@
+"""Idempotency-Key: a retried POST answers as the first time and writes nothing again."""
+
+import asyncio
+from typing import Any
+
+import httpx
+from httpx import AsyncClient
+from sqlalchemy import text
+from sqlalchemy.engine import URL
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from tests.api import DEVICES, assert_problem, create_device, create_user, stored_devices
+from tests.auth.test_tokens import bearer, new_token
+from tests.support import devreg_server, query
+
+
+def keyed(key: str, **headers: str) -> dict[str, str]:
+    return {"Idempotency-Key": key, **headers}
+
+
+async def post_twice(client: AsyncClient, url: str, key: str, body: Any = None) -> tuple[Any, Any]:
+    first = await client.post(url, json=body, headers=keyed(key))
+    second = await client.post(url, json=body, headers=keyed(key))
+    return first, second
+
+
+class TestReplay:
+    async def test_a_retried_create_answers_the_same_and_writes_once(self, client) -> None:
+        first, second = await post_twice(client, DEVICES, "k1", {"name": "pi", "tags": ["a"]})
+        assert first.status_code == second.status_code == 201
+        assert second.json() == first.json()
+        assert second.headers["Location"] == first.headers["Location"]
+        assert second.headers["ETag"] == first.headers["ETag"]
+        assert second.headers["Idempotent-Replayed"] == "true"
+        assert "Idempotent-Replayed" not in first.headers
+        assert [device["name"] for device in await stored_devices(client)] == ["pi"]
+
+    async def test_the_same_json_spelled_differently_is_the_same_request(self, client) -> None:
+        json_body = {"Content-Type": "application/json"}
+        first = await client.post(
+            DEVICES, content=b'{"name": "pi", "model": "m"}', headers=keyed("k1", **json_body)
+        )
+        second = await client.post(
+            DEVICES, content=b'{"model":"m","name":"pi"}', headers=keyed("k1", **json_body)
+        )
+        assert first.status_code == 201
+        assert second.json() == first.json()
+        assert len(await stored_devices(client)) == 1
+
+    async def test_the_same_key_with_another_body_is_422(self, client) -> None:
+        await client.post(DEVICES, json={"name": "pi"}, headers=keyed("k1"))
+        other = await client.post(DEVICES, json={"name": "other"}, headers=keyed("k1"))
+        assert_problem(other, 422)
+        assert "Idempotency-Key" in other.json()["detail"]
+        elsewhere = await client.post(f"{DEVICES}/bulk", json=[{"name": "pi"}], headers=keyed("k1"))
+        assert_problem(elsewhere, 422)
+        assert len(await stored_devices(client)) == 1
+
+    async def test_other_keys_and_no_key_write_again(self, client) -> None:
+        await client.post(DEVICES, json={"name": "pi"}, headers=keyed("k1"))
+        await client.post(DEVICES, json={"name": "pi"}, headers=keyed("k2"))
+        await client.post(DEVICES, json={"name": "pi"})
+        assert len(await stored_devices(client)) == 3
+
+    async def test_bulk_create_is_replayed(self, client) -> None:
+        items = [{"name": "a"}, {"name": "b"}]
+        first, second = await post_twice(client, f"{DEVICES}/bulk", "k1", items)
+        assert first.status_code == second.status_code == 201
+        assert second.json() == first.json()
+        assert len(await stored_devices(client)) == 2
+
+    async def test_heartbeat_is_replayed(self, client, connection: AsyncConnection) -> None:
+        device = await create_device(client)
+        first, second = await post_twice(client, f"{DEVICES}/{device['id']}/heartbeat", "k1")
+        assert first.status_code == second.status_code == 204
+        assert second.headers["Idempotent-Replayed"] == "true"
+        assert second.content == b""
+
+    async def test_a_failed_write_is_not_remembered(self, client) -> None:
+        await create_device(client, serial_number="S1")
+        body = {"name": "pi", "serial_number": "S1"}
+        first, second = await post_twice(client, DEVICES, "k1", body)
+        assert_problem(first, 409)
+        assert_problem(second, 409)
+        assert "Idempotent-Replayed" not in second.headers
+
+    async def test_keys_are_per_token(self, client) -> None:
+        ann = await create_user(client, name="ann")
+        admin = await new_token(client, user_id=ann["id"], admin=True)
+        other = await new_token(client, as_token=admin, user_id=ann["id"])
+        for token in (admin, other):
+            response = await client.post(
+                DEVICES, json={"name": "pi"}, headers=keyed("k1", **bearer(token))
+            )
+            assert "Idempotent-Replayed" not in response.headers
+        everyone = (await client.get(DEVICES, headers=bearer(admin))).json()["items"]
+        assert len(everyone) == 2
+
+    async def test_an_expired_key_writes_again(self, client, connection: AsyncConnection) -> None:
+        await client.post(DEVICES, json={"name": "pi"}, headers=keyed("k1"))
+        await connection.execute(
+            text("UPDATE idempotency_keys SET created_at = now() - interval '25 hours'")
+        )
+        again = await client.post(DEVICES, json={"name": "pi"}, headers=keyed("k1"))
+        assert again.status_code == 201
+        assert "Idempotent-Replayed" not in again.headers
+        assert len(await stored_devices(client)) == 2
+
+    async def test_a_bad_key_is_422(self, client) -> None:
+        for key in ("", "k" * 256):
+            response = await client.post(DEVICES, json={"name": "pi"}, headers=keyed(key))
+            assert_problem(response, 422)
+        assert await stored_devices(client) == []
+
+
+async def test_concurrent_retries_write_once(committed_database_url: URL) -> None:
+    """On a real server: 20 requests with one key at once make one device, and every one of
+    them gets its answer."""
+    database = committed_database_url.render_as_string(hide_password=False)
+    with devreg_server(DATABASE_URL=database) as base_url:
+        async with httpx.AsyncClient(base_url=base_url, timeout=30) as client:
+            responses = await asyncio.gather(*(
+                client.post(DEVICES, json={"name": "pi"}, headers=keyed("same"))
+                for _ in range(20)
+            ))  # fmt: skip
+    assert {response.status_code for response in responses} == {201}
+    assert len({response.json()["id"] for response in responses}) == 1
+    assert sum("Idempotent-Replayed" in response.headers for response in responses) == 19
+    rows = await query(committed_database_url, "SELECT count(*) AS n FROM devices")
+    assert rows == [{"n": 1}]
