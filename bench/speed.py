@@ -22,6 +22,7 @@ over rounds, and ratios to C and to B taken within each round, then their median
 
 import argparse
 import asyncio
+import hashlib
 import json
 import os
 import platform
@@ -53,6 +54,7 @@ SEEDED = 10_000
 PEERS_DATABASE = "bench_peers"
 DEVREG_DATABASE = "bench_devreg"
 HOST = "127.0.0.1"
+BENCH_TOKEN = "dvr_bench-token-for-loopback-runs-only"  # noqa: S105 - a throwaway database's
 
 SCENARIOS = ("get", "post", "patch", "page", "heartbeat")
 # The scenario whose C figure a devreg scenario is held against (the heartbeat has no peer).
@@ -75,6 +77,7 @@ class App:
     module: str = ""  # uvicorn module of a peer app
     app_dir: str = ""
     env: dict[str, str] = field(default_factory=dict)
+    authorization: str = ""  # sent with every request
 
 
 def _tutorial_routes(update_method: str) -> dict[str, Route]:
@@ -92,19 +95,29 @@ def apps(peers: Path, server_url: URL) -> dict[str, App]:
         )
 
     peer_env = {"PYTHONPATH": str(peers)}
+    devreg_routes = {
+        "get": Route("GET", "/api/v1/devices/{id}"),
+        "post": Route("POST", "/api/v1/devices", '{"name":"bench-device"}'),
+        "patch": Route("PATCH", "/api/v1/devices/{id}", '{"name":"bench-renamed"}'),
+        "page": Route("GET", "/api/v1/devices?limit=100"),
+        "heartbeat": Route("POST", "/api/v1/devices/{id}/heartbeat"),
+    }
+    devreg_database = {"DATABASE_URL": dsn("postgresql+asyncpg", DEVREG_DATABASE)}
     return {
         "devreg": App(
             "devreg",
-            "devreg (this project)",
-            {
-                "get": Route("GET", "/api/v1/devices/{id}"),
-                "post": Route("POST", "/api/v1/devices", '{"name":"bench-device"}'),
-                "patch": Route("PATCH", "/api/v1/devices/{id}", '{"name":"bench-renamed"}'),
-                "page": Route("GET", "/api/v1/devices?limit=100"),
-                "heartbeat": Route("POST", "/api/v1/devices/{id}/heartbeat"),
-            },
+            "devreg (this project), authentication off",
+            devreg_routes,
             ready_path="/readyz",
-            env={"DATABASE_URL": dsn("postgresql+asyncpg", DEVREG_DATABASE)},
+            env={**devreg_database, "AUTH": "off"},
+        ),
+        "devreg-auth": App(
+            "devreg-auth",
+            "devreg with a non-admin write token: token check and ownership on every request",
+            devreg_routes,
+            ready_path="/readyz",
+            env={**devreg_database, "AUTH": "required"},
+            authorization=f"Bearer {BENCH_TOKEN}",
         ),
         "A": App(
             "A",
@@ -181,9 +194,16 @@ async def seed_databases(server_url: URL) -> tuple[URL, URL]:
         "VACUUM ANALYZE device",
     )
     devreg_url = await fresh_database(server_url, DEVREG_DATABASE)
+    token_hash = hashlib.sha256(BENCH_TOKEN.encode()).hexdigest()
     await admin(
         devreg_url,
-        f"INSERT INTO devices (name) SELECT 'device-' || g FROM generate_series(1, {SEEDED}) g",
+        # The peers have no change log; seeding is not a change anyone made.
+        "SELECT set_config('devreg.record_changes', 'off', false)",
+        "INSERT INTO users (name) VALUES ('bench')",
+        "INSERT INTO devices (name, owner_id) "
+        f"SELECT 'device-' || g, 1 FROM generate_series(1, {SEEDED}) g",
+        "INSERT INTO api_tokens (user_id, prefix, token_hash, scope) "
+        f"VALUES (1, '{BENCH_TOKEN[:12]}', decode('{token_hash}', 'hex'), 'write')",
         "VACUUM ANALYZE devices",
     )
     return peers_url, devreg_url
@@ -310,13 +330,16 @@ class Load:
     warmup: float
 
 
-def wrk(base_url: str, route: Route, load: Load, seconds: float) -> dict[str, float]:
+def wrk(
+    base_url: str, route: Route, load: Load, seconds: float, authorization: str = ""
+) -> dict[str, float]:
     env = {
         **os.environ,
         "WRK_METHOD": route.method,
         "WRK_PATH": route.path,
         "WRK_BODY": route.body,
         "MAX_ID": str(SEEDED),
+        "WRK_AUTHORIZATION": authorization,
     }
     command = [
         "wrk", "-t2", f"-c{load.connections}", f"-d{max(seconds, 1):.0f}s", "--timeout", "10s",
@@ -335,12 +358,15 @@ async def measure(
     target: Running, scenario: str, load: Load, server_url: URL, database: str
 ) -> dict[str, float]:
     route = target.app.routes[scenario]
+    authorization = target.app.authorization
     if load.warmup:
-        wrk(target.base_url, route, load, load.warmup)
+        wrk(target.base_url, route, load, load.warmup, authorization)
     started_at = datetime.now(UTC)
     sessions_before, _ = await connection_counts(server_url, database, started_at)
     cpu_before = cpu_seconds(target.process.pid)
-    result = await asyncio.to_thread(wrk, target.base_url, route, load, load.duration)
+    result = await asyncio.to_thread(
+        wrk, target.base_url, route, load, load.duration, authorization
+    )
     cpu = cpu_seconds(target.process.pid) - cpu_before
     await asyncio.sleep(1.1)  # PostgreSQL publishes session counts at most once a second
     sessions_after, started = await connection_counts(server_url, database, started_at)
@@ -431,7 +457,7 @@ def arguments() -> argparse.Namespace:
     parser.add_argument("--warmup", type=float, help="seconds of warm-up before each run")
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--workers", default="1,2", help="worker counts, e.g. 1,2")
-    parser.add_argument("--apps", default="devreg,C,B,A,D")
+    parser.add_argument("--apps", default="devreg,devreg-auth,C,B,A,D")
     parser.add_argument("--scenarios", default=",".join(SCENARIOS))
     parser.add_argument("--peers", type=Path, default=DEFAULT_PEERS, help="the peers folder")
     parser.add_argument("--port", type=int, default=8900)
@@ -481,7 +507,9 @@ async def main() -> None:
                         continue
                     with running(app, port=args.port, workers=workers, log=log) as target:
                         for scenario in wanted:
-                            database = DEVREG_DATABASE if name == "devreg" else PEERS_DATABASE
+                            database = (
+                                DEVREG_DATABASE if name.startswith("devreg") else PEERS_DATABASE
+                            )
                             result = await measure(target, scenario, load, server_url, database)
                             record = {
                                 "round": round_,

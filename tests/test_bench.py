@@ -14,9 +14,9 @@ from tests.support import devreg_environment, free_port
 
 def test_smallest_speed_run_reports_each_scenario(server_url: URL, tmp_path: Path) -> None:
     command = [
-        sys.executable, str(PROJECT_ROOT / "bench" / "speed.py"), "--apps", "devreg",
-        "--workers", "1", "--scenarios", "get,heartbeat", "--duration", "1", "--warmup", "0",
-        "--port", str(free_port()), "--out", str(tmp_path),
+        sys.executable, str(PROJECT_ROOT / "bench" / "speed.py"),
+        "--apps", "devreg,devreg-auth", "--workers", "1", "--scenarios", "get,heartbeat",
+        "--duration", "1", "--warmup", "0", "--port", str(free_port()), "--out", str(tmp_path),
     ]  # fmt: skip
     environment = devreg_environment(
         BENCH_DATABASE_URL=server_url.render_as_string(hide_password=False), WORKERS="1"
@@ -30,11 +30,18 @@ def test_smallest_speed_run_reports_each_scenario(server_url: URL, tmp_path: Pat
     rows = [line.split("|")[1:-1] for line in result.stdout.splitlines() if line.startswith("| 1 ")]
     assert [(row[1].strip(), row[2].strip()) for row in rows] == [
         ("get", "devreg"),
+        ("get", "devreg-auth"),
         ("heartbeat", "devreg"),
+        ("heartbeat", "devreg-auth"),
     ]
     (raw,) = tmp_path.glob("speed-*.jsonl")
     records = [json.loads(line) for line in raw.read_text().splitlines()]
-    assert [record["scenario"] for record in records] == ["get", "heartbeat"]
+    assert [(record["app"], record["scenario"]) for record in records] == [
+        ("devreg", "get"),
+        ("devreg", "heartbeat"),
+        ("devreg-auth", "get"),
+        ("devreg-auth", "heartbeat"),
+    ]
     for record in records:
         assert record["requests"] > 0
         assert record["non_2xx"] == record["errors"] == 0

@@ -1,10 +1,14 @@
 -- One request shape, from the environment: WRK_METHOD, WRK_PATH (each "{id}" becomes a random
--- id in 1..MAX_ID), WRK_BODY (sent as JSON when set). done() prints one WRKJSON summary line.
+-- id in 1..MAX_ID), WRK_BODY (sent as JSON when set), WRK_AUTHORIZATION (the header, when set). done() prints one WRKJSON summary line.
 local method = os.getenv("WRK_METHOD") or "GET"
 local path = os.getenv("WRK_PATH") or "/"
 local body = os.getenv("WRK_BODY")
 local max_id = tonumber(os.getenv("MAX_ID") or "10000")
 local headers = {}
+local authorization = os.getenv("WRK_AUTHORIZATION")
+if authorization and authorization ~= "" then
+  headers["Authorization"] = authorization
+end
 if body and body ~= "" then
   headers["Content-Type"] = "application/json"
 else
