@@ -161,6 +161,11 @@ class UnknownUser(InvalidInput):
         super().__init__(field="user_id")
 
 
+class IdempotencyKeyReused(InvalidInput):
+    slug = "idempotency-key-reused"
+    default_detail = "This Idempotency-Key was used for a different request."
+
+
 class InvalidItems(InvalidInput):
     """Some items of a bulk request cannot be applied; none of them was."""
 

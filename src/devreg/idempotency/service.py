@@ -10,13 +10,8 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from devreg.errors import InvalidInput
+from devreg.errors import IdempotencyKeyReused
 from devreg.idempotency.repository import IdempotencyRepository
-
-
-class IdempotencyKeyReused(InvalidInput):
-    slug = "idempotency-key-reused"
-    default_detail = "This Idempotency-Key was used for a different request."
 
 
 @dataclass(frozen=True)
