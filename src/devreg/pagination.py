@@ -13,7 +13,7 @@ import json
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
-from typing import Annotated, Any, Generic, TypeVar, cast
+from typing import Annotated, Any, Generic, Protocol, TypeVar, cast
 
 from fastapi import Query
 from pydantic import Field, SerializerFunctionWrapHandler, model_serializer
@@ -191,6 +191,47 @@ async def paginate(
         next_cursor=next_cursor,
         total=await count(page.count is CountMode.EXACT),
         total_is_estimate=page.count is CountMode.ESTIMATED,
+    )
+
+
+class Identified(Protocol):
+    @property
+    def id(self) -> int: ...
+
+
+ItemT_co = TypeVar("ItemT_co", bound=Identified, covariant=True)
+FilterT_contra = TypeVar("FilterT_contra", contravariant=True)
+ListedT = TypeVar("ListedT", bound=Identified)
+ListingFilterT = TypeVar("ListingFilterT")
+
+
+class Listable(Protocol[ItemT_co, FilterT_contra]):
+    """A repository that lists pages of one kind of row and counts them."""
+
+    async def list_page(
+        self, filters: FilterT_contra, *, sort: Sort, after: Position | None, limit: int
+    ) -> Sequence[tuple[ItemT_co, SortValue]]: ...
+
+    async def count(self, filters: FilterT_contra, *, exact: bool) -> int: ...
+
+
+async def paginate_listing(
+    listing: str,
+    repository: Listable[ListedT, ListingFilterT],
+    filters: ListingFilterT,
+    page: PageRequest,
+    *,
+    value_type: type,
+    nullable: bool = False,
+) -> PageResult[ListedT]:
+    """One page of `listing` (its name keeps its cursors apart from other listings')."""
+    sort = page.sort
+    return await paginate(
+        page,
+        Cursors(listing, sort, describe_filters(filters), value_type=value_type, nullable=nullable),
+        fetch=lambda after: repository.list_page(filters, sort=sort, after=after, limit=page.limit),
+        count=lambda exact: repository.count(filters, exact=exact),
+        id_of=lambda item: item.id,
     )
 
 

@@ -11,7 +11,7 @@ from devreg.changes.models import ObjectType
 from devreg.changes.repository import ChangeRepository
 from devreg.changes.schemas import ChangeRead
 from devreg.devices import service as devices_service
-from devreg.pagination import Cursors, PageRequest, PageResult, describe_filters, paginate
+from devreg.pagination import PageRequest, PageResult, paginate_listing
 
 
 async def list_changes(
@@ -26,14 +26,8 @@ async def list_changes(
 async def _page(
     session: AsyncSession, filters: ChangeFilter, page: PageRequest
 ) -> PageResult[ChangeRead]:
-    repository = ChangeRepository(session)
-    sort = page.sort
-    return await paginate(
-        page,
-        Cursors("changes", sort, describe_filters(filters), value_type=SORT_KEYS[sort.key]),
-        fetch=lambda after: repository.list_page(filters, sort=sort, after=after, limit=page.limit),
-        count=lambda exact: repository.count(filters, exact=exact),
-        id_of=lambda change: change.id,
+    return await paginate_listing(
+        "changes", ChangeRepository(session), filters, page, value_type=SORT_KEYS[page.sort.key]
     )
 
 

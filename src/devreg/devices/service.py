@@ -12,7 +12,7 @@ from devreg.devices.filters import NULLABLE_SORT_KEYS, SORT_KEYS, DeviceFilter
 from devreg.devices.repository import DeviceRepository
 from devreg.devices.schemas import DeviceCreate, DeviceRead, DeviceUpdate
 from devreg.errors import DeviceNotFound, Forbidden, PreconditionFailed
-from devreg.pagination import Cursors, PageRequest, PageResult, describe_filters, paginate
+from devreg.pagination import PageRequest, PageResult, paginate_listing
 
 
 def _owner_for(principal: Principal, owner_id: int | None) -> int | None:
@@ -58,21 +58,14 @@ async def list_devices(
     page: PageRequest,
     principal: Principal,
 ) -> PageResult[DeviceRead]:
-    repository = DeviceRepository(session)
-    filters = visible(principal, filters)
-    sort = page.sort
-    return await paginate(
+    sort_key = page.sort.key
+    return await paginate_listing(
+        "devices",
+        DeviceRepository(session),
+        visible(principal, filters),
         page,
-        Cursors(
-            "devices",
-            sort,
-            describe_filters(filters),
-            value_type=SORT_KEYS.get(sort.key, float),
-            nullable=sort.key in NULLABLE_SORT_KEYS,
-        ),
-        fetch=lambda after: repository.list_page(filters, sort=sort, after=after, limit=page.limit),
-        count=lambda exact: repository.count(filters, exact=exact),
-        id_of=lambda device: device.id,
+        value_type=SORT_KEYS.get(sort_key, float),
+        nullable=sort_key in NULLABLE_SORT_KEYS,
     )
 
 

@@ -10,7 +10,7 @@ from devreg.devices import service as devices_service
 from devreg.devices.filters import DeviceFilter
 from devreg.devices.schemas import DeviceRead
 from devreg.errors import UserNotFound
-from devreg.pagination import Cursors, PageRequest, PageResult, describe_filters, paginate
+from devreg.pagination import PageRequest, PageResult, paginate_listing
 from devreg.users.filters import SORT_KEYS, UserFilter
 from devreg.users.models import User
 from devreg.users.repository import UserRepository
@@ -40,16 +40,10 @@ async def get_user(session: AsyncSession, user_id: int, *, principal: Principal)
 async def list_users(
     session: AsyncSession, *, filters: UserFilter, page: PageRequest, principal: Principal
 ) -> PageResult[User]:
-    repository = UserRepository(session)
     if principal.owner is not None:
         filters = replace(filters, visible_to=principal.owner)
-    sort = page.sort
-    return await paginate(
-        page,
-        Cursors("users", sort, describe_filters(filters), value_type=SORT_KEYS[sort.key]),
-        fetch=lambda after: repository.list_page(filters, sort=sort, after=after, limit=page.limit),
-        count=lambda exact: repository.count(filters, exact=exact),
-        id_of=lambda user: user.id,
+    return await paginate_listing(
+        "users", UserRepository(session), filters, page, value_type=SORT_KEYS[page.sort.key]
     )
 
 
