@@ -109,7 +109,7 @@ def json_scalar(raw: str) -> Any:
     """A query value as a JSON scalar where it parses as one (7, true, null, "x"), else text."""
     try:
         value = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested arrays, which are text here
         return raw
     if isinstance(value, dict | list) or (isinstance(value, float) and not math.isfinite(value)):
         return raw

@@ -2,11 +2,12 @@
 
 import math
 import re
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 from pydantic import (
     AfterValidator,
+    AwareDatetime,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -68,6 +69,22 @@ SearchText = Annotated[
 """What `q=` searches for."""
 
 Id = Annotated[int, Field(ge=1, le=BIGINT_MAX)]
+
+
+def _storable_instant(value: datetime) -> datetime:
+    """Within what PostgreSQL and its driver store as given: asyncpg writes the first and last
+    instants Python has as -infinity and infinity, and cannot write what falls outside them."""
+    try:
+        utc = value.astimezone(UTC).replace(tzinfo=None)
+    except OverflowError:
+        utc = datetime.min
+    if utc in (datetime.min, datetime.max):
+        raise ValueError("must be after 0001-01-01T00:00:00Z and before 9999-12-31T23:59:59Z")
+    return value
+
+
+Instant = Annotated[AwareDatetime, AfterValidator(_storable_instant)]
+"""A point in time, with its offset (`Z` or `+01:00`)."""
 
 _SHORT_DURATION = re.compile(r"(\d{1,6})([dhm])")
 _DURATION_UNITS = {"d": "days", "h": "hours", "m": "minutes"}

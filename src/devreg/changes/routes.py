@@ -1,7 +1,6 @@
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Query, Request
-from pydantic import AwareDatetime
 
 from devreg.auth.guard import Reader
 from devreg.changes import service
@@ -17,7 +16,7 @@ from devreg.querystring import (
     page_response,
     reject_unknown,
 )
-from devreg.schemas import BIGINT_MAX, Id
+from devreg.schemas import BIGINT_MAX, Id, Instant
 
 router = APIRouter(tags=["changes"], responses=problem_responses(400, 401, 403, 422))
 
@@ -31,8 +30,8 @@ async def change_listing(
     object_id: Annotated[list[Id] | None, Query(description="Any of these.")] = None,
     user_id: Annotated[list[Id] | None, Query(description="Made by any of these.")] = None,
     action: Annotated[list[Action] | None, Query(description="Any of these.")] = None,
-    since: Annotated[AwareDatetime | None, Query(description="At or after this time.")] = None,
-    until: Annotated[AwareDatetime | None, Query(description="Before this time.")] = None,
+    since: Annotated[Instant | None, Query(description="At or after this time.")] = None,
+    until: Annotated[Instant | None, Query(description="Before this time.")] = None,
 ) -> Listing[ChangeFilter]:
     """Newest first (`sort=id` for oldest first)."""
     reject_unknown(request, _FILTER_PARAMETERS | LISTING_PARAMETERS)

@@ -2,7 +2,6 @@ from typing import Annotated
 
 from fastapi import APIRouter, Body, Depends, Header, Path, Query, Request, Response, status
 from fastapi.responses import StreamingResponse
-from pydantic import AwareDatetime
 
 from devreg.auth.guard import Reader, Writer
 from devreg.conditional import IfMatch, etag, not_modified
@@ -38,7 +37,7 @@ from devreg.querystring import (
     page_response,
     reject_unknown,
 )
-from devreg.schemas import BIGINT_MAX, Id, SearchText, ShortText, Tag
+from devreg.schemas import BIGINT_MAX, Id, Instant, SearchText, ShortText, Tag
 
 router = APIRouter(prefix="/devices", tags=["devices"], responses=problem_responses(401, 403))
 
@@ -119,10 +118,10 @@ async def device_filters(
         list[ShortText] | None, Query(description="Name starts with (any case).")
     ] = None,
     serial_number: Texts = None,
-    created_after: AwareDatetime | None = None,
-    created_before: AwareDatetime | None = None,
-    last_seen_after: AwareDatetime | None = None,
-    last_seen_before: AwareDatetime | None = None,
+    created_after: Instant | None = None,
+    created_before: Instant | None = None,
+    last_seen_after: Instant | None = None,
+    last_seen_before: Instant | None = None,
     tag: Annotated[list[Tag] | None, Query(description="Has all of these tags.")] = None,
     has_owner: bool | None = None,
     q: Annotated[

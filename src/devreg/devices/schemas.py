@@ -1,13 +1,14 @@
 from datetime import datetime
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, AwareDatetime, Field
+from pydantic import AfterValidator, Field
 
 from devreg.devices.models import DeviceStatus
 from devreg.pagination import Page
 from devreg.schemas import (
     Id,
     InputSchema,
+    Instant,
     JsonObject,
     Schema,
     SearchText,
@@ -36,7 +37,7 @@ class DeviceCreate(InputSchema):
     owner_id: Id | None = None
     tags: Tags = Field(default_factory=list)
     attributes: JsonObject = Field(default_factory=dict)
-    last_seen_at: AwareDatetime | None = None
+    last_seen_at: Instant | None = None
 
 
 class DeviceUpdate(UpdateSchema):
@@ -52,7 +53,7 @@ class DeviceUpdate(UpdateSchema):
     owner_id: Id | None = None
     tags: Tags = None  # type: ignore[assignment]
     attributes: JsonObject = None  # type: ignore[assignment]
-    last_seen_at: AwareDatetime | None = None
+    last_seen_at: Instant | None = None
 
 
 BULK_MAX = 10_000

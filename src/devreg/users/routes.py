@@ -1,7 +1,6 @@
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Path, Query, Request, Response, status
-from pydantic import AwareDatetime
 
 from devreg.auth.guard import Reader, Writer
 from devreg.db.session import SessionDep
@@ -15,7 +14,7 @@ from devreg.querystring import (
     page_response,
     reject_unknown,
 )
-from devreg.schemas import BIGINT_MAX, ShortText
+from devreg.schemas import BIGINT_MAX, Instant, ShortText
 from devreg.users import service
 from devreg.users.filters import DEFAULT_SORT, SORT_KEYS, UserFilter
 from devreg.users.schemas import UserCreate, UserPage, UserRead, UserUpdate
@@ -56,8 +55,8 @@ async def user_listing(
         list[ShortText] | None, Query(description="Name starts with (any case).")
     ] = None,
     email: Annotated[list[ShortText] | None, Query(description="Any case.")] = None,
-    created_after: AwareDatetime | None = None,
-    created_before: AwareDatetime | None = None,
+    created_after: Instant | None = None,
+    created_before: Instant | None = None,
 ) -> Listing[UserFilter]:
     reject_unknown(request, _LISTING_PARAMETERS)
     filters = UserFilter(
