@@ -160,7 +160,8 @@ def get_settings() -> Settings:
     return Settings()
 
 
-def _app_settings(request: Request) -> Settings:
+# async: FastAPI runs a plain `def` dependency in a worker thread, which costs more than this.
+async def _app_settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 

@@ -9,7 +9,7 @@ from devreg.auth.principal import Principal
 from devreg.db.session import SessionDep
 
 
-def get_authenticator(request: Request) -> Authenticator:
+async def get_authenticator(request: Request) -> Authenticator:
     authenticator: Authenticator = request.app.state.authenticator
     return authenticator
 
@@ -18,11 +18,13 @@ AuthenticatorDep = Annotated[Authenticator, Depends(get_authenticator)]
 
 
 async def authenticate(request: Request, session: SessionDep) -> Principal:
-    authenticator = get_authenticator(request)
+    authenticator: Authenticator = request.app.state.authenticator
     return await authenticator.principal(session, request.headers.get("authorization"))
 
 
-async def authenticate_writer(principal: Annotated[Principal, Depends(authenticate)]) -> Principal:
+async def authenticate_writer(request: Request, session: SessionDep) -> Principal:
+    # Not a sub-dependency of authenticate: each level of dependencies costs every request.
+    principal = await authenticate(request, session)
     principal.require_write()
     return principal
 

@@ -28,7 +28,6 @@ from devreg.devices.schemas import (
 )
 from devreg.errors import InvalidParameter, PreconditionRequired, problem_responses
 from devreg.idempotency.dependency import IdempotencyDep
-from devreg.idempotency.service import Answer
 from devreg.querystring import (
     LISTING_PARAMETERS,
     Listing,
@@ -63,13 +62,8 @@ async def create_device(
     device = await service.register_device(session, data=data, principal=principal)
     response.headers["Location"] = str(request.url_for("get_device", device_id=device.id))
     _tagged(device, response)
-    await idempotency.remember(
-        Answer(
-            status.HTTP_201_CREATED,
-            device.model_dump(mode="json"),
-            {name: response.headers[name] for name in ("Location", "ETag")},
-        )
-    )
+    replayed = {name: response.headers[name] for name in ("Location", "ETag")}
+    await idempotency.remember(status.HTTP_201_CREATED, device, replayed)
     return device
 
 
@@ -234,7 +228,7 @@ async def create_devices(
 ) -> BulkResult:
     """Up to 10,000 devices, all or nothing; the new ids in the order given."""
     result = BulkResult(ids=await bulk.register_devices(session, items=items, principal=principal))
-    await idempotency.remember(Answer(status.HTTP_201_CREATED, result.model_dump(mode="json")))
+    await idempotency.remember(status.HTTP_201_CREATED, result)
     return result
 
 
@@ -312,7 +306,7 @@ async def record_heartbeat(
 ) -> None:
     """The device is alive: sets `last_seen_at` to now."""
     await service.record_heartbeat(session, device_id, principal=principal)
-    await idempotency.remember(Answer(status.HTTP_204_NO_CONTENT))
+    await idempotency.remember(status.HTTP_204_NO_CONTENT)
 
 
 @router.delete(

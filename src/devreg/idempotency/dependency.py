@@ -1,15 +1,16 @@
 """The Idempotency-Key header on POST routes: claim the key before the write, record the
 answer with it, or give the first answer again."""
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Header, Request
 from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from devreg.auth.guard import Writer
-from devreg.config import SettingsDep
 from devreg.db.session import SessionDep
 from devreg.idempotency import service
 from devreg.idempotency.models import KEY_MAX_LENGTH
@@ -31,19 +32,22 @@ class Idempotency:
     token_id: int
     key: str | None
 
-    async def remember(self, answer: Answer) -> None:
-        """Keep the answer with the key, in the write's transaction."""
-        if self.key is not None:
-            await service.remember_answer(
-                self.session, token_id=self.token_id, key=self.key, answer=answer
-            )
+    async def remember(
+        self, status: int, body: BaseModel | None = None, headers: Mapping[str, str] | None = None
+    ) -> None:
+        """Keep the answer with the key, in the write's transaction (nothing without a key)."""
+        if self.key is None:
+            return
+        answer = Answer(status, body.model_dump(mode="json") if body else None, dict(headers or {}))
+        await service.remember_answer(
+            self.session, token_id=self.token_id, key=self.key, answer=answer
+        )
 
 
 async def idempotency(
     request: Request,
     session: SessionDep,
     principal: Writer,
-    settings: SettingsDep,
     idempotency_key: Annotated[
         str | None,
         Header(
@@ -61,7 +65,7 @@ async def idempotency(
             token_id=token_id,
             key=idempotency_key,
             fingerprint=service.fingerprint(request.method, request.url.path, await request.body()),
-            lifetime=settings.idempotency_key_lifetime,
+            lifetime=request.app.state.settings.idempotency_key_lifetime,
         )
         if earlier is not None:
             raise IdempotentReplay(earlier)
