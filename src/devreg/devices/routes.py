@@ -59,6 +59,7 @@ async def create_device(
     request: Request,
     response: Response,
 ) -> object:
+    await idempotency.claim(session, principal)
     device = await service.register_device(session, data=data, principal=principal)
     response.headers["Location"] = str(request.url_for("get_device", device_id=device.id))
     _tagged(device, response)
@@ -227,6 +228,7 @@ async def create_devices(
     items: BulkCreate, session: SessionDep, principal: Writer, idempotency: IdempotencyDep
 ) -> BulkResult:
     """Up to 10,000 devices, all or nothing; the new ids in the order given."""
+    await idempotency.claim(session, principal)
     result = BulkResult(ids=await bulk.register_devices(session, items=items, principal=principal))
     await idempotency.remember(status.HTTP_201_CREATED, result)
     return result
@@ -305,6 +307,7 @@ async def record_heartbeat(
     device_id: DeviceId, session: SessionDep, principal: Writer, idempotency: IdempotencyDep
 ) -> None:
     """The device is alive: sets `last_seen_at` to now."""
+    await idempotency.claim(session, principal)
     await service.record_heartbeat(session, device_id, principal=principal)
     await idempotency.remember(status.HTTP_204_NO_CONTENT)
 

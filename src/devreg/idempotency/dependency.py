@@ -2,7 +2,6 @@
 answer with it, or give the first answer again."""
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Header, Request
@@ -10,8 +9,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from devreg.auth.guard import Writer
-from devreg.db.session import SessionDep
+from devreg.auth.principal import Principal
 from devreg.idempotency import service
 from devreg.idempotency.models import KEY_MAX_LENGTH
 from devreg.idempotency.service import Answer
@@ -24,30 +22,48 @@ class IdempotentReplay(Exception):
         self.answer = answer
 
 
-@dataclass(frozen=True)
 class Idempotency:
-    """This request's key (None without one)."""
+    """This request's Idempotency-Key, if it has one: `claim` it before writing, `remember`
+    the answer after; both are no-ops without a key."""
 
-    session: AsyncSession
-    token_id: int
-    key: str | None
+    def __init__(self, request: Request, key: str | None) -> None:
+        self.request = request
+        self.key = key
+        self._claimed: tuple[AsyncSession, int] | None = None
+
+    async def claim(self, session: AsyncSession, principal: Principal) -> None:
+        """Hold the key in the session's transaction, or raise IdempotentReplay with the
+        first answer (or a 422 when the key came with another request)."""
+        if self.key is None:
+            return
+        request = self.request
+        token_id = principal.token_id or 0
+        earlier = await service.claim_key(
+            session,
+            token_id=token_id,
+            key=self.key,
+            fingerprint=service.fingerprint(request.method, request.url.path, await request.body()),
+            lifetime=request.app.state.settings.idempotency_key_lifetime,
+        )
+        if earlier is not None:
+            raise IdempotentReplay(earlier)
+        self._claimed = (session, token_id)
 
     async def remember(
         self, status: int, body: BaseModel | None = None, headers: Mapping[str, str] | None = None
     ) -> None:
-        """Keep the answer with the key, in the write's transaction (nothing without a key)."""
-        if self.key is None:
+        """Keep the answer with the claimed key, in the write's transaction."""
+        if self._claimed is None or self.key is None:
             return
+        session, token_id = self._claimed
         answer = Answer(status, body.model_dump(mode="json") if body else None, dict(headers or {}))
-        await service.remember_answer(
-            self.session, token_id=self.token_id, key=self.key, answer=answer
-        )
+        await service.remember_answer(session, token_id=token_id, key=self.key, answer=answer)
 
 
+# Only the header: the session and the principal are the route's own (a dependency's
+# sub-dependencies are solved again for each dependency that names them, cached or not).
 async def idempotency(
     request: Request,
-    session: SessionDep,
-    principal: Writer,
     idempotency_key: Annotated[
         str | None,
         Header(
@@ -58,18 +74,7 @@ async def idempotency(
         ),
     ] = None,
 ) -> Idempotency:
-    token_id = principal.token_id or 0
-    if idempotency_key is not None:
-        earlier = await service.claim_key(
-            session,
-            token_id=token_id,
-            key=idempotency_key,
-            fingerprint=service.fingerprint(request.method, request.url.path, await request.body()),
-            lifetime=request.app.state.settings.idempotency_key_lifetime,
-        )
-        if earlier is not None:
-            raise IdempotentReplay(earlier)
-    return Idempotency(session, token_id, idempotency_key)
+    return Idempotency(request, idempotency_key)
 
 
 IdempotencyDep = Annotated[Idempotency, Depends(idempotency)]
