@@ -561,3 +561,27 @@ async def test_raw_query_strings_never_fail(
         elif response.status_code != 200:
             assert_problem(response, response.status_code)
     assert [item["id"] for item in await stored_devices(client)] == [device["id"]]
+
+
+ATTRIBUTES_MAX_BYTES = 64 * 1024
+
+
+def attributes_of_size(size: int) -> dict[str, Any]:
+    """An attributes object whose compact JSON text is exactly `size` bytes."""
+    padding = size - len(b'{"blob":""}')
+    return {"blob": "é" * (padding // 2) + "x" * (padding % 2)}
+
+
+async def test_attributes_up_to_the_size_limit_are_stored(client: AsyncClient) -> None:
+    attributes = attributes_of_size(ATTRIBUTES_MAX_BYTES)
+    response = await client.post(DEVICES, json={"name": "big", "attributes": attributes})
+    assert response.status_code == 201, response.text
+    await assert_device_stored(client, response.json(), attributes=attributes)
+
+
+async def test_attributes_over_the_size_limit_are_refused(client: AsyncClient) -> None:
+    attributes = attributes_of_size(ATTRIBUTES_MAX_BYTES + 1)
+    response = await client.post(DEVICES, json={"name": "big", "attributes": attributes})
+    assert response.status_code == 422, response.text
+    assert response.json()["errors"][0]["loc"] == ["body", "attributes"]
+    assert "65536 bytes" in response.json()["detail"]

@@ -1,5 +1,6 @@
 """The wire format's shared pieces: base models, validated text and ids."""
 
+import json
 import math
 import re
 from datetime import UTC, datetime, timedelta
@@ -105,6 +106,7 @@ Duration = Annotated[
 """A span of time: `90d`, `12h`, `30m`, an ISO 8601 duration (`P90D`) or seconds."""
 
 ATTRIBUTES_MAX_DEPTH = 16
+ATTRIBUTES_MAX_BYTES = 64 * 1024  # as compact JSON text
 
 
 def _storable_json(value: Any, depth: int = 0) -> None:
@@ -125,6 +127,10 @@ def _storable_json(value: Any, depth: int = 0) -> None:
 
 def _storable_json_object(value: dict[str, Any]) -> dict[str, Any]:
     _storable_json(value)
+    if len(json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()) > (
+        ATTRIBUTES_MAX_BYTES
+    ):
+        raise ValueError(f"must not take more than {ATTRIBUTES_MAX_BYTES} bytes as JSON")
     return value
 
 
