@@ -457,7 +457,9 @@ def arguments() -> argparse.Namespace:
     parser.add_argument("--warmup", type=float, help="seconds of warm-up before each run")
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--workers", default="1,2", help="worker counts, e.g. 1,2")
-    parser.add_argument("--apps", default="devreg,devreg-auth,C,B,A,D")
+    parser.add_argument(
+        "--apps", default="devreg,C,B,A,D", help="also devreg-auth: devreg with a token"
+    )
     parser.add_argument("--scenarios", default=",".join(SCENARIOS))
     parser.add_argument("--peers", type=Path, default=DEFAULT_PEERS, help="the peers folder")
     parser.add_argument("--port", type=int, default=8900)
