@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from devreg.changes.actor import without_change_log
+
 _USERS = """
 WITH created AS (
     INSERT INTO users (name, email)
@@ -62,7 +64,7 @@ async def seed(session: AsyncSession, *, users: int, devices: int) -> Seeded:
     """Add `users` users and `devices` devices (owned by the new users, 90% of them)."""
     run = secrets.token_hex(3)  # keeps serials and emails unique across seed runs
     # Synthetic rows are not changes anyone made: the change log stays out of it.
-    await session.execute(text("SELECT set_config('devreg.record_changes', 'off', true)"))
+    await without_change_log(session)
     created = (await session.execute(text(_USERS), {"run": run, "count": users})).one()
     await session.execute(
         text(_DEVICES),

@@ -5,7 +5,7 @@ of a transaction (record_actor) for writes through the ORM."""
 import json
 
 from asgi_correlation_id import correlation_id
-from sqlalchemy import ColumnElement, Text, bindparam, func, literal_column, select, text, true
+from sqlalchemy import Text, TextClause, bindparam, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from devreg.auth.principal import Principal
@@ -15,13 +15,7 @@ ACTING_SQL = f"(SELECT {_SET_ACTOR}) IS NOT NULL"
 """A condition that always holds; evaluating it (once per statement: it is a constant
 subquery) tells the change log who writes, the value bound as `actor`. Put it in the WHERE of
 a write: no extra statement, no extra round trip."""
-ACTING: ColumnElement[bool] = (
-    select(
-        func.set_config(literal_column("'devreg.actor'"), bindparam("actor", type_=Text), true())
-    )
-    .scalar_subquery()
-    .is_not(None)
-)
+ACTING: TextClause = text(ACTING_SQL).bindparams(bindparam("actor", type_=Text))
 """ACTING_SQL, for SQLAlchemy statements."""
 
 
@@ -39,3 +33,8 @@ def actor_of(principal: Principal) -> str:
 async def record_actor(session: AsyncSession, principal: Principal) -> None:
     """Name the actor for every write in the session's transaction (which this begins)."""
     await session.execute(text(f"SELECT {_SET_ACTOR}"), {"actor": actor_of(principal)})
+
+
+async def without_change_log(session: AsyncSession) -> None:
+    """Record nothing for the rest of the session's transaction (synthetic data)."""
+    await session.execute(text("SELECT set_config('devreg.record_changes', 'off', true)"))

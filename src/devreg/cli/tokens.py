@@ -4,6 +4,7 @@ from datetime import datetime
 from typing import Annotated
 
 import typer
+from pydantic import TypeAdapter
 from rich.table import Table
 
 from devreg.auth import service
@@ -50,7 +51,7 @@ def tokens_list(
     tokens = in_transaction(lambda session: service.list_tokens(session, FULL_ACCESS, user_id=user))
     items = [TokenRead.model_validate(token) for token in tokens]
     if as_json:
-        print("[" + ",".join(item.model_dump_json() for item in items) + "]")
+        print(TypeAdapter(list[TokenRead]).dump_json(items).decode())
         return
     columns = ("id", "user_id", "prefix", "scope", "admin", "created_at", "expires_at",
                "last_used_at", "revoked_at")  # fmt: skip
