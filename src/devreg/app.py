@@ -1,12 +1,10 @@
 """create_app(): the lifespan (database, migrations), the routers and the error handlers."""
 
 import logging
-import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import TypedDict
 
-from asgi_correlation_id import CorrelationIdMiddleware
 from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -14,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from devreg import __version__
 from devreg.auth.authenticator import Authenticator, UnsafeBinding, check_binding
 from devreg.auth.routes import router as tokens_router
-from devreg.body_limit import BodyLimitMiddleware
+from devreg.body_limit import BodyLimits
 from devreg.changes.routes import router as changes_router
 from devreg.compat.routes import router as tutorial_router
 from devreg.config import Settings, get_settings
@@ -29,27 +27,22 @@ from devreg.db.session import (
     session_scope,
 )
 from devreg.devices.routes import router as devices_router
+from devreg.edge import EdgeMiddleware
 from devreg.errors import register_error_handlers
 from devreg.health.routes import router as health_router
 from devreg.idempotency.dependency import IdempotentReplay, replay
 from devreg.idempotency.service import forget_expired
-from devreg.logs import RequestLogMiddleware
-from devreg.security import add_security_middleware
+from devreg.security import add_cors_middleware
 from devreg.users.routes import router as users_router
 
 logger = logging.getLogger("devreg")
 
 API_PREFIX = "/api/v1"
-_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 
 class State(TypedDict):
     engine: AsyncEngine
     sessionmaker: SessionMaker
-
-
-def _valid_request_id(value: str) -> bool:
-    return _REQUEST_ID.fullmatch(value) is not None
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -96,14 +89,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     register_error_handlers(app)
     app.add_exception_handler(IdempotentReplay, replay)
-    app.add_middleware(
-        BodyLimitMiddleware,
+    add_cors_middleware(app, settings)
+    body_limits = BodyLimits(
         default=settings.max_body_size,
         limits={f"{API_PREFIX}/devices/bulk": settings.max_bulk_body_size},
     )
-    app.add_middleware(RequestLogMiddleware)
-    add_security_middleware(app, settings)
-    app.add_middleware(
-        CorrelationIdMiddleware, header_name="X-Request-ID", validator=_valid_request_id
-    )
+    app.add_middleware(EdgeMiddleware, body_limits=body_limits)
     return app

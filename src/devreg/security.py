@@ -3,7 +3,6 @@
 import secure
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
-from secure.middleware import SecureASGIMiddleware
 
 from devreg.config import Settings
 
@@ -23,8 +22,13 @@ _HEADERS = secure.Secure(
     referrer=secure.ReferrerPolicy().no_referrer(),
 )
 
+SECURITY_HEADERS: tuple[tuple[bytes, bytes], ...] = tuple(
+    (name.lower().encode("latin-1"), value.encode("latin-1"))
+    for name, value in _HEADERS.headers.items()
+)
 
-def add_security_middleware(app: FastAPI, settings: Settings) -> None:
+
+def add_cors_middleware(app: FastAPI, settings: Settings) -> None:
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,
@@ -33,4 +37,3 @@ def add_security_middleware(app: FastAPI, settings: Settings) -> None:
             allow_headers=["Authorization", "Content-Type", "If-Match", "If-None-Match"],
             expose_headers=["ETag", "Location", "X-Request-ID", "Retry-After"],
         )
-    app.add_middleware(SecureASGIMiddleware, secure=_HEADERS)

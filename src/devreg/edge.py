@@ -1,0 +1,89 @@
+"""What every HTTP exchange passes through, once, in one ASGI middleware.
+
+One layer instead of four (request id, security headers, request log, body limit): each layer
+wraps `send` and `receive` again and adds its own awaits to every request, and together they
+cost about a fifth of a simple GET's CPU."""
+
+import re
+import time
+import uuid
+
+from asgi_correlation_id import correlation_id
+from starlette.requests import Request
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from devreg.body_limit import BodyLimits, declared_too_large, receive_within, too_large
+from devreg.errors import problem_response, unhandled_error
+from devreg.logs import request_logger
+from devreg.security import SECURITY_HEADERS
+
+REQUEST_ID_HEADER = b"x-request-id"
+_VALID_REQUEST_ID = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
+_REPLACED_HEADERS = frozenset(name for name, _ in SECURITY_HEADERS) | {REQUEST_ID_HEADER}
+
+
+def _request_id(headers: list[tuple[bytes, bytes]]) -> str:
+    """The X-Request-ID the client sent, when it is a sane one; else a new one."""
+    for name, value in headers:
+        if name == REQUEST_ID_HEADER:
+            if _VALID_REQUEST_ID.fullmatch(value):
+                return value.decode("ascii")
+            break
+    return uuid.uuid4().hex
+
+
+def _content_length(headers: list[tuple[bytes, bytes]]) -> bytes | None:
+    return next((value for name, value in headers if name == b"content-length"), None)
+
+
+class EdgeMiddleware:
+    """Per request: its request id (in the log context and on the response), its path's body
+    limit (413), the security headers on every response, one log line (method, path, status,
+    duration), and a crash no handler caught answered as a 500 problem, never a traceback."""
+
+    def __init__(self, app: ASGIApp, *, body_limits: BodyLimits) -> None:
+        self.app = app
+        self.body_limits = body_limits
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started_at = time.perf_counter()
+        headers = scope["headers"]
+        request_id = _request_id(headers)
+        correlation_id.set(request_id)
+        added = (*SECURITY_HEADERS, (REQUEST_ID_HEADER, request_id.encode("ascii")))
+        status = 500
+        response_started = False
+
+        async def send_with_headers(message: Message) -> None:
+            nonlocal status, response_started
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                response_started = True
+                kept = [h for h in message.get("headers", ()) if h[0] not in _REPLACED_HEADERS]
+                message["headers"] = [*kept, *added]
+            await send(message)
+
+        try:
+            limit = self.body_limits.limit_for(scope["path"])
+            if declared_too_large(_content_length(headers), limit):
+                response = problem_response(Request(scope), status=413, detail=too_large(limit))
+                await response(scope, receive, send_with_headers)
+            else:
+                await self.app(scope, receive_within(receive, limit), send_with_headers)
+        except Exception as exc:
+            response = await unhandled_error(Request(scope), exc)
+            if not response_started:
+                await response(scope, receive, send_with_headers)
+        finally:
+            request_logger.info(
+                "request",
+                extra={
+                    "method": scope["method"],
+                    "path": scope["path"],
+                    "status": status,
+                    "duration_ms": round((time.perf_counter() - started_at) * 1000, 2),
+                },
+            )
