@@ -28,7 +28,7 @@ from sqlalchemy.ext.asyncio import (
 from devreg.app import create_app
 from devreg.db import migrations
 from devreg.db.embedded import EmbeddedCluster
-from devreg.db.session import create_engine, get_session, session_scope
+from devreg.db.session import create_engine
 from tests.support import (
     RunningApp,
     admin,
@@ -121,20 +121,17 @@ def sessionmaker(connection: AsyncConnection) -> async_sessionmaker[AsyncSession
 async def client(
     running_app: RunningApp, sessionmaker: async_sessionmaker[AsyncSession]
 ) -> AsyncIterator[AsyncClient]:
-    async def session_in_test_transaction() -> AsyncIterator[AsyncSession]:
-        async with session_scope(sessionmaker) as session:
-            yield session
-
-    overrides = running_app.app.dependency_overrides
-    overrides[get_session] = session_in_test_transaction
+    # Every request's session runs in this test's transaction, rolled back when the test ends.
+    in_test_transaction = RunningApp(
+        running_app.app, {**running_app.state, "sessionmaker": sessionmaker}
+    )
     # Tokens a test creates vanish with its transaction; so must what the app cached of them.
     authenticator = running_app.app.state.authenticator
     authenticator.reset()
     try:
-        async with api_client(running_app) as client:
+        async with api_client(in_test_transaction) as client:
             yield client
     finally:
-        overrides.clear()
         authenticator.reset()
 
 

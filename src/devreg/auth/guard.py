@@ -6,7 +6,7 @@ from fastapi import Depends, Request
 
 from devreg.auth.authenticator import Authenticator
 from devreg.auth.principal import Principal
-from devreg.db.session import SessionDep
+from devreg.db.session import request_session
 
 
 async def get_authenticator(request: Request) -> Authenticator:
@@ -17,14 +17,17 @@ async def get_authenticator(request: Request) -> Authenticator:
 AuthenticatorDep = Annotated[Authenticator, Depends(get_authenticator)]
 
 
-async def authenticate(request: Request, session: SessionDep) -> Principal:
+# The session comes from the request itself, not as a sub-dependency: each dependency FastAPI
+# solves costs every request.
+async def authenticate(request: Request) -> Principal:
     authenticator: Authenticator = request.app.state.authenticator
-    return await authenticator.principal(session, request.headers.get("authorization"))
+    return await authenticator.principal(
+        request_session(request), request.headers.get("authorization")
+    )
 
 
-async def authenticate_writer(request: Request, session: SessionDep) -> Principal:
-    # Not a sub-dependency of authenticate: each level of dependencies costs every request.
-    principal = await authenticate(request, session)
+async def authenticate_writer(request: Request) -> Principal:
+    principal = await authenticate(request)
     principal.require_write()
     return principal
 

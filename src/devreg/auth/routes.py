@@ -5,11 +5,16 @@ from fastapi import APIRouter, Path, Query, status
 from devreg.auth import service
 from devreg.auth.guard import AuthenticatorDep, Reader, Writer
 from devreg.auth.schemas import TokenCreate, TokenCreated, TokenList, TokenRead
-from devreg.db.session import SessionDep
+from devreg.db.session import SessionDep, SessionRoute
 from devreg.errors import problem_responses
 from devreg.schemas import BIGINT_MAX, Id
 
-router = APIRouter(prefix="/tokens", tags=["tokens"], responses=problem_responses(401, 403))
+router = APIRouter(
+    route_class=SessionRoute,
+    prefix="/tokens",
+    tags=["tokens"],
+    responses=problem_responses(401, 403),
+)
 
 TokenId = Annotated[int, Path(ge=1, le=BIGINT_MAX, description="The token's id.")]
 

@@ -7,7 +7,7 @@ from devreg.changes import service
 from devreg.changes.filters import DEFAULT_SORT, SORT_KEYS, ChangeFilter
 from devreg.changes.models import Action, ObjectType
 from devreg.changes.schemas import ChangePage, ChangeRead
-from devreg.db.session import SessionDep
+from devreg.db.session import SessionDep, SessionRoute
 from devreg.errors import problem_responses
 from devreg.querystring import (
     LISTING_PARAMETERS,
@@ -18,7 +18,9 @@ from devreg.querystring import (
 )
 from devreg.schemas import BIGINT_MAX, Id, Instant
 
-router = APIRouter(tags=["changes"], responses=problem_responses(400, 401, 403, 422))
+router = APIRouter(
+    route_class=SessionRoute, tags=["changes"], responses=problem_responses(400, 401, 403, 422)
+)
 
 _FILTER_PARAMETERS = frozenset({"object_type", "object_id", "user_id", "action", "since", "until"})
 

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Query
 
 from devreg.auth.guard import Reader, Writer
 from devreg.compat.schemas import Deleted, TutorialDeviceIn, TutorialDeviceUpdate, TutorialItem
-from devreg.db.session import SessionDep
+from devreg.db.session import SessionDep, SessionRoute
 from devreg.devices import service as devices_service
 from devreg.devices.filters import DeviceFilter
 from devreg.devices.routes import DeviceId
@@ -21,7 +21,7 @@ from devreg.users.filters import UserFilter
 from devreg.users.routes import UserId
 from devreg.users.schemas import UserCreate
 
-router = APIRouter(include_in_schema=False)
+router = APIRouter(route_class=SessionRoute, include_in_schema=False)
 
 # The tutorials listed every row; here a list is the first page, as everywhere in devreg.
 Limit = Annotated[int, Query(ge=1, le=PAGE_LIMIT_MAX)]

@@ -6,7 +6,7 @@ from fastapi.responses import StreamingResponse
 from devreg.auth.guard import Reader, Writer
 from devreg.conditional import IfMatch, etag, not_modified
 from devreg.config import SettingsDep
-from devreg.db.session import SessionDep, StreamingSessionDep
+from devreg.db.session import SessionDep, SessionRoute, StreamingSessionDep
 from devreg.devices import bulk, export, service
 from devreg.devices.export import EXPORT_MEDIA_TYPES, ExportFormat
 from devreg.devices.filters import (
@@ -38,7 +38,12 @@ from devreg.querystring import (
 )
 from devreg.schemas import BIGINT_MAX, Id, Instant, SearchText, ShortText, Tag
 
-router = APIRouter(prefix="/devices", tags=["devices"], responses=problem_responses(401, 403))
+router = APIRouter(
+    route_class=SessionRoute,
+    prefix="/devices",
+    tags=["devices"],
+    responses=problem_responses(401, 403),
+)
 
 DeviceId = Annotated[int, Path(ge=1, le=BIGINT_MAX, description="The device's id.")]
 

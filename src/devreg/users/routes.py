@@ -3,7 +3,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Depends, Path, Query, Request, Response, status
 
 from devreg.auth.guard import Reader, Writer
-from devreg.db.session import SessionDep
+from devreg.db.session import SessionDep, SessionRoute
 from devreg.devices.routes import DeviceListingDep
 from devreg.devices.schemas import DevicePage
 from devreg.errors import problem_responses
@@ -19,7 +19,9 @@ from devreg.users import service
 from devreg.users.filters import DEFAULT_SORT, SORT_KEYS, UserFilter
 from devreg.users.schemas import UserCreate, UserPage, UserRead, UserUpdate
 
-router = APIRouter(prefix="/users", tags=["users"], responses=problem_responses(401, 403))
+router = APIRouter(
+    route_class=SessionRoute, prefix="/users", tags=["users"], responses=problem_responses(401, 403)
+)
 
 UserId = Annotated[int, Path(ge=1, le=BIGINT_MAX, description="The user's id.")]
 
