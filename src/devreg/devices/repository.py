@@ -3,6 +3,7 @@ from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
+from pydantic import TypeAdapter
 from sqlalchemy import (
     ARRAY,
     BigInteger,
@@ -258,14 +259,22 @@ def _target(device_id: int, owner: int | None) -> dict[str, Any]:
     return {"device_id": device_id, "owner": owner}
 
 
-def _device(values: dict[str, Any], *, without: str | None = None) -> DeviceRead:
-    """A device from its row's values (and its owner's name), which it takes over."""
+def _shaped(values: dict[str, Any], *, without: str | None = None) -> dict[str, Any]:
+    """A device's row values (and its owner's name) in DeviceRead's shape, taken over."""
     if without is not None:
         values.pop(without)
     owner_name = values.pop("owner_name")
     owner_id = values["owner_id"]
     values["owner"] = None if owner_id is None else {"id": owner_id, "name": owner_name}
-    return DeviceRead.model_validate(values)
+    return values
+
+
+def _device(values: dict[str, Any]) -> DeviceRead:
+    return DeviceRead.model_validate(_shaped(values))
+
+
+# A page's devices are validated in one call, not one call per row.
+_DEVICE_LIST = TypeAdapter(list[DeviceRead])
 
 
 class DeviceRepository:
@@ -295,7 +304,13 @@ class DeviceRepository:
             after=after,
             limit=limit,
         )
-        return [(_device(row._asdict(), without=SORT_VALUE), row[-1]) for row in rows]
+        if not rows:
+            return []
+        fields = rows[0]._fields
+        devices = _DEVICE_LIST.validate_python(
+            [_shaped(dict(zip(fields, row, strict=True)), without=SORT_VALUE) for row in rows]
+        )
+        return [(device, row[-1]) for device, row in zip(devices, rows, strict=True)]
 
     async def count(self, filters: DeviceFilter, *, exact: bool) -> int:
         return await count_matching(self.session, self._matching(filters), exact=exact)
