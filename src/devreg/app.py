@@ -11,6 +11,7 @@ from fastapi_offline import FastAPIOffline
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from devreg import __version__
+from devreg.admission import Admission
 from devreg.auth.authenticator import Authenticator, UnsafeBinding, check_binding
 from devreg.auth.routes import router as tokens_router
 from devreg.body_limit import BodyLimits
@@ -30,6 +31,7 @@ from devreg.db.session import (
 from devreg.devices.routes import router as devices_router
 from devreg.edge import EdgeMiddleware
 from devreg.errors import register_error_handlers
+from devreg.health.routes import HEALTH_PATHS
 from devreg.health.routes import router as health_router
 from devreg.idempotency.dependency import IdempotentReplay, replay
 from devreg.idempotency.service import forget_expired
@@ -44,6 +46,7 @@ API_PREFIX = "/api/v1"
 class State(TypedDict):
     engine: AsyncEngine
     sessionmaker: SessionMaker
+    admission: Admission
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -71,7 +74,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             # walk all of it every few hundred requests.
             gc.collect()
             gc.freeze()
-            yield {"engine": engine, "sessionmaker": sessionmaker}
+            admission = Admission(settings.max_requests_in_progress, timeout=settings.pool_timeout)
+            yield {"engine": engine, "sessionmaker": sessionmaker, "admission": admission}
         finally:
             await engine.dispose()
 
@@ -100,5 +104,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         default=settings.max_body_size,
         limits={f"{API_PREFIX}/devices/bulk": settings.max_bulk_body_size},
     )
-    app.add_middleware(EdgeMiddleware, body_limits=body_limits)
+    app.add_middleware(
+        EdgeMiddleware, body_limits=body_limits, always_admitted=frozenset(HEALTH_PATHS)
+    )
     return app

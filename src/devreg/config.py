@@ -69,6 +69,9 @@ class Settings(BaseSettings):
         le=300,
         description="Seconds to wait for a pooled connection before answering 503.",
     )
+    # Requests one worker works on at once; the rest wait their turn in arrival order (at most
+    # POOL_TIMEOUT seconds, then 503). Health checks are never held back. See admission.py.
+    max_requests_in_progress: int = Field(8, ge=1, le=10_000)
     db_connect_timeout: float = Field(5.0, gt=0, le=300)
     health_timeout: float = Field(2.0, gt=0, le=60)
     db_echo: bool = False

@@ -1,8 +1,8 @@
 """What every HTTP exchange passes through, once, in one ASGI middleware.
 
-One layer instead of four (request id, security headers, request log, body limit): each layer
-wraps `send` and `receive` again and adds its own awaits to every request, and together they
-cost about a fifth of a simple GET's CPU."""
+One layer instead of five (request id, security headers, request log, body limit, admission):
+each layer wraps `send` and `receive` again and adds its own awaits to every request; as
+separate middlewares they cost about a fifth of a simple GET's CPU."""
 
 import re
 import time
@@ -12,8 +12,9 @@ from asgi_correlation_id import correlation_id
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from devreg.admission import Admission, Turn
 from devreg.body_limit import BodyLimits, declared_too_large, receive_within, too_large
-from devreg.errors import problem_response, unhandled_error
+from devreg.errors import PoolExhausted, error_response, problem_response, unhandled_error
 from devreg.logs import request_logger
 from devreg.security import SECURITY_HEADERS
 
@@ -38,12 +39,23 @@ def _content_length(headers: list[tuple[bytes, bytes]]) -> bytes | None:
 
 class EdgeMiddleware:
     """Per request: its request id (in the log context and on the response), its path's body
-    limit (413), the security headers on every response, one log line (method, path, status,
-    duration), and a crash no handler caught answered as a 500 problem, never a traceback."""
+    limit (413), its turn (admission.py; health checks need none), the security headers on
+    every response, one log line (method, path, status, duration), and a crash no handler
+    caught answered as a 500 problem, never a traceback."""
 
-    def __init__(self, app: ASGIApp, *, body_limits: BodyLimits) -> None:
+    def __init__(
+        self, app: ASGIApp, *, body_limits: BodyLimits, always_admitted: frozenset[str]
+    ) -> None:
         self.app = app
         self.body_limits = body_limits
+        self.always_admitted = always_admitted
+
+    def _admission(self, scope: Scope) -> Admission | None:
+        """What admits the request: the app's (from its lifespan), unless it is a health check."""
+        if scope["path"] in self.always_admitted:
+            return None
+        admission: Admission | None = scope.get("state", {}).get("admission")
+        return admission
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -56,6 +68,7 @@ class EdgeMiddleware:
         added = (*SECURITY_HEADERS, (REQUEST_ID_HEADER, request_id.encode("ascii")))
         status = 500
         response_started = False
+        turn: Turn | None = None
 
         async def send_with_headers(message: Message) -> None:
             nonlocal status, response_started
@@ -64,15 +77,23 @@ class EdgeMiddleware:
                 response_started = True
                 kept = [h for h in message.get("headers", ()) if h[0] not in _REPLACED_HEADERS]
                 message["headers"] = [*kept, *added]
+                if turn is not None:
+                    turn.end()
             await send(message)
 
         try:
             limit = self.body_limits.limit_for(scope["path"])
+            admission = self._admission(scope)
             if declared_too_large(_content_length(headers), limit):
                 response = problem_response(Request(scope), status=413, detail=too_large(limit))
                 await response(scope, receive, send_with_headers)
-            else:
+            elif admission is None:
                 await self.app(scope, receive_within(receive, limit), send_with_headers)
+            else:
+                async with admission.turn() as turn:
+                    await self.app(scope, receive_within(receive, limit), send_with_headers)
+        except PoolExhausted as exc:
+            await error_response(Request(scope), exc)(scope, receive, send_with_headers)
         except Exception as exc:
             response = await unhandled_error(Request(scope), exc)
             if not response_started:

@@ -275,6 +275,10 @@ def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
 
 async def _devreg_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, DevregError)
+    return error_response(request, exc)
+
+
+def error_response(request: Request, exc: DevregError) -> JSONResponse:
     return problem_response(
         request,
         status=exc.status,

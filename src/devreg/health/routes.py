@@ -15,7 +15,12 @@ _NOT_READY: dict[int | str, dict[str, Any]] = {
 }
 
 
-@router.get("/livez", response_model=Liveness)
+LIVENESS_PATH = "/livez"
+READINESS_PATH = "/readyz"
+HEALTH_PATHS = (LIVENESS_PATH, READINESS_PATH)
+
+
+@router.get(LIVENESS_PATH, response_model=Liveness)
 async def livez() -> Liveness:
     return Liveness()
 
@@ -28,7 +33,7 @@ async def _readiness(request: Request, response: Response, settings: SettingsDep
 
 
 router.add_api_route(
-    "/readyz", _readiness, response_model=Readiness, responses=_NOT_READY, name="readyz"
+    READINESS_PATH, _readiness, response_model=Readiness, responses=_NOT_READY, name="readyz"
 )
 # The tutorial's path for the same check.
 router.add_api_route(

@@ -1,0 +1,143 @@
+"""A worker works on MAX_REQUESTS_IN_PROGRESS requests at once; the rest wait their turn in
+arrival order, at most POOL_TIMEOUT seconds (then 503); health checks never wait."""
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+
+import pytest
+from fastapi import FastAPI
+from fastapi.responses import StreamingResponse
+from sqlalchemy.engine import URL
+
+from devreg.admission import Admission
+from devreg.app import create_app
+from devreg.errors import PoolExhausted
+from tests.api import assert_problem
+from tests.support import api_client, make_settings, running
+
+HELD = "/api/v1/held"
+
+
+class Gate:
+    """A route that holds its request until opened: `entered` once a request is inside."""
+
+    def __init__(self) -> None:
+        self.entered = asyncio.Event()
+        self.opened = asyncio.Event()
+
+    async def hold(self) -> dict[str, bool]:
+        self.entered.set()
+        await self.opened.wait()
+        return {"held": True}
+
+    async def stream(self) -> StreamingResponse:
+        async def chunks() -> AsyncIterator[bytes]:
+            yield b"first\n"
+            self.entered.set()
+            await self.opened.wait()
+            yield b"last\n"
+
+        return StreamingResponse(chunks(), media_type="text/plain")
+
+
+@pytest.fixture
+def one_at_a_time(database_url: URL) -> Callable[[], FastAPI]:
+    def build() -> FastAPI:
+        return create_app(make_settings(database_url, max_requests_in_progress=1, pool_timeout=0.3))
+
+    return build
+
+
+async def test_a_request_past_its_wait_is_a_503_and_health_checks_still_answer(
+    one_at_a_time: Callable[[], FastAPI],
+) -> None:
+    app, gate = one_at_a_time(), Gate()
+    app.add_api_route(HELD, gate.hold)
+    async with running(app) as started, api_client(started) as client:
+        held = asyncio.create_task(client.get(HELD))
+        await gate.entered.wait()
+
+        refused = await client.get("/api/v1/devices")
+        live, ready = await client.get("/livez"), await client.get("/readyz")
+
+        gate.opened.set()
+        assert (await held).status_code == 200
+        served = await client.get("/api/v1/devices")
+
+    body = assert_problem(refused, 503)
+    assert body["detail"] == PoolExhausted.default_detail
+    assert refused.headers["retry-after"].isdigit()
+    assert "x-request-id" in refused.headers
+    assert (live.status_code, ready.status_code) == (200, 200)
+    assert served.status_code == 200
+
+
+async def test_a_waiting_request_is_served_when_a_turn_frees_up(
+    one_at_a_time: Callable[[], FastAPI],
+) -> None:
+    app, gate = one_at_a_time(), Gate()
+    app.add_api_route(HELD, gate.hold)
+    async with running(app) as started, api_client(started) as client:
+        held = asyncio.create_task(client.get(HELD))
+        await gate.entered.wait()
+        waiting = asyncio.create_task(client.get("/api/v1/devices"))
+        await asyncio.sleep(0.05)
+        assert not waiting.done()
+
+        gate.opened.set()
+        statuses = [(await held).status_code, (await waiting).status_code]
+
+    assert statuses == [200, 200]
+
+
+async def test_a_streamed_response_gives_up_its_turn_once_it_has_started(
+    one_at_a_time: Callable[[], FastAPI],
+) -> None:
+    app, gate = one_at_a_time(), Gate()
+    app.add_api_route(HELD, gate.stream)
+    async with running(app) as started, api_client(started) as client:
+
+        async def read_stream() -> str:
+            async with client.stream("GET", HELD) as response:
+                return "".join([chunk async for chunk in response.aiter_text()])
+
+        streaming = asyncio.create_task(read_stream())
+        await gate.entered.wait()
+        meanwhile = await client.get("/api/v1/devices")
+        gate.opened.set()
+        streamed = await streaming
+
+    assert meanwhile.status_code == 200
+    assert streamed == "first\nlast\n"
+
+
+async def test_turns_go_in_arrival_order() -> None:
+    admission = Admission(1, timeout=5)
+    served: list[int] = []
+    first = admission.turn()
+    await first.__aenter__()
+
+    async def request(number: int) -> None:
+        async with admission.turn():
+            served.append(number)
+
+    waiting = []
+    for number in range(5):
+        waiting.append(asyncio.create_task(request(number)))
+        await asyncio.sleep(0)  # it is queued before the next arrives
+    await first.__aexit__(None, None, None)
+    await asyncio.gather(*waiting)
+
+    assert served == [0, 1, 2, 3, 4]
+
+
+async def test_a_turn_ended_early_is_given_back_once() -> None:
+    admission = Admission(1, timeout=0.1)
+    async with admission.turn() as turn:
+        turn.end()
+        async with admission.turn():
+            pass
+    async with admission.turn():
+        with pytest.raises(PoolExhausted):
+            async with admission.turn():
+                pass
