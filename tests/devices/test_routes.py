@@ -152,7 +152,7 @@ class TestRegisterDevice:
 
         device = response.json()
         location = response.headers["location"]
-        assert location.endswith(f"{DEVICES}/{device['id']}")
+        assert location == f"{DEVICES}/{device['id']}"  # relative to the request's URL
         fetched = await client.get(location)
         assert fetched.status_code == 200
         assert fetched.json() == device

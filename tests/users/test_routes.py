@@ -80,7 +80,7 @@ class TestRegisterUser:
         response = await client.post(USERS, json={"name": "ann", "email": "ann@example.org"})
 
         user = response.json()
-        assert response.headers["location"].endswith(f"{USERS}/{user['id']}")
+        assert response.headers["location"] == f"{USERS}/{user['id']}"
         fetched = await client.get(response.headers["location"])
         assert fetched.status_code == 200
         assert fetched.json() == user

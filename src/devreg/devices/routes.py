@@ -28,6 +28,7 @@ from devreg.devices.schemas import (
 )
 from devreg.errors import InvalidParameter, PreconditionRequired, problem_responses
 from devreg.idempotency.dependency import IdempotencyDep
+from devreg.locations import created_location
 from devreg.querystring import (
     LISTING_PARAMETERS,
     Listing,
@@ -66,7 +67,7 @@ async def create_device(
 ) -> object:
     await idempotency.claim(session, principal)
     device = await service.register_device(session, data=data, principal=principal)
-    response.headers["Location"] = str(request.url_for("get_device", device_id=device.id))
+    response.headers["Location"] = created_location(request, device.id)
     _tagged(device, response)
     replayed = {name: response.headers[name] for name in ("Location", "ETag")}
     await idempotency.remember(status.HTTP_201_CREATED, device, replayed)

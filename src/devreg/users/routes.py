@@ -7,6 +7,7 @@ from devreg.db.session import SessionDep, SessionRoute
 from devreg.devices.routes import DeviceListingDep
 from devreg.devices.schemas import DevicePage
 from devreg.errors import problem_responses
+from devreg.locations import created_location
 from devreg.querystring import (
     LISTING_PARAMETERS,
     Listing,
@@ -37,7 +38,7 @@ async def create_user(
 ) -> object:
     """Admins only, once tokens are in use."""
     user = await service.register_user(session, data=data, principal=principal)
-    response.headers["Location"] = str(request.url_for("get_user", user_id=user.id))
+    response.headers["Location"] = created_location(request, user.id)
     return user
 
 
