@@ -8,6 +8,13 @@ from pythonjsonlogger.json import JsonFormatter
 
 request_logger = logging.getLogger("devreg.request")
 
+# No devreg line carries the thread or process a record came from; not collecting them takes
+# about a third off the cost of the log line every request writes (the logging HOWTO's
+# "Optimization" section).
+logging.logThreads = False
+logging.logProcesses = False
+logging.logMultiprocessing = False
+
 _TRACEBACK_HEADER = "Traceback (most recent call last)"
 
 
