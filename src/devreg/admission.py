@@ -8,8 +8,6 @@ standard asyncio loop is fair too, but serves about 15% fewer requests). See doc
 """
 
 import asyncio
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 
 from devreg.errors import PoolExhausted
 
@@ -22,28 +20,36 @@ class Admission:
         self._turns = asyncio.Semaphore(limit)
         self._timeout = timeout
 
-    @asynccontextmanager
-    async def turn(self) -> AsyncIterator["Turn"]:
-        try:
-            async with asyncio.timeout(self._timeout):
-                await self._turns.acquire()
-        except TimeoutError:
-            raise PoolExhausted from None
-        turn = Turn(self._turns)
-        try:
-            yield turn
-        finally:
-            turn.end()
+    def turn(self) -> "Turn":
+        return Turn(self._turns, self._timeout)
 
 
 class Turn:
-    """A request's turn; it may end early, once its response has started (a streamed export
-    should not hold a turn while a slow client reads it)."""
+    """A request's turn, as an async context manager; it may end early, once its response has
+    started (a streamed export should not hold a turn while a slow client reads it)."""
 
-    def __init__(self, turns: asyncio.Semaphore) -> None:
-        self._turns: asyncio.Semaphore | None = turns
+    def __init__(self, turns: asyncio.Semaphore, timeout: float) -> None:
+        self._turns = turns
+        self._timeout = timeout
+        self._held = False
+
+    async def __aenter__(self) -> "Turn":
+        # A free turn is taken at once; only waiting needs a timer (the costly part).
+        if self._turns.locked():
+            try:
+                async with asyncio.timeout(self._timeout):
+                    await self._turns.acquire()
+            except TimeoutError:
+                raise PoolExhausted from None
+        else:
+            await self._turns.acquire()
+        self._held = True
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self.end()
 
     def end(self) -> None:
-        if self._turns is not None:
+        if self._held:
+            self._held = False
             self._turns.release()
-            self._turns = None
