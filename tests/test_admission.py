@@ -3,10 +3,12 @@ arrival order, at most POOL_TIMEOUT seconds (then 503); health checks never wait
 
 import asyncio
 from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
 
 import pytest
-from fastapi import FastAPI
 from fastapi.responses import StreamingResponse
+from httpx import AsyncClient, Response
 from sqlalchemy.engine import URL
 
 from devreg.admission import Admission
@@ -40,26 +42,34 @@ class Gate:
         return StreamingResponse(chunks(), media_type="text/plain")
 
 
-@pytest.fixture
-def one_at_a_time(database_url: URL) -> Callable[[], FastAPI]:
-    def build() -> FastAPI:
-        return create_app(make_settings(database_url, max_requests_in_progress=1, pool_timeout=0.3))
+@asynccontextmanager
+async def one_at_a_time(
+    database_url: URL, held_route: Callable[[Gate], Any]
+) -> AsyncIterator[tuple[AsyncClient, Gate]]:
+    """A client of an app that works on one request at a time, with a held route at HELD."""
+    app, gate = (
+        create_app(make_settings(database_url, max_requests_in_progress=1, pool_timeout=0.3)),
+        Gate(),
+    )
+    app.add_api_route(HELD, held_route(gate))
+    async with running(app) as started, api_client(started) as client:
+        yield client, gate
 
-    return build
+
+async def held_request(client: AsyncClient, gate: Gate) -> "asyncio.Task[Response]":
+    """A request to HELD, once it is inside the route (holding the only turn)."""
+    held = asyncio.create_task(client.get(HELD))
+    await gate.entered.wait()
+    return held
 
 
 async def test_a_request_past_its_wait_is_a_503_and_health_checks_still_answer(
-    one_at_a_time: Callable[[], FastAPI],
+    database_url: URL,
 ) -> None:
-    app, gate = one_at_a_time(), Gate()
-    app.add_api_route(HELD, gate.hold)
-    async with running(app) as started, api_client(started) as client:
-        held = asyncio.create_task(client.get(HELD))
-        await gate.entered.wait()
-
+    async with one_at_a_time(database_url, lambda gate: gate.hold) as (client, gate):
+        held = await held_request(client, gate)
         refused = await client.get("/api/v1/devices")
         live, ready = await client.get("/livez"), await client.get("/readyz")
-
         gate.opened.set()
         assert (await held).status_code == 200
         served = await client.get("/api/v1/devices")
@@ -72,18 +82,12 @@ async def test_a_request_past_its_wait_is_a_503_and_health_checks_still_answer(
     assert served.status_code == 200
 
 
-async def test_a_waiting_request_is_served_when_a_turn_frees_up(
-    one_at_a_time: Callable[[], FastAPI],
-) -> None:
-    app, gate = one_at_a_time(), Gate()
-    app.add_api_route(HELD, gate.hold)
-    async with running(app) as started, api_client(started) as client:
-        held = asyncio.create_task(client.get(HELD))
-        await gate.entered.wait()
+async def test_a_waiting_request_is_served_when_a_turn_frees_up(database_url: URL) -> None:
+    async with one_at_a_time(database_url, lambda gate: gate.hold) as (client, gate):
+        held = await held_request(client, gate)
         waiting = asyncio.create_task(client.get("/api/v1/devices"))
         await asyncio.sleep(0.05)
         assert not waiting.done()
-
         gate.opened.set()
         statuses = [(await held).status_code, (await waiting).status_code]
 
@@ -91,11 +95,9 @@ async def test_a_waiting_request_is_served_when_a_turn_frees_up(
 
 
 async def test_a_streamed_response_gives_up_its_turn_once_it_has_started(
-    one_at_a_time: Callable[[], FastAPI],
+    database_url: URL,
 ) -> None:
-    app, gate = one_at_a_time(), Gate()
-    app.add_api_route(HELD, gate.stream)
-    async with running(app) as started, api_client(started) as client:
+    async with one_at_a_time(database_url, lambda gate: gate.stream) as (client, gate):
 
         async def read_stream() -> str:
             async with client.stream("GET", HELD) as response:
