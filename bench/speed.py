@@ -119,6 +119,13 @@ def apps(peers: Path, server_url: URL) -> dict[str, App]:
             env={**devreg_database, "AUTH": "required"},
             authorization=f"Bearer {BENCH_TOKEN}",
         ),
+        "devreg-unadmitted": App(
+            "devreg-unadmitted",
+            "devreg working on every request at once (no admission queue): what admission buys",
+            devreg_routes,
+            ready_path="/readyz",
+            env={**devreg_database, "AUTH": "off", "MAX_REQUESTS_IN_PROGRESS": "10000"},
+        ),
         "A": App(
             "A",
             "sync SQLModel tutorial",
@@ -458,7 +465,9 @@ def arguments() -> argparse.Namespace:
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--workers", default="1,2", help="worker counts, e.g. 1,2")
     parser.add_argument(
-        "--apps", default="devreg,C,B,A,D", help="also devreg-auth: devreg with a token"
+        "--apps",
+        default="devreg,C,B,A,D",
+        help="also devreg-auth (devreg with a token) and devreg-unadmitted (no admission queue)",
     )
     parser.add_argument("--scenarios", default=",".join(SCENARIOS))
     parser.add_argument("--peers", type=Path, default=DEFAULT_PEERS, help="the peers folder")
