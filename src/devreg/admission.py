@@ -3,7 +3,7 @@
 Under a load above what a worker can serve, uvloop runs newly arrived requests ahead of those
 already in progress, so a few requests wait many times as long as the rest: at 64 connections
 on one worker the slowest 1% took 1.0 to 1.5 s against a median of 0.06 s. Admitting 8 at a
-time, first come first served, brought that to 0.2 to 0.4 s, for 5 to 20% fewer requests
+time, first come first served, brought that to 0.2 to 0.4 s, for up to 30% fewer requests
 served (the queue itself costs CPU); admitting 16 kept 0.45 s for 5 to 9% fewer. The standard
 asyncio loop is fair too, but serves about 15% fewer. See docs/benchmarks.md.
 """
