@@ -23,18 +23,17 @@ _VALID_REQUEST_ID = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
 _REPLACED_HEADERS = frozenset(name for name, _ in SECURITY_HEADERS) | {REQUEST_ID_HEADER}
 
 
+def _header(headers: list[tuple[bytes, bytes]], name: bytes) -> bytes | None:
+    """The first value of a request header (ASGI gives names in lower case)."""
+    return next((value for key, value in headers if key == name), None)
+
+
 def _request_id(headers: list[tuple[bytes, bytes]]) -> str:
     """The X-Request-ID the client sent, when it is a sane one; else a new one."""
-    for name, value in headers:
-        if name == REQUEST_ID_HEADER:
-            if _VALID_REQUEST_ID.fullmatch(value):
-                return value.decode("ascii")
-            break
+    sent = _header(headers, REQUEST_ID_HEADER)
+    if sent is not None and _VALID_REQUEST_ID.fullmatch(sent):
+        return sent.decode("ascii")
     return uuid.uuid4().hex
-
-
-def _content_length(headers: list[tuple[bytes, bytes]]) -> bytes | None:
-    return next((value for name, value in headers if name == b"content-length"), None)
 
 
 class EdgeMiddleware:
@@ -84,7 +83,7 @@ class EdgeMiddleware:
         try:
             limit = self.body_limits.limit_for(scope["path"])
             admission = self._admission(scope)
-            if declared_too_large(_content_length(headers), limit):
+            if declared_too_large(_header(headers, b"content-length"), limit):
                 response = problem_response(Request(scope), status=413, detail=too_large(limit))
                 await response(scope, receive, send_with_headers)
             elif admission is None:

@@ -9,9 +9,13 @@ from devreg.auth.principal import Principal
 from devreg.db.session import request_session
 
 
-async def get_authenticator(request: Request) -> Authenticator:
+def app_authenticator(request: Request) -> Authenticator:
     authenticator: Authenticator = request.app.state.authenticator
     return authenticator
+
+
+async def get_authenticator(request: Request) -> Authenticator:
+    return app_authenticator(request)
 
 
 AuthenticatorDep = Annotated[Authenticator, Depends(get_authenticator)]
@@ -20,8 +24,7 @@ AuthenticatorDep = Annotated[Authenticator, Depends(get_authenticator)]
 # The session comes from the request itself, not as a sub-dependency: each dependency FastAPI
 # solves costs every request.
 async def authenticate(request: Request) -> Principal:
-    authenticator: Authenticator = request.app.state.authenticator
-    return await authenticator.principal(
+    return await app_authenticator(request).principal(
         request_session(request), request.headers.get("authorization")
     )
 

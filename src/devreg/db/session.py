@@ -2,7 +2,7 @@
 
 import asyncio
 from collections.abc import AsyncIterator, Callable, Coroutine
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from typing import Annotated, Any
 
 from fastapi import Depends, Request, Response
@@ -103,11 +103,16 @@ class SessionRoute(APIRoute):
         handler = super().get_route_handler()
 
         async def in_session(request: Request) -> Response:
-            async with session_scope(request.state.sessionmaker, begin=False) as session:
+            async with _request_scope(request) as session:
                 request.scope[_REQUEST_SESSION] = session
                 return await handler(request)
 
         return in_session
+
+
+def _request_scope(request: Request) -> AbstractAsyncContextManager[AsyncSession]:
+    """A request's unit of work: its transaction begins only when a statement needs one."""
+    return session_scope(request.state.sessionmaker, begin=False)
 
 
 def request_session(request: Request) -> AsyncSession:
@@ -116,12 +121,13 @@ def request_session(request: Request) -> AsyncSession:
     return session
 
 
+# async: FastAPI runs a plain `def` dependency in a worker thread, which costs more than this.
 async def get_session(request: Request) -> AsyncSession:
     return request_session(request)
 
 
 async def get_streaming_session(request: Request) -> AsyncIterator[AsyncSession]:
-    async with session_scope(request.state.sessionmaker, begin=False) as session:
+    async with _request_scope(request) as session:
         yield session
 
 
