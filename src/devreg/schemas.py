@@ -1,6 +1,5 @@
 """The wire format's shared pieces: base models, validated text and ids."""
 
-import json
 import math
 import re
 from datetime import UTC, datetime, timedelta
@@ -15,6 +14,7 @@ from pydantic import (
     Field,
     StringConstraints,
 )
+from pydantic_core import to_json
 
 BIGINT_MAX = 2**63 - 1
 
@@ -127,9 +127,7 @@ def _storable_json(value: Any, depth: int = 0) -> None:
 
 def _storable_json_object(value: dict[str, Any]) -> dict[str, Any]:
     _storable_json(value)
-    if len(json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()) > (
-        ATTRIBUTES_MAX_BYTES
-    ):
+    if len(to_json(value)) > ATTRIBUTES_MAX_BYTES:
         raise ValueError(f"must not take more than {ATTRIBUTES_MAX_BYTES} bytes as JSON")
     return value
 

@@ -401,6 +401,12 @@ BAD_FILES = [
         '{"name": "c", "serial_number": "SN-9"}\n',
         3, "serial_number", id="ndjson-serial-repeated-in-the-file",
     ),
+    pytest.param(
+        "d.ndjson",
+        '{"name": "a", "serial_number": "SN-9"}\n{"name": "b", "owner_id": 999}\n'
+        '{"name": "c", "serial_number": "SN-9"}\n',
+        2, "owner_id", id="ndjson-unknown-owner-before-a-repeated-serial",
+    ),
 ]  # fmt: skip
 
 
@@ -423,6 +429,27 @@ class TestImportRejectsBadRows:
 
         assert_refused(result, 1, "line 10022:", "status")
         assert stored(devreg) == []
+
+    @pytest.mark.parametrize(
+        ("change", "reason"),
+        [
+            ({"owner_id": 999}, "owner_id does not name an existing user"),
+            ({"serial_number": "SN-0"}, "serial_number is already registered"),
+        ],
+        ids=["unknown-owner", "registered-serial"],
+    )
+    def test_constraint_broken_after_the_first_batch_names_its_line(
+        self, devreg, tmp_path, change, reason
+    ):
+        create_device(devreg, "existing", "--serial", "SN-0")
+        before = stored(devreg)
+        rows = [{"name": f"d{i}", "serial_number": f"SN-{i + 1}"} for i in range(10_050)]
+        rows[10_030].update(change)
+
+        result = import_devices(devreg, write(tmp_path, "d.ndjson", as_ndjson(rows)))
+
+        assert_refused(result, 1, "line 10031:", reason)
+        assert stored(devreg) == before
 
     def test_serial_repeated_across_batches_names_the_later_line(self, devreg, tmp_path):
         rows = [{"name": f"d{i}", "serial_number": f"SN-{i}"} for i in range(10_050)]

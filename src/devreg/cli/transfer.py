@@ -19,9 +19,9 @@ from devreg.cli.common import fail, in_transaction, stdout, validated
 from devreg.devices import export, imports
 from devreg.devices.export import ExportFormat
 from devreg.devices.filters import DeviceFilter
-from devreg.devices.imports import ImportFormat, OnConflict
+from devreg.devices.imports import ImportFormat
 from devreg.devices.models import DeviceStatus
-from devreg.devices.schemas import DeviceFilterOptions
+from devreg.devices.schemas import DeviceFilterOptions, OnConflict
 
 import_app = typer.Typer(help="Load data from files.", no_args_is_help=True)
 export_app = typer.Typer(help="Write data to files.", no_args_is_help=True)

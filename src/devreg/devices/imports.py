@@ -1,19 +1,23 @@
-"""Import: devices from CSV or NDJSON, validated row by row, loaded with COPY into a staging
-table, then written by one INSERT ... SELECT. Any bad row aborts the whole import with its line
-number; the devices table is untouched (everything runs in the caller's one transaction)."""
+"""Import: devices from CSV or NDJSON, validated row by row, then batch by batch loaded with COPY
+into a staging table and written by one INSERT ... SELECT. Any bad row aborts the whole import
+with its line number; the devices table is untouched (everything runs in the caller's one
+transaction)."""
 
+import asyncio
 import csv
 import enum
 import json
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import AsyncGenerator, Callable, Iterable, Iterator
+from contextlib import aclosing, suppress
 from dataclasses import dataclass
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 from pydantic import TypeAdapter, ValidationError
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from devreg.devices.repository import EXPORT_COLUMNS, DeviceRepository, ImportRecord
-from devreg.devices.schemas import DeviceCreate
+from devreg.devices.schemas import DeviceCreate, OnConflict
 from devreg.errors import InvalidInput
 
 _BATCH_SIZE = 10_000
@@ -22,18 +26,12 @@ _IGNORED = frozenset(EXPORT_COLUMNS) - DeviceCreate.model_fields.keys()
 _JSON_COLUMNS = ("tags", "attributes")
 _BATCH = TypeAdapter(list[DeviceCreate])
 
+T = TypeVar("T")
+
 
 class ImportFormat(enum.StrEnum):
     CSV = "csv"
     NDJSON = "ndjson"
-
-
-class OnConflict(enum.StrEnum):
-    """What to do with a row whose serial number is already registered."""
-
-    ERROR = "error"
-    SKIP = "skip"
-    UPDATE = "update"
 
 
 class ImportRejected(InvalidInput):
@@ -65,47 +63,89 @@ async def import_devices(
     on_conflict: OnConflict,
     progress: Progress | None = None,
 ) -> ImportResult:
-    """`progress`, if given, is called with the number of rows read so far, batch by batch."""
+    """`progress`, if given, is called with the number of rows written so far, batch by batch."""
     repository = DeviceRepository(session)
     await repository.create_import_staging()
-    rows_read = 0
-    for batch in _batches(_parse(source, format)):
-        await repository.copy_into_staging(_validated(batch))
-        rows_read += len(batch)
-        if progress:
-            progress(rows_read)
-    problem = await repository.find_import_problem(check_existing=on_conflict is OnConflict.ERROR)
-    if problem is not None:
-        raise ImportRejected(*problem)
-    inserted, updated = await repository.insert_from_staging(
-        update_existing=on_conflict is OnConflict.UPDATE
-    )
+    rows = _parse(source, format)
+    batches = (_validated(batch) for batch in _batches(rows))
+    rows_read = inserted = updated = 0
+    # The file is read and validated a batch ahead, in a thread, while PostgreSQL writes the
+    # batch before it: an import takes about as long as the slower side, not as both together.
+    async with aclosing(_read_ahead(batches)) as ready:
+        async for batch in ready:
+            written = await _write(repository, batch, on_conflict)
+            inserted, updated = inserted + written[0], updated + written[1]
+            rows_read += len(batch)
+            if progress:
+                progress(rows_read)
     return ImportResult(rows=rows_read, inserted=inserted, updated=updated)
+
+
+async def _write(
+    repository: DeviceRepository, batch: list[ImportRecord], on_conflict: OnConflict
+) -> tuple[int, int]:
+    """One batch, staged, then inserted: (inserted, updated). Constraints are left to the insert
+    to enforce; only when one fails is the batch searched for the line that broke it."""
+    await repository.stage(batch)
+    check_existing = on_conflict is OnConflict.ERROR
+    repeated = await repository.first_repeated_serial()
+    if repeated is not None:
+        problems = [(repeated, "serial_number repeats an earlier line of the file")]
+        problems += filter(
+            None, [await repository.find_import_problem(check_existing=check_existing)]
+        )
+        raise ImportRejected(*min(problems, key=lambda problem: problem[0]))
+    try:
+        async with repository.session.begin_nested():
+            return await repository.insert_from_staging(on_conflict)
+    except IntegrityError:
+        problem = await repository.find_import_problem(check_existing=check_existing)
+        if problem is None:
+            raise
+        raise ImportRejected(*problem) from None
+
+
+async def _read_ahead(items: Iterator[T]) -> AsyncGenerator[T, None]:
+    """`items` (never None), each taken in a thread while the caller uses the one before."""
+    upcoming = asyncio.ensure_future(asyncio.to_thread(next, items, None))
+    try:
+        while (item := await upcoming) is not None:
+            upcoming = asyncio.ensure_future(asyncio.to_thread(next, items, None))
+            yield item
+    finally:
+        # The caller stopped early (a bad row): let the thread finish before the source closes;
+        # what it read, or the error it met, no longer matters.
+        with suppress(Exception):
+            await upcoming
 
 
 def _parse(source: IO[str], format: ImportFormat) -> Iterator[tuple[int, dict[str, Any]]]:
     """(line number, fields) for each row; server-owned columns dropped."""
-    rows = _csv_rows(source) if format is ImportFormat.CSV else _ndjson_rows(source)
-    for line, row in rows:
-        yield line, {key: value for key, value in row.items() if key not in _IGNORED}
+    return _csv_rows(source) if format is ImportFormat.CSV else _ndjson_rows(source)
 
 
 def _csv_rows(source: IO[str]) -> Iterator[tuple[int, dict[str, Any]]]:
-    reader = csv.DictReader(source)
-    header = reader.fieldnames or []
+    reader = csv.reader(source)
+    header = next(reader, [])
     unknown = set(header) - DeviceCreate.model_fields.keys() - _IGNORED
     if unknown:
         raise ImportRejected(1, f"unknown columns: {', '.join(sorted(unknown))}")
     repeated = sorted({column for column in header if header.count(column) > 1})
     if repeated:
         raise ImportRejected(1, f"columns appear more than once: {', '.join(repeated)}")
-    line = 2
-    for row in reader:
-        if None in row:
+    kept = [(index, column) for index, column in enumerate(header) if column not in _IGNORED]
+    line = reader.line_num + 1
+    for values in reader:
+        if not values:  # a blank line
+            line = reader.line_num + 1
+            continue
+        if len(values) > len(header):
             raise ImportRejected(line, "more fields than the header has")
-        if None in row.values():
+        if len(values) < len(header):
             raise ImportRejected(line, "fewer fields than the header has")
-        fields: dict[str, Any] = {key: value for key, value in row.items() if value != ""}
+        fields: dict[str, Any] = {
+            column: values[index] for index, column in kept if values[index] != ""
+        }
         for column in _JSON_COLUMNS:
             if column in fields:
                 fields[column] = _json(fields[column], line, column)
@@ -120,7 +160,7 @@ def _ndjson_rows(source: IO[str]) -> Iterator[tuple[int, dict[str, Any]]]:
         fields = _json(text, line, "the line")
         if not isinstance(fields, dict):
             raise ImportRejected(line, "each line must be a JSON object")
-        yield line, fields
+        yield line, {key: value for key, value in fields.items() if key not in _IGNORED}
 
 
 def _json(text: str, line: int, what: str) -> Any:

@@ -44,7 +44,7 @@ from devreg.db.driver import (
 from devreg.db.keyset import SORT_VALUE, count_matching, fetch_page
 from devreg.devices.filters import NULLABLE_SORT_KEYS, RELEVANCE, DeviceFilter
 from devreg.devices.models import Device
-from devreg.devices.schemas import DeviceRead
+from devreg.devices.schemas import DeviceRead, OnConflict
 from devreg.errors import SerialAlreadyRegistered, UnknownOwner
 from devreg.pagination import Position, Sort, SortValue
 from devreg.users.models import User
@@ -75,21 +75,35 @@ _STAGING_COLUMNS = ["line", *_WRITABLE_COLUMNS]
 ImportRecord = tuple[
     int, str, str | None, str | None, str, int | None, list[str], str, datetime | None
 ]
-_CREATE_STAGING = """
+# One batch of the file at a time; the serial numbers of every batch so far, to find a repeat.
+_CREATE_STAGING = (
+    """
 CREATE TEMP TABLE device_import (
     line bigint, name text, serial_number text, model text, status text, owner_id bigint,
     tags text[], attributes jsonb, last_seen_at timestamptz
 ) ON COMMIT DROP
+""",
+    """
+CREATE TEMP TABLE device_import_serial (serial_number text PRIMARY KEY, line bigint NOT NULL)
+ON COMMIT DROP
+""",
+)
+_EMPTY_STAGING = "TRUNCATE device_import"
+# Remembers the batch's serial numbers; the first line whose serial number came earlier.
+_FIRST_REPEATED_SERIAL = """
+WITH first_seen AS (
+    INSERT INTO device_import_serial
+    SELECT serial_number, line FROM device_import
+    WHERE serial_number IS NOT NULL ORDER BY line
+    ON CONFLICT (serial_number) DO NOTHING
+    RETURNING line
+)
+SELECT min(line) FROM device_import
+WHERE serial_number IS NOT NULL AND line NOT IN (SELECT line FROM first_seen)
 """
+# Why a staged batch broke a constraint: run only then, so its plan is never on the hot path.
 _STAGED_PROBLEMS = """
-SELECT line, 'serial_number repeats an earlier line of the file' AS reason
-FROM (
-    SELECT line, row_number() OVER (PARTITION BY serial_number ORDER BY line) AS nth
-    FROM device_import WHERE serial_number IS NOT NULL
-) AS numbered
-WHERE nth > 1
-UNION ALL
-SELECT line, 'owner_id does not name an existing user'
+SELECT line, 'owner_id does not name an existing user' AS reason
 FROM device_import AS staged
 WHERE owner_id IS NOT NULL AND NOT EXISTS (SELECT FROM users WHERE users.id = staged.owner_id)
 """
@@ -105,18 +119,22 @@ WITH written AS (
     )
     SELECT name, serial_number, model, status, owner_id, tags, attributes, last_seen_at
     FROM device_import ORDER BY line
-    ON CONFLICT (serial_number) {}
+    {}
     RETURNING xmax = 0 AS inserted
 )
 SELECT count(*) FILTER (WHERE inserted) AS inserted,
        count(*) FILTER (WHERE NOT inserted) AS updated
 FROM written
 """
-_ON_CONFLICT_UPDATE = """DO UPDATE SET
+_ON_CONFLICT = {
+    OnConflict.ERROR: "",
+    OnConflict.SKIP: "ON CONFLICT (serial_number) DO NOTHING",
+    OnConflict.UPDATE: """ON CONFLICT (serial_number) DO UPDATE SET
     name = EXCLUDED.name, model = EXCLUDED.model, status = EXCLUDED.status,
     owner_id = EXCLUDED.owner_id, tags = EXCLUDED.tags, attributes = EXCLUDED.attributes,
     last_seen_at = EXCLUDED.last_seen_at
-"""
+""",
+}
 
 # A key an item leaves out keeps the device's value; a key sent as null sets NULL.
 _UPDATE_MANY = f"""
@@ -461,25 +479,34 @@ class DeviceRepository:
         return found is not None
 
     async def create_import_staging(self) -> None:
-        await self.session.execute(text(_CREATE_STAGING))
+        for statement in _CREATE_STAGING:
+            await self.session.execute(text(statement))
 
-    async def copy_into_staging(self, records: Sequence[ImportRecord]) -> None:
-        """COPY (binary) into the staging table, on this session's connection and transaction."""
+    async def stage(self, records: Sequence[ImportRecord]) -> None:
+        """Replace the staged batch: COPY (binary) on this session's connection and transaction."""
         connection = await driver_connection(self.session)
+        await connection.execute(_EMPTY_STAGING)
         await connection.copy_records_to_table(
             _STAGING_TABLE, records=records, columns=_STAGING_COLUMNS
         )
 
+    async def first_repeated_serial(self) -> int | None:
+        """The staged batch's first line whose serial number an earlier line (of this batch or
+        an earlier one) has. Remembers the batch's serial numbers: call it once per batch."""
+        line = await self.session.scalar(text(_FIRST_REPEATED_SERIAL))
+        return int(line) if line is not None else None
+
     async def find_import_problem(self, *, check_existing: bool) -> tuple[int, str] | None:
-        """The first staged row that cannot be imported, as (line, reason)."""
+        """The staged batch's first row that breaks a constraint, as (line, reason)."""
         query = _STAGED_PROBLEMS + (_STAGED_ALREADY_REGISTERED if check_existing else "")
         row = (await self.session.execute(text(query + " ORDER BY line LIMIT 1"))).first()
         return (int(row.line), str(row.reason)) if row else None
 
-    async def insert_from_staging(self, *, update_existing: bool) -> tuple[int, int]:
-        """Write the staged rows in one statement: (inserted, updated)."""
-        on_conflict = _ON_CONFLICT_UPDATE if update_existing else "DO NOTHING"
-        row = (await self.session.execute(text(_INSERT_STAGED.format(on_conflict)))).one()
+    async def insert_from_staging(self, on_conflict: OnConflict) -> tuple[int, int]:
+        """Write the staged batch in one statement: (inserted, updated). Raises IntegrityError
+        for an unknown owner, or (with OnConflict.ERROR) a serial number already registered."""
+        statement = _INSERT_STAGED.format(_ON_CONFLICT[on_conflict])
+        row = (await self.session.execute(text(statement))).one()
         return int(row.inserted), int(row.updated)
 
     async def delete(

@@ -1,3 +1,4 @@
+import enum
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -54,6 +55,14 @@ class DeviceUpdate(UpdateSchema):
     tags: Tags = None  # type: ignore[assignment]
     attributes: JsonObject = None  # type: ignore[assignment]
     last_seen_at: Instant | None = None
+
+
+class OnConflict(enum.StrEnum):
+    """What an import does with a row whose serial number is already registered."""
+
+    ERROR = "error"
+    SKIP = "skip"
+    UPDATE = "update"
 
 
 BULK_MAX = 10_000
