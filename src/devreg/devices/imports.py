@@ -90,11 +90,10 @@ async def _write(
     check_existing = on_conflict is OnConflict.ERROR
     repeated = await repository.first_repeated_serial()
     if repeated is not None:
-        problems = [(repeated, "serial_number repeats an earlier line of the file")]
-        problems += filter(
-            None, [await repository.find_import_problem(check_existing=check_existing)]
-        )
-        raise ImportRejected(*min(problems, key=lambda problem: problem[0]))
+        problem = await repository.find_import_problem(check_existing=check_existing)
+        if problem is None or problem[0] >= repeated:  # on the repeated line, the repeat is why
+            problem = (repeated, "serial_number repeats an earlier line of the file")
+        raise ImportRejected(*problem)
     try:
         async with repository.session.begin_nested():
             return await repository.insert_from_staging(on_conflict)
