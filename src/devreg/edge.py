@@ -91,10 +91,12 @@ class EdgeMiddleware:
             else:
                 async with admission.turn() as turn:
                     await self.app(scope, receive_within(receive, limit), send_with_headers)
-        except PoolExhausted as exc:
-            await error_response(Request(scope), exc)(scope, receive, send_with_headers)
         except Exception as exc:
-            response = await unhandled_error(Request(scope), exc)
+            # PoolExhausted: no turn came in time (an expected 503); anything else is a crash.
+            if isinstance(exc, PoolExhausted):
+                response = error_response(Request(scope), exc)
+            else:
+                response = await unhandled_error(Request(scope), exc)
             if not response_started:
                 await response(scope, receive, send_with_headers)
         finally:

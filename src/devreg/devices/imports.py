@@ -73,7 +73,7 @@ async def import_devices(
     # batch before it: an import takes about as long as the slower side, not as both together.
     async with aclosing(_read_ahead(batches)) as ready:
         async for batch in ready:
-            written = await _write(repository, batch, on_conflict)
+            written = await _write(session, repository, batch, on_conflict)
             inserted, updated = inserted + written[0], updated + written[1]
             rows_read += len(batch)
             if progress:
@@ -82,7 +82,10 @@ async def import_devices(
 
 
 async def _write(
-    repository: DeviceRepository, batch: list[ImportRecord], on_conflict: OnConflict
+    session: AsyncSession,
+    repository: DeviceRepository,
+    batch: list[ImportRecord],
+    on_conflict: OnConflict,
 ) -> tuple[int, int]:
     """One batch, staged, then inserted: (inserted, updated). Constraints are left to the insert
     to enforce; only when one fails is the batch searched for the line that broke it."""
@@ -95,7 +98,7 @@ async def _write(
             problem = (repeated, "serial_number repeats an earlier line of the file")
         raise ImportRejected(*problem)
     try:
-        async with repository.session.begin_nested():
+        async with session.begin_nested():
             return await repository.insert_from_staging(on_conflict)
     except IntegrityError:
         problem = await repository.find_import_problem(check_existing=check_existing)
