@@ -167,6 +167,15 @@ async def other_database_url(committed_database_url: URL, server_url: URL) -> As
     await admin(server_url, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
+@pytest.fixture
+async def kolkata_database_url(other_database_url: URL, server_url: URL) -> URL:
+    """The second database, its sessions' default time zone UTC+05:30."""
+    await admin(
+        server_url, f"ALTER DATABASE {other_database_url.database} SET timezone = 'Asia/Kolkata'"
+    )
+    return other_database_url
+
+
 def database_env(url: URL) -> dict[str, str]:
     return {"DATABASE_URL": url.render_as_string(hide_password=False)}
 
@@ -476,6 +485,18 @@ class TestRoundTrip:
         assert_summary(result, rows=3, inserted=3, updated=0, skipped=0)
         copies = stored(devreg, **other)
         assert [content(device) for device in copies] == [content(r) for r in RECORDS]
+
+    @pytest.mark.parametrize("format", FORMATS)
+    def test_export_writes_utc_whatever_the_servers_time_zone(
+        self, devreg, tmp_path, kolkata_database_url, format
+    ):
+        other = database_env(kolkata_database_url)
+        ok(import_devices(devreg, write(tmp_path, "seed.ndjson", as_ndjson(RECORDS[:1])), **other))
+        exported = tmp_path / f"export.{format}"
+
+        ok(devreg("export", "devices", "-o", str(exported), env=other))
+
+        assert RECORDS[0]["last_seen_at"] in exported.read_text()  # "...+00:00", not "+05:30"
 
     @pytest.mark.parametrize("format", FORMATS)
     def test_export_reimported_skips_every_row_with_a_serial(self, devreg, tmp_path, format):
