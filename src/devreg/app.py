@@ -8,6 +8,7 @@ from typing import TypedDict
 
 from fastapi import APIRouter, FastAPI
 from fastapi.routing import APIRoute
+from fastapi.telemetry import TelemetryConfig
 from fastapi_offline import FastAPIOffline
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -42,6 +43,9 @@ from devreg.users.routes import router as users_router
 logger = logging.getLogger("devreg")
 
 API_PREFIX = "/api/v1"
+
+
+_NO_TELEMETRY: TelemetryConfig = {"tracing": False, "metrics": False, "logs": False}
 
 
 class State(TypedDict):
@@ -111,6 +115,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version=__version__,
         summary="A device registry: users own devices; create, find, update and retire them.",
         lifespan=lifespan,
+        telemetry=None if settings.telemetry else _NO_TELEMETRY,
     )
     app.state.settings = settings
     app.state.authenticator = Authenticator(settings.auth, cache_ttl=settings.auth_cache_ttl)

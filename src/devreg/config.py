@@ -82,6 +82,10 @@ class Settings(BaseSettings):
     port: Port = 4000
     workers: int = Field(default_factory=default_workers, ge=1, le=64)
     log_level: LogLevel = "info"
+    # FastAPI's own OpenTelemetry (a span, metrics and log records per request, through the
+    # globally configured providers, or those FASTAPI_OTEL_AUTO_CONFIGURE sets up). Off by
+    # default: deciding per request whether any provider is configured costs ~2% of a GET.
+    telemetry: bool = False
     migrate_on_start: bool = True
     # Request bodies above these many bytes are refused with 413: every route, and bulk writes.
     max_body_size: int = Field(1024 * 1024, ge=1024)
