@@ -35,7 +35,7 @@ from devreg.edge import EdgeMiddleware
 from devreg.errors import register_error_handlers
 from devreg.health.routes import HEALTH_PATHS
 from devreg.health.routes import router as health_router
-from devreg.idempotency.dependency import IdempotentReplay, replay
+from devreg.idempotency.header import IdempotentReplay, replay
 from devreg.idempotency.service import forget_expired
 from devreg.security import add_cors_middleware
 from devreg.users.routes import router as users_router

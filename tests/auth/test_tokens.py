@@ -8,7 +8,10 @@ from httpx import AsyncClient
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from devreg.calls import SAFE_METHODS, ApiRoute
+from devreg.compat.routes import router as tutorial_router
 from tests.api import DEVICES, USERS, assert_problem, create_device, create_user
+from tests.support import RunningApp
 
 TOKENS = "/api/v1/tokens"
 
@@ -135,6 +138,24 @@ class TestScopes:
             f"{DEVICES}/{people['bobs_device']['id']}", headers=bearer(people["reader"])
         )
         assert after.json()["version"] == people["bobs_device"]["version"]
+
+    async def test_every_route_that_writes_refuses_a_read_token(
+        self, client, people, running_app: RunningApp
+    ) -> None:
+        """The rule is the API route's own (calls.ApiRoute), so no route can forget it: any
+        method but GET, HEAD and OPTIONS needs a token that may write, before the body is read."""
+        writes = [
+            (method, route.path.replace("{device_id}", "1").replace("{user_id}", "1"))
+            for route in [*running_app.app.routes, *tutorial_router.routes]
+            if isinstance(route, ApiRoute)
+            for method in sorted(route.methods - SAFE_METHODS)
+        ]
+        assert len(writes) == 17
+        for method, path in writes:
+            response = await client.request(
+                method, path.replace("{token_id}", "1"), headers=bearer(people["reader"])
+            )
+            assert_problem(response, 403)
 
     async def test_a_read_token_reads(self, client, people) -> None:
         response = await client.get(

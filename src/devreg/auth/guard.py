@@ -1,12 +1,10 @@
-"""FastAPI dependencies: who a request acts for (see authenticator.py)."""
+"""Who an API request acts for (see authenticator.py); the API's route asks (calls.ApiRoute)."""
 
-from typing import Annotated
-
-from fastapi import Depends, Request
+from fastapi import Request
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from devreg.auth.authenticator import Authenticator
 from devreg.auth.principal import Principal
-from devreg.db.session import request_session
 
 
 def app_authenticator(request: Request) -> Authenticator:
@@ -14,28 +12,12 @@ def app_authenticator(request: Request) -> Authenticator:
     return authenticator
 
 
-async def get_authenticator(request: Request) -> Authenticator:
-    return app_authenticator(request)
-
-
-AuthenticatorDep = Annotated[Authenticator, Depends(get_authenticator)]
-
-
-# The session comes from the request itself, not as a sub-dependency: each dependency FastAPI
-# solves costs every request.
-async def authenticate(request: Request) -> Principal:
-    return await app_authenticator(request).principal(
-        request_session(request), request.headers.get("authorization")
+async def authenticate(request: Request, session: AsyncSession, *, writes: bool) -> Principal:
+    """The request's principal (401 without a live token, unless the API is open), which must
+    be allowed to write when the request `writes` (else 403)."""
+    principal = await app_authenticator(request).principal(
+        session, request.headers.get("authorization")
     )
-
-
-async def authenticate_writer(request: Request) -> Principal:
-    principal = await authenticate(request)
-    principal.require_write()
+    if writes:
+        principal.require_write()
     return principal
-
-
-Reader = Annotated[Principal, Depends(authenticate)]
-"""Who the request acts for: any live token (or none, while the API is open)."""
-Writer = Annotated[Principal, Depends(authenticate_writer)]
-"""Who the request acts for, which must be allowed to write (else 403)."""

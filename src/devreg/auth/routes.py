@@ -3,14 +3,14 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Query, status
 
 from devreg.auth import service
-from devreg.auth.guard import AuthenticatorDep, Reader, Writer
+from devreg.auth.guard import app_authenticator
 from devreg.auth.schemas import TokenCreate, TokenCreated, TokenList, TokenRead
-from devreg.db.session import SessionDep, SessionRoute
+from devreg.calls import ApiRoute, Call
 from devreg.errors import problem_responses
 from devreg.schemas import BIGINT_MAX, Id
 
 router = APIRouter(
-    route_class=SessionRoute,
+    route_class=ApiRoute,
     prefix="/tokens",
     tags=["tokens"],
     responses=problem_responses(401, 403),
@@ -25,29 +25,28 @@ TokenId = Annotated[int, Path(ge=1, le=BIGINT_MAX, description="The token's id."
     response_model=TokenCreated,
     responses=problem_responses(422),
 )
-async def create_token(
-    data: TokenCreate, session: SessionDep, principal: Writer, authenticator: AuthenticatorDep
-) -> TokenCreated:
+async def create_token(data: TokenCreate, call: Call) -> TokenCreated:
     """A new token, shown in full this once; only its hash is kept."""
-    return await service.create_token(session, principal, data=data, authenticator=authenticator)
+    return await service.create_token(
+        call.db, call.principal, data=data, authenticator=app_authenticator(call)
+    )
 
 
 @router.get("", response_model=TokenList, responses=problem_responses(422))
 async def list_tokens(
-    session: SessionDep,
-    principal: Reader,
+    call: Call,
     user_id: Annotated[Id | None, Query(description="Only this user's (admins).")] = None,
 ) -> TokenList:
     """The caller's tokens (an admin's: everyone's), revoked ones included, oldest first."""
-    tokens = await service.list_tokens(session, principal, user_id=user_id)
+    tokens = await service.list_tokens(call.db, call.principal, user_id=user_id)
     return TokenList(items=[TokenRead.model_validate(token) for token in tokens])
 
 
 @router.delete(
     "/{token_id}", status_code=status.HTTP_204_NO_CONTENT, responses=problem_responses(404, 422)
 )
-async def revoke_token(
-    token_id: TokenId, session: SessionDep, principal: Writer, authenticator: AuthenticatorDep
-) -> None:
+async def revoke_token(token_id: TokenId, call: Call) -> None:
     """Revoke a token: it stops working at once (on other workers within AUTH_CACHE_TTL)."""
-    await service.revoke_token(session, principal, token_id, authenticator=authenticator)
+    await service.revoke_token(
+        call.db, call.principal, token_id, authenticator=app_authenticator(call)
+    )

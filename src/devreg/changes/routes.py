@@ -2,12 +2,11 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Query, Request
 
-from devreg.auth.guard import Reader
+from devreg.calls import ApiRoute, Call
 from devreg.changes import service
 from devreg.changes.filters import DEFAULT_SORT, SORT_KEYS, ChangeFilter
 from devreg.changes.models import Action, ObjectType
 from devreg.changes.schemas import ChangePage, ChangeRead
-from devreg.db.session import SessionDep, SessionRoute
 from devreg.errors import problem_responses
 from devreg.querystring import (
     LISTING_PARAMETERS,
@@ -19,7 +18,7 @@ from devreg.querystring import (
 from devreg.schemas import BIGINT_MAX, Id, Instant
 
 router = APIRouter(
-    route_class=SessionRoute, tags=["changes"], responses=problem_responses(400, 401, 403, 422)
+    route_class=ApiRoute, tags=["changes"], responses=problem_responses(400, 401, 403, 422)
 )
 
 _FILTER_PARAMETERS = frozenset({"object_type", "object_id", "user_id", "action", "since", "until"})
@@ -52,11 +51,11 @@ ChangeListingDep = Annotated[Listing[ChangeFilter], Depends(change_listing)]
 
 
 @router.get("/changes", response_model=ChangePage)
-async def list_changes(session: SessionDep, principal: Reader, listing: ChangeListingDep) -> object:
+async def list_changes(call: Call, listing: ChangeListingDep) -> object:
     """Every create, update and delete of a device or user: all of them for an admin token,
     those its user made for any other."""
     result = await service.list_changes(
-        session, filters=listing.filters, page=listing.page, principal=principal
+        call.db, filters=listing.filters, page=listing.page, principal=call.principal
     )
     return page_response(ChangePage, result, listing.fields)
 
@@ -66,12 +65,15 @@ async def list_changes(session: SessionDep, principal: Reader, listing: ChangeLi
 )
 async def list_device_changes(
     device_id: Annotated[int, Path(ge=1, le=BIGINT_MAX, description="The device's id.")],
-    session: SessionDep,
-    principal: Reader,
+    call: Call,
     listing: ChangeListingDep,
 ) -> object:
     """The device's history (also after it was deleted, for an admin token)."""
     result = await service.list_device_changes(
-        session, device_id, filters=listing.filters, page=listing.page, principal=principal
+        call.db,
+        device_id,
+        filters=listing.filters,
+        page=listing.page,
+        principal=call.principal,
     )
     return page_response(ChangePage, result, listing.fields)

@@ -7,9 +7,8 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-from devreg.auth.guard import Reader, Writer
+from devreg.calls import ApiRoute, Call
 from devreg.compat.schemas import Deleted, TutorialDeviceIn, TutorialDeviceUpdate, TutorialItem
-from devreg.db.session import SessionDep, SessionRoute
 from devreg.devices import service as devices_service
 from devreg.devices.filters import DeviceFilter
 from devreg.devices.routes import DeviceId
@@ -21,75 +20,66 @@ from devreg.users.filters import UserFilter
 from devreg.users.routes import UserId
 from devreg.users.schemas import UserCreate
 
-router = APIRouter(route_class=SessionRoute, include_in_schema=False)
+router = APIRouter(route_class=ApiRoute, include_in_schema=False)
 
 # The tutorials listed every row; here a list is the first page, as everywhere in devreg.
 Limit = Annotated[int, Query(ge=1, le=PAGE_LIMIT_MAX)]
 
 
 @router.post("/api/v1/device/", response_model=TutorialItem)
-async def tutorial_create_device(
-    data: TutorialDeviceIn, session: SessionDep, principal: Writer
-) -> object:
+async def tutorial_create_device(data: TutorialDeviceIn, call: Call) -> object:
     return await devices_service.register_device(
-        session, data=DeviceCreate(name=data.name), principal=principal
+        call.db, data=DeviceCreate(name=data.name), principal=call.principal
     )
 
 
 @router.get("/api/v1/device/", response_model=list[TutorialItem])
-async def tutorial_list_devices(
-    session: SessionDep, principal: Reader, limit: Limit = PAGE_LIMIT_DEFAULT
-) -> object:
+async def tutorial_list_devices(call: Call, limit: Limit = PAGE_LIMIT_DEFAULT) -> object:
     page = await devices_service.list_devices(
-        session, filters=DeviceFilter(), page=PageRequest(limit=limit), principal=principal
+        call.db,
+        filters=DeviceFilter(),
+        page=PageRequest(limit=limit),
+        principal=call.principal,
     )
     return page.items
 
 
 @router.get("/api/v1/device/{device_id}", response_model=TutorialItem)
-async def tutorial_get_device(
-    device_id: DeviceId, session: SessionDep, principal: Reader
-) -> object:
-    return await devices_service.get_device(session, device_id, principal=principal)
+async def tutorial_get_device(device_id: DeviceId, call: Call) -> object:
+    return await devices_service.get_device(call.db, device_id, principal=call.principal)
 
 
 @router.put("/api/v1/device/{device_id}", response_model=TutorialItem)
 async def tutorial_update_device(
-    device_id: DeviceId, data: TutorialDeviceUpdate, session: SessionDep, principal: Writer
+    device_id: DeviceId, data: TutorialDeviceUpdate, call: Call
 ) -> object:
     changes = DeviceUpdate.model_validate(data.changes())
     return await devices_service.update_device(
-        session, device_id, data=changes, principal=principal
+        call.db, device_id, data=changes, principal=call.principal
     )
 
 
 @router.delete("/api/v1/device/{device_id}", response_model=Deleted)
-async def tutorial_delete_device(
-    device_id: DeviceId, session: SessionDep, principal: Writer
-) -> Deleted:
-    await devices_service.delete_device(session, device_id, principal=principal)
+async def tutorial_delete_device(device_id: DeviceId, call: Call) -> Deleted:
+    await devices_service.delete_device(call.db, device_id, principal=call.principal)
     return Deleted()
 
 
 @router.post("/users/", response_model=TutorialItem)
-async def tutorial_create_user(
-    name: Annotated[ShortText, Query()], session: SessionDep, principal: Writer
-) -> object:
+async def tutorial_create_user(name: Annotated[ShortText, Query()], call: Call) -> object:
     return await users_service.register_user(
-        session, data=UserCreate(name=name), principal=principal
+        call.db, data=UserCreate(name=name), principal=call.principal
     )
 
 
 @router.get("/users/", response_model=list[TutorialItem])
-async def tutorial_list_users(
-    session: SessionDep, principal: Reader, limit: Limit = PAGE_LIMIT_DEFAULT
-) -> object:
+async def tutorial_list_users(call: Call, limit: Limit = PAGE_LIMIT_DEFAULT) -> object:
     page = await users_service.list_users(
-        session, filters=UserFilter(), page=PageRequest(limit=limit), principal=principal
+        call.db, filters=UserFilter(), page=PageRequest(limit=limit), principal=call.principal
     )
     return page.items
 
 
 @router.get("/users/{user_id}", response_model=TutorialItem)
-async def tutorial_get_user(user_id: UserId, session: SessionDep, principal: Reader) -> object:
-    return await users_service.get_user(session, user_id, principal=principal)
+async def tutorial_get_user(user_id: UserId, call: Call) -> object:
+    return await users_service.get_user(call.db, user_id, principal=call.principal)

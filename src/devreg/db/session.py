@@ -1,12 +1,11 @@
 """The engine, and the one unit of work: a session that commits on success, rolls back on error."""
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Coroutine
-from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
-from typing import Annotated, Any
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Annotated
 
-from fastapi import Depends, Request, Response
-from fastapi.routing import APIRoute
+from fastapi import Depends, Request
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -90,50 +89,11 @@ async def session_scope(
             await session.commit()
 
 
-_REQUEST_SESSION = "devreg.session"
-
-
-class SessionRoute(APIRoute):
-    """A route whose request has one session, the request's unit of work: opened before the
-    dependencies and the endpoint run, ended after the endpoint returns and before the response
-    is sent. Committed on success, so a failed commit becomes an error response instead of a
-    201 for data that was never saved; rolled back on any exception.
-
-    A route class rather than a dependency with `yield`: FastAPI's machinery for those (an exit
-    stack and a shielded context manager per request) costs more CPU than a hot path's SQL."""
-
-    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-        handler = super().get_route_handler()
-
-        async def in_session(request: Request) -> Response:
-            async with _request_scope(request) as session:
-                request.scope[_REQUEST_SESSION] = session
-                return await handler(request)
-
-        return in_session
-
-
-def _request_scope(request: Request) -> AbstractAsyncContextManager[AsyncSession]:
-    """A request's unit of work: its transaction begins only when a statement needs one."""
-    return session_scope(request.state.sessionmaker, begin=False)
-
-
-def request_session(request: Request) -> AsyncSession:
-    """The session of a request served by a SessionRoute."""
-    session: AsyncSession = request.scope[_REQUEST_SESSION]
-    return session
-
-
-# async: FastAPI runs a plain `def` dependency in a worker thread, which costs more than this.
-async def get_session(request: Request) -> AsyncSession:
-    return request_session(request)
-
-
 async def get_streaming_session(request: Request) -> AsyncIterator[AsyncSession]:
-    async with _request_scope(request) as session:
+    """A request's second session, for a streamed response: it stays open until the last byte
+    is sent (the request's own session ends before the response starts). Read-only use."""
+    async with session_scope(request.state.sessionmaker, begin=False) as session:
         yield session
 
 
-SessionDep = Annotated[AsyncSession, Depends(get_session)]
-# For streamed responses: the session stays open until the last byte is sent. Read-only use.
 StreamingSessionDep = Annotated[AsyncSession, Depends(get_streaming_session)]

@@ -1,12 +1,11 @@
 from typing import Annotated
 
-from fastapi import APIRouter, Body, Depends, Header, Path, Query, Request, Response, status
+from fastapi import APIRouter, Body, Depends, Path, Query, Request, Response, status
 from fastapi.responses import StreamingResponse
 
-from devreg.auth.guard import Reader, Writer
+from devreg.calls import ApiRoute, Call, documented, header_parameter
 from devreg.conditional import IfMatch, etag, not_modified
-from devreg.config import SettingsDep
-from devreg.db.session import SessionDep, SessionRoute, StreamingSessionDep
+from devreg.db.session import StreamingSessionDep
 from devreg.devices import bulk, export, service
 from devreg.devices.export import EXPORT_MEDIA_TYPES, ExportFormat
 from devreg.devices.filters import (
@@ -27,7 +26,7 @@ from devreg.devices.schemas import (
     DeviceUpdate,
 )
 from devreg.errors import InvalidParameter, PreconditionRequired, problem_responses
-from devreg.idempotency.dependency import IdempotencyDep
+from devreg.idempotency.header import IDEMPOTENCY_KEY_HEADER, Idempotency
 from devreg.locations import created_location
 from devreg.querystring import (
     LISTING_PARAMETERS,
@@ -40,7 +39,7 @@ from devreg.querystring import (
 from devreg.schemas import BIGINT_MAX, Id, Instant, SearchText, ShortText, Tag
 
 router = APIRouter(
-    route_class=SessionRoute,
+    route_class=ApiRoute,
     prefix="/devices",
     tags=["devices"],
     responses=problem_responses(401, 403),
@@ -49,6 +48,12 @@ router = APIRouter(
 DeviceId = Annotated[int, Path(ge=1, le=BIGINT_MAX, description="The device's id.")]
 
 WRITE_ERRORS = problem_responses(404, 409, 412, 422, 428)
+IF_MATCH_HEADER = header_parameter(
+    "If-Match", "Apply only if the device's ETag is one of these (else 412)."
+)
+IF_NONE_MATCH_HEADER = header_parameter(
+    "If-None-Match", "304 without a body if the ETag is one of these."
+)
 
 
 @router.post(
@@ -56,18 +61,13 @@ WRITE_ERRORS = problem_responses(404, 409, 412, 422, 428)
     status_code=status.HTTP_201_CREATED,
     response_model=DeviceRead,
     responses=problem_responses(409, 422),
+    openapi_extra=documented(IDEMPOTENCY_KEY_HEADER),
 )
-async def create_device(
-    data: DeviceCreate,
-    session: SessionDep,
-    principal: Writer,
-    idempotency: IdempotencyDep,
-    request: Request,
-    response: Response,
-) -> object:
-    await idempotency.claim(session, principal)
-    device = await service.register_device(session, data=data, principal=principal)
-    response.headers["Location"] = created_location(request, device.id)
+async def create_device(data: DeviceCreate, call: Call, response: Response) -> object:
+    idempotency = Idempotency(call)
+    await idempotency.claim()
+    device = await service.register_device(call.db, data=data, principal=call.principal)
+    response.headers["Location"] = created_location(call, device.id)
     _tagged(device, response)
     replayed = {name: response.headers[name] for name in ("Location", "ETag")}
     await idempotency.remember(status.HTTP_201_CREATED, device, replayed)
@@ -80,21 +80,14 @@ def _tagged(device: DeviceRead, response: Response) -> DeviceRead:
     return device
 
 
-async def write_precondition(
-    settings: SettingsDep,
-    if_match: Annotated[
-        str | None,
-        Header(description="Apply only if the device's ETag is one of these (else 412)."),
-    ] = None,
-) -> IfMatch | None:
+def write_precondition(call: Call) -> IfMatch | None:
+    """The call's If-Match; without one, None (last write wins) or 428 if REQUIRE_IF_MATCH."""
+    if_match = call.headers.get("if-match")
     if if_match is None:
-        if settings.require_if_match:
+        if call.app.state.settings.require_if_match:
             raise PreconditionRequired
         return None
     return IfMatch.parse(if_match)
-
-
-WritePrecondition = Annotated[IfMatch | None, Depends(write_precondition)]
 
 
 _FILTER_PARAMETERS = frozenset({
@@ -185,9 +178,9 @@ DeviceListingDep = Annotated[Listing[DeviceFilter], Depends(device_listing)]
 
 
 @router.get("", response_model=DevicePage, responses=problem_responses(400, 422))
-async def list_devices(session: SessionDep, principal: Reader, listing: DeviceListingDep) -> object:
+async def list_devices(call: Call, listing: DeviceListingDep) -> object:
     result = await service.list_devices(
-        session, filters=listing.filters, page=listing.page, principal=principal
+        call.db, filters=listing.filters, page=listing.page, principal=call.principal
     )
     return page_response(DevicePage, result, listing.fields)
 
@@ -204,16 +197,15 @@ async def list_devices(session: SessionDep, principal: Reader, listing: DeviceLi
     },
 )
 async def export_devices(
-    request: Request,
+    call: Call,
     filters: DeviceFilterDep,
     session: StreamingSessionDep,
-    principal: Reader,
     format: Annotated[ExportFormat, Query(description="`csv` or `ndjson`.")] = ExportFormat.CSV,
 ) -> StreamingResponse:
     """Every device matching the filters (those of `GET /devices`), streamed in constant memory."""
-    reject_unknown(request, _FILTER_PARAMETERS | {"format"}, prefix=_ATTRIBUTE_PREFIX)
+    reject_unknown(call, _FILTER_PARAMETERS | {"format"}, prefix=_ATTRIBUTE_PREFIX)
     return StreamingResponse(
-        export.export_devices(session, filters=filters, format=format, principal=principal),
+        export.export_devices(session, filters=filters, format=format, principal=call.principal),
         media_type=EXPORT_MEDIA_TYPES[format],
         headers={"Content-Disposition": f'attachment; filename="devices.{format.value}"'},
     )
@@ -229,77 +221,80 @@ BulkDelete = Annotated[list[Id], Body(min_length=1, max_length=BULK_MAX)]
     status_code=status.HTTP_201_CREATED,
     response_model=BulkResult,
     responses=problem_responses(409, 422),
+    openapi_extra=documented(IDEMPOTENCY_KEY_HEADER),
 )
-async def create_devices(
-    items: BulkCreate, session: SessionDep, principal: Writer, idempotency: IdempotencyDep
-) -> BulkResult:
+async def create_devices(items: BulkCreate, call: Call) -> BulkResult:
     """Up to 10,000 devices, all or nothing; the new ids in the order given."""
-    await idempotency.claim(session, principal)
-    result = BulkResult(ids=await bulk.register_devices(session, items=items, principal=principal))
+    idempotency = Idempotency(call)
+    await idempotency.claim()
+    ids = await bulk.register_devices(call.db, items=items, principal=call.principal)
+    result = BulkResult(ids=ids)
     await idempotency.remember(status.HTTP_201_CREATED, result)
     return result
 
 
 @router.patch("/bulk", response_model=BulkResult, responses=problem_responses(409, 422))
-async def update_devices(items: BulkUpdate, session: SessionDep, principal: Writer) -> BulkResult:
+async def update_devices(items: BulkUpdate, call: Call) -> BulkResult:
     """Up to 10,000 `{id, ...fields}` changes, all or nothing."""
-    return BulkResult(ids=await bulk.update_devices(session, items=items, principal=principal))
+    ids = await bulk.update_devices(call.db, items=items, principal=call.principal)
+    return BulkResult(ids=ids)
 
 
 @router.delete("/bulk", status_code=status.HTTP_204_NO_CONTENT, responses=problem_responses(422))
-async def delete_devices(ids: BulkDelete, session: SessionDep, principal: Writer) -> None:
+async def delete_devices(ids: BulkDelete, call: Call) -> None:
     """Up to 10,000 ids, all or nothing: one unknown id and none is deleted."""
-    await bulk.delete_devices(session, ids=ids, principal=principal)
+    await bulk.delete_devices(call.db, ids=ids, principal=call.principal)
 
 
 @router.get(
     "/{device_id}",
     response_model=DeviceRead,
     responses={304: {"description": "Not Modified"}, **problem_responses(404, 422)},
+    openapi_extra=documented(IF_NONE_MATCH_HEADER),
 )
-async def get_device(
-    device_id: DeviceId,
-    session: SessionDep,
-    principal: Reader,
-    response: Response,
-    if_none_match: Annotated[
-        str | None, Header(description="304 without a body if the ETag is one of these.")
-    ] = None,
-) -> object:
-    device = await service.get_device(session, device_id, principal=principal)
-    if not_modified(if_none_match, device.version):
+async def get_device(device_id: DeviceId, call: Call, response: Response) -> object:
+    device = await service.get_device(call.db, device_id, principal=call.principal)
+    if not_modified(call.headers.get("if-none-match"), device.version):
         return Response(
             status_code=status.HTTP_304_NOT_MODIFIED, headers={"ETag": etag(device.version)}
         )
     return _tagged(device, response)
 
 
-@router.put("/{device_id}", response_model=DeviceRead, responses=WRITE_ERRORS)
+@router.put(
+    "/{device_id}",
+    response_model=DeviceRead,
+    responses=WRITE_ERRORS,
+    openapi_extra=documented(IF_MATCH_HEADER),
+)
 async def replace_device(
-    device_id: DeviceId,
-    data: DeviceCreate,
-    session: SessionDep,
-    principal: Writer,
-    precondition: WritePrecondition,
-    response: Response,
+    device_id: DeviceId, data: DeviceCreate, call: Call, response: Response
 ) -> object:
     device = await service.replace_device(
-        session, device_id, data=data, if_match=precondition, principal=principal
+        call.db,
+        device_id,
+        data=data,
+        if_match=write_precondition(call),
+        principal=call.principal,
     )
     return _tagged(device, response)
 
 
-@router.patch("/{device_id}", response_model=DeviceRead, responses=WRITE_ERRORS)
+@router.patch(
+    "/{device_id}",
+    response_model=DeviceRead,
+    responses=WRITE_ERRORS,
+    openapi_extra=documented(IF_MATCH_HEADER),
+)
 async def update_device(
-    device_id: DeviceId,
-    data: DeviceUpdate,
-    session: SessionDep,
-    principal: Writer,
-    precondition: WritePrecondition,
-    response: Response,
+    device_id: DeviceId, data: DeviceUpdate, call: Call, response: Response
 ) -> object:
     device = await service.update_device(
-        session, device_id, data=data, if_match=precondition, principal=principal
+        call.db,
+        device_id,
+        data=data,
+        if_match=write_precondition(call),
+        principal=call.principal,
     )
     return _tagged(device, response)
 
@@ -308,13 +303,13 @@ async def update_device(
     "/{device_id}/heartbeat",
     status_code=status.HTTP_204_NO_CONTENT,
     responses=problem_responses(404, 422),
+    openapi_extra=documented(IDEMPOTENCY_KEY_HEADER),
 )
-async def record_heartbeat(
-    device_id: DeviceId, session: SessionDep, principal: Writer, idempotency: IdempotencyDep
-) -> None:
+async def record_heartbeat(device_id: DeviceId, call: Call) -> None:
     """The device is alive: sets `last_seen_at` to now."""
-    await idempotency.claim(session, principal)
-    await service.record_heartbeat(session, device_id, principal=principal)
+    idempotency = Idempotency(call)
+    await idempotency.claim()
+    await service.record_heartbeat(call.db, device_id, principal=call.principal)
     await idempotency.remember(status.HTTP_204_NO_CONTENT)
 
 
@@ -322,8 +317,9 @@ async def record_heartbeat(
     "/{device_id}",
     status_code=status.HTTP_204_NO_CONTENT,
     responses=problem_responses(404, 412, 422, 428),
+    openapi_extra=documented(IF_MATCH_HEADER),
 )
-async def delete_device(
-    device_id: DeviceId, session: SessionDep, principal: Writer, precondition: WritePrecondition
-) -> None:
-    await service.delete_device(session, device_id, if_match=precondition, principal=principal)
+async def delete_device(device_id: DeviceId, call: Call) -> None:
+    await service.delete_device(
+        call.db, device_id, if_match=write_precondition(call), principal=call.principal
+    )

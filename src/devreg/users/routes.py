@@ -2,8 +2,7 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Path, Query, Request, Response, status
 
-from devreg.auth.guard import Reader, Writer
-from devreg.db.session import SessionDep, SessionRoute
+from devreg.calls import ApiRoute, Call
 from devreg.devices.routes import DeviceListingDep
 from devreg.devices.schemas import DevicePage
 from devreg.errors import problem_responses
@@ -21,7 +20,7 @@ from devreg.users.filters import DEFAULT_SORT, SORT_KEYS, UserFilter
 from devreg.users.schemas import UserCreate, UserPage, UserRead, UserUpdate
 
 router = APIRouter(
-    route_class=SessionRoute, prefix="/users", tags=["users"], responses=problem_responses(401, 403)
+    route_class=ApiRoute, prefix="/users", tags=["users"], responses=problem_responses(401, 403)
 )
 
 UserId = Annotated[int, Path(ge=1, le=BIGINT_MAX, description="The user's id.")]
@@ -33,12 +32,10 @@ UserId = Annotated[int, Path(ge=1, le=BIGINT_MAX, description="The user's id.")]
     response_model=UserRead,
     responses=problem_responses(409, 422),
 )
-async def create_user(
-    data: UserCreate, session: SessionDep, principal: Writer, request: Request, response: Response
-) -> object:
+async def create_user(data: UserCreate, call: Call, response: Response) -> object:
     """Admins only, once tokens are in use."""
-    user = await service.register_user(session, data=data, principal=principal)
-    response.headers["Location"] = created_location(request, user.id)
+    user = await service.register_user(call.db, data=data, principal=call.principal)
+    response.headers["Location"] = created_location(call, user.id)
     return user
 
 
@@ -75,27 +72,23 @@ async def user_listing(
 
 @router.get("", response_model=UserPage, responses=problem_responses(400, 422))
 async def list_users(
-    session: SessionDep,
-    principal: Reader,
-    listing: Annotated[Listing[UserFilter], Depends(user_listing)],
+    call: Call, listing: Annotated[Listing[UserFilter], Depends(user_listing)]
 ) -> object:
     """Every user for an admin token; only its own user for any other."""
     result = await service.list_users(
-        session, filters=listing.filters, page=listing.page, principal=principal
+        call.db, filters=listing.filters, page=listing.page, principal=call.principal
     )
     return page_response(UserPage, result, listing.fields)
 
 
 @router.get("/{user_id}", response_model=UserRead, responses=problem_responses(404, 422))
-async def get_user(user_id: UserId, session: SessionDep, principal: Reader) -> object:
-    return await service.get_user(session, user_id, principal=principal)
+async def get_user(user_id: UserId, call: Call) -> object:
+    return await service.get_user(call.db, user_id, principal=call.principal)
 
 
 @router.patch("/{user_id}", response_model=UserRead, responses=problem_responses(404, 409, 422))
-async def update_user(
-    user_id: UserId, data: UserUpdate, session: SessionDep, principal: Writer
-) -> object:
-    return await service.update_user(session, user_id, data=data, principal=principal)
+async def update_user(user_id: UserId, data: UserUpdate, call: Call) -> object:
+    return await service.update_user(call.db, user_id, data=data, principal=call.principal)
 
 
 @router.delete(
@@ -105,8 +98,7 @@ async def update_user(
 )
 async def delete_user(
     user_id: UserId,
-    session: SessionDep,
-    principal: Writer,
+    call: Call,
     cascade: Annotated[
         Literal["devices"] | None,
         Query(description="`devices` deletes the user's devices along with the user."),
@@ -114,18 +106,16 @@ async def delete_user(
 ) -> None:
     """Admins only, once tokens are in use."""
     await service.delete_user(
-        session, user_id, cascade_devices=cascade == "devices", principal=principal
+        call.db, user_id, cascade_devices=cascade == "devices", principal=call.principal
     )
 
 
 @router.get(
     "/{user_id}/devices", response_model=DevicePage, responses=problem_responses(400, 404, 422)
 )
-async def list_user_devices(
-    user_id: UserId, session: SessionDep, principal: Reader, listing: DeviceListingDep
-) -> object:
+async def list_user_devices(user_id: UserId, call: Call, listing: DeviceListingDep) -> object:
     """The user's devices, with every filter and option of `GET /devices`."""
     result = await service.list_user_devices(
-        session, user_id, filters=listing.filters, page=listing.page, principal=principal
+        call.db, user_id, filters=listing.filters, page=listing.page, principal=call.principal
     )
     return page_response(DevicePage, result, listing.fields)

@@ -1,0 +1,82 @@
+"""The Idempotency-Key header on POST routes: claim the key before the write, record the
+answer with it, or give the first answer again."""
+
+from collections.abc import Mapping
+from typing import Annotated
+
+from fastapi import Request
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, StringConstraints, TypeAdapter
+
+from devreg.calls import Call, header_parameter
+from devreg.idempotency import service
+from devreg.idempotency.models import KEY_MAX_LENGTH
+from devreg.idempotency.service import Answer
+
+IDEMPOTENCY_KEY = "Idempotency-Key"
+REPLAYED_HEADER = "Idempotent-Replayed"
+_KEY = TypeAdapter(Annotated[str, StringConstraints(min_length=1, max_length=KEY_MAX_LENGTH)])
+
+IDEMPOTENCY_KEY_HEADER = header_parameter(
+    IDEMPOTENCY_KEY,
+    "Retry safely: the same key with the same body within IDEMPOTENCY_KEY_LIFETIME answers as "
+    "the first time, without writing again.",
+    minLength=1,
+    maxLength=KEY_MAX_LENGTH,
+)
+
+
+class IdempotentReplay(Exception):
+    def __init__(self, answer: Answer) -> None:
+        self.answer = answer
+
+
+class Idempotency:
+    """The call's Idempotency-Key, if it has one (422 if it is empty or too long): `claim` it
+    before writing, `remember` the answer after; both are no-ops without a key."""
+
+    def __init__(self, call: Call) -> None:
+        self.call = call
+        self.key = call.header(IDEMPOTENCY_KEY, _KEY)
+        self._claimed = False
+
+    @property
+    def _token_id(self) -> int:
+        return self.call.principal.token_id or 0
+
+    async def claim(self) -> None:
+        """Hold the key in the call's transaction, or raise IdempotentReplay with the first
+        answer (or a 422 when the key came with another request)."""
+        if self.key is None:
+            return
+        call = self.call
+        earlier = await service.claim_key(
+            call.db,
+            token_id=self._token_id,
+            key=self.key,
+            fingerprint=service.fingerprint(call.method, call.url.path, await call.body()),
+            lifetime=call.app.state.settings.idempotency_key_lifetime,
+        )
+        if earlier is not None:
+            raise IdempotentReplay(earlier)
+        self._claimed = True
+
+    async def remember(
+        self, status: int, body: BaseModel | None = None, headers: Mapping[str, str] | None = None
+    ) -> None:
+        """Keep the answer with the claimed key, in the write's transaction."""
+        if not self._claimed or self.key is None:
+            return
+        answer = Answer(status, body.model_dump(mode="json") if body else None, dict(headers or {}))
+        await service.remember_answer(
+            self.call.db, token_id=self._token_id, key=self.key, answer=answer
+        )
+
+
+async def replay(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, IdempotentReplay)
+    answer = exc.answer
+    headers = {**answer.headers, REPLAYED_HEADER: "true"}
+    if answer.body is None:
+        return Response(status_code=answer.status, headers=headers)
+    return JSONResponse(answer.body, status_code=answer.status, headers=headers)
