@@ -3,6 +3,7 @@
 import asyncio
 import os
 import shutil
+import subprocess
 import tempfile
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
@@ -78,3 +79,13 @@ async def fresh_database(server_url: URL, name: str, *, migrate: bool = True) ->
         finally:
             await engine.dispose()
     return url
+
+
+def ensure_installed(command: str, package: str | None = None) -> None:
+    """`command`, installed from Debian's packages when missing."""
+    if shutil.which(command):
+        return
+    install = ["apt-get", "install", "-y", "-q", package or command]
+    if subprocess.run(install, check=False, capture_output=True).returncode != 0:
+        subprocess.run(["apt-get", "update", "-q"], check=True, capture_output=True)
+        subprocess.run(install, check=True, capture_output=True)

@@ -26,7 +26,6 @@ import hashlib
 import json
 import os
 import platform
-import shutil
 import signal
 import statistics
 import subprocess
@@ -44,7 +43,7 @@ from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
-from common import admin, fresh_database, server
+from common import admin, ensure_installed, fresh_database, server
 
 BENCH = Path(__file__).resolve().parent
 PROJECT = BENCH.parent
@@ -168,15 +167,6 @@ def apps(peers: Path, server_url: URL) -> dict[str, App]:
 
 
 # -- set-up ---------------------------------------------------------------------------------
-
-
-def ensure_wrk() -> None:
-    if shutil.which("wrk"):
-        return
-    install = ["apt-get", "install", "-y", "-q", "wrk"]
-    if subprocess.run(install, check=False, capture_output=True).returncode != 0:
-        subprocess.run(["apt-get", "update", "-q"], check=True, capture_output=True)
-        subprocess.run(install, check=True, capture_output=True)
 
 
 def ensure_peers_venv(peers: Path) -> None:
@@ -495,7 +485,7 @@ async def main() -> None:
     if unknown:
         raise SystemExit(f"unknown scenarios: {', '.join(sorted(unknown))}")
     load = Load(args.connections, args.duration, args.warmup)
-    ensure_wrk()
+    ensure_installed("wrk")
     if set(app_names) - {"devreg"}:
         ensure_peers_venv(args.peers)
     args.out.mkdir(parents=True, exist_ok=True)

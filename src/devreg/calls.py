@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from devreg.auth.guard import authenticate
 from devreg.auth.principal import Principal
+from devreg.config import Settings
 from devreg.db.session import session_scope
 
 # Methods that only read: any live token may use them; every other method needs a write scope.
@@ -36,6 +37,11 @@ class Call(Request):
     sent (so a failed commit is an error response, not a 201 for data never saved); rolled back
     on any exception. Its transaction begins only when a statement needs one (session_scope)."""
     principal: Principal
+
+    @property
+    def settings(self) -> Settings:
+        settings: Settings = self.app.state.settings
+        return settings
 
     def header(self, name: str, adapter: TypeAdapter[T]) -> T | None:
         """An optional header's value, validated as FastAPI validates a declared one (422)."""

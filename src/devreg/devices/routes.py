@@ -84,7 +84,7 @@ def write_precondition(call: Call) -> IfMatch | None:
     """The call's If-Match; without one, None (last write wins) or 428 if REQUIRE_IF_MATCH."""
     if_match = call.headers.get("if-match")
     if if_match is None:
-        if call.app.state.settings.require_if_match:
+        if call.settings.require_if_match:
             raise PreconditionRequired
         return None
     return IfMatch.parse(if_match)

@@ -55,7 +55,7 @@ class Idempotency:
             token_id=self._token_id,
             key=self.key,
             fingerprint=service.fingerprint(call.method, call.url.path, await call.body()),
-            lifetime=call.app.state.settings.idempotency_key_lifetime,
+            lifetime=call.settings.idempotency_key_lifetime,
         )
         if earlier is not None:
             raise IdempotentReplay(earlier)
