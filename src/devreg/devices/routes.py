@@ -1,4 +1,4 @@
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, Path, Query, Request, Response, status
 from fastapi.responses import StreamingResponse
@@ -47,13 +47,23 @@ router = APIRouter(
 
 DeviceId = Annotated[int, Path(ge=1, le=BIGINT_MAX, description="The device's id.")]
 
-WRITE_ERRORS = problem_responses(404, 409, 412, 422, 428)
 IF_MATCH_HEADER = header_parameter(
     "If-Match", "Apply only if the device's ETag is one of these (else 412)."
 )
 IF_NONE_MATCH_HEADER = header_parameter(
     "If-None-Match", "304 without a body if the ETag is one of these."
 )
+# PUT and PATCH of one device: If-Match guards them.
+GUARDED_WRITE: dict[str, Any] = {
+    "responses": problem_responses(404, 409, 412, 422, 428),
+    "openapi_extra": documented(IF_MATCH_HEADER),
+}
+# The creating POSTs: 201, or the first answer again for a repeated Idempotency-Key.
+IDEMPOTENT_CREATE: dict[str, Any] = {
+    "status_code": status.HTTP_201_CREATED,
+    "responses": problem_responses(409, 422),
+    "openapi_extra": documented(IDEMPOTENCY_KEY_HEADER),
+}
 
 
 def _tagged(device: DeviceRead, response: Response) -> DeviceRead:
@@ -183,13 +193,7 @@ async def record_heartbeat(device_id: DeviceId, call: Call) -> None:
     await idempotency.remember(status.HTTP_204_NO_CONTENT)
 
 
-@router.post(
-    "",
-    status_code=status.HTTP_201_CREATED,
-    response_model=DeviceRead,
-    responses=problem_responses(409, 422),
-    openapi_extra=documented(IDEMPOTENCY_KEY_HEADER),
-)
+@router.post("", response_model=DeviceRead, **IDEMPOTENT_CREATE)
 async def create_device(data: DeviceCreate, call: Call, response: Response) -> object:
     idempotency = Idempotency(call)
     await idempotency.claim()
@@ -255,40 +259,24 @@ async def delete_devices(ids: BulkDelete, call: Call) -> None:
     await bulk.delete_devices(call.db, ids=ids, principal=call.principal)
 
 
-@router.patch(
-    "/{device_id}",
-    response_model=DeviceRead,
-    responses=WRITE_ERRORS,
-    openapi_extra=documented(IF_MATCH_HEADER),
-)
+@router.patch("/{device_id}", response_model=DeviceRead, **GUARDED_WRITE)
 async def update_device(
     device_id: DeviceId, data: DeviceUpdate, call: Call, response: Response
 ) -> object:
+    if_match = write_precondition(call)
     device = await service.update_device(
-        call.db,
-        device_id,
-        data=data,
-        if_match=write_precondition(call),
-        principal=call.principal,
+        call.db, device_id, data=data, if_match=if_match, principal=call.principal
     )
     return _tagged(device, response)
 
 
-@router.put(
-    "/{device_id}",
-    response_model=DeviceRead,
-    responses=WRITE_ERRORS,
-    openapi_extra=documented(IF_MATCH_HEADER),
-)
+@router.put("/{device_id}", response_model=DeviceRead, **GUARDED_WRITE)
 async def replace_device(
     device_id: DeviceId, data: DeviceCreate, call: Call, response: Response
 ) -> object:
+    if_match = write_precondition(call)
     device = await service.replace_device(
-        call.db,
-        device_id,
-        data=data,
-        if_match=write_precondition(call),
-        principal=call.principal,
+        call.db, device_id, data=data, if_match=if_match, principal=call.principal
     )
     return _tagged(device, response)
 
@@ -313,13 +301,7 @@ async def list_devices(call: Call, listing: DeviceListingDep) -> object:
     return page_response(DevicePage, result, listing.fields)
 
 
-@router.post(
-    "/bulk",
-    status_code=status.HTTP_201_CREATED,
-    response_model=BulkResult,
-    responses=problem_responses(409, 422),
-    openapi_extra=documented(IDEMPOTENCY_KEY_HEADER),
-)
+@router.post("/bulk", response_model=BulkResult, **IDEMPOTENT_CREATE)
 async def create_devices(items: BulkCreate, call: Call) -> BulkResult:
     """Up to 10,000 devices, all or nothing; the new ids in the order given."""
     idempotency = Idempotency(call)
