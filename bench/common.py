@@ -81,11 +81,11 @@ async def fresh_database(server_url: URL, name: str, *, migrate: bool = True) ->
     return url
 
 
-def ensure_installed(command: str, package: str | None = None) -> None:
-    """`command`, installed from Debian's packages when missing."""
+def ensure_installed(command: str) -> None:
+    """`command`, installed from Debian's package of the same name when missing."""
     if shutil.which(command):
         return
-    install = ["apt-get", "install", "-y", "-q", package or command]
+    install = ["apt-get", "install", "-y", "-q", command]
     if subprocess.run(install, check=False, capture_output=True).returncode != 0:
         subprocess.run(["apt-get", "update", "-q"], check=True, capture_output=True)
         subprocess.run(install, check=True, capture_output=True)

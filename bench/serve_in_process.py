@@ -10,6 +10,7 @@ app's own packages are imported: the peers run in their own virtual environment.
 import asyncio
 import importlib
 import logging
+import logging.config
 import os
 import random
 import sys
@@ -79,8 +80,6 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    import logging.config
-
     import uvloop
 
     uvloop.run(main())
