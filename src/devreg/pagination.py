@@ -15,9 +15,11 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Annotated, Any, Generic, Protocol, TypeVar, cast
 
+import orjson
 from fastapi import Query
 from pydantic import Field
 
+from devreg.db.rendering import Rendered, json_fragments
 from devreg.errors import InvalidCursor, InvalidParameter
 from devreg.schemas import BIGINT_MAX, Schema
 
@@ -74,6 +76,8 @@ class PageRequest:
     sort: Sort = field(default_factory=Sort)
     cursor: str | None = None
     count: CountMode = CountMode.NONE
+    fields: frozenset[str] | None = None
+    """The item's fields to return (all when None)."""
 
 
 @dataclass(frozen=True)
@@ -97,6 +101,19 @@ class Page(Schema, Generic[ItemT]):
         None, description="With `count=exact` or `count=estimated`.", exclude_if=_is_none
     )
     total_is_estimate: bool | None = Field(None, exclude_if=_is_none)
+
+
+def page_json(page_model: type[Page[Any]], result: "PageResult[Rendered]") -> bytes:
+    """The page as JSON: its items' as PostgreSQL wrote them (db/rendering.py), in the page
+    model's envelope."""
+    envelope = page_model(
+        items=[],
+        next_cursor=result.next_cursor,
+        total=result.total,
+        total_is_estimate=result.total_is_estimate,
+    ).model_dump(mode="json")
+    envelope["items"] = json_fragments(result.items)
+    return orjson.dumps(envelope)
 
 
 class Cursors:
@@ -209,7 +226,13 @@ class Listable(Protocol[ItemT_co, FilterT_contra]):
     """A repository that lists pages of one kind of row and counts them."""
 
     async def list_page(
-        self, filters: FilterT_contra, *, sort: Sort, after: Position | None, limit: int
+        self,
+        filters: FilterT_contra,
+        *,
+        sort: Sort,
+        after: Position | None,
+        limit: int,
+        fields: frozenset[str] | None,
     ) -> Sequence[tuple[ItemT_co, SortValue]]: ...
 
     async def count(self, filters: FilterT_contra, *, exact: bool) -> int: ...
@@ -229,7 +252,9 @@ async def paginate_listing(
     return await paginate(
         page,
         Cursors(listing, sort, describe_filters(filters), value_type=value_type, nullable=nullable),
-        fetch=lambda after: repository.list_page(filters, sort=sort, after=after, limit=page.limit),
+        fetch=lambda after: repository.list_page(
+            filters, sort=sort, after=after, limit=page.limit, fields=page.fields
+        ),
         count=lambda exact: repository.count(filters, exact=exact),
         id_of=lambda item: item.id,
     )

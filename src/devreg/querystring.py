@@ -2,13 +2,15 @@
 
 import json
 import math
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any, Generic, TypeVar
 
+import orjson
 from fastapi import Depends, Query, Request, Response
 from pydantic import BaseModel
 
+from devreg.db.rendering import Rendered, json_fragments
 from devreg.errors import InvalidParameter
 from devreg.pagination import (
     PAGE_LIMIT_DEFAULT,
@@ -16,9 +18,11 @@ from devreg.pagination import (
     CountParam,
     CursorParam,
     Limit,
+    Page,
     PageRequest,
     PageResult,
     Sort,
+    page_json,
 )
 
 LISTING_PARAMETERS = frozenset({"limit", "cursor", "sort", "count", "fields"})
@@ -28,11 +32,10 @@ FilterT = TypeVar("FilterT")
 
 @dataclass(frozen=True)
 class Listing(Generic[FilterT]):
-    """A listing request as the query string asked for it: filters, page, sparse fields."""
+    """A listing request as the query string asked for it: filters and page."""
 
     filters: FilterT
     page: PageRequest
-    fields: frozenset[str] | None
 
 
 @dataclass(frozen=True)
@@ -60,8 +63,8 @@ class PageOptions:
                 sort=Sort.parse(self.sort, list(sort_keys), default=default_sort),
                 cursor=self.cursor,
                 count=self.count,
+                fields=parse_fields(self.fields, item),
             ),
-            fields=parse_fields(self.fields, item),
         )
 
 
@@ -116,19 +119,10 @@ def json_scalar(raw: str) -> Any:
     return value
 
 
-def page_response(
-    page_model: type[BaseModel], result: PageResult[Any], fields: frozenset[str] | None
-) -> Any:
-    """The page as the declared model, or, with `fields`, only those fields of each item."""
-    page = page_model.model_validate(result)
-    if fields is None:
-        return page
-    body = page.model_dump_json(
-        include={
-            "items": {"__all__": set(fields)},
-            "next_cursor": True,
-            "total": True,
-            "total_is_estimate": True,
-        }
-    )
-    return Response(content=body, media_type="application/json")
+def page_response(page_model: type[Page[Any]], result: PageResult[Rendered]) -> Response:
+    return Response(content=page_json(page_model, result), media_type="application/json")
+
+
+def items_response(items: Sequence[Rendered]) -> Response:
+    """The items alone, as a JSON array."""
+    return Response(content=orjson.dumps(json_fragments(items)), media_type="application/json")

@@ -10,7 +10,17 @@ from devreg.changes.models import Change
 from devreg.changes.schemas import ChangeRead
 from devreg.db.driver import fetch_all
 from devreg.db.keyset import count_matching, fetch_page
+from devreg.db.rendering import JsonShape, Rendered, instant, rendered
 from devreg.pagination import Position, Sort, SortValue
+
+_CHANGE_JSON = JsonShape(
+    ChangeRead,
+    {
+        **{name: getattr(Change, name) for name in ChangeRead.model_fields},
+        "at": instant(Change.at),
+    },
+    id_column=Change.id,
+)
 
 
 class ChangeRepository:
@@ -18,12 +28,19 @@ class ChangeRepository:
         self.session = session
 
     async def list_page(
-        self, filters: ChangeFilter, *, sort: Sort, after: Position | None, limit: int
-    ) -> list[tuple[ChangeRead, SortValue]]:
-        """Up to `limit` + 1 matching changes after `after`, each with its sort value."""
+        self,
+        filters: ChangeFilter,
+        *,
+        sort: Sort,
+        after: Position | None,
+        limit: int,
+        fields: frozenset[str] | None,
+    ) -> list[tuple[Rendered, SortValue]]:
+        """Up to `limit` + 1 matching changes after `after` (their `fields`, or all), each with
+        its sort value."""
         rows = await fetch_page(
             lambda part: fetch_all(self.session, part),
-            select(*Change.__table__.c).where(*self._conditions(filters)),
+            _CHANGE_JSON.select(fields).where(*self._conditions(filters)),
             key=Change.id,
             id_column=Change.id,
             descending=sort.descending,
@@ -31,7 +48,7 @@ class ChangeRepository:
             after=after,
             limit=limit,
         )
-        return [(ChangeRead.model_validate(dict(row._mapping)), row[-1]) for row in rows]
+        return rendered(rows)
 
     async def count(self, filters: ChangeFilter, *, exact: bool) -> int:
         return await count_matching(self.session, self._matching(filters), exact=exact)

@@ -57,7 +57,7 @@ async def list_changes(call: Call, listing: ChangeListingDep) -> object:
     result = await service.list_changes(
         call.db, filters=listing.filters, page=listing.page, principal=call.principal
     )
-    return page_response(ChangePage, result, listing.fields)
+    return page_response(ChangePage, result)
 
 
 @router.get(
@@ -76,4 +76,4 @@ async def list_device_changes(
         page=listing.page,
         principal=call.principal,
     )
-    return page_response(ChangePage, result, listing.fields)
+    return page_response(ChangePage, result)

@@ -9,14 +9,14 @@ from devreg.auth.principal import Principal
 from devreg.changes.filters import SORT_KEYS, ChangeFilter
 from devreg.changes.models import ObjectType
 from devreg.changes.repository import ChangeRepository
-from devreg.changes.schemas import ChangeRead
+from devreg.db.rendering import Rendered
 from devreg.devices import service as devices_service
 from devreg.pagination import PageRequest, PageResult, paginate_listing
 
 
 async def list_changes(
     session: AsyncSession, *, filters: ChangeFilter, page: PageRequest, principal: Principal
-) -> PageResult[ChangeRead]:
+) -> PageResult[Rendered]:
     """Every change for an admin; for any other token, the changes its user made."""
     if principal.owner is not None:
         filters = replace(filters, made_by=principal.owner)
@@ -25,7 +25,7 @@ async def list_changes(
 
 async def _page(
     session: AsyncSession, filters: ChangeFilter, page: PageRequest
-) -> PageResult[ChangeRead]:
+) -> PageResult[Rendered]:
     return await paginate_listing(
         "changes", ChangeRepository(session), filters, page, value_type=SORT_KEYS[page.sort.key]
     )
@@ -38,7 +38,7 @@ async def list_device_changes(
     filters: ChangeFilter,
     page: PageRequest,
     principal: Principal,
-) -> PageResult[ChangeRead]:
+) -> PageResult[Rendered]:
     """A device's history, whoever made it. An admin sees a deleted device's too; any other
     token only that of a device its user owns now."""
     if principal.owner is not None:

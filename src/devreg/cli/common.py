@@ -16,10 +16,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from devreg.config import Settings, get_settings
 from devreg.db import migrations
 from devreg.db.embedded import EmbeddedPostgresError, resolve_database_url
+from devreg.db.rendering import Rendered
 from devreg.db.server import DatabaseConnectError, check_connection
 from devreg.db.session import create_engine, create_sessionmaker, session_scope
 from devreg.errors import DevregError, InvalidParameter
-from devreg.pagination import Page
+from devreg.pagination import Page, PageResult, page_json
 from devreg.schemas import BIGINT_MAX
 
 stdout = Console()
@@ -105,20 +106,23 @@ def show(item: BaseModel, *, as_json: bool) -> None:
 
 
 def show_page(
-    page_model: type[Page[Any]], result: object, columns: Sequence[str], *, as_json: bool
+    page_model: type[Page[Any]],
+    result: PageResult[Rendered],
+    columns: Sequence[str],
+    *,
+    as_json: bool,
 ) -> None:
     """A page from a service, as a table of `columns` (and the next cursor) or as JSON."""
-    page = page_model.model_validate(result)
     if as_json:
-        print(page.model_dump_json())
+        print(page_json(page_model, result).decode())
         return
     table = Table(*columns)
-    for item in page.items:
-        row = item.model_dump(mode="json")
+    for item in result.items:
+        row = json.loads(item.json)
         table.add_row(*(_cell(row[column]) for column in columns))
     stdout.print(table)
-    if page.next_cursor:
-        stdout.print(f"next page: --cursor {page.next_cursor}", markup=False, highlight=False)
+    if result.next_cursor:
+        stdout.print(f"next page: --cursor {result.next_cursor}", markup=False, highlight=False)
 
 
 def _cell(value: Any) -> str:

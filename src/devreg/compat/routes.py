@@ -14,6 +14,7 @@ from devreg.devices.filters import DeviceFilter
 from devreg.devices.routes import DeviceId
 from devreg.devices.schemas import DeviceCreate, DeviceUpdate
 from devreg.pagination import PAGE_LIMIT_DEFAULT, PAGE_LIMIT_MAX, PageRequest
+from devreg.querystring import items_response
 from devreg.schemas import ShortText
 from devreg.users import service as users_service
 from devreg.users.filters import UserFilter
@@ -24,6 +25,7 @@ router = APIRouter(route_class=ApiRoute, include_in_schema=False)
 
 # The tutorials listed every row; here a list is the first page, as everywhere in devreg.
 Limit = Annotated[int, Query(ge=1, le=PAGE_LIMIT_MAX)]
+_TUTORIAL_FIELDS = frozenset(TutorialItem.model_fields)
 
 
 @router.post("/api/v1/device/", response_model=TutorialItem)
@@ -38,10 +40,10 @@ async def tutorial_list_devices(call: Call, limit: Limit = PAGE_LIMIT_DEFAULT) -
     page = await devices_service.list_devices(
         call.db,
         filters=DeviceFilter(),
-        page=PageRequest(limit=limit),
+        page=PageRequest(limit=limit, fields=_TUTORIAL_FIELDS),
         principal=call.principal,
     )
-    return page.items
+    return items_response(page.items)
 
 
 @router.get("/api/v1/device/{device_id}", response_model=TutorialItem)
@@ -75,9 +77,12 @@ async def tutorial_create_user(name: Annotated[ShortText, Query()], call: Call) 
 @router.get("/users/", response_model=list[TutorialItem])
 async def tutorial_list_users(call: Call, limit: Limit = PAGE_LIMIT_DEFAULT) -> object:
     page = await users_service.list_users(
-        call.db, filters=UserFilter(), page=PageRequest(limit=limit), principal=call.principal
+        call.db,
+        filters=UserFilter(),
+        page=PageRequest(limit=limit, fields=_TUTORIAL_FIELDS),
+        principal=call.principal,
     )
-    return page.items
+    return items_response(page.items)
 
 
 @router.get("/users/{user_id}", response_model=TutorialItem)

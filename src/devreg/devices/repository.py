@@ -3,7 +3,6 @@ from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from pydantic import TypeAdapter
 from sqlalchemy import (
     ARRAY,
     BigInteger,
@@ -18,10 +17,12 @@ from sqlalchemy import (
     Update,
     any_,
     bindparam,
+    case,
     cast,
     delete,
     func,
     insert,
+    null,
     or_,
     select,
     text,
@@ -41,7 +42,8 @@ from devreg.db.driver import (
     fetch_row,
     violation_error,
 )
-from devreg.db.keyset import SORT_VALUE, count_matching, fetch_page
+from devreg.db.keyset import count_matching, fetch_page
+from devreg.db.rendering import JsonShape, Rendered, instant, json_object, rendered
 from devreg.devices.filters import NULLABLE_SORT_KEYS, RELEVANCE, DeviceFilter
 from devreg.devices.models import Device
 from devreg.devices.schemas import DeviceRead, OnConflict
@@ -277,22 +279,37 @@ def _target(device_id: int, owner: int | None) -> dict[str, Any]:
     return {"device_id": device_id, "owner": owner}
 
 
-def _shaped(values: dict[str, Any], *, without: str | None = None) -> dict[str, Any]:
-    """A device's row values (and its owner's name) in DeviceRead's shape, taken over."""
-    if without is not None:
-        values.pop(without)
+def _device(values: dict[str, Any]) -> DeviceRead:
+    """A device from its row's values and its owner's name."""
     owner_name = values.pop("owner_name")
     owner_id = values["owner_id"]
     values["owner"] = None if owner_id is None else {"id": owner_id, "name": owner_name}
-    return values
+    return DeviceRead.model_validate(values)
 
 
-def _device(values: dict[str, Any]) -> DeviceRead:
-    return DeviceRead.model_validate(_shaped(values))
-
-
-# A page's devices are validated in one call, not one call per row.
-_DEVICE_LIST = TypeAdapter(list[DeviceRead])
+_DEVICE_JSON = JsonShape(
+    DeviceRead,
+    {
+        "id": _DEVICES.c.id,
+        "name": _DEVICES.c.name,
+        "serial_number": _DEVICES.c.serial_number,
+        "model": _DEVICES.c.model,
+        "status": _DEVICES.c.status,
+        "owner_id": _DEVICES.c.owner_id,
+        "owner": case(
+            (_DEVICES.c.owner_id.is_(None), null()),
+            else_=json_object({"id": User.id, "name": User.name}),
+        ),
+        "tags": _DEVICES.c.tags,
+        "attributes": _DEVICES.c.attributes,
+        "last_seen_at": instant(_DEVICES.c.last_seen_at),
+        "created_at": instant(_DEVICES.c.created_at),
+        "updated_at": instant(_DEVICES.c.updated_at),
+        "version": _DEVICES.c.version,
+    },
+    id_column=_DEVICES.c.id,
+)
+_WITH_OWNERS = _DEVICES.outerjoin(User, User.id == _DEVICES.c.owner_id)
 
 
 class DeviceRepository:
@@ -306,11 +323,19 @@ class DeviceRepository:
         return await self._one(_get_statement(owner is not None), _target(device_id, owner))
 
     async def list_page(
-        self, filters: DeviceFilter, *, sort: Sort, after: Position | None, limit: int
-    ) -> list[tuple[DeviceRead, SortValue]]:
-        """Up to `limit` + 1 matching devices after `after`, each with its sort value; the
-        extra row says more exist. Plain rows, not ORM objects: a page is a hot path too."""
-        statement = _LISTED.where(*self._conditions(filters))
+        self,
+        filters: DeviceFilter,
+        *,
+        sort: Sort,
+        after: Position | None,
+        limit: int,
+        fields: frozenset[str] | None,
+    ) -> list[tuple[Rendered, SortValue]]:
+        """Up to `limit` + 1 matching devices after `after` (their `fields`, or all), each with
+        its sort value; the extra row says more exist."""
+        statement = (
+            _DEVICE_JSON.select(fields).select_from(_WITH_OWNERS).where(*self._conditions(filters))
+        )
         key = self._sort_key(sort, filters)
         rows = await fetch_page(
             lambda part: fetch_all(self.session, part),
@@ -322,13 +347,7 @@ class DeviceRepository:
             after=after,
             limit=limit,
         )
-        if not rows:
-            return []
-        fields = rows[0]._fields
-        devices = _DEVICE_LIST.validate_python(
-            [_shaped(dict(zip(fields, row, strict=True)), without=SORT_VALUE) for row in rows]
-        )
-        return [(device, row[-1]) for device, row in zip(devices, rows, strict=True)]
+        return rendered(rows)
 
     async def count(self, filters: DeviceFilter, *, exact: bool) -> int:
         return await count_matching(self.session, self._matching(filters), exact=exact)

@@ -298,7 +298,7 @@ async def list_devices(call: Call, listing: DeviceListingDep) -> object:
     result = await service.list_devices(
         call.db, filters=listing.filters, page=listing.page, principal=call.principal
     )
-    return page_response(DevicePage, result, listing.fields)
+    return page_response(DevicePage, result)
 
 
 @router.post("/bulk", response_model=BulkResult, **IDEMPOTENT_CREATE)

@@ -8,6 +8,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from devreg.auth.principal import Principal
 from devreg.changes.actor import actor_of
 from devreg.conditional import IfMatch
+from devreg.db.rendering import Rendered
 from devreg.devices.filters import NULLABLE_SORT_KEYS, SORT_KEYS, DeviceFilter
 from devreg.devices.repository import DeviceRepository
 from devreg.devices.schemas import DeviceCreate, DeviceRead, DeviceUpdate
@@ -57,7 +58,7 @@ async def list_devices(
     filters: DeviceFilter,
     page: PageRequest,
     principal: Principal,
-) -> PageResult[DeviceRead]:
+) -> PageResult[Rendered]:
     sort_key = page.sort.key
     return await paginate_listing(
         "devices",

@@ -1,4 +1,3 @@
-from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import (
@@ -17,11 +16,26 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from devreg.db.constraints import violated_constraint
+from devreg.db.driver import fetch_all
 from devreg.db.keyset import count_matching, fetch_page
+from devreg.db.rendering import JsonShape, Rendered, instant, rendered
 from devreg.errors import EmailAlreadyRegistered, UserHasDevices
 from devreg.pagination import Position, Sort, SortValue
 from devreg.users.filters import UserFilter
 from devreg.users.models import User
+from devreg.users.schemas import UserRead
+
+_USER_JSON = JsonShape(
+    UserRead,
+    {
+        "id": User.id,
+        "name": User.name,
+        "email": User.email,
+        "created_at": instant(User.created_at),
+        "updated_at": instant(User.updated_at),
+    },
+    id_column=User.id,
+)
 
 
 class UserRepository:
@@ -32,13 +46,19 @@ class UserRepository:
         return await self.session.get(User, user_id)
 
     async def list_page(
-        self, filters: UserFilter, *, sort: Sort, after: Position | None, limit: int
-    ) -> list[tuple[User, SortValue]]:
-        """Up to `limit` + 1 matching users after `after`, each with its sort value; the extra
-        row says more exist."""
+        self,
+        filters: UserFilter,
+        *,
+        sort: Sort,
+        after: Position | None,
+        limit: int,
+        fields: frozenset[str] | None,
+    ) -> list[tuple[Rendered, SortValue]]:
+        """Up to `limit` + 1 matching users after `after` (their `fields`, or all), each with
+        its sort value; the extra row says more exist."""
         rows = await fetch_page(
-            self._rows,
-            self._matching(filters),
+            lambda part: fetch_all(self.session, part),
+            self._matching(filters).with_only_columns(*_USER_JSON.select(fields).selected_columns),
             key=getattr(User, sort.key),
             id_column=User.id,
             descending=sort.descending,
@@ -46,11 +66,7 @@ class UserRepository:
             after=after,
             limit=limit,
         )
-        return [(row[0], row[1]) for row in rows]
-
-    async def _rows(self, statement: Select[Any]) -> Sequence[Any]:
-        rows: Sequence[Any] = (await self.session.execute(statement)).all()
-        return rows
+        return rendered(rows)
 
     async def count(self, filters: UserFilter, *, exact: bool) -> int:
         return await count_matching(self.session, self._matching(filters), exact=exact)

@@ -78,7 +78,7 @@ async def list_users(
     result = await service.list_users(
         call.db, filters=listing.filters, page=listing.page, principal=call.principal
     )
-    return page_response(UserPage, result, listing.fields)
+    return page_response(UserPage, result)
 
 
 @router.get("/{user_id}", response_model=UserRead, responses=problem_responses(404, 422))
@@ -118,4 +118,4 @@ async def list_user_devices(user_id: UserId, call: Call, listing: DeviceListingD
     result = await service.list_user_devices(
         call.db, user_id, filters=listing.filters, page=listing.page, principal=call.principal
     )
-    return page_response(DevicePage, result, listing.fields)
+    return page_response(DevicePage, result)

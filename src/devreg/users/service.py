@@ -6,9 +6,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from devreg.auth.principal import Principal
 from devreg.changes.actor import record_actor
+from devreg.db.rendering import Rendered
 from devreg.devices import service as devices_service
 from devreg.devices.filters import DeviceFilter
-from devreg.devices.schemas import DeviceRead
 from devreg.errors import UserNotFound
 from devreg.pagination import PageRequest, PageResult, paginate_listing
 from devreg.users.filters import SORT_KEYS, UserFilter
@@ -39,7 +39,7 @@ async def get_user(session: AsyncSession, user_id: int, *, principal: Principal)
 
 async def list_users(
     session: AsyncSession, *, filters: UserFilter, page: PageRequest, principal: Principal
-) -> PageResult[User]:
+) -> PageResult[Rendered]:
     if principal.owner is not None:
         filters = replace(filters, visible_to=principal.owner)
     return await paginate_listing(
@@ -80,7 +80,7 @@ async def list_user_devices(
     filters: DeviceFilter,
     page: PageRequest,
     principal: Principal,
-) -> PageResult[DeviceRead]:
+) -> PageResult[Rendered]:
     await get_user(session, user_id, principal=principal)
     owned = replace(filters, owner_id=(user_id,))
     return await devices_service.list_devices(
