@@ -1,11 +1,16 @@
 """The API's routes are the app's own (app.include_flat) and behave as included routes would."""
 
+import json
+from typing import Any
+
+import pytest
+from httpx import AsyncClient
 from sqlalchemy.engine import URL
 
 from devreg.app import create_app
 from devreg.devices.routes import device_listing
 from devreg.errors import InvalidParameter
-from tests.api import DEVICES, assert_problem
+from tests.api import DEVICES, USERS, assert_problem, create_device, get_page
 from tests.support import api_client, make_settings, running
 
 
@@ -46,3 +51,67 @@ async def test_the_headers_a_route_reads_are_documented(database_url: URL) -> No
     assert headers(device, "delete") == {"If-Match"}
     for path in (DEVICES, DEVICES + "/bulk", device + "/heartbeat"):
         assert headers(path, "post") == {"Idempotency-Key"}
+
+
+async def test_the_listings_query_parameters_are_documented(database_url: URL) -> None:
+    """The listings read their query strings themselves (querystring.QueryString) and document
+    each parameter as FastAPI would, with the schema it is validated by."""
+    document = create_app(make_settings(database_url)).openapi()
+    paths = document["paths"]
+
+    def query(path: str) -> dict[str, dict[str, Any]]:
+        parameters = paths[path]["get"]["parameters"]
+        return {
+            parameter["name"]: parameter for parameter in parameters if parameter["in"] == "query"
+        }
+
+    page = {"sort", "limit", "cursor", "count", "fields"}
+    devices = query(DEVICES)
+    assert set(devices) == page | {
+        "status", "owner_id", "model", "name", "name__ic", "name__isw", "serial_number",
+        "created_after", "created_before", "last_seen_after", "last_seen_before", "tag",
+        "has_owner", "q",
+    }  # fmt: skip
+    assert query(USERS + "/{user_id}/devices") == devices
+    assert set(query(DEVICES + "/export")) == set(devices) - page | {"format"}
+    assert set(query(USERS)) == page | {
+        "name", "name__ic", "name__isw", "email", "created_after", "created_before",
+    }  # fmt: skip
+    assert set(query("/api/v1/changes")) == page | {
+        "object_type", "object_id", "user_id", "action", "since", "until",
+    }  # fmt: skip
+    assert devices["status"]["schema"]["items"]["enum"] == ["active", "inactive", "retired"]
+    assert devices["count"]["schema"]["default"] == "none"
+    assert (devices["limit"]["schema"]["minimum"], devices["limit"]["schema"]["maximum"]) == (
+        1,
+        1000,
+    )
+    assert devices["q"]["description"].startswith("Search name")
+    assert "#/$defs/" not in json.dumps(document)  # every reference is resolvable
+
+
+@pytest.mark.parametrize(
+    ("query", "location"),
+    [
+        ("limit=0", ["query", "limit"]),
+        ("limit=x", ["query", "limit"]),
+        ("status=active&status=bogus", ["query", "status", 1]),
+        ("owner_id=0", ["query", "owner_id", 0]),
+        ("created_after=yesterday", ["query", "created_after"]),
+        ("has_owner=perhaps", ["query", "has_owner"]),
+        ("count=all", ["query", "count"]),
+    ],
+)
+async def test_a_bad_query_value_is_located_as_fastapi_would(
+    client: AsyncClient, query: str, location: list[Any]
+) -> None:
+    problem = assert_problem(await client.get(f"{DEVICES}?{query}"), 422)
+    assert problem["errors"][0]["loc"] == location
+    assert problem["detail"].startswith(".".join(map(str, location)) + ":")
+
+
+async def test_a_repeated_single_value_parameter_takes_the_last(client: AsyncClient) -> None:
+    for _ in range(3):
+        await create_device(client)
+    page = await get_page(client, f"{DEVICES}?limit=1&limit=2")
+    assert len(page["items"]) == 2

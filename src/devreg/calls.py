@@ -12,7 +12,6 @@ from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 from fastapi import Request, Response
-from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from pydantic import TypeAdapter, ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -21,6 +20,7 @@ from devreg.auth.guard import authenticate
 from devreg.auth.principal import Principal
 from devreg.config import Settings
 from devreg.db.session import session_scope
+from devreg.errors import request_validation_error
 
 # Methods that only read: any live token may use them; every other method needs a write scope.
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -51,9 +51,7 @@ class Call(Request):
         try:
             return adapter.validate_python(raw)
         except ValidationError as exc:
-            raise RequestValidationError(
-                [{**error, "loc": ("header", name)} for error in exc.errors()]
-            ) from None
+            raise request_validation_error(exc, "header", name) from None
 
 
 class ApiRoute(APIRoute):

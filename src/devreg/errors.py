@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -291,6 +291,14 @@ def error_response(request: Request, exc: DevregError) -> JSONResponse:
 
 def _location(loc: tuple[Any, ...]) -> list[str | int]:
     return [part if isinstance(part, int) else str(part) for part in loc]
+
+
+def request_validation_error(exc: ValidationError, *where: str) -> RequestValidationError:
+    """Pydantic's errors for a part of the request read outside FastAPI's parameters (a query
+    string, a header), located as FastAPI locates its own: ("query", "limit"), ...)."""
+    return RequestValidationError(
+        [{**error, "loc": (*where, *error["loc"])} for error in exc.errors()]
+    )
 
 
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:

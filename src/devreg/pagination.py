@@ -13,10 +13,9 @@ import json
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
-from typing import Annotated, Any, Generic, Protocol, TypeVar, cast
+from typing import Any, Generic, Protocol, TypeVar, cast
 
 import orjson
-from fastapi import Query
 from pydantic import Field
 
 from devreg.db.rendering import Rendered, json_fragments
@@ -25,6 +24,7 @@ from devreg.schemas import BIGINT_MAX, Schema
 
 PAGE_LIMIT_DEFAULT = 50
 PAGE_LIMIT_MAX = 1000
+CURSOR_MAX_LENGTH = 1024
 
 RowT = TypeVar("RowT")
 ItemT = TypeVar("ItemT")
@@ -258,13 +258,3 @@ async def paginate_listing(
         count=lambda exact: repository.count(filters, exact=exact),
         id_of=lambda item: item.id,
     )
-
-
-Limit = Annotated[int, Query(ge=1, le=PAGE_LIMIT_MAX, description="Rows per page.")]
-CursorParam = Annotated[
-    str | None, Query(max_length=1024, description="`next_cursor` of the previous page.")
-]
-CountParam = Annotated[
-    CountMode,
-    Query(description="Add the total: `exact` counts, `estimated` asks the planner (fast)."),
-]

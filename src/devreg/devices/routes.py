@@ -1,7 +1,8 @@
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Depends, Path, Query, Request, Response, status
+from fastapi import APIRouter, Body, Depends, Path, Request, Response, status
 from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, Field
 
 from devreg.calls import ApiRoute, Call, documented, header_parameter
 from devreg.conditional import IfMatch, etag, not_modified
@@ -28,14 +29,7 @@ from devreg.devices.schemas import (
 from devreg.errors import InvalidParameter, PreconditionRequired, problem_responses
 from devreg.idempotency.header import IDEMPOTENCY_KEY_HEADER, Idempotency
 from devreg.locations import created_location
-from devreg.querystring import (
-    LISTING_PARAMETERS,
-    Listing,
-    PageOptionsDep,
-    json_scalar,
-    page_response,
-    reject_unknown,
-)
+from devreg.querystring import Listing, PageQuery, QueryString, json_scalar, page_response
 from devreg.schemas import BIGINT_MAX, Id, Instant, SearchText, ShortText, Tag
 
 router = APIRouter(
@@ -82,77 +76,71 @@ def write_precondition(call: Call) -> IfMatch | None:
     return IfMatch.parse(if_match)
 
 
-_FILTER_PARAMETERS = frozenset({
-    "status", "owner_id", "model", "name", "name__ic", "name__isw", "serial_number",
-    "created_after", "created_before", "last_seen_after", "last_seen_before", "tag",
-    "has_owner", "q",
-})  # fmt: skip
 _ATTRIBUTE_PREFIX = "attr."
-Texts = Annotated[list[ShortText] | None, Query()]
 
 
-async def device_filters(
-    request: Request,
-    status: Annotated[list[DeviceStatus] | None, Query(description="Any of these.")] = None,
-    owner_id: Annotated[list[Id] | None, Query(description="Owned by any of these.")] = None,
-    model: Texts = None,
-    name: Texts = None,
-    name__ic: Annotated[
-        list[ShortText] | None, Query(description="Name contains (any case).")
-    ] = None,
-    name__isw: Annotated[
-        list[ShortText] | None, Query(description="Name starts with (any case).")
-    ] = None,
-    serial_number: Texts = None,
-    created_after: Instant | None = None,
-    created_before: Instant | None = None,
-    last_seen_after: Instant | None = None,
-    last_seen_before: Instant | None = None,
-    tag: Annotated[list[Tag] | None, Query(description="Has all of these tags.")] = None,
-    has_owner: bool | None = None,
-    q: Annotated[
-        SearchText | None,
-        Query(
-            description="Search name, serial and model, "
-            "forgiving typos and partial words; ordered by relevance unless `sort` is given.",
-        ),
-    ] = None,
-) -> DeviceFilter:
-    """Also `attr.<key>=<value>`: attributes contain {key: value} (value read as JSON when it
-    parses, else as text)."""
-    return DeviceFilter(
-        status=tuple(status or ()),
-        owner_id=tuple(owner_id or ()),
-        model=tuple(model or ()),
-        name=tuple(name or ()),
-        name_contains=tuple(name__ic or ()),
-        name_starts_with=tuple(name__isw or ()),
-        serial_number=tuple(serial_number or ()),
-        created_after=created_after,
-        created_before=created_before,
-        last_seen_after=last_seen_after,
-        last_seen_before=last_seen_before,
-        tags=tuple(tag or ()),
-        has_owner=has_owner,
-        attributes=_attribute_filters(request),
-        search=q,
+class DeviceFilterQuery(BaseModel):
+    """A device listing's filters (and its export's); also `attr.<key>=<value>`: attributes
+    contain {key: value} (value read as JSON when it parses, else as text)."""
+
+    status: tuple[DeviceStatus, ...] = Field((), description="Any of these.")
+    owner_id: tuple[Id, ...] = Field((), description="Owned by any of these.")
+    model: tuple[ShortText, ...] = ()
+    name: tuple[ShortText, ...] = ()
+    name__ic: tuple[ShortText, ...] = Field((), description="Name contains (any case).")
+    name__isw: tuple[ShortText, ...] = Field((), description="Name starts with (any case).")
+    serial_number: tuple[ShortText, ...] = ()
+    created_after: Instant | None = None
+    created_before: Instant | None = None
+    last_seen_after: Instant | None = None
+    last_seen_before: Instant | None = None
+    tag: tuple[Tag, ...] = Field((), description="Has all of these tags.")
+    has_owner: bool | None = None
+    q: SearchText | None = Field(
+        None,
+        description="Search name, serial and model, "
+        "forgiving typos and partial words; ordered by relevance unless `sort` is given.",
     )
 
+    def filters(self, request: Request) -> DeviceFilter:
+        return DeviceFilter(
+            status=self.status,
+            owner_id=self.owner_id,
+            model=self.model,
+            name=self.name,
+            name_contains=self.name__ic,
+            name_starts_with=self.name__isw,
+            serial_number=self.serial_number,
+            created_after=self.created_after,
+            created_before=self.created_before,
+            last_seen_after=self.last_seen_after,
+            last_seen_before=self.last_seen_before,
+            tags=self.tag,
+            has_owner=self.has_owner,
+            attributes=_attribute_filters(request),
+            search=self.q,
+        )
 
-DeviceFilterDep = Annotated[DeviceFilter, Depends(device_filters)]
+
+class DeviceListingQuery(DeviceFilterQuery, PageQuery):
+    pass
 
 
-async def device_listing(
-    request: Request, filters: DeviceFilterDep, options: PageOptionsDep
-) -> Listing[DeviceFilter]:
+class DeviceExportQuery(DeviceFilterQuery):
+    format: ExportFormat = Field(ExportFormat.CSV, description="`csv` or `ndjson`.")
+
+
+DEVICE_LISTING_QUERY = QueryString(DeviceListingQuery, prefix=_ATTRIBUTE_PREFIX)
+_DEVICE_EXPORT_QUERY = QueryString(DeviceExportQuery, prefix=_ATTRIBUTE_PREFIX)
+
+
+async def device_listing(request: Request) -> Listing[DeviceFilter]:
     """Sort keys: `name`, `created_at`, `last_seen_at`, `id`; with `q=`, relevance by default."""
-    reject_unknown(request, _FILTER_PARAMETERS | LISTING_PARAMETERS, prefix=_ATTRIBUTE_PREFIX)
-    return options.listing(
-        filters,
-        sort_keys=SORT_KEYS,
-        default_sort=RELEVANCE_SORT if filters.search else DEFAULT_SORT,
-        item=DeviceRead,
-    )
+    query = DEVICE_LISTING_QUERY(request)
+    filters = query.filters(request)
+    default_sort = RELEVANCE_SORT if filters.search else DEFAULT_SORT
+    page = query.page(sort_keys=SORT_KEYS, default_sort=default_sort, item=DeviceRead)
+    return Listing(filters=filters, page=page)
 
 
 def _attribute_filters(request: Request) -> tuple[tuple[str, tuple[JsonScalar, ...]], ...]:
@@ -215,17 +203,16 @@ async def create_device(data: DeviceCreate, call: Call, response: Response) -> o
         },
         **problem_responses(400, 422),
     },
+    openapi_extra=documented(*_DEVICE_EXPORT_QUERY.parameters()),
 )
-async def export_devices(
-    call: Call,
-    filters: DeviceFilterDep,
-    session: StreamingSessionDep,
-    format: Annotated[ExportFormat, Query(description="`csv` or `ndjson`.")] = ExportFormat.CSV,
-) -> StreamingResponse:
+async def export_devices(call: Call, session: StreamingSessionDep) -> StreamingResponse:
     """Every device matching the filters (those of `GET /devices`), streamed in constant memory."""
-    reject_unknown(call, _FILTER_PARAMETERS | {"format"}, prefix=_ATTRIBUTE_PREFIX)
+    query = _DEVICE_EXPORT_QUERY(call)
+    format = query.format
     return StreamingResponse(
-        export.export_devices(session, filters=filters, format=format, principal=call.principal),
+        export.export_devices(
+            session, filters=query.filters(call), format=format, principal=call.principal
+        ),
         media_type=EXPORT_MEDIA_TYPES[format],
         headers={"Content-Disposition": f'attachment; filename="devices.{format.value}"'},
     )
@@ -293,7 +280,12 @@ async def delete_device(device_id: DeviceId, call: Call) -> None:
     )
 
 
-@router.get("", response_model=DevicePage, responses=problem_responses(400, 422))
+@router.get(
+    "",
+    response_model=DevicePage,
+    responses=problem_responses(400, 422),
+    openapi_extra=documented(*DEVICE_LISTING_QUERY.parameters()),
+)
 async def list_devices(call: Call, listing: DeviceListingDep) -> object:
     result = await service.list_devices(
         call.db, filters=listing.filters, page=listing.page, principal=call.principal

@@ -1,19 +1,14 @@
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Path, Query, Request, Response, status
+from pydantic import Field
 
-from devreg.calls import ApiRoute, Call
-from devreg.devices.routes import DeviceListingDep
+from devreg.calls import ApiRoute, Call, documented
+from devreg.devices.routes import DEVICE_LISTING_QUERY, DeviceListingDep
 from devreg.devices.schemas import DevicePage
 from devreg.errors import problem_responses
 from devreg.locations import created_location
-from devreg.querystring import (
-    LISTING_PARAMETERS,
-    Listing,
-    PageOptionsDep,
-    page_response,
-    reject_unknown,
-)
+from devreg.querystring import Listing, PageQuery, QueryString, page_response
 from devreg.schemas import BIGINT_MAX, Instant, ShortText
 from devreg.users import service
 from devreg.users.filters import DEFAULT_SORT, SORT_KEYS, UserFilter
@@ -39,38 +34,38 @@ async def create_user(data: UserCreate, call: Call, response: Response) -> objec
     return user
 
 
-_LISTING_PARAMETERS = LISTING_PARAMETERS | {
-    "name", "name__ic", "name__isw", "email", "created_after", "created_before",
-}  # fmt: skip
+class UserListingQuery(PageQuery):
+    name: tuple[ShortText, ...] = ()
+    name__ic: tuple[ShortText, ...] = Field((), description="Name contains (any case).")
+    name__isw: tuple[ShortText, ...] = Field((), description="Name starts with (any case).")
+    email: tuple[ShortText, ...] = Field((), description="Any case.")
+    created_after: Instant | None = None
+    created_before: Instant | None = None
 
 
-async def user_listing(
-    request: Request,
-    options: PageOptionsDep,
-    name: Annotated[list[ShortText] | None, Query()] = None,
-    name__ic: Annotated[
-        list[ShortText] | None, Query(description="Name contains (any case).")
-    ] = None,
-    name__isw: Annotated[
-        list[ShortText] | None, Query(description="Name starts with (any case).")
-    ] = None,
-    email: Annotated[list[ShortText] | None, Query(description="Any case.")] = None,
-    created_after: Instant | None = None,
-    created_before: Instant | None = None,
-) -> Listing[UserFilter]:
-    reject_unknown(request, _LISTING_PARAMETERS)
+_USER_LISTING_QUERY = QueryString(UserListingQuery)
+
+
+async def user_listing(request: Request) -> Listing[UserFilter]:
+    query = _USER_LISTING_QUERY(request)
     filters = UserFilter(
-        name=tuple(name or ()),
-        name_contains=tuple(name__ic or ()),
-        name_starts_with=tuple(name__isw or ()),
-        email=tuple(email or ()),
-        created_after=created_after,
-        created_before=created_before,
+        name=query.name,
+        name_contains=query.name__ic,
+        name_starts_with=query.name__isw,
+        email=query.email,
+        created_after=query.created_after,
+        created_before=query.created_before,
     )
-    return options.listing(filters, sort_keys=SORT_KEYS, default_sort=DEFAULT_SORT, item=UserRead)
+    page = query.page(sort_keys=SORT_KEYS, default_sort=DEFAULT_SORT, item=UserRead)
+    return Listing(filters=filters, page=page)
 
 
-@router.get("", response_model=UserPage, responses=problem_responses(400, 422))
+@router.get(
+    "",
+    response_model=UserPage,
+    responses=problem_responses(400, 422),
+    openapi_extra=documented(*_USER_LISTING_QUERY.parameters()),
+)
 async def list_users(
     call: Call, listing: Annotated[Listing[UserFilter], Depends(user_listing)]
 ) -> object:
@@ -111,7 +106,10 @@ async def delete_user(
 
 
 @router.get(
-    "/{user_id}/devices", response_model=DevicePage, responses=problem_responses(400, 404, 422)
+    "/{user_id}/devices",
+    response_model=DevicePage,
+    responses=problem_responses(400, 404, 422),
+    openapi_extra=documented(*DEVICE_LISTING_QUERY.parameters()),
 )
 async def list_user_devices(user_id: UserId, call: Call, listing: DeviceListingDep) -> object:
     """The user's devices, with every filter and option of `GET /devices`."""
