@@ -11,7 +11,7 @@ import enum
 import hashlib
 import json
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 from typing import Any, Generic, Protocol, TypeVar, cast
 
@@ -178,7 +178,8 @@ class Cursors:
 def describe_filters(filters: Any) -> dict[str, Any]:
     """A filters dataclass's filters in use, as JSON-able data: what a cursor's fingerprint is
     made of."""
-    return {name: value for name, value in asdict(filters).items() if value not in ((), None)}
+    values = ((member.name, getattr(filters, member.name)) for member in fields(filters))
+    return {name: value for name, value in values if value not in ((), None)}
 
 
 def _is_id(value: Any) -> bool:
