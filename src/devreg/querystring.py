@@ -69,7 +69,7 @@ QueryT = TypeVar("QueryT", bound=BaseModel)
 
 
 class QueryString(Generic[QueryT]):
-    """A route's query string read as one model, its fields the parameters (a list field may be
+    """A route's query string read as one model, its fields the parameters (a tuple field may be
     repeated), and documented in the OpenAPI schema as FastAPI documents query parameters.
 
     The listings read their query strings this way, not as FastAPI parameters: FastAPI solves
@@ -88,7 +88,7 @@ class QueryString(Generic[QueryT]):
 
     def __call__(self, request: Request) -> QueryT:
         params = request.query_params
-        reject_unknown(request, self.model.model_fields, prefix=self.prefix)
+        _reject_unknown(request, self.model.model_fields, prefix=self.prefix)
         values = {
             name: params.getlist(name) if name in self.repeatable else params[name]
             for name in params
@@ -128,7 +128,7 @@ def _inlined(schema: Any, definitions: dict[str, Any]) -> Any:
     return {key: _inlined(value, definitions) for key, value in schema.items()}
 
 
-def reject_unknown(request: Request, known: Collection[str], *, prefix: str | None = None) -> None:
+def _reject_unknown(request: Request, known: Collection[str], *, prefix: str | None = None) -> None:
     """A misspelt filter must not be ignored: that would silently return everything."""
     for name in request.query_params:
         if name not in known and not (prefix and name.startswith(prefix)):
