@@ -115,3 +115,10 @@ async def test_a_repeated_single_value_parameter_takes_the_last(client: AsyncCli
         await create_device(client)
     page = await get_page(client, f"{DEVICES}?limit=1&limit=2")
     assert len(page["items"]) == 2
+
+
+async def test_a_bad_value_is_reported_before_an_unknown_name(client: AsyncClient) -> None:
+    """As when FastAPI read the parameters: 422 for the value, not 400 for the name."""
+    problem = assert_problem(await client.get(f"{DEVICES}?limit=0&bogus=1"), 422)
+    assert problem["errors"][0]["loc"] == ["query", "limit"]
+    assert_problem(await client.get(f"{DEVICES}?limit=1&bogus=1"), 400)

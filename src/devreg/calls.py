@@ -84,6 +84,7 @@ def header_parameter(name: str, description: str, **schema: object) -> dict[str,
     }
 
 
-def documented(*headers: dict[str, Any]) -> dict[str, Any]:
-    """A route's `openapi_extra` naming the headers it reads (see `header_parameter`)."""
-    return {"parameters": list(headers)}
+def documented(*parameters: dict[str, Any]) -> dict[str, Any]:
+    """A route's `openapi_extra` naming the parameters it reads itself: headers
+    (`header_parameter`) and query strings (`querystring.QueryString.parameters`)."""
+    return {"parameters": list(parameters)}

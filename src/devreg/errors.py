@@ -295,7 +295,7 @@ def _location(loc: tuple[Any, ...]) -> list[str | int]:
 
 def request_validation_error(exc: ValidationError, *where: str) -> RequestValidationError:
     """Pydantic's errors for a part of the request read outside FastAPI's parameters (a query
-    string, a header), located as FastAPI locates its own: ("query", "limit"), ...)."""
+    string, a header), located as FastAPI locates its own (("query", "limit"), ...)."""
     return RequestValidationError(
         [{**error, "loc": (*where, *error["loc"])} for error in exc.errors()]
     )

@@ -16,8 +16,16 @@ from devreg.pagination import Position, Sort, SortValue
 _CHANGE_JSON = JsonShape(
     ChangeRead,
     {
-        **{name: getattr(Change, name) for name in ChangeRead.model_fields},
+        "id": Change.id,
         "at": instant(Change.at),
+        "object_type": Change.object_type,
+        "object_id": Change.object_id,
+        "action": Change.action,
+        "user_id": Change.user_id,
+        "token_id": Change.token_id,
+        "request_id": Change.request_id,
+        "before": Change.before,
+        "after": Change.after,
     },
     id_column=Change.id,
 )

@@ -24,7 +24,7 @@ from devreg.errors import (
     sqlstate_problem,
 )
 
-_DIALECT = PGDialect_asyncpg()  # type: ignore[no-untyped-call]
+DIALECT = PGDialect_asyncpg()  # type: ignore[no-untyped-call]
 Violations = Mapping[str, Callable[[], Exception]]
 
 
@@ -38,7 +38,7 @@ class DriverStatement:
     processors: tuple[Callable[[Any], Any] | None, ...]
 
     @classmethod
-    def compile(cls, statement: ClauseElement, dialect: Dialect = _DIALECT) -> "DriverStatement":
+    def compile(cls, statement: ClauseElement, dialect: Dialect = DIALECT) -> "DriverStatement":
         return cls._of(_compiled(statement, dialect), dialect)
 
     @classmethod

@@ -22,9 +22,8 @@ from sqlalchemy import (
     literal_column,
     select,
 )
-from sqlalchemy.dialects.postgresql.asyncpg import PGDialect_asyncpg
 
-_DIALECT = PGDialect_asyncpg()  # type: ignore[no-untyped-call]
+from devreg.db.driver import DIALECT
 
 
 class Rendered(NamedTuple):
@@ -76,13 +75,16 @@ class JsonShape:
 
     @functools.lru_cache(maxsize=256)  # noqa: B019 - shapes live as long as the process
     def _json_of(self, fields: frozenset[str] | None = None) -> ColumnElement[str]:
+        if fields is not None and not fields <= self.values.keys():
+            raise ValueError(f"not fields of the shape: {sorted(fields - self.values.keys())}")
         chosen = {
             name: value for name, value in self.values.items() if fields is None or name in fields
         }
         # Compiled to SQL text once: as an expression of some forty elements, SQLAlchemy would
         # walk it for the statement's cache key on every execution, at about as much again as
-        # building and keying the rest of a page's statement.
-        compiled = json_object(chosen).compile(dialect=_DIALECT)
+        # building and keying the rest of a page's statement. The text names its tables as
+        # they are: a statement using it selects from them under those names (not aliased).
+        compiled = json_object(chosen).compile(dialect=DIALECT)
         if compiled.binds:
             raise TypeError("a JSON shape is made of columns and constants only")
         return literal_column(f"CAST({compiled} AS TEXT)", Text).label("json")

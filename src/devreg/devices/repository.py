@@ -11,6 +11,7 @@ from sqlalchemy import (
     FromClause,
     Insert,
     Integer,
+    Join,
     Select,
     SQLColumnExpression,
     Text,
@@ -197,10 +198,15 @@ _DEVICES = Device.__table__
 _READ_COLUMNS = tuple(column.key for column in _DEVICES.c if column.key != "search_text")
 
 
+def _and_owners(devices: FromClause) -> Join:
+    """`devices`, each with its owner (if any)."""
+    return devices.outerjoin(User, User.id == devices.c.owner_id)
+
+
 def _with_owner(devices: FromClause) -> Select[Any]:
     return select(
         *(devices.c[key] for key in _READ_COLUMNS), User.name.label("owner_name")
-    ).outerjoin(User, User.id == devices.c.owner_id)
+    ).select_from(_and_owners(devices))
 
 
 def _written_with_owner(statement: Insert | Update) -> DriverStatement:
@@ -214,7 +220,7 @@ def _values(columns: Iterable[str]) -> dict[str, BindParameter[Any]]:
 
 
 _BY_ID = bindparam("device_id", type_=BigInteger)
-_LISTED = _with_owner(_DEVICES)
+_READ = _with_owner(_DEVICES)
 _INSERT = _written_with_owner(
     insert(Device).from_select(
         _WRITABLE_COLUMNS, select(*_values(_WRITABLE_COLUMNS).values()).where(ACTING)
@@ -238,7 +244,7 @@ def _by_id(*, owned: bool, guarded: bool = False) -> list[ColumnElement[bool]]:
 
 @functools.cache
 def _get_statement(owned: bool) -> DriverStatement:
-    return DriverStatement.compile(_LISTED.where(*_by_id(owned=owned)))
+    return DriverStatement.compile(_READ.where(*_by_id(owned=owned)))
 
 
 @functools.cache
@@ -309,7 +315,7 @@ _DEVICE_JSON = JsonShape(
     },
     id_column=_DEVICES.c.id,
 )
-_WITH_OWNERS = _DEVICES.outerjoin(User, User.id == _DEVICES.c.owner_id)
+_DEVICES_AND_OWNERS = _and_owners(_DEVICES)
 
 
 class DeviceRepository:
@@ -334,7 +340,9 @@ class DeviceRepository:
         """Up to `limit` + 1 matching devices after `after` (their `fields`, or all), each with
         its sort value; the extra row says more exist."""
         statement = (
-            _DEVICE_JSON.select(fields).select_from(_WITH_OWNERS).where(*self._conditions(filters))
+            _DEVICE_JSON.select(fields)
+            .select_from(_DEVICES_AND_OWNERS)
+            .where(*self._conditions(filters))
         )
         key = self._sort_key(sort, filters)
         rows = await fetch_page(

@@ -208,13 +208,12 @@ async def create_device(data: DeviceCreate, call: Call, response: Response) -> o
 async def export_devices(call: Call, session: StreamingSessionDep) -> StreamingResponse:
     """Every device matching the filters (those of `GET /devices`), streamed in constant memory."""
     query = _DEVICE_EXPORT_QUERY(call)
-    format = query.format
     return StreamingResponse(
         export.export_devices(
-            session, filters=query.filters(call), format=format, principal=call.principal
+            session, filters=query.filters(call), format=query.format, principal=call.principal
         ),
-        media_type=EXPORT_MEDIA_TYPES[format],
-        headers={"Content-Disposition": f'attachment; filename="devices.{format.value}"'},
+        media_type=EXPORT_MEDIA_TYPES[query.format],
+        headers={"Content-Disposition": f'attachment; filename="devices.{query.format.value}"'},
     )
 
 

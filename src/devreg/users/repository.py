@@ -58,7 +58,7 @@ class UserRepository:
         its sort value; the extra row says more exist."""
         rows = await fetch_page(
             lambda part: fetch_all(self.session, part),
-            self._matching(filters).with_only_columns(*_USER_JSON.select(fields).selected_columns),
+            _USER_JSON.select(fields).where(*self._conditions(filters)),
             key=getattr(User, sort.key),
             id_column=User.id,
             descending=sort.descending,
@@ -71,8 +71,12 @@ class UserRepository:
     async def count(self, filters: UserFilter, *, exact: bool) -> int:
         return await count_matching(self.session, self._matching(filters), exact=exact)
 
+    @classmethod
+    def _matching(cls, filters: UserFilter) -> Select[User]:
+        return select(User).where(*cls._conditions(filters))
+
     @staticmethod
-    def _matching(filters: UserFilter) -> Select[User]:
+    def _conditions(filters: UserFilter) -> list[ColumnElement[bool]]:
         conditions: list[ColumnElement[bool]] = []
         if filters.visible_to is not None:
             conditions.append(User.id == filters.visible_to)
@@ -99,7 +103,7 @@ class UserRepository:
             conditions.append(User.created_at > filters.created_after)
         if filters.created_before is not None:
             conditions.append(User.created_at < filters.created_before)
-        return select(User).where(*conditions)
+        return conditions
 
     async def add(self, values: dict[str, Any]) -> User:
         return (await self._returning(insert(User).values(values).returning(User))).one()
