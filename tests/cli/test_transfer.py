@@ -169,10 +169,11 @@ async def other_database_url(committed_database_url: URL, server_url: URL) -> As
 
 @pytest.fixture
 async def kolkata_database_url(other_database_url: URL, server_url: URL) -> URL:
-    """The second database, its sessions' default time zone UTC+05:30."""
-    await admin(
-        server_url, f"ALTER DATABASE {other_database_url.database} SET timezone = 'Asia/Kolkata'"
-    )
+    """The second database, its sessions' default time zone UTC+05:30 and their dates written
+    the SQL way, day first (`06/05/2024 10:38:09.123456 IST`)."""
+    name = other_database_url.database
+    await admin(server_url, f"ALTER DATABASE {name} SET timezone = 'Asia/Kolkata'")
+    await admin(server_url, f"ALTER DATABASE {name} SET datestyle = 'SQL, DMY'")
     return other_database_url
 
 
@@ -487,7 +488,7 @@ class TestRoundTrip:
         assert [content(device) for device in copies] == [content(r) for r in RECORDS]
 
     @pytest.mark.parametrize("format", FORMATS)
-    def test_export_writes_utc_whatever_the_servers_time_zone(
+    def test_export_writes_iso_utc_whatever_the_servers_time_zone_and_date_style(
         self, devreg, tmp_path, kolkata_database_url, format
     ):
         other = database_env(kolkata_database_url)

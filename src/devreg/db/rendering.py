@@ -33,22 +33,22 @@ class Rendered(NamedTuple):
     json: str
 
 
-def _sql_text(value: str) -> ColumnElement[Any]:
+def sql_text(value: str) -> ColumnElement[Any]:
     """A constant of ours (a field name, a format) as an SQL string literal."""
     return literal_column("'" + value.replace("'", "''") + "'")
 
 
 def instant(column: SQLColumnExpression[Any]) -> ColumnElement[Any]:
     """A timestamp as Pydantic writes it: UTC with `Z`, microseconds only when there are any."""
-    utc = func.timezone(_sql_text("UTC"), column)
-    written = func.to_char(utc, _sql_text('YYYY-MM-DD"T"HH24:MI:SS.US"Z"'))
-    return func.replace(written, _sql_text(".000000Z"), _sql_text("Z"))
+    utc = func.timezone(sql_text("UTC"), column)
+    written = func.to_char(utc, sql_text('YYYY-MM-DD"T"HH24:MI:SS.US"Z"'))
+    return func.replace(written, sql_text(".000000Z"), sql_text("Z"))
 
 
 def json_object(values: Mapping[str, SQLColumnExpression[Any]]) -> ColumnElement[Any]:
     """A JSON object of these keys and values, in this order."""
     return func.json_build_object(
-        *(part for key, value in values.items() for part in (_sql_text(key), value))
+        *(part for key, value in values.items() for part in (sql_text(key), value))
     )
 
 

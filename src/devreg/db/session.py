@@ -41,9 +41,10 @@ def create_engine(url: URL, settings: Settings) -> AsyncEngine:
                 # `q=` matches words this similar (0..1); pg_trgm's 0.6 misses one-letter typos
                 # in short words such as "rasberry".
                 "pg_trgm.word_similarity_threshold": "0.4",
-                # Timestamps PostgreSQL writes as text (exports, the change log's JSON) in UTC,
-                # whatever the server's or the database's default time zone.
+                # Timestamps PostgreSQL writes as text (exports, the change log's JSON) in UTC
+                # and ISO order, whatever the server's or the database's defaults.
                 "TimeZone": "UTC",
+                "DateStyle": "ISO, MDY",
             },
         },
     )
