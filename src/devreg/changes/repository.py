@@ -8,9 +8,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from devreg.changes.filters import ChangeFilter
 from devreg.changes.models import Change
 from devreg.changes.schemas import ChangeRead
-from devreg.db.driver import fetch_all
 from devreg.db.keyset import count_matching, fetch_page
-from devreg.db.rendering import JsonShape, Rendered, instant, rendered
+from devreg.db.rendering import JsonShape, Rendered, instant
 from devreg.pagination import Position, Sort, SortValue
 
 _CHANGE_JSON = JsonShape(
@@ -46,8 +45,8 @@ class ChangeRepository:
     ) -> list[tuple[Rendered, SortValue]]:
         """Up to `limit` + 1 matching changes after `after` (their `fields`, or all), each with
         its sort value."""
-        rows = await fetch_page(
-            lambda part: fetch_all(self.session, part),
+        return await fetch_page(
+            self.session,
             _CHANGE_JSON.select(fields).where(*self._conditions(filters)),
             key=Change.id,
             id_column=Change.id,
@@ -56,7 +55,6 @@ class ChangeRepository:
             after=after,
             limit=limit,
         )
-        return rendered(rows)
 
     async def count(self, filters: ChangeFilter, *, exact: bool) -> int:
         return await count_matching(self.session, self._matching(filters), exact=exact)

@@ -1,7 +1,6 @@
 """SQL for keyset pages and counts, shared by every listing."""
 
 import json
-from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from sqlalchemy import ColumnElement, Select, SQLColumnExpression, func, select, tuple_
@@ -10,7 +9,9 @@ from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.expression import ClauseElement, Executable
 
-from devreg.pagination import Position
+from devreg.db.driver import fetch_all
+from devreg.db.rendering import Rendered, rendered
+from devreg.pagination import Position, SortValue
 
 
 class _ExplainJson(Executable, ClauseElement):
@@ -29,11 +30,10 @@ def _compile_explain(element: _ExplainJson, compiler: SQLCompiler, **kw: Any) ->
 
 # The label of the sort key's value, the last column of every row fetch_page returns.
 SORT_VALUE = "sort_value"
-Rows = Callable[[Select[Any]], Awaitable[Sequence[Any]]]
 
 
 async def fetch_page(
-    rows_of_statement: Rows,
+    session: AsyncSession,
     statement: Select[Any],
     *,
     key: SQLColumnExpression[Any],
@@ -42,10 +42,10 @@ async def fetch_page(
     nullable: bool,
     after: Position | None,
     limit: int,
-) -> Sequence[Any]:
-    """Up to limit + 1 rows of `statement` (run by `rows_of_statement`) ordered by (key, id),
-    NULL keys last, after `after`; each row gets the key's value as its last column, for the
-    next cursor.
+) -> list[tuple[Rendered, SortValue]]:
+    """Up to limit + 1 rows of `statement` (a `JsonShape.select`) ordered by (key, id), NULL
+    keys last, after `after`: each as its rendered item and its key's value, for the next
+    cursor.
 
     Rows with a NULL key are read by a second query when the first runs out, so each part is
     one ordered index scan, in either direction.
@@ -59,14 +59,16 @@ async def fetch_page(
         row, mark = tuple_(key, id_column), tuple_(position.value, position.id)
         return row < mark if descending else row > mark
 
-    async def rows_of(part: Select[Any], *order: ColumnElement[Any], count: int) -> list[Any]:
-        return list(await rows_of_statement(part.order_by(*order).limit(count)))
+    async def rows_of(
+        part: Select[Any], *order: ColumnElement[Any], count: int
+    ) -> list[tuple[Rendered, SortValue]]:
+        return rendered(await fetch_all(session, part.order_by(*order).limit(count)))
 
     if not nullable:
         part = statement if after is None else statement.where(beyond(after))
         return await rows_of(part, direction(key), direction(id_column), count=limit + 1)
 
-    rows: list[Any] = []
+    rows: list[tuple[Rendered, SortValue]] = []
     if after is None or after.value is not None:
         part = statement.where(key.is_not(None))
         if after is not None:

@@ -91,7 +91,7 @@ class JsonShape:
 
 
 def rendered(rows: Iterable[Sequence[Any]]) -> list[tuple[Rendered, Any]]:
-    """Rows of `JsonShape.select`, each with its sort value last (keyset.fetch_page), as listed
+    """Rows of `JsonShape.select` with a sort value added last (keyset.fetch_page), as listed
     items and their sort values."""
     return [(Rendered(id=row[0], json=row[1]), row[2]) for row in rows]
 

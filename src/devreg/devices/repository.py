@@ -39,12 +39,11 @@ from devreg.db.copy import copy_out
 from devreg.db.driver import (
     DriverStatement,
     driver_connection,
-    fetch_all,
     fetch_row,
     violation_error,
 )
 from devreg.db.keyset import count_matching, fetch_page
-from devreg.db.rendering import JsonShape, Rendered, instant, json_object, rendered, sql_text
+from devreg.db.rendering import JsonShape, Rendered, instant, json_object, sql_text
 from devreg.devices.filters import NULLABLE_SORT_KEYS, RELEVANCE, DeviceFilter
 from devreg.devices.models import Device
 from devreg.devices.schemas import DeviceRead, OnConflict
@@ -347,8 +346,8 @@ class DeviceRepository:
             .where(*self._conditions(filters))
         )
         key = self._sort_key(sort, filters)
-        rows = await fetch_page(
-            lambda part: fetch_all(self.session, part),
+        return await fetch_page(
+            self.session,
             statement,
             key=key,
             id_column=_DEVICES.c.id,
@@ -357,7 +356,6 @@ class DeviceRepository:
             after=after,
             limit=limit,
         )
-        return rendered(rows)
 
     async def count(self, filters: DeviceFilter, *, exact: bool) -> int:
         return await count_matching(self.session, self._matching(filters), exact=exact)

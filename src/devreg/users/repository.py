@@ -16,9 +16,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from devreg.db.constraints import violated_constraint
-from devreg.db.driver import fetch_all
 from devreg.db.keyset import count_matching, fetch_page
-from devreg.db.rendering import JsonShape, Rendered, instant, rendered
+from devreg.db.rendering import JsonShape, Rendered, instant
 from devreg.errors import EmailAlreadyRegistered, UserHasDevices
 from devreg.pagination import Position, Sort, SortValue
 from devreg.users.filters import UserFilter
@@ -56,8 +55,8 @@ class UserRepository:
     ) -> list[tuple[Rendered, SortValue]]:
         """Up to `limit` + 1 matching users after `after` (their `fields`, or all), each with
         its sort value; the extra row says more exist."""
-        rows = await fetch_page(
-            lambda part: fetch_all(self.session, part),
+        return await fetch_page(
+            self.session,
             _USER_JSON.select(fields).where(*self._conditions(filters)),
             key=getattr(User, sort.key),
             id_column=User.id,
@@ -66,7 +65,6 @@ class UserRepository:
             after=after,
             limit=limit,
         )
-        return rendered(rows)
 
     async def count(self, filters: UserFilter, *, exact: bool) -> int:
         return await count_matching(self.session, self._matching(filters), exact=exact)
