@@ -120,9 +120,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.authenticator = Authenticator(settings.auth, cache_ttl=settings.auth_cache_ttl)
 
-    # Busiest first: a request is matched against the routes in order.
+    # Busiest first: a request is matched against the routes in order, at about 10,000
+    # instructions for each route it passes over. The documentation's routes, which FastAPI
+    # added first, go behind the API's.
+    documentation = list(app.router.routes)
+    app.router.routes.clear()
     for router in (devices_router, users_router, tokens_router, changes_router):
         include_flat(app, router, prefix=API_PREFIX)
+    app.router.routes.extend(documentation)
     app.include_router(health_router)
     app.include_router(tutorial_router)
 
