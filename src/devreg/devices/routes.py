@@ -2,7 +2,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, Path, Request, Response, status
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, TypeAdapter
 
 from devreg.calls import ApiRoute, Call, documented, header_parameter
 from devreg.conditional import IfMatch, etag, not_modified
@@ -52,6 +52,8 @@ GUARDED_WRITE: dict[str, Any] = {
     "responses": problem_responses(404, 409, 412, 422, 428),
     "openapi_extra": documented(IF_MATCH_HEADER),
 }
+_DEVICE_READ = TypeAdapter(DeviceRead)
+
 # The creating POSTs: 201, or the first answer again for a repeated Idempotency-Key.
 IDEMPOTENT_CREATE: dict[str, Any] = {
     "status_code": status.HTTP_201_CREATED,
@@ -60,10 +62,23 @@ IDEMPOTENT_CREATE: dict[str, Any] = {
 }
 
 
-def _tagged(device: DeviceRead, response: Response) -> DeviceRead:
-    """The device, its response carrying the device's version as ETag."""
-    response.headers["ETag"] = etag(device.version)
-    return device
+def _tagged(
+    device: DeviceRead, *, status_code: int = status.HTTP_200_OK, location: str | None = None
+) -> Response:
+    """The device as its model writes it, with its version as ETag (and where a created one is).
+
+    Returned as the response itself: FastAPI would otherwise validate the device again against
+    the route's response model and merge a separate headers-only response into its own, at 3% of
+    a GET's instructions."""
+    headers = {"ETag": etag(device.version)}
+    if location is not None:
+        headers["Location"] = location
+    return Response(
+        _DEVICE_READ.dump_json(device),
+        status_code=status_code,
+        headers=headers,
+        media_type="application/json",
+    )
 
 
 def write_precondition(call: Call) -> IfMatch | None:
@@ -182,15 +197,16 @@ async def record_heartbeat(device_id: DeviceId, call: Call) -> None:
 
 
 @router.post("", response_model=DeviceRead, **IDEMPOTENT_CREATE)
-async def create_device(data: DeviceCreate, call: Call, response: Response) -> object:
+async def create_device(data: DeviceCreate, call: Call) -> Response:
     idempotency = Idempotency(call)
     await idempotency.claim()
     device = await service.register_device(call.db, data=data, principal=call.principal)
-    response.headers["Location"] = created_location(call, device.id)
-    _tagged(device, response)
+    response = _tagged(
+        device, status_code=status.HTTP_201_CREATED, location=created_location(call, device.id)
+    )
     replayed = {name: response.headers[name] for name in ("Location", "ETag")}
     await idempotency.remember(status.HTTP_201_CREATED, device, replayed)
-    return device
+    return response
 
 
 @router.get(
@@ -223,13 +239,13 @@ async def export_devices(call: Call, session: StreamingSessionDep) -> StreamingR
     responses={304: {"description": "Not Modified"}, **problem_responses(404, 422)},
     openapi_extra=documented(IF_NONE_MATCH_HEADER),
 )
-async def get_device(device_id: DeviceId, call: Call, response: Response) -> object:
+async def get_device(device_id: DeviceId, call: Call) -> Response:
     device = await service.get_device(call.db, device_id, principal=call.principal)
     if not_modified(call.headers.get("if-none-match"), device.version):
         return Response(
             status_code=status.HTTP_304_NOT_MODIFIED, headers={"ETag": etag(device.version)}
         )
-    return _tagged(device, response)
+    return _tagged(device)
 
 
 @router.patch("/bulk", response_model=BulkResult, responses=problem_responses(409, 422))
@@ -246,25 +262,21 @@ async def delete_devices(ids: BulkDelete, call: Call) -> None:
 
 
 @router.patch("/{device_id}", response_model=DeviceRead, **GUARDED_WRITE)
-async def update_device(
-    device_id: DeviceId, data: DeviceUpdate, call: Call, response: Response
-) -> object:
+async def update_device(device_id: DeviceId, data: DeviceUpdate, call: Call) -> Response:
     if_match = write_precondition(call)
     device = await service.update_device(
         call.db, device_id, data=data, if_match=if_match, principal=call.principal
     )
-    return _tagged(device, response)
+    return _tagged(device)
 
 
 @router.put("/{device_id}", response_model=DeviceRead, **GUARDED_WRITE)
-async def replace_device(
-    device_id: DeviceId, data: DeviceCreate, call: Call, response: Response
-) -> object:
+async def replace_device(device_id: DeviceId, data: DeviceCreate, call: Call) -> Response:
     if_match = write_precondition(call)
     device = await service.replace_device(
         call.db, device_id, data=data, if_match=if_match, principal=call.principal
     )
-    return _tagged(device, response)
+    return _tagged(device)
 
 
 @router.delete(
