@@ -295,9 +295,10 @@ def cpu_seconds(pid: int) -> float:
 
 
 async def connection_counts(server_url: URL, database: str, since: datetime) -> tuple[int, int]:
-    """(sessions PostgreSQL has counted for `database` so far, live backends started since
-    `since`): the counter catches connections that closed again, the backends those it has not
-    published yet."""
+    """(sessions PostgreSQL has counted for `database` so far, live client backends started
+    since `since`): the counter catches connections that closed again, the backends those it has
+    not published yet. Autovacuum's workers, which also connect to the database, are not the
+    app's."""
     engine = create_async_engine(server_url, poolclass=NullPool)
     try:
         async with engine.connect() as connection:
@@ -307,8 +308,8 @@ async def connection_counts(server_url: URL, database: str, since: datetime) -> 
             )
             started = await connection.scalar(
                 text(
-                    "SELECT count(*) FROM pg_stat_activity "
-                    "WHERE datname = :name AND backend_start >= :since"
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = :name "
+                    "AND backend_start >= :since AND backend_type = 'client backend'"
                 ),
                 {"name": database, "since": since},
             )
