@@ -6,7 +6,9 @@ from dataclasses import dataclass
 
 # An entity tag: optional weakness marker, then an opaque string in double quotes.
 _ENTITY_TAG = re.compile(r'(W/)?"([\x21\x23-\x7e]*)"')
-_VERSION_DIGITS_MAX = 10  # a PostgreSQL integer
+# A version as etag() writes it: tags compare as strings, so "01" is not version 1.
+_VERSION_TAG = re.compile(r"0|[1-9][0-9]{0,9}")
+_VERSION_MAX = 2**31 - 1  # a PostgreSQL integer
 
 
 def etag(version: int) -> str:
@@ -14,11 +16,11 @@ def etag(version: int) -> str:
 
 
 def _versions(header: str, *, weak_too: bool) -> frozenset[int]:
-    return frozenset(
-        int(tag)
-        for weak, tag in _ENTITY_TAG.findall(header)
-        if (weak_too or not weak) and tag.isdigit() and len(tag) <= _VERSION_DIGITS_MAX
-    )
+    """The versions the header's tags name; a tag that names none (such as "01", or a number
+    beyond any version) matches nothing, and never reaches a statement."""
+    tags = (tag for weak, tag in _ENTITY_TAG.findall(header) if weak_too or not weak)
+    versions = (int(tag) for tag in tags if _VERSION_TAG.fullmatch(tag))
+    return frozenset(version for version in versions if version <= _VERSION_MAX)
 
 
 @dataclass(frozen=True)

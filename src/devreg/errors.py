@@ -377,9 +377,24 @@ def database_problem(exc: DBAPIError) -> DevregError | None:
     """The problem a database error means for the client; None for a bug of devreg's own."""
     if isinstance(exc, IntegrityError):
         return Conflict()
-    if exc.connection_invalidated or type(exc.orig).__name__ in _DRIVER_CONNECTION_ERRORS:
+    lost = exc.connection_invalidated or type(exc.orig).__name__ in _DRIVER_CONNECTION_ERRORS
+    if lost and not half_sent(getattr(exc.orig, "driver_exception", None)):
         return ServiceUnavailable()
     return sqlstate_problem(getattr(exc.orig, "sqlstate", None) or "")
+
+
+def half_sent(driver_error: BaseException | None) -> bool:
+    """Whether asyncpg refused one of a statement's values itself (one it could not encode, such
+    as an integer beyond the column's type) rather than PostgreSQL refusing the statement.
+
+    For a statement the connection had not prepared yet, asyncpg has by then sent its Parse and
+    Describe but no Sync, so the server keeps the connection inside an implicit transaction (its
+    locks held, its `now()` frozen) until the connection's next statement: the connection is to
+    be discarded. PostgreSQL's own errors always carry a severity; asyncpg's carry none."""
+    return (
+        isinstance(getattr(driver_error, "sqlstate", None), str)
+        and getattr(driver_error, "severity", None) is None
+    )
 
 
 # Class 08: connection exception; 57P0x: the server is shutting down or restarting.

@@ -43,7 +43,7 @@ async def test_if_none_match_naming_the_version_is_a_304(client: AsyncClient, he
     assert response.headers["etag"] == '"1"'
 
 
-@pytest.mark.parametrize("header", ['"2"', "W/2", "garbage", '""'])
+@pytest.mark.parametrize("header", ['"2"', "W/2", "garbage", '""', '"01"', '"4294967297"'])
 async def test_if_none_match_naming_another_version_reads(client: AsyncClient, header: str) -> None:
     device = await create_device(client)
     response = await client.get(f"{DEVICES}/{device['id']}", headers={"If-None-Match": header})
@@ -60,7 +60,9 @@ async def test_a_write_with_a_matching_if_match_applies(client: AsyncClient, hea
     assert response.json()["model"] == "m1"
 
 
-@pytest.mark.parametrize("header", ['"2"', 'W/"1"', "garbage", '"99999999999999999999"'])
+@pytest.mark.parametrize(
+    "header", ['"2"', 'W/"1"', "garbage", '"99999999999999999999"', '"2147483648"', '"01"']
+)
 @pytest.mark.parametrize(
     ("method", "body"),
     [("PATCH", {"model": "m1"}), ("PATCH", {}), ("PUT", {"name": "other"}), ("DELETE", None)],
@@ -125,6 +127,7 @@ async def test_writes_without_if_match_are_a_428_when_it_is_required(
         ('"3"', [3], [1, 30]),
         (' "1" , "2",W/"3"', [1, 2], [3]),
         ('"a1", 1, "", W/', [], [1]),
+        ('"01", "2147483648"', [], [1, 2147483648]),
     ],
 )
 def test_if_match_parsing(header: str, accepted: list[int], refused: list[int]) -> None:

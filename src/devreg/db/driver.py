@@ -21,6 +21,7 @@ from devreg.errors import (
     Conflict,
     DevregError,
     ServiceUnavailable,
+    half_sent,
     sqlstate_problem,
 )
 
@@ -149,8 +150,8 @@ async def _translated(pooled: PoolProxiedConnection, violations: Violations) -> 
         raise violation_error(exc.constraint_name, violations) from None
     except BaseException as exc:
         lost = _connection_lost(exc, pooled.driver_connection)
-        if lost or not isinstance(exc, asyncpg.PostgresError):
-            # Lost, or cancelled mid-statement: the connection's state is unknown.
+        if lost or not isinstance(exc, asyncpg.PostgresError) or half_sent(exc):
+            # Lost, cancelled mid-statement, or left half-way through the statement's messages.
             pooled.invalidate()
         problem: DevregError | None = ServiceUnavailable() if lost else None
         if problem is None and isinstance(exc, asyncpg.PostgresError):

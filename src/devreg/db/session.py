@@ -6,7 +6,8 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Annotated
 
 from fastapi import Depends, Request
-from sqlalchemy.engine import URL
+from sqlalchemy import event
+from sqlalchemy.engine import URL, ExceptionContext
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -16,12 +17,13 @@ from sqlalchemy.ext.asyncio import (
 from sqlalchemy.pool import QueuePool
 
 from devreg.config import Settings
+from devreg.errors import half_sent
 
 SessionMaker = async_sessionmaker[AsyncSession]
 
 
 def create_engine(url: URL, settings: Settings) -> AsyncEngine:
-    return create_async_engine(
+    engine = create_async_engine(
         url,
         # SQLAlchemy closes an overflow connection as soon as it is returned, so a steady load
         # above POOL_SIZE would open and close connections all the time. Instead every
@@ -48,6 +50,16 @@ def create_engine(url: URL, settings: Settings) -> AsyncEngine:
             },
         },
     )
+    event.listen(engine.sync_engine, "handle_error", _discard_half_sent)
+    return engine
+
+
+def _discard_half_sent(context: ExceptionContext) -> None:
+    """A connection asyncpg left half-way through a statement (errors.half_sent) is discarded,
+    and only that one: the rest of the pool is fine."""
+    if half_sent(getattr(context.original_exception, "driver_exception", None)):
+        context.is_disconnect = True
+        context.invalidate_pool_on_disconnect = False
 
 
 async def open_pool(engine: AsyncEngine) -> None:
