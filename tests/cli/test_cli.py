@@ -104,6 +104,14 @@ class TestDevices:
         assert "serial_number" in result.stdout
         assert "pi" in result.stdout
 
+    @pytest.mark.parametrize("name", ["[/]", "sensor [b]rack[/b] [red]A"])
+    def test_names_are_shown_as_they_are(self, devreg: Invoke, name: str) -> None:
+        created = devreg("devices", "create", "--name", name)
+        listed = devreg("devices", "list")
+        assert created.exit_code == listed.exit_code == 0, created.output
+        assert name in created.stdout
+        assert name in listed.stdout
+
     def test_duplicate_serial_fails(self, devreg: Invoke) -> None:
         devreg("devices", "create", "--name", "a", "--serial", "SN-1")
         result = devreg("devices", "create", "--name", "b", "--serial", "SN-1")
@@ -209,6 +217,7 @@ class TestTokens:
         token = result.stdout.strip().splitlines()[-1]
         assert token.startswith("dvr_")
         assert "shown once" in result.stdout
+        assert result.stdout.count(token) == 1
         listed = devreg("tokens", "list", "--json")
         [item] = json.loads(listed.stdout)
         assert item["prefix"] == token[:12]

@@ -10,6 +10,7 @@ import typer
 from pydantic import BaseModel, ValidationError
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
@@ -125,9 +126,10 @@ def show_page(
         stdout.print(f"next page: --cursor {result.next_cursor}", markup=False, highlight=False)
 
 
-def _cell(value: Any) -> str:
+def _cell(value: Any) -> Text:
+    """A value as it is: stored text is never read as Rich's markup ("[b]", "[/]")."""
     if value is None:
-        return ""
+        return Text()
     if isinstance(value, list | dict):
-        return json.dumps(value, ensure_ascii=False)
-    return str(value)
+        return Text(json.dumps(value, ensure_ascii=False))
+    return Text(str(value))

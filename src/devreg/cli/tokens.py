@@ -35,7 +35,7 @@ def tokens_create(
     if as_json:
         print(created.model_dump_json())
         return
-    show(TokenRead.model_validate(created), as_json=False)
+    show(TokenRead.model_validate(created.model_dump(exclude={"token"})), as_json=False)
     stdout.print("\ntoken (shown once; keep it secret):", style="bold")
     print(created.token)
 
