@@ -76,6 +76,15 @@ class TestReplay:
         assert second.headers["Idempotent-Replayed"] == "true"
         assert second.content == b""
 
+    async def test_a_body_nested_too_deep_for_json_is_compared_as_bytes(self, client) -> None:
+        device = await create_device(client)
+        url, body = f"{DEVICES}/{device['id']}/heartbeat", "[" * 5000
+        sent = [await client.post(url, content=body, headers=keyed("k1")) for _ in range(2)]
+        other = await client.post(url, content=body + "[", headers=keyed("k1"))
+        assert [response.status_code for response in sent] == [204, 204]
+        assert sent[1].headers["Idempotent-Replayed"] == "true"
+        assert_problem(other, 422)
+
     async def test_a_failed_write_is_not_remembered(self, client) -> None:
         await create_device(client, serial_number="S1")
         body = {"name": "pi", "serial_number": "S1"}

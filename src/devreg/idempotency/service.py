@@ -23,10 +23,11 @@ class Answer:
 
 def fingerprint(method: str, path: str, body: bytes) -> bytes:
     """What identifies a request for its key: method, path and body (JSON compared by value,
-    so key order and spacing do not matter)."""
+    so key order and spacing do not matter; anything else, nested too deep for that included,
+    byte for byte)."""
     try:
         content = json.dumps(json.loads(body), sort_keys=True, separators=(",", ":")).encode()
-    except ValueError:
+    except (ValueError, RecursionError):
         content = body
     return hashlib.sha256(b"\n".join([method.encode(), path.encode(), content])).digest()
 
