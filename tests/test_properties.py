@@ -45,7 +45,7 @@ finite_floats = st.floats(allow_nan=False, allow_infinity=False)
 # (the sort value's type, whether null is a value, values of that type)
 SORT_VALUES = [
     pytest.param(int, False, ids, id="id"),
-    pytest.param(str, False, st.text(), id="name"),
+    pytest.param(str, False, st.text(st.characters(exclude_characters="\x00")), id="name"),
     pytest.param(datetime, False, aware_datetimes, id="created_at"),
     pytest.param(datetime, True, aware_datetimes | st.none(), id="last_seen_at"),
     pytest.param(float, False, finite_floats, id="relevance"),

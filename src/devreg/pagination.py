@@ -12,7 +12,7 @@ import hashlib
 import json
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, fields
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Generic, Protocol, TypeVar, cast
 
 import orjson
@@ -160,15 +160,21 @@ class Cursors:
             if not self.nullable:
                 raise InvalidCursor
             return None
+        # Cursors are not signed: a value must be one a row could hold, or it would reach the
+        # statement (a time beyond year 9999 in UTC, a lone surrogate, NUL).
         try:
             if self.value_type is datetime:
                 parsed = datetime.fromisoformat(wire)
                 if parsed.tzinfo is None:
                     raise InvalidCursor
-                return parsed
+                return parsed.astimezone(UTC)
             if self.value_type is float and isinstance(wire, int | float):
                 return float(wire)
-        except (TypeError, ValueError) as exc:
+            if self.value_type is str and isinstance(wire, str):
+                wire.encode()
+                if "\x00" in wire:
+                    raise InvalidCursor
+        except (TypeError, ValueError, OverflowError) as exc:
             raise InvalidCursor from exc
         if type(wire) is not self.value_type or (self.value_type is int and not _is_id(wire)):
             raise InvalidCursor

@@ -497,6 +497,10 @@ TAMPERED_CURSORS = [
     pytest.param("name", {"id": -1}, id="negative-id"),
     pytest.param("name", {"id": BIGINT_MAX + 1}, id="id-beyond-bigint"),
     pytest.param("name", {"id": "7"}, id="id-string"),
+    pytest.param("created_at", {"value": "9999-12-31T23:59:59-14:00"}, id="date-beyond-9999-utc"),
+    pytest.param("-created_at", {"value": "0001-01-01T00:00:00+14:00"}, id="date-before-year-1"),
+    pytest.param("name", {"value": "\ud800"}, id="name-lone-surrogate"),
+    pytest.param("name", {"value": "a\x00b"}, id="name-nul"),
 ]
 
 
