@@ -20,7 +20,7 @@ from pydantic import Field
 
 from devreg.db.rendering import Rendered, json_fragments
 from devreg.errors import InvalidCursor, InvalidParameter
-from devreg.schemas import BIGINT_MAX, Schema
+from devreg.schemas import BIGINT_MAX, Schema, storable_text
 
 PAGE_LIMIT_DEFAULT = 50
 PAGE_LIMIT_MAX = 1000
@@ -171,9 +171,7 @@ class Cursors:
             if self.value_type is float and isinstance(wire, int | float):
                 return float(wire)
             if self.value_type is str and isinstance(wire, str):
-                wire.encode()
-                if "\x00" in wire:
-                    raise InvalidCursor
+                storable_text(wire)
         except (TypeError, ValueError, OverflowError) as exc:
             raise InvalidCursor from exc
         if type(wire) is not self.value_type or (self.value_type is int and not _is_id(wire)):

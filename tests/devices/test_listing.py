@@ -713,8 +713,10 @@ class TestBadQuery:
 
         assert assert_problem(response, 400)["parameter"] == parameter
 
-    async def test_nul_in_attribute_value_is_refused(self, client):
-        response = await client.get(DEVICES, params={"attr.rack": "4\x00"})
+    @pytest.mark.parametrize("value", ["4\x00", '"\\u0000"', '"\\ud800"'])
+    @pytest.mark.parametrize("path", [DEVICES, f"{DEVICES}/export"])
+    async def test_attribute_value_no_row_could_hold_is_refused(self, client, path, value):
+        response = await client.get(path, params={"attr.rack": value})
 
         assert assert_problem(response, 400)["parameter"] == "attr.rack"
 

@@ -30,7 +30,7 @@ from devreg.errors import InvalidParameter, PreconditionRequired, problem_respon
 from devreg.idempotency.header import IDEMPOTENCY_KEY_HEADER, Idempotency
 from devreg.locations import created_location
 from devreg.querystring import Listing, PageQuery, QueryString, json_scalar, page_response
-from devreg.schemas import BIGINT_MAX, Id, Instant, SearchText, ShortText, Tag
+from devreg.schemas import BIGINT_MAX, Id, Instant, SearchText, ShortText, Tag, storable_text
 
 router = APIRouter(
     route_class=ApiRoute,
@@ -163,9 +163,18 @@ def _attribute_filters(request: Request) -> tuple[tuple[str, tuple[JsonScalar, .
     for parameter, raw in request.query_params.multi_items():
         if parameter.startswith(_ATTRIBUTE_PREFIX):
             key = parameter.removeprefix(_ATTRIBUTE_PREFIX)
-            if not key or len(key) > 100 or "\x00" in key + raw:
-                raise InvalidParameter(parameter, f"{parameter} is not a usable attribute filter")
-            values.setdefault(key, []).append(json_scalar(raw))
+            value = json_scalar(raw)
+            try:
+                if not key or len(key) > 100:
+                    raise ValueError
+                storable_text(key)
+                if isinstance(value, str):  # '"\u0000"' is NUL, '"\ud800"' a lone surrogate
+                    storable_text(value)
+            except ValueError:
+                raise InvalidParameter(
+                    parameter, f"{parameter} is not a usable attribute filter"
+                ) from None
+            values.setdefault(key, []).append(value)
     return tuple((key, tuple(options)) for key, options in sorted(values.items()))
 
 
