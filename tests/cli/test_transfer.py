@@ -4,6 +4,8 @@ database of the test's own (real commits)."""
 import csv
 import io
 import json
+import os
+import stat
 from collections.abc import AsyncIterator
 from datetime import datetime
 from pathlib import Path
@@ -592,6 +594,35 @@ class TestExport:
         text = output(devreg("export", "devices", "--owner-id", str(owner_id)))
 
         assert [record["name"] for record in csv_records(text)] == ["Arduino Uno"]
+
+    def test_a_new_file_is_made_as_any_other(self, devreg, tmp_path):
+        path = tmp_path / "new.csv"
+        ok(devreg("export", "devices", "-o", str(path)))
+        umask = os.umask(0)
+        os.umask(umask)
+        assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask
+        assert [entry.name for entry in tmp_path.iterdir()] == ["new.csv"]
+
+    def test_a_failed_export_leaves_the_file_as_it_was(self, devreg, tmp_path):
+        path = tmp_path / "keep.csv"
+        path.write_text("precious\n")
+        path.chmod(0o600)
+        unreachable = {"DATABASE_URL": "postgresql+asyncpg://devreg@127.0.0.1:1/devreg"}
+
+        result = devreg("export", "devices", "-o", str(path), env=unreachable)
+
+        assert result.exit_code == 1
+        assert path.read_text() == "precious\n"
+        assert [entry.name for entry in tmp_path.iterdir()] == ["keep.csv"]
+        ok(devreg("export", "devices", "-o", str(path)))
+        assert path.read_text() == EXPORT_HEADER + "\n"
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+    def test_a_full_disk_is_one_line(self, devreg, fleet):
+        result = devreg("export", "devices", "-o", "/dev/full", "--format", "csv")
+
+        assert result.exit_code == 1
+        assert result.stderr == "devreg: cannot write /dev/full: No space left on device\n"
 
     def test_empty_database_is_the_header_only(self, devreg):
         assert output(devreg("export", "devices")) == EXPORT_HEADER + "\n"

@@ -1,12 +1,14 @@
 """`devreg import`, `devreg export` and `devreg seed`: data in bulk."""
 
 import os
+import stat
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, TextIO, TypeVar
+from typing import IO, Annotated, TextIO, TypeVar
 
 import typer
 from rich.console import Console
@@ -81,19 +83,50 @@ def export_devices(
         tags=tuple(options.tag),
         search=options.q,
     )
-    try:
-        sink = output.open("wb") if output else nullcontext(sys.stdout.buffer)
-    except OSError as exc:
-        fail(f"cannot write {output}: {exc.strerror}")
 
     async def write(session: AsyncSession) -> None:
-        with sink as stream:
+        with _replaced_on_success(output) as stream:
             async for chunk in export.export_devices(
                 session, filters=filters, format=chosen, principal=FULL_ACCESS
             ):
                 stream.write(chunk)
 
-    in_transaction(write)
+    try:
+        in_transaction(write)
+    except OSError as exc:
+        fail(f"cannot write {output or 'to stdout'}: {exc.strerror}")
+
+
+@contextmanager
+def _replaced_on_success(output: Path | None) -> Iterator[IO[bytes]]:
+    """Where an export goes: stdout; a device or a pipe, as it comes; or a file, written beside
+    its place and moved there only once the export is whole, so that a failed export (no
+    database, a timeout, a full disk) leaves nothing half-written and an existing file as it
+    was."""
+    if output is None:
+        yield sys.stdout.buffer
+        return
+    if output.exists() and not output.is_file():
+        with output.open("wb") as device:
+            yield device
+        return
+    mode = stat.S_IMODE(output.stat().st_mode) if output.exists() else 0o666 & ~_umask()
+    with tempfile.NamedTemporaryFile(
+        dir=output.parent, prefix=f".{output.name}.", delete=False
+    ) as staged:
+        try:
+            yield staged
+        except BaseException:
+            os.unlink(staged.name)
+            raise
+    os.chmod(staged.name, mode)
+    os.replace(staged.name, output)
+
+
+def _umask() -> int:
+    current = os.umask(0)
+    os.umask(current)
+    return current
 
 
 def seed_data(
