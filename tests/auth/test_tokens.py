@@ -107,6 +107,16 @@ class TestAuthentication:
         assert response.status_code == 204
         assert_problem(await client.get(DEVICES, headers=bearer(token)), 401)
 
+    async def test_a_deleted_users_tokens_stop_working_at_once(self, client, people) -> None:
+        admin = bearer(people["admin"])
+        carl = (await client.post(USERS, json={"name": "carl"}, headers=admin)).json()
+        token = await new_token(client, as_token=people["admin"], user_id=carl["id"], admin=True)
+        assert (await client.get(DEVICES, headers=bearer(token))).status_code == 200  # cached
+        deleted = await client.delete(f"{USERS}/{carl['id']}", headers=admin)
+        assert deleted.status_code == 204
+        assert_problem(await client.get(DEVICES, headers=bearer(token)), 401)
+        assert (await client.get(DEVICES, headers=admin)).status_code == 200
+
     async def test_use_is_recorded(self, client, people) -> None:
         await client.get(DEVICES, headers=bearer(people["reader"]))
         listed = (await client.get(TOKENS, headers=bearer(people["admin"]))).json()["items"]

@@ -95,6 +95,12 @@ class Authenticator:
     def forget(self, digest: bytes) -> None:
         self._verdicts.pop(digest, None)
 
+    def forget_user(self, user_id: int) -> None:
+        """Forget the tokens of a deleted user (the database deleted them with the user)."""
+        for digest, verdict in list(self._verdicts.items()):
+            if verdict.principal is not None and verdict.principal.user_id == user_id:
+                self._verdicts.pop(digest, None)
+
     def reset(self) -> None:
         """Forget everything cached (for tests, whose tokens vanish with their transaction)."""
         self._verdicts.clear()

@@ -3,6 +3,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Depends, Path, Query, Request, Response, status
 from pydantic import Field
 
+from devreg.auth.guard import app_authenticator
 from devreg.calls import ApiRoute, Call, documented
 from devreg.devices.routes import DEVICE_LISTING_QUERY, DeviceListingDep
 from devreg.devices.schemas import DevicePage
@@ -101,7 +102,11 @@ async def delete_user(
 ) -> None:
     """Admins only, once tokens are in use."""
     await service.delete_user(
-        call.db, user_id, cascade_devices=cascade == "devices", principal=call.principal
+        call.db,
+        user_id,
+        cascade_devices=cascade == "devices",
+        principal=call.principal,
+        authenticator=app_authenticator(call),
     )
 
 

@@ -4,6 +4,7 @@ from dataclasses import replace
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from devreg.auth.authenticator import Authenticator
 from devreg.auth.principal import Principal
 from devreg.changes.actor import record_actor
 from devreg.db.rendering import Rendered
@@ -61,16 +62,24 @@ async def update_user(
 
 
 async def delete_user(
-    session: AsyncSession, user_id: int, *, cascade_devices: bool, principal: Principal
+    session: AsyncSession,
+    user_id: int,
+    *,
+    cascade_devices: bool,
+    principal: Principal,
+    authenticator: Authenticator | None = None,
 ) -> None:
     """Refused with UserHasDevices while the user owns devices, unless they go with the user.
-    Only an admin deletes users."""
+    Only an admin deletes users. The user's tokens go with the user, from `authenticator`'s
+    cache too."""
     principal.require_admin()
     await record_actor(session, principal)
     if cascade_devices:
         await devices_service.delete_devices_of_owner(session, owner_id=user_id)
     if not await UserRepository(session).delete(user_id):
         raise UserNotFound
+    if authenticator is not None:
+        authenticator.forget_user(user_id)
 
 
 async def list_user_devices(
