@@ -419,7 +419,25 @@ BAD_FILES = [
         '{"name": "c", "serial_number": "SN-9"}\n',
         2, "owner_id", id="ndjson-unknown-owner-before-a-repeated-serial",
     ),
+    pytest.param(
+        "d.csv", CSV_HEADER + GOOD_CSV_ROW + 'b,"never closed\n' + "c,,,,\n" * 30000, 3,
+        "not readable as CSV", id="csv-quote-never-closed",
+    ),
+    pytest.param(
+        "d.csv", CSV_HEADER + GOOD_CSV_ROW + 'b,SN-2,active,,"' + "[" * 30000 + '"\n', 3,
+        "tags nests too deep", id="csv-json-nested-too-deep",
+    ),
+    pytest.param(
+        "d.ndjson", '{"name": "a"}\n{"name": "b", "attributes": {"x": ' + "[" * 100000 + "}\n",
+        2, "nests too deep", id="ndjson-nested-too-deep",
+    ),
 ]  # fmt: skip
+
+
+def test_blank_lines_before_the_csv_header_are_skipped(devreg, tmp_path):
+    ok(import_devices(devreg, write(tmp_path, "d.csv", "\n\nname,model\nx,m\n")))
+
+    assert [(device["name"], device["model"]) for device in stored(devreg)] == [("x", "m")]
 
 
 class TestImportRejectsBadRows:

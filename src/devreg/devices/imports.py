@@ -128,7 +128,8 @@ def _parse(source: IO[str], format: ImportFormat) -> Iterator[tuple[int, dict[st
 
 def _csv_rows(source: IO[str]) -> Iterator[tuple[int, dict[str, Any]]]:
     reader = csv.reader(source)
-    header = next(reader, [])
+    records = _records(reader)
+    header = next((values for values in records if values), [])  # blank lines before it too
     unknown = set(header) - DeviceCreate.model_fields.keys() - _IGNORED
     if unknown:
         raise ImportRejected(1, f"unknown columns: {', '.join(sorted(unknown))}")
@@ -137,7 +138,7 @@ def _csv_rows(source: IO[str]) -> Iterator[tuple[int, dict[str, Any]]]:
         raise ImportRejected(1, f"columns appear more than once: {', '.join(repeated)}")
     kept = [(index, column) for index, column in enumerate(header) if column not in _IGNORED]
     line = reader.line_num + 1
-    for values in reader:
+    for values in records:
         if not values:  # a blank line
             line = reader.line_num + 1
             continue
@@ -155,6 +156,22 @@ def _csv_rows(source: IO[str]) -> Iterator[tuple[int, dict[str, Any]]]:
         line = reader.line_num + 1
 
 
+def _records(reader: Any) -> Iterator[list[str]]:
+    """The CSV reader's records; one it cannot read (a field past its size limit, most often
+    from a quote never closed) rejects the import at the line the record starts on."""
+    while True:
+        line = reader.line_num + 1
+        try:
+            values: list[str] = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            raise ImportRejected(
+                line, f"not readable as CSV ({exc}; a quote never closed?)"
+            ) from None
+        yield values
+
+
 def _ndjson_rows(source: IO[str]) -> Iterator[tuple[int, dict[str, Any]]]:
     for line, text in enumerate(source, start=1):
         if not text.strip():
@@ -170,6 +187,8 @@ def _json(text: str, line: int, what: str) -> Any:
         return json.loads(text)
     except ValueError:
         raise ImportRejected(line, f"{what} is not valid JSON") from None
+    except RecursionError:
+        raise ImportRejected(line, f"{what} nests too deep") from None
 
 
 def _batches(
