@@ -150,6 +150,23 @@ class TestDatabase:
         assert devreg("db", "upgrade").exit_code == 0
         assert "up to date" in devreg("db", "status").stdout
 
+    def test_downgrade_and_upgrade_name_the_revision_reached(self, devreg: Invoke) -> None:
+        head = migrations.head_revision()
+        down = devreg("db", "downgrade")
+        assert down.exit_code == 0
+        assert head not in down.stdout
+        assert "database downgraded to " in down.stdout
+        assert devreg("db", "upgrade").stdout == f"database at revision {head}\n"
+
+    @pytest.mark.parametrize(
+        "args", [("upgrade", "bogus"), ("downgrade", "bogus"), ("downgrade", "+1")]
+    )
+    def test_an_unknown_revision_is_one_line(self, devreg: Invoke, args: tuple[str, str]) -> None:
+        result = devreg("db", *args)
+        assert result.exit_code == 2
+        assert result.stderr.startswith("devreg: migrations: ")
+        assert result.stderr.count("\n") == 1
+
 
 class TestStartupErrors:
     def test_invalid_setting_is_named(

@@ -636,6 +636,19 @@ class TestExport:
         assert path.read_text() == EXPORT_HEADER + "\n"
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
 
+    def test_a_statement_timeout_is_one_line_and_writes_nothing(self, devreg, tmp_path):
+        ok(devreg("seed", "--devices", "20000", "--users", "10"))
+        path = tmp_path / "out.csv"
+
+        result = devreg("export", "devices", "-o", str(path), env={"STATEMENT_TIMEOUT": "0.001"})
+
+        assert result.exit_code == 1
+        assert (
+            result.stderr
+            == "devreg: database error: canceling statement due to statement timeout\n"
+        )
+        assert list(tmp_path.iterdir()) == []
+
     def test_a_full_disk_is_one_line(self, devreg, fleet):
         result = devreg("export", "devices", "-o", "/dev/full", "--format", "csv")
 

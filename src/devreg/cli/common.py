@@ -6,7 +6,9 @@ import sys
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Annotated, Any, NoReturn, TypeVar
 
+import asyncpg
 import typer
+from alembic.util import CommandError
 from pydantic import BaseModel, ValidationError
 from rich.console import Console
 from rich.table import Table
@@ -60,6 +62,12 @@ def run_async(operation: Coroutine[Any, Any, T]) -> T:
     except DBAPIError as exc:
         # PostgreSQL's own message, without the statement or its parameters.
         fail(f"database error: {exc.orig}")
+    except asyncpg.PostgresError as exc:  # from COPY, which runs on asyncpg itself
+        fail(f"database error: {exc}")
+    except asyncpg.InterfaceError:
+        fail("the connection to PostgreSQL was lost")
+    except CommandError as exc:  # Alembic's: an unknown revision, say
+        fail(f"migrations: {exc}", code=2)
 
 
 async def with_engine(settings: Settings, use: Callable[[AsyncEngine], Awaitable[T]]) -> T:

@@ -1,6 +1,7 @@
 """`devreg serve` and `devreg db ...`."""
 
 import os
+from collections.abc import Awaitable, Callable
 from typing import Annotated
 
 import typer
@@ -61,15 +62,27 @@ async def _nothing(engine: AsyncEngine) -> None:
 @db_app.command("upgrade")
 def db_upgrade(revision: Annotated[str, typer.Argument()] = "head") -> None:
     """Apply migrations up to REVISION (default: the newest)."""
-    run_async(with_engine(load_settings(), lambda engine: migrations.upgrade(engine, revision)))
-    stdout.print(f"database at revision {revision}")
+    reached = run_async(with_engine(load_settings(), _migrated(migrations.upgrade, revision)))
+    stdout.print(f"database at revision {reached or 'base (empty)'}")
 
 
 @db_app.command("downgrade")
 def db_downgrade(revision: Annotated[str, typer.Argument()] = "-1") -> None:
     """Undo migrations down to REVISION (default: one step; `base` for an empty schema)."""
-    run_async(with_engine(load_settings(), lambda engine: migrations.downgrade(engine, revision)))
-    stdout.print(f"database downgraded to {revision}")
+    reached = run_async(with_engine(load_settings(), _migrated(migrations.downgrade, revision)))
+    stdout.print(f"database downgraded to {reached or 'base (empty)'}")
+
+
+def _migrated(
+    migrate: Callable[[AsyncEngine, str], Awaitable[None]], revision: str
+) -> Callable[[AsyncEngine], Awaitable[str | None]]:
+    """Run `migrate` to `revision`, then say which revision the database is at."""
+
+    async def run(engine: AsyncEngine) -> str | None:
+        await migrate(engine, revision)
+        return await migrations.current_revision(engine)
+
+    return run
 
 
 @db_app.command("revision")
