@@ -324,8 +324,35 @@ class TestImportConflicts:
         first, second = stored(devreg)
         assert first["id"] == registered["id"]
         assert (first["name"], first["status"], first["tags"]) == ("new", "retired", ["y"])
+        # The CSV file has a model column, empty on that row: no model. The NDJSON line has no
+        # model key: the device keeps its own.
+        assert first["model"] == (None if file.suffix == ".csv" else "m1")
         assert first["version"] == registered["version"] + 1
         assert second["serial_number"] == "SN-2"
+
+    @pytest.mark.parametrize(
+        ("name", "text"),
+        [
+            ("d.csv", "name,serial_number,model\nupd,SN-9,\n"),
+            ("d.ndjson", '{"name": "upd", "serial_number": "SN-9", "model": null}\n'),
+        ],
+    )
+    def test_update_changes_only_the_fields_the_file_gives(self, devreg, tmp_path, name, text):
+        owner = create_user(devreg)
+        before = create_device(devreg, "old", "--serial", "SN-9", "--model", "m1", "--tag", "x",
+                               "--owner-id", str(owner["id"]), "--status", "retired")  # fmt: skip
+
+        ok(import_devices(devreg, write(tmp_path, name, text), "--on-conflict", "update"))
+
+        [after] = stored(devreg)
+        changed = {key for key in after if after[key] != before[key]}
+        assert changed == {"name", "model", "version", "updated_at"}
+        assert (after["name"], after["model"]) == ("upd", None)
+        assert (after["owner_id"], after["tags"], after["status"]) == (
+            owner["id"],
+            ["x"],
+            "retired",
+        )
 
 
 CSV_HEADER = "name,serial_number,status,owner_id,tags\n"

@@ -36,7 +36,11 @@ def import_devices(
         ImportFormat | None, typer.Option(help="Default: from the file's extension.")
     ] = None,
     on_conflict: Annotated[
-        OnConflict, typer.Option(help="For a serial number already registered.")
+        OnConflict,
+        typer.Option(
+            help="For a serial number already registered; update changes only the fields "
+            "the file gives (its CSV columns, an NDJSON line's keys)."
+        ),
     ] = OnConflict.ERROR,
 ) -> None:
     """Import devices from CSV (with a header) or NDJSON, all or nothing."""

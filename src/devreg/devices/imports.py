@@ -121,12 +121,17 @@ async def _read_ahead(items: Iterator[T]) -> AsyncGenerator[T, None]:
             await upcoming
 
 
-def _parse(source: IO[str], format: ImportFormat) -> Iterator[tuple[int, dict[str, Any]]]:
-    """(line number, fields) for each row; server-owned columns dropped."""
+Row = tuple[int, dict[str, Any], tuple[str, ...]]
+
+
+def _parse(source: IO[str], format: ImportFormat) -> Iterator[Row]:
+    """(line number, fields, the fields the file gives) for each row; server-owned columns
+    dropped. A CSV file gives its header's columns, empty cells included (a missing value);
+    an NDJSON line its keys."""
     return _csv_rows(source) if format is ImportFormat.CSV else _ndjson_rows(source)
 
 
-def _csv_rows(source: IO[str]) -> Iterator[tuple[int, dict[str, Any]]]:
+def _csv_rows(source: IO[str]) -> Iterator[Row]:
     reader = csv.reader(source)
     records = _records(reader)
     header = next((values for values in records if values), [])  # blank lines before it too
@@ -137,6 +142,7 @@ def _csv_rows(source: IO[str]) -> Iterator[tuple[int, dict[str, Any]]]:
     if repeated:
         raise ImportRejected(1, f"columns appear more than once: {', '.join(repeated)}")
     kept = [(index, column) for index, column in enumerate(header) if column not in _IGNORED]
+    given = tuple(column for _, column in kept)
     line = reader.line_num + 1
     for values in records:
         if not values:  # a blank line
@@ -152,7 +158,7 @@ def _csv_rows(source: IO[str]) -> Iterator[tuple[int, dict[str, Any]]]:
         for column in _JSON_COLUMNS:
             if column in fields:
                 fields[column] = _json(fields[column], line, column)
-        yield line, fields
+        yield line, fields, given
         line = reader.line_num + 1
 
 
@@ -172,14 +178,15 @@ def _records(reader: Any) -> Iterator[list[str]]:
         yield values
 
 
-def _ndjson_rows(source: IO[str]) -> Iterator[tuple[int, dict[str, Any]]]:
+def _ndjson_rows(source: IO[str]) -> Iterator[Row]:
     for line, text in enumerate(source, start=1):
         if not text.strip():
             continue
         fields = _json(text, line, "the line")
         if not isinstance(fields, dict):
             raise ImportRejected(line, "each line must be a JSON object")
-        yield line, {key: value for key, value in fields.items() if key not in _IGNORED}
+        kept = {key: value for key, value in fields.items() if key not in _IGNORED}
+        yield line, kept, tuple(kept)
 
 
 def _json(text: str, line: int, what: str) -> Any:
@@ -191,10 +198,8 @@ def _json(text: str, line: int, what: str) -> Any:
         raise ImportRejected(line, f"{what} nests too deep") from None
 
 
-def _batches(
-    rows: Iterable[tuple[int, dict[str, Any]]],
-) -> Iterator[list[tuple[int, dict[str, Any]]]]:
-    batch: list[tuple[int, dict[str, Any]]] = []
+def _batches(rows: Iterable[Row]) -> Iterator[list[Row]]:
+    batch: list[Row] = []
     for row in rows:
         batch.append(row)
         if len(batch) == _BATCH_SIZE:
@@ -204,9 +209,9 @@ def _batches(
         yield batch
 
 
-def _validated(batch: list[tuple[int, dict[str, Any]]]) -> list[ImportRecord]:
+def _validated(batch: list[Row]) -> list[ImportRecord]:
     try:
-        devices = _BATCH.validate_python([fields for _, fields in batch])
+        devices = _BATCH.validate_python([fields for _, fields, _ in batch])
     except ValidationError as exc:
         error = exc.errors()[0]
         index, *location = error["loc"]
@@ -224,6 +229,7 @@ def _validated(batch: list[tuple[int, dict[str, Any]]]) -> list[ImportRecord]:
             device.tags,
             json.dumps(device.attributes),
             device.last_seen_at,
+            list(given),
         )
-        for (line, _), device in zip(batch, devices, strict=True)
+        for (line, _, given), device in zip(batch, devices, strict=True)
     ]

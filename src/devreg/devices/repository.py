@@ -73,16 +73,18 @@ RETURNING id
 """  # noqa: S608 - constant SQL: values are parameters
 
 _STAGING_TABLE = "device_import"
-_STAGING_COLUMNS = ["line", *_WRITABLE_COLUMNS]
+_STAGING_COLUMNS = ["line", *_WRITABLE_COLUMNS, "given"]
+# The row's line, its writable fields, then which of them the file gives (an update changes only
+# those).
 ImportRecord = tuple[
-    int, str, str | None, str | None, str, int | None, list[str], str, datetime | None
+    int, str, str | None, str | None, str, int | None, list[str], str, datetime | None, list[str]
 ]
 # One batch of the file at a time; the serial numbers of every batch so far, to find a repeat.
 _CREATE_STAGING = (
     """
 CREATE TEMP TABLE device_import (
     line bigint, name text, serial_number text, model text, status text, owner_id bigint,
-    tags text[], attributes jsonb, last_seen_at timestamptz
+    tags text[], attributes jsonb, last_seen_at timestamptz, given text[]
 ) ON COMMIT DROP
 """,
     """
@@ -131,12 +133,23 @@ FROM written
 _ON_CONFLICT = {
     OnConflict.ERROR: "",
     OnConflict.SKIP: "ON CONFLICT (serial_number) DO NOTHING",
-    OnConflict.UPDATE: """ON CONFLICT (serial_number) DO UPDATE SET
-    name = EXCLUDED.name, model = EXCLUDED.model, status = EXCLUDED.status,
-    owner_id = EXCLUDED.owner_id, tags = EXCLUDED.tags, attributes = EXCLUDED.attributes,
-    last_seen_at = EXCLUDED.last_seen_at
-""",
+    # The registered ones were updated just before (_UPDATE_STAGED).
+    OnConflict.UPDATE: "ON CONFLICT (serial_number) DO NOTHING",
 }
+# A field the file leaves out (a CSV column it lacks, a key an NDJSON line lacks) keeps the
+# device's value, as in a PATCH.
+_UPDATE_STAGED = f"""
+UPDATE devices AS device SET {
+    ", ".join(
+        f"{column} = CASE WHEN '{column}' = ANY(staged.given) THEN staged.{column} "
+        f"ELSE device.{column} END"
+        for column in _WRITABLE_COLUMNS
+        if column != "serial_number"
+    )
+}
+FROM device_import AS staged
+WHERE device.serial_number = staged.serial_number
+"""  # noqa: S608 - constant SQL
 
 # A key an item leaves out keeps the device's value; a key sent as null sets NULL.
 _UPDATE_MANY = f"""
@@ -532,9 +545,13 @@ class DeviceRepository:
     async def insert_from_staging(self, on_conflict: OnConflict) -> tuple[int, int]:
         """Write the staged batch in one statement: (inserted, updated). Raises IntegrityError
         for an unknown owner, or (with OnConflict.ERROR) a serial number already registered."""
+        updated = 0
+        if on_conflict is OnConflict.UPDATE:
+            result = await self.session.execute(text(_UPDATE_STAGED))
+            updated = result.rowcount  # type: ignore[attr-defined]
         statement = _INSERT_STAGED.format(_ON_CONFLICT[on_conflict])
         row = (await self.session.execute(text(statement))).one()
-        return int(row.inserted), int(row.updated)
+        return int(row.inserted), updated + int(row.updated)
 
     async def delete(
         self,
