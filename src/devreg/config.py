@@ -100,7 +100,8 @@ class Settings(BaseSettings):
     auth_cache_ttl: float = Field(10.0, ge=0, le=3600)
     # How long an Idempotency-Key is remembered (its answer given again to a retry).
     idempotency_key_lifetime: timedelta = Field(timedelta(hours=24), gt=timedelta(0))
-    # PUT, PATCH and DELETE of a device without If-Match: last write wins, or 428 when required.
+    # PUT, PATCH and DELETE of a device without If-Match (bulk ones never have one): last write
+    # wins, or 428 when required.
     require_if_match: bool = False
 
     data_dir: Path = Field(default_factory=default_data_dir)

@@ -14,6 +14,8 @@ from devreg.conditional import IfMatch, not_modified
 from tests.api import DEVICES, assert_problem, create_device, fetch_device
 from tests.support import RunningApp, devreg_server
 
+TUTORIAL_DEVICES = "/api/v1/device"
+
 
 def etag_of(device: dict[str, object]) -> str:
     return f'"{device["version"]}"'
@@ -108,16 +110,43 @@ def if_match_required(running_app: RunningApp) -> Iterator[None]:
 
 @pytest.mark.usefixtures("if_match_required")
 @pytest.mark.parametrize(
-    ("method", "body"), [("PATCH", {"model": "m1"}), ("PUT", {"name": "x"}), ("DELETE", None)]
+    ("path", "method", "body"),
+    [
+        (DEVICES, "PATCH", {"model": "m1"}),
+        (DEVICES, "PUT", {"name": "x"}),
+        (DEVICES, "DELETE", None),
+        (TUTORIAL_DEVICES, "PUT", {"name": "x"}),
+        (TUTORIAL_DEVICES, "DELETE", None),
+    ],
 )
 async def test_writes_without_if_match_are_a_428_when_it_is_required(
-    client: AsyncClient, method: str, body: object
+    client: AsyncClient, path: str, method: str, body: object
 ) -> None:
     device = await create_device(client)
-    url = f"{DEVICES}/{device['id']}"
+    url = f"{path}/{device['id']}"
     assert_problem(await client.request(method, url, json=body), 428)
+    assert await fetch_device(client, device["id"]) == device
     guarded = await client.request(method, url, json=body, headers={"If-Match": '"1"'})
     assert guarded.is_success
+
+
+@pytest.mark.usefixtures("if_match_required")
+@pytest.mark.parametrize(("method", "item"), [("PATCH", {"model": "m1"}), ("DELETE", None)])
+async def test_bulk_writes_are_a_428_when_if_match_is_required(
+    client: AsyncClient, method: str, item: dict[str, object] | None
+) -> None:
+    device = await create_device(client)
+    body = [{"id": device["id"], **item}] if item else [device["id"]]
+    assert_problem(await client.request(method, f"{DEVICES}/bulk", json=body), 428)
+    assert await fetch_device(client, device["id"]) == device
+
+
+async def test_the_tutorial_routes_honour_if_match(client: AsyncClient) -> None:
+    device = await create_device(client)
+    url = f"{TUTORIAL_DEVICES}/{device['id']}"
+    stale = await client.put(url, json={"name": "x"}, headers={"If-Match": '"2"'})
+    assert_problem(stale, 412)
+    assert await fetch_device(client, device["id"]) == device
 
 
 @pytest.mark.parametrize(

@@ -11,7 +11,7 @@ from devreg.calls import ApiRoute, Call
 from devreg.compat.schemas import Deleted, TutorialDeviceIn, TutorialDeviceUpdate, TutorialItem
 from devreg.devices import service as devices_service
 from devreg.devices.filters import DeviceFilter
-from devreg.devices.routes import DeviceId
+from devreg.devices.routes import DeviceId, write_precondition
 from devreg.devices.schemas import DeviceCreate, DeviceUpdate
 from devreg.pagination import PAGE_LIMIT_DEFAULT, PAGE_LIMIT_MAX, PageRequest
 from devreg.querystring import items_response
@@ -57,13 +57,19 @@ async def tutorial_update_device(
 ) -> object:
     changes = DeviceUpdate.model_validate(data.changes())
     return await devices_service.update_device(
-        call.db, device_id, data=changes, principal=call.principal
+        call.db,
+        device_id,
+        data=changes,
+        if_match=write_precondition(call),
+        principal=call.principal,
     )
 
 
 @router.delete("/api/v1/device/{device_id}", response_model=Deleted)
 async def tutorial_delete_device(device_id: DeviceId, call: Call) -> Deleted:
-    await devices_service.delete_device(call.db, device_id, principal=call.principal)
+    await devices_service.delete_device(
+        call.db, device_id, if_match=write_precondition(call), principal=call.principal
+    )
     return Deleted()
 
 

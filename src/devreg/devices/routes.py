@@ -257,17 +257,30 @@ async def get_device(device_id: DeviceId, call: Call) -> Response:
     return _tagged(device)
 
 
-@router.patch("/bulk", response_model=BulkResult, responses=problem_responses(409, 422))
+@router.patch("/bulk", response_model=BulkResult, responses=problem_responses(409, 422, 428))
 async def update_devices(items: BulkUpdate, call: Call) -> BulkResult:
     """Up to 10,000 `{id, ...fields}` changes, all or nothing."""
+    _refuse_unguarded_bulk_write(call)
     ids = await bulk.update_devices(call.db, items=items, principal=call.principal)
     return BulkResult(ids=ids)
 
 
-@router.delete("/bulk", status_code=status.HTTP_204_NO_CONTENT, responses=problem_responses(422))
+@router.delete(
+    "/bulk", status_code=status.HTTP_204_NO_CONTENT, responses=problem_responses(422, 428)
+)
 async def delete_devices(ids: BulkDelete, call: Call) -> None:
     """Up to 10,000 ids, all or nothing: one unknown id and none is deleted."""
+    _refuse_unguarded_bulk_write(call)
     await bulk.delete_devices(call.db, ids=ids, principal=call.principal)
+
+
+def _refuse_unguarded_bulk_write(call: Call) -> None:
+    """A bulk update or delete names no versions: with REQUIRE_IF_MATCH it is refused (428)."""
+    if call.settings.require_if_match:
+        raise PreconditionRequired(
+            "REQUIRE_IF_MATCH is on and a bulk write cannot carry If-Match: change the devices "
+            "one at a time, each with the ETag of its version."
+        )
 
 
 @router.patch("/{device_id}", response_model=DeviceRead, **GUARDED_WRITE)
