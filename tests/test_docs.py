@@ -26,3 +26,18 @@ async def test_openapi_documents_models_and_errors(client: AsyncClient) -> None:
     }
     assert {"409", "422"} <= set(create["responses"])
     assert "application/problem+json" in create["responses"]["409"]["content"]
+
+
+async def test_error_responses_are_documented_as_problem_json(client: AsyncClient) -> None:
+    schema = (await client.get("/openapi.json")).json()
+    problem = {"schema": {"$ref": "#/components/schemas/Problem"}}
+    errors = [
+        (path, method, status, response.get("content"))
+        for path, operations in schema["paths"].items()
+        for method, operation in operations.items()
+        for status, response in operation["responses"].items()
+        # The health checks' 503 is their own JSON status.
+        if status.startswith(("4", "5")) and "Readiness" not in str(response)
+    ]
+    assert len(errors) > 50
+    assert [e for e in errors if e[3] != {"application/problem+json": problem}] == []

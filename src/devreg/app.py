@@ -4,7 +4,7 @@ import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import TypedDict
+from typing import Any, TypedDict
 
 from fastapi import APIRouter, FastAPI
 from fastapi.routing import APIRoute
@@ -32,7 +32,7 @@ from devreg.db.session import (
 )
 from devreg.devices.routes import router as devices_router
 from devreg.edge import EdgeMiddleware
-from devreg.errors import register_error_handlers
+from devreg.errors import document_problems, register_error_handlers
 from devreg.health.routes import HEALTH_PATHS
 from devreg.health.routes import router as health_router
 from devreg.idempotency.header import IdempotentReplay, replay
@@ -132,6 +132,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(tutorial_router)
 
     register_error_handlers(app)
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = document_problems(FastAPI.openapi(app))
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     app.add_exception_handler(IdempotentReplay, replay)
     add_cors_middleware(app, settings)
     body_limits = BodyLimits(

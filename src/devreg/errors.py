@@ -273,6 +273,20 @@ def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     }
 
 
+def document_problems(schema: dict[str, Any]) -> dict[str, Any]:
+    """An OpenAPI schema whose error responses name the media type they are sent as: FastAPI
+    puts a response model's schema under application/json, which no error is sent as."""
+    for operations in schema.get("paths", {}).values():
+        for operation in operations.values():
+            if not isinstance(operation, dict):
+                continue
+            for response in operation.get("responses", {}).values():
+                content = response.get("content", {})
+                if PROBLEM_MEDIA_TYPE in content and "application/json" in content:
+                    content[PROBLEM_MEDIA_TYPE] = content.pop("application/json")
+    return schema
+
+
 async def _devreg_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, DevregError)
     return error_response(request, exc)
