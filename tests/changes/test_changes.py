@@ -127,6 +127,26 @@ class TestReading:
         seen = await client.get(history(bobs), headers=bearer(writer))
         assert [c["action"] for c in seen.json()["items"]] == ["create"]
 
+    async def test_a_user_sees_the_history_of_the_devices_the_user_owns(
+        self, client: AsyncClient
+    ) -> None:
+        ann = await create_user(client, name="ann")
+        bob = await create_user(client, name="bob")
+        bobs_before_tokens = await create_device(client, name="bob-1", owner_id=bob["id"])
+        await create_device(client, name="ann-1", owner_id=ann["id"])
+        admin = await new_token(client, user_id=ann["id"], admin=True)
+        reader = await new_token(client, as_token=admin, user_id=bob["id"], scope="read")
+        given = await client.post(
+            DEVICES, json={"name": "bob-2", "owner_id": bob["id"]}, headers=bearer(admin)
+        )
+
+        seen = await client.get(
+            CHANGES, params={"object_type": "device", "sort": "id"}, headers=bearer(reader)
+        )
+
+        expected = [bobs_before_tokens["id"], given.json()["id"]]
+        assert [c["object_id"] for c in seen.json()["items"]] == expected
+
     async def test_filters_sort_and_pages(self, client: AsyncClient) -> None:
         for name in ("a", "b", "c"):
             await create_device(client, name=name)

@@ -18,5 +18,6 @@ class ChangeFilter:
     action: tuple[Action, ...] = ()
     since: datetime | None = None
     until: datetime | None = None
-    # Only changes made by this user: what a non-admin token may see of the log.
-    made_by: int | None = None
+    # Only what this user may see of the log (a non-admin token's): the changes the user made,
+    # and the history of the devices the user owns.
+    visible_to: int | None = None

@@ -2,14 +2,15 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, delete, select
+from sqlalchemy import ColumnElement, Select, delete, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from devreg.changes.filters import ChangeFilter
-from devreg.changes.models import Change
+from devreg.changes.models import Change, ObjectType
 from devreg.changes.schemas import ChangeRead
 from devreg.db.keyset import count_matching, fetch_page
 from devreg.db.rendering import JsonShape, Rendered, instant
+from devreg.devices.models import Device
 from devreg.pagination import Position, Sort, SortValue
 
 _CHANGE_JSON = JsonShape(
@@ -79,8 +80,14 @@ class ChangeRepository:
         ):
             if values:
                 conditions.append(column.in_(values))
-        if filters.made_by is not None:
-            conditions.append(Change.user_id == filters.made_by)
+        if filters.visible_to is not None:
+            owned = select(Device.id).where(Device.owner_id == filters.visible_to)
+            conditions.append(
+                or_(
+                    Change.user_id == filters.visible_to,
+                    (Change.object_type == ObjectType.DEVICE) & Change.object_id.in_(owned),
+                )
+            )
         if filters.since is not None:
             conditions.append(Change.at >= filters.since)
         if filters.until is not None:

@@ -17,9 +17,10 @@ from devreg.pagination import PageRequest, PageResult, paginate_listing
 async def list_changes(
     session: AsyncSession, *, filters: ChangeFilter, page: PageRequest, principal: Principal
 ) -> PageResult[Rendered]:
-    """Every change for an admin; for any other token, the changes its user made."""
+    """Every change for an admin; for any other token, the changes its user made and the
+    history of the devices its user owns."""
     if principal.owner is not None:
-        filters = replace(filters, made_by=principal.owner)
+        filters = replace(filters, visible_to=principal.owner)
     return await _page(session, filters, page)
 
 
