@@ -410,6 +410,24 @@ class TestListUserDevices:
         assert response.json() == {"items": mine, "next_cursor": None}
         assert {item["owner"]["name"] for item in mine} == {"ann"}
 
+    async def test_an_owner_filter_combines_with_the_user(self, client):
+        ann = await create_user(client, name="ann")
+        bob = await create_user(client, name="bob")
+        anns = await create_device(client, name="a", owner_id=ann["id"])
+        await create_device(client, name="b", owner_id=bob["id"])
+        url = f"{USERS}/{ann['id']}/devices"
+
+        others = await client.get(url, params={"owner_id": bob["id"], "count": "exact"})
+        either = await client.get(url, params={"owner_id": [bob["id"], ann["id"]]})
+
+        assert others.json() == {
+            "items": [],
+            "next_cursor": None,
+            "total": 0,
+            "total_is_estimate": False,
+        }
+        assert either.json()["items"] == [anns]
+
     async def test_user_without_devices_has_an_empty_page(self, client):
         user = await create_user(client)
         await create_device(client)

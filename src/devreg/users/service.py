@@ -92,6 +92,9 @@ async def list_user_devices(
 ) -> PageResult[Rendered]:
     await get_user(session, user_id, principal=principal)
     owned = replace(filters, owner_id=(user_id,))
+    if filters.owner_id and user_id not in filters.owner_id:
+        # Filters combine with AND: the user's devices owned by other users are none.
+        owned = replace(owned, has_owner=False)
     return await devices_service.list_devices(
         session, filters=owned, page=page, principal=principal
     )
