@@ -56,9 +56,9 @@ class TestWrongMethod:
     @pytest.mark.parametrize(
         ("method", "path", "allowed"),
         [
-            ("DELETE", "/livez", {"GET"}),
-            ("POST", "/api/v1/devices/1", {"GET", "PUT", "PATCH", "DELETE"}),
-            ("PATCH", "/api/v1/device/1", {"GET", "PUT", "DELETE"}),
+            ("DELETE", "/livez", {"GET", "HEAD"}),
+            ("POST", "/api/v1/devices/1", {"GET", "HEAD", "PUT", "PATCH", "DELETE"}),
+            ("PATCH", "/api/v1/device/1", {"GET", "HEAD", "PUT", "DELETE"}),
         ],
     )
     async def test_unsupported_method_returns_405_with_allow(
@@ -70,6 +70,30 @@ class TestWrongMethod:
         allow = {part.strip() for part in response.headers["allow"].split(",")}
         assert allowed <= allow
         assert method not in allow
+
+
+class TestHead:
+    @pytest.mark.parametrize(
+        "path", ["/api/v1/devices/{id}", "/api/v1/devices", "/api/v1/devices/export", "/livez"]
+    )
+    async def test_head_is_a_get_without_its_body(self, client: AsyncClient, path: str) -> None:
+        created = await client.post("/api/v1/devices", json={"name": "pi"})
+        url = path.format(id=created.json()["id"])
+        got = await client.get(url)
+
+        head = await client.head(url)
+
+        assert head.status_code == got.status_code == 200
+        assert head.content == b""
+        assert head.headers["content-type"] == got.headers["content-type"]
+        assert head.headers.get("etag") == got.headers.get("etag")
+        assert head.headers.get("content-length") == got.headers.get("content-length")
+
+    async def test_head_of_a_missing_device_is_a_404(self, client: AsyncClient) -> None:
+        response = await client.head("/api/v1/devices/999999")
+
+        assert response.status_code == 404
+        assert response.content == b""
 
 
 class TestValidationError:

@@ -61,16 +61,19 @@ class EdgeMiddleware:
             await self.app(scope, receive, send)
             return
         started_at = time.perf_counter()
+        method = scope["method"]
+        if method == "HEAD":  # a GET without its body (RFC 9110, 9.3.2), wherever GET is served
+            scope = {**scope, "method": "GET"}
         headers = scope["headers"]
         request_id = _request_id(headers)
         correlation_id.set(request_id)
         added = (*SECURITY_HEADERS, (REQUEST_ID_HEADER, request_id.encode("ascii")))
         status = 500
-        response_started = False
+        response_started = head_answered = False
         turn: Turn | None = None
 
         async def send_with_headers(message: Message) -> None:
-            nonlocal status, response_started
+            nonlocal status, response_started, head_answered
             if message["type"] == "http.response.start":
                 status = message["status"]
                 response_started = True
@@ -78,6 +81,11 @@ class EdgeMiddleware:
                 message["headers"] = [*kept, *added]
                 if turn is not None:
                     turn.end()
+            elif method == "HEAD":
+                if head_answered:
+                    return
+                head_answered = True
+                message = {"type": "http.response.body", "body": b"", "more_body": False}
             await send(message)
 
         try:
@@ -103,7 +111,7 @@ class EdgeMiddleware:
             request_logger.info(
                 "request",
                 extra={
-                    "method": scope["method"],
+                    "method": method,
                     "path": scope["path"],
                     "status": status,
                     "duration_ms": round((time.perf_counter() - started_at) * 1000, 2),

@@ -372,6 +372,8 @@ def _allowed_methods(request: Request) -> str:
             route.matches({**request.scope, "method": method})[0] is Match.FULL for route in routes
         )
     ]
+    if "GET" in allowed and "HEAD" not in allowed:  # served wherever GET is (edge.py)
+        allowed.insert(allowed.index("GET") + 1, "HEAD")
     return ", ".join(allowed)
 
 
