@@ -3,6 +3,7 @@
 import asyncio
 import json
 import re
+from typing import Any
 
 import pytest
 from sqlalchemy.engine import URL
@@ -187,6 +188,35 @@ class TestStartupErrors:
         assert "wrong password" in result.stderr
         assert "not-the-password-42" not in result.output
         assert len(result.stderr.strip().splitlines()) == 1
+
+    @pytest.mark.parametrize(
+        ("change", "named"),
+        [({"port": 99999}, "port"), ({"query": {"sslmode": "bogus"}}, "sslmode")],
+    )
+    def test_an_unusable_url_is_a_usage_error(
+        self,
+        devreg: Invoke,
+        committed_database_url: URL,
+        monkeypatch: pytest.MonkeyPatch,
+        change: dict[str, Any],
+        named: str,
+    ) -> None:
+        unusable = committed_database_url.set(password="secret-42", **change)
+        monkeypatch.setenv("DATABASE_URL", unusable.render_as_string(hide_password=False))
+        result = devreg("users", "list")
+        assert result.exit_code == 2
+        assert result.stderr.startswith("devreg: invalid database URL: ")
+        assert named in result.stderr
+        assert "secret-42" not in result.output
+
+    def test_a_refused_ssl_upgrade_is_named(
+        self, devreg: Invoke, committed_database_url: URL, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        with_ssl = committed_database_url.set(query={"ssl": "require"})
+        monkeypatch.setenv("DATABASE_URL", with_ssl.render_as_string(hide_password=False))
+        result = devreg("users", "list")
+        assert result.exit_code == 1
+        assert "rejected SSL upgrade" in result.stderr
 
     def test_missing_database_is_named(
         self, devreg: Invoke, committed_database_url: URL, monkeypatch: pytest.MonkeyPatch

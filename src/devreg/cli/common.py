@@ -20,7 +20,7 @@ from devreg.config import Settings, get_settings
 from devreg.db import migrations
 from devreg.db.embedded import EmbeddedPostgresError, resolve_database_url
 from devreg.db.rendering import Rendered
-from devreg.db.server import DatabaseConnectError, check_connection
+from devreg.db.server import DatabaseConnectError, InvalidDatabaseUrl, check_connection
 from devreg.db.session import create_engine, create_sessionmaker, session_scope
 from devreg.errors import DevregError, InvalidParameter
 from devreg.pagination import Page, PageResult, page_json
@@ -53,6 +53,8 @@ def run_async(operation: Coroutine[Any, Any, T]) -> T:
     """Run a coroutine, turning the failures a user can act on into one line on stderr."""
     try:
         return asyncio.run(operation)
+    except InvalidDatabaseUrl as exc:
+        fail(str(exc), code=2)
     except (DatabaseConnectError, EmbeddedPostgresError) as exc:
         fail(str(exc))
     except InvalidParameter as exc:

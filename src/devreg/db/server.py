@@ -17,6 +17,10 @@ class DatabaseConnectError(Exception):
     """PostgreSQL could not be reached at start-up; the message is one line, with no password."""
 
 
+class InvalidDatabaseUrl(DatabaseConnectError):
+    """The URL names no possible connection (a port beyond 65535, an option the driver lacks)."""
+
+
 def _causes(exc: BaseException) -> Iterator[BaseException]:
     seen: set[int] = set()
     current: BaseException | None = exc
@@ -41,7 +45,7 @@ def describe_connect_failure(exc: BaseException, url: URL) -> str:
         if isinstance(cause, TimeoutError):
             return f"unreachable host: {where} did not answer in time"
         if isinstance(cause, OSError):
-            reason = cause.strerror or type(cause).__name__
+            reason = cause.strerror or str(cause) or type(cause).__name__
             return f"unreachable host: cannot connect to {where} ({reason})"
     return f"cannot connect to {where} ({type(exc).__name__})"
 
@@ -52,9 +56,16 @@ async def check_connection(url: URL, *, connect_timeout: float) -> None:
         async with engine.connect() as connection:
             await connection.execute(text("SELECT 1"))
     except Exception as exc:
+        # The driver's own words for a URL it cannot use, which name no password.
+        unusable = next((c for c in _causes(exc) if isinstance(c, _URL_ERRORS)), None)
+        if unusable is not None:
+            raise InvalidDatabaseUrl(f"invalid database URL: {unusable}") from None
         raise DatabaseConnectError(describe_connect_failure(exc, url)) from None
     finally:
         await engine.dispose()
+
+
+_URL_ERRORS = (OverflowError, TypeError, ValueError)
 
 
 async def ensure_database(url: URL) -> None:
