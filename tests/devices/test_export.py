@@ -4,9 +4,19 @@ from typing import Any
 
 import pytest
 from httpx import AsyncClient, Response
+from sqlalchemy.engine import URL
 
+from devreg.app import create_app
 from tests.api import DEVICES, assert_problem, create_device, create_user, stored_devices
-from tests.support import EXPORT_HEADER, EXPORT_PARSERS, export_view
+from tests.support import (
+    EXPORT_HEADER,
+    EXPORT_PARSERS,
+    admin,
+    api_client,
+    export_view,
+    make_settings,
+    running,
+)
 
 EXPORT = f"{DEVICES}/export"
 FORMATS = list(EXPORT_PARSERS)
@@ -233,3 +243,19 @@ class TestExportFilters:
         response = await client.get(EXPORT, params=params)
 
         assert_problem(response, 422)
+
+
+async def test_a_timeout_before_the_first_chunk_is_a_503_problem(
+    committed_database_url: URL,
+) -> None:
+    await admin(
+        committed_database_url,
+        "SELECT set_config('devreg.record_changes', 'off', false)",  # not a change anyone made
+        "INSERT INTO devices (name) SELECT 'device ' || g FROM generate_series(1, 200000) AS g",
+    )
+    app = create_app(make_settings(committed_database_url, statement_timeout=0.1))
+    async with running(app) as started, api_client(started) as client:
+        response = await client.get(EXPORT)
+
+    assert_problem(response, 503)
+    assert response.headers["retry-after"]

@@ -5,10 +5,12 @@ import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
+import asyncpg
 from sqlalchemy import Select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from devreg.db.driver import driver_connection, driver_sql
+from devreg.errors import sqlstate_problem
 
 _CHUNK_BYTES = 256 * 1024
 _CHUNKS_IN_FLIGHT = 8  # with _CHUNK_BYTES, what bounds the memory one export uses
@@ -42,7 +44,13 @@ async def copy_out(
     try:
         while (chunk := await chunks.get()) is not None:
             yield chunk
-        await producer  # raises what COPY raised, if anything
+        try:
+            await producer  # raises what COPY raised, if anything
+        except asyncpg.PostgresError as exc:
+            problem = sqlstate_problem(str(exc.sqlstate))  # a timeout, the server going away
+            if problem is None:
+                raise
+            raise problem from None
     finally:
         if not producer.done():
             producer.cancel()

@@ -1,8 +1,10 @@
-from typing import Annotated, Any
+from collections.abc import AsyncIterator
+from typing import Annotated, Any, cast
 
 from fastapi import APIRouter, Body, Depends, Path, Request, Response, status
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field, TypeAdapter
+from starlette.types import Receive, Scope, Send
 
 from devreg.calls import ApiRoute, Call, documented, header_parameter
 from devreg.conditional import IfMatch, etag, not_modified
@@ -26,7 +28,13 @@ from devreg.devices.schemas import (
     DeviceRead,
     DeviceUpdate,
 )
-from devreg.errors import InvalidParameter, PreconditionRequired, problem_responses
+from devreg.errors import (
+    DevregError,
+    InvalidParameter,
+    PreconditionRequired,
+    error_response,
+    problem_responses,
+)
 from devreg.idempotency.header import IDEMPOTENCY_KEY_HEADER, Idempotency
 from devreg.locations import created_location
 from devreg.querystring import Listing, PageQuery, QueryString, json_scalar, page_response
@@ -233,13 +241,35 @@ async def create_device(data: DeviceCreate, call: Call) -> Response:
 async def export_devices(call: Call, session: StreamingSessionDep) -> StreamingResponse:
     """Every device matching the filters (those of `GET /devices`), streamed in constant memory."""
     query = _DEVICE_EXPORT_QUERY(call)
-    return StreamingResponse(
+    return _ExportResponse(
         export.export_devices(
             session, filters=query.filters(call), format=query.format, principal=call.principal
         ),
         media_type=EXPORT_MEDIA_TYPES[query.format],
         headers={"Content-Disposition": f'attachment; filename="devices.{query.format.value}"'},
     )
+
+
+class _ExportResponse(StreamingResponse):
+    """An export whose first chunk is read before anything is sent: a failure that early (a
+    timeout, the database gone) is still an error response, not a 200 whose stream breaks off."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        chunks = cast(AsyncIterator[bytes], self.body_iterator)
+        try:
+            first = await anext(chunks, None)
+        except DevregError as exc:
+            await error_response(Request(scope), exc)(scope, receive, send)
+            return
+        self.body_iterator = _prepended(first, chunks)
+        await super().__call__(scope, receive, send)
+
+
+async def _prepended(first: bytes | None, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    if first is not None:
+        yield first
+    async for chunk in rest:
+        yield chunk
 
 
 @router.get(
