@@ -87,23 +87,31 @@ def _storable_instant(value: datetime) -> datetime:
 Instant = Annotated[AwareDatetime, AfterValidator(_storable_instant)]
 """A point in time, with its offset (`Z` or `+01:00`)."""
 
-_SHORT_DURATION = re.compile(r"(\d{1,6})([dhm])")
-_DURATION_UNITS = {"d": "days", "h": "hours", "m": "minutes"}
+_SHORT_DURATION = re.compile(r"(\d{1,10})([dhms]?)")
+_DURATION_UNITS = {"d": "days", "h": "hours", "m": "minutes", "s": "seconds", "": "seconds"}
+_DURATION_MAX = timedelta(days=36_500)
 
 
 def _short_duration(value: Any) -> Any:
-    """`90d`, `12h`, `30m` as a timedelta; anything else is left to pydantic (ISO 8601, seconds)."""
+    """`90d`, `12h`, `30m`, `3600s` or `3600` (seconds, as text too: the CLI's options are text)
+    as a timedelta; anything else is left to pydantic (ISO 8601, a number of seconds)."""
     if isinstance(value, str) and (match := _SHORT_DURATION.fullmatch(value.strip())):
         return timedelta(**{_DURATION_UNITS[match[2]]: int(match[1])})
     return value
 
 
+def _sensible_duration(value: timedelta) -> timedelta:
+    if value <= timedelta(0):
+        raise ValueError("must be longer than zero")
+    if value > _DURATION_MAX:
+        raise ValueError("must be at most 36500 days")
+    return value
+
+
 Duration = Annotated[
-    timedelta,
-    BeforeValidator(_short_duration),
-    Field(gt=timedelta(0), le=timedelta(days=36_500)),
+    timedelta, BeforeValidator(_short_duration), AfterValidator(_sensible_duration)
 ]
-"""A span of time: `90d`, `12h`, `30m`, an ISO 8601 duration (`P90D`) or seconds."""
+"""A span of time: `90d`, `12h`, `30m`, `3600s`, seconds, or an ISO 8601 duration (`P90D`)."""
 
 ATTRIBUTES_MAX_DEPTH = 16
 ATTRIBUTES_MAX_BYTES = 64 * 1024  # as compact JSON text

@@ -329,7 +329,19 @@ class TestChanges:
         )
         assert left == [{"name": "new"}]
 
-    def test_prune_needs_a_valid_age(self, devreg: Invoke) -> None:
-        result = devreg("changes", "prune", "--older-than", "soon")
+    @pytest.mark.parametrize(
+        ("age", "says"),
+        [
+            ("soon", "older_than"),
+            ("0d", "older_than: Value error, must be longer than zero"),
+            ("36501d", "older_than: Value error, must be at most 36500 days"),
+        ],
+    )
+    def test_prune_needs_a_valid_age(self, devreg: Invoke, age: str, says: str) -> None:
+        result = devreg("changes", "prune", "--older-than", age)
         assert result.exit_code == 2
-        assert "older_than" in result.stderr
+        assert says in result.stderr
+
+    @pytest.mark.parametrize("age", ["3600", "3600s", "60m", "1h", "PT1H"])
+    def test_an_age_is_read_in_any_unit(self, devreg: Invoke, age: str) -> None:
+        assert devreg("changes", "prune", "--older-than", age).exit_code == 0
