@@ -26,6 +26,7 @@ from sqlalchemy.pool import NullPool
 from starlette.types import Receive, Scope, Send
 
 from devreg.config import Settings
+from devreg.db.session import SessionMaker, create_engine, create_sessionmaker
 
 
 def free_port() -> int:
@@ -43,6 +44,17 @@ def make_settings(url: URL, **overrides: object) -> Settings:
         **overrides,
     }
     return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+
+
+@asynccontextmanager
+async def one_connection(url: URL, **settings: object) -> AsyncIterator[SessionMaker]:
+    """Sessions on an engine whose pool holds a single connection: each statement runs on the
+    connection the one before it left behind."""
+    engine = create_engine(url, make_settings(url, pool_size=1, max_overflow=0, **settings))
+    try:
+        yield create_sessionmaker(engine)
+    finally:
+        await engine.dispose()
 
 
 async def admin(server_url: URL, *statements: str) -> None:

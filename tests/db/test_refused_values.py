@@ -12,9 +12,9 @@ from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError
 
 from devreg.db.driver import DriverStatement, fetch_all, fetch_row
-from devreg.db.session import SessionMaker, create_engine, create_sessionmaker, session_scope
+from devreg.db.session import SessionMaker, session_scope
 from devreg.errors import InvalidInput, database_problem
-from tests.support import make_settings
+from tests.support import one_connection
 
 TOO_LARGE = 2**31
 INTEGER = select(bindparam("n", type_=Integer).label("n"))
@@ -26,12 +26,8 @@ FRESH = select((func.clock_timestamp() - func.now() < RECENT).label("fresh"))
 
 @pytest.fixture
 async def sessionmaker(committed_database_url: URL) -> AsyncIterator[SessionMaker]:
-    settings = make_settings(committed_database_url, pool_size=1, max_overflow=0)
-    engine = create_engine(committed_database_url, settings)
-    try:
-        yield create_sessionmaker(engine)
-    finally:
-        await engine.dispose()
+    async with one_connection(committed_database_url) as sessions:
+        yield sessions
 
 
 async def test_on_the_hot_path(sessionmaker: SessionMaker) -> None:

@@ -11,9 +11,9 @@ from sqlalchemy.exc import DBAPIError
 
 from devreg.db import migrations
 from devreg.db.driver import DriverStatement, fetch_all, fetch_row
-from devreg.db.session import SessionMaker, create_engine, create_sessionmaker, session_scope
+from devreg.db.session import SessionMaker, create_engine, session_scope
 from devreg.errors import StatementTimedOut, database_problem
-from tests.support import admin, create_database, make_settings
+from tests.support import admin, create_database, make_settings, one_connection
 
 SLOW = select(func.pg_sleep(bindparam("seconds", 2)))
 BACKEND = select(func.pg_backend_pid().label("pid"))
@@ -21,14 +21,8 @@ BACKEND = select(func.pg_backend_pid().label("pid"))
 
 @pytest.fixture
 async def sessionmaker(committed_database_url: URL) -> AsyncIterator[SessionMaker]:
-    settings = make_settings(
-        committed_database_url, statement_timeout=0.2, pool_size=1, max_overflow=0
-    )
-    engine = create_engine(committed_database_url, settings)
-    try:
-        yield create_sessionmaker(engine)
-    finally:
-        await engine.dispose()
+    async with one_connection(committed_database_url, statement_timeout=0.2) as sessions:
+        yield sessions
 
 
 async def test_a_hot_path_statement_past_the_timeout(sessionmaker: SessionMaker) -> None:
