@@ -96,7 +96,10 @@ def _short_duration(value: Any) -> Any:
     """`90d`, `12h`, `30m`, `3600s` or `3600` (seconds, as text too: the CLI's options are text)
     as a timedelta; anything else is left to pydantic (ISO 8601, a number of seconds)."""
     if isinstance(value, str) and (match := _SHORT_DURATION.fullmatch(value.strip())):
-        return timedelta(**{_DURATION_UNITS[match[2]]: int(match[1])})
+        try:
+            return timedelta(**{_DURATION_UNITS[match[2]]: int(match[1])})
+        except OverflowError:  # beyond what a timedelta holds, and so beyond the limit
+            raise ValueError(f"must be at most {_DURATION_MAX.days} days") from None
     return value
 
 
@@ -104,7 +107,7 @@ def _sensible_duration(value: timedelta) -> timedelta:
     if value <= timedelta(0):
         raise ValueError("must be longer than zero")
     if value > _DURATION_MAX:
-        raise ValueError("must be at most 36500 days")
+        raise ValueError(f"must be at most {_DURATION_MAX.days} days")
     return value
 
 

@@ -335,6 +335,7 @@ class TestChanges:
             ("soon", "older_than"),
             ("0d", "older_than: Value error, must be longer than zero"),
             ("36501d", "older_than: Value error, must be at most 36500 days"),
+            ("1000000000d", "older_than: Value error, must be at most 36500 days"),
         ],
     )
     def test_prune_needs_a_valid_age(self, devreg: Invoke, age: str, says: str) -> None:

@@ -1,18 +1,23 @@
 """`devreg import devices`, `devreg export devices` and `devreg seed`, run in-process against a
 database of the test's own (real commits)."""
 
+import asyncio
 import csv
 import io
 import json
 import os
 import stat
+import sys
 from collections.abc import AsyncIterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import text
 from sqlalchemy.engine import URL
+from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.pool import NullPool
 from typer.testing import Result
 
 from tests.cli.conftest import Invoke
@@ -23,6 +28,7 @@ from tests.support import (
     create_database,
     csv_records,
     export_view,
+    query,
 )
 
 FORMATS = list(EXPORT_PARSERS)
@@ -330,6 +336,33 @@ class TestImportConflicts:
         assert first["version"] == registered["version"] + 1
         assert second["serial_number"] == "SN-2"
 
+    async def test_update_waits_for_a_device_being_registered_and_updates_it(
+        self, committed_database_url, tmp_path
+    ):
+        path = write(tmp_path, "d.csv", "name,serial_number\nfrom-file,SN-R\n")
+        url = committed_database_url.render_as_string(hide_password=False)
+        engine = create_async_engine(committed_database_url, poolclass=NullPool)
+        try:
+            async with engine.connect() as registering:
+                await registering.execute(
+                    text("INSERT INTO devices (name, serial_number) VALUES ('first', 'SN-R')")
+                )
+                importing = await asyncio.create_subprocess_exec(
+                    sys.executable, "-m", "devreg", "import", "devices", str(path),
+                    "--on-conflict", "update",
+                    env={**os.environ, "DATABASE_URL": url}, stdout=asyncio.subprocess.PIPE,
+                )  # fmt: skip
+                await asyncio.sleep(2)  # the import now waits for this transaction
+                await registering.commit()
+            output, _ = await asyncio.wait_for(importing.communicate(), 60)
+        finally:
+            await engine.dispose()
+
+        assert importing.returncode == 0
+        assert output.decode().startswith("1 rows: 0 inserted, 1 updated, 0 skipped")
+        names = await query(committed_database_url, "SELECT name FROM devices")
+        assert names == [{"name": "from-file"}]
+
     @pytest.mark.parametrize(
         ("name", "text"),
         [
@@ -409,6 +442,14 @@ BAD_FILES = [
     ),
     pytest.param(
         "d.csv", "name,colour\n" + "a,red\n", 1, "colour", id="csv-unknown-column"
+    ),
+    pytest.param(
+        "d.csv", "\n\nname,colour\n" + "a,red\n", 3, "colour",
+        id="csv-unknown-column-after-blank-lines",
+    ),
+    pytest.param(
+        "d.csv", "name,model,\n" + "a,m,\n", 1, "unknown columns: ''",
+        id="csv-header-with-a-trailing-comma",
     ),
     pytest.param(
         "d.csv", CSV_HEADER + '"two\nlines",SN-1,active,,[]\n' + "b,SN-2,nope,,[]\n", 4, "status",

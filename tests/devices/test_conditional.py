@@ -141,6 +141,17 @@ async def test_bulk_writes_are_a_428_when_if_match_is_required(
     assert await fetch_device(client, device["id"]) == device
 
 
+@pytest.mark.usefixtures("if_match_required")
+async def test_deleting_a_user_with_devices_is_a_428_when_if_match_is_required(
+    client: AsyncClient,
+) -> None:
+    owner = (await client.post("/api/v1/users", json={"name": "ann"})).json()
+    device = await create_device(client, owner_id=owner["id"])
+    url = f"/api/v1/users/{owner['id']}"
+    assert_problem(await client.delete(url, params={"cascade": "devices"}), 428)
+    assert await fetch_device(client, device["id"]) == device
+
+
 async def test_the_tutorial_routes_honour_if_match(client: AsyncClient) -> None:
     device = await create_device(client)
     url = f"{TUTORIAL_DEVICES}/{device['id']}"

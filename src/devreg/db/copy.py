@@ -10,7 +10,7 @@ from sqlalchemy import Select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from devreg.db.driver import driver_connection, driver_sql
-from devreg.errors import sqlstate_problem
+from devreg.errors import ServiceUnavailable, sqlstate_problem
 
 _CHUNK_BYTES = 256 * 1024
 _CHUNKS_IN_FLIGHT = 8  # with _CHUNK_BYTES, what bounds the memory one export uses
@@ -51,6 +51,8 @@ async def copy_out(
             if problem is None:
                 raise
             raise problem from None
+        except (asyncpg.InterfaceError, OSError):  # the connection went away mid-COPY
+            raise ServiceUnavailable() from None
     finally:
         if not producer.done():
             producer.cancel()

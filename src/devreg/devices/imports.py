@@ -65,7 +65,7 @@ async def import_devices(
 ) -> ImportResult:
     """`progress`, if given, is called with the number of rows written so far, batch by batch."""
     repository = DeviceRepository(session)
-    await repository.create_import_staging()
+    await repository.create_import_staging(on_conflict)
     rows = _parse(source, format)
     batches = (_validated(batch) for batch in _batches(rows))
     rows_read = inserted = updated = 0
@@ -135,12 +135,14 @@ def _csv_rows(source: IO[str]) -> Iterator[Row]:
     reader = csv.reader(source)
     records = _records(reader)
     header = next((values for values in records if values), [])  # blank lines before it too
+    header_line = reader.line_num
     unknown = set(header) - DeviceCreate.model_fields.keys() - _IGNORED
     if unknown:
-        raise ImportRejected(1, f"unknown columns: {', '.join(sorted(unknown))}")
+        names = ", ".join(column or repr(column) for column in sorted(unknown))
+        raise ImportRejected(header_line, f"unknown columns: {names}")
     repeated = sorted({column for column in header if header.count(column) > 1})
     if repeated:
-        raise ImportRejected(1, f"columns appear more than once: {', '.join(repeated)}")
+        raise ImportRejected(header_line, f"columns appear more than once: {', '.join(repeated)}")
     kept = [(index, column) for index, column in enumerate(header) if column not in _IGNORED]
     given = tuple(column for _, column in kept)
     line = reader.line_num + 1

@@ -92,6 +92,7 @@ CREATE TEMP TABLE device_import_serial (serial_number text PRIMARY KEY, line big
 ON COMMIT DROP
 """,
 )
+_INDEX_STAGED_SERIALS = "CREATE INDEX ON device_import (serial_number)"
 _EMPTY_STAGING = "TRUNCATE device_import"
 # Remembers the batch's serial numbers; the first line whose serial number came earlier.
 _FIRST_REPEATED_SERIAL = """
@@ -130,26 +131,23 @@ SELECT count(*) FILTER (WHERE inserted) AS inserted,
        count(*) FILTER (WHERE NOT inserted) AS updated
 FROM written
 """
+_UPDATED_BY_IMPORT = tuple(column for column in _WRITABLE_COLUMNS if column != "serial_number")
+_GIVEN_OR_KEPT = ", ".join(
+    f"CASE WHEN '{column}' = ANY(staged.given) THEN EXCLUDED.{column} ELSE devices.{column} END"
+    for column in _UPDATED_BY_IMPORT
+)
 _ON_CONFLICT = {
     OnConflict.ERROR: "",
     OnConflict.SKIP: "ON CONFLICT (serial_number) DO NOTHING",
-    # The registered ones were updated just before (_UPDATE_STAGED).
-    OnConflict.UPDATE: "ON CONFLICT (serial_number) DO NOTHING",
+    # A field the file leaves out (a CSV column it lacks, a key an NDJSON line lacks) keeps the
+    # device's value, as in a PATCH. In the insert's own statement: a device another
+    # transaction is inserting at the same time is waited for and then updated, not skipped.
+    OnConflict.UPDATE: f"""ON CONFLICT (serial_number) DO UPDATE
+SET ({", ".join(_UPDATED_BY_IMPORT)}) = (
+    SELECT {_GIVEN_OR_KEPT}
+    FROM device_import AS staged WHERE staged.serial_number = EXCLUDED.serial_number
+)""",  # noqa: S608 - constant SQL
 }
-# A field the file leaves out (a CSV column it lacks, a key an NDJSON line lacks) keeps the
-# device's value, as in a PATCH.
-_UPDATE_STAGED = f"""
-UPDATE devices AS device SET {
-    ", ".join(
-        f"{column} = CASE WHEN '{column}' = ANY(staged.given) THEN staged.{column} "
-        f"ELSE device.{column} END"
-        for column in _WRITABLE_COLUMNS
-        if column != "serial_number"
-    )
-}
-FROM device_import AS staged
-WHERE device.serial_number = staged.serial_number
-"""  # noqa: S608 - constant SQL
 
 # A key an item leaves out keeps the device's value; a key sent as null sets NULL.
 _UPDATE_MANY = f"""
@@ -518,9 +516,11 @@ class DeviceRepository:
         found = await fetch_row(self.session, statement, _target(device_id, owner), _VIOLATIONS)
         return found is not None
 
-    async def create_import_staging(self) -> None:
+    async def create_import_staging(self, on_conflict: OnConflict) -> None:
         for statement in _CREATE_STAGING:
             await self.session.execute(text(statement))
+        if on_conflict is OnConflict.UPDATE:  # each update finds its staged row by serial number
+            await self.session.execute(text(_INDEX_STAGED_SERIALS))
 
     async def stage(self, records: Sequence[ImportRecord]) -> None:
         """Replace the staged batch: COPY (binary) on this session's connection and transaction."""
@@ -545,13 +545,9 @@ class DeviceRepository:
     async def insert_from_staging(self, on_conflict: OnConflict) -> tuple[int, int]:
         """Write the staged batch in one statement: (inserted, updated). Raises IntegrityError
         for an unknown owner, or (with OnConflict.ERROR) a serial number already registered."""
-        updated = 0
-        if on_conflict is OnConflict.UPDATE:
-            result = await self.session.execute(text(_UPDATE_STAGED))
-            updated = result.rowcount  # type: ignore[attr-defined]
         statement = _INSERT_STAGED.format(_ON_CONFLICT[on_conflict])
         row = (await self.session.execute(text(statement))).one()
-        return int(row.inserted), updated + int(row.updated)
+        return int(row.inserted), int(row.updated)
 
     async def delete(
         self,

@@ -28,13 +28,7 @@ from devreg.devices.schemas import (
     DeviceRead,
     DeviceUpdate,
 )
-from devreg.errors import (
-    DevregError,
-    InvalidParameter,
-    PreconditionRequired,
-    error_response,
-    problem_responses,
-)
+from devreg.errors import InvalidParameter, PreconditionRequired, problem_responses
 from devreg.idempotency.header import IDEMPOTENCY_KEY_HEADER, Idempotency
 from devreg.locations import created_location
 from devreg.querystring import Listing, PageQuery, QueryString, json_scalar, page_response
@@ -256,11 +250,9 @@ class _ExportResponse(StreamingResponse):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         chunks = cast(AsyncIterator[bytes], self.body_iterator)
-        try:
-            first = await anext(chunks, None)
-        except DevregError as exc:
-            await error_response(Request(scope), exc)(scope, receive, send)
-            return
+        # An error here reaches the app's handlers (nothing is sent yet) and, on its way, rolls
+        # the export's session back.
+        first = await anext(chunks, None)
         self.body_iterator = _prepended(first, chunks)
         await super().__call__(scope, receive, send)
 
@@ -290,7 +282,7 @@ async def get_device(device_id: DeviceId, call: Call) -> Response:
 @router.patch("/bulk", response_model=BulkResult, responses=problem_responses(409, 422, 428))
 async def update_devices(items: BulkUpdate, call: Call) -> BulkResult:
     """Up to 10,000 `{id, ...fields}` changes, all or nothing."""
-    _refuse_unguarded_bulk_write(call)
+    refuse_unguarded_bulk_write(call)
     ids = await bulk.update_devices(call.db, items=items, principal=call.principal)
     return BulkResult(ids=ids)
 
@@ -300,12 +292,13 @@ async def update_devices(items: BulkUpdate, call: Call) -> BulkResult:
 )
 async def delete_devices(ids: BulkDelete, call: Call) -> None:
     """Up to 10,000 ids, all or nothing: one unknown id and none is deleted."""
-    _refuse_unguarded_bulk_write(call)
+    refuse_unguarded_bulk_write(call)
     await bulk.delete_devices(call.db, ids=ids, principal=call.principal)
 
 
-def _refuse_unguarded_bulk_write(call: Call) -> None:
-    """A bulk update or delete names no versions: with REQUIRE_IF_MATCH it is refused (428)."""
+def refuse_unguarded_bulk_write(call: Call) -> None:
+    """A bulk update or delete (a user's devices deleted with the user too) names no versions:
+    with REQUIRE_IF_MATCH it is refused (428)."""
     if call.settings.require_if_match:
         raise PreconditionRequired(
             "REQUIRE_IF_MATCH is on and a bulk write cannot carry If-Match: change the devices "

@@ -5,7 +5,11 @@ from pydantic import Field
 
 from devreg.auth.guard import app_authenticator
 from devreg.calls import ApiRoute, Call, documented
-from devreg.devices.routes import DEVICE_LISTING_QUERY, DeviceListingDep
+from devreg.devices.routes import (
+    DEVICE_LISTING_QUERY,
+    DeviceListingDep,
+    refuse_unguarded_bulk_write,
+)
 from devreg.devices.schemas import DevicePage
 from devreg.errors import problem_responses
 from devreg.locations import created_location
@@ -101,6 +105,8 @@ async def delete_user(
     ] = None,
 ) -> None:
     """Admins only, once tokens are in use."""
+    if cascade == "devices":
+        refuse_unguarded_bulk_write(call)
     await service.delete_user(
         call.db,
         user_id,
