@@ -689,6 +689,17 @@ class TestExport:
         assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask
         assert [entry.name for entry in tmp_path.iterdir()] == ["new.csv"]
 
+    def test_a_symbolic_link_is_written_through(self, devreg, tmp_path):
+        (tmp_path / "real").mkdir()
+        (tmp_path / "links").mkdir()
+        (tmp_path / "links" / "out.csv").symlink_to("../real/target.csv")
+
+        ok(devreg("export", "devices", "-o", str(tmp_path / "links" / "out.csv")))
+
+        assert (tmp_path / "links" / "out.csv").is_symlink()
+        assert (tmp_path / "real" / "target.csv").read_text() == EXPORT_HEADER + "\n"
+        assert [entry.name for entry in (tmp_path / "real").iterdir()] == ["target.csv"]
+
     def test_a_failed_export_leaves_the_file_as_it_was(self, devreg, tmp_path):
         path = tmp_path / "keep.csv"
         path.write_text("precious\n")

@@ -106,25 +106,30 @@ def _replaced_on_success(output: Path | None) -> Iterator[IO[bytes]]:
     """Where an export goes: stdout; a device or a pipe, as it comes; or a file, written beside
     its place and moved there only once the export is whole, so that a failed export (no
     database, a timeout, a full disk) leaves nothing half-written and an existing file as it
-    was."""
+    was. A symbolic link is written through, to the file it names."""
     if output is None:
         yield sys.stdout.buffer
         return
-    if output.exists() and not output.is_file():
-        with output.open("wb") as device:
+    target = Path(os.path.realpath(output))
+    if target.exists() and not target.is_file():
+        with target.open("wb") as device:
             yield device
         return
-    mode = stat.S_IMODE(output.stat().st_mode) if output.exists() else 0o666 & ~_umask()
+    mode = stat.S_IMODE(target.stat().st_mode) if target.exists() else 0o666 & ~_umask()
     with tempfile.NamedTemporaryFile(
-        dir=output.parent, prefix=f".{output.name}.", delete=False
+        dir=target.parent, prefix=f".{target.name}.", delete=False
     ) as staged:
         try:
             yield staged
         except BaseException:
             os.unlink(staged.name)
             raise
-    os.chmod(staged.name, mode)
-    os.replace(staged.name, output)
+    try:
+        os.chmod(staged.name, mode)
+        os.replace(staged.name, target)
+    except OSError:
+        os.unlink(staged.name)
+        raise
 
 
 def _umask() -> int:
