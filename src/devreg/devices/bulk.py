@@ -1,6 +1,8 @@
 """Bulk use cases: many devices in one request, all or nothing, a statement or two of SQL."""
 
-from collections.abc import Hashable, Sequence
+from collections.abc import AsyncIterator, Hashable, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -9,7 +11,7 @@ from devreg.changes.actor import actor_of
 from devreg.devices.repository import DeviceRepository
 from devreg.devices.schemas import DeviceBulkUpdate, DeviceCreate
 from devreg.devices.service import with_permitted_owner
-from devreg.errors import InvalidItems
+from devreg.errors import InvalidItems, UnknownOwner
 
 
 async def register_devices(
@@ -22,7 +24,9 @@ async def register_devices(
         "serial_number appears more than once in this request",
     )
     rows = [with_permitted_owner(principal, item.model_dump(mode="json")) for item in items]
-    return await DeviceRepository(session).add_many(rows, actor=actor_of(principal))
+    repository = DeviceRepository(session)
+    async with _owners_checked(session, repository, rows):
+        return await repository.add_many(rows, actor=actor_of(principal))
 
 
 async def update_devices(
@@ -30,13 +34,20 @@ async def update_devices(
 ) -> list[int]:
     ids = [item.id for item in items]
     _refuse_repeats(ids, "id", "id appears more than once in this request")
+    _refuse_repeats(
+        [item.serial_number for item in items],
+        "serial_number",
+        "serial_number appears more than once in this request",
+    )
     changes = [
         with_permitted_owner(principal, item.model_dump(mode="json", exclude_unset=True))
         for item in items
     ]
-    updated = await DeviceRepository(session).update_many(
-        changes, actor=actor_of(principal), owner=principal.owner
-    )
+    repository = DeviceRepository(session)
+    async with _owners_checked(session, repository, changes):
+        updated = await repository.update_many(
+            changes, actor=actor_of(principal), owner=principal.owner
+        )
     _refuse_missing(ids, found=updated)
     return ids
 
@@ -49,6 +60,27 @@ async def delete_devices(
         list(dict.fromkeys(ids)), actor=actor_of(principal), owner=principal.owner
     )
     _refuse_missing(ids, found=deleted)
+
+
+@asynccontextmanager
+async def _owners_checked(
+    session: AsyncSession, repository: DeviceRepository, rows: Sequence[dict[str, Any]]
+) -> AsyncIterator[None]:
+    """Run the bulk write in a savepoint; if an owner_id names no user, say which items."""
+    try:
+        async with session.begin_nested():
+            yield
+    except UnknownOwner:
+        unknown = await repository.unknown_owners(
+            row["owner_id"] for row in rows if row.get("owner_id") is not None
+        )
+        raise InvalidItems(
+            {
+                index: ("owner_id", UnknownOwner.default_detail)
+                for index, row in enumerate(rows)
+                if row.get("owner_id") in unknown
+            }
+        ) from None
 
 
 def _refuse_repeats(values: Sequence[Hashable | None], field: str, reason: str) -> None:

@@ -487,6 +487,12 @@ class DeviceRepository:
         # reports them in.
         return sorted(ids)
 
+    async def unknown_owners(self, owner_ids: Iterable[int]) -> set[int]:
+        """Which of `owner_ids` name no user."""
+        wanted = set(owner_ids)
+        found = await self.session.scalars(select(User.id).where(User.id.in_(wanted)))
+        return wanted - set(found)
+
     async def update_many(
         self, changes: list[dict[str, Any]], *, actor: str, owner: int | None = None
     ) -> list[int]:
