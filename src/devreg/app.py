@@ -32,11 +32,11 @@ from devreg.db.session import (
 )
 from devreg.devices.routes import router as devices_router
 from devreg.edge import EdgeMiddleware
-from devreg.errors import document_problems, register_error_handlers
 from devreg.health.routes import HEALTH_PATHS
 from devreg.health.routes import router as health_router
 from devreg.idempotency.header import IdempotentReplay, replay
 from devreg.idempotency.service import forget_expired
+from devreg.problems import document_problems, register_error_handlers
 from devreg.security import add_cors_middleware
 from devreg.users.routes import router as users_router
 

@@ -8,10 +8,10 @@ the same reason the optional request headers a route reads (If-Match, If-None-Ma
 Idempotency-Key) are read from the call and documented in the OpenAPI schema by `documented`.
 """
 
-from collections.abc import Callable, Coroutine
-from typing import Any, TypeVar
+from collections.abc import AsyncIterator, Callable, Coroutine
+from typing import Annotated, Any, TypeVar
 
-from fastapi import Request, Response
+from fastapi import Depends, Request, Response
 from fastapi.routing import APIRoute
 from pydantic import TypeAdapter, ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -20,7 +20,7 @@ from devreg.auth.guard import authenticate
 from devreg.auth.principal import Principal
 from devreg.config import Settings
 from devreg.db.session import session_scope
-from devreg.errors import request_validation_error
+from devreg.problems import request_validation_error
 
 # Methods that only read: any live token may use them; every other method needs a write scope.
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -88,3 +88,13 @@ def documented(*parameters: dict[str, Any]) -> dict[str, Any]:
     """A route's `openapi_extra` naming the parameters it reads itself: headers
     (`header_parameter`) and query strings (`querystring.QueryString.parameters`)."""
     return {"parameters": list(parameters)}
+
+
+async def get_streaming_session(request: Request) -> AsyncIterator[AsyncSession]:
+    """A request's second session, for a streamed response: it stays open until the last byte
+    is sent (the request's own session ends before the response starts). Read-only use."""
+    async with session_scope(request.state.sessionmaker, begin=False) as session:
+        yield session
+
+
+StreamingSessionDep = Annotated[AsyncSession, Depends(get_streaming_session)]

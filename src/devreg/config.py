@@ -6,7 +6,6 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
-from fastapi import Depends, Request
 from platformdirs import user_data_path
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -166,12 +165,3 @@ def _to_async_url(raw: str) -> URL:
 @lru_cache
 def get_settings() -> Settings:
     return Settings()
-
-
-# async: FastAPI runs a plain `def` dependency in a worker thread, which costs more than this.
-async def _app_settings(request: Request) -> Settings:
-    settings: Settings = request.app.state.settings
-    return settings
-
-
-SettingsDep = Annotated[Settings, Depends(_app_settings)]

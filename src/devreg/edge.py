@@ -14,8 +14,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from devreg.admission import Admission, Turn
 from devreg.body_limit import BodyLimits, declared_too_large, receive_within, too_large
-from devreg.errors import PoolExhausted, error_response, problem_response, unhandled_error
+from devreg.errors import PoolExhausted
 from devreg.logs import request_logger
+from devreg.problems import error_response, problem_response, unhandled_error
 from devreg.security import SECURITY_HEADERS
 
 REQUEST_ID_HEADER = b"x-request-id"

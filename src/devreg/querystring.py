@@ -11,7 +11,7 @@ from fastapi import Request, Response
 from pydantic import BaseModel, Field, ValidationError
 
 from devreg.db.rendering import Rendered, json_fragments
-from devreg.errors import InvalidParameter, request_validation_error
+from devreg.errors import InvalidParameter
 from devreg.pagination import (
     CURSOR_MAX_LENGTH,
     PAGE_LIMIT_DEFAULT,
@@ -23,6 +23,7 @@ from devreg.pagination import (
     Sort,
     page_json,
 )
+from devreg.problems import request_validation_error
 
 FilterT = TypeVar("FilterT")
 

@@ -6,7 +6,7 @@ from devreg.auth import service
 from devreg.auth.guard import app_authenticator
 from devreg.auth.schemas import TokenCreate, TokenCreated, TokenList, TokenRead
 from devreg.calls import ApiRoute, Call
-from devreg.errors import problem_responses
+from devreg.problems import problem_responses
 from devreg.schemas import BIGINT_MAX, Id
 
 router = APIRouter(

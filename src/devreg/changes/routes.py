@@ -8,7 +8,7 @@ from devreg.changes import service
 from devreg.changes.filters import DEFAULT_SORT, SORT_KEYS, ChangeFilter
 from devreg.changes.models import Action, ObjectType
 from devreg.changes.schemas import ChangePage, ChangeRead
-from devreg.errors import problem_responses
+from devreg.problems import problem_responses
 from devreg.querystring import Listing, PageQuery, QueryString, page_response
 from devreg.schemas import BIGINT_MAX, Id, Instant
 

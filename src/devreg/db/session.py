@@ -3,9 +3,7 @@
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
-from typing import Annotated
 
-from fastapi import Depends, Request
 from sqlalchemy import event
 from sqlalchemy.engine import URL, ExceptionContext
 from sqlalchemy.ext.asyncio import (
@@ -100,13 +98,3 @@ async def session_scope(
     else:
         if session.in_transaction():
             await session.commit()
-
-
-async def get_streaming_session(request: Request) -> AsyncIterator[AsyncSession]:
-    """A request's second session, for a streamed response: it stays open until the last byte
-    is sent (the request's own session ends before the response starts). Read-only use."""
-    async with session_scope(request.state.sessionmaker, begin=False) as session:
-        yield session
-
-
-StreamingSessionDep = Annotated[AsyncSession, Depends(get_streaming_session)]

@@ -6,9 +6,8 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field, TypeAdapter
 from starlette.types import Receive, Scope, Send
 
-from devreg.calls import ApiRoute, Call, documented, header_parameter
+from devreg.calls import ApiRoute, Call, StreamingSessionDep, documented, header_parameter
 from devreg.conditional import IfMatch, etag, not_modified
-from devreg.db.session import StreamingSessionDep
 from devreg.devices import bulk, export, service
 from devreg.devices.export import EXPORT_MEDIA_TYPES, ExportFormat
 from devreg.devices.filters import (
@@ -28,9 +27,10 @@ from devreg.devices.schemas import (
     DeviceRead,
     DeviceUpdate,
 )
-from devreg.errors import InvalidParameter, PreconditionRequired, problem_responses
+from devreg.errors import InvalidParameter, PreconditionRequired
 from devreg.idempotency.header import IDEMPOTENCY_KEY_HEADER, Idempotency
 from devreg.locations import created_location
+from devreg.problems import problem_responses
 from devreg.querystring import Listing, PageQuery, QueryString, json_scalar, page_response
 from devreg.schemas import BIGINT_MAX, Id, Instant, SearchText, ShortText, Tag, storable_text
 

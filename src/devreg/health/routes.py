@@ -4,7 +4,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request, Response, status
 
-from devreg.config import SettingsDep
+from devreg.config import Settings
 from devreg.db.server import ping
 from devreg.health.schemas import Liveness, Readiness
 
@@ -25,7 +25,8 @@ async def livez() -> Liveness:
     return Liveness()
 
 
-async def _readiness(request: Request, response: Response, settings: SettingsDep) -> Readiness:
+async def _readiness(request: Request, response: Response) -> Readiness:
+    settings: Settings = request.app.state.settings
     if await ping(request.state.engine, within_seconds=settings.health_timeout):
         return Readiness(status="ok", db="reachable")
     response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE

@@ -11,8 +11,8 @@ from devreg.devices.routes import (
     refuse_unguarded_bulk_write,
 )
 from devreg.devices.schemas import DevicePage
-from devreg.errors import problem_responses
 from devreg.locations import created_location
+from devreg.problems import problem_responses
 from devreg.querystring import Listing, PageQuery, QueryString, page_response
 from devreg.schemas import BIGINT_MAX, Instant, ShortText
 from devreg.users import service

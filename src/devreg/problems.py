@@ -1,0 +1,216 @@
+"""The one place errors (devreg's own and every other failure) become RFC 9457 problems.
+
+Every error response is `application/problem+json` with `type`, `title`, `status`, `detail`
+(the human message, so `{"detail": ...}` clients keep working) and `instance`. No response
+and no log line carries SQL, a stack trace, a DSN or a password.
+"""
+
+import logging
+from http import HTTPStatus
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ValidationError
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
+
+from devreg.errors import DevregError, PoolExhausted, ServiceUnavailable, database_problem
+
+logger = logging.getLogger("devreg.errors")
+
+PROBLEM_MEDIA_TYPE = "application/problem+json"
+_TYPE_PREFIX = "urn:devreg:problem:"
+
+
+class ValidationIssue(BaseModel):
+    loc: list[str | int]
+    msg: str
+    type: str
+
+
+class Problem(BaseModel):
+    """The body of every error response (RFC 9457)."""
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    instance: str | None = None
+
+
+def problem_response(
+    request: Request,
+    *,
+    status: int,
+    detail: str,
+    slug: str | None = None,
+    headers: dict[str, str] | None = None,
+    **extensions: Any,
+) -> JSONResponse:
+    body = {
+        "type": _TYPE_PREFIX + slug if slug else "about:blank",
+        "title": HTTPStatus(status).phrase,
+        "status": status,
+        "detail": detail,
+        "instance": request.url.path,
+        **extensions,
+    }
+    return JSONResponse(body, status_code=status, headers=headers, media_type=PROBLEM_MEDIA_TYPE)
+
+
+def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """The `responses=` entry documenting a route's error statuses in OpenAPI."""
+    return {
+        status: {
+            "model": Problem,
+            "description": HTTPStatus(status).phrase,
+            "content": {PROBLEM_MEDIA_TYPE: {}},
+        }
+        for status in statuses
+    }
+
+
+def document_problems(schema: dict[str, Any]) -> dict[str, Any]:
+    """An OpenAPI schema whose error responses name the media type they are sent as: FastAPI
+    puts a response model's schema under application/json, which no error is sent as."""
+    for operations in schema.get("paths", {}).values():
+        for operation in operations.values():
+            if not isinstance(operation, dict):
+                continue
+            for response in operation.get("responses", {}).values():
+                content = response.get("content", {})
+                if PROBLEM_MEDIA_TYPE in content and "application/json" in content:
+                    content[PROBLEM_MEDIA_TYPE] = content.pop("application/json")
+    return schema
+
+
+async def _devreg_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, DevregError)
+    return error_response(request, exc)
+
+
+def error_response(request: Request, exc: DevregError) -> JSONResponse:
+    return problem_response(
+        request,
+        status=exc.status,
+        detail=exc.detail,
+        slug=exc.slug,
+        headers=exc.headers,
+        **exc.extensions,
+    )
+
+
+def _location(loc: tuple[Any, ...]) -> list[str | int]:
+    return [part if isinstance(part, int) else str(part) for part in loc]
+
+
+def request_validation_error(exc: ValidationError, *where: str) -> RequestValidationError:
+    """Pydantic's errors for a part of the request read outside FastAPI's parameters (a query
+    string, a header), located as FastAPI locates its own (("query", "limit"), ...)."""
+    return RequestValidationError(
+        [{**error, "loc": (*where, *error["loc"])} for error in exc.errors()]
+    )
+
+
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    # `input` and `ctx` are left out: they echo what was sent, which may be huge or binary.
+    issues = [
+        ValidationIssue(loc=_location(error["loc"]), msg=error["msg"], type=error["type"])
+        for error in exc.errors()
+    ]
+    first = issues[0] if issues else None
+    detail = "The request is not valid"
+    if first is not None:
+        where = ".".join(str(part) for part in first.loc)
+        detail = f"{where}: {first.msg}" if where else first.msg
+        if len(issues) > 1:
+            detail += f" (and {len(issues) - 1} more)"
+    return problem_response(
+        request,
+        status=422,
+        detail=detail,
+        slug="validation-error",
+        errors=[issue.model_dump() for issue in issues],
+    )
+
+
+_UNREADABLE_BODY = {
+    UnicodeDecodeError: "JSON decode error: the body is not valid UTF-8",
+    RecursionError: "JSON decode error: the body nests too deeply",
+}
+
+
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    # FastAPI answers 400 when the body is not JSON text at all; like any malformed JSON,
+    # that is a 422 here.
+    unreadable = _UNREADABLE_BODY.get(type(exc.__cause__))
+    if unreadable is not None:
+        error = {"type": "json_invalid", "loc": ("body",), "msg": unreadable}
+        return await _validation_error(request, RequestValidationError([error]))
+    detail = exc.detail if isinstance(exc.detail, str) else HTTPStatus(exc.status_code).phrase
+    headers = dict(exc.headers or {})
+    if exc.status_code == 405:
+        headers["Allow"] = _allowed_methods(request)
+    return problem_response(request, status=exc.status_code, detail=detail, headers=headers)
+
+
+_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+
+def _allowed_methods(request: Request) -> str:
+    """Every method the path takes: Starlette's own Allow names only the first matching route."""
+    routes = request.app.router.routes
+    allowed = [
+        method
+        for method in _METHODS
+        if any(
+            route.matches({**request.scope, "method": method})[0] is Match.FULL for route in routes
+        )
+    ]
+    if "GET" in allowed and "HEAD" not in allowed:  # served wherever GET is (edge.py)
+        allowed.insert(allowed.index("GET") + 1, "HEAD")
+    return ", ".join(allowed)
+
+
+async def _pool_timeout(request: Request, exc: Exception) -> JSONResponse:
+    return await _devreg_error(request, PoolExhausted())
+
+
+async def _database_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, DBAPIError)
+    problem = database_problem(exc)
+    if problem is None:
+        return await unhandled_error(request, exc)
+    return await _devreg_error(request, problem)
+
+
+async def _connection_error(request: Request, exc: Exception) -> JSONResponse:
+    return await _devreg_error(request, ServiceUnavailable())
+
+
+async def unhandled_error(request: Request, exc: BaseException) -> JSONResponse:
+    logger.error(
+        "unhandled error",
+        extra={
+            "error_type": type(exc).__name__,
+            "method": request.method,
+            "path": request.url.path,
+        },
+    )
+    return problem_response(request, status=500, detail=DevregError.default_detail)
+
+
+def register_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(DevregError, _devreg_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(PoolTimeoutError, _pool_timeout)
+    app.add_exception_handler(DBAPIError, _database_error)
+    app.add_exception_handler(OSError, _connection_error)
+    app.add_exception_handler(TimeoutError, _connection_error)
