@@ -59,6 +59,18 @@ class TestOpenUntilTheFirstToken:
         response = await client.get("/livez")
         assert response.status_code == 200
 
+    async def test_it_stays_closed_when_every_token_is_gone(
+        self, client, people, running_app: RunningApp
+    ) -> None:
+        admin = bearer(people["admin"])
+        for user in (people["bob"], people["ann"]):  # Ann's admin token goes last, with her
+            deleted = await client.delete(f"{USERS}/{user['id']}?cascade=devices", headers=admin)
+            assert deleted.status_code == 204, deleted.text
+        running_app.app.state.authenticator.reset()  # what a restart forgets
+
+        assert_problem(await client.get(DEVICES), 401)
+        assert_problem(await client.post(TOKENS, json={"user_id": 1, "admin": True}), 401)
+
 
 class TestAuthentication:
     @pytest.mark.parametrize(

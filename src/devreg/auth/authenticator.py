@@ -83,7 +83,7 @@ class Authenticator:
             return False
         if time.monotonic() < self._open_until:
             return True
-        if await TokenRepository(session).any_exist():
+        if await TokenRepository(session).any_ever_created():
             self.token_created()
             return False
         self._open_until = time.monotonic() + self.cache_ttl

@@ -10,6 +10,7 @@ from sqlalchemy import (
     Identity,
     Index,
     LargeBinary,
+    SmallInteger,
     String,
     false,
     func,
@@ -50,3 +51,17 @@ class ApiToken(Base):
     expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class FirstToken(Base):
+    """When the first token was created: at most one row, kept when every token is gone (revoked
+    or deleted with its user), so that AUTH=auto never opens the API again once it has closed.
+    A trigger on `api_tokens` writes it, whichever code path creates the token."""
+
+    __tablename__ = "first_token"
+    __table_args__ = (CheckConstraint("id = 1", name="only_one"),)
+
+    id: Mapped[int] = mapped_column(SmallInteger, primary_key=True, autoincrement=False)
+    created_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), nullable=False, server_default=func.now()
+    )

@@ -16,7 +16,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from devreg.auth.models import ApiToken, TokenScope
+from devreg.auth.models import ApiToken, FirstToken, TokenScope
 from devreg.auth.principal import Principal
 from devreg.db.constraints import violated_constraint
 from devreg.db.driver import DriverStatement, fetch_row, violation_error
@@ -42,7 +42,7 @@ _USE = DriverStatement.compile(
         extract("epoch", ApiToken.expires_at - func.now()).label("expires_in"),
     )
 )
-_ANY = DriverStatement.compile(select(exists(select(ApiToken.id)).label("found")))
+_EVER_CREATED = DriverStatement.compile(select(exists(select(FirstToken.id)).label("found")))
 
 
 class TokenRepository:
@@ -89,6 +89,7 @@ class TokenRepository:
         expires_in = row["expires_in"]
         return principal, None if expires_in is None else float(expires_in)
 
-    async def any_exist(self) -> bool:
-        row = await fetch_row(self.session, _ANY, {}, _VIOLATIONS)
+    async def any_ever_created(self) -> bool:
+        """Whether a token has ever been created, even if none is left."""
+        row = await fetch_row(self.session, _EVER_CREATED, {}, _VIOLATIONS)
         return bool(row is not None and row["found"])
