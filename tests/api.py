@@ -349,7 +349,9 @@ async def explain_listing(
     executed: list[tuple[str, Any]] = []
 
     def record(_conn: object, _cursor: object, statement: str, parameters: Any, *_: Any) -> None:
-        if statement.lstrip().upper().startswith("SELECT") and "api_tokens" not in statement:
+        if statement.lstrip().upper().startswith("SELECT") and not any(
+            table in statement for table in ("api_tokens", "first_token")
+        ):
             executed.append((statement, parameters))
 
     event.listen(connection.sync_connection, "before_cursor_execute", record)

@@ -11,7 +11,7 @@ from devreg.app import create_app
 from devreg.calls import ApiRoute
 from devreg.devices.routes import device_listing
 from devreg.errors import InvalidParameter
-from tests.api import DEVICES, USERS, assert_problem, create_device, get_page
+from tests.api import DEVICES, USERS, assert_problem
 from tests.support import api_client, make_settings, running
 
 
@@ -119,13 +119,6 @@ async def test_a_bad_query_value_is_located_as_fastapi_would(
     problem = assert_problem(await client.get(f"{DEVICES}?{query}"), 422)
     assert problem["errors"][0]["loc"] == location
     assert problem["detail"].startswith(".".join(map(str, location)) + ":")
-
-
-async def test_a_repeated_single_value_parameter_takes_the_last(client: AsyncClient) -> None:
-    for _ in range(3):
-        await create_device(client)
-    page = await get_page(client, f"{DEVICES}?limit=1&limit=2")
-    assert len(page["items"]) == 2
 
 
 async def test_a_bad_value_is_reported_before_an_unknown_name(client: AsyncClient) -> None:

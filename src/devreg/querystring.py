@@ -2,9 +2,10 @@
 
 import json
 import math
+from collections import Counter
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar, get_origin
+from typing import Annotated, Any, Generic, TypeVar, get_origin
 
 import orjson
 from fastapi import Request, Response
@@ -24,6 +25,7 @@ from devreg.pagination import (
     page_json,
 )
 from devreg.problems import request_validation_error
+from devreg.schemas import ShortText
 
 FilterT = TypeVar("FilterT")
 
@@ -89,6 +91,8 @@ class QueryString(Generic[QueryT]):
 
     def __call__(self, request: Request) -> QueryT:
         params = request.query_params
+        if len(params.multi_items()) > len(params):
+            _reject_repeats(params.multi_items(), self.repeatable, prefix=self.prefix)
         values = {
             name: params.getlist(name) if name in self.repeatable else params[name]
             for name in params
@@ -129,6 +133,31 @@ def _inlined(schema: Any, definitions: dict[str, Any]) -> Any:
         named = definitions[reference.rsplit("/", 1)[-1]]
         schema = {**named, **{key: value for key, value in schema.items() if key != "$ref"}}
     return {key: _inlined(value, definitions) for key, value in schema.items()}
+
+
+REPEATS_MAX = 100
+"""How many values a repeatable parameter takes: each one is a condition of the statement."""
+
+PATTERNS_MAX = 10
+NamePatterns = Annotated[tuple[ShortText, ...], Field(max_length=PATTERNS_MAX)]
+"""The values of `name__ic` or `name__isw`, fewer: each is a search of its own."""
+
+
+def _reject_repeats(
+    items: Sequence[tuple[str, str]], repeatable: Collection[str], *, prefix: str | None
+) -> None:
+    """A parameter given twice must not quietly mean its last value, and a repeatable one
+    (a field that is a list, or a name beginning with `prefix`) must not make one request a
+    statement of thousands of conditions."""
+    times = Counter(name for name, _ in items)
+    for name, count in times.items():
+        prefixed = prefix is not None and name.startswith(prefix)
+        if count > 1 and name not in repeatable and not prefixed:
+            raise InvalidParameter(name, f"query parameter {name!r} may be given only once")
+        if count > REPEATS_MAX:
+            raise InvalidParameter(
+                name, f"query parameter {name!r} may be given at most {REPEATS_MAX} times"
+            )
 
 
 def _reject_unknown(request: Request, known: Collection[str], *, prefix: str | None = None) -> None:

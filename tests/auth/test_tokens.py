@@ -298,6 +298,22 @@ class TestManagingTokens:
         for body in ({"admin": True}, {"user_id": people["ann"]["id"]}):
             assert_problem(await client.post(TOKENS, json=body, headers=headers), 403)
 
+    async def test_an_admin_lists_one_users_tokens(self, client, people) -> None:
+        headers = bearer(people["admin"])
+        response = await client.get(
+            TOKENS, params={"user_id": people["bob"]["id"]}, headers=headers
+        )
+        assert {item["user_id"] for item in response.json()["items"]} == {people["bob"]["id"]}
+
+    @pytest.mark.parametrize(
+        ("query", "parameter"), [("userid=2", "userid"), ("user_id=1&user_id=2", "user_id")]
+    )
+    async def test_a_listing_query_it_cannot_follow_is_refused(
+        self, client, people, query, parameter
+    ) -> None:
+        response = await client.get(f"{TOKENS}?{query}", headers=bearer(people["admin"]))
+        assert assert_problem(response, 400)["parameter"] == parameter
+
     async def test_bad_token_requests_are_422(self, client, people) -> None:
         headers = bearer(people["admin"])
         for body in ({"scope": "root"}, {"expires_in": "forever"}, {"user_id": 10**12}):

@@ -1,12 +1,14 @@
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Query, status
+from fastapi import APIRouter, Path, status
+from pydantic import BaseModel, Field
 
 from devreg.auth import service
 from devreg.auth.guard import app_authenticator
 from devreg.auth.schemas import TokenCreate, TokenCreated, TokenList, TokenRead
-from devreg.calls import ApiRoute, Call
+from devreg.calls import ApiRoute, Call, documented
 from devreg.problems import problem_responses
+from devreg.querystring import QueryString
 from devreg.schemas import BIGINT_MAX, Id
 
 router = APIRouter(
@@ -32,13 +34,23 @@ async def create_token(data: TokenCreate, call: Call) -> TokenCreated:
     )
 
 
-@router.get("", response_model=TokenList, responses=problem_responses(422))
-async def list_tokens(
-    call: Call,
-    user_id: Annotated[Id | None, Query(description="Only this user's (admins).")] = None,
-) -> TokenList:
+class TokenListingQuery(BaseModel):
+    user_id: Id | None = Field(None, description="Only this user's (admins).")
+
+
+_TOKEN_LISTING_QUERY = QueryString(TokenListingQuery)
+
+
+@router.get(
+    "",
+    response_model=TokenList,
+    responses=problem_responses(400, 422),
+    openapi_extra=documented(*_TOKEN_LISTING_QUERY.parameters()),
+)
+async def list_tokens(call: Call) -> TokenList:
     """The caller's tokens (an admin's: everyone's), revoked ones included, oldest first."""
-    tokens = await service.list_tokens(call.db, call.principal, user_id=user_id)
+    query = _TOKEN_LISTING_QUERY(call)
+    tokens = await service.list_tokens(call.db, call.principal, user_id=query.user_id)
     return TokenList(items=[TokenRead.model_validate(token) for token in tokens])
 
 

@@ -31,7 +31,14 @@ from devreg.errors import InvalidParameter, PreconditionRequired
 from devreg.idempotency.header import IDEMPOTENCY_KEY_HEADER, Idempotency
 from devreg.locations import created_location
 from devreg.problems import problem_responses
-from devreg.querystring import Listing, PageQuery, QueryString, json_scalar, page_response
+from devreg.querystring import (
+    Listing,
+    NamePatterns,
+    PageQuery,
+    QueryString,
+    json_scalar,
+    page_response,
+)
 from devreg.schemas import BIGINT_MAX, Id, Instant, SearchText, ShortText, Tag, storable_text
 
 router = APIRouter(
@@ -104,8 +111,8 @@ class DeviceFilterQuery(BaseModel):
     owner_id: tuple[Id, ...] = Field((), description="Owned by any of these.")
     model: tuple[ShortText, ...] = ()
     name: tuple[ShortText, ...] = ()
-    name__ic: tuple[ShortText, ...] = Field((), description="Name contains (any case).")
-    name__isw: tuple[ShortText, ...] = Field((), description="Name starts with (any case).")
+    name__ic: NamePatterns = Field((), description="Name contains (any case).")
+    name__isw: NamePatterns = Field((), description="Name starts with (any case).")
     serial_number: tuple[ShortText, ...] = ()
     created_after: Instant | None = None
     created_before: Instant | None = None

@@ -95,7 +95,8 @@ class UserRepository:
             )
         if filters.email:
             conditions.append(
-                func.lower(User.email).in_([email.lower() for email in filters.email])
+                # PostgreSQL's lower() on both sides: Python's folds some letters otherwise.
+                func.lower(User.email).in_([func.lower(email) for email in filters.email])
             )
         if filters.created_after is not None:
             conditions.append(User.created_at > filters.created_after)

@@ -13,11 +13,11 @@ from devreg.devices.routes import (
 from devreg.devices.schemas import DevicePage
 from devreg.locations import created_location
 from devreg.problems import problem_responses
-from devreg.querystring import Listing, PageQuery, QueryString, page_response
+from devreg.querystring import Listing, NamePatterns, PageQuery, QueryString, page_response
 from devreg.schemas import BIGINT_MAX, Instant, ShortText
 from devreg.users import service
 from devreg.users.filters import DEFAULT_SORT, SORT_KEYS, UserFilter
-from devreg.users.schemas import UserCreate, UserPage, UserRead, UserUpdate
+from devreg.users.schemas import EmailText, UserCreate, UserPage, UserRead, UserUpdate
 
 router = APIRouter(
     route_class=ApiRoute, prefix="/users", tags=["users"], responses=problem_responses(401, 403)
@@ -41,9 +41,9 @@ async def create_user(data: UserCreate, call: Call, response: Response) -> objec
 
 class UserListingQuery(PageQuery):
     name: tuple[ShortText, ...] = ()
-    name__ic: tuple[ShortText, ...] = Field((), description="Name contains (any case).")
-    name__isw: tuple[ShortText, ...] = Field((), description="Name starts with (any case).")
-    email: tuple[ShortText, ...] = Field((), description="Any case.")
+    name__ic: NamePatterns = Field((), description="Name contains (any case).")
+    name__isw: NamePatterns = Field((), description="Name starts with (any case).")
+    email: tuple[EmailText, ...] = Field((), description="Any case.")
     created_after: Instant | None = None
     created_before: Instant | None = None
 

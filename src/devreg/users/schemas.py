@@ -6,7 +6,12 @@ from pydantic import AfterValidator, EmailStr, Field
 from devreg.pagination import Page
 from devreg.schemas import InputSchema, Schema, ShortText, UpdateSchema, storable_text
 
-Email = Annotated[EmailStr, Field(max_length=320), AfterValidator(storable_text)]
+EMAIL_MAX_LENGTH = 320
+Email = Annotated[EmailStr, Field(max_length=EMAIL_MAX_LENGTH), AfterValidator(storable_text)]
+EmailText = Annotated[
+    str, Field(min_length=1, max_length=EMAIL_MAX_LENGTH), AfterValidator(storable_text)
+]
+"""An email as a filter's value: any text a stored email may be."""
 
 
 class UserCreate(InputSchema):

@@ -1,0 +1,81 @@
+"""What every listing does with its query string: a parameter means one thing."""
+
+import pytest
+
+from devreg.querystring import PATTERNS_MAX, REPEATS_MAX
+from tests.api import DEVICES, USERS, assert_problem, create_user
+
+CHANGES = "/api/v1/changes"
+LISTINGS = [DEVICES, USERS, CHANGES, f"{DEVICES}/export"]
+
+
+class TestRepeatedParameters:
+    @pytest.mark.parametrize(
+        ("path", "query", "parameter"),
+        [
+            (DEVICES, "limit=1&limit=3", "limit"),
+            (DEVICES, "has_owner=true&has_owner=false", "has_owner"),
+            (DEVICES, "sort=-id&sort=id", "sort"),
+            (DEVICES, "q=nano&q=pi", "q"),
+            (DEVICES, "created_before=2000-01-01T00:00:00Z&created_before=2100-01-01T00:00:00Z",
+             "created_before"),
+            (f"{DEVICES}/export", "format=csv&format=ndjson", "format"),
+            (USERS, "count=exact&count=none", "count"),
+            (CHANGES, "fields=id&fields=action", "fields"),
+        ],
+    )  # fmt: skip
+    async def test_a_parameter_that_takes_one_value_given_twice_is_refused(
+        self, client, path, query, parameter
+    ):
+        response = await client.get(f"{path}?{query}")
+
+        problem = assert_problem(response, 400)
+        assert problem["parameter"] == parameter
+        assert "only once" in problem["detail"]
+
+    @pytest.mark.parametrize("query", ["status=active&status=inactive", "attr.room=A&attr.room=B"])
+    async def test_a_filter_that_takes_many_values_takes_them(self, client, query):
+        response = await client.get(f"{DEVICES}?{query}")
+
+        assert response.status_code == 200
+
+    @pytest.mark.parametrize("path", LISTINGS)
+    async def test_a_filter_repeated_beyond_the_limit_is_refused(self, client, path):
+        parameter = "status" if path.startswith(DEVICES) else "name" if path == USERS else "action"
+        value = {"status": "active", "name": "ann", "action": "create"}[parameter]
+        query = "&".join([f"{parameter}={value}"] * (REPEATS_MAX + 1))
+
+        problem = assert_problem(await client.get(f"{path}?{query}"), 400)
+        assert problem["parameter"] == parameter
+        within = "&".join([f"{parameter}={value}"] * REPEATS_MAX)
+        assert (await client.get(f"{path}?{within}")).status_code == 200
+
+    @pytest.mark.parametrize("path", [DEVICES, USERS])
+    @pytest.mark.parametrize("parameter", ["name__ic", "name__isw"])
+    async def test_name_patterns_are_few(self, client, path, parameter):
+        too_many = [(parameter, f"x{index}") for index in range(PATTERNS_MAX + 1)]
+
+        response = await client.get(path, params=too_many)
+
+        assert assert_problem(response, 422)["errors"][0]["loc"] == ["query", parameter]
+        assert (await client.get(path, params=too_many[:-1])).status_code == 200
+
+
+class TestEmailFilter:
+    @pytest.mark.parametrize(
+        ("email", "asked"),
+        [
+            ("ΟΔΟΣ@example.org", "ΟΔΟΣ@example.org"),  # Python lowers the final Σ to ς
+            ("ΟΔΟΣ@example.org", "οδοσ@example.org"),
+            ("İnci@example.org", "İnci@example.org"),  # Python lowers İ to i + U+0307
+            ("x" * 150 + "@example.org", "X" * 150 + "@example.org"),  # beyond 100 characters
+        ],
+    )
+    async def test_a_user_is_found_by_the_email_stored(self, client, email, asked):
+        user = await create_user(client, name="odos", email=email)
+        await create_user(client, name="other", email="i\u0307nci@example.org")
+
+        response = await client.get(USERS, params={"email": asked})
+
+        assert response.status_code == 200, response.text
+        assert [item["id"] for item in response.json()["items"]] == [user["id"]]
