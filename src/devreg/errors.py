@@ -101,6 +101,17 @@ class Conflict(DevregError):
     default_detail = "The request conflicts with data already stored."
 
 
+class ConcurrentWriteConflict(Conflict):
+    """PostgreSQL undid the request's transaction to end a deadlock with a concurrent one (or a
+    serialization failure): nothing was written, and sending it again may well succeed."""
+
+    slug = "concurrent-write"
+    default_detail = (
+        "The request collided with a concurrent write and was not applied; send it again."
+    )
+    default_headers = {"Retry-After": "1"}
+
+
 class AlreadyRegistered(Conflict):
     slug = "already-registered"
     field: ClassVar[str]
@@ -198,6 +209,8 @@ class ServiceUnavailable(DevregError):
 
 # SQLSTATE of a statement cancelled by statement_timeout.
 QUERY_CANCELED = "57014"
+# SQLSTATEs of a transaction PostgreSQL rolled back for colliding with another.
+TRANSACTION_COLLISIONS = frozenset({"40P01", "40001"})  # deadlock, serialization failure
 
 
 class StatementTimedOut(ServiceUnavailable):
@@ -247,6 +260,8 @@ def sqlstate_problem(sqlstate: str) -> DevregError | None:
         return ServiceUnavailable()
     if sqlstate == QUERY_CANCELED:
         return StatementTimedOut()
+    if sqlstate in TRANSACTION_COLLISIONS:
+        return ConcurrentWriteConflict()
     if sqlstate.startswith("22"):  # data exception: a value PG refused
         return InvalidInput("A value in the request is not valid.")
     return None

@@ -1,11 +1,16 @@
 """HTTP tests of bulk writes (/devices/bulk) and the heartbeat: all or nothing, one statement."""
 
+import asyncio
 import time
+from collections import Counter
 from datetime import datetime
 from typing import Any
 
+import asyncpg
+import httpx
 import pytest
 from httpx import AsyncClient, Response
+from sqlalchemy.engine import URL
 
 from tests.api import (
     BAD_IDS,
@@ -16,6 +21,7 @@ from tests.api import (
     fetch_device,
     stored_devices,
 )
+from tests.support import devreg_server
 
 BULK = f"{DEVICES}/bulk"
 BULK_MAX = 10_000
@@ -491,3 +497,67 @@ class TestHeartbeat:
 
         assert len(statements) == 1
         assert starting_with(statements, "UPDATE") == statements
+
+
+# --- concurrent bulk writes (a real server) ----------------------------------------------------
+
+
+async def _waiting_for_a_lock(connection: asyncpg.Connection) -> None:
+    for _ in range(200):
+        waiting = await connection.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+        )
+        if waiting:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("no request came to wait for a lock")
+
+
+async def test_a_deadlock_is_a_409_to_send_again(committed_database_url: URL) -> None:
+    url = committed_database_url.render_as_string(hide_password=False)
+    with devreg_server(DATABASE_URL=url) as base_url:
+        async with httpx.AsyncClient(base_url=base_url, timeout=30) as client:
+            created = await client.post(BULK, json=[{"name": "first"}, {"name": "second"}])
+            first, second = created.json()["ids"]
+            holder = await asyncpg.connect(
+                committed_database_url.set(drivername="postgresql").render_as_string(False)
+            )
+            try:
+                await holder.execute("SET deadlock_timeout = '30s'")  # the request's check wins
+                async with holder.transaction():
+                    await holder.execute("UPDATE devices SET model = 'held' WHERE id = $1", second)
+                    patching = asyncio.ensure_future(
+                        client.patch(BULK, json=[{"id": first, "model": "m"}, {"id": second}])
+                    )
+                    await _waiting_for_a_lock(holder)  # it holds `first`, waits for `second`
+                    await holder.execute("UPDATE devices SET model = 'held' WHERE id = $1", first)
+                    response = await patching
+            finally:
+                await holder.close()
+            stored = [(await client.get(f"{DEVICES}/{id_}")).json() for id_ in (first, second)]
+
+    problem = assert_problem(response, 409)
+    assert problem["type"].endswith(":concurrent-write")
+    assert response.headers["Retry-After"] == "1"
+    assert [device["model"] for device in stored] == ["held", "held"]
+
+
+async def test_bulk_writes_naming_devices_in_other_orders_do_not_deadlock(
+    committed_database_url: URL,
+) -> None:
+    url = committed_database_url.render_as_string(hide_password=False)
+    statuses: Counter[int] = Counter()
+    with devreg_server(DATABASE_URL=url) as base_url:
+        async with httpx.AsyncClient(base_url=base_url, timeout=60) as client:
+            for _ in range(5):
+                ids = (await client.post(BULK, json=[{"name": "d"}] * 200)).json()["ids"]
+                responses = await asyncio.gather(
+                    client.patch(BULK, json=[{"id": id_, "model": "a"} for id_ in reversed(ids)]),
+                    client.request("DELETE", BULK, json=ids),
+                    client.patch(BULK, json=[{"id": id_, "model": "b"} for id_ in ids]),
+                    client.patch(BULK, json=[{"id": id_, "model": "c"} for id_ in reversed(ids)]),
+                )
+                statuses.update(response.status_code for response in responses)
+
+    assert set(statuses) <= {200, 204, 422}  # 422: the devices were deleted first
+    assert statuses[204] == 5

@@ -150,7 +150,14 @@ SET ({", ".join(_UPDATED_BY_IMPORT)}) = (
 }
 
 # A key an item leaves out keeps the device's value; a key sent as null sets NULL.
+# Rows are locked in id order first (`locked`), as every bulk write and cascade locks them:
+# two bulk writes naming the same devices in different orders would otherwise deadlock.
 _UPDATE_MANY = f"""
+WITH locked AS MATERIALIZED (
+    SELECT id FROM devices
+    WHERE id IN (SELECT (item->>'id')::bigint FROM jsonb_array_elements(:items) AS item)
+    ORDER BY id FOR UPDATE
+)
 UPDATE devices AS device SET
     name = CASE WHEN item ? 'name' THEN item->>'name' ELSE device.name END,
     serial_number = CASE WHEN item ? 'serial_number' THEN item->>'serial_number'
@@ -164,8 +171,8 @@ UPDATE devices AS device SET
     attributes = CASE WHEN item ? 'attributes' THEN item->'attributes' ELSE device.attributes END,
     last_seen_at = CASE WHEN item ? 'last_seen_at' THEN (item->>'last_seen_at')::timestamptz
                         ELSE device.last_seen_at END
-FROM jsonb_array_elements(:items) AS item
-WHERE device.id = (item->>'id')::bigint AND (:owner IS NULL OR device.owner_id = :owner)
+FROM jsonb_array_elements(:items) AS item JOIN locked ON locked.id = (item->>'id')::bigint
+WHERE device.id = locked.id AND (:owner IS NULL OR device.owner_id = :owner)
     AND {ACTING_SQL}
 RETURNING device.id
 """  # noqa: S608 - constant SQL: values are parameters
@@ -512,7 +519,17 @@ class DeviceRepository:
     async def delete_many(
         self, ids: list[int], *, actor: str, owner: int | None = None
     ) -> list[int]:
-        statement = delete(Device).where(Device.id.in_(ids), ACTING).returning(Device.id)
+        locked = (  # in id order, as _UPDATE_MANY locks them
+            select(Device.id)
+            .where(Device.id.in_(ids))
+            .order_by(Device.id)
+            .with_for_update()
+            .cte("locked")
+            .prefix_with("MATERIALIZED")
+        )
+        statement = (
+            delete(Device).where(Device.id.in_(select(locked.c.id)), ACTING).returning(Device.id)
+        )
         if owner is not None:
             statement = statement.where(Device.owner_id == owner)
         return list((await self.session.scalars(statement, {"actor": actor})).all())
