@@ -1,5 +1,6 @@
 """Settings: every knob from the environment or `.env`, validated, the password kept secret."""
 
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -129,6 +130,10 @@ class TestSources:
             ("HOST", "devreg.internal", "host", "devreg.internal"),
             ("LOG_LEVEL", "DEBUG", "log_level", "debug"),
             ("MIGRATE_ON_START", "false", "migrate_on_start", False),
+            ("IDEMPOTENCY_KEY_LIFETIME", "86400", "idempotency_key_lifetime", timedelta(days=1)),
+            ("IDEMPOTENCY_KEY_LIFETIME", "3", "idempotency_key_lifetime", timedelta(seconds=3)),
+            ("IDEMPOTENCY_KEY_LIFETIME", "P2D", "idempotency_key_lifetime", timedelta(days=2)),
+            ("IDEMPOTENCY_KEY_LIFETIME", "12h", "idempotency_key_lifetime", timedelta(hours=12)),
         ],
     )
     def test_value_read_from_environment(
@@ -187,6 +192,8 @@ class TestInvalidValues:
             ("DB_PORT", "0"),
             ("LOG_LEVEL", "loud"),
             ("MIGRATE_ON_START", "maybe"),
+            ("IDEMPOTENCY_KEY_LIFETIME", "0"),
+            ("IDEMPOTENCY_KEY_LIFETIME", "soon"),
         ],
     )
     def test_invalid_value_rejected_naming_field(

@@ -12,6 +12,8 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
+from devreg.schemas import Duration
+
 ASYNC_DRIVER = "postgresql+asyncpg"
 _POSTGRES_SCHEMES = {
     "postgres",
@@ -98,7 +100,7 @@ class Settings(BaseSettings):
     # database again: how long a revocation may take to reach the other workers.
     auth_cache_ttl: float = Field(10.0, ge=0, le=3600)
     # How long an Idempotency-Key is remembered (its answer given again to a retry).
-    idempotency_key_lifetime: timedelta = Field(timedelta(hours=24), gt=timedelta(0))
+    idempotency_key_lifetime: Duration = timedelta(hours=24)
     # PUT, PATCH and DELETE of a device without If-Match (bulk ones never have one): last write
     # wins, or 428 when required.
     require_if_match: bool = False
