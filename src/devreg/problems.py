@@ -16,6 +16,7 @@ from pydantic import BaseModel, ValidationError
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from starlette.routing import Match
 
 from devreg.errors import DevregError, PoolExhausted, ServiceUnavailable, database_problem
@@ -194,6 +195,14 @@ async def _connection_error(request: Request, exc: Exception) -> JSONResponse:
     return await _devreg_error(request, ServiceUnavailable())
 
 
+async def _client_gone(request: Request, exc: Exception) -> JSONResponse:
+    # Not a server error: the client hung up before its body arrived (as FastAPI answers when
+    # it reads a body parameter), and nobody is left to read this answer.
+    return problem_response(
+        request, status=400, detail="The client closed the connection before the whole request."
+    )
+
+
 async def unhandled_error(request: Request, exc: BaseException) -> JSONResponse:
     logger.error(
         "unhandled error",
@@ -214,3 +223,4 @@ def register_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(DBAPIError, _database_error)
     app.add_exception_handler(OSError, _connection_error)
     app.add_exception_handler(TimeoutError, _connection_error)
+    app.add_exception_handler(ClientDisconnect, _client_gone)

@@ -1,9 +1,11 @@
 """Idempotency-Key: a retried POST answers as the first time and writes nothing again."""
 
 import asyncio
+import logging
 from typing import Any
 
 import httpx
+import pytest
 from httpx import AsyncClient
 from sqlalchemy import text
 from sqlalchemy.engine import URL
@@ -11,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from tests.api import DEVICES, assert_problem, create_device, create_user, stored_devices
 from tests.auth.test_tokens import bearer, new_token
-from tests.support import devreg_server, query
+from tests.support import RunningApp, devreg_server, query
 
 
 def keyed(key: str, **headers: str) -> dict[str, str]:
@@ -137,3 +139,30 @@ async def test_concurrent_retries_write_once(committed_database_url: URL) -> Non
     assert sum("Idempotent-Replayed" in response.headers for response in responses) == 19
     rows = await query(committed_database_url, "SELECT count(*) AS n FROM devices")
     assert rows == [{"n": 1}]
+
+
+async def test_a_client_gone_before_its_body_is_no_server_error(
+    running_app: RunningApp, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A keyed heartbeat reads its body itself (to fingerprint it): a client that hangs up
+    first is a 400 in the request's log line, not an unhandled error and a 500."""
+    path = f"{DEVICES}/1/heartbeat"
+    scope = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+        "scheme": "http", "path": path, "raw_path": path.encode(), "root_path": "",
+        "query_string": b"", "headers": [(b"host", b"devreg.test"), (b"idempotency-key", b"k1")],
+        "client": ("127.0.0.1", 1), "server": ("devreg.test", 80),
+    }  # fmt: skip
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    with caplog.at_level(logging.INFO):
+        await running_app(scope, receive, send)
+
+    assert sent[0]["status"] == 400
+    assert not [record for record in caplog.records if record.levelno >= logging.ERROR]
