@@ -37,7 +37,21 @@ def test_traceback_text_in_a_message_is_reduced_to_the_error_type() -> None:
         "sqlalchemy.exc.ProgrammingError: (asyncpg.exceptions.Foo) SELECT password='hunter2'"
     )
     line = format_record(traceback_text)
-    assert line["message"] == "error: ProgrammingError"
+    assert line["message"] == "error: ProgrammingError (Foo)"
+
+
+def test_a_start_up_failure_names_the_error_above_sqlalchemys_link() -> None:
+    """uvicorn logs a failed start-up's traceback as the message; SQLAlchemy ends it with a link."""
+    traceback_text = (
+        'Traceback (most recent call last):\n  File "x.py", line 1, in <module>\n'
+        "sqlalchemy.exc.OperationalError: (asyncpg.exceptions.TooManyConnectionsError) "
+        "sorry, too many clients already\n"
+        "[SQL: SELECT password FROM secrets]\n"
+        "(Background on this error at: https://sqlalche.me/e/20/e3q8)"
+    )
+    line = format_record(traceback_text)
+    assert line["message"] == "error: OperationalError (TooManyConnectionsError)"
+    assert "SELECT" not in json.dumps(line)
 
 
 def test_sql_is_logged_only_with_db_echo() -> None:

@@ -1,6 +1,7 @@
 """Structured logging: JSON lines, one per request, each with the request id."""
 
 import logging
+import re
 from typing import Any
 
 from pythonjsonlogger.core import RESERVED_ATTRS
@@ -34,10 +35,28 @@ class RedactingJsonFormatter(OrjsonFormatter):
         record.stack_info = None
         message = record.getMessage()
         if _TRACEBACK_HEADER in message:
-            last_line = message.strip().splitlines()[-1]
-            record.msg = "error: " + last_line.split(":", 1)[0].rsplit(".", 1)[-1]
+            record.msg = "error: " + _error_names(message)
             record.args = ()
         return super().format(record)
+
+
+# A traceback's exception line, `sqlalchemy.exc.OperationalError: (asyncpg.exceptions.X) ...`:
+# the exception's type and, when it wraps the driver's, that one's; the message is left out.
+_EXCEPTION_LINE = re.compile(
+    r"(?:\w+\.)*(\w+(?:Error|Exception|Exit|Interrupt|Warning|Failure))"
+    r"(?::\s*\((?:\w+\.)*(\w+)\))?"
+)
+
+
+def _error_names(traceback_text: str) -> str:
+    """`OperationalError (TooManyConnectionsError)`, from the traceback's exception line; not
+    its last line, which SQLAlchemy makes a link ("(Background on this error at: ...")."""
+    lines = traceback_text.strip().splitlines()
+    for line in reversed(lines):
+        match = _EXCEPTION_LINE.match(line)
+        if match:
+            return match[1] + (f" ({match[2]})" if match[2] else "")
+    return lines[-1].split(":", 1)[0].rsplit(".", 1)[-1]
 
 
 def logging_config(level: str, *, echo_sql: bool = False) -> dict[str, Any]:
