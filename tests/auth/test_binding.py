@@ -10,7 +10,14 @@ from sqlalchemy.engine import URL
 from devreg.app import create_app
 from devreg.auth.authenticator import UnsafeBinding, is_loopback
 from tests.api import DEVICES, assert_problem
-from tests.support import api_client, devreg_server, make_settings, run_devreg, running
+from tests.support import (
+    api_client,
+    devreg_process,
+    devreg_server,
+    make_settings,
+    run_devreg,
+    running,
+)
 
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "127.0.0.2", "::1", "localhost"])
@@ -85,3 +92,12 @@ def test_tokens_from_the_cli_reach_a_running_server(committed_database_url: URL)
         listed = run_devreg("tokens", "list", **database)
         assert token["prefix"] in listed.stdout
         assert token["token"] not in listed.stdout + listed.stderr
+
+
+def test_auth_off_warns_of_the_address_served(committed_database_url: URL) -> None:
+    url = committed_database_url.render_as_string(hide_password=False)
+    with devreg_process(DATABASE_URL=url, AUTH="off", WORKERS="2") as server:
+        port = server.base_url.rsplit(":", 1)[1]
+        warnings = [line for line in server.log().splitlines() if "AUTH=off" in line]
+    assert warnings
+    assert all(f"127.0.0.1:{port} " in line for line in warnings)

@@ -31,11 +31,10 @@ def serve(
     reload: Annotated[bool, typer.Option(help="Restart on code changes (development).")] = False,
 ) -> None:
     """Serve the HTTP API (starting the embedded PostgreSQL when no database is configured)."""
-    settings = load_settings()
-    if host is not None:
-        # The workers read their settings from the environment: they must see the same host.
-        os.environ["HOST"] = host
-        settings = settings.model_copy(update={"host": host})
+    given = {name: value for name, value in (("host", host), ("port", port)) if value is not None}
+    # The workers read their settings from the environment: they must see the same address.
+    os.environ.update({name.upper(): str(value) for name, value in given.items()})
+    settings = load_settings().model_copy(update=given)
     try:
         check_binding(settings)
     except UnsafeBinding as exc:
@@ -46,7 +45,7 @@ def serve(
         "devreg.app:create_app",
         factory=True,
         host=settings.host,
-        port=port or settings.port,
+        port=settings.port,
         workers=None if reload else (workers or settings.workers),
         reload=reload,
         log_config=logging_config(settings.log_level, echo_sql=settings.db_echo),
