@@ -1,16 +1,19 @@
 """create_app(): the lifespan (database, migrations), the routers and the error handlers."""
 
+import asyncio
 import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import timedelta
 from typing import Any, TypedDict
 
 from fastapi import APIRouter, FastAPI
 from fastapi.routing import APIRoute
 from fastapi.telemetry import TelemetryConfig
 from fastapi_offline import FastAPIOffline
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from devreg import __version__
 from devreg.admission import Admission
@@ -80,6 +83,27 @@ def include_flat(app: FastAPI, router: APIRouter, *, prefix: str) -> None:
         )
 
 
+# How often, at most an hour apart, expired Idempotency-Keys are deleted while the app runs.
+_SWEEP_INTERVAL_MAX = timedelta(hours=1)
+
+
+async def _sweep_expired_keys(
+    sessionmaker: async_sessionmaker[AsyncSession], *, lifetime: timedelta
+) -> None:
+    """Delete expired Idempotency-Keys now and every so often (each worker): every keyed write
+    adds one, and an expired key is never asked for again."""
+    interval = min(lifetime, _SWEEP_INTERVAL_MAX).total_seconds()
+    while True:
+        try:
+            async with session_scope(sessionmaker) as session:
+                await forget_expired(session, lifetime=lifetime)
+        except (DBAPIError, OSError, TimeoutError) as exc:  # the database away: next time
+            logger.warning(
+                "expired idempotency keys not deleted", extra={"error_type": type(exc).__name__}
+            )
+        await asyncio.sleep(interval)
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
 
@@ -98,15 +122,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 await migrations.upgrade(engine)
             await open_pool(engine)
             sessionmaker = create_sessionmaker(engine)
-            async with session_scope(sessionmaker) as session:
-                await forget_expired(session, lifetime=settings.idempotency_key_lifetime)
+            sweeper = asyncio.create_task(
+                _sweep_expired_keys(sessionmaker, lifetime=settings.idempotency_key_lifetime)
+            )
             # What start-up built (modules, routes, schemas, the pool) lives as long as the
             # process: keep it out of the garbage collector's full passes, which would otherwise
             # walk all of it every few hundred requests.
             gc.collect()
             gc.freeze()
             admission = Admission(settings.max_requests_in_progress, timeout=settings.pool_timeout)
-            yield {"engine": engine, "sessionmaker": sessionmaker, "admission": admission}
+            try:
+                yield {"engine": engine, "sessionmaker": sessionmaker, "admission": admission}
+            finally:
+                sweeper.cancel()
         finally:
             await engine.dispose()
 

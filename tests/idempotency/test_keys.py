@@ -166,3 +166,19 @@ async def test_a_client_gone_before_its_body_is_no_server_error(
 
     assert sent[0]["status"] == 400
     assert not [record for record in caplog.records if record.levelno >= logging.ERROR]
+
+
+async def test_expired_keys_are_deleted_while_the_server_runs(committed_database_url: URL) -> None:
+    url = committed_database_url.render_as_string(hide_password=False)
+    with devreg_server(DATABASE_URL=url, IDEMPOTENCY_KEY_LIFETIME="2") as base_url:
+        async with httpx.AsyncClient(base_url=base_url) as client:
+            created = await client.post(DEVICES, json={"name": "k"}, headers=keyed("once"))
+        assert created.status_code == 201
+        kept = await query(committed_database_url, "SELECT count(*) AS n FROM idempotency_keys")
+        for _ in range(100):
+            await asyncio.sleep(0.1)
+            left = await query(committed_database_url, "SELECT count(*) AS n FROM idempotency_keys")
+            if left[0]["n"] == 0:
+                break
+    assert kept[0]["n"] == 1
+    assert left[0]["n"] == 0
