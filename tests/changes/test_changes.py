@@ -2,6 +2,7 @@
 
 from typing import Any
 
+import pytest
 from httpx import AsyncClient
 
 from tests.api import DEVICES, USERS, assert_problem, create_device, create_user
@@ -168,3 +169,13 @@ class TestReading:
             response = await client.get(CHANGES, params=params)
             assert response.status_code in (400, 422), params
             assert_problem(response, response.status_code)
+
+    @pytest.mark.parametrize("parameter", ["object_type", "object_id"])
+    async def test_a_devices_history_takes_no_object_filter(self, client, parameter) -> None:
+        """The path names the object: a filter naming another would be quietly overruled."""
+        device = await create_device(client)
+        value = {"object_type": "user", "object_id": "999999"}[parameter]
+
+        response = await client.get(f"{DEVICES}/{device['id']}/changes", params={parameter: value})
+
+        assert assert_problem(response, 400)["parameter"] == parameter

@@ -17,24 +17,34 @@ router = APIRouter(
 )
 
 
-class ChangeListingQuery(PageQuery):
-    object_type: tuple[ObjectType, ...] = Field((), description="Any of these.")
-    object_id: tuple[Id, ...] = Field((), description="Any of these.")
+class ObjectChangeListingQuery(PageQuery):
+    """The filters of one object's history."""
+
     user_id: tuple[Id, ...] = Field((), description="Made by any of these.")
     action: tuple[Action, ...] = Field((), description="Any of these.")
     since: Instant | None = Field(None, description="At or after this time.")
     until: Instant | None = Field(None, description="Before this time.")
 
 
+class ChangeListingQuery(ObjectChangeListingQuery):
+    object_type: tuple[ObjectType, ...] = Field((), description="Any of these.")
+    object_id: tuple[Id, ...] = Field((), description="Any of these.")
+
+
 _CHANGE_LISTING_QUERY = QueryString(ChangeListingQuery)
+_OBJECT_CHANGE_LISTING_QUERY = QueryString(ObjectChangeListingQuery)
 
 
-async def change_listing(request: Request) -> Listing[ChangeFilter]:
+def _change_listing(
+    query: ObjectChangeListingQuery,
+    *,
+    object_type: tuple[ObjectType, ...] = (),
+    object_id: tuple[int, ...] = (),
+) -> Listing[ChangeFilter]:
     """Newest first (`sort=id` for oldest first)."""
-    query = _CHANGE_LISTING_QUERY(request)
     filters = ChangeFilter(
-        object_type=query.object_type,
-        object_id=query.object_id,
+        object_type=object_type,
+        object_id=object_id,
         user_id=query.user_id,
         action=query.action,
         since=query.since,
@@ -44,7 +54,18 @@ async def change_listing(request: Request) -> Listing[ChangeFilter]:
     return Listing(filters=filters, page=page)
 
 
+async def change_listing(request: Request) -> Listing[ChangeFilter]:
+    query = _CHANGE_LISTING_QUERY(request)
+    return _change_listing(query, object_type=query.object_type, object_id=query.object_id)
+
+
+async def object_change_listing(request: Request) -> Listing[ChangeFilter]:
+    """One object's history: which objects is the path's to say."""
+    return _change_listing(_OBJECT_CHANGE_LISTING_QUERY(request))
+
+
 ChangeListingDep = Annotated[Listing[ChangeFilter], Depends(change_listing)]
+ObjectChangeListingDep = Annotated[Listing[ChangeFilter], Depends(object_change_listing)]
 
 
 @router.get(
@@ -65,12 +86,12 @@ async def list_changes(call: Call, listing: ChangeListingDep) -> object:
     "/devices/{device_id}/changes",
     response_model=ChangePage,
     responses=problem_responses(404),
-    openapi_extra=documented(*_CHANGE_LISTING_QUERY.parameters()),
+    openapi_extra=documented(*_OBJECT_CHANGE_LISTING_QUERY.parameters()),
 )
 async def list_device_changes(
     device_id: Annotated[int, Path(ge=1, le=BIGINT_MAX, description="The device's id.")],
     call: Call,
-    listing: ChangeListingDep,
+    listing: ObjectChangeListingDep,
 ) -> object:
     """The device's history (also after it was deleted, for an admin token)."""
     result = await service.list_device_changes(
