@@ -203,6 +203,20 @@ class TestOwnership:
         admin_view = await client.get(anns, headers=bearer(people["admin"]))
         assert admin_view.json()["name"] == "ann-pi"
 
+    async def test_a_token_cannot_leave_its_device_without_an_owner(self, client, people) -> None:
+        bobs = people["bobs_device"]
+        headers = bearer(people["writer"])
+        patched = await client.patch(
+            f"{DEVICES}/{bobs['id']}", json={"owner_id": None}, headers=headers
+        )
+        bulk = await client.patch(
+            f"{DEVICES}/bulk", json=[{"id": bobs["id"], "owner_id": None}], headers=headers
+        )
+        assert_problem(patched, 403)
+        assert_problem(bulk, 403)
+        stored = await client.get(f"{DEVICES}/{bobs['id']}", headers=headers)
+        assert stored.json()["owner_id"] == people["bob"]["id"]
+
     async def test_lists_and_exports_hold_only_own_devices(self, client, people) -> None:
         headers = bearer(people["writer"])
         listed = (await client.get(DEVICES, headers=headers)).json()["items"]

@@ -10,7 +10,7 @@ from devreg.auth.principal import Principal
 from devreg.changes.actor import actor_of
 from devreg.devices.repository import DeviceRepository
 from devreg.devices.schemas import DeviceBulkUpdate, DeviceCreate
-from devreg.devices.service import with_permitted_owner
+from devreg.devices.service import with_permitted_owner, with_permitted_owner_change
 from devreg.errors import InvalidItems, UnknownOwner
 
 
@@ -40,7 +40,7 @@ async def update_devices(
         "serial_number appears more than once in this request",
     )
     changes = [
-        with_permitted_owner(principal, item.model_dump(mode="json", exclude_unset=True))
+        with_permitted_owner_change(principal, item.model_dump(mode="json", exclude_unset=True))
         for item in items
     ]
     repository = DeviceRepository(session)

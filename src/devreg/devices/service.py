@@ -33,6 +33,14 @@ def with_permitted_owner(principal: Principal, values: dict[str, Any]) -> dict[s
     return {**values, "owner_id": _owner_for(principal, values.get("owner_id"))}
 
 
+def with_permitted_owner_change(principal: Principal, changes: dict[str, Any]) -> dict[str, Any]:
+    """`changes` (only the fields sent) with the owner the principal may set: an owner cleared
+    is a device given away, which only an admin may do."""
+    if principal.owner is not None and "owner_id" in changes and changes["owner_id"] is None:
+        raise Forbidden("A token may not leave its user's device without an owner; admins may.")
+    return with_permitted_owner(principal, changes)
+
+
 def visible(principal: Principal, filters: DeviceFilter) -> DeviceFilter:
     return filters if principal.owner is None else replace(filters, visible_to=principal.owner)
 
@@ -98,7 +106,7 @@ async def update_device(
             raise PreconditionFailed(device.version)
         return device
     return await _apply(
-        session, device_id, with_permitted_owner(principal, changes), if_match, principal
+        session, device_id, with_permitted_owner_change(principal, changes), if_match, principal
     )
 
 
