@@ -17,8 +17,16 @@ def etag(version: int) -> str:
 
 def _versions(header: str, *, weak_too: bool) -> frozenset[int]:
     """The versions the header's tags name; a tag that names none (such as "01", or a number
-    beyond any version) matches nothing, and never reaches a statement."""
-    tags = (tag for weak, tag in _ENTITY_TAG.findall(header) if weak_too or not weak)
+    beyond any version) matches nothing, and never reaches a statement. A header that is not a
+    list of entity tags (`"1" "2"`, `x"1"`) names nothing at all."""
+    tags = []
+    for element in header.split(","):  # a list may have empty elements (RFC 9110, 5.6.1)
+        if element.strip():
+            tag = _ENTITY_TAG.fullmatch(element.strip())
+            if tag is None:
+                return frozenset()
+            if weak_too or not tag[1]:
+                tags.append(tag[2])
     versions = (int(tag) for tag in tags if _VERSION_TAG.fullmatch(tag))
     return frozenset(version for version in versions if version <= _VERSION_MAX)
 

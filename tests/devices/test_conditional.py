@@ -63,8 +63,12 @@ async def test_a_write_with_a_matching_if_match_applies(client: AsyncClient, hea
 
 
 @pytest.mark.parametrize(
-    "header", ['"2"', 'W/"1"', "garbage", '"99999999999999999999"', '"2147483648"', '"01"']
-)
+    "header",
+    [
+        '"2"', 'W/"1"', "garbage", '"99999999999999999999"', '"2147483648"', '"01"',
+        'xyz"1"xyz', 'garbage "1"', '"1"x', '"1" "2"',  # not a list of entity tags
+    ],
+)  # fmt: skip
 @pytest.mark.parametrize(
     ("method", "body"),
     [("PATCH", {"model": "m1"}), ("PATCH", {}), ("PUT", {"name": "other"}), ("DELETE", None)],
@@ -168,6 +172,8 @@ async def test_the_tutorial_routes_honour_if_match(client: AsyncClient) -> None:
         (' "1" , "2",W/"3"', [1, 2], [3]),
         ('"a1", 1, "", W/', [], [1]),
         ('"01", "2147483648"', [], [1, 2147483648]),
+        (', "4",, ', [4], [1]),
+        ('"4", x"5"', [], [4, 5]),
     ],
 )
 def test_if_match_parsing(header: str, accepted: list[int], refused: list[int]) -> None:
@@ -178,6 +184,7 @@ def test_if_match_parsing(header: str, accepted: list[int], refused: list[int]) 
 
 def test_if_none_match_compares_weakly() -> None:
     assert not_modified('W/"4"', 4)
+    assert not not_modified('W/"4" W/"5"', 4)  # not a list of entity tags
     assert not not_modified(None, 4)
     assert not not_modified('"40"', 4)
 
