@@ -82,6 +82,15 @@ class TestAuthentication:
         assert_problem(response, 401)
         assert 'error="invalid_token"' in response.headers["WWW-Authenticate"]
 
+    @pytest.mark.parametrize("order", ["valid-first", "valid-last"])
+    async def test_two_authorization_headers_are_401(self, client, people, order) -> None:
+        headers = [("Authorization", f"Bearer {people['writer']}"), ("Authorization", "Bearer x")]
+        if order == "valid-last":
+            headers.reverse()
+        response = await client.get(DEVICES, headers=headers)
+        assert_problem(response, 401)
+        assert 'error="invalid_token"' in response.headers["WWW-Authenticate"]
+
     async def test_only_a_hash_and_a_prefix_are_stored(
         self, client, people, connection: AsyncConnection
     ) -> None:

@@ -5,6 +5,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from devreg.auth.authenticator import Authenticator
 from devreg.auth.principal import Principal
+from devreg.errors import InvalidToken
 
 
 def app_authenticator(request: Request) -> Authenticator:
@@ -15,9 +16,10 @@ def app_authenticator(request: Request) -> Authenticator:
 async def authenticate(request: Request, session: AsyncSession, *, writes: bool) -> Principal:
     """The request's principal (401 without a live token, unless the API is open), which must
     be allowed to write when the request `writes` (else 403)."""
-    principal = await app_authenticator(request).principal(
-        session, request.headers.get("authorization")
-    )
+    authorization = request.headers.get("authorization")
+    if authorization is not None and len(request.headers.getlist("authorization")) > 1:
+        raise InvalidToken("Send one Authorization header, not several.")
+    principal = await app_authenticator(request).principal(session, authorization)
     if writes:
         principal.require_write()
     return principal
