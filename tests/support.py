@@ -1,5 +1,6 @@
 """Helpers shared by the tests: settings, databases, an app with its lifespan run, exports."""
 
+import asyncio
 import csv
 import io
 import json
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import IO, Any
 
+import asyncpg
 import httpx
 from fastapi import FastAPI
 from httpx import ASGITransport, AsyncClient
@@ -259,3 +261,20 @@ def ndjson_records(text: str) -> list[dict[str, Any]]:
 
 
 EXPORT_PARSERS = {"csv": csv_records, "ndjson": ndjson_records}
+
+
+async def asyncpg_connection(url: URL) -> asyncpg.Connection:
+    """A plain connection of the test's own, beside the app's (to hold locks, say)."""
+    return await asyncpg.connect(url.set(drivername="postgresql").render_as_string(False))
+
+
+async def waiting_for_a_lock(connection: asyncpg.Connection) -> None:
+    """Return once some session of the server waits for a lock (within 10 seconds)."""
+    for _ in range(200):
+        waiting = await connection.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+        )
+        if waiting:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("no session came to wait for a lock")

@@ -6,7 +6,6 @@ from collections import Counter
 from datetime import datetime
 from typing import Any
 
-import asyncpg
 import httpx
 import pytest
 from httpx import AsyncClient, Response
@@ -21,7 +20,7 @@ from tests.api import (
     fetch_device,
     stored_devices,
 )
-from tests.support import devreg_server
+from tests.support import asyncpg_connection, devreg_server, waiting_for_a_lock
 
 BULK = f"{DEVICES}/bulk"
 BULK_MAX = 10_000
@@ -502,26 +501,13 @@ class TestHeartbeat:
 # --- concurrent bulk writes (a real server) ----------------------------------------------------
 
 
-async def _waiting_for_a_lock(connection: asyncpg.Connection) -> None:
-    for _ in range(200):
-        waiting = await connection.fetchval(
-            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
-        )
-        if waiting:
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError("no request came to wait for a lock")
-
-
 async def test_a_deadlock_is_a_409_to_send_again(committed_database_url: URL) -> None:
     url = committed_database_url.render_as_string(hide_password=False)
     with devreg_server(DATABASE_URL=url) as base_url:
         async with httpx.AsyncClient(base_url=base_url, timeout=30) as client:
             created = await client.post(BULK, json=[{"name": "first"}, {"name": "second"}])
             first, second = created.json()["ids"]
-            holder = await asyncpg.connect(
-                committed_database_url.set(drivername="postgresql").render_as_string(False)
-            )
+            holder = await asyncpg_connection(committed_database_url)
             try:
                 await holder.execute("SET deadlock_timeout = '30s'")  # the request's check wins
                 async with holder.transaction():
@@ -529,7 +515,7 @@ async def test_a_deadlock_is_a_409_to_send_again(committed_database_url: URL) ->
                     patching = asyncio.ensure_future(
                         client.patch(BULK, json=[{"id": first, "model": "m"}, {"id": second}])
                     )
-                    await _waiting_for_a_lock(holder)  # it holds `first`, waits for `second`
+                    await waiting_for_a_lock(holder)  # it holds `first`, waits for `second`
                     await holder.execute("UPDATE devices SET model = 'held' WHERE id = $1", first)
                     response = await patching
             finally:

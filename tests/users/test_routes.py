@@ -1,9 +1,12 @@
 """HTTP-level tests of /api/v1/users: every use case, its errors, paging and query counts."""
 
+import asyncio
 from datetime import datetime
 
+import httpx
 import pytest
 from httpx import AsyncClient
+from sqlalchemy.engine import URL
 
 from tests.api import (
     BAD_IDS,
@@ -25,6 +28,7 @@ from tests.api import (
     stored_users,
     walk_pages,
 )
+from tests.support import asyncpg_connection, devreg_server, waiting_for_a_lock
 
 # --- bad input -----------------------------------------------------------------------------
 
@@ -503,3 +507,33 @@ class TestRouting:
         response = await client.get(path)
 
         assert_problem(response, 404)
+
+
+async def test_a_cascade_takes_the_devices_registered_while_it_waits(
+    committed_database_url: URL,
+) -> None:
+    """A device registered for the user while the deletion runs goes with the user: it is not
+    left behind to refuse the deletion with a 409 that asks for the cascade already asked."""
+    url = committed_database_url.render_as_string(hide_password=False)
+    with devreg_server(DATABASE_URL=url) as base_url:
+        async with httpx.AsyncClient(base_url=base_url, timeout=30) as client:
+            user = (await client.post(USERS, json={"name": "leaving"})).json()
+            holder = await asyncpg_connection(committed_database_url)
+            try:
+                async with holder.transaction():
+                    await holder.execute(
+                        "INSERT INTO devices (name, owner_id) VALUES ('late', $1)", user["id"]
+                    )
+                    deleting = asyncio.ensure_future(
+                        client.delete(f"{USERS}/{user['id']}", params={"cascade": "devices"})
+                    )
+                    await waiting_for_a_lock(holder)
+                response = await deleting
+                left = await holder.fetchval(
+                    "SELECT count(*) FROM devices WHERE owner_id = $1", user["id"]
+                )
+            finally:
+                await holder.close()
+
+    assert response.status_code == 204, response.text
+    assert left == 0

@@ -111,6 +111,12 @@ class UserRepository:
         statement = update(User).where(User.id == user_id).values(changes).returning(User)
         return (await self._returning(statement)).one_or_none()
 
+    async def lock(self, user_id: int) -> bool:
+        """Hold the user until the transaction ends (no device can be given it meanwhile):
+        whether it exists."""
+        statement = select(User.id).where(User.id == user_id).with_for_update()
+        return await self.session.scalar(statement) is not None
+
     async def delete(self, user_id: int) -> bool:
         statement = delete(User).where(User.id == user_id).returning(User.id)
         try:

@@ -74,9 +74,14 @@ async def delete_user(
     cache too."""
     principal.require_admin()
     await record_actor(session, principal)
+    users = UserRepository(session)
     if cascade_devices:
+        # Held first: a device registered for the user meanwhile would otherwise outlive the
+        # cascade and refuse the user's deletion.
+        if not await users.lock(user_id):
+            raise UserNotFound
         await devices_service.delete_devices_of_owner(session, owner_id=user_id)
-    if not await UserRepository(session).delete(user_id):
+    if not await users.delete(user_id):
         raise UserNotFound
     if authenticator is not None:
         authenticator.forget_user(user_id)
