@@ -269,10 +269,11 @@ async def asyncpg_connection(url: URL) -> asyncpg.Connection:
 
 
 async def waiting_for_a_lock(connection: asyncpg.Connection) -> None:
-    """Return once some session of the server waits for a lock (within 10 seconds)."""
+    """Return once another session waits for a lock `connection` holds (within 10 seconds)."""
     for _ in range(200):
         waiting = await connection.fetchval(
-            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+            "SELECT count(*) FROM pg_stat_activity "
+            "WHERE pg_backend_pid() = ANY(pg_blocking_pids(pid))"
         )
         if waiting:
             return

@@ -50,6 +50,25 @@ class TestRepeatedParameters:
         within = "&".join([f"{parameter}={value}"] * REPEATS_MAX)
         assert (await client.get(f"{path}?{within}")).status_code == 200
 
+    async def test_an_unknown_parameter_given_twice_is_refused_as_unknown(self, client):
+        problem = assert_problem(await client.get(f"{DEVICES}?bogus=1&bogus=2"), 400)
+
+        assert problem["parameter"] == "bogus"
+        assert "unknown" in problem["detail"]
+
+    async def test_a_bad_value_is_reported_before_the_repeat(self, client):
+        problem = assert_problem(await client.get(f"{DEVICES}?limit=0&limit=0"), 422)
+
+        assert problem["errors"][0]["loc"] == ["query", "limit"]
+
+    async def test_attribute_filters_count_together(self, client):
+        many = [(f"attr.k{index}", "1") for index in range(REPEATS_MAX + 1)]
+
+        problem = assert_problem(await client.get(DEVICES, params=many), 400)
+
+        assert problem["parameter"].startswith("attr.")
+        assert (await client.get(DEVICES, params=many[:-1])).status_code == 200
+
     @pytest.mark.parametrize("path", [DEVICES, USERS])
     @pytest.mark.parametrize("parameter", ["name__ic", "name__isw"])
     async def test_name_patterns_are_few(self, client, path, parameter):

@@ -4,7 +4,7 @@ import asyncio
 import gc
 import logging
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from datetime import timedelta
 from typing import Any, TypedDict
 
@@ -12,7 +12,7 @@ from fastapi import APIRouter, FastAPI
 from fastapi.routing import APIRoute
 from fastapi.telemetry import TelemetryConfig
 from fastapi_offline import FastAPIOffline
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from devreg import __version__
@@ -97,7 +97,7 @@ async def _sweep_expired_keys(
         try:
             async with session_scope(sessionmaker) as session:
                 await forget_expired(session, lifetime=lifetime)
-        except (DBAPIError, OSError, TimeoutError) as exc:  # the database away: next time
+        except (SQLAlchemyError, OSError) as exc:  # the database away, the pool busy: next time
             logger.warning(
                 "expired idempotency keys not deleted", extra={"error_type": type(exc).__name__}
             )
@@ -135,6 +135,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 yield {"engine": engine, "sessionmaker": sessionmaker, "admission": admission}
             finally:
                 sweeper.cancel()
+                with suppress(asyncio.CancelledError):
+                    await sweeper
         finally:
             await engine.dispose()
 

@@ -5,7 +5,10 @@ import re
 from dataclasses import dataclass
 
 # An entity tag: optional weakness marker, then an opaque string in double quotes.
-_ENTITY_TAG = re.compile(r'(W/)?"([\x21\x23-\x7e]*)"')
+_TAG = r'(W/)?"([\x21\x23-\x7e]*)"'
+_ENTITY_TAG = re.compile(_TAG)
+# A comma-separated list of entity tags, empty elements allowed (RFC 9110, section 5.6.1).
+_TAG_LIST = re.compile(rf"[\s,]*(?:{_TAG}(?:\s*,[\s,]*{_TAG})*)?[\s,]*")
 # A version as etag() writes it: tags compare as strings, so "01" is not version 1.
 _VERSION_TAG = re.compile(r"0|[1-9][0-9]{0,9}")
 _VERSION_MAX = 2**31 - 1  # a PostgreSQL integer
@@ -19,14 +22,9 @@ def _versions(header: str, *, weak_too: bool) -> frozenset[int]:
     """The versions the header's tags name; a tag that names none (such as "01", or a number
     beyond any version) matches nothing, and never reaches a statement. A header that is not a
     list of entity tags (`"1" "2"`, `x"1"`) names nothing at all."""
-    tags = []
-    for element in header.split(","):  # a list may have empty elements (RFC 9110, 5.6.1)
-        if element.strip():
-            tag = _ENTITY_TAG.fullmatch(element.strip())
-            if tag is None:
-                return frozenset()
-            if weak_too or not tag[1]:
-                tags.append(tag[2])
+    if not _TAG_LIST.fullmatch(header):
+        return frozenset()
+    tags = (tag for weak, tag in _ENTITY_TAG.findall(header) if weak_too or not weak)
     versions = (int(tag) for tag in tags if _VERSION_TAG.fullmatch(tag))
     return frozenset(version for version in versions if version <= _VERSION_MAX)
 

@@ -1,7 +1,7 @@
 """Structured logging: JSON lines, one per request, each with the request id."""
 
+import itertools
 import logging
-import re
 from typing import Any
 
 from pythonjsonlogger.core import RESERVED_ATTRS
@@ -40,23 +40,19 @@ class RedactingJsonFormatter(OrjsonFormatter):
         return super().format(record)
 
 
-# A traceback's exception line, `sqlalchemy.exc.OperationalError: (asyncpg.exceptions.X) ...`:
-# the exception's type and, when it wraps the driver's, that one's; the message is left out.
-_EXCEPTION_LINE = re.compile(
-    r"(?:\w+\.)*(\w+(?:Error|Exception|Exit|Interrupt|Warning|Failure))"
-    r"(?::\s*\((?:\w+\.)*(\w+)\))?"
-)
-
-
 def _error_names(traceback_text: str) -> str:
-    """`OperationalError (TooManyConnectionsError)`, from the traceback's exception line; not
-    its last line, which SQLAlchemy makes a link ("(Background on this error at: ...")."""
+    """`DBAPIError (TooManyConnectionsError)`: the type of the exception a traceback ends with
+    and of its first cause, from their lines (each the first unindented line after the frames,
+    which are indented); never their messages, which may hold SQL and values."""
+    names = []
     lines = traceback_text.strip().splitlines()
-    for line in reversed(lines):
-        match = _EXCEPTION_LINE.match(line)
-        if match:
-            return match[1] + (f" ({match[2]})" if match[2] else "")
-    return lines[-1].split(":", 1)[0].rsplit(".", 1)[-1]
+    for previous, line in itertools.pairwise(lines):
+        if previous.startswith(" ") and line and not line.startswith(" "):
+            names.append(line.split(":", 1)[0].rsplit(".", 1)[-1])
+    if not names:
+        return lines[-1].split(":", 1)[0].rsplit(".", 1)[-1]
+    outermost, first_cause = names[-1], names[0]
+    return outermost if outermost == first_cause else f"{outermost} ({first_cause})"
 
 
 def logging_config(level: str, *, echo_sql: bool = False) -> dict[str, Any]:

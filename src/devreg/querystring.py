@@ -91,8 +91,6 @@ class QueryString(Generic[QueryT]):
 
     def __call__(self, request: Request) -> QueryT:
         params = request.query_params
-        if len(params.multi_items()) > len(params):
-            _reject_repeats(params.multi_items(), self.repeatable, prefix=self.prefix)
         values = {
             name: params.getlist(name) if name in self.repeatable else params[name]
             for name in params
@@ -103,6 +101,9 @@ class QueryString(Generic[QueryT]):
         except ValidationError as exc:
             raise request_validation_error(exc, "query") from None
         _reject_unknown(request, self.model.model_fields, prefix=self.prefix)
+        if len(params.multi_items()) > len(params):
+            _reject_repeats(params.multi_items(), self.model.model_fields, self.repeatable)
+        _reject_many_prefixed(params.multi_items(), prefix=self.prefix)
         return query
 
     def parameters(self) -> list[dict[str, Any]]:
@@ -144,20 +145,29 @@ NamePatterns = Annotated[tuple[ShortText, ...], Field(max_length=PATTERNS_MAX)]
 
 
 def _reject_repeats(
-    items: Sequence[tuple[str, str]], repeatable: Collection[str], *, prefix: str | None
+    items: Sequence[tuple[str, str]], known: Collection[str], repeatable: Collection[str]
 ) -> None:
     """A parameter given twice must not quietly mean its last value, and a repeatable one
-    (a field that is a list, or a name beginning with `prefix`) must not make one request a
-    statement of thousands of conditions."""
-    times = Counter(name for name, _ in items)
+    must not make one request a statement of thousands of conditions."""
+    times = Counter(name for name, _ in items if name in known)
     for name, count in times.items():
-        prefixed = prefix is not None and name.startswith(prefix)
-        if count > 1 and name not in repeatable and not prefixed:
+        if count > 1 and name not in repeatable:
             raise InvalidParameter(name, f"query parameter {name!r} may be given only once")
         if count > REPEATS_MAX:
             raise InvalidParameter(
                 name, f"query parameter {name!r} may be given at most {REPEATS_MAX} times"
             )
+
+
+def _reject_many_prefixed(items: Sequence[tuple[str, str]], *, prefix: str | None) -> None:
+    """Parameters beginning with `prefix` (`attr.<key>`) count together against REPEATS_MAX."""
+    if prefix is None:
+        return
+    prefixed = [name for name, _ in items if name.startswith(prefix)]
+    if len(prefixed) > REPEATS_MAX:
+        raise InvalidParameter(
+            prefixed[-1], f"at most {REPEATS_MAX} query parameters may begin with {prefix!r}"
+        )
 
 
 def _reject_unknown(request: Request, known: Collection[str], *, prefix: str | None = None) -> None:

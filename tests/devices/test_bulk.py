@@ -14,12 +14,14 @@ from sqlalchemy.engine import URL
 from tests.api import (
     BAD_IDS,
     DEVICES,
+    USERS,
     assert_problem,
     create_device,
     create_user,
     fetch_device,
     stored_devices,
 )
+from tests.auth.test_tokens import TOKENS
 from tests.support import asyncpg_connection, devreg_server, waiting_for_a_lock
 
 BULK = f"{DEVICES}/bulk"
@@ -503,13 +505,18 @@ class TestHeartbeat:
 
 async def test_a_deadlock_is_a_409_to_send_again(committed_database_url: URL) -> None:
     url = committed_database_url.render_as_string(hide_password=False)
-    with devreg_server(DATABASE_URL=url) as base_url:
-        async with httpx.AsyncClient(base_url=base_url, timeout=30) as client:
-            created = await client.post(BULK, json=[{"name": "first"}, {"name": "second"}])
-            first, second = created.json()["ids"]
-            holder = await asyncpg_connection(committed_database_url)
-            try:
-                await holder.execute("SET deadlock_timeout = '30s'")  # the request's check wins
+    holder = await asyncpg_connection(committed_database_url)
+    try:
+        # PostgreSQL looks for a deadlock once, deadlock_timeout after a wait begins: the app's
+        # sessions look after 5 s (time for the holder to close the cycle), the holder's after
+        # 30, so the request is the one undone.
+        database = committed_database_url.database
+        await holder.execute(f"ALTER DATABASE {database} SET deadlock_timeout = '5s'")
+        await holder.execute("SET deadlock_timeout = '30s'")
+        with devreg_server(DATABASE_URL=url) as base_url:
+            async with httpx.AsyncClient(base_url=base_url, timeout=30) as client:
+                created = await client.post(BULK, json=[{"name": "first"}, {"name": "second"}])
+                first, second = created.json()["ids"]
                 async with holder.transaction():
                     await holder.execute("UPDATE devices SET model = 'held' WHERE id = $1", second)
                     patching = asyncio.ensure_future(
@@ -518,9 +525,9 @@ async def test_a_deadlock_is_a_409_to_send_again(committed_database_url: URL) ->
                     await waiting_for_a_lock(holder)  # it holds `first`, waits for `second`
                     await holder.execute("UPDATE devices SET model = 'held' WHERE id = $1", first)
                     response = await patching
-            finally:
-                await holder.close()
-            stored = [(await client.get(f"{DEVICES}/{id_}")).json() for id_ in (first, second)]
+                stored = [(await client.get(f"{DEVICES}/{id_}")).json() for id_ in (first, second)]
+    finally:
+        await holder.close()
 
     problem = assert_problem(response, 409)
     assert problem["type"].endswith(":concurrent-write")
@@ -547,3 +554,42 @@ async def test_bulk_writes_naming_devices_in_other_orders_do_not_deadlock(
 
     assert set(statuses) <= {200, 204, 422}  # 422: the devices were deleted first
     assert statuses[204] == 5
+
+
+async def test_a_tokens_bulk_write_waits_for_no_other_users_device(
+    committed_database_url: URL,
+) -> None:
+    """Only the devices a write may touch are locked: another user's, held elsewhere, does not
+    hold up a token's bulk write that names it (it is not found, as if it did not exist)."""
+    url = committed_database_url.render_as_string(hide_password=False)
+    with devreg_server(DATABASE_URL=url) as base_url:
+        async with httpx.AsyncClient(base_url=base_url, timeout=30) as client:
+            ann, bob = [(await client.post(USERS, json={"name": n})).json() for n in ("a", "b")]
+            anns, bobs = [
+                (await client.post(DEVICES, json={"name": "d", "owner_id": user["id"]})).json()
+                for user in (ann, bob)
+            ]
+            admin = (await client.post(TOKENS, json={"user_id": ann["id"], "admin": True})).json()
+            writer = await client.post(
+                TOKENS,
+                json={"user_id": bob["id"]},
+                headers={"Authorization": f"Bearer {admin['token']}"},
+            )
+            bobs_token = {"Authorization": f"Bearer {writer.json()['token']}"}
+            holder = await asyncpg_connection(committed_database_url)
+            try:
+                async with holder.transaction():
+                    hold = "SELECT 1 FROM devices WHERE id = $1 FOR UPDATE"
+                    await holder.execute(hold, anns["id"])
+                    both = [bobs["id"], anns["id"]]
+                    patched = await client.patch(
+                        BULK, json=[{"id": id_} for id_ in both], headers=bobs_token, timeout=5
+                    )
+                    deleted = await client.request(
+                        "DELETE", BULK, json=both, headers=bobs_token, timeout=5
+                    )
+            finally:
+                await holder.close()
+
+    for response in (patched, deleted):
+        assert [index for index, _ in bad_items(assert_problem(response, 422))] == [1]

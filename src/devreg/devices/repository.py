@@ -8,6 +8,7 @@ from sqlalchemy import (
     BigInteger,
     BindParameter,
     ColumnElement,
+    Delete,
     FromClause,
     Insert,
     Integer,
@@ -150,12 +151,14 @@ SET ({", ".join(_UPDATED_BY_IMPORT)}) = (
 }
 
 # A key an item leaves out keeps the device's value; a key sent as null sets NULL.
-# Rows are locked in id order first (`locked`), as every bulk write and cascade locks them:
-# two bulk writes naming the same devices in different orders would otherwise deadlock.
+# Rows are locked in id order first (`locked`), as every write of many devices locks them
+# (_delete_in_id_order): two bulk writes naming the same devices in different orders would
+# otherwise deadlock. Only the rows the write may touch are locked (`owner`'s, when given).
 _UPDATE_MANY = f"""
 WITH locked AS MATERIALIZED (
     SELECT id FROM devices
     WHERE id IN (SELECT (item->>'id')::bigint FROM jsonb_array_elements(:items) AS item)
+        AND (:owner IS NULL OR owner_id = :owner)
     ORDER BY id FOR UPDATE
 )
 UPDATE devices AS device SET
@@ -172,7 +175,7 @@ UPDATE devices AS device SET
     last_seen_at = CASE WHEN item ? 'last_seen_at' THEN (item->>'last_seen_at')::timestamptz
                         ELSE device.last_seen_at END
 FROM jsonb_array_elements(:items) AS item JOIN locked ON locked.id = (item->>'id')::bigint
-WHERE device.id = locked.id AND (:owner IS NULL OR device.owner_id = :owner)
+WHERE device.id = locked.id
     AND {ACTING_SQL}
 RETURNING device.id
 """  # noqa: S608 - constant SQL: values are parameters
@@ -519,20 +522,10 @@ class DeviceRepository:
     async def delete_many(
         self, ids: list[int], *, actor: str, owner: int | None = None
     ) -> list[int]:
-        locked = (  # in id order, as _UPDATE_MANY locks them
-            select(Device.id)
-            .where(Device.id.in_(ids))
-            .order_by(Device.id)
-            .with_for_update()
-            .cte("locked")
-            .prefix_with("MATERIALIZED")
-        )
-        statement = (
-            delete(Device).where(Device.id.in_(select(locked.c.id)), ACTING).returning(Device.id)
-        )
-        if owner is not None:
-            statement = statement.where(Device.owner_id == owner)
-        return list((await self.session.scalars(statement, {"actor": actor})).all())
+        owned = [] if owner is None else [Device.owner_id == owner]
+        statement = _delete_in_id_order(Device.id.in_(ids), *owned).where(ACTING)
+        deleted = await self.session.scalars(statement.returning(Device.id), {"actor": actor})
+        return list(deleted.all())
 
     async def touch_last_seen(self, device_id: int, *, owner: int | None = None) -> bool:
         statement = _heartbeat_statement(owner is not None)
@@ -586,13 +579,26 @@ class DeviceRepository:
         return await fetch_row(self.session, statement, values, _VIOLATIONS) is not None
 
     async def delete_by_owner(self, owner_id: int) -> None:
-        await self.session.execute(delete(Device).where(Device.owner_id == owner_id))
+        await self.session.execute(_delete_in_id_order(Device.owner_id == owner_id))
 
     async def _one(
         self, statement: DriverStatement, values: Mapping[str, Any]
     ) -> DeviceRead | None:
         row = await fetch_row(self.session, statement, values, _VIOLATIONS)
         return _device(dict(row)) if row is not None else None
+
+
+def _delete_in_id_order(*conditions: ColumnElement[bool]) -> Delete:
+    """Delete the devices meeting `conditions`, locked in id order first (see _UPDATE_MANY)."""
+    locked = (
+        select(Device.id)
+        .where(*conditions)
+        .order_by(Device.id)
+        .with_for_update()
+        .cte("locked")
+        .prefix_with("MATERIALIZED")
+    )
+    return delete(Device).where(Device.id.in_(select(locked.c.id)))
 
 
 def _any_of(column: SQLColumnExpression[Any], values: Iterable[Any]) -> list[ColumnElement[bool]]:

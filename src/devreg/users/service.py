@@ -76,8 +76,11 @@ async def delete_user(
     await record_actor(session, principal)
     users = UserRepository(session)
     if cascade_devices:
-        # Held first: a device registered for the user meanwhile would otherwise outlive the
-        # cascade and refuse the user's deletion.
+        await devices_service.delete_devices_of_owner(session, owner_id=user_id)
+        # Then the user is held and its devices deleted again: one registered for the user
+        # meanwhile would otherwise refuse the deletion. Held only after the first pass, the
+        # user is seldom held while waiting for a device that a writer waiting for the user
+        # holds (a deadlock, answered with a 409 to send again).
         if not await users.lock(user_id):
             raise UserNotFound
         await devices_service.delete_devices_of_owner(session, owner_id=user_id)
