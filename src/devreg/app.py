@@ -83,8 +83,10 @@ def include_flat(app: FastAPI, router: APIRouter, *, prefix: str) -> None:
         )
 
 
-# How often, at most an hour apart, expired Idempotency-Keys are deleted while the app runs.
+# How often expired Idempotency-Keys are deleted while the app runs: every key lifetime, but
+# at least every hour and at most every second.
 _SWEEP_INTERVAL_MAX = timedelta(hours=1)
+_SWEEP_INTERVAL_MIN = timedelta(seconds=1)
 
 
 async def _sweep_expired_keys(
@@ -92,7 +94,7 @@ async def _sweep_expired_keys(
 ) -> None:
     """Delete expired Idempotency-Keys now and every so often (each worker): every keyed write
     adds one, and an expired key is never asked for again."""
-    interval = min(lifetime, _SWEEP_INTERVAL_MAX).total_seconds()
+    interval = max(min(lifetime, _SWEEP_INTERVAL_MAX), _SWEEP_INTERVAL_MIN).total_seconds()
     while True:
         try:
             async with session_scope(sessionmaker) as session:
