@@ -321,6 +321,32 @@ class TestManagingTokens:
         for body in ({"admin": True}, {"user_id": people["ann"]["id"]}):
             assert_problem(await client.post(TOKENS, json=body, headers=headers), 403)
 
+    async def test_tokens_are_listed_a_page_at_a_time(self, client, people) -> None:
+        headers = bearer(people["admin"])
+        first = (await client.get(TOKENS, params={"limit": 2}, headers=headers)).json()
+        rest = await client.get(
+            TOKENS, params={"limit": 2, "cursor": first["next_cursor"]}, headers=headers
+        )
+        other_filter = await client.get(
+            TOKENS, params={"user_id": 1, "cursor": first["next_cursor"]}, headers=headers
+        )
+
+        ids = [item["id"] for item in first["items"] + rest.json()["items"]]
+        assert len(ids) == 3
+        assert ids == sorted(ids)
+        assert rest.json()["next_cursor"] is None
+        assert_problem(other_filter, 400)
+
+    async def test_a_listed_token_is_the_token_as_created(self, client, people) -> None:
+        headers = bearer(people["admin"])
+        created = await client.post(
+            TOKENS, json={"user_id": people["bob"]["id"], "expires_in": "90d"}, headers=headers
+        )
+        listed = await client.get(TOKENS, params={"limit": 1000}, headers=headers)
+
+        expected = {key: value for key, value in created.json().items() if key != "token"}
+        assert expected in listed.json()["items"]
+
     async def test_an_admin_lists_one_users_tokens(self, client, people) -> None:
         headers = bearer(people["admin"])
         response = await client.get(

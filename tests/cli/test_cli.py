@@ -266,14 +266,30 @@ class TestTokens:
         assert "shown once" in result.stdout
         assert result.stdout.count(token) == 1
         listed = devreg("tokens", "list", "--json")
-        [item] = json.loads(listed.stdout)
+        [item] = json.loads(listed.stdout)["items"]
         assert item["prefix"] == token[:12]
         assert item["scope"] == "read"
         assert item["expires_at"] is not None
         assert token not in listed.stdout
         assert devreg("tokens", "revoke", str(item["id"])).exit_code == 0
-        [revoked] = json.loads(devreg("tokens", "list", "--json").stdout)
+        [revoked] = json.loads(devreg("tokens", "list", "--json").stdout)["items"]
         assert revoked["revoked_at"] is not None
+
+    def test_tokens_are_listed_a_page_at_a_time(self, devreg: Invoke) -> None:
+        user = json_of(devreg("users", "create", "--name", "Ann", "--json"))
+        for _ in range(3):
+            assert devreg("tokens", "create", "--user", str(user["id"])).exit_code == 0
+        first = json_of(devreg("tokens", "list", "--limit", "2", "--json"))
+        rest = json_of(devreg("tokens", "list", "--limit", "2", "--cursor", first["next_cursor"],
+                              "--json"))  # fmt: skip
+        table = devreg("tokens", "list", "--limit", "2")
+
+        ids = [item["id"] for item in first["items"] + rest["items"]]
+        assert ids == sorted(ids)
+        assert len(ids) == 3
+        assert rest["next_cursor"] is None
+        assert all(item["prefix"] in table.stdout for item in first["items"])
+        assert f"--cursor {first['next_cursor']}" in table.stdout
 
     def test_unknown_user_and_bad_expiry_fail(self, devreg: Invoke) -> None:
         unknown = devreg("tokens", "create", "--user", "999")

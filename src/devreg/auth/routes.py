@@ -1,14 +1,15 @@
 from typing import Annotated
 
 from fastapi import APIRouter, Path, status
-from pydantic import BaseModel, Field
+from pydantic import Field
 
 from devreg.auth import service
+from devreg.auth.filters import DEFAULT_SORT, SORT_KEYS, TokenFilter
 from devreg.auth.guard import app_authenticator
-from devreg.auth.schemas import TokenCreate, TokenCreated, TokenList, TokenRead
+from devreg.auth.schemas import TokenCreate, TokenCreated, TokenPage, TokenRead
 from devreg.calls import ApiRoute, Call, documented
 from devreg.problems import problem_responses
-from devreg.querystring import QueryString
+from devreg.querystring import PageQuery, QueryString, page_response
 from devreg.schemas import BIGINT_MAX, Id
 
 router = APIRouter(
@@ -34,7 +35,7 @@ async def create_token(data: TokenCreate, call: Call) -> TokenCreated:
     )
 
 
-class TokenListingQuery(BaseModel):
+class TokenListingQuery(PageQuery):
     user_id: Id | None = Field(None, description="Only this user's (admins).")
 
 
@@ -43,15 +44,18 @@ _TOKEN_LISTING_QUERY = QueryString(TokenListingQuery)
 
 @router.get(
     "",
-    response_model=TokenList,
+    response_model=TokenPage,
     responses=problem_responses(400, 422),
     openapi_extra=documented(*_TOKEN_LISTING_QUERY.parameters()),
 )
-async def list_tokens(call: Call) -> TokenList:
+async def list_tokens(call: Call) -> object:
     """The caller's tokens (an admin's: everyone's), revoked ones included, oldest first."""
     query = _TOKEN_LISTING_QUERY(call)
-    tokens = await service.list_tokens(call.db, call.principal, user_id=query.user_id)
-    return TokenList(items=[TokenRead.model_validate(token) for token in tokens])
+    page = query.page(sort_keys=SORT_KEYS, default_sort=DEFAULT_SORT, item=TokenRead)
+    result = await service.list_tokens(
+        call.db, call.principal, filters=TokenFilter(user_id=query.user_id), page=page
+    )
+    return page_response(TokenPage, result)
 
 
 @router.delete(

@@ -3,6 +3,7 @@ from datetime import datetime
 from pydantic import Field
 
 from devreg.auth.models import TokenScope
+from devreg.pagination import Page
 from devreg.schemas import Duration, Id, InputSchema, Schema
 
 
@@ -33,5 +34,5 @@ class TokenCreated(TokenRead):
     token: str = Field(description="The token itself: shown this once, never stored.")
 
 
-class TokenList(Schema):
-    items: list[TokenRead]
+class TokenPage(Page[TokenRead]):
+    pass

@@ -1,17 +1,20 @@
 """Token use cases. Services never commit: the caller's session scope does."""
 
 import secrets
-from collections.abc import Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from devreg.auth.authenticator import Authenticator, token_digest
-from devreg.auth.models import PREFIX_LENGTH, ApiToken
+from devreg.auth.filters import SORT_KEYS, TokenFilter
+from devreg.auth.models import PREFIX_LENGTH
 from devreg.auth.principal import Principal
 from devreg.auth.repository import TokenRepository
 from devreg.auth.schemas import TokenCreate, TokenCreated, TokenRead
+from devreg.db.rendering import Rendered
 from devreg.errors import AdminRequired, InvalidInput, TokenNotFound
+from devreg.pagination import PageRequest, PageResult, paginate_listing
 
 # Recognisable in logs and by secret scanners.
 TOKEN_MARKER = "dvr_"  # noqa: S105 - a marker, not a secret
@@ -55,13 +58,14 @@ async def create_token(
 
 
 async def list_tokens(
-    session: AsyncSession, principal: Principal, *, user_id: int | None = None
-) -> Sequence[ApiToken]:
+    session: AsyncSession, principal: Principal, *, filters: TokenFilter, page: PageRequest
+) -> PageResult[Rendered]:
     """The caller's own tokens; an admin's: everyone's, or `user_id`'s."""
-    owner = principal.owner
-    if owner is not None and user_id is not None and user_id != owner:
-        return []
-    return await TokenRepository(session).list(user_id=owner if owner is not None else user_id)
+    if principal.owner is not None:
+        filters = replace(filters, visible_to=principal.owner)
+    return await paginate_listing(
+        "tokens", TokenRepository(session), filters, page, value_type=SORT_KEYS[page.sort.key]
+    )
 
 
 async def revoke_token(

@@ -3,7 +3,7 @@
 import asyncio
 import json
 import sys
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Collection, Coroutine, Sequence
 from typing import Annotated, Any, NoReturn, TypeVar
 
 import asyncpg
@@ -122,12 +122,16 @@ def show_page(
     columns: Sequence[str],
     *,
     as_json: bool,
+    unbroken: Collection[str] = (),
 ) -> None:
-    """A page from a service, as a table of `columns` (and the next cursor) or as JSON."""
+    """A page from a service, as a table of `columns` (and the next cursor) or as JSON. The
+    `unbroken` columns' values are never folded across lines."""
     if as_json:
         print(page_json(page_model, result).decode())
         return
-    table = Table(*columns)
+    table = Table()
+    for column in columns:
+        table.add_column(column, overflow="fold", no_wrap=column in unbroken)
     for item in result.items:
         row = json.loads(item.json)
         table.add_row(*(_cell(row[column]) for column in columns))

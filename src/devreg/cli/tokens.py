@@ -1,17 +1,25 @@
 """`devreg tokens ...`: API tokens, managed with the database's own access (as an admin)."""
 
-from datetime import datetime
 from typing import Annotated
 
 import typer
-from pydantic import TypeAdapter
-from rich.table import Table
 
 from devreg.auth import service
+from devreg.auth.filters import TokenFilter
 from devreg.auth.models import TokenScope
 from devreg.auth.principal import FULL_ACCESS
-from devreg.auth.schemas import TokenCreate, TokenRead
-from devreg.cli.common import JsonFlag, in_transaction, show, stdout, validated
+from devreg.auth.schemas import TokenCreate, TokenPage, TokenRead
+from devreg.cli.common import (
+    Cursor,
+    JsonFlag,
+    Limit,
+    in_transaction,
+    show,
+    show_page,
+    stdout,
+    validated,
+)
+from devreg.pagination import PAGE_LIMIT_DEFAULT, PageRequest
 from devreg.schemas import BIGINT_MAX
 
 tokens_app = typer.Typer(help="Create, list and revoke API tokens.", no_args_is_help=True)
@@ -45,32 +53,22 @@ def tokens_list(
     user: Annotated[
         int | None, typer.Option("--user", min=1, max=BIGINT_MAX, help="Only this user's.")
     ] = None,
+    limit: Limit = PAGE_LIMIT_DEFAULT,
+    cursor: Cursor = None,
     as_json: JsonFlag = False,
 ) -> None:
-    """List tokens (never the tokens themselves: their prefix, scope and dates)."""
-    tokens = in_transaction(lambda session: service.list_tokens(session, FULL_ACCESS, user_id=user))
-    items = [TokenRead.model_validate(token) for token in tokens]
-    if as_json:
-        print(TypeAdapter(list[TokenRead]).dump_json(items).decode())
-        return
+    """List tokens, a page at a time (never the tokens themselves: their prefix, scope and
+    dates)."""
+    page = PageRequest(limit=limit, cursor=cursor)
+    result = in_transaction(
+        lambda session: service.list_tokens(
+            session, FULL_ACCESS, filters=TokenFilter(user_id=user), page=page
+        )
+    )
     columns = ("id", "user_id", "prefix", "scope", "admin", "created_at", "expires_at",
                "last_used_at", "revoked_at")  # fmt: skip
-    table = Table()
-    for column in columns:
-        # The prefix is what a user looks for: never broken across lines.
-        table.add_column(column, overflow="fold", no_wrap=column == "prefix")
-    for item in items:
-        row = item.model_dump()
-        table.add_row(*(_cell(row[column]) for column in columns))
-    stdout.print(table)
-
-
-def _cell(value: object) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, datetime):
-        return value.strftime("%Y-%m-%d %H:%M")
-    return str(value)
+    # The prefix is what a user looks for: never broken across lines.
+    show_page(TokenPage, result, columns, as_json=as_json, unbroken=("prefix",))
 
 
 @tokens_app.command("revoke")
