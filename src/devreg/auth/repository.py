@@ -14,7 +14,6 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from devreg.auth.filters import TokenFilter
 from devreg.auth.models import ApiToken, FirstToken, TokenScope
@@ -22,10 +21,9 @@ from devreg.auth.principal import Principal
 from devreg.auth.schemas import TokenRead
 from devreg.db.constraints import violated_constraint
 from devreg.db.driver import DriverStatement, fetch_row, violation_error
-from devreg.db.keyset import count_matching, fetch_page
-from devreg.db.rendering import JsonShape, Rendered, instant
+from devreg.db.keyset import TableListing
+from devreg.db.rendering import JsonShape, instant
 from devreg.errors import UnknownUser
-from devreg.pagination import Position, Sort, SortValue
 
 _VIOLATIONS = {"fk_api_tokens_user_id_users": UnknownUser}
 
@@ -67,9 +65,16 @@ _TOKEN_JSON = JsonShape(
 )
 
 
-class TokenRepository:
-    def __init__(self, session: AsyncSession) -> None:
-        self.session = session
+class TokenRepository(TableListing[TokenFilter]):
+    shape = _TOKEN_JSON
+    table = ApiToken
+
+    def _conditions(self, filters: TokenFilter) -> list[ColumnElement[bool]]:
+        return [
+            ApiToken.user_id == user_id
+            for user_id in (filters.user_id, filters.visible_to)
+            if user_id is not None
+        ]
 
     async def add(self, values: dict[str, Any]) -> ApiToken:
         statement = insert(ApiToken).values(values).returning(ApiToken)
@@ -77,32 +82,6 @@ class TokenRepository:
             return (await self.session.scalars(statement)).one()
         except IntegrityError as exc:
             raise violation_error(violated_constraint(exc), _VIOLATIONS) from None
-
-    async def list_page(
-        self,
-        filters: TokenFilter,
-        *,
-        sort: Sort,
-        after: Position | None,
-        limit: int,
-        fields: frozenset[str] | None,
-    ) -> list[tuple[Rendered, SortValue]]:
-        """Up to `limit` + 1 matching tokens after `after` (their `fields`, or all), each with
-        its sort value; the extra row says more exist."""
-        return await fetch_page(
-            self.session,
-            _TOKEN_JSON.select(fields).where(*_conditions(filters)),
-            key=getattr(ApiToken, sort.key),
-            id_column=ApiToken.id,
-            descending=sort.descending,
-            nullable=False,
-            after=after,
-            limit=limit,
-        )
-
-    async def count(self, filters: TokenFilter, *, exact: bool) -> int:
-        matching = select(ApiToken).where(*_conditions(filters))
-        return await count_matching(self.session, matching, exact=exact)
 
     async def revoke(self, token_id: int, *, owner: int | None) -> bytes | None:
         """Revoke the token (a no-op if it already is); its hash, or None if there is none."""
@@ -135,11 +114,3 @@ class TokenRepository:
         """Whether a token has ever been created, even if none is left."""
         row = await fetch_row(self.session, _EVER_CREATED, {}, _VIOLATIONS)
         return bool(row is not None and row["found"])
-
-
-def _conditions(filters: TokenFilter) -> list[ColumnElement[bool]]:
-    return [
-        ApiToken.user_id == user_id
-        for user_id in (filters.user_id, filters.visible_to)
-        if user_id is not None
-    ]

@@ -1,17 +1,14 @@
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
 
-from sqlalchemy import ColumnElement, Select, delete, or_, select
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import ColumnElement, delete, or_, select
 
 from devreg.changes.filters import ChangeFilter
 from devreg.changes.models import Change, ObjectType
 from devreg.changes.schemas import ChangeRead
-from devreg.db.keyset import count_matching, fetch_page
-from devreg.db.rendering import JsonShape, Rendered, instant
+from devreg.db.keyset import TableListing
+from devreg.db.rendering import JsonShape, instant
 from devreg.devices.models import Device
-from devreg.pagination import Position, Sort, SortValue
 
 _CHANGE_JSON = JsonShape(
     ChangeRead,
@@ -31,46 +28,16 @@ _CHANGE_JSON = JsonShape(
 )
 
 
-class ChangeRepository:
-    def __init__(self, session: AsyncSession) -> None:
-        self.session = session
-
-    async def list_page(
-        self,
-        filters: ChangeFilter,
-        *,
-        sort: Sort,
-        after: Position | None,
-        limit: int,
-        fields: frozenset[str] | None,
-    ) -> list[tuple[Rendered, SortValue]]:
-        """Up to `limit` + 1 matching changes after `after` (their `fields`, or all), each with
-        its sort value."""
-        return await fetch_page(
-            self.session,
-            _CHANGE_JSON.select(fields).where(*self._conditions(filters)),
-            key=Change.id,
-            id_column=Change.id,
-            descending=sort.descending,
-            nullable=False,
-            after=after,
-            limit=limit,
-        )
-
-    async def count(self, filters: ChangeFilter, *, exact: bool) -> int:
-        return await count_matching(self.session, self._matching(filters), exact=exact)
+class ChangeRepository(TableListing[ChangeFilter]):
+    shape = _CHANGE_JSON
+    table = Change
 
     async def delete_older_than(self, moment: datetime) -> int:
         statement = delete(Change).where(Change.at < moment)
         result = await self.session.execute(statement)
         return int(result.rowcount)  # type: ignore[attr-defined]
 
-    @classmethod
-    def _matching(cls, filters: ChangeFilter) -> Select[Any]:
-        return select(Change).where(*cls._conditions(filters))
-
-    @staticmethod
-    def _conditions(filters: ChangeFilter) -> Sequence[ColumnElement[bool]]:
+    def _conditions(self, filters: ChangeFilter) -> Sequence[ColumnElement[bool]]:
         conditions: list[ColumnElement[bool]] = []
         for column, values in (
             (Change.object_type, filters.object_type),

@@ -1,7 +1,8 @@
 """SQL for keyset pages and counts, shared by every listing."""
 
 import json
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, ClassVar, Generic, TypeVar
 
 from sqlalchemy import ColumnElement, Select, SQLColumnExpression, func, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -10,8 +11,10 @@ from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.expression import ClauseElement, Executable
 
 from devreg.db.driver import fetch_all
-from devreg.db.rendering import Rendered, rendered
-from devreg.pagination import Position, SortValue
+from devreg.db.rendering import JsonShape, Rendered, rendered
+from devreg.pagination import Position, Sort, SortValue
+
+FilterT = TypeVar("FilterT")
 
 
 class _ExplainJson(Executable, ClauseElement):
@@ -80,6 +83,47 @@ async def fetch_page(
     if after is not None and after.value is None:
         nulls = nulls.where(id_column < after.id if descending else id_column > after.id)
     return rows + await rows_of(nulls, direction(id_column), count=limit + 1 - len(rows))
+
+
+class TableListing(Generic[FilterT]):
+    """A repository's listing of one table's rows, written by `shape` and sorted by columns
+    that are never NULL: the `list_page` and `count` that pagination.paginate_listing asks
+    for. A subclass says which rows match (`_conditions`)."""
+
+    shape: ClassVar[JsonShape]
+    table: ClassVar[Any]
+
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    def _conditions(self, filters: FilterT) -> Sequence[ColumnElement[bool]]:
+        raise NotImplementedError
+
+    async def list_page(
+        self,
+        filters: FilterT,
+        *,
+        sort: Sort,
+        after: Position | None,
+        limit: int,
+        fields: frozenset[str] | None,
+    ) -> list[tuple[Rendered, SortValue]]:
+        """Up to `limit` + 1 matching rows after `after` (their `fields`, or all), each with
+        its sort value; the extra row says more exist."""
+        return await fetch_page(
+            self.session,
+            self.shape.select(fields).where(*self._conditions(filters)),
+            key=getattr(self.table, sort.key),
+            id_column=self.shape.id_column,
+            descending=sort.descending,
+            nullable=False,
+            after=after,
+            limit=limit,
+        )
+
+    async def count(self, filters: FilterT, *, exact: bool) -> int:
+        matching = select(self.table).where(*self._conditions(filters))
+        return await count_matching(self.session, matching, exact=exact)
 
 
 async def count_matching(session: AsyncSession, statement: Select[Any], *, exact: bool) -> int:

@@ -4,7 +4,6 @@ from sqlalchemy import (
     ColumnElement,
     Executable,
     ScalarResult,
-    Select,
     delete,
     func,
     insert,
@@ -13,13 +12,11 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from devreg.db.constraints import violated_constraint
-from devreg.db.keyset import count_matching, fetch_page
-from devreg.db.rendering import JsonShape, Rendered, instant
+from devreg.db.keyset import TableListing
+from devreg.db.rendering import JsonShape, instant
 from devreg.errors import EmailAlreadyRegistered, UserHasDevices
-from devreg.pagination import Position, Sort, SortValue
 from devreg.users.filters import UserFilter
 from devreg.users.models import User
 from devreg.users.schemas import UserRead
@@ -37,44 +34,14 @@ _USER_JSON = JsonShape(
 )
 
 
-class UserRepository:
-    def __init__(self, session: AsyncSession) -> None:
-        self.session = session
+class UserRepository(TableListing[UserFilter]):
+    shape = _USER_JSON
+    table = User
 
     async def get_by_id(self, user_id: int) -> User | None:
         return await self.session.get(User, user_id)
 
-    async def list_page(
-        self,
-        filters: UserFilter,
-        *,
-        sort: Sort,
-        after: Position | None,
-        limit: int,
-        fields: frozenset[str] | None,
-    ) -> list[tuple[Rendered, SortValue]]:
-        """Up to `limit` + 1 matching users after `after` (their `fields`, or all), each with
-        its sort value; the extra row says more exist."""
-        return await fetch_page(
-            self.session,
-            _USER_JSON.select(fields).where(*self._conditions(filters)),
-            key=getattr(User, sort.key),
-            id_column=User.id,
-            descending=sort.descending,
-            nullable=False,
-            after=after,
-            limit=limit,
-        )
-
-    async def count(self, filters: UserFilter, *, exact: bool) -> int:
-        return await count_matching(self.session, self._matching(filters), exact=exact)
-
-    @classmethod
-    def _matching(cls, filters: UserFilter) -> Select[User]:
-        return select(User).where(*cls._conditions(filters))
-
-    @staticmethod
-    def _conditions(filters: UserFilter) -> list[ColumnElement[bool]]:
+    def _conditions(self, filters: UserFilter) -> list[ColumnElement[bool]]:
         conditions: list[ColumnElement[bool]] = []
         if filters.visible_to is not None:
             conditions.append(User.id == filters.visible_to)
