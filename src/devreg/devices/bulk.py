@@ -18,11 +18,7 @@ async def register_devices(
     session: AsyncSession, *, items: Sequence[DeviceCreate], principal: Principal
 ) -> list[int]:
     """The new devices' ids, in the order of `items`."""
-    _refuse_repeats(
-        [item.serial_number for item in items],
-        "serial_number",
-        "serial_number appears more than once in this request",
-    )
+    _refuse_repeats([item.serial_number for item in items], "serial_number")
     rows = [with_permitted_owner(principal, item.model_dump(mode="json")) for item in items]
     repository = DeviceRepository(session)
     async with _owners_checked(session, repository, rows):
@@ -33,12 +29,8 @@ async def update_devices(
     session: AsyncSession, *, items: Sequence[DeviceBulkUpdate], principal: Principal
 ) -> list[int]:
     ids = [item.id for item in items]
-    _refuse_repeats(ids, "id", "id appears more than once in this request")
-    _refuse_repeats(
-        [item.serial_number for item in items],
-        "serial_number",
-        "serial_number appears more than once in this request",
-    )
+    _refuse_repeats(ids, "id")
+    _refuse_repeats([item.serial_number for item in items], "serial_number")
     changes = [
         with_permitted_owner_change(principal, item.model_dump(mode="json", exclude_unset=True))
         for item in items
@@ -83,7 +75,9 @@ async def _owners_checked(
         ) from None
 
 
-def _refuse_repeats(values: Sequence[Hashable | None], field: str, reason: str) -> None:
+def _refuse_repeats(values: Sequence[Hashable | None], field: str) -> None:
+    """Each item whose `field` (the items' `values` of it) an earlier item has: a 422 item."""
+    reason = f"{field} appears more than once in this request"
     first_index: dict[Hashable, int] = {}
     problems: dict[int, tuple[str, str]] = {}
     for index, value in enumerate(values):

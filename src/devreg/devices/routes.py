@@ -173,18 +173,21 @@ def _attribute_filters(request: Request) -> tuple[tuple[str, tuple[JsonScalar, .
         if parameter.startswith(_ATTRIBUTE_PREFIX):
             key = parameter.removeprefix(_ATTRIBUTE_PREFIX)
             value = json_scalar(raw)
-            try:
-                if not key or len(key) > 100:
-                    raise ValueError
-                storable_text(key)
-                if isinstance(value, str):  # '"\u0000"' is NUL, '"\ud800"' a lone surrogate
-                    storable_text(value)
-            except ValueError:
-                raise InvalidParameter(
-                    parameter, f"{parameter} is not a usable attribute filter"
-                ) from None
+            if not _usable_attribute(key, value):
+                raise InvalidParameter(parameter, f"{parameter} is not a usable attribute filter")
             values.setdefault(key, []).append(value)
     return tuple((key, tuple(options)) for key, options in sorted(values.items()))
+
+
+def _usable_attribute(key: str, value: JsonScalar) -> bool:
+    """Whether a stored attribute could have this key and value: storable text, a key of 1 to
+    100 characters (a value '"\u0000"' is NUL, '"\ud800"' a lone surrogate)."""
+    try:
+        for text in (key, value) if isinstance(value, str) else (key,):
+            storable_text(text)
+    except ValueError:
+        return False
+    return 0 < len(key) <= 100
 
 
 DeviceListingDep = Annotated[Listing[DeviceFilter], Depends(device_listing)]
