@@ -95,6 +95,8 @@ _DURATION_MAX = timedelta(days=36_500)
 def _short_duration(value: Any) -> Any:
     """`90d`, `12h`, `30m`, `3600s` or `3600` (seconds, as text too: the CLI's options are text)
     as a timedelta; anything else is left to pydantic (ISO 8601, a number of seconds)."""
+    if isinstance(value, bool):  # pydantic would take `true` for one second
+        raise ValueError("must be a duration, such as 90d, 12h, 3600 or P90D")
     if isinstance(value, str) and (match := _SHORT_DURATION.fullmatch(value.strip())):
         try:
             return timedelta(**{_DURATION_UNITS[match[2]]: int(match[1])})

@@ -365,8 +365,59 @@ class TestManagingTokens:
 
     async def test_bad_token_requests_are_422(self, client, people) -> None:
         headers = bearer(people["admin"])
-        for body in ({"scope": "root"}, {"expires_in": "forever"}, {"user_id": 10**12}):
+        bodies: list[dict[str, Any]] = [
+            {"scope": "root"},
+            {"expires_in": "forever"},
+            {"expires_in": True},
+            {"user_id": 10**12},
+        ]
+        for body in bodies:
             assert_problem(await client.post(TOKENS, json=body, headers=headers), 422)
+
+    async def test_a_user_may_not_revoke_its_admin_token_with_a_plain_one(
+        self, client, people
+    ) -> None:
+        admin_headers = bearer(people["admin"])
+        bobs_admin = await client.post(
+            TOKENS, json={"user_id": people["bob"]["id"], "admin": True}, headers=admin_headers
+        )
+        response = await client.delete(
+            f"{TOKENS}/{bobs_admin.json()['id']}", headers=bearer(people["writer"])
+        )
+
+        assert_problem(response, 403)
+        assert (
+            await client.get(USERS, headers=bearer(bobs_admin.json()["token"]))
+        ).status_code == 200
+
+
+class TestExpiringTokens:
+    async def test_a_token_may_not_mint_one_that_outlives_it(self, client, people) -> None:
+        expiring = await client.post(
+            TOKENS, json={"expires_in": "1d"}, headers=bearer(people["writer"])
+        )
+        headers = bearer(expiring.json()["token"])
+
+        longer = await client.post(TOKENS, json={"expires_in": "2d"}, headers=headers)
+        shorter = await client.post(TOKENS, json={"expires_in": "12h"}, headers=headers)
+
+        assert assert_problem(longer, 422)["field"] == "expires_in"
+        assert shorter.status_code == 201
+        assert shorter.json()["expires_at"] < expiring.json()["expires_at"]
+
+    async def test_asked_for_no_expiry_it_gets_its_creators(self, client, people) -> None:
+        expiring = await client.post(
+            TOKENS, json={"expires_in": "1d", "admin": True}, headers=bearer(people["admin"])
+        )
+
+        minted = await client.post(
+            TOKENS,
+            json={"user_id": people["bob"]["id"]},
+            headers=bearer(expiring.json()["token"]),
+        )
+
+        assert minted.status_code == 201
+        assert minted.json()["expires_at"] == expiring.json()["expires_at"]
 
 
 class TestCost:

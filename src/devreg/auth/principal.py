@@ -1,6 +1,7 @@
 """Who a request (or a command) acts for, and what that allows."""
 
 from dataclasses import dataclass
+from datetime import datetime
 
 from devreg.errors import AdminRequired, ReadOnlyToken
 
@@ -11,6 +12,8 @@ class Principal:
     token_id: int | None = None
     can_write: bool = True
     admin: bool = True
+    # When the token acting expires: nothing it creates may outlive it.
+    expires_at: datetime | None = None
 
     @property
     def owner(self) -> int | None:

@@ -42,6 +42,7 @@ _USE = DriverStatement.compile(
         ApiToken.user_id,
         ApiToken.scope,
         ApiToken.admin,
+        ApiToken.expires_at,
         extract("epoch", ApiToken.expires_at - func.now()).label("expires_in"),
     )
 )
@@ -84,7 +85,8 @@ class TokenRepository(TableListing[TokenFilter]):
             raise violation_error(violated_constraint(exc), _VIOLATIONS) from None
 
     async def revoke(self, token_id: int, *, owner: int | None) -> bytes | None:
-        """Revoke the token (a no-op if it already is); its hash, or None if there is none."""
+        """Revoke the token (a no-op if it already is); its hash, or None if there is none.
+        Given an `owner` (a non-admin's revocation), only that user's plain tokens."""
         statement = (
             update(ApiToken)
             .where(ApiToken.id == bindparam("token_id", type_=BigInteger))
@@ -92,9 +94,15 @@ class TokenRepository(TableListing[TokenFilter]):
             .returning(ApiToken.token_hash)
         )
         if owner is not None:
-            statement = statement.where(ApiToken.user_id == owner)
+            statement = statement.where(ApiToken.user_id == owner, ApiToken.admin.is_(False))
         digest: bytes | None = await self.session.scalar(statement, {"token_id": token_id})
         return digest
+
+    async def is_admin_token_of(self, token_id: int, owner: int) -> bool:
+        statement = select(
+            exists().where(ApiToken.id == token_id, ApiToken.user_id == owner, ApiToken.admin)
+        )
+        return bool(await self.session.scalar(statement))
 
     async def use(self, token_hash: bytes) -> tuple[Principal, float | None] | None:
         """The live token's principal and seconds until it expires; None if it is not live."""
@@ -106,6 +114,7 @@ class TokenRepository(TableListing[TokenFilter]):
             token_id=row["id"],
             can_write=row["scope"] == TokenScope.WRITE,
             admin=row["admin"],
+            expires_at=row["expires_at"],
         )
         expires_in = row["expires_in"]
         return principal, None if expires_in is None else float(expires_in)

@@ -2,7 +2,7 @@
 
 import secrets
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -32,14 +32,15 @@ async def create_token(
     authenticator: Authenticator | None = None,
 ) -> TokenCreated:
     """A new token for `data.user_id` (by default the caller's user). A non-admin may only
-    create plain tokens for its own user."""
+    create plain tokens for its own user. A token that expires creates only tokens that expire
+    by then: asked for none, theirs is its own expiry."""
     user_id = data.user_id if data.user_id is not None else principal.user_id
     if user_id is None:
         raise InvalidInput("user_id is required: whose token is it?", field="user_id")
     if not principal.admin and (data.admin or user_id != principal.user_id):
         raise AdminRequired("Only an admin token may create admin tokens or other users' tokens.")
     token = _new_token()
-    expires_at = datetime.now(UTC) + data.expires_in if data.expires_in else None
+    expires_at = _expiry(principal, data.expires_in)
     stored = await TokenRepository(session).add(
         {
             "user_id": user_id,
@@ -55,6 +56,21 @@ async def create_token(
     return TokenCreated.model_validate(
         {**TokenRead.model_validate(stored).model_dump(), "token": token}
     )
+
+
+def _expiry(principal: Principal, expires_in: timedelta | None) -> datetime | None:
+    """When a new token expires: after `expires_in`, but never after the token creating it."""
+    limit = principal.expires_at
+    if expires_in is None:
+        return limit
+    expires_at = datetime.now(UTC) + expires_in
+    if limit is not None and expires_at > limit:
+        raise InvalidInput(
+            "A token may not outlive the token that creates it, which expires at "
+            f"{limit.isoformat().replace('+00:00', 'Z')}.",
+            field="expires_in",
+        )
+    return expires_at
 
 
 async def list_tokens(
@@ -75,8 +91,14 @@ async def revoke_token(
     *,
     authenticator: Authenticator | None = None,
 ) -> None:
-    digest = await TokenRepository(session).revoke(token_id, owner=principal.owner)
+    """Revoke a token of the caller's user (an admin's: anyone's). Only an admin token may
+    revoke an admin token: a leaked plain token must not lock its user's admin out."""
+    tokens = TokenRepository(session)
+    digest = await tokens.revoke(token_id, owner=principal.owner)
     if digest is None:
+        owner = principal.owner
+        if owner is not None and await tokens.is_admin_token_of(token_id, owner):
+            raise AdminRequired("Only an admin token may revoke an admin token.")
         raise TokenNotFound
     if authenticator is not None:
         authenticator.forget(digest)
