@@ -344,3 +344,15 @@ def test_a_cursors_fingerprint_is_stable_across_releases() -> None:
     )
     cursors = Cursors("devices", Sort("name"), describe_filters(filters), str)
     assert cursors.fingerprint == "9d47fa8036883b28"
+
+
+def test_repeated_filter_values_are_one_and_1_is_not_true() -> None:
+    def fingerprint(**filters: Any) -> str:
+        return Cursors(
+            "devices", Sort("id"), describe_filters(DeviceFilter(**filters)), int
+        ).fingerprint
+
+    status = (DeviceStatus.ACTIVE,)
+    assert fingerprint(status=status * 2) == fingerprint(status=status)
+    assert fingerprint(attributes=(("k", (1, 1)),)) == fingerprint(attributes=(("k", (1,)),))
+    assert fingerprint(attributes=(("k", (1, True)),)) != fingerprint(attributes=(("k", (1,)),))

@@ -183,7 +183,16 @@ def describe_filters(filters: Any) -> dict[str, Any]:
     """A filters dataclass's filters in use, as JSON-able data: what a cursor's fingerprint is
     made of."""
     values = ((member.name, getattr(filters, member.name)) for member in fields(filters))
-    return {name: value for name, value in values if value not in ((), None)}
+    return {name: _distinct(value) for name, value in values if value not in ((), None)}
+
+
+def _distinct(value: Any) -> Any:
+    """A filter's values without repeats, which match the same rows (`status=active&status=active`
+    is `status=active`); told apart as JSON, so that 1 and true stay two attribute values."""
+    if not isinstance(value, tuple):
+        return value
+    items = (_distinct(item) for item in value)
+    return list({json.dumps(item, default=str): item for item in items}.values())
 
 
 def _is_id(value: Any) -> bool:

@@ -546,6 +546,21 @@ class TestCursors:
 
         assert assert_problem(response, 400)["parameter"] == "cursor"
 
+    @pytest.mark.parametrize(
+        "repeated",
+        [{"status": ["active", "active"]}, {"tag": ["lab", "lab"]}, {"attr.rack": ["4", "4"]}],
+    )
+    async def test_a_repeated_value_is_the_same_listing(self, client, catalog, repeated):
+        once = {name: values[0] for name, values in repeated.items()}
+        first = await get_page(client, DEVICES, {**once, "limit": 1})
+        assert first["next_cursor"] is not None
+
+        response = await client.get(
+            DEVICES, params={**repeated, "limit": 1, "cursor": first["next_cursor"]}
+        )
+
+        assert response.status_code == 200, response.text
+
     @pytest.mark.parametrize("sort", [None, "name"])
     async def test_cursor_of_the_users_listing_is_refused(self, client, catalog, sort):
         params = {"sort": sort} if sort else {}
