@@ -1,6 +1,7 @@
 import json
 import logging
 import traceback
+from datetime import UTC, datetime
 
 import asyncpg
 from sqlalchemy.exc import DBAPIError
@@ -66,3 +67,16 @@ def test_sql_is_logged_only_with_db_echo() -> None:
     quiet = logging_config("info")["loggers"]["sqlalchemy.engine"]["level"]
     echoing = logging_config("info", echo_sql=True)["loggers"]["sqlalchemy.engine"]["level"]
     assert (quiet, echoing) == ("WARNING", "INFO")
+
+
+def test_a_line_is_stamped_in_utc_as_iso_8601() -> None:
+    config = logging_config("info")["formatters"]["json"]
+    formatter = config["()"](**{key: value for key, value in config.items() if key != "()"})
+    record = logging.LogRecord("devreg.request", logging.INFO, __file__, 1, "request", (), None)
+    record.created = 1_764_700_000.25
+
+    line = json.loads(formatter.format(record))
+
+    assert datetime.fromisoformat(line["time"]) == datetime(2025, 12, 2, 18, 26, 40, 250000, UTC)
+    assert line["time"].endswith("+00:00")
+    assert (line["level"], line["logger"], line["message"]) == ("INFO", "devreg.request", "request")

@@ -66,14 +66,16 @@ def logging_config(level: str, *, echo_sql: bool = False) -> dict[str, Any]:
         "formatters": {
             "json": {
                 "()": RedactingJsonFormatter,
-                "fmt": "%(asctime)s %(levelname)s %(name)s %(message)s",
+                "fmt": "%(levelname)s %(name)s %(message)s",
+                # The record's time in UTC, ISO 8601, as orjson writes a datetime: a fifth of
+                # the cost of logging's own asctime.
+                "timestamp": "time",
                 # uvicorn's `color_message` repeats the message with terminal colour codes.
                 "reserved_attrs": [*RESERVED_ATTRS, "color_message"],
                 "rename_fields": {
                     "levelname": "level",
                     "name": "logger",
                     "correlation_id": "request_id",
-                    "asctime": "time",
                 },
             }
         },
