@@ -28,9 +28,11 @@ async def post_twice(client: AsyncClient, url: str, key: str, body: Any = None) 
 
 class TestReplay:
     async def test_a_retried_create_answers_the_same_and_writes_once(self, client) -> None:
-        first, second = await post_twice(client, DEVICES, "k1", {"name": "pi", "tags": ["a"]})
+        body = {"name": "pi", "tags": ["a"], "attributes": {"z": 1.5e-7, "a": [1, 2.50]}}
+        first, second = await post_twice(client, DEVICES, "k1", body)
         assert first.status_code == second.status_code == 201
-        assert second.json() == first.json()
+        assert second.content == first.content  # byte for byte: key order and numbers too
+        assert second.headers["content-type"] == first.headers["content-type"]
         assert second.headers["Location"] == first.headers["Location"]
         assert second.headers["ETag"] == first.headers["ETag"]
         assert second.headers["Idempotent-Replayed"] == "true"
@@ -68,7 +70,8 @@ class TestReplay:
         items = [{"name": "a"}, {"name": "b"}]
         first, second = await post_twice(client, f"{DEVICES}/bulk", "k1", items)
         assert first.status_code == second.status_code == 201
-        assert second.json() == first.json()
+        assert second.content == first.content
+        assert len(first.json()["ids"]) == 2
         assert len(await stored_devices(client)) == 2
 
     async def test_heartbeat_is_replayed(self, client, connection: AsyncConnection) -> None:

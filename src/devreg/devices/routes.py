@@ -209,12 +209,14 @@ BulkDelete = Annotated[list[Id], Body(min_length=1, max_length=BULK_MAX)]
     responses=problem_responses(404, 422),
     openapi_extra=documented(IDEMPOTENCY_KEY_HEADER),
 )
-async def record_heartbeat(device_id: DeviceId, call: Call) -> None:
+async def record_heartbeat(device_id: DeviceId, call: Call) -> Response:
     """The device is alive: sets `last_seen_at` to now."""
     idempotency = Idempotency(call)
     await idempotency.claim()
     await service.record_heartbeat(call.db, device_id, principal=call.principal)
-    await idempotency.remember(status.HTTP_204_NO_CONTENT)
+    response = Response(status_code=status.HTTP_204_NO_CONTENT)
+    await idempotency.remember(response)
+    return response
 
 
 @router.post("", response_model=DeviceRead, **IDEMPOTENT_CREATE)
@@ -225,8 +227,7 @@ async def create_device(data: DeviceCreate, call: Call) -> Response:
     response = _tagged(
         device, status_code=status.HTTP_201_CREATED, location=created_location(call, device.id)
     )
-    replayed = {name: response.headers[name] for name in ("Location", "ETag")}
-    await idempotency.remember(status.HTTP_201_CREATED, device, replayed)
+    await idempotency.remember(response, "Location", "ETag")
     return response
 
 
@@ -360,11 +361,15 @@ async def list_devices(call: Call, listing: DeviceListingDep) -> object:
 
 
 @router.post("/bulk", response_model=BulkResult, **IDEMPOTENT_CREATE)
-async def create_devices(items: BulkCreate, call: Call) -> BulkResult:
+async def create_devices(items: BulkCreate, call: Call) -> Response:
     """Up to 10,000 devices, all or nothing; the new ids in the order given."""
     idempotency = Idempotency(call)
     await idempotency.claim()
     ids = await bulk.register_devices(call.db, items=items, principal=call.principal)
-    result = BulkResult(ids=ids)
-    await idempotency.remember(status.HTTP_201_CREATED, result)
-    return result
+    response = Response(
+        BulkResult(ids=ids).model_dump_json(),
+        status_code=status.HTTP_201_CREATED,
+        media_type="application/json",
+    )
+    await idempotency.remember(response)
+    return response

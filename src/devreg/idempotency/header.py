@@ -1,12 +1,11 @@
 """The Idempotency-Key header on POST routes: claim the key before the write, record the
 answer with it, or give the first answer again."""
 
-from collections.abc import Mapping
 from typing import Annotated
 
 from fastapi import Request
-from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, StringConstraints, TypeAdapter
+from fastapi.responses import Response
+from pydantic import StringConstraints, TypeAdapter
 
 from devreg.calls import Call, header_parameter
 from devreg.idempotency import service
@@ -61,13 +60,13 @@ class Idempotency:
             raise IdempotentReplay(earlier)
         self._claimed = True
 
-    async def remember(
-        self, status: int, body: BaseModel | None = None, headers: Mapping[str, str] | None = None
-    ) -> None:
-        """Keep the answer with the claimed key, in the write's transaction."""
+    async def remember(self, response: Response, *replayed_headers: str) -> None:
+        """Keep the response (its status, body and the headers named) with the claimed key, in
+        the write's transaction."""
         if not self._claimed or self.key is None:
             return
-        answer = Answer(status, body.model_dump(mode="json") if body else None, dict(headers or {}))
+        headers = {name: response.headers[name] for name in replayed_headers}
+        answer = Answer(response.status_code, bytes(response.body) or None, headers)
         await service.remember_answer(
             self.call.db, token_id=self._token_id, key=self.key, answer=answer
         )
@@ -79,4 +78,4 @@ async def replay(request: Request, exc: Exception) -> Response:
     headers = {**answer.headers, REPLAYED_HEADER: "true"}
     if answer.body is None:
         return Response(status_code=answer.status, headers=headers)
-    return JSONResponse(answer.body, status_code=answer.status, headers=headers)
+    return Response(answer.body, answer.status, headers, media_type="application/json")

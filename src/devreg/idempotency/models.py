@@ -1,5 +1,4 @@
 from datetime import datetime
-from typing import Any
 
 from sqlalchemy import BigInteger, DateTime, Index, LargeBinary, SmallInteger, String, func
 from sqlalchemy.dialects.postgresql import JSONB
@@ -23,5 +22,6 @@ class IdempotencyKey(Base):
     fingerprint: Mapped[bytes] = mapped_column(LargeBinary)
     status: Mapped[int | None] = mapped_column(SmallInteger)
     headers: Mapped[dict[str, str] | None] = mapped_column(JSONB)
-    body: Mapped[Any] = mapped_column(JSONB, nullable=True)
+    # The first answer's body as sent, to send again byte for byte.
+    body: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())

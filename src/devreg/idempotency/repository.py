@@ -1,5 +1,4 @@
 from datetime import timedelta
-from typing import Any
 
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.dialects.postgresql import insert
@@ -45,7 +44,13 @@ class IdempotencyRepository:
         return (await self.session.scalars(earlier)).one()
 
     async def remember(
-        self, token_id: int, key: str, *, status: int, headers: dict[str, str], body: Any
+        self,
+        token_id: int,
+        key: str,
+        *,
+        status: int,
+        headers: dict[str, str],
+        body: bytes | None,
     ) -> None:
         await self.session.execute(
             update(IdempotencyKey)

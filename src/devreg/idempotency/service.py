@@ -6,7 +6,6 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -17,7 +16,7 @@ from devreg.idempotency.repository import IdempotencyRepository
 @dataclass(frozen=True)
 class Answer:
     status: int
-    body: Any = None
+    body: bytes | None = None
     headers: dict[str, str] = field(default_factory=dict)
 
 
