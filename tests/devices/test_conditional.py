@@ -154,6 +154,8 @@ async def test_deleting_a_user_with_devices_is_a_428_when_if_match_is_required(
     url = f"/api/v1/users/{owner['id']}"
     assert_problem(await client.delete(url, params={"cascade": "devices"}), 428)
     assert await fetch_device(client, device["id"]) == device
+    schema = (await client.get("/openapi.json")).json()
+    assert "428" in schema["paths"]["/api/v1/users/{user_id}"]["delete"]["responses"]
 
 
 async def test_the_tutorial_routes_honour_if_match(client: AsyncClient) -> None:

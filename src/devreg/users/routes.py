@@ -94,7 +94,7 @@ async def update_user(user_id: UserId, data: UserUpdate, call: Call) -> object:
 @router.delete(
     "/{user_id}",
     status_code=status.HTTP_204_NO_CONTENT,
-    responses=problem_responses(404, 409, 422),
+    responses=problem_responses(404, 409, 422, 428),
 )
 async def delete_user(
     user_id: UserId,
