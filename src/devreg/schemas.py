@@ -69,7 +69,15 @@ SearchText = Annotated[
 ]
 """What `q=` searches for."""
 
-Id = Annotated[int, Field(ge=1, le=BIGINT_MAX)]
+
+def _not_a_boolean(value: Any) -> Any:
+    """pydantic takes `true` for 1: no id, count or duration is spelled as a boolean."""
+    if isinstance(value, bool):
+        raise ValueError("must be a number, not true or false")
+    return value
+
+
+Id = Annotated[int, BeforeValidator(_not_a_boolean), Field(ge=1, le=BIGINT_MAX)]
 
 
 def _storable_instant(value: datetime) -> datetime:
@@ -95,8 +103,6 @@ _DURATION_MAX = timedelta(days=36_500)
 def _short_duration(value: Any) -> Any:
     """`90d`, `12h`, `30m`, `3600s` or `3600` (seconds, as text too: the CLI's options are text)
     as a timedelta; anything else is left to pydantic (ISO 8601, a number of seconds)."""
-    if isinstance(value, bool):  # pydantic would take `true` for one second
-        raise ValueError("must be a duration, such as 90d, 12h, 3600 or P90D")
     if isinstance(value, str) and (match := _SHORT_DURATION.fullmatch(value.strip())):
         try:
             return timedelta(**{_DURATION_UNITS[match[2]]: int(match[1])})
@@ -114,7 +120,10 @@ def _sensible_duration(value: timedelta) -> timedelta:
 
 
 Duration = Annotated[
-    timedelta, BeforeValidator(_short_duration), AfterValidator(_sensible_duration)
+    timedelta,
+    BeforeValidator(_short_duration),
+    BeforeValidator(_not_a_boolean),
+    AfterValidator(_sensible_duration),
 ]
 """A span of time: `90d`, `12h`, `30m`, `3600s`, seconds, or an ISO 8601 duration (`P90D`)."""
 

@@ -369,6 +369,9 @@ class TestManagingTokens:
             {"scope": "root"},
             {"expires_in": "forever"},
             {"expires_in": True},
+            {"user_id": True},
+            {"admin": "yes"},
+            {"admin": 1},
             {"user_id": 10**12},
         ]
         for body in bodies:

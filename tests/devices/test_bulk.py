@@ -436,6 +436,7 @@ class TestBulkDelete:
             pytest.param([0], id="zero"),
             pytest.param([2**63], id="beyond-bigint"),
             pytest.param(["abc"], id="word"),
+            pytest.param([True], id="boolean"),
             pytest.param({"ids": [1]}, id="object"),
         ],
     )

@@ -75,6 +75,7 @@ INVALID_FIELDS = [
     pytest.param({"owner_id": 2**63}, id="owner-beyond-bigint"),
     pytest.param({"owner_id": "abc"}, id="owner-string"),
     pytest.param({"owner_id": 1.5}, id="owner-fraction"),
+    pytest.param({"owner_id": True}, id="owner-boolean"),
     pytest.param({"tags": "pi"}, id="tags-string"),
     pytest.param({"tags": None}, id="tags-null"),
     pytest.param({"tags": {"a": 1}}, id="tags-object"),
@@ -680,6 +681,15 @@ class TestRefusedWrite:
         response = await write.send(client, fields)
 
         assert_problem(response, 422)
+        await write.assert_unchanged(client)
+
+    async def test_true_is_not_an_owner_id(self, client, write):
+        # pydantic alone reads true as 1, and so as user 1.
+        response = await write.send(client, {"owner_id": True})
+
+        problem = assert_problem(response, 422)
+        assert [error["loc"][-1] for error in problem["errors"]] == ["owner_id"]
+        assert "true or false" in problem["errors"][0]["msg"]
         await write.assert_unchanged(client)
 
     @pytest.mark.parametrize("body", INVALID_DEVICE_JSON)

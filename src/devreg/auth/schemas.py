@@ -1,6 +1,6 @@
 from datetime import datetime
 
-from pydantic import Field
+from pydantic import Field, StrictBool
 
 from devreg.auth.models import TokenScope
 from devreg.pagination import Page
@@ -15,7 +15,7 @@ class TokenCreate(InputSchema):
     expires_in: Duration | None = Field(
         None, description="e.g. `90d`, `12h` or `P90D`; by default the token never expires."
     )
-    admin: bool = Field(False, description="Sees and changes everyone's data; admins only.")
+    admin: StrictBool = Field(False, description="Sees and changes everyone's data; admins only.")
 
 
 class TokenRead(Schema):
