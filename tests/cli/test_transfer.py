@@ -363,6 +363,21 @@ class TestImportConflicts:
         names = await query(committed_database_url, "SELECT name FROM devices")
         assert names == [{"name": "from-file"}]
 
+    def test_an_empty_cell_clears_only_what_can_be_empty(self, devreg, tmp_path):
+        before = create_device(devreg, "old", "--serial", "SN-9", "--model", "m1", "--tag", "x",
+                               "--status", "retired")  # fmt: skip
+        text = "name,serial_number,model,status,tags,attributes\nupd,SN-9,,,,\n"
+
+        ok(import_devices(devreg, write(tmp_path, "d.csv", text), "--on-conflict", "update"))
+
+        [after] = stored(devreg)
+        assert (after["name"], after["model"]) == ("upd", None)
+        assert (after["status"], after["tags"], after["attributes"]) == (
+            "retired",
+            ["x"],
+            before["attributes"],
+        )
+
     @pytest.mark.parametrize(
         ("name", "text"),
         [
@@ -490,6 +505,10 @@ BAD_FILES = [
     pytest.param(
         "d.csv", CSV_HEADER + GOOD_CSV_ROW + 'b,"never closed\n' + "c,,,,\n" * 30000, 3,
         "not readable as CSV", id="csv-quote-never-closed",
+    ),
+    pytest.param(
+        "d.csv", CSV_HEADER + GOOD_CSV_ROW + 'b,"SN-2\n' + "c,SN-3,active,,[]\n", 3,
+        "not readable as CSV", id="csv-quote-never-closed-in-a-short-file",
     ),
     pytest.param(
         "d.csv", CSV_HEADER + GOOD_CSV_ROW + 'b,SN-2,active,,"' + "[" * 30000 + '"\n', 3,

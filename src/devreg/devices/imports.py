@@ -24,6 +24,11 @@ _BATCH_SIZE = 10_000
 # Server-owned columns an export carries; an import ignores them, so exports re-import as is.
 _IGNORED = frozenset(EXPORT_COLUMNS) - DeviceCreate.model_fields.keys()
 _JSON_COLUMNS = ("tags", "attributes")
+# What an empty CSV cell can mean: no value (null) where a device may have none; elsewhere
+# (status, tags, attributes) nothing at all, so an update keeps the device's value.
+_EMPTY_IS_NULL = frozenset(
+    name for name, field in DeviceCreate.model_fields.items() if field.default is None
+)
 _BATCH = TypeAdapter(list[DeviceCreate])
 
 T = TypeVar("T")
@@ -126,13 +131,13 @@ Row = tuple[int, dict[str, Any], tuple[str, ...]]
 
 def _parse(source: IO[str], format: ImportFormat) -> Iterator[Row]:
     """(line number, fields, the fields the file gives) for each row; server-owned columns
-    dropped. A CSV file gives its header's columns, empty cells included (a missing value);
-    an NDJSON line its keys."""
+    dropped. A CSV row gives its header's columns, but not an empty cell of a column that
+    cannot be null; an NDJSON line gives its keys."""
     return _csv_rows(source) if format is ImportFormat.CSV else _ndjson_rows(source)
 
 
 def _csv_rows(source: IO[str]) -> Iterator[Row]:
-    reader = csv.reader(source)
+    reader = csv.reader(source, strict=True)
     records = _records(reader)
     header = next((values for values in records if values), [])  # blank lines before it too
     header_line = reader.line_num
@@ -144,7 +149,6 @@ def _csv_rows(source: IO[str]) -> Iterator[Row]:
     if repeated:
         raise ImportRejected(header_line, f"columns appear more than once: {', '.join(repeated)}")
     kept = [(index, column) for index, column in enumerate(header) if column not in _IGNORED]
-    given = tuple(column for _, column in kept)
     line = reader.line_num + 1
     for values in records:
         if not values:  # a blank line
@@ -160,6 +164,7 @@ def _csv_rows(source: IO[str]) -> Iterator[Row]:
         for column in _JSON_COLUMNS:
             if column in fields:
                 fields[column] = _json(fields[column], line, column)
+        given = tuple(column for _, column in kept if column in fields or column in _EMPTY_IS_NULL)
         yield line, fields, given
         line = reader.line_num + 1
 
