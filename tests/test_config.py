@@ -68,6 +68,18 @@ class TestDatabaseUrl:
 
         assert "database_url" in error_fields(raised.value)
 
+    def test_an_unescaped_at_in_the_password_is_refused_unshown(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.setenv("DATABASE_URL", "postgresql://u:sec@ret-42@h:5433/db")
+
+        with pytest.raises(ValidationError) as raised:
+            Settings(_env_file=None)
+
+        [error] = raised.value.errors()
+        assert "%40" in error["msg"]
+        assert "ret-42" not in error["msg"]
+
     def test_database_url_wins_over_db_parts(self, monkeypatch: pytest.MonkeyPatch) -> None:
         set_env(monkeypatch, {"DATABASE_URL": "postgresql://u:p@h:5433/db", "DB_NAME": "other"})
 
@@ -226,6 +238,16 @@ class TestSecrecy:
 
         assert PASSWORD in rendered_url(settings)  # type: ignore[operator]
         assert PASSWORD not in show(settings)
+
+
+def test_a_relative_data_dir_is_where_devreg_started(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("DATA_DIR", "data")
+
+    # PostgreSQL's tools run from / and must get the whole path.
+    assert Settings(_env_file=None).embedded_cluster_dir == tmp_path / "data" / "pg"
 
 
 class TestWorkers:

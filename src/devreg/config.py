@@ -147,7 +147,8 @@ class Settings(BaseSettings):
 
     @property
     def embedded_cluster_dir(self) -> Path:
-        return self.data_dir / "pg"
+        # Absolute: PostgreSQL's tools run from / (embedded.py), not from where devreg started.
+        return self.data_dir.absolute() / "pg"
 
 
 def _to_async_url(raw: str) -> URL:
@@ -157,6 +158,8 @@ def _to_async_url(raw: str) -> URL:
         raise ValueError("DATABASE_URL is not a valid database URL") from exc
     if url.drivername not in _POSTGRES_SCHEMES:
         raise ValueError("DATABASE_URL must be a postgresql:// URL")
+    if "@" in (url.host or ""):  # the URL was split at an @ of the password: never show it
+        raise ValueError("DATABASE_URL has an unescaped @ before its host: write @ as %40")
     query = dict(url.query)
     # libpq spells TLS as sslmode; asyncpg takes the same values as `ssl`.
     if "sslmode" in query:

@@ -191,7 +191,12 @@ class TestStartupErrors:
 
     @pytest.mark.parametrize(
         ("change", "named"),
-        [({"port": 99999}, "port"), ({"query": {"sslmode": "bogus"}}, "sslmode")],
+        [
+            ({"port": 99999}, "port"),
+            ({"query": {"sslmode": "bogus"}}, "sslmode"),
+            ({"query": {"prepared_statement_cache_size": "many"}}, "many"),
+            ({"query": {"host": "127.0.0.1", "port": "many"}}, "option"),
+        ],
     )
     def test_an_unusable_url_is_a_usage_error(
         self,
@@ -238,6 +243,19 @@ class TestStartupErrors:
         result = devreg("users", "list")
         assert result.exit_code == 1
         assert "unreachable host" in result.stderr
+
+    def test_the_port_named_is_the_one_tried(
+        self, devreg: Invoke, committed_database_url: URL, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        from tests.support import free_port
+
+        closed = str(free_port())
+        # The query's port is the one asyncpg connects to, whatever the URL's authority says.
+        overridden = committed_database_url.set(query={"host": "127.0.0.1", "port": closed})
+        monkeypatch.setenv("DATABASE_URL", overridden.render_as_string(hide_password=False))
+        result = devreg("users", "list")
+        assert result.exit_code == 1
+        assert f"PostgreSQL at 127.0.0.1:{closed} " in result.stderr
 
 
 def test_revision_writes_a_dated_migration(devreg: Invoke) -> None:

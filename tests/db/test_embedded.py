@@ -52,3 +52,38 @@ def test_password_file_is_private(embedded_settings: dict[str, str]) -> None:
     assert "migrations pending" in result.stdout  # a new cluster, nothing migrated yet
     password_file = Path(embedded_settings["DATA_DIR"]) / "pg.password"
     assert password_file.stat().st_mode & 0o077 == 0
+
+
+def test_a_cluster_it_cannot_use_is_one_line(embedded_settings: dict[str, str]) -> None:
+    assert run_devreg("db", "status", **embedded_settings).returncode == 0
+    password_file = Path(embedded_settings["DATA_DIR"]) / "pg.password"
+    password = password_file.read_text()
+    moved = {**embedded_settings, "EMBEDDED_PG_PORT": str(free_port())}
+
+    on_another_port = run_devreg("db", "status", **moved)
+    password_file.write_text("not-the-password\n")
+    wrong_password = run_devreg("db", "status", **embedded_settings)
+    password_file.unlink()
+    no_password = run_devreg("db", "status", **embedded_settings)
+    password_file.write_text(password)
+
+    for result, says in [
+        (on_another_port, "unreachable host"),
+        (wrong_password, "wrong password"),
+        (no_password, "No such file or directory"),
+    ]:
+        assert result.returncode == 1
+        assert result.stderr.startswith("devreg: ")
+        assert says in result.stderr
+        assert len(result.stderr.splitlines()) == 1
+
+
+def test_a_data_dir_that_is_a_file_is_one_line(tmp_path: Path) -> None:
+    not_a_directory = tmp_path / "file"
+    not_a_directory.write_text("")
+
+    result = run_devreg("db", "status", DATA_DIR=str(not_a_directory / "data"))
+
+    assert result.returncode == 1
+    assert result.stderr.startswith("devreg: cannot use the embedded PostgreSQL: ")
+    assert len(result.stderr.splitlines()) == 1

@@ -18,7 +18,7 @@ from pathlib import Path
 from sqlalchemy.engine import URL
 
 from devreg.config import ASYNC_DRIVER, Settings
-from devreg.db.server import ensure_database
+from devreg.db.server import DatabaseConnectError, describe_connect_failure, ensure_database
 
 SUPERUSER = "devreg"
 _SERVICE_ACCOUNT = "postgres"
@@ -178,7 +178,16 @@ async def resolve_database_url(settings: Settings) -> URL:
     if external is not None:
         return external
     cluster = embedded_cluster(settings)
-    await asyncio.to_thread(cluster.ensure_running)
-    url = cluster.url(settings.embedded_db_name)
-    await ensure_database(url)
+    try:
+        await asyncio.to_thread(cluster.ensure_running)
+        url = cluster.url(settings.embedded_db_name)
+    except OSError as exc:  # DATA_DIR is a file, or its password file is gone, say
+        where = exc.filename or cluster.data_dir
+        raise EmbeddedPostgresError(
+            f"cannot use the embedded PostgreSQL: {exc.strerror or exc}: {where}"
+        ) from None
+    try:
+        await ensure_database(url)
+    except Exception as exc:  # refused (another EMBEDDED_PG_PORT), a wrong password, ...
+        raise DatabaseConnectError(describe_connect_failure(exc, url)) from None
     return url

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import asyncpg
 from sqlalchemy import text
 from sqlalchemy.engine import URL
-from sqlalchemy.exc import IntegrityError, ProgrammingError
+from sqlalchemy.exc import ArgumentError, IntegrityError, ProgrammingError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
@@ -31,17 +31,28 @@ def _causes(exc: BaseException) -> Iterator[BaseException]:
         current = current.__cause__ or current.__context__ or driver_error
 
 
+def _connection_part(url: URL, name: str, given: object, default: object) -> str:
+    """What the driver connects with: the URL's query (`?host=`, `?port=`, `?user=`) overrides
+    its authority."""
+    value = url.query.get(name) or given or default
+    if isinstance(value, tuple):  # a query parameter given more than once
+        return ",".join(value)
+    return str(value)
+
+
 def describe_connect_failure(exc: BaseException, url: URL) -> str:
-    where = f"PostgreSQL at {url.host or 'localhost'}:{url.port or 5432}"
+    host = _connection_part(url, "host", url.host, "localhost")
+    user = _connection_part(url, "user", url.username, "")
+    where = f"PostgreSQL at {host}:{_connection_part(url, 'port', url.port, 5432)}"
     for cause in _causes(exc):
         if isinstance(cause, asyncpg.InvalidPasswordError):
-            return f"wrong password: {where} rejected the password for user {url.username!r}"
+            return f"wrong password: {where} rejected the password for user {user!r}"
         if isinstance(cause, asyncpg.InvalidAuthorizationSpecificationError):
-            return f"access denied: {where} refused user {url.username!r}"
+            return f"access denied: {where} refused user {user!r}"
         if isinstance(cause, asyncpg.InvalidCatalogNameError):
             return f"missing database: {where} has no database {url.database!r}"
         if isinstance(cause, socket.gaierror):
-            return f"unreachable host: cannot resolve {url.host!r}"
+            return f"unreachable host: cannot resolve {host!r}"
         if isinstance(cause, TimeoutError):
             return f"unreachable host: {where} did not answer in time"
         if isinstance(cause, OSError):
@@ -51,7 +62,14 @@ def describe_connect_failure(exc: BaseException, url: URL) -> str:
 
 
 async def check_connection(url: URL, *, connect_timeout: float) -> None:
-    engine = create_async_engine(url, poolclass=NullPool, connect_args={"timeout": connect_timeout})
+    try:
+        engine = create_async_engine(
+            url, poolclass=NullPool, connect_args={"timeout": connect_timeout}
+        )
+    except ArgumentError:  # its message quotes the URL, password and all
+        raise InvalidDatabaseUrl("invalid database URL: an option cannot be read") from None
+    except _URL_ERRORS as exc:
+        raise InvalidDatabaseUrl(f"invalid database URL: {exc}") from None
     try:
         async with engine.connect() as connection:
             await connection.execute(text("SELECT 1"))
