@@ -6,9 +6,13 @@ import csv
 import io
 import json
 import os
+import pty
 import stat
+import subprocess
 import sys
+import threading
 from collections.abc import AsyncIterator
+from contextlib import suppress
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -27,8 +31,10 @@ from tests.support import (
     admin,
     create_database,
     csv_records,
+    devreg_environment,
     export_view,
     query,
+    run_devreg,
 )
 
 FORMATS = list(EXPORT_PARSERS)
@@ -826,3 +832,52 @@ class TestSeed:
         devices = stored(devreg)
         assert len(devices) == 20
         assert {device["owner_id"] for device in devices} == {None}
+
+
+class TestPipesAndTerminals:
+    """What a shell hands a command: a pipe as /dev/stdin or /dev/stdout, a terminal."""
+
+    def test_an_export_to_dev_stdout_goes_down_its_pipe(self, committed_database_url):
+        url = committed_database_url.render_as_string(hide_password=False)
+
+        result = run_devreg(
+            "export", "devices", "--format", "csv", "-o", "/dev/stdout", DATABASE_URL=url
+        )
+
+        assert result.returncode == 0, result.stderr
+        assert result.stdout == EXPORT_HEADER + "\n"
+
+    def test_a_pipe_is_imported_with_a_progress_bar_on_a_terminal(self, committed_database_url):
+        url = committed_database_url.render_as_string(hide_password=False)
+        terminal, terminal_for_the_child = pty.openpty()
+        shown = io.BytesIO()
+        watching = threading.Thread(target=_read_until_closed, args=(terminal, shown))
+        watching.start()
+        try:
+            result = subprocess.run(
+                [sys.executable, "-m", "devreg", "import", "devices", "/dev/stdin",
+                 "--format", "ndjson"],
+                input=b'{"name": "piped"}\n', stdout=subprocess.PIPE,
+                stderr=terminal_for_the_child, env=devreg_environment(DATABASE_URL=url),
+                timeout=120, check=False,
+            )  # fmt: skip
+        finally:
+            os.close(terminal_for_the_child)
+            watching.join(10)
+            os.close(terminal)
+
+        assert result.returncode == 0, shown.getvalue().decode(errors="replace")
+        assert result.stdout.decode().startswith("1 rows: 1 inserted")
+        assert b"rows/s" in shown.getvalue()
+
+    def test_a_file_that_fails_to_read_is_one_line(self, devreg):
+        # Reading a process's own memory from its start fails with EIO, as a failing disk does.
+        result = import_devices(devreg, Path("/proc/self/mem"), "--format", "csv")
+
+        assert_refused(result, 1, "cannot be read", "Input/output error")
+
+
+def _read_until_closed(fd: int, into: io.BytesIO) -> None:
+    with suppress(OSError):  # EIO once the child's side is closed
+        while chunk := os.read(fd, 4096):
+            into.write(chunk)

@@ -110,11 +110,11 @@ def _replaced_on_success(output: Path | None) -> Iterator[IO[bytes]]:
     if output is None:
         yield sys.stdout.buffer
         return
-    target = Path(os.path.realpath(output))
-    if target.exists() and not target.is_file():
-        with target.open("wb") as device:
+    if output.exists() and not output.is_file():  # /dev/stdout on a pipe has no real path
+        with output.open("wb") as device:
             yield device
         return
+    target = Path(os.path.realpath(output))
     mode = stat.S_IMODE(target.stat().st_mode) if target.exists() else 0o666 & ~_umask()
     with tempfile.NamedTemporaryFile(
         dir=target.parent, prefix=f".{target.name}.", delete=False
@@ -164,7 +164,8 @@ def _format_of(path: Path, formats: type[FormatT]) -> FormatT:
 
 @contextmanager
 def _progress(source: TextIO) -> Iterator[imports.Progress | None]:
-    """A progress bar (rows, rows/s, ETA from the bytes read) on a terminal; else nothing."""
+    """A progress bar (rows, rows/s, ETA from the bytes read) on a terminal; else nothing.
+    Read from a pipe, whose size is unknown, it counts rows only."""
     if not sys.stderr.isatty():
         yield None
         return
@@ -174,14 +175,14 @@ def _progress(source: TextIO) -> Iterator[imports.Progress | None]:
         BarColumn(),
         TimeRemainingColumn(),
     )
-    size = os.fstat(source.fileno()).st_size
+    size = os.fstat(source.fileno()).st_size if source.seekable() else None
     with Progress(*columns, console=Console(stderr=True)) as bar:
         task = bar.add_task("import", total=size, rows=0, rate="")
         started = time.perf_counter()
 
         def advance(rows: int) -> None:
             rate = rows / max(time.perf_counter() - started, 1e-6)
-            read = min(source.buffer.tell(), size)
+            read = None if size is None else min(source.buffer.tell(), size)
             bar.update(task, completed=read, rows=rows, rate=f"{rate:,.0f} rows/s")
 
         yield advance

@@ -46,6 +46,13 @@ class ImportRejected(InvalidInput):
         super().__init__(f"line {line}: {reason}", line=line)
 
 
+class ImportUnreadable(InvalidInput):
+    slug = "import-unreadable"
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"the file cannot be read: {reason}")
+
+
 @dataclass(frozen=True)
 class ImportResult:
     rows: int
@@ -133,10 +140,18 @@ def _parse(source: IO[str], format: ImportFormat) -> Iterator[Row]:
     """(line number, fields, the fields the file gives) for each row; server-owned columns
     dropped. A CSV row gives its header's columns, but not an empty cell of a column that
     cannot be null; an NDJSON line gives its keys."""
-    return _csv_rows(source) if format is ImportFormat.CSV else _ndjson_rows(source)
+    lines = _lines(source)
+    return _csv_rows(lines) if format is ImportFormat.CSV else _ndjson_rows(lines)
 
 
-def _csv_rows(source: IO[str]) -> Iterator[Row]:
+def _lines(source: IO[str]) -> Iterator[str]:
+    try:
+        yield from source
+    except OSError as exc:  # the disk, or the network it is on, failed
+        raise ImportUnreadable(exc.strerror or type(exc).__name__) from None
+
+
+def _csv_rows(source: Iterator[str]) -> Iterator[Row]:
     reader = csv.reader(source, strict=True)
     records = _records(reader)
     header = next((values for values in records if values), [])  # blank lines before it too
@@ -185,7 +200,7 @@ def _records(reader: Any) -> Iterator[list[str]]:
         yield values
 
 
-def _ndjson_rows(source: IO[str]) -> Iterator[Row]:
+def _ndjson_rows(source: Iterator[str]) -> Iterator[Row]:
     for line, text in enumerate(source, start=1):
         if not text.strip():
             continue
