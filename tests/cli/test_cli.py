@@ -11,7 +11,7 @@ from typer.testing import Result
 
 from devreg.db import migrations
 from tests.cli.conftest import Invoke
-from tests.support import admin, query
+from tests.support import admin, query, run_devreg
 
 
 def json_of(result: Result) -> dict:  # type: ignore[type-arg]
@@ -256,6 +256,30 @@ class TestStartupErrors:
         result = devreg("users", "list")
         assert result.exit_code == 1
         assert f"PostgreSQL at 127.0.0.1:{closed} " in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("arguments", "says"),
+    [
+        (["devices", "get", "abc"], "see devreg devices get --help"),
+        (["devices", "list", "--colour", "red"], "No such option: --colour"),
+        (["nosuch"], "No such command 'nosuch'"),
+    ],
+)
+def test_a_usage_error_is_one_line(arguments: list[str], says: str) -> None:
+    result = run_devreg(*arguments)
+
+    assert result.returncode == 2
+    assert result.stderr.startswith("devreg: ")
+    assert says in result.stderr
+    assert len(result.stderr.splitlines()) == 1
+
+
+def test_help_is_no_error() -> None:
+    result = run_devreg("--help")
+
+    assert result.returncode == 0
+    assert "Usage" in result.stdout
 
 
 def test_revision_writes_a_dated_migration(devreg: Invoke) -> None:

@@ -8,6 +8,7 @@ import sys
 import typer
 
 from devreg.cli import changes, records, server, tokens, transfer
+from devreg.cli.common import print_error
 
 app = typer.Typer(help=__doc__, no_args_is_help=True, pretty_exceptions_enable=False)
 server.register(app)
@@ -19,6 +20,13 @@ transfer.register(app)
 
 def main() -> None:
     try:
-        app()
-    except KeyboardInterrupt:
+        code = app(prog_name="devreg", standalone_mode=False)
+    except typer.TyperException as exc:  # a usage error: one line, as every other error
+        context = getattr(exc, "ctx", None)
+        see = f" (see {context.command_path} --help)" if context is not None else ""
+        if message := exc.format_message():  # none when the help was shown instead
+            print_error(f"{message}{see}")
+        sys.exit(exc.exit_code)
+    except (typer.Abort, KeyboardInterrupt):
         sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)

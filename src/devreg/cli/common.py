@@ -36,8 +36,13 @@ DeviceIdArgument = Annotated[int, typer.Argument(min=1, max=BIGINT_MAX, help="Th
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
-    print(f"devreg: {message}", file=sys.stderr)
+    """End the command with `message` as one line on stderr."""
+    print_error(message)
     raise typer.Exit(code)
+
+
+def print_error(message: str) -> None:
+    print(f"devreg: {message}", file=sys.stderr)
 
 
 def load_settings() -> Settings:
