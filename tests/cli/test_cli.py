@@ -3,6 +3,7 @@
 import asyncio
 import json
 import re
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -177,6 +178,15 @@ class TestStartupErrors:
         result = devreg("users", "list")
         assert result.exit_code == 2
         assert "POOL_SIZE" in result.stderr
+
+    def test_a_dotenv_that_is_not_utf8_is_named(
+        self, devreg: Invoke, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    ) -> None:
+        (tmp_path / ".env").write_bytes(b"POOL_SIZE=5\nNOTE=\xff\xfe\n")
+        monkeypatch.chdir(tmp_path)
+        result = devreg("users", "list")
+        assert result.exit_code == 2
+        assert result.stderr == "devreg: the .env file is not UTF-8 text\n"
 
     def test_wrong_password_is_one_line_without_the_password(
         self, devreg: Invoke, committed_database_url: URL, monkeypatch: pytest.MonkeyPatch

@@ -473,6 +473,10 @@ BAD_FILES = [
         id="csv-header-with-a-trailing-comma",
     ),
     pytest.param(
+        "d.csv", '\n"na\nme",model\n' + "a,m\n", 2, "unknown columns: 'na\\nme'",
+        id="csv-header-over-two-lines",
+    ),
+    pytest.param(
         "d.csv", CSV_HEADER + '"two\nlines",SN-1,active,,[]\n' + "b,SN-2,nope,,[]\n", 4, "status",
         id="csv-line-after-a-quoted-newline",
     ),

@@ -48,6 +48,8 @@ def print_error(message: str) -> None:
 def load_settings() -> Settings:
     try:
         return get_settings()
+    except UnicodeDecodeError:
+        fail("the .env file is not UTF-8 text", code=2)
     except ValidationError as exc:
         first = exc.errors()[0]
         name = str(first["loc"][0]).upper() if first["loc"] else "settings"

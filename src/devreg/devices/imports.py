@@ -152,22 +152,19 @@ def _lines(source: IO[str]) -> Iterator[str]:
 
 
 def _csv_rows(source: Iterator[str]) -> Iterator[Row]:
-    reader = csv.reader(source, strict=True)
-    records = _records(reader)
-    header = next((values for values in records if values), [])  # blank lines before it too
-    header_line = reader.line_num
+    records = _records(csv.reader(source, strict=True))
+    # Blank lines before the header are skipped too.
+    header_line, header = next(((line, values) for line, values in records if values), (1, []))
     unknown = set(header) - DeviceCreate.model_fields.keys() - _IGNORED
     if unknown:
-        names = ", ".join(column or repr(column) for column in sorted(unknown))
+        names = ", ".join(_shown(column) for column in sorted(unknown))
         raise ImportRejected(header_line, f"unknown columns: {names}")
     repeated = sorted({column for column in header if header.count(column) > 1})
     if repeated:
         raise ImportRejected(header_line, f"columns appear more than once: {', '.join(repeated)}")
     kept = [(index, column) for index, column in enumerate(header) if column not in _IGNORED]
-    line = reader.line_num + 1
-    for values in records:
+    for line, values in records:
         if not values:  # a blank line
-            line = reader.line_num + 1
             continue
         if len(values) > len(header):
             raise ImportRejected(line, "more fields than the header has")
@@ -181,12 +178,12 @@ def _csv_rows(source: Iterator[str]) -> Iterator[Row]:
                 fields[column] = _json(fields[column], line, column)
         given = tuple(column for _, column in kept if column in fields or column in _EMPTY_IS_NULL)
         yield line, fields, given
-        line = reader.line_num + 1
 
 
-def _records(reader: Any) -> Iterator[list[str]]:
-    """The CSV reader's records; one it cannot read (a field past its size limit, most often
-    from a quote never closed) rejects the import at the line the record starts on."""
+def _records(reader: Any) -> Iterator[tuple[int, list[str]]]:
+    """The CSV reader's records, each with the line it starts on (a quoted field may span
+    lines); one it cannot read (most often from a quote never closed) rejects the import at
+    that line."""
     while True:
         line = reader.line_num + 1
         try:
@@ -197,7 +194,12 @@ def _records(reader: Any) -> Iterator[list[str]]:
             raise ImportRejected(
                 line, f"not readable as CSV ({exc}; a quote never closed?)"
             ) from None
-        yield values
+        yield line, values
+
+
+def _shown(column: str) -> str:
+    """A column's name in a one-line message: quoted when empty or not plainly printable."""
+    return column if column.isprintable() and column else repr(column)
 
 
 def _ndjson_rows(source: Iterator[str]) -> Iterator[Row]:
