@@ -3,6 +3,7 @@
 import math
 import re
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import Annotated, Any
 
 from pydantic import (
@@ -128,28 +129,36 @@ Duration = Annotated[
 """A span of time: `90d`, `12h`, `30m`, `3600s`, seconds, or an ISO 8601 duration (`P90D`)."""
 
 ATTRIBUTES_MAX_DEPTH = 16
-ATTRIBUTES_MAX_BYTES = 64 * 1024  # as compact JSON text
+ATTRIBUTES_MAX_BYTES = 64 * 1024  # as compact JSON text, numbers written out as jsonb does
 
 
-def _storable_json(value: Any, depth: int = 0) -> None:
+def _storable_json(value: Any, depth: int = 0) -> int:
+    """Check a JSON value for what PostgreSQL cannot store; how many more characters than its
+    JSON text jsonb's will take: jsonb writes numbers out in full (1e300 is 301 digits), and
+    so would an export of them, which must import again."""
     if depth > ATTRIBUTES_MAX_DEPTH:
         raise ValueError(f"must not nest deeper than {ATTRIBUTES_MAX_DEPTH} levels")
     if isinstance(value, str):
         storable_text(value)
-    elif isinstance(value, float) and not math.isfinite(value):
-        raise ValueError("numbers must be finite")
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError("numbers must be finite")
+        text = repr(value)
+        if "e" not in text:  # written as it is
+            return 0
+        return len(format(Decimal(text), "f")) - len(to_json(value))
     elif isinstance(value, dict):
-        for key, item in value.items():
+        for key in value:
             storable_text(key)
-            _storable_json(item, depth + 1)
+        return sum(_storable_json(item, depth + 1) for item in value.values())
     elif isinstance(value, list):
-        for item in value:
-            _storable_json(item, depth + 1)
+        return sum(_storable_json(item, depth + 1) for item in value)
+    return 0
 
 
 def _storable_json_object(value: dict[str, Any]) -> dict[str, Any]:
-    _storable_json(value)
-    if len(to_json(value)) > ATTRIBUTES_MAX_BYTES:
+    written_out = _storable_json(value)
+    if len(to_json(value)) + written_out > ATTRIBUTES_MAX_BYTES:
         raise ValueError(f"must not take more than {ATTRIBUTES_MAX_BYTES} bytes as JSON")
     return value
 
