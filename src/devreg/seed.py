@@ -4,7 +4,8 @@ PostgreSQL itself (generate_series), so a million rows take seconds, not minutes
 import secrets
 from dataclasses import dataclass
 
-from sqlalchemy import text
+from sqlalchemy import BigInteger, bindparam, text
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from devreg.changes.actor import without_change_log
@@ -26,7 +27,7 @@ WITH created AS (
     ) AS names
     RETURNING id
 )
-SELECT coalesce(min(id), 0) AS first_id, count(*) AS created FROM created
+SELECT coalesce(array_agg(id), '{}') AS ids FROM created
 """
 
 _DEVICES = """
@@ -36,7 +37,8 @@ SELECT
     'SN-' || :run || '-' || lpad(to_hex(g), 8, '0'),
     model,
     (ARRAY['active', 'active', 'active', 'inactive', 'retired'])[1 + g % 5],
-    CASE WHEN :users = 0 OR g % 10 = 0 THEN NULL ELSE :first_user + (g * 7919) % :users END,
+    CASE WHEN cardinality(:owners) = 0 OR g % 10 = 0 THEN NULL
+         ELSE (:owners)[1 + (g * 7919) % cardinality(:owners)] END,
     string_to_array((ARRAY['lab,eu', 'prod,eu', 'prod,us', 'edge,asia', 'test,us',
                            'spare,eu'])[1 + g % 6], ',')
         || CASE WHEN g % 4 = 0 THEN ARRAY['critical'] ELSE ARRAY[]::text[] END,
@@ -52,6 +54,9 @@ LATERAL (SELECT
            'BeagleBone Black', 'Intel NUC 13', 'Pico W'])[1 + (g * 3) % 8] AS model
 ) AS kinds
 """
+# The users this run created may not have consecutive ids: another run, or the API, may be
+# creating users at the same time.
+_DEVICES_OWNED = text(_DEVICES).bindparams(bindparam("owners", type_=ARRAY(BigInteger)))
 
 
 @dataclass(frozen=True)
@@ -65,9 +70,6 @@ async def seed(session: AsyncSession, *, users: int, devices: int) -> Seeded:
     run = secrets.token_hex(3)  # keeps serials and emails unique across seed runs
     # Synthetic rows are not changes anyone made: the change log stays out of it.
     await without_change_log(session)
-    created = (await session.execute(text(_USERS), {"run": run, "count": users})).one()
-    await session.execute(
-        text(_DEVICES),
-        {"run": run, "count": devices, "users": created.created, "first_user": created.first_id},
-    )
-    return Seeded(users=int(created.created), devices=devices)
+    owners = await session.scalar(text(_USERS), {"run": run, "count": users})
+    await session.execute(_DEVICES_OWNED, {"run": run, "count": devices, "owners": owners})
+    return Seeded(users=len(owners), devices=devices)

@@ -830,6 +830,21 @@ class TestSeed:
         assert len({user["email"] for user in users}) == 100
         assert len({device["serial_number"] for device in devices}) == 1000
 
+    def test_owners_are_the_users_it_made_whatever_their_ids(self, devreg, committed_database_url):
+        # As when another seed, or the API, creates users at the same time: a run's new users
+        # do not have consecutive ids.
+        asyncio.run(
+            admin(committed_database_url, "ALTER TABLE users ALTER COLUMN id SET INCREMENT BY 3")
+        )
+
+        ok(devreg("seed", "--devices", "500", "--users", "50"))
+
+        user_ids = {user["id"] for user in listed(devreg, "users")}
+        owners = {device["owner_id"] for device in stored(devreg)} - {None}
+        assert len(user_ids) == 50
+        assert len(owners) == 45  # every tenth device has none
+        assert owners <= user_ids
+
     def test_devices_without_users_have_no_owner(self, devreg):
         ok(devreg("seed", "--devices", "20", "--users", "0"))
 
