@@ -17,9 +17,10 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
+    # An answer without a body (a heartbeat's 204) was kept as JSON null: it has no bytes.
     op.execute(
         "ALTER TABLE idempotency_keys ALTER COLUMN body TYPE bytea "
-        "USING convert_to(body::text, 'UTF8')"
+        "USING CASE WHEN body = 'null'::jsonb THEN NULL ELSE convert_to(body::text, 'UTF8') END"
     )
 
 

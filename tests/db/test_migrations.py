@@ -73,3 +73,28 @@ def test_autogenerate_proposes_nothing(tmp_path, database_url: URL, monkeypatch)
         command.check(migrations.alembic_config())
     finally:
         get_settings.cache_clear()
+
+
+async def test_idempotent_answers_kept_before_the_upgrade_replay_as_they_were(
+    server_url: URL,
+) -> None:
+    engine = await _fresh_engine(server_url, "devreg_answers")
+    try:
+        await migrations.upgrade(engine, "8a3f6d2e4b71")  # answers kept as jsonb
+        async with engine.begin() as connection:
+            await connection.execute(
+                text(
+                    "INSERT INTO idempotency_keys (token_id, key, fingerprint, status, body) "
+                    "VALUES (0, 'heartbeat', '', 204, 'null'), (0, 'failed', '', NULL, NULL), "
+                    """(0, 'create', '', 201, '{"id": 7}')"""
+                )
+            )
+
+        await migrations.upgrade(engine)
+
+        async with engine.connect() as connection:
+            rows = await connection.execute(text("SELECT key, body FROM idempotency_keys"))
+            bodies = dict(rows.all())
+        assert bodies == {"heartbeat": None, "failed": None, "create": b'{"id": 7}'}
+    finally:
+        await engine.dispose()

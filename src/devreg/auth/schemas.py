@@ -13,7 +13,9 @@ class TokenCreate(InputSchema):
     )
     scope: TokenScope = Field(TokenScope.WRITE, description="`read` may only read.")
     expires_in: Duration | None = Field(
-        None, description="e.g. `90d`, `12h` or `P90D`; by default the token never expires."
+        None,
+        description="e.g. `90d`, `12h` or `P90D`. By default the token never expires, or, made "
+        "by a token that expires, expires with it; it may not outlive it (422).",
     )
     admin: StrictBool = Field(False, description="Sees and changes everyone's data; admins only.")
 
