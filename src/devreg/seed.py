@@ -4,18 +4,17 @@ PostgreSQL itself (generate_series), so a million rows take seconds, not minutes
 import secrets
 from dataclasses import dataclass
 
-from sqlalchemy import BigInteger, bindparam, text
-from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from devreg.changes.actor import without_change_log
 
-_USERS = """
+_SEED = """
 WITH created AS (
     INSERT INTO users (name, email)
     SELECT first_name || ' ' || last_name,
            lower(first_name || '.' || last_name || '.' || :run || g || '@example.org')
-    FROM generate_series(1, :count) AS g,
+    FROM generate_series(1, :users) AS g,
     LATERAL (SELECT
         (ARRAY['Ada', 'Alan', 'Barbara', 'Claude', 'Donald', 'Edsger', 'Frances', 'Grace',
                'Hedy', 'John', 'Katherine', 'Ken', 'Linus', 'Margaret', 'Niklaus', 'Radia',
@@ -26,37 +25,37 @@ WITH created AS (
             [1 + (g * 7) % 20] AS last_name
     ) AS names
     RETURNING id
+),
+-- This run's users may not have consecutive ids: another run, or the API, may be creating
+-- users at the same time.
+owners AS (SELECT coalesce(array_agg(id), '{}') AS ids FROM created),
+devices_made AS (
+    INSERT INTO devices
+        (name, serial_number, model, status, owner_id, tags, attributes, last_seen_at)
+    SELECT
+        kind || '-' || lpad(g::text, 7, '0'),
+        'SN-' || :run || '-' || lpad(to_hex(g), 8, '0'),
+        model,
+        (ARRAY['active', 'active', 'active', 'inactive', 'retired'])[1 + g % 5],
+        CASE WHEN cardinality(ids) = 0 OR g % 10 = 0 THEN NULL
+             ELSE ids[1 + (g * 7919) % cardinality(ids)] END,
+        string_to_array((ARRAY['lab,eu', 'prod,eu', 'prod,us', 'edge,asia', 'test,us',
+                               'spare,eu'])[1 + g % 6], ',')
+            || CASE WHEN g % 4 = 0 THEN ARRAY['critical'] ELSE ARRAY[]::text[] END,
+        jsonb_build_object('rack', g % 40, 'room', chr(65 + (g % 6)::int),
+                           'firmware', '1.' || g % 7 || '.' || g % 3, 'managed', g % 2 = 0),
+        CASE WHEN g % 7 = 0 THEN NULL
+             ELSE now() - make_interval(secs => (g * 37) % 2592000) END
+    FROM owners, generate_series(1, CAST(:devices AS bigint)) AS g,
+    LATERAL (SELECT
+        (ARRAY['sensor', 'gateway', 'camera', 'thermostat', 'router', 'meter', 'tracker',
+               'display'])[1 + g % 8] AS kind,
+        (ARRAY['Raspberry Pi 4', 'Raspberry Pi 5', 'Jetson Nano', 'Arduino Uno', 'ESP32-S3',
+               'BeagleBone Black', 'Intel NUC 13', 'Pico W'])[1 + (g * 3) % 8] AS model
+    ) AS kinds
 )
-SELECT coalesce(array_agg(id), '{}') AS ids FROM created
+SELECT cardinality(ids) FROM owners
 """
-
-_DEVICES = """
-INSERT INTO devices (name, serial_number, model, status, owner_id, tags, attributes, last_seen_at)
-SELECT
-    kind || '-' || lpad(g::text, 7, '0'),
-    'SN-' || :run || '-' || lpad(to_hex(g), 8, '0'),
-    model,
-    (ARRAY['active', 'active', 'active', 'inactive', 'retired'])[1 + g % 5],
-    CASE WHEN cardinality(:owners) = 0 OR g % 10 = 0 THEN NULL
-         ELSE (:owners)[1 + (g * 7919) % cardinality(:owners)] END,
-    string_to_array((ARRAY['lab,eu', 'prod,eu', 'prod,us', 'edge,asia', 'test,us',
-                           'spare,eu'])[1 + g % 6], ',')
-        || CASE WHEN g % 4 = 0 THEN ARRAY['critical'] ELSE ARRAY[]::text[] END,
-    jsonb_build_object('rack', g % 40, 'room', chr(65 + (g % 6)::int),
-                       'firmware', '1.' || g % 7 || '.' || g % 3, 'managed', g % 2 = 0),
-    CASE WHEN g % 7 = 0 THEN NULL
-         ELSE now() - make_interval(secs => (g * 37) % 2592000) END
-FROM generate_series(1, CAST(:count AS bigint)) AS g,
-LATERAL (SELECT
-    (ARRAY['sensor', 'gateway', 'camera', 'thermostat', 'router', 'meter', 'tracker',
-           'display'])[1 + g % 8] AS kind,
-    (ARRAY['Raspberry Pi 4', 'Raspberry Pi 5', 'Jetson Nano', 'Arduino Uno', 'ESP32-S3',
-           'BeagleBone Black', 'Intel NUC 13', 'Pico W'])[1 + (g * 3) % 8] AS model
-) AS kinds
-"""
-# The users this run created may not have consecutive ids: another run, or the API, may be
-# creating users at the same time.
-_DEVICES_OWNED = text(_DEVICES).bindparams(bindparam("owners", type_=ARRAY(BigInteger)))
 
 
 @dataclass(frozen=True)
@@ -70,6 +69,5 @@ async def seed(session: AsyncSession, *, users: int, devices: int) -> Seeded:
     run = secrets.token_hex(3)  # keeps serials and emails unique across seed runs
     # Synthetic rows are not changes anyone made: the change log stays out of it.
     await without_change_log(session)
-    owners = await session.scalar(text(_USERS), {"run": run, "count": users})
-    await session.execute(_DEVICES_OWNED, {"run": run, "count": devices, "owners": owners})
-    return Seeded(users=len(owners), devices=devices)
+    made = await session.scalar(text(_SEED), {"run": run, "users": users, "devices": devices})
+    return Seeded(users=int(made or 0), devices=devices)
