@@ -68,10 +68,13 @@ class TestDatabaseUrl:
 
         assert "database_url" in error_fields(raised.value)
 
+    @pytest.mark.parametrize(
+        "raw", ["postgresql://u:sec@ret-42@h:5433/db", "postgresql://u:sec@x/ret-42@h/db"]
+    )
     def test_an_unescaped_at_in_the_password_is_refused_unshown(
-        self, monkeypatch: pytest.MonkeyPatch
+        self, monkeypatch: pytest.MonkeyPatch, raw: str
     ) -> None:
-        monkeypatch.setenv("DATABASE_URL", "postgresql://u:sec@ret-42@h:5433/db")
+        monkeypatch.setenv("DATABASE_URL", raw)
 
         with pytest.raises(ValidationError) as raised:
             Settings(_env_file=None)

@@ -158,7 +158,7 @@ def _to_async_url(raw: str) -> URL:
         raise ValueError("DATABASE_URL is not a valid database URL") from exc
     if url.drivername not in _POSTGRES_SCHEMES:
         raise ValueError("DATABASE_URL must be a postgresql:// URL")
-    if "@" in (url.host or ""):  # the URL was split at an @ of the password: never show it
+    if "@" in (url.host or "") + (url.database or ""):  # split at an @ of the password
         raise ValueError("DATABASE_URL has an unescaped @ before its host: write @ as %40")
     query = dict(url.query)
     # libpq spells TLS as sslmode; asyncpg takes the same values as `ssl`.

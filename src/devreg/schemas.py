@@ -3,7 +3,6 @@
 import math
 import re
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal
 from typing import Annotated, Any
 
 from pydantic import (
@@ -146,7 +145,7 @@ def _storable_json(value: Any, depth: int = 0) -> int:
         text = repr(value)
         if "e" not in text:  # written as it is
             return 0
-        return len(format(Decimal(text), "f")) - len(to_json(value))
+        return _written_out_length(text) - len(to_json(value))
     elif isinstance(value, dict):
         for key in value:
             storable_text(key)
@@ -154,6 +153,18 @@ def _storable_json(value: Any, depth: int = 0) -> int:
     elif isinstance(value, list):
         return sum(_storable_json(item, depth + 1) for item in value)
     return 0
+
+
+def _written_out_length(text: str) -> int:
+    """The length of a float's repr in exponent form (`-1.5e-07`) written out in full, as
+    PostgreSQL's numeric does (`-0.00000015`)."""
+    mantissa, exponent_text = text.split("e")
+    sign = 1 if mantissa.startswith("-") else 0
+    digits = len(mantissa.lstrip("-").replace(".", ""))
+    exponent = int(exponent_text)
+    if exponent < 0:  # 0.000ddd
+        return sign + 2 + (-exponent - 1) + digits
+    return sign + exponent + 1  # repr uses an exponent from 1e16 up: never a fraction there
 
 
 def _storable_json_object(value: dict[str, Any]) -> dict[str, Any]:

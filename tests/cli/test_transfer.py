@@ -370,19 +370,16 @@ class TestImportConflicts:
         assert names == [{"name": "from-file"}]
 
     def test_an_empty_cell_clears_only_what_can_be_empty(self, devreg, tmp_path):
-        before = create_device(devreg, "old", "--serial", "SN-9", "--model", "m1", "--tag", "x",
-                               "--status", "retired")  # fmt: skip
-        text = "name,serial_number,model,status,tags,attributes\nupd,SN-9,,,,\n"
+        header = "name,serial_number,model,status,tags,attributes\n"
+        registered = header + 'old,SN-9,m1,retired,"[""x""]","{""k"": 1}"\n'
+        ok(import_devices(devreg, write(tmp_path, "registered.csv", registered)))
 
-        ok(import_devices(devreg, write(tmp_path, "d.csv", text), "--on-conflict", "update"))
+        emptied = header + "upd,SN-9,,,,\n"
+        ok(import_devices(devreg, write(tmp_path, "d.csv", emptied), "--on-conflict", "update"))
 
         [after] = stored(devreg)
         assert (after["name"], after["model"]) == ("upd", None)
-        assert (after["status"], after["tags"], after["attributes"]) == (
-            "retired",
-            ["x"],
-            before["attributes"],
-        )
+        assert (after["status"], after["tags"], after["attributes"]) == ("retired", ["x"], {"k": 1})
 
     @pytest.mark.parametrize(
         ("name", "text"),
@@ -870,6 +867,8 @@ class TestPipesAndTerminals:
         url = committed_database_url.render_as_string(hide_password=False)
         terminal, terminal_for_the_child = pty.openpty()
         shown = io.BytesIO()
+        # Wide enough for the bar's "rows/s" whatever COLUMNS the tests were started with.
+        environment = devreg_environment(DATABASE_URL=url, COLUMNS="200")
         watching = threading.Thread(target=_read_until_closed, args=(terminal, shown))
         watching.start()
         try:
@@ -877,7 +876,7 @@ class TestPipesAndTerminals:
                 [sys.executable, "-m", "devreg", "import", "devices", "/dev/stdin",
                  "--format", "ndjson"],
                 input=b'{"name": "piped"}\n', stdout=subprocess.PIPE,
-                stderr=terminal_for_the_child, env=devreg_environment(DATABASE_URL=url),
+                stderr=terminal_for_the_child, env=environment,
                 timeout=120, check=False,
             )  # fmt: skip
         finally:

@@ -554,12 +554,14 @@ class TestCursors:
         once = {name: values[0] for name, values in repeated.items()}
         first = await get_page(client, DEVICES, {**once, "limit": 1})
         assert first["next_cursor"] is not None
+        after_first = {"limit": 1, "cursor": first["next_cursor"]}
 
-        response = await client.get(
-            DEVICES, params={**repeated, "limit": 1, "cursor": first["next_cursor"]}
-        )
+        response = await client.get(DEVICES, params={**repeated, **after_first})
 
         assert response.status_code == 200, response.text
+        second = await get_page(client, DEVICES, {**once, **after_first})
+        assert response.json() == second
+        assert ids_of(second["items"]) != ids_of(first["items"])
 
     @pytest.mark.parametrize("sort", [None, "name"])
     async def test_cursor_of_the_users_listing_is_refused(self, client, catalog, sort):

@@ -27,6 +27,8 @@ def main() -> None:
         if message := exc.format_message():  # none when the help was shown instead
             print_error(f"{message}{see}")
         sys.exit(exc.exit_code)
-    except (typer.Abort, KeyboardInterrupt):
+    except typer.Abort:  # end of input at a prompt
+        sys.exit(1)
+    except KeyboardInterrupt:
         sys.exit(130)
     sys.exit(code if isinstance(code, int) else 0)

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sqlalchemy.engine import URL
+from sqlalchemy.exc import SQLAlchemyError
 
 from devreg.config import ASYNC_DRIVER, Settings
 from devreg.db.server import DatabaseConnectError, describe_connect_failure, ensure_database
@@ -188,6 +189,6 @@ async def resolve_database_url(settings: Settings) -> URL:
         ) from None
     try:
         await ensure_database(url)
-    except Exception as exc:  # refused (another EMBEDDED_PG_PORT), a wrong password, ...
+    except (OSError, TimeoutError, SQLAlchemyError) as exc:  # refused, a wrong password, ...
         raise DatabaseConnectError(describe_connect_failure(exc, url)) from None
     return url

@@ -2,6 +2,8 @@
 
 import asyncio
 import contextlib
+import getpass
+import os
 import socket
 from collections.abc import Iterator
 
@@ -42,7 +44,10 @@ def _connection_part(url: URL, name: str, given: object, default: object) -> str
 
 def describe_connect_failure(exc: BaseException, url: URL) -> str:
     host = _connection_part(url, "host", url.host, "localhost")
-    user = _connection_part(url, "user", url.username, "")
+    # Without one, asyncpg connects as PGUSER, or else as the user running devreg.
+    user = _connection_part(
+        url, "user", url.username, os.environ.get("PGUSER") or getpass.getuser()
+    )
     where = f"PostgreSQL at {host}:{_connection_part(url, 'port', url.port, 5432)}"
     for cause in _causes(exc):
         if isinstance(cause, asyncpg.InvalidPasswordError):

@@ -192,7 +192,7 @@ def _records(reader: Any) -> Iterator[tuple[int, list[str]]]:
             return
         except csv.Error as exc:
             raise ImportRejected(
-                line, f"not readable as CSV ({exc}; a quote never closed?)"
+                line, f"not readable as CSV ({exc}; a stray or unclosed quote?)"
             ) from None
         yield line, values
 
