@@ -57,6 +57,14 @@ async def test_bulk_routes_have_their_own_limit(small_limits: AsyncClient) -> No
     )
 
 
+async def test_only_the_bulk_path_itself_has_the_bulk_limit(small_limits: AsyncClient) -> None:
+    body = {"name": "x", "attributes": {"blob": "a" * 4096}}
+    for path in (f"{DEVICES}/bulkx", f"{DEVICES}/bulk.json"):
+        assert (
+            "2048 bytes" in assert_problem(await small_limits.put(path, json=body), 413)["detail"]
+        )
+
+
 async def test_every_response_carries_the_security_headers(client: AsyncClient) -> None:
     for response in (
         await client.get("/livez"),

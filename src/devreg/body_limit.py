@@ -14,17 +14,15 @@ def too_large(limit: int) -> str:
 
 
 class BodyLimits:
-    """A limit per path: `limits` maps path prefixes to limits above `default` (the longest
-    matching prefix wins)."""
+    """A limit per path: `limits` maps paths (whole: `/devices/bulk`, not `/devices/bulkx`) to
+    limits other than `default`."""
 
     def __init__(self, *, default: int, limits: Mapping[str, int]) -> None:
         self.default = default
-        self.limits = sorted(limits.items(), key=lambda item: len(item[0]), reverse=True)
+        self.limits = dict(limits)
 
     def limit_for(self, path: str) -> int:
-        return next(
-            (limit for prefix, limit in self.limits if path.startswith(prefix)), self.default
-        )
+        return self.limits.get(path, self.default)
 
 
 def declared_too_large(content_length: bytes | None, limit: int) -> bool:
