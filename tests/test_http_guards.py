@@ -96,3 +96,37 @@ async def test_cross_origin_calls_are_allowed_only_from_the_configured_origins(
     assert allowed.headers["access-control-allow-origin"] == "https://ui.example"
     assert "access-control-allow-origin" not in refused.headers
     assert "ETag" in read.headers["access-control-expose-headers"]
+
+
+@pytest.fixture
+async def browser_client(committed_database_url: URL) -> AsyncIterator[AsyncClient]:
+    settings = make_settings(
+        committed_database_url, cors_origins="https://ui.example", max_body_size=2048
+    )
+    async with running(create_app(settings)) as app, api_client(app) as client:
+        client.headers["origin"] = "https://ui.example"
+        yield client
+
+
+@pytest.mark.parametrize(
+    ("method", "headers"),
+    [("POST", "content-type, idempotency-key"), ("GET", "x-request-id"), ("HEAD", "if-none-match")],
+)
+async def test_a_browser_may_send_every_header_the_api_reads(
+    browser_client: AsyncClient, method: str, headers: str
+) -> None:
+    preflight = {"access-control-request-method": method, "access-control-request-headers": headers}
+
+    response = await browser_client.options(DEVICES, headers=preflight)
+
+    assert response.status_code == 200, response.text
+
+
+async def test_a_browser_reads_the_edges_own_answers(browser_client: AsyncClient) -> None:
+    too_large = await browser_client.post(DEVICES, json={"name": "x", "blob": "a" * 4096})
+    ordinary = await browser_client.get("/livez")
+
+    assert_problem(too_large, 413)
+    assert too_large.headers["access-control-allow-origin"] == "https://ui.example"
+    exposed = ordinary.headers["access-control-expose-headers"]
+    assert "Idempotent-Replayed" in exposed

@@ -172,7 +172,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app.openapi = openapi  # type: ignore[method-assign]
     app.add_exception_handler(IdempotentReplay, replay)
-    add_cors_middleware(app, settings)
     body_limits = BodyLimits(
         default=settings.max_body_size,
         limits={f"{API_PREFIX}/devices/bulk": settings.max_bulk_body_size},
@@ -180,4 +179,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(
         EdgeMiddleware, body_limits=body_limits, always_admitted=frozenset(HEALTH_PATHS)
     )
+    add_cors_middleware(app, settings)
     return app
