@@ -1,5 +1,7 @@
 """What bounds and guards every request: body size limits, security headers, CORS."""
 
+import asyncio
+import time
 from collections.abc import AsyncIterator
 
 import pytest
@@ -28,7 +30,9 @@ async def test_bulk_writes_take_bodies_beyond_the_general_limit(client: AsyncCli
 
 @pytest.fixture
 async def small_limits(committed_database_url: URL) -> AsyncIterator[AsyncClient]:
-    settings = make_settings(committed_database_url, max_body_size=2048, max_bulk_body_size=8192)
+    settings = make_settings(
+        committed_database_url, max_body_size=2048, max_bulk_body_size=8192, body_timeout=0.5
+    )
     async with running(create_app(settings)) as app, api_client(app) as client:
         yield client
 
@@ -45,6 +49,24 @@ async def test_a_streamed_body_is_cut_off_at_the_limit(small_limits: AsyncClient
     )
     problem = assert_problem(response, 413)
     assert "2048 bytes" in problem["detail"]
+
+
+async def test_a_body_that_stops_arriving_is_a_408_and_nothing_is_written(
+    small_limits: AsyncClient,
+) -> None:
+    async def stalled() -> AsyncIterator[bytes]:
+        yield b'{"name": "'
+        await asyncio.sleep(30)
+        yield b'x"}'
+
+    started = time.monotonic()
+    response = await small_limits.post(
+        DEVICES, content=stalled(), headers={"content-type": "application/json"}
+    )
+
+    assert "0.5 seconds" in assert_problem(response, 408)["detail"]
+    assert time.monotonic() - started < 5
+    assert await stored_devices(small_limits) == []
 
 
 async def test_bulk_routes_have_their_own_limit(small_limits: AsyncClient) -> None:

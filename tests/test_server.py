@@ -148,3 +148,27 @@ async def wait_for_backends(url: URL, *, active: bool) -> None:
             return
         await asyncio.sleep(0.02)
     raise AssertionError("devreg never got that far")
+
+
+async def test_a_client_that_stops_sending_its_body_does_not_hold_the_worker(
+    committed_database_url: URL,
+) -> None:
+    settings = {"MAX_REQUESTS_IN_PROGRESS": "1", "BODY_TIMEOUT": "1", "POOL_TIMEOUT": "3"}
+    with devreg_server(DATABASE_URL=url_setting(committed_database_url), **settings) as base_url:
+        host, port = base_url.removeprefix("http://").split(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(
+            b"POST /api/v1/devices HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b'Content-Length: 100\r\n\r\n{"na'
+        )
+        await writer.drain()
+        await asyncio.sleep(0.3)  # the stalled request holds the worker's one turn
+        try:
+            async with httpx.AsyncClient(base_url=base_url, timeout=30) as client:
+                served = await client.get("/api/v1/devices", params={"limit": 1})
+            stalled_answer = await asyncio.wait_for(reader.read(4096), 10)
+        finally:
+            writer.close()
+
+    assert served.status_code == 200, served.text
+    assert stalled_answer.startswith(b"HTTP/1.1 408 ")

@@ -175,6 +175,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     body_limits = BodyLimits(
         default=settings.max_body_size,
         limits={f"{API_PREFIX}/devices/bulk": settings.max_bulk_body_size},
+        timeout=settings.body_timeout,
     )
     app.add_middleware(
         EdgeMiddleware, body_limits=body_limits, always_admitted=frozenset(HEALTH_PATHS)

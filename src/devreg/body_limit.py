@@ -1,8 +1,10 @@
-"""Bounded request bodies: no client makes a worker buffer more than its route allows.
+"""Bounded request bodies: no client makes a worker buffer more than its route allows, or wait
+for a body longer than BODY_TIMEOUT.
 
 Starlette's own limit answers a plain-text 413 in place of whatever the app answers, so devreg
 keeps its own, answering RFC 9457 problems like every other error."""
 
+import asyncio
 from collections.abc import Mapping
 
 from starlette.exceptions import HTTPException
@@ -14,15 +16,21 @@ def too_large(limit: int) -> str:
 
 
 class BodyLimits:
-    """A limit per path: `limits` maps paths (whole: `/devices/bulk`, not `/devices/bulkx`) to
-    limits other than `default`."""
+    """A size limit per path: `limits` maps paths (whole: `/devices/bulk`, not `/devices/bulkx`)
+    to limits other than `default`; and `timeout`, the seconds any body may take to arrive."""
 
-    def __init__(self, *, default: int, limits: Mapping[str, int]) -> None:
+    def __init__(self, *, default: int, limits: Mapping[str, int], timeout: float) -> None:
         self.default = default
         self.limits = dict(limits)
+        self.timeout = timeout
 
     def limit_for(self, path: str) -> int:
         return self.limits.get(path, self.default)
+
+    def receive_within(self, receive: Receive, limit: int) -> Receive:
+        """`receive` for a request beginning now, with `limit` (limit_for its path)."""
+        deadline = asyncio.get_running_loop().time() + self.timeout
+        return receive_within(receive, limit, deadline=deadline, timeout=self.timeout)
 
 
 def declared_too_large(content_length: bytes | None, limit: int) -> bool:
@@ -30,17 +38,32 @@ def declared_too_large(content_length: bytes | None, limit: int) -> bool:
     return content_length is not None and content_length.isdigit() and int(content_length) > limit
 
 
-def receive_within(receive: Receive, limit: int) -> Receive:
-    """`receive`, raising a 413 as soon as the bytes received pass `limit`."""
+def receive_within(receive: Receive, limit: int, *, deadline: float, timeout: float) -> Receive:
+    """`receive`, raising a 413 as soon as the bytes received pass `limit`, and a 408 when the
+    body is still incomplete at `deadline` (the event loop's time; `timeout` seconds after the
+    request began). Once the body is whole, `receive` waits as long as it takes (for a
+    disconnect)."""
     received = 0
+    body_complete = False
 
-    async def receive_within_limit() -> Message:
-        nonlocal received
-        message = await receive()
+    async def receive_within_limits() -> Message:
+        nonlocal received, body_complete
+        if body_complete:
+            return await receive()
+        try:
+            async with asyncio.timeout_at(deadline):
+                message = await receive()
+        except TimeoutError:
+            raise HTTPException(408, detail=too_slow(timeout)) from None
         if message["type"] == "http.request":
             received += len(message.get("body", b""))
             if received > limit:
                 raise HTTPException(413, detail=too_large(limit))
+            body_complete = not message.get("more_body", False)
         return message
 
-    return receive_within_limit
+    return receive_within_limits
+
+
+def too_slow(timeout: float) -> str:
+    return f"The request body did not arrive within {timeout:g} seconds."

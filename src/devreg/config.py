@@ -91,6 +91,9 @@ class Settings(BaseSettings):
     # Request bodies above these many bytes are refused with 413: every route, and bulk writes.
     max_body_size: int = Field(1024 * 1024, ge=1024)
     max_bulk_body_size: int = Field(64 * 1024 * 1024, ge=1024)
+    # Seconds a request's body may take to arrive, from the request's start (then 408): a
+    # client that stops sending must not hold one of the worker's turns for long.
+    body_timeout: float = Field(30.0, gt=0, le=3600)
     # Origins (comma-separated) whose browser scripts may call the API; none by default.
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     # auto: open on a loopback address until the first token is created, then tokens required;

@@ -13,7 +13,7 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from devreg.admission import Admission, Turn
-from devreg.body_limit import BodyLimits, declared_too_large, receive_within, too_large
+from devreg.body_limit import BodyLimits, declared_too_large, too_large
 from devreg.errors import PoolExhausted
 from devreg.logs import request_logger
 from devreg.problems import error_response, problem_response, unhandled_error
@@ -39,9 +39,9 @@ def _request_id(headers: list[tuple[bytes, bytes]]) -> str:
 
 class EdgeMiddleware:
     """Per request: its request id (in the log context and on the response), its path's body
-    limit (413), its turn (admission.py; health checks need none), the security headers on
-    every response, one log line (method, path, status, duration), and a crash no handler
-    caught answered as a 500 problem, never a traceback."""
+    limit (413) and deadline (408), its turn (admission.py; health checks need none), the
+    security headers on every response, one log line (method, path, status, duration), and a
+    crash no handler caught answered as a 500 problem, never a traceback."""
 
     def __init__(
         self, app: ASGIApp, *, body_limits: BodyLimits, always_admitted: frozenset[str]
@@ -91,15 +91,16 @@ class EdgeMiddleware:
 
         try:
             limit = self.body_limits.limit_for(scope["path"])
+            receive_body = self.body_limits.receive_within(receive, limit)
             admission = self._admission(scope)
             if declared_too_large(_header(headers, b"content-length"), limit):
                 response = problem_response(Request(scope), status=413, detail=too_large(limit))
                 await response(scope, receive, send_with_headers)
             elif admission is None:
-                await self.app(scope, receive_within(receive, limit), send_with_headers)
+                await self.app(scope, receive_body, send_with_headers)
             else:
                 async with admission.turn() as turn:
-                    await self.app(scope, receive_within(receive, limit), send_with_headers)
+                    await self.app(scope, receive_body, send_with_headers)
         except Exception as exc:
             # PoolExhausted: no turn came in time (an expected 503); anything else is a crash.
             if isinstance(exc, PoolExhausted):
