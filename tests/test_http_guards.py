@@ -1,6 +1,8 @@
 """What bounds and guards every request: body size limits, security headers, CORS."""
 
 import asyncio
+import gzip
+import json
 import time
 from collections.abc import AsyncIterator
 
@@ -18,6 +20,19 @@ MIB = 1024 * 1024
 async def test_a_body_over_the_limit_is_a_413_and_nothing_is_written(client: AsyncClient) -> None:
     body = {"name": "big", "attributes": {"blob": "a" * MIB}}
     assert_problem(await client.post(DEVICES, json=body), 413)
+    assert await stored_devices(client) == []
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "br, gzip"])
+async def test_a_compressed_body_is_a_415_and_nothing_is_written(
+    client: AsyncClient, encoding: str
+) -> None:
+    body = gzip.compress(json.dumps({"name": "packed"}).encode())
+    headers = {"content-type": "application/json", "content-encoding": encoding}
+
+    response = await client.post(DEVICES, content=body, headers=headers)
+
+    assert "uncompressed" in assert_problem(response, 415)["detail"]
     assert await stored_devices(client) == []
 
 

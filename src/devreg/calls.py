@@ -20,6 +20,7 @@ from devreg.auth.guard import authenticate
 from devreg.auth.principal import Principal
 from devreg.config import Settings
 from devreg.db.session import session_scope
+from devreg.errors import UnsupportedContentEncoding
 from devreg.problems import request_validation_error
 
 # Methods that only read: any live token may use them; every other method needs a write scope.
@@ -57,7 +58,7 @@ class Call(Request):
 class ApiRoute(APIRoute):
     """Every API route: before the endpoint's parameters are solved, the request's session is
     opened and its caller authenticated (a safe method needs a live token, or none while the API
-    is open; any other method a token that may write)."""
+    is open; any other method a token that may write, and a body that is not compressed)."""
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
@@ -68,9 +69,19 @@ class ApiRoute(APIRoute):
             async with session_scope(call.state.sessionmaker, begin=False) as session:
                 call.db = session
                 call.principal = await authenticate(call, session, writes=writes)
+                if writes:
+                    _refuse_encoded_body(call)
                 return await handler(call)
 
         return serve
+
+
+def _refuse_encoded_body(call: Call) -> None:
+    """A compressed body (gzip, say) is refused as such (415), before it is read: parsed as JSON
+    it would only be "not valid UTF-8"."""
+    encoding = call.headers.get("content-encoding")
+    if encoding is not None and encoding.strip().lower() != "identity":
+        raise UnsupportedContentEncoding
 
 
 def header_parameter(name: str, description: str, **schema: object) -> dict[str, Any]:

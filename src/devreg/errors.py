@@ -194,6 +194,12 @@ class PreconditionFailed(DevregError):
         self.headers["ETag"] = etag(current_version)
 
 
+class UnsupportedContentEncoding(DevregError):
+    status = 415
+    slug = "unsupported-content-encoding"
+    default_detail = "Send the request body uncompressed (no Content-Encoding)."
+
+
 class PreconditionRequired(DevregError):
     status = 428
     slug = "precondition-required"
