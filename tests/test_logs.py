@@ -6,11 +6,11 @@ from datetime import UTC, datetime
 import asyncpg
 from sqlalchemy.exc import DBAPIError
 
-from devreg.logs import RedactingJsonFormatter, logging_config
+from devreg.logs import JsonLineFormatter, logging_config
 
 
 def format_record(message: str, *, exc_info: bool = False) -> dict[str, object]:
-    formatter = RedactingJsonFormatter("%(levelname)s %(name)s %(message)s")
+    formatter = JsonLineFormatter()
     try:
         raise RuntimeError("SELECT secret FROM users WHERE password='hunter2'")
     except RuntimeError:
@@ -80,3 +80,15 @@ def test_a_line_is_stamped_in_utc_as_iso_8601() -> None:
     assert datetime.fromisoformat(line["time"]) == datetime(2025, 12, 2, 18, 26, 40, 250000, UTC)
     assert line["time"].endswith("+00:00")
     assert (line["level"], line["logger"], line["message"]) == ("INFO", "devreg.request", "request")
+
+
+def test_a_line_carries_the_records_own_fields_and_none_of_logging_internals() -> None:
+    record = logging.LogRecord("uvicorn.error", logging.INFO, "x.py", 7, "Started %s", ("x",), None)
+    record.correlation_id = "abc"
+    record.color_message = "\x1b[1mStarted x\x1b[0m"
+    record.status = 200
+
+    line = json.loads(JsonLineFormatter().format(record))
+
+    assert list(line) == ["time", "level", "logger", "message", "request_id", "status"]
+    assert (line["message"], line["request_id"], line["status"]) == ("Started x", "abc", 200)
