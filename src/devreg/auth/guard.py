@@ -16,9 +16,11 @@ def app_authenticator(request: Request) -> Authenticator:
 async def authenticate(request: Request, session: AsyncSession, *, writes: bool) -> Principal:
     """The request's principal (401 without a live token, unless the API is open), which must
     be allowed to write when the request `writes` (else 403)."""
-    authorization = request.headers.get("authorization")
-    if authorization is not None and len(request.headers.getlist("authorization")) > 1:
+    # Read from the raw headers: Starlette's `Headers` would decode every header to find it.
+    sent = [value for name, value in request.scope["headers"] if name == b"authorization"]
+    if len(sent) > 1:
         raise InvalidToken("Send one Authorization header, not several.")
+    authorization = sent[0].decode("latin-1") if sent else None
     principal = await app_authenticator(request).principal(session, authorization)
     if writes:
         principal.require_write()
