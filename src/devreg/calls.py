@@ -14,12 +14,11 @@ from typing import Annotated, Any, TypeVar
 from fastapi import Depends, Request, Response
 from fastapi.routing import APIRoute
 from pydantic import TypeAdapter, ValidationError
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from devreg.auth.guard import authenticate
 from devreg.auth.principal import Principal
 from devreg.config import Settings
-from devreg.db.session import session_scope
+from devreg.db.session import UnitOfWork, session_scope
 from devreg.errors import UnsupportedContentEncoding
 from devreg.problems import request_validation_error
 
@@ -33,10 +32,11 @@ class Call(Request):
     """An API request as its endpoint sees it (declare `call: Call`): the request itself, its
     unit of work (`db`) and who it acts for (`principal`)."""
 
-    db: AsyncSession
-    """The request's session: committed after the endpoint returns and before the response is
-    sent (so a failed commit is an error response, not a 201 for data never saved); rolled back
-    on any exception. Its transaction begins only when a statement needs one (session_scope)."""
+    db: UnitOfWork
+    """The request's unit of work: committed after the endpoint returns and before the response
+    is sent (so a failed commit is an error response, not a 201 for data never saved); rolled
+    back on any exception. Its session is made, and its transaction begun, only when a statement
+    needs one (session_scope)."""
     principal: Principal
 
     @property
@@ -66,9 +66,9 @@ class ApiRoute(APIRoute):
 
         async def serve(request: Request) -> Response:
             call = Call(request.scope, request.receive)
-            async with session_scope(call.state.sessionmaker, begin=False) as session:
-                call.db = session
-                call.principal = await authenticate(call, session, writes=writes)
+            async with session_scope(call.state.sessionmaker, begin=False) as work:
+                call.db = work
+                call.principal = await authenticate(call, work, writes=writes)
                 if writes:
                     _refuse_encoded_body(call)
                 return await handler(call)
@@ -101,11 +101,11 @@ def documented(*parameters: dict[str, Any]) -> dict[str, Any]:
     return {"parameters": list(parameters)}
 
 
-async def get_streaming_session(request: Request) -> AsyncIterator[AsyncSession]:
+async def get_streaming_session(request: Request) -> AsyncIterator[UnitOfWork]:
     """A request's second session, for a streamed response: it stays open until the last byte
     is sent (the request's own session ends before the response starts). Read-only use."""
-    async with session_scope(request.state.sessionmaker, begin=False) as session:
-        yield session
+    async with session_scope(request.state.sessionmaker, begin=False) as work:
+        yield work
 
 
-StreamingSessionDep = Annotated[AsyncSession, Depends(get_streaming_session)]
+StreamingSessionDep = Annotated[UnitOfWork, Depends(get_streaming_session)]

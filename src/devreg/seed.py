@@ -5,9 +5,9 @@ import secrets
 from dataclasses import dataclass
 
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from devreg.changes.actor import without_change_log
+from devreg.db.session import UnitOfWork
 
 _SEED = """
 WITH created AS (
@@ -64,10 +64,10 @@ class Seeded:
     devices: int
 
 
-async def seed(session: AsyncSession, *, users: int, devices: int) -> Seeded:
+async def seed(work: UnitOfWork, *, users: int, devices: int) -> Seeded:
     """Add `users` users and `devices` devices (owned by the new users, 90% of them)."""
     run = secrets.token_hex(3)  # keeps serials and emails unique across seed runs
     # Synthetic rows are not changes anyone made: the change log stays out of it.
-    await without_change_log(session)
-    made = await session.scalar(text(_SEED), {"run": run, "users": users, "devices": devices})
+    await without_change_log(work)
+    made = await work.session.scalar(text(_SEED), {"run": run, "users": users, "devices": devices})
     return Seeded(users=int(made or 0), devices=devices)

@@ -12,11 +12,11 @@ import time
 from dataclasses import dataclass
 
 from cachetools import TLRUCache
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from devreg.auth.principal import FULL_ACCESS, Principal
 from devreg.auth.repository import TokenRepository
 from devreg.config import AuthMode, Settings
+from devreg.db.session import UnitOfWork
 from devreg.errors import InvalidToken, Unauthenticated
 
 logger = logging.getLogger("devreg.auth")
@@ -46,7 +46,7 @@ class Authenticator:
         self._tokens_exist = False
         self._open_until = 0.0
 
-    async def principal(self, session: AsyncSession, authorization: str | None) -> Principal:
+    async def principal(self, session: UnitOfWork, authorization: str | None) -> Principal:
         if authorization is None:
             if await self._open(session):
                 return FULL_ACCESS
@@ -60,7 +60,7 @@ class Authenticator:
             raise InvalidToken
         return verdict.principal
 
-    async def _verdict(self, session: AsyncSession, digest: bytes) -> _Verdict:
+    async def _verdict(self, session: UnitOfWork, digest: bytes) -> _Verdict:
         verdict = self._verdicts.get(digest)
         if verdict is None:
             found = await TokenRepository(session).use(digest)
@@ -74,7 +74,7 @@ class Authenticator:
                 self._verdicts[digest] = verdict
         return verdict
 
-    async def _open(self, session: AsyncSession) -> bool:
+    async def _open(self, session: UnitOfWork) -> bool:
         """Whether a request without a token is served: with AUTH=off; with AUTH=auto (which
         only a loopback address may run) until the first token is created."""
         if self.mode != "auto":

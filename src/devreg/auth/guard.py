@@ -1,10 +1,10 @@
 """Who an API request acts for (see authenticator.py); the API's route asks (calls.ApiRoute)."""
 
 from fastapi import Request
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from devreg.auth.authenticator import Authenticator
 from devreg.auth.principal import Principal
+from devreg.db.session import UnitOfWork
 from devreg.errors import InvalidToken
 
 
@@ -13,7 +13,7 @@ def app_authenticator(request: Request) -> Authenticator:
     return authenticator
 
 
-async def authenticate(request: Request, session: AsyncSession, *, writes: bool) -> Principal:
+async def authenticate(request: Request, session: UnitOfWork, *, writes: bool) -> Principal:
     """The request's principal (401 without a live token, unless the API is open), which must
     be allowed to write when the request `writes` (else 403)."""
     # Read from the raw headers: Starlette's `Headers` would decode every header to find it.

@@ -106,7 +106,7 @@ class TokenRepository(TableListing[TokenFilter]):
 
     async def use(self, token_hash: bytes) -> tuple[Principal, float | None] | None:
         """The live token's principal and seconds until it expires; None if it is not live."""
-        row = await fetch_row(self.session, _USE, {"token_hash": token_hash}, _VIOLATIONS)
+        row = await fetch_row(self.work, _USE, {"token_hash": token_hash}, _VIOLATIONS)
         if row is None:
             return None
         principal = Principal(
@@ -121,5 +121,5 @@ class TokenRepository(TableListing[TokenFilter]):
 
     async def any_ever_created(self) -> bool:
         """Whether a token has ever been created, even if none is left."""
-        row = await fetch_row(self.session, _EVER_CREATED, {}, _VIOLATIONS)
+        row = await fetch_row(self.work, _EVER_CREATED, {}, _VIOLATIONS)
         return bool(row is not None and row["found"])

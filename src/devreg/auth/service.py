@@ -4,8 +4,6 @@ import secrets
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy.ext.asyncio import AsyncSession
-
 from devreg.auth.authenticator import Authenticator, token_digest
 from devreg.auth.filters import SORT_KEYS, TokenFilter
 from devreg.auth.models import PREFIX_LENGTH
@@ -13,6 +11,7 @@ from devreg.auth.principal import Principal
 from devreg.auth.repository import TokenRepository
 from devreg.auth.schemas import TokenCreate, TokenCreated, TokenRead
 from devreg.db.rendering import Rendered
+from devreg.db.session import UnitOfWork
 from devreg.errors import AdminRequired, InvalidInput, TokenNotFound
 from devreg.pagination import PageRequest, PageResult, paginate_listing
 
@@ -25,7 +24,7 @@ def _new_token() -> str:
 
 
 async def create_token(
-    session: AsyncSession,
+    session: UnitOfWork,
     principal: Principal,
     *,
     data: TokenCreate,
@@ -74,7 +73,7 @@ def _expiry(principal: Principal, expires_in: timedelta | None) -> datetime | No
 
 
 async def list_tokens(
-    session: AsyncSession, principal: Principal, *, filters: TokenFilter, page: PageRequest
+    session: UnitOfWork, principal: Principal, *, filters: TokenFilter, page: PageRequest
 ) -> PageResult[Rendered]:
     """The caller's own tokens; an admin's: everyone's, or `user_id`'s."""
     if principal.owner is not None:
@@ -85,7 +84,7 @@ async def list_tokens(
 
 
 async def revoke_token(
-    session: AsyncSession,
+    session: UnitOfWork,
     principal: Principal,
     token_id: int,
     *,

@@ -6,9 +6,9 @@ import json
 
 from asgi_correlation_id import correlation_id
 from sqlalchemy import Text, TextClause, bindparam, text
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from devreg.auth.principal import Principal
+from devreg.db.session import UnitOfWork
 
 _SET_ACTOR = "set_config('devreg.actor', :actor, true)"
 ACTING_SQL = f"(SELECT {_SET_ACTOR}) IS NOT NULL"
@@ -30,11 +30,11 @@ def actor_of(principal: Principal) -> str:
     )
 
 
-async def record_actor(session: AsyncSession, principal: Principal) -> None:
+async def record_actor(work: UnitOfWork, principal: Principal) -> None:
     """Name the actor for every write in the session's transaction (which this begins)."""
-    await session.execute(text(f"SELECT {_SET_ACTOR}"), {"actor": actor_of(principal)})
+    await work.session.execute(text(f"SELECT {_SET_ACTOR}"), {"actor": actor_of(principal)})
 
 
-async def without_change_log(session: AsyncSession) -> None:
+async def without_change_log(work: UnitOfWork) -> None:
     """Record nothing for the rest of the session's transaction (synthetic data)."""
-    await session.execute(text("SELECT set_config('devreg.record_changes', 'off', true)"))
+    await work.session.execute(text("SELECT set_config('devreg.record_changes', 'off', true)"))

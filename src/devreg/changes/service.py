@@ -3,19 +3,18 @@
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy.ext.asyncio import AsyncSession
-
 from devreg.auth.principal import Principal
 from devreg.changes.filters import SORT_KEYS, ChangeFilter
 from devreg.changes.models import ObjectType
 from devreg.changes.repository import ChangeRepository
 from devreg.db.rendering import Rendered
+from devreg.db.session import UnitOfWork
 from devreg.devices import service as devices_service
 from devreg.pagination import PageRequest, PageResult, paginate_listing
 
 
 async def list_changes(
-    session: AsyncSession, *, filters: ChangeFilter, page: PageRequest, principal: Principal
+    session: UnitOfWork, *, filters: ChangeFilter, page: PageRequest, principal: Principal
 ) -> PageResult[Rendered]:
     """Every change for an admin; for any other token, the changes its user made and the
     history of the devices its user owns."""
@@ -25,7 +24,7 @@ async def list_changes(
 
 
 async def _page(
-    session: AsyncSession, filters: ChangeFilter, page: PageRequest
+    session: UnitOfWork, filters: ChangeFilter, page: PageRequest
 ) -> PageResult[Rendered]:
     return await paginate_listing(
         "changes", ChangeRepository(session), filters, page, value_type=SORT_KEYS[page.sort.key]
@@ -33,7 +32,7 @@ async def _page(
 
 
 async def list_device_changes(
-    session: AsyncSession,
+    session: UnitOfWork,
     device_id: int,
     *,
     filters: ChangeFilter,
@@ -48,6 +47,6 @@ async def list_device_changes(
     return await _page(session, device, page)
 
 
-async def prune_changes(session: AsyncSession, *, older_than: timedelta) -> int:
+async def prune_changes(session: UnitOfWork, *, older_than: timedelta) -> int:
     """Delete the records older than `older_than`; how many went."""
     return await ChangeRepository(session).delete_older_than(datetime.now(UTC) - older_than)

@@ -14,14 +14,14 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from devreg.config import Settings, get_settings
 from devreg.db import migrations
 from devreg.db.embedded import EmbeddedPostgresError, resolve_database_url
 from devreg.db.rendering import Rendered
 from devreg.db.server import DatabaseConnectError, InvalidDatabaseUrl, check_connection
-from devreg.db.session import create_engine, create_sessionmaker, session_scope
+from devreg.db.session import UnitOfWork, create_engine, create_sessionmaker, session_scope
 from devreg.errors import DevregError, InvalidParameter
 from devreg.pagination import Page, PageResult, page_json
 from devreg.schemas import BIGINT_MAX
@@ -89,7 +89,7 @@ async def with_engine(settings: Settings, use: Callable[[AsyncEngine], Awaitable
         await engine.dispose()
 
 
-def in_transaction(operation: Callable[[AsyncSession], Awaitable[T]]) -> T:
+def in_transaction(operation: Callable[[UnitOfWork], Awaitable[T]]) -> T:
     """Run `operation` in one transaction on a migrated database."""
     settings = load_settings()
 

@@ -13,11 +13,11 @@ from typing import IO, Annotated, TextIO, TypeVar
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from devreg import seed
 from devreg.auth.principal import FULL_ACCESS
 from devreg.cli.common import fail, in_transaction, stdout, validated
+from devreg.db.session import UnitOfWork
 from devreg.devices import export, imports
 from devreg.devices.export import ExportFormat
 from devreg.devices.filters import DeviceFilter
@@ -88,7 +88,7 @@ def export_devices(
         search=options.q,
     )
 
-    async def write(session: AsyncSession) -> None:
+    async def write(session: UnitOfWork) -> None:
         with _replaced_on_success(output) as stream:
             async for chunk in export.export_devices(
                 session, filters=filters, format=chosen, principal=FULL_ACCESS

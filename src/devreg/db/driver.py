@@ -1,8 +1,7 @@
 """Statements straight on asyncpg, for the hot paths: one round trip each, none of the ORM's or
 the session's machinery per request. SQLAlchemy still writes the SQL (compiled once)."""
 
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,10 +15,10 @@ from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.expression import ClauseElement
 
 from devreg.db.constraints import violated_constraint
+from devreg.db.session import UnitOfWork
 from devreg.errors import (
     CONNECTION_LOST_SQLSTATES,
     Conflict,
-    DevregError,
     ServiceUnavailable,
     half_sent,
     sqlstate_problem,
@@ -81,7 +80,7 @@ async def driver_connection(session: AsyncSession) -> Any:
 
 
 async def fetch_row(
-    session: AsyncSession,
+    work: UnitOfWork,
     statement: DriverStatement,
     values: Mapping[str, Any],
     violations: Violations,
@@ -89,7 +88,7 @@ async def fetch_row(
     """The first row of one statement that is atomic on its own, or None.
 
     Outside a transaction (a hot-path request's lone statement) it runs straight on a pooled
-    asyncpg connection in autocommit: one round trip, no BEGIN or COMMIT, no ORM or session work.
+    asyncpg connection in autocommit: one round trip, no BEGIN or COMMIT, no session made or used.
     Inside the session's transaction (session_scope's, one an earlier statement began, or a
     test's) it runs on that transaction's connection, so it commits or rolls back with the rest.
 
@@ -97,9 +96,9 @@ async def fetch_row(
     connection is dropped from the pool and becomes a 503.
     """
     arguments = statement.arguments(values)
-    bind = session.bind
-    if session.in_transaction() or not isinstance(bind, AsyncEngine):
-        connection = await session.connection()
+    bind = work.bind
+    if work.in_transaction() or not isinstance(bind, AsyncEngine):
+        connection = await work.session.connection()
         try:
             result = await connection.exec_driver_sql(statement.sql, tuple(arguments))
         except IntegrityError as exc:
@@ -113,19 +112,23 @@ async def fetch_row(
         raise ServiceUnavailable() from None
     driver: asyncpg.Connection = pooled.driver_connection
     try:
-        async with _translated(pooled, violations):
-            row: Mapping[str, Any] | None = await driver.fetchrow(statement.sql, *arguments)
-            return row
+        row: Mapping[str, Any] | None = await driver.fetchrow(statement.sql, *arguments)
+    except BaseException as exc:
+        problem = _problem(exc, pooled, violations)
+        if problem is None:
+            raise
+        raise problem from None
     finally:
         pooled.close()
+    return row
 
 
-async def fetch_all(session: AsyncSession, statement: Select[Any]) -> Sequence[Row[Any]]:
+async def fetch_all(work: UnitOfWork, statement: Select[Any]) -> Sequence[Row[Any]]:
     """Every row of one read-only statement: outside a transaction on a pooled connection in
     autocommit (one round trip, no BEGIN or ROLLBACK), inside on the transaction's."""
-    bind = session.bind
-    if session.in_transaction() or not isinstance(bind, AsyncEngine):
-        result = await session.execute(statement)
+    bind = work.bind
+    if work.in_transaction() or not isinstance(bind, AsyncEngine):
+        result = await work.session.execute(statement)
     else:
         async with bind.connect() as connection:
             autocommit = await connection.execution_options(isolation_level="AUTOCOMMIT")
@@ -140,25 +143,22 @@ def violation_error(constraint: str | None, violations: Violations) -> Exception
     return violation() if violation is not None else Conflict()
 
 
-@asynccontextmanager
-async def _translated(pooled: PoolProxiedConnection, violations: Violations) -> AsyncIterator[None]:
-    """asyncpg's errors as the problems SQLAlchemy's path leads to (errors.database_problem);
-    a connection in doubt leaves the pool."""
-    try:
-        yield
-    except asyncpg.IntegrityConstraintViolationError as exc:
-        raise violation_error(exc.constraint_name, violations) from None
-    except BaseException as exc:
-        lost = _connection_lost(exc, pooled.driver_connection)
-        if lost or not isinstance(exc, asyncpg.PostgresError) or half_sent(exc):
-            # Lost, cancelled mid-statement, or left half-way through the statement's messages.
-            pooled.invalidate()
-        problem: DevregError | None = ServiceUnavailable() if lost else None
-        if problem is None and isinstance(exc, asyncpg.PostgresError):
-            problem = sqlstate_problem(str(exc.sqlstate))
-        if problem is None:
-            raise
-        raise problem from None
+def _problem(
+    exc: BaseException, pooled: PoolProxiedConnection, violations: Violations
+) -> Exception | None:
+    """The problem asyncpg's error is on SQLAlchemy's path (errors.database_problem), None to
+    let it through as it is; a connection in doubt leaves the pool."""
+    if isinstance(exc, asyncpg.IntegrityConstraintViolationError):
+        return violation_error(exc.constraint_name, violations)
+    lost = _connection_lost(exc, pooled.driver_connection)
+    if lost or not isinstance(exc, asyncpg.PostgresError) or half_sent(exc):
+        # Lost, cancelled mid-statement, or left half-way through the statement's messages.
+        pooled.invalidate()
+    if lost:
+        return ServiceUnavailable()
+    if isinstance(exc, asyncpg.PostgresError):
+        return sqlstate_problem(str(exc.sqlstate))
+    return None
 
 
 def _connection_lost(exc: BaseException, connection: asyncpg.Connection) -> bool:

@@ -12,6 +12,7 @@ from sqlalchemy.sql.expression import ClauseElement, Executable
 
 from devreg.db.driver import fetch_all
 from devreg.db.rendering import JsonShape, Rendered, rendered
+from devreg.db.session import Repository, UnitOfWork
 from devreg.pagination import Position, Sort, SortValue
 
 FilterT = TypeVar("FilterT")
@@ -36,7 +37,7 @@ SORT_VALUE = "sort_value"
 
 
 async def fetch_page(
-    session: AsyncSession,
+    work: UnitOfWork,
     statement: Select[Any],
     *,
     key: SQLColumnExpression[Any],
@@ -65,7 +66,7 @@ async def fetch_page(
     async def rows_of(
         part: Select[Any], *order: ColumnElement[Any], count: int
     ) -> list[tuple[Rendered, SortValue]]:
-        return rendered(await fetch_all(session, part.order_by(*order).limit(count)))
+        return rendered(await fetch_all(work, part.order_by(*order).limit(count)))
 
     if not nullable:
         part = statement if after is None else statement.where(beyond(after))
@@ -85,16 +86,13 @@ async def fetch_page(
     return rows + await rows_of(nulls, direction(id_column), count=limit + 1 - len(rows))
 
 
-class TableListing(Generic[FilterT]):
+class TableListing(Repository, Generic[FilterT]):
     """A repository's listing of one table's rows, written by `shape` and sorted by columns
     that are never NULL: the `list_page` and `count` that pagination.paginate_listing asks
     for. A subclass says which rows match (`_conditions`)."""
 
     shape: ClassVar[JsonShape]
     table: ClassVar[Any]
-
-    def __init__(self, session: AsyncSession) -> None:
-        self.session = session
 
     def _conditions(self, filters: FilterT) -> Sequence[ColumnElement[bool]]:
         raise NotImplementedError
@@ -111,7 +109,7 @@ class TableListing(Generic[FilterT]):
         """Up to `limit` + 1 matching rows after `after` (their `fields`, or all), each with
         its sort value; the extra row says more exist."""
         return await fetch_page(
-            self.session,
+            self.work,
             self.shape.select(fields).where(*self._conditions(filters)),
             key=getattr(self.table, sort.key),
             id_column=self.shape.id_column,

@@ -7,8 +7,10 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from sqlalchemy import event
 from sqlalchemy.engine import URL, ExceptionContext
 from sqlalchemy.ext.asyncio import (
+    AsyncConnection,
     AsyncEngine,
     AsyncSession,
+    AsyncSessionTransaction,
     async_sessionmaker,
     create_async_engine,
 )
@@ -72,29 +74,76 @@ def create_sessionmaker(engine: AsyncEngine) -> SessionMaker:
     return async_sessionmaker(engine, expire_on_commit=False, autoflush=False)
 
 
+class UnitOfWork:
+    """What a request (or a command) reads and writes through: its session, made when first
+    needed (`session`). A hot-path request's lone statement needs none (db.driver.fetch_row runs
+    it on a pooled connection in autocommit), so it does not pay for making one."""
+
+    __slots__ = ("_session", "_sessionmaker", "bind")
+
+    def __init__(self, sessionmaker: SessionMaker) -> None:
+        self._sessionmaker = sessionmaker
+        self._session: AsyncSession | None = None
+        # What the sessionmaker binds its sessions to: the engine, or a test's connection.
+        self.bind: AsyncEngine | AsyncConnection | None = sessionmaker.kw.get("bind")
+
+    @property
+    def session(self) -> AsyncSession:
+        if self._session is None:
+            self._session = self._sessionmaker()
+        return self._session
+
+    def in_transaction(self) -> bool:
+        return self._session is not None and self._session.in_transaction()
+
+    def begin_nested(self) -> AsyncSessionTransaction:
+        """A savepoint in the session's transaction (which this begins if need be)."""
+        return self.session.begin_nested()
+
+    async def commit(self) -> None:
+        """Commit the transaction, if one was begun."""
+        if self.in_transaction():
+            await self.session.commit()
+
+    async def rollback(self) -> None:
+        """Roll the transaction back, if one was begun."""
+        if self.in_transaction():
+            await self.session.rollback()
+
+
 @asynccontextmanager
 async def session_scope(
     sessionmaker: SessionMaker, *, begin: bool = True
-) -> AsyncIterator[AsyncSession]:
+) -> AsyncIterator[UnitOfWork]:
     """One transaction: committed when the block ends normally, rolled back on any exception.
 
-    begin=False (a request's session) begins it only when a statement needs one: a lone
+    begin=False (a request's unit of work) begins it only when a statement needs one: a lone
     hot-path statement then runs on its own, in autocommit, at the cost of one round trip
-    (db.driver.fetch_row). The first ORM statement begins the transaction and every later
-    statement joins it; a use case that needs several statements to stand or fall together
-    begins it itself first (`await session.begin()`).
+    (db.driver.fetch_row), and no session is made. The first ORM statement begins the
+    transaction and every later statement joins it; a use case that needs several statements to
+    stand or fall together begins it itself first (`await work.session.begin()`).
     """
-    session = sessionmaker()
+    work = UnitOfWork(sessionmaker)
     if begin:
-        await session.begin()
+        await work.session.begin()
     # Ending the transaction returns its connection to the pool; a session that never began one
     # holds nothing, so there is no close() to pay for.
     try:
-        yield session
+        yield work
     except BaseException:
-        if session.in_transaction():
-            await session.rollback()
+        await work.rollback()
         raise
-    else:
-        if session.in_transaction():
-            await session.commit()
+    await work.commit()
+
+
+class Repository:
+    """What a repository runs its statements in: a unit of work, whose session it makes only
+    when a statement needs one (db.driver's fetch_row and fetch_all need none outside a
+    transaction)."""
+
+    def __init__(self, work: UnitOfWork) -> None:
+        self.work = work
+
+    @property
+    def session(self) -> AsyncSession:
+        return self.work.session

@@ -4,10 +4,9 @@ from collections.abc import AsyncIterator, Hashable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
-from sqlalchemy.ext.asyncio import AsyncSession
-
 from devreg.auth.principal import Principal
 from devreg.changes.actor import actor_of
+from devreg.db.session import UnitOfWork
 from devreg.devices.repository import DeviceRepository
 from devreg.devices.schemas import DeviceBulkUpdate, DeviceCreate
 from devreg.devices.service import with_permitted_owner, with_permitted_owner_change
@@ -15,7 +14,7 @@ from devreg.errors import InvalidItems, UnknownOwner
 
 
 async def register_devices(
-    session: AsyncSession, *, items: Sequence[DeviceCreate], principal: Principal
+    session: UnitOfWork, *, items: Sequence[DeviceCreate], principal: Principal
 ) -> list[int]:
     """The new devices' ids, in the order of `items`."""
     _refuse_repeats([item.serial_number for item in items], "serial_number")
@@ -26,7 +25,7 @@ async def register_devices(
 
 
 async def update_devices(
-    session: AsyncSession, *, items: Sequence[DeviceBulkUpdate], principal: Principal
+    session: UnitOfWork, *, items: Sequence[DeviceBulkUpdate], principal: Principal
 ) -> list[int]:
     ids = [item.id for item in items]
     _refuse_repeats(ids, "id")
@@ -44,9 +43,7 @@ async def update_devices(
     return ids
 
 
-async def delete_devices(
-    session: AsyncSession, *, ids: Sequence[int], principal: Principal
-) -> None:
+async def delete_devices(session: UnitOfWork, *, ids: Sequence[int], principal: Principal) -> None:
     repository = DeviceRepository(session)
     deleted = await repository.delete_many(
         list(dict.fromkeys(ids)), actor=actor_of(principal), owner=principal.owner
@@ -56,7 +53,7 @@ async def delete_devices(
 
 @asynccontextmanager
 async def _owners_checked(
-    session: AsyncSession, repository: DeviceRepository, rows: Sequence[dict[str, Any]]
+    session: UnitOfWork, repository: DeviceRepository, rows: Sequence[dict[str, Any]]
 ) -> AsyncIterator[None]:
     """Run the bulk write in a savepoint; if an owner_id names no user, say which items."""
     try:

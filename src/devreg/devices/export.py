@@ -3,9 +3,8 @@
 import enum
 from collections.abc import AsyncIterator
 
-from sqlalchemy.ext.asyncio import AsyncSession
-
 from devreg.auth.principal import Principal
+from devreg.db.session import UnitOfWork
 from devreg.devices.filters import DeviceFilter
 from devreg.devices.repository import DeviceRepository
 from devreg.devices.service import visible
@@ -23,7 +22,7 @@ EXPORT_MEDIA_TYPES = {
 
 
 def export_devices(
-    session: AsyncSession, *, filters: DeviceFilter, format: ExportFormat, principal: Principal
+    session: UnitOfWork, *, filters: DeviceFilter, format: ExportFormat, principal: Principal
 ) -> AsyncIterator[bytes]:
     """Chunks of the export. CSV has a header; `tags` and `attributes` are JSON text in CSV,
     and an empty unquoted field is a missing value (an empty string would be quoted)."""

@@ -14,8 +14,8 @@ from typing import IO, Any, TypeVar
 
 from pydantic import TypeAdapter, ValidationError
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession
 
+from devreg.db.session import UnitOfWork
 from devreg.devices.repository import EXPORT_COLUMNS, DeviceRepository, ImportRecord
 from devreg.devices.schemas import DeviceCreate, OnConflict
 from devreg.errors import InvalidInput
@@ -68,7 +68,7 @@ Progress = Callable[[int], None]
 
 
 async def import_devices(
-    session: AsyncSession,
+    session: UnitOfWork,
     source: IO[str],
     *,
     format: ImportFormat,
@@ -94,7 +94,7 @@ async def import_devices(
 
 
 async def _write(
-    session: AsyncSession,
+    session: UnitOfWork,
     repository: DeviceRepository,
     batch: list[ImportRecord],
     on_conflict: OnConflict,

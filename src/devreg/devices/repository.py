@@ -32,7 +32,6 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from devreg.changes.actor import ACTING, ACTING_SQL
 from devreg.db.constraints import violated_constraint
@@ -45,6 +44,7 @@ from devreg.db.driver import (
 )
 from devreg.db.keyset import count_matching, fetch_page
 from devreg.db.rendering import JsonShape, Rendered, instant, json_object, sql_text
+from devreg.db.session import Repository
 from devreg.devices.filters import NULLABLE_SORT_KEYS, RELEVANCE, DeviceFilter
 from devreg.devices.models import Device
 from devreg.devices.schemas import DeviceRead, OnConflict
@@ -340,11 +340,8 @@ _DEVICE_JSON = JsonShape(
 _DEVICES_AND_OWNERS = _and_owners(_DEVICES)
 
 
-class DeviceRepository:
+class DeviceRepository(Repository):
     """Every device it returns carries its owner's id and name, joined in the same statement."""
-
-    def __init__(self, session: AsyncSession) -> None:
-        self.session = session
 
     async def get_by_id(self, device_id: int, *, owner: int | None = None) -> DeviceRead | None:
         """The device; with `owner`, only if that user owns it."""
@@ -368,7 +365,7 @@ class DeviceRepository:
         )
         key = self._sort_key(sort, filters)
         return await fetch_page(
-            self.session,
+            self.work,
             statement,
             key=key,
             id_column=_DEVICES.c.id,
@@ -483,7 +480,7 @@ class DeviceRepository:
 
     async def current_version(self, device_id: int, *, owner: int | None = None) -> int | None:
         statement = _version_statement(owner is not None)
-        row = await fetch_row(self.session, statement, _target(device_id, owner), _VIOLATIONS)
+        row = await fetch_row(self.work, statement, _target(device_id, owner), _VIOLATIONS)
         return int(row["version"]) if row is not None else None
 
     async def add_many(self, rows: list[dict[str, Any]], *, actor: str) -> list[int]:
@@ -529,7 +526,7 @@ class DeviceRepository:
 
     async def touch_last_seen(self, device_id: int, *, owner: int | None = None) -> bool:
         statement = _heartbeat_statement(owner is not None)
-        found = await fetch_row(self.session, statement, _target(device_id, owner), _VIOLATIONS)
+        found = await fetch_row(self.work, statement, _target(device_id, owner), _VIOLATIONS)
         return found is not None
 
     async def create_import_staging(self, on_conflict: OnConflict) -> None:
@@ -576,7 +573,7 @@ class DeviceRepository:
         """Whether a device was deleted (only `owner`'s, at one of `versions`, when given)."""
         values = {**_target(device_id, owner), "versions": _listed(versions), "actor": actor}
         statement = _delete_statement(owner is not None, versions is not None)
-        return await fetch_row(self.session, statement, values, _VIOLATIONS) is not None
+        return await fetch_row(self.work, statement, values, _VIOLATIONS) is not None
 
     async def delete_by_owner(self, owner_id: int) -> None:
         await self.session.execute(_delete_in_id_order(Device.owner_id == owner_id))
@@ -584,7 +581,7 @@ class DeviceRepository:
     async def _one(
         self, statement: DriverStatement, values: Mapping[str, Any]
     ) -> DeviceRead | None:
-        row = await fetch_row(self.session, statement, values, _VIOLATIONS)
+        row = await fetch_row(self.work, statement, values, _VIOLATIONS)
         return _device(dict(row)) if row is not None else None
 
 

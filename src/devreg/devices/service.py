@@ -3,12 +3,11 @@
 from dataclasses import replace
 from typing import Any
 
-from sqlalchemy.ext.asyncio import AsyncSession
-
 from devreg.auth.principal import Principal
 from devreg.changes.actor import actor_of
 from devreg.conditional import IfMatch
 from devreg.db.rendering import Rendered
+from devreg.db.session import UnitOfWork
 from devreg.devices.filters import NULLABLE_SORT_KEYS, SORT_KEYS, DeviceFilter
 from devreg.devices.repository import DeviceRepository
 from devreg.devices.schemas import DeviceCreate, DeviceRead, DeviceUpdate
@@ -46,13 +45,13 @@ def visible(principal: Principal, filters: DeviceFilter) -> DeviceFilter:
 
 
 async def register_device(
-    session: AsyncSession, *, data: DeviceCreate, principal: Principal
+    session: UnitOfWork, *, data: DeviceCreate, principal: Principal
 ) -> DeviceRead:
     values = with_permitted_owner(principal, data.model_dump())
     return await DeviceRepository(session).add(values, actor=actor_of(principal))
 
 
-async def get_device(session: AsyncSession, device_id: int, *, principal: Principal) -> DeviceRead:
+async def get_device(session: UnitOfWork, device_id: int, *, principal: Principal) -> DeviceRead:
     """Another user's device is not found, as if it did not exist: ids do not leak."""
     device = await DeviceRepository(session).get_by_id(device_id, owner=principal.owner)
     if device is None:
@@ -61,7 +60,7 @@ async def get_device(session: AsyncSession, device_id: int, *, principal: Princi
 
 
 async def list_devices(
-    session: AsyncSession,
+    session: UnitOfWork,
     *,
     filters: DeviceFilter,
     page: PageRequest,
@@ -79,7 +78,7 @@ async def list_devices(
 
 
 async def replace_device(
-    session: AsyncSession,
+    session: UnitOfWork,
     device_id: int,
     *,
     data: DeviceCreate,
@@ -92,7 +91,7 @@ async def replace_device(
 
 
 async def update_device(
-    session: AsyncSession,
+    session: UnitOfWork,
     device_id: int,
     *,
     data: DeviceUpdate,
@@ -111,7 +110,7 @@ async def update_device(
 
 
 async def delete_device(
-    session: AsyncSession,
+    session: UnitOfWork,
     device_id: int,
     *,
     if_match: IfMatch | None = None,
@@ -126,19 +125,19 @@ async def delete_device(
         raise await _not_written(repository, device_id, if_match, owner)
 
 
-async def record_heartbeat(session: AsyncSession, device_id: int, *, principal: Principal) -> None:
+async def record_heartbeat(session: UnitOfWork, device_id: int, *, principal: Principal) -> None:
     """The device was seen now: one UPDATE, nothing read back."""
     if not await DeviceRepository(session).touch_last_seen(device_id, owner=principal.owner):
         raise DeviceNotFound
 
 
-async def delete_devices_of_owner(session: AsyncSession, *, owner_id: int) -> None:
+async def delete_devices_of_owner(session: UnitOfWork, *, owner_id: int) -> None:
     """Part of deleting the user, in its transaction (which names the actor)."""
     await DeviceRepository(session).delete_by_owner(owner_id)
 
 
 async def _apply(
-    session: AsyncSession,
+    session: UnitOfWork,
     device_id: int,
     changes: dict[str, Any],
     if_match: IfMatch | None,

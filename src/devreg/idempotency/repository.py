@@ -2,15 +2,12 @@ from datetime import timedelta
 
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.dialects.postgresql import insert
-from sqlalchemy.ext.asyncio import AsyncSession
 
+from devreg.db.session import Repository
 from devreg.idempotency.models import IdempotencyKey
 
 
-class IdempotencyRepository:
-    def __init__(self, session: AsyncSession) -> None:
-        self.session = session
-
+class IdempotencyRepository(Repository):
     async def claim(
         self, token_id: int, key: str, fingerprint: bytes, *, lifetime: timedelta
     ) -> IdempotencyKey | None:

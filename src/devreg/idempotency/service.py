@@ -7,8 +7,7 @@ import json
 from dataclasses import dataclass, field
 from datetime import timedelta
 
-from sqlalchemy.ext.asyncio import AsyncSession
-
+from devreg.db.session import UnitOfWork
 from devreg.errors import IdempotencyKeyReused
 from devreg.idempotency.repository import IdempotencyRepository
 
@@ -32,7 +31,7 @@ def fingerprint(method: str, path: str, body: bytes) -> bytes:
 
 
 async def claim_key(
-    session: AsyncSession, *, token_id: int, key: str, fingerprint: bytes, lifetime: timedelta
+    session: UnitOfWork, *, token_id: int, key: str, fingerprint: bytes, lifetime: timedelta
 ) -> Answer | None:
     """None: this request holds the key now and goes ahead. Otherwise the first request's
     answer, to give again without writing anything."""
@@ -46,13 +45,11 @@ async def claim_key(
     return Answer(status=earlier.status or 200, body=earlier.body, headers=earlier.headers or {})
 
 
-async def remember_answer(
-    session: AsyncSession, *, token_id: int, key: str, answer: Answer
-) -> None:
+async def remember_answer(session: UnitOfWork, *, token_id: int, key: str, answer: Answer) -> None:
     await IdempotencyRepository(session).remember(
         token_id, key, status=answer.status, headers=answer.headers, body=answer.body
     )
 
 
-async def forget_expired(session: AsyncSession, *, lifetime: timedelta) -> int:
+async def forget_expired(session: UnitOfWork, *, lifetime: timedelta) -> int:
     return await IdempotencyRepository(session).delete_expired(lifetime)

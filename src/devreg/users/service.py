@@ -2,12 +2,11 @@
 
 from dataclasses import replace
 
-from sqlalchemy.ext.asyncio import AsyncSession
-
 from devreg.auth.authenticator import Authenticator
 from devreg.auth.principal import Principal
 from devreg.changes.actor import record_actor
 from devreg.db.rendering import Rendered
+from devreg.db.session import UnitOfWork
 from devreg.devices import service as devices_service
 from devreg.devices.filters import DeviceFilter
 from devreg.errors import UserNotFound
@@ -25,13 +24,13 @@ def _visible(principal: Principal, user_id: int) -> int:
     return user_id
 
 
-async def register_user(session: AsyncSession, *, data: UserCreate, principal: Principal) -> User:
+async def register_user(session: UnitOfWork, *, data: UserCreate, principal: Principal) -> User:
     principal.require_admin()
     await record_actor(session, principal)
     return await UserRepository(session).add(data.model_dump())
 
 
-async def get_user(session: AsyncSession, user_id: int, *, principal: Principal) -> User:
+async def get_user(session: UnitOfWork, user_id: int, *, principal: Principal) -> User:
     user = await UserRepository(session).get_by_id(_visible(principal, user_id))
     if user is None:
         raise UserNotFound
@@ -39,7 +38,7 @@ async def get_user(session: AsyncSession, user_id: int, *, principal: Principal)
 
 
 async def list_users(
-    session: AsyncSession, *, filters: UserFilter, page: PageRequest, principal: Principal
+    session: UnitOfWork, *, filters: UserFilter, page: PageRequest, principal: Principal
 ) -> PageResult[Rendered]:
     if principal.owner is not None:
         filters = replace(filters, visible_to=principal.owner)
@@ -49,7 +48,7 @@ async def list_users(
 
 
 async def update_user(
-    session: AsyncSession, user_id: int, *, data: UserUpdate, principal: Principal
+    session: UnitOfWork, user_id: int, *, data: UserUpdate, principal: Principal
 ) -> User:
     changes = data.changes()
     if not changes:
@@ -62,7 +61,7 @@ async def update_user(
 
 
 async def delete_user(
-    session: AsyncSession,
+    session: UnitOfWork,
     user_id: int,
     *,
     cascade_devices: bool,
@@ -91,7 +90,7 @@ async def delete_user(
 
 
 async def list_user_devices(
-    session: AsyncSession,
+    session: UnitOfWork,
     user_id: int,
     *,
     filters: DeviceFilter,
