@@ -46,24 +46,24 @@ class Authenticator:
         self._tokens_exist = False
         self._open_until = 0.0
 
-    async def principal(self, session: UnitOfWork, authorization: str | None) -> Principal:
+    async def principal(self, work: UnitOfWork, authorization: str | None) -> Principal:
         if authorization is None:
-            if await self._open(session):
+            if await self._open(work):
                 return FULL_ACCESS
             raise Unauthenticated
         scheme, _, credentials = authorization.partition(" ")
         token = credentials.strip()
         if scheme.lower() != "bearer" or not token:
             raise InvalidToken("Authorization must be: Bearer <token>.")
-        verdict = await self._verdict(session, token_digest(token))
+        verdict = await self._verdict(work, token_digest(token))
         if verdict.principal is None:
             raise InvalidToken
         return verdict.principal
 
-    async def _verdict(self, session: UnitOfWork, digest: bytes) -> _Verdict:
+    async def _verdict(self, work: UnitOfWork, digest: bytes) -> _Verdict:
         verdict = self._verdicts.get(digest)
         if verdict is None:
-            found = await TokenRepository(session).use(digest)
+            found = await TokenRepository(work).use(digest)
             if found is None:
                 verdict = _Verdict(None, self.cache_ttl)
             else:
@@ -74,7 +74,7 @@ class Authenticator:
                 self._verdicts[digest] = verdict
         return verdict
 
-    async def _open(self, session: UnitOfWork) -> bool:
+    async def _open(self, work: UnitOfWork) -> bool:
         """Whether a request without a token is served: with AUTH=off; with AUTH=auto (which
         only a loopback address may run) until the first token is created."""
         if self.mode != "auto":
@@ -83,7 +83,7 @@ class Authenticator:
             return False
         if time.monotonic() < self._open_until:
             return True
-        if await TokenRepository(session).any_ever_created():
+        if await TokenRepository(work).any_ever_created():
             self.token_created()
             return False
         self._open_until = time.monotonic() + self.cache_ttl

@@ -13,7 +13,7 @@ def app_authenticator(request: Request) -> Authenticator:
     return authenticator
 
 
-async def authenticate(request: Request, session: UnitOfWork, *, writes: bool) -> Principal:
+async def authenticate(request: Request, work: UnitOfWork, *, writes: bool) -> Principal:
     """The request's principal (401 without a live token, unless the API is open), which must
     be allowed to write when the request `writes` (else 403)."""
     # Read from the raw headers: Starlette's `Headers` would decode every header to find it.
@@ -21,7 +21,7 @@ async def authenticate(request: Request, session: UnitOfWork, *, writes: bool) -
     if len(sent) > 1:
         raise InvalidToken("Send one Authorization header, not several.")
     authorization = sent[0].decode("latin-1") if sent else None
-    principal = await app_authenticator(request).principal(session, authorization)
+    principal = await app_authenticator(request).principal(work, authorization)
     if writes:
         principal.require_write()
     return principal

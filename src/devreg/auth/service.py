@@ -24,7 +24,7 @@ def _new_token() -> str:
 
 
 async def create_token(
-    session: UnitOfWork,
+    work: UnitOfWork,
     principal: Principal,
     *,
     data: TokenCreate,
@@ -40,7 +40,7 @@ async def create_token(
         raise AdminRequired("Only an admin token may create admin tokens or other users' tokens.")
     token = _new_token()
     expires_at = _expiry(principal, data.expires_in)
-    stored = await TokenRepository(session).add(
+    stored = await TokenRepository(work).add(
         {
             "user_id": user_id,
             "prefix": token[:PREFIX_LENGTH],
@@ -73,18 +73,18 @@ def _expiry(principal: Principal, expires_in: timedelta | None) -> datetime | No
 
 
 async def list_tokens(
-    session: UnitOfWork, principal: Principal, *, filters: TokenFilter, page: PageRequest
+    work: UnitOfWork, principal: Principal, *, filters: TokenFilter, page: PageRequest
 ) -> PageResult[Rendered]:
     """The caller's own tokens; an admin's: everyone's, or `user_id`'s."""
     if principal.owner is not None:
         filters = replace(filters, visible_to=principal.owner)
     return await paginate_listing(
-        "tokens", TokenRepository(session), filters, page, value_type=SORT_KEYS[page.sort.key]
+        "tokens", TokenRepository(work), filters, page, value_type=SORT_KEYS[page.sort.key]
     )
 
 
 async def revoke_token(
-    session: UnitOfWork,
+    work: UnitOfWork,
     principal: Principal,
     token_id: int,
     *,
@@ -92,7 +92,7 @@ async def revoke_token(
 ) -> None:
     """Revoke a token of the caller's user (an admin's: anyone's). Only an admin token may
     revoke an admin token: a leaked plain token must not lock its user's admin out."""
-    tokens = TokenRepository(session)
+    tokens = TokenRepository(work)
     digest = await tokens.revoke(token_id, owner=principal.owner)
     if digest is None:
         owner = principal.owner

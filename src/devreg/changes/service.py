@@ -14,25 +14,23 @@ from devreg.pagination import PageRequest, PageResult, paginate_listing
 
 
 async def list_changes(
-    session: UnitOfWork, *, filters: ChangeFilter, page: PageRequest, principal: Principal
+    work: UnitOfWork, *, filters: ChangeFilter, page: PageRequest, principal: Principal
 ) -> PageResult[Rendered]:
     """Every change for an admin; for any other token, the changes its user made and the
     history of the devices its user owns."""
     if principal.owner is not None:
         filters = replace(filters, visible_to=principal.owner)
-    return await _page(session, filters, page)
+    return await _page(work, filters, page)
 
 
-async def _page(
-    session: UnitOfWork, filters: ChangeFilter, page: PageRequest
-) -> PageResult[Rendered]:
+async def _page(work: UnitOfWork, filters: ChangeFilter, page: PageRequest) -> PageResult[Rendered]:
     return await paginate_listing(
-        "changes", ChangeRepository(session), filters, page, value_type=SORT_KEYS[page.sort.key]
+        "changes", ChangeRepository(work), filters, page, value_type=SORT_KEYS[page.sort.key]
     )
 
 
 async def list_device_changes(
-    session: UnitOfWork,
+    work: UnitOfWork,
     device_id: int,
     *,
     filters: ChangeFilter,
@@ -42,11 +40,11 @@ async def list_device_changes(
     """A device's history, whoever made it. An admin sees a deleted device's too; any other
     token only that of a device its user owns now."""
     if principal.owner is not None:
-        await devices_service.get_device(session, device_id, principal=principal)
+        await devices_service.get_device(work, device_id, principal=principal)
     device = replace(filters, object_type=(ObjectType.DEVICE,), object_id=(device_id,))
-    return await _page(session, device, page)
+    return await _page(work, device, page)
 
 
-async def prune_changes(session: UnitOfWork, *, older_than: timedelta) -> int:
+async def prune_changes(work: UnitOfWork, *, older_than: timedelta) -> int:
     """Delete the records older than `older_than`; how many went."""
-    return await ChangeRepository(session).delete_older_than(datetime.now(UTC) - older_than)
+    return await ChangeRepository(work).delete_older_than(datetime.now(UTC) - older_than)

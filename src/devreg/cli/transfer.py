@@ -50,8 +50,8 @@ def import_devices(
         # utf-8-sig: spreadsheets often start a CSV file with a byte order mark.
         with file.open(encoding="utf-8-sig", newline="") as source, _progress(source) as progress:
             result = in_transaction(
-                lambda session: imports.import_devices(
-                    session, source, format=chosen, on_conflict=on_conflict, progress=progress
+                lambda work: imports.import_devices(
+                    work, source, format=chosen, on_conflict=on_conflict, progress=progress
                 )
             )
     except UnicodeDecodeError:
@@ -88,10 +88,10 @@ def export_devices(
         search=options.q,
     )
 
-    async def write(session: UnitOfWork) -> None:
+    async def write(work: UnitOfWork) -> None:
         with _replaced_on_success(output) as stream:
             async for chunk in export.export_devices(
-                session, filters=filters, format=chosen, principal=FULL_ACCESS
+                work, filters=filters, format=chosen, principal=FULL_ACCESS
             ):
                 stream.write(chunk)
 
@@ -144,7 +144,7 @@ def seed_data(
 ) -> None:
     """Fill the database with synthetic users and devices (development, benchmarks)."""
     started = time.perf_counter()
-    seeded = in_transaction(lambda session: seed.seed(session, users=users, devices=devices))
+    seeded = in_transaction(lambda work: seed.seed(work, users=users, devices=devices))
     stdout.print(
         f"seeded {seeded.users} users and {seeded.devices} devices in "
         f"{time.perf_counter() - started:.1f} s"

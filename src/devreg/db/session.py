@@ -1,4 +1,5 @@
-"""The engine, and the one unit of work: a session that commits on success, rolls back on error."""
+"""The engine, and the one unit of work: committed on success, rolled back on error; its session
+is made only when a statement needs one."""
 
 import asyncio
 from collections.abc import AsyncIterator
@@ -126,8 +127,8 @@ async def session_scope(
     work = UnitOfWork(sessionmaker)
     if begin:
         await work.session.begin()
-    # Ending the transaction returns its connection to the pool; a session that never began one
-    # holds nothing, so there is no close() to pay for.
+    # Ending the transaction returns its connection to the pool; a session that was never made,
+    # or never began one, holds nothing, so there is no close() to pay for.
     try:
         yield work
     except BaseException:

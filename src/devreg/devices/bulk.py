@@ -14,18 +14,18 @@ from devreg.errors import InvalidItems, UnknownOwner
 
 
 async def register_devices(
-    session: UnitOfWork, *, items: Sequence[DeviceCreate], principal: Principal
+    work: UnitOfWork, *, items: Sequence[DeviceCreate], principal: Principal
 ) -> list[int]:
     """The new devices' ids, in the order of `items`."""
     _refuse_repeats([item.serial_number for item in items], "serial_number")
     rows = [with_permitted_owner(principal, item.model_dump(mode="json")) for item in items]
-    repository = DeviceRepository(session)
-    async with _owners_checked(session, repository, rows):
+    repository = DeviceRepository(work)
+    async with _owners_checked(work, repository, rows):
         return await repository.add_many(rows, actor=actor_of(principal))
 
 
 async def update_devices(
-    session: UnitOfWork, *, items: Sequence[DeviceBulkUpdate], principal: Principal
+    work: UnitOfWork, *, items: Sequence[DeviceBulkUpdate], principal: Principal
 ) -> list[int]:
     ids = [item.id for item in items]
     _refuse_repeats(ids, "id")
@@ -34,8 +34,8 @@ async def update_devices(
         with_permitted_owner_change(principal, item.model_dump(mode="json", exclude_unset=True))
         for item in items
     ]
-    repository = DeviceRepository(session)
-    async with _owners_checked(session, repository, changes):
+    repository = DeviceRepository(work)
+    async with _owners_checked(work, repository, changes):
         updated = await repository.update_many(
             changes, actor=actor_of(principal), owner=principal.owner
         )
@@ -43,8 +43,8 @@ async def update_devices(
     return ids
 
 
-async def delete_devices(session: UnitOfWork, *, ids: Sequence[int], principal: Principal) -> None:
-    repository = DeviceRepository(session)
+async def delete_devices(work: UnitOfWork, *, ids: Sequence[int], principal: Principal) -> None:
+    repository = DeviceRepository(work)
     deleted = await repository.delete_many(
         list(dict.fromkeys(ids)), actor=actor_of(principal), owner=principal.owner
     )
@@ -53,11 +53,11 @@ async def delete_devices(session: UnitOfWork, *, ids: Sequence[int], principal: 
 
 @asynccontextmanager
 async def _owners_checked(
-    session: UnitOfWork, repository: DeviceRepository, rows: Sequence[dict[str, Any]]
+    work: UnitOfWork, repository: DeviceRepository, rows: Sequence[dict[str, Any]]
 ) -> AsyncIterator[None]:
     """Run the bulk write in a savepoint; if an owner_id names no user, say which items."""
     try:
-        async with session.begin_nested():
+        async with work.begin_nested():
             yield
     except UnknownOwner:
         unknown = await repository.unknown_owners(

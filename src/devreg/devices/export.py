@@ -22,10 +22,10 @@ EXPORT_MEDIA_TYPES = {
 
 
 def export_devices(
-    session: UnitOfWork, *, filters: DeviceFilter, format: ExportFormat, principal: Principal
+    work: UnitOfWork, *, filters: DeviceFilter, format: ExportFormat, principal: Principal
 ) -> AsyncIterator[bytes]:
     """Chunks of the export. CSV has a header; `tags` and `attributes` are JSON text in CSV,
     and an empty unquoted field is a missing value (an empty string would be quoted)."""
-    return DeviceRepository(session).export(
+    return DeviceRepository(work).export(
         visible(principal, filters), as_json=format is ExportFormat.NDJSON
     )

@@ -68,7 +68,7 @@ Progress = Callable[[int], None]
 
 
 async def import_devices(
-    session: UnitOfWork,
+    work: UnitOfWork,
     source: IO[str],
     *,
     format: ImportFormat,
@@ -76,7 +76,7 @@ async def import_devices(
     progress: Progress | None = None,
 ) -> ImportResult:
     """`progress`, if given, is called with the number of rows written so far, batch by batch."""
-    repository = DeviceRepository(session)
+    repository = DeviceRepository(work)
     await repository.create_import_staging(on_conflict)
     rows = _parse(source, format)
     batches = (_validated(batch) for batch in _batches(rows))
@@ -85,7 +85,7 @@ async def import_devices(
     # batch before it: an import takes about as long as the slower side, not as both together.
     async with aclosing(_read_ahead(batches)) as ready:
         async for batch in ready:
-            written = await _write(session, repository, batch, on_conflict)
+            written = await _write(work, repository, batch, on_conflict)
             inserted, updated = inserted + written[0], updated + written[1]
             rows_read += len(batch)
             if progress:
@@ -94,7 +94,7 @@ async def import_devices(
 
 
 async def _write(
-    session: UnitOfWork,
+    work: UnitOfWork,
     repository: DeviceRepository,
     batch: list[ImportRecord],
     on_conflict: OnConflict,
@@ -110,7 +110,7 @@ async def _write(
             problem = (repeated, "serial_number repeats an earlier line of the file")
         raise ImportRejected(*problem)
     try:
-        async with session.begin_nested():
+        async with work.begin_nested():
             return await repository.insert_from_staging(on_conflict)
     except IntegrityError:
         problem = await repository.find_import_problem(check_existing=check_existing)

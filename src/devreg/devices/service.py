@@ -45,22 +45,22 @@ def visible(principal: Principal, filters: DeviceFilter) -> DeviceFilter:
 
 
 async def register_device(
-    session: UnitOfWork, *, data: DeviceCreate, principal: Principal
+    work: UnitOfWork, *, data: DeviceCreate, principal: Principal
 ) -> DeviceRead:
     values = with_permitted_owner(principal, data.model_dump())
-    return await DeviceRepository(session).add(values, actor=actor_of(principal))
+    return await DeviceRepository(work).add(values, actor=actor_of(principal))
 
 
-async def get_device(session: UnitOfWork, device_id: int, *, principal: Principal) -> DeviceRead:
+async def get_device(work: UnitOfWork, device_id: int, *, principal: Principal) -> DeviceRead:
     """Another user's device is not found, as if it did not exist: ids do not leak."""
-    device = await DeviceRepository(session).get_by_id(device_id, owner=principal.owner)
+    device = await DeviceRepository(work).get_by_id(device_id, owner=principal.owner)
     if device is None:
         raise DeviceNotFound
     return device
 
 
 async def list_devices(
-    session: UnitOfWork,
+    work: UnitOfWork,
     *,
     filters: DeviceFilter,
     page: PageRequest,
@@ -69,7 +69,7 @@ async def list_devices(
     sort_key = page.sort.key
     return await paginate_listing(
         "devices",
-        DeviceRepository(session),
+        DeviceRepository(work),
         visible(principal, filters),
         page,
         value_type=SORT_KEYS.get(sort_key, float),
@@ -78,7 +78,7 @@ async def list_devices(
 
 
 async def replace_device(
-    session: UnitOfWork,
+    work: UnitOfWork,
     device_id: int,
     *,
     data: DeviceCreate,
@@ -86,12 +86,12 @@ async def replace_device(
     principal: Principal,
 ) -> DeviceRead:
     return await _apply(
-        session, device_id, with_permitted_owner(principal, data.model_dump()), if_match, principal
+        work, device_id, with_permitted_owner(principal, data.model_dump()), if_match, principal
     )
 
 
 async def update_device(
-    session: UnitOfWork,
+    work: UnitOfWork,
     device_id: int,
     *,
     data: DeviceUpdate,
@@ -100,23 +100,23 @@ async def update_device(
 ) -> DeviceRead:
     changes = data.changes()
     if not changes:
-        device = await get_device(session, device_id, principal=principal)
+        device = await get_device(work, device_id, principal=principal)
         if if_match is not None and not if_match.accepts(device.version):
             raise PreconditionFailed(device.version)
         return device
     return await _apply(
-        session, device_id, with_permitted_owner_change(principal, changes), if_match, principal
+        work, device_id, with_permitted_owner_change(principal, changes), if_match, principal
     )
 
 
 async def delete_device(
-    session: UnitOfWork,
+    work: UnitOfWork,
     device_id: int,
     *,
     if_match: IfMatch | None = None,
     principal: Principal,
 ) -> None:
-    repository = DeviceRepository(session)
+    repository = DeviceRepository(work)
     owner = principal.owner
     deleted = await repository.delete(
         device_id, actor=actor_of(principal), owner=owner, versions=_versions(if_match)
@@ -125,25 +125,25 @@ async def delete_device(
         raise await _not_written(repository, device_id, if_match, owner)
 
 
-async def record_heartbeat(session: UnitOfWork, device_id: int, *, principal: Principal) -> None:
+async def record_heartbeat(work: UnitOfWork, device_id: int, *, principal: Principal) -> None:
     """The device was seen now: one UPDATE, nothing read back."""
-    if not await DeviceRepository(session).touch_last_seen(device_id, owner=principal.owner):
+    if not await DeviceRepository(work).touch_last_seen(device_id, owner=principal.owner):
         raise DeviceNotFound
 
 
-async def delete_devices_of_owner(session: UnitOfWork, *, owner_id: int) -> None:
+async def delete_devices_of_owner(work: UnitOfWork, *, owner_id: int) -> None:
     """Part of deleting the user, in its transaction (which names the actor)."""
-    await DeviceRepository(session).delete_by_owner(owner_id)
+    await DeviceRepository(work).delete_by_owner(owner_id)
 
 
 async def _apply(
-    session: UnitOfWork,
+    work: UnitOfWork,
     device_id: int,
     changes: dict[str, Any],
     if_match: IfMatch | None,
     principal: Principal,
 ) -> DeviceRead:
-    repository = DeviceRepository(session)
+    repository = DeviceRepository(work)
     owner = principal.owner
     device = await repository.update(
         device_id, changes, actor=actor_of(principal), owner=owner, versions=_versions(if_match)

@@ -31,13 +31,11 @@ def fingerprint(method: str, path: str, body: bytes) -> bytes:
 
 
 async def claim_key(
-    session: UnitOfWork, *, token_id: int, key: str, fingerprint: bytes, lifetime: timedelta
+    work: UnitOfWork, *, token_id: int, key: str, fingerprint: bytes, lifetime: timedelta
 ) -> Answer | None:
     """None: this request holds the key now and goes ahead. Otherwise the first request's
     answer, to give again without writing anything."""
-    earlier = await IdempotencyRepository(session).claim(
-        token_id, key, fingerprint, lifetime=lifetime
-    )
+    earlier = await IdempotencyRepository(work).claim(token_id, key, fingerprint, lifetime=lifetime)
     if earlier is None:
         return None
     if earlier.fingerprint != fingerprint:
@@ -45,11 +43,11 @@ async def claim_key(
     return Answer(status=earlier.status or 200, body=earlier.body, headers=earlier.headers or {})
 
 
-async def remember_answer(session: UnitOfWork, *, token_id: int, key: str, answer: Answer) -> None:
-    await IdempotencyRepository(session).remember(
+async def remember_answer(work: UnitOfWork, *, token_id: int, key: str, answer: Answer) -> None:
+    await IdempotencyRepository(work).remember(
         token_id, key, status=answer.status, headers=answer.headers, body=answer.body
     )
 
 
-async def forget_expired(session: UnitOfWork, *, lifetime: timedelta) -> int:
-    return await IdempotencyRepository(session).delete_expired(lifetime)
+async def forget_expired(work: UnitOfWork, *, lifetime: timedelta) -> int:
+    return await IdempotencyRepository(work).delete_expired(lifetime)

@@ -24,44 +24,44 @@ def _visible(principal: Principal, user_id: int) -> int:
     return user_id
 
 
-async def register_user(session: UnitOfWork, *, data: UserCreate, principal: Principal) -> User:
+async def register_user(work: UnitOfWork, *, data: UserCreate, principal: Principal) -> User:
     principal.require_admin()
-    await record_actor(session, principal)
-    return await UserRepository(session).add(data.model_dump())
+    await record_actor(work, principal)
+    return await UserRepository(work).add(data.model_dump())
 
 
-async def get_user(session: UnitOfWork, user_id: int, *, principal: Principal) -> User:
-    user = await UserRepository(session).get_by_id(_visible(principal, user_id))
+async def get_user(work: UnitOfWork, user_id: int, *, principal: Principal) -> User:
+    user = await UserRepository(work).get_by_id(_visible(principal, user_id))
     if user is None:
         raise UserNotFound
     return user
 
 
 async def list_users(
-    session: UnitOfWork, *, filters: UserFilter, page: PageRequest, principal: Principal
+    work: UnitOfWork, *, filters: UserFilter, page: PageRequest, principal: Principal
 ) -> PageResult[Rendered]:
     if principal.owner is not None:
         filters = replace(filters, visible_to=principal.owner)
     return await paginate_listing(
-        "users", UserRepository(session), filters, page, value_type=SORT_KEYS[page.sort.key]
+        "users", UserRepository(work), filters, page, value_type=SORT_KEYS[page.sort.key]
     )
 
 
 async def update_user(
-    session: UnitOfWork, user_id: int, *, data: UserUpdate, principal: Principal
+    work: UnitOfWork, user_id: int, *, data: UserUpdate, principal: Principal
 ) -> User:
     changes = data.changes()
     if not changes:
-        return await get_user(session, user_id, principal=principal)
-    await record_actor(session, principal)
-    user = await UserRepository(session).update(_visible(principal, user_id), changes)
+        return await get_user(work, user_id, principal=principal)
+    await record_actor(work, principal)
+    user = await UserRepository(work).update(_visible(principal, user_id), changes)
     if user is None:
         raise UserNotFound
     return user
 
 
 async def delete_user(
-    session: UnitOfWork,
+    work: UnitOfWork,
     user_id: int,
     *,
     cascade_devices: bool,
@@ -72,17 +72,17 @@ async def delete_user(
     Only an admin deletes users. The user's tokens go with the user, from `authenticator`'s
     cache too."""
     principal.require_admin()
-    await record_actor(session, principal)
-    users = UserRepository(session)
+    await record_actor(work, principal)
+    users = UserRepository(work)
     if cascade_devices:
-        await devices_service.delete_devices_of_owner(session, owner_id=user_id)
+        await devices_service.delete_devices_of_owner(work, owner_id=user_id)
         # Then the user is held and its devices deleted again: one registered for the user
         # meanwhile would otherwise refuse the deletion. Held only after the first pass, the
         # user is seldom held while waiting for a device that a writer waiting for the user
         # holds (a deadlock, answered with a 409 to send again).
         if not await users.lock(user_id):
             raise UserNotFound
-        await devices_service.delete_devices_of_owner(session, owner_id=user_id)
+        await devices_service.delete_devices_of_owner(work, owner_id=user_id)
     if not await users.delete(user_id):
         raise UserNotFound
     if authenticator is not None:
@@ -90,18 +90,16 @@ async def delete_user(
 
 
 async def list_user_devices(
-    session: UnitOfWork,
+    work: UnitOfWork,
     user_id: int,
     *,
     filters: DeviceFilter,
     page: PageRequest,
     principal: Principal,
 ) -> PageResult[Rendered]:
-    await get_user(session, user_id, principal=principal)
+    await get_user(work, user_id, principal=principal)
     owned = replace(filters, owner_id=(user_id,))
     if filters.owner_id and user_id not in filters.owner_id:
         # Filters combine with AND: the user's devices owned by other users are none.
         owned = replace(owned, has_owner=False)
-    return await devices_service.list_devices(
-        session, filters=owned, page=page, principal=principal
-    )
+    return await devices_service.list_devices(work, filters=owned, page=page, principal=principal)
