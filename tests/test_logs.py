@@ -1,5 +1,6 @@
 import json
 import logging
+import sys
 import traceback
 from datetime import UTC, datetime
 
@@ -14,8 +15,6 @@ def format_record(message: str, *, exc_info: bool = False) -> dict[str, object]:
     try:
         raise RuntimeError("SELECT secret FROM users WHERE password='hunter2'")
     except RuntimeError:
-        import sys
-
         record = logging.LogRecord(
             "devreg.test",
             logging.ERROR,
@@ -92,3 +91,32 @@ def test_a_line_carries_the_records_own_fields_and_none_of_logging_internals() -
 
     assert list(line) == ["time", "level", "logger", "message", "request_id", "status"]
     assert (line["message"], line["request_id"], line["status"]) == ("Started x", "abc", 200)
+
+
+def test_the_record_itself_loses_its_traceback_for_any_other_handler() -> None:
+    try:
+        raise RuntimeError("SELECT secret")
+    except RuntimeError:
+        record = logging.LogRecord("devreg", logging.ERROR, "x.py", 1, "failed", (), sys.exc_info())
+    record.time = "not the time"
+    record._private = 1
+
+    line = json.loads(JsonLineFormatter().format(record))
+
+    assert (record.exc_info, record.exc_text) == (None, None)
+    assert line["error_type"] == "RuntimeError"
+    assert "_private" not in line
+    assert datetime.fromisoformat(line["time"]).tzinfo is not None
+
+
+def test_a_field_without_a_json_form_is_written_as_text() -> None:
+    class Unprintable:
+        def __str__(self) -> str:
+            raise ValueError
+
+    record = logging.LogRecord("devreg", logging.INFO, "x.py", 1, "m", (), None)
+    record.thing = Unprintable()
+
+    line = json.loads(JsonLineFormatter().format(record))
+
+    assert line["thing"].startswith("<")

@@ -40,21 +40,38 @@ class JsonLineFormatter(logging.Formatter):
     (docs/benchmarks.md)."""
 
     def format(self, record: logging.LogRecord) -> str:
-        message = record.getMessage()
-        if _TRACEBACK_HEADER in message:
-            message = "error: " + _error_names(message)
+        _redact(record)
         line: dict[str, Any] = {
             "time": datetime.fromtimestamp(record.created, UTC),
             "level": record.levelname,
             "logger": record.name,
-            "message": message,
+            "message": record.getMessage(),
         }
         for key, value in record.__dict__.items():
-            if key not in _RECORD_ATTRIBUTES:
-                line[_RENAMED.get(key, key)] = value
-        if record.exc_info and record.exc_info[0] is not None:
-            line["error_type"] = record.exc_info[0].__name__
-        return orjson.dumps(line, default=str).decode()
+            if key not in _RECORD_ATTRIBUTES and not key.startswith("_"):
+                line.setdefault(_RENAMED.get(key, key), value)
+        return orjson.dumps(line, default=_as_text).decode()
+
+
+def _redact(record: logging.LogRecord) -> None:
+    """The record without its traceback, for this and any other handler that gets it."""
+    if record.exc_info and record.exc_info[0] is not None:
+        record.error_type = record.exc_info[0].__name__
+    record.exc_info = None
+    record.exc_text = None
+    record.stack_info = None
+    message = record.getMessage()
+    if _TRACEBACK_HEADER in message:
+        record.msg = "error: " + _error_names(message)
+        record.args = ()
+
+
+def _as_text(value: object) -> str:
+    """A field orjson cannot write, as text: never a lost line."""
+    try:
+        return str(value)
+    except Exception:
+        return repr(value)
 
 
 def _error_names(traceback_text: str) -> str:
