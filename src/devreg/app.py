@@ -97,8 +97,8 @@ async def _sweep_expired_keys(
     interval = max(min(lifetime, _SWEEP_INTERVAL_MAX), _SWEEP_INTERVAL_MIN).total_seconds()
     while True:
         try:
-            async with session_scope(sessionmaker) as session:
-                await forget_expired(session, lifetime=lifetime)
+            async with session_scope(sessionmaker) as work:
+                await forget_expired(work, lifetime=lifetime)
         except (SQLAlchemyError, OSError) as exc:  # the database away, the pool busy: next time
             logger.warning(
                 "expired idempotency keys not deleted", extra={"error_type": type(exc).__name__}

@@ -56,7 +56,7 @@ class Call(Request):
 
 
 class ApiRoute(APIRoute):
-    """Every API route: before the endpoint's parameters are solved, the request's session is
+    """Every API route: before the endpoint's parameters are solved, the request's unit of work is
     opened and its caller authenticated (a safe method needs a live token, or none while the API
     is open; any other method a token that may write, and a body that is not compressed)."""
 
@@ -101,11 +101,11 @@ def documented(*parameters: dict[str, Any]) -> dict[str, Any]:
     return {"parameters": list(parameters)}
 
 
-async def get_streaming_session(request: Request) -> AsyncIterator[UnitOfWork]:
-    """A request's second session, for a streamed response: it stays open until the last byte
-    is sent (the request's own session ends before the response starts). Read-only use."""
+async def streaming_work(request: Request) -> AsyncIterator[UnitOfWork]:
+    """A request's second unit of work, for a streamed response: it stays open until the last
+    byte is sent (the request's own ends before the response starts). Read-only use."""
     async with session_scope(request.state.sessionmaker, begin=False) as work:
         yield work
 
 
-StreamingSessionDep = Annotated[UnitOfWork, Depends(get_streaming_session)]
+StreamingWorkDep = Annotated[UnitOfWork, Depends(streaming_work)]

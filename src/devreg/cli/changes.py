@@ -23,7 +23,7 @@ def changes_prune(
 ) -> None:
     """Delete change records older than the given age."""
     age = validated(_Age, older_than=older_than).older_than
-    pruned = in_transaction(lambda session: service.prune_changes(session, older_than=age))
+    pruned = in_transaction(lambda work: service.prune_changes(work, older_than=age))
     stdout.print(f"{pruned} change records deleted")
 
 

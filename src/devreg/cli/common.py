@@ -96,8 +96,8 @@ def in_transaction(operation: Callable[[UnitOfWork], Awaitable[T]]) -> T:
     async def use(engine: AsyncEngine) -> T:
         if settings.migrate_on_start:
             await migrations.upgrade(engine)
-        async with session_scope(create_sessionmaker(engine)) as session:
-            return await operation(session)
+        async with session_scope(create_sessionmaker(engine)) as work:
+            return await operation(work)
 
     return run_async(with_engine(settings, use))
 

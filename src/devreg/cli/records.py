@@ -38,7 +38,7 @@ def users_create(
     """Register a user."""
     data = validated(UserCreate, name=name, email=email)
     user = in_transaction(
-        lambda session: users_service.register_user(session, data=data, principal=FULL_ACCESS)
+        lambda work: users_service.register_user(work, data=data, principal=FULL_ACCESS)
     )
     show(UserRead.model_validate(user), as_json=as_json)
 
@@ -50,8 +50,8 @@ def users_list(
     """List users, a page at a time."""
     page = PageRequest(limit=limit, cursor=cursor)
     result = in_transaction(
-        lambda session: users_service.list_users(
-            session, filters=UserFilter(), page=page, principal=FULL_ACCESS
+        lambda work: users_service.list_users(
+            work, filters=UserFilter(), page=page, principal=FULL_ACCESS
         )
     )
     show_page(UserPage, result, ("id", "name", "email"), as_json=as_json)
@@ -78,7 +78,7 @@ def devices_create(
         tags=tags,
     )
     device = in_transaction(
-        lambda session: devices_service.register_device(session, data=data, principal=FULL_ACCESS)
+        lambda work: devices_service.register_device(work, data=data, principal=FULL_ACCESS)
     )
     show(DeviceRead.model_validate(device), as_json=as_json)
 
@@ -87,7 +87,7 @@ def devices_create(
 def devices_get(device_id: DeviceIdArgument, as_json: JsonFlag = False) -> None:
     """Show one device."""
     device = in_transaction(
-        lambda session: devices_service.get_device(session, device_id, principal=FULL_ACCESS)
+        lambda work: devices_service.get_device(work, device_id, principal=FULL_ACCESS)
     )
     show(DeviceRead.model_validate(device), as_json=as_json)
 
@@ -99,8 +99,8 @@ def devices_list(
     """List devices, a page at a time."""
     page = PageRequest(limit=limit, cursor=cursor)
     result = in_transaction(
-        lambda session: devices_service.list_devices(
-            session, filters=DeviceFilter(), page=page, principal=FULL_ACCESS
+        lambda work: devices_service.list_devices(
+            work, filters=DeviceFilter(), page=page, principal=FULL_ACCESS
         )
     )
     columns = ("id", "name", "serial_number", "model", "status", "owner_id")
@@ -111,7 +111,7 @@ def devices_list(
 def devices_delete(device_id: DeviceIdArgument) -> None:
     """Delete a device."""
     in_transaction(
-        lambda session: devices_service.delete_device(session, device_id, principal=FULL_ACCESS)
+        lambda work: devices_service.delete_device(work, device_id, principal=FULL_ACCESS)
     )
     stdout.print(f"device {device_id} deleted")
 

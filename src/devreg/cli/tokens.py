@@ -39,7 +39,7 @@ def tokens_create(
 ) -> None:
     """Create a token and print it: this is the only time it is shown."""
     data = validated(TokenCreate, user_id=user, scope=scope, expires_in=expires, admin=admin)
-    created = in_transaction(lambda session: service.create_token(session, FULL_ACCESS, data=data))
+    created = in_transaction(lambda work: service.create_token(work, FULL_ACCESS, data=data))
     if as_json:
         print(created.model_dump_json())
         return
@@ -61,8 +61,8 @@ def tokens_list(
     dates)."""
     page = PageRequest(limit=limit, cursor=cursor)
     result = in_transaction(
-        lambda session: service.list_tokens(
-            session, FULL_ACCESS, filters=TokenFilter(user_id=user), page=page
+        lambda work: service.list_tokens(
+            work, FULL_ACCESS, filters=TokenFilter(user_id=user), page=page
         )
     )
     columns = ("id", "user_id", "prefix", "scope", "admin", "created_at", "expires_at",
@@ -76,7 +76,7 @@ def tokens_revoke(
     token_id: Annotated[int, typer.Argument(min=1, max=BIGINT_MAX, help="The token's id.")],
 ) -> None:
     """Revoke a token. A running server stops accepting it within AUTH_CACHE_TTL seconds."""
-    in_transaction(lambda session: service.revoke_token(session, FULL_ACCESS, token_id))
+    in_transaction(lambda work: service.revoke_token(work, FULL_ACCESS, token_id))
     stdout.print(f"token {token_id} revoked")
 
 

@@ -7,7 +7,7 @@ from pydantic import BaseModel, Field, TypeAdapter
 from starlette.convertors import Convertor, register_url_convertor
 from starlette.types import Receive, Scope, Send
 
-from devreg.calls import ApiRoute, Call, StreamingSessionDep, documented, header_parameter
+from devreg.calls import ApiRoute, Call, StreamingWorkDep, documented, header_parameter
 from devreg.conditional import IfMatch, etag, not_modified
 from devreg.devices import bulk, export, service
 from devreg.devices.export import EXPORT_MEDIA_TYPES, ExportFormat
@@ -260,12 +260,12 @@ async def create_device(data: DeviceCreate, call: Call) -> Response:
     },
     openapi_extra=documented(*_DEVICE_EXPORT_QUERY.parameters()),
 )
-async def export_devices(call: Call, session: StreamingSessionDep) -> StreamingResponse:
+async def export_devices(call: Call, work: StreamingWorkDep) -> StreamingResponse:
     """Every device matching the filters (those of `GET /devices`), streamed in constant memory."""
     query = _DEVICE_EXPORT_QUERY(call)
     return _ExportResponse(
         export.export_devices(
-            session, filters=query.filters(call), format=query.format, principal=call.principal
+            work, filters=query.filters(call), format=query.format, principal=call.principal
         ),
         media_type=EXPORT_MEDIA_TYPES[query.format],
         headers={"Content-Disposition": f'attachment; filename="devices.{query.format.value}"'},
