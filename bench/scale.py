@@ -77,9 +77,9 @@ async def seeded_database(
     engine = create_engine(url, settings_for(url))
     try:
         started = time.perf_counter()
-        async with session_scope(create_sessionmaker(engine)) as session:
+        async with session_scope(create_sessionmaker(engine)) as work:
             await seed(
-                session, users=max(devices // 10, 1) if users is None else users, devices=devices
+                work, users=max(devices // 10, 1) if users is None else users, devices=devices
             )
         seconds = time.perf_counter() - started
     finally:
