@@ -28,41 +28,37 @@ class BodyLimits:
         return self.limits.get(path, self.default)
 
     def receive_within(self, receive: Receive, limit: int) -> Receive:
-        """`receive` for a request beginning now, with `limit` (limit_for its path)."""
+        """`receive` for a request beginning now, raising a 413 as soon as the bytes received
+        pass `limit` (limit_for its path), and a 408 when the body is still incomplete `timeout`
+        seconds from now. Once the body is whole, it waits as long as it takes (for a
+        disconnect)."""
         deadline = asyncio.get_running_loop().time() + self.timeout
-        return receive_within(receive, limit, deadline=deadline, timeout=self.timeout)
+        timeout = self.timeout
+        received = 0
+        body_complete = False
+
+        async def receive_within_limits() -> Message:
+            nonlocal received, body_complete
+            if body_complete:
+                return await receive()
+            try:
+                async with asyncio.timeout_at(deadline):
+                    message = await receive()
+            except TimeoutError:
+                raise HTTPException(408, detail=too_slow(timeout)) from None
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise HTTPException(413, detail=too_large(limit))
+                body_complete = not message.get("more_body", False)
+            return message
+
+        return receive_within_limits
 
 
 def declared_too_large(content_length: bytes | None, limit: int) -> bool:
     """Whether Content-Length already says the body is over the limit."""
     return content_length is not None and content_length.isdigit() and int(content_length) > limit
-
-
-def receive_within(receive: Receive, limit: int, *, deadline: float, timeout: float) -> Receive:
-    """`receive`, raising a 413 as soon as the bytes received pass `limit`, and a 408 when the
-    body is still incomplete at `deadline` (the event loop's time; `timeout` seconds after the
-    request began). Once the body is whole, `receive` waits as long as it takes (for a
-    disconnect)."""
-    received = 0
-    body_complete = False
-
-    async def receive_within_limits() -> Message:
-        nonlocal received, body_complete
-        if body_complete:
-            return await receive()
-        try:
-            async with asyncio.timeout_at(deadline):
-                message = await receive()
-        except TimeoutError:
-            raise HTTPException(408, detail=too_slow(timeout)) from None
-        if message["type"] == "http.request":
-            received += len(message.get("body", b""))
-            if received > limit:
-                raise HTTPException(413, detail=too_large(limit))
-            body_complete = not message.get("more_body", False)
-        return message
-
-    return receive_within_limits
 
 
 def too_slow(timeout: float) -> str:

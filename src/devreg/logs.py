@@ -40,12 +40,11 @@ class JsonLineFormatter(logging.Formatter):
     (docs/benchmarks.md)."""
 
     def format(self, record: logging.LogRecord) -> str:
-        _redact(record)
         line: dict[str, Any] = {
             "time": datetime.fromtimestamp(record.created, UTC),
             "level": record.levelname,
             "logger": record.name,
-            "message": record.getMessage(),
+            "message": _redacted(record),
         }
         for key, value in record.__dict__.items():
             if key not in _RECORD_ATTRIBUTES and not key.startswith("_"):
@@ -53,8 +52,9 @@ class JsonLineFormatter(logging.Formatter):
         return orjson.dumps(line, default=_as_text).decode()
 
 
-def _redact(record: logging.LogRecord) -> None:
-    """The record without its traceback, for this and any other handler that gets it."""
+def _redacted(record: logging.LogRecord) -> str:
+    """The record's message; the record itself left without its traceback, for this and any
+    other handler that gets it."""
     if record.exc_info and record.exc_info[0] is not None:
         record.error_type = record.exc_info[0].__name__
     record.exc_info = None
@@ -62,8 +62,9 @@ def _redact(record: logging.LogRecord) -> None:
     record.stack_info = None
     message = record.getMessage()
     if _TRACEBACK_HEADER in message:
-        record.msg = "error: " + _error_names(message)
+        message = record.msg = "error: " + _error_names(message)
         record.args = ()
+    return message
 
 
 def _as_text(value: object) -> str:
