@@ -25,6 +25,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
+from sqlalchemy.sql.expression import Executable
 from starlette.types import Receive, Scope, Send
 
 from devreg.config import Settings
@@ -57,6 +58,14 @@ async def one_connection(url: URL, **settings: object) -> AsyncIterator[SessionM
         yield create_sessionmaker(engine)
     finally:
         await engine.dispose()
+
+
+async def autocommit_rows(sessions: SessionMaker, statement: Executable) -> list[tuple[Any, ...]]:
+    """The rows of a statement run through SQLAlchemy's engine in autocommit, as a request's
+    lone statement once ran."""
+    async with sessions.kw["bind"].connect() as connection:
+        autocommitting = await connection.execution_options(isolation_level="AUTOCOMMIT")
+        return [tuple(row) for row in await autocommitting.execute(statement)]
 
 
 async def admin(server_url: URL, *statements: str) -> None:

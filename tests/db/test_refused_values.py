@@ -14,7 +14,7 @@ from sqlalchemy.exc import DBAPIError
 from devreg.db.driver import DriverStatement, fetch_all, fetch_row
 from devreg.db.session import SessionMaker, session_scope
 from devreg.errors import InvalidInput, database_problem
-from tests.support import one_connection
+from tests.support import autocommit_rows, one_connection
 
 TOO_LARGE = 2**31
 INTEGER = select(bindparam("n", type_=Integer).label("n"))
@@ -32,22 +32,31 @@ async def sessionmaker(committed_database_url: URL) -> AsyncIterator[SessionMake
 
 async def test_on_the_hot_path(sessionmaker: SessionMaker) -> None:
     integer, fresh = DriverStatement.compile(INTEGER), DriverStatement.compile(FRESH)
-    async with session_scope(sessionmaker, begin=False) as session:
+    async with session_scope(sessionmaker, begin=False) as work:
         # A statement the connection has not prepared yet, on a connection that has served one.
-        assert dict(await fetch_row(session, fresh, {}, {}) or {}) == {"fresh": True}
+        assert dict(await fetch_row(work, fresh, {}, {}) or {}) == {"fresh": True}
         with pytest.raises(InvalidInput):
-            await fetch_row(session, integer, {"n": TOO_LARGE}, {})
+            await fetch_row(work, integer, {"n": TOO_LARGE}, {})
         await asyncio.sleep(PAUSE)
-        after = await fetch_row(session, fresh, {}, {})
+        after = await fetch_row(work, fresh, {}, {})
     assert dict(after or {}) == {"fresh": True}
 
 
-async def test_through_sqlalchemy(sessionmaker: SessionMaker) -> None:
-    async with session_scope(sessionmaker, begin=False) as session:
-        assert [tuple(row) for row in await fetch_all(session, FRESH)] == [(True,)]
-        with pytest.raises(DBAPIError) as refused:
-            await fetch_all(session, INTEGER.params(n=TOO_LARGE))
+async def test_on_a_listing_s_path(sessionmaker: SessionMaker) -> None:
+    async with session_scope(sessionmaker, begin=False) as work:
+        assert [tuple(row) for row in await fetch_all(work, FRESH)] == [(True,)]
+        with pytest.raises(InvalidInput):
+            await fetch_all(work, INTEGER.params(n=TOO_LARGE))
         await asyncio.sleep(PAUSE)
-        after = await fetch_all(session, FRESH)
-    assert isinstance(database_problem(refused.value), InvalidInput)
+        after = await fetch_all(work, FRESH)
     assert [tuple(row) for row in after] == [(True,)]
+
+
+async def test_through_sqlalchemy(sessionmaker: SessionMaker) -> None:
+    assert await autocommit_rows(sessionmaker, FRESH) == [(True,)]
+    with pytest.raises(DBAPIError) as refused:
+        await autocommit_rows(sessionmaker, INTEGER.params(n=TOO_LARGE))
+    await asyncio.sleep(PAUSE)
+    after = await autocommit_rows(sessionmaker, FRESH)
+    assert isinstance(database_problem(refused.value), InvalidInput)
+    assert after == [(True,)]

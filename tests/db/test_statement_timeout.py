@@ -13,7 +13,13 @@ from devreg.db import migrations
 from devreg.db.driver import DriverStatement, fetch_all, fetch_row
 from devreg.db.session import SessionMaker, create_engine, session_scope
 from devreg.errors import StatementTimedOut, database_problem
-from tests.support import admin, create_database, make_settings, one_connection
+from tests.support import (
+    admin,
+    autocommit_rows,
+    create_database,
+    make_settings,
+    one_connection,
+)
 
 SLOW = select(func.pg_sleep(bindparam("seconds", 2)))
 BACKEND = select(func.pg_backend_pid().label("pid"))
@@ -27,20 +33,28 @@ async def sessionmaker(committed_database_url: URL) -> AsyncIterator[SessionMake
 
 async def test_a_hot_path_statement_past_the_timeout(sessionmaker: SessionMaker) -> None:
     backend = DriverStatement.compile(BACKEND)
-    async with session_scope(sessionmaker, begin=False) as session:
-        before = await fetch_row(session, backend, {}, {})
+    async with session_scope(sessionmaker, begin=False) as work:
+        before = await fetch_row(work, backend, {}, {})
         with pytest.raises(StatementTimedOut):
-            await fetch_row(session, DriverStatement.compile(SLOW), {"seconds": 2}, {})
-        after = await fetch_row(session, backend, {}, {})
+            await fetch_row(work, DriverStatement.compile(SLOW), {"seconds": 2}, {})
+        after = await fetch_row(work, backend, {}, {})
     assert before == after  # the pool's one connection, still working
 
 
+async def test_a_listing_statement_past_the_timeout(sessionmaker: SessionMaker) -> None:
+    async with session_scope(sessionmaker, begin=False) as work:
+        before = await fetch_all(work, BACKEND)
+        with pytest.raises(StatementTimedOut):
+            await fetch_all(work, SLOW)
+        after = await fetch_all(work, BACKEND)
+    assert before == after
+
+
 async def test_a_sqlalchemy_statement_past_the_timeout(sessionmaker: SessionMaker) -> None:
-    async with session_scope(sessionmaker, begin=False) as session:
-        before = await fetch_all(session, BACKEND)
-        with pytest.raises(DBAPIError) as cancelled:
-            await fetch_all(session, SLOW)
-        after = await fetch_all(session, BACKEND)
+    before = await autocommit_rows(sessionmaker, BACKEND)
+    with pytest.raises(DBAPIError) as cancelled:
+        await autocommit_rows(sessionmaker, SLOW)
+    after = await autocommit_rows(sessionmaker, BACKEND)
     assert isinstance(database_problem(cancelled.value), StatementTimedOut)
     assert before == after
 

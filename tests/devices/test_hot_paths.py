@@ -3,13 +3,14 @@ each lone statement goes straight to a pooled connection, in autocommit. (Elsewh
 wrap every request in a rolled-back transaction, which takes the session's path instead.)"""
 
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 from httpx import AsyncClient
 from sqlalchemy.engine import URL
 
 from devreg.app import create_app
-from tests.api import assert_problem, create_user
+from tests.api import USERS, assert_problem, create_user
 from tests.support import admin, api_client, devreg_backends, make_settings, query, running
 
 DEVICES = "/api/v1/devices"
@@ -105,3 +106,97 @@ async def test_pages_read_committed_rows_with_their_owners(client: AsyncClient) 
     assert [device["name"] for device in first["items"] + rest["items"]] == ["c", "b", "a"]
     assert {device["owner"]["name"] for device in first["items"] + rest["items"]} == {"Ada"}
     assert rest["next_cursor"] is None
+
+
+async def every_item(client: AsyncClient, url: str, **params: object) -> list[dict[str, Any]]:
+    """Every item of a listing, read a page of one at a time."""
+    items: list[dict[str, Any]] = []
+    cursor: str | None = None
+    while True:
+        page = await client.get(url, params={**params, "limit": 1, "cursor": cursor or []})
+        assert page.status_code == 200, page.text
+        items += page.json()["items"]
+        cursor = page.json()["next_cursor"]
+        if cursor is None:
+            return items
+
+
+def names(items: list[dict[str, Any]]) -> list[str]:
+    return [item["name"] for item in items]
+
+
+@pytest.mark.parametrize(
+    ("sort", "expected"),
+    [
+        ("name", ["probe-a", "probe-b", "probe-c", "probe-d"]),
+        ("-id", ["probe-d", "probe-c", "probe-b", "probe-a"]),
+        ("-created_at", ["probe-d", "probe-c", "probe-b", "probe-a"]),
+        # Never seen (NULL) last, in either direction.
+        ("last_seen_at", ["probe-c", "probe-a", "probe-b", "probe-d"]),
+        ("-last_seen_at", ["probe-a", "probe-c", "probe-d", "probe-b"]),
+        (None, ["probe-a", "probe-b", "probe-c", "probe-d"]),
+    ],
+)
+async def test_a_listing_read_a_row_at_a_time_is_the_whole_listing(
+    client: AsyncClient, sort: str | None, expected: list[str]
+) -> None:
+    created = [(await client.post(DEVICES, json={"name": f"probe-{x}"})).json() for x in "abcd"]
+    for device in (created[2], created[0]):
+        assert (await client.post(f"{DEVICES}/{device['id']}/heartbeat")).status_code == 204
+    sorted_by = {"sort": sort} if sort else {}
+
+    assert names(await every_item(client, DEVICES, **sorted_by)) == expected
+    found = await every_item(client, DEVICES, q="probe", **sorted_by)
+    assert sorted(names(found)) == sorted(expected)
+
+
+async def test_each_request_is_answered_with_its_own_values(client: AsyncClient) -> None:
+    """A listing's statement is compiled once for each structure (which filters, how many
+    values): every request of that structure still reads with its own values."""
+    for status in ("active", "inactive", "retired"):
+        for tag, rack in (("x", 1), ("y", 2)):
+            device = {"name": f"{status}-{tag}", "status": status, "tags": [tag]}
+            created = await client.post(DEVICES, json={**device, "attributes": {"rack": rack}})
+            assert created.status_code == 201
+    await client.post(DEVICES, json={"name": "50%_off"})
+    await client.post(DEVICES, json={"name": "500"})
+
+    async def listed(**params: object) -> list[str]:
+        response = await client.get(DEVICES, params={**params, "sort": "name"})
+        assert response.status_code == 200, response.text
+        return names(response.json()["items"])
+
+    assert await listed(status="inactive") == ["inactive-x", "inactive-y"]
+    assert await listed(status="retired") == ["retired-x", "retired-y"]
+    assert await listed(status=["active", "retired"], tag="x") == ["active-x", "retired-x"]
+    assert len(await listed(status=["active", "inactive", "retired"])) == 8
+    assert await listed(status=["inactive", "retired"], tag="y") == ["inactive-y", "retired-y"]
+    assert await listed(status=["active", "inactive"], tag="x") == ["active-x", "inactive-x"]
+    assert await listed(**{"attr.rack": 2, "status": "active"}) == ["active-y"]
+    assert await listed(**{"attr.rack": 1, "status": "retired"}) == ["retired-x"]
+    assert await listed(name__ic="0%_") == ["50%_off"]
+    assert await listed(name__ic="00") == ["500"]
+
+
+async def test_users_and_changes_are_listed_the_same_way(client: AsyncClient) -> None:
+    for name in ("Cy", "Ada", "Bo"):
+        await create_user(client, name=name, email=f"{name.lower()}@example.com")
+
+    assert names(await every_item(client, USERS, sort="-name")) == ["Cy", "Bo", "Ada"]
+    assert names(await every_item(client, USERS, name=["Ada", "Cy"])) == ["Cy", "Ada"]
+    changes = await every_item(client, "/api/v1/changes")
+    assert [change["action"] for change in changes] == ["create"] * 3
+
+
+async def test_a_listing_on_a_lost_connection_is_a_503_and_the_next_one_is_answered(
+    client: AsyncClient, committed_database_url: URL
+) -> None:
+    await client.post(DEVICES, json={"name": "probe"})
+    await admin(
+        committed_database_url,
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+        "WHERE datname = current_database() AND application_name = 'devreg'",
+    )
+
+    assert_problem(await client.get(DEVICES), 503)
+    assert names((await client.get(DEVICES)).json()["items"]) == ["probe"]

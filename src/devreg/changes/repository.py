@@ -6,7 +6,7 @@ from sqlalchemy import ColumnElement, delete, or_, select
 from devreg.changes.filters import ChangeFilter
 from devreg.changes.models import Change, ObjectType
 from devreg.changes.schemas import ChangeRead
-from devreg.db.keyset import TableListing
+from devreg.db.keyset import TableListing, any_of
 from devreg.db.rendering import JsonShape, instant
 from devreg.devices.models import Device
 
@@ -45,8 +45,7 @@ class ChangeRepository(TableListing[ChangeFilter]):
             (Change.user_id, filters.user_id),
             (Change.action, filters.action),
         ):
-            if values:
-                conditions.append(column.in_(values))
+            conditions += any_of(column, values)
         if filters.visible_to is not None:
             owned = select(Device.id).where(Device.owner_id == filters.visible_to)
             conditions.append(

@@ -1,12 +1,12 @@
 """Statements straight on asyncpg, for the hot paths: one round trip each, none of the ORM's or
 the session's machinery per request. SQLAlchemy still writes the SQL (compiled once)."""
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
-from sqlalchemy import Dialect, Row, Select
+from sqlalchemy import Dialect, Select
 from sqlalchemy.dialects.postgresql.asyncpg import PGDialect_asyncpg
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
@@ -25,6 +25,7 @@ from devreg.errors import (
 )
 
 DIALECT = PGDialect_asyncpg()  # type: ignore[no-untyped-call]
+T = TypeVar("T")
 Violations = Mapping[str, Callable[[], Exception]]
 
 
@@ -105,14 +106,71 @@ async def fetch_row(
             raise violation_error(violated_constraint(exc), violations) from None
         found = result.mappings().first()
         return dict(found) if found is not None else None
+    row: Mapping[str, Any] | None = await _pooled(
+        bind, lambda driver: driver.fetchrow(statement.sql, *arguments), violations
+    )
+    return row
+
+
+async def fetch_all(work: UnitOfWork, statement: Select[Any]) -> Sequence[Sequence[Any]]:
+    """Every row of one read-only statement (a listing's page).
+
+    Outside a transaction it runs straight on a pooled asyncpg connection in autocommit, compiled
+    once per structure: one round trip, no BEGIN or ROLLBACK, and none of SQLAlchemy's execution
+    and result handling, which was a fifth of a page's instructions. Inside, it runs on the
+    transaction's connection."""
+    bind = work.bind
+    if work.in_transaction() or not isinstance(bind, AsyncEngine):
+        result = await work.session.execute(statement)
+        rows: Sequence[Sequence[Any]] = result.all()
+        return rows
+    sql, arguments = _compiled_once(statement)
+    records: list[asyncpg.Record] = await _pooled(
+        bind, lambda driver: driver.fetch(sql, *arguments), {}
+    )
+    return records
+
+
+# Compiled statements by structure, as SQLAlchemy's own cache keeps them per engine; bounded by
+# dropping the oldest.
+_COMPILED: dict[tuple[Any, ...], tuple[SQLCompiler, DriverStatement]] = {}
+_COMPILED_LIMIT = 500
+
+
+def _compiled_once(statement: Select[Any]) -> tuple[str, list[Any]]:
+    """The statement as asyncpg's SQL and arguments: compiled the first time its structure (its
+    SQLAlchemy cache key) is seen, with this statement's values each time."""
+    cache_key = statement._generate_cache_key()
+    assert cache_key is not None, "every listing's statement is cacheable"
+    cached = _COMPILED.get(cache_key.key)
+    if cached is None:
+        compiled = statement.compile(dialect=DIALECT, cache_key=cache_key)
+        assert isinstance(compiled, SQLCompiler)
+        if compiled.post_compile_params or compiled.literal_execute_params:
+            # Their SQL depends on their values, which a cache key leaves out.
+            raise TypeError("no IN list of values (keyset.any_of) or value rendered as SQL")
+        if len(_COMPILED) >= _COMPILED_LIMIT:
+            del _COMPILED[next(iter(_COMPILED))]
+        cached = _COMPILED[cache_key.key] = (compiled, DriverStatement._of(compiled, DIALECT))
+    compiled, driver_statement = cached
+    values = compiled.construct_params(cache_key.params, extracted_parameters=cache_key.bindparams)
+    return driver_statement.sql, driver_statement.arguments(values)
+
+
+async def _pooled(
+    bind: AsyncEngine,
+    run: Callable[[asyncpg.Connection], Awaitable[T]],
+    violations: Violations,
+) -> T:
+    """`run` on a pooled connection in autocommit, returned to the pool after. Its errors become
+    problems as on SQLAlchemy's path (_problem)."""
     try:
         pooled = await bind.raw_connection()
     except bind.dialect.loaded_dbapi.Error:
         # The pool had to connect, and could not: the database is down or starting up.
         raise ServiceUnavailable() from None
-    driver: asyncpg.Connection = pooled.driver_connection
     try:
-        row: Mapping[str, Any] | None = await driver.fetchrow(statement.sql, *arguments)
+        return await run(pooled.driver_connection)
     except BaseException as exc:
         problem = _problem(exc, pooled, violations)
         if problem is None:
@@ -120,21 +178,6 @@ async def fetch_row(
         raise problem from None
     finally:
         pooled.close()
-    return row
-
-
-async def fetch_all(work: UnitOfWork, statement: Select[Any]) -> Sequence[Row[Any]]:
-    """Every row of one read-only statement: outside a transaction on a pooled connection in
-    autocommit (one round trip, no BEGIN or ROLLBACK), inside on the transaction's."""
-    bind = work.bind
-    if work.in_transaction() or not isinstance(bind, AsyncEngine):
-        result = await work.session.execute(statement)
-    else:
-        async with bind.connect() as connection:
-            autocommit = await connection.execution_options(isolation_level="AUTOCOMMIT")
-            result = await autocommit.execute(statement)
-    rows: Sequence[Row[Any]] = result.all()
-    return rows
 
 
 def violation_error(constraint: str | None, violations: Violations) -> Exception:

@@ -1,12 +1,23 @@
 """SQL for keyset pages and counts, shared by every listing."""
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any, ClassVar, Generic, TypeVar
 
-from sqlalchemy import ColumnElement, Select, SQLColumnExpression, func, select, tuple_
+from sqlalchemy import (
+    ARRAY,
+    ColumnElement,
+    Select,
+    SQLColumnExpression,
+    any_,
+    func,
+    literal,
+    select,
+    tuple_,
+)
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.orm import QueryableAttribute
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.expression import ClauseElement, Executable
 
@@ -84,6 +95,20 @@ async def fetch_page(
     if after is not None and after.value is None:
         nulls = nulls.where(id_column < after.id if descending else id_column > after.id)
     return rows + await rows_of(nulls, direction(id_column), count=limit + 1 - len(rows))
+
+
+def any_of(
+    column: ColumnElement[Any] | QueryableAttribute[Any], values: Iterable[Any]
+) -> list[ColumnElement[bool]]:
+    """`column` equal to one of `values`, none of which may be NULL; no condition at all when
+    there are none. Several values are one array parameter (`= ANY($1)`), not an IN list of a
+    parameter each: one statement, compiled and prepared once, for any number of values."""
+    values = list(values)
+    if not values:
+        return []
+    if len(values) == 1:
+        return [column == values[0]]
+    return [column == any_(literal(values, ARRAY(column.type)))]
 
 
 class TableListing(Repository, Generic[FilterT]):

@@ -42,7 +42,7 @@ from devreg.db.driver import (
     fetch_row,
     violation_error,
 )
-from devreg.db.keyset import count_matching, fetch_page
+from devreg.db.keyset import any_of, count_matching, fetch_page
 from devreg.db.rendering import JsonShape, Rendered, instant, json_object, sql_text
 from devreg.db.session import Repository
 from devreg.devices.filters import NULLABLE_SORT_KEYS, RELEVANCE, DeviceFilter
@@ -402,12 +402,12 @@ class DeviceRepository(Repository):
     @staticmethod
     def _conditions(filters: DeviceFilter) -> list[ColumnElement[bool]]:
         conditions = [
-            *_any_of(Device.owner_id, () if filters.visible_to is None else (filters.visible_to,)),
-            *_any_of(Device.status, filters.status),
-            *_any_of(Device.owner_id, filters.owner_id),
-            *_any_of(Device.model, filters.model),
-            *_any_of(Device.name, filters.name),
-            *_any_of(Device.serial_number, filters.serial_number),
+            *any_of(Device.owner_id, () if filters.visible_to is None else (filters.visible_to,)),
+            *any_of(Device.status, filters.status),
+            *any_of(Device.owner_id, filters.owner_id),
+            *any_of(Device.model, filters.model),
+            *any_of(Device.name, filters.name),
+            *any_of(Device.serial_number, filters.serial_number),
         ]
         # search_text begins with the name, so its trigram index narrows name searches too.
         if filters.name_contains:
@@ -596,11 +596,3 @@ def _delete_in_id_order(*conditions: ColumnElement[bool]) -> Delete:
         .prefix_with("MATERIALIZED")
     )
     return delete(Device).where(Device.id.in_(select(locked.c.id)))
-
-
-def _any_of(column: SQLColumnExpression[Any], values: Iterable[Any]) -> list[ColumnElement[bool]]:
-    """`column` equal to one of `values`; no condition at all when there are none."""
-    values = list(values)
-    if not values:
-        return []
-    return [column == values[0] if len(values) == 1 else column.in_(values)]

@@ -14,7 +14,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError
 
 from devreg.db.constraints import violated_constraint
-from devreg.db.keyset import TableListing
+from devreg.db.keyset import TableListing, any_of
 from devreg.db.rendering import JsonShape, instant
 from devreg.errors import EmailAlreadyRegistered, UserHasDevices
 from devreg.users.filters import UserFilter
@@ -45,8 +45,7 @@ class UserRepository(TableListing[UserFilter]):
         conditions: list[ColumnElement[bool]] = []
         if filters.visible_to is not None:
             conditions.append(User.id == filters.visible_to)
-        if filters.name:
-            conditions.append(User.name.in_(filters.name))
+        conditions += any_of(User.name, filters.name)
         if filters.name_contains:
             conditions.append(
                 or_(*(User.name.icontains(text, autoescape=True) for text in filters.name_contains))
