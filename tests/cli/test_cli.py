@@ -397,6 +397,23 @@ class TestChanges:
         )
         assert left == [{"name": "new"}]
 
+    def test_a_statement_past_the_timeout_is_said_as_the_api_says_it(
+        self, devreg: Invoke, committed_database_url: URL
+    ) -> None:
+        asyncio.run(
+            admin(
+                committed_database_url,
+                "INSERT INTO changes (at, object_type, object_id, action) "
+                "SELECT now() - interval '91 days', 'device', g, 'create' "
+                "FROM generate_series(1, 100000) AS g",
+            )
+        )
+        result = devreg(
+            "changes", "prune", "--older-than", "90d", env={"STATEMENT_TIMEOUT": "0.001"}
+        )
+        assert result.exit_code == 1
+        assert result.stderr == "devreg: The database took too long to answer; try again shortly.\n"
+
     @pytest.mark.parametrize(
         ("age", "says"),
         [

@@ -22,7 +22,7 @@ from devreg.db.embedded import EmbeddedPostgresError, resolve_database_url
 from devreg.db.rendering import Rendered
 from devreg.db.server import DatabaseConnectError, InvalidDatabaseUrl, check_connection
 from devreg.db.session import UnitOfWork, create_engine, create_sessionmaker, session_scope
-from devreg.errors import DevregError, InvalidParameter
+from devreg.errors import DevregError, InvalidParameter, database_problem, sqlstate_problem
 from devreg.pagination import Page, PageResult, page_json
 from devreg.schemas import BIGINT_MAX
 
@@ -69,14 +69,19 @@ def run_async(operation: Coroutine[Any, Any, T]) -> T:
     except DevregError as exc:
         fail(exc.detail)
     except DBAPIError as exc:
-        # PostgreSQL's own message, without the statement or its parameters.
-        fail(f"database error: {exc.orig}")
+        # What it means, as the API says it; else PostgreSQL's own message, without the
+        # statement or its parameters.
+        fail(_meaning(database_problem(exc), exc.orig))
     except asyncpg.PostgresError as exc:  # from COPY, which runs on asyncpg itself
-        fail(f"database error: {exc}")
+        fail(_meaning(sqlstate_problem(str(exc.sqlstate)), exc))
     except asyncpg.InterfaceError:
         fail("the connection to PostgreSQL was lost")
     except CommandError as exc:  # Alembic's: an unknown revision, say
         fail(f"migrations: {exc}", code=2)
+
+
+def _meaning(problem: DevregError | None, error: BaseException | None) -> str:
+    return problem.detail if problem is not None else f"database error: {error}"
 
 
 async def with_engine(settings: Settings, use: Callable[[AsyncEngine], Awaitable[T]]) -> T:
