@@ -2,8 +2,7 @@
 `devreg.actor`: inside the writing statement itself (ACTING, ACTING_SQL), or once at the start
 of a transaction (record_actor) for writes through the ORM."""
 
-import json
-
+import orjson
 from asgi_correlation_id import correlation_id
 from sqlalchemy import Text, TextClause, bindparam, text
 
@@ -20,14 +19,15 @@ ACTING: TextClause = text(ACTING_SQL).bindparams(bindparam("actor", type_=Text))
 
 
 def actor_of(principal: Principal) -> str:
-    """The user, token and request id (when serving a request) of a write, as JSON."""
-    return json.dumps(
+    """The user, token and request id (when serving a request) of a write, as JSON (orjson's:
+    the standard library's json.dumps took 2% of a create's instructions)."""
+    return orjson.dumps(
         {
             "user_id": principal.user_id,
             "token_id": principal.token_id,
             "request_id": correlation_id.get(),
         }
-    )
+    ).decode()
 
 
 async def record_actor(work: UnitOfWork, principal: Principal) -> None:
