@@ -15,7 +15,7 @@ from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.expression import ClauseElement
 
 from devreg.db.constraints import violated_constraint
-from devreg.db.session import UnitOfWork
+from devreg.db.session import JSON_CODECS, UnitOfWork
 from devreg.errors import (
     CONNECTION_LOST_SQLSTATES,
     Conflict,
@@ -24,7 +24,7 @@ from devreg.errors import (
     sqlstate_problem,
 )
 
-DIALECT = PGDialect_asyncpg()  # type: ignore[no-untyped-call]
+DIALECT = PGDialect_asyncpg(**JSON_CODECS)  # type: ignore[no-untyped-call]
 T = TypeVar("T")
 Violations = Mapping[str, Callable[[], Exception]]
 

