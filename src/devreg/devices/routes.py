@@ -110,7 +110,7 @@ def _tagged(
 
 def write_precondition(call: Call) -> IfMatch | None:
     """The call's If-Match; without one, None (last write wins) or 428 if REQUIRE_IF_MATCH."""
-    if_match = call.headers.get("if-match")
+    if_match = call.header_value("if-match")
     if if_match is None:
         if call.settings.require_if_match:
             raise PreconditionRequired
@@ -300,7 +300,7 @@ async def _prepended(first: bytes | None, rest: AsyncIterator[bytes]) -> AsyncIt
 )
 async def get_device(device_id: DeviceId, call: Call) -> Response:
     device = await service.get_device(call.db, device_id, principal=call.principal)
-    if not_modified(call.headers.get("if-none-match"), device.version):
+    if not_modified(call.header_value("if-none-match"), device.version):
         return Response(
             status_code=status.HTTP_304_NOT_MODIFIED, headers={"ETag": etag(device.version)}
         )
