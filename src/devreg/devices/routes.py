@@ -217,7 +217,8 @@ BulkDelete = Annotated[list[Id], Body(min_length=1, max_length=BULK_MAX)]
 
 
 # Routes in the order a request is matched against them: FastAPI 0.165 tries each in turn, at
-# about 10,000 instructions a route, so the busiest come first.
+# about 10,000 instructions a route, so the busiest come first. A fixed path (`/export`,
+# `/bulk`) may follow `/{device_id}`: a device's segment is never one of them (_DeviceSegment).
 
 
 @router.post(
@@ -246,6 +247,64 @@ async def create_device(data: DeviceCreate, call: Call) -> Response:
     )
     await idempotency.remember(response, "Location", "ETag")
     return response
+
+
+@router.get(
+    DEVICE_PATH,
+    response_model=DeviceRead,
+    responses={304: {"description": "Not Modified"}, **problem_responses(404, 422)},
+    openapi_extra=documented(IF_NONE_MATCH_HEADER),
+)
+async def get_device(device_id: DeviceId, call: Call) -> Response:
+    device = await service.get_device(call.db, device_id, principal=call.principal)
+    if not_modified(call.header_value("if-none-match"), device.version):
+        return Response(
+            status_code=status.HTTP_304_NOT_MODIFIED, headers={"ETag": etag(device.version)}
+        )
+    return _tagged(device)
+
+
+@router.patch(DEVICE_PATH, response_model=DeviceRead, **GUARDED_WRITE)
+async def update_device(device_id: DeviceId, data: DeviceUpdate, call: Call) -> Response:
+    if_match = write_precondition(call)
+    device = await service.update_device(
+        call.db, device_id, data=data, if_match=if_match, principal=call.principal
+    )
+    return _tagged(device)
+
+
+@router.put(DEVICE_PATH, response_model=DeviceRead, **GUARDED_WRITE)
+async def replace_device(device_id: DeviceId, data: DeviceCreate, call: Call) -> Response:
+    if_match = write_precondition(call)
+    device = await service.replace_device(
+        call.db, device_id, data=data, if_match=if_match, principal=call.principal
+    )
+    return _tagged(device)
+
+
+@router.delete(
+    DEVICE_PATH,
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses=problem_responses(404, 412, 422, 428),
+    openapi_extra=documented(IF_MATCH_HEADER),
+)
+async def delete_device(device_id: DeviceId, call: Call) -> None:
+    await service.delete_device(
+        call.db, device_id, if_match=write_precondition(call), principal=call.principal
+    )
+
+
+@router.get(
+    "",
+    response_model=DevicePage,
+    responses=problem_responses(400, 422),
+    openapi_extra=documented(*DEVICE_LISTING_QUERY.parameters()),
+)
+async def list_devices(call: Call, listing: DeviceListingDep) -> object:
+    result = await service.list_devices(
+        call.db, filters=listing.filters, page=listing.page, principal=call.principal
+    )
+    return page_response(DevicePage, result)
 
 
 @router.get(
@@ -292,21 +351,6 @@ async def _prepended(first: bytes | None, rest: AsyncIterator[bytes]) -> AsyncIt
         yield chunk
 
 
-@router.get(
-    DEVICE_PATH,
-    response_model=DeviceRead,
-    responses={304: {"description": "Not Modified"}, **problem_responses(404, 422)},
-    openapi_extra=documented(IF_NONE_MATCH_HEADER),
-)
-async def get_device(device_id: DeviceId, call: Call) -> Response:
-    device = await service.get_device(call.db, device_id, principal=call.principal)
-    if not_modified(call.header_value("if-none-match"), device.version):
-        return Response(
-            status_code=status.HTTP_304_NOT_MODIFIED, headers={"ETag": etag(device.version)}
-        )
-    return _tagged(device)
-
-
 @router.patch("/bulk", response_model=BulkResult, responses=problem_responses(409, 422, 428))
 async def update_devices(items: BulkUpdate, call: Call) -> BulkResult:
     """Up to 10,000 `{id, ...fields}` changes, all or nothing."""
@@ -332,49 +376,6 @@ def refuse_unguarded_bulk_write(call: Call) -> None:
             "REQUIRE_IF_MATCH is on and a bulk write cannot carry If-Match: change the devices "
             "one at a time, each with the ETag of its version."
         )
-
-
-@router.patch(DEVICE_PATH, response_model=DeviceRead, **GUARDED_WRITE)
-async def update_device(device_id: DeviceId, data: DeviceUpdate, call: Call) -> Response:
-    if_match = write_precondition(call)
-    device = await service.update_device(
-        call.db, device_id, data=data, if_match=if_match, principal=call.principal
-    )
-    return _tagged(device)
-
-
-@router.put(DEVICE_PATH, response_model=DeviceRead, **GUARDED_WRITE)
-async def replace_device(device_id: DeviceId, data: DeviceCreate, call: Call) -> Response:
-    if_match = write_precondition(call)
-    device = await service.replace_device(
-        call.db, device_id, data=data, if_match=if_match, principal=call.principal
-    )
-    return _tagged(device)
-
-
-@router.delete(
-    DEVICE_PATH,
-    status_code=status.HTTP_204_NO_CONTENT,
-    responses=problem_responses(404, 412, 422, 428),
-    openapi_extra=documented(IF_MATCH_HEADER),
-)
-async def delete_device(device_id: DeviceId, call: Call) -> None:
-    await service.delete_device(
-        call.db, device_id, if_match=write_precondition(call), principal=call.principal
-    )
-
-
-@router.get(
-    "",
-    response_model=DevicePage,
-    responses=problem_responses(400, 422),
-    openapi_extra=documented(*DEVICE_LISTING_QUERY.parameters()),
-)
-async def list_devices(call: Call, listing: DeviceListingDep) -> object:
-    result = await service.list_devices(
-        call.db, filters=listing.filters, page=listing.page, principal=call.principal
-    )
-    return page_response(DevicePage, result)
 
 
 @router.post("/bulk", response_model=BulkResult, **IDEMPOTENT_CREATE)
