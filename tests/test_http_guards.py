@@ -132,7 +132,19 @@ async def test_cross_origin_calls_are_allowed_only_from_the_configured_origins(
     assert allowed.status_code == 200
     assert allowed.headers["access-control-allow-origin"] == "https://ui.example"
     assert "access-control-allow-origin" not in refused.headers
+    assert_problem(refused, 400, "Disallowed CORS origin")
     assert "ETag" in read.headers["access-control-expose-headers"]
+
+
+async def test_a_refused_preflight_is_a_problem_naming_what_was_refused(
+    browser_client: AsyncClient,
+) -> None:
+    preflight = {"access-control-request-method": "TRACE", "access-control-request-headers": "x-a"}
+
+    response = await browser_client.options(f"{DEVICES}/1", headers=preflight)
+
+    assert_problem(response, 400, "Disallowed CORS method, headers")
+    assert response.headers["access-control-allow-origin"] == "https://ui.example"
 
 
 @pytest.fixture

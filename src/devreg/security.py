@@ -1,11 +1,17 @@
 """Headers every response carries, and cross-origin access (off unless CORS_ORIGINS is set)."""
 
+from http import HTTPStatus
+
 import secure
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
+from starlette.datastructures import Headers
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
 
 from devreg.config import Settings
 from devreg.idempotency.header import IDEMPOTENCY_KEY, REPLAYED_HEADER
+from devreg.problems import problem_response
 
 # The API answers JSON; only the bundled /docs and /redoc pages run scripts and styles, inline
 # ones among them, all from this origin.
@@ -34,7 +40,7 @@ def add_cors_middleware(app: FastAPI, settings: Settings) -> None:
     CORS headers too, and a browser script can read them."""
     if settings.cors_origins:
         app.add_middleware(
-            CORSMiddleware,
+            ProblemCORSMiddleware,
             allow_origins=settings.cors_origins,
             allow_methods=["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"],
             allow_headers=[
@@ -53,3 +59,37 @@ def add_cors_middleware(app: FastAPI, settings: Settings) -> None:
                 REPLAYED_HEADER,
             ],
         )
+
+
+class ProblemCORSMiddleware(CORSMiddleware):
+    """Starlette's, with a refused preflight (an origin, method or header not allowed) answered
+    as a 400 problem like every other error instead of Starlette's plain text."""
+
+    def preflight_response(self, request_headers: Headers) -> Response:
+        response = super().preflight_response(request_headers)
+        if response.status_code != HTTPStatus.BAD_REQUEST:
+            return response
+        cors_headers = {
+            name: value
+            for name, value in response.headers.items()
+            if name not in ("content-length", "content-type")
+        }
+        return _RefusedPreflight(bytes(response.body).decode(), cors_headers)
+
+
+class _RefusedPreflight(Response):
+    """A 400 problem whose `instance`, the request's path, is known only once it is sent."""
+
+    def __init__(self, detail: str, cors_headers: dict[str, str]) -> None:
+        super().__init__(status_code=HTTPStatus.BAD_REQUEST)
+        self.detail = detail
+        self.cors_headers = cors_headers
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        problem = problem_response(
+            Request(scope),
+            status=HTTPStatus.BAD_REQUEST,
+            detail=self.detail,
+            headers=self.cors_headers,
+        )
+        await problem(scope, receive, send)
