@@ -17,9 +17,10 @@ from pydantic import TypeAdapter, ValidationError
 
 from devreg.auth.guard import authenticate
 from devreg.auth.principal import Principal
+from devreg.conditional import IfMatch
 from devreg.config import Settings
 from devreg.db.session import UnitOfWork, session_scope
-from devreg.errors import UnsupportedContentEncoding
+from devreg.errors import PreconditionRequired, UnsupportedContentEncoding
 from devreg.problems import request_validation_error
 
 # Methods that only read: any live token may use them; every other method needs a write scope.
@@ -115,3 +116,23 @@ async def streaming_work(request: Request) -> AsyncIterator[UnitOfWork]:
 
 
 StreamingWorkDep = Annotated[UnitOfWork, Depends(streaming_work)]
+
+
+def write_precondition(call: Call) -> IfMatch | None:
+    """The call's If-Match; without one, None (last write wins) or 428 if REQUIRE_IF_MATCH."""
+    if_match = call.header_value("if-match")
+    if if_match is None:
+        if call.settings.require_if_match:
+            raise PreconditionRequired
+        return None
+    return IfMatch.parse(if_match)
+
+
+def refuse_unguarded_bulk_write(call: Call) -> None:
+    """A bulk update or delete (a user's devices deleted with the user too) names no versions:
+    with REQUIRE_IF_MATCH it is refused (428)."""
+    if call.settings.require_if_match:
+        raise PreconditionRequired(
+            "REQUIRE_IF_MATCH is on and a bulk write cannot carry If-Match: change the devices "
+            "one at a time, each with the ETag of its version."
+        )

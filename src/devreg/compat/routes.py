@@ -7,11 +7,11 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-from devreg.calls import ApiRoute, Call
+from devreg.calls import ApiRoute, Call, write_precondition
 from devreg.compat.schemas import Deleted, TutorialDeviceIn, TutorialDeviceUpdate, TutorialItem
 from devreg.devices import service as devices_service
 from devreg.devices.filters import DeviceFilter
-from devreg.devices.routes import DeviceId, write_precondition
+from devreg.devices.routes import DeviceId
 from devreg.devices.schemas import DeviceCreate, DeviceUpdate
 from devreg.pagination import PAGE_LIMIT_DEFAULT, PAGE_LIMIT_MAX, PageRequest
 from devreg.querystring import items_response

@@ -7,8 +7,16 @@ from pydantic import BaseModel, Field, TypeAdapter
 from starlette.convertors import Convertor, register_url_convertor
 from starlette.types import Receive, Scope, Send
 
-from devreg.calls import ApiRoute, Call, StreamingWorkDep, documented, header_parameter
-from devreg.conditional import IfMatch, etag, not_modified
+from devreg.calls import (
+    ApiRoute,
+    Call,
+    StreamingWorkDep,
+    documented,
+    header_parameter,
+    refuse_unguarded_bulk_write,
+    write_precondition,
+)
+from devreg.conditional import etag, not_modified
 from devreg.devices import bulk, export, service
 from devreg.devices.export import EXPORT_MEDIA_TYPES, ExportFormat
 from devreg.devices.filters import (
@@ -28,7 +36,7 @@ from devreg.devices.schemas import (
     DeviceRead,
     DeviceUpdate,
 )
-from devreg.errors import InvalidParameter, PreconditionRequired
+from devreg.errors import InvalidParameter
 from devreg.idempotency.header import IDEMPOTENCY_KEY_HEADER, Idempotency
 from devreg.locations import created_location
 from devreg.problems import problem_responses
@@ -106,16 +114,6 @@ def _tagged(
         headers=headers,
         media_type="application/json",
     )
-
-
-def write_precondition(call: Call) -> IfMatch | None:
-    """The call's If-Match; without one, None (last write wins) or 428 if REQUIRE_IF_MATCH."""
-    if_match = call.header_value("if-match")
-    if if_match is None:
-        if call.settings.require_if_match:
-            raise PreconditionRequired
-        return None
-    return IfMatch.parse(if_match)
 
 
 _ATTRIBUTE_PREFIX = "attr."
@@ -366,16 +364,6 @@ async def delete_devices(ids: BulkDelete, call: Call) -> None:
     """Up to 10,000 ids, all or nothing: one unknown id and none is deleted."""
     refuse_unguarded_bulk_write(call)
     await bulk.delete_devices(call.db, ids=ids, principal=call.principal)
-
-
-def refuse_unguarded_bulk_write(call: Call) -> None:
-    """A bulk update or delete (a user's devices deleted with the user too) names no versions:
-    with REQUIRE_IF_MATCH it is refused (428)."""
-    if call.settings.require_if_match:
-        raise PreconditionRequired(
-            "REQUIRE_IF_MATCH is on and a bulk write cannot carry If-Match: change the devices "
-            "one at a time, each with the ETag of its version."
-        )
 
 
 @router.post("/bulk", response_model=BulkResult, **IDEMPOTENT_CREATE)

@@ -4,12 +4,8 @@ from fastapi import APIRouter, Depends, Path, Query, Request, Response, status
 from pydantic import Field
 
 from devreg.auth.guard import app_authenticator
-from devreg.calls import ApiRoute, Call, documented
-from devreg.devices.routes import (
-    DEVICE_LISTING_QUERY,
-    DeviceListingDep,
-    refuse_unguarded_bulk_write,
-)
+from devreg.calls import ApiRoute, Call, documented, refuse_unguarded_bulk_write
+from devreg.devices.routes import DEVICE_LISTING_QUERY, DeviceListingDep
 from devreg.devices.schemas import DevicePage
 from devreg.locations import created_location
 from devreg.problems import problem_responses
