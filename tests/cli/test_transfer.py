@@ -274,21 +274,27 @@ class TestImport:
         assert stored(devreg) == before
 
     @pytest.mark.parametrize(
-        ("name", "data"),
+        ("name", "data", "line"),
         [
-            pytest.param("devices.csv", "name\ncafé\n".encode("latin-1"), id="csv-latin-1"),
-            pytest.param("devices.csv", b"name\n\xff\xfe\n", id="csv-garbage"),
-            pytest.param("devices.ndjson", '{"name": "café"}\n'.encode("cp1252"), id="ndjson"),
-            pytest.param("devices.csv", "name\nx\n".encode("utf-16"), id="utf-16"),
+            pytest.param("devices.csv", "name\ncafé\n".encode("latin-1"), 2, id="csv-latin-1"),
+            pytest.param("devices.csv", b"name\na\n\xff\xfe\n", 3, id="csv-garbage"),
+            pytest.param("devices.ndjson", '{"name": "café"}\n'.encode("cp1252"), 1, id="ndjson"),
+            pytest.param("devices.csv", "name\nx\n".encode("utf-16"), 1, id="utf-16"),
+            pytest.param(
+                "devices.csv",
+                b"name\n" + b"device\n" * 100_000 + b"caf\xe9\n",
+                100_002,
+                id="past-the-first-buffer",
+            ),
         ],
     )
-    def test_non_utf8_file_is_refused(self, devreg, tmp_path, name, data):
+    def test_non_utf8_file_is_refused_with_its_line(self, devreg, tmp_path, name, data, line):
         create_device(devreg, "existing")
         before = stored(devreg)
 
         result = import_devices(devreg, write(tmp_path, name, data))
 
-        assert_refused(result, 2, "not UTF-8")
+        assert_refused(result, 2, f"is not UTF-8 text: line {line}\n")
         assert stored(devreg) == before
 
     def test_missing_file_is_a_usage_error(self, devreg, tmp_path):

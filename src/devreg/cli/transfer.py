@@ -55,7 +55,8 @@ def import_devices(
                 )
             )
     except UnicodeDecodeError:
-        fail(f"{file} is not UTF-8 text", code=2)
+        line = _first_line_not_utf8(file)
+        fail(f"{file} is not UTF-8 text" + (f": line {line}" if line else ""), code=2)
     seconds = time.perf_counter() - started
     stdout.print(
         f"{result.rows} rows: {result.inserted} inserted, {result.updated} updated, "
@@ -63,6 +64,18 @@ def import_devices(
         markup=False,
         highlight=False,
     )
+
+
+def _first_line_not_utf8(file: Path) -> int | None:
+    """The number of the file's first line that is not UTF-8 (a decoder reading the file as a
+    whole only knows a byte offset within its buffer); None if it has changed since."""
+    with file.open("rb") as source:
+        for number, line in enumerate(source, start=1):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError:
+                return number
+    return None
 
 
 @export_app.command("devices")
