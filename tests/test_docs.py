@@ -41,3 +41,19 @@ async def test_error_responses_are_documented_as_problem_json(client: AsyncClien
     ]
     assert len(errors) > 50
     assert [e for e in errors if e[3] != {"application/problem+json": problem}] == []
+
+
+async def test_every_api_operation_documents_what_the_edge_and_the_database_may_answer(
+    client: AsyncClient,
+) -> None:
+    schema = (await client.get("/openapi.json")).json()
+    operations = [
+        (method, set(operation["responses"]))
+        for path, by_method in schema["paths"].items()
+        if path.startswith("/api/")
+        for method, operation in by_method.items()
+    ]
+    writes = [statuses for method, statuses in operations if method not in ("get", "head")]
+    assert len(writes) >= 10
+    assert all("503" in statuses for _, statuses in operations)
+    assert all({"408", "413", "415"} <= statuses for statuses in writes)

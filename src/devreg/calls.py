@@ -21,7 +21,7 @@ from devreg.conditional import IfMatch
 from devreg.config import Settings
 from devreg.db.session import UnitOfWork, session_scope
 from devreg.errors import PreconditionRequired, UnsupportedContentEncoding
-from devreg.problems import request_validation_error
+from devreg.problems import problem_responses, request_validation_error
 
 # Methods that only read: any live token may use them; every other method needs a write scope.
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -62,14 +62,40 @@ class Call(Request):
             raise request_validation_error(exc, "header", name) from None
 
 
+# What any API route may answer whatever its endpoint does: the database unavailable, the pool
+# exhausted or a statement past STATEMENT_TIMEOUT; and for a write, a body refused at the edge
+# (too slow to arrive, too large, compressed).
+_EVERY_ROUTES_PROBLEMS = problem_responses(503)
+_EVERY_WRITES_PROBLEMS = problem_responses(408, 413, 415, 503)
+
+
 class ApiRoute(APIRoute):
     """Every API route: before the endpoint's parameters are solved, the request's unit of work is
     opened and its caller authenticated (a safe method needs a live token, or none while the API
     is open; any other method a token that may write, and a body that is not compressed)."""
 
+    def __init__(
+        self,
+        path: str,
+        endpoint: Callable[..., Any],
+        *,
+        methods: set[str] | list[str] | None = None,
+        responses: dict[int | str, dict[str, Any]] | None = None,
+        **options: Any,
+    ) -> None:
+        self.writes = not SAFE_METHODS.issuperset(methods or ())
+        documented = _EVERY_WRITES_PROBLEMS if self.writes else _EVERY_ROUTES_PROBLEMS
+        super().__init__(
+            path,
+            endpoint,
+            methods=methods,
+            responses={**documented, **(responses or {})},
+            **options,
+        )
+
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
-        writes = not SAFE_METHODS.issuperset(self.methods or ())
+        writes = self.writes
 
         async def serve(request: Request) -> Response:
             call = Call(request.scope, request.receive)
