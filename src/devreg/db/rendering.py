@@ -92,8 +92,9 @@ class JsonShape:
 
 def rendered(rows: Iterable[Sequence[Any]]) -> list[tuple[Rendered, Any]]:
     """Rows of `JsonShape.select` with a sort value added last (keyset.fetch_page), as listed
-    items and their sort values."""
-    return [(Rendered(id=row[0], json=row[1]), row[2]) for row in rows]
+    items and their sort values. (Rendered's fields given by position: by name, a NamedTuple
+    takes twice as long to make, 20 µs more for a page of 100.)"""
+    return [(Rendered(row[0], row[1]), row[2]) for row in rows]
 
 
 def json_fragments(items: Sequence[Rendered]) -> list[orjson.Fragment]:
