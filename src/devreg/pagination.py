@@ -137,7 +137,11 @@ class Cursors:
     def encode(self, position: Position) -> str:
         value = position.value
         wire = value.isoformat() if isinstance(value, datetime) else value
-        payload = json.dumps([self.fingerprint, wire, position.id], separators=(",", ":"))
+        # UTF-8 rather than \u escapes (12 characters for one beyond the Basic Multilingual
+        # Plane): the longest name's cursor stays within the 1,024 characters a cursor may have.
+        payload = json.dumps(
+            [self.fingerprint, wire, position.id], separators=(",", ":"), ensure_ascii=False
+        )
         return base64.urlsafe_b64encode(payload.encode()).rstrip(b"=").decode()
 
     def decode(self, cursor: str) -> Position:

@@ -537,6 +537,19 @@ class TestCursors:
         assert ids_of(first["items"]) == ids_of(expected[:2])
         assert ids_of(items_of(rest)) == ids_of(expected[3:])
 
+    @pytest.mark.parametrize("url", [DEVICES, USERS])
+    async def test_a_walk_by_name_passes_the_longest_names(self, client, url):
+        """Characters beyond the Basic Multilingual Plane, 4 bytes of UTF-8, were 12 characters
+        of a cursor's JSON each: a name of 100 made a cursor the API refused as too long."""
+        names = ["\U0001d400" * 99 + str(i) for i in range(3)]
+        create = create_device if url == DEVICES else create_user
+        for name in names:
+            await create(client, name=name)
+
+        pages = await walk_listing(client, url, {"sort": "name", "name": names}, limit=1)
+
+        assert [item["name"] for item in items_of(pages)] == names
+
     @pytest.mark.parametrize(("made_for", "sent_with"), OTHER_LISTINGS)
     async def test_cursor_of_another_listing_is_refused(self, client, catalog, made_for, sent_with):
         cursor = (await get_page(client, DEVICES, {**made_for, "limit": 1}))["next_cursor"]
