@@ -51,6 +51,13 @@ class Call(Request):
         headers = self.headers
         return headers[name] if name in headers else None  # noqa: SIM401 - see above
 
+    def list_header(self, name: str) -> str | None:
+        """A list-valued header (If-Match, If-None-Match) sent on one line or several: one list
+        (RFC 9110, section 5.3), or None."""
+        if self.header_value(name) is None:
+            return None
+        return ", ".join(self.headers.getlist(name))
+
     def header(self, name: str, adapter: TypeAdapter[T]) -> T | None:
         """An optional header's value, validated as FastAPI validates a declared one (422)."""
         raw = self.header_value(name)
@@ -146,7 +153,7 @@ StreamingWorkDep = Annotated[UnitOfWork, Depends(streaming_work)]
 
 def write_precondition(call: Call) -> IfMatch | None:
     """The call's If-Match; without one, None (last write wins) or 428 if REQUIRE_IF_MATCH."""
-    if_match = call.header_value("if-match")
+    if_match = call.list_header("if-match")
     if if_match is None:
         if call.settings.require_if_match:
             raise PreconditionRequired

@@ -186,6 +186,19 @@ def test_if_match_parsing(header: str, accepted: list[int], refused: list[int]) 
     assert not any(condition.accepts(version) for version in refused)
 
 
+async def test_tags_on_several_lines_are_one_list(client: AsyncClient) -> None:
+    device = await create_device(client)
+    url = f"{DEVICES}/{device['id']}"
+
+    read = await client.get(url, headers=[("If-None-Match", '"7"'), ("If-None-Match", '"1"')])
+    written = await client.patch(
+        url, json={"model": "m"}, headers=[("If-Match", '"7"'), ("If-Match", '"1"')]
+    )
+
+    assert read.status_code == 304
+    assert written.status_code == 200, written.text
+
+
 async def test_a_long_run_of_separators_is_read_at_once(client: AsyncClient) -> None:
     """Read with one regular expression, 50,000 commas before a stray character took about 14
     seconds of a worker's only thread per header; read tag by tag, milliseconds."""

@@ -255,7 +255,7 @@ async def create_device(data: DeviceCreate, call: Call) -> Response:
 )
 async def get_device(device_id: DeviceId, call: Call) -> Response:
     device = await service.get_device(call.db, device_id, principal=call.principal)
-    if not_modified(call.header_value("if-none-match"), device.version):
+    if not_modified(call.list_header("if-none-match"), device.version):
         return Response(
             status_code=status.HTTP_304_NOT_MODIFIED, headers={"ETag": etag(device.version)}
         )
