@@ -869,6 +869,25 @@ class TestPipesAndTerminals:
         assert result.returncode == 0, result.stderr
         assert result.stdout == EXPORT_HEADER + "\n"
 
+    def test_an_export_to_dev_stdout_appended_to_a_file_keeps_what_the_file_had(
+        self, committed_database_url, tmp_path
+    ):
+        url = committed_database_url.render_as_string(hide_password=False)
+        kept = tmp_path / "kept.csv"
+        kept.write_text("# written before\n")
+
+        with kept.open("a") as appended:
+            result = subprocess.run(
+                [sys.executable, "-m", "devreg", "export", "devices", "--format", "csv",
+                 "-o", "/dev/stdout"],
+                stdout=appended, stderr=subprocess.PIPE, text=True,
+                env=devreg_environment(DATABASE_URL=url), timeout=120, check=False,
+            )  # fmt: skip
+
+        assert result.returncode == 0, result.stderr
+        assert kept.read_text() == "# written before\n" + EXPORT_HEADER + "\n"
+        assert list(tmp_path.iterdir()) == [kept]
+
     def test_a_pipe_is_imported_with_a_progress_bar_on_a_terminal(self, committed_database_url):
         url = committed_database_url.render_as_string(hide_password=False)
         terminal, terminal_for_the_child = pty.openpty()

@@ -119,8 +119,11 @@ def _replaced_on_success(output: Path | None) -> Iterator[IO[bytes]]:
     """Where an export goes: stdout; a device or a pipe, as it comes; or a file, written beside
     its place and moved there only once the export is whole, so that a failed export (no
     database, a timeout, a full disk) leaves nothing half-written and an existing file as it
-    was. A symbolic link is written through, to the file it names."""
-    if output is None:
+    was. A symbolic link is written through, to the file it names. A name for this process's
+    own stdout (`/dev/stdout` when the shell sent it to a file, `>>` say) is stdout itself: the
+    file is written where the shell put it, not replaced."""
+    if output is None or _is_stdout(output):
+        sys.stdout.flush()
         yield sys.stdout.buffer
         return
     if output.exists() and not output.is_file():  # /dev/stdout on a pipe has no real path
@@ -143,6 +146,13 @@ def _replaced_on_success(output: Path | None) -> Iterator[IO[bytes]]:
     except OSError:
         os.unlink(staged.name)
         raise
+
+
+def _is_stdout(path: Path) -> bool:
+    try:
+        return os.path.samestat(path.stat(), os.fstat(sys.stdout.fileno()))
+    except (OSError, ValueError):  # no such file; a stdout with no file descriptor
+        return False
 
 
 def _umask() -> int:
