@@ -83,6 +83,17 @@ class TestDatabaseUrl:
         assert "%40" in error["msg"]
         assert "ret-42" not in error["msg"]
 
+    def test_a_database_url_set_but_empty_is_refused_not_taken_for_unset(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.setenv("DATABASE_URL", "")
+
+        with pytest.raises(ValidationError) as raised:
+            Settings(_env_file=None)
+
+        assert "database_url" in error_fields(raised.value)
+        assert "set but empty" in str(raised.value)
+
     def test_database_url_wins_over_db_parts(self, monkeypatch: pytest.MonkeyPatch) -> None:
         set_env(monkeypatch, {"DATABASE_URL": "postgresql://u:p@h:5433/db", "DB_NAME": "other"})
 

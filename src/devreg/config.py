@@ -55,7 +55,7 @@ class Settings(BaseSettings):
 
     # An external PostgreSQL: DATABASE_URL, or the tutorial's five DB_* parts.
     # With neither, devreg runs its own embedded cluster under DATA_DIR.
-    database_url: SecretStr | None = None
+    database_url: SecretStr | None = Field(None, validate_default=True)
     db_user: str | None = None
     db_password: SecretStr | None = None
     db_name: str | None = None
@@ -129,6 +129,12 @@ class Settings(BaseSettings):
     def _must_be_postgres(cls, value: SecretStr | None) -> SecretStr | None:
         if value is not None:
             _to_async_url(value.get_secret_value())
+        elif os.environ.get("DATABASE_URL", "unset").strip() == "":
+            # Left out by env_ignore_empty, it would mean the embedded cluster: another
+            # database than the one meant (an unset CI secret, `DATABASE_URL=$UNSET`).
+            raise ValueError(
+                "set but empty: give a PostgreSQL URL, or unset it for the embedded PostgreSQL"
+            )
         return value
 
     def external_database_url(self) -> URL | None:

@@ -179,6 +179,19 @@ class TestStartupErrors:
         assert result.exit_code == 2
         assert "POOL_SIZE" in result.stderr
 
+    def test_a_database_url_set_but_empty_starts_no_embedded_cluster(
+        self, devreg: Invoke, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    ) -> None:
+        monkeypatch.setenv("DATABASE_URL", "")
+        monkeypatch.setenv("DATA_DIR", str(tmp_path / "data"))
+
+        result = devreg("users", "list")
+
+        assert result.exit_code == 2
+        assert result.stderr.startswith("devreg: invalid setting DATABASE_URL: ")
+        assert "set but empty" in result.stderr
+        assert not (tmp_path / "data").exists()
+
     def test_a_dotenv_that_is_not_utf8_is_named(
         self, devreg: Invoke, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
     ) -> None:
