@@ -169,6 +169,34 @@ class TestDatabase:
         assert result.stderr.startswith("devreg: migrations: ")
         assert result.stderr.count("\n") == 1
 
+    def test_a_revision_against_a_database_behind_is_one_line_and_writes_nothing(
+        self, devreg: Invoke
+    ) -> None:
+        versions = Path(migrations.__file__).parents[3] / "migrations" / "versions"
+        before = sorted(versions.iterdir())
+        assert devreg("db", "downgrade").exit_code == 0
+
+        result = devreg("db", "revision", "-m", "probe")
+
+        assert result.exit_code == 2
+        assert result.stderr.endswith("\ndevreg: migrations: Target database is not up to date.\n")
+        assert "Traceback" not in result.stderr
+        assert sorted(versions.iterdir()) == before
+
+    def test_a_revision_without_a_database_is_one_line(
+        self, devreg: Invoke, committed_database_url: URL, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        from tests.support import free_port
+
+        closed = committed_database_url.set(port=free_port())
+        monkeypatch.setenv("DATABASE_URL", closed.render_as_string(hide_password=False))
+
+        result = devreg("db", "revision", "-m", "probe")
+
+        assert result.exit_code == 1
+        assert result.stderr.startswith("devreg: ")
+        assert result.stderr.count("\n") == 1
+
 
 class TestStartupErrors:
     def test_invalid_setting_is_named(

@@ -7,6 +7,7 @@ from typing import Annotated
 import typer
 import uvicorn
 from alembic import command as alembic_command
+from alembic.util import CommandError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from devreg.auth.authenticator import UnsafeBinding, check_binding
@@ -92,10 +93,13 @@ def db_revision(
     ] = True,
 ) -> None:
     """Write a new migration file under migrations/versions."""
-    load_settings()
-    alembic_command.revision(
-        migrations.alembic_config(), message=message, autogenerate=autogenerate
-    )
+    run_async(with_engine(load_settings(), _nothing))  # else Alembic's traceback says it
+    try:
+        alembic_command.revision(
+            migrations.alembic_config(), message=message, autogenerate=autogenerate
+        )
+    except CommandError as exc:  # the database not at the newest revision, say
+        fail(f"migrations: {exc}", code=2)
 
 
 @db_app.command("status")
