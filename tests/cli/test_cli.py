@@ -169,6 +169,17 @@ class TestDatabase:
         assert result.stderr.startswith("devreg: migrations: ")
         assert result.stderr.count("\n") == 1
 
+    def test_an_unmigrated_database_says_to_migrate_it(
+        self, devreg: Invoke, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        assert devreg("db", "downgrade", "base").exit_code == 0
+        monkeypatch.setenv("MIGRATE_ON_START", "false")
+
+        result = devreg("users", "list")
+
+        assert result.exit_code == 1
+        assert result.stderr.endswith(": run devreg db upgrade\n")
+
     def test_a_revision_against_a_database_behind_is_one_line_and_writes_nothing(
         self, devreg: Invoke
     ) -> None:

@@ -80,8 +80,15 @@ def run_async(operation: Coroutine[Any, Any, T]) -> T:
         fail(f"migrations: {exc}", code=2)
 
 
+_UNDEFINED_TABLE = "42P01"
+
+
 def _meaning(problem: DevregError | None, error: BaseException | None) -> str:
-    return problem.detail if problem is not None else f"database error: {error}"
+    if problem is not None:
+        return problem.detail
+    if getattr(error, "sqlstate", None) == _UNDEFINED_TABLE:  # with MIGRATE_ON_START=false
+        return f"the database is not migrated ({error}): run devreg db upgrade"
+    return f"database error: {error}"
 
 
 async def with_engine(settings: Settings, use: Callable[[AsyncEngine], Awaitable[T]]) -> T:
