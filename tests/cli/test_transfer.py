@@ -7,6 +7,7 @@ import io
 import json
 import os
 import pty
+import signal
 import stat
 import subprocess
 import sys
@@ -887,6 +888,24 @@ class TestPipesAndTerminals:
         assert result.returncode == 0, result.stderr
         assert kept.read_text() == "# written before\n" + EXPORT_HEADER + "\n"
         assert list(tmp_path.iterdir()) == [kept]
+
+    def test_an_export_whose_reader_goes_away_ends_quietly(self, committed_database_url):
+        url = committed_database_url.render_as_string(hide_password=False)
+        assert run_devreg("seed", "--devices", "3000", DATABASE_URL=url).returncode == 0
+
+        exporting = subprocess.Popen(
+            [sys.executable, "-m", "devreg", "export", "devices", "--format", "csv"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            env=devreg_environment(DATABASE_URL=url),
+        )  # fmt: skip
+        assert exporting.stdout is not None
+        assert exporting.stderr is not None
+        head = exporting.stdout.read(100)
+        exporting.stdout.close()  # as `| head -c 100` does
+
+        assert exporting.wait(timeout=120) == 128 + signal.SIGPIPE
+        assert exporting.stderr.read() == b""
+        assert EXPORT_HEADER.encode().startswith(head)
 
     def test_a_pipe_is_imported_with_a_progress_bar_on_a_terminal(self, committed_database_url):
         url = committed_database_url.render_as_string(hide_password=False)

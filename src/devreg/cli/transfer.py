@@ -1,14 +1,15 @@
 """`devreg import`, `devreg export` and `devreg seed`: data in bulk."""
 
 import os
+import signal
 import stat
 import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import aclosing, contextmanager
 from pathlib import Path
-from typing import IO, Annotated, TextIO, TypeVar
+from typing import IO, Annotated, NoReturn, TextIO, TypeVar
 
 import typer
 from rich.console import Console
@@ -102,16 +103,28 @@ def export_devices(
     )
 
     async def write(work: UnitOfWork) -> None:
-        with _replaced_on_success(output) as stream:
-            async for chunk in export.export_devices(
-                work, filters=filters, format=chosen, principal=FULL_ACCESS
-            ):
-                stream.write(chunk)
+        chunks = export.export_devices(work, filters=filters, format=chosen, principal=FULL_ACCESS)
+        # Closed at once when writing fails (the reader gone), while its transaction is open.
+        async with aclosing(chunks):
+            with _replaced_on_success(output) as stream:
+                async for chunk in chunks:
+                    stream.write(chunk)
 
     try:
         in_transaction(write)
+    except BrokenPipeError:
+        if output is not None and not _is_stdout(output):
+            fail(f"cannot write {output}: the reader of the pipe went away")
+        _end_as_unix_tools_do_when_their_reader_goes()
     except OSError as exc:
         fail(f"cannot write {output or 'to stdout'}: {exc.strerror}")
+
+
+def _end_as_unix_tools_do_when_their_reader_goes() -> NoReturn:
+    """`devreg export devices | head`: end without a word, as if by SIGPIPE (exit 128 + 13),
+    stdout pointed at /dev/null so that Python's own flush at exit does not fail again."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    raise typer.Exit(128 + signal.SIGPIPE)
 
 
 @contextmanager

@@ -2,7 +2,7 @@
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 import asyncpg
@@ -18,7 +18,7 @@ _CHUNKS_IN_FLIGHT = 8  # with _CHUNK_BYTES, what bounds the memory one export us
 
 async def copy_out(
     session: AsyncSession, statement: Select[Any], **options: Any
-) -> AsyncIterator[bytes]:
+) -> AsyncGenerator[bytes, None]:
     """The rows of `statement` as COPY writes them (`options`: asyncpg's copy_from_query
     options, e.g. format="csv", header=True), in chunks, with bounded memory."""
     connection = await driver_connection(session)

@@ -1,7 +1,7 @@
 """Export: every matching device as CSV or NDJSON, streamed in constant memory."""
 
 import enum
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 
 from devreg.auth.principal import Principal
 from devreg.db.session import UnitOfWork
@@ -23,7 +23,7 @@ EXPORT_MEDIA_TYPES = {
 
 def export_devices(
     work: UnitOfWork, *, filters: DeviceFilter, format: ExportFormat, principal: Principal
-) -> AsyncIterator[bytes]:
+) -> AsyncGenerator[bytes, None]:
     """Chunks of the export. CSV has a header; `tags` and `attributes` are JSON text in CSV,
     and an empty unquoted field is a missing value (an empty string would be quoted)."""
     return DeviceRepository(work).export(

@@ -1,5 +1,5 @@
 import functools
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncGenerator, Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -385,7 +385,7 @@ class DeviceRepository(Repository):
         column: ColumnElement[Any] = getattr(Device, sort.key)
         return column
 
-    def export(self, filters: DeviceFilter, *, as_json: bool) -> AsyncIterator[bytes]:
+    def export(self, filters: DeviceFilter, *, as_json: bool) -> AsyncGenerator[bytes, None]:
         """Matching devices by id, written by PostgreSQL's COPY: CSV with a header, or one JSON
         object per line (as CSV with a delimiter and quote that JSON text never contains, so
         nothing is quoted or escaped)."""
