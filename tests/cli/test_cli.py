@@ -160,6 +160,16 @@ class TestDatabase:
         assert "database downgraded to " in down.stdout
         assert devreg("db", "upgrade").stdout == f"database at revision {head}\n"
 
+    def test_a_relative_revision_is_a_revision_not_an_option(self, devreg: Invoke) -> None:
+        head = migrations.head_revision()
+
+        down = devreg("db", "downgrade", "-2")
+        up = devreg("db", "upgrade", "+2")
+
+        assert down.exit_code == 0, down.stderr
+        assert head not in down.stdout
+        assert up.stdout == f"database at revision {head}\n"
+
     @pytest.mark.parametrize(
         "args", [("upgrade", "bogus"), ("downgrade", "bogus"), ("downgrade", "+1")]
     )

@@ -59,14 +59,18 @@ async def _nothing(engine: AsyncEngine) -> None:
     return None
 
 
-@db_app.command("upgrade")
+# Alembic's relative revisions (`-1`, `-2`) are revisions, not unknown options.
+_RELATIVE_REVISIONS = {"ignore_unknown_options": True}
+
+
+@db_app.command("upgrade", context_settings=_RELATIVE_REVISIONS)
 def db_upgrade(revision: Annotated[str, typer.Argument()] = "head") -> None:
     """Apply migrations up to REVISION (default: the newest)."""
     reached = run_async(with_engine(load_settings(), _migrated(migrations.upgrade, revision)))
     stdout.print(f"database at revision {reached or 'base (empty)'}")
 
 
-@db_app.command("downgrade")
+@db_app.command("downgrade", context_settings=_RELATIVE_REVISIONS)
 def db_downgrade(revision: Annotated[str, typer.Argument()] = "-1") -> None:
     """Undo migrations down to REVISION (default: one step; `base` for an empty schema)."""
     reached = run_async(with_engine(load_settings(), _migrated(migrations.downgrade, revision)))
