@@ -758,6 +758,33 @@ class TestExport:
         assert result.stderr == "devreg: The database took too long to answer; try again shortly.\n"
         assert list(tmp_path.iterdir()) == []
 
+    @pytest.mark.parametrize("ending", [signal.SIGTERM, signal.SIGHUP])
+    async def test_an_export_ended_by_a_signal_leaves_no_staged_file(
+        self, committed_database_url, tmp_path, ending
+    ):
+        engine = create_async_engine(committed_database_url, poolclass=NullPool)
+        try:
+            async with engine.connect() as locker:
+                # The export's COPY waits for this lock, its staged file already made.
+                await locker.execute(text("LOCK TABLE devices IN ACCESS EXCLUSIVE MODE"))
+                exporting = await asyncio.create_subprocess_exec(
+                    sys.executable, "-m", "devreg", "export", "devices",
+                    "-o", str(tmp_path / "out.csv"),
+                    env=devreg_environment(
+                        DATABASE_URL=committed_database_url.render_as_string(hide_password=False)
+                    ),
+                )  # fmt: skip
+                async with asyncio.timeout(60):
+                    while not list(tmp_path.iterdir()):  # noqa: ASYNC110 - a file, no event
+                        await asyncio.sleep(0.05)
+                exporting.send_signal(ending)
+                code = await asyncio.wait_for(exporting.wait(), 60)
+        finally:
+            await engine.dispose()
+
+        assert code == 128 + ending
+        assert list(tmp_path.iterdir()) == []
+
     def test_a_full_disk_is_one_line(self, devreg, fleet):
         result = devreg("export", "devices", "-o", "/dev/full", "--format", "csv")
 

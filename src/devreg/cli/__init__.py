@@ -8,7 +8,7 @@ import sys
 import typer
 
 from devreg.cli import changes, records, server, tokens, transfer
-from devreg.cli.common import print_error
+from devreg.cli.common import Terminated, print_error
 
 app = typer.Typer(help=__doc__, no_args_is_help=True, pretty_exceptions_enable=False)
 server.register(app)
@@ -31,4 +31,6 @@ def main() -> None:
         sys.exit(1)
     except KeyboardInterrupt:
         sys.exit(130)
+    except Terminated as ended:
+        sys.exit(128 + ended.signal_number)
     sys.exit(code if isinstance(code, int) else 0)

@@ -2,8 +2,11 @@
 
 import asyncio
 import json
+import signal
 import sys
-from collections.abc import Awaitable, Callable, Collection, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Collection, Coroutine, Iterator, Sequence
+from contextlib import contextmanager
+from types import FrameType
 from typing import Annotated, Any, NoReturn, TypeVar
 
 import asyncpg
@@ -56,10 +59,36 @@ def load_settings() -> Settings:
         fail(f"invalid setting {name}: {first['msg']}", code=2)
 
 
+class Terminated(BaseException):
+    """SIGTERM or SIGHUP (`timeout`, systemd, a closed terminal) while a command works: unwound
+    as Ctrl-C is, so that what the command leaves on its way out (an export's staged file, its
+    transaction) is cleaned up; then the exit status says which signal it was (128 + its
+    number). `devreg serve`'s uvicorn has handlers of its own, which drain requests."""
+
+    def __init__(self, signal_number: int) -> None:
+        self.signal_number = signal_number
+
+
+def _terminate(signal_number: int, frame: FrameType | None) -> None:
+    raise Terminated(signal_number)
+
+
+@contextmanager
+def _ended_by_signals_as_by_ctrl_c() -> Iterator[None]:
+    endings = (signal.SIGTERM, signal.SIGHUP)
+    previous = {ending: signal.signal(ending, _terminate) for ending in endings}
+    try:
+        yield
+    finally:
+        for ending, handler in previous.items():
+            signal.signal(ending, handler)
+
+
 def run_async(operation: Coroutine[Any, Any, T]) -> T:
     """Run a coroutine, turning the failures a user can act on into one line on stderr."""
     try:
-        return asyncio.run(operation)
+        with _ended_by_signals_as_by_ctrl_c():
+            return asyncio.run(operation)
     except InvalidDatabaseUrl as exc:
         fail(str(exc), code=2)
     except (DatabaseConnectError, EmbeddedPostgresError) as exc:
