@@ -6,12 +6,12 @@ from dataclasses import dataclass
 
 # An entity tag: optional weakness marker, then an opaque string in double quotes.
 _TAG = r'(W/)?"([\x21\x23-\x7e]*)"'
-_ENTITY_TAG = re.compile(_TAG)
-# Between entity tags in a list: commas, and empty elements (RFC 9110, section 5.6.1); after the
-# last, the end. Each read from where the previous one stopped, so a header is read once:
-# one regular expression for the whole list took time quadratic in a run of commas.
+# A list of entity tags (RFC 9110, section 5.6.1): empty elements and separators first, then
+# each tag with the commas (and empty elements) after it, or the end. Read element by element
+# from where the previous one stopped, so a header is read once: one regular expression for
+# the whole list took time quadratic in a run of commas.
 _LEADING_SEPARATORS = re.compile(r"[\s,]*")
-_AFTER_TAG = re.compile(r"\s*(?:,[\s,]*|\Z)")
+_ELEMENT = re.compile(rf"{_TAG}\s*(?:,[\s,]*|\Z)")
 # A version as etag() writes it: tags compare as strings, so "01" is not version 1.
 _VERSION_TAG = re.compile(r"0|[1-9][0-9]{0,9}")
 _VERSION_MAX = 2**31 - 1  # a PostgreSQL integer
@@ -37,14 +37,14 @@ def _tag_list(header: str) -> list[tuple[str, str]] | None:
     """(weakness marker, opaque tag) of each entity tag in the list, or None if the header is
     not such a list."""
     tags = []
-    position = _LEADING_SEPARATORS.match(header).end()  # type: ignore[union-attr]
+    leading = _LEADING_SEPARATORS.match(header)
+    position = leading.end() if leading else 0
     while position < len(header):
-        tag = _ENTITY_TAG.match(header, position)
-        after = tag and _AFTER_TAG.match(header, tag.end())
-        if not after:
+        element = _ELEMENT.match(header, position)
+        if element is None:
             return None
-        tags.append((tag.group(1) or "", tag.group(2)))  # type: ignore[union-attr]
-        position = after.end()
+        tags.append((element.group(1) or "", element.group(2)))
+        position = element.end()
     return tags
 
 
