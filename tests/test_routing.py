@@ -57,9 +57,9 @@ async def test_the_headers_a_route_reads_are_documented(database_url: URL) -> No
         parameters = paths[path][method].get("parameters", [])
         return {parameter["name"] for parameter in parameters if parameter["in"] == "header"}
 
-    assert headers(device, "get") == {"If-None-Match"}
-    assert headers(device, "put") == headers(device, "patch") == {"If-Match"}
-    assert headers(device, "delete") == {"If-Match"}
+    for method in ("get", "put", "patch", "delete"):
+        assert headers(device, method) == {"If-Match", "If-None-Match"}, method
+        assert "412" in paths[device][method]["responses"], method
     for path in (DEVICES, DEVICES + "/bulk", device + "/heartbeat"):
         assert headers(path, "post") == {"Idempotency-Key"}
 

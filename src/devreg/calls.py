@@ -17,7 +17,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from devreg.auth.guard import authenticate
 from devreg.auth.principal import Principal
-from devreg.conditional import IfMatch
+from devreg.conditional import IfMatch, WriteCondition
 from devreg.config import Settings
 from devreg.db.session import UnitOfWork, session_scope
 from devreg.errors import PreconditionRequired, UnsupportedContentEncoding
@@ -151,14 +151,16 @@ async def streaming_work(request: Request) -> AsyncIterator[UnitOfWork]:
 StreamingWorkDep = Annotated[UnitOfWork, Depends(streaming_work)]
 
 
-def write_precondition(call: Call) -> IfMatch | None:
-    """The call's If-Match; without one, None (last write wins) or 428 if REQUIRE_IF_MATCH."""
+def write_precondition(call: Call) -> WriteCondition | None:
+    """The call's If-Match and If-None-Match; without either, None (last write wins). Without
+    If-Match, 428 if REQUIRE_IF_MATCH."""
     if_match = call.list_header("if-match")
-    if if_match is None:
-        if call.settings.require_if_match:
-            raise PreconditionRequired
+    if_none_match = call.list_header("if-none-match")
+    if if_match is None and call.settings.require_if_match:
+        raise PreconditionRequired
+    if if_match is None and if_none_match is None:
         return None
-    return IfMatch.parse(if_match)
+    return WriteCondition(IfMatch.parse(if_match) if if_match is not None else None, if_none_match)
 
 
 def refuse_unguarded_bulk_write(call: Call) -> None:

@@ -66,7 +66,17 @@ class IfMatch:
 
 
 def not_modified(if_none_match: str | None, version: int) -> bool:
-    """Whether If-None-Match names this version (weak comparison) or is `*`."""
+    """Whether If-None-Match names this version (weak comparison) or is `*`: a read is answered
+    304, a write refused (412)."""
     if if_none_match is None:
         return False
     return if_none_match.strip() == "*" or version in _versions(if_none_match, weak_too=True)
+
+
+@dataclass(frozen=True)
+class WriteCondition:
+    """A write's preconditions: If-Match, and If-None-Match, which a write must not find true
+    either (`*`: a device that exists at all)."""
+
+    if_match: IfMatch | None
+    if_none_match: str | None

@@ -181,14 +181,14 @@ class InvalidItems(InvalidInput):
 
 
 class PreconditionFailed(DevregError):
-    """If-Match named a version the resource no longer has."""
+    """If-Match named a version the resource no longer has, or If-None-Match its current one."""
 
     status = 412
     slug = "precondition-failed"
 
-    def __init__(self, current_version: int) -> None:
+    def __init__(self, current_version: int, detail: str | None = None) -> None:
         super().__init__(
-            f"The resource has changed: its version is now {current_version}.",
+            detail or f"The resource has changed: its version is now {current_version}.",
             current_version=current_version,
         )
         self.headers["ETag"] = etag(current_version)

@@ -1,5 +1,6 @@
 """Safe concurrent edits: every device response carries its version as ETag; If-Match guards
-PUT, PATCH and DELETE (412 when the version moved on), If-None-Match spares a GET (304)."""
+PUT, PATCH, DELETE and GET (412 when the version moved on), If-None-Match spares a GET (304)
+and refuses a write (412) when it matches."""
 
 import asyncio
 import time
@@ -94,6 +95,76 @@ async def test_if_match_on_a_missing_device_is_a_404(
         method, f"{DEVICES}/999999", json=body, headers={"If-Match": '"1"'}
     )
     assert_problem(response, 404, "Device not found")
+
+
+WRITES = [("PATCH", {"model": "m1"}), ("PATCH", {}), ("PUT", {"name": "other"}), ("DELETE", None)]
+
+
+@pytest.mark.parametrize("header", ["*", '"1"', 'W/"1"', '"7", "1"'])
+@pytest.mark.parametrize(("method", "body"), WRITES)
+async def test_a_write_whose_if_none_match_matches_is_a_412_and_changes_nothing(
+    client: AsyncClient, method: str, body: object, header: str
+) -> None:
+    """RFC 9110, section 13.1.2: a write is refused when If-None-Match matches (weakly) the
+    current version; `*` matches any device that exists."""
+    device = await create_device(client)
+    url = f"{DEVICES}/{device['id']}"
+    response = await client.request(method, url, json=body, headers={"If-None-Match": header})
+    problem = assert_problem(
+        response, 412, "If-None-Match matches the device's current version, 1."
+    )
+    assert problem["current_version"] == 1
+    assert response.headers["etag"] == '"1"'
+    assert await fetch_device(client, device["id"]) == device
+
+
+@pytest.mark.parametrize(("method", "body"), WRITES)
+async def test_a_write_whose_if_none_match_names_other_versions_applies(
+    client: AsyncClient, method: str, body: object
+) -> None:
+    device = await create_device(client)
+    url = f"{DEVICES}/{device['id']}"
+    response = await client.request(
+        method, url, json=body, headers={"If-None-Match": '"7", W/"8"', "If-Match": '"1"'}
+    )
+    assert response.is_success, response.text
+    assert (await client.get(url)).status_code == (404 if method == "DELETE" else 200)
+
+
+async def test_if_match_is_judged_before_if_none_match(client: AsyncClient) -> None:
+    device = await create_device(client)
+    url = f"{DEVICES}/{device['id']}"
+    headers = {"If-Match": '"2"', "If-None-Match": '"1"'}
+    response = await client.patch(url, json={"model": "m1"}, headers=headers)
+    assert_problem(response, 412, "The resource has changed: its version is now 1.")
+
+
+async def test_if_none_match_on_a_missing_device_is_a_404(client: AsyncClient) -> None:
+    response = await client.put(
+        f"{DEVICES}/999999", json={"name": "x"}, headers={"If-None-Match": "*"}
+    )
+    assert_problem(response, 404, "Device not found")
+
+
+async def test_the_tutorial_routes_honour_if_none_match(client: AsyncClient) -> None:
+    device = await create_device(client)
+    url = f"{TUTORIAL_DEVICES}/{device['id']}"
+    assert_problem(await client.put(url, json={"name": "x"}, headers={"If-None-Match": "*"}), 412)
+    assert_problem(await client.delete(url, headers={"If-None-Match": '"1"'}), 412)
+    assert await fetch_device(client, device["id"]) == device
+
+
+@pytest.mark.parametrize(("header", "status"), [('"1"', 200), ('"2", "1"', 200), ("*", 200),
+                                                 ('"2"', 412), ('W/"1"', 412)])  # fmt: skip
+async def test_a_read_honours_if_match(client: AsyncClient, header: str, status: int) -> None:
+    """RFC 9110, section 13.1.1: a GET whose If-Match (compared strongly) fails is a 412."""
+    device = await create_device(client)
+    response = await client.get(f"{DEVICES}/{device['id']}", headers={"If-Match": header})
+    assert response.status_code == status
+    if status == 412:
+        assert assert_problem(response, 412)["current_version"] == 1
+    else:
+        assert response.json() == device
 
 
 async def test_delete_with_the_current_version_deletes(client: AsyncClient) -> None:

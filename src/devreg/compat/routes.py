@@ -60,7 +60,7 @@ async def tutorial_update_device(
         call.db,
         device_id,
         data=changes,
-        if_match=write_precondition(call),
+        condition=write_precondition(call),
         principal=call.principal,
     )
 
@@ -68,7 +68,7 @@ async def tutorial_update_device(
 @router.delete("/api/v1/device/{device_id}", response_model=Deleted)
 async def tutorial_delete_device(device_id: DeviceId, call: Call) -> Deleted:
     await devices_service.delete_device(
-        call.db, device_id, if_match=write_precondition(call), principal=call.principal
+        call.db, device_id, condition=write_precondition(call), principal=call.principal
     )
     return Deleted()
 

@@ -16,7 +16,7 @@ from devreg.calls import (
     refuse_unguarded_bulk_write,
     write_precondition,
 )
-from devreg.conditional import etag, not_modified
+from devreg.conditional import IfMatch, etag, not_modified
 from devreg.devices import bulk, export, service
 from devreg.devices.export import EXPORT_MEDIA_TYPES, ExportFormat
 from devreg.devices.filters import (
@@ -36,7 +36,7 @@ from devreg.devices.schemas import (
     DeviceRead,
     DeviceUpdate,
 )
-from devreg.errors import InvalidParameter
+from devreg.errors import InvalidParameter, PreconditionFailed
 from devreg.idempotency.header import IDEMPOTENCY_KEY_HEADER, Idempotency
 from devreg.locations import created_location
 from devreg.problems import problem_responses
@@ -77,15 +77,19 @@ register_url_convertor("device", _DeviceSegment())
 DEVICE_PATH = "/{device_id:device}"
 
 IF_MATCH_HEADER = header_parameter(
-    "If-Match", "Apply only if the device's ETag is one of these (else 412)."
+    "If-Match", "Only if the device's ETag is one of these, or `*` (else 412)."
 )
-IF_NONE_MATCH_HEADER = header_parameter(
-    "If-None-Match", "304 without a body if the ETag is one of these."
+IF_NONE_MATCH_READ_HEADER = header_parameter(
+    "If-None-Match", "304 without a body if the ETag is one of these, or `*`."
 )
-# PUT and PATCH of one device: If-Match guards them.
+IF_NONE_MATCH_WRITE_HEADER = header_parameter(
+    "If-None-Match", "412 if the device's ETag is one of these, or `*` (any)."
+)
+GUARDED_WRITE_HEADERS = documented(IF_MATCH_HEADER, IF_NONE_MATCH_WRITE_HEADER)
+# PUT and PATCH of one device: If-Match and If-None-Match guard them.
 GUARDED_WRITE: dict[str, Any] = {
     "responses": problem_responses(404, 409, 412, 422, 428),
-    "openapi_extra": documented(IF_MATCH_HEADER),
+    "openapi_extra": GUARDED_WRITE_HEADERS,
 }
 _DEVICE_READ = TypeAdapter(DeviceRead)
 
@@ -250,11 +254,14 @@ async def create_device(data: DeviceCreate, call: Call) -> Response:
 @router.get(
     DEVICE_PATH,
     response_model=DeviceRead,
-    responses={304: {"description": "Not Modified"}, **problem_responses(404, 422)},
-    openapi_extra=documented(IF_NONE_MATCH_HEADER),
+    responses={304: {"description": "Not Modified"}, **problem_responses(404, 412, 422)},
+    openapi_extra=documented(IF_MATCH_HEADER, IF_NONE_MATCH_READ_HEADER),
 )
 async def get_device(device_id: DeviceId, call: Call) -> Response:
     device = await service.get_device(call.db, device_id, principal=call.principal)
+    if_match = call.list_header("if-match")
+    if if_match is not None and not IfMatch.parse(if_match).accepts(device.version):
+        raise PreconditionFailed(device.version)
     if not_modified(call.list_header("if-none-match"), device.version):
         return Response(
             status_code=status.HTTP_304_NOT_MODIFIED, headers={"ETag": etag(device.version)}
@@ -264,18 +271,18 @@ async def get_device(device_id: DeviceId, call: Call) -> Response:
 
 @router.patch(DEVICE_PATH, response_model=DeviceRead, **GUARDED_WRITE)
 async def update_device(device_id: DeviceId, data: DeviceUpdate, call: Call) -> Response:
-    if_match = write_precondition(call)
+    condition = write_precondition(call)
     device = await service.update_device(
-        call.db, device_id, data=data, if_match=if_match, principal=call.principal
+        call.db, device_id, data=data, condition=condition, principal=call.principal
     )
     return _tagged(device)
 
 
 @router.put(DEVICE_PATH, response_model=DeviceRead, **GUARDED_WRITE)
 async def replace_device(device_id: DeviceId, data: DeviceCreate, call: Call) -> Response:
-    if_match = write_precondition(call)
+    condition = write_precondition(call)
     device = await service.replace_device(
-        call.db, device_id, data=data, if_match=if_match, principal=call.principal
+        call.db, device_id, data=data, condition=condition, principal=call.principal
     )
     return _tagged(device)
 
@@ -284,11 +291,11 @@ async def replace_device(device_id: DeviceId, data: DeviceCreate, call: Call) ->
     DEVICE_PATH,
     status_code=status.HTTP_204_NO_CONTENT,
     responses=problem_responses(404, 412, 422, 428),
-    openapi_extra=documented(IF_MATCH_HEADER),
+    openapi_extra=GUARDED_WRITE_HEADERS,
 )
 async def delete_device(device_id: DeviceId, call: Call) -> None:
     await service.delete_device(
-        call.db, device_id, if_match=write_precondition(call), principal=call.principal
+        call.db, device_id, condition=write_precondition(call), principal=call.principal
     )
 
 

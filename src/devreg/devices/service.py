@@ -5,7 +5,7 @@ from typing import Any
 
 from devreg.auth.principal import Principal
 from devreg.changes.actor import actor_of
-from devreg.conditional import IfMatch
+from devreg.conditional import WriteCondition, not_modified
 from devreg.db.rendering import Rendered
 from devreg.db.session import UnitOfWork
 from devreg.devices.filters import NULLABLE_SORT_KEYS, SORT_KEYS, DeviceFilter
@@ -82,11 +82,11 @@ async def replace_device(
     device_id: int,
     *,
     data: DeviceCreate,
-    if_match: IfMatch | None = None,
+    condition: WriteCondition | None = None,
     principal: Principal,
 ) -> DeviceRead:
     return await _apply(
-        work, device_id, with_permitted_owner(principal, data.model_dump()), if_match, principal
+        work, device_id, with_permitted_owner(principal, data.model_dump()), condition, principal
     )
 
 
@@ -95,17 +95,17 @@ async def update_device(
     device_id: int,
     *,
     data: DeviceUpdate,
-    if_match: IfMatch | None = None,
+    condition: WriteCondition | None = None,
     principal: Principal,
 ) -> DeviceRead:
     changes = data.changes()
     if not changes:
         device = await get_device(work, device_id, principal=principal)
-        if if_match is not None and not if_match.accepts(device.version):
-            raise PreconditionFailed(device.version)
+        if condition is not None:
+            _judge(condition, device.version)
         return device
     return await _apply(
-        work, device_id, with_permitted_owner_change(principal, changes), if_match, principal
+        work, device_id, with_permitted_owner_change(principal, changes), condition, principal
     )
 
 
@@ -113,16 +113,17 @@ async def delete_device(
     work: UnitOfWork,
     device_id: int,
     *,
-    if_match: IfMatch | None = None,
+    condition: WriteCondition | None = None,
     principal: Principal,
 ) -> None:
     repository = DeviceRepository(work)
     owner = principal.owner
+    versions = await _writable_versions(repository, device_id, condition, owner)
     deleted = await repository.delete(
-        device_id, actor=actor_of(principal), owner=owner, versions=_versions(if_match)
+        device_id, actor=actor_of(principal), owner=owner, versions=versions
     )
     if not deleted:
-        raise await _not_written(repository, device_id, if_match, owner)
+        raise await _not_written(repository, device_id, versions, owner)
 
 
 async def record_heartbeat(work: UnitOfWork, device_id: int, *, principal: Principal) -> None:
@@ -140,31 +141,60 @@ async def _apply(
     work: UnitOfWork,
     device_id: int,
     changes: dict[str, Any],
-    if_match: IfMatch | None,
+    condition: WriteCondition | None,
     principal: Principal,
 ) -> DeviceRead:
     repository = DeviceRepository(work)
     owner = principal.owner
+    versions = await _writable_versions(repository, device_id, condition, owner)
     device = await repository.update(
-        device_id, changes, actor=actor_of(principal), owner=owner, versions=_versions(if_match)
+        device_id, changes, actor=actor_of(principal), owner=owner, versions=versions
     )
     if device is None:
-        raise await _not_written(repository, device_id, if_match, owner)
+        raise await _not_written(repository, device_id, versions, owner)
     return device
 
 
-def _versions(if_match: IfMatch | None) -> frozenset[int] | None:
+async def _writable_versions(
+    repository: DeviceRepository,
+    device_id: int,
+    condition: WriteCondition | None,
+    owner: int | None,
+) -> frozenset[int] | None:
     """The versions a write may apply to; None for any. The database checks them, in the
-    write's own statement, so two writers can never both pass the same If-Match."""
-    return if_match.versions if if_match is not None else None
+    write's own statement, so two writers can never both pass the same If-Match. If-None-Match
+    names the versions a write may not apply to, which is rare: the current version is read and
+    judged, and the write then guarded by it, so a change in between is still refused."""
+    if condition is None:
+        return None
+    if condition.if_none_match is None:
+        return condition.if_match.versions if condition.if_match is not None else None
+    current = await repository.current_version(device_id, owner=owner)
+    if current is None:
+        raise DeviceNotFound
+    _judge(condition, current)
+    return frozenset({current})
+
+
+def _judge(condition: WriteCondition, version: int) -> None:
+    """412 unless a write to this version meets the condition."""
+    if condition.if_match is not None and not condition.if_match.accepts(version):
+        raise PreconditionFailed(version)
+    if not_modified(condition.if_none_match, version):
+        raise PreconditionFailed(
+            version, f"If-None-Match matches the device's current version, {version}."
+        )
 
 
 async def _not_written(
-    repository: DeviceRepository, device_id: int, if_match: IfMatch | None, owner: int | None
+    repository: DeviceRepository,
+    device_id: int,
+    versions: frozenset[int] | None,
+    owner: int | None,
 ) -> Exception:
     """Why a guarded write found no row: the device is gone (or not the owner's), or at
     another version."""
-    if _versions(if_match) is None:
+    if versions is None:
         return DeviceNotFound()
     current = await repository.current_version(device_id, owner=owner)
     return DeviceNotFound() if current is None else PreconditionFailed(current)
