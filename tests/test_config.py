@@ -44,9 +44,14 @@ class TestDatabaseUrl:
             ("postgres://u:p@h:5433/db", "postgresql+asyncpg://u:p@h:5433/db"),
             ("postgresql+psycopg://u:p@h:5433/db", "postgresql+asyncpg://u:p@h:5433/db"),
             ("postgresql+asyncpg://u:p@h:5433/db", "postgresql+asyncpg://u:p@h:5433/db"),
+            (  # asyncpg's own keywords stay; libpq's options go in a DSN asyncpg reads
+                "postgresql://u:p@h:5433/db?ssl=require&sslmode=verify-full&sslrootcert=/ca.pem",
+                "postgresql+asyncpg://u:p@h:5433/db?dsn=postgresql%3A%2F%2F%3Fsslmode%3D"
+                "verify-full%26sslrootcert%3D%252Fca.pem&ssl=require",
+            ),
             (
-                "postgresql://u:p@h:5433/db?sslmode=require",
-                "postgresql+asyncpg://u:p@h:5433/db?ssl=require",
+                "postgresql://u:p@h:5433/db?connect_timeout=7",
+                "postgresql+asyncpg://u:p@h:5433/db",
             ),
         ],
     )
@@ -56,6 +61,22 @@ class TestDatabaseUrl:
         monkeypatch.setenv("DATABASE_URL", raw)
 
         assert rendered_url(Settings(_env_file=None)) == expected
+
+    def test_libpq_connect_timeout_is_the_connect_timeout(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.setenv("DATABASE_URL", "postgresql://u:p@h/db?connect_timeout=7")
+        assert Settings(_env_file=None).db_connect_timeout == 7
+        monkeypatch.setenv("DB_CONNECT_TIMEOUT", "3")
+        assert Settings(_env_file=None).db_connect_timeout == 3
+
+    @pytest.mark.parametrize("timeout", ["0", "-1", "301", "nan", "soon"])
+    def test_an_unusable_connect_timeout_is_refused(
+        self, monkeypatch: pytest.MonkeyPatch, timeout: str
+    ) -> None:
+        monkeypatch.setenv("DATABASE_URL", f"postgresql://u:p@h/db?connect_timeout={timeout}")
+        with pytest.raises(ValidationError, match="connect_timeout must be a number of seconds"):
+            Settings(_env_file=None)
 
     @pytest.mark.parametrize(
         "raw", ["mysql://u:p@h:3306/db", "mssql://u:p@h/db", "not a url at all"]

@@ -1,13 +1,16 @@
 """Every knob devreg has, read from the environment (and a `.env` file) in one place."""
 
+import inspect
 import os
 from datetime import timedelta
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, Self
+from urllib.parse import urlencode
 
+import asyncpg
 from platformdirs import user_data_path
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
@@ -26,6 +29,7 @@ _POSTGRES_SCHEMES = {
 AuthMode = Literal["auto", "required", "off"]
 LogLevel = Literal["critical", "error", "warning", "info", "debug"]
 Port = Annotated[int, Field(ge=1, le=65535)]
+_CONNECT_TIMEOUT_MAX = 300
 
 
 # Each worker keeps up to POOL_SIZE + MAX_OVERFLOW connections open; four workers at the
@@ -73,7 +77,7 @@ class Settings(BaseSettings):
     # Requests one worker works on at once; the rest wait their turn in arrival order (at most
     # POOL_TIMEOUT seconds, then 503). Health checks are never held back. See admission.py.
     max_requests_in_progress: int = Field(8, ge=1, le=10_000)
-    db_connect_timeout: float = Field(5.0, gt=0, le=300)
+    db_connect_timeout: float = Field(5.0, gt=0, le=_CONNECT_TIMEOUT_MAX)
     health_timeout: float = Field(2.0, gt=0, le=60)
     db_echo: bool = False
     # Seconds one SQL statement may run before PostgreSQL cancels it (a 503); 0: no limit.
@@ -137,6 +141,17 @@ class Settings(BaseSettings):
             )
         return value
 
+    @model_validator(mode="after")
+    def _connect_timeout_from_url(self) -> Self:
+        """libpq's `connect_timeout` in DATABASE_URL sets DB_CONNECT_TIMEOUT, unless that is
+        set too."""
+        if self.database_url is None or "db_connect_timeout" in self.model_fields_set:
+            return self
+        timeout = _url_connect_timeout(make_url(self.database_url.get_secret_value()))
+        if timeout is not None:
+            self.db_connect_timeout = timeout
+        return self
+
     def external_database_url(self) -> URL | None:
         """The configured server's URL on the asyncpg driver, or None to use the embedded one."""
         if self.database_url is not None:
@@ -169,11 +184,43 @@ def _to_async_url(raw: str) -> URL:
         raise ValueError("DATABASE_URL must be a postgresql:// URL")
     if "@" in (url.host or "") + (url.database or ""):  # split at an @ of the password
         raise ValueError("DATABASE_URL has an unescaped @ before its host: write @ as %40")
-    query = dict(url.query)
-    # libpq spells TLS as sslmode; asyncpg takes the same values as `ssl`.
-    if "sslmode" in query:
-        query["ssl"] = query.pop("sslmode")
-    return url.set(drivername=ASYNC_DRIVER, query=query)
+    _url_connect_timeout(url)
+    driver_options = {name: value for name, value in url.query.items() if name in _DRIVER_KEYWORDS}
+    libpq_options = {
+        name: value
+        for name, value in url.query.items()
+        if name not in _DRIVER_KEYWORDS and name != "connect_timeout"
+    }
+    if libpq_options:
+        driver_options["dsn"] = "postgresql://?" + urlencode(libpq_options, doseq=True)
+    return url.set(drivername=ASYNC_DRIVER, query=driver_options)
+
+
+# The URL options SQLAlchemy passes to asyncpg.connect as keywords (ssl, say), as it always
+# has. Every other option is libpq's (sslmode, sslrootcert, application_name, options,
+# target_session_attrs...): those go to asyncpg in a DSN made of them alone, which asyncpg reads
+# as libpq would; host, user and the rest still come from the URL itself.
+_DRIVER_KEYWORDS = frozenset(inspect.signature(asyncpg.connect).parameters) | {
+    "prepared_statement_cache_size",
+    "prepared_statement_name_func",
+}
+
+
+def _url_connect_timeout(url: URL) -> float | None:
+    """The URL's libpq `connect_timeout` in seconds, if it has one (a positive number)."""
+    raw = url.query.get("connect_timeout")
+    if raw is None:
+        return None
+    try:
+        timeout = float(raw if isinstance(raw, str) else raw[-1])
+    except ValueError:
+        timeout = 0
+    if not 0 < timeout <= _CONNECT_TIMEOUT_MAX:
+        raise ValueError(
+            "connect_timeout must be a number of seconds above 0 and at most "
+            f"{_CONNECT_TIMEOUT_MAX}"
+        )
+    return timeout
 
 
 @lru_cache

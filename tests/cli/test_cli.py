@@ -290,6 +290,19 @@ class TestStartupErrors:
         assert named in result.stderr
         assert "secret-42" not in result.output
 
+    def test_an_option_nobody_knows_is_a_usage_error(
+        self, devreg: Invoke, committed_database_url: URL, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Neither asyncpg nor libpq knows it, so it goes to the server as a setting, which the
+        server refuses by name."""
+        unknown = committed_database_url.set(query={"no_such_option": "1"})
+        monkeypatch.setenv("DATABASE_URL", unknown.render_as_string(hide_password=False))
+        result = devreg("users", "list")
+        assert result.exit_code == 2
+        assert result.stderr == (
+            'devreg: invalid database URL: unrecognized configuration parameter "no_such_option"\n'
+        )
+
     def test_a_refused_ssl_upgrade_is_named(
         self, devreg: Invoke, committed_database_url: URL, monkeypatch: pytest.MonkeyPatch
     ) -> None:

@@ -1,7 +1,7 @@
 """One unit of work: everything a session scope wrote is committed together, or not at all."""
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 from sqlalchemy.engine import URL
 
 from devreg.auth.principal import FULL_ACCESS
@@ -51,3 +51,28 @@ async def test_an_error_after_writes_rolls_all_of_them_back(committed_database_u
         assert await count_devices(committed_database_url) == 1
     finally:
         await engine.dispose()
+
+
+async def test_libpq_options_in_the_url_reach_the_connection(committed_database_url: URL) -> None:
+    """DATABASE_URL may carry libpq's options, as a hosting provider's URL does."""
+    with_options = committed_database_url.set(
+        query={
+            "application_name": "fleet-sync",
+            "options": "-c search_path=elsewhere,public",
+            "target_session_attrs": "read-write",
+            "sslmode": "disable",
+            "connect_timeout": "7",
+        }
+    )
+    settings = make_settings(with_options)
+    url = settings.external_database_url()
+    assert url is not None
+    engine = create_engine(url, settings)
+    try:
+        async with engine.connect() as connection:
+            assert await connection.scalar(text("SHOW application_name")) == "fleet-sync"
+            assert await connection.scalar(text("SHOW search_path")) == "elsewhere,public"
+            assert await connection.scalar(text("SHOW TimeZone")) == "UTC"  # devreg's own
+    finally:
+        await engine.dispose()
+    assert settings.db_connect_timeout == 7

@@ -88,7 +88,9 @@ async def check_connection(url: URL, *, connect_timeout: float) -> None:
         await engine.dispose()
 
 
-_URL_ERRORS = (OverflowError, TypeError, ValueError)
+# A URL option neither asyncpg nor libpq knows goes to the server as a setting, which the
+# server refuses as an undefined object ("unrecognized configuration parameter").
+_URL_ERRORS = (OverflowError, TypeError, ValueError, asyncpg.UndefinedObjectError)
 
 
 async def ensure_database(url: URL) -> None:

@@ -5,6 +5,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 from pydantic_core import from_json, to_json
 from sqlalchemy import event
@@ -52,7 +53,7 @@ def create_engine(url: URL, settings: Settings) -> AsyncEngine:
         connect_args={
             "timeout": settings.db_connect_timeout,
             "server_settings": {
-                "application_name": "devreg",
+                **_default_application_name(url),
                 "statement_timeout": str(round(settings.statement_timeout * 1000)),
                 # `q=` matches words this similar (0..1); pg_trgm's 0.6 misses one-letter typos
                 # in short words such as "rasberry".
@@ -66,6 +67,13 @@ def create_engine(url: URL, settings: Settings) -> AsyncEngine:
     )
     event.listen(engine.sync_engine, "handle_error", _discard_half_sent)
     return engine
+
+
+def _default_application_name(url: URL) -> dict[str, str]:
+    """devreg's name in pg_stat_activity, unless DATABASE_URL gives one (libpq's option, which
+    config.py hands to asyncpg in a DSN of its own)."""
+    dsn_options = parse_qs(urlsplit(str(url.query.get("dsn", ""))).query)
+    return {} if "application_name" in dsn_options else {"application_name": "devreg"}
 
 
 def _discard_half_sent(context: ExceptionContext) -> None:
