@@ -171,7 +171,14 @@ class TestDatabase:
         assert up.stdout == f"database at revision {head}\n"
 
     @pytest.mark.parametrize(
-        "args", [("upgrade", "bogus"), ("downgrade", "bogus"), ("downgrade", "+1")]
+        "args",
+        [
+            ("upgrade", "bogus"),
+            ("downgrade", "bogus"),
+            ("downgrade", "+1"),
+            ("upgrade", "head+1"),  # Alembic's own AssertionError and traceback
+            ("upgrade", "heads+2"),
+        ],
     )
     def test_an_unknown_revision_is_one_line(self, devreg: Invoke, args: tuple[str, str]) -> None:
         result = devreg("db", *args)

@@ -8,6 +8,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from alembic.util import CommandError
 from sqlalchemy import Connection, func, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -25,7 +26,14 @@ def alembic_config() -> Config:
 
 
 async def upgrade(engine: AsyncEngine, revision: str = "head") -> None:
-    await _run_locked(engine, lambda config: command.upgrade(config, revision))
+    try:
+        await _run_locked(engine, lambda config: command.upgrade(config, revision))
+    except AssertionError:
+        # Alembic asserts, rather than explains, when a step up ("head+1") leads past the newest
+        # revision; any other assertion is not about the revision named.
+        if "+" not in revision:
+            raise
+        raise CommandError(f"Relative revision {revision} leads past the newest one") from None
 
 
 async def downgrade(engine: AsyncEngine, revision: str = "-1") -> None:
