@@ -115,6 +115,18 @@ class TestDatabaseUrl:
         assert "database_url" in error_fields(raised.value)
         assert "set but empty" in str(raised.value)
 
+    def test_an_empty_database_url_line_in_dotenv_is_a_placeholder(
+        self, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    ) -> None:
+        """As a copied `.env.example` has it: the embedded cluster, as the README says."""
+        dotenv = tmp_path / ".env"
+        dotenv.write_text("DATABASE_URL=\nPORT=4321\n")
+
+        settings = Settings(_env_file=dotenv)
+
+        assert settings.port == 4321  # the file was read
+        assert settings.external_database_url() is None
+
     def test_database_url_wins_over_db_parts(self, monkeypatch: pytest.MonkeyPatch) -> None:
         set_env(monkeypatch, {"DATABASE_URL": "postgresql://u:p@h:5433/db", "DB_NAME": "other"})
 
