@@ -113,6 +113,8 @@ def _assert_decodes_cleanly(cursors: Cursors, value_type: type, nullable: bool, 
         assert type(position.value) is value_type
     if value_type is datetime and position.value is not None:
         assert position.value.tzinfo is not None
+    if value_type is float and position.value is not None:
+        assert math.isfinite(position.value)
 
 
 @pytest.mark.parametrize(("value_type", "nullable", "values"), SORT_VALUES)
@@ -163,6 +165,14 @@ def test_a_cursor_with_an_id_out_of_range_is_refused(row_id: int) -> None:
     cursors = _cursors(int, False)
     with pytest.raises(InvalidCursor):
         cursors.decode(_b64(json.dumps([cursors.fingerprint, 1, row_id]).encode()))
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf, True, False, 10**400])
+def test_a_relevance_cursor_holds_a_finite_number(value: Any) -> None:
+    """NaN sorts after every number (the first page again), -Infinity before (an empty page)."""
+    cursors = _cursors(float, False)
+    with pytest.raises(InvalidCursor):
+        cursors.decode(_b64(json.dumps([cursors.fingerprint, value, 1]).encode()))
 
 
 # --- attr.<key> values ------------------------------------------------------------------------

@@ -10,6 +10,7 @@ import binascii
 import enum
 import hashlib
 import json
+import math
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
@@ -172,8 +173,11 @@ class Cursors:
                 if parsed.tzinfo is None:
                     raise InvalidCursor
                 return parsed.astimezone(UTC)
-            if self.value_type is float and isinstance(wire, int | float):
-                return float(wire)
+            if self.value_type is float and type(wire) in (int, float):  # not a bool
+                value = float(wire)
+                if not math.isfinite(value):  # NaN sorts after every number: page 1 again
+                    raise InvalidCursor
+                return value
             if self.value_type is str and isinstance(wire, str):
                 storable_text(wire)
         except (TypeError, ValueError, OverflowError) as exc:
