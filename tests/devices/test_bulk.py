@@ -428,6 +428,17 @@ class TestBulkDelete:
         assert bad_items(problem) == [(1, "id")]
         assert await stored_devices(client) == devices
 
+    async def test_repeated_id_is_refused(self, client):
+        """As in a bulk PATCH, a repeat is a mistake to point out (it was deleted once, 204)."""
+        devices = [await create_device(client, name=f"d{i}") for i in range(2)]
+        ids = [devices[0]["id"], devices[1]["id"], devices[0]["id"]]
+
+        response = await bulk_delete(client, ids)
+
+        problem = assert_problem(response, 422)
+        assert bad_items(problem) == [(2, "id")]
+        assert await stored_devices(client) == devices
+
     @pytest.mark.parametrize(
         "body",
         [

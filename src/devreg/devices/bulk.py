@@ -44,9 +44,10 @@ async def update_devices(
 
 
 async def delete_devices(work: UnitOfWork, *, ids: Sequence[int], principal: Principal) -> None:
+    _refuse_repeats(ids, "id")
     repository = DeviceRepository(work)
     deleted = await repository.delete_many(
-        list(dict.fromkeys(ids)), actor=actor_of(principal), owner=principal.owner
+        list(ids), actor=actor_of(principal), owner=principal.owner
     )
     _refuse_missing(ids, found=deleted)
 
