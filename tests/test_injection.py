@@ -368,6 +368,32 @@ async def test_raw_json_nested_past_the_parser_is_refused(client: AsyncClient, l
     assert await stored_devices(client) == []
 
 
+async def test_json_past_pythons_integer_digits_is_a_422(client: AsyncClient) -> None:
+    """Valid JSON, but Python reads no integer of more than 4,300 digits (it was a 400 "There
+    was an error parsing the body", no `errors`)."""
+    digits = "9" * 4_301
+    device = await create_device(client)
+    for method, url, raw in [
+        ("POST", DEVICES, f'{{"name": "a", "attributes": {{"x": {digits}}}}}'),
+        ("PATCH", f"{DEVICES}/{device['id']}", f'{{"attributes": {{"x": {digits}}}}}'),
+        ("DELETE", f"{DEVICES}/bulk", f"[{digits}]"),
+    ]:
+        response = await send_raw(client, method, url, raw.encode(), "application/json")
+        problem = assert_problem(response, 422)
+        assert problem["detail"] == "body: JSON decode error: a number has more than 4300 digits"
+        assert problem["errors"][0]["type"] == "json_invalid"
+    assert await stored_devices(client) == [device]
+
+
+async def test_malformed_json_names_what_is_wrong(client: AsyncClient) -> None:
+    raw = b'{"name": "a", "attributes": {"x": 1,}}'
+    response = await send_raw(client, "POST", DEVICES, raw, "application/json")
+    problem = assert_problem(response, 422)
+    assert problem["detail"] == (
+        "body.36: JSON decode error: Expecting property name enclosed in double quotes"
+    )
+
+
 async def test_oversized_attributes_are_refused(client: AsyncClient) -> None:
     attributes = {f"key-{i}": "x" * 100 for i in range(20_000)}  # about 2.4 MB of JSON
     response = await client.post(DEVICES, json={"name": "big", "attributes": attributes})

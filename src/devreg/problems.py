@@ -6,6 +6,7 @@ and no log line carries SQL, a stack trace, a DSN or a password.
 """
 
 import logging
+import sys
 from http import HTTPStatus
 from typing import Any
 
@@ -121,7 +122,7 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     # `input` and `ctx` are left out: they echo what was sent, which may be huge or binary.
     issues = [
-        ValidationIssue(loc=_location(error["loc"]), msg=error["msg"], type=error["type"])
+        ValidationIssue(loc=_location(error["loc"]), msg=_message(error), type=error["type"])
         for error in exc.errors()
     ]
     first = issues[0] if issues else None
@@ -140,9 +141,21 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     )
 
 
+def _message(error: dict[str, Any]) -> str:
+    """An error's message; for malformed JSON with the reader's reason, which quotes nothing of
+    the body ("Expecting ',' delimiter")."""
+    reason = (error.get("ctx") or {}).get("error")
+    if error["type"] == "json_invalid" and isinstance(reason, str):
+        return f"{error['msg']}: {reason}"
+    return str(error["msg"])
+
+
 _UNREADABLE_BODY = {
     UnicodeDecodeError: "JSON decode error: the body is not valid UTF-8",
     RecursionError: "JSON decode error: the body nests too deeply",
+    # Python's JSON reader refuses integers of more digits than this: their conversion takes
+    # time quadratic in their length.
+    ValueError: f"JSON decode error: a number has more than {sys.get_int_max_str_digits()} digits",
 }
 
 
