@@ -121,7 +121,7 @@ class TestReading:
         last = everything.json()["items"][-1]
         assert (last["object_id"], last["user_id"]) == (bobs, bob["id"])
         assert last["token_id"] is not None
-        own = await client.get(CHANGES, headers=bearer(writer))
+        own = await client.get(CHANGES, params={"object_type": "device"}, headers=bearer(writer))
         assert [c["object_id"] for c in own.json()["items"]] == [bobs]
         hidden = await client.get(history(anns_device["id"]), headers=bearer(writer))
         assert_problem(hidden, 404)
@@ -147,6 +147,30 @@ class TestReading:
 
         expected = [bobs_before_tokens["id"], given.json()["id"]]
         assert [c["object_id"] for c in seen.json()["items"]] == expected
+
+    async def test_what_the_users_admin_token_did_stays_hidden_from_its_other_tokens(
+        self, client: AsyncClient
+    ) -> None:
+        """Ann's plain token saw, as "changes its user made", every device and user her admin
+        token had written: other users' devices (attributes and all) and emails."""
+        ann = await create_user(client, name="ann")
+        bob = await create_user(client, name="bob")
+        admin = await new_token(client, user_id=ann["id"], admin=True)
+        plain = await new_token(client, as_token=admin, user_id=ann["id"])
+        await client.post(
+            DEVICES, json={"name": "bob-secret", "owner_id": bob["id"]}, headers=bearer(admin)
+        )
+        await client.post(USERS, json={"name": "carol"}, headers=bearer(admin))
+        await client.patch(f"{USERS}/{ann['id']}", json={"name": "ann b"}, headers=bearer(admin))
+        mine = await client.post(DEVICES, json={"name": "ann-pi"}, headers=bearer(plain))
+
+        seen = await client.get(CHANGES, params={"sort": "id"}, headers=bearer(plain))
+
+        assert [(c["object_type"], c["action"], c["object_id"]) for c in seen.json()["items"]] == [
+            ("user", "create", ann["id"]),  # her own record, whoever changed it
+            ("user", "update", ann["id"]),
+            ("device", "create", mine.json()["id"]),
+        ]
 
     async def test_filters_sort_and_pages(self, client: AsyncClient) -> None:
         for name in ("a", "b", "c"):

@@ -18,6 +18,5 @@ class ChangeFilter:
     action: tuple[Action, ...] = ()
     since: datetime | None = None
     until: datetime | None = None
-    # Only what this user may see of the log (a non-admin token's): the changes the user made,
-    # and the history of the devices the user owns.
+    # Only what this user may see of the log (a non-admin token's): see the repository.
     visible_to: int | None = None

@@ -3,6 +3,7 @@ from datetime import datetime
 
 from sqlalchemy import ColumnElement, delete, or_, select
 
+from devreg.auth.models import ApiToken
 from devreg.changes.filters import ChangeFilter
 from devreg.changes.models import Change, ObjectType
 from devreg.changes.schemas import ChangeRead
@@ -47,15 +48,23 @@ class ChangeRepository(TableListing[ChangeFilter]):
         ):
             conditions += any_of(column, values)
         if filters.visible_to is not None:
-            owned = select(Device.id).where(Device.owner_id == filters.visible_to)
-            conditions.append(
-                or_(
-                    Change.user_id == filters.visible_to,
-                    (Change.object_type == ObjectType.DEVICE) & Change.object_id.in_(owned),
-                )
-            )
+            conditions.append(_visible_to(filters.visible_to))
         if filters.since is not None:
             conditions.append(Change.at >= filters.since)
         if filters.until is not None:
             conditions.append(Change.at < filters.until)
         return conditions
+
+
+def _visible_to(user_id: int) -> ColumnElement[bool]:
+    """What a user's non-admin token sees of the log: what the user's non-admin tokens did (to
+    the user's own devices and record, as such a token can touch nothing else), the history of
+    the devices the user owns, and of the user's own record. Not what an admin token of the
+    same user did: that reaches other users' devices and records."""
+    owned = select(Device.id).where(Device.owner_id == user_id)
+    own_tokens = select(ApiToken.id).where(ApiToken.user_id == user_id, ApiToken.admin.is_(False))
+    return or_(
+        (Change.user_id == user_id) & Change.token_id.in_(own_tokens),
+        (Change.object_type == ObjectType.DEVICE) & Change.object_id.in_(owned),
+        (Change.object_type == ObjectType.USER) & (Change.object_id == user_id),
+    )

@@ -16,8 +16,8 @@ from devreg.pagination import PageRequest, PageResult, paginate_listing
 async def list_changes(
     work: UnitOfWork, *, filters: ChangeFilter, page: PageRequest, principal: Principal
 ) -> PageResult[Rendered]:
-    """Every change for an admin; for any other token, the changes its user made and the
-    history of the devices its user owns."""
+    """Every change for an admin; for any other token, the changes its user's non-admin
+    tokens made, and the history of the user's devices and own record."""
     if principal.owner is not None:
         filters = replace(filters, visible_to=principal.owner)
     return await _page(work, filters, page)
