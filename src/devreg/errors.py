@@ -71,6 +71,9 @@ class Forbidden(DevregError):
 
 class ReadOnlyToken(Forbidden):
     default_detail = "This token may only read; writing needs a token with the write scope."
+    default_headers = {
+        "WWW-Authenticate": 'Bearer realm="devreg", error="insufficient_scope", scope="write"'
+    }
 
 
 class AdminRequired(Forbidden):

@@ -73,14 +73,21 @@ class TestOpenUntilTheFirstToken:
 
 
 class TestAuthentication:
-    @pytest.mark.parametrize(
-        "authorization",
-        ["Bearer dvr_not-a-token", "Bearer ", "Basic YW5uOnB3", "dvr_no-scheme", "Bearer  "],
-    )
+    @pytest.mark.parametrize("authorization", ["Bearer dvr_not-a-token", "Bearer ", "Bearer  "])
     async def test_a_bad_token_is_401_invalid_token(self, client, people, authorization) -> None:
         response = await client.get(DEVICES, headers={"Authorization": authorization})
         assert_problem(response, 401)
         assert 'error="invalid_token"' in response.headers["WWW-Authenticate"]
+
+    @pytest.mark.parametrize("authorization", ["Basic YW5uOnB3", "dvr_no-scheme"])
+    async def test_another_scheme_is_401_with_a_plain_challenge(
+        self, client, people, authorization
+    ) -> None:
+        """RFC 6750, section 3.1: no error code when the request has no bearer token at all."""
+        response = await client.get(DEVICES, headers={"Authorization": authorization})
+        problem = assert_problem(response, 401)
+        assert problem["detail"] == "Authorization must be: Bearer <token>."
+        assert response.headers["WWW-Authenticate"] == 'Bearer realm="devreg"'
 
     @pytest.mark.parametrize("order", ["valid-first", "valid-last"])
     async def test_two_authorization_headers_are_401(self, client, people, order) -> None:
@@ -165,6 +172,9 @@ class TestScopes:
         )
         response = await client.request(method, url, json=body, headers=bearer(people["reader"]))
         assert_problem(response, 403)
+        assert response.headers["WWW-Authenticate"] == (  # RFC 6750, section 3.1
+            'Bearer realm="devreg", error="insufficient_scope", scope="write"'
+        )
         after = await client.get(
             f"{DEVICES}/{people['bobs_device']['id']}", headers=bearer(people["reader"])
         )

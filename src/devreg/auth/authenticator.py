@@ -47,13 +47,19 @@ class Authenticator:
         self._open_until = 0.0
 
     async def principal(self, work: UnitOfWork, authorization: str | None) -> Principal:
+        if self.mode == "off":  # no authentication: a token sent is not looked at
+            return FULL_ACCESS
         if authorization is None:
             if await self._open(work):
                 return FULL_ACCESS
             raise Unauthenticated
         scheme, _, credentials = authorization.partition(" ")
         token = credentials.strip()
-        if scheme.lower() != "bearer" or not token:
+        if scheme.lower() != "bearer":
+            # Another scheme, or none: the challenge says which to use, with no error code
+            # (RFC 6750, section 3.1).
+            raise Unauthenticated("Authorization must be: Bearer <token>.")
+        if not token:
             raise InvalidToken("Authorization must be: Bearer <token>.")
         verdict = await self._verdict(work, token_digest(token))
         if verdict.principal is None:
@@ -75,10 +81,10 @@ class Authenticator:
         return verdict
 
     async def _open(self, work: UnitOfWork) -> bool:
-        """Whether a request without a token is served: with AUTH=off; with AUTH=auto (which
-        only a loopback address may run) until the first token is created."""
+        """Whether a request without a token is served: with AUTH=auto (which only a loopback
+        address may run), until the first token is created."""
         if self.mode != "auto":
-            return self.mode == "off"
+            return False
         if self._tokens_exist:
             return False
         if time.monotonic() < self._open_until:
