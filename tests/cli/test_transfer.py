@@ -11,6 +11,7 @@ import signal
 import stat
 import subprocess
 import sys
+import tempfile
 import threading
 from collections.abc import AsyncIterator
 from contextlib import suppress
@@ -25,6 +26,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 from typer.testing import Result
 
+from devreg.cli.common import Terminated
 from tests.cli.conftest import Invoke
 from tests.support import (
     EXPORT_HEADER,
@@ -783,6 +785,24 @@ class TestExport:
             await engine.dispose()
 
         assert code == 128 + ending
+        assert list(tmp_path.iterdir()) == []
+
+    def test_a_signal_the_moment_the_staged_file_appears_leaves_nothing(
+        self, devreg, tmp_path, monkeypatch
+    ):
+        """As the test above, but in the instant after the file's creation: a process preempted
+        there (under load) took the signal before the `try` that removes the file."""
+        make = tempfile.NamedTemporaryFile
+
+        def made_then_ended(*args: Any, **kwargs: Any) -> Any:
+            staged = make(*args, **kwargs)
+            os.kill(os.getpid(), signal.SIGTERM)
+            return staged
+
+        monkeypatch.setattr(tempfile, "NamedTemporaryFile", made_then_ended)
+        with pytest.raises(Terminated):  # what main() turns into exit status 143
+            devreg("export", "devices", "-o", str(tmp_path / "out.csv"))
+
         assert list(tmp_path.iterdir()) == []
 
     def test_a_full_disk_is_one_line(self, devreg, fleet):

@@ -17,7 +17,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
 from devreg import seed
 from devreg.auth.principal import FULL_ACCESS
-from devreg.cli.common import fail, in_transaction, stdout, validated
+from devreg.cli.common import ENDING_SIGNALS, fail, in_transaction, stdout, validated
 from devreg.db.session import UnitOfWork
 from devreg.devices import export, imports
 from devreg.devices.export import ExportFormat
@@ -145,14 +145,24 @@ def _replaced_on_success(output: Path | None) -> Iterator[IO[bytes]]:
         return
     target = Path(os.path.realpath(output))
     mode = stat.S_IMODE(target.stat().st_mode) if target.exists() else 0o666 & ~_umask()
-    with tempfile.NamedTemporaryFile(
-        dir=target.parent, prefix=f".{target.name}.", delete=False
-    ) as staged:
-        try:
+    # Ctrl-C or SIGTERM between the staged file's creation and the `try` that removes it would
+    # leave it behind (a process preempted right after creating it, under load): they are held
+    # until then, and raise inside it.
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, ENDING_SIGNALS)
+    try:
+        staged = tempfile.NamedTemporaryFile(  # noqa: SIM115 - closed below, inside the try
+            dir=target.parent, prefix=f".{target.name}.", delete=False
+        )
+    except BaseException:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
+        raise
+    try:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
+        with staged:
             yield staged
-        except BaseException:
-            os.unlink(staged.name)
-            raise
+    except BaseException:
+        os.unlink(staged.name)
+        raise
     try:
         os.chmod(staged.name, mode)
         os.replace(staged.name, target)
