@@ -146,6 +146,8 @@ class Cursors:
         return base64.urlsafe_b64encode(payload.encode()).rstrip(b"=").decode()
 
     def decode(self, cursor: str) -> Position:
+        if len(cursor) > CURSOR_MAX_LENGTH:
+            raise InvalidCursor
         try:
             padded = cursor + "=" * (-len(cursor) % 4)
             fingerprint, wire, row_id = json.loads(base64.urlsafe_b64decode(padded.encode()))

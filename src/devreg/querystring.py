@@ -47,8 +47,11 @@ class PageQuery(BaseModel):
         "ties are broken by id.",
     )
     limit: int = Field(PAGE_LIMIT_DEFAULT, ge=1, le=PAGE_LIMIT_MAX, description="Rows per page.")
+    # Its length is checked with the rest of it, as a bad cursor (400), by Cursors.decode.
     cursor: str | None = Field(
-        None, max_length=CURSOR_MAX_LENGTH, description="`next_cursor` of the previous page."
+        None,
+        description="`next_cursor` of the previous page.",
+        json_schema_extra={"maxLength": CURSOR_MAX_LENGTH},
     )
     count: CountMode = Field(
         CountMode.NONE,

@@ -1,5 +1,6 @@
 """The wire format's shared pieces: base models, validated text and ids."""
 
+import contextlib
 import math
 import re
 from datetime import UTC, datetime, timedelta
@@ -77,7 +78,9 @@ def _not_a_boolean(value: Any) -> Any:
     return value
 
 
-Id = Annotated[int, BeforeValidator(_not_a_boolean), Field(ge=1, le=BIGINT_MAX)]
+# The bounds before the validator: after it, pydantic writes them into the JSON Schema as
+# `ge` and `le`, which no JSON Schema reader knows, instead of `minimum` and `maximum`.
+Id = Annotated[int, Field(ge=1, le=BIGINT_MAX), BeforeValidator(_not_a_boolean)]
 
 
 def _storable_instant(value: datetime) -> datetime:
@@ -92,7 +95,22 @@ def _storable_instant(value: datetime) -> datetime:
     return value
 
 
-Instant = Annotated[AwareDatetime, AfterValidator(_storable_instant)]
+def _not_a_number(value: object) -> object:
+    """A number names no time zone: pydantic would read it as seconds or milliseconds since
+    1970, which of the two by its size."""
+    number = isinstance(value, int | float) and not isinstance(value, bool)
+    if isinstance(value, str):
+        with contextlib.suppress(ValueError):
+            float(value)
+            number = True
+    if number:
+        raise ValueError("must be a date and time with its offset (ISO 8601), not a number")
+    return value
+
+
+Instant = Annotated[
+    AwareDatetime, BeforeValidator(_not_a_number), AfterValidator(_storable_instant)
+]
 """A point in time, with its offset (`Z` or `+01:00`)."""
 
 _SHORT_DURATION = re.compile(r"(\d{1,10})([dhms]?)")

@@ -187,6 +187,24 @@ class TestReading:
         assert await changes(client, until=at) == []
         assert await changes(client, action="delete") == []
 
+    @pytest.mark.parametrize("moment", ["0.5", "253402300799", "1e9", "-1"])
+    @pytest.mark.parametrize(
+        ("url", "parameter"),
+        [
+            (CHANGES, "until"),
+            (USERS, "created_before"),
+            (DEVICES, "created_after"),
+            (DEVICES, "last_seen_before"),
+        ],
+    )
+    async def test_a_number_is_not_a_moment(self, client, url, parameter, moment) -> None:
+        """A number names no time zone; it was read as seconds or milliseconds since 1970, which
+        of the two by its size (253402300799 as milliseconds: 1978, not 9999)."""
+        response = await client.get(url, params={parameter: moment})
+        problem = assert_problem(response, 422)
+        assert problem["errors"][0]["loc"] == ["query", parameter]
+        assert "not a number" in problem["detail"]
+
     async def test_bad_parameters_are_problems(self, client: AsyncClient) -> None:
         for params in ({"object_type": "token"}, {"since": "yesterday"}, {"sort": "at"},
                        {"what": "1"}):  # fmt: skip

@@ -98,6 +98,8 @@ INVALID_FIELDS = [
     pytest.param({"attributes": {"k": nested(16, lists=True)}}, id="attributes-17-levels-lists"),
     pytest.param({"last_seen_at": "2024-01-01T00:00:00"}, id="last-seen-naive"),
     pytest.param({"last_seen_at": "yesterday"}, id="last-seen-garbage"),
+    pytest.param({"last_seen_at": 1700000000}, id="last-seen-number"),
+    pytest.param({"last_seen_at": "1700000000"}, id="last-seen-numeric-text"),
     pytest.param({"last_seen_at": "2024-13-01T00:00:00Z"}, id="last-seen-bad-month"),
     pytest.param({"version": 5}, id="client-version"),
     pytest.param({"owner": {"id": 1, "name": "ann"}}, id="client-owner"),
@@ -413,11 +415,6 @@ class TestListDevices:
         response = await client.get(DEVICES, params={"cursor": cursor})
 
         assert_problem(response, 400)
-
-    async def test_overlong_cursor_is_refused(self, client):
-        response = await client.get(DEVICES, params={"cursor": "A" * 1025})
-
-        assert_problem(response, 422)
 
     @pytest.mark.parametrize("count", [2, 10])
     async def test_page_with_owners_costs_one_statement(self, client, statements, count):
