@@ -1,6 +1,8 @@
 """The interactive docs work offline: their assets come from a Python package, not a CDN."""
 
 import re
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from httpx import AsyncClient
@@ -57,3 +59,44 @@ async def test_every_api_operation_documents_what_the_edge_and_the_database_may_
     assert len(writes) >= 10
     assert all("503" in statuses for _, statuses in operations)
     assert all({"408", "413", "415"} <= statuses for statuses in writes)
+
+
+def _schema_keywords(node: Any) -> Iterator[str]:
+    """Every key of every object in an OpenAPI document, but the names of properties."""
+    if isinstance(node, list):
+        for item in node:
+            yield from _schema_keywords(item)
+    elif isinstance(node, dict):
+        for key, value in node.items():
+            if key == "properties" and isinstance(value, dict):
+                for each in value.values():
+                    yield from _schema_keywords(each)
+            else:
+                yield key
+                yield from _schema_keywords(value)
+
+
+async def test_the_schema_speaks_json_schema_not_pydantic(client: AsyncClient) -> None:
+    """Ids' bounds were written as pydantic's `ge`/`le`, which validators and client generators
+    ignore, instead of `minimum`/`maximum`."""
+    document = (await client.get("/openapi.json")).json()
+    keywords = set(_schema_keywords(document))
+    assert {"minimum", "maximum"} <= keywords
+    assert keywords.isdisjoint({"ge", "le", "gt", "lt", "min_length", "max_length"})
+
+
+async def test_the_api_says_it_takes_a_bearer_token(client: AsyncClient) -> None:
+    """So that /docs has an Authorize button and generated clients send the token; the health
+    checks need none."""
+    document = (await client.get("/openapi.json")).json()
+    scheme = document["components"]["securitySchemes"]["bearerToken"]
+    assert (scheme["type"], scheme["scheme"]) == ("http", "bearer")
+    security = {
+        (method, path): operation.get("security")
+        for path, operations in document["paths"].items()
+        for method, operation in operations.items()
+    }
+    api = [key for key in security if key[1].startswith("/api/v1/") and "health" not in key[1]]
+    assert len(api) > 20
+    assert all(security[key] == [{"bearerToken": []}] for key in api)
+    assert security[("get", "/livez")] is None

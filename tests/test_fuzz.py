@@ -118,13 +118,22 @@ def _aim_at_known_rows(
             case.body = [{**body[0], "id": ids["device_id"]}]
 
 
+def _wire(header_value: str) -> bytes:
+    """A header value as sent: Latin-1 (what HTTP's obs-text is read as), or else UTF-8 bytes.
+    httpx would take only ASCII from a str, and Schemathesis sends the rest too."""
+    try:
+        return header_value.encode("latin-1")
+    except UnicodeEncodeError:
+        return header_value.encode()
+
+
 def _request_arguments(case: schemathesis.Case) -> dict[str, Any]:
     """The case as arguments for httpx's request(): Schemathesis prepares them for requests."""
     kwargs = case.as_transport_kwargs(base_url=BASE_URL)
     arguments: dict[str, Any] = {
         "method": kwargs["method"],
         "url": kwargs["url"],
-        "headers": kwargs.get("headers") or {},
+        "headers": {name: _wire(value) for name, value in (kwargs.get("headers") or {}).items()},
         "params": kwargs.get("params") or None,
         "cookies": kwargs.get("cookies") or None,
     }

@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from devreg import __version__
 from devreg.admission import Admission
 from devreg.auth.authenticator import Authenticator, UnsafeBinding, check_binding
+from devreg.auth.guard import SECURITY_SCHEMES
 from devreg.auth.routes import router as tokens_router
 from devreg.body_limit import BodyLimits
 from devreg.changes.routes import router as changes_router
@@ -168,6 +169,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
             app.openapi_schema = document_problems(FastAPI.openapi(app))
+            app.openapi_schema["components"]["securitySchemes"] = SECURITY_SCHEMES
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]

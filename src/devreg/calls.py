@@ -15,7 +15,7 @@ from fastapi import Depends, Request, Response
 from fastapi.routing import APIRoute
 from pydantic import TypeAdapter, ValidationError
 
-from devreg.auth.guard import authenticate
+from devreg.auth.guard import SECURITY_REQUIREMENT, authenticate
 from devreg.auth.principal import Principal
 from devreg.conditional import IfMatch, WriteCondition
 from devreg.config import Settings
@@ -92,11 +92,16 @@ class ApiRoute(APIRoute):
     ) -> None:
         self.writes = not SAFE_METHODS.issuperset(methods or ())
         documented = _EVERY_WRITES_PROBLEMS if self.writes else _EVERY_ROUTES_PROBLEMS
+        openapi_extra = {
+            "security": SECURITY_REQUIREMENT,
+            **(options.pop("openapi_extra", None) or {}),
+        }
         super().__init__(
             path,
             endpoint,
             methods=methods,
             responses={**documented, **(responses or {})},
+            openapi_extra=openapi_extra,
             **options,
         )
 

@@ -7,6 +7,19 @@ from devreg.auth.principal import Principal
 from devreg.db.session import UnitOfWork
 from devreg.errors import InvalidToken
 
+# How the API's routes (calls.ApiRoute) say in OpenAPI that they take a token: so the docs have
+# an Authorize button, and generated clients a way to send it.
+SECURITY_SCHEMES = {
+    "bearerToken": {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "An API token (`devreg tokens create`, or `POST /api/v1/tokens`). Not "
+        "needed while the API is open: AUTH=auto on a loopback address before the first token "
+        "is created, or AUTH=off.",
+    }
+}
+SECURITY_REQUIREMENT: list[dict[str, list[str]]] = [{"bearerToken": []}]
+
 
 def app_authenticator(request: Request) -> Authenticator:
     authenticator: Authenticator = request.app.state.authenticator
