@@ -11,7 +11,6 @@ import signal
 import stat
 import subprocess
 import sys
-import tempfile
 import threading
 from collections.abc import AsyncIterator
 from contextlib import suppress
@@ -788,18 +787,23 @@ class TestExport:
         assert list(tmp_path.iterdir()) == []
 
     def test_a_signal_the_moment_the_staged_file_appears_leaves_nothing(
-        self, devreg, tmp_path, monkeypatch
+        self, devreg, committed_database_url, tmp_path, monkeypatch
     ):
         """As the test above, but in the instant after the file's creation: a process preempted
-        there (under load) took the signal before the `try` that removes the file."""
-        make = tempfile.NamedTemporaryFile
+        there (under load) took the signal before the `try` that removes the file. The host is
+        a name, so a thread of asyncio's looked it up and lives on: another thread than the
+        main one to take the signal."""
+        by_name = committed_database_url.set(host="localhost")
+        monkeypatch.setenv("DATABASE_URL", by_name.render_as_string(hide_password=False))
+        open_file = os.open
 
-        def made_then_ended(*args: Any, **kwargs: Any) -> Any:
-            staged = make(*args, **kwargs)
-            os.kill(os.getpid(), signal.SIGTERM)
-            return staged
+        def opened_then_ended(path: Any, *args: Any, **kwargs: Any) -> int:
+            descriptor = open_file(path, *args, **kwargs)
+            if os.path.basename(path).startswith(".out.csv."):
+                os.kill(os.getpid(), signal.SIGTERM)
+            return descriptor
 
-        monkeypatch.setattr(tempfile, "NamedTemporaryFile", made_then_ended)
+        monkeypatch.setattr(os, "open", opened_then_ended)
         with pytest.raises(Terminated):  # what main() turns into exit status 143
             devreg("export", "devices", "-o", str(tmp_path / "out.csv"))
 

@@ -59,11 +59,6 @@ def load_settings() -> Settings:
         fail(f"invalid setting {name}: {first['msg']}", code=2)
 
 
-# The signals that end a command: Ctrl-C's, and those _ended_by_signals_as_by_ctrl_c turns into
-# Terminated.
-ENDING_SIGNALS = frozenset({signal.SIGINT, signal.SIGTERM, signal.SIGHUP})
-
-
 class Terminated(BaseException):
     """SIGTERM or SIGHUP (`timeout`, systemd, a closed terminal) while a command works: unwound
     as Ctrl-C is, so that what the command leaves on its way out (an export's staged file, its

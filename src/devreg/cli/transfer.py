@@ -1,10 +1,10 @@
 """`devreg import`, `devreg export` and `devreg seed`: data in bulk."""
 
 import os
+import secrets
 import signal
 import stat
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import aclosing, contextmanager
@@ -17,7 +17,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
 from devreg import seed
 from devreg.auth.principal import FULL_ACCESS
-from devreg.cli.common import ENDING_SIGNALS, fail, in_transaction, stdout, validated
+from devreg.cli.common import fail, in_transaction, stdout, validated
 from devreg.db.session import UnitOfWork
 from devreg.devices import export, imports
 from devreg.devices.export import ExportFormat
@@ -145,29 +145,22 @@ def _replaced_on_success(output: Path | None) -> Iterator[IO[bytes]]:
         return
     target = Path(os.path.realpath(output))
     mode = stat.S_IMODE(target.stat().st_mode) if target.exists() else 0o666 & ~_umask()
-    # Ctrl-C or SIGTERM between the staged file's creation and the `try` that removes it would
-    # leave it behind (a process preempted right after creating it, under load): they are held
-    # until then, and raise inside it.
-    held = signal.pthread_sigmask(signal.SIG_BLOCK, ENDING_SIGNALS)
+    staged = target.parent / f".{target.name}.{secrets.token_hex(8)}"
     try:
-        staged = tempfile.NamedTemporaryFile(  # noqa: SIM115 - closed below, inside the try
-            dir=target.parent, prefix=f".{target.name}.", delete=False
-        )
+        # Named first and made inside the try: a Ctrl-C or SIGTERM at any instant, the one just
+        # after its creation included, finds it to remove.
+        with os.fdopen(os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as out:
+            yield out
+    except FileExistsError:
+        raise  # another's file by that name: not this export's to remove
     except BaseException:
-        signal.pthread_sigmask(signal.SIG_SETMASK, held)
+        staged.unlink(missing_ok=True)
         raise
     try:
-        signal.pthread_sigmask(signal.SIG_SETMASK, held)
-        with staged:
-            yield staged
-    except BaseException:
-        os.unlink(staged.name)
-        raise
-    try:
-        os.chmod(staged.name, mode)
-        os.replace(staged.name, target)
+        os.chmod(staged, mode)
+        os.replace(staged, target)
     except OSError:
-        os.unlink(staged.name)
+        staged.unlink()
         raise
 
 
