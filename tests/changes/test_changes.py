@@ -4,8 +4,17 @@ from typing import Any
 
 import pytest
 from httpx import AsyncClient
+from sqlalchemy import text
 
-from tests.api import DEVICES, USERS, assert_problem, create_device, create_user
+from tests.api import (
+    DEVICES,
+    USERS,
+    assert_problem,
+    create_device,
+    create_user,
+    explain_listing,
+    settle,
+)
 from tests.auth.test_tokens import bearer, new_token
 
 CHANGES = "/api/v1/changes"
@@ -171,6 +180,30 @@ class TestReading:
             ("user", "update", ann["id"]),
             ("device", "create", mine.json()["id"]),
         ]
+
+    async def test_what_a_user_sees_is_found_by_index(self, client, connection) -> None:
+        """`IN (subquery)` made the rule a filter on every record of the log, read newest
+        first: 440-514 ms a page at 2M records (a reviewer's measure); by index, 0.13 ms."""
+        ann = await create_user(client, name="ann")
+        admin = await new_token(client, user_id=ann["id"], admin=True)
+        plain = await new_token(client, as_token=admin, user_id=ann["id"])
+        await client.post(DEVICES, json={"name": "ann-pi"}, headers=bearer(plain))
+        await connection.execute(
+            text(
+                "INSERT INTO changes (object_type, object_id, action, user_id, after)"
+                " SELECT 'device', 1000 + g % 5000, 'update', 100 + g % 500, '{}'::jsonb"
+                " FROM generate_series(1, 20000) AS g"
+            )
+        )
+        await settle(connection, "changes")
+
+        plans = await explain_listing(
+            client, connection, CHANGES, {"count": "exact"}, headers=bearer(plain)
+        )
+
+        for plan in plans:
+            assert {"ix_changes_user_id_id", "ix_changes_object_type_object_id_id"} <= plan.indexes
+            assert "SubPlan" not in str(plan.nodes)
 
     async def test_filters_sort_and_pages(self, client: AsyncClient) -> None:
         for name in ("a", "b", "c"):

@@ -1,7 +1,9 @@
 from collections.abc import Sequence
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import ColumnElement, delete, or_, select
+from sqlalchemy import ARRAY, BigInteger, ColumnElement, any_, cast, delete, func, or_, select
+from sqlalchemy.orm import InstrumentedAttribute
 
 from devreg.auth.models import ApiToken
 from devreg.changes.filters import ChangeFilter
@@ -61,10 +63,20 @@ def _visible_to(user_id: int) -> ColumnElement[bool]:
     the user's own devices and record, as such a token can touch nothing else), the history of
     the devices the user owns, and of the user's own record. Not what an admin token of the
     same user did: that reaches other users' devices and records."""
-    owned = select(Device.id).where(Device.owner_id == user_id)
-    own_tokens = select(ApiToken.id).where(ApiToken.user_id == user_id, ApiToken.admin.is_(False))
+    owned = _ids_array(Device.id, Device.owner_id == user_id)
+    own_tokens = _ids_array(ApiToken.id, ApiToken.user_id == user_id, ApiToken.admin.is_(False))
     return or_(
-        (Change.user_id == user_id) & Change.token_id.in_(own_tokens),
-        (Change.object_type == ObjectType.DEVICE) & Change.object_id.in_(owned),
+        (Change.user_id == user_id) & (Change.token_id == any_(own_tokens)),
+        (Change.object_type == ObjectType.DEVICE) & (Change.object_id == any_(owned)),
         (Change.object_type == ObjectType.USER) & (Change.object_id == user_id),
     )
+
+
+def _ids_array(
+    column: InstrumentedAttribute[int], *conditions: ColumnElement[bool]
+) -> ColumnElement[Any]:
+    """The ids as one array, computed once: `= ANY(array)` is an index condition, where
+    `IN (subquery)` is a filter on every row of the log (a hashed SubPlan). The cast makes it
+    an array expression: `= ANY (SELECT ...)` alone would compare each row with the array."""
+    ids = select(func.array_agg(column)).where(*conditions).scalar_subquery()
+    return cast(ids, ARRAY(BigInteger))
