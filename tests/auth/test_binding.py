@@ -9,7 +9,8 @@ from sqlalchemy.engine import URL
 
 from devreg.app import create_app
 from devreg.auth.authenticator import UnsafeBinding, is_loopback
-from tests.api import DEVICES, assert_problem
+from tests.api import DEVICES, assert_problem, create_device, create_user
+from tests.auth.test_tokens import bearer, new_token
 from tests.support import (
     api_client,
     devreg_process,
@@ -51,15 +52,24 @@ async def test_auth_required_needs_a_token_even_before_any_exists(database_url: 
 
 
 async def test_auth_off_serves_without_tokens_and_warns(
-    database_url: URL, caplog: pytest.LogCaptureFixture
+    committed_database_url: URL, caplog: pytest.LogCaptureFixture
 ) -> None:
-    settings = make_settings(database_url, host="0.0.0.0", auth="off")  # noqa: S104
+    """In a database of its own: the token it creates would close the others' API."""
+    settings = make_settings(committed_database_url, host="0.0.0.0", auth="off")  # noqa: S104
     with caplog.at_level(logging.WARNING, logger="devreg.auth"):
         async with running(create_app(settings)) as app, api_client(app) as client:
             assert (await client.get(DEVICES)).status_code == 200
             # No authentication: a token sent (stale, or a proxy's) is not looked at.
-            sent = await client.get(DEVICES, headers={"Authorization": "Bearer dvr_stale"})
-            assert sent.status_code == 200
+            stale = {"Authorization": "Bearer dvr_stale"}
+            assert (await client.get(DEVICES, headers=stale)).status_code == 200
+            twice = [("Authorization", "Bearer a"), ("Authorization", "Bearer b")]
+            assert (await client.get(DEVICES, headers=twice)).status_code == 200
+            # A live token of another user does not narrow the answer to its user's devices.
+            ann = await create_user(client, name="ann")
+            bobs = await create_device(client, owner_id=(await create_user(client))["id"])
+            anns_token = await new_token(client, user_id=ann["id"])
+            seen = await client.get(f"{DEVICES}/{bobs['id']}", headers=bearer(anns_token))
+            assert seen.status_code == 200
     assert any("AUTH=off" in record.getMessage() for record in caplog.records)
 
 
