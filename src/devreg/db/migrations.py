@@ -1,6 +1,7 @@
 """Alembic, driven from devreg: upgrades run under an advisory lock so concurrent starters
 (several workers, several replicas) apply each migration exactly once."""
 
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 
@@ -25,15 +26,19 @@ def alembic_config() -> Config:
     return config
 
 
+# Where Alembic resolves a revision name (and asserts on a step past the newest).
+_REVISION_MAP = str(Path("alembic", "script", "revision.py"))
+
+
 async def upgrade(engine: AsyncEngine, revision: str = "head") -> None:
     try:
         await _run_locked(engine, lambda config: command.upgrade(config, revision))
-    except AssertionError:
+    except AssertionError as exc:
         # Alembic asserts, rather than explains, when a step up ("head+1") leads past the newest
-        # revision; any other assertion is not about the revision named.
-        if "+" not in revision:
+        # revision. An assertion anywhere else (a migration's own) is not about that.
+        if not traceback.extract_tb(exc.__traceback__)[-1].filename.endswith(_REVISION_MAP):
             raise
-        raise CommandError(f"Relative revision {revision} leads past the newest one") from None
+        raise CommandError(f"Relative revision {revision} leads past the newest one") from exc
 
 
 async def downgrade(engine: AsyncEngine, revision: str = "-1") -> None:
