@@ -62,6 +62,31 @@ class TestDatabaseUrl:
 
         assert rendered_url(Settings(_env_file=None)) == expected
 
+    def test_libpq_options_asyncpg_has_no_use_for_are_dropped(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """They would reach the server as settings, which it refuses ("unrecognized
+        configuration parameter"): Neon's URLs carry channel_binding, many keepalives."""
+        monkeypatch.setenv(
+            "DATABASE_URL",
+            "postgresql://u:p@h/db?keepalives=1&keepalives_idle=30&tcp_user_timeout=1000"
+            "&sslcompression=0&channel_binding=prefer&gssencmode=disable"
+            "&fallback_application_name=fleet",
+        )
+        assert rendered_url(Settings(_env_file=None)) == (
+            "postgresql+asyncpg://u:p@h/db?dsn=postgresql%3A%2F%2F%3Fapplication_name%3Dfleet"
+        )
+
+    @pytest.mark.parametrize(
+        "option", ["channel_binding=require", "gssencmode=require", "hostaddr=10.0.0.1"]
+    )
+    def test_libpq_options_asyncpg_cannot_honour_are_refused(
+        self, monkeypatch: pytest.MonkeyPatch, option: str
+    ) -> None:
+        monkeypatch.setenv("DATABASE_URL", f"postgresql://u:p@h/db?{option}")
+        with pytest.raises(ValidationError, match=f"{option} is a libpq option the asyncpg"):
+            Settings(_env_file=None)
+
     def test_libpq_connect_timeout_is_the_connect_timeout(
         self, monkeypatch: pytest.MonkeyPatch
     ) -> None:

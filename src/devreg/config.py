@@ -5,7 +5,7 @@ import os
 from datetime import timedelta
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Literal, Self
+from typing import Annotated, Any, Literal, Self
 from urllib.parse import urlencode
 
 import asyncpg
@@ -186,24 +186,70 @@ def _to_async_url(raw: str) -> URL:
         raise ValueError("DATABASE_URL has an unescaped @ before its host: write @ as %40")
     _url_connect_timeout(url)
     driver_options = {name: value for name, value in url.query.items() if name in _DRIVER_KEYWORDS}
-    libpq_options = {
-        name: value
-        for name, value in url.query.items()
-        if name not in _DRIVER_KEYWORDS and name != "connect_timeout"
-    }
+    libpq_options = _libpq_options(
+        {name: value for name, value in url.query.items() if name not in _DRIVER_KEYWORDS}
+    )
     if libpq_options:
         driver_options["dsn"] = "postgresql://?" + urlencode(libpq_options, doseq=True)
     return url.set(drivername=ASYNC_DRIVER, query=driver_options)
 
 
-# The URL options SQLAlchemy passes to asyncpg.connect as keywords (ssl, say), as it always
-# has. Every other option is libpq's (sslmode, sslrootcert, application_name, options,
-# target_session_attrs...): those go to asyncpg in a DSN made of them alone, which asyncpg reads
-# as libpq would; host, user and the rest still come from the URL itself.
+# The URL options SQLAlchemy passes to asyncpg.connect as keywords (ssl, target_session_attrs),
+# as it always has. The other options are libpq's (sslmode, sslrootcert, application_name,
+# options...): those go to asyncpg in a DSN made of them alone, which asyncpg reads as libpq
+# would; host, user and the rest still come from the URL itself.
 _DRIVER_KEYWORDS = frozenset(inspect.signature(asyncpg.connect).parameters) | {
     "prepared_statement_cache_size",
     "prepared_statement_name_func",
 }
+# libpq options asyncpg does not read, which would reach the server as settings it refuses.
+# Dropped: client-side tuning, and what asyncpg does anyway or never needs.
+_LIBPQ_DROPPED = frozenset(
+    {
+        "connect_timeout",  # DB_CONNECT_TIMEOUT (Settings)
+        "keepalives",
+        "keepalives_idle",
+        "keepalives_interval",
+        "keepalives_count",
+        "tcp_user_timeout",
+        "sslcompression",
+        "sslsni",
+    }
+)
+# Dropped at the values that ask for nothing asyncpg lacks; refused at the others (require).
+_LIBPQ_OPTIONAL = {"channel_binding": {"disable", "prefer"}, "gssencmode": {"disable", "prefer"}}
+_LIBPQ_UNSUPPORTED = frozenset(
+    {
+        "hostaddr",
+        "require_auth",
+        "requiressl",
+        "requirepeer",
+        "sslcertmode",
+        "sslcrldir",
+        "gssdelegation",
+        "load_balance_hosts",
+        "replication",
+    }
+)
+
+
+def _libpq_options(options: dict[str, Any]) -> dict[str, Any]:
+    """The URL's libpq options that asyncpg reads or the server takes as settings
+    (application_name, options): those asyncpg has no use for dropped, those it cannot honour
+    refused by name."""
+    kept = {}
+    for name, value in options.items():
+        last = value if isinstance(value, str) else value[-1]
+        if name in _LIBPQ_UNSUPPORTED or (
+            name in _LIBPQ_OPTIONAL and last not in _LIBPQ_OPTIONAL[name]
+        ):
+            raise ValueError(f"{name}={last} is a libpq option the asyncpg driver cannot honour")
+        if name not in _LIBPQ_DROPPED and name not in _LIBPQ_OPTIONAL:
+            kept[name] = value
+    fallback = kept.pop("fallback_application_name", None)
+    if fallback is not None:
+        kept.setdefault("application_name", fallback)
+    return kept
 
 
 def _url_connect_timeout(url: URL) -> float | None:

@@ -62,6 +62,9 @@ async def test_libpq_options_in_the_url_reach_the_connection(committed_database_
             "target_session_attrs": "read-write",
             "sslmode": "disable",
             "connect_timeout": "7",
+            "keepalives": "1",
+            "channel_binding": "prefer",
+            "fallback_application_name": "not-this-one",
         }
     )
     settings = make_settings(with_options)
