@@ -1,5 +1,6 @@
 """Conditional requests (RFC 9110, section 13.1) on versioned resources: a resource's ETag is its
-version, If-Match guards a write, If-None-Match spares a read."""
+version. If-Match guards a write (or a read: 412); If-None-Match spares a read (304), or refuses
+a write (412)."""
 
 import re
 from dataclasses import dataclass

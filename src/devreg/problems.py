@@ -153,17 +153,23 @@ def _message(error: dict[str, Any]) -> str:
 _UNREADABLE_BODY = {
     UnicodeDecodeError: "JSON decode error: the body is not valid UTF-8",
     RecursionError: "JSON decode error: the body nests too deeply",
-    # Python's JSON reader refuses integers of more digits than this: their conversion takes
-    # time quadratic in their length.
-    ValueError: f"JSON decode error: a number has more than {sys.get_int_max_str_digits()} digits",
 }
+
+
+def _unreadable(cause: BaseException | None) -> str | None:
+    """Why FastAPI could not read the body as JSON, for the reasons that are the sender's."""
+    # Python's JSON reader refuses integers of more digits than this: their conversion takes
+    # time quadratic in their length ("Exceeds the limit ... for integer string conversion").
+    if type(cause) is ValueError and "integer string conversion" in str(cause):
+        return f"JSON decode error: a number has more than {sys.get_int_max_str_digits()} digits"
+    return _UNREADABLE_BODY.get(type(cause))
 
 
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     # FastAPI answers 400 when the body is not JSON text at all; like any malformed JSON,
     # that is a 422 here.
-    unreadable = _UNREADABLE_BODY.get(type(exc.__cause__))
+    unreadable = _unreadable(exc.__cause__)
     if unreadable is not None:
         error = {"type": "json_invalid", "loc": ("body",), "msg": unreadable}
         return await _validation_error(request, RequestValidationError([error]))
