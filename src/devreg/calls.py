@@ -156,16 +156,22 @@ async def streaming_work(request: Request) -> AsyncIterator[UnitOfWork]:
 StreamingWorkDep = Annotated[UnitOfWork, Depends(streaming_work)]
 
 
+def read_if_match(call: Call) -> IfMatch | None:
+    """The call's If-Match, or None."""
+    if_match = call.list_header("if-match")
+    return IfMatch.parse(if_match) if if_match is not None else None
+
+
 def write_precondition(call: Call) -> WriteCondition | None:
     """The call's If-Match and If-None-Match; without either, None (last write wins). Without
     If-Match, 428 if REQUIRE_IF_MATCH."""
-    if_match = call.list_header("if-match")
+    if_match = read_if_match(call)
     if_none_match = call.list_header("if-none-match")
     if if_match is None and call.settings.require_if_match:
         raise PreconditionRequired
     if if_match is None and if_none_match is None:
         return None
-    return WriteCondition(IfMatch.parse(if_match) if if_match is not None else None, if_none_match)
+    return WriteCondition(if_match, if_none_match)
 
 
 def refuse_unguarded_bulk_write(call: Call) -> None:

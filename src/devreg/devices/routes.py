@@ -13,10 +13,11 @@ from devreg.calls import (
     StreamingWorkDep,
     documented,
     header_parameter,
+    read_if_match,
     refuse_unguarded_bulk_write,
     write_precondition,
 )
-from devreg.conditional import IfMatch, etag, not_modified
+from devreg.conditional import etag, not_modified
 from devreg.devices import bulk, export, service
 from devreg.devices.export import EXPORT_MEDIA_TYPES, ExportFormat
 from devreg.devices.filters import (
@@ -36,7 +37,7 @@ from devreg.devices.schemas import (
     DeviceRead,
     DeviceUpdate,
 )
-from devreg.errors import InvalidParameter, PreconditionFailed
+from devreg.errors import InvalidParameter
 from devreg.idempotency.header import IDEMPOTENCY_KEY_HEADER, Idempotency
 from devreg.locations import created_location
 from devreg.problems import problem_responses
@@ -258,10 +259,9 @@ async def create_device(data: DeviceCreate, call: Call) -> Response:
     openapi_extra=documented(IF_MATCH_HEADER, IF_NONE_MATCH_READ_HEADER),
 )
 async def get_device(device_id: DeviceId, call: Call) -> Response:
-    device = await service.get_device(call.db, device_id, principal=call.principal)
-    if_match = call.list_header("if-match")
-    if if_match is not None and not IfMatch.parse(if_match).accepts(device.version):
-        raise PreconditionFailed(device.version)
+    device = await service.get_device(
+        call.db, device_id, principal=call.principal, if_match=read_if_match(call)
+    )
     if not_modified(call.list_header("if-none-match"), device.version):
         return Response(
             status_code=status.HTTP_304_NOT_MODIFIED, headers={"ETag": etag(device.version)}

@@ -5,7 +5,7 @@ from typing import Any
 
 from devreg.auth.principal import Principal
 from devreg.changes.actor import actor_of
-from devreg.conditional import WriteCondition, not_modified
+from devreg.conditional import IfMatch, WriteCondition, not_modified
 from devreg.db.rendering import Rendered
 from devreg.db.session import UnitOfWork
 from devreg.devices.filters import NULLABLE_SORT_KEYS, SORT_KEYS, DeviceFilter
@@ -51,11 +51,15 @@ async def register_device(
     return await DeviceRepository(work).add(values, actor=actor_of(principal))
 
 
-async def get_device(work: UnitOfWork, device_id: int, *, principal: Principal) -> DeviceRead:
-    """Another user's device is not found, as if it did not exist: ids do not leak."""
+async def get_device(
+    work: UnitOfWork, device_id: int, *, principal: Principal, if_match: IfMatch | None = None
+) -> DeviceRead:
+    """Another user's device is not found, as if it did not exist: ids do not leak. With
+    `if_match`, 412 unless the device is at one of its versions."""
     device = await DeviceRepository(work).get_by_id(device_id, owner=principal.owner)
     if device is None:
         raise DeviceNotFound
+    _require_match(if_match, device.version)
     return device
 
 
@@ -178,8 +182,7 @@ async def _writable_versions(
 
 def _judge(condition: WriteCondition, version: int) -> None:
     """412 unless a write to this version meets the condition."""
-    if condition.if_match is not None and not condition.if_match.accepts(version):
-        raise PreconditionFailed(version)
+    _require_match(condition.if_match, version)
     if not_modified(condition.if_none_match, version):
         raise PreconditionFailed(
             version, f"If-None-Match matches the device's current version, {version}."
@@ -198,3 +201,8 @@ async def _not_written(
         return DeviceNotFound()
     current = await repository.current_version(device_id, owner=owner)
     return DeviceNotFound() if current is None else PreconditionFailed(current)
+
+
+def _require_match(if_match: IfMatch | None, version: int) -> None:
+    if if_match is not None and not if_match.accepts(version):
+        raise PreconditionFailed(version)
