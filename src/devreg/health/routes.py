@@ -17,7 +17,8 @@ _NOT_READY: dict[int | str, dict[str, Any]] = {
 
 LIVENESS_PATH = "/livez"
 READINESS_PATH = "/readyz"
-HEALTH_PATHS = (LIVENESS_PATH, READINESS_PATH)
+TUTORIAL_READINESS_PATH = "/api/v1/health-check/db"
+HEALTH_PATHS = (LIVENESS_PATH, READINESS_PATH, TUTORIAL_READINESS_PATH)
 
 
 @router.get(LIVENESS_PATH, response_model=Liveness)
@@ -38,7 +39,7 @@ router.add_api_route(
 )
 # The tutorial's path for the same check.
 router.add_api_route(
-    "/api/v1/health-check/db",
+    TUTORIAL_READINESS_PATH,
     _readiness,
     response_model=Readiness,
     responses=_NOT_READY,
