@@ -7,14 +7,16 @@ separate middlewares they cost about a fifth of a simple GET's CPU."""
 import os
 import re
 import time
+from urllib.parse import unquote_to_bytes
 
 from asgi_correlation_id import correlation_id
 from starlette.requests import Request
+from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from devreg.admission import Admission, Turn
 from devreg.body_limit import BodyLimits, declared_too_large, too_large
-from devreg.errors import PoolExhausted
+from devreg.errors import PoolExhausted, UndecodableQueryString
 from devreg.logs import request_logger
 from devreg.problems import error_response, problem_response, unhandled_error
 from devreg.security import SECURITY_HEADERS
@@ -38,11 +40,33 @@ def _request_id(headers: list[tuple[bytes, bytes]]) -> str:
     return os.urandom(16).hex()
 
 
+def _decodable(query_string: bytes) -> bool:
+    """Whether the query string is UTF-8 once percent-decoded."""
+    if query_string.isascii() and b"%" not in query_string:
+        return True
+    try:
+        unquote_to_bytes(query_string).decode()
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _refusal(scope: Scope, body_limit: int) -> Response | None:
+    """The answer to a request refused before the app sees it: a query string that is not UTF-8
+    (400), a declared body over the limit (413)."""
+    if not _decodable(scope["query_string"]):
+        return error_response(Request(scope), UndecodableQueryString())
+    if declared_too_large(_header(scope["headers"], b"content-length"), body_limit):
+        return problem_response(Request(scope), status=413, detail=too_large(body_limit))
+    return None
+
+
 class EdgeMiddleware:
-    """Per request: its request id (in the log context and on the response), its path's body
-    limit (413) and deadline (408), its turn (admission.py; health checks need none), the
-    security headers on every response, one log line (method, path, status, duration), and a
-    crash no handler caught answered as a 500 problem, never a traceback."""
+    """Per request: its request id (in the log context and on the response), a query string
+    that is not UTF-8 (400), its path's body limit (413) and deadline (408), its turn
+    (admission.py; health checks need none), the security headers on every response, one log
+    line (method, path, status, duration), and a crash no handler caught answered as a 500
+    problem, never a traceback."""
 
     def __init__(
         self, app: ASGIApp, *, body_limits: BodyLimits, always_admitted: frozenset[str]
@@ -94,9 +118,9 @@ class EdgeMiddleware:
             limit = self.body_limits.limit_for(scope["path"])
             receive_body = self.body_limits.receive_within(receive, limit)
             admission = self._admission(scope)
-            if declared_too_large(_header(headers, b"content-length"), limit):
-                response = problem_response(Request(scope), status=413, detail=too_large(limit))
-                await response(scope, receive, send_with_headers)
+            refusal = _refusal(scope, limit)
+            if refusal is not None:
+                await refusal(scope, receive, send_with_headers)
             elif admission is None:
                 await self.app(scope, receive_body, send_with_headers)
             else:

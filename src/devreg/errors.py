@@ -39,6 +39,13 @@ class InvalidParameter(BadRequest):
         super().__init__(detail, parameter=parameter)
 
 
+class UndecodableQueryString(BadRequest):
+    """Read with errors replaced, as Starlette reads query strings, its text would be stored
+    and matched with U+FFFD where the client's bytes were."""
+
+    default_detail = "The query string is not valid UTF-8 once percent-decoded."
+
+
 class InvalidCursor(InvalidParameter):
     slug = "invalid-cursor"
 
