@@ -10,7 +10,7 @@ from sqlalchemy import Dialect, Select
 from sqlalchemy.dialects.postgresql.asyncpg import PGDialect_asyncpg
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
-from sqlalchemy.pool import PoolProxiedConnection
+from sqlalchemy.pool import Pool, PoolProxiedConnection
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.expression import ClauseElement
 
@@ -172,7 +172,7 @@ async def _pooled(
     try:
         return await run(pooled.driver_connection)
     except BaseException as exc:
-        problem = _problem(exc, pooled, violations)
+        problem = _problem(exc, bind.pool, pooled, violations)
         if problem is None:
             raise
         raise problem from None
@@ -187,18 +187,21 @@ def violation_error(constraint: str | None, violations: Violations) -> Exception
 
 
 def _problem(
-    exc: BaseException, pooled: PoolProxiedConnection, violations: Violations
+    exc: BaseException, pool: Pool, pooled: PoolProxiedConnection, violations: Violations
 ) -> Exception | None:
     """The problem asyncpg's error is on SQLAlchemy's path (errors.database_problem), None to
     let it through as it is; a connection in doubt leaves the pool."""
     if isinstance(exc, asyncpg.IntegrityConstraintViolationError):
         return violation_error(exc.constraint_name, violations)
-    lost = _connection_lost(exc, pooled.driver_connection)
-    if lost or not isinstance(exc, asyncpg.PostgresError) or half_sent(exc):
-        # Lost, cancelled mid-statement, or left half-way through the statement's messages.
-        pooled.invalidate()
-    if lost:
+    if _connection_lost(exc, pooled.driver_connection):
+        # Most likely every other connection the pool made before this one is lost too (the
+        # server restarted): each is replaced at its next checkout, as SQLAlchemy does on its own
+        # path, rather than found dead by a request of its own, a 503 each.
+        pool._invalidate(pooled, exc)
         return ServiceUnavailable()
+    if not isinstance(exc, asyncpg.PostgresError) or half_sent(exc):
+        # Cancelled mid-statement, or left half-way through the statement's messages.
+        pooled.invalidate()
     if isinstance(exc, asyncpg.PostgresError):
         return sqlstate_problem(str(exc.sqlstate))
     return None
