@@ -149,6 +149,11 @@ class DevregProcess:
         self.output.seek(0)
         return self.output.read()
 
+    def errors_logged(self) -> list[dict[str, Any]]:
+        """The log's records at level ERROR or above (the log is JSON, a record a line)."""
+        records = [json.loads(line) for line in self.log().splitlines() if line.startswith("{")]
+        return [record for record in records if record.get("level") in {"ERROR", "CRITICAL"}]
+
 
 @contextmanager
 def devreg_process(**settings: str) -> Iterator[DevregProcess]:
