@@ -2,6 +2,7 @@
 drops its dead connections, and devreg serves again by itself once the database is back."""
 
 import asyncio
+import secrets
 import shutil
 import tempfile
 import time
@@ -12,10 +13,12 @@ from pathlib import Path
 import asyncpg
 import httpx
 import pytest
+from sqlalchemy.engine import URL
 
+from devreg.app import create_app
 from devreg.db.embedded import EmbeddedCluster
-from tests.api import PROBLEM_JSON
-from tests.support import admin, devreg_process, free_port
+from tests.api import PROBLEM_JSON, assert_problem
+from tests.support import admin, api_client, devreg_process, free_port, make_settings, running
 
 DEVICES = "/api/v1/devices"
 LOADERS = 8
@@ -134,3 +137,40 @@ async def _devreg_connections(cluster: EmbeddedCluster) -> int:
     finally:
         await connection.close()
     return count
+
+
+async def test_a_database_out_of_connections_is_a_503_on_every_path(
+    server_url: URL, database_url: URL
+) -> None:
+    """PostgreSQL refusing a new connection (SQLSTATE 53300, too many connections) says nothing
+    about the request: a 503 whether the request's statement runs on the hot path or in a
+    session. The session path answered 500."""
+    role = f"limited_{secrets.token_hex(4)}"
+    await admin(server_url, f"CREATE ROLE {role} LOGIN PASSWORD 'limited'")
+    await admin(database_url, f"GRANT SELECT ON ALL TABLES IN SCHEMA public TO {role}")
+    try:
+        url = database_url.set(username=role, password="limited")
+        # One connection: once the first request has met it dead, every request must connect.
+        settings = make_settings(url, pool_size=1, max_overflow=0)
+        async with running(create_app(settings)) as app, api_client(app) as client:
+            # Now the app knows the API is open (for AUTH_CACHE_TTL): the requests below reach
+            # the database only with their own statements.
+            assert (await client.get(f"{DEVICES}/1")).status_code == 404
+            await admin(
+                server_url,
+                f"ALTER ROLE {role} CONNECTION LIMIT 0",
+                f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '{role}'",
+            )
+            responses = [
+                await client.get(f"{DEVICES}/1"),  # the hot path, on the dead connection
+                await client.post("/api/v1/users", json={"name": "ann"}),  # a session
+                await client.get(f"{DEVICES}/1/changes"),  # a session's read
+                await client.get(f"{DEVICES}/1"),  # the hot path, connecting
+            ]
+    finally:
+        await admin(database_url, f"DROP OWNED BY {role}")
+        await admin(server_url, f"DROP ROLE {role}")
+
+    for response in responses:
+        assert_problem(response, 503)
+        assert response.headers["retry-after"].isdigit()

@@ -265,6 +265,10 @@ def half_sent(driver_error: BaseException | None) -> bool:
 
 # Class 08: connection exception; 57P0x: the server is shutting down or restarting.
 CONNECTION_LOST_SQLSTATES = ("08", "57P0")
+# What else keeps the database from serving, whatever the request: out of connections, memory or
+# disk (class 53), or refusing devreg's connection: its role or password (28), its database (3D).
+# On the hot path (db.driver) any failure to connect is a 503 already.
+UNAVAILABLE_SQLSTATES = (*CONNECTION_LOST_SQLSTATES, "53", "28", "3D")
 # asyncpg's errors for a connection that broke without a SQLSTATE, as SQLAlchemy names them.
 _DRIVER_CONNECTION_ERRORS = frozenset({"InterfaceError", "InternalClientError"})
 
@@ -272,7 +276,7 @@ _DRIVER_CONNECTION_ERRORS = frozenset({"InterfaceError", "InternalClientError"})
 def sqlstate_problem(sqlstate: str) -> DevregError | None:
     """The problem a PostgreSQL error means for the client, by its SQLSTATE, whichever layer
     (SQLAlchemy or asyncpg itself) raised it; None for a bug of devreg's own."""
-    if sqlstate.startswith(CONNECTION_LOST_SQLSTATES):
+    if sqlstate.startswith(UNAVAILABLE_SQLSTATES):
         return ServiceUnavailable()
     if sqlstate == QUERY_CANCELED:
         return StatementTimedOut()
