@@ -396,6 +396,24 @@ class TestDeleteUser:
         assert await stored_users(client) == [user]
         assert await stored_devices(client) == [device]
 
+    @pytest.mark.parametrize(
+        ("query", "parameter"),
+        [
+            ("cascade=nope&cascade=devices", "cascade"),  # its last value was taken
+            ("cascade=devices&cascade=devices", "cascade"),
+            ("cascades=devices", "cascades"),
+        ],
+    )
+    async def test_a_repeated_or_unknown_parameter_is_refused(self, client, query, parameter):
+        user = await create_user(client)
+        device = await create_device(client, owner_id=user["id"])
+
+        response = await client.delete(f"{USERS}/{user['id']}?{query}")
+
+        assert assert_problem(response, 400)["parameter"] == parameter
+        assert await stored_users(client) == [user]
+        assert await stored_devices(client) == [device]
+
 
 class TestListUserDevices:
     async def test_only_the_users_devices_are_listed_with_owner(self, client):

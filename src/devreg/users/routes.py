@@ -1,7 +1,7 @@
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, Path, Query, Request, Response, status
-from pydantic import Field
+from fastapi import APIRouter, Depends, Path, Request, Response, status
+from pydantic import BaseModel, Field
 
 from devreg.auth.guard import app_authenticator
 from devreg.calls import ApiRoute, Call, documented, refuse_unguarded_bulk_write
@@ -87,26 +87,34 @@ async def update_user(user_id: UserId, data: UserUpdate, call: Call) -> object:
     return await service.update_user(call.db, user_id, data=data, principal=call.principal)
 
 
+class UserDeletionQuery(BaseModel):
+    cascade: Literal["devices"] | None = Field(
+        None, description="`devices` deletes the user's devices along with the user."
+    )
+
+
+_USER_DELETION_QUERY = QueryString(UserDeletionQuery)
+
+
 @router.delete(
     "/{user_id}",
     status_code=status.HTTP_204_NO_CONTENT,
-    responses=problem_responses(404, 409, 422, 428),
+    responses=problem_responses(400, 404, 409, 422, 428),
+    openapi_extra=documented(*_USER_DELETION_QUERY.parameters()),
 )
 async def delete_user(
     user_id: UserId,
     call: Call,
-    cascade: Annotated[
-        Literal["devices"] | None,
-        Query(description="`devices` deletes the user's devices along with the user."),
-    ] = None,
+    query: Annotated[UserDeletionQuery, Depends(_USER_DELETION_QUERY)],
 ) -> None:
     """Admins only, once tokens are in use."""
-    if cascade == "devices":
+    cascade_devices = query.cascade == "devices"
+    if cascade_devices:
         refuse_unguarded_bulk_write(call)
     await service.delete_user(
         call.db,
         user_id,
-        cascade_devices=cascade == "devices",
+        cascade_devices=cascade_devices,
         principal=call.principal,
         authenticator=app_authenticator(call),
     )
