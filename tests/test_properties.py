@@ -366,3 +366,16 @@ def test_repeated_filter_values_are_one_and_1_is_not_true() -> None:
     assert fingerprint(status=status * 2) == fingerprint(status=status)
     assert fingerprint(attributes=(("k", (1, 1)),)) == fingerprint(attributes=(("k", (1,)),))
     assert fingerprint(attributes=(("k", (1, True)),)) != fingerprint(attributes=(("k", (1,)),))
+
+
+def test_the_same_instant_with_another_offset_is_the_same_filter() -> None:
+    """A client writing `created_after` in its own offset on the next page keeps its cursor."""
+
+    def fingerprint(created_after: datetime) -> str:
+        filters = describe_filters(DeviceFilter(created_after=created_after))
+        return Cursors("devices", Sort("id"), filters, int).fingerprint
+
+    instant = datetime(2026, 1, 1, tzinfo=UTC)
+    paris = instant.astimezone(timezone(timedelta(hours=1)))
+    assert fingerprint(paris) == fingerprint(instant)
+    assert fingerprint(instant + timedelta(microseconds=1)) != fingerprint(instant)

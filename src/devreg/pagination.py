@@ -132,7 +132,7 @@ class Cursors:
         self.sort = sort
         self.value_type = value_type
         self.nullable = nullable
-        canonical = json.dumps([listing, str(sort), filters], sort_keys=True, default=str)
+        canonical = json.dumps([listing, str(sort), filters], sort_keys=True, default=_as_text)
         self.fingerprint = hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
     def encode(self, position: Position) -> str:
@@ -194,6 +194,14 @@ def describe_filters(filters: Any) -> dict[str, Any]:
     made of."""
     values = ((member.name, getattr(filters, member.name)) for member in fields(filters))
     return {name: _distinct(value) for name, value in values if value not in ((), None)}
+
+
+def _as_text(value: Any) -> str:
+    """A filter's value that JSON has no type for, as text; an instant in UTC, so that the same
+    instant written with another offset is the same filter."""
+    if isinstance(value, datetime):
+        value = value.astimezone(UTC)
+    return str(value)
 
 
 def _distinct(value: Any) -> Any:
