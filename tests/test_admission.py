@@ -18,6 +18,7 @@ from tests.api import assert_problem
 from tests.support import api_client, make_settings, running
 
 HELD = "/api/v1/held"
+DEVICES_PATH = "/api/v1/devices"
 HEALTH_CHECKS = ["/livez", "/readyz", "/api/v1/health-check/db"]  # the last: the tutorial's
 
 
@@ -45,13 +46,13 @@ class Gate:
 
 @asynccontextmanager
 async def one_at_a_time(
-    database_url: URL, held_route: Callable[[Gate], Any]
+    database_url: URL, held_route: Callable[[Gate], Any], **settings: object
 ) -> AsyncIterator[tuple[AsyncClient, Gate]]:
     """A client of an app that works on one request at a time, with a held route at HELD."""
-    app, gate = (
-        create_app(make_settings(database_url, max_requests_in_progress=1, pool_timeout=0.3)),
-        Gate(),
+    limited = make_settings(
+        database_url, **{"max_requests_in_progress": 1, "pool_timeout": 0.3, **settings}
     )
+    app, gate = create_app(limited), Gate()
     app.add_api_route(HELD, held_route(gate))
     async with running(app) as started, api_client(started) as client:
         yield client, gate
@@ -81,6 +82,25 @@ async def test_a_request_past_its_wait_is_a_503_and_every_health_check_still_ans
     assert "x-request-id" in refused.headers
     assert [probe.status_code for probe in probes] == [200] * len(HEALTH_CHECKS)
     assert served.status_code == 200
+
+
+async def test_a_browsers_preflight_needs_no_turn(database_url: URL) -> None:
+    """Answered while the only turn is held, long before a turn could come (POOL_TIMEOUT)."""
+    settings = {"cors_origins": "https://ui.example", "pool_timeout": 30}
+    async with one_at_a_time(database_url, lambda gate: gate.hold, **settings) as (client, gate):
+        held = await held_request(client, gate)
+        preflight = await asyncio.wait_for(
+            client.options(
+                DEVICES_PATH,
+                headers={"origin": "https://ui.example", "access-control-request-method": "POST"},
+            ),
+            timeout=5,
+        )
+        gate.opened.set()
+        await held
+
+    assert preflight.status_code == 200
+    assert preflight.headers["access-control-allow-origin"] == "https://ui.example"
 
 
 async def test_a_waiting_request_is_served_when_a_turn_frees_up(database_url: URL) -> None:

@@ -3,6 +3,7 @@
 import asyncio
 import gzip
 import json
+import logging
 import time
 from collections.abc import AsyncIterator
 
@@ -145,6 +146,26 @@ async def test_a_refused_preflight_is_a_problem_naming_what_was_refused(
 
     assert_problem(response, 400, "Disallowed CORS method, headers")
     assert response.headers["access-control-allow-origin"] == "https://ui.example"
+
+
+@pytest.mark.parametrize(("method", "status"), [("PATCH", 200), ("TRACE", 400)])
+async def test_a_preflight_passes_the_edge_as_every_request_does(
+    browser_client: AsyncClient, caplog: pytest.LogCaptureFixture, method: str, status: int
+) -> None:
+    """Answered by the CORS middleware, a preflight still has the security headers, a request
+    id and its log line: the CORS middleware used to sit outside the edge and answer first."""
+    preflight = {"access-control-request-method": method, "x-request-id": "preflight-1"}
+
+    with caplog.at_level(logging.INFO, logger="devreg.request"):
+        response = await browser_client.options(f"{DEVICES}/1", headers=preflight)
+
+    assert response.status_code == status
+    assert response.headers["access-control-allow-origin"] == "https://ui.example"
+    assert response.headers["x-frame-options"] == "DENY"
+    assert "frame-ancestors 'none'" in response.headers["content-security-policy"]
+    assert response.headers["x-request-id"] == "preflight-1"
+    logged = [record for record in caplog.records if record.name == "devreg.request"]
+    assert [(record.method, record.status) for record in logged] == [("OPTIONS", status)]
 
 
 @pytest.fixture

@@ -41,7 +41,7 @@ from devreg.health.routes import router as health_router
 from devreg.idempotency.header import IdempotentReplay, replay
 from devreg.idempotency.service import forget_expired
 from devreg.problems import document_problems, register_error_handlers
-from devreg.security import add_cors_middleware
+from devreg.security import ProblemCORSMiddleware, cors_options
 from devreg.users.routes import router as users_router
 
 logger = logging.getLogger("devreg")
@@ -179,8 +179,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         limits={f"{API_PREFIX}/devices/bulk": settings.max_bulk_body_size},
         timeout=settings.body_timeout,
     )
+    # The edge is outermost: every answer, a CORS preflight's too, has its security headers,
+    # request id and log line; it passes its own answers (413, 503, ...) through CORS itself.
+    cors = cors_options(settings)
+    if cors is not None:
+        app.add_middleware(ProblemCORSMiddleware, **cors)
     app.add_middleware(
-        EdgeMiddleware, body_limits=body_limits, always_admitted=frozenset(HEALTH_PATHS)
+        EdgeMiddleware, body_limits=body_limits, always_admitted=frozenset(HEALTH_PATHS), cors=cors
     )
-    add_cors_middleware(app, settings)
     return app

@@ -7,6 +7,7 @@ separate middlewares they cost about a fifth of a simple GET's CPU."""
 import os
 import re
 import time
+from typing import Any
 from urllib.parse import unquote_to_bytes
 
 from asgi_correlation_id import correlation_id
@@ -19,7 +20,7 @@ from devreg.body_limit import BodyLimits, declared_too_large, too_large
 from devreg.errors import PoolExhausted, UndecodableQueryString
 from devreg.logs import request_logger
 from devreg.problems import error_response, problem_response, unhandled_error
-from devreg.security import SECURITY_HEADERS
+from devreg.security import SECURITY_HEADERS, ProblemCORSMiddleware
 
 REQUEST_ID_HEADER = b"x-request-id"
 _VALID_REQUEST_ID = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
@@ -69,18 +70,30 @@ class EdgeMiddleware:
     problem, never a traceback."""
 
     def __init__(
-        self, app: ASGIApp, *, body_limits: BodyLimits, always_admitted: frozenset[str]
+        self,
+        app: ASGIApp,
+        *,
+        body_limits: BodyLimits,
+        always_admitted: frozenset[str],
+        cors: dict[str, Any] | None,
     ) -> None:
         self.app = app
         self.body_limits = body_limits
         self.always_admitted = always_admitted
+        self.cors = cors
 
     def _admission(self, scope: Scope) -> Admission | None:
-        """What admits the request: the app's (from its lifespan), unless it is a health check."""
-        if scope["path"] in self.always_admitted:
+        """What admits the request: the app's (from its lifespan), unless it is a health check
+        or an OPTIONS request (a browser's preflight, answered without the database)."""
+        if scope["path"] in self.always_admitted or scope["method"] == "OPTIONS":
             return None
         admission: Admission | None = scope.get("state", {}).get("admission")
         return admission
+
+    def _own(self, answer: Response) -> ASGIApp:
+        """An answer the edge gives itself, with the CORS headers a browser needs to read it
+        (the app's answers have them from the CORS middleware inside the edge)."""
+        return answer if self.cors is None else ProblemCORSMiddleware(answer, **self.cors)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -120,7 +133,7 @@ class EdgeMiddleware:
             admission = self._admission(scope)
             refusal = _refusal(scope, limit)
             if refusal is not None:
-                await refusal(scope, receive, send_with_headers)
+                await self._own(refusal)(scope, receive, send_with_headers)
             elif admission is None:
                 await self.app(scope, receive_body, send_with_headers)
             else:
@@ -133,7 +146,7 @@ class EdgeMiddleware:
             else:
                 response = await unhandled_error(Request(scope), exc)
             if not response_started:
-                await response(scope, receive, send_with_headers)
+                await self._own(response)(scope, receive, send_with_headers)
         finally:
             request_logger.info(
                 "request",

@@ -1,9 +1,10 @@
 """Headers every response carries, and cross-origin access (off unless CORS_ORIGINS is set)."""
 
 from http import HTTPStatus
+from typing import Any
 
 import secure
-from fastapi import FastAPI, Request
+from fastapi import Request
 from fastapi.middleware.cors import CORSMiddleware
 from starlette.datastructures import Headers
 from starlette.responses import Response
@@ -35,30 +36,23 @@ SECURITY_HEADERS: tuple[tuple[bytes, bytes], ...] = tuple(
 )
 
 
-def add_cors_middleware(app: FastAPI, settings: Settings) -> None:
-    """Outermost (added last), so that the answers the edge gives itself (413, 503) carry the
-    CORS headers too, and a browser script can read them."""
-    if settings.cors_origins:
-        app.add_middleware(
-            ProblemCORSMiddleware,
-            allow_origins=settings.cors_origins,
-            allow_methods=["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"],
-            allow_headers=[
-                "Authorization",
-                "Content-Type",
-                "If-Match",
-                "If-None-Match",
-                IDEMPOTENCY_KEY,
-                "X-Request-ID",
-            ],
-            expose_headers=[
-                "ETag",
-                "Location",
-                "X-Request-ID",
-                "Retry-After",
-                REPLAYED_HEADER,
-            ],
-        )
+def cors_options(settings: Settings) -> dict[str, Any] | None:
+    """ProblemCORSMiddleware's options, None when cross-origin calls are off (no CORS_ORIGINS)."""
+    if not settings.cors_origins:
+        return None
+    return {
+        "allow_origins": settings.cors_origins,
+        "allow_methods": ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"],
+        "allow_headers": [
+            "Authorization",
+            "Content-Type",
+            "If-Match",
+            "If-None-Match",
+            IDEMPOTENCY_KEY,
+            "X-Request-ID",
+        ],
+        "expose_headers": ["ETag", "Location", "X-Request-ID", "Retry-After", REPLAYED_HEADER],
+    }
 
 
 class ProblemCORSMiddleware(CORSMiddleware):
