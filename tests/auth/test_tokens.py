@@ -295,6 +295,25 @@ class TestOwnership:
         )
         assert renamed.json()["name"] == "robert"
 
+    async def test_only_admins_change_emails(self, client, people) -> None:
+        """Else a user's token could learn, from 409s, which addresses other users have."""
+        admin, writer = bearer(people["admin"]), bearer(people["writer"])
+        ann, bob = (f"{USERS}/{people[name]['id']}" for name in ("ann", "bob"))
+        for url, email in ((ann, "ann@corp.example"), (bob, "bob@corp.example")):
+            assert (await client.patch(url, json={"email": email}, headers=admin)).is_success
+
+        taken = await client.patch(bob, json={"email": "ANN@corp.example"}, headers=writer)
+        free = await client.patch(bob, json={"email": "new@corp.example"}, headers=writer)
+        cleared = await client.patch(bob, json={"email": None}, headers=writer)
+        same = await client.patch(
+            bob, json={"name": "robert", "email": "Bob@corp.example"}, headers=writer
+        )
+
+        for refused in (taken, free, cleared):
+            assert "admin" in assert_problem(refused, 403)["detail"]
+        assert same.status_code == 200, same.text
+        assert same.json()["name"] == "robert"
+
     async def test_only_admins_create_and_delete_users(self, client, people) -> None:
         headers = bearer(people["writer"])
         assert_problem(await client.post(USERS, json={"name": "eve"}, headers=headers), 403)

@@ -9,7 +9,7 @@ from devreg.db.rendering import Rendered
 from devreg.db.session import UnitOfWork
 from devreg.devices import service as devices_service
 from devreg.devices.filters import DeviceFilter
-from devreg.errors import UserNotFound
+from devreg.errors import AdminRequired, UserNotFound
 from devreg.pagination import PageRequest, PageResult, paginate_listing
 from devreg.users.filters import SORT_KEYS, UserFilter
 from devreg.users.models import User
@@ -53,11 +53,23 @@ async def update_user(
     changes = data.changes()
     if not changes:
         return await get_user(work, user_id, principal=principal)
+    if principal.owner is not None and "email" in changes:
+        await _refuse_email_change(work, user_id, changes["email"], principal=principal)
     await record_actor(work, principal)
     user = await UserRepository(work).update(_visible(principal, user_id), changes)
     if user is None:
         raise UserNotFound
     return user
+
+
+async def _refuse_email_change(
+    work: UnitOfWork, user_id: int, email: str | None, *, principal: Principal
+) -> None:
+    """A non-admin token keeps its user's email (in any case): were it free to change it, each
+    409 "already registered" would tell it whether another user has that address."""
+    current = (await get_user(work, user_id, principal=principal)).email
+    if (current or "").casefold() != (email or "").casefold():
+        raise AdminRequired("Only an admin token may change a user's email.")
 
 
 async def delete_user(
