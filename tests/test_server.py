@@ -2,6 +2,7 @@
 
 import asyncio
 import signal
+import socket
 import time
 from collections import Counter
 
@@ -17,6 +18,7 @@ from tests.support import (
     devreg_backends,
     devreg_process,
     devreg_server,
+    free_port,
     query,
     run_devreg,
 )
@@ -65,7 +67,7 @@ async def test_burst_of_200_requests_on_a_pool_of_5(committed_database_url: URL)
 
 def test_wrong_password_at_start_is_one_clear_line(committed_database_url: URL) -> None:
     wrong = committed_database_url.set(password="hunter2-wrong")
-    result = run_devreg("serve", "--port", "1", DATABASE_URL=url_setting(wrong))
+    result = run_devreg("serve", "--port", str(free_port()), DATABASE_URL=url_setting(wrong))
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [
         f"devreg: wrong password: PostgreSQL at 127.0.0.1:{wrong.port} rejected the password "
@@ -73,6 +75,19 @@ def test_wrong_password_at_start_is_one_clear_line(committed_database_url: URL) 
     ]
     assert "hunter2" not in result.stdout + result.stderr
     assert "Traceback" not in result.stdout + result.stderr
+
+
+def test_a_port_in_use_is_one_clear_line_before_the_database_is_touched() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        nowhere = f"postgresql://devreg@127.0.0.1:{free_port()}/devreg"
+        result = run_devreg("serve", "--port", str(port), DATABASE_URL=nowhere)
+
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [
+        f"devreg: cannot listen on 127.0.0.1:{port}: address already in use"
+    ]
+    assert result.stdout == ""
 
 
 def test_tutorial_settings_compose_the_url(committed_database_url: URL) -> None:

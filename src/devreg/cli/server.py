@@ -1,6 +1,7 @@
 """`devreg serve` and `devreg db ...`."""
 
 import os
+import socket
 from collections.abc import Awaitable, Callable
 from typing import Annotated
 
@@ -40,6 +41,7 @@ def serve(
         check_binding(settings)
     except UnsafeBinding as exc:
         fail(str(exc), code=2)
+    _check_address(settings.host, settings.port)
     # Start the database and surface a bad URL or password as one line, before any worker runs.
     run_async(with_engine(settings, _nothing))
     uvicorn.run(
@@ -53,6 +55,20 @@ def serve(
         access_log=False,
         server_header=False,
     )
+
+
+def _check_address(host: str, port: int) -> None:
+    """Fail with one line if the address cannot be listened on (in use, not this machine's, a
+    privileged port), before the database starts; uvicorn would log it and exit with 3."""
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        with socket.create_server((host, port), family=family):
+            pass
+    except OSError as exc:
+        # create_server's own message repeats the address; the resolver's errno is its own.
+        errno = None if isinstance(exc, socket.gaierror) else exc.errno
+        reason = os.strerror(errno) if errno else exc.strerror
+        fail(f"cannot listen on {host}:{port}: {(reason or str(exc)).lower()}")
 
 
 async def _nothing(engine: AsyncEngine) -> None:
