@@ -126,3 +126,20 @@ async def test_a_bad_value_is_reported_before_an_unknown_name(client: AsyncClien
     problem = assert_problem(await client.get(f"{DEVICES}?limit=0&bogus=1"), 422)
     assert problem["errors"][0]["loc"] == ["query", "limit"]
     assert_problem(await client.get(f"{DEVICES}?limit=1&bogus=1"), 400)
+
+
+async def test_a_204_has_no_content_type(client: AsyncClient) -> None:
+    """No content, so no media type (FastAPI's default response class named JSON's)."""
+    user = (await client.post(USERS, json={"name": "ann"})).json()
+    first, second, third = [
+        (await client.post(DEVICES, json={"name": f"d{n}"})).json()["id"] for n in range(3)
+    ]
+    answers = [
+        await client.post(f"{DEVICES}/{first}/heartbeat"),
+        await client.delete(f"{DEVICES}/{first}"),
+        await client.request("DELETE", f"{DEVICES}/bulk", json=[second, third]),
+        await client.delete(f"{USERS}/{user['id']}"),
+    ]
+
+    assert [(answer.status_code, answer.content) for answer in answers] == [(204, b"")] * 4
+    assert [answer.headers.get("content-type") for answer in answers] == [None] * 4

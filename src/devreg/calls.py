@@ -9,6 +9,7 @@ Idempotency-Key) are read from the call and documented in the OpenAPI schema by 
 """
 
 from collections.abc import AsyncIterator, Callable, Coroutine
+from http import HTTPStatus
 from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends, Request, Response
@@ -91,6 +92,8 @@ class ApiRoute(APIRoute):
         **options: Any,
     ) -> None:
         self.writes = not SAFE_METHODS.issuperset(methods or ())
+        if options.get("status_code") == HTTPStatus.NO_CONTENT:
+            options["response_class"] = Response  # no content, so no Content-Type either
         documented = _EVERY_WRITES_PROBLEMS if self.writes else _EVERY_ROUTES_PROBLEMS
         openapi_extra = {
             "security": SECURITY_REQUIREMENT,
