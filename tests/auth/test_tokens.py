@@ -314,6 +314,19 @@ class TestOwnership:
         assert same.status_code == 200, same.text
         assert same.json()["name"] == "robert"
 
+    async def test_a_users_cascade_is_refused_as_any_non_admin_deletion(
+        self, client, people, running_app
+    ) -> None:
+        """A 403, not the 428 REQUIRE_IF_MATCH gives an admin's cascade (it names no versions)."""
+        settings = running_app.app.state.settings
+        running_app.app.state.settings = settings.model_copy(update={"require_if_match": True})
+        try:
+            bob = f"{USERS}/{people['bob']['id']}?cascade=devices"
+            response = await client.delete(bob, headers=bearer(people["writer"]))
+        finally:
+            running_app.app.state.settings = settings
+        assert_problem(response, 403)
+
     async def test_only_admins_create_and_delete_users(self, client, people) -> None:
         headers = bearer(people["writer"])
         assert_problem(await client.post(USERS, json={"name": "eve"}, headers=headers), 403)

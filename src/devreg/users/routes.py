@@ -110,6 +110,7 @@ async def delete_user(
     """Admins only, once tokens are in use."""
     cascade_devices = query.cascade == "devices"
     if cascade_devices:
+        call.principal.require_admin()  # a 403 comes before asking for what cannot be sent
         refuse_unguarded_bulk_write(call)
     await service.delete_user(
         call.db,
