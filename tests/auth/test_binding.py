@@ -1,5 +1,6 @@
 """Secure by default: open on loopback until a token exists, never open elsewhere by accident."""
 
+import json
 import logging
 import time
 
@@ -111,6 +112,14 @@ def test_auth_off_warns_of_the_address_served(committed_database_url: URL) -> No
     url = committed_database_url.render_as_string(hide_password=False)
     with devreg_process(DATABASE_URL=url, AUTH="off", WORKERS="2") as server:
         port = server.base_url.rsplit(":", 1)[1]
-        warnings = [line for line in server.log().splitlines() if "AUTH=off" in line]
-    assert warnings
+        deadline = time.monotonic() + 20  # the second worker may still be starting
+        while len(warnings := _lines_with("AUTH=off", server.log())) < 2:
+            assert time.monotonic() < deadline, warnings
+            time.sleep(0.1)
+    # One per worker, as a JSON log line (`serve` printed one more as plain text, before them).
+    assert [json.loads(line)["level"] for line in warnings] == ["WARNING", "WARNING"]
     assert all(f"127.0.0.1:{port} " in line for line in warnings)
+
+
+def _lines_with(text: str, log: str) -> list[str]:
+    return [line for line in log.splitlines() if text in line]

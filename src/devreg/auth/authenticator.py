@@ -128,7 +128,9 @@ class UnsafeBinding(Exception):
 
 
 def check_binding(settings: Settings) -> None:
-    """Refuse to serve other hosts without a decision on authentication; warn when it is off."""
+    """Refuse to serve other hosts without a decision on authentication; warn when it is off
+    (once per process serving, in its log's format)."""
+    refuse_unsafe_binding(settings)
     if settings.auth == "off":
         logger.warning(
             "AUTH=off: authentication is disabled; anyone who can reach %s:%s may read and "
@@ -136,7 +138,11 @@ def check_binding(settings: Settings) -> None:
             settings.host,
             settings.port,
         )
-    elif settings.auth == "auto" and not is_loopback(settings.host):
+
+
+def refuse_unsafe_binding(settings: Settings) -> None:
+    """Refuse to serve other hosts without a decision on authentication."""
+    if settings.auth == "auto" and not is_loopback(settings.host):
         raise UnsafeBinding(
             f"HOST={settings.host} is not a loopback address: set AUTH=required to require "
             "API tokens (create one with `devreg tokens create`), or AUTH=off to serve "

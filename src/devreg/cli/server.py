@@ -11,7 +11,7 @@ from alembic import command as alembic_command
 from alembic.util import CommandError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from devreg.auth.authenticator import UnsafeBinding, check_binding
+from devreg.auth.authenticator import UnsafeBinding, refuse_unsafe_binding
 from devreg.cli.common import (
     fail,
     load_settings,
@@ -38,7 +38,7 @@ def serve(
     os.environ.update({name.upper(): str(value) for name, value in given.items()})
     settings = load_settings().model_copy(update=given)
     try:
-        check_binding(settings)
+        refuse_unsafe_binding(settings)  # the workers warn of AUTH=off, once logging is set up
     except UnsafeBinding as exc:
         fail(str(exc), code=2)
     _check_address(settings.host, settings.port)
