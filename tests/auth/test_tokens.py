@@ -1,5 +1,6 @@
 """API tokens over HTTP: who may do what, and how a token stops working."""
 
+import asyncio
 import hashlib
 from typing import Any
 
@@ -8,6 +9,8 @@ from httpx import AsyncClient
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from devreg.auth.authenticator import token_digest
+from devreg.auth.repository import TokenRepository
 from devreg.calls import SAFE_METHODS, ApiRoute
 from devreg.compat.routes import router as tutorial_router
 from tests.api import DEVICES, USERS, assert_problem, create_device, create_user
@@ -133,6 +136,34 @@ class TestAuthentication:
         own = next(item for item in listed if item["prefix"] == token[:12])
         response = await client.delete(f"{TOKENS}/{own['id']}", headers=bearer(token))
         assert response.status_code == 204
+        assert_problem(await client.get(DEVICES, headers=bearer(token)), 401)
+
+    async def test_a_lookup_answered_before_a_revocation_is_not_cached(
+        self, client, people, monkeypatch
+    ) -> None:
+        """The database said "live" to a request, then the token was revoked before the request
+        went on: the request may use the token, but the cache must not keep it (AUTH_CACHE_TTL)."""
+        token = people["writer"]
+        looked_up, go_on = asyncio.Event(), asyncio.Event()
+        use = TokenRepository.use
+
+        async def use_then_wait(repository: TokenRepository, digest: bytes) -> Any:
+            found = await use(repository, digest)
+            if digest == token_digest(token):
+                looked_up.set()
+                await go_on.wait()
+            return found
+
+        monkeypatch.setattr(TokenRepository, "use", use_then_wait)
+        own = await client.get(TOKENS, headers=bearer(people["admin"]), params={"limit": 100})
+        token_id = next(item["id"] for item in own.json()["items"] if item["prefix"] == token[:12])
+        first = asyncio.create_task(client.get(DEVICES, headers=bearer(token)))
+        await looked_up.wait()
+        revoked = await client.delete(f"{TOKENS}/{token_id}", headers=bearer(people["admin"]))
+        go_on.set()
+
+        assert revoked.status_code == 204
+        assert (await first).status_code == 200
         assert_problem(await client.get(DEVICES, headers=bearer(token)), 401)
 
     async def test_a_deleted_users_tokens_stop_working_at_once(self, client, people) -> None:

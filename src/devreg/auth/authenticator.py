@@ -45,6 +45,8 @@ class Authenticator:
         )
         self._tokens_exist = False
         self._open_until = 0.0
+        # Counts what was forgotten: a lookup that began before must not cache what it found.
+        self._forgettings = 0
 
     async def principal(self, work: UnitOfWork, authorization: str | None) -> Principal:
         if self.mode == "off":  # no authentication: a token sent is not looked at
@@ -69,6 +71,7 @@ class Authenticator:
     async def _verdict(self, work: UnitOfWork, digest: bytes) -> _Verdict:
         verdict = self._verdicts.get(digest)
         if verdict is None:
+            forgettings = self._forgettings
             found = await TokenRepository(work).use(digest)
             if found is None:
                 verdict = _Verdict(None, self.cache_ttl)
@@ -76,7 +79,9 @@ class Authenticator:
                 principal, expires_in = found
                 ttl = self.cache_ttl if expires_in is None else min(self.cache_ttl, expires_in)
                 verdict = _Verdict(principal, ttl)
-            if verdict.trusted_for > 0:
+            # A revocation may have come while the database answered: this request may use the
+            # token, as it began before; later ones must ask again.
+            if verdict.trusted_for > 0 and forgettings == self._forgettings:
                 self._verdicts[digest] = verdict
         return verdict
 
@@ -99,16 +104,19 @@ class Authenticator:
         self._tokens_exist = True
 
     def forget(self, digest: bytes) -> None:
+        self._forgettings += 1
         self._verdicts.pop(digest, None)
 
     def forget_user(self, user_id: int) -> None:
         """Forget the tokens of a deleted user (the database deleted them with the user)."""
+        self._forgettings += 1
         for digest, verdict in list(self._verdicts.items()):
             if verdict.principal is not None and verdict.principal.user_id == user_id:
                 self._verdicts.pop(digest, None)
 
     def reset(self) -> None:
         """Forget everything cached (for tests, whose tokens vanish with their transaction)."""
+        self._forgettings += 1
         self._verdicts.clear()
         self._tokens_exist = False
         self._open_until = 0.0
