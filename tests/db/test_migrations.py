@@ -63,6 +63,30 @@ async def test_concurrent_starters_migrate_exactly_once(server_url: URL) -> None
             await engine.dispose()
 
 
+async def test_a_starter_waits_for_anothers_migration_past_statement_timeout(
+    server_url: URL,
+) -> None:
+    """STATEMENT_TIMEOUT is for requests: a worker waiting for the lock while another migrates
+    a big table must not fail to start once the wait passes it."""
+    url = await create_database(server_url, "devreg_lock_wait")
+    holder = create_engine(url, make_settings(url))
+    starter = create_engine(url, make_settings(url, statement_timeout=0.2))
+    try:
+        async with holder.connect() as migrating:
+            await migrating.execute(
+                text("SELECT pg_advisory_xact_lock(:key)"), {"key": migrations.MIGRATION_LOCK_KEY}
+            )
+            started = asyncio.create_task(migrations.upgrade(starter))
+            await asyncio.sleep(1)
+            assert not started.done()
+            await migrating.commit()
+        await started
+        assert await migrations.current_revision(starter) == migrations.head_revision()
+    finally:
+        await holder.dispose()
+        await starter.dispose()
+
+
 def test_autogenerate_proposes_nothing(tmp_path, database_url: URL, monkeypatch) -> None:
     """`alembic check`: the models and the newest migration describe the same schema."""
     monkeypatch.setenv("DATABASE_URL", database_url.render_as_string(hide_password=False))

@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 PROJECT_ROOT = Path(__file__).resolve().parents[3]
 # Any constant works; it only has to be the same for every devreg process.
-_MIGRATION_LOCK_KEY = 0x6465767265670001
+MIGRATION_LOCK_KEY = 0x6465767265670001
 
 _Operation = Callable[[Config], None]
 
@@ -58,10 +58,11 @@ def head_revision() -> str | None:
 
 async def _run_locked(engine: AsyncEngine, operation: _Operation) -> None:
     async with engine.connect() as connection:
-        # A transaction-level lock: released by the commit that makes the migration visible.
-        await connection.execute(select(func.pg_advisory_xact_lock(_MIGRATION_LOCK_KEY)))
-        # A migration may rewrite a big table; STATEMENT_TIMEOUT is for requests.
+        # STATEMENT_TIMEOUT is for requests: a migration may rewrite a big table, and another
+        # starter waits for the lock as long as that takes.
         await connection.execute(text("SET LOCAL statement_timeout = 0"))
+        # A transaction-level lock: released by the commit that makes the migration visible.
+        await connection.execute(select(func.pg_advisory_xact_lock(MIGRATION_LOCK_KEY)))
         await connection.run_sync(_with_connection, operation)
         await connection.commit()
 
