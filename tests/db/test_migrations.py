@@ -122,3 +122,38 @@ async def test_idempotent_answers_kept_before_the_upgrade_replay_as_they_were(
         assert bodies == {"heartbeat": None, "failed": None, "create": b'{"id": 7}'}
     finally:
         await engine.dispose()
+
+
+async def test_records_written_before_owners_were_kept_get_the_devices_owner(
+    server_url: URL,
+) -> None:
+    engine = await _fresh_engine(server_url, "devreg_owners")
+    try:
+        await migrations.upgrade(engine, "3b9e5c7a2d14")  # records without their owner
+        async with engine.begin() as connection:
+            for statement in (
+                "INSERT INTO users (name) VALUES ('ann'), ('bob')",
+                "INSERT INTO devices (name, owner_id) VALUES ('kept', 1), ('gone', 2), ('x', NULL)",
+                "UPDATE devices SET model = 'm' WHERE name = 'kept'",
+                "DELETE FROM devices WHERE name = 'gone'",
+            ):
+                await connection.execute(text(statement))
+
+        await migrations.upgrade(engine)
+
+        async with engine.connect() as connection:
+            rows = await connection.execute(
+                text("SELECT object_type, object_id, action, owner_id FROM changes ORDER BY id")
+            )
+            records = [tuple(row) for row in rows]
+    finally:
+        await engine.dispose()
+    assert records == [
+        ("user", 1, "create", None),
+        ("user", 2, "create", None),
+        ("device", 1, "create", 1),
+        ("device", 2, "create", 2),
+        ("device", 3, "create", None),
+        ("device", 1, "update", 1),
+        ("device", 2, "delete", 2),
+    ]

@@ -29,6 +29,7 @@ class Change(Base):
         CheckConstraint("action IN ('create', 'update', 'delete')", name="action_known"),
         Index("ix_changes_object_type_object_id_id", "object_type", "object_id", "id"),
         Index("ix_changes_user_id_id", "user_id", "id"),
+        Index("ix_changes_owner_id_id", "owner_id", "id"),
         Index("ix_changes_at", "at"),
     )
 
@@ -41,6 +42,8 @@ class Change(Base):
     user_id: Mapped[int | None] = mapped_column(BigInteger)
     token_id: Mapped[int | None] = mapped_column(BigInteger)
     request_id: Mapped[str | None] = mapped_column(String(128))
+    # A device's owner after the change (before it, for a delete): the user who may read it.
+    owner_id: Mapped[int | None] = mapped_column(BigInteger)
     # Create: every field after; delete: every field before; update: only the changed fields.
     before: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
     after: Mapped[dict[str, Any] | None] = mapped_column(JSONB)

@@ -16,8 +16,8 @@ from devreg.pagination import PageRequest, PageResult, paginate_listing
 async def list_changes(
     work: UnitOfWork, *, filters: ChangeFilter, page: PageRequest, principal: Principal
 ) -> PageResult[Rendered]:
-    """Every change for an admin; for any other token, the changes its user's non-admin
-    tokens made, and the history of the user's devices and own record."""
+    """Every change for an admin; for any other token, the history of its user's devices from
+    the user's time with each, and of the user's own record."""
     if principal.owner is not None:
         filters = replace(filters, visible_to=principal.owner)
     return await _page(work, filters, page)
@@ -38,9 +38,10 @@ async def list_device_changes(
     principal: Principal,
 ) -> PageResult[Rendered]:
     """A device's history, whoever made it. An admin sees a deleted device's too; any other
-    token only that of a device its user owns now."""
+    token only that of a device its user owns now, from the user's time with it."""
     if principal.owner is not None:
         await devices_service.get_device(work, device_id, principal=principal)
+        filters = replace(filters, visible_to=principal.owner)
     device = replace(filters, object_type=(ObjectType.DEVICE,), object_id=(device_id,))
     return await _page(work, device, page)
 
