@@ -59,16 +59,15 @@ def serve(
 
 def _check_address(host: str, port: int) -> None:
     """Fail with one line if the address cannot be listened on (in use, not this machine's, a
-    privileged port), before the database starts; uvicorn would log it and exit with 3."""
+    privileged port), before the database starts: uvicorn would log it and exit with 3. Bound
+    as uvicorn binds it: IPv6 only for an address written with colons."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
     try:
-        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
-        with socket.create_server((host, port), family=family):
-            pass
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((host, port))
     except OSError as exc:
-        # create_server's own message repeats the address; the resolver's errno is its own.
-        errno = None if isinstance(exc, socket.gaierror) else exc.errno
-        reason = os.strerror(errno) if errno else exc.strerror
-        fail(f"cannot listen on {host}:{port}: {(reason or str(exc)).lower()}")
+        fail(f"cannot listen on {host}:{port}: {(exc.strerror or str(exc)).lower()}")
 
 
 async def _nothing(engine: AsyncEngine) -> None:
