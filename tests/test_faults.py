@@ -2,6 +2,7 @@
 drops its dead connections, and devreg serves again by itself once the database is back."""
 
 import asyncio
+import logging
 import secrets
 import shutil
 import tempfile
@@ -140,7 +141,7 @@ async def _devreg_connections(cluster: EmbeddedCluster) -> int:
 
 
 async def test_a_database_out_of_connections_is_a_503_on_every_path(
-    server_url: URL, database_url: URL
+    server_url: URL, database_url: URL, caplog: pytest.LogCaptureFixture
 ) -> None:
     """PostgreSQL refusing a new connection (SQLSTATE 53300, too many connections) says nothing
     about the request: a 503 whether the request's statement runs on the hot path or in a
@@ -161,6 +162,7 @@ async def test_a_database_out_of_connections_is_a_503_on_every_path(
                 f"ALTER ROLE {role} CONNECTION LIMIT 0",
                 f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '{role}'",
             )
+            caplog.set_level(logging.WARNING, logger="devreg.errors")
             responses = [
                 await client.get(f"{DEVICES}/1"),  # the hot path, on the dead connection
                 await client.post("/api/v1/users", json={"name": "ann"}),  # a session
@@ -174,3 +176,6 @@ async def test_a_database_out_of_connections_is_a_503_on_every_path(
     for response in responses:
         assert_problem(response, 503)
         assert response.headers["retry-after"].isdigit()
+    # Where PostgreSQL said why (a session's connection), the log says it too.
+    logged = [r for r in caplog.records if r.getMessage() == "database out of resources"]
+    assert {record.sqlstate for record in logged} == {"53300"}

@@ -223,6 +223,17 @@ class ServiceUnavailable(DevregError):
     default_headers = {"Retry-After": "1"}
 
 
+class DatabaseOutOfResources(ServiceUnavailable):
+    """PostgreSQL out of connections, memory or disk (SQLSTATE class 53): most likely for a
+    while, and not the request's fault; `sqlstate` says which, for the log."""
+
+    default_detail = "The database is out of connections, memory or disk; try again shortly."
+
+    def __init__(self, sqlstate: str) -> None:
+        super().__init__()
+        self.sqlstate = sqlstate
+
+
 # SQLSTATE of a statement cancelled by statement_timeout.
 QUERY_CANCELED = "57014"
 # SQLSTATEs of a transaction PostgreSQL rolled back for colliding with another.
@@ -265,10 +276,7 @@ def half_sent(driver_error: BaseException | None) -> bool:
 
 # Class 08: connection exception; 57P0x: the server is shutting down or restarting.
 CONNECTION_LOST_SQLSTATES = ("08", "57P0")
-# What else keeps the database from serving, whatever the request: out of connections, memory or
-# disk (class 53), or refusing devreg's connection: its role or password (28), its database (3D).
-# On the hot path (db.driver) any failure to connect is a 503 already.
-UNAVAILABLE_SQLSTATES = (*CONNECTION_LOST_SQLSTATES, "53", "28", "3D")
+OUT_OF_RESOURCES = "53"
 # asyncpg's errors for a connection that broke without a SQLSTATE, as SQLAlchemy names them.
 _DRIVER_CONNECTION_ERRORS = frozenset({"InterfaceError", "InternalClientError"})
 
@@ -276,8 +284,10 @@ _DRIVER_CONNECTION_ERRORS = frozenset({"InterfaceError", "InternalClientError"})
 def sqlstate_problem(sqlstate: str) -> DevregError | None:
     """The problem a PostgreSQL error means for the client, by its SQLSTATE, whichever layer
     (SQLAlchemy or asyncpg itself) raised it; None for a bug of devreg's own."""
-    if sqlstate.startswith(UNAVAILABLE_SQLSTATES):
+    if sqlstate.startswith(CONNECTION_LOST_SQLSTATES):
         return ServiceUnavailable()
+    if sqlstate.startswith(OUT_OF_RESOURCES):
+        return DatabaseOutOfResources(sqlstate)
     if sqlstate == QUERY_CANCELED:
         return StatementTimedOut()
     if sqlstate in TRANSACTION_COLLISIONS:

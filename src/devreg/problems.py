@@ -20,7 +20,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from starlette.routing import Match
 
-from devreg.errors import DevregError, PoolExhausted, ServiceUnavailable, database_problem
+from devreg.errors import (
+    DatabaseOutOfResources,
+    DevregError,
+    PoolExhausted,
+    ServiceUnavailable,
+    database_problem,
+)
 
 logger = logging.getLogger("devreg.errors")
 
@@ -92,6 +98,8 @@ def document_problems(schema: dict[str, Any]) -> dict[str, Any]:
 
 async def _devreg_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, DevregError)
+    if isinstance(exc, DatabaseOutOfResources):  # the operator's to fix, not the client's
+        logger.warning("database out of resources", extra={"sqlstate": exc.sqlstate})
     return error_response(request, exc)
 
 

@@ -25,7 +25,13 @@ from devreg.db.embedded import EmbeddedPostgresError, resolve_database_url
 from devreg.db.rendering import Rendered
 from devreg.db.server import DatabaseConnectError, InvalidDatabaseUrl, check_connection
 from devreg.db.session import UnitOfWork, create_engine, create_sessionmaker, session_scope
-from devreg.errors import DevregError, InvalidParameter, database_problem, sqlstate_problem
+from devreg.errors import (
+    DatabaseOutOfResources,
+    DevregError,
+    InvalidParameter,
+    database_problem,
+    sqlstate_problem,
+)
 from devreg.pagination import Page, PageResult, page_json
 from devreg.schemas import BIGINT_MAX
 
@@ -113,6 +119,8 @@ _UNDEFINED_TABLE = "42P01"
 
 
 def _meaning(problem: DevregError | None, error: BaseException | None) -> str:
+    if isinstance(problem, DatabaseOutOfResources):  # PostgreSQL's own words say which
+        return f"database error: {error}"
     if problem is not None:
         return problem.detail
     if getattr(error, "sqlstate", None) == _UNDEFINED_TABLE:  # with MIGRATE_ON_START=false
