@@ -336,11 +336,12 @@ class TestOwnership:
         taken = await client.patch(bob, json={"email": "ANN@corp.example"}, headers=writer)
         free = await client.patch(bob, json={"email": "new@corp.example"}, headers=writer)
         cleared = await client.patch(bob, json={"email": None}, headers=writer)
+        recased = await client.patch(bob, json={"email": "Bob@corp.example"}, headers=writer)
         same = await client.patch(
-            bob, json={"name": "robert", "email": "Bob@corp.example"}, headers=writer
+            bob, json={"name": "robert", "email": "bob@corp.example"}, headers=writer
         )
 
-        for refused in (taken, free, cleared):
+        for refused in (taken, free, cleared, recased):
             assert "admin" in assert_problem(refused, 403)["detail"]
         assert same.status_code == 200, same.text
         assert same.json()["name"] == "robert"

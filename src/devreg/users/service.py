@@ -65,10 +65,10 @@ async def update_user(
 async def _refuse_email_change(
     work: UnitOfWork, user_id: int, email: str | None, *, principal: Principal
 ) -> None:
-    """A non-admin token keeps its user's email (in any case): were it free to change it, each
-    409 "already registered" would tell it whether another user has that address."""
-    current = (await get_user(work, user_id, principal=principal)).email
-    if (current or "").casefold() != (email or "").casefold():
+    """A non-admin token keeps its user's email as it is: were it free to change it, each 409
+    "already registered" would tell it whether another user has that address (an address only
+    PostgreSQL's lower() finds equal to the user's own, say)."""
+    if email != (await get_user(work, user_id, principal=principal)).email:
         raise AdminRequired("Only an admin token may change a user's email.")
 
 
