@@ -21,7 +21,7 @@ from devreg.auth.principal import Principal
 from devreg.conditional import IfMatch, WriteCondition
 from devreg.config import Settings
 from devreg.db.session import UnitOfWork, session_scope
-from devreg.errors import PreconditionRequired, UnsupportedContentEncoding
+from devreg.errors import PreconditionRequired, UnguardedBulkWrite, UnsupportedContentEncoding
 from devreg.problems import problem_responses, request_validation_error
 
 # Methods that only read: any live token may use them; every other method needs a write scope.
@@ -181,7 +181,4 @@ def refuse_unguarded_bulk_write(call: Call) -> None:
     """A bulk update or delete (a user's devices deleted with the user too) names no versions:
     with REQUIRE_IF_MATCH it is refused (428)."""
     if call.settings.require_if_match:
-        raise PreconditionRequired(
-            "REQUIRE_IF_MATCH is on and a bulk write cannot carry If-Match: change the devices "
-            "one at a time, each with the ETag of its version."
-        )
+        raise UnguardedBulkWrite

@@ -216,6 +216,15 @@ class PreconditionRequired(DevregError):
     default_detail = "Send If-Match with the ETag of the version you are changing."
 
 
+class UnguardedBulkWrite(PreconditionRequired):
+    """REQUIRE_IF_MATCH with a write of many devices, which cannot name their versions."""
+
+    default_detail = (
+        "REQUIRE_IF_MATCH is on and a bulk write cannot carry If-Match: change the devices one "
+        "at a time, each with the ETag of its version."
+    )
+
+
 class ServiceUnavailable(DevregError):
     status = 503
     slug = "service-unavailable"

@@ -4,7 +4,7 @@ from fastapi import APIRouter, Depends, Path, Request, Response, status
 from pydantic import BaseModel, Field
 
 from devreg.auth.guard import app_authenticator
-from devreg.calls import ApiRoute, Call, documented, refuse_unguarded_bulk_write
+from devreg.calls import ApiRoute, Call, documented
 from devreg.devices.routes import DEVICE_LISTING_QUERY, DeviceListingDep
 from devreg.devices.schemas import DevicePage
 from devreg.locations import created_location
@@ -108,14 +108,11 @@ async def delete_user(
     query: Annotated[UserDeletionQuery, Depends(_USER_DELETION_QUERY)],
 ) -> None:
     """Admins only, once tokens are in use."""
-    cascade_devices = query.cascade == "devices"
-    if cascade_devices:
-        call.principal.require_admin()  # a 403 comes before asking for what cannot be sent
-        refuse_unguarded_bulk_write(call)
     await service.delete_user(
         call.db,
         user_id,
-        cascade_devices=cascade_devices,
+        cascade_devices=query.cascade == "devices",
+        require_if_match=call.settings.require_if_match,
         principal=call.principal,
         authenticator=app_authenticator(call),
     )

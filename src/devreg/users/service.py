@@ -9,7 +9,7 @@ from devreg.db.rendering import Rendered
 from devreg.db.session import UnitOfWork
 from devreg.devices import service as devices_service
 from devreg.devices.filters import DeviceFilter
-from devreg.errors import AdminRequired, UserNotFound
+from devreg.errors import AdminRequired, UnguardedBulkWrite, UserNotFound
 from devreg.pagination import PageRequest, PageResult, paginate_listing
 from devreg.users.filters import SORT_KEYS, UserFilter
 from devreg.users.models import User
@@ -79,11 +79,14 @@ async def delete_user(
     cascade_devices: bool,
     principal: Principal,
     authenticator: Authenticator | None = None,
+    require_if_match: bool = False,
 ) -> None:
-    """Refused with UserHasDevices while the user owns devices, unless they go with the user.
-    Only an admin deletes users. The user's tokens go with the user, from `authenticator`'s
-    cache too."""
+    """Refused with UserHasDevices while the user owns devices, unless they go with the user
+    (not with `require_if_match`: they would go without their versions named). Only an admin
+    deletes users. The user's tokens go with the user, from `authenticator`'s cache too."""
     principal.require_admin()
+    if cascade_devices and require_if_match:
+        raise UnguardedBulkWrite
     await record_actor(work, principal)
     users = UserRepository(work)
     if cascade_devices:
