@@ -70,11 +70,12 @@ class Call(Request):
             raise request_validation_error(exc, "header", name) from None
 
 
-# What any API route may answer whatever its endpoint does: the database unavailable, the pool
-# exhausted or a statement past STATEMENT_TIMEOUT; and for a write, a body refused at the edge
-# (too slow to arrive, too large, compressed).
-_EVERY_ROUTES_PROBLEMS = problem_responses(503)
-_EVERY_WRITES_PROBLEMS = problem_responses(408, 413, 415, 503)
+# What any API route may answer whatever its endpoint does: a query string that is not UTF-8
+# (refused at the edge), the database unavailable, the pool exhausted or a statement past
+# STATEMENT_TIMEOUT; and for a write, a body refused at the edge (too slow to arrive, too large,
+# compressed).
+_EVERY_ROUTES_PROBLEMS = problem_responses(400, 503)
+_EVERY_WRITES_PROBLEMS = problem_responses(400, 408, 413, 415, 503)
 
 
 class ApiRoute(APIRoute):

@@ -7,11 +7,15 @@ from fastapi import APIRouter, Request, Response, status
 from devreg.config import Settings
 from devreg.db.server import ping
 from devreg.health.schemas import Liveness, Readiness
+from devreg.problems import problem_responses
 
 router = APIRouter(tags=["health"])
 
+# The edge's answer to a query string that is not UTF-8, which health checks get too.
+_REFUSED = problem_responses(400)
 _NOT_READY: dict[int | str, dict[str, Any]] = {
-    503: {"model": Readiness, "description": "PostgreSQL cannot be reached"}
+    **_REFUSED,
+    503: {"model": Readiness, "description": "PostgreSQL cannot be reached"},
 }
 
 
@@ -21,7 +25,7 @@ TUTORIAL_READINESS_PATH = "/api/v1/health-check/db"
 HEALTH_PATHS = (LIVENESS_PATH, READINESS_PATH, TUTORIAL_READINESS_PATH)
 
 
-@router.get(LIVENESS_PATH, response_model=Liveness)
+@router.get(LIVENESS_PATH, response_model=Liveness, responses=_REFUSED)
 async def livez() -> Liveness:
     return Liveness()
 
