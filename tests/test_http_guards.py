@@ -8,10 +8,12 @@ import time
 from collections.abc import AsyncIterator
 
 import pytest
+from fastapi.responses import StreamingResponse
 from httpx import AsyncClient
 from sqlalchemy.engine import URL
 
 from devreg.app import create_app
+from devreg.errors import StatementTimedOut
 from tests.api import DEVICES, assert_problem, stored_devices
 from tests.support import api_client, make_settings, running
 
@@ -200,3 +202,67 @@ async def test_a_browser_reads_the_edges_own_answers(browser_client: AsyncClient
     assert too_large.headers["access-control-allow-origin"] == "https://ui.example"
     exposed = ordinary.headers["access-control-expose-headers"]
     assert "Idempotent-Replayed" in exposed
+
+
+async def test_a_streamed_response_that_breaks_off_is_logged_as_what_broke_it(
+    database_url: URL, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An export cut by a statement timeout after its first rows: the client sees the body end
+    early (no last chunk); the log said "unhandled error" with Starlette's RuntimeError."""
+
+    async def breaking() -> StreamingResponse:
+        async def chunks() -> AsyncIterator[bytes]:
+            yield b"first rows\n"
+            raise StatementTimedOut
+
+        return StreamingResponse(chunks(), media_type="text/csv")
+
+    app = create_app(make_settings(database_url))
+    app.add_api_route("/api/v1/breaking", breaking)
+    sent: list[dict[str, object]] = []
+
+    requested = asyncio.Event()
+
+    async def receive() -> dict[str, object]:
+        if requested.is_set():  # the client stays connected, reading
+            await asyncio.Event().wait()
+        requested.set()
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, object]) -> None:
+        sent.append(message)
+
+    path = "/api/v1/breaking"
+    scope = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET",
+        "scheme": "http", "path": path, "raw_path": path.encode(), "query_string": b"",
+        "root_path": "", "headers": [], "client": ("127.0.0.1", 1), "server": ("devreg.test", 80),
+    }  # fmt: skip
+    with caplog.at_level(logging.INFO):
+        async with running(app) as started:
+            await started(scope, receive, send)  # type: ignore[arg-type]
+
+    assert [m["type"] for m in sent] == ["http.response.start", "http.response.body"]
+    assert sent[1] == {"type": "http.response.body", "body": b"first rows\n", "more_body": True}
+    cut = [r for r in caplog.records if r.name == "devreg.errors"]
+    assert [(r.levelname, r.getMessage(), r.error_type) for r in cut] == [
+        ("WARNING", "response cut short", "StatementTimedOut")
+    ]
+    (line,) = [r for r in caplog.records if r.name == "devreg.request"]
+    assert (line.status, line.incomplete) == (200, True)
+
+
+async def test_only_a_response_that_did_not_end_is_logged_incomplete(
+    client: AsyncClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.INFO, logger="devreg.request"):
+        for method in ("GET", "HEAD"):
+            await client.request(method, f"{DEVICES}/export")
+        await client.get(f"{DEVICES}/1")
+
+    lines = [r for r in caplog.records if r.name == "devreg.request"]
+    assert [(r.status, getattr(r, "incomplete", False)) for r in lines] == [
+        (200, False),
+        (200, False),
+        (404, False),
+    ]

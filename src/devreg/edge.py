@@ -19,7 +19,12 @@ from devreg.admission import Admission, Turn
 from devreg.body_limit import BodyLimits, declared_too_large, too_large
 from devreg.errors import PoolExhausted, UndecodableQueryString
 from devreg.logs import request_logger
-from devreg.problems import error_response, problem_response, unhandled_error
+from devreg.problems import (
+    error_response,
+    problem_response,
+    response_cut_short,
+    unhandled_error,
+)
 from devreg.security import SECURITY_HEADERS, ProblemCORSMiddleware
 
 REQUEST_ID_HEADER = b"x-request-id"
@@ -108,11 +113,11 @@ class EdgeMiddleware:
         correlation_id.set(request_id)
         added = (*SECURITY_HEADERS, (REQUEST_ID_HEADER, request_id.encode("ascii")))
         status = 500
-        response_started = head_answered = False
+        response_started = response_ended = head_answered = False
         turn: Turn | None = None
 
         async def send_with_headers(message: Message) -> None:
-            nonlocal status, response_started, head_answered
+            nonlocal status, response_started, response_ended, head_answered
             if message["type"] == "http.response.start":
                 status = message["status"]
                 response_started = True
@@ -125,6 +130,8 @@ class EdgeMiddleware:
                     return
                 head_answered = True
                 message = {"type": "http.response.body", "body": b"", "more_body": False}
+            if message["type"] == "http.response.body" and not message.get("more_body", False):
+                response_ended = True
             await send(message)
 
         try:
@@ -140,20 +147,22 @@ class EdgeMiddleware:
                 async with admission.turn() as turn:
                     await self.app(scope, receive_body, send_with_headers)
         except Exception as exc:
-            # PoolExhausted: no turn came in time (an expected 503); anything else is a crash.
-            if isinstance(exc, PoolExhausted):
-                response = error_response(Request(scope), exc)
+            if response_started:  # a streamed response (an export) broke off
+                response_cut_short(Request(scope), exc)
             else:
-                response = await unhandled_error(Request(scope), exc)
-            if not response_started:
+                # PoolExhausted: no turn came in time (an expected 503); anything else a crash.
+                if isinstance(exc, PoolExhausted):
+                    response = error_response(Request(scope), exc)
+                else:
+                    response = await unhandled_error(Request(scope), exc)
                 await self._own(response)(scope, receive, send_with_headers)
         finally:
-            request_logger.info(
-                "request",
-                extra={
-                    "method": method,
-                    "path": scope["path"],
-                    "status": status,
-                    "duration_ms": round((time.perf_counter() - started_at) * 1000, 2),
-                },
-            )
+            line = {
+                "method": method,
+                "path": scope["path"],
+                "status": status,
+                "duration_ms": round((time.perf_counter() - started_at) * 1000, 2),
+            }
+            if response_started and not response_ended:  # broken off, or the client went away
+                line["incomplete"] = True
+            request_logger.info("request", extra=line)

@@ -242,6 +242,25 @@ async def unhandled_error(request: Request, exc: BaseException) -> JSONResponse:
     return problem_response(request, status=500, detail=DevregError.default_detail)
 
 
+def response_cut_short(request: Request, exc: BaseException) -> None:
+    """Log an error that came after the response began (a streamed export): its status is sent,
+    so the client learns of it only from the body ending early. One the app has a handler for
+    (the database gone, a statement timeout) reaches here as Starlette's RuntimeError from it,
+    and is a warning; anything else is a crash."""
+    if isinstance(exc, RuntimeError) and exc.__cause__ is not None:
+        exc = exc.__cause__
+    expected = isinstance(exc, DevregError)
+    logger.log(
+        logging.WARNING if expected else logging.ERROR,
+        "response cut short" if expected else "unhandled error",
+        extra={
+            "error_type": type(exc).__name__,
+            "method": request.method,
+            "path": request.url.path,
+        },
+    )
+
+
 def register_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(DevregError, _devreg_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
