@@ -5,9 +5,13 @@ import traceback
 from datetime import UTC, datetime
 
 import asyncpg
+import pytest
+from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError
 
+from devreg.app import create_app
 from devreg.logs import JsonLineFormatter, logging_config
+from tests.support import api_client, make_settings, running
 
 
 def format_record(message: str, *, exc_info: bool = False) -> dict[str, object]:
@@ -120,3 +124,25 @@ def test_a_field_without_a_json_form_is_written_as_text() -> None:
     line = json.loads(JsonLineFormatter().format(record))
 
     assert line["thing"].startswith("<")
+
+
+async def test_db_echo_shows_the_statements_sent_straight_to_asyncpg_too(
+    committed_database_url: URL, caplog: pytest.LogCaptureFixture
+) -> None:
+    """DB_ECHO turns on SQLAlchemy's statement log; the hot paths' single statements, which
+    asyncpg runs without SQLAlchemy, were missing from it."""
+    settings = make_settings(committed_database_url)
+    async with running(create_app(settings)) as app, api_client(app) as client:
+        device = (await client.post("/api/v1/devices", json={"name": "pi"})).json()
+        with caplog.at_level(logging.INFO, logger="sqlalchemy.engine.Engine"):
+            await client.get(f"/api/v1/devices/{device['id']}")
+            await client.get("/api/v1/devices")
+            await client.post(f"/api/v1/devices/{device['id']}/heartbeat")
+            await client.get("/api/v1/devices/export")
+
+    logged = [r.getMessage() for r in caplog.records if r.name == "sqlalchemy.engine.Engine"]
+    statements = [statement for statement in logged if "devices" in statement]
+    assert [statement.split()[0] for statement in statements] == [
+        "SELECT", "SELECT", "UPDATE", "SELECT"  # the export's COPY (SELECT ...) is last
+    ]  # fmt: skip
+    assert "$1" in statements[0]  # the id is a parameter, not in the text

@@ -9,7 +9,7 @@ import asyncpg
 from sqlalchemy import Select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from devreg.db.driver import driver_connection, driver_sql
+from devreg.db.driver import driver_connection, driver_sql, echo
 from devreg.errors import ServiceUnavailable, sqlstate_problem
 
 _CHUNK_BYTES = 256 * 1024
@@ -23,6 +23,7 @@ async def copy_out(
     options, e.g. format="csv", header=True), in chunks, with bounded memory."""
     connection = await driver_connection(session)
     sql, arguments = driver_sql(statement, (await session.connection()).dialect)
+    echo(sql)
     chunks: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=_CHUNKS_IN_FLIGHT)
     pending = bytearray()
 

@@ -1,6 +1,7 @@
 """Statements straight on asyncpg, for the hot paths: one round trip each, none of the ORM's or
 the session's machinery per request. SQLAlchemy still writes the SQL (compiled once)."""
 
+import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -25,6 +26,8 @@ from devreg.errors import (
 )
 
 DIALECT = PGDialect_asyncpg(**JSON_CODECS)  # type: ignore[no-untyped-call]
+# Where SQLAlchemy logs the statements it runs, which DB_ECHO turns on (logs.logging_config).
+_ECHO = logging.getLogger("sqlalchemy.engine.Engine")
 T = TypeVar("T")
 Violations = Mapping[str, Callable[[], Exception]]
 
@@ -107,7 +110,7 @@ async def fetch_row(
         found = result.mappings().first()
         return dict(found) if found is not None else None
     row: Mapping[str, Any] | None = await _pooled(
-        bind, lambda driver: driver.fetchrow(statement.sql, *arguments), violations
+        bind, statement.sql, lambda driver: driver.fetchrow(statement.sql, *arguments), violations
     )
     return row
 
@@ -126,7 +129,7 @@ async def fetch_all(work: UnitOfWork, statement: Select[Any]) -> Sequence[Sequen
         return rows
     sql, arguments = _compiled_once(statement)
     records: list[asyncpg.Record] = await _pooled(
-        bind, lambda driver: driver.fetch(sql, *arguments), {}
+        bind, sql, lambda driver: driver.fetch(sql, *arguments), {}
     )
     return records
 
@@ -157,13 +160,21 @@ def _compiled_once(statement: Select[Any]) -> tuple[str, list[Any]]:
     return driver_statement.sql, driver_statement.arguments(values)
 
 
+def echo(sql: str) -> None:
+    """Log a statement sent straight to asyncpg as SQLAlchemy logs those it runs itself."""
+    if _ECHO.isEnabledFor(logging.INFO):
+        _ECHO.info(sql)
+
+
 async def _pooled(
     bind: AsyncEngine,
+    sql: str,
     run: Callable[[asyncpg.Connection], Awaitable[T]],
     violations: Violations,
 ) -> T:
-    """`run` on a pooled connection in autocommit, returned to the pool after. Its errors become
-    problems as on SQLAlchemy's path (_problem)."""
+    """`run` (which sends `sql`) on a pooled connection in autocommit, returned to the pool
+    after. Its errors become problems as on SQLAlchemy's path (_problem)."""
+    echo(sql)
     try:
         pooled = await bind.raw_connection()
     except bind.dialect.loaded_dbapi.Error:

@@ -39,6 +39,7 @@ from devreg.db.copy import copy_out
 from devreg.db.driver import (
     DriverStatement,
     driver_connection,
+    echo,
     fetch_row,
     violation_error,
 )
@@ -95,6 +96,9 @@ ON COMMIT DROP
 )
 _INDEX_STAGED_SERIALS = "CREATE INDEX ON device_import (serial_number)"
 _EMPTY_STAGING = "TRUNCATE device_import"
+_COPY_TO_STAGING = (
+    f"COPY {_STAGING_TABLE} ({', '.join(_STAGING_COLUMNS)}) FROM STDIN (FORMAT binary)"
+)
 # Remembers the batch's serial numbers; the first line whose serial number came earlier.
 _FIRST_REPEATED_SERIAL = """
 WITH first_seen AS (
@@ -538,7 +542,9 @@ class DeviceRepository(Repository):
     async def stage(self, records: Sequence[ImportRecord]) -> None:
         """Replace the staged batch: COPY (binary) on this session's connection and transaction."""
         connection = await driver_connection(self.session)
+        echo(_EMPTY_STAGING)
         await connection.execute(_EMPTY_STAGING)
+        echo(_COPY_TO_STAGING)
         await connection.copy_records_to_table(
             _STAGING_TABLE, records=records, columns=_STAGING_COLUMNS
         )
