@@ -1,5 +1,6 @@
 """Synthetic data for development and benchmarks: realistic-looking users and devices, made by
-PostgreSQL itself (generate_series), so a million rows take seconds, not minutes."""
+PostgreSQL itself (generate_series) in one statement per table: about a minute for a million
+devices on two cores, most of it the devices' indexes."""
 
 import secrets
 from dataclasses import dataclass
