@@ -55,7 +55,8 @@ async def copy_out(
         except (asyncpg.InterfaceError, OSError):  # the connection went away mid-COPY
             raise ServiceUnavailable() from None
     finally:
-        if not producer.done():
-            producer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await producer
+        # The reader stopped early (the client went away): COPY's end, or its error, no longer
+        # matters, but an error left unread in its task would be logged as a crash.
+        producer.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await producer
