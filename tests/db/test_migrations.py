@@ -1,4 +1,5 @@
 import asyncio
+from typing import Any
 
 from alembic import command
 from alembic.autogenerate import compare_metadata
@@ -99,55 +100,52 @@ def test_autogenerate_proposes_nothing(tmp_path, database_url: URL, monkeypatch)
         get_settings.cache_clear()
 
 
+async def _upgraded_across(
+    server_url: URL, name: str, revision: str, *statements: str, then: str
+) -> list[tuple[Any, ...]]:
+    """The rows `then` reads after the database, at `revision` with what `statements` wrote,
+    is upgraded to the newest revision."""
+    engine = await _fresh_engine(server_url, name)
+    try:
+        await migrations.upgrade(engine, revision)
+        async with engine.begin() as connection:
+            for statement in statements:
+                await connection.execute(text(statement))
+        await migrations.upgrade(engine)
+        async with engine.connect() as connection:
+            return [tuple(row) for row in await connection.execute(text(then))]
+    finally:
+        await engine.dispose()
+
+
 async def test_idempotent_answers_kept_before_the_upgrade_replay_as_they_were(
     server_url: URL,
 ) -> None:
-    engine = await _fresh_engine(server_url, "devreg_answers")
-    try:
-        await migrations.upgrade(engine, "8a3f6d2e4b71")  # answers kept as jsonb
-        async with engine.begin() as connection:
-            await connection.execute(
-                text(
-                    "INSERT INTO idempotency_keys (token_id, key, fingerprint, status, body) "
-                    "VALUES (0, 'heartbeat', '', 204, 'null'), (0, 'failed', '', NULL, NULL), "
-                    """(0, 'create', '', 201, '{"id": 7}')"""
-                )
-            )
-
-        await migrations.upgrade(engine)
-
-        async with engine.connect() as connection:
-            rows = await connection.execute(text("SELECT key, body FROM idempotency_keys"))
-            bodies = dict(rows.all())
-        assert bodies == {"heartbeat": None, "failed": None, "create": b'{"id": 7}'}
-    finally:
-        await engine.dispose()
+    rows = await _upgraded_across(
+        server_url,
+        "devreg_answers",
+        "8a3f6d2e4b71",  # answers kept as jsonb
+        "INSERT INTO idempotency_keys (token_id, key, fingerprint, status, body) "
+        "VALUES (0, 'heartbeat', '', 204, 'null'), (0, 'failed', '', NULL, NULL), "
+        """(0, 'create', '', 201, '{"id": 7}')""",
+        then="SELECT key, body FROM idempotency_keys",
+    )
+    assert dict(rows) == {"heartbeat": None, "failed": None, "create": b'{"id": 7}'}
 
 
 async def test_records_written_before_owners_were_kept_get_the_devices_owner(
     server_url: URL,
 ) -> None:
-    engine = await _fresh_engine(server_url, "devreg_owners")
-    try:
-        await migrations.upgrade(engine, "3b9e5c7a2d14")  # records without their owner
-        async with engine.begin() as connection:
-            for statement in (
-                "INSERT INTO users (name) VALUES ('ann'), ('bob')",
-                "INSERT INTO devices (name, owner_id) VALUES ('kept', 1), ('gone', 2), ('x', NULL)",
-                "UPDATE devices SET model = 'm' WHERE name = 'kept'",
-                "DELETE FROM devices WHERE name = 'gone'",
-            ):
-                await connection.execute(text(statement))
-
-        await migrations.upgrade(engine)
-
-        async with engine.connect() as connection:
-            rows = await connection.execute(
-                text("SELECT object_type, object_id, action, owner_id FROM changes ORDER BY id")
-            )
-            records = [tuple(row) for row in rows]
-    finally:
-        await engine.dispose()
+    records = await _upgraded_across(
+        server_url,
+        "devreg_owners",
+        "3b9e5c7a2d14",  # records without their owner
+        "INSERT INTO users (name) VALUES ('ann'), ('bob')",
+        "INSERT INTO devices (name, owner_id) VALUES ('kept', 1), ('gone', 2), ('x', NULL)",
+        "UPDATE devices SET model = 'm' WHERE name = 'kept'",
+        "DELETE FROM devices WHERE name = 'gone'",
+        then="SELECT object_type, object_id, action, owner_id FROM changes ORDER BY id",
+    )
     assert records == [
         ("user", 1, "create", None),
         ("user", 2, "create", None),
