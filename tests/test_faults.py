@@ -140,17 +140,30 @@ async def _devreg_connections(cluster: EmbeddedCluster) -> int:
     return count
 
 
-async def test_a_database_out_of_connections_is_a_503_on_every_path(
-    server_url: URL, database_url: URL, caplog: pytest.LogCaptureFixture
+@pytest.mark.parametrize(
+    ("refusal", "sqlstate", "logged_as"),
+    [
+        pytest.param("CONNECTION LIMIT 0", "53300", "WARNING", id="out-of-connections"),
+        pytest.param("PASSWORD 'rotated'", "28P01", "ERROR", id="password-rotated"),
+    ],
+)
+async def test_a_database_refusing_new_connections_is_a_logged_503_on_every_path(
+    server_url: URL,
+    database_url: URL,
+    caplog: pytest.LogCaptureFixture,
+    refusal: str,
+    sqlstate: str,
+    logged_as: str,
 ) -> None:
-    """PostgreSQL refusing a new connection (SQLSTATE 53300, too many connections) says nothing
-    about the request: a 503 whether the request's statement runs on the hot path or in a
-    session. The session path answered 500."""
-    role = f"limited_{secrets.token_hex(4)}"
-    await admin(server_url, f"CREATE ROLE {role} LOGIN PASSWORD 'limited'")
+    """PostgreSQL refusing devreg a new connection (too many connections; a password rotated
+    in the database but not in DATABASE_URL) says nothing about the request: a 503 whether
+    the request's statement runs on the hot path or in a session, and the operator is told
+    why. The session path answered 500, the hot path a 503 that logged nothing."""
+    role = f"refused_{secrets.token_hex(4)}"
+    await admin(server_url, f"CREATE ROLE {role} LOGIN PASSWORD 'first'")
     await admin(database_url, f"GRANT SELECT ON ALL TABLES IN SCHEMA public TO {role}")
     try:
-        url = database_url.set(username=role, password="limited")
+        url = database_url.set(username=role, password="first")
         # One connection: once the first request has met it dead, every request must connect.
         settings = make_settings(url, pool_size=1, max_overflow=0)
         async with running(create_app(settings)) as app, api_client(app) as client:
@@ -159,7 +172,7 @@ async def test_a_database_out_of_connections_is_a_503_on_every_path(
             assert (await client.get(f"{DEVICES}/1")).status_code == 404
             await admin(
                 server_url,
-                f"ALTER ROLE {role} CONNECTION LIMIT 0",
+                f"ALTER ROLE {role} {refusal}",
                 f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '{role}'",
             )
             caplog.set_level(logging.WARNING, logger="devreg.errors")
@@ -176,6 +189,6 @@ async def test_a_database_out_of_connections_is_a_503_on_every_path(
     for response in responses:
         assert_problem(response, 503)
         assert response.headers["retry-after"].isdigit()
-    # Where PostgreSQL said why (a session's connection), the log says it too.
-    logged = [r for r in caplog.records if r.getMessage() == "database out of resources"]
-    assert {record.sqlstate for record in logged} == {"53300"}
+    # Every request that had to connect (all but the first) logged why.
+    logged = [(r.levelname, r.sqlstate) for r in caplog.records if hasattr(r, "sqlstate")]
+    assert logged == [(logged_as, sqlstate)] * 3

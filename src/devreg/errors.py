@@ -4,6 +4,7 @@ Free of the web framework, so that the CLI, which reports the same errors, start
 loading it; `devreg.problems` makes them (and every other failure) HTTP responses.
 """
 
+import logging
 from typing import Any, ClassVar
 
 from sqlalchemy.exc import DBAPIError, IntegrityError
@@ -232,15 +233,31 @@ class ServiceUnavailable(DevregError):
     default_headers = {"Retry-After": "1"}
 
 
-class DatabaseOutOfResources(ServiceUnavailable):
-    """PostgreSQL out of connections, memory or disk (SQLSTATE class 53): most likely for a
-    while, and not the request's fault; `sqlstate` says which, for the log."""
+class DatabaseRefusal(ServiceUnavailable):
+    """PostgreSQL refusing work for a reason of its own, not the request's; the operator's to
+    fix, so logged (at `log_level`, with the SQLSTATE) as well as answered with a 503."""
 
-    default_detail = "The database is out of connections, memory or disk; try again shortly."
+    log_level: ClassVar[int] = logging.WARNING
+    log_message: ClassVar[str]
 
     def __init__(self, sqlstate: str) -> None:
         super().__init__()
         self.sqlstate = sqlstate
+
+
+class DatabaseOutOfResources(DatabaseRefusal):
+    """Out of connections, memory or disk (SQLSTATE class 53): most likely for a while."""
+
+    default_detail = "The database is out of connections, memory or disk; try again shortly."
+    log_message = "database out of resources"
+
+
+class DatabaseRefusesDevreg(DatabaseRefusal):
+    """devreg's role, password or database refused (classes 28, 3D): a misconfiguration, say a
+    password rotated in the database but not in DATABASE_URL."""
+
+    log_level = logging.ERROR
+    log_message = "database refused devreg's connection"
 
 
 # SQLSTATE of a statement cancelled by statement_timeout.
@@ -286,6 +303,7 @@ def half_sent(driver_error: BaseException | None) -> bool:
 # Class 08: connection exception; 57P0x: the server is shutting down or restarting.
 CONNECTION_LOST_SQLSTATES = ("08", "57P0")
 OUT_OF_RESOURCES = "53"
+REFUSED_CONNECTION = ("28", "3D")  # invalid authorization, invalid catalog name
 # asyncpg's errors for a connection that broke without a SQLSTATE, as SQLAlchemy names them.
 _DRIVER_CONNECTION_ERRORS = frozenset({"InterfaceError", "InternalClientError"})
 
@@ -297,6 +315,8 @@ def sqlstate_problem(sqlstate: str) -> DevregError | None:
         return ServiceUnavailable()
     if sqlstate.startswith(OUT_OF_RESOURCES):
         return DatabaseOutOfResources(sqlstate)
+    if sqlstate.startswith(REFUSED_CONNECTION):
+        return DatabaseRefusesDevreg(sqlstate)
     if sqlstate == QUERY_CANCELED:
         return StatementTimedOut()
     if sqlstate in TRANSACTION_COLLISIONS:

@@ -21,7 +21,7 @@ from starlette.requests import ClientDisconnect
 from starlette.routing import Match
 
 from devreg.errors import (
-    DatabaseOutOfResources,
+    DatabaseRefusal,
     DevregError,
     PoolExhausted,
     ServiceUnavailable,
@@ -98,8 +98,8 @@ def document_problems(schema: dict[str, Any]) -> dict[str, Any]:
 
 async def _devreg_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, DevregError)
-    if isinstance(exc, DatabaseOutOfResources):  # the operator's to fix, not the client's
-        logger.warning("database out of resources", extra={"sqlstate": exc.sqlstate})
+    if isinstance(exc, DatabaseRefusal):  # the operator's to fix, not the client's
+        logger.log(exc.log_level, exc.log_message, extra={"sqlstate": exc.sqlstate})
     return error_response(request, exc)
 
 

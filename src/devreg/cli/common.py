@@ -26,7 +26,7 @@ from devreg.db.rendering import Rendered
 from devreg.db.server import DatabaseConnectError, InvalidDatabaseUrl, check_connection
 from devreg.db.session import UnitOfWork, create_engine, create_sessionmaker, session_scope
 from devreg.errors import (
-    DatabaseOutOfResources,
+    DatabaseRefusal,
     DevregError,
     InvalidParameter,
     database_problem,
@@ -119,7 +119,7 @@ _UNDEFINED_TABLE = "42P01"
 
 
 def _meaning(problem: DevregError | None, error: BaseException | None) -> str:
-    if isinstance(problem, DatabaseOutOfResources):  # PostgreSQL's own words say which
+    if isinstance(problem, DatabaseRefusal):  # PostgreSQL's own words say which
         return f"database error: {error}"
     if problem is not None:
         return problem.detail

@@ -177,9 +177,13 @@ async def _pooled(
     echo(sql)
     try:
         pooled = await bind.raw_connection()
-    except bind.dialect.loaded_dbapi.Error:
-        # The pool had to connect, and could not: the database is down or starting up.
-        raise ServiceUnavailable() from None
+    except bind.dialect.loaded_dbapi.Error as exc:
+        # The pool had to connect, and could not: the database down or starting up (no SQLSTATE,
+        # or a connection one), out of connections, or refusing devreg's role or password.
+        refusal = sqlstate_problem(getattr(exc, "sqlstate", None) or "")
+        raise (
+            refusal if isinstance(refusal, ServiceUnavailable) else ServiceUnavailable()
+        ) from None
     try:
         return await run(pooled.driver_connection)
     except BaseException as exc:
