@@ -152,9 +152,13 @@ def documented(*parameters: dict[str, Any]) -> dict[str, Any]:
 
 async def streaming_work(request: Request) -> AsyncIterator[UnitOfWork]:
     """A request's second unit of work, for a streamed response: it stays open until the last
-    byte is sent (the request's own ends before the response starts). Read-only use."""
+    byte is sent (the request's own ends before the response starts). Read-only use, so it is
+    rolled back, never committed: a stream cut off may have left its connection invalidated."""
     async with session_scope(request.state.sessionmaker, begin=False) as work:
-        yield work
+        try:
+            yield work
+        finally:
+            await work.rollback()
 
 
 StreamingWorkDep = Annotated[UnitOfWork, Depends(streaming_work)]

@@ -1,7 +1,9 @@
 """HTTP tests of GET /devices/export: CSV and NDJSON, streamed by id, with the listing filters."""
 
+import asyncio
 from typing import Any
 
+import httpx
 import pytest
 from httpx import AsyncClient, Response
 from sqlalchemy.engine import URL
@@ -13,8 +15,10 @@ from tests.support import (
     EXPORT_PARSERS,
     admin,
     api_client,
+    devreg_process,
     export_view,
     make_settings,
+    run_devreg,
     running,
 )
 
@@ -259,3 +263,29 @@ async def test_a_timeout_before_the_first_chunk_is_a_503_problem(
 
     assert_problem(response, 503)
     assert response.headers["retry-after"]
+
+
+async def test_a_client_leaving_an_export_early_leaves_the_server_as_it_was(
+    committed_database_url: URL,
+) -> None:
+    """The COPY cut off was cancelled inside asyncpg, whose connection then failed on the COPY's
+    next message: an AttributeError logged, and the connection, back in the pool, a 503 or 500
+    for the next request. Now it is closed and left out of the pool."""
+    url = committed_database_url.render_as_string(hide_password=False)
+    seeded = run_devreg("seed", "--devices", "50000", "--users", "10", DATABASE_URL=url)
+    assert seeded.returncode == 0, seeded.stderr
+    # One connection, so the export's is the next request's.
+    with devreg_process(DATABASE_URL=url, POOL_SIZE="1", MAX_OVERFLOW="0") as server:
+        async with httpx.AsyncClient(base_url=server.base_url, timeout=30) as client:
+            for _ in range(3):
+                async with client.stream("GET", f"{DEVICES}/export") as export:
+                    await anext(export.aiter_bytes())
+                    await asyncio.sleep(0.5)  # the server's chunks in flight fill up
+                # hung up, mid-stream
+            after = [(await client.get(f"{DEVICES}/1")).status_code for _ in range(5)]
+            whole = await client.get(f"{DEVICES}/export", params={"format": "ndjson"})
+        errors = server.errors_logged()
+
+    assert after == [200] * 5
+    assert len(whole.text.splitlines()) == 50_000
+    assert errors == []

@@ -1,7 +1,6 @@
 """PostgreSQL's COPY protocol through the session's own connection and transaction."""
 
 import asyncio
-import contextlib
 from collections.abc import AsyncGenerator
 from typing import Any
 
@@ -39,9 +38,13 @@ async def copy_out(
             if pending:
                 await chunks.put(bytes(pending))
         finally:
-            await chunks.put(None)
+            # The end, for the reader; unless the reader is gone (it cancelled this task), when
+            # the chunks in flight, never taken, would keep it from ever being put.
+            if not _cancelling():
+                await chunks.put(None)
 
     producer = asyncio.create_task(produce())
+    producer.add_done_callback(_read_outcome)
     try:
         while (chunk := await chunks.get()) is not None:
             yield chunk
@@ -55,8 +58,23 @@ async def copy_out(
         except (asyncpg.InterfaceError, OSError):  # the connection went away mid-COPY
             raise ServiceUnavailable() from None
     finally:
-        # The reader stopped early (the client went away): COPY's end, or its error, no longer
-        # matters, but an error left unread in its task would be logged as a crash.
-        producer.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await producer
+        if not producer.done():
+            # The reader stopped early (the client went away). asyncpg cannot leave a COPY half
+            # way: cancelled, its connection fails on the COPY's next message. So it is closed,
+            # which ends the COPY, and left out of the pool.
+            connection.terminate()
+            await (await session.connection()).invalidate()
+            producer.cancel()  # if it waits to hand over a chunk
+        await asyncio.wait([producer])
+
+
+def _read_outcome(producer: "asyncio.Task[None]") -> None:
+    """Mark COPY's error read: when the reader is gone it matters to nobody, and left unread
+    asyncio would log it as a crash (PostgreSQL's message with it)."""
+    if not producer.cancelled():
+        producer.exception()
+
+
+def _cancelling() -> bool:
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
