@@ -63,8 +63,10 @@ async def copy_out(
             # way: cancelled, its connection fails on the COPY's next message. So it is closed,
             # which ends the COPY, and left out of the pool.
             connection.terminate()
-            await (await session.connection()).invalidate()
-            producer.cancel()  # if it waits to hand over a chunk
+            try:
+                await (await session.connection()).invalidate()
+            finally:
+                producer.cancel()  # if it waits to hand over a chunk
         await asyncio.wait([producer])
 
 
