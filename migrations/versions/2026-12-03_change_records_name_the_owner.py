@@ -4,7 +4,7 @@ A non-admin token read the whole history of every device its user owns now, so a
 admin gave to another user brought its previous owner's changes (names, attributes, who made
 them) along. Each record now keeps `owner_id`, the device's owner after the change (before it,
 for a delete), and a non-admin token sees the records of its user's time with the device.
-Records written before this revision get the owner the device has now (or had when deleted).
+Records written before this revision get the owner their device's log had set by then.
 
 Revision ID: 6f0c2a8d4e19
 Revises: 3b9e5c7a2d14
@@ -100,15 +100,30 @@ END
 $$
 """
 
-# The owner a record written before this revision gets: the device's now, else its deletion's.
+# The owner a record written before this revision gets: the one its device's log last set at or
+# before it (a create's, an update's that moved the device, a delete's); for records older than
+# any such (their create pruned), the device's owner now.
 _BACKFILL = """
-UPDATE changes SET owner_id = coalesce(
-    (SELECT owner_id FROM devices WHERE devices.id = changes.object_id),
-    (SELECT (gone.before->>'owner_id')::bigint FROM changes AS gone
-     WHERE gone.object_type = 'device' AND gone.object_id = changes.object_id
-       AND gone.action = 'delete')
-)
-WHERE object_type = 'device'
+UPDATE changes SET owner_id = known.owner_id
+FROM (
+    SELECT id, CASE
+        WHEN owner_group > 0 THEN (first_value(owner_set) OVER (
+            PARTITION BY object_id, owner_group ORDER BY id) #>> '{}')::bigint
+        ELSE (SELECT owner_id FROM devices WHERE devices.id = grouped.object_id)
+    END AS owner_id
+    FROM (
+        SELECT id, object_id, owner_set,
+               count(owner_set) OVER (PARTITION BY object_id ORDER BY id) AS owner_group
+        FROM (
+            SELECT id, object_id, CASE
+                WHEN action = 'delete' THEN before -> 'owner_id'
+                ELSE after -> 'owner_id'
+            END AS owner_set
+            FROM changes WHERE object_type = 'device'
+        ) AS marked
+    ) AS grouped
+) AS known
+WHERE changes.id = known.id
 """
 
 

@@ -144,6 +144,10 @@ async def test_records_written_before_owners_were_kept_get_the_devices_owner(
         "INSERT INTO devices (name, owner_id) VALUES ('kept', 1), ('gone', 2), ('x', NULL)",
         "UPDATE devices SET model = 'm' WHERE name = 'kept'",
         "DELETE FROM devices WHERE name = 'gone'",
+        "UPDATE devices SET owner_id = 2 WHERE name = 'kept'",  # given to bob
+        "UPDATE devices SET model = 'n' WHERE name = 'kept'",
+        "UPDATE devices SET owner_id = NULL WHERE name = 'kept'",
+        "UPDATE devices SET model = 'o' WHERE name = 'kept'",
         then="SELECT object_type, object_id, action, owner_id FROM changes ORDER BY id",
     )
     assert records == [
@@ -152,6 +156,10 @@ async def test_records_written_before_owners_were_kept_get_the_devices_owner(
         ("device", 1, "create", 1),
         ("device", 2, "create", 2),
         ("device", 3, "create", None),
-        ("device", 1, "update", 1),
+        ("device", 1, "update", 1),  # ann's time with it stays hers
         ("device", 2, "delete", 2),
+        ("device", 1, "update", 2),
+        ("device", 1, "update", 2),
+        ("device", 1, "update", None),
+        ("device", 1, "update", None),
     ]
