@@ -93,7 +93,8 @@ async def list_device_changes(
     call: Call,
     listing: ObjectChangeListingDep,
 ) -> object:
-    """The device's history (also after it was deleted, for an admin token)."""
+    """The device's history, also after it was deleted or given away: an admin token's all of
+    it, any other's its user's time with the device."""
     result = await service.list_device_changes(
         call.db,
         device_id,

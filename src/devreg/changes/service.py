@@ -9,7 +9,8 @@ from devreg.changes.models import ObjectType
 from devreg.changes.repository import ChangeRepository
 from devreg.db.rendering import Rendered
 from devreg.db.session import UnitOfWork
-from devreg.devices import service as devices_service
+from devreg.devices.repository import DeviceRepository
+from devreg.errors import DeviceNotFound
 from devreg.pagination import PageRequest, PageResult, paginate_listing
 
 
@@ -37,13 +38,25 @@ async def list_device_changes(
     page: PageRequest,
     principal: Principal,
 ) -> PageResult[Rendered]:
-    """A device's history, whoever made it. An admin sees a deleted device's too; any other
-    token only that of a device its user owns now, from the user's time with it."""
-    if principal.owner is not None:
-        await devices_service.get_device(work, device_id, principal=principal)
-        filters = replace(filters, visible_to=principal.owner)
+    """A device's history, whoever made it, also after the device was deleted. Any token but an
+    admin's reads the records of its user's time with the device (as `list_changes`): a 404 for
+    a device its user neither owns nor ever had."""
     device = replace(filters, object_type=(ObjectType.DEVICE,), object_id=(device_id,))
+    if principal.owner is not None:
+        device = replace(device, visible_to=principal.owner)
+        if not await _known_to(work, device_id, principal.owner):
+            raise DeviceNotFound()
     return await _page(work, device, page)
+
+
+async def _known_to(work: UnitOfWork, device_id: int, user_id: int) -> bool:
+    """Whether the user owns the device or has any of its history (its time with it ended)."""
+    if await DeviceRepository(work).current_version(device_id, owner=user_id) is not None:
+        return True
+    visible = ChangeFilter(
+        object_type=(ObjectType.DEVICE,), object_id=(device_id,), visible_to=user_id
+    )
+    return await ChangeRepository(work).any_match(visible)
 
 
 async def prune_changes(work: UnitOfWork, *, older_than: timedelta) -> int:

@@ -10,6 +10,7 @@ from sqlalchemy import (
     Select,
     SQLColumnExpression,
     any_,
+    exists,
     func,
     literal,
     select,
@@ -147,6 +148,10 @@ class TableListing(Repository, Generic[FilterT]):
     async def count(self, filters: FilterT, *, exact: bool) -> int:
         matching = select(self.table).where(*self._conditions(filters))
         return await count_matching(self.session, matching, exact=exact)
+
+    async def any_match(self, filters: FilterT) -> bool:
+        found = await self.session.scalar(select(exists().where(*self._conditions(filters))))
+        return bool(found)
 
 
 async def count_matching(session: AsyncSession, statement: Select[Any], *, exact: bool) -> int:
