@@ -1,5 +1,6 @@
 import json
 import logging
+import logging.config
 import sys
 import traceback
 from datetime import UTC, datetime
@@ -70,6 +71,29 @@ def test_sql_is_logged_only_with_db_echo() -> None:
     quiet = logging_config("info")["loggers"]["sqlalchemy.engine"]["level"]
     echoing = logging_config("info", echo_sql=True)["loggers"]["sqlalchemy.engine"]["level"]
     assert (quiet, echoing) == ("WARNING", "INFO")
+
+
+def test_uvicorns_error_for_a_response_broken_off_by_the_edge_is_left_out(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The edge logs why it broke a response off (test_http_guards); uvicorn's error for the
+    same response, "returned without completing response", said nothing more, at ERROR."""
+    config = logging_config("info")
+    touched = [logging.getLogger(name) for name in ("", *config["loggers"])]
+    saved = [(lg.handlers[:], lg.filters[:], lg.level, lg.propagate) for lg in touched]
+    try:
+        logging.config.dictConfig(config)
+        logging.getLogger().addHandler(caplog.handler)
+        uvicorn_errors = logging.getLogger("uvicorn.error")
+        uvicorn_errors.error("ASGI callable returned without completing response.")
+        uvicorn_errors.error("Exception in ASGI application\n")
+    finally:
+        for logger, (handlers, filters, level, propagate) in zip(touched, saved, strict=True):
+            logger.handlers[:], logger.filters[:] = handlers, filters
+            logger.setLevel(level)
+            logger.propagate = propagate
+
+    assert [r.getMessage() for r in caplog.records] == ["Exception in ASGI application\n"]
 
 
 def test_a_line_is_stamped_in_utc_as_iso_8601() -> None:

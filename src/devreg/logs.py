@@ -90,13 +90,24 @@ def _error_names(traceback_text: str) -> str:
     return outermost if outermost == first_cause else f"{outermost} ({first_cause})"
 
 
+class CutShortResponseFilter(logging.Filter):
+    """Drops uvicorn's error for a response the app left unfinished. The edge leaves one so
+    only when it broke off (an export cut by a statement timeout: ending it would tell the
+    client the body was whole), and has logged why, as a warning or an error of its own, with
+    the request line marked `incomplete`."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.msg != "ASGI callable returned without completing response."
+
+
 def logging_config(level: str, *, echo_sql: bool = False) -> dict[str, Any]:
     """A dictConfig for devreg and uvicorn alike (uvicorn applies it in every worker)."""
     return {
         "version": 1,
         "disable_existing_loggers": False,
         "filters": {
-            "request_id": {"()": "asgi_correlation_id.CorrelationIdFilter", "default_value": None}
+            "request_id": {"()": "asgi_correlation_id.CorrelationIdFilter", "default_value": None},
+            "cut_short_response": {"()": CutShortResponseFilter},
         },
         "formatters": {"json": {"()": JsonLineFormatter}},
         "handlers": {
@@ -110,7 +121,11 @@ def logging_config(level: str, *, echo_sql: bool = False) -> dict[str, Any]:
         "root": {"handlers": ["stdout"], "level": level.upper()},
         "loggers": {
             "uvicorn": {"handlers": [], "propagate": True},
-            "uvicorn.error": {"handlers": [], "propagate": True},
+            "uvicorn.error": {
+                "handlers": [],
+                "propagate": True,
+                "filters": ["cut_short_response"],
+            },
             "uvicorn.access": {"handlers": [], "propagate": False},
             "sqlalchemy.engine": {"level": "INFO" if echo_sql else "WARNING"},
         },
