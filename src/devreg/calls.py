@@ -21,7 +21,7 @@ from devreg.auth.principal import Principal
 from devreg.conditional import IfMatch, WriteCondition
 from devreg.config import Settings
 from devreg.db.session import UnitOfWork, session_scope
-from devreg.errors import PreconditionRequired, UnguardedBulkWrite, UnsupportedContentEncoding
+from devreg.errors import PreconditionRequired, UnsupportedContentEncoding
 from devreg.problems import problem_responses, request_validation_error
 
 # Methods that only read: any live token may use them; every other method needs a write scope.
@@ -180,10 +180,3 @@ def write_precondition(call: Call) -> WriteCondition | None:
     if if_match is None and if_none_match is None:
         return None
     return WriteCondition(if_match, if_none_match)
-
-
-def refuse_unguarded_bulk_write(call: Call) -> None:
-    """A bulk update or delete (a user's devices deleted with the user too) names no versions:
-    with REQUIRE_IF_MATCH it is refused (428)."""
-    if call.settings.require_if_match:
-        raise UnguardedBulkWrite

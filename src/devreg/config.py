@@ -108,8 +108,9 @@ class Settings(BaseSettings):
     auth_cache_ttl: float = Field(10.0, ge=0, le=3600)
     # How long an Idempotency-Key is remembered (its answer given again to a retry).
     idempotency_key_lifetime: Duration = timedelta(hours=24)
-    # PUT, PATCH and DELETE of a device without If-Match (bulk ones never have one): last write
-    # wins, or 428 when required.
+    # PUT, PATCH and DELETE of a device without If-Match: last write wins, or 428 when required
+    # (and then bulk updates and deletes, and a user's deletion with its devices, which name no
+    # versions, are refused with 428 too).
     require_if_match: bool = False
 
     data_dir: Path = Field(default_factory=default_data_dir)

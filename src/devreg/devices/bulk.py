@@ -10,7 +10,7 @@ from devreg.db.session import UnitOfWork
 from devreg.devices.repository import DeviceRepository
 from devreg.devices.schemas import DeviceBulkUpdate, DeviceCreate
 from devreg.devices.service import with_permitted_owner, with_permitted_owner_change
-from devreg.errors import InvalidItems, UnknownOwner
+from devreg.errors import InvalidItems, UnguardedBulkWrite, UnknownOwner
 
 
 async def register_devices(
@@ -25,8 +25,14 @@ async def register_devices(
 
 
 async def update_devices(
-    work: UnitOfWork, *, items: Sequence[DeviceBulkUpdate], principal: Principal
+    work: UnitOfWork,
+    *,
+    items: Sequence[DeviceBulkUpdate],
+    principal: Principal,
+    require_if_match: bool = False,
 ) -> list[int]:
+    """Refused with `require_if_match`: a bulk write names no versions."""
+    _refuse_unguarded(require_if_match)
     ids = [item.id for item in items]
     _refuse_repeats(ids, "id")
     _refuse_repeats([item.serial_number for item in items], "serial_number")
@@ -43,7 +49,11 @@ async def update_devices(
     return ids
 
 
-async def delete_devices(work: UnitOfWork, *, ids: Sequence[int], principal: Principal) -> None:
+async def delete_devices(
+    work: UnitOfWork, *, ids: Sequence[int], principal: Principal, require_if_match: bool = False
+) -> None:
+    """Refused with `require_if_match`: a bulk write names no versions."""
+    _refuse_unguarded(require_if_match)
     _refuse_repeats(ids, "id")
     repository = DeviceRepository(work)
     deleted = await repository.delete_many(
@@ -71,6 +81,11 @@ async def _owners_checked(
                 if row.get("owner_id") in unknown
             }
         ) from None
+
+
+def _refuse_unguarded(require_if_match: bool) -> None:
+    if require_if_match:
+        raise UnguardedBulkWrite
 
 
 def _refuse_repeats(values: Sequence[Hashable | None], field: str) -> None:

@@ -14,7 +14,6 @@ from devreg.calls import (
     documented,
     header_parameter,
     read_if_match,
-    refuse_unguarded_bulk_write,
     write_precondition,
 )
 from devreg.conditional import etag, not_modified
@@ -359,8 +358,12 @@ async def _prepended(first: bytes | None, rest: AsyncIterator[bytes]) -> AsyncIt
 @router.patch("/bulk", response_model=BulkResult, responses=problem_responses(409, 422, 428))
 async def update_devices(items: BulkUpdate, call: Call) -> BulkResult:
     """Up to 10,000 `{id, ...fields}` changes, all or nothing."""
-    refuse_unguarded_bulk_write(call)
-    ids = await bulk.update_devices(call.db, items=items, principal=call.principal)
+    ids = await bulk.update_devices(
+        call.db,
+        items=items,
+        principal=call.principal,
+        require_if_match=call.settings.require_if_match,
+    )
     return BulkResult(ids=ids)
 
 
@@ -369,8 +372,9 @@ async def update_devices(items: BulkUpdate, call: Call) -> BulkResult:
 )
 async def delete_devices(ids: BulkDelete, call: Call) -> None:
     """Up to 10,000 ids, all or nothing: one unknown id and none is deleted."""
-    refuse_unguarded_bulk_write(call)
-    await bulk.delete_devices(call.db, ids=ids, principal=call.principal)
+    await bulk.delete_devices(
+        call.db, ids=ids, principal=call.principal, require_if_match=call.settings.require_if_match
+    )
 
 
 @router.post("/bulk", response_model=BulkResult, **IDEMPOTENT_CREATE)
