@@ -129,7 +129,6 @@ class Cursors:
         *,
         nullable: bool = False,
     ) -> None:
-        self.sort = sort
         self.value_type = value_type
         self.nullable = nullable
         canonical = json.dumps([listing, str(sort), filters], sort_keys=True, default=_as_text)

@@ -1,6 +1,6 @@
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Path, Request
+from fastapi import APIRouter, Depends, Request
 from pydantic import Field
 
 from devreg.calls import ApiRoute, Call, documented
@@ -8,9 +8,10 @@ from devreg.changes import service
 from devreg.changes.filters import DEFAULT_SORT, SORT_KEYS, ChangeFilter
 from devreg.changes.models import Action, ObjectType
 from devreg.changes.schemas import ChangePage, ChangeRead
+from devreg.devices.routes import DeviceId
 from devreg.problems import problem_responses
 from devreg.querystring import Listing, PageQuery, QueryString, page_response
-from devreg.schemas import BIGINT_MAX, Id, Instant
+from devreg.schemas import Id, Instant
 
 router = APIRouter(
     route_class=ApiRoute, tags=["changes"], responses=problem_responses(400, 401, 403, 422)
@@ -74,8 +75,9 @@ ObjectChangeListingDep = Annotated[Listing[ChangeFilter], Depends(object_change_
     openapi_extra=documented(*_CHANGE_LISTING_QUERY.parameters()),
 )
 async def list_changes(call: Call, listing: ChangeListingDep) -> object:
-    """Every create, update and delete of a device or user: all of them for an admin token,
-    those its user made for any other."""
+    """Every create, update and delete of a device or user: all of them for an admin token; for
+    any other, the history of its user's devices from the user's time with each, and of the
+    user's own record."""
     result = await service.list_changes(
         call.db, filters=listing.filters, page=listing.page, principal=call.principal
     )
@@ -89,7 +91,7 @@ async def list_changes(call: Call, listing: ChangeListingDep) -> object:
     openapi_extra=documented(*_OBJECT_CHANGE_LISTING_QUERY.parameters()),
 )
 async def list_device_changes(
-    device_id: Annotated[int, Path(ge=1, le=BIGINT_MAX, description="The device's id.")],
+    device_id: DeviceId,
     call: Call,
     listing: ObjectChangeListingDep,
 ) -> object:

@@ -75,7 +75,7 @@ class Terminated(BaseException):
         self.signal_number = signal_number
 
 
-def _terminate(signal_number: int, frame: FrameType | None) -> None:
+def _terminate(signal_number: int, _frame: FrameType | None) -> None:
     raise Terminated(signal_number)
 
 

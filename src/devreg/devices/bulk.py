@@ -91,14 +91,14 @@ def _refuse_unguarded(require_if_match: bool) -> None:
 def _refuse_repeats(values: Sequence[Hashable | None], field: str) -> None:
     """Each item whose `field` (the items' `values` of it) an earlier item has: a 422 item."""
     reason = f"{field} appears more than once in this request"
-    first_index: dict[Hashable, int] = {}
+    seen: set[Hashable] = set()
     problems: dict[int, tuple[str, str]] = {}
     for index, value in enumerate(values):
         if value is None:
             continue
-        if value in first_index:
+        if value in seen:
             problems[index] = (field, reason)
-        first_index.setdefault(value, index)
+        seen.add(value)
     if problems:
         raise InvalidItems(problems)
 

@@ -1,6 +1,6 @@
 import enum
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sqlalchemy import (
     BigInteger,
@@ -17,12 +17,9 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
-from sqlalchemy.orm import Mapped, mapped_column, relationship
+from sqlalchemy.orm import Mapped, mapped_column
 
 from devreg.db.base import Base, Timestamped
-
-if TYPE_CHECKING:
-    from devreg.users.models import User
 
 NAME_MAX_LENGTH = 100
 SERIAL_MAX_LENGTH = 100
@@ -94,5 +91,3 @@ class Device(Timestamped, Base):
         ),
         deferred=True,
     )
-
-    owner: Mapped["User | None"] = relationship(lazy="raise")
