@@ -7,14 +7,16 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
 
+import asyncpg
 import httpx
 import pytest
 from httpx import AsyncClient
 from sqlalchemy.engine import URL
 
+from devreg.app import create_app
 from devreg.conditional import IfMatch, not_modified
 from tests.api import DEVICES, assert_problem, create_device, fetch_device
-from tests.support import RunningApp, devreg_server
+from tests.support import RunningApp, api_client, devreg_server, make_settings, running
 
 TUTORIAL_DEVICES = "/api/v1/device"
 
@@ -371,3 +373,58 @@ async def test_concurrent_increments_under_if_match_lose_nothing(
     assert final["attributes"]["count"] == INCREMENTERS * INCREMENTS
     assert final["version"] == 1 + INCREMENTERS * INCREMENTS
     assert sum(conflicts) > 0  # the writers did collide, and If-Match turned them away
+
+
+@pytest.mark.parametrize("method", ["PATCH", "DELETE"])
+async def test_a_write_whose_if_none_match_matches_no_version_survives_a_change_meanwhile(
+    committed_database_url: URL, method: str
+) -> None:
+    """Another write lands between the version's judgement and the write (held here by an open
+    transaction): the tag matches neither version, so the write applies (it was a 412)."""
+    settings = make_settings(committed_database_url)
+    async with running(create_app(settings)) as app, api_client(app) as client:
+        device = await create_device(client, name="judged")
+        other = await asyncpg.connect(
+            committed_database_url.set(drivername="postgresql").render_as_string(False)
+        )
+        try:
+            writing = other.transaction()
+            await writing.start()
+            await other.execute(
+                "UPDATE devices SET model = 'meanwhile' WHERE id = $1", device["id"]
+            )
+            request = asyncio.create_task(
+                client.request(
+                    method,
+                    f"{DEVICES}/{device['id']}",
+                    json={"name": "mine"} if method == "PATCH" else None,
+                    headers={"If-None-Match": '"999"'},
+                )
+            )
+            await wait_for_a_lock_wait(other)
+            await writing.commit()
+            response = await request
+        finally:
+            await other.close()
+        after = await client.get(f"{DEVICES}/{device['id']}")
+
+    if method == "PATCH":
+        assert response.status_code == 200, response.text
+        assert (after.json()["name"], after.json()["model"]) == ("mine", "meanwhile")
+        assert after.json()["version"] == 3
+    else:
+        assert response.status_code == 204, response.text
+        assert_problem(after, 404)
+
+
+async def wait_for_a_lock_wait(connection: asyncpg.Connection) -> None:
+    """Until some other session waits for a lock this connection's transaction holds."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        waiting = await connection.fetchval(
+            "SELECT count(*) FROM pg_locks WHERE NOT granted AND locktype = 'transactionid'"
+        )
+        if waiting:
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError("no session waited for the lock")
