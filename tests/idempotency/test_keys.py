@@ -4,6 +4,7 @@ import asyncio
 import logging
 from typing import Any
 
+import asyncpg
 import httpx
 import pytest
 from httpx import AsyncClient
@@ -11,9 +12,17 @@ from sqlalchemy import text
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from devreg.app import create_app
 from tests.api import DEVICES, assert_problem, create_device, create_user, stored_devices
 from tests.auth.test_tokens import bearer, new_token
-from tests.support import RunningApp, devreg_server, query
+from tests.support import (
+    RunningApp,
+    api_client,
+    devreg_server,
+    make_settings,
+    query,
+    running,
+)
 
 
 def keyed(key: str, **headers: str) -> dict[str, str]:
@@ -185,3 +194,48 @@ async def test_expired_keys_are_deleted_while_the_server_runs(committed_database
                 break
     assert kept[0]["n"] == 1
     assert left[0]["n"] == 0
+
+
+async def test_a_retry_waiting_for_a_first_request_slower_than_the_lifetime_replays_it(
+    committed_database_url: URL,
+) -> None:
+    """The key's lifetime (here 1 s) counts from the first request's answer: counted from its
+    start, a first request slower than the lifetime left its key expired for the retry waiting
+    on it, which wrote a second device."""
+    settings = make_settings(committed_database_url, idempotency_key_lifetime="1")
+    async with running(create_app(settings)) as app, api_client(app) as client:
+        blocker = await asyncpg.connect(
+            committed_database_url.set(drivername="postgresql").render_as_string(False)
+        )
+        try:
+            holding = blocker.transaction()
+            await holding.start()
+            await blocker.execute("LOCK TABLE devices IN SHARE MODE")
+
+            def send() -> asyncio.Task[httpx.Response]:
+                post = client.post(DEVICES, json={"name": "slow"}, headers=keyed("slow"))
+                return asyncio.create_task(post)
+
+            first = send()
+            await waiting_sessions(blocker, 1)
+            await asyncio.sleep(1.2)  # the first request is now older than the lifetime
+            retry = send()
+            await waiting_sessions(blocker, 2)
+            await holding.rollback()
+            answers = [await first, await retry]
+        finally:
+            await blocker.close()
+
+    assert [a.status_code for a in answers] == [201, 201]
+    assert answers[0].json()["id"] == answers[1].json()["id"]
+    assert answers[1].headers["Idempotent-Replayed"] == "true"
+    assert await query(committed_database_url, "SELECT count(*) AS n FROM devices") == [{"n": 1}]
+
+
+async def waiting_sessions(connection: asyncpg.Connection, count: int) -> None:
+    """Until `count` sessions wait for a lock."""
+    for _ in range(500):
+        if await connection.fetchval("SELECT count(*) FROM pg_locks WHERE NOT granted") >= count:
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"fewer than {count} sessions waited for a lock")

@@ -49,10 +49,12 @@ class IdempotencyRepository(Repository):
         headers: dict[str, str],
         body: bytes | None,
     ) -> None:
+        """Store the answer. The key's lifetime starts now, not when the request began: a retry
+        waiting on a request slower than the lifetime must find its key alive."""
         await self.session.execute(
             update(IdempotencyKey)
             .where(IdempotencyKey.token_id == token_id, IdempotencyKey.key == key)
-            .values(status=status, headers=headers, body=body)
+            .values(status=status, headers=headers, body=body, created_at=func.clock_timestamp())
         )
 
     async def delete_expired(self, lifetime: timedelta) -> int:
