@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import text
 
-from devreg.changes.actor import without_change_log
+from devreg.changes.service import without_change_log
 from devreg.db.session import UnitOfWork
 
 _SEED = """

@@ -1,16 +1,15 @@
 """Who a write is by, handed to the change log's triggers as the transaction-local setting
 `devreg.actor`: inside the writing statement itself (ACTING, ACTING_SQL), or once at the start
-of a transaction (record_actor) for writes through the ORM."""
+of a transaction (changes.service.record_actor) for writes through the ORM."""
 
 import orjson
 from asgi_correlation_id import correlation_id
 from sqlalchemy import Text, TextClause, bindparam, text
 
 from devreg.auth.principal import Principal
-from devreg.db.session import UnitOfWork
 
-_SET_ACTOR = "set_config('devreg.actor', :actor, true)"
-ACTING_SQL = f"(SELECT {_SET_ACTOR}) IS NOT NULL"
+SET_ACTOR = "set_config('devreg.actor', :actor, true)"
+ACTING_SQL = f"(SELECT {SET_ACTOR}) IS NOT NULL"
 """A condition that always holds; evaluating it (once per statement: it is a constant
 subquery) tells the change log who writes, the value bound as `actor`. Put it in the WHERE of
 a write: no extra statement, no extra round trip."""
@@ -28,13 +27,3 @@ def actor_of(principal: Principal) -> str:
             "request_id": correlation_id.get(),
         }
     ).decode()
-
-
-async def record_actor(work: UnitOfWork, principal: Principal) -> None:
-    """Name the actor for every write in the session's transaction (which this begins)."""
-    await work.session.execute(text(f"SELECT {_SET_ACTOR}"), {"actor": actor_of(principal)})
-
-
-async def without_change_log(work: UnitOfWork) -> None:
-    """Record nothing for the rest of the session's transaction (synthetic data)."""
-    await work.session.execute(text("SELECT set_config('devreg.record_changes', 'off', true)"))

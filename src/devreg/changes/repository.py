@@ -1,8 +1,9 @@
 from collections.abc import Sequence
 from datetime import datetime
 
-from sqlalchemy import ColumnElement, delete, or_
+from sqlalchemy import ColumnElement, delete, or_, text
 
+from devreg.changes.actor import SET_ACTOR
 from devreg.changes.filters import ChangeFilter
 from devreg.changes.models import Change, ObjectType
 from devreg.changes.schemas import ChangeRead
@@ -30,6 +31,14 @@ _CHANGE_JSON = JsonShape(
 class ChangeRepository(TableListing[ChangeFilter]):
     shape = _CHANGE_JSON
     table = Change
+
+    async def name_actor(self, actor: str) -> None:
+        """Name the actor (changes.actor) of every write in the rest of the transaction."""
+        await self.session.execute(text(f"SELECT {SET_ACTOR}"), {"actor": actor})
+
+    async def stop_recording(self) -> None:
+        """Record nothing for the rest of the transaction."""
+        await self.session.execute(text("SELECT set_config('devreg.record_changes', 'off', true)"))
 
     async def delete_older_than(self, moment: datetime) -> int:
         statement = delete(Change).where(Change.at < moment)

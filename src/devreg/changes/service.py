@@ -4,6 +4,7 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 from devreg.auth.principal import Principal
+from devreg.changes.actor import actor_of
 from devreg.changes.filters import SORT_KEYS, ChangeFilter
 from devreg.changes.models import ObjectType
 from devreg.changes.repository import ChangeRepository
@@ -57,6 +58,17 @@ async def _known_to(work: UnitOfWork, device_id: int, user_id: int) -> bool:
         object_type=(ObjectType.DEVICE,), object_id=(device_id,), visible_to=user_id
     )
     return await ChangeRepository(work).any_match(visible)
+
+
+async def record_actor(work: UnitOfWork, principal: Principal) -> None:
+    """Name the principal as the actor of every write in the session's transaction (which this
+    begins): for writes whose statements do not name it themselves (changes.actor.ACTING)."""
+    await ChangeRepository(work).name_actor(actor_of(principal))
+
+
+async def without_change_log(work: UnitOfWork) -> None:
+    """Record nothing for the rest of the session's transaction (synthetic data)."""
+    await ChangeRepository(work).stop_recording()
 
 
 async def prune_changes(work: UnitOfWork, *, older_than: timedelta) -> int:

@@ -4,7 +4,7 @@ from dataclasses import replace
 
 from devreg.auth.authenticator import Authenticator
 from devreg.auth.principal import Principal
-from devreg.changes.actor import record_actor
+from devreg.changes.service import record_actor
 from devreg.db.rendering import Rendered
 from devreg.db.session import UnitOfWork
 from devreg.devices import service as devices_service
