@@ -1,7 +1,6 @@
 """Token use cases. Services never commit: the caller's session scope does."""
 
 import secrets
-from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 from devreg.auth.authenticator import Authenticator, token_digest
@@ -76,10 +75,12 @@ async def list_tokens(
     work: UnitOfWork, principal: Principal, *, filters: TokenFilter, page: PageRequest
 ) -> PageResult[Rendered]:
     """The caller's own tokens; an admin's: everyone's, or `user_id`'s."""
-    if principal.owner is not None:
-        filters = replace(filters, visible_to=principal.owner)
     return await paginate_listing(
-        "tokens", TokenRepository(work), filters, page, value_type=SORT_KEYS[page.sort.key]
+        "tokens",
+        TokenRepository(work),
+        principal.restrict(filters),
+        page,
+        value_type=SORT_KEYS[page.sort.key],
     )
 
 

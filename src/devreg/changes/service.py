@@ -20,9 +20,7 @@ async def list_changes(
 ) -> PageResult[Rendered]:
     """Every change for an admin; for any other token, the history of its user's devices from
     the user's time with each, and of the user's own record."""
-    if principal.owner is not None:
-        filters = replace(filters, visible_to=principal.owner)
-    return await _page(work, filters, page)
+    return await _page(work, principal.restrict(filters), page)
 
 
 async def _page(work: UnitOfWork, filters: ChangeFilter, page: PageRequest) -> PageResult[Rendered]:
@@ -42,12 +40,10 @@ async def list_device_changes(
     """A device's history, whoever made it, also after the device was deleted. Any token but an
     admin's reads the records of its user's time with the device (as `list_changes`): a 404 for
     a device its user neither owns nor ever had."""
+    if principal.owner is not None and not await _known_to(work, device_id, principal.owner):
+        raise DeviceNotFound()
     device = replace(filters, object_type=(ObjectType.DEVICE,), object_id=(device_id,))
-    if principal.owner is not None:
-        device = replace(device, visible_to=principal.owner)
-        if not await _known_to(work, device_id, principal.owner):
-            raise DeviceNotFound()
-    return await _page(work, device, page)
+    return await _page(work, principal.restrict(device), page)
 
 
 async def _known_to(work: UnitOfWork, device_id: int, user_id: int) -> bool:

@@ -7,7 +7,6 @@ from devreg.auth.principal import Principal
 from devreg.db.session import UnitOfWork
 from devreg.devices.filters import DeviceFilter
 from devreg.devices.repository import DeviceRepository
-from devreg.devices.service import visible
 
 
 class ExportFormat(enum.StrEnum):
@@ -27,5 +26,5 @@ def export_devices(
     """Chunks of the export. CSV has a header; `tags` and `attributes` are JSON text in CSV,
     and an empty unquoted field is a missing value (an empty string would be quoted)."""
     return DeviceRepository(work).export(
-        visible(principal, filters), as_json=format is ExportFormat.NDJSON
+        principal.restrict(filters), as_json=format is ExportFormat.NDJSON
     )

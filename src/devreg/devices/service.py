@@ -1,7 +1,6 @@
 """Device use cases. Services never commit: the caller's session scope does."""
 
 from collections.abc import Awaitable, Callable
-from dataclasses import replace
 from typing import Any, TypeVar
 
 from devreg.auth.principal import Principal
@@ -43,10 +42,6 @@ def with_permitted_owner_change(principal: Principal, changes: dict[str, Any]) -
     return with_permitted_owner(principal, changes)
 
 
-def visible(principal: Principal, filters: DeviceFilter) -> DeviceFilter:
-    return filters if principal.owner is None else replace(filters, visible_to=principal.owner)
-
-
 async def register_device(
     work: UnitOfWork, *, data: DeviceCreate, principal: Principal
 ) -> DeviceRead:
@@ -77,7 +72,7 @@ async def list_devices(
     return await paginate_listing(
         "devices",
         DeviceRepository(work),
-        visible(principal, filters),
+        principal.restrict(filters),
         page,
         value_type=SORT_KEYS.get(sort_key, float),
         nullable=sort_key in NULLABLE_SORT_KEYS,

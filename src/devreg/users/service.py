@@ -17,7 +17,7 @@ from devreg.users.repository import UserRepository
 from devreg.users.schemas import UserCreate, UserUpdate
 
 
-def _visible(principal: Principal, user_id: int) -> int:
+def _visible_user_id(principal: Principal, user_id: int) -> int:
     """A non-admin token sees only its own user; any other is not found."""
     if principal.owner is not None and user_id != principal.owner:
         raise UserNotFound
@@ -31,7 +31,7 @@ async def register_user(work: UnitOfWork, *, data: UserCreate, principal: Princi
 
 
 async def get_user(work: UnitOfWork, user_id: int, *, principal: Principal) -> User:
-    user = await UserRepository(work).get_by_id(_visible(principal, user_id))
+    user = await UserRepository(work).get_by_id(_visible_user_id(principal, user_id))
     if user is None:
         raise UserNotFound
     return user
@@ -40,10 +40,12 @@ async def get_user(work: UnitOfWork, user_id: int, *, principal: Principal) -> U
 async def list_users(
     work: UnitOfWork, *, filters: UserFilter, page: PageRequest, principal: Principal
 ) -> PageResult[Rendered]:
-    if principal.owner is not None:
-        filters = replace(filters, visible_to=principal.owner)
     return await paginate_listing(
-        "users", UserRepository(work), filters, page, value_type=SORT_KEYS[page.sort.key]
+        "users",
+        UserRepository(work),
+        principal.restrict(filters),
+        page,
+        value_type=SORT_KEYS[page.sort.key],
     )
 
 
@@ -56,7 +58,7 @@ async def update_user(
     if principal.owner is not None and "email" in changes:
         await _refuse_email_change(work, user_id, changes["email"], principal=principal)
     await record_actor(work, principal)
-    user = await UserRepository(work).update(_visible(principal, user_id), changes)
+    user = await UserRepository(work).update(_visible_user_id(principal, user_id), changes)
     if user is None:
         raise UserNotFound
     return user
