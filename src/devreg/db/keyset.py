@@ -9,10 +9,12 @@ from sqlalchemy import (
     ColumnElement,
     Select,
     SQLColumnExpression,
+    and_,
     any_,
     exists,
     func,
     literal,
+    or_,
     select,
     tuple_,
 )
@@ -96,6 +98,23 @@ async def fetch_page(
     if after is not None and after.value is None:
         nulls = nulls.where(id_column < after.id if descending else id_column > after.id)
     return rows + await rows_of(nulls, direction(id_column), count=limit + 1 - len(rows))
+
+
+def any_pattern(
+    columns: Sequence[QueryableAttribute[str]], patterns: Iterable[str], *, starts_with: bool
+) -> list[ColumnElement[bool]]:
+    """Each of `columns` contains (or starts with) one of `patterns`, in any case, taken as
+    plain text (`%` and `_` escaped); no condition at all when there are none."""
+    patterns = list(patterns)
+    if not patterns:
+        return []
+
+    def matches(column: QueryableAttribute[str], pattern: str) -> ColumnElement[bool]:
+        if starts_with:
+            return column.istartswith(pattern, autoescape=True)
+        return column.icontains(pattern, autoescape=True)
+
+    return [or_(*(and_(*(matches(column, p) for column in columns)) for p in patterns))]
 
 
 def any_of(

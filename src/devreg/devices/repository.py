@@ -43,7 +43,7 @@ from devreg.db.driver import (
     fetch_row,
     violation_error,
 )
-from devreg.db.keyset import any_of, count_matching, fetch_page
+from devreg.db.keyset import any_of, any_pattern, count_matching, fetch_page
 from devreg.db.rendering import JsonShape, Rendered, instant, json_object, sql_text
 from devreg.db.session import Repository
 from devreg.devices.filters import NULLABLE_SORT_KEYS, RELEVANCE, DeviceFilter
@@ -414,26 +414,9 @@ class DeviceRepository(Repository):
             *any_of(Device.serial_number, filters.serial_number),
         ]
         # search_text begins with the name, so its trigram index narrows name searches too.
-        if filters.name_contains:
-            conditions.append(
-                or_(
-                    *(
-                        Device.search_text.icontains(text, autoescape=True)
-                        & Device.name.icontains(text, autoescape=True)
-                        for text in filters.name_contains
-                    )
-                )
-            )
-        if filters.name_starts_with:
-            conditions.append(
-                or_(
-                    *(
-                        Device.search_text.istartswith(text, autoescape=True)
-                        & Device.name.istartswith(text, autoescape=True)
-                        for text in filters.name_starts_with
-                    )
-                )
-            )
+        named = (Device.search_text, Device.name)
+        conditions += any_pattern(named, filters.name_contains, starts_with=False)
+        conditions += any_pattern(named, filters.name_starts_with, starts_with=True)
         if filters.created_after is not None:
             conditions.append(Device.created_at > filters.created_after)
         if filters.created_before is not None:

@@ -7,14 +7,13 @@ from sqlalchemy import (
     delete,
     func,
     insert,
-    or_,
     select,
     update,
 )
 from sqlalchemy.exc import IntegrityError
 
 from devreg.db.constraints import violated_constraint
-from devreg.db.keyset import TableListing, any_of
+from devreg.db.keyset import TableListing, any_of, any_pattern
 from devreg.db.rendering import JsonShape, instant
 from devreg.errors import EmailAlreadyRegistered, UserHasDevices
 from devreg.users.filters import UserFilter
@@ -46,19 +45,8 @@ class UserRepository(TableListing[UserFilter]):
         if filters.visible_to is not None:
             conditions.append(User.id == filters.visible_to)
         conditions += any_of(User.name, filters.name)
-        if filters.name_contains:
-            conditions.append(
-                or_(*(User.name.icontains(text, autoescape=True) for text in filters.name_contains))
-            )
-        if filters.name_starts_with:
-            conditions.append(
-                or_(
-                    *(
-                        User.name.istartswith(text, autoescape=True)
-                        for text in filters.name_starts_with
-                    )
-                )
-            )
+        conditions += any_pattern((User.name,), filters.name_contains, starts_with=False)
+        conditions += any_pattern((User.name,), filters.name_starts_with, starts_with=True)
         if filters.email:
             conditions.append(
                 # PostgreSQL's lower() on both sides: Python's folds some letters otherwise.
