@@ -13,14 +13,12 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.exc import IntegrityError
 
 from devreg.auth.filters import TokenFilter
 from devreg.auth.models import ApiToken, FirstToken, TokenScope
 from devreg.auth.principal import Principal
 from devreg.auth.schemas import TokenRead
-from devreg.db.constraints import violated_constraint
-from devreg.db.driver import DriverStatement, fetch_row, violation_error
+from devreg.db.driver import DriverStatement, fetch_row, violations_raised_as
 from devreg.db.keyset import TableListing
 from devreg.db.rendering import JsonShape, instant
 from devreg.errors import UnknownUser
@@ -79,10 +77,8 @@ class TokenRepository(TableListing[TokenFilter]):
 
     async def add(self, values: dict[str, Any]) -> ApiToken:
         statement = insert(ApiToken).values(values).returning(ApiToken)
-        try:
+        with violations_raised_as(_VIOLATIONS):
             return (await self.session.scalars(statement)).one()
-        except IntegrityError as exc:
-            raise violation_error(violated_constraint(exc), _VIOLATIONS) from None
 
     async def revoke(self, token_id: int, *, owner: int | None) -> bytes | None:
         """Revoke the token (a no-op if it already is); its hash, or None if there is none.
@@ -106,7 +102,7 @@ class TokenRepository(TableListing[TokenFilter]):
 
     async def use(self, token_hash: bytes) -> tuple[Principal, float | None] | None:
         """The live token's principal and seconds until it expires; None if it is not live."""
-        row = await fetch_row(self.work, _USE, {"token_hash": token_hash}, _VIOLATIONS)
+        row = await fetch_row(self.work, _USE, {"token_hash": token_hash})
         if row is None:
             return None
         principal = Principal(
@@ -121,5 +117,5 @@ class TokenRepository(TableListing[TokenFilter]):
 
     async def any_ever_created(self) -> bool:
         """Whether a token has ever been created, even if none is left."""
-        row = await fetch_row(self.work, _EVER_CREATED, {}, _VIOLATIONS)
+        row = await fetch_row(self.work, _EVER_CREATED, {})
         return bool(row is not None and row["found"])

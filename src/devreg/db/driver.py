@@ -2,8 +2,10 @@
 the session's machinery per request. SQLAlchemy still writes the SQL (compiled once)."""
 
 import logging
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any, TypeVar
 
 import asyncpg
@@ -30,6 +32,8 @@ DIALECT = PGDialect_asyncpg(**JSON_CODECS)  # type: ignore[no-untyped-call]
 _ECHO = logging.getLogger("sqlalchemy.engine.Engine")
 T = TypeVar("T")
 Violations = Mapping[str, Callable[[], Exception]]
+"""The error each constraint's violation is (by constraint name); any other is a 409."""
+_NONE_NAMED: Violations = MappingProxyType({})
 
 
 @dataclass(frozen=True)
@@ -87,7 +91,7 @@ async def fetch_row(
     work: UnitOfWork,
     statement: DriverStatement,
     values: Mapping[str, Any],
-    violations: Violations,
+    violations: Violations = _NONE_NAMED,
 ) -> Mapping[str, Any] | None:
     """The first row of one statement that is atomic on its own, or None.
 
@@ -103,10 +107,8 @@ async def fetch_row(
     bind = work.bind
     if work.in_transaction() or not isinstance(bind, AsyncEngine):
         connection = await work.session.connection()
-        try:
+        with violations_raised_as(violations):
             result = await connection.exec_driver_sql(statement.sql, tuple(arguments))
-        except IntegrityError as exc:
-            raise violation_error(violated_constraint(exc), violations) from None
         found = result.mappings().first()
         return dict(found) if found is not None else None
     row: Mapping[str, Any] | None = await _pooled(
@@ -199,6 +201,15 @@ def violation_error(constraint: str | None, violations: Violations) -> Exception
     """The error `violations` names for a violated constraint; a plain 409 for any other."""
     violation = violations.get(constraint or "")
     return violation() if violation is not None else Conflict()
+
+
+@contextmanager
+def violations_raised_as(violations: Violations) -> Iterator[None]:
+    """SQLAlchemy's IntegrityError inside, raised as violation_error says."""
+    try:
+        yield
+    except IntegrityError as exc:
+        raise violation_error(violated_constraint(exc), violations) from None
 
 
 def _problem(

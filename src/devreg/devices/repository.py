@@ -31,17 +31,15 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects.postgresql import JSONB
-from sqlalchemy.exc import IntegrityError
 
 from devreg.changes.actor import ACTING, ACTING_SQL
-from devreg.db.constraints import violated_constraint
 from devreg.db.copy import copy_out
 from devreg.db.driver import (
     DriverStatement,
     driver_connection,
     echo,
     fetch_row,
-    violation_error,
+    violations_raised_as,
 )
 from devreg.db.keyset import any_of, any_pattern, count_matching, fetch_page
 from devreg.db.rendering import JsonShape, Rendered, instant, json_object, sql_text
@@ -467,16 +465,14 @@ class DeviceRepository(Repository):
 
     async def current_version(self, device_id: int, *, owner: int | None = None) -> int | None:
         statement = _version_statement(owner is not None)
-        row = await fetch_row(self.work, statement, _target(device_id, owner), _VIOLATIONS)
+        row = await fetch_row(self.work, statement, _target(device_id, owner))
         return int(row["version"]) if row is not None else None
 
     async def add_many(self, rows: list[dict[str, Any]], *, actor: str) -> list[int]:
         """Insert every row in one statement; ids come back in the rows' order."""
         statement = text(_INSERT_MANY).bindparams(bindparam("rows", type_=JSONB))
-        try:
+        with violations_raised_as(_VIOLATIONS):
             ids = (await self.session.scalars(statement, {"rows": rows, "actor": actor})).all()
-        except IntegrityError as exc:
-            raise violation_error(violated_constraint(exc), _VIOLATIONS) from None
         # Identity values are drawn in the SELECT's (input) order, whatever order RETURNING
         # reports them in.
         return sorted(ids)
@@ -495,12 +491,10 @@ class DeviceRepository(Repository):
         statement = text(_UPDATE_MANY).bindparams(
             bindparam("items", type_=JSONB), bindparam("owner", type_=BigInteger)
         )
-        try:
+        with violations_raised_as(_VIOLATIONS):
             found = await self.session.scalars(
                 statement, {"items": changes, "owner": owner, "actor": actor}
             )
-        except IntegrityError as exc:
-            raise violation_error(violated_constraint(exc), _VIOLATIONS) from None
         return list(found.all())
 
     async def delete_many(
@@ -513,7 +507,7 @@ class DeviceRepository(Repository):
 
     async def touch_last_seen(self, device_id: int, *, owner: int | None = None) -> bool:
         statement = _heartbeat_statement(owner is not None)
-        found = await fetch_row(self.work, statement, _target(device_id, owner), _VIOLATIONS)
+        found = await fetch_row(self.work, statement, _target(device_id, owner))
         return found is not None
 
     async def create_import_staging(self, on_conflict: OnConflict) -> None:

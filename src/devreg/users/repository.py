@@ -10,9 +10,8 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.exc import IntegrityError
 
-from devreg.db.constraints import violated_constraint
+from devreg.db.driver import violations_raised_as
 from devreg.db.keyset import TableListing, any_of, any_pattern
 from devreg.db.rendering import JsonShape, instant
 from devreg.errors import EmailAlreadyRegistered, UserHasDevices
@@ -31,6 +30,12 @@ _USER_JSON = JsonShape(
     },
     id_column=User.id,
 )
+
+
+_VIOLATIONS = {
+    "uq_users_email_lower": EmailAlreadyRegistered,
+    "fk_devices_owner_id_users": UserHasDevices,
+}
 
 
 class UserRepository(TableListing[UserFilter]):
@@ -73,20 +78,12 @@ class UserRepository(TableListing[UserFilter]):
 
     async def delete(self, user_id: int) -> bool:
         statement = delete(User).where(User.id == user_id).returning(User.id)
-        try:
+        with violations_raised_as(_VIOLATIONS):
             deleted = await self.session.scalar(statement)
-        except IntegrityError as exc:
-            if violated_constraint(exc) == "fk_devices_owner_id_users":
-                raise UserHasDevices from None
-            raise
         return deleted is not None
 
     async def _returning(self, statement: Executable) -> ScalarResult[User]:
-        try:
+        with violations_raised_as(_VIOLATIONS):
             return await self.session.scalars(
                 statement, execution_options={"populate_existing": True}
             )
-        except IntegrityError as exc:
-            if violated_constraint(exc) == "uq_users_email_lower":
-                raise EmailAlreadyRegistered from None
-            raise
