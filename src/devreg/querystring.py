@@ -25,7 +25,7 @@ from devreg.pagination import (
     page_json,
 )
 from devreg.problems import request_validation_error
-from devreg.schemas import ShortText
+from devreg.schemas import NamePattern
 
 FilterT = TypeVar("FilterT")
 
@@ -143,7 +143,7 @@ REPEATS_MAX = 100
 """How many values a repeatable parameter takes: each one is a condition of the statement."""
 
 PATTERNS_MAX = 10
-NamePatterns = Annotated[tuple[ShortText, ...], Field(max_length=PATTERNS_MAX)]
+NamePatterns = Annotated[tuple[NamePattern, ...], Field(max_length=PATTERNS_MAX)]
 """The values of `name__ic` or `name__isw`, fewer: each is a search of its own."""
 
 

@@ -63,6 +63,12 @@ Tag = Annotated[
     AfterValidator(storable_text),
 ]
 
+NamePattern = Annotated[
+    str, StringConstraints(min_length=1, max_length=100), AfterValidator(storable_text)
+]
+"""What a name contains or starts with: as given, its spaces part of it (names are trimmed,
+their inner spaces kept)."""
+
 SearchText = Annotated[
     str,
     StringConstraints(strip_whitespace=True, min_length=1, max_length=100),

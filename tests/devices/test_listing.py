@@ -203,6 +203,8 @@ FILTER_CASES = [
     pytest.param({"name__ic": "0% o"}, ["50% off"], id="ic-percent-is-literal"),
     pytest.param({"name__ic": "%"}, ["50% off"], id="ic-lone-percent"),
     pytest.param({"name__ic": "/"}, [], id="ic-escape-character"),
+    pytest.param({"name__ic": "sensor "}, [], id="ic-spaces-are-part-of-it"),
+    pytest.param({"name__isw": "50 "}, ["50 off"], id="isw-spaces-are-part-of-it"),
     pytest.param(
         {"name__ic": ["relay", "beta"]}, ["alpha relay", "Beta Sensor"], id="ic-repeated-is-or"
     ),
@@ -724,7 +726,7 @@ class TestBadQuery:
             ("q", "x\x00"),
             ("name", ""),
             ("name__ic", "x" * 101),
-            ("name__isw", "   "),
+            ("name__isw", ""),
             ("model", "m\x00"),
             ("serial_number", ""),
             ("tag", "t" * 65),
