@@ -204,12 +204,14 @@ def _as_text(value: Any) -> str:
 
 
 def _distinct(value: Any) -> Any:
-    """A filter's values without repeats, which match the same rows (`status=active&status=active`
-    is `status=active`); told apart as JSON, so that 1 and true stay two attribute values."""
+    """A filter's values as a set, which matches the same rows in any order and with repeats
+    (`status=retired&status=active&status=active` is `status=active&status=retired`): without
+    repeats, ordered by their JSON text, by which they are told apart (1 and true stay two
+    attribute values)."""
     if not isinstance(value, tuple):
         return value
     items = (_distinct(item) for item in value)
-    return list({json.dumps(item, default=str): item for item in items}.values())
+    return [item for _, item in sorted({json.dumps(i, default=str): i for i in items}.items())]
 
 
 def _is_id(value: Any) -> bool:

@@ -578,6 +578,27 @@ class TestCursors:
         assert response.json() == second
         assert ids_of(second["items"]) != ids_of(first["items"])
 
+    @pytest.mark.parametrize(
+        "values",
+        [
+            {"status": ["active", "retired"]},
+            {"tag": ["lab", "edge"]},
+            {"attr.rack": ["4", "5"]},
+            {"name__ic": ["a", "e"]},
+        ],
+    )
+    async def test_values_in_another_order_are_the_same_listing(self, client, catalog, values):
+        """A client building its query from a set sends the same values in any order."""
+        reordered = {name: options[::-1] for name, options in values.items()}
+        first = await get_page(client, DEVICES, {**values, "limit": 1})
+        assert first["next_cursor"] is not None
+        after_first = {"limit": 1, "cursor": first["next_cursor"]}
+
+        response = await client.get(DEVICES, params={**reordered, **after_first})
+
+        assert response.status_code == 200, response.text
+        assert response.json() == await get_page(client, DEVICES, {**values, **after_first})
+
     @pytest.mark.parametrize("sort", [None, "name"])
     async def test_cursor_of_the_users_listing_is_refused(self, client, catalog, sort):
         params = {"sort": sort} if sort else {}
