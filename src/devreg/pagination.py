@@ -227,7 +227,9 @@ async def paginate(
     id_of: Callable[[RowT], int],
 ) -> PageResult[RowT]:
     """One page: `fetch` returns up to limit + 1 (row, sort value) pairs after a position (the
-    extra one only says another page exists); `count(exact)` the total, when asked for."""
+    extra one only says another page exists); `count(exact)` the total, when asked for and not
+    known already (a first page with no next one is every matching row: an estimate could
+    say otherwise)."""
     rows = await fetch(cursors.decode(page.cursor) if page.cursor else None)
     items = [row for row, _ in rows[: page.limit]]
     next_cursor = None
@@ -236,6 +238,8 @@ async def paginate(
         next_cursor = cursors.encode(Position(value=last_value, id=id_of(last)))
     if page.count is CountMode.NONE:
         return PageResult(items=items, next_cursor=next_cursor)
+    if page.cursor is None and next_cursor is None:  # the first page is all of them
+        return PageResult(items=items, next_cursor=None, total=len(items), total_is_estimate=False)
     return PageResult(
         items=items,
         next_cursor=next_cursor,

@@ -328,12 +328,13 @@ class TestCount:
         assert len(items_of(pages)) == total
 
     async def test_estimated_count_is_an_integer_marked_estimate(self, client, catalog):
-        page = await get_page(client, USERS, {"count": "estimated", "name__isw": "ann"})
+        params = {"count": "estimated", "name__isw": "ann", "limit": 1}
+        page = await get_page(client, USERS, params)
 
         assert type(page["total"]) is int
         assert page["total"] >= 0
         assert page["total_is_estimate"] is True
-        assert names(page) == ["Ann Smith", "ann-marie"]
+        assert names(page) == ["Ann Smith"]
 
     @pytest.mark.parametrize("params", [{}, {"count": "none"}], ids=["no-count", "count-none"])
     async def test_without_count_page_has_no_total(self, client, catalog, params):
@@ -481,7 +482,8 @@ class TestQueryPlans:
     ):
         plans = await explain_listing(client, connection, USERS, {**params, "count": "exact"})
 
-        assert len(plans) == 2  # the page, and the count
+        # The page, and the count unless the page was every match (then it counts itself).
+        assert 1 <= len(plans) <= 2
         for plan in plans:
             assert "Seq Scan" not in plan.node_types
         assert index in set().union(*(plan.indexes for plan in plans))
