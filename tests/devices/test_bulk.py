@@ -385,6 +385,19 @@ class TestBulkUpdate:
         assert [error["loc"] for error in problem["errors"]] == [["body", 1, "owner_id"]]
         assert await stored_devices(client) == devices
 
+    async def test_an_unknown_owner_is_named_before_an_unknown_id(self, client, devices):
+        """The owner of an id not found broke no constraint: the 422 named the id, not the
+        owner, unlike the same owner given to a device that exists."""
+        first, _, _ = devices
+
+        response = await bulk_update(
+            client, [{"id": first["id"], "model": "x"}, {"id": 999_999, "owner_id": 999}]
+        )
+
+        problem = assert_problem(response, 422)
+        assert [error["loc"] for error in problem["errors"]] == [["body", 1, "owner_id"]]
+        assert await stored_devices(client) == devices
+
     async def test_a_serial_number_repeated_in_the_request_names_the_item(self, client, devices):
         first, second, _ = devices
 

@@ -45,7 +45,10 @@ async def update_devices(
         updated = await repository.update_many(
             changes, actor=actor_of(principal), owner=principal.owner
         )
-    _refuse_missing(ids, found=updated)
+    if len(updated) < len(ids):
+        # An unknown owner for a device not found broke no constraint, and is named first.
+        await _refuse_unknown_owners(repository, changes)
+        _refuse_missing(ids, found=updated)
     return ids
 
 
@@ -71,9 +74,18 @@ async def _owners_checked(
         async with work.begin_nested():
             yield
     except UnknownOwner:
-        unknown = await repository.unknown_owners(
-            row["owner_id"] for row in rows if row.get("owner_id") is not None
-        )
+        await _refuse_unknown_owners(repository, rows)
+        raise
+
+
+async def _refuse_unknown_owners(
+    repository: DeviceRepository, rows: Sequence[dict[str, Any]]
+) -> None:
+    """Each item whose owner_id names no user: a 422 item."""
+    unknown = await repository.unknown_owners(
+        row["owner_id"] for row in rows if row.get("owner_id") is not None
+    )
+    if unknown:
         raise InvalidItems(
             {
                 index: ("owner_id", UnknownOwner.default_detail)
