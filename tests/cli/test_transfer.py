@@ -142,9 +142,12 @@ def import_devices(devreg: Invoke, path: Path, *options: str, **env: str) -> Res
     return devreg("import", "devices", str(path), *options, env=env or None)
 
 
-def assert_summary(result: Result, rows: int, inserted: int, updated: int, skipped: int) -> None:
+def assert_summary(
+    result: Result, rows: int, inserted: int, updated: int, skipped: int, *, left: str = "skipped"
+) -> None:
+    """`left`: what the rows left alone are, "skipped" or (`--on-conflict update`) "unchanged"."""
     ok(result)
-    expected = f"{rows} rows: {inserted} inserted, {updated} updated, {skipped} skipped in "
+    expected = f"{rows} rows: {inserted} inserted, {updated} updated, {skipped} {left} in "
     assert result.stdout.startswith(expected), result.stdout
 
 
@@ -340,7 +343,7 @@ class TestImportConflicts:
     def test_update_rewrites_the_registered_device(self, devreg, registered, file):
         result = import_devices(devreg, file, "--on-conflict", "update")
 
-        assert_summary(result, rows=2, inserted=1, updated=1, skipped=0)
+        assert_summary(result, rows=2, inserted=1, updated=1, skipped=0, left="unchanged")
         first, second = stored(devreg)
         assert first["id"] == registered["id"]
         assert (first["name"], first["status"], first["tags"]) == ("new", "retired", ["y"])
@@ -349,6 +352,16 @@ class TestImportConflicts:
         assert first["model"] == (None if file.suffix == ".csv" else "m1")
         assert first["version"] == registered["version"] + 1
         assert second["serial_number"] == "SN-2"
+
+    def test_update_leaves_devices_it_would_not_change(self, devreg, registered, file):
+        """Imported again, the same file changes nothing: it said "2 updated"."""
+        import_devices(devreg, file, "--on-conflict", "update")
+        before = stored(devreg)
+
+        result = import_devices(devreg, file, "--on-conflict", "update")
+
+        assert_summary(result, rows=2, inserted=0, updated=0, skipped=2, left="unchanged")
+        assert stored(devreg) == before
 
     async def test_update_waits_for_a_device_being_registered_and_updates_it(
         self, committed_database_url, tmp_path
@@ -373,7 +386,7 @@ class TestImportConflicts:
             await engine.dispose()
 
         assert importing.returncode == 0
-        assert output.decode().startswith("1 rows: 0 inserted, 1 updated, 0 skipped")
+        assert output.decode().startswith("1 rows: 0 inserted, 1 updated, 0 unchanged")
         names = await query(committed_database_url, "SELECT name FROM devices")
         assert names == [{"name": "from-file"}]
 

@@ -59,9 +59,11 @@ def import_devices(
         line = _first_line_not_utf8(file)
         fail(f"{file} is not UTF-8 text" + (f": line {line}" if line else ""), code=2)
     seconds = time.perf_counter() - started
+    left_alone = "unchanged" if on_conflict is OnConflict.UPDATE else "skipped"
     stdout.print(
         f"{result.rows} rows: {result.inserted} inserted, {result.updated} updated, "
-        f"{result.skipped} skipped in {seconds:.1f} s ({result.rows / seconds:,.0f} rows/s)",
+        f"{result.left_alone} {left_alone} in {seconds:.1f} s "
+        f"({result.rows / seconds:,.0f} rows/s)",
         markup=False,
         highlight=False,
     )

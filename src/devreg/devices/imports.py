@@ -60,7 +60,9 @@ class ImportResult:
     updated: int
 
     @property
-    def skipped(self) -> int:
+    def left_alone(self) -> int:
+        """Rows whose serial number was registered already: skipped (`--on-conflict skip`), or
+        (`update`) naming no change to the device."""
         return self.rows - self.inserted - self.updated
 
 

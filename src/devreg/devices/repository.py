@@ -145,9 +145,14 @@ _ON_CONFLICT = {
     # A field the file leaves out (a CSV column it lacks, a key an NDJSON line lacks) keeps the
     # device's value, as in a PATCH. In the insert's own statement: a device another
     # transaction is inserting at the same time is waited for and then updated, not skipped.
+    # A device the row would not change is left as it is (not written, nor counted updated).
     OnConflict.UPDATE: f"""ON CONFLICT (serial_number) DO UPDATE
 SET ({", ".join(_UPDATED_BY_IMPORT)}) = (
     SELECT {_GIVEN_OR_KEPT}
+    FROM device_import AS staged WHERE staged.serial_number = EXCLUDED.serial_number
+)
+WHERE ROW({", ".join(f"devices.{column}" for column in _UPDATED_BY_IMPORT)}) IS DISTINCT FROM (
+    SELECT ROW({_GIVEN_OR_KEPT})
     FROM device_import AS staged WHERE staged.serial_number = EXCLUDED.serial_number
 )""",  # noqa: S608 - constant SQL
 }
