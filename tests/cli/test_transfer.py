@@ -283,6 +283,8 @@ class TestImport:
         [
             pytest.param("devices.csv", "name\ncafé\n".encode("latin-1"), 2, id="csv-latin-1"),
             pytest.param("devices.csv", b"name\na\n\xff\xfe\n", 3, id="csv-garbage"),
+            pytest.param("devices.csv", b"name\ra\rb\xff\r", 3, id="csv-cr-line-ends"),
+            pytest.param("devices.csv", b"name\r\na\r\nb\xff\r\n", 3, id="csv-crlf-line-ends"),
             pytest.param("devices.ndjson", '{"name": "café"}\n'.encode("cp1252"), 1, id="ndjson"),
             pytest.param("devices.csv", "name\nx\n".encode("utf-16"), 1, id="utf-16"),
             pytest.param(

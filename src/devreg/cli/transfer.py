@@ -71,11 +71,13 @@ def import_devices(
 
 def _first_line_not_utf8(file: Path) -> int | None:
     """The number of the file's first line that is not UTF-8 (a decoder reading the file as a
-    whole only knows a byte offset within its buffer); None if it has changed since."""
-    with file.open("rb") as source:
+    whole only knows a byte offset within its buffer); None if it has changed since. Lines end
+    as the import reads them: at CR, LF or CRLF (read as Latin-1, which takes any byte, and
+    no UTF-8 character holds the byte of either)."""
+    with file.open(encoding="latin-1", newline="") as source:
         for number, line in enumerate(source, start=1):
             try:
-                line.decode("utf-8")
+                line.encode("latin-1").decode("utf-8")
             except UnicodeDecodeError:
                 return number
     return None
