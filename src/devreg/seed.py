@@ -10,7 +10,10 @@ from sqlalchemy import text
 from devreg.changes.service import without_change_log
 from devreg.db.session import UnitOfWork
 
-_SEED = """
+# The number in a device's name: at least 7 digits, all of them beyond.
+NUMBER_IN_NAME = "lpad(g::text, greatest(7, length(g::text)), '0')"
+
+_SEED = f"""
 WITH created AS (
     INSERT INTO users (name, email)
     SELECT first_name || ' ' || last_name,
@@ -29,12 +32,12 @@ WITH created AS (
 ),
 -- This run's users may not have consecutive ids: another run, or the API, may be creating
 -- users at the same time.
-owners AS (SELECT coalesce(array_agg(id), '{}') AS ids FROM created),
+owners AS (SELECT coalesce(array_agg(id), '{{}}') AS ids FROM created),
 devices_made AS (
     INSERT INTO devices
         (name, serial_number, model, status, owner_id, tags, attributes, last_seen_at)
     SELECT
-        kind || '-' || lpad(g::text, 7, '0'),
+        kind || '-' || {NUMBER_IN_NAME},
         'SN-' || :run || '-' || lpad(to_hex(g), 8, '0'),
         model,
         (ARRAY['active', 'active', 'active', 'inactive', 'retired'])[1 + g % 5],
@@ -56,7 +59,7 @@ devices_made AS (
     ) AS kinds
 )
 SELECT cardinality(ids) FROM owners
-"""
+"""  # noqa: S608 - constant SQL
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 from typer.testing import Result
 
+from devreg import seed
 from devreg.cli.common import Terminated
 from tests.cli.conftest import Invoke
 from tests.support import (
@@ -890,6 +891,18 @@ class TestSeed:
         assert len(set(serials)) == len(serials)
         assert all(device["tags"] and device["attributes"] for device in devices)
         assert {device["status"] for device in devices} == {"active", "inactive", "retired"}
+
+    async def test_device_numbers_past_seven_digits_are_kept_whole(self, database_url):
+        """A device's number was cut to 7 digits: the 10,000,000th and 10,000,001st devices
+        of a run were both "...-1000000"."""
+        numbers = (9_999_999, 10_000_000, 10_000_001, 123_456_789)
+        rows = await query(
+            database_url,
+            f"SELECT {seed.NUMBER_IN_NAME} AS n FROM unnest(CAST(:numbers AS bigint[])) AS g",
+            numbers=list(numbers),
+        )
+
+        assert [row["n"] for row in rows] == [str(number) for number in numbers]
 
     def test_seeding_again_adds_more_without_collisions(self, devreg, seeded):
         ok(devreg("seed", "--devices", "500", "--users", "50"))
