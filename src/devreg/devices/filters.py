@@ -16,9 +16,12 @@ SORT_KEYS: dict[str, type] = {
     "last_seen_at": datetime,
 }
 NULLABLE_SORT_KEYS = frozenset({"last_seen_at"})
+# With `q=` and no `sort`: best match first (no client may ask for it by name).
 RELEVANCE = "relevance"
 DEFAULT_SORT = Sort("id")
 RELEVANCE_SORT = Sort(RELEVANCE, descending=True)
+# The type of every sort's values, relevance's (a similarity) included.
+CURSOR_VALUE_TYPES: dict[str, type] = {**SORT_KEYS, RELEVANCE: float}
 
 
 @dataclass(frozen=True)
@@ -41,3 +44,7 @@ class DeviceFilter:
     search: str | None = None
     # Only this user's devices: what a non-admin token may see, whatever else was asked.
     visible_to: int | None = None
+
+    @property
+    def default_sort(self) -> Sort:
+        return RELEVANCE_SORT if self.search else DEFAULT_SORT

@@ -20,8 +20,6 @@ from devreg.conditional import etag, not_modified
 from devreg.devices import bulk, export, service
 from devreg.devices.export import EXPORT_MEDIA_TYPES, ExportFormat
 from devreg.devices.filters import (
-    DEFAULT_SORT,
-    RELEVANCE_SORT,
     SORT_KEYS,
     DeviceFilter,
     JsonScalar,
@@ -182,8 +180,7 @@ async def device_listing(request: Request) -> Listing[DeviceFilter]:
     """Sort keys: `name`, `created_at`, `last_seen_at`, `id`; with `q=`, relevance by default."""
     query = DEVICE_LISTING_QUERY(request)
     filters = query.filters(request)
-    default_sort = RELEVANCE_SORT if filters.search else DEFAULT_SORT
-    page = query.page(sort_keys=SORT_KEYS, default_sort=default_sort, item=DeviceRead)
+    page = query.page(sort_keys=SORT_KEYS, default_sort=filters.default_sort, item=DeviceRead)
     return Listing(filters=filters, page=page)
 
 

@@ -8,7 +8,7 @@ from devreg.changes.actor import actor_of
 from devreg.conditional import IfMatch, WriteCondition, not_modified
 from devreg.db.rendering import Rendered
 from devreg.db.session import UnitOfWork
-from devreg.devices.filters import NULLABLE_SORT_KEYS, SORT_KEYS, DeviceFilter
+from devreg.devices.filters import CURSOR_VALUE_TYPES, NULLABLE_SORT_KEYS, DeviceFilter
 from devreg.devices.repository import DeviceRepository
 from devreg.devices.schemas import DeviceCreate, DeviceRead, DeviceUpdate
 from devreg.errors import DeviceNotFound, Forbidden, PreconditionFailed
@@ -74,7 +74,7 @@ async def list_devices(
         DeviceRepository(work),
         principal.restrict(filters),
         page,
-        value_type=SORT_KEYS.get(sort_key, float),
+        value_type=CURSOR_VALUE_TYPES[sort_key],
         nullable=sort_key in NULLABLE_SORT_KEYS,
     )
 
