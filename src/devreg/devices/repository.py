@@ -51,27 +51,29 @@ from devreg.errors import SerialAlreadyRegistered, UnknownOwner
 from devreg.pagination import Position, Sort, SortValue
 from devreg.users.models import User
 
-# The columns a client writes, in the order every bulk statement and file format uses.
-_WRITABLE_COLUMNS = (
-    "name", "serial_number", "model", "status", "owner_id", "tags", "attributes", "last_seen_at",
-)  # fmt: skip
+# The columns a client writes, in the order every bulk statement and file format uses, with
+# the types their values arrive as.
+_WRITABLE_COLUMN_TYPES = {
+    "name": "text", "serial_number": "text", "model": "text", "status": "text",
+    "owner_id": "bigint", "tags": "text[]", "attributes": "jsonb", "last_seen_at": "timestamptz",
+}  # fmt: skip
+_WRITABLE_COLUMNS = tuple(_WRITABLE_COLUMN_TYPES)
+_WRITABLE = ", ".join(_WRITABLE_COLUMNS)
+_WRITABLE_DEFINITIONS = ", ".join(
+    f"{name} {type_}" for name, type_ in _WRITABLE_COLUMN_TYPES.items()
+)
 
 _INSERT_MANY = f"""
-INSERT INTO devices (name, serial_number, model, status, owner_id, tags, attributes, last_seen_at)
-SELECT name, serial_number, model, status, owner_id, tags, attributes, last_seen_at
-FROM ROWS FROM (
-    jsonb_to_recordset(:rows) AS (
-        name text, serial_number text, model text, status text, owner_id bigint, tags text[],
-        attributes jsonb, last_seen_at timestamptz
-    )
-) WITH ORDINALITY AS item(
-    name, serial_number, model, status, owner_id, tags, attributes, last_seen_at, position
-)
+INSERT INTO devices ({_WRITABLE})
+SELECT {_WRITABLE}
+FROM ROWS FROM (jsonb_to_recordset(:rows) AS ({_WRITABLE_DEFINITIONS}))
+WITH ORDINALITY AS item({_WRITABLE}, position)
 WHERE {ACTING_SQL}
 ORDER BY position
 RETURNING id
 """  # noqa: S608 - constant SQL: values are parameters
 
+# The import's staging table (every statement below names it as written here).
 _STAGING_TABLE = "device_import"
 _STAGING_COLUMNS = ["line", *_WRITABLE_COLUMNS, "given"]
 # The row's line, its writable fields, then which of them the file gives (an update changes only
@@ -81,11 +83,8 @@ ImportRecord = tuple[
 ]
 # One batch of the file at a time; the serial numbers of every batch so far, to find a repeat.
 _CREATE_STAGING = (
-    """
-CREATE TEMP TABLE device_import (
-    line bigint, name text, serial_number text, model text, status text, owner_id bigint,
-    tags text[], attributes jsonb, last_seen_at timestamptz, given text[]
-) ON COMMIT DROP
+    f"""
+CREATE TEMP TABLE device_import (line bigint, {_WRITABLE_DEFINITIONS}, given text[]) ON COMMIT DROP
 """,
     """
 CREATE TEMP TABLE device_import_serial (serial_number text PRIMARY KEY, line bigint NOT NULL)
@@ -120,20 +119,18 @@ UNION ALL
 SELECT line, 'serial_number is already registered'
 FROM device_import AS staged JOIN devices USING (serial_number)
 """
-_INSERT_STAGED = """
+# {} is the ON CONFLICT clause (_ON_CONFLICT).
+_INSERT_STAGED = f"""
 WITH written AS (
-    INSERT INTO devices (
-        name, serial_number, model, status, owner_id, tags, attributes, last_seen_at
-    )
-    SELECT name, serial_number, model, status, owner_id, tags, attributes, last_seen_at
-    FROM device_import ORDER BY line
-    {}
+    INSERT INTO devices ({_WRITABLE})
+    SELECT {_WRITABLE} FROM device_import ORDER BY line
+    {{}}
     RETURNING xmax = 0 AS inserted
 )
 SELECT count(*) FILTER (WHERE inserted) AS inserted,
        count(*) FILTER (WHERE NOT inserted) AS updated
 FROM written
-"""
+"""  # noqa: S608 - constant SQL
 _UPDATED_BY_IMPORT = tuple(column for column in _WRITABLE_COLUMNS if column != "serial_number")
 _GIVEN_OR_KEPT = ", ".join(
     f"CASE WHEN '{column}' = ANY(staged.given) THEN EXCLUDED.{column} ELSE devices.{column} END"
