@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import QueryableAttribute
 from sqlalchemy.sql.compiler import SQLCompiler
-from sqlalchemy.sql.expression import ClauseElement, Executable
+from sqlalchemy.sql.expression import ClauseElement, Executable, FromClause
 
 from devreg.db.driver import fetch_all
 from devreg.db.rendering import JsonShape, Rendered, rendered
@@ -132,15 +132,25 @@ def any_of(
 
 
 class TableListing(Repository, Generic[FilterT]):
-    """A repository's listing of one table's rows, written by `shape` and sorted by columns
-    that are never NULL: the `list_page` and `count` that pagination.paginate_listing asks
-    for. A subclass says which rows match (`_conditions`)."""
+    """A repository's listing of one table's rows, written by `shape`: the `list_page` and
+    `count` that pagination.paginate_listing asks for. A subclass says which rows match
+    (`_conditions`); it may read them joined to other tables (`_source`), sort by something
+    other than a column (`_sort_key`), and by columns that may be NULL (`nullable_sort_keys`:
+    those rows come last)."""
 
     shape: ClassVar[JsonShape]
     table: ClassVar[Any]
+    nullable_sort_keys: ClassVar[frozenset[str]] = frozenset()
 
     def _conditions(self, filters: FilterT) -> Sequence[ColumnElement[bool]]:
         raise NotImplementedError
+
+    def _source(self) -> FromClause:
+        return self.table.__table__  # type: ignore[no-any-return]
+
+    def _sort_key(self, sort: Sort, filters: FilterT) -> ColumnElement[Any]:
+        column: ColumnElement[Any] = getattr(self.table, sort.key)
+        return column
 
     async def list_page(
         self,
@@ -153,13 +163,16 @@ class TableListing(Repository, Generic[FilterT]):
     ) -> list[tuple[Rendered, SortValue]]:
         """Up to `limit` + 1 matching rows after `after` (their `fields`, or all), each with
         its sort value; the extra row says more exist."""
+        statement = (
+            self.shape.select(fields).select_from(self._source()).where(*self._conditions(filters))
+        )
         return await fetch_page(
             self.work,
-            self.shape.select(fields).where(*self._conditions(filters)),
-            key=getattr(self.table, sort.key),
+            statement,
+            key=self._sort_key(sort, filters),
             id_column=self.shape.id_column,
             descending=sort.descending,
-            nullable=False,
+            nullable=sort.key in self.nullable_sort_keys,
             after=after,
             limit=limit,
         )

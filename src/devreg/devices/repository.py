@@ -41,14 +41,13 @@ from devreg.db.driver import (
     fetch_row,
     violations_raised_as,
 )
-from devreg.db.keyset import any_of, any_pattern, count_matching, fetch_page
-from devreg.db.rendering import JsonShape, Rendered, instant, json_object, sql_text
-from devreg.db.session import Repository
+from devreg.db.keyset import TableListing, any_of, any_pattern
+from devreg.db.rendering import JsonShape, instant, json_object, sql_text
 from devreg.devices.filters import NULLABLE_SORT_KEYS, RELEVANCE, DeviceFilter
 from devreg.devices.models import Device
 from devreg.devices.schemas import DeviceRead, OnConflict
 from devreg.errors import SerialAlreadyRegistered, UnknownOwner
-from devreg.pagination import Position, Sort, SortValue
+from devreg.pagination import Sort
 from devreg.users.models import User
 
 # The columns a client writes, in the order every bulk statement and file format uses, with
@@ -344,50 +343,24 @@ _DEVICE_JSON = JsonShape(
 _DEVICES_AND_OWNERS = _and_owners(_DEVICES)
 
 
-class DeviceRepository(Repository):
+class DeviceRepository(TableListing[DeviceFilter]):
     """Every device it returns carries its owner's id and name, joined in the same statement."""
+
+    shape = _DEVICE_JSON
+    table = Device
+    nullable_sort_keys = NULLABLE_SORT_KEYS
 
     async def get_by_id(self, device_id: int, *, owner: int | None = None) -> DeviceRead | None:
         """The device; with `owner`, only if that user owns it."""
         return await self._one(_get_statement(owner is not None), _target(device_id, owner))
 
-    async def list_page(
-        self,
-        filters: DeviceFilter,
-        *,
-        sort: Sort,
-        after: Position | None,
-        limit: int,
-        fields: frozenset[str] | None,
-    ) -> list[tuple[Rendered, SortValue]]:
-        """Up to `limit` + 1 matching devices after `after` (their `fields`, or all), each with
-        its sort value; the extra row says more exist."""
-        statement = (
-            _DEVICE_JSON.select(fields)
-            .select_from(_DEVICES_AND_OWNERS)
-            .where(*self._conditions(filters))
-        )
-        key = self._sort_key(sort, filters)
-        return await fetch_page(
-            self.work,
-            statement,
-            key=key,
-            id_column=_DEVICES.c.id,
-            descending=sort.descending,
-            nullable=sort.key in NULLABLE_SORT_KEYS,
-            after=after,
-            limit=limit,
-        )
+    def _source(self) -> FromClause:
+        return _DEVICES_AND_OWNERS
 
-    async def count(self, filters: DeviceFilter, *, exact: bool) -> int:
-        return await count_matching(self.session, self._matching(filters), exact=exact)
-
-    @staticmethod
-    def _sort_key(sort: Sort, filters: DeviceFilter) -> ColumnElement[Any]:
+    def _sort_key(self, sort: Sort, filters: DeviceFilter) -> ColumnElement[Any]:
         if sort.key == RELEVANCE:
             return func.word_similarity(filters.search or "", Device.search_text)
-        column: ColumnElement[Any] = getattr(Device, sort.key)
-        return column
+        return super()._sort_key(sort, filters)
 
     def export(self, filters: DeviceFilter, *, as_json: bool) -> AsyncGenerator[bytes, None]:
         """Matching devices by id, written by PostgreSQL's COPY: CSV with a header, or one JSON
@@ -399,12 +372,7 @@ class DeviceRepository(Repository):
             return copy_out(self.session, statement, format="csv", delimiter="\x01", quote="\x02")
         return copy_out(self.session, statement, format="csv", header=True)
 
-    @classmethod
-    def _matching(cls, filters: DeviceFilter) -> Select[Device]:
-        return select(Device).where(*cls._conditions(filters))
-
-    @staticmethod
-    def _conditions(filters: DeviceFilter) -> list[ColumnElement[bool]]:
+    def _conditions(self, filters: DeviceFilter) -> list[ColumnElement[bool]]:
         conditions = [
             *any_of(Device.owner_id, () if filters.visible_to is None else (filters.visible_to,)),
             *any_of(Device.status, filters.status),
