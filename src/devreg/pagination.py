@@ -11,7 +11,7 @@ import enum
 import hashlib
 import json
 import math
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from typing import Any, Generic, Protocol, TypeVar, cast
@@ -218,49 +218,16 @@ def _is_id(value: Any) -> bool:
     return type(value) is int and 0 <= value <= BIGINT_MAX
 
 
-async def paginate(
-    page: PageRequest,
-    cursors: Cursors,
-    *,
-    fetch: Callable[[Position | None], Awaitable[Sequence[tuple[RowT, SortValue]]]],
-    count: Callable[[bool], Awaitable[int]],
-    id_of: Callable[[RowT], int],
-) -> PageResult[RowT]:
-    """One page: `fetch` returns up to limit + 1 (row, sort value) pairs after a position (the
-    extra one only says another page exists); `count(exact)` the total, when asked for and not
-    known already (a first page with no next one is every matching row: an estimate could
-    say otherwise)."""
-    rows = await fetch(cursors.decode(page.cursor) if page.cursor else None)
-    items = [row for row, _ in rows[: page.limit]]
-    next_cursor = None
-    if len(rows) > page.limit:
-        last, last_value = rows[page.limit - 1]
-        next_cursor = cursors.encode(Position(value=last_value, id=id_of(last)))
-    if page.count is CountMode.NONE:
-        return PageResult(items=items, next_cursor=next_cursor)
-    if page.cursor is None and next_cursor is None:  # the first page is all of them
-        return PageResult(items=items, next_cursor=None, total=len(items), total_is_estimate=False)
-    return PageResult(
-        items=items,
-        next_cursor=next_cursor,
-        total=await count(page.count is CountMode.EXACT),
-        total_is_estimate=page.count is CountMode.ESTIMATED,
-    )
-
-
-class Identified(Protocol):
-    @property
-    def id(self) -> int: ...
-
-
-ItemT_co = TypeVar("ItemT_co", bound=Identified, covariant=True)
 FilterT_contra = TypeVar("FilterT_contra", contravariant=True)
-ListedT = TypeVar("ListedT", bound=Identified)
-ListingFilterT = TypeVar("ListingFilterT")
+FilterT = TypeVar("FilterT")
 
 
-class Listable(Protocol[ItemT_co, FilterT_contra]):
-    """A repository that lists pages of one kind of row and counts them."""
+class Listable(Protocol[FilterT_contra]):
+    """A repository that lists pages of rendered rows and counts them (db.keyset.TableListing);
+    rows with a NULL value of a `nullable_sort_keys` key come last."""
+
+    @property
+    def nullable_sort_keys(self) -> frozenset[str]: ...
 
     async def list_page(
         self,
@@ -270,28 +237,42 @@ class Listable(Protocol[ItemT_co, FilterT_contra]):
         after: Position | None,
         limit: int,
         fields: frozenset[str] | None,
-    ) -> Sequence[tuple[ItemT_co, SortValue]]: ...
+    ) -> Sequence[tuple[Rendered, SortValue]]: ...
 
     async def count(self, filters: FilterT_contra, *, exact: bool) -> int: ...
 
 
 async def paginate_listing(
     listing: str,
-    repository: Listable[ListedT, ListingFilterT],
-    filters: ListingFilterT,
+    repository: Listable[FilterT],
+    filters: FilterT,
     page: PageRequest,
     *,
     value_type: type,
-    nullable: bool = False,
-) -> PageResult[ListedT]:
-    """One page of `listing` (its name keeps its cursors apart from other listings')."""
+) -> PageResult[Rendered]:
+    """One page of `listing` (its name keeps its cursors apart from other listings'): up to
+    `limit` rows after the cursor's, and a cursor for the next page when the repository found
+    one more. The total, when asked for, is counted, unless the first page is every matching
+    row (an estimate could say otherwise)."""
     sort = page.sort
-    return await paginate(
-        page,
-        Cursors(listing, sort, describe_filters(filters), value_type=value_type, nullable=nullable),
-        fetch=lambda after: repository.list_page(
-            filters, sort=sort, after=after, limit=page.limit, fields=page.fields
-        ),
-        count=lambda exact: repository.count(filters, exact=exact),
-        id_of=lambda item: item.id,
+    nullable = sort.key in repository.nullable_sort_keys
+    cursors = Cursors(listing, sort, describe_filters(filters), value_type, nullable=nullable)
+    after = cursors.decode(page.cursor) if page.cursor else None
+    rows = await repository.list_page(
+        filters, sort=sort, after=after, limit=page.limit, fields=page.fields
+    )
+    items = [row for row, _ in rows[: page.limit]]
+    next_cursor = None
+    if len(rows) > page.limit:
+        last, last_value = rows[page.limit - 1]
+        next_cursor = cursors.encode(Position(value=last_value, id=last.id))
+    if page.count is CountMode.NONE:
+        return PageResult(items=items, next_cursor=next_cursor)
+    if page.cursor is None and next_cursor is None:
+        return PageResult(items=items, next_cursor=None, total=len(items), total_is_estimate=False)
+    return PageResult(
+        items=items,
+        next_cursor=next_cursor,
+        total=await repository.count(filters, exact=page.count is CountMode.EXACT),
+        total_is_estimate=page.count is CountMode.ESTIMATED,
     )

@@ -8,7 +8,7 @@ from devreg.changes.actor import actor_of
 from devreg.conditional import IfMatch, WriteCondition, not_modified
 from devreg.db.rendering import Rendered
 from devreg.db.session import UnitOfWork
-from devreg.devices.filters import CURSOR_VALUE_TYPES, NULLABLE_SORT_KEYS, DeviceFilter
+from devreg.devices.filters import CURSOR_VALUE_TYPES, DeviceFilter
 from devreg.devices.repository import DeviceRepository
 from devreg.devices.schemas import DeviceCreate, DeviceRead, DeviceUpdate
 from devreg.errors import DeviceNotFound, Forbidden, PreconditionFailed
@@ -68,14 +68,12 @@ async def list_devices(
     page: PageRequest,
     principal: Principal,
 ) -> PageResult[Rendered]:
-    sort_key = page.sort.key
     return await paginate_listing(
         "devices",
         DeviceRepository(work),
         principal.restrict(filters),
         page,
-        value_type=CURSOR_VALUE_TYPES[sort_key],
-        nullable=sort_key in NULLABLE_SORT_KEYS,
+        value_type=CURSOR_VALUE_TYPES[page.sort.key],
     )
 
 
