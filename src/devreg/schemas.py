@@ -14,6 +14,8 @@ from pydantic import (
     ConfigDict,
     Field,
     StringConstraints,
+    TypeAdapter,
+    ValidationError,
 )
 from pydantic_core import to_json
 
@@ -118,6 +120,28 @@ Instant = Annotated[
     AwareDatetime, BeforeValidator(_not_a_number), AfterValidator(_storable_instant)
 ]
 """A point in time, with its offset (`Z` or `+01:00`)."""
+
+# A fraction of a second beyond the microsecond PostgreSQL stores: `.1185331`.
+_BEYOND_A_MICROSECOND = re.compile(r"[.,]\d{6}(\d+)")
+
+
+def _rounded_up(value: Any) -> Any:
+    """An instant written to a finer fraction than a microsecond, as the next microsecond:
+    pydantic would cut `04.1185331` to `04.118533`, before which a time stored at
+    `04.118533` is not."""
+    finer = _BEYOND_A_MICROSECOND.search(value) if isinstance(value, str) else None
+    if finer and finer[1].strip("0"):
+        # Not a time at all, or the last one: refused as any other would be, after this.
+        with contextlib.suppress(ValidationError, OverflowError):
+            return _INSTANT.validate_python(value) + timedelta(microseconds=1)
+    return value
+
+
+_INSTANT: TypeAdapter[datetime] = TypeAdapter(AwareDatetime)
+
+RoundedUpInstant = Annotated[Instant, BeforeValidator(_rounded_up)]
+"""An instant that a later time than any stored at it must pass (`created_before`, `since`):
+rounded up to the microsecond when given more finely."""
 
 _SHORT_DURATION = re.compile(r"(\d{1,10})([dhms]?)")
 _DURATION_UNITS = {"d": "days", "h": "hours", "m": "minutes", "s": "seconds", "": "seconds"}

@@ -1019,3 +1019,43 @@ class TestQueryPlans:
         for plan in plans:
             assert "Seq Scan" not in plan.node_types
         assert TRIGRAMS in set().union(*(plan.indexes for plan in plans))
+
+
+def finer_than_stored(instant: str) -> str:
+    """The instant 0.1 µs later, written with 7 digits of a second: after the stored one."""
+    moment = datetime.fromisoformat(instant)
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f") + "1Z"
+
+
+@pytest.mark.parametrize(
+    ("url", "field", "parameter"),
+    [
+        (DEVICES, "created_at", "created_before"),
+        (DEVICES, "last_seen_at", "last_seen_before"),
+        (USERS, "created_at", "created_before"),
+    ],
+)
+async def test_a_bound_finer_than_a_microsecond_keeps_what_it_is_after(
+    client, url, field, parameter
+):
+    """pydantic cut `.1185331` to `.118533`: a device stored at `.118533` was not before it."""
+    if url == DEVICES:
+        row = await create_device(client, last_seen_at="2026-01-02T03:04:05.118533Z")
+    else:
+        row = await create_user(client, email="fine@example.org")
+
+    page = await get_page(client, url, {parameter: finer_than_stored(row[field])})
+
+    assert [item["id"] for item in page["items"]] == [row["id"]]
+
+
+async def test_the_change_log_bounds_finer_than_a_microsecond(client):
+    device = await create_device(client)
+    [record] = (await get_page(client, f"{DEVICES}/{device['id']}/changes", {}))["items"]
+    after = finer_than_stored(record["at"])
+
+    until = await get_page(client, "/api/v1/changes", {"until": after})
+    since = await get_page(client, "/api/v1/changes", {"since": after})
+
+    assert [item["id"] for item in until["items"]] == [record["id"]]
+    assert since["items"] == []

@@ -11,7 +11,7 @@ from devreg.changes.schemas import ChangePage, ChangeRead
 from devreg.devices.routes import DeviceId
 from devreg.problems import problem_responses
 from devreg.querystring import Listing, PageQuery, QueryString, page_response
-from devreg.schemas import Id, Instant
+from devreg.schemas import Id, RoundedUpInstant
 
 router = APIRouter(
     route_class=ApiRoute, tags=["changes"], responses=problem_responses(400, 401, 403, 422)
@@ -23,8 +23,8 @@ class ObjectChangeListingQuery(PageQuery):
 
     user_id: tuple[Id, ...] = Field((), description="Made by any of these.")
     action: tuple[Action, ...] = Field((), description="Any of these.")
-    since: Instant | None = Field(None, description="At or after this time.")
-    until: Instant | None = Field(None, description="Before this time.")
+    since: RoundedUpInstant | None = Field(None, description="At or after this time.")
+    until: RoundedUpInstant | None = Field(None, description="Before this time.")
 
 
 class ChangeListingQuery(ObjectChangeListingQuery):

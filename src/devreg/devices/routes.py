@@ -46,7 +46,16 @@ from devreg.querystring import (
     json_scalar,
     page_response,
 )
-from devreg.schemas import BIGINT_MAX, Id, Instant, SearchText, ShortText, Tag, storable_text
+from devreg.schemas import (
+    BIGINT_MAX,
+    Id,
+    Instant,
+    RoundedUpInstant,
+    SearchText,
+    ShortText,
+    Tag,
+    storable_text,
+)
 
 router = APIRouter(
     route_class=ApiRoute,
@@ -133,9 +142,9 @@ class DeviceFilterQuery(BaseModel):
     name__isw: NamePatterns = Field((), description="Name starts with (any case).")
     serial_number: tuple[ShortText, ...] = ()
     created_after: Instant | None = None
-    created_before: Instant | None = None
+    created_before: RoundedUpInstant | None = None
     last_seen_after: Instant | None = None
-    last_seen_before: Instant | None = None
+    last_seen_before: RoundedUpInstant | None = None
     tag: tuple[Tag, ...] = Field((), description="Has all of these tags.")
     has_owner: bool | None = None
     q: SearchText | None = Field(

@@ -10,7 +10,7 @@ from devreg.devices.schemas import DevicePage
 from devreg.locations import created_location
 from devreg.problems import problem_responses
 from devreg.querystring import Listing, NamePatterns, PageQuery, QueryString, page_response
-from devreg.schemas import BIGINT_MAX, Instant, ShortText
+from devreg.schemas import BIGINT_MAX, Instant, RoundedUpInstant, ShortText
 from devreg.users import service
 from devreg.users.filters import DEFAULT_SORT, SORT_KEYS, UserFilter
 from devreg.users.schemas import EmailText, UserCreate, UserPage, UserRead, UserUpdate
@@ -41,7 +41,7 @@ class UserListingQuery(PageQuery):
     name__isw: NamePatterns = Field((), description="Name starts with (any case).")
     email: tuple[EmailText, ...] = Field((), description="Any case.")
     created_after: Instant | None = None
-    created_before: Instant | None = None
+    created_before: RoundedUpInstant | None = None
 
 
 _USER_LISTING_QUERY = QueryString(UserListingQuery)
