@@ -56,6 +56,15 @@ class InvalidCursor(InvalidParameter):
         super().__init__("cursor", detail)
 
 
+class MalformedAuthorization(BadRequest):
+    """Credentials sent in a way RFC 6750 calls invalid_request (section 3.1): not a token to
+    refresh, but a request to fix."""
+
+    slug = "malformed-authorization"
+    default_detail = "Authorization must be: Bearer <token>."
+    default_headers = {"WWW-Authenticate": 'Bearer realm="devreg", error="invalid_request"'}
+
+
 class Unauthenticated(DevregError):
     """No usable credentials (RFC 6750: the challenge says how to authenticate)."""
 

@@ -76,11 +76,20 @@ class TestOpenUntilTheFirstToken:
 
 
 class TestAuthentication:
-    @pytest.mark.parametrize("authorization", ["Bearer dvr_not-a-token", "Bearer ", "Bearer  "])
-    async def test_a_bad_token_is_401_invalid_token(self, client, people, authorization) -> None:
-        response = await client.get(DEVICES, headers={"Authorization": authorization})
+    async def test_a_bad_token_is_401_invalid_token(self, client, people) -> None:
+        response = await client.get(DEVICES, headers={"Authorization": "Bearer dvr_not-a-token"})
         assert_problem(response, 401)
         assert 'error="invalid_token"' in response.headers["WWW-Authenticate"]
+
+    @pytest.mark.parametrize("authorization", ["Bearer", "Bearer ", "Bearer  "])
+    async def test_a_bearer_without_a_token_is_400_invalid_request(
+        self, client, people, authorization
+    ) -> None:
+        """RFC 6750, section 3.1: a malformed request is invalid_request (400), not a token
+        to refresh (invalid_token, 401)."""
+        response = await client.get(DEVICES, headers={"Authorization": authorization})
+        assert_problem(response, 400)
+        assert 'error="invalid_request"' in response.headers["WWW-Authenticate"]
 
     @pytest.mark.parametrize("authorization", ["Basic YW5uOnB3", "dvr_no-scheme"])
     async def test_another_scheme_is_401_with_a_plain_challenge(
@@ -93,13 +102,17 @@ class TestAuthentication:
         assert response.headers["WWW-Authenticate"] == 'Bearer realm="devreg"'
 
     @pytest.mark.parametrize("order", ["valid-first", "valid-last"])
-    async def test_two_authorization_headers_are_401(self, client, people, order) -> None:
-        headers = [("Authorization", f"Bearer {people['writer']}"), ("Authorization", "Bearer x")]
+    @pytest.mark.parametrize("other", ["Bearer x", "Basic YW5uOnB3"])
+    async def test_two_authorization_headers_are_400_invalid_request(
+        self, client, people, order, other
+    ) -> None:
+        """RFC 6750, section 3.1: more than one way of sending a token is invalid_request."""
+        headers = [("Authorization", f"Bearer {people['writer']}"), ("Authorization", other)]
         if order == "valid-last":
             headers.reverse()
         response = await client.get(DEVICES, headers=headers)
-        assert_problem(response, 401)
-        assert 'error="invalid_token"' in response.headers["WWW-Authenticate"]
+        assert_problem(response, 400, "Send one Authorization header, not several.")
+        assert 'error="invalid_request"' in response.headers["WWW-Authenticate"]
 
     async def test_only_a_hash_and_a_prefix_are_stored(
         self, client, people, connection: AsyncConnection
@@ -394,6 +407,14 @@ class TestManagingTokens:
         assert own.json()["token"].startswith("dvr_")
         for body in ({"admin": True}, {"user_id": people["ann"]["id"]}):
             assert_problem(await client.post(TOKENS, json=body, headers=headers), 403)
+
+    async def test_a_new_token_is_never_stored_by_a_cache(self, client, people) -> None:
+        """The response carries the secret (RFC 6749, section 5.1; RFC 9111, 5.2.2.5)."""
+        created = await client.post(
+            TOKENS, json={"scope": "read"}, headers=bearer(people["writer"])
+        )
+        assert created.status_code == 201
+        assert created.headers["Cache-Control"] == "no-store"
 
     async def test_tokens_are_listed_a_page_at_a_time(self, client, people) -> None:
         headers = bearer(people["admin"])

@@ -17,7 +17,7 @@ from devreg.auth.principal import FULL_ACCESS, Principal
 from devreg.auth.repository import TokenRepository
 from devreg.config import AuthMode, Settings
 from devreg.db.session import UnitOfWork
-from devreg.errors import InvalidToken, Unauthenticated
+from devreg.errors import InvalidToken, MalformedAuthorization, Unauthenticated
 
 logger = logging.getLogger("devreg.auth")
 
@@ -62,7 +62,7 @@ class Authenticator:
             # (RFC 6750, section 3.1).
             raise Unauthenticated("Authorization must be: Bearer <token>.")
         if not token:
-            raise InvalidToken("Authorization must be: Bearer <token>.")
+            raise MalformedAuthorization
         verdict = await self._verdict(work, token_digest(token))
         if verdict.principal is None:
             raise InvalidToken

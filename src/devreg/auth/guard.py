@@ -5,7 +5,7 @@ from fastapi import Request
 from devreg.auth.authenticator import Authenticator
 from devreg.auth.principal import Principal
 from devreg.db.session import UnitOfWork
-from devreg.errors import InvalidToken
+from devreg.errors import MalformedAuthorization
 
 # How the API's routes (calls.ApiRoute) say in OpenAPI that they take a token: so the docs have
 # an Authorize button, and generated clients a way to send it.
@@ -33,7 +33,7 @@ async def authenticate(request: Request, work: UnitOfWork, *, writes: bool) -> P
     # Read from the raw headers: Starlette's `Headers` would decode every header to find it.
     sent = [value for name, value in request.scope["headers"] if name == b"authorization"]
     if len(sent) > 1 and authenticator.mode != "off":
-        raise InvalidToken("Send one Authorization header, not several.")
+        raise MalformedAuthorization("Send one Authorization header, not several.")
     authorization = sent[0].decode("latin-1") if sent else None
     principal = await authenticator.principal(work, authorization)
     if writes:

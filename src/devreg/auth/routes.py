@@ -1,6 +1,6 @@
 from typing import Annotated
 
-from fastapi import APIRouter, Path, status
+from fastapi import APIRouter, Path, Response, status
 from pydantic import Field
 
 from devreg.auth import service
@@ -28,8 +28,9 @@ TokenId = Annotated[int, Path(ge=1, le=BIGINT_MAX, description="The token's id."
     response_model=TokenCreated,
     responses=problem_responses(422),
 )
-async def create_token(data: TokenCreate, call: Call) -> TokenCreated:
+async def create_token(data: TokenCreate, call: Call, response: Response) -> TokenCreated:
     """A new token, shown in full this once; only its hash is kept."""
+    response.headers["Cache-Control"] = "no-store"  # it carries the secret
     return await service.create_token(
         call.db, call.principal, data=data, authenticator=app_authenticator(call)
     )
