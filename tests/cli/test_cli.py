@@ -129,8 +129,13 @@ class TestDevices:
     def test_bad_name_is_a_usage_error(self, devreg: Invoke, name: str) -> None:
         result = devreg("devices", "create", "--name", name)
         assert result.exit_code == 2
-        assert "name" in result.stderr
+        assert result.stderr.startswith("devreg: --name: ")
         assert json_of(devreg("devices", "list", "--json"))["items"] == []
+
+    def test_a_bad_tag_names_the_option_and_which(self, devreg: Invoke) -> None:
+        result = devreg("devices", "create", "--name", "pi", "--tag", "ok", "--tag", "t" * 65)
+        assert result.exit_code == 2
+        assert result.stderr.startswith("devreg: --tag [1]: ")
 
     def test_id_out_of_range_is_a_usage_error(self, devreg: Invoke) -> None:
         result = devreg("devices", "get", str(2**63))
@@ -435,7 +440,7 @@ class TestTokens:
         assert "user_id does not name an existing user" in unknown.stderr
         bad = devreg("tokens", "create", "--user", "1", "--expires", "soon")
         assert bad.exit_code == 2
-        assert "expires_in" in bad.stderr
+        assert bad.stderr.startswith("devreg: --expires: ")  # the option as typed
 
     def test_revoking_an_unknown_token_fails(self, devreg: Invoke) -> None:
         result = devreg("tokens", "revoke", "42")
@@ -503,10 +508,10 @@ class TestChanges:
     @pytest.mark.parametrize(
         ("age", "says"),
         [
-            ("soon", "older_than"),
-            ("0d", "older_than: Value error, must be longer than zero"),
-            ("36501d", "older_than: Value error, must be at most 36500 days"),
-            ("1000000000d", "older_than: Value error, must be at most 36500 days"),
+            ("soon", "--older-than: "),
+            ("0d", "--older-than: Value error, must be longer than zero"),
+            ("36501d", "--older-than: Value error, must be at most 36500 days"),
+            ("1000000000d", "--older-than: Value error, must be at most 36500 days"),
         ],
     )
     def test_prune_needs_a_valid_age(self, devreg: Invoke, age: str, says: str) -> None:

@@ -4,9 +4,17 @@ import asyncio
 import json
 import signal
 import sys
-from collections.abc import Awaitable, Callable, Collection, Coroutine, Iterator, Sequence
+from collections.abc import (
+    Awaitable,
+    Callable,
+    Collection,
+    Coroutine,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from contextlib import contextmanager
-from types import FrameType
+from types import FrameType, MappingProxyType
 from typing import Annotated, Any, NoReturn, TypeVar
 
 import asyncpg
@@ -151,15 +159,29 @@ def in_transaction(operation: Callable[[UnitOfWork], Awaitable[T]]) -> T:
     return run_async(with_engine(settings, use))
 
 
-def validated(schema: type[BaseModel], **fields: Any) -> Any:
+_NO_OPTIONS: Mapping[str, str] = MappingProxyType({})
+
+
+def validated(
+    schema: type[BaseModel], options: Mapping[str, str] = _NO_OPTIONS, /, **fields: Any
+) -> Any:
+    """`fields` (the options given) as `schema`; else exit 2 naming each bad option as typed:
+    `--owner-id` for owner_id, or the name `options` gives a field (`{"tags": "--tag"}`)."""
     try:
         return schema.model_validate({k: v for k, v in fields.items() if v is not None})
     except ValidationError as exc:
         messages = "; ".join(
-            f"{'.'.join(str(part) for part in error['loc'])}: {error['msg']}"
-            for error in exc.errors()
+            f"{_option(error['loc'], options)}: {error['msg']}" for error in exc.errors()
         )
         fail(messages, code=2)
+
+
+def _option(location: tuple[int | str, ...], options: Mapping[str, str]) -> str:
+    if not location:
+        return "options"
+    field, *within = location
+    option = options.get(str(field), f"--{str(field).replace('_', '-')}")
+    return " ".join([option, *(f"[{part}]" for part in within)])
 
 
 def show(item: BaseModel, *, as_json: bool) -> None:

@@ -70,6 +70,7 @@ def devices_create(
     """Register a device."""
     data = validated(
         DeviceCreate,
+        {"tags": "--tag"},
         name=name,
         serial_number=serial_number,
         model=model,

@@ -38,7 +38,14 @@ def tokens_create(
     as_json: JsonFlag = False,
 ) -> None:
     """Create a token and print it: this is the only time it is shown."""
-    data = validated(TokenCreate, user_id=user, scope=scope, expires_in=expires, admin=admin)
+    data = validated(
+        TokenCreate,
+        {"user_id": "--user", "expires_in": "--expires"},
+        user_id=user,
+        scope=scope,
+        expires_in=expires,
+        admin=admin,
+    )
     created = in_transaction(lambda work: service.create_token(work, FULL_ACCESS, data=data))
     if as_json:
         print(created.model_dump_json())
