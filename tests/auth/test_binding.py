@@ -22,12 +22,17 @@ from tests.support import (
 )
 
 
-@pytest.mark.parametrize("host", ["127.0.0.1", "127.0.0.2", "::1", "localhost"])
+@pytest.mark.parametrize(
+    "host", ["127.0.0.1", "127.0.0.2", "::1", "localhost", "LocalHost", "localhost."]
+)
 def test_loopback_hosts(host: str) -> None:
     assert is_loopback(host)
 
 
-@pytest.mark.parametrize("host", ["0.0.0.0", "::", "192.168.1.10", "devreg.example.org"])  # noqa: S104
+@pytest.mark.parametrize(
+    "host",
+    ["0.0.0.0", "::", "192.168.1.10", "devreg.example.org", "localhost.example.org"],  # noqa: S104
+)
 def test_other_hosts(host: str) -> None:
     assert not is_loopback(host)
 

@@ -123,7 +123,7 @@ class Authenticator:
 
 
 def is_loopback(host: str) -> bool:
-    if host == "localhost":
+    if host.lower().removesuffix(".") == "localhost":  # a host name, in any case (RFC 4343)
         return True
     try:
         return ipaddress.ip_address(host).is_loopback
