@@ -17,6 +17,7 @@ from devreg.changes import models as _changes_models  # noqa: F401
 from devreg.config import get_settings
 from devreg.db.base import Base
 from devreg.db.embedded import resolve_database_url
+from devreg.db.migrations import hold_migration_lock
 from devreg.devices import models as _devices_models  # noqa: F401 - registers the tables
 from devreg.idempotency import models as _idempotency_models  # noqa: F401
 from devreg.users import models as _users_models  # noqa: F401
@@ -40,6 +41,7 @@ async def run_migrations_from_settings() -> None:
     engine = create_async_engine(url, poolclass=NullPool)
     try:
         async with engine.connect() as connection:
+            await hold_migration_lock(connection)  # as devreg's own migrations do
             await connection.run_sync(run_migrations)
             await connection.commit()
     finally:

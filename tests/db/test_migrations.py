@@ -1,4 +1,5 @@
 import asyncio
+import sys
 from typing import Any
 
 from alembic import command
@@ -10,7 +11,7 @@ from sqlalchemy.engine import URL
 from devreg.db import migrations
 from devreg.db.base import Base
 from devreg.db.session import create_engine
-from tests.support import create_database, make_settings
+from tests.support import create_database, devreg_environment, make_settings
 
 
 async def _fresh_engine(server_url: URL, name: str):  # type: ignore[no-untyped-def]
@@ -163,3 +164,27 @@ async def test_records_written_before_owners_were_kept_get_the_devices_owner(
         ("device", 1, "update", None),
         ("device", 1, "update", None),
     ]
+
+
+async def test_plain_alembic_waits_for_the_migration_lock(server_url: URL) -> None:
+    """`alembic upgrade head` (a deploy step) beside a starting devreg: alembic migrated at the
+    same time, and one of the two failed on a duplicate type."""
+    url = await create_database(server_url, "devreg_alembic_lock")
+    holder = create_engine(url, make_settings(url))
+    environment = devreg_environment(DATABASE_URL=url.render_as_string(hide_password=False))
+    try:
+        async with holder.connect() as migrating:
+            await migrating.execute(
+                text("SELECT pg_advisory_xact_lock(:key)"), {"key": migrations.MIGRATION_LOCK_KEY}
+            )
+            alembic = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "alembic", "upgrade", "head",
+                cwd=migrations.PROJECT_ROOT, env=environment,
+            )  # fmt: skip
+            await asyncio.sleep(2)
+            assert alembic.returncode is None  # still waiting for the lock
+            await migrating.commit()
+        assert await asyncio.wait_for(alembic.wait(), 60) == 0
+        assert await migrations.current_revision(holder) == migrations.head_revision()
+    finally:
+        await holder.dispose()

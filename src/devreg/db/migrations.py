@@ -11,7 +11,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from alembic.util import CommandError
 from sqlalchemy import Connection, func, select, text
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 PROJECT_ROOT = Path(__file__).resolve().parents[3]
 # Any constant works; it only has to be the same for every devreg process.
@@ -56,13 +56,19 @@ def head_revision() -> str | None:
     return ScriptDirectory.from_config(alembic_config()).get_current_head()
 
 
+async def hold_migration_lock(connection: AsyncConnection) -> None:
+    """Wait for, and hold until the transaction ends, the lock every migrating process takes
+    (devreg on start, `devreg db`, plain `alembic`): a transaction-level lock, released by the
+    commit that makes the migration visible."""
+    # STATEMENT_TIMEOUT is for requests: a migration may rewrite a big table, and another
+    # starter waits for the lock as long as that takes.
+    await connection.execute(text("SET LOCAL statement_timeout = 0"))
+    await connection.execute(select(func.pg_advisory_xact_lock(MIGRATION_LOCK_KEY)))
+
+
 async def _run_locked(engine: AsyncEngine, operation: _Operation) -> None:
     async with engine.connect() as connection:
-        # STATEMENT_TIMEOUT is for requests: a migration may rewrite a big table, and another
-        # starter waits for the lock as long as that takes.
-        await connection.execute(text("SET LOCAL statement_timeout = 0"))
-        # A transaction-level lock: released by the commit that makes the migration visible.
-        await connection.execute(select(func.pg_advisory_xact_lock(MIGRATION_LOCK_KEY)))
+        await hold_migration_lock(connection)
         await connection.run_sync(_with_connection, operation)
         await connection.commit()
 
