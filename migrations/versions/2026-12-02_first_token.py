@@ -36,9 +36,13 @@ def upgrade() -> None:
         sa.CheckConstraint("id = 1", name=op.f("ck_first_token_only_one")),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_first_token")),
     )
+    # A token was made if one is left, or if the tokens' ids were ever drawn: upgrading again
+    # after a downgrade, every token may be gone with its user.
     op.execute(
         "INSERT INTO first_token (id, created_at) "
-        "SELECT 1, min(created_at) FROM api_tokens HAVING count(*) > 0"
+        "SELECT 1, coalesce(min(created_at), now()) FROM api_tokens HAVING count(*) > 0 "
+        "OR pg_sequence_last_value(pg_get_serial_sequence('api_tokens', 'id')::regclass) "
+        "IS NOT NULL"
     )
     op.execute(REMEMBER_FIRST_FUNCTION)
     op.execute(

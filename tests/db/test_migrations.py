@@ -188,3 +188,25 @@ async def test_plain_alembic_waits_for_the_migration_lock(server_url: URL) -> No
         assert await migrations.current_revision(holder) == migrations.head_revision()
     finally:
         await holder.dispose()
+
+
+async def test_the_first_token_is_remembered_across_a_downgrade_with_every_token_gone(
+    server_url: URL,
+) -> None:
+    """Every token deleted with its user, then down below the first token's table and up
+    again: the table was filled from the tokens left, none, and the API was open again."""
+    remembered = await _upgraded_across(
+        server_url,
+        "devreg_first_token",
+        "7e2b9d4c1f58",  # before the first token was remembered
+        "INSERT INTO users (name) VALUES ('ann')",
+        "INSERT INTO api_tokens (user_id, prefix, token_hash, scope) "
+        "VALUES (1, 'dvr_x', '\\x00', 'write')",
+        "DELETE FROM api_tokens",
+        then="SELECT id FROM first_token",
+    )
+    never = await _upgraded_across(
+        server_url, "devreg_no_token", "7e2b9d4c1f58", then="SELECT id FROM first_token"
+    )
+
+    assert (remembered, never) == ([(1,)], [])
