@@ -102,23 +102,29 @@ $$
 
 # The owner a record written before this revision gets: the one its device's log last set at or
 # before it (a create's, an update's that moved the device, a delete's); for records older than
-# any such (their create pruned), the device's owner now.
+# any such (their create pruned), the owner the first of those says the device had before it,
+# and with none at all, the device's owner now.
 _BACKFILL = """
 UPDATE changes SET owner_id = known.owner_id
 FROM (
     SELECT id, CASE
         WHEN owner_group > 0 THEN (first_value(owner_set) OVER (
             PARTITION BY object_id, owner_group ORDER BY id) #>> '{}')::bigint
+        WHEN owner_until_set IS NOT NULL THEN (owner_until_set #>> '{}')::bigint
         ELSE (SELECT owner_id FROM devices WHERE devices.id = grouped.object_id)
     END AS owner_id
     FROM (
         SELECT id, object_id, owner_set,
-               count(owner_set) OVER (PARTITION BY object_id ORDER BY id) AS owner_group
+               count(owner_set) OVER (PARTITION BY object_id ORDER BY id) AS owner_group,
+               first_value(owner_before) OVER (
+                   PARTITION BY object_id ORDER BY owner_set IS NULL, id
+               ) AS owner_until_set
         FROM (
             SELECT id, object_id, CASE
                 WHEN action = 'delete' THEN before -> 'owner_id'
                 ELSE after -> 'owner_id'
-            END AS owner_set
+            END AS owner_set,
+            before -> 'owner_id' AS owner_before
             FROM changes WHERE object_type = 'device'
         ) AS marked
     ) AS grouped

@@ -166,6 +166,32 @@ async def test_records_written_before_owners_were_kept_get_the_devices_owner(
     ]
 
 
+async def test_records_whose_create_was_pruned_keep_the_owner_of_their_time(
+    server_url: URL,
+) -> None:
+    """They got the device's owner now: ann's changes went to bob, whom an admin gave the
+    device later (and to nobody, for a device deleted since)."""
+    records = await _upgraded_across(
+        server_url,
+        "devreg_pruned_owners",
+        "3b9e5c7a2d14",  # records without their owner
+        "INSERT INTO users (name) VALUES ('ann'), ('bob')",
+        "INSERT INTO devices (name, owner_id) VALUES ('given', 1), ('gone', 2), ('kept', 2)",
+        "UPDATE devices SET model = 'secret' WHERE name IN ('given', 'gone', 'kept')",
+        "DELETE FROM changes WHERE action = 'create'",  # pruned
+        "UPDATE devices SET owner_id = 2 WHERE name = 'given'",  # given to bob
+        "DELETE FROM devices WHERE name = 'gone'",
+        then="SELECT object_id, action, owner_id FROM changes ORDER BY id",
+    )
+    assert records == [
+        (1, "update", 1),  # ann's time with it stays hers
+        (2, "update", 2),
+        (3, "update", 2),  # never moved: its owner now
+        (1, "update", 2),  # the handover
+        (2, "delete", 2),
+    ]
+
+
 async def test_plain_alembic_waits_for_the_migration_lock(server_url: URL) -> None:
     """`alembic upgrade head` (a deploy step) beside a starting devreg: alembic migrated at the
     same time, and one of the two failed on a duplicate type."""
