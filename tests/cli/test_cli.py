@@ -183,6 +183,11 @@ class TestDatabase:
             ("downgrade", "+1"),
             ("upgrade", "head+1"),  # Alembic's own AssertionError and traceback
             ("upgrade", "heads+2"),
+            ("upgrade", ""),
+            ("upgrade", "@"),
+            ("downgrade", ""),
+            ("downgrade", "@"),
+            ("downgrade", "x@-1"),
         ],
     )
     def test_an_unknown_revision_is_one_line(self, devreg: Invoke, args: tuple[str, str]) -> None:

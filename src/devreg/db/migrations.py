@@ -1,6 +1,7 @@
 """Alembic, driven from devreg: upgrades run under an advisory lock so concurrent starters
 (several workers, several replicas) apply each migration exactly once."""
 
+import re
 import traceback
 from collections.abc import Callable
 from pathlib import Path
@@ -31,18 +32,29 @@ _REVISION_MAP = str(Path("alembic", "script", "revision.py"))
 
 
 async def upgrade(engine: AsyncEngine, revision: str = "head") -> None:
-    try:
-        await _run_locked(engine, lambda config: command.upgrade(config, revision))
-    except AssertionError as exc:
-        # Alembic asserts, rather than explains, when a step up ("head+1") leads past the newest
-        # revision. An assertion anywhere else (a migration's own) is not about that.
-        if not traceback.extract_tb(exc.__traceback__)[-1].filename.endswith(_REVISION_MAP):
-            raise
-        raise CommandError(f"Relative revision {revision} leads past the newest one") from exc
+    await _migrate(engine, revision, lambda config: command.upgrade(config, revision))
 
 
 async def downgrade(engine: AsyncEngine, revision: str = "-1") -> None:
-    await _run_locked(engine, lambda config: command.downgrade(config, revision))
+    await _migrate(engine, revision, lambda config: command.downgrade(config, revision))
+
+
+# A step ("head+1", "x@-1") at the end of the revisions' line.
+_RELATIVE = re.compile(r"[+-]\d+$")
+
+
+async def _migrate(engine: AsyncEngine, revision: str, operation: _Operation) -> None:
+    try:
+        await _run_locked(engine, operation)
+    except AssertionError as exc:
+        # Alembic asserts, rather than explains, when a revision resolves to nothing (``, `@`)
+        # or a step leads past the revisions' line. An assertion anywhere else (a migration's
+        # own) is not about that.
+        if not traceback.extract_tb(exc.__traceback__)[-1].filename.endswith(_REVISION_MAP):
+            raise
+        if _RELATIVE.search(revision):
+            raise CommandError(f"Relative revision {revision} leads past the revisions") from exc
+        raise CommandError(f"No such revision: {revision!r}") from exc
 
 
 async def current_revision(engine: AsyncEngine) -> str | None:
