@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager, suppress
 from datetime import timedelta
 from typing import Any, TypedDict
 
+from alembic.util import CommandError
 from fastapi import APIRouter, FastAPI
 from fastapi.routing import APIRoute
 from fastapi.telemetry import TelemetryConfig
@@ -122,7 +123,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         engine = create_engine(url, settings)
         try:
             if settings.migrate_on_start:
-                await migrations.upgrade(engine)
+                try:
+                    await migrations.upgrade(engine)
+                except CommandError as exc:  # say, the database at a newer release's revision
+                    logger.error(f"migrations: {exc}")  # the one line that says what to fix
+                    raise
             await open_pool(engine)
             sessionmaker = create_sessionmaker(engine)
             sweeper = asyncio.create_task(

@@ -1,17 +1,21 @@
 import asyncio
+import logging
 import sys
 from typing import Any
 
+import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
+from alembic.util import CommandError
 from sqlalchemy import inspect, text
 from sqlalchemy.engine import URL
 
+from devreg.app import create_app
 from devreg.db import migrations
 from devreg.db.base import Base
 from devreg.db.session import create_engine
-from tests.support import create_database, devreg_environment, make_settings
+from tests.support import create_database, devreg_environment, make_settings, running
 
 
 async def _fresh_engine(server_url: URL, name: str):  # type: ignore[no-untyped-def]
@@ -236,3 +240,24 @@ async def test_the_first_token_is_remembered_across_a_downgrade_with_every_token
     )
 
     assert (remembered, never) == ([(1,)], [])
+
+
+async def test_a_database_at_a_revision_this_release_does_not_know_is_named_at_start(
+    database_url: URL, caplog: pytest.LogCaptureFixture
+) -> None:
+    """After rolling the code back past an upgrade: the server exited having logged only
+    "error: CommandError (ResolutionError)"."""
+    engine = create_engine(database_url, make_settings(database_url))
+    try:
+        async with engine.begin() as connection:
+            await connection.execute(text("UPDATE alembic_version SET version_num = 'a1b2c3d4'"))
+    finally:
+        await engine.dispose()
+    app = create_app(make_settings(database_url, migrate_on_start=True))
+
+    with caplog.at_level(logging.ERROR), pytest.raises(CommandError):
+        async with running(app):
+            pass
+
+    said = [r.getMessage() for r in caplog.records if r.name.startswith("devreg")]
+    assert said == ["migrations: Can't locate revision identified by 'a1b2c3d4'"]
