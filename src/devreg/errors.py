@@ -269,6 +269,16 @@ class DatabaseRefusesDevreg(DatabaseRefusal):
     log_message = "database refused devreg's connection"
 
 
+class DatabaseNotMigrated(DatabaseRefusal):
+    """A table devreg's statements name does not exist (42P01): the database is not migrated
+    to this release (MIGRATE_ON_START=false, and no `devreg db upgrade` yet)."""
+
+    log_level = logging.ERROR
+    log_message = "database not migrated: run devreg db upgrade"
+
+
+UNDEFINED_TABLE = "42P01"
+
 # SQLSTATE of a statement cancelled by statement_timeout.
 QUERY_CANCELED = "57014"
 # SQLSTATEs of a transaction PostgreSQL rolled back for colliding with another.
@@ -328,6 +338,8 @@ def sqlstate_problem(sqlstate: str) -> DevregError | None:
         return DatabaseRefusesDevreg(sqlstate)
     if sqlstate == QUERY_CANCELED:
         return StatementTimedOut()
+    if sqlstate == UNDEFINED_TABLE:
+        return DatabaseNotMigrated(sqlstate)
     if sqlstate in TRANSACTION_COLLISIONS:
         return ConcurrentWriteConflict()
     if sqlstate.startswith("22"):  # data exception: a value PG refused

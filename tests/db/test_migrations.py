@@ -15,7 +15,13 @@ from devreg.app import create_app
 from devreg.db import migrations
 from devreg.db.base import Base
 from devreg.db.session import create_engine
-from tests.support import create_database, devreg_environment, make_settings, running
+from tests.support import (
+    api_client,
+    create_database,
+    devreg_environment,
+    make_settings,
+    running,
+)
 
 
 async def _fresh_engine(server_url: URL, name: str):  # type: ignore[no-untyped-def]
@@ -243,17 +249,17 @@ async def test_the_first_token_is_remembered_across_a_downgrade_with_every_token
 
 
 async def test_a_database_at_a_revision_this_release_does_not_know_is_named_at_start(
-    database_url: URL, caplog: pytest.LogCaptureFixture
+    committed_database_url: URL, caplog: pytest.LogCaptureFixture
 ) -> None:
     """After rolling the code back past an upgrade: the server exited having logged only
     "error: CommandError (ResolutionError)"."""
-    engine = create_engine(database_url, make_settings(database_url))
+    engine = create_engine(committed_database_url, make_settings(committed_database_url))
     try:
         async with engine.begin() as connection:
             await connection.execute(text("UPDATE alembic_version SET version_num = 'a1b2c3d4'"))
     finally:
         await engine.dispose()
-    app = create_app(make_settings(database_url, migrate_on_start=True))
+    app = create_app(make_settings(committed_database_url, migrate_on_start=True))
 
     with caplog.at_level(logging.ERROR), pytest.raises(CommandError):
         async with running(app):
@@ -261,3 +267,28 @@ async def test_a_database_at_a_revision_this_release_does_not_know_is_named_at_s
 
     said = [r.getMessage() for r in caplog.records if r.name.startswith("devreg")]
     assert said == ["migrations: Can't locate revision identified by 'a1b2c3d4'"]
+
+
+async def test_an_unmigrated_database_is_a_503_that_says_to_migrate(
+    committed_database_url: URL, caplog: pytest.LogCaptureFixture
+) -> None:
+    """MIGRATE_ON_START=false and no `devreg db upgrade`: every request was a 500, logged as an
+    unhandled error."""
+    engine = create_engine(committed_database_url, make_settings(committed_database_url))
+    try:
+        await migrations.downgrade(engine, "base")
+    finally:
+        await engine.dispose()
+    app = create_app(make_settings(committed_database_url, migrate_on_start=False, auth="off"))
+
+    with caplog.at_level(logging.WARNING):
+        async with running(app) as started, api_client(started) as client:
+            answers = [
+                await client.get("/api/v1/devices/1"),  # straight on asyncpg
+                await client.post("/api/v1/devices", json={"name": "pi"}),
+                await client.get("/api/v1/users"),  # through a session
+            ]
+
+    assert [answer.status_code for answer in answers] == [503, 503, 503]
+    errors = {r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR}
+    assert errors == {"database not migrated: run devreg db upgrade"}

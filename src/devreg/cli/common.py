@@ -34,6 +34,7 @@ from devreg.db.rendering import Rendered
 from devreg.db.server import DatabaseConnectError, InvalidDatabaseUrl, check_connection
 from devreg.db.session import UnitOfWork, create_engine, create_sessionmaker, session_scope
 from devreg.errors import (
+    DatabaseNotMigrated,
     DatabaseRefusal,
     DevregError,
     InvalidParameter,
@@ -123,16 +124,13 @@ def run_async(operation: Coroutine[Any, Any, T]) -> T:
         fail(f"migrations: {exc}", code=2)
 
 
-_UNDEFINED_TABLE = "42P01"
-
-
 def _meaning(problem: DevregError | None, error: BaseException | None) -> str:
+    if isinstance(problem, DatabaseNotMigrated):  # with MIGRATE_ON_START=false
+        return f"the database is not migrated ({error}): run devreg db upgrade"
     if isinstance(problem, DatabaseRefusal):  # PostgreSQL's own words say which
         return f"database error: {error}"
     if problem is not None:
         return problem.detail
-    if getattr(error, "sqlstate", None) == _UNDEFINED_TABLE:  # with MIGRATE_ON_START=false
-        return f"the database is not migrated ({error}): run devreg db upgrade"
     return f"database error: {error}"
 
 
