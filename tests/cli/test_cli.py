@@ -157,6 +157,19 @@ class TestDatabase:
         assert devreg("db", "upgrade").exit_code == 0
         assert "up to date" in devreg("db", "status").stdout
 
+    def test_status_tells_a_revision_this_release_does_not_know(
+        self, devreg: Invoke, committed_database_url: URL
+    ) -> None:
+        """It said "migrations pending", which `devreg db upgrade` cannot do."""
+        unknown = "UPDATE alembic_version SET version_num = 'a1b2c3d4'"
+        asyncio.run(admin(committed_database_url, unknown))
+
+        result = devreg("db", "status")
+        status = result.stdout
+
+        assert "current: a1b2c3d4" in status, (result.stderr, result.exception)
+        assert "(unknown to this release: a newer one's?)" in status
+
     def test_downgrade_and_upgrade_name_the_revision_reached(self, devreg: Invoke) -> None:
         head = migrations.head_revision()
         down = devreg("db", "downgrade")

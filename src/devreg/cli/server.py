@@ -126,7 +126,12 @@ def db_status() -> None:
     """Show the database's migration revision and the newest one."""
     current = run_async(with_engine(load_settings(), migrations.current_revision))
     head = migrations.head_revision()
-    state = "up to date" if current == head else "migrations pending"
+    if current == head:
+        state = "up to date"
+    elif current is None or migrations.is_known(current):
+        state = "migrations pending"
+    else:
+        state = "unknown to this release: a newer one's?"
     stdout.print(f"current: {current or 'empty'}  head: {head}  ({state})")
 
 
