@@ -135,6 +135,10 @@ _GIVEN_OR_KEPT = ", ".join(
     f"CASE WHEN '{column}' = ANY(staged.given) THEN EXCLUDED.{column} ELSE devices.{column} END"
     for column in _UPDATED_BY_IMPORT
 )
+# The conflicting row's values as the file gives them or the device keeps them.
+_STAGED_FOR_CONFLICT = (
+    "FROM device_import AS staged WHERE staged.serial_number = EXCLUDED.serial_number"
+)
 _ON_CONFLICT = {
     OnConflict.ERROR: "",
     OnConflict.SKIP: "ON CONFLICT (serial_number) DO NOTHING",
@@ -143,14 +147,9 @@ _ON_CONFLICT = {
     # transaction is inserting at the same time is waited for and then updated, not skipped.
     # A device the row would not change is left as it is (not written, nor counted updated).
     OnConflict.UPDATE: f"""ON CONFLICT (serial_number) DO UPDATE
-SET ({", ".join(_UPDATED_BY_IMPORT)}) = (
-    SELECT {_GIVEN_OR_KEPT}
-    FROM device_import AS staged WHERE staged.serial_number = EXCLUDED.serial_number
-)
-WHERE ROW({", ".join(f"devices.{column}" for column in _UPDATED_BY_IMPORT)}) IS DISTINCT FROM (
-    SELECT ROW({_GIVEN_OR_KEPT})
-    FROM device_import AS staged WHERE staged.serial_number = EXCLUDED.serial_number
-)""",  # noqa: S608 - constant SQL
+SET ({", ".join(_UPDATED_BY_IMPORT)}) = (SELECT {_GIVEN_OR_KEPT} {_STAGED_FOR_CONFLICT})
+WHERE ROW({", ".join(f"devices.{column}" for column in _UPDATED_BY_IMPORT)})
+    IS DISTINCT FROM (SELECT ROW({_GIVEN_OR_KEPT}) {_STAGED_FOR_CONFLICT})""",  # noqa: S608
 }
 
 # A key an item leaves out keeps the device's value; a key sent as null sets NULL.
