@@ -135,7 +135,7 @@ _GIVEN_OR_KEPT = ", ".join(
     f"CASE WHEN '{column}' = ANY(staged.given) THEN EXCLUDED.{column} ELSE devices.{column} END"
     for column in _UPDATED_BY_IMPORT
 )
-# The conflicting row's values as the file gives them or the device keeps them.
+# Where the conflicting serial number's staged row is read from.
 _STAGED_FOR_CONFLICT = (
     "FROM device_import AS staged WHERE staged.serial_number = EXCLUDED.serial_number"
 )
