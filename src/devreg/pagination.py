@@ -227,6 +227,9 @@ class Listable(Protocol[FilterT_contra]):
     rows with a NULL value of a `nullable_sort_keys` key come last."""
 
     @property
+    def sort_value_types(self) -> dict[str, type]: ...
+
+    @property
     def nullable_sort_keys(self) -> frozenset[str]: ...
 
     async def list_page(
@@ -247,8 +250,6 @@ async def paginate_listing(
     repository: Listable[FilterT],
     filters: FilterT,
     page: PageRequest,
-    *,
-    value_type: type,
 ) -> PageResult[Rendered]:
     """One page of `listing` (its name keeps its cursors apart from other listings'): up to
     `limit` rows after the cursor's, and a cursor for the next page when the repository found
@@ -256,6 +257,7 @@ async def paginate_listing(
     row (an estimate could say otherwise)."""
     sort = page.sort
     nullable = sort.key in repository.nullable_sort_keys
+    value_type = repository.sort_value_types[sort.key]
     cursors = Cursors(listing, sort, describe_filters(filters), value_type, nullable=nullable)
     after = cursors.decode(page.cursor) if page.cursor else None
     rows = await repository.list_page(

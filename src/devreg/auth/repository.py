@@ -14,7 +14,7 @@ from sqlalchemy import (
     update,
 )
 
-from devreg.auth.filters import TokenFilter
+from devreg.auth.filters import SORT_KEYS, TokenFilter
 from devreg.auth.models import ApiToken, FirstToken, TokenScope
 from devreg.auth.principal import Principal
 from devreg.auth.schemas import TokenRead
@@ -66,6 +66,7 @@ _TOKEN_JSON = JsonShape(
 
 class TokenRepository(TableListing[TokenFilter]):
     shape = _TOKEN_JSON
+    sort_value_types = SORT_KEYS
     table = ApiToken
 
     def _conditions(self, filters: TokenFilter) -> list[ColumnElement[bool]]:

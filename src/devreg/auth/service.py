@@ -4,7 +4,7 @@ import secrets
 from datetime import UTC, datetime, timedelta
 
 from devreg.auth.authenticator import Authenticator, token_digest
-from devreg.auth.filters import SORT_KEYS, TokenFilter
+from devreg.auth.filters import TokenFilter
 from devreg.auth.models import PREFIX_LENGTH
 from devreg.auth.principal import Principal
 from devreg.auth.repository import TokenRepository
@@ -76,11 +76,7 @@ async def list_tokens(
 ) -> PageResult[Rendered]:
     """The caller's own tokens; an admin's: everyone's, or `user_id`'s."""
     return await paginate_listing(
-        "tokens",
-        TokenRepository(work),
-        principal.restrict(filters),
-        page,
-        value_type=SORT_KEYS[page.sort.key],
+        "tokens", TokenRepository(work), principal.restrict(filters), page
     )
 
 

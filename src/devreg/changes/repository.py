@@ -4,7 +4,7 @@ from datetime import datetime
 from sqlalchemy import ColumnElement, delete, or_, text
 
 from devreg.changes.actor import SET_ACTOR
-from devreg.changes.filters import ChangeFilter
+from devreg.changes.filters import SORT_KEYS, ChangeFilter
 from devreg.changes.models import Change, ObjectType
 from devreg.changes.schemas import ChangeRead
 from devreg.db.keyset import TableListing, any_of
@@ -30,6 +30,7 @@ _CHANGE_JSON = JsonShape(
 
 class ChangeRepository(TableListing[ChangeFilter]):
     shape = _CHANGE_JSON
+    sort_value_types = SORT_KEYS
     table = Change
 
     async def name_actor(self, actor: str) -> None:

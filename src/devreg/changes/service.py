@@ -5,7 +5,7 @@ from datetime import UTC, datetime, timedelta
 
 from devreg.auth.principal import Principal
 from devreg.changes.actor import actor_of
-from devreg.changes.filters import SORT_KEYS, ChangeFilter
+from devreg.changes.filters import ChangeFilter
 from devreg.changes.models import ObjectType
 from devreg.changes.repository import ChangeRepository
 from devreg.db.rendering import Rendered
@@ -24,9 +24,7 @@ async def list_changes(
 
 
 async def _page(work: UnitOfWork, filters: ChangeFilter, page: PageRequest) -> PageResult[Rendered]:
-    return await paginate_listing(
-        "changes", ChangeRepository(work), filters, page, value_type=SORT_KEYS[page.sort.key]
-    )
+    return await paginate_listing("changes", ChangeRepository(work), filters, page)
 
 
 async def list_device_changes(

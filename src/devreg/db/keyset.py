@@ -136,10 +136,12 @@ class TableListing(Repository, Generic[FilterT]):
     `count` that pagination.paginate_listing asks for. A subclass says which rows match
     (`_conditions`); it may read them joined to other tables (`_source`), sort by something
     other than a column (`_sort_key`), and by columns that may be NULL (`nullable_sort_keys`:
-    those rows come last)."""
+    those rows come last). `sort_value_types` types each sort key's values for its cursors."""
 
     shape: ClassVar[JsonShape]
     table: ClassVar[Any]
+    # The Python type of each sort key's values (a cursor's), and those that may be NULL.
+    sort_value_types: ClassVar[dict[str, type]]
     nullable_sort_keys: ClassVar[frozenset[str]] = frozenset()
 
     def _conditions(self, filters: FilterT) -> Sequence[ColumnElement[bool]]:

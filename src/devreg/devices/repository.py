@@ -43,7 +43,7 @@ from devreg.db.driver import (
 )
 from devreg.db.keyset import TableListing, any_of, any_pattern
 from devreg.db.rendering import JsonShape, instant, json_object, sql_text
-from devreg.devices.filters import NULLABLE_SORT_KEYS, RELEVANCE, DeviceFilter
+from devreg.devices.filters import CURSOR_VALUE_TYPES, NULLABLE_SORT_KEYS, RELEVANCE, DeviceFilter
 from devreg.devices.models import Device
 from devreg.devices.schemas import DeviceRead, OnConflict
 from devreg.errors import SerialAlreadyRegistered, UnknownOwner
@@ -347,6 +347,7 @@ class DeviceRepository(TableListing[DeviceFilter]):
 
     shape = _DEVICE_JSON
     table = Device
+    sort_value_types = CURSOR_VALUE_TYPES
     nullable_sort_keys = NULLABLE_SORT_KEYS
 
     async def get_by_id(self, device_id: int, *, owner: int | None = None) -> DeviceRead | None:

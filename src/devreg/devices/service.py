@@ -7,7 +7,7 @@ from devreg.changes.actor import actor_of
 from devreg.conditional import IfMatch, WriteCondition, not_modified
 from devreg.db.rendering import Rendered
 from devreg.db.session import UnitOfWork
-from devreg.devices.filters import CURSOR_VALUE_TYPES, DeviceFilter
+from devreg.devices.filters import DeviceFilter
 from devreg.devices.repository import DeviceRepository
 from devreg.devices.schemas import DeviceCreate, DeviceRead, DeviceUpdate
 from devreg.errors import DeviceNotFound, Forbidden, PreconditionFailed
@@ -66,11 +66,7 @@ async def list_devices(
     principal: Principal,
 ) -> PageResult[Rendered]:
     return await paginate_listing(
-        "devices",
-        DeviceRepository(work),
-        principal.restrict(filters),
-        page,
-        value_type=CURSOR_VALUE_TYPES[page.sort.key],
+        "devices", DeviceRepository(work), principal.restrict(filters), page
     )
 
 

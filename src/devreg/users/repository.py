@@ -15,7 +15,7 @@ from devreg.db.driver import violations_raised_as
 from devreg.db.keyset import TableListing, any_of, any_pattern
 from devreg.db.rendering import JsonShape, instant
 from devreg.errors import EmailAlreadyRegistered, UserHasDevices
-from devreg.users.filters import UserFilter
+from devreg.users.filters import SORT_KEYS, UserFilter
 from devreg.users.models import User
 from devreg.users.schemas import UserRead
 
@@ -40,6 +40,7 @@ _VIOLATIONS = {
 
 class UserRepository(TableListing[UserFilter]):
     shape = _USER_JSON
+    sort_value_types = SORT_KEYS
     table = User
 
     async def get_by_id(self, user_id: int) -> User | None:

@@ -11,7 +11,7 @@ from devreg.devices import service as devices_service
 from devreg.devices.filters import DeviceFilter
 from devreg.errors import AdminRequired, UnguardedBulkWrite, UserNotFound
 from devreg.pagination import PageRequest, PageResult, paginate_listing
-from devreg.users.filters import SORT_KEYS, UserFilter
+from devreg.users.filters import UserFilter
 from devreg.users.models import User
 from devreg.users.repository import UserRepository
 from devreg.users.schemas import UserCreate, UserUpdate
@@ -40,13 +40,7 @@ async def get_user(work: UnitOfWork, user_id: int, *, principal: Principal) -> U
 async def list_users(
     work: UnitOfWork, *, filters: UserFilter, page: PageRequest, principal: Principal
 ) -> PageResult[Rendered]:
-    return await paginate_listing(
-        "users",
-        UserRepository(work),
-        principal.restrict(filters),
-        page,
-        value_type=SORT_KEYS[page.sort.key],
-    )
+    return await paginate_listing("users", UserRepository(work), principal.restrict(filters), page)
 
 
 async def update_user(
