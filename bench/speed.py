@@ -102,28 +102,34 @@ def apps(peers: Path, server_url: URL) -> dict[str, App]:
         "heartbeat": Route("POST", "/api/v1/devices/{id}/heartbeat"),
     }
     devreg_database = {"DATABASE_URL": dsn("postgresql+asyncpg", DEVREG_DATABASE)}
-    return {
-        "devreg": App(
-            "devreg",
-            "devreg (this project), authentication off",
+
+    def devreg(name: str, description: str, authorization: str = "", **env: str) -> App:
+        return App(
+            name,
+            description,
             devreg_routes,
             ready_path="/readyz",
-            env={**devreg_database, "AUTH": "off"},
-        ),
-        "devreg-auth": App(
+            env={**devreg_database, "AUTH": "off", **env},
+            authorization=authorization,
+        )
+
+    return {
+        "devreg": devreg("devreg", "devreg (this project), authentication off"),
+        "devreg-auth": devreg(
             "devreg-auth",
             "devreg with a non-admin write token: token check and ownership on every request",
-            devreg_routes,
-            ready_path="/readyz",
-            env={**devreg_database, "AUTH": "required"},
-            authorization=f"Bearer {BENCH_TOKEN}",
+            f"Bearer {BENCH_TOKEN}",
+            AUTH="required",
         ),
-        "devreg-unadmitted": App(
+        "devreg-unadmitted": devreg(
             "devreg-unadmitted",
             "devreg working on every request at once (no admission queue): what admission buys",
-            devreg_routes,
-            ready_path="/readyz",
-            env={**devreg_database, "AUTH": "off", "MAX_REQUESTS_IN_PROGRESS": "10000"},
+            MAX_REQUESTS_IN_PROGRESS="10000",
+        ),
+        "devreg-unlogged": devreg(
+            "devreg-unlogged",
+            "devreg without its request log line, as the peers run (uvicorn --no-access-log)",
+            LOG_LEVEL="warning",
         ),
         "A": App(
             "A",
@@ -458,7 +464,8 @@ def arguments() -> argparse.Namespace:
     parser.add_argument(
         "--apps",
         default="devreg,C,B,A,D",
-        help="also devreg-auth (devreg with a token) and devreg-unadmitted (no admission queue)",
+        help="also devreg-auth (devreg with a token), devreg-unadmitted (no admission queue) and "
+        "devreg-unlogged (no request log line)",
     )
     parser.add_argument("--scenarios", default=",".join(SCENARIOS))
     parser.add_argument("--peers", type=Path, default=DEFAULT_PEERS, help="the peers folder")
