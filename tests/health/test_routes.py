@@ -1,13 +1,18 @@
-"""Probes: liveness never touches PostgreSQL; readiness says whether it can be reached."""
+"""Probes: liveness never touches PostgreSQL; readiness says whether it can be reached, and
+whether its schema is migrated."""
 
 import time
 from collections.abc import AsyncIterator
 
 import pytest
 from httpx import AsyncClient
+from sqlalchemy import text
+from sqlalchemy.engine import URL
 
+from devreg.app import create_app
+from devreg.db import migrations
 from devreg.db.session import create_engine
-from tests.support import RunningApp, api_client, free_port
+from tests.support import RunningApp, api_client, free_port, make_settings, running
 
 READINESS_PATHS = ["/readyz", "/api/v1/health-check/db"]
 UNREACHABLE_ANSWER_SECONDS = 5
@@ -69,3 +74,56 @@ class TestReadiness:
         assert response.status_code == 503
         assert response.json() == {"status": "error", "db": "unreachable"}
         assert elapsed < UNREACHABLE_ANSWER_SECONDS
+
+    async def test_database_behind_this_release_is_not_ready(
+        self, committed_database_url: URL, path: str
+    ) -> None:
+        """MIGRATE_ON_START=false and no `devreg db upgrade` yet: every request that needs the
+        schema is a 503, and readiness said ok."""
+        await _migrate_to(committed_database_url, "-1")
+
+        assert await _readiness(committed_database_url, path) == (
+            503,
+            {"status": "error", "db": "not migrated"},
+        )
+
+    async def test_database_never_migrated_is_not_ready(
+        self, committed_database_url: URL, path: str
+    ) -> None:
+        await _migrate_to(committed_database_url, "base")
+
+        assert await _readiness(committed_database_url, path) == (
+            503,
+            {"status": "error", "db": "not migrated"},
+        )
+
+    async def test_database_at_a_newer_releases_revision_is_ready(
+        self, committed_database_url: URL, path: str
+    ) -> None:
+        """A release rolled back past an upgrade serves the newer schema; it cannot judge it."""
+        engine = create_engine(committed_database_url, make_settings(committed_database_url))
+        try:
+            async with engine.begin() as connection:
+                await connection.execute(text("UPDATE alembic_version SET version_num = 'f00d'"))
+        finally:
+            await engine.dispose()
+
+        assert await _readiness(committed_database_url, path) == (
+            200,
+            {"status": "ok", "db": "reachable"},
+        )
+
+
+async def _migrate_to(url: URL, revision: str) -> None:
+    engine = create_engine(url, make_settings(url))
+    try:
+        await migrations.downgrade(engine, revision)
+    finally:
+        await engine.dispose()
+
+
+async def _readiness(url: URL, path: str) -> tuple[int, object]:
+    app = create_app(make_settings(url, migrate_on_start=False, auth="off"))
+    async with running(app) as started, api_client(started) as client:
+        response = await client.get(path)
+    return response.status_code, response.json()

@@ -4,6 +4,7 @@
 import re
 import traceback
 from collections.abc import Callable
+from functools import cache
 from pathlib import Path
 
 from alembic import command
@@ -66,6 +67,19 @@ async def current_revision(engine: AsyncEngine) -> str | None:
 
 def head_revision() -> str | None:
     return ScriptDirectory.from_config(alembic_config()).get_current_head()
+
+
+@cache
+def _revisions_before_head() -> frozenset[str]:
+    script = ScriptDirectory.from_config(alembic_config())
+    head = script.get_current_head()
+    return frozenset(each.revision for each in script.walk_revisions() if each.revision != head)
+
+
+def is_behind(revision: str | None) -> bool:
+    """Whether a database at `revision` (None: never migrated) needs `devreg db upgrade` before
+    this release can serve it. One at a newer release's revision does not."""
+    return revision is None or revision in _revisions_before_head()
 
 
 def is_known(revision: str) -> bool:

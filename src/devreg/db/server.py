@@ -6,6 +6,7 @@ import getpass
 import os
 import socket
 from collections.abc import Iterator
+from typing import Literal
 
 import asyncpg
 from sqlalchemy import text
@@ -13,6 +14,8 @@ from sqlalchemy.engine import URL
 from sqlalchemy.exc import ArgumentError, IntegrityError, ProgrammingError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
+
+from devreg.db import migrations
 
 
 class DatabaseConnectError(Exception):
@@ -112,10 +115,16 @@ async def ensure_database(url: URL) -> None:
         await maintenance.dispose()
 
 
-async def ping(engine: AsyncEngine, *, within_seconds: float) -> bool:
+DatabaseState = Literal["reachable", "unreachable", "not migrated"]
+
+
+async def database_state(engine: AsyncEngine, *, within_seconds: float) -> DatabaseState:
+    """Whether the database can serve this release's requests: it answers within
+    `within_seconds`, and its schema is not behind this release's (MIGRATE_ON_START=false, and
+    no `devreg db upgrade` yet)."""
     try:
-        async with asyncio.timeout(within_seconds), engine.connect() as connection:
-            await connection.execute(text("SELECT 1"))
+        async with asyncio.timeout(within_seconds):
+            revision = await migrations.current_revision(engine)
     except Exception:  # every failure means the same thing here: not ready
-        return False
-    return True
+        return "unreachable"
+    return "not migrated" if migrations.is_behind(revision) else "reachable"

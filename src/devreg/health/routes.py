@@ -1,11 +1,12 @@
-"""Probes: liveness never touches the database; readiness answers within HEALTH_TIMEOUT."""
+"""Probes: liveness never touches the database; readiness answers within HEALTH_TIMEOUT, and
+says whether the database can serve requests (reachable, and migrated)."""
 
 from typing import Any
 
 from fastapi import APIRouter, Request, Response, status
 
 from devreg.config import Settings
-from devreg.db.server import ping
+from devreg.db.server import database_state
 from devreg.health.schemas import Liveness, Readiness
 from devreg.problems import problem_responses
 
@@ -15,7 +16,10 @@ router = APIRouter(tags=["health"])
 _REFUSED = problem_responses(400)
 _NOT_READY: dict[int | str, dict[str, Any]] = {
     **_REFUSED,
-    503: {"model": Readiness, "description": "PostgreSQL cannot be reached"},
+    503: {
+        "model": Readiness,
+        "description": "PostgreSQL cannot be reached, or its schema is behind this release's",
+    },
 }
 
 
@@ -32,10 +36,11 @@ async def livez() -> Liveness:
 
 async def _readiness(request: Request, response: Response) -> Readiness:
     settings: Settings = request.app.state.settings
-    if await ping(request.state.engine, within_seconds=settings.health_timeout):
-        return Readiness(status="ok", db="reachable")
+    db = await database_state(request.state.engine, within_seconds=settings.health_timeout)
+    if db == "reachable":
+        return Readiness(status="ok", db=db)
     response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE
-    return Readiness(status="error", db="unreachable")
+    return Readiness(status="error", db=db)
 
 
 router.add_api_route(

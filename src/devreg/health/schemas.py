@@ -9,4 +9,4 @@ class Liveness(Schema):
 
 class Readiness(Schema):
     status: Literal["ok", "error"]
-    db: Literal["reachable", "unreachable"]
+    db: Literal["reachable", "unreachable", "not migrated"]
