@@ -17,7 +17,9 @@ from datetime import UTC, datetime
 from typing import Any, Generic, Protocol, TypeVar, cast
 
 import orjson
-from pydantic import Field
+from pydantic import Field, GetJsonSchemaHandler
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema
 
 from devreg.db.rendering import Rendered, json_fragments
 from devreg.errors import InvalidCursor, InvalidParameter
@@ -102,6 +104,22 @@ class Page(Schema, Generic[ItemT]):
         None, description="With `count=exact` or `count=estimated`.", exclude_if=_is_none
     )
     total_is_estimate: bool | None = Field(None, exclude_if=_is_none)
+
+    @classmethod
+    def __get_pydantic_json_schema__(
+        cls, core_schema: CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        """Documents an item as the whole item or, with `fields=`, the fields it names: an item
+        with only some of its fields must still match the schema."""
+        schema = handler(core_schema)
+        items = handler.resolve_ref_schema(schema)["properties"]["items"]
+        whole = items["items"]
+        item = handler.resolve_ref_schema(whole)
+        sparse = {key: value for key, value in item.items() if key != "required"}
+        sparse["title"] = f"{item['title']} (fields=)"
+        sparse["description"] = "The fields `fields=` named, of the whole item's."
+        items["items"] = {"anyOf": [whole, sparse]}
+        return schema
 
 
 def page_json(page_model: type[Page[Any]], result: "PageResult[Rendered]") -> bytes:
