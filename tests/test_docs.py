@@ -100,3 +100,25 @@ async def test_the_api_says_it_takes_a_bearer_token(client: AsyncClient) -> None
     assert len(api) > 20
     assert all(security[key] == [{"bearerToken": []}] for key in api)
     assert security[("get", "/livez")] is None
+
+
+def _bounds(node: Any) -> Iterator[object]:
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key in {"minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"}:
+                yield value
+            else:
+                yield from _bounds(value)
+    elif isinstance(node, list):
+        for each in node:
+            yield from _bounds(each)
+
+
+async def test_integer_bounds_are_exact(client: AsyncClient) -> None:
+    """FastAPI wrote the bounds of body fields as floats: an id's maximum became 2**63, which the
+    API refuses (a client generated from the schema would send it)."""
+    schema = (await client.get("/openapi.json")).json()
+    owner_id = schema["components"]["schemas"]["DeviceCreate"]["properties"]["owner_id"]
+
+    assert {"type": "integer", "minimum": 1, "maximum": 2**63 - 1} in owner_id["anyOf"]
+    assert [bound for bound in _bounds(schema) if isinstance(bound, float)] == []

@@ -42,6 +42,7 @@ from devreg.health.routes import router as health_router
 from devreg.idempotency.header import IdempotentReplay, replay
 from devreg.idempotency.service import forget_expired
 from devreg.problems import document_problems, register_error_handlers
+from devreg.schemas import BIGINT_MAX
 from devreg.security import ProblemCORSMiddleware, cors_options
 from devreg.users.routes import router as users_router
 
@@ -51,6 +52,24 @@ API_PREFIX = "/api/v1"
 
 
 _NO_TELEMETRY: TelemetryConfig = {"tracing": False, "metrics": False, "logs": False}
+
+
+_BOUNDS = frozenset({"minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"})
+
+
+def _exact_bounds(node: Any) -> Any:
+    """The OpenAPI document with its integer bounds as integers: FastAPI's model of a schema
+    holds them as floats, in which BIGINT_MAX is 2**63, a value the API refuses."""
+    if isinstance(node, list):
+        return [_exact_bounds(each) for each in node]
+    if not isinstance(node, dict):
+        return node
+    exact = {key: _exact_bounds(value) for key, value in node.items()}
+    for key in _BOUNDS & exact.keys():
+        bound = exact[key]
+        if isinstance(bound, float) and bound.is_integer():
+            exact[key] = BIGINT_MAX if bound == float(BIGINT_MAX) else int(bound)
+    return exact
 
 
 class State(TypedDict):
@@ -173,7 +192,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            app.openapi_schema = document_problems(FastAPI.openapi(app))
+            app.openapi_schema = document_problems(_exact_bounds(FastAPI.openapi(app)))
             app.openapi_schema["components"]["securitySchemes"] = SECURITY_SCHEMES
         return app.openapi_schema
 
