@@ -183,8 +183,9 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
         return await _validation_error(request, RequestValidationError([error]))
     detail = exc.detail if isinstance(exc.detail, str) else HTTPStatus(exc.status_code).phrase
     headers = dict(exc.headers or {})
-    if exc.status_code == 405:
-        headers["Allow"] = _allowed_methods(request)
+    allowed = _allowed_methods(request) if exc.status_code == 405 else ""
+    if allowed:  # else the Allow of what raised it: a mounted app's (the docs' static files)
+        headers["Allow"] = allowed
     return problem_response(request, status=exc.status_code, detail=detail, headers=headers)
 
 
