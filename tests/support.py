@@ -206,6 +206,17 @@ def _wait_until_live(process: subprocess.Popen[str], base_url: str, output: IO[s
     raise AssertionError("devreg serve did not come up within 60 s")
 
 
+def started_devreg(*args: str, **settings: str) -> subprocess.Popen[str]:
+    """A devreg command, started (its output captured) and left running."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "devreg", *args],
+        env=devreg_environment(**settings),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
 def run_devreg(*args: str, **settings: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "devreg", *args],

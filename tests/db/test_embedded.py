@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from devreg.db.embedded import EmbeddedCluster
-from tests.support import devreg_server, free_port, run_devreg
+from tests.support import devreg_server, free_port, run_devreg, started_devreg
 
 
 @pytest.fixture
@@ -44,6 +44,19 @@ def test_data_survives_restarts_until_db_stop(embedded_settings: dict[str, str])
     assert "stopped" in stopped.stdout
     assert not cluster.is_running()
     assert "not running" in run_devreg("db", "stop", **embedded_settings).stdout
+
+
+def test_starters_at_once_share_one_cluster(embedded_settings: dict[str, str]) -> None:
+    """Two servers, or a server and a command, starting at once on a new DATA_DIR: both ran
+    initdb, and one's password overwrote the other's, leaving a cluster nothing could log in
+    to; on a stopped cluster both ran pg_ctl start, and one failed."""
+    for _ in ("new", "stopped"):
+        starters = [started_devreg("db", "status", **embedded_settings) for _ in range(3)]
+        results = [starter.communicate(timeout=120) for starter in starters]
+
+        assert [starter.returncode for starter in starters] == [0, 0, 0], results
+        assert run_devreg("db", "status", **embedded_settings).returncode == 0
+        assert run_devreg("db", "stop", **embedded_settings).returncode == 0
 
 
 def test_password_file_is_private(embedded_settings: dict[str, str]) -> None:

@@ -6,12 +6,15 @@ PostgreSQL refuses to run as root, so as root initdb and pg_ctl run as the `post
 """
 
 import asyncio
+import fcntl
 import os
 import pwd
 import secrets
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -80,29 +83,44 @@ class EmbeddedCluster:
         status = self._pg_ctl("status", check=False)
         return status.returncode == 0
 
+    @property
+    def lock_file(self) -> Path:
+        return self.data_dir.with_name(self.data_dir.name + ".lock")
+
+    @contextmanager
+    def _alone(self) -> Iterator[None]:
+        """Held while the cluster is created, started or stopped: two devreg processes starting
+        at once (two servers, a server and a command) would otherwise both run initdb, one
+        writing its password over the other's, or both run pg_ctl start, one failing."""
+        self.data_dir.parent.mkdir(parents=True, exist_ok=True)
+        with self.lock_file.open("a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file is closed
+            yield
+
     def ensure_running(self) -> None:
         """Create the cluster on first use, then start it unless it is already up."""
-        if not self.is_initialised():
-            self._initdb()
-        if self.is_running():
-            return
-        self._write_config()
-        started = self._pg_ctl("start", "-w", "-t", "60", "-l", str(self.log_file), check=False)
-        if started.returncode != 0:
-            raise EmbeddedPostgresError(
-                f"the embedded PostgreSQL did not start (is port {self.port} taken?); "
-                f"see {self.log_file}"
-            )
+        with self._alone():
+            if not self.is_initialised():
+                self._initdb()
+            if self.is_running():
+                return
+            self._write_config()
+            started = self._pg_ctl("start", "-w", "-t", "60", "-l", str(self.log_file), check=False)
+            if started.returncode != 0:
+                raise EmbeddedPostgresError(
+                    f"the embedded PostgreSQL did not start (is port {self.port} taken?); "
+                    f"see {self.log_file}"
+                )
 
     def stop(self) -> bool:
         """Stop the cluster cleanly; False when it was not running."""
-        if not self.is_running():
-            return False
-        self._pg_ctl("stop", "-w", "-m", "fast")
-        return True
+        with self._alone():
+            if not self.is_running():
+                return False
+            self._pg_ctl("stop", "-w", "-m", "fast")
+            return True
 
     def _initdb(self) -> None:
-        self.data_dir.parent.mkdir(parents=True, exist_ok=True)
         self.data_dir.mkdir(mode=0o700, exist_ok=True)
         self._hand_to_service_account(self.data_dir)
         password = secrets.token_urlsafe(24)
