@@ -135,6 +135,24 @@ class TestFilters:
         assert names(page) == expected
         assert page["next_cursor"] is None
 
+    @pytest.mark.parametrize(
+        ("registered", "asked"),
+        [
+            ("y@xn--exmple-cua.org", "y@xn--exmple-cua.org"),  # stored as y@exämple.org
+            ("y@exämple.org", "Y@XN--EXMPLE-CUA.ORG"),
+            ("zoe\u0308@nfd.org", "zoe\u0308@nfd.org"),  # stored composed (NFC): zoë
+            ("zo\u00eb@nfd.org", "zoe\u0308@nfd.org"),
+        ],
+    )
+    async def test_email_finds_the_user_written_as_registered(self, client, registered, asked):
+        """The filter took the text as sent, while a write stores the email normalised: the
+        address a user registered with found nothing, and registering it again was a 409."""
+        user = await create_user(client, name="idn", email=registered)
+
+        page = await get_page(client, USERS, {"email": asked})
+
+        assert ids_of(page["items"]) == [user["id"]]
+
     async def test_no_filter_lists_every_user(self, client, catalog):
         page = await get_page(client, USERS)
 
