@@ -290,9 +290,12 @@ async def paginate_listing(
         return PageResult(items=items, next_cursor=next_cursor)
     if page.cursor is None and next_cursor is None:
         return PageResult(items=items, next_cursor=None, total=len(items), total_is_estimate=False)
+    exact = page.count is CountMode.EXACT
+    total = await repository.count(filters, exact=exact)
     return PageResult(
         items=items,
         next_cursor=next_cursor,
-        total=await repository.count(filters, exact=page.count is CountMode.EXACT),
-        total_is_estimate=page.count is CountMode.ESTIMATED,
+        # The planner's estimate may be below the rows this page has seen: it is at least those.
+        total=total if exact else max(total, len(rows)),
+        total_is_estimate=not exact,
     )

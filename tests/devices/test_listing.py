@@ -682,6 +682,19 @@ class TestCount:
         assert (page["total"], page["total_is_estimate"]) == (total, False)
         assert len(page["items"]) == total
 
+    async def test_an_estimate_is_at_least_the_rows_a_page_has_seen(self, client):
+        """The planner's estimate for a rare tag said `"total": 1` beside a page of 3 with a
+        next one."""
+        for number in range(5):
+            await create_device(client, name=f"rare-{number}", tags=["rare"])
+
+        page = await get_page(client, DEVICES, {"count": "estimated", "tag": "rare", "limit": 3})
+
+        assert len(page["items"]) == 3
+        assert page["next_cursor"] is not None
+        assert page["total"] >= 4
+        assert page["total_is_estimate"] is True
+
     @pytest.mark.parametrize("params", [{}, {"count": "none"}], ids=["no-count", "count-none"])
     async def test_without_count_page_has_no_total(self, client, catalog, params):
         page = await get_page(client, DEVICES, params)
