@@ -1,6 +1,8 @@
 """With no database configured, devreg runs its own PostgreSQL cluster and keeps its data."""
 
+import os
 import shutil
+import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -57,6 +59,34 @@ def test_starters_at_once_share_one_cluster(embedded_settings: dict[str, str]) -
         assert [starter.returncode for starter in starters] == [0, 0, 0], results
         assert run_devreg("db", "status", **embedded_settings).returncode == 0
         assert run_devreg("db", "stop", **embedded_settings).returncode == 0
+
+
+def test_a_stale_pid_file_naming_another_process_is_not_taken_for_the_server(
+    embedded_settings: dict[str, str],
+) -> None:
+    """After a crash, postmaster.pid may name a PID another process has since, say another
+    cluster's server: pg_ctl took it for this cluster's, so devreg did not start the cluster,
+    and `devreg db stop` stopped the other process."""
+    data_dir = Path(embedded_settings["DATA_DIR"]) / "pg"
+    assert run_devreg("db", "status", **embedded_settings).returncode == 0
+    pid_file = (data_dir / "postmaster.pid").read_text()
+    assert run_devreg("db", "stop", **embedded_settings).returncode == 0
+    # Running as PostgreSQL's account, as another cluster's server would, so pg_ctl may signal it.
+    account = "postgres" if os.geteuid() == 0 else None
+    other = subprocess.Popen(["sleep", "60"], cwd="/", user=account)
+    try:
+        (data_dir / "postmaster.pid").write_text(f"{other.pid}\n" + pid_file.split("\n", 1)[1])
+
+        status = run_devreg("db", "status", **embedded_settings)
+        stop = run_devreg("db", "stop", **embedded_settings)
+
+        assert status.returncode == 0, status.stderr
+        assert stop.returncode == 0, stop.stderr
+        assert "stopped" in stop.stdout
+        assert other.poll() is None  # left alone
+    finally:
+        other.kill()
+        other.wait()
 
 
 def test_password_file_is_private(embedded_settings: dict[str, str]) -> None:

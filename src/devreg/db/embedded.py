@@ -78,10 +78,22 @@ class EmbeddedCluster:
         return (self.data_dir / "PG_VERSION").exists()
 
     def is_running(self) -> bool:
-        if not self.is_initialised():
+        if not self.is_initialised() or self._pid_file_is_stale():
             return False
         status = self._pg_ctl("status", check=False)
         return status.returncode == 0
+
+    def _pid_file_is_stale(self) -> bool:
+        """Whether postmaster.pid names a live process that is not this cluster's server: left
+        by a crash or a power cut, its PID since taken by another process, perhaps another
+        cluster's server, which pg_ctl would take for this one (and `db stop` would stop)."""
+        try:
+            pid = int((self.data_dir / "postmaster.pid").read_text().split("\n", 1)[0])
+            # A server works in its data directory.
+            working_in = Path(os.readlink(f"/proc/{pid}/cwd"))
+        except (OSError, ValueError):  # no such file or process, or not ours to look at
+            return False
+        return working_in != self.data_dir.resolve()
 
     @property
     def lock_file(self) -> Path:
@@ -104,6 +116,8 @@ class EmbeddedCluster:
                 self._initdb()
             if self.is_running():
                 return
+            if self._pid_file_is_stale():
+                (self.data_dir / "postmaster.pid").unlink()
             self._write_config()
             started = self._pg_ctl("start", "-w", "-t", "60", "-l", str(self.log_file), check=False)
             if started.returncode != 0:
