@@ -76,6 +76,7 @@ class State(TypedDict):
     engine: AsyncEngine
     sessionmaker: SessionMaker
     admission: Admission
+    exports: Admission
 
 
 _ROUTE_OPTIONS = (
@@ -158,8 +159,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             gc.collect()
             gc.freeze()
             admission = Admission(settings.max_requests_in_progress, timeout=settings.pool_timeout)
+            exports = Admission(settings.max_exports_in_progress, timeout=settings.pool_timeout)
             try:
-                yield {"engine": engine, "sessionmaker": sessionmaker, "admission": admission}
+                yield {
+                    "engine": engine,
+                    "sessionmaker": sessionmaker,
+                    "admission": admission,
+                    "exports": exports,
+                }
             finally:
                 sweeper.cancel()
                 with suppress(asyncio.CancelledError):

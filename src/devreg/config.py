@@ -77,6 +77,10 @@ class Settings(BaseSettings):
     # Requests one worker works on at once; the rest wait their turn in arrival order (at most
     # POOL_TIMEOUT seconds, then 503). Health checks are never held back. See admission.py.
     max_requests_in_progress: int = Field(8, ge=1, le=10_000)
+    # Exports one worker streams at once: each holds a database connection until its last byte
+    # is sent, however slowly its client reads, so unbounded they could take the whole pool.
+    # The others wait their turn (at most POOL_TIMEOUT seconds, then 503).
+    max_exports_in_progress: int = Field(4, ge=1, le=1000)
     db_connect_timeout: float = Field(5.0, gt=0, le=_CONNECT_TIMEOUT_MAX)
     health_timeout: float = Field(2.0, gt=0, le=60)
     db_echo: bool = False

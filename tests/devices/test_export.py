@@ -6,9 +6,13 @@ from typing import Any
 import httpx
 import pytest
 from httpx import AsyncClient, Response
+from sqlalchemy import text
 from sqlalchemy.engine import URL
+from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
+from sqlalchemy.pool import NullPool
 
 from devreg.app import create_app
+from devreg.errors import PoolExhausted
 from tests.api import DEVICES, assert_problem, create_device, create_user, stored_devices
 from tests.support import (
     EXPORT_HEADER,
@@ -247,6 +251,49 @@ class TestExportFilters:
         response = await client.get(EXPORT, params=params)
 
         assert_problem(response, 422)
+
+
+async def test_exports_past_max_exports_in_progress_wait_their_turn(
+    committed_database_url: URL,
+) -> None:
+    """An export holds a database connection until its last byte is sent, however slowly its
+    client reads: exports without a limit could take every connection of the pool."""
+    app = create_app(
+        make_settings(
+            committed_database_url, auth="off", max_exports_in_progress=1, pool_timeout=0.3
+        )
+    )
+    engine = create_async_engine(committed_database_url, poolclass=NullPool)
+    try:
+        async with running(app) as started, api_client(started) as client:
+            async with engine.connect() as locker:
+                # The first export's COPY waits for this lock, holding its turn.
+                await locker.execute(text("LOCK TABLE devices IN ACCESS EXCLUSIVE MODE"))
+                first = asyncio.create_task(client.get(EXPORT))
+                async with asyncio.timeout(30):
+                    while not await _waiting_for_a_lock(locker):  # noqa: ASYNC110 - the server's state
+                        await asyncio.sleep(0.05)
+                second = await asyncio.wait_for(client.get(EXPORT), 10)
+                elsewhere = await client.get("/api/v1/users")
+                await locker.rollback()
+            first_response = await first
+            third = await client.get(EXPORT)
+    finally:
+        await engine.dispose()
+
+    assert assert_problem(second, 503)["detail"] == PoolExhausted.default_detail
+    assert elsewhere.status_code == 200
+    assert (first_response.status_code, third.status_code) == (200, 200)
+
+
+async def _waiting_for_a_lock(connection: AsyncConnection) -> bool:
+    waiting = await connection.scalar(
+        text(
+            "SELECT count(*) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND wait_event_type = 'Lock'"
+        )
+    )
+    return bool(waiting)
 
 
 async def test_a_timeout_before_the_first_chunk_is_a_503_problem(
