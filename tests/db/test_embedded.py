@@ -111,7 +111,7 @@ def test_a_cluster_it_cannot_use_is_one_line(embedded_settings: dict[str, str]) 
     password_file.write_text(password)
 
     for result, says in [
-        (on_another_port, "unreachable host"),
+        (on_another_port, "is running on port"),
         (wrong_password, "wrong password"),
         (no_password, "No such file or directory"),
     ]:
@@ -119,6 +119,9 @@ def test_a_cluster_it_cannot_use_is_one_line(embedded_settings: dict[str, str]) 
         assert result.stderr.startswith("devreg: ")
         assert says in result.stderr
         assert len(result.stderr.splitlines()) == 1
+    # As the message says: stopped, it starts on the port asked for.
+    assert run_devreg("db", "stop", **moved).returncode == 0
+    assert run_devreg("db", "status", **moved).returncode == 0
 
 
 def test_a_data_dir_that_is_a_file_is_one_line(tmp_path: Path) -> None:

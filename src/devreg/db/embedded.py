@@ -83,6 +83,17 @@ class EmbeddedCluster:
         status = self._pg_ctl("status", check=False)
         return status.returncode == 0
 
+    def _require_port(self) -> None:
+        """The running server listens on the port asked for (postmaster.pid's fourth line): a
+        changed EMBEDDED_PG_PORT would otherwise be some other server's port, or nobody's."""
+        lines = (self.data_dir / "postmaster.pid").read_text().split("\n")
+        listening = lines[3].strip() if len(lines) > 3 else ""
+        if listening.isdigit() and int(listening) != self.port:
+            raise EmbeddedPostgresError(
+                f"the embedded PostgreSQL is running on port {listening}, not {self.port}: "
+                "run `devreg db stop` first to move it"
+            )
+
     def _pid_file_is_stale(self) -> bool:
         """Whether postmaster.pid names a live process that is not this cluster's server: left
         by a crash or a power cut, its PID since taken by another process, perhaps another
@@ -115,6 +126,7 @@ class EmbeddedCluster:
             if not self.is_initialised():
                 self._initdb()
             if self.is_running():
+                self._require_port()
                 return
             if self._pid_file_is_stale():
                 (self.data_dir / "postmaster.pid").unlink()
