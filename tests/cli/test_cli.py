@@ -2,7 +2,10 @@
 
 import asyncio
 import json
+import os
 import re
+import signal
+import time
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +13,7 @@ import pytest
 from sqlalchemy.engine import URL
 from typer.testing import Result
 
+from devreg.cli.common import Terminated, run_async
 from devreg.db import migrations
 from tests.cli.conftest import Invoke
 from tests.support import admin, query, run_devreg
@@ -540,3 +544,37 @@ class TestChanges:
     @pytest.mark.parametrize("age", ["3600", "3600s", "60m", "1h", "PT1H"])
     def test_an_age_is_read_in_any_unit(self, devreg: Invoke, age: str) -> None:
         assert devreg("changes", "prune", "--older-than", age).exit_code == 0
+
+
+@pytest.mark.parametrize("ending", [signal.SIGTERM, signal.SIGHUP])
+def test_a_signal_amid_the_loops_own_work_ends_the_command(ending: signal.Signals) -> None:
+    """SIGTERM raised Terminated inside whatever the event loop was running: in a callback that
+    was to resolve the future the command awaited, the future stayed pending and the command
+    hung (an import with its transaction open); in a socket read, the connection was taken for
+    broken (a traceback, then "database unavailable", exit 1)."""
+    cleaned_up = []
+
+    async def awaiting_a_callback_the_signal_lands_in() -> str:
+        loop = asyncio.get_running_loop()
+        answer = loop.create_future()
+
+        def answered_amid_a_signal() -> None:
+            os.kill(os.getpid(), ending)
+            answer.set_result("answered")
+
+        loop.call_soon(answered_amid_a_signal)
+        try:
+            await asyncio.wait_for(answer, 10)
+            await asyncio.sleep(10)  # the command's further work, which the signal cuts short
+            return "finished"
+        finally:
+            cleaned_up.append(True)
+
+    started = time.monotonic()
+    with pytest.raises(Terminated) as ended:
+        run_async(awaiting_a_callback_the_signal_lands_in())
+
+    assert ended.value.signal_number == ending
+    assert cleaned_up == [True]
+    assert time.monotonic() - started < 5
+    assert signal.getsignal(ending) is signal.SIG_DFL  # as before the command

@@ -84,14 +84,16 @@ class Terminated(BaseException):
         self.signal_number = signal_number
 
 
+_ENDINGS = (signal.SIGTERM, signal.SIGHUP)
+
+
 def _terminate(signal_number: int, _frame: FrameType | None) -> None:
     raise Terminated(signal_number)
 
 
 @contextmanager
 def _ended_by_signals_as_by_ctrl_c() -> Iterator[None]:
-    endings = (signal.SIGTERM, signal.SIGHUP)
-    previous = {ending: signal.signal(ending, _terminate) for ending in endings}
+    previous = {ending: signal.signal(ending, _terminate) for ending in _ENDINGS}
     try:
         yield
     finally:
@@ -99,11 +101,48 @@ def _ended_by_signals_as_by_ctrl_c() -> Iterator[None]:
             signal.signal(ending, handler)
 
 
+def _run_until_ended(operation: Coroutine[Any, Any, T]) -> T:
+    """asyncio.run(operation), ended by SIGTERM or SIGHUP as asyncio ends it on Ctrl-C: while
+    the loop runs, the signal cancels the operation, which cleans up at its next await, and
+    Terminated is raised once the loop is done. Raised by the signal handler itself, inside
+    whatever the loop was doing, it could leave a future never resolved (the command hung, its
+    transaction open) or a connection taken for broken (a traceback)."""
+    ended_by: list[int] = []
+
+    async def until_ended() -> T:
+        loop = asyncio.get_running_loop()
+        operation_task = asyncio.current_task()
+        assert operation_task is not None
+
+        def end(signal_number: int) -> None:
+            ended_by.append(signal_number)
+            operation_task.cancel()
+
+        for ending in _ENDINGS:
+            loop.add_signal_handler(ending, end, ending)
+        try:
+            return await operation
+        finally:
+            for ending in _ENDINGS:
+                loop.remove_signal_handler(ending)
+                signal.signal(ending, _terminate)  # for the loop's own shutdown
+
+    try:
+        result = asyncio.run(until_ended())
+    except BaseException:
+        if ended_by:  # whatever the cancellation became on its way out
+            raise Terminated(ended_by[0]) from None
+        raise
+    if ended_by:  # the operation finished before the cancellation reached it
+        raise Terminated(ended_by[0])
+    return result
+
+
 def run_async(operation: Coroutine[Any, Any, T]) -> T:
     """Run a coroutine, turning the failures a user can act on into one line on stderr."""
     try:
         with _ended_by_signals_as_by_ctrl_c():
-            return asyncio.run(operation)
+            return _run_until_ended(operation)
     except InvalidDatabaseUrl as exc:
         fail(str(exc), code=2)
     except (DatabaseConnectError, EmbeddedPostgresError) as exc:
