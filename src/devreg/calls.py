@@ -21,7 +21,7 @@ from devreg.auth.principal import Principal
 from devreg.conditional import IfMatch, WriteCondition
 from devreg.config import Settings
 from devreg.db.session import UnitOfWork, session_scope
-from devreg.errors import PreconditionRequired, UnsupportedContentEncoding
+from devreg.errors import MalformedIfMatch, PreconditionRequired, UnsupportedContentEncoding
 from devreg.problems import problem_responses, request_validation_error
 
 # Methods that only read: any live token may use them; every other method needs a write scope.
@@ -170,9 +170,14 @@ StreamingWorkDep = Annotated[UnitOfWork, Depends(streaming_work)]
 
 
 def read_if_match(call: Call) -> IfMatch | None:
-    """The call's If-Match, or None."""
+    """The call's If-Match, or None; 400 if it is not one."""
     if_match = call.list_header("if-match")
-    return IfMatch.parse(if_match) if if_match is not None else None
+    if if_match is None:
+        return None
+    try:
+        return IfMatch.parse(if_match)
+    except ValueError:
+        raise MalformedIfMatch from None
 
 
 def write_precondition(call: Call) -> WriteCondition | None:

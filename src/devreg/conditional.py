@@ -58,8 +58,14 @@ class IfMatch:
 
     @classmethod
     def parse(cls, header: str) -> "IfMatch":
+        """ValueError for a header that is neither `*` nor a list of entity tags (a version
+        sent without its quotes, say): taken as naming no version, it was a 412 saying the
+        version had changed to the very one sent, which a client re-reading and retrying would
+        meet forever."""
         if header.strip() == "*":
             return cls(None)
+        if _tag_list(header) is None:
+            raise ValueError(header)
         return cls(_versions(header, weak_too=False))
 
     def accepts(self, version: int) -> bool:

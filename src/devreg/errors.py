@@ -56,6 +56,14 @@ class InvalidCursor(InvalidParameter):
         super().__init__("cursor", detail)
 
 
+class MalformedIfMatch(BadRequest):
+    slug = "malformed-if-match"
+    default_detail = (
+        'If-Match must be "*" or entity tags in double quotes, as the ETag header writes them: '
+        '"2" for version 2.'
+    )
+
+
 class MalformedAuthorization(BadRequest):
     """Credentials sent in a way RFC 6750 calls invalid_request (section 3.1): not a token to
     refresh, but a request to fix."""
@@ -208,7 +216,9 @@ class PreconditionFailed(DevregError):
 
     def __init__(self, current_version: int, detail: str | None = None) -> None:
         super().__init__(
-            detail or f"The resource has changed: its version is now {current_version}.",
+            detail
+            or f'The resource is at version {current_version} (ETag "{current_version}"), '
+            "which If-Match does not name.",
             current_version=current_version,
         )
         self.headers["ETag"] = etag(current_version)
