@@ -195,14 +195,19 @@ class InvalidItems(InvalidInput):
 
     slug = "invalid-items"
 
-    def __init__(self, problems: dict[int, tuple[str, str]]) -> None:
-        """`problems` maps an item's index to (field, reason)."""
+    def __init__(self, problems: dict[int, tuple[str | None, str]]) -> None:
+        """`problems` maps an item's index to (its field, or None for the item itself, as an
+        id of a bulk delete's list is; reason)."""
         errors = [
-            {"loc": ["body", index, field], "msg": reason, "type": "invalid_item"}
+            {
+                "loc": ["body", index, *([field] if field else [])],
+                "msg": reason,
+                "type": "invalid_item",
+            }
             for index, (field, reason) in sorted(problems.items())
         ]
         first = errors[0]
-        detail = f"body.{first['loc'][1]}.{first['loc'][2]}: {first['msg']}"
+        detail = f"{'.'.join(map(str, first['loc']))}: {first['msg']}"
         if len(errors) > 1:
             detail += f" (and {len(errors) - 1} more)"
         super().__init__(detail, errors=errors)

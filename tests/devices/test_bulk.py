@@ -54,11 +54,12 @@ async def device_count(client: AsyncClient) -> int:
     return total
 
 
-def bad_items(problem: dict[str, Any]) -> list[tuple[int, str]]:
-    """(index, field) of each error of a bulk 422, in the order listed."""
+def bad_items(problem: dict[str, Any]) -> list[tuple[int, str | None]]:
+    """(index, field, or None for the item itself) of each error of a bulk 422, in order."""
     locations = [error["loc"] for error in problem["errors"]]
     assert all(loc[0] == "body" and isinstance(loc[1], int) for loc in locations), locations
-    return [(loc[1], loc[2]) for loc in locations]
+    assert all(len(loc) <= 3 for loc in locations), locations
+    return [(loc[1], loc[2] if len(loc) == 3 else None) for loc in locations]
 
 
 def heartbeat_url(device_id: object) -> str:
@@ -438,7 +439,10 @@ class TestBulkDelete:
         response = await bulk_delete(client, ids)
 
         problem = assert_problem(response, 422)
-        assert bad_items(problem) == [(1, "id")]
+        # The items are the ids: the error is the item's own, at ["body", 1] (it was at
+        # ["body", 1, "id"], a field no item has).
+        assert bad_items(problem) == [(1, None)]
+        assert problem["detail"] == "body.1: Device not found"
         assert await stored_devices(client) == devices
 
     async def test_repeated_id_is_refused(self, client):
@@ -449,7 +453,7 @@ class TestBulkDelete:
         response = await bulk_delete(client, ids)
 
         problem = assert_problem(response, 422)
-        assert bad_items(problem) == [(2, "id")]
+        assert bad_items(problem) == [(2, None)]
         assert await stored_devices(client) == devices
 
     @pytest.mark.parametrize(

@@ -57,12 +57,12 @@ async def delete_devices(
 ) -> None:
     """Refused with `require_if_match`: a bulk write names no versions."""
     _refuse_unguarded(require_if_match)
-    _refuse_repeats(ids, "id")
+    _refuse_repeats(ids, "id", items_are_values=True)
     repository = DeviceRepository(work)
     deleted = await repository.delete_many(
         list(ids), actor=actor_of(principal), owner=principal.owner
     )
-    _refuse_missing(ids, found=deleted)
+    _refuse_missing(ids, found=deleted, items_are_ids=True)
 
 
 @asynccontextmanager
@@ -100,26 +100,36 @@ def _refuse_unguarded(require_if_match: bool) -> None:
         raise UnguardedBulkWrite
 
 
-def _refuse_repeats(values: Sequence[Hashable | None], field: str) -> None:
-    """Each item whose `field` (the items' `values` of it) an earlier item has: a 422 item."""
+def _refuse_repeats(
+    values: Sequence[Hashable | None], field: str, *, items_are_values: bool = False
+) -> None:
+    """Each item whose `field` (the items' `values` of it) an earlier item has: a 422 item,
+    located at its field, or at the item itself when the items are the values (a bulk delete's
+    ids)."""
     reason = f"{field} appears more than once in this request"
+    located_at = None if items_are_values else field
     seen: set[Hashable] = set()
-    problems: dict[int, tuple[str, str]] = {}
+    problems: dict[int, tuple[str | None, str]] = {}
     for index, value in enumerate(values):
         if value is None:
             continue
         if value in seen:
-            problems[index] = (field, reason)
+            problems[index] = (located_at, reason)
         seen.add(value)
     if problems:
         raise InvalidItems(problems)
 
 
-def _refuse_missing(ids: Sequence[int], *, found: Sequence[int]) -> None:
-    """Raising here rolls back what the statement already changed: all or nothing."""
+def _refuse_missing(
+    ids: Sequence[int], *, found: Sequence[int], items_are_ids: bool = False
+) -> None:
+    """Each id not found: a 422 item, located at its `id`, or at the item itself when the
+    items are the ids. Raising here rolls back what the statement already changed: all or
+    nothing."""
     known = set(found)
-    problems = {
-        index: ("id", "Device not found") for index, id_ in enumerate(ids) if id_ not in known
+    located_at = None if items_are_ids else "id"
+    problems: dict[int, tuple[str | None, str]] = {
+        index: (located_at, "Device not found") for index, id_ in enumerate(ids) if id_ not in known
     }
     if problems:
         raise InvalidItems(problems)
