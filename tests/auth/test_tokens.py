@@ -449,8 +449,18 @@ class TestManagingTokens:
         )
         assert {item["user_id"] for item in response.json()["items"]} == {people["bob"]["id"]}
 
+    async def test_user_id_repeated_means_any_of_them(self, client, people) -> None:
+        """As on /changes and the devices' owner_id: it was a 400, "given only once"."""
+        headers = bearer(people["admin"])
+        ann, bob = people["ann"]["id"], people["bob"]["id"]
+
+        response = await client.get(TOKENS, params={"user_id": [ann, bob]}, headers=headers)
+
+        assert response.status_code == 200, response.text
+        assert {item["user_id"] for item in response.json()["items"]} == {ann, bob}
+
     @pytest.mark.parametrize(
-        ("query", "parameter"), [("userid=2", "userid"), ("user_id=1&user_id=2", "user_id")]
+        ("query", "parameter"), [("userid=2", "userid"), ("limit=1&limit=2", "limit")]
     )
     async def test_a_listing_query_it_cannot_follow_is_refused(
         self, client, people, query, parameter

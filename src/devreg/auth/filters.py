@@ -10,6 +10,6 @@ DEFAULT_SORT = Sort("id")
 
 @dataclass(frozen=True)
 class TokenFilter:
-    user_id: int | None = None
+    user_id: tuple[int, ...] = ()  # any of these users'
     # Only this user's: what a non-admin token may see of the tokens.
     visible_to: int | None = None

@@ -19,7 +19,7 @@ from devreg.auth.models import ApiToken, FirstToken, TokenScope
 from devreg.auth.principal import Principal
 from devreg.auth.schemas import TokenRead
 from devreg.db.driver import DriverStatement, fetch_row, violations_raised_as
-from devreg.db.keyset import TableListing
+from devreg.db.keyset import TableListing, any_of
 from devreg.db.rendering import JsonShape, instant
 from devreg.errors import UnknownUser
 
@@ -70,11 +70,10 @@ class TokenRepository(TableListing[TokenFilter]):
     table = ApiToken
 
     def _conditions(self, filters: TokenFilter) -> list[ColumnElement[bool]]:
-        return [
-            ApiToken.user_id == user_id
-            for user_id in (filters.user_id, filters.visible_to)
-            if user_id is not None
-        ]
+        conditions = any_of(ApiToken.user_id, filters.user_id)
+        if filters.visible_to is not None:
+            conditions.append(ApiToken.user_id == filters.visible_to)
+        return conditions
 
     async def add(self, values: dict[str, Any]) -> ApiToken:
         statement = insert(ApiToken).values(values).returning(ApiToken)

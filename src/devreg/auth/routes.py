@@ -37,7 +37,7 @@ async def create_token(data: TokenCreate, call: Call, response: Response) -> Tok
 
 
 class TokenListingQuery(PageQuery):
-    user_id: Id | None = Field(None, description="Only this user's (admins).")
+    user_id: tuple[Id, ...] = Field((), description="Any of these users' (admins).")
 
 
 _TOKEN_LISTING_QUERY = QueryString(TokenListingQuery)

@@ -69,7 +69,7 @@ def tokens_list(
     page = PageRequest(limit=limit, cursor=cursor)
     result = in_transaction(
         lambda work: service.list_tokens(
-            work, FULL_ACCESS, filters=TokenFilter(user_id=user), page=page
+            work, FULL_ACCESS, filters=TokenFilter(user_id=(user,) if user else ()), page=page
         )
     )
     columns = ("id", "user_id", "prefix", "scope", "admin", "created_at", "expires_at",
