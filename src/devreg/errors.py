@@ -168,6 +168,28 @@ class InvalidInput(DevregError):
     slug = "invalid-input"
     default_detail = "The request is not valid."
 
+    def __init__(
+        self,
+        detail: str | None = None,
+        *,
+        field: str | None = None,
+        part: str = "body",
+        **extensions: Any,
+    ) -> None:
+        """`field` names what is wrong (in `part` of the request: the body, a header), and an
+        `errors` list locates it as a validation error's does (`["body", "owner_id"]`), so that
+        a client's one handler for 422s finds every one."""
+        if field is not None:
+            extensions["field"] = field
+            extensions["errors"] = [
+                {
+                    "loc": [part, field],
+                    "msg": detail or self.default_detail,
+                    "type": self.slug.replace("-", "_"),
+                }
+            ]
+        super().__init__(detail, **extensions)
+
 
 class UnknownOwner(InvalidInput):
     slug = "unknown-owner"

@@ -13,7 +13,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, Field, ValidationError
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -41,13 +41,19 @@ class ValidationIssue(BaseModel):
 
 
 class Problem(BaseModel):
-    """The body of every error response (RFC 9457)."""
+    """The body of every error response (RFC 9457), and the members some of them add."""
 
     type: str
     title: str
     status: int
     detail: str
     instance: str | None = None
+    errors: list[ValidationIssue] | None = Field(
+        None, description="422: what is wrong, and where (`loc`: the part, field, index)."
+    )
+    field: str | None = Field(None, description="409 and some 422s: the field at fault.")
+    parameter: str | None = Field(None, description="400: the query parameter at fault.")
+    current_version: int | None = Field(None, description="412: the resource's version now.")
 
 
 def problem_response(

@@ -509,7 +509,9 @@ class TestExpiringTokens:
         longer = await client.post(TOKENS, json={"expires_in": "2d"}, headers=headers)
         shorter = await client.post(TOKENS, json={"expires_in": "12h"}, headers=headers)
 
-        assert assert_problem(longer, 422)["field"] == "expires_in"
+        problem = assert_problem(longer, 422)
+        assert problem["field"] == "expires_in"
+        assert [error["loc"] for error in problem["errors"]] == [["body", "expires_in"]]
         assert shorter.status_code == 201
         assert shorter.json()["expires_at"] < expiring.json()["expires_at"]
 

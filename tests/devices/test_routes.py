@@ -670,7 +670,16 @@ class TestRefusedWrite:
     async def test_unknown_owner_is_refused(self, client, write, owner_id):
         response = await write.send(client, {"owner_id": owner_id})
 
-        assert assert_problem(response, 422)["field"] == "owner_id"
+        problem = assert_problem(response, 422)
+        assert problem["field"] == "owner_id"
+        # Located as a validation error is: a client's one 422 handler found no `errors` here.
+        assert problem["errors"] == [
+            {
+                "loc": ["body", "owner_id"],
+                "msg": "owner_id does not name an existing user",
+                "type": "unknown_owner",
+            }
+        ]
         await write.assert_unchanged(client)
 
     @pytest.mark.parametrize("fields", INVALID_FIELDS)

@@ -63,8 +63,9 @@ class TestReplay:
     async def test_the_same_key_with_another_body_is_422(self, client) -> None:
         await client.post(DEVICES, json={"name": "pi"}, headers=keyed("k1"))
         other = await client.post(DEVICES, json={"name": "other"}, headers=keyed("k1"))
-        assert_problem(other, 422)
-        assert "Idempotency-Key" in other.json()["detail"]
+        problem = assert_problem(other, 422)
+        assert "Idempotency-Key" in problem["detail"]
+        assert [error["loc"] for error in problem["errors"]] == [["header", "Idempotency-Key"]]
         elsewhere = await client.post(f"{DEVICES}/bulk", json=[{"name": "pi"}], headers=keyed("k1"))
         assert_problem(elsewhere, 422)
         assert len(await stored_devices(client)) == 1

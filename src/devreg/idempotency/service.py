@@ -39,7 +39,7 @@ async def claim_key(
     if earlier is None:
         return None
     if earlier.fingerprint != fingerprint:
-        raise IdempotencyKeyReused(field="Idempotency-Key")
+        raise IdempotencyKeyReused(field="Idempotency-Key", part="header")
     return Answer(status=earlier.status or 200, body=earlier.body, headers=earlier.headers or {})
 
 
