@@ -238,6 +238,20 @@ class TestReading:
         for view in seen:
             assert [c["action"] for c in view.json()["items"]] == ["delete", "create"]
 
+    async def test_a_device_with_no_history_and_no_row_is_not_found_by_anyone(self, client) -> None:
+        """An admin (or the open API) got 200 and no records for an id never used, as if the
+        device existed with no history: a mistyped id looked like a quiet device."""
+        kept = await create_device(client, name="quiet")
+        deleted = await create_device(client, name="gone")
+        await client.delete(f"{DEVICES}/{deleted['id']}")
+
+        never = await client.get(history(deleted["id"] + 1000))
+        found = [await client.get(history(device["id"])) for device in (kept, deleted)]
+
+        assert_problem(never, 404, "Device not found")
+        assert [response.status_code for response in found] == [200, 200]
+        assert [len(response.json()["items"]) for response in found] == [1, 2]
+
     async def test_what_a_user_sees_is_found_by_index(self, client, connection) -> None:
         """`IN (subquery)` made the rule a filter on every record of the log, read newest
         first: 440-514 ms a page at 2M records (a reviewer's measure); by index, 0.13 ms."""

@@ -35,17 +35,19 @@ async def list_device_changes(
     page: PageRequest,
     principal: Principal,
 ) -> PageResult[Rendered]:
-    """A device's history, whoever made it, also after the device was deleted. Any token but an
-    admin's reads the records of its user's time with the device (as `list_changes`): a 404 for
-    a device its user neither owns nor ever had."""
-    if principal.owner is not None and not await _known_to(work, device_id, principal.owner):
+    """A device's history, whoever made it, also after the device was deleted: a 404 for a
+    device that neither exists nor has any. Any token but an admin's reads the records of its
+    user's time with the device (as `list_changes`): a 404 for a device its user neither owns
+    nor ever had."""
+    if not await _known_to(work, device_id, principal.owner):
         raise DeviceNotFound()
     device = replace(filters, object_type=(ObjectType.DEVICE,), object_id=(device_id,))
     return await _page(work, principal.restrict(device), page)
 
 
-async def _known_to(work: UnitOfWork, device_id: int, user_id: int) -> bool:
-    """Whether the user owns the device or has any of its history (its time with it ended)."""
+async def _known_to(work: UnitOfWork, device_id: int, user_id: int | None) -> bool:
+    """Whether the user (None: an admin, anyone) owns the device or has any of its history
+    (its time with it ended)."""
     if await DeviceRepository(work).current_version(device_id, owner=user_id) is not None:
         return True
     visible = ChangeFilter(
