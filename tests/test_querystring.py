@@ -1,9 +1,11 @@
 """What every listing does with its query string: a parameter means one thing."""
 
+import json
+
 import pytest
 
 from devreg.querystring import PATTERNS_MAX, REPEATS_MAX
-from tests.api import DEVICES, USERS, assert_problem, create_user
+from tests.api import DEVICES, USERS, assert_problem, create_device, create_user, stored_devices
 
 CHANGES = "/api/v1/changes"
 LISTINGS = [DEVICES, USERS, CHANGES, f"{DEVICES}/export"]
@@ -98,3 +100,43 @@ class TestEmailFilter:
 
         assert response.status_code == 200, response.text
         assert [item["id"] for item in response.json()["items"]] == [user["id"]]
+
+
+class TestRoutesWithoutParameters:
+    @pytest.mark.parametrize(
+        ("method", "path", "body"),
+        [
+            ("GET", "/api/v1/devices/{device}", None),
+            ("PATCH", "/api/v1/devices/{device}", {"name": "renamed"}),
+            ("PUT", "/api/v1/devices/{device}", {"name": "renamed"}),
+            ("DELETE", "/api/v1/devices/{device}", None),
+            ("POST", "/api/v1/devices/{device}/heartbeat", None),
+            ("POST", "/api/v1/devices", {"name": "new"}),
+            ("POST", "/api/v1/devices/bulk", [{"name": "new"}]),
+            ("DELETE", "/api/v1/devices/bulk", ["{device}"]),
+            ("GET", "/api/v1/users/{user}", None),
+            ("PATCH", "/api/v1/users/{user}", {"name": "renamed"}),
+        ],
+    )
+    async def test_any_parameter_is_refused_and_nothing_is_done(self, client, method, path, body):
+        """`GET /devices/1?fields=id` answered every field, and a write with a misspelt
+        parameter applied: a listing refused both."""
+        user = await create_user(client, name="ann")
+        device = await create_device(client, name="pi", owner_id=user["id"])
+        ids = {"device": device["id"], "user": user["id"]}
+        url = path.format(**ids)
+        sent = json.loads(json.dumps(body).replace('"{device}"', str(device["id"])))
+
+        response = await client.request(method, f"{url}?fields=id", json=sent)
+
+        problem = assert_problem(response, 400, "unknown query parameter 'fields'")
+        assert problem["parameter"] == "fields"
+        assert await stored_devices(client) == [device]
+        assert (await client.get(f"{USERS}/{user['id']}")).json() == user
+
+    async def test_the_tutorial_routes_ignore_them_as_the_tutorials_did(self, client):
+        device = await create_device(client, name="pi")
+
+        response = await client.get(f"/api/v1/device/{device['id']}?fields=id")
+
+        assert response.json() == {"id": device["id"], "name": "pi"}

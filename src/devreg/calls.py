@@ -10,7 +10,7 @@ Idempotency-Key) are read from the call and documented in the OpenAPI schema by 
 
 from collections.abc import AsyncIterator, Callable, Coroutine
 from http import HTTPStatus
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, ClassVar, TypeVar
 
 from fastapi import Depends, Request, Response
 from fastapi.routing import APIRoute
@@ -21,7 +21,12 @@ from devreg.auth.principal import Principal
 from devreg.conditional import IfMatch, WriteCondition
 from devreg.config import Settings
 from devreg.db.session import UnitOfWork, session_scope
-from devreg.errors import MalformedIfMatch, PreconditionRequired, UnsupportedContentEncoding
+from devreg.errors import (
+    InvalidParameter,
+    MalformedIfMatch,
+    PreconditionRequired,
+    UnsupportedContentEncoding,
+)
 from devreg.problems import problem_responses, request_validation_error
 
 # Methods that only read: any live token may use them; every other method needs a write scope.
@@ -81,7 +86,11 @@ _EVERY_WRITES_PROBLEMS = problem_responses(400, 408, 413, 415, 503)
 class ApiRoute(APIRoute):
     """Every API route: before the endpoint's parameters are solved, the request's unit of work is
     opened and its caller authenticated (a safe method needs a live token, or none while the API
-    is open; any other method a token that may write, and a body that is not compressed)."""
+    is open; any other method a token that may write, and a body that is not compressed). A
+    route with no query parameter refuses any (400), as a listing refuses one it does not know:
+    `GET /devices/1?fields=id` must not quietly answer every field."""
+
+    refuses_unknown_query_parameters: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -100,6 +109,10 @@ class ApiRoute(APIRoute):
             "security": SECURITY_REQUIREMENT,
             **(options.pop("openapi_extra", None) or {}),
         }
+        # Its query string read by the endpoint itself (querystring.QueryString).
+        self.reads_query = any(
+            parameter["in"] == "query" for parameter in openapi_extra.get("parameters", ())
+        )
         super().__init__(
             path,
             endpoint,
@@ -112,17 +125,28 @@ class ApiRoute(APIRoute):
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
         writes = self.writes
+        takes_no_query = self.refuses_unknown_query_parameters and not (
+            self.reads_query or self.dependant.query_params
+        )
 
         async def serve(request: Request) -> Response:
             call = Call(request.scope, request.receive)
             async with session_scope(call.state.sessionmaker, begin=False) as work:
                 call.db = work
                 call.principal = await authenticate(call, work, writes=writes)
+                if takes_no_query and call.scope["query_string"]:
+                    _refuse_query_parameters(call)
                 if writes:
                     _refuse_encoded_body(call)
                 return await handler(call)
 
         return serve
+
+
+def _refuse_query_parameters(call: Call) -> None:
+    name = next(iter(call.query_params), None)  # none in `?&`
+    if name is not None:
+        raise InvalidParameter(name, f"unknown query parameter {name!r}")
 
 
 def _refuse_encoded_body(call: Call) -> None:

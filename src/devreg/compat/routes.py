@@ -21,7 +21,15 @@ from devreg.users.filters import UserFilter
 from devreg.users.routes import UserId
 from devreg.users.schemas import UserCreate
 
-router = APIRouter(route_class=ApiRoute, include_in_schema=False)
+
+class TutorialRoute(ApiRoute):
+    """A tutorial's route reads its query string as FastAPI does, as the tutorial's clients
+    met it: a parameter it does not know is ignored."""
+
+    refuses_unknown_query_parameters = False
+
+
+router = APIRouter(route_class=TutorialRoute, include_in_schema=False)
 
 # The tutorials listed every row; here a list is the first page, as everywhere in devreg.
 Limit = Annotated[int, Query(ge=1, le=PAGE_LIMIT_MAX)]
