@@ -27,8 +27,10 @@ def _versions(header: str, *, weak_too: bool) -> frozenset[int]:
     beyond any version) matches nothing, and never reaches a statement. A header that is not a
     list of entity tags (`"1" "2"`, `x"1"`) names nothing at all."""
     listed = _tag_list(header)
-    if listed is None:
-        return frozenset()
+    return frozenset() if listed is None else _named(listed, weak_too=weak_too)
+
+
+def _named(listed: list[tuple[str, str]], *, weak_too: bool) -> frozenset[int]:
     tags = (tag for weak, tag in listed if weak_too or not weak)
     versions = (int(tag) for tag in tags if _VERSION_TAG.fullmatch(tag))
     return frozenset(version for version in versions if version <= _VERSION_MAX)
@@ -64,9 +66,10 @@ class IfMatch:
         meet forever."""
         if header.strip() == "*":
             return cls(None)
-        if _tag_list(header) is None:
+        listed = _tag_list(header)
+        if listed is None:
             raise ValueError(header)
-        return cls(_versions(header, weak_too=False))
+        return cls(_named(listed, weak_too=False))
 
     def accepts(self, version: int) -> bool:
         return self.versions is None or version in self.versions
