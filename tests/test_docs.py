@@ -122,3 +122,15 @@ async def test_integer_bounds_are_exact(client: AsyncClient) -> None:
 
     assert {"type": "integer", "minimum": 1, "maximum": 2**63 - 1} in owner_id["anyOf"]
     assert [bound for bound in _bounds(schema) if isinstance(bound, float)] == []
+
+
+async def test_a_duration_is_documented_as_it_is_read(client: AsyncClient) -> None:
+    """It was `format: duration` (ISO 8601 only): a client generated from the schema refused
+    `90d`, and an integer of seconds, both of which the API takes."""
+    schema = (await client.get("/openapi.json")).json()
+    expires_in = schema["components"]["schemas"]["TokenCreate"]["properties"]["expires_in"]
+    string, number, _ = expires_in["anyOf"]
+
+    assert "format" not in string
+    assert all(re.fullmatch(string["pattern"], sent) for sent in ["90d", "3600", " P1D "])
+    assert number == {"type": "number", "exclusiveMinimum": 0, "description": "seconds"}

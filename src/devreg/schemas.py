@@ -16,6 +16,7 @@ from pydantic import (
     StringConstraints,
     TypeAdapter,
     ValidationError,
+    WithJsonSchema,
 )
 from pydantic_core import to_json
 
@@ -167,11 +168,25 @@ def _sensible_duration(value: timedelta) -> timedelta:
     return value
 
 
+_DURATION_SCHEMA = {
+    "anyOf": [
+        {
+            "type": "string",
+            "pattern": r"^\s*(\d{1,10}[dhms]?|P.+)\s*$",
+            "description": "`90d`, `12h`, `30m`, `3600s`, `3600`, or ISO 8601 (`P90D`)",
+        },
+        {"type": "number", "exclusiveMinimum": 0, "description": "seconds"},
+    ]
+}
+
 Duration = Annotated[
     timedelta,
     BeforeValidator(_short_duration),
     BeforeValidator(_not_a_boolean),
     AfterValidator(_sensible_duration),
+    # Not pydantic's `format: duration` (ISO 8601 only): clients generated from the schema
+    # would refuse `90d`.
+    WithJsonSchema(_DURATION_SCHEMA),
 ]
 """A span of time: `90d`, `12h`, `30m`, `3600s`, seconds, or an ISO 8601 duration (`P90D`)."""
 
