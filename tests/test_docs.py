@@ -134,3 +134,25 @@ async def test_a_duration_is_documented_as_it_is_read(client: AsyncClient) -> No
     assert "format" not in string
     assert all(re.fullmatch(string["pattern"], sent) for sent in ["90d", "3600", " P1D "])
     assert number == {"type": "number", "exclusiveMinimum": 0, "description": "seconds"}
+
+
+async def test_the_headers_a_client_reads_are_documented(client: AsyncClient) -> None:
+    """No response documented a header: generated clients could not read an ETag, a
+    Location or a Retry-After."""
+    paths = (await client.get("/openapi.json")).json()["paths"]
+    device = paths["/api/v1/devices/{device_id}"]
+
+    def headers(operation: dict[str, Any], status: str) -> set[str]:
+        return set(operation["responses"][status].get("headers", {}))
+
+    assert headers(device["get"], "200") == {"ETag"}
+    assert headers(device["get"], "304") == {"ETag"}
+    assert headers(device["patch"], "200") == {"ETag"}
+    assert headers(device["patch"], "412") == {"ETag"}
+    created = paths["/api/v1/devices"]["post"]
+    assert headers(created, "201") == {"ETag", "Location", "Idempotent-Replayed"}
+    assert headers(paths["/api/v1/devices/bulk"]["post"], "201") == {"Idempotent-Replayed"}
+    assert headers(paths["/api/v1/users"]["post"], "201") == {"Location"}
+    assert headers(paths["/api/v1/tokens"]["post"], "201") == {"Cache-Control"}
+    assert headers(created, "503") == {"Retry-After"}
+    assert headers(created, "401") == {"WWW-Authenticate"}

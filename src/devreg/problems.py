@@ -76,6 +76,22 @@ def problem_response(
     return JSONResponse(body, status_code=status, headers=headers, media_type=PROBLEM_MEDIA_TYPE)
 
 
+def described_headers(descriptions: dict[str, str]) -> dict[str, Any]:
+    """A response's `headers` in OpenAPI: each header's description (its value, text)."""
+    return {
+        name: {"description": description, "schema": {"type": "string"}}
+        for name, description in descriptions.items()
+    }
+
+
+# What some problems carry beside their body.
+_PROBLEM_HEADERS = {
+    401: {"WWW-Authenticate": "How to authenticate (`Bearer`), and what was wrong (RFC 6750)."},
+    412: {"ETag": "The resource's current version."},
+    503: {"Retry-After": "Seconds to wait before sending the request again."},
+}
+
+
 def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """The `responses=` entry documenting a route's error statuses in OpenAPI."""
     return {
@@ -83,6 +99,11 @@ def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
             "model": Problem,
             "description": HTTPStatus(status).phrase,
             "content": {PROBLEM_MEDIA_TYPE: {}},
+            **(
+                {"headers": described_headers(_PROBLEM_HEADERS[status])}
+                if status in _PROBLEM_HEADERS
+                else {}
+            ),
         }
         for status in statuses
     }

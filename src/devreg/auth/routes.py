@@ -8,7 +8,7 @@ from devreg.auth.filters import DEFAULT_SORT, SORT_KEYS, TokenFilter
 from devreg.auth.guard import app_authenticator
 from devreg.auth.schemas import TokenCreate, TokenCreated, TokenPage, TokenRead
 from devreg.calls import ApiRoute, Call, documented
-from devreg.problems import problem_responses
+from devreg.problems import described_headers, problem_responses
 from devreg.querystring import PageQuery, QueryString, page_response
 from devreg.schemas import BIGINT_MAX, Id
 
@@ -26,7 +26,10 @@ TokenId = Annotated[int, Path(ge=1, le=BIGINT_MAX, description="The token's id."
     "",
     status_code=status.HTTP_201_CREATED,
     response_model=TokenCreated,
-    responses=problem_responses(422),
+    responses={
+        201: {"headers": described_headers({"Cache-Control": "`no-store`: it holds the token."})},
+        **problem_responses(422),
+    },
 )
 async def create_token(data: TokenCreate, call: Call, response: Response) -> TokenCreated:
     """A new token, shown in full this once; only its hash is kept."""

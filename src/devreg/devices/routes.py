@@ -35,9 +35,9 @@ from devreg.devices.schemas import (
     DeviceUpdate,
 )
 from devreg.errors import InvalidParameter
-from devreg.idempotency.header import IDEMPOTENCY_KEY_HEADER, Idempotency
+from devreg.idempotency.header import IDEMPOTENCY_KEY_HEADER, REPLAYED_HEADER, Idempotency
 from devreg.locations import created_location
-from devreg.problems import problem_responses
+from devreg.problems import described_headers, problem_responses
 from devreg.querystring import (
     Listing,
     NamePatterns,
@@ -94,18 +94,27 @@ IF_NONE_MATCH_WRITE_HEADER = header_parameter(
 )
 GUARDED_WRITE_HEADERS = documented(IF_MATCH_HEADER, IF_NONE_MATCH_WRITE_HEADER)
 # PUT and PATCH of one device: If-Match and If-None-Match guard them.
+_ETAG = {"ETag": 'The device\'s version, quoted (`"3"`): for If-Match and If-None-Match.'}
+_TAGGED = {"headers": described_headers(_ETAG)}
 GUARDED_WRITE: dict[str, Any] = {
-    "responses": problem_responses(404, 409, 412, 422, 428),
+    "responses": {200: _TAGGED, **problem_responses(404, 409, 412, 422, 428)},
     "openapi_extra": GUARDED_WRITE_HEADERS,
 }
 _DEVICE_READ = TypeAdapter(DeviceRead)
 
 # The creating POSTs: 201, or the first answer again for a repeated Idempotency-Key.
-IDEMPOTENT_CREATE: dict[str, Any] = {
-    "status_code": status.HTTP_201_CREATED,
-    "responses": problem_responses(409, 422),
-    "openapi_extra": documented(IDEMPOTENCY_KEY_HEADER),
-}
+_REPLAYED = {REPLAYED_HEADER: "`true` when this is the first answer to the Idempotency-Key again."}
+
+
+def _idempotent_create(**headers: str) -> dict[str, Any]:
+    return {
+        "status_code": status.HTTP_201_CREATED,
+        "responses": {
+            201: {"headers": described_headers({**headers, **_REPLAYED})},
+            **problem_responses(409, 422),
+        },
+        "openapi_extra": documented(IDEMPOTENCY_KEY_HEADER),
+    }
 
 
 def _tagged(
@@ -245,7 +254,11 @@ async def record_heartbeat(device_id: DeviceId, call: Call) -> Response:
     return response
 
 
-@router.post("", response_model=DeviceRead, **IDEMPOTENT_CREATE)
+@router.post(
+    "",
+    response_model=DeviceRead,
+    **_idempotent_create(**_ETAG, Location="Where the new device is."),
+)
 async def create_device(data: DeviceCreate, call: Call) -> Response:
     idempotency = Idempotency(call)
     await idempotency.claim()
@@ -260,7 +273,11 @@ async def create_device(data: DeviceCreate, call: Call) -> Response:
 @router.get(
     DEVICE_PATH,
     response_model=DeviceRead,
-    responses={304: {"description": "Not Modified"}, **problem_responses(404, 412, 422)},
+    responses={
+        200: _TAGGED,
+        304: {"description": "Not Modified", **_TAGGED},
+        **problem_responses(404, 412, 422),
+    },
     openapi_extra=documented(IF_MATCH_HEADER, IF_NONE_MATCH_READ_HEADER),
 )
 async def get_device(device_id: DeviceId, call: Call) -> Response:
@@ -383,7 +400,7 @@ async def delete_devices(ids: BulkDelete, call: Call) -> None:
     )
 
 
-@router.post("/bulk", response_model=BulkResult, **IDEMPOTENT_CREATE)
+@router.post("/bulk", response_model=BulkResult, **_idempotent_create())
 async def create_devices(items: BulkCreate, call: Call) -> Response:
     """Up to 10,000 devices, all or nothing; the new ids in the order given."""
     idempotency = Idempotency(call)

@@ -8,7 +8,7 @@ from devreg.calls import ApiRoute, Call, documented
 from devreg.devices.routes import DEVICE_LISTING_QUERY, DeviceListingDep
 from devreg.devices.schemas import DevicePage
 from devreg.locations import created_location
-from devreg.problems import problem_responses
+from devreg.problems import described_headers, problem_responses
 from devreg.querystring import Listing, NamePatterns, PageQuery, QueryString, page_response
 from devreg.schemas import BIGINT_MAX, Instant, RoundedUpInstant, ShortText
 from devreg.users import service
@@ -26,7 +26,10 @@ UserId = Annotated[int, Path(ge=1, le=BIGINT_MAX, description="The user's id.")]
     "",
     status_code=status.HTTP_201_CREATED,
     response_model=UserRead,
-    responses=problem_responses(409, 422),
+    responses={
+        201: {"headers": described_headers({"Location": "Where the new user is."})},
+        **problem_responses(409, 422),
+    },
 )
 async def create_user(data: UserCreate, call: Call, response: Response) -> object:
     """Admins only, once tokens are in use."""
