@@ -206,6 +206,11 @@ def _wait_until_live(process: subprocess.Popen[str], base_url: str, output: IO[s
     raise AssertionError("devreg serve did not come up within 60 s")
 
 
+async def set_revision(url: URL, revision: str) -> None:
+    """Record the database as migrated to `revision`, as a release that knows it would."""
+    await admin(url, f"UPDATE alembic_version SET version_num = '{revision}'")
+
+
 def started_devreg(*args: str, **settings: str) -> subprocess.Popen[str]:
     """A devreg command, started (its output captured) and left running."""
     return subprocess.Popen(

@@ -21,6 +21,7 @@ from tests.support import (
     devreg_environment,
     make_settings,
     running,
+    set_revision,
 )
 
 
@@ -253,12 +254,7 @@ async def test_a_database_at_a_revision_this_release_does_not_know_is_named_at_s
 ) -> None:
     """After rolling the code back past an upgrade: the server exited having logged only
     "error: CommandError (ResolutionError)"."""
-    engine = create_engine(committed_database_url, make_settings(committed_database_url))
-    try:
-        async with engine.begin() as connection:
-            await connection.execute(text("UPDATE alembic_version SET version_num = 'a1b2c3d4'"))
-    finally:
-        await engine.dispose()
+    await set_revision(committed_database_url, "a1b2c3d4")
     app = create_app(make_settings(committed_database_url, migrate_on_start=True))
 
     with caplog.at_level(logging.ERROR), pytest.raises(CommandError):

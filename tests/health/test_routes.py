@@ -6,13 +6,19 @@ from collections.abc import AsyncIterator
 
 import pytest
 from httpx import AsyncClient
-from sqlalchemy import text
 from sqlalchemy.engine import URL
 
 from devreg.app import create_app
 from devreg.db import migrations
 from devreg.db.session import create_engine
-from tests.support import RunningApp, api_client, free_port, make_settings, running
+from tests.support import (
+    RunningApp,
+    api_client,
+    free_port,
+    make_settings,
+    running,
+    set_revision,
+)
 
 READINESS_PATHS = ["/readyz", "/api/v1/health-check/db"]
 UNREACHABLE_ANSWER_SECONDS = 5
@@ -75,22 +81,13 @@ class TestReadiness:
         assert response.json() == {"status": "error", "db": "unreachable"}
         assert elapsed < UNREACHABLE_ANSWER_SECONDS
 
+    @pytest.mark.parametrize("revision", ["-1", "base"], ids=["behind", "never-migrated"])
     async def test_database_behind_this_release_is_not_ready(
-        self, committed_database_url: URL, path: str
+        self, committed_database_url: URL, path: str, revision: str
     ) -> None:
         """MIGRATE_ON_START=false and no `devreg db upgrade` yet: every request that needs the
         schema is a 503, and readiness said ok."""
-        await _migrate_to(committed_database_url, "-1")
-
-        assert await _readiness(committed_database_url, path) == (
-            503,
-            {"status": "error", "db": "not migrated"},
-        )
-
-    async def test_database_never_migrated_is_not_ready(
-        self, committed_database_url: URL, path: str
-    ) -> None:
-        await _migrate_to(committed_database_url, "base")
+        await _migrate_to(committed_database_url, revision)
 
         assert await _readiness(committed_database_url, path) == (
             503,
@@ -101,12 +98,7 @@ class TestReadiness:
         self, committed_database_url: URL, path: str
     ) -> None:
         """A release rolled back past an upgrade serves the newer schema; it cannot judge it."""
-        engine = create_engine(committed_database_url, make_settings(committed_database_url))
-        try:
-            async with engine.begin() as connection:
-                await connection.execute(text("UPDATE alembic_version SET version_num = 'f00d'"))
-        finally:
-            await engine.dispose()
+        await set_revision(committed_database_url, "f00d")
 
         assert await _readiness(committed_database_url, path) == (
             200,
