@@ -156,3 +156,18 @@ async def test_the_headers_a_client_reads_are_documented(client: AsyncClient) ->
     assert headers(paths["/api/v1/tokens"]["post"], "201") == {"Cache-Control"}
     assert headers(created, "503") == {"Retry-After"}
     assert headers(created, "401") == {"WWW-Authenticate"}
+
+
+async def test_each_listing_documents_its_sort_keys(client: AsyncClient) -> None:
+    """`sort` was documented as any text, each listing's keys only in its 400."""
+    paths = (await client.get("/openapi.json")).json()["paths"]
+
+    def sorts(path: str) -> list[str]:
+        parameters = paths[path]["get"]["parameters"]
+        return next(p["schema"]["enum"] for p in parameters if p["name"] == "sort")
+
+    assert sorts("/api/v1/devices") == [
+        "id", "-id", "name", "-name", "created_at", "-created_at", "last_seen_at", "-last_seen_at"
+    ]  # fmt: skip
+    assert sorts("/api/v1/users") == ["id", "-id", "name", "-name", "created_at", "-created_at"]
+    assert sorts("/api/v1/tokens") == sorts("/api/v1/changes") == ["id", "-id"]

@@ -43,8 +43,7 @@ class PageQuery(BaseModel):
 
     sort: str | None = Field(
         None,
-        description="A sort key (see the errors for each listing's), `-` for descending; "
-        "ties are broken by id.",
+        description="A sort key, `-` before it for descending; ties are broken by id.",
     )
     limit: int = Field(PAGE_LIMIT_DEFAULT, ge=1, le=PAGE_LIMIT_MAX, description="Rows per page.")
     # Its length is checked with the rest of it, as a bad cursor (400), by Cursors.decode.
@@ -83,9 +82,17 @@ class QueryString(Generic[QueryT]):
     a device listing has 19. Unknown names are refused (400) unless they begin with `prefix`,
     which the route reads itself."""
 
-    def __init__(self, model: type[QueryT], *, prefix: str | None = None) -> None:
+    def __init__(
+        self,
+        model: type[QueryT],
+        *,
+        prefix: str | None = None,
+        sort_keys: Collection[str] = (),
+    ) -> None:
+        """`sort_keys`: what `sort` takes (documented as such: its field only says text)."""
         self.model = model
         self.prefix = prefix
+        self.sorts = [f"{descending}{key}" for key in sort_keys for descending in ("", "-")]
         self.repeatable = frozenset(
             name
             for name, field in model.model_fields.items()
@@ -120,7 +127,11 @@ class QueryString(Generic[QueryT]):
                 "in": "query",
                 "required": name in required,
                 **({"description": field["description"]} if "description" in field else {}),
-                "schema": _inlined(field, definitions),
+                "schema": (
+                    {"type": "string", "enum": self.sorts}
+                    if name == "sort" and self.sorts
+                    else _inlined(field, definitions)
+                ),
             }
             for name, field in schema["properties"].items()
         ]

@@ -43,7 +43,7 @@ class TokenListingQuery(PageQuery):
     user_id: tuple[Id, ...] = Field((), description="Any of these users' (admins).")
 
 
-_TOKEN_LISTING_QUERY = QueryString(TokenListingQuery)
+_TOKEN_LISTING_QUERY = QueryString(TokenListingQuery, sort_keys=SORT_KEYS)
 
 
 @router.get(

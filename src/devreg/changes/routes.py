@@ -32,8 +32,8 @@ class ChangeListingQuery(ObjectChangeListingQuery):
     object_id: tuple[Id, ...] = Field((), description="Any of these.")
 
 
-_CHANGE_LISTING_QUERY = QueryString(ChangeListingQuery)
-_OBJECT_CHANGE_LISTING_QUERY = QueryString(ObjectChangeListingQuery)
+_CHANGE_LISTING_QUERY = QueryString(ChangeListingQuery, sort_keys=SORT_KEYS)
+_OBJECT_CHANGE_LISTING_QUERY = QueryString(ObjectChangeListingQuery, sort_keys=SORT_KEYS)
 
 
 def _change_listing(

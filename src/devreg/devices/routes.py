@@ -190,7 +190,9 @@ class DeviceExportQuery(DeviceFilterQuery):
     format: ExportFormat = Field(ExportFormat.CSV, description="`csv` or `ndjson`.")
 
 
-DEVICE_LISTING_QUERY = QueryString(DeviceListingQuery, prefix=_ATTRIBUTE_PREFIX)
+DEVICE_LISTING_QUERY = QueryString(
+    DeviceListingQuery, prefix=_ATTRIBUTE_PREFIX, sort_keys=SORT_KEYS
+)
 _DEVICE_EXPORT_QUERY = QueryString(DeviceExportQuery, prefix=_ATTRIBUTE_PREFIX)
 
 

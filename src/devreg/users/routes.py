@@ -47,7 +47,7 @@ class UserListingQuery(PageQuery):
     created_before: RoundedUpInstant | None = None
 
 
-_USER_LISTING_QUERY = QueryString(UserListingQuery)
+_USER_LISTING_QUERY = QueryString(UserListingQuery, sort_keys=SORT_KEYS)
 
 
 async def user_listing(request: Request) -> Listing[UserFilter]:
