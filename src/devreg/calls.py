@@ -177,9 +177,9 @@ def documented(*parameters: dict[str, Any]) -> dict[str, Any]:
 async def streaming_work(request: Request) -> AsyncIterator[UnitOfWork]:
     """A request's second unit of work, for a streamed export: it stays open until the last
     byte is sent (the request's own ends before the response starts), and takes one of the
-    worker's MAX_EXPORTS_IN_PROGRESS turns for that long (503 when none comes within
-    POOL_TIMEOUT). Read-only use, so it is rolled back, never committed: a stream cut off may
-    have left its connection invalidated."""
+    worker's MAX_EXPORTS_IN_PROGRESS turns for that long (503 when none is free). Read-only
+    use, so it is rolled back, never committed: a stream cut off may have left its connection
+    invalidated."""
     async with (
         request.state.exports.turn(),
         session_scope(request.state.sessionmaker, begin=False) as work,

@@ -79,7 +79,7 @@ class Settings(BaseSettings):
     max_requests_in_progress: int = Field(8, ge=1, le=10_000)
     # Exports one worker streams at once: each holds a database connection until its last byte
     # is sent, however slowly its client reads, so unbounded they could take the whole pool.
-    # The others wait their turn (at most POOL_TIMEOUT seconds, then 503).
+    # Another is refused at once (503): waiting, it would hold one of the requests' turns.
     max_exports_in_progress: int = Field(4, ge=1, le=1000)
     db_connect_timeout: float = Field(5.0, gt=0, le=_CONNECT_TIMEOUT_MAX)
     health_timeout: float = Field(2.0, gt=0, le=60)
