@@ -18,12 +18,12 @@ from pydantic import TypeAdapter, ValidationError
 
 from devreg.auth.guard import SECURITY_REQUIREMENT, authenticate
 from devreg.auth.principal import Principal
-from devreg.conditional import IfMatch, WriteCondition
+from devreg.conditional import IfMatch, WriteCondition, check_tags
 from devreg.config import Settings
 from devreg.db.session import UnitOfWork, session_scope
 from devreg.errors import (
     InvalidParameter,
-    MalformedIfMatch,
+    MalformedPrecondition,
     PreconditionRequired,
     UnsupportedContentEncoding,
 )
@@ -201,14 +201,26 @@ def read_if_match(call: Call) -> IfMatch | None:
     try:
         return IfMatch.parse(if_match)
     except ValueError:
-        raise MalformedIfMatch from None
+        raise MalformedPrecondition("If-Match") from None
+
+
+def read_if_none_match(call: Call) -> str | None:
+    """The call's If-None-Match, or None; 400 if it is not one."""
+    if_none_match = call.list_header("if-none-match")
+    if if_none_match is None or if_none_match.strip() == "*":
+        return if_none_match
+    try:
+        check_tags(if_none_match)
+    except ValueError:
+        raise MalformedPrecondition("If-None-Match") from None
+    return if_none_match
 
 
 def write_precondition(call: Call) -> WriteCondition | None:
     """The call's If-Match and If-None-Match; without either, None (last write wins). Without
     If-Match, 428 if REQUIRE_IF_MATCH."""
     if_match = read_if_match(call)
-    if_none_match = call.list_header("if-none-match")
+    if_none_match = read_if_none_match(call)
     if if_match is None and call.settings.require_if_match:
         raise PreconditionRequired
     if if_match is None and if_none_match is None:

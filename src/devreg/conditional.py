@@ -36,6 +36,17 @@ def _named(listed: list[tuple[str, str]], *, weak_too: bool) -> frozenset[int]:
     return frozenset(version for version in versions if version <= _VERSION_MAX)
 
 
+def check_tags(header: str) -> list[tuple[str, str]]:
+    """The entity tags of an If-Match or If-None-Match that is not `*`; ValueError for one that
+    lists none (a version sent without its quotes, an empty value). Taken as naming no version,
+    an If-Match was a 412 saying the version had changed to the very one sent, which a client
+    re-reading and retrying met forever; an If-None-Match guarded nothing."""
+    listed = _tag_list(header)
+    if not listed:
+        raise ValueError(header)
+    return listed
+
+
 def _tag_list(header: str) -> list[tuple[str, str]] | None:
     """(weakness marker, opaque tag) of each entity tag in the list, or None if the header is
     not such a list."""
@@ -60,16 +71,10 @@ class IfMatch:
 
     @classmethod
     def parse(cls, header: str) -> "IfMatch":
-        """ValueError for a header that is neither `*` nor a list of entity tags (a version
-        sent without its quotes, say): taken as naming no version, it was a 412 saying the
-        version had changed to the very one sent, which a client re-reading and retrying would
-        meet forever."""
+        """ValueError for a header that is neither `*` nor a list of entity tags (check_tags)."""
         if header.strip() == "*":
             return cls(None)
-        listed = _tag_list(header)
-        if listed is None:
-            raise ValueError(header)
-        return cls(_named(listed, weak_too=False))
+        return cls(_named(check_tags(header), weak_too=False))
 
     def accepts(self, version: int) -> bool:
         return self.versions is None or version in self.versions

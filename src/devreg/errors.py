@@ -56,12 +56,16 @@ class InvalidCursor(InvalidParameter):
         super().__init__("cursor", detail)
 
 
-class MalformedIfMatch(BadRequest):
-    slug = "malformed-if-match"
-    default_detail = (
-        'If-Match must be "*" or entity tags in double quotes, as the ETag header writes them: '
-        '"2" for version 2.'
-    )
+class MalformedPrecondition(BadRequest):
+    """An If-Match or If-None-Match that is neither `*` nor a list of entity tags."""
+
+    slug = "malformed-precondition"
+
+    def __init__(self, header: str) -> None:
+        super().__init__(
+            f'{header} must be "*" or entity tags in double quotes, as the ETag header writes '
+            'them: "2" for version 2.'
+        )
 
 
 class MalformedAuthorization(BadRequest):

@@ -14,6 +14,7 @@ from devreg.calls import (
     documented,
     header_parameter,
     read_if_match,
+    read_if_none_match,
     write_precondition,
 )
 from devreg.conditional import etag, not_modified
@@ -283,10 +284,11 @@ async def create_device(data: DeviceCreate, call: Call) -> Response:
     openapi_extra=documented(IF_MATCH_HEADER, IF_NONE_MATCH_READ_HEADER),
 )
 async def get_device(device_id: DeviceId, call: Call) -> Response:
+    if_none_match = read_if_none_match(call)
     device = await service.get_device(
         call.db, device_id, principal=call.principal, if_match=read_if_match(call)
     )
-    if not_modified(call.list_header("if-none-match"), device.version):
+    if not_modified(if_none_match, device.version):
         return Response(
             status_code=status.HTTP_304_NOT_MODIFIED, headers={"ETag": etag(device.version)}
         )
