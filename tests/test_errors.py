@@ -13,7 +13,7 @@ from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError
 
 from devreg.app import create_app
-from devreg.errors import DevregError
+from devreg.errors import DevregError, sqlstate_problem
 from devreg.logs import request_logger
 from tests.api import assert_problem
 from tests.support import RunningApp, api_client, make_settings, running
@@ -258,3 +258,15 @@ class TestPoolExhausted:
         assert busy.headers["retry-after"].isdigit()
         assert elapsed < 2
         assert recovered.status_code == 200
+
+
+def test_a_value_postgresql_refuses_is_a_422_with_an_errors_list() -> None:
+    """Every 422 has an `errors` list; this one (a data exception, SQLSTATE class 22) had none,
+    knowing no field."""
+    problem = sqlstate_problem("22003")  # numeric_value_out_of_range
+
+    assert problem is not None
+    assert problem.status == 422
+    assert problem.extensions["errors"] == [
+        {"loc": [], "msg": "A value in the request is not valid.", "type": "invalid_input"}
+    ]

@@ -181,17 +181,20 @@ class InvalidInput(DevregError):
         **extensions: Any,
     ) -> None:
         """`field` names what is wrong (in `part` of the request: the body, a header), and an
-        `errors` list locates it as a validation error's does (`["body", "owner_id"]`), so that
-        a client's one handler for 422s finds every one."""
+        `errors` list locates it as a validation error's does (`["body", "owner_id"]`; `[]`
+        when nothing says where), so that a client's one handler for 422s reads every one."""
         if field is not None:
             extensions["field"] = field
-            extensions["errors"] = [
+        extensions.setdefault(
+            "errors",
+            [
                 {
-                    "loc": [part, field],
+                    "loc": [part, field] if field is not None else [],
                     "msg": detail or self.default_detail,
                     "type": self.slug.replace("-", "_"),
                 }
-            ]
+            ],
+        )
         super().__init__(detail, **extensions)
 
 
