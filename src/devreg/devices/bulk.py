@@ -17,7 +17,7 @@ async def register_devices(
     work: UnitOfWork, *, items: Sequence[DeviceCreate], principal: Principal
 ) -> list[int]:
     """The new devices' ids, in the order of `items`."""
-    _refuse_repeats([item.serial_number for item in items], "serial_number")
+    _refuse_repeats([item.serial_number for item in items], "serial_number", "serial_number")
     rows = [with_permitted_owner(principal, item.model_dump(mode="json")) for item in items]
     repository = DeviceRepository(work)
     async with _owners_checked(work, repository, rows):
@@ -34,8 +34,8 @@ async def update_devices(
     """Refused with `require_if_match`: a bulk write names no versions."""
     _refuse_unguarded(require_if_match)
     ids = [item.id for item in items]
-    _refuse_repeats(ids, "id")
-    _refuse_repeats([item.serial_number for item in items], "serial_number")
+    _refuse_repeats(ids, "id", "id")
+    _refuse_repeats([item.serial_number for item in items], "serial_number", "serial_number")
     changes = [
         with_permitted_owner_change(principal, item.model_dump(mode="json", exclude_unset=True))
         for item in items
@@ -48,7 +48,7 @@ async def update_devices(
     if len(updated) < len(ids):
         # An unknown owner for a device not found broke no constraint, and is named first.
         await _refuse_unknown_owners(repository, changes)
-        _refuse_missing(ids, found=updated)
+        _refuse_missing(ids, found=updated, located_at="id")
     return ids
 
 
@@ -57,12 +57,12 @@ async def delete_devices(
 ) -> None:
     """Refused with `require_if_match`: a bulk write names no versions."""
     _refuse_unguarded(require_if_match)
-    _refuse_repeats(ids, "id", items_are_values=True)
+    _refuse_repeats(ids, "id", None)  # the items are the ids
     repository = DeviceRepository(work)
     deleted = await repository.delete_many(
         list(ids), actor=actor_of(principal), owner=principal.owner
     )
-    _refuse_missing(ids, found=deleted, items_are_ids=True)
+    _refuse_missing(ids, found=deleted, located_at=None)
 
 
 @asynccontextmanager
@@ -100,14 +100,10 @@ def _refuse_unguarded(require_if_match: bool) -> None:
         raise UnguardedBulkWrite
 
 
-def _refuse_repeats(
-    values: Sequence[Hashable | None], field: str, *, items_are_values: bool = False
-) -> None:
-    """Each item whose `field` (the items' `values` of it) an earlier item has: a 422 item,
-    located at its field, or at the item itself when the items are the values (a bulk delete's
-    ids)."""
-    reason = f"{field} appears more than once in this request"
-    located_at = None if items_are_values else field
+def _refuse_repeats(values: Sequence[Hashable | None], what: str, located_at: str | None) -> None:
+    """Each item whose `what` (the items' `values` of it) an earlier item has: a 422 item,
+    located at the item's field `located_at` (None: the item itself, as a bulk delete's id)."""
+    reason = f"{what} appears more than once in this request"
     seen: set[Hashable] = set()
     problems: dict[int, tuple[str | None, str]] = {}
     for index, value in enumerate(values):
@@ -120,14 +116,11 @@ def _refuse_repeats(
         raise InvalidItems(problems)
 
 
-def _refuse_missing(
-    ids: Sequence[int], *, found: Sequence[int], items_are_ids: bool = False
-) -> None:
-    """Each id not found: a 422 item, located at its `id`, or at the item itself when the
-    items are the ids. Raising here rolls back what the statement already changed: all or
+def _refuse_missing(ids: Sequence[int], *, found: Sequence[int], located_at: str | None) -> None:
+    """Each id not found: a 422 item, located at `located_at` in it (None: the item itself, as
+    a bulk delete's id is). Raising here rolls back what the statement already changed: all or
     nothing."""
     known = set(found)
-    located_at = None if items_are_ids else "id"
     problems: dict[int, tuple[str | None, str]] = {
         index: (located_at, "Device not found") for index, id_ in enumerate(ids) if id_ not in known
     }
