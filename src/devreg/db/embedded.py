@@ -100,11 +100,13 @@ class EmbeddedCluster:
         cluster's server, which pg_ctl would take for this one (and `db stop` would stop)."""
         try:
             pid = int((self.data_dir / "postmaster.pid").read_text().split("\n", 1)[0])
-            # A server works in its data directory.
+            # A server is a postgres program working in its data directory.
+            program = Path(os.readlink(f"/proc/{pid}/exe")).name
             working_in = Path(os.readlink(f"/proc/{pid}/cwd"))
         except (OSError, ValueError):  # no such file or process, or not ours to look at
             return False
-        return working_in != self.data_dir.resolve()
+        # (An upgraded binary's link reads "postgres (deleted)".)
+        return not program.startswith("postgres") or working_in != self.data_dir.resolve()
 
     @property
     def lock_file(self) -> Path:
@@ -129,7 +131,7 @@ class EmbeddedCluster:
                 self._require_port()
                 return
             if self._pid_file_is_stale():
-                (self.data_dir / "postmaster.pid").unlink()
+                (self.data_dir / "postmaster.pid").unlink(missing_ok=True)
             self._write_config()
             started = self._pg_ctl("start", "-w", "-t", "60", "-l", str(self.log_file), check=False)
             if started.returncode != 0:
