@@ -11,7 +11,8 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from devreg.config import Settings
-from devreg.idempotency.header import IDEMPOTENCY_KEY, REPLAYED_HEADER
+from devreg.idempotency.header import REPLAYED_HEADER
+from devreg.idempotency.models import IDEMPOTENCY_KEY
 from devreg.problems import problem_response
 
 # The API answers JSON; only the bundled /docs and /redoc pages run scripts and styles, inline

@@ -9,10 +9,9 @@ from pydantic import StringConstraints, TypeAdapter
 
 from devreg.calls import Call, header_parameter
 from devreg.idempotency import service
-from devreg.idempotency.models import KEY_MAX_LENGTH
+from devreg.idempotency.models import IDEMPOTENCY_KEY, KEY_MAX_LENGTH
 from devreg.idempotency.service import Answer
 
-IDEMPOTENCY_KEY = "Idempotency-Key"
 REPLAYED_HEADER = "Idempotent-Replayed"
 _KEY = TypeAdapter(Annotated[str, StringConstraints(min_length=1, max_length=KEY_MAX_LENGTH)])
 

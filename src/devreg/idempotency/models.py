@@ -7,6 +7,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 from devreg.db.base import Base
 
 KEY_MAX_LENGTH = 255
+IDEMPOTENCY_KEY = "Idempotency-Key"  # the header
 
 
 class IdempotencyKey(Base):

@@ -9,6 +9,7 @@ from datetime import timedelta
 
 from devreg.db.session import UnitOfWork
 from devreg.errors import IdempotencyKeyReused
+from devreg.idempotency.models import IDEMPOTENCY_KEY
 from devreg.idempotency.repository import IdempotencyRepository
 
 
@@ -39,7 +40,7 @@ async def claim_key(
     if earlier is None:
         return None
     if earlier.fingerprint != fingerprint:
-        raise IdempotencyKeyReused(field="Idempotency-Key", part="header")
+        raise IdempotencyKeyReused(field=IDEMPOTENCY_KEY, part="header")
     return Answer(status=earlier.status or 200, body=earlier.body, headers=earlier.headers or {})
 
 
