@@ -1,11 +1,15 @@
 """What every listing does with its query string: a parameter means one thing."""
 
 import json
+from typing import Annotated
 
 import pytest
+from fastapi import Depends
 
+from devreg.calls import ApiRoute, Call
 from devreg.querystring import PATTERNS_MAX, REPEATS_MAX
 from tests.api import DEVICES, USERS, assert_problem, create_device, create_user, stored_devices
+from tests.support import api_client
 
 CHANGES = "/api/v1/changes"
 LISTINGS = [DEVICES, USERS, CHANGES, f"{DEVICES}/export"]
@@ -140,3 +144,23 @@ class TestRoutesWithoutParameters:
         response = await client.get(f"/api/v1/device/{device['id']}?fields=id")
 
         assert response.json() == {"id": device["id"], "name": "pi"}
+
+    async def test_a_parameter_a_dependency_declares_is_taken(self, running_app):
+        """A route's own parameters were looked for, not its dependencies': one a dependency
+        declared would have been refused as unknown."""
+
+        def page_size(size: int = 10) -> int:
+            return size
+
+        async def sized(call: Call, size: Annotated[int, Depends(page_size)]) -> dict[str, int]:
+            return {"size": size}
+
+        app = running_app.app
+        app.router.add_api_route("/api/v1/sized", sized, route_class_override=ApiRoute)
+        try:
+            async with api_client(running_app) as client:
+                taken = await client.get("/api/v1/sized?size=3")
+        finally:
+            app.router.routes.pop()
+
+        assert taken.json() == {"size": 3}

@@ -13,6 +13,7 @@ from http import HTTPStatus
 from typing import Annotated, Any, ClassVar, TypeVar
 
 from fastapi import Depends, Request, Response
+from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute
 from pydantic import TypeAdapter, ValidationError
 
@@ -126,7 +127,7 @@ class ApiRoute(APIRoute):
         handler = super().get_route_handler()
         writes = self.writes
         takes_no_query = self.refuses_unknown_query_parameters and not (
-            self.reads_query or self.dependant.query_params
+            self.reads_query or _declares_query(self.dependant)
         )
 
         async def serve(request: Request) -> Response:
@@ -141,6 +142,11 @@ class ApiRoute(APIRoute):
                 return await handler(call)
 
         return serve
+
+
+def _declares_query(dependant: Dependant) -> bool:
+    """Whether the endpoint, or any of its dependencies, takes a FastAPI query parameter."""
+    return bool(dependant.query_params) or any(map(_declares_query, dependant.dependencies))
 
 
 def _refuse_query_parameters(call: Call) -> None:
