@@ -9,11 +9,9 @@ from collections.abc import (
     Callable,
     Collection,
     Coroutine,
-    Iterator,
     Mapping,
     Sequence,
 )
-from contextlib import contextmanager
 from types import FrameType, MappingProxyType
 from typing import Annotated, Any, NoReturn, TypeVar
 
@@ -91,22 +89,14 @@ def _terminate(signal_number: int, _frame: FrameType | None) -> None:
     raise Terminated(signal_number)
 
 
-@contextmanager
-def _ended_by_signals_as_by_ctrl_c() -> Iterator[None]:
-    previous = {ending: signal.signal(ending, _terminate) for ending in _ENDINGS}
-    try:
-        yield
-    finally:
-        for ending, handler in previous.items():
-            signal.signal(ending, handler)
-
-
 def _run_until_ended(operation: Coroutine[Any, Any, T]) -> T:
     """asyncio.run(operation), ended by SIGTERM or SIGHUP as asyncio ends it on Ctrl-C: while
     the loop runs, the signal cancels the operation, which cleans up at its next await, and
-    Terminated is raised once the loop is done. Raised by the signal handler itself, inside
-    whatever the loop was doing, it could leave a future never resolved (the command hung, its
-    transaction open) or a connection taken for broken (a traceback)."""
+    Terminated is raised once the loop is done; before and after the loop, Terminated is
+    raised where the signal lands. Raised by the signal handler inside whatever the loop was
+    doing, it could leave a future never resolved (the command hung, its transaction open) or
+    a connection taken for broken (a traceback)."""
+    previous = {ending: signal.signal(ending, _terminate) for ending in _ENDINGS}
     ended_by: list[int] = []
 
     async def until_ended() -> T:
@@ -133,6 +123,9 @@ def _run_until_ended(operation: Coroutine[Any, Any, T]) -> T:
         if ended_by:  # whatever the cancellation became on its way out
             raise Terminated(ended_by[0]) from None
         raise
+    finally:
+        for ending, handler in previous.items():
+            signal.signal(ending, handler)
     if ended_by:  # the operation finished before the cancellation reached it
         raise Terminated(ended_by[0])
     return result
@@ -141,8 +134,7 @@ def _run_until_ended(operation: Coroutine[Any, Any, T]) -> T:
 def run_async(operation: Coroutine[Any, Any, T]) -> T:
     """Run a coroutine, turning the failures a user can act on into one line on stderr."""
     try:
-        with _ended_by_signals_as_by_ctrl_c():
-            return _run_until_ended(operation)
+        return _run_until_ended(operation)
     except InvalidDatabaseUrl as exc:
         fail(str(exc), code=2)
     except (DatabaseConnectError, EmbeddedPostgresError) as exc:
