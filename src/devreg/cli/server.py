@@ -128,7 +128,7 @@ def db_status() -> None:
     head = migrations.head_revision()
     if current == head:
         state = "up to date"
-    elif current is None or migrations.is_known(current):
+    elif migrations.is_behind(current):
         state = "migrations pending"
     else:
         state = "unknown to this release: a newer one's?"

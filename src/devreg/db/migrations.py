@@ -82,14 +82,6 @@ def is_behind(revision: str | None) -> bool:
     return revision is None or revision in _revisions_before_head()
 
 
-def is_known(revision: str) -> bool:
-    """Whether this release has the revision (a database a newer release upgraded has not)."""
-    try:
-        return ScriptDirectory.from_config(alembic_config()).get_revision(revision) is not None
-    except CommandError:  # Alembic's ResolutionError, as ScriptDirectory raises it
-        return False
-
-
 async def hold_migration_lock(connection: AsyncConnection) -> None:
     """Wait for, and hold until the transaction ends, the lock every migrating process takes
     (devreg on start, `devreg db`, plain `alembic`): a transaction-level lock, released by the
