@@ -61,6 +61,11 @@ class EmbeddedCluster:
         return self.data_dir.with_name(self.data_dir.name + ".password")
 
     @property
+    def pid_file(self) -> Path:
+        """The running server's: its PID on the first line, its port on the fourth."""
+        return self.data_dir / "postmaster.pid"
+
+    @property
     def log_file(self) -> Path:
         return self.data_dir / "server.log"
 
@@ -86,7 +91,7 @@ class EmbeddedCluster:
     def _require_port(self) -> None:
         """The running server listens on the port asked for (postmaster.pid's fourth line): a
         changed EMBEDDED_PG_PORT would otherwise be some other server's port, or nobody's."""
-        lines = (self.data_dir / "postmaster.pid").read_text().split("\n")
+        lines = self.pid_file.read_text().split("\n")
         listening = lines[3].strip() if len(lines) > 3 else ""
         if listening.isdigit() and int(listening) != self.port:
             raise EmbeddedPostgresError(
@@ -99,7 +104,7 @@ class EmbeddedCluster:
         by a crash or a power cut, its PID since taken by another process, perhaps another
         cluster's server, which pg_ctl would take for this one (and `db stop` would stop)."""
         try:
-            pid = int((self.data_dir / "postmaster.pid").read_text().split("\n", 1)[0])
+            pid = int(self.pid_file.read_text().split("\n", 1)[0])
             # A server is a postgres program working in its data directory.
             program = Path(os.readlink(f"/proc/{pid}/exe")).name
             working_in = Path(os.readlink(f"/proc/{pid}/cwd"))
@@ -131,7 +136,7 @@ class EmbeddedCluster:
                 self._require_port()
                 return
             if self._pid_file_is_stale():
-                (self.data_dir / "postmaster.pid").unlink(missing_ok=True)
+                self.pid_file.unlink(missing_ok=True)
             self._write_config()
             started = self._pg_ctl("start", "-w", "-t", "60", "-l", str(self.log_file), check=False)
             if started.returncode != 0:
