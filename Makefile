@@ -4,6 +4,8 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
+# One pytest worker per core, each with a PostgreSQL cluster of its own; TEST_WORKERS=0 runs in-process.
+TEST_WORKERS ?= auto
 
 .PHONY: run test check lint typecheck postgres lock clean
 
@@ -11,7 +13,7 @@ run: $(VENV)/.installed postgres
 	$(BIN)/devreg serve
 
 test: $(VENV)/.installed postgres
-	$(BIN)/pytest $(PYTEST_ARGS)
+	$(BIN)/pytest -n $(TEST_WORKERS) $(PYTEST_ARGS)
 
 check: $(VENV)/.installed
 	$(BIN)/ruff check src tests migrations bench

@@ -1,4 +1,5 @@
-"""Fixtures: one throwaway PostgreSQL cluster per run, migrated once; every test isolated.
+"""Fixtures: one throwaway PostgreSQL cluster per run (per xdist worker), migrated once; every
+test isolated.
 
 - `client` drives the app over ASGI; each test runs inside an outer transaction that is rolled
   back at the end (the app's own commits only release savepoints).
@@ -39,8 +40,10 @@ from tests.support import (
     running,
 )
 
-TEMPLATE_DATABASE = "devreg_template"
-TEST_DATABASE = "devreg_test"
+# Under pytest-xdist each worker has databases of its own, even on one TEST_DATABASE_URL server.
+_WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")
+TEMPLATE_DATABASE = f"devreg_template{_WORKER}"
+TEST_DATABASE = f"devreg_test{_WORKER}"
 
 
 @pytest.fixture(scope="session")

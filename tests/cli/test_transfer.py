@@ -305,8 +305,10 @@ class TestImport:
         assert_refused(result, 2, f"is not UTF-8 text: line {line}\n")
         assert stored(devreg) == before
 
-    def test_missing_file_is_a_usage_error(self, devreg, tmp_path):
-        result = import_devices(devreg, tmp_path / "nowhere.csv")
+    def test_missing_file_is_a_usage_error(self, devreg, tmp_path, monkeypatch):
+        # A short path, as a user types it: the usage box wraps long ones mid-name.
+        monkeypatch.chdir(tmp_path)
+        result = import_devices(devreg, Path("nowhere.csv"))
 
         assert result.exit_code == 2
         assert "nowhere.csv" in result.stderr
