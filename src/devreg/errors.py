@@ -5,6 +5,7 @@ loading it; `devreg.problems` makes them (and every other failure) HTTP response
 """
 
 import logging
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 from sqlalchemy.exc import DBAPIError, IntegrityError
@@ -148,8 +149,25 @@ class AlreadyRegistered(Conflict):
     slug = "already-registered"
     field: ClassVar[str]
 
-    def __init__(self) -> None:
-        super().__init__(f"{self.field} is already registered", field=self.field)
+    def __init__(self, *, items: Sequence[int] = ()) -> None:
+        """`items`: the indexes of a bulk request's items that name a registered value, located
+        in an `errors` list as a 422's items are."""
+        detail = f"{self.field} is already registered"
+        located = (
+            {
+                "errors": [
+                    {
+                        "loc": ["body", index, self.field],
+                        "msg": detail,
+                        "type": "already_registered",
+                    }
+                    for index in items
+                ]
+            }
+            if items
+            else {}
+        )
+        super().__init__(detail, field=self.field, **located)
 
 
 class SerialAlreadyRegistered(AlreadyRegistered):

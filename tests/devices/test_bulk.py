@@ -189,17 +189,23 @@ class TestBulkCreate:
 
         assert len(ids) == 2
 
-    async def test_serial_already_registered_is_a_conflict(self, client):
+    async def test_serial_already_registered_is_a_conflict_naming_its_items(self, client):
         await create_device(client, serial_number="SN-1")
+        await create_device(client, serial_number="SN-3")
 
         response = await client.post(
             BULK,
-            json=[{"name": "a", "serial_number": "SN-2"}, {"name": "b", "serial_number": "SN-1"}],
+            json=[
+                {"name": "a", "serial_number": "SN-3"},
+                {"name": "b", "serial_number": "SN-2"},
+                {"name": "c", "serial_number": "SN-1"},
+            ],
         )
 
         problem = assert_problem(response, 409, "serial_number is already registered")
         assert problem["field"] == "serial_number"
-        assert await device_count(client) == 1
+        assert bad_items(problem) == [(0, "serial_number"), (2, "serial_number")]
+        assert await device_count(client) == 2
 
     async def test_unknown_owner_is_refused(self, client):
         owner = await create_user(client)
@@ -367,12 +373,13 @@ class TestBulkUpdate:
         response = await bulk_update(
             client,
             [
-                {"id": first["id"], "name": "renamed", "serial_number": "SN-new"},
+                {"id": first["id"], "name": "renamed", "serial_number": "SN-0"},  # its own
                 {"id": second["id"], "serial_number": "SN-2"},  # registered to another device
             ],
         )
 
-        assert_problem(response, 409, "serial_number is already registered")
+        problem = assert_problem(response, 409, "serial_number is already registered")
+        assert bad_items(problem) == [(1, "serial_number")]
         assert await stored_devices(client) == devices
 
     async def test_unknown_owner_changes_nothing(self, client, devices):

@@ -10,7 +10,7 @@ from devreg.db.session import UnitOfWork
 from devreg.devices.repository import DeviceRepository
 from devreg.devices.schemas import DeviceBulkUpdate, DeviceCreate
 from devreg.devices.service import with_permitted_owner, with_permitted_owner_change
-from devreg.errors import InvalidItems, UnguardedBulkWrite, UnknownOwner
+from devreg.errors import InvalidItems, SerialAlreadyRegistered, UnguardedBulkWrite, UnknownOwner
 
 
 async def register_devices(
@@ -20,7 +20,7 @@ async def register_devices(
     _refuse_repeats([item.serial_number for item in items], "serial_number", "serial_number")
     rows = [with_permitted_owner(principal, item.model_dump(mode="json")) for item in items]
     repository = DeviceRepository(work)
-    async with _owners_checked(work, repository, rows):
+    async with _refusals_located(work, repository, rows):
         return await repository.add_many(rows, actor=actor_of(principal))
 
 
@@ -41,7 +41,7 @@ async def update_devices(
         for item in items
     ]
     repository = DeviceRepository(work)
-    async with _owners_checked(work, repository, changes):
+    async with _refusals_located(work, repository, changes):
         updated = await repository.update_many(
             changes, actor=actor_of(principal), owner=principal.owner
         )
@@ -66,15 +66,19 @@ async def delete_devices(
 
 
 @asynccontextmanager
-async def _owners_checked(
+async def _refusals_located(
     work: UnitOfWork, repository: DeviceRepository, rows: Sequence[dict[str, Any]]
 ) -> AsyncIterator[None]:
-    """Run the bulk write in a savepoint; if an owner_id names no user, say which items."""
+    """Run the bulk write in a savepoint; if an owner_id names no user, or a serial number is
+    registered to another device, say which items."""
     try:
         async with work.begin_nested():
             yield
     except UnknownOwner:
         await _refuse_unknown_owners(repository, rows)
+        raise
+    except SerialAlreadyRegistered:
+        await _refuse_registered_serials(repository, rows)
         raise
 
 
@@ -93,6 +97,23 @@ async def _refuse_unknown_owners(
                 if row.get("owner_id") in unknown
             }
         ) from None
+
+
+async def _refuse_registered_serials(
+    repository: DeviceRepository, rows: Sequence[dict[str, Any]]
+) -> None:
+    """Each item whose serial_number another device has (not the item's own: a bulk update may
+    name a device's serial number unchanged): a 409 item."""
+    holders = await repository.serial_holders(
+        row["serial_number"] for row in rows if row.get("serial_number") is not None
+    )
+    taken = [
+        index
+        for index, row in enumerate(rows)
+        if holders.get(row.get("serial_number"), row.get("id")) != row.get("id")
+    ]
+    if taken:
+        raise SerialAlreadyRegistered(items=taken) from None
 
 
 def _refuse_unguarded(require_if_match: bool) -> None:

@@ -453,6 +453,15 @@ class DeviceRepository(TableListing[DeviceFilter]):
         found = await self.session.scalars(select(User.id).where(User.id.in_(wanted)))
         return wanted - set(found)
 
+    async def serial_holders(self, serial_numbers: Iterable[str]) -> dict[str | None, int]:
+        """The id of the device each of `serial_numbers` is registered to, if any."""
+        rows = await self.session.execute(
+            select(Device.serial_number, Device.id).where(
+                Device.serial_number.in_(set(serial_numbers))
+            )
+        )
+        return dict(rows.tuples().all())
+
     async def update_many(
         self, changes: list[dict[str, Any]], *, actor: str, owner: int | None = None
     ) -> list[int]:
