@@ -1,6 +1,7 @@
 """Device use cases. Services never commit: the caller's session scope does."""
 
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 from devreg.auth.principal import Principal
 from devreg.changes.actor import actor_of
@@ -12,6 +13,8 @@ from devreg.devices.repository import DeviceRepository
 from devreg.devices.schemas import DeviceCreate, DeviceRead, DeviceUpdate
 from devreg.errors import DeviceNotFound, Forbidden, PreconditionFailed
 from devreg.pagination import PageRequest, PageResult, paginate_listing
+
+T = TypeVar("T")
 
 
 def _owner_for(principal: Principal, owner_id: int | None) -> int | None:
@@ -111,12 +114,12 @@ async def delete_device(
 ) -> None:
     repository = DeviceRepository(work)
     owner, actor = principal.owner, actor_of(principal)
-    for _ in range(_JUDGEMENTS):
-        versions = await _writable_versions(repository, device_id, condition, owner)
-        if await repository.delete(device_id, actor=actor, owner=owner, versions=versions):
-            return
-        refusal = await _refusal(repository, device_id, condition, versions, owner)
-    raise refusal
+
+    async def delete(versions: frozenset[int] | None) -> bool | None:
+        deleted = await repository.delete(device_id, actor=actor, owner=owner, versions=versions)
+        return deleted or None
+
+    await _write_guarded(repository, device_id, condition, owner, delete)
 
 
 async def record_heartbeat(work: UnitOfWork, device_id: int, *, principal: Principal) -> None:
@@ -139,38 +142,41 @@ async def _apply(
 ) -> DeviceRead:
     repository = DeviceRepository(work)
     owner, actor = principal.owner, actor_of(principal)
-    for _ in range(_JUDGEMENTS):
-        versions = await _writable_versions(repository, device_id, condition, owner)
-        device = await repository.update(
+
+    async def update(versions: frozenset[int] | None) -> DeviceRead | None:
+        return await repository.update(
             device_id, changes, actor=actor, owner=owner, versions=versions
         )
-        if device is not None:
-            return device
-        refusal = await _refusal(repository, device_id, condition, versions, owner)
-    raise refusal
+
+    return await _write_guarded(repository, device_id, condition, owner, update)
 
 
 # How often a write with If-None-Match judges its condition again when another write changed
 # the device between its judgement and its own statement.
-_JUDGEMENTS = 5
+_MAX_JUDGEMENTS = 5
 
 
-async def _refusal(
+async def _write_guarded(
     repository: DeviceRepository,
     device_id: int,
     condition: WriteCondition | None,
-    versions: frozenset[int] | None,
     owner: int | None,
-) -> Exception:
-    """Why a guarded write found no row (_not_written), raised; returned instead when the
-    write is to judge its condition again. A write with If-None-Match is guarded by the
-    version it judged: if another write moved the device on meanwhile, the condition is judged
-    again at the new version (a tag that matched neither version must not turn into a 412)."""
-    refusal = await _not_written(repository, device_id, versions, owner)
+    write: Callable[[frozenset[int] | None], Awaitable[T | None]],
+) -> T:
+    """What `write` returns, given the versions the condition lets it apply to; if it finds no
+    row (None), why (_not_written). A write with If-None-Match is guarded by the version it
+    judged: if another write moved the device on meanwhile, the condition is judged again at
+    the new version (a tag that matched neither version must not turn into a 412)."""
     judged_again = condition is not None and condition.if_none_match is not None
-    if not (judged_again and isinstance(refusal, PreconditionFailed)):
-        raise refusal
-    return refusal
+    for _ in range(_MAX_JUDGEMENTS):
+        versions = await _writable_versions(repository, device_id, condition, owner)
+        written = await write(versions)
+        if written is not None:
+            return written
+        refusal = await _not_written(repository, device_id, versions, owner)
+        if not (judged_again and isinstance(refusal, PreconditionFailed)):
+            break
+    raise refusal
 
 
 async def _writable_versions(
@@ -182,7 +188,7 @@ async def _writable_versions(
     """The versions a write may apply to; None for any. The database checks them, in the
     write's own statement, so two writers can never both pass the same If-Match. If-None-Match
     names the versions a write may not apply to, which is rare: the current version is read and
-    judged, and the write then guarded by it (`_refusal` has it judged again after a change
+    judged, and the write then guarded by it (`_write_guarded` has it judged again after a change
     between)."""
     if condition is None:
         return None
