@@ -21,7 +21,7 @@ from tests.api import (
     fetch_device,
     stored_devices,
 )
-from tests.auth.test_tokens import TOKENS
+from tests.auth.test_tokens import TOKENS, bearer, new_token
 from tests.support import asyncpg_connection, devreg_server, waiting_for_a_lock
 
 BULK = f"{DEVICES}/bulk"
@@ -381,6 +381,32 @@ class TestBulkUpdate:
         problem = assert_problem(response, 409, "serial_number is already registered")
         assert bad_items(problem) == [(1, "serial_number")]
         assert await stored_devices(client) == devices
+
+    async def test_a_serial_conflict_tells_a_token_nothing_of_another_users_device(self, client):
+        """Ann's token learnt that Bob's device 3 had serial SN-B1: naming its id with that
+        serial left the item out of the conflict, as naming her own device's would."""
+        ann, bob = [await create_user(client, name=name) for name in ("ann", "bob")]
+        anns = await create_device(client, serial_number="SN-A", owner_id=ann["id"])
+        bobs = await create_device(client, serial_number="SN-B", owner_id=bob["id"])
+        other = await create_device(client, serial_number="SN-C", owner_id=bob["id"])
+        admin = await new_token(client, user_id=ann["id"], admin=True)
+        anns_token = await new_token(client, as_token=admin, user_id=ann["id"])
+
+        answers = [
+            await client.patch(
+                BULK,
+                json=[
+                    {"id": anns["id"], "serial_number": "SN-C"},  # a conflict, for the 409
+                    {"id": probed, "serial_number": "SN-B"},
+                ],
+                headers=bearer(anns_token),
+            )
+            for probed in (bobs["id"], other["id"], 999_999)
+        ]
+
+        for answer in answers:
+            problem = assert_problem(answer, 409, "serial_number is already registered")
+            assert bad_items(problem) == [(0, "serial_number"), (1, "serial_number")]
 
     async def test_unknown_owner_changes_nothing(self, client, devices):
         first, second, _ = devices

@@ -20,7 +20,7 @@ async def register_devices(
     _refuse_repeats([item.serial_number for item in items], "serial_number", "serial_number")
     rows = [with_permitted_owner(principal, item.model_dump(mode="json")) for item in items]
     repository = DeviceRepository(work)
-    async with _refusals_located(work, repository, rows):
+    async with _refusals_located(work, repository, rows, principal.owner):
         return await repository.add_many(rows, actor=actor_of(principal))
 
 
@@ -41,7 +41,7 @@ async def update_devices(
         for item in items
     ]
     repository = DeviceRepository(work)
-    async with _refusals_located(work, repository, changes):
+    async with _refusals_located(work, repository, changes, principal.owner):
         updated = await repository.update_many(
             changes, actor=actor_of(principal), owner=principal.owner
         )
@@ -67,7 +67,10 @@ async def delete_devices(
 
 @asynccontextmanager
 async def _refusals_located(
-    work: UnitOfWork, repository: DeviceRepository, rows: Sequence[dict[str, Any]]
+    work: UnitOfWork,
+    repository: DeviceRepository,
+    rows: Sequence[dict[str, Any]],
+    owner: int | None,
 ) -> AsyncIterator[None]:
     """Run the bulk write in a savepoint; if an owner_id names no user, or a serial number is
     registered to another device, say which items."""
@@ -78,7 +81,7 @@ async def _refusals_located(
         await _refuse_unknown_owners(repository, rows)
         raise
     except SerialAlreadyRegistered:
-        await _refuse_registered_serials(repository, rows)
+        await _refuse_registered_serials(repository, rows, owner)
         raise
 
 
@@ -100,18 +103,22 @@ async def _refuse_unknown_owners(
 
 
 async def _refuse_registered_serials(
-    repository: DeviceRepository, rows: Sequence[dict[str, Any]]
+    repository: DeviceRepository, rows: Sequence[dict[str, Any]], owner: int | None
 ) -> None:
     """Each item whose serial_number another device has (not the item's own: a bulk update may
-    name a device's serial number unchanged): a 409 item."""
+    name a device's serial number unchanged; any device not `owner`'s counts as another, so
+    that an item naming one's id learns nothing of it): a 409 item."""
     holders = await repository.serial_holders(
-        row["serial_number"] for row in rows if row.get("serial_number") is not None
+        (row["serial_number"] for row in rows if row.get("serial_number") is not None),
+        owner=owner,
     )
-    taken = [
-        index
-        for index, row in enumerate(rows)
-        if holders.get(row.get("serial_number"), row.get("id")) != row.get("id")
-    ]
+    taken = []
+    for index, row in enumerate(rows):
+        serial_number = row.get("serial_number")
+        if serial_number in holders:
+            holder = holders[serial_number]
+            if holder is None or holder != row.get("id"):
+                taken.append(index)
     if taken:
         raise SerialAlreadyRegistered(items=taken) from None
 

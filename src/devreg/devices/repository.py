@@ -453,10 +453,14 @@ class DeviceRepository(TableListing[DeviceFilter]):
         found = await self.session.scalars(select(User.id).where(User.id.in_(wanted)))
         return wanted - set(found)
 
-    async def serial_holders(self, serial_numbers: Iterable[str]) -> dict[str | None, int]:
-        """The id of the device each of `serial_numbers` is registered to, if any."""
+    async def serial_holders(
+        self, serial_numbers: Iterable[str], *, owner: int | None = None
+    ) -> dict[str | None, int | None]:
+        """The id of the device each of `serial_numbers` is registered to, if any: None for a
+        device not `owner`'s (when given), whose id must not leak."""
+        holder = Device.id if owner is None else case((Device.owner_id == owner, Device.id))
         rows = await self.session.execute(
-            select(Device.serial_number, Device.id).where(
+            select(Device.serial_number, holder).where(
                 Device.serial_number.in_(set(serial_numbers))
             )
         )
