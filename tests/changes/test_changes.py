@@ -186,7 +186,8 @@ class TestReading:
     async def test_a_device_given_to_another_user_brings_none_of_its_past(
         self, client: AsyncClient
     ) -> None:
-        """Bob, given Ann's device, read her whole time with it: names, attributes, her ids."""
+        """Bob, given Ann's device, read her whole time with it: names, attributes, her ids; and
+        in the handover's `before`, her values of what it changed."""
         ann = await create_user(client, name="ann")
         bob = await create_user(client, name="bob")
         admin = await new_token(client, user_id=ann["id"], admin=True)
@@ -196,7 +197,8 @@ class TestReading:
         url = f"{DEVICES}/{device.json()['id']}"
         secret = {"attributes": {"wifi": "ann-home"}}
         await client.patch(url, json=secret, headers=bearer(anns_token))
-        await client.patch(url, json={"owner_id": bob["id"]}, headers=bearer(admin))
+        handover = {"owner_id": bob["id"], "attributes": {}}
+        await client.patch(url, json=handover, headers=bearer(admin))
         await client.patch(url, json={"name": "bob-pi"}, headers=bearer(bobs_token))
 
         bobs_views = [
@@ -208,11 +210,14 @@ class TestReading:
             await client.get(CHANGES, params=self.DEVICE_RECORDS, headers=bearer(anns_token)),
         ]
 
+        admins_view = await client.get(history(device.json()["id"]), headers=bearer(admin))
+
         for view in bobs_views:
-            assert [(c["action"], c["after"]) for c in view.json()["items"]] == [
-                ("update", {"name": "bob-pi"}),
-                ("update", {"owner_id": bob["id"]}),  # the handover itself
+            assert [(c["action"], c["before"], c["after"]) for c in view.json()["items"]] == [
+                ("update", {"name": "ann-pi"}, {"name": "bob-pi"}),
+                ("update", None, handover),  # the handover itself, none of Ann's values
             ]
+        assert admins_view.json()["items"][1]["before"] == {"owner_id": ann["id"], **secret}
         for view in anns_views:  # her time with it, kept
             newest, oldest = view.json()["items"]
             assert (newest["action"], newest["after"], oldest["action"]) == (

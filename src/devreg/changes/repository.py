@@ -1,7 +1,17 @@
 from collections.abc import Sequence
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import ColumnElement, delete, or_, text
+from sqlalchemy import (
+    ColumnElement,
+    SQLColumnExpression,
+    case,
+    delete,
+    literal_column,
+    null,
+    or_,
+    text,
+)
 
 from devreg.changes.actor import SET_ACTOR
 from devreg.changes.filters import SORT_KEYS, ChangeFilter
@@ -10,22 +20,28 @@ from devreg.changes.schemas import ChangeRead
 from devreg.db.keyset import TableListing, any_of
 from devreg.db.rendering import JsonShape, instant
 
-_CHANGE_JSON = JsonShape(
+_CHANGE_FIELDS: dict[str, SQLColumnExpression[Any]] = {
+    "id": Change.id,
+    "at": instant(Change.at),
+    "object_type": Change.object_type,
+    "object_id": Change.object_id,
+    "action": Change.action,
+    "user_id": Change.user_id,
+    "token_id": Change.token_id,
+    "request_id": Change.request_id,
+    "before": Change.before,
+    "after": Change.after,
+}
+_CHANGE_JSON = JsonShape(ChangeRead, _CHANGE_FIELDS, id_column=Change.id)
+
+_HANDED_OVER = Change.before.has_key(literal_column("'owner_id'"))
+_CHANGE_JSON_FOR_OWNER = JsonShape(
     ChangeRead,
-    {
-        "id": Change.id,
-        "at": instant(Change.at),
-        "object_type": Change.object_type,
-        "object_id": Change.object_id,
-        "action": Change.action,
-        "user_id": Change.user_id,
-        "token_id": Change.token_id,
-        "request_id": Change.request_id,
-        "before": Change.before,
-        "after": Change.after,
-    },
+    {**_CHANGE_FIELDS, "before": case((_HANDED_OVER, null()), else_=Change.before)},
     id_column=Change.id,
 )
+"""A record as a non-admin token sees it: a device handed over to its user shows no `before`,
+which holds the previous owner's values (and id) of what the handover changed."""
 
 
 class ChangeRepository(TableListing[ChangeFilter]):
@@ -45,6 +61,9 @@ class ChangeRepository(TableListing[ChangeFilter]):
         statement = delete(Change).where(Change.at < moment)
         result = await self.session.execute(statement)
         return int(result.rowcount)  # type: ignore[attr-defined]
+
+    def _shape(self, filters: ChangeFilter) -> JsonShape:
+        return _CHANGE_JSON if filters.visible_to is None else _CHANGE_JSON_FOR_OWNER
 
     def _conditions(self, filters: ChangeFilter) -> Sequence[ColumnElement[bool]]:
         conditions: list[ColumnElement[bool]] = []

@@ -134,9 +134,10 @@ def any_of(
 class TableListing(Repository, Generic[FilterT]):
     """A repository's listing of one table's rows, written by `shape`: the `list_page` and
     `count` that pagination.paginate_listing asks for. A subclass says which rows match
-    (`_conditions`); it may read them joined to other tables (`_source`), sort by something
-    other than a column (`_sort_key`), and by columns that may be NULL (`nullable_sort_keys`:
-    those rows come last). `sort_value_types` types each sort key's values for its cursors."""
+    (`_conditions`); it may write them another way for some readers (`_shape`), read them
+    joined to other tables (`_source`), sort by something other than a column (`_sort_key`),
+    and by columns that may be NULL (`nullable_sort_keys`: those rows come last).
+    `sort_value_types` types each sort key's values for its cursors."""
 
     shape: ClassVar[JsonShape]
     table: ClassVar[Any]
@@ -149,6 +150,10 @@ class TableListing(Repository, Generic[FilterT]):
 
     def _source(self) -> FromClause:
         return self.table.__table__  # type: ignore[no-any-return]
+
+    def _shape(self, filters: FilterT) -> JsonShape:
+        """How the rows are written for whoever `filters` lists them for."""
+        return self.shape
 
     def _sort_key(self, sort: Sort, filters: FilterT) -> ColumnElement[Any]:
         column: ColumnElement[Any] = getattr(self.table, sort.key)
@@ -165,14 +170,15 @@ class TableListing(Repository, Generic[FilterT]):
     ) -> list[tuple[Rendered, SortValue]]:
         """Up to `limit` + 1 matching rows after `after` (their `fields`, or all), each with
         its sort value; the extra row says more exist."""
+        shape = self._shape(filters)
         statement = (
-            self.shape.select(fields).select_from(self._source()).where(*self._conditions(filters))
+            shape.select(fields).select_from(self._source()).where(*self._conditions(filters))
         )
         return await fetch_page(
             self.work,
             statement,
             key=self._sort_key(sort, filters),
-            id_column=self.shape.id_column,
+            id_column=shape.id_column,
             descending=sort.descending,
             nullable=sort.key in self.nullable_sort_keys,
             after=after,
