@@ -10,7 +10,7 @@ from devreg.changes.models import ObjectType
 from devreg.changes.repository import ChangeRepository
 from devreg.db.rendering import Rendered
 from devreg.db.session import UnitOfWork
-from devreg.devices.repository import DeviceRepository
+from devreg.devices import service as devices
 from devreg.errors import DeviceNotFound
 from devreg.pagination import PageRequest, PageResult, paginate_listing
 
@@ -39,19 +39,19 @@ async def list_device_changes(
     device that neither exists nor has any. Any token but an admin's reads the records of its
     user's time with the device (as `list_changes`): a 404 for a device its user neither owns
     nor ever had."""
-    if not await _known_to(work, device_id, principal.owner):
+    if not await _known_to(work, device_id, owner=principal.owner):
         raise DeviceNotFound()
     device = replace(filters, object_type=(ObjectType.DEVICE,), object_id=(device_id,))
     return await _page(work, principal.restrict(device), page)
 
 
-async def _known_to(work: UnitOfWork, device_id: int, user_id: int | None) -> bool:
-    """Whether the user (None: an admin, anyone) owns the device or has any of its history
-    (its time with it ended)."""
-    if await DeviceRepository(work).current_version(device_id, owner=user_id) is not None:
+async def _known_to(work: UnitOfWork, device_id: int, *, owner: int | None) -> bool:
+    """Whether the user `owner` (None: an admin, anyone) owns the device or has any of its
+    history (its time with it ended)."""
+    if await devices.device_exists(work, device_id, owner=owner):
         return True
     visible = ChangeFilter(
-        object_type=(ObjectType.DEVICE,), object_id=(device_id,), visible_to=user_id
+        object_type=(ObjectType.DEVICE,), object_id=(device_id,), visible_to=owner
     )
     return await ChangeRepository(work).any_match(visible)
 

@@ -61,6 +61,11 @@ async def get_device(
     return device
 
 
+async def device_exists(work: UnitOfWork, device_id: int, *, owner: int | None) -> bool:
+    """Whether the device exists (and is `owner`'s, when given)."""
+    return await DeviceRepository(work).current_version(device_id, owner=owner) is not None
+
+
 async def list_devices(
     work: UnitOfWork,
     *,
