@@ -58,19 +58,9 @@ class PageQuery(BaseModel):
     )
     fields: str | None = Field(None, description="Comma-separated fields to return for each item.")
 
-    def page(
-        self, *, sort_keys: Collection[str], default_sort: Sort, item: type[BaseModel]
-    ) -> PageRequest:
-        return PageRequest(
-            limit=self.limit,
-            sort=Sort.parse(self.sort, list(sort_keys), default=default_sort),
-            cursor=self.cursor,
-            count=self.count,
-            fields=parse_fields(self.fields, item),
-        )
-
 
 QueryT = TypeVar("QueryT", bound=BaseModel)
+PageQueryT = TypeVar("PageQueryT", bound=PageQuery)
 
 
 class QueryString(Generic[QueryT]):
@@ -82,17 +72,12 @@ class QueryString(Generic[QueryT]):
     a device listing has 19. Unknown names are refused (400) unless they begin with `prefix`,
     which the route reads itself."""
 
-    def __init__(
-        self,
-        model: type[QueryT],
-        *,
-        prefix: str | None = None,
-        sort_keys: Collection[str] = (),
-    ) -> None:
-        """`sort_keys`: what `sort` takes (documented as such: its field only says text)."""
+    sorts: Sequence[str] = ()
+    """What a listing's `sort` takes, documented as such (its field only says text)."""
+
+    def __init__(self, model: type[QueryT], *, prefix: str | None = None) -> None:
         self.model = model
         self.prefix = prefix
-        self.sorts = [f"{descending}{key}" for key in sort_keys for descending in ("", "-")]
         self.repeatable = frozenset(
             name
             for name, field in model.model_fields.items()
@@ -135,6 +120,36 @@ class QueryString(Generic[QueryT]):
             }
             for name, field in schema["properties"].items()
         ]
+
+
+class ListingQueryString(QueryString[PageQueryT]):
+    """A listing's query string: its filters, and which page of `item`s it asks for, sorted by
+    one of `sort_keys` (`default_sort` when it names none)."""
+
+    def __init__(
+        self,
+        model: type[PageQueryT],
+        *,
+        item: type[BaseModel],
+        sort_keys: Collection[str],
+        default_sort: Sort,
+        prefix: str | None = None,
+    ) -> None:
+        super().__init__(model, prefix=prefix)
+        self.item = item
+        self.sort_keys = list(sort_keys)
+        self.default_sort = default_sort
+        self.sorts = [f"{descending}{key}" for key in sort_keys for descending in ("", "-")]
+
+    def page(self, query: PageQueryT, *, default_sort: Sort | None = None) -> PageRequest:
+        """`default_sort`: this request's, when it is not the listing's (a search's relevance)."""
+        return PageRequest(
+            limit=query.limit,
+            sort=Sort.parse(query.sort, self.sort_keys, default=default_sort or self.default_sort),
+            cursor=query.cursor,
+            count=query.count,
+            fields=parse_fields(query.fields, self.item),
+        )
 
 
 def _inlined(schema: Any, definitions: dict[str, Any]) -> Any:

@@ -9,7 +9,7 @@ from devreg.auth.guard import app_authenticator
 from devreg.auth.schemas import TokenCreate, TokenCreated, TokenPage, TokenRead
 from devreg.calls import ApiRoute, Call, documented
 from devreg.problems import described_headers, problem_responses
-from devreg.querystring import PageQuery, QueryString, page_response
+from devreg.querystring import ListingQueryString, PageQuery, page_response
 from devreg.schemas import BIGINT_MAX, Id
 
 router = APIRouter(
@@ -43,7 +43,9 @@ class TokenListingQuery(PageQuery):
     user_id: tuple[Id, ...] = Field((), description="Any of these users' (admins).")
 
 
-_TOKEN_LISTING_QUERY = QueryString(TokenListingQuery, sort_keys=SORT_KEYS)
+_TOKEN_LISTING_QUERY = ListingQueryString(
+    TokenListingQuery, item=TokenRead, sort_keys=SORT_KEYS, default_sort=DEFAULT_SORT
+)
 
 
 @router.get(
@@ -55,7 +57,7 @@ _TOKEN_LISTING_QUERY = QueryString(TokenListingQuery, sort_keys=SORT_KEYS)
 async def list_tokens(call: Call) -> object:
     """The caller's tokens (an admin's: everyone's), revoked ones included, oldest first."""
     query = _TOKEN_LISTING_QUERY(call)
-    page = query.page(sort_keys=SORT_KEYS, default_sort=DEFAULT_SORT, item=TokenRead)
+    page = _TOKEN_LISTING_QUERY.page(query)
     result = await service.list_tokens(
         call.db, call.principal, filters=TokenFilter(user_id=query.user_id), page=page
     )

@@ -9,8 +9,9 @@ from devreg.changes.filters import DEFAULT_SORT, SORT_KEYS, ChangeFilter
 from devreg.changes.models import Action, ObjectType
 from devreg.changes.schemas import ChangePage, ChangeRead
 from devreg.devices.routes import DeviceId
+from devreg.pagination import PageRequest
 from devreg.problems import problem_responses
-from devreg.querystring import Listing, PageQuery, QueryString, page_response
+from devreg.querystring import Listing, ListingQueryString, PageQuery, page_response
 from devreg.schemas import Id, RoundedUpInstant
 
 router = APIRouter(
@@ -32,12 +33,17 @@ class ChangeListingQuery(ObjectChangeListingQuery):
     object_id: tuple[Id, ...] = Field((), description="Any of these.")
 
 
-_CHANGE_LISTING_QUERY = QueryString(ChangeListingQuery, sort_keys=SORT_KEYS)
-_OBJECT_CHANGE_LISTING_QUERY = QueryString(ObjectChangeListingQuery, sort_keys=SORT_KEYS)
+_CHANGE_LISTING_QUERY = ListingQueryString(
+    ChangeListingQuery, item=ChangeRead, sort_keys=SORT_KEYS, default_sort=DEFAULT_SORT
+)
+_OBJECT_CHANGE_LISTING_QUERY = ListingQueryString(
+    ObjectChangeListingQuery, item=ChangeRead, sort_keys=SORT_KEYS, default_sort=DEFAULT_SORT
+)
 
 
 def _change_listing(
     query: ObjectChangeListingQuery,
+    page: PageRequest,
     *,
     object_type: tuple[ObjectType, ...] = (),
     object_id: tuple[int, ...] = (),
@@ -51,18 +57,19 @@ def _change_listing(
         since=query.since,
         until=query.until,
     )
-    page = query.page(sort_keys=SORT_KEYS, default_sort=DEFAULT_SORT, item=ChangeRead)
     return Listing(filters=filters, page=page)
 
 
 async def change_listing(request: Request) -> Listing[ChangeFilter]:
     query = _CHANGE_LISTING_QUERY(request)
-    return _change_listing(query, object_type=query.object_type, object_id=query.object_id)
+    page = _CHANGE_LISTING_QUERY.page(query)
+    return _change_listing(query, page, object_type=query.object_type, object_id=query.object_id)
 
 
 async def object_change_listing(request: Request) -> Listing[ChangeFilter]:
     """One object's history: which objects is the path's to say."""
-    return _change_listing(_OBJECT_CHANGE_LISTING_QUERY(request))
+    query = _OBJECT_CHANGE_LISTING_QUERY(request)
+    return _change_listing(query, _OBJECT_CHANGE_LISTING_QUERY.page(query))
 
 
 ChangeListingDep = Annotated[Listing[ChangeFilter], Depends(change_listing)]

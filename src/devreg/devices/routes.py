@@ -21,6 +21,7 @@ from devreg.conditional import etag, not_modified
 from devreg.devices import bulk, export, service
 from devreg.devices.export import EXPORT_MEDIA_TYPES, ExportFormat
 from devreg.devices.filters import (
+    DEFAULT_SORT,
     SORT_KEYS,
     DeviceFilter,
     JsonScalar,
@@ -41,6 +42,7 @@ from devreg.locations import created_location
 from devreg.problems import described_headers, problem_responses
 from devreg.querystring import (
     Listing,
+    ListingQueryString,
     NamePatterns,
     PageQuery,
     QueryString,
@@ -191,8 +193,12 @@ class DeviceExportQuery(DeviceFilterQuery):
     format: ExportFormat = Field(ExportFormat.CSV, description="`csv` or `ndjson`.")
 
 
-DEVICE_LISTING_QUERY = QueryString(
-    DeviceListingQuery, prefix=_ATTRIBUTE_PREFIX, sort_keys=SORT_KEYS
+DEVICE_LISTING_QUERY = ListingQueryString(
+    DeviceListingQuery,
+    item=DeviceRead,
+    sort_keys=SORT_KEYS,
+    default_sort=DEFAULT_SORT,
+    prefix=_ATTRIBUTE_PREFIX,
 )
 _DEVICE_EXPORT_QUERY = QueryString(DeviceExportQuery, prefix=_ATTRIBUTE_PREFIX)
 
@@ -201,7 +207,7 @@ async def device_listing(request: Request) -> Listing[DeviceFilter]:
     """Sort keys: `name`, `created_at`, `last_seen_at`, `id`; with `q=`, relevance by default."""
     query = DEVICE_LISTING_QUERY(request)
     filters = query.filters(request)
-    page = query.page(sort_keys=SORT_KEYS, default_sort=filters.default_sort, item=DeviceRead)
+    page = DEVICE_LISTING_QUERY.page(query, default_sort=filters.default_sort)
     return Listing(filters=filters, page=page)
 
 

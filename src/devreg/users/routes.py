@@ -9,7 +9,14 @@ from devreg.devices.routes import DEVICE_LISTING_QUERY, DeviceListingDep
 from devreg.devices.schemas import DevicePage
 from devreg.locations import created_location
 from devreg.problems import described_headers, problem_responses
-from devreg.querystring import Listing, NamePatterns, PageQuery, QueryString, page_response
+from devreg.querystring import (
+    Listing,
+    ListingQueryString,
+    NamePatterns,
+    PageQuery,
+    QueryString,
+    page_response,
+)
 from devreg.schemas import BIGINT_MAX, Instant, RoundedUpInstant, ShortText
 from devreg.users import service
 from devreg.users.filters import DEFAULT_SORT, SORT_KEYS, UserFilter
@@ -47,7 +54,9 @@ class UserListingQuery(PageQuery):
     created_before: RoundedUpInstant | None = None
 
 
-_USER_LISTING_QUERY = QueryString(UserListingQuery, sort_keys=SORT_KEYS)
+_USER_LISTING_QUERY = ListingQueryString(
+    UserListingQuery, item=UserRead, sort_keys=SORT_KEYS, default_sort=DEFAULT_SORT
+)
 
 
 async def user_listing(request: Request) -> Listing[UserFilter]:
@@ -60,7 +69,7 @@ async def user_listing(request: Request) -> Listing[UserFilter]:
         created_after=query.created_after,
         created_before=query.created_before,
     )
-    page = query.page(sort_keys=SORT_KEYS, default_sort=DEFAULT_SORT, item=UserRead)
+    page = _USER_LISTING_QUERY.page(query)
     return Listing(filters=filters, page=page)
 
 
