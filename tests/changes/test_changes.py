@@ -242,6 +242,7 @@ class TestReading:
 
         for view in seen:
             assert [c["action"] for c in view.json()["items"]] == ["delete", "create"]
+            assert view.json()["items"][0]["before"]["name"] == "ann-pi"
 
     async def test_a_device_with_no_history_and_no_row_is_not_found_by_anyone(self, client) -> None:
         """An admin (or the open API) got 200 and no records for an id never used, as if the

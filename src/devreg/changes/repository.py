@@ -34,7 +34,9 @@ _CHANGE_FIELDS: dict[str, SQLColumnExpression[Any]] = {
 }
 _CHANGE_JSON = JsonShape(ChangeRead, _CHANGE_FIELDS, id_column=Change.id)
 
-_HANDED_OVER = Change.before.has_key(literal_column("'owner_id'"))
+_HANDED_OVER = (Change.action == literal_column("'update'")) & Change.before.has_key(
+    literal_column("'owner_id'")
+)
 _CHANGE_JSON_FOR_OWNER = JsonShape(
     ChangeRead,
     {**_CHANGE_FIELDS, "before": case((_HANDED_OVER, null()), else_=Change.before)},
