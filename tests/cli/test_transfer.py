@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator
 from contextlib import suppress
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import pytest
 from sqlalchemy import text
@@ -988,6 +988,45 @@ class TestPipesAndTerminals:
         assert exporting.stderr.read() == b""
         assert EXPORT_HEADER.encode().startswith(head)
 
+    @pytest.mark.parametrize("line", [3, 20_000])
+    def test_a_pipe_not_utf8_is_refused_at_its_line_while_its_writer_goes_on(
+        self, committed_database_url, line
+    ):
+        """The line was found by reading the file again: a pipe's rest, so a wrong line or
+        none, and only once its writer closed it."""
+        url = committed_database_url.render_as_string(hide_password=False)
+        endings = (b"\r\n", b"\n", b"\r")  # as the import reads lines, chunks split among them
+        rows = b"".join(
+            (b"bad\xff" if number == line else b"n%d" % number) + b",SN-%d" % number
+            + endings[number % 3]
+            for number in range(2, 30_001)
+        )  # fmt: skip
+        importing = subprocess.Popen(
+            [sys.executable, "-m", "devreg", "import", "devices", "/dev/stdin", "--format", "csv"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            env=devreg_environment(DATABASE_URL=url),
+        )  # fmt: skip
+        assert importing.stdin is not None
+        # The writer sends everything and keeps the pipe open, as one with more to send does.
+        writing = threading.Thread(
+            target=_write_ignoring_a_reader_gone,
+            args=(importing.stdin, b"name,serial_number\n" + rows),
+        )
+        writing.start()
+        try:
+            returncode = importing.wait(timeout=60)
+        finally:
+            importing.kill()
+            importing.stdin.close()
+            writing.join()
+        assert importing.stderr is not None
+
+        assert returncode == 2
+        assert (
+            importing.stderr.read().decode()
+            == f"devreg: /dev/stdin is not UTF-8 text: line {line}\n"
+        )
+
     def test_a_pipe_is_imported_with_a_progress_bar_on_a_terminal(self, committed_database_url):
         url = committed_database_url.render_as_string(hide_password=False)
         terminal, terminal_for_the_child = pty.openpty()
@@ -1018,6 +1057,12 @@ class TestPipesAndTerminals:
         result = import_devices(devreg, Path("/proc/self/mem"), "--format", "csv")
 
         assert_refused(result, 1, "cannot be read", "Input/output error")
+
+
+def _write_ignoring_a_reader_gone(pipe: IO[bytes], data: bytes) -> None:
+    with suppress(BrokenPipeError, ValueError):
+        pipe.write(data)
+        pipe.flush()
 
 
 def _read_until_closed(fd: int, into: io.BytesIO) -> None:

@@ -1,5 +1,6 @@
 """`devreg import`, `devreg export` and `devreg seed`: data in bulk."""
 
+import io
 import os
 import secrets
 import signal
@@ -47,17 +48,20 @@ def import_devices(
     """Import devices from CSV (with a header) or NDJSON, all or nothing."""
     chosen = format or _format_of(file, ImportFormat)
     started = time.perf_counter()
+    read = _BreaksCounted(file.open("rb"))
     try:
         # utf-8-sig: spreadsheets often start a CSV file with a byte order mark.
-        with file.open(encoding="utf-8-sig", newline="") as source, _progress(source) as progress:
+        with (
+            io.TextIOWrapper(read, encoding="utf-8-sig", newline="") as source,
+            _progress(source) as progress,
+        ):
             result = in_transaction(
                 lambda work: imports.import_devices(
                     work, source, format=chosen, on_conflict=on_conflict, progress=progress
                 )
             )
-    except UnicodeDecodeError:
-        line = _first_line_not_utf8(file)
-        fail(f"{file} is not UTF-8 text" + (f": line {line}" if line else ""), code=2)
+    except UnicodeDecodeError as error:
+        fail(f"{file} is not UTF-8 text: line {read.line_of(error)}", code=2)
     seconds = time.perf_counter() - started
     left_alone = "unchanged" if on_conflict is OnConflict.UPDATE else "skipped"
     stdout.print(
@@ -69,18 +73,62 @@ def import_devices(
     )
 
 
-def _first_line_not_utf8(file: Path) -> int | None:
-    """The number of the file's first line that is not UTF-8 (a decoder reading the file as a
-    whole only knows a byte offset within its buffer); None if it has changed since. Lines end
-    as the import reads them: at CR, LF or CRLF (read as Latin-1, which takes any byte, and
-    no UTF-8 character holds the byte of either)."""
-    with file.open(encoding="latin-1", newline="") as source:
-        for number, line in enumerate(source, start=1):
-            try:
-                line.encode("latin-1").decode("utf-8")
-            except UnicodeDecodeError:
-                return number
-    return None
+class _BreaksCounted(io.BufferedIOBase):
+    """A binary file that counts the line breaks in the chunks it hands its reader (a text
+    decoder): a decoding error names its position only within the bytes being decoded (the
+    latest chunk, after any bytes of an unfinished character from the one before), and a pipe
+    cannot be read again to find the line. Lines end as the import reads them: at CR, LF or
+    CRLF, whose bytes no UTF-8 character holds."""
+
+    def __init__(self, raw: io.BufferedReader) -> None:
+        self.raw = raw
+        self._breaks_before_chunk = 0
+        self._chunk = b""
+        self._after_cr = False  # the chunk before the latest ended with a CR
+
+    @property
+    def name(self) -> object:
+        return self.raw.name
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return self.raw.seekable()
+
+    def fileno(self) -> int:
+        return self.raw.fileno()
+
+    def tell(self) -> int:
+        return self.raw.tell()
+
+    def close(self) -> None:
+        self.raw.close()
+        super().close()
+
+    def read(self, size: int | None = -1) -> bytes:
+        return self._handed_out(self.raw.read(size))
+
+    def read1(self, size: int = -1) -> bytes:
+        return self._handed_out(self.raw.read1(size))
+
+    def _handed_out(self, chunk: bytes) -> bytes:
+        if self._chunk:
+            self._breaks_before_chunk += _line_breaks(self._chunk, after_cr=self._after_cr)
+            self._after_cr = self._chunk.endswith(b"\r")
+        self._chunk = chunk
+        return chunk
+
+    def line_of(self, error: UnicodeDecodeError) -> int:
+        """The number of the line the decoding `error`, in the latest chunk, is on."""
+        before = error.object[: error.start]
+        return self._breaks_before_chunk + _line_breaks(before, after_cr=self._after_cr) + 1
+
+
+def _line_breaks(data: bytes, *, after_cr: bool) -> int:
+    """CRs, LFs and CRLFs in `data`; an LF first after a CR ends no other line."""
+    breaks = data.count(b"\n") + data.count(b"\r") - data.count(b"\r\n")
+    return breaks - 1 if after_cr and data.startswith(b"\n") else breaks
 
 
 @export_app.command("devices")
