@@ -557,7 +557,7 @@ RAW_QUERIES = [
     pytest.param(f"name={'x' * (SHORT_TEXT_MAX + 1)}", {422}, id="name-too-long"),
     pytest.param(f"q={'x' * (SHORT_TEXT_MAX + 1)}", {422}, id="search-too-long"),
     pytest.param(f"tag={'x' * (TAG_MAX + 1)}", {422}, id="tag-too-long"),
-    pytest.param(f"attr.{'k' * 101}=1", {400}, id="attribute-key-too-long"),
+    pytest.param(f"attr.{'k' * 10_000}=1", {200}, id="attribute-key-long"),
     pytest.param(f"attr.k={'v' * 10_000}", {200}, id="long-attribute-value"),
     pytest.param("attr.k=" + "%5B" * 10_000, {200}, id="attribute-unbalanced-brackets"),
     pytest.param("attr.k=" + "%5B" * 5_000 + "%5D" * 5_000, {200}, id="attribute-deep-json"),

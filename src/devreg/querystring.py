@@ -91,12 +91,11 @@ class QueryString(Generic[QueryT]):
             for name in params
             if name in self.model.model_fields
         }
-        # A misspelt name first: a bad value beside it may be one only under the misspelling.
-        _reject_unknown(request, self.model.model_fields, prefix=self.prefix)
         try:
             query = self.model.model_validate(values)
         except ValidationError as exc:
             raise request_validation_error(exc, "query") from None
+        _reject_unknown(request, self.model.model_fields, prefix=self.prefix)
         if len(params.multi_items()) > len(params):
             _reject_repeats(params.multi_items(), self.model.model_fields, self.repeatable)
         _reject_many_prefixed(params.multi_items(), prefix=self.prefix)
