@@ -13,6 +13,24 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from devreg.conditional import etag
 
 
+def error_entry(loc: Sequence[str | int], msg: str, type_: str) -> dict[str, Any]:
+    """One entry of a 422's `errors` list, as FastAPI writes a validation error's."""
+    return {"loc": list(loc), "msg": msg, "type": type_}
+
+
+def located(loc: Sequence[str | int], msg: str) -> str:
+    """`body.2.owner_id: msg`; the message alone where nothing says where."""
+    where = ".".join(str(part) for part in loc)
+    return f"{where}: {msg}" if where else msg
+
+
+def summary(errors: Sequence[dict[str, Any]]) -> str:
+    """A problem's detail for its `errors`: the first, located, and how many more."""
+    first = errors[0]
+    detail = located(first["loc"], first["msg"])
+    return detail + (f" (and {len(errors) - 1} more)" if len(errors) > 1 else "")
+
+
 class DevregError(Exception):
     status: ClassVar[int] = 500
     slug: ClassVar[str] = "internal-error"
@@ -153,21 +171,11 @@ class AlreadyRegistered(Conflict):
         """`items`: the indexes of a bulk request's items that name a registered value, located
         in an `errors` list as a 422's items are."""
         detail = f"{self.field} is already registered"
-        located = (
-            {
-                "errors": [
-                    {
-                        "loc": ["body", index, self.field],
-                        "msg": detail,
-                        "type": "already_registered",
-                    }
-                    for index in items
-                ]
-            }
-            if items
-            else {}
-        )
-        super().__init__(detail, field=self.field, **located)
+        errors = [
+            error_entry(["body", index, self.field], detail, "already_registered")
+            for index in items
+        ]
+        super().__init__(detail, field=self.field, **({"errors": errors} if errors else {}))
 
 
 class SerialAlreadyRegistered(AlreadyRegistered):
@@ -203,16 +211,9 @@ class InvalidInput(DevregError):
         when nothing says where), so that a client's one handler for 422s reads every one."""
         if field is not None:
             extensions["field"] = field
-        extensions.setdefault(
-            "errors",
-            [
-                {
-                    "loc": [part, field] if field is not None else [],
-                    "msg": detail or self.default_detail,
-                    "type": self.slug.replace("-", "_"),
-                }
-            ],
-        )
+        location = [part, field] if field is not None else []
+        entry = error_entry(location, detail or self.default_detail, self.slug.replace("-", "_"))
+        extensions.setdefault("errors", [entry])
         super().__init__(detail, **extensions)
 
 
@@ -246,18 +247,10 @@ class InvalidItems(InvalidInput):
         """`problems` maps an item's index to (its field, or None for the item itself, as an
         id of a bulk delete's list is; reason)."""
         errors = [
-            {
-                "loc": ["body", index, *([field] if field else [])],
-                "msg": reason,
-                "type": "invalid_item",
-            }
+            error_entry(["body", index, *([field] if field else [])], reason, "invalid_item")
             for index, (field, reason) in sorted(problems.items())
         ]
-        first = errors[0]
-        detail = f"{'.'.join(map(str, first['loc']))}: {first['msg']}"
-        if len(errors) > 1:
-            detail += f" (and {len(errors) - 1} more)"
-        super().__init__(detail, errors=errors)
+        super().__init__(summary(errors), errors=errors)
 
 
 class PreconditionFailed(DevregError):

@@ -26,6 +26,8 @@ from devreg.errors import (
     PoolExhausted,
     ServiceUnavailable,
     database_problem,
+    error_entry,
+    summary,
 )
 
 logger = logging.getLogger("devreg.errors")
@@ -156,23 +158,16 @@ def request_validation_error(exc: ValidationError, *where: str) -> RequestValida
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     # `input` and `ctx` are left out: they echo what was sent, which may be huge or binary.
-    issues = [
-        ValidationIssue(loc=_location(error["loc"]), msg=_message(error), type=error["type"])
+    errors = [
+        error_entry(_location(error["loc"]), _message(error), error["type"])
         for error in exc.errors()
     ]
-    first = issues[0] if issues else None
-    detail = "The request is not valid"
-    if first is not None:
-        where = ".".join(str(part) for part in first.loc)
-        detail = f"{where}: {first.msg}" if where else first.msg
-        if len(issues) > 1:
-            detail += f" (and {len(issues) - 1} more)"
     return problem_response(
         request,
         status=422,
-        detail=detail,
+        detail=summary(errors) if errors else "The request is not valid",
         slug="validation-error",
-        errors=[issue.model_dump() for issue in issues],
+        errors=errors,
     )
 
 

@@ -18,7 +18,7 @@ from sqlalchemy.exc import IntegrityError
 from devreg.db.session import UnitOfWork
 from devreg.devices.repository import EXPORT_COLUMNS, DeviceRepository, ImportRecord
 from devreg.devices.schemas import DeviceCreate, OnConflict
-from devreg.errors import InvalidInput
+from devreg.errors import InvalidInput, located
 
 _BATCH_SIZE = 10_000
 # Server-owned columns an export carries; an import ignores them, so exports re-import as is.
@@ -241,9 +241,8 @@ def _validated(batch: list[Row]) -> list[ImportRecord]:
     except ValidationError as exc:
         error = exc.errors()[0]
         index, *location = error["loc"]
-        where = ".".join(str(part) for part in location)
         line = batch[int(index)][0]
-        raise ImportRejected(line, f"{where}: {error['msg']}" if where else error["msg"]) from None
+        raise ImportRejected(line, located(location, error["msg"])) from None
     return [
         (
             line,
