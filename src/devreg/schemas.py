@@ -53,9 +53,12 @@ def storable_text(value: str) -> str:
     return value
 
 
+SHORT_TEXT_MAX = 100
+"""The length of names, serial numbers and models (their columns' too)."""
+
 ShortText = Annotated[
     str,
-    StringConstraints(strip_whitespace=True, min_length=1, max_length=100),
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=SHORT_TEXT_MAX),
     AfterValidator(storable_text),
 ]
 """Names, serial numbers, models: trimmed, then 1 to 100 characters of storable text."""
@@ -67,16 +70,12 @@ Tag = Annotated[
 ]
 
 NamePattern = Annotated[
-    str, StringConstraints(min_length=1, max_length=100), AfterValidator(storable_text)
+    str, StringConstraints(min_length=1, max_length=SHORT_TEXT_MAX), AfterValidator(storable_text)
 ]
 """What a name contains or starts with: as given, its spaces part of it (names are trimmed,
 their inner spaces kept)."""
 
-SearchText = Annotated[
-    str,
-    StringConstraints(strip_whitespace=True, min_length=1, max_length=100),
-    AfterValidator(storable_text),
-]
+SearchText = ShortText
 """What `q=` searches for."""
 
 

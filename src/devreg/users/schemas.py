@@ -5,8 +5,8 @@ from pydantic import AfterValidator, EmailStr, Field, TypeAdapter, ValidationErr
 
 from devreg.pagination import Page
 from devreg.schemas import InputSchema, Schema, ShortText, UpdateSchema, storable_text
+from devreg.users.models import EMAIL_MAX_LENGTH
 
-EMAIL_MAX_LENGTH = 320
 Email = Annotated[EmailStr, Field(max_length=EMAIL_MAX_LENGTH), AfterValidator(storable_text)]
 _EMAIL = TypeAdapter(EmailStr)
 
