@@ -199,7 +199,7 @@ def _reject_many_prefixed(items: Sequence[tuple[str, str]], *, prefix: str | Non
         )
 
 
-def _reject_unknown(request: Request, known: Collection[str], *, prefix: str | None = None) -> None:
+def _reject_unknown(request: Request, known: Collection[str], *, prefix: str | None) -> None:
     """A misspelt filter must not be ignored: that would silently return everything."""
     for name in request.query_params:
         if name not in known and not (prefix and name.startswith(prefix)):

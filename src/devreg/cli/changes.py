@@ -5,7 +5,7 @@ from typing import Annotated
 import typer
 
 from devreg.changes import service
-from devreg.cli.common import in_transaction, stdout, validated
+from devreg.cli.common import run_in_transaction, stdout, validated
 from devreg.schemas import Duration, InputSchema
 
 changes_app = typer.Typer(help="The change log of devices and users.", no_args_is_help=True)
@@ -23,7 +23,7 @@ def changes_prune(
 ) -> None:
     """Delete change records older than the given age."""
     age = validated(_Age, older_than=older_than).older_than
-    pruned = in_transaction(lambda work: service.prune_changes(work, older_than=age))
+    pruned = run_in_transaction(lambda work: service.prune_changes(work, older_than=age))
     stdout.print(f"{pruned} change records deleted")
 
 

@@ -175,7 +175,7 @@ async def with_engine(settings: Settings, use: Callable[[AsyncEngine], Awaitable
         await engine.dispose()
 
 
-def in_transaction(operation: Callable[[UnitOfWork], Awaitable[T]]) -> T:
+def run_in_transaction(operation: Callable[[UnitOfWork], Awaitable[T]]) -> T:
     """Run `operation` in one transaction on a migrated database."""
     settings = load_settings()
 

@@ -10,7 +10,7 @@ from devreg.cli.common import (
     DeviceIdArgument,
     JsonFlag,
     Limit,
-    in_transaction,
+    run_in_transaction,
     show,
     show_page,
     stdout,
@@ -37,7 +37,7 @@ def users_create(
 ) -> None:
     """Register a user."""
     data = validated(UserCreate, name=name, email=email)
-    user = in_transaction(
+    user = run_in_transaction(
         lambda work: users_service.register_user(work, data=data, principal=FULL_ACCESS)
     )
     show(UserRead.model_validate(user), as_json=as_json)
@@ -49,7 +49,7 @@ def users_list(
 ) -> None:
     """List users, a page at a time."""
     page = PageRequest(limit=limit, cursor=cursor)
-    result = in_transaction(
+    result = run_in_transaction(
         lambda work: users_service.list_users(
             work, filters=UserFilter(), page=page, principal=FULL_ACCESS
         )
@@ -78,7 +78,7 @@ def devices_create(
         owner_id=owner_id,
         tags=tags,
     )
-    device = in_transaction(
+    device = run_in_transaction(
         lambda work: devices_service.register_device(work, data=data, principal=FULL_ACCESS)
     )
     show(DeviceRead.model_validate(device), as_json=as_json)
@@ -87,7 +87,7 @@ def devices_create(
 @devices_app.command("get")
 def devices_get(device_id: DeviceIdArgument, as_json: JsonFlag = False) -> None:
     """Show one device."""
-    device = in_transaction(
+    device = run_in_transaction(
         lambda work: devices_service.get_device(work, device_id, principal=FULL_ACCESS)
     )
     show(DeviceRead.model_validate(device), as_json=as_json)
@@ -99,7 +99,7 @@ def devices_list(
 ) -> None:
     """List devices, a page at a time."""
     page = PageRequest(limit=limit, cursor=cursor)
-    result = in_transaction(
+    result = run_in_transaction(
         lambda work: devices_service.list_devices(
             work, filters=DeviceFilter(), page=page, principal=FULL_ACCESS
         )
@@ -111,7 +111,7 @@ def devices_list(
 @devices_app.command("delete")
 def devices_delete(device_id: DeviceIdArgument) -> None:
     """Delete a device."""
-    in_transaction(
+    run_in_transaction(
         lambda work: devices_service.delete_device(work, device_id, principal=FULL_ACCESS)
     )
     stdout.print(f"device {device_id} deleted")

@@ -13,7 +13,7 @@ from devreg.cli.common import (
     Cursor,
     JsonFlag,
     Limit,
-    in_transaction,
+    run_in_transaction,
     show,
     show_page,
     stdout,
@@ -46,7 +46,7 @@ def tokens_create(
         expires_in=expires,
         admin=admin,
     )
-    created = in_transaction(lambda work: service.create_token(work, FULL_ACCESS, data=data))
+    created = run_in_transaction(lambda work: service.create_token(work, FULL_ACCESS, data=data))
     if as_json:
         print(created.model_dump_json())
         return
@@ -67,7 +67,7 @@ def tokens_list(
     """List tokens, a page at a time (never the tokens themselves: their prefix, scope and
     dates)."""
     page = PageRequest(limit=limit, cursor=cursor)
-    result = in_transaction(
+    result = run_in_transaction(
         lambda work: service.list_tokens(
             work, FULL_ACCESS, filters=TokenFilter(user_id=(user,) if user else ()), page=page
         )
@@ -83,7 +83,7 @@ def tokens_revoke(
     token_id: Annotated[int, typer.Argument(min=1, max=BIGINT_MAX, help="The token's id.")],
 ) -> None:
     """Revoke a token. A running server stops accepting it within AUTH_CACHE_TTL seconds."""
-    in_transaction(lambda work: service.revoke_token(work, FULL_ACCESS, token_id))
+    run_in_transaction(lambda work: service.revoke_token(work, FULL_ACCESS, token_id))
     stdout.print(f"token {token_id} revoked")
 
 

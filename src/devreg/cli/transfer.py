@@ -18,7 +18,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
 from devreg import seed
 from devreg.auth.principal import FULL_ACCESS
-from devreg.cli.common import fail, in_transaction, stdout, validated
+from devreg.cli.common import fail, run_in_transaction, stdout, validated
 from devreg.db.session import UnitOfWork
 from devreg.devices import export, imports
 from devreg.devices.export import ExportFormat
@@ -55,7 +55,7 @@ def import_devices(
             io.TextIOWrapper(read, encoding="utf-8-sig", newline="") as source,
             _progress(source) as progress,
         ):
-            result = in_transaction(
+            result = run_in_transaction(
                 lambda work: imports.import_devices(
                     work, source, format=chosen, on_conflict=on_conflict, progress=progress
                 )
@@ -163,7 +163,7 @@ def export_devices(
                     stream.write(chunk)
 
     try:
-        in_transaction(write)
+        run_in_transaction(write)
     except BrokenPipeError:
         if output is not None and not _is_stdout(output):
             fail(f"cannot write {output}: the reader of the pipe went away")
@@ -235,7 +235,7 @@ def seed_data(
 ) -> None:
     """Fill the database with synthetic users and devices (development, benchmarks)."""
     started = time.perf_counter()
-    seeded = in_transaction(lambda work: seed.seed(work, users=users, devices=devices))
+    seeded = run_in_transaction(lambda work: seed.seed(work, users=users, devices=devices))
     stdout.print(
         f"seeded {seeded.users} users and {seeded.devices} devices in "
         f"{time.perf_counter() - started:.1f} s"

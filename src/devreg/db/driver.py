@@ -46,8 +46,8 @@ class DriverStatement:
     processors: tuple[Callable[[Any], Any] | None, ...]
 
     @classmethod
-    def compile(cls, statement: ClauseElement, dialect: Dialect = DIALECT) -> "DriverStatement":
-        return cls._of(_compiled(statement, dialect), dialect)
+    def compile(cls, statement: ClauseElement) -> "DriverStatement":
+        return cls._of(_compiled(statement, DIALECT), DIALECT)
 
     @classmethod
     def _of(cls, compiled: SQLCompiler, dialect: Dialect) -> "DriverStatement":

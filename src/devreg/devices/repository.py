@@ -72,7 +72,7 @@ ORDER BY position
 RETURNING id
 """  # noqa: S608 - constant SQL: values are parameters
 
-# The import's staging table (every statement below names it as written here).
+# The import's staging table, named for asyncpg's COPY; the statements below spell it out.
 _STAGING_TABLE = "device_import"
 _STAGING_COLUMNS = ["line", *_WRITABLE_COLUMNS, "given"]
 # The row's line, its writable fields, then which of them the file gives (an update changes only
