@@ -20,7 +20,7 @@ from devreg.auth.principal import Principal
 from devreg.auth.schemas import TokenRead
 from devreg.db.driver import DriverStatement, fetch_row, violations_raised_as
 from devreg.db.keyset import TableListing, any_of
-from devreg.db.rendering import JsonShape, instant
+from devreg.db.rendering import JsonShape
 from devreg.errors import UnknownUser
 
 _VIOLATIONS = {"fk_api_tokens_user_id_users": UnknownUser}
@@ -47,21 +47,7 @@ _USE = DriverStatement.compile(
 _EVER_CREATED = DriverStatement.compile(select(exists(select(FirstToken.id)).label("found")))
 
 
-_TOKEN_JSON = JsonShape(
-    TokenRead,
-    {
-        "id": ApiToken.id,
-        "user_id": ApiToken.user_id,
-        "prefix": ApiToken.prefix,
-        "scope": ApiToken.scope,
-        "admin": ApiToken.admin,
-        "created_at": instant(ApiToken.created_at),
-        "expires_at": instant(ApiToken.expires_at),
-        "last_used_at": instant(ApiToken.last_used_at),
-        "revoked_at": instant(ApiToken.revoked_at),
-    },
-    id_column=ApiToken.id,
-)
+_TOKEN_JSON = JsonShape.of_columns(TokenRead, ApiToken)
 
 
 class TokenRepository(TableListing[TokenFilter]):

@@ -1,10 +1,8 @@
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
 
 from sqlalchemy import (
     ColumnElement,
-    SQLColumnExpression,
     case,
     delete,
     literal_column,
@@ -18,29 +16,15 @@ from devreg.changes.filters import SORT_KEYS, ChangeFilter
 from devreg.changes.models import Change, ObjectType
 from devreg.changes.schemas import ChangeRead
 from devreg.db.keyset import TableListing, any_of
-from devreg.db.rendering import JsonShape, instant
+from devreg.db.rendering import JsonShape
 
-_CHANGE_FIELDS: dict[str, SQLColumnExpression[Any]] = {
-    "id": Change.id,
-    "at": instant(Change.at),
-    "object_type": Change.object_type,
-    "object_id": Change.object_id,
-    "action": Change.action,
-    "user_id": Change.user_id,
-    "token_id": Change.token_id,
-    "request_id": Change.request_id,
-    "before": Change.before,
-    "after": Change.after,
-}
-_CHANGE_JSON = JsonShape(ChangeRead, _CHANGE_FIELDS, id_column=Change.id)
+_CHANGE_JSON = JsonShape.of_columns(ChangeRead, Change)
 
 _HANDED_OVER = (Change.action == literal_column("'update'")) & Change.before.has_key(
     literal_column("'owner_id'")
 )
-_CHANGE_JSON_FOR_OWNER = JsonShape(
-    ChangeRead,
-    {**_CHANGE_FIELDS, "before": case((_HANDED_OVER, null()), else_=Change.before)},
-    id_column=Change.id,
+_CHANGE_JSON_FOR_OWNER = JsonShape.of_columns(
+    ChangeRead, Change, before=case((_HANDED_OVER, null()), else_=Change.before)
 )
 """A record as a non-admin token sees it: a device handed over to its user shows no `before`,
 which holds the previous owner's values (and id) of what the handover changed."""

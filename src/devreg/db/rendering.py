@@ -15,6 +15,7 @@ import orjson
 from pydantic import BaseModel
 from sqlalchemy import (
     ColumnElement,
+    DateTime,
     Select,
     SQLColumnExpression,
     Text,
@@ -67,6 +68,25 @@ class JsonShape:
             raise TypeError(f"{model.__name__}'s fields, in order, are {list(model.model_fields)}")
         self.values = values
         self.id_column = id_column
+
+    @classmethod
+    def of_columns(
+        cls,
+        model: type[BaseModel],
+        columns: Any,
+        **others: SQLColumnExpression[Any],
+    ) -> "JsonShape":
+        """`model`'s fields as the `columns` of the same names (a table's `.c`, or its mapped
+        class), timestamps written as instants; `others` for the fields that are something
+        else. The row's id is the `id` column."""
+        values: dict[str, SQLColumnExpression[Any]] = {}
+        for name in model.model_fields:
+            if name in others:
+                values[name] = others[name]
+                continue
+            column = getattr(columns, name)
+            values[name] = instant(column) if isinstance(column.type, DateTime) else column
+        return cls(model, values, id_column=columns.id)
 
     def select(self, fields: frozenset[str] | None = None) -> Select[Any]:
         """Each row's id and its JSON text (`rendered` reads the rows)."""

@@ -42,7 +42,7 @@ from devreg.db.driver import (
     violations_raised_as,
 )
 from devreg.db.keyset import TableListing, any_of, any_pattern
-from devreg.db.rendering import JsonShape, instant, json_object, sql_text
+from devreg.db.rendering import JsonShape, json_object, sql_text
 from devreg.devices.filters import CURSOR_VALUE_TYPES, NULLABLE_SORT_KEYS, RELEVANCE, DeviceFilter
 from devreg.devices.models import Device
 from devreg.devices.schemas import DeviceRead, OnConflict
@@ -317,27 +317,13 @@ def _device(values: dict[str, Any]) -> DeviceRead:
     return DeviceRead.model_validate(values)
 
 
-_DEVICE_JSON = JsonShape(
+_DEVICE_JSON = JsonShape.of_columns(
     DeviceRead,
-    {
-        "id": _DEVICES.c.id,
-        "name": _DEVICES.c.name,
-        "serial_number": _DEVICES.c.serial_number,
-        "model": _DEVICES.c.model,
-        "status": _DEVICES.c.status,
-        "owner_id": _DEVICES.c.owner_id,
-        "owner": case(
-            (_DEVICES.c.owner_id.is_(None), null()),
-            else_=json_object({"id": User.id, "name": User.name}),
-        ),
-        "tags": _DEVICES.c.tags,
-        "attributes": _DEVICES.c.attributes,
-        "last_seen_at": instant(_DEVICES.c.last_seen_at),
-        "created_at": instant(_DEVICES.c.created_at),
-        "updated_at": instant(_DEVICES.c.updated_at),
-        "version": _DEVICES.c.version,
-    },
-    id_column=_DEVICES.c.id,
+    _DEVICES.c,
+    owner=case(
+        (_DEVICES.c.owner_id.is_(None), null()),
+        else_=json_object({"id": User.id, "name": User.name}),
+    ),
 )
 _DEVICES_AND_OWNERS = _and_owners(_DEVICES)
 

@@ -13,23 +13,13 @@ from sqlalchemy import (
 
 from devreg.db.driver import violations_raised_as
 from devreg.db.keyset import TableListing, any_of, any_pattern
-from devreg.db.rendering import JsonShape, instant
+from devreg.db.rendering import JsonShape
 from devreg.errors import EmailAlreadyRegistered, UserHasDevices
 from devreg.users.filters import SORT_KEYS, UserFilter
 from devreg.users.models import User
 from devreg.users.schemas import UserRead
 
-_USER_JSON = JsonShape(
-    UserRead,
-    {
-        "id": User.id,
-        "name": User.name,
-        "email": User.email,
-        "created_at": instant(User.created_at),
-        "updated_at": instant(User.updated_at),
-    },
-    id_column=User.id,
-)
+_USER_JSON = JsonShape.of_columns(UserRead, User)
 
 
 _VIOLATIONS = {
