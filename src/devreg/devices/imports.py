@@ -13,12 +13,11 @@ from dataclasses import dataclass
 from typing import IO, Any, TypeVar
 
 from pydantic import TypeAdapter, ValidationError
-from sqlalchemy.exc import IntegrityError
 
 from devreg.db.session import UnitOfWork
 from devreg.devices.repository import EXPORT_COLUMNS, DeviceRepository, ImportRecord
 from devreg.devices.schemas import DeviceCreate, OnConflict
-from devreg.errors import InvalidInput, located
+from devreg.errors import Conflict, InvalidInput, UnknownOwner, located
 
 _BATCH_SIZE = 10_000
 # Server-owned columns an export carries; an import ignores them, so exports re-import as is.
@@ -114,7 +113,7 @@ async def _write(
     try:
         async with work.begin_nested():
             return await repository.insert_from_staging(on_conflict)
-    except IntegrityError:
+    except (UnknownOwner, Conflict):
         problem = await repository.find_import_problem(check_existing=check_existing)
         if problem is None:
             raise

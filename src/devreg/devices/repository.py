@@ -508,10 +508,12 @@ class DeviceRepository(TableListing[DeviceFilter]):
         return (int(row.line), str(row.reason)) if row else None
 
     async def insert_from_staging(self, on_conflict: OnConflict) -> tuple[int, int]:
-        """Write the staged batch in one statement: (inserted, updated). Raises IntegrityError
-        for an unknown owner, or (with OnConflict.ERROR) a serial number already registered."""
+        """Write the staged batch in one statement: (inserted, updated). Raises UnknownOwner, or
+        (with OnConflict.ERROR) SerialAlreadyRegistered, for some row: find_import_problem says
+        which."""
         statement = _INSERT_STAGED.format(_ON_CONFLICT[on_conflict])
-        row = (await self.session.execute(text(statement))).one()
+        with violations_raised_as(_VIOLATIONS):
+            row = (await self.session.execute(text(statement))).one()
         return int(row.inserted), int(row.updated)
 
     async def delete(
