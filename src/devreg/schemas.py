@@ -54,7 +54,7 @@ def storable_text(value: str) -> str:
 
 
 SHORT_TEXT_MAX = 100
-"""The length of names, serial numbers and models (their columns' too)."""
+"""The length of names, serial numbers and models (the models' columns say it again)."""
 
 ShortText = Annotated[
     str,

@@ -48,10 +48,10 @@ def import_devices(
     """Import devices from CSV (with a header) or NDJSON, all or nothing."""
     chosen = format or _format_of(file, ImportFormat)
     started = time.perf_counter()
-    read = _BreaksCounted(file.open("rb"))
     try:
         # utf-8-sig: spreadsheets often start a CSV file with a byte order mark.
         with (
+            _BreaksCounted(file.open("rb")) as read,
             io.TextIOWrapper(read, encoding="utf-8-sig", newline="") as source,
             _progress(source) as progress,
         ):

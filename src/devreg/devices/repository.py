@@ -450,7 +450,7 @@ class DeviceRepository(TableListing[DeviceFilter]):
                 Device.serial_number.in_(set(serial_numbers))
             )
         )
-        return dict(rows.tuples().all())
+        return {serial_number: id_ for serial_number, id_ in rows}  # noqa: C416 - Row, not tuple
 
     async def update_many(
         self, changes: list[dict[str, Any]], *, actor: str, owner: int | None = None
