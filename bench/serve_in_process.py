@@ -38,7 +38,7 @@ def load(module: str) -> Any:
 
 async def call(app: Any, state: dict[str, Any], method: str, path: str, body: bytes) -> int:
     path, _, query = path.partition("?")
-    headers = [(b"host", b"bench"), (b"content-type", b"application/json")]
+    headers = [(b"host", b"localhost"), (b"content-type", b"application/json")]
     if len(sys.argv) > 6:
         headers.append((b"authorization", sys.argv[6].encode()))
     scope = {

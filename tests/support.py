@@ -126,7 +126,7 @@ async def devreg_backends(url: URL) -> set[int]:
 
 
 def api_client(app: RunningApp) -> AsyncClient:
-    return AsyncClient(transport=ASGITransport(app=app), base_url="http://devreg.test")
+    return AsyncClient(transport=ASGITransport(app=app), base_url="http://localhost")
 
 
 _DATABASE_VARIABLES = ("DATABASE_URL", "DB_USER", "DB_PASSWORD", "DB_NAME", "DB_HOST", "DB_PORT")

@@ -45,7 +45,7 @@ from tests.support import RunningApp, make_settings
 EXAMPLES = 15
 """Examples per operation and generation mode."""
 
-BASE_URL = "http://devreg.test"  # as tests.support.api_client
+BASE_URL = "http://localhost"  # as tests.support.api_client
 
 CHECKS = [
     schemathesis.checks.not_a_server_error,

@@ -236,7 +236,7 @@ async def test_a_streamed_response_that_breaks_off_is_logged_as_what_broke_it(
     scope = {
         "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET",
         "scheme": "http", "path": path, "raw_path": path.encode(), "query_string": b"",
-        "root_path": "", "headers": [], "client": ("127.0.0.1", 1), "server": ("devreg.test", 80),
+        "root_path": "", "headers": [], "client": ("127.0.0.1", 1), "server": ("localhost", 80),
     }  # fmt: skip
     with caplog.at_level(logging.INFO):
         async with running(app) as started:

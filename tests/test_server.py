@@ -173,8 +173,8 @@ async def test_a_client_that_stops_sending_its_body_does_not_hold_the_worker(
         host, port = base_url.removeprefix("http://").split(":")
         reader, writer = await asyncio.open_connection(host, int(port))
         writer.write(
-            b"POST /api/v1/devices HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-            b'Content-Length: 100\r\n\r\n{"na'
+            b"POST /api/v1/devices HTTP/1.1\r\nHost: localhost\r\n"
+            b'Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{"na'
         )
         await writer.drain()
         await asyncio.sleep(0.3)  # the stalled request holds the worker's one turn

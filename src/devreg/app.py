@@ -183,7 +183,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         telemetry=None if settings.telemetry else _NO_TELEMETRY,
     )
     app.state.settings = settings
-    app.state.authenticator = Authenticator(settings.auth, cache_ttl=settings.auth_cache_ttl)
+    app.state.authenticator = Authenticator(
+        settings.auth, cache_ttl=settings.auth_cache_ttl, trusted_origins=settings.cors_origins
+    )
 
     # Busiest first: a request is matched against the routes in order, at about 10,000
     # instructions for each route it passes over. The documentation's routes, which FastAPI

@@ -128,6 +128,18 @@ class AdminRequired(Forbidden):
     default_detail = "Only an admin token may do that."
 
 
+class NotALocalRequest(Forbidden):
+    """A request without a token, for the open API, that a web page elsewhere may have made:
+    another site's (Origin), or one reaching loopback under another name (DNS rebinding)."""
+
+    slug = "not-a-local-request"
+    default_detail = (
+        "Without a token, the open API answers only requests to localhost (or a loopback "
+        "address) from this machine's own pages: send a token (devreg tokens create), or call "
+        "it as localhost."
+    )
+
+
 class NotFound(DevregError):
     status = 404
     slug = "not-found"

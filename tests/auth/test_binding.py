@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy.engine import URL
 
 from devreg.app import create_app
-from devreg.auth.authenticator import UnsafeBinding, is_loopback
+from devreg.auth.authenticator import UnsafeBinding, is_loopback, names_this_machine
 from tests.api import DEVICES, assert_problem, create_device, create_user
 from tests.auth.test_tokens import bearer, new_token
 from tests.support import (
@@ -35,6 +35,88 @@ def test_loopback_hosts(host: str) -> None:
 )
 def test_other_hosts(host: str) -> None:
     assert not is_loopback(host)
+
+
+@pytest.mark.parametrize(
+    "authority",
+    ["localhost", "localhost:8000", "LOCALHOST.", "app.localhost:3000", "127.0.0.1:8000",
+     "127.5.6.7", "[::1]:8000", "[::1]"],
+)  # fmt: skip
+def test_authorities_naming_this_machine(authority: str) -> None:
+    assert names_this_machine(authority)
+
+
+@pytest.mark.parametrize(
+    "authority",
+    ["evil.example", "evil.example:8000", "localhost.evil.example", "127.0.0.1.nip.io",
+     "192.168.1.10:8000", "[::1", "", "localhost@evil.example"],
+)  # fmt: skip
+def test_authorities_naming_other_machines(authority: str) -> None:
+    assert not names_this_machine(authority)
+
+
+class TestOpenOnlyToThisMachine:
+    """The open API (no token yet, on loopback) trusts whoever reaches loopback; a browser on
+    this machine reaches it for any web page. A page of another site must not use it: neither
+    under its own name rebound to 127.0.0.1 (DNS rebinding, where the browser would let it read
+    the answers) nor by a cross-site request (such as a heartbeat, which needs no body)."""
+
+    @pytest.mark.parametrize(
+        "headers",
+        [{"Host": "rebound.evil.example"}, {"Host": "rebound.evil.example:8000"},
+         {"Origin": "https://evil.example"}, {"Origin": "null"},
+         {"Host": "localhost", "Origin": "http://localhost.evil.example"}],
+    )  # fmt: skip
+    async def test_a_request_from_elsewhere_is_refused(
+        self, client: httpx.AsyncClient, headers: dict[str, str]
+    ) -> None:
+        device = await create_device(client)
+        for method, path in [
+            ("GET", f"{DEVICES}/{device['id']}"),
+            ("POST", f"{DEVICES}/{device['id']}/heartbeat"),
+            ("DELETE", f"{DEVICES}/{device['id']}"),
+            ("GET", "/api/v1/users"),
+        ]:
+            refused = await client.request(method, path, headers=headers)
+            body = assert_problem(refused, 403)
+            assert body["type"].endswith("not-a-local-request")
+        untouched = await client.get(f"{DEVICES}/{device['id']}")
+        assert untouched.json()["last_seen_at"] is None
+
+    @pytest.mark.parametrize(
+        "headers",
+        [{}, {"Host": "127.0.0.1:8000"}, {"Host": "[::1]:8000"}, {"Host": "ui.localhost"},
+         {"Origin": "http://localhost:3000"}, {"Origin": "http://127.0.0.1:8000"}],
+    )  # fmt: skip
+    async def test_a_request_from_this_machine_is_served(
+        self, client: httpx.AsyncClient, headers: dict[str, str]
+    ) -> None:
+        device = await create_device(client)
+        beat = await client.post(f"{DEVICES}/{device['id']}/heartbeat", headers=headers)
+        assert beat.status_code == 204
+        assert (await client.get(DEVICES, headers=headers)).json()["items"][0]["id"] == device["id"]
+
+    async def test_origins_of_cors_origins_are_trusted(self, database_url: URL) -> None:
+        settings = make_settings(database_url, cors_origins=["https://ui.example"])
+        async with running(create_app(settings)) as app, api_client(app) as client:
+            allowed = await client.get(DEVICES, headers={"Origin": "https://ui.example"})
+            assert allowed.status_code == 200
+            other = await client.get(DEVICES, headers={"Origin": "https://evil.example"})
+            assert_problem(other, 403)
+
+    async def test_a_token_is_served_under_any_name(self, client: httpx.AsyncClient) -> None:
+        """A page elsewhere has no token to send; a client that sends one may use any name
+        (a proxy's, a container's)."""
+        token = await new_token(client, user_id=(await create_user(client))["id"])
+        headers = {**bearer(token), "Host": "devreg.internal", "Origin": "https://ui.example"}
+        assert (await client.get(DEVICES, headers=headers)).status_code == 200
+
+    async def test_auth_off_is_served_under_any_name(self, committed_database_url: URL) -> None:
+        """AUTH=off waives authentication for whoever reaches the server, by any name."""
+        settings = make_settings(committed_database_url, auth="off")
+        async with running(create_app(settings)) as app, api_client(app) as client:
+            headers = {"Host": "devreg.example.org", "Origin": "https://ui.example"}
+            assert (await client.get(DEVICES, headers=headers)).status_code == 200
 
 
 async def test_app_refuses_a_public_address_without_a_decision(database_url: URL) -> None:

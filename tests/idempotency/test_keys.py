@@ -163,8 +163,8 @@ async def test_a_client_gone_before_its_body_is_no_server_error(
     scope = {
         "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
         "scheme": "http", "path": path, "raw_path": path.encode(), "root_path": "",
-        "query_string": b"", "headers": [(b"host", b"devreg.test"), (b"idempotency-key", b"k1")],
-        "client": ("127.0.0.1", 1), "server": ("devreg.test", 80),
+        "query_string": b"", "headers": [(b"host", b"localhost"), (b"idempotency-key", b"k1")],
+        "client": ("127.0.0.1", 1), "server": ("localhost", 80),
     }  # fmt: skip
     sent: list[dict[str, Any]] = []
 

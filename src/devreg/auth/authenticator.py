@@ -9,7 +9,9 @@ import hashlib
 import ipaddress
 import logging
 import time
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 from cachetools import TLRUCache
 
@@ -17,11 +19,13 @@ from devreg.auth.principal import FULL_ACCESS, Principal
 from devreg.auth.repository import TokenRepository
 from devreg.config import AuthMode, Settings
 from devreg.db.session import UnitOfWork
-from devreg.errors import InvalidToken, MalformedAuthorization, Unauthenticated
+from devreg.errors import InvalidToken, MalformedAuthorization, NotALocalRequest, Unauthenticated
 
 logger = logging.getLogger("devreg.auth")
 
 _CACHED_TOKENS = 10_000
+
+RawHeaders = Iterable[tuple[bytes, bytes]]
 
 
 def token_digest(token: str) -> bytes:
@@ -37,9 +41,12 @@ class _Verdict:
 
 
 class Authenticator:
-    def __init__(self, mode: AuthMode, *, cache_ttl: float) -> None:
+    def __init__(
+        self, mode: AuthMode, *, cache_ttl: float, trusted_origins: Sequence[str] = ()
+    ) -> None:
         self.mode = mode
         self.cache_ttl = cache_ttl
+        self.trusted_origins = frozenset(trusted_origins)
         self._verdicts: TLRUCache[bytes, _Verdict] = TLRUCache(
             maxsize=_CACHED_TOKENS, ttu=lambda _key, verdict, now: now + verdict.trusted_for
         )
@@ -48,11 +55,14 @@ class Authenticator:
         # Counts what was forgotten: a lookup that began before must not cache what it found.
         self._forgettings = 0
 
-    async def principal(self, work: UnitOfWork, authorization: str | None) -> Principal:
+    async def principal(
+        self, work: UnitOfWork, authorization: str | None, headers: RawHeaders
+    ) -> Principal:
         if self.mode == "off":  # no authentication: a token sent is not looked at
             return FULL_ACCESS
         if authorization is None:
             if await self._open(work):
+                self._require_local(headers)
                 return FULL_ACCESS
             raise Unauthenticated
         scheme, _, credentials = authorization.partition(" ")
@@ -100,6 +110,21 @@ class Authenticator:
         self._open_until = time.monotonic() + self.cache_ttl
         return True
 
+    def _require_local(self, headers: RawHeaders) -> None:
+        """The open API trusts whoever can reach loopback, but a browser reaches it for any web
+        page: refuse a request sent under a name that is not loopback's (a DNS-rebinding page
+        reading the API as its own site) or, by a browser's Origin, from another site's page."""
+        for name, value in headers:
+            if name == b"host":
+                if not names_this_machine(value.decode("latin-1")):
+                    raise NotALocalRequest
+            elif name == b"origin":
+                origin = value.decode("latin-1")
+                if origin in self.trusted_origins or "*" in self.trusted_origins:
+                    continue
+                if not names_this_machine(urlsplit(origin).netloc):
+                    raise NotALocalRequest
+
     def token_created(self) -> None:
         self._tokens_exist = True
 
@@ -129,6 +154,18 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def names_this_machine(authority: str) -> bool:
+    """Whether `host[:port]` is loopback's: localhost, a name under .localhost (which browsers
+    resolve to loopback themselves, RFC 6761) or a loopback address."""
+    try:
+        host = urlsplit("//" + authority).hostname
+    except ValueError:  # an unclosed [
+        return False
+    if host is None:
+        return False
+    return is_loopback(host) or host.removesuffix(".").endswith(".localhost")
 
 
 class UnsafeBinding(Exception):
