@@ -35,6 +35,7 @@ from tests.support import (
     admin,
     api_client,
     create_database,
+    forget_authentication,
     free_port,
     make_settings,
     running,
@@ -128,14 +129,12 @@ async def client(
     in_test_transaction = RunningApp(
         running_app.app, {**running_app.state, "sessionmaker": sessionmaker}
     )
-    # Tokens a test creates vanish with its transaction; so must what the app cached of them.
-    authenticator = running_app.app.state.authenticator
-    authenticator.reset()
+    forget_authentication(running_app.app)
     try:
         async with api_client(in_test_transaction) as client:
             yield client
     finally:
-        authenticator.reset()
+        forget_authentication(running_app.app)
 
 
 class StatementLog(list[str]):

@@ -28,6 +28,7 @@ from sqlalchemy.pool import NullPool
 from sqlalchemy.sql.expression import Executable
 from starlette.types import Receive, Scope, Send
 
+from devreg.auth.authenticator import Authenticator
 from devreg.config import Settings
 from devreg.db.session import SessionMaker, create_engine, create_sessionmaker
 
@@ -123,6 +124,15 @@ async def devreg_backends(url: URL) -> set[int]:
         "WHERE datname = current_database() AND application_name = 'devreg'",
     )
     return {row["pid"] for row in rows}
+
+
+def forget_authentication(app: FastAPI) -> None:
+    """What a restart does to the app's cache of tokens: a new authenticator, knowing none.
+    (A test's tokens vanish with its transaction; what the app cached of them must too.)"""
+    old: Authenticator = app.state.authenticator
+    app.state.authenticator = Authenticator(
+        old.mode, cache_ttl=old.cache_ttl, trusted_origins=old.trusted_origins
+    )
 
 
 def api_client(app: RunningApp) -> AsyncClient:

@@ -40,7 +40,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from devreg.app import create_app
 from tests.api import create_device, create_user
-from tests.support import RunningApp, make_settings
+from tests.support import RunningApp, forget_authentication, make_settings
 
 EXAMPLES = 15
 """Examples per operation and generation mode."""
@@ -185,14 +185,8 @@ async def test_responses_conform_to_the_schema(
         # Each example starts from the same data: what this one wrote is undone, and so is
         # what the app remembers of it (as the client fixture does between tests).
         await savepoint.rollback()
-        _forget_cached_auth(running_app)
+        forget_authentication(running_app.app)
     case.validate_response(response, checks=CHECKS)
-
-
-def _forget_cached_auth(running_app: RunningApp) -> None:
-    authenticator = getattr(running_app.app.state, "authenticator", None)
-    if authenticator is not None:
-        authenticator.reset()
 
 
 # Timestamps at the ends of what Python and PostgreSQL can hold. The schema says `date-time`:

@@ -14,7 +14,7 @@ from devreg.auth.repository import TokenRepository
 from devreg.calls import SAFE_METHODS, ApiRoute
 from devreg.compat.routes import router as tutorial_router
 from tests.api import DEVICES, USERS, assert_problem, create_device, create_user
-from tests.support import RunningApp
+from tests.support import RunningApp, forget_authentication
 
 TOKENS = "/api/v1/tokens"
 
@@ -69,7 +69,7 @@ class TestOpenUntilTheFirstToken:
         for user in (people["bob"], people["ann"]):  # Ann's admin token goes last, with her
             deleted = await client.delete(f"{USERS}/{user['id']}?cascade=devices", headers=admin)
             assert deleted.status_code == 204, deleted.text
-        running_app.app.state.authenticator.reset()  # what a restart forgets
+        forget_authentication(running_app.app)
 
         assert_problem(await client.get(DEVICES), 401)
         assert_problem(await client.post(TOKENS, json={"user_id": 1, "admin": True}), 401)

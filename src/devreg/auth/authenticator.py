@@ -139,13 +139,6 @@ class Authenticator:
             if verdict.principal is not None and verdict.principal.user_id == user_id:
                 self._verdicts.pop(digest, None)
 
-    def reset(self) -> None:
-        """Forget everything cached (for tests, whose tokens vanish with their transaction)."""
-        self._forgettings += 1
-        self._verdicts.clear()
-        self._tokens_exist = False
-        self._open_until = 0.0
-
 
 def is_loopback(host: str) -> bool:
     if host.lower().removesuffix(".") == "localhost":  # a host name, in any case (RFC 4343)
