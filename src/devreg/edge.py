@@ -32,6 +32,15 @@ _VALID_REQUEST_ID = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
 _REPLACED_HEADERS = frozenset(name for name, _ in SECURITY_HEADERS) | {REQUEST_ID_HEADER}
 
 
+HEAD_REQUEST = "devreg.head"
+"""In the scope of a HEAD request, which the app serves as a GET: a body it would stream (an
+export) need not be made."""
+
+
+def is_head_request(scope: Scope) -> bool:
+    return bool(scope.get(HEAD_REQUEST, False))
+
+
 def _header(headers: list[tuple[bytes, bytes]], name: bytes) -> bytes | None:
     """The first value of a request header (ASGI gives names in lower case)."""
     return next((value for key, value in headers if key == name), None)
@@ -107,7 +116,7 @@ class EdgeMiddleware:
         started_at = time.perf_counter()
         method = scope["method"]
         if method == "HEAD":  # a GET without its body (RFC 9110, 9.3.2), wherever GET is served
-            scope = {**scope, "method": "GET"}
+            scope = {**scope, "method": "GET", HEAD_REQUEST: True}
         headers = scope["headers"]
         request_id = _request_id(headers)
         correlation_id.set(request_id)

@@ -1,6 +1,7 @@
 """HTTP tests of GET /devices/export: CSV and NDJSON, streamed by id, with the listing filters."""
 
 import asyncio
+import logging
 import time
 from typing import Any
 
@@ -145,6 +146,21 @@ class TestExportFormats:
         lines = response.text.splitlines()
         assert lines[0] == EXPORT_HEADER
         assert lines[1].split(",")[1] == "pi"
+
+    async def test_head_answers_the_headers_without_running_the_export(self, client, caplog):
+        await create_device(client, name="pi")
+        params = {"format": "ndjson", "status": "active"}
+        with caplog.at_level(logging.INFO, logger="sqlalchemy.engine.Engine"):
+            head = await client.head(EXPORT, params=params)
+            read_for_head = _devices_read(caplog)
+            get = await export(client, params)
+        assert head.status_code == 200
+        assert head.content == b""
+        for header in ("content-type", "content-disposition"):
+            assert head.headers[header] == get.headers[header]
+        assert read_for_head == []
+        assert _devices_read(caplog)  # the GET's: what would show the HEAD's, had it run one
+        assert (await client.head(EXPORT, params={"format": "xml"})).status_code == 422
 
     async def test_empty_csv_is_the_header_only(self, client):
         response = await export(client, {"format": "csv"})
@@ -340,3 +356,10 @@ async def test_a_client_leaving_an_export_early_leaves_the_server_as_it_was(
     assert after == [200] * 5
     assert len(whole.text.splitlines()) == 50_000
     assert errors == []
+
+
+def _devices_read(caplog: pytest.LogCaptureFixture) -> list[str]:
+    """The statements logged so far that read the devices."""
+    return [
+        record.getMessage() for record in caplog.records if "FROM devices" in record.getMessage()
+    ]

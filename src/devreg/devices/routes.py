@@ -1,4 +1,4 @@
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Annotated, Any, cast
 
 from fastapi import APIRouter, Body, Depends, Path, Request, Response, status
@@ -36,6 +36,7 @@ from devreg.devices.schemas import (
     DeviceRead,
     DeviceUpdate,
 )
+from devreg.edge import is_head_request
 from devreg.errors import InvalidParameter
 from devreg.idempotency.header import IDEMPOTENCY_KEY_HEADER, REPLAYED_HEADER, Idempotency
 from devreg.locations import created_location
@@ -371,14 +372,18 @@ async def export_devices(call: Call, work: StreamingWorkDep) -> StreamingRespons
 
 class _ExportResponse(StreamingResponse):
     """An export whose first chunk is read before anything is sent: a failure that early (a
-    timeout, the database gone) is still an error response, not a 200 whose stream breaks off."""
+    timeout, the database gone) is still an error response, not a 200 whose stream breaks off.
+    A HEAD request's export is not run: its rows would all be read only to be dropped."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        chunks = cast(AsyncIterator[bytes], self.body_iterator)
-        # An error here reaches the app's handlers (nothing is sent yet) and, on its way, rolls
-        # the export's session back.
-        first = await anext(chunks, None)
-        self.body_iterator = _prepended(first, chunks)
+        chunks = cast(AsyncGenerator[bytes, None], self.body_iterator)
+        if is_head_request(scope):
+            await chunks.aclose()  # not started: closed, it runs nothing and yields nothing
+        else:
+            # An error here reaches the app's handlers (nothing is sent yet) and, on its way,
+            # rolls the export's session back.
+            first = await anext(chunks, None)
+            self.body_iterator = _prepended(first, chunks)
         await super().__call__(scope, receive, send)
 
 
