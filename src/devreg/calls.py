@@ -25,6 +25,7 @@ from devreg.db.session import UnitOfWork, session_scope
 from devreg.errors import (
     InvalidParameter,
     MalformedPrecondition,
+    PreconditionOnUntaggedResource,
     PreconditionRequired,
     UnsupportedContentEncoding,
 )
@@ -77,11 +78,11 @@ class Call(Request):
 
 
 # What any API route may answer whatever its endpoint does: a query string that is not UTF-8
-# (refused at the edge), the database unavailable, the pool exhausted or a statement past
-# STATEMENT_TIMEOUT; and for a write, a body refused at the edge (too slow to arrive, too large,
-# compressed).
-_EVERY_ROUTES_PROBLEMS = problem_responses(400, 503)
-_EVERY_WRITES_PROBLEMS = problem_responses(400, 408, 413, 415, 503)
+# (refused at the edge), a precondition that cannot hold, the database unavailable, the pool
+# exhausted or a statement past STATEMENT_TIMEOUT; and for a write, a body refused at the edge
+# (too slow to arrive, too large, compressed).
+_EVERY_ROUTES_PROBLEMS = problem_responses(400, 412, 503)
+_EVERY_WRITES_PROBLEMS = problem_responses(400, 408, 412, 413, 415, 503)
 
 
 class ApiRoute(APIRoute):
@@ -110,10 +111,11 @@ class ApiRoute(APIRoute):
             "security": SECURITY_REQUIREMENT,
             **(options.pop("openapi_extra", None) or {}),
         }
+        parameters = openapi_extra.get("parameters", ())
         # Its query string read by the endpoint itself (querystring.QueryString).
-        self.reads_query = any(
-            parameter["in"] == "query" for parameter in openapi_extra.get("parameters", ())
-        )
+        self.reads_query = any(parameter["in"] == "query" for parameter in parameters)
+        # Its resource has an entity tag, which the endpoint compares (conditional requests).
+        self.tagged = any(parameter["name"] == "If-Match" for parameter in parameters)
         super().__init__(
             path,
             endpoint,
@@ -126,6 +128,7 @@ class ApiRoute(APIRoute):
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
         writes = self.writes
+        tagged = self.tagged
         takes_no_query = self.refuses_unknown_query_parameters and not (
             self.reads_query or _declares_query(self.dependant)
         )
@@ -139,6 +142,8 @@ class ApiRoute(APIRoute):
                     _refuse_query_parameters(call)
                 if writes:
                     _refuse_encoded_body(call)
+                if not tagged:
+                    _refuse_unmatchable_preconditions(call, writes=writes)
                 return await handler(call)
 
         return serve
@@ -161,6 +166,19 @@ def _refuse_encoded_body(call: Call) -> None:
     encoding = call.header_value("content-encoding")
     if encoding is not None and encoding.strip().lower() != "identity":
         raise UnsupportedContentEncoding
+
+
+def _refuse_unmatchable_preconditions(call: Call, *, writes: bool) -> None:
+    """For a resource without an entity tag: an If-Match naming tags is false, and so is
+    If-None-Match: * for a write (the resource exists); 412, where ignored they would let a
+    guarded write through. (`If-Match: *` holds, and If-None-Match naming tags: none matches.)"""
+    if_match = read_if_match(call)
+    if if_match is not None and if_match.versions is not None:
+        raise PreconditionOnUntaggedResource
+    if writes and (read_if_none_match(call) or "").strip() == "*":
+        raise PreconditionOnUntaggedResource(
+            "If-None-Match: * refuses to write to a resource that exists, as this one does."
+        )
 
 
 def header_parameter(name: str, description: str, **schema: object) -> dict[str, Any]:

@@ -281,6 +281,20 @@ class PreconditionFailed(DevregError):
         self.headers["ETag"] = etag(current_version)
 
 
+class PreconditionOnUntaggedResource(DevregError):
+    """A precondition sent to a resource that has no entity tag (a collection, a user, a bulk
+    write, a heartbeat): If-Match naming a tag cannot match it (RFC 9110, section 13.1.1), and
+    If-None-Match: * refuses a write to a resource that exists. Refused, not ignored: a write
+    the client guarded must not go ahead unguarded."""
+
+    status = 412
+    slug = "precondition-failed"
+    default_detail = (
+        "This resource has no ETag, so If-Match cannot name it: only a device "
+        "(/api/v1/devices/{id}) has one."
+    )
+
+
 class UnsupportedContentEncoding(DevregError):
     status = 415
     slug = "unsupported-content-encoding"

@@ -7,6 +7,7 @@ import re
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
 
 import asyncpg
 import httpx
@@ -284,6 +285,67 @@ def test_if_match_parsing(header: str, accepted: list[int], refused: list[int]) 
 def test_if_match_that_is_no_list_of_entity_tags_is_refused(header: str) -> None:
     with pytest.raises(ValueError, match=f"^{re.escape(header)}$"):
         IfMatch.parse(header)
+
+
+class TestResourcesWithoutETag:
+    """Only a device has an entity tag. A precondition sent anywhere else is judged as RFC 9110
+    judges one on a resource without a tag: If-Match naming tags fails (412) and writes
+    nothing; ignored, it let a write the client meant to guard through unguarded."""
+
+    @pytest.fixture
+    async def targets(self, client: AsyncClient) -> dict[str, Any]:
+        user = (await client.post("/api/v1/users", json={"name": "ann"})).json()
+        device = await create_device(client, name="before", owner_id=user["id"])
+        return {"user": user, "device": device}
+
+    def writes(self, targets: dict[str, Any]) -> list[tuple[str, str, object]]:
+        user, device = targets["user"], targets["device"]
+        return [
+            ("PATCH", f"/api/v1/users/{user['id']}", {"name": "after"}),
+            ("DELETE", f"/api/v1/users/{user['id']}?cascade=devices", None),
+            ("POST", DEVICES, {"name": "new"}),
+            ("POST", f"{DEVICES}/bulk", [{"name": "new"}]),
+            ("PATCH", f"{DEVICES}/bulk", [{"id": device["id"], "name": "after"}]),
+            ("DELETE", f"{DEVICES}/bulk", [device["id"]]),
+            ("POST", f"{DEVICES}/{device['id']}/heartbeat", None),
+        ]
+
+    @pytest.mark.parametrize("header", [("If-Match", '"1"'), ("If-None-Match", "*")])
+    async def test_a_write_guarded_by_a_precondition_is_a_412_and_writes_nothing(
+        self, client: AsyncClient, targets: dict[str, Any], header: tuple[str, str]
+    ) -> None:
+        before = (await client.get(DEVICES)).json()["items"]
+        for method, url, body in self.writes(targets):
+            response = await client.request(method, url, json=body, headers=[header])
+            assert_problem(response, 412)
+        assert (await client.get(DEVICES)).json()["items"] == before
+        user = (await client.get(f"/api/v1/users/{targets['user']['id']}")).json()
+        assert user["name"] == "ann"
+
+    async def test_a_read_with_if_match_naming_a_tag_is_a_412(
+        self, client: AsyncClient, targets: dict[str, Any]
+    ) -> None:
+        for url in (DEVICES, f"/api/v1/users/{targets['user']['id']}", "/api/v1/changes"):
+            assert_problem(await client.get(url, headers={"If-Match": '"1"'}), 412)
+            assert (await client.get(url, headers={"If-None-Match": '"1"'})).status_code == 200
+            assert (await client.get(url, headers={"If-None-Match": "*"})).status_code == 200
+
+    async def test_preconditions_that_hold_let_the_write_through(
+        self, client: AsyncClient, targets: dict[str, Any]
+    ) -> None:
+        """`If-Match: *` holds for a resource that exists; If-None-Match naming tags holds for
+        one without any."""
+        user_url = f"/api/v1/users/{targets['user']['id']}"
+        renamed = await client.patch(user_url, json={"name": "bob"}, headers={"If-Match": "*"})
+        assert renamed.status_code == 200, renamed.text
+        created = await client.post(DEVICES, json={"name": "n"}, headers={"If-None-Match": '"1"'})
+        assert created.status_code == 201, created.text
+
+    async def test_a_malformed_precondition_is_still_a_400(
+        self, client: AsyncClient, targets: dict[str, Any]
+    ) -> None:
+        response = await client.post(DEVICES, json={"name": "n"}, headers={"If-Match": "1"})
+        assert_problem(response, 400)
 
 
 async def test_tags_on_several_lines_are_one_list(client: AsyncClient) -> None:

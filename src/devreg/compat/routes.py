@@ -11,7 +11,7 @@ from devreg.calls import ApiRoute, Call, write_precondition
 from devreg.compat.schemas import Deleted, TutorialDeviceIn, TutorialDeviceUpdate, TutorialItem
 from devreg.devices import service as devices_service
 from devreg.devices.filters import DeviceFilter
-from devreg.devices.routes import DeviceId
+from devreg.devices.routes import GUARDED_WRITE_HEADERS, DeviceId
 from devreg.devices.schemas import DeviceCreate, DeviceUpdate
 from devreg.pagination import PAGE_LIMIT_DEFAULT, PAGE_LIMIT_MAX, PageRequest
 from devreg.querystring import items_response
@@ -59,7 +59,9 @@ async def tutorial_get_device(device_id: DeviceId, call: Call) -> object:
     return await devices_service.get_device(call.db, device_id, principal=call.principal)
 
 
-@router.put("/api/v1/device/{device_id}", response_model=TutorialItem)
+@router.put(
+    "/api/v1/device/{device_id}", response_model=TutorialItem, openapi_extra=GUARDED_WRITE_HEADERS
+)
 async def tutorial_update_device(
     device_id: DeviceId, data: TutorialDeviceUpdate, call: Call
 ) -> object:
@@ -73,7 +75,9 @@ async def tutorial_update_device(
     )
 
 
-@router.delete("/api/v1/device/{device_id}", response_model=Deleted)
+@router.delete(
+    "/api/v1/device/{device_id}", response_model=Deleted, openapi_extra=GUARDED_WRITE_HEADERS
+)
 async def tutorial_delete_device(device_id: DeviceId, call: Call) -> Deleted:
     await devices_service.delete_device(
         call.db, device_id, condition=write_precondition(call), principal=call.principal
