@@ -18,10 +18,9 @@ from sqlalchemy.engine import URL
 
 from devreg.app import create_app
 from devreg.db.embedded import EmbeddedCluster
-from tests.api import PROBLEM_JSON, assert_problem
+from tests.api import DEVICES, PROBLEM_JSON, assert_problem, create_device
 from tests.support import admin, api_client, devreg_process, free_port, make_settings, running
 
-DEVICES = "/api/v1/devices"
 LOADERS = 8
 
 
@@ -192,3 +191,86 @@ async def test_a_database_refusing_new_connections_is_a_logged_503_on_every_path
     # Every request that had to connect (all but the first) logged why.
     logged = [(r.levelname, r.sqlstate) for r in caplog.records if hasattr(r, "sqlstate")]
     assert logged == [(logged_as, sqlstate)] * 3
+
+
+async def test_a_read_only_database_is_a_logged_503_for_every_write(
+    committed_database_url: URL, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A standby after a failover, or default_transaction_read_only for maintenance: a write
+    is refused for a while, whichever path runs it. It was a 500."""
+    settings = make_settings(committed_database_url)
+    async with running(create_app(settings)) as app, api_client(app) as client:
+        device = await create_device(client)
+    read_only = committed_database_url.update_query_dict(
+        {"options": "-c default_transaction_read_only=on"}
+    )
+    caplog.set_level(logging.WARNING, logger="devreg.errors")
+    async with running(create_app(make_settings(read_only))) as app, api_client(app) as client:
+        url = f"{DEVICES}/{device['id']}"
+        writes = [
+            await client.post(DEVICES, json={"name": "pi"}),  # by its route's statement
+            await client.patch(url, json={"name": "renamed"}),
+            await client.post(f"{url}/heartbeat"),
+            await client.post(f"{DEVICES}/bulk", json=[{"name": "pi"}]),  # in a session
+            await client.post("/api/v1/users", json={"name": "ann"}),
+        ]
+        read = await client.get(url)
+
+    for response in writes:
+        assert_problem(response, 503)
+        assert response.headers["retry-after"].isdigit()
+    assert read.status_code == 200
+    assert read.json() == device
+    logged = {(r.getMessage(), r.sqlstate) for r in caplog.records if hasattr(r, "sqlstate")}
+    assert logged == {("database is read-only", "25006")}
+
+
+async def test_a_lock_held_past_lock_timeout_is_a_503(committed_database_url: URL) -> None:
+    """An operator's lock_timeout cuts a write's wait for a row locked elsewhere (a transaction
+    left open in psql): the write was not done, and may be retried. It was a 500."""
+    waits_briefly = committed_database_url.update_query_dict({"options": "-c lock_timeout=200"})
+    holder_dsn = committed_database_url.set(drivername="postgresql")
+    async with (
+        running(create_app(make_settings(waits_briefly))) as app,
+        api_client(app) as client,
+    ):
+        device = await create_device(client)
+        url = f"{DEVICES}/{device['id']}"
+        holder = await asyncpg.connect(holder_dsn.render_as_string(hide_password=False))
+        try:
+            async with holder.transaction():
+                await holder.execute("SELECT FROM devices WHERE id = $1 FOR UPDATE", device["id"])
+                writes = [
+                    await client.patch(url, json={"name": "renamed"}),
+                    await client.post(f"{url}/heartbeat"),
+                    await client.patch(f"{DEVICES}/bulk", json=[{"id": device["id"], "name": "x"}]),
+                ]
+        finally:
+            await holder.close()
+        after = await client.get(url)
+
+    for response in writes:
+        body = assert_problem(response, 503)
+        assert body["type"].endswith("timeout")
+    assert after.json() == device
+
+
+async def test_exports_recover_at_once_from_connections_lost_together(
+    committed_database_url: URL,
+) -> None:
+    """The server ended every connection at once (a restart, pg_terminate_backend): the first
+    request to meet a dead one is a 503, and the pool replaces the others before they are
+    used. An export's stream learnt only of its own connection, so each dead connection cost
+    an export of its own: a 503 per pooled connection, for as long as the pool held any."""
+    settings = make_settings(committed_database_url, pool_size=4, max_overflow=0)
+    async with running(create_app(settings)) as app, api_client(app) as client:
+        await create_device(client)
+        await asyncio.gather(*(client.get(f"{DEVICES}/export") for _ in range(4)))  # all in use
+        await admin(
+            committed_database_url,
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()",
+        )
+        statuses = [(await client.get(f"{DEVICES}/export")).status_code for _ in range(5)]
+
+    assert statuses == [503, 200, 200, 200, 200]

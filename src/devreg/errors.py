@@ -336,7 +336,8 @@ class DatabaseRefusal(ServiceUnavailable):
 
 
 class DatabaseOutOfResources(DatabaseRefusal):
-    """Out of connections, memory or disk (SQLSTATE class 53): most likely for a while."""
+    """Out of connections, memory or disk (SQLSTATE class 53), or a disk failing (58): most
+    likely for a while."""
 
     default_detail = "The database is out of connections, memory or disk; try again shortly."
     log_message = "database out of resources"
@@ -358,10 +359,20 @@ class DatabaseNotMigrated(DatabaseRefusal):
     log_message = "database not migrated: run devreg db upgrade"
 
 
-UNDEFINED_TABLE = "42P01"
+class DatabaseReadOnly(DatabaseRefusal):
+    """The database takes no writes (25006): a standby after a failover, or the operator's
+    default_transaction_read_only for maintenance."""
 
-# SQLSTATE of a statement cancelled by statement_timeout.
-QUERY_CANCELED = "57014"
+    default_detail = "The database takes no writes at the moment; try again shortly."
+    log_message = "database is read-only"
+
+
+UNDEFINED_TABLE = "42P01"
+READ_ONLY_TRANSACTION = "25006"
+
+# SQLSTATEs of a statement cut short by the database's limits on waiting: statement_timeout,
+# and the operator's lock_timeout (a lock held elsewhere, say by a transaction left open).
+TIMED_OUT = frozenset({"57014", "55P03"})  # query canceled, lock not available
 # SQLSTATEs of a transaction PostgreSQL rolled back for colliding with another.
 TRANSACTION_COLLISIONS = frozenset({"40P01", "40001"})  # deadlock, serialization failure
 
@@ -400,9 +411,11 @@ def half_sent(driver_error: BaseException | None) -> bool:
     )
 
 
-# Class 08: connection exception; 57P0x: the server is shutting down or restarting.
-CONNECTION_LOST_SQLSTATES = ("08", "57P0")
-OUT_OF_RESOURCES = "53"
+# Class 08: connection exception; 57P0x: the server is shutting down or restarting (or ended
+# an idle session); 25P03: idle_in_transaction_session_timeout ended the session.
+CONNECTION_LOST_SQLSTATES = ("08", "57P0", "25P03")
+# Class 53: out of connections, memory or disk; class 58: an I/O error outside PostgreSQL.
+OUT_OF_RESOURCES = ("53", "58")
 REFUSED_CONNECTION = ("28", "3D")  # invalid authorization, invalid catalog name
 # asyncpg's errors for a connection that broke without a SQLSTATE, as SQLAlchemy names them.
 _DRIVER_CONNECTION_ERRORS = frozenset({"InterfaceError", "InternalClientError"})
@@ -417,8 +430,10 @@ def sqlstate_problem(sqlstate: str) -> DevregError | None:
         return DatabaseOutOfResources(sqlstate)
     if sqlstate.startswith(REFUSED_CONNECTION):
         return DatabaseRefusesDevreg(sqlstate)
-    if sqlstate == QUERY_CANCELED:
+    if sqlstate in TIMED_OUT:
         return StatementTimedOut()
+    if sqlstate == READ_ONLY_TRANSACTION:
+        return DatabaseReadOnly(sqlstate)
     if sqlstate == UNDEFINED_TABLE:
         return DatabaseNotMigrated(sqlstate)
     if sqlstate in TRANSACTION_COLLISIONS:

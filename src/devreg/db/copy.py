@@ -8,7 +8,7 @@ import asyncpg
 from sqlalchemy import Select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from devreg.db.driver import driver_connection, driver_sql, echo
+from devreg.db.driver import discard_if_lost, driver_connection, driver_sql, echo
 from devreg.errors import ServiceUnavailable, sqlstate_problem
 
 _CHUNK_BYTES = 256 * 1024
@@ -50,13 +50,17 @@ async def copy_out(
             yield chunk
         try:
             await producer  # raises what COPY raised, if anything
-        except asyncpg.PostgresError as exc:
-            problem = sqlstate_problem(str(exc.sqlstate))  # a timeout, the server going away
+        except Exception as exc:
+            if await discard_if_lost(session, exc):  # the server went away, before or mid-COPY
+                raise ServiceUnavailable() from None
+            problem = (
+                sqlstate_problem(str(exc.sqlstate))  # a timeout, say
+                if isinstance(exc, asyncpg.PostgresError)
+                else None
+            )
             if problem is None:
                 raise
             raise problem from None
-        except (asyncpg.InterfaceError, OSError):  # the connection went away mid-COPY
-            raise ServiceUnavailable() from None
     finally:
         if not producer.done():
             # The reader stopped early (the client went away). asyncpg cannot leave a COPY half

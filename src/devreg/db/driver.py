@@ -233,6 +233,18 @@ def _problem(
     return None
 
 
+async def discard_if_lost(session: AsyncSession, exc: BaseException) -> bool:
+    """Whether `exc`, raised by asyncpg on the session's connection, lost that connection; if
+    so it leaves the pool, and the connections the pool made before it with it (as _problem)."""
+    connection = await session.connection()
+    pooled = await connection.get_raw_connection()
+    if not _connection_lost(exc, pooled.driver_connection):
+        return False
+    connection.sync_engine.pool._invalidate(pooled, exc, _checkin=False)
+    await connection.invalidate(exc)
+    return True
+
+
 def _connection_lost(exc: BaseException, connection: asyncpg.Connection) -> bool:
     if isinstance(exc, asyncpg.PostgresError):
         return str(exc.sqlstate).startswith(CONNECTION_LOST_SQLSTATES) or connection.is_closed()
