@@ -7,7 +7,8 @@ import pytest
 from fastapi import Depends
 
 from devreg.calls import ApiRoute, Call
-from devreg.querystring import PATTERNS_MAX, REPEATS_MAX
+from devreg.querystring import PATTERNS_MAX
+from devreg.schemas import REPEATS_MAX
 from tests.api import DEVICES, USERS, assert_problem, create_device, create_user, stored_devices
 from tests.support import api_client
 

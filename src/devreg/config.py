@@ -9,6 +9,7 @@ from typing import Annotated, Any, Literal, Self
 from urllib.parse import urlencode
 
 import asyncpg
+from dotenv.parser import parse_stream
 from platformdirs import user_data_path
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -49,9 +50,12 @@ def default_data_dir() -> Path:
     return user_data_path("devreg")
 
 
+ENV_FILE = ".env"
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
-        env_file=".env",
+        env_file=ENV_FILE,
         env_ignore_empty=True,
         extra="ignore",
         case_sensitive=False,
@@ -274,6 +278,31 @@ def _url_connect_timeout(url: URL) -> float | None:
     return timeout
 
 
+class EnvFileError(ValueError):
+    """The .env file exists but cannot be read whole."""
+
+
+def check_env_file(path: Path) -> None:
+    """Refuse a .env file that cannot be read, or has a line that is not `NAME=value`:
+    python-dotenv would skip such a line with a warning, and devreg go on without the setting
+    (without its DATABASE_URL, on another database)."""
+    try:
+        with path.open(encoding="utf-8") as stream:
+            for binding in parse_stream(stream):
+                if binding.error:
+                    line = binding.original.line
+                    raise EnvFileError(
+                        f"line {line} of the .env file is not NAME=value (an unclosed quote?)"
+                    )
+    except FileNotFoundError:
+        return
+    except UnicodeDecodeError:
+        raise EnvFileError("the .env file is not UTF-8 text") from None
+    except OSError as exc:
+        raise EnvFileError(f"the .env file cannot be read: {exc.strerror}") from None
+
+
 @lru_cache
 def get_settings() -> Settings:
+    check_env_file(Path(ENV_FILE))
     return Settings()

@@ -25,7 +25,7 @@ from devreg.pagination import (
     page_json,
 )
 from devreg.problems import request_validation_error
-from devreg.schemas import NamePattern
+from devreg.schemas import REPEATS_MAX, NamePattern
 
 FilterT = TypeVar("FilterT")
 
@@ -164,9 +164,6 @@ def _inlined(schema: Any, definitions: dict[str, Any]) -> Any:
         schema = {**named, **{key: value for key, value in schema.items() if key != "$ref"}}
     return {key: _inlined(value, definitions) for key, value in schema.items()}
 
-
-REPEATS_MAX = 100
-"""How many values a repeatable parameter takes: each one is a condition of the statement."""
 
 PATTERNS_MAX = 10
 NamePatterns = Annotated[tuple[NamePattern, ...], Field(max_length=PATTERNS_MAX)]

@@ -214,15 +214,20 @@ class TestDatabase:
         assert result.stderr.startswith("devreg: migrations: ")
         assert result.stderr.count("\n") == 1
 
+    @pytest.mark.parametrize(
+        "command", [("users", "list"), ("export", "devices")], ids=["session", "copy"]
+    )
     def test_an_unmigrated_database_says_to_migrate_it(
-        self, devreg: Invoke, monkeypatch: pytest.MonkeyPatch
+        self, devreg: Invoke, monkeypatch: pytest.MonkeyPatch, command: tuple[str, ...]
     ) -> None:
+        """An export (by COPY) said the database was unavailable, as the API says it."""
         assert devreg("db", "downgrade", "base").exit_code == 0
         monkeypatch.setenv("MIGRATE_ON_START", "false")
 
-        result = devreg("users", "list")
+        result = devreg(*command)
 
         assert result.exit_code == 1
+        assert result.stderr.startswith("devreg: the database is not migrated (")
         assert result.stderr.endswith(": run devreg db upgrade\n")
 
     def test_a_revision_against_a_database_behind_is_one_line_and_writes_nothing(
@@ -288,6 +293,31 @@ class TestStartupErrors:
         result = devreg("users", "list")
         assert result.exit_code == 2
         assert result.stderr == "devreg: the .env file is not UTF-8 text\n"
+
+    def test_a_dotenv_line_that_cannot_be_parsed_is_refused(
+        self, devreg: Invoke, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    ) -> None:
+        """python-dotenv skips such a line with a warning: devreg went on without the setting,
+        here its DATABASE_URL, and started the embedded cluster in its stead."""
+        monkeypatch.delenv("DATABASE_URL", raising=False)
+        monkeypatch.setenv("DATA_DIR", str(tmp_path / "data"))
+        (tmp_path / ".env").write_text('POOL_SIZE=5\nDATABASE_URL="postgresql://u:p@h/db\n')
+        monkeypatch.chdir(tmp_path)
+        result = devreg("users", "list")
+        assert result.exit_code == 2
+        assert result.stderr == (
+            "devreg: line 2 of the .env file is not NAME=value (an unclosed quote?)\n"
+        )
+        assert not (tmp_path / "data").exists()
+
+    def test_a_dotenv_that_cannot_be_read_is_named(
+        self, devreg: Invoke, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    ) -> None:
+        (tmp_path / ".env").mkdir()  # unreadable as a file, even by root
+        monkeypatch.chdir(tmp_path)
+        result = devreg("users", "list")
+        assert result.exit_code == 2
+        assert result.stderr == "devreg: the .env file cannot be read: Is a directory\n"
 
     def test_wrong_password_is_one_line_without_the_password(
         self, devreg: Invoke, committed_database_url: URL, monkeypatch: pytest.MonkeyPatch

@@ -27,6 +27,7 @@ from typer.testing import Result
 
 from devreg import seed
 from devreg.cli.common import Terminated
+from devreg.schemas import REPEATS_MAX
 from tests.cli.conftest import Invoke
 from tests.support import (
     EXPORT_HEADER,
@@ -732,6 +733,17 @@ class TestExport:
         text = output(devreg("export", "devices", "--owner-id", str(owner_id)))
 
         assert [record["name"] for record in csv_records(text)] == ["Arduino Uno"]
+
+    @pytest.mark.parametrize("option", ["--owner-id", "--tag", "--status"])
+    def test_a_filter_takes_as_many_values_as_the_api_does(self, devreg, option):
+        value = {"--owner-id": "1", "--tag": "t", "--status": "active"}[option]
+        ok(devreg("export", "devices", *[option, value] * REPEATS_MAX))
+
+        result = devreg("export", "devices", *[option, value] * (REPEATS_MAX + 1))
+
+        assert result.exit_code == 2
+        assert result.stderr.startswith(f"devreg: {option}: ")
+        assert str(REPEATS_MAX) in result.stderr
 
     def test_a_new_file_is_made_as_any_other(self, devreg, tmp_path):
         path = tmp_path / "new.csv"

@@ -25,7 +25,7 @@ from rich.text import Text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from devreg.config import Settings, get_settings
+from devreg.config import EnvFileError, Settings, get_settings
 from devreg.db import migrations
 from devreg.db.embedded import EmbeddedPostgresError, resolve_database_url
 from devreg.db.rendering import Rendered
@@ -64,8 +64,8 @@ def print_error(message: str) -> None:
 def load_settings() -> Settings:
     try:
         return get_settings()
-    except UnicodeDecodeError:
-        fail("the .env file is not UTF-8 text", code=2)
+    except EnvFileError as exc:
+        fail(str(exc), code=2)
     except ValidationError as exc:
         first = exc.errors()[0]
         name = str(first["loc"][0]).upper() if first["loc"] else "settings"
@@ -142,7 +142,8 @@ def run_async(operation: Coroutine[Any, Any, T]) -> T:
     except InvalidParameter as exc:
         fail(exc.detail, code=2)
     except DevregError as exc:
-        fail(exc.detail)
+        cause = exc.__cause__
+        fail(_meaning(exc, cause) if isinstance(cause, asyncpg.PostgresError) else exc.detail)
     except DBAPIError as exc:
         # What it means, as the API says it; else PostgreSQL's own message, without the
         # statement or its parameters.

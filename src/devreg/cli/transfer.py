@@ -134,7 +134,8 @@ def _line_breaks(data: bytes, *, after_cr: bool) -> int:
 @export_app.command("devices")
 def export_devices(
     format: Annotated[
-        ExportFormat | None, typer.Option(help="Default: from --output's extension, else csv.")
+        ExportFormat | None,
+        typer.Option(help="Default: from --output's extension (.csv or .ndjson); csv to stdout."),
     ] = None,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Default: stdout.")] = None,
     status: Annotated[list[DeviceStatus] | None, typer.Option(help="Repeat for any of.")] = None,

@@ -60,7 +60,7 @@ async def copy_out(
             )
             if problem is None:
                 raise
-            raise problem from None
+            raise problem from exc  # PostgreSQL's words, for the CLI (cli.common.run_async)
     finally:
         if not producer.done():
             # The reader stopped early (the client went away). asyncpg cannot leave a COPY half

@@ -7,6 +7,7 @@ from pydantic import AfterValidator, Field
 from devreg.devices.models import DeviceStatus
 from devreg.pagination import Page
 from devreg.schemas import (
+    REPEATS_MAX,
     Id,
     InputSchema,
     Instant,
@@ -81,9 +82,9 @@ class BulkResult(Schema):
 class DeviceFilterOptions(InputSchema):
     """Listing filters given outside a query string (the CLI), checked by the same rules."""
 
-    status: list[DeviceStatus] = Field(default_factory=list)
-    owner_id: list[Id] = Field(default_factory=list)
-    tag: list[Tag] = Field(default_factory=list)
+    status: list[DeviceStatus] = Field(default_factory=list, max_length=REPEATS_MAX)
+    owner_id: list[Id] = Field(default_factory=list, max_length=REPEATS_MAX)
+    tag: list[Tag] = Field(default_factory=list, max_length=REPEATS_MAX)
     q: SearchText | None = None
 
 
