@@ -14,7 +14,7 @@ from sqlalchemy.engine import URL
 
 from devreg.app import create_app
 from devreg.errors import StatementTimedOut
-from tests.api import DEVICES, assert_problem, stored_devices
+from tests.api import DEVICES, assert_problem, create_device, stored_devices
 from tests.support import api_client, make_settings, running
 
 MIB = 1024 * 1024
@@ -36,7 +36,47 @@ async def test_a_compressed_body_is_a_415_and_nothing_is_written(
     response = await client.post(DEVICES, content=body, headers=headers)
 
     assert "uncompressed" in assert_problem(response, 415)["detail"]
+    assert response.headers["accept-encoding"] == "identity"
     assert await stored_devices(client) == []
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    ["text/plain", "application/x-www-form-urlencoded", "application/jsonx", "", None],
+)
+async def test_a_body_not_sent_as_json_is_a_415_and_nothing_is_written(
+    client: AsyncClient, content_type: str | None
+) -> None:
+    """It was a 422 saying the body was not an object, about a body that was valid JSON."""
+    device = await create_device(client)
+    body = b'{"name": "typed"}'
+    headers = {} if content_type is None else {"content-type": content_type}
+    for method, url in [
+        ("POST", DEVICES),
+        ("PUT", f"{DEVICES}/{device['id']}"),
+        ("PATCH", f"{DEVICES}/{device['id']}"),
+        ("POST", "/api/v1/users"),
+    ]:
+        response = await client.request(method, url, content=body, headers=headers)
+        assert "JSON" in assert_problem(response, 415)["detail"]
+        assert ("accept-patch" in response.headers) == (method == "PATCH")
+    assert await stored_devices(client) == [device]
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    ["application/json", "application/json; charset=utf-8", "APPLICATION/JSON",
+     "application/merge-patch+json"],
+)  # fmt: skip
+async def test_json_by_any_of_its_names_is_read(client: AsyncClient, content_type: str) -> None:
+    device = await create_device(client)
+    response = await client.patch(
+        f"{DEVICES}/{device['id']}",
+        content=b'{"model": "m"}',
+        headers={"content-type": content_type},
+    )
+    assert response.status_code == 200, response.text
+    assert response.json()["model"] == "m"
 
 
 async def test_bulk_writes_take_bodies_beyond_the_general_limit(client: AsyncClient) -> None:

@@ -45,7 +45,11 @@ class BodyLimits:
                 async with asyncio.timeout_at(deadline):
                     message = await receive()
             except TimeoutError:
-                raise HTTPException(408, detail=too_slow(timeout)) from None
+                # The rest of the body may still come: the connection cannot carry another
+                # request after it (RFC 9110, 15.5.9).
+                raise HTTPException(
+                    408, detail=too_slow(timeout), headers={"Connection": "close"}
+                ) from None
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > limit:

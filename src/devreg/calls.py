@@ -28,6 +28,7 @@ from devreg.errors import (
     PreconditionOnUntaggedResource,
     PreconditionRequired,
     UnsupportedContentEncoding,
+    UnsupportedMediaType,
 )
 from devreg.problems import problem_responses, request_validation_error
 
@@ -129,6 +130,7 @@ class ApiRoute(APIRoute):
         handler = super().get_route_handler()
         writes = self.writes
         tagged = self.tagged
+        takes_json = bool(self.dependant.body_params)
         takes_no_query = self.refuses_unknown_query_parameters and not (
             self.reads_query or _declares_query(self.dependant)
         )
@@ -142,6 +144,8 @@ class ApiRoute(APIRoute):
                     _refuse_query_parameters(call)
                 if writes:
                     _refuse_encoded_body(call)
+                if takes_json:
+                    _refuse_body_not_json(call)
                 if not tagged:
                     _refuse_unmatchable_preconditions(call, writes=writes)
                 return await handler(call)
@@ -166,6 +170,24 @@ def _refuse_encoded_body(call: Call) -> None:
     encoding = call.header_value("content-encoding")
     if encoding is not None and encoding.strip().lower() != "identity":
         raise UnsupportedContentEncoding
+
+
+def _refuse_body_not_json(call: Call) -> None:
+    """A body sent as anything but JSON (text/plain, a form, no Content-Type) is refused as
+    such (415): FastAPI would not parse it, and its 422 said the JSON was not an object."""
+    if call.header_value("content-length") in (None, "0") and not call.header_value(
+        "transfer-encoding"
+    ):
+        return  # no body: FastAPI says what is missing
+    media_type = (call.header_value("content-type") or "").partition(";")[0].strip().lower()
+    if media_type == "application/json" or (
+        media_type.startswith("application/") and media_type.endswith("+json")
+    ):
+        return
+    problem = UnsupportedMediaType()
+    if call.method == "PATCH":  # RFC 5789, 2.2
+        problem.headers["Accept-Patch"] = "application/json, application/merge-patch+json"
+    raise problem
 
 
 def _refuse_unmatchable_preconditions(call: Call, *, writes: bool) -> None:

@@ -299,6 +299,13 @@ class UnsupportedContentEncoding(DevregError):
     status = 415
     slug = "unsupported-content-encoding"
     default_detail = "Send the request body uncompressed (no Content-Encoding)."
+    default_headers = {"Accept-Encoding": "identity"}  # RFC 9110, 15.5.16
+
+
+class UnsupportedMediaType(DevregError):
+    status = 415
+    slug = "unsupported-media-type"
+    default_detail = "Send the request body as JSON, with Content-Type: application/json."
 
 
 class PreconditionRequired(DevregError):
