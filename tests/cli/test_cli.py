@@ -119,6 +119,20 @@ class TestDevices:
         assert name in created.stdout
         assert name in listed.stdout
 
+    def test_a_table_written_to_a_pipe_keeps_each_value_on_one_line(self, devreg: Invoke) -> None:
+        """Read by grep or awk, a value folded at 80 columns was not found whole."""
+        name, serial = "gateway-" + "x" * 92, "SN-" + "9" * 60
+        device = json_of(devreg("devices", "create", "--name", name, "--serial", serial, "--json"))
+        user = json_of(devreg("users", "create", "--name", "Ann", "--json"))
+        devreg("tokens", "create", "--user", str(user["id"]))
+        listed, shown = devreg("devices", "list"), devreg("devices", "get", str(device["id"]))
+        tokens = devreg("tokens", "list")
+
+        row = next(line for line in listed.stdout.splitlines() if name in line)
+        assert serial in row
+        assert any(name in line for line in shown.stdout.splitlines())
+        assert "last_used_at" in tokens.stdout
+
     def test_duplicate_serial_fails(self, devreg: Invoke) -> None:
         devreg("devices", "create", "--name", "a", "--serial", "SN-1")
         result = devreg("devices", "create", "--name", "b", "--serial", "SN-1")

@@ -214,6 +214,15 @@ def _option(location: tuple[int | str, ...], options: Mapping[str, str]) -> str:
     return " ".join([option, *(f"[{part}]" for part in within)])
 
 
+# Wide enough for any row: a table written to a pipe or file is read by programs (grep, awk),
+# which a value folded across lines at Rich's default 80 columns would defeat.
+_UNFOLDED_WIDTH = 100_000
+
+
+def _print_table(table: Table) -> None:
+    (stdout if stdout.is_terminal else Console(width=_UNFOLDED_WIDTH)).print(table)
+
+
 def show(item: BaseModel, *, as_json: bool) -> None:
     if as_json:
         print(item.model_dump_json())
@@ -221,7 +230,7 @@ def show(item: BaseModel, *, as_json: bool) -> None:
     table = Table(show_header=False, box=None)
     for name, value in item.model_dump(mode="json").items():
         table.add_row(name, _cell(value))
-    stdout.print(table)
+    _print_table(table)
 
 
 def show_page(
@@ -243,7 +252,7 @@ def show_page(
     for item in result.items:
         row = json.loads(item.json)
         table.add_row(*(_cell(row[column]) for column in columns))
-    stdout.print(table)
+    _print_table(table)
     if result.next_cursor:
         stdout.print(f"next page: --cursor {result.next_cursor}", markup=False, highlight=False)
 
