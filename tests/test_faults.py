@@ -3,12 +3,15 @@ drops its dead connections, and devreg serves again by itself once the database 
 
 import asyncio
 import logging
+import os
 import secrets
 import shutil
+import signal
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import asyncpg
@@ -18,8 +21,17 @@ from sqlalchemy.engine import URL
 
 from devreg.app import create_app
 from devreg.db.embedded import EmbeddedCluster
+from devreg.db.session import ANSWER_GRACE_SECONDS
 from tests.api import DEVICES, PROBLEM_JSON, assert_problem, create_device
-from tests.support import admin, api_client, devreg_process, free_port, make_settings, running
+from tests.support import (
+    admin,
+    api_client,
+    devreg_process,
+    free_port,
+    make_settings,
+    query,
+    running,
+)
 
 LOADERS = 8
 
@@ -274,3 +286,52 @@ async def test_exports_recover_at_once_from_connections_lost_together(
         statuses = [(await client.get(f"{DEVICES}/export")).status_code for _ in range(5)]
 
     assert statuses == [503, 200, 200, 200, 200]
+
+
+async def test_a_server_that_stops_answering_is_a_503_within_the_statement_timeout(
+    committed_database_url: URL,
+) -> None:
+    """PostgreSQL enforces STATEMENT_TIMEOUT itself, so a server that answers nothing (frozen,
+    or cut off by the network) held requests for as long as it stayed silent. devreg now waits
+    STATEMENT_TIMEOUT and a grace for an answer, then answers 503 and drops the connection;
+    once the server answers again, so does devreg."""
+    settings = make_settings(
+        committed_database_url, statement_timeout=0.5, pool_size=2, max_overflow=0
+    )
+    async with running(create_app(settings)) as app, api_client(app) as client:
+        device = await create_device(client)
+        answers, waits = [], []
+        for request in (
+            client.post("/api/v1/users", json={"name": "ann"}),  # in a session
+            client.get(f"{DEVICES}/{device['id']}"),  # the hot path
+        ):
+            async with _frozen_backends(committed_database_url):
+                started = time.monotonic()
+                answers.append(await asyncio.wait_for(request, 15))
+                waits.append(time.monotonic() - started)
+        again = await client.get(f"{DEVICES}/{device['id']}")
+
+    for response in answers:
+        assert_problem(response, 503)
+        assert response.headers["retry-after"].isdigit()
+    assert max(waits) < 0.5 + ANSWER_GRACE_SECONDS + 2
+    assert again.status_code == 200
+
+
+@asynccontextmanager
+async def _frozen_backends(url: URL) -> AsyncIterator[None]:
+    """devreg's connections to the database at `url` stop answering, as a frozen server's."""
+    rows = await query(
+        url,
+        "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+        "AND application_name = 'devreg'",
+    )
+    frozen = [row["pid"] for row in rows]
+    assert frozen
+    for pid in frozen:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        for pid in frozen:
+            os.kill(pid, signal.SIGCONT)

@@ -14,7 +14,7 @@ from sqlalchemy.engine import URL
 from devreg.app import create_app
 from devreg.db import migrations
 from devreg.db.base import Base
-from devreg.db.session import create_engine
+from devreg.db.session import ANSWER_GRACE_SECONDS, create_engine
 from tests.support import (
     api_client,
     create_database,
@@ -90,7 +90,8 @@ async def test_a_starter_waits_for_anothers_migration_past_statement_timeout(
                 text("SELECT pg_advisory_xact_lock(:key)"), {"key": migrations.MIGRATION_LOCK_KEY}
             )
             started = asyncio.create_task(migrations.upgrade(starter))
-            await asyncio.sleep(1)
+            # Past STATEMENT_TIMEOUT, and past the time devreg waits for an answer after it.
+            await asyncio.sleep(0.2 + ANSWER_GRACE_SECONDS + 0.5)
             assert not started.done()
             await migrating.commit()
         await started

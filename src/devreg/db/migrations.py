@@ -6,6 +6,7 @@ import traceback
 from collections.abc import Callable
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 from alembic import command
 from alembic.config import Config
@@ -94,9 +95,22 @@ async def hold_migration_lock(connection: AsyncConnection) -> None:
 
 async def _run_locked(engine: AsyncEngine, operation: _Operation) -> None:
     async with engine.connect() as connection:
-        await hold_migration_lock(connection)
-        await connection.run_sync(_with_connection, operation)
-        await connection.commit()
+        try:
+            await _wait_for_answers_as_long_as_they_take(connection)
+            await hold_migration_lock(connection)
+            await connection.run_sync(_with_connection, operation)
+            await connection.commit()
+        finally:
+            await connection.invalidate()  # not back to the pool without its answer timeout
+
+
+async def _wait_for_answers_as_long_as_they_take(connection: AsyncConnection) -> None:
+    """Lift the connection's answer timeout (asyncpg's command_timeout, which STATEMENT_TIMEOUT
+    sets: db.session.answer_timeout) for a migration. asyncpg has no public way to change it
+    on an open connection; its protocol reads it from the connection's configuration for each
+    statement."""
+    driver: Any = (await connection.get_raw_connection()).driver_connection
+    driver._config = driver._config._replace(command_timeout=None)
 
 
 def _with_connection(connection: Connection, operation: _Operation) -> None:

@@ -52,6 +52,7 @@ def create_engine(url: URL, settings: Settings) -> AsyncEngine:
         hide_parameters=True,
         connect_args={
             "timeout": settings.db_connect_timeout,
+            "command_timeout": answer_timeout(settings.statement_timeout),
             "server_settings": {
                 **_default_application_name(url),
                 "statement_timeout": str(round(settings.statement_timeout * 1000)),
@@ -65,7 +66,7 @@ def create_engine(url: URL, settings: Settings) -> AsyncEngine:
             },
         },
     )
-    event.listen(engine.sync_engine, "handle_error", _discard_half_sent)
+    event.listen(engine.sync_engine, "handle_error", _discard_broken)
     return engine
 
 
@@ -76,12 +77,32 @@ def _default_application_name(url: URL) -> dict[str, str]:
     return {} if "application_name" in dsn_options else {"application_name": "devreg"}
 
 
-def _discard_half_sent(context: ExceptionContext) -> None:
+# PostgreSQL cancels a statement at STATEMENT_TIMEOUT and says so at once: a server still
+# silent this much later is not answering at all (frozen, or cut off by the network).
+ANSWER_GRACE_SECONDS = 2.0
+
+
+def answer_timeout(statement_timeout: float) -> float | None:
+    """How long devreg waits for the answer to a statement before it gives up on the server
+    (asyncpg's command_timeout): none without a STATEMENT_TIMEOUT."""
+    return statement_timeout + ANSWER_GRACE_SECONDS if statement_timeout else None
+
+
+def _discard_broken(context: ExceptionContext) -> None:
     """A connection asyncpg left half-way through a statement (errors.half_sent) is discarded,
-    and only that one: the rest of the pool is fine."""
+    and only that one: the rest of the pool is fine. One whose server gave no answer in time
+    (answer_timeout) is discarded with the connections made before it, as a lost one is: its
+    rollback would only wait as long again."""
     if half_sent(getattr(context.original_exception, "driver_exception", None)):
         context.is_disconnect = True
         context.invalidate_pool_on_disconnect = False
+    elif isinstance(context.original_exception, TimeoutError):
+        context.is_disconnect = True
+        pooled = None if context.connection is None else context.connection.connection
+        if pooled is not None and pooled.driver_connection is not None:
+            # Ended now: SQLAlchemy would first close it politely, waiting 2 s more for the
+            # server that already did not answer.
+            pooled.driver_connection.terminate()
 
 
 async def open_pool(engine: AsyncEngine) -> None:
