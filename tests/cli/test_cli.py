@@ -189,6 +189,25 @@ class TestDatabase:
         assert "current: a1b2c3d4" in status, (result.stderr, result.exception)
         assert "(unknown to this release: a newer one's?)" in status
 
+    @pytest.mark.parametrize("command", [("users", "list"), ("db", "upgrade")])
+    def test_a_database_from_a_newer_release_is_said_to_be_one(
+        self, devreg: Invoke, committed_database_url: URL, command: tuple[str, ...]
+    ) -> None:
+        """It was `migrations: Can't locate revision ...` and the exit status of a usage error,
+        which the user had not made."""
+        unknown = "UPDATE alembic_version SET version_num = 'a1b2c3d4'"
+        asyncio.run(admin(committed_database_url, unknown))
+
+        result = devreg(*command)
+
+        assert result.exit_code == 1
+        assert result.stderr == (
+            "devreg: the database is at revision a1b2c3d4, which this release does not know (a "
+            "newer release migrated it): use that release, or set MIGRATE_ON_START=false to "
+            "use the database as it is\n"
+        )
+        assert devreg("users", "list", env={"MIGRATE_ON_START": "false"}).exit_code == 0
+
     def test_downgrade_and_upgrade_name_the_revision_reached(self, devreg: Invoke) -> None:
         head = migrations.head_revision()
         down = devreg("db", "downgrade")

@@ -263,7 +263,11 @@ async def test_a_database_at_a_revision_this_release_does_not_know_is_named_at_s
             pass
 
     said = [r.getMessage() for r in caplog.records if r.name.startswith("devreg")]
-    assert said == ["migrations: Can't locate revision identified by 'a1b2c3d4'"]
+    assert said == [
+        "migrations: the database is at revision a1b2c3d4, which this release does not know (a "
+        "newer release migrated it): use that release, or set MIGRATE_ON_START=false to use the "
+        "database as it is"
+    ]
 
 
 async def test_an_unmigrated_database_is_a_503_that_says_to_migrate(

@@ -45,9 +45,25 @@ async def downgrade(engine: AsyncEngine, revision: str = "-1") -> None:
 _RELATIVE = re.compile(r"[+-]\d+$")
 
 
+class DatabaseFromANewerRelease(CommandError):
+    """The database is at a revision this release does not know: a newer one migrated it."""
+
+    def __init__(self, revision: str) -> None:
+        super().__init__(
+            f"the database is at revision {revision}, which this release does not know (a "
+            "newer release migrated it): use that release, or set MIGRATE_ON_START=false to "
+            "use the database as it is"
+        )
+
+
 async def _migrate(engine: AsyncEngine, revision: str, operation: _Operation) -> None:
     try:
         await _run_locked(engine, operation)
+    except CommandError as exc:
+        current = await current_revision(engine)
+        if current is not None and current not in _known_revisions():
+            raise DatabaseFromANewerRelease(current) from exc
+        raise
     except AssertionError as exc:
         # Alembic asserts, rather than explains, when a revision resolves to nothing (``, `@`)
         # or a step leads past the revisions' line. An assertion anywhere else (a migration's
@@ -68,6 +84,12 @@ async def current_revision(engine: AsyncEngine) -> str | None:
 
 def head_revision() -> str | None:
     return ScriptDirectory.from_config(alembic_config()).get_current_head()
+
+
+@cache
+def _known_revisions() -> frozenset[str]:
+    script = ScriptDirectory.from_config(alembic_config())
+    return frozenset(each.revision for each in script.walk_revisions())
 
 
 @cache
