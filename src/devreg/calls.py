@@ -175,25 +175,32 @@ def _refuse_encoded_body(call: Call) -> None:
 def _refuse_body_not_json(call: Call) -> None:
     """A body sent as anything but JSON (text/plain, a form, no Content-Type) is refused as
     such (415): FastAPI would not parse it, and its 422 said the JSON was not an object."""
-    if call.header_value("content-length") in (None, "0") and not call.header_value(
-        "transfer-encoding"
-    ):
-        return  # no body: FastAPI says what is missing
     media_type = (call.header_value("content-type") or "").partition(";")[0].strip().lower()
     if media_type == "application/json" or (
         media_type.startswith("application/") and media_type.endswith("+json")
     ):
         return
+    if call.header_value("content-length") in (None, "0") and not call.header_value(
+        "transfer-encoding"
+    ):
+        return  # no body: FastAPI says what is missing
     problem = UnsupportedMediaType()
     if call.method == "PATCH":  # RFC 5789, 2.2
         problem.headers["Accept-Patch"] = "application/json, application/merge-patch+json"
     raise problem
 
 
+_PRECONDITIONS = frozenset({b"if-match", b"if-none-match"})
+
+
 def _refuse_unmatchable_preconditions(call: Call, *, writes: bool) -> None:
     """For a resource without an entity tag: an If-Match naming tags is false, and so is
     If-None-Match: * for a write (the resource exists); 412, where ignored they would let a
     guarded write through. (`If-Match: *` holds, and If-None-Match naming tags: none matches.)"""
+    # One pass over the raw headers, as most requests send neither: asking for each by name
+    # cost a create 1.6% of its instructions.
+    if _PRECONDITIONS.isdisjoint([name for name, _ in call.scope["headers"]]):
+        return
     if_match = read_if_match(call)
     if if_match is not None and if_match.versions is not None:
         raise PreconditionOnUntaggedResource
