@@ -1,3 +1,3 @@
-from devreg.cli import main
+from devreg.entry import main
 
 main()

@@ -17,7 +17,7 @@ from typer.testing import Result
 from devreg.cli.common import Terminated, run_async
 from devreg.db import migrations
 from tests.cli.conftest import Invoke
-from tests.support import admin, query, run_devreg
+from tests.support import admin, query, run_devreg, started_devreg
 
 
 def json_of(result: Result) -> dict:  # type: ignore[type-arg]
@@ -649,3 +649,15 @@ def test_a_signal_amid_the_loops_own_work_ends_the_command(ending: signal.Signal
     assert cleaned_up == [True]
     assert time.monotonic() - started < 5
     assert signal.getsignal(ending) is signal.SIG_DFL  # as before the command
+
+
+def test_ctrl_c_while_the_command_loads_ends_it_quietly() -> None:
+    """Loading the CLI takes a good part of a second: a Ctrl-C then was the interpreter's
+    traceback of the import it cut short, and death by SIGINT."""
+    command = started_devreg("users", "list", DATABASE_URL="postgresql://devreg@127.0.0.1:1/x")
+    time.sleep(0.5)  # the interpreter is up (in 0.03 s); the CLI's modules load for ~1 s
+    command.send_signal(signal.SIGINT)
+    _, stderr = command.communicate(timeout=30)
+
+    assert command.returncode == 130
+    assert "Traceback" not in stderr
