@@ -17,11 +17,20 @@ from pathlib import Path
 import asyncpg
 import httpx
 import pytest
+from sqlalchemy import text
 from sqlalchemy.engine import URL
 
 from devreg.app import create_app
 from devreg.db.embedded import EmbeddedCluster
-from devreg.db.session import ANSWER_GRACE_SECONDS
+from devreg.db.session import (
+    ANSWER_GRACE_SECONDS,
+    create_engine,
+    create_sessionmaker,
+    session_scope,
+)
+from devreg.devices.filters import DeviceFilter
+from devreg.devices.repository import DeviceRepository
+from devreg.errors import StatementTimedOut
 from tests.api import DEVICES, PROBLEM_JSON, assert_problem, create_device
 from tests.support import (
     admin,
@@ -335,3 +344,49 @@ async def _frozen_backends(url: URL) -> AsyncIterator[None]:
     finally:
         for pid in frozen:
             os.kill(pid, signal.SIGCONT)
+
+
+async def test_an_export_read_too_slowly_costs_its_own_connection_only(
+    committed_database_url: URL,
+) -> None:
+    """COPY waits for its reader: a client taking the rows slower than STATEMENT_TIMEOUT and
+    its grace allow ends the export (a 503 timeout) and its connection. It was taken for the
+    server gone, and the pool's every other connection was dropped with it."""
+    await admin(
+        committed_database_url,
+        "INSERT INTO devices (name, serial_number, model) SELECT 'device ' || g, 'SN-' || g, "
+        "repeat('m', 90) FROM generate_series(1, 60000) AS g",
+    )
+    settings = make_settings(
+        committed_database_url, statement_timeout=0.2, pool_size=3, max_overflow=0
+    )
+    engine = create_engine(committed_database_url, settings)
+    backend = text("SELECT pg_backend_pid()")
+
+    async def backends() -> set[int]:
+        async def one() -> int:
+            async with engine.connect() as connection:
+                pid: int = (await connection.execute(backend)).scalar_one()
+                await asyncio.sleep(0.2)  # held, so that each asks on a connection of its own
+                return pid
+
+        return set(await asyncio.gather(one(), one(), one()))
+
+    async def read_slowly() -> None:
+        async with session_scope(create_sessionmaker(engine)) as work:
+            chunks = DeviceRepository(work).export(DeviceFilter(), as_json=False)
+            await anext(chunks)
+            await asyncio.sleep(0.2 + ANSWER_GRACE_SECONDS + 0.5)  # the reader stalls
+            async for _ in chunks:
+                pass
+
+    try:
+        before = await backends()
+        with pytest.raises(StatementTimedOut):
+            await read_slowly()
+        after = await backends()
+    finally:
+        await engine.dispose()
+
+    assert len(before) == 3
+    assert len(before & after) == 2  # the export's connection went, and only it

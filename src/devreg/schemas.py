@@ -54,10 +54,10 @@ def storable_text(value: str) -> str:
 
 
 SHORT_TEXT_MAX = 100
+"""The length of names, serial numbers and models (the models' columns say it again)."""
 
 REPEATS_MAX = 100
 """How many values a repeatable filter takes: each one is a condition of the statement."""
-"""The length of names, serial numbers and models (the models' columns say it again)."""
 
 ShortText = Annotated[
     str,

@@ -8,8 +8,8 @@ import asyncpg
 from sqlalchemy import Select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from devreg.db.driver import discard_if_lost, driver_connection, driver_sql, echo
-from devreg.errors import ServiceUnavailable, sqlstate_problem
+from devreg.db.driver import discard, discard_if_lost, driver_connection, driver_sql, echo
+from devreg.errors import ServiceUnavailable, StatementTimedOut, sqlstate_problem
 
 _CHUNK_BYTES = 256 * 1024
 _CHUNKS_IN_FLIGHT = 8  # with _CHUNK_BYTES, what bounds the memory one export uses
@@ -50,6 +50,12 @@ async def copy_out(
             yield chunk
         try:
             await producer  # raises what COPY raised, if anything
+        except TimeoutError as exc:
+            # No answer within STATEMENT_TIMEOUT and its grace (db.session.answer_timeout): the
+            # rows' reader too slow to take them, as likely as a silent server. This connection
+            # only is ended, not the pool's others, which a slow client says nothing about.
+            await discard(session, exc)
+            raise StatementTimedOut() from None
         except Exception as exc:
             if await discard_if_lost(session, exc):  # the server went away, before or mid-COPY
                 raise ServiceUnavailable() from None

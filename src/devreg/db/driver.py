@@ -241,8 +241,18 @@ async def discard_if_lost(session: AsyncSession, exc: BaseException) -> bool:
     if not _connection_lost(exc, pooled.driver_connection):
         return False
     connection.sync_engine.pool._invalidate(pooled, exc, _checkin=False)
-    await connection.invalidate(exc)
+    await discard(session, exc)
     return True
+
+
+async def discard(session: AsyncSession, exc: BaseException) -> None:
+    """End the session's connection now and keep it out of the pool (SQLAlchemy, left to
+    close it, would first wait 2 s for the server to answer a polite goodbye)."""
+    connection = await session.connection()
+    pooled = await connection.get_raw_connection()
+    if pooled.driver_connection is not None:
+        pooled.driver_connection.terminate()
+    await connection.invalidate(exc)
 
 
 def _connection_lost(exc: BaseException, connection: asyncpg.Connection) -> bool:
