@@ -72,9 +72,8 @@ async def copy_out(
             # The reader stopped early (the client went away). asyncpg cannot leave a COPY half
             # way: cancelled, its connection fails on the COPY's next message. So it is closed,
             # which ends the COPY, and left out of the pool.
-            connection.terminate()
             try:
-                await (await session.connection()).invalidate()
+                await discard(session)
             finally:
                 producer.cancel()  # if it waits to hand over a chunk
         await asyncio.wait([producer])

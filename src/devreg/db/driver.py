@@ -245,7 +245,7 @@ async def discard_if_lost(session: AsyncSession, exc: BaseException) -> bool:
     return True
 
 
-async def discard(session: AsyncSession, exc: BaseException) -> None:
+async def discard(session: AsyncSession, exc: BaseException | None = None) -> None:
     """End the session's connection now and keep it out of the pool (SQLAlchemy, left to
     close it, would first wait 2 s for the server to answer a polite goodbye)."""
     connection = await session.connection()
