@@ -21,6 +21,7 @@ from typing import IO, Any
 import pytest
 from sqlalchemy import text
 from sqlalchemy.engine import URL
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 from typer.testing import Result
@@ -881,6 +882,18 @@ class TestExport:
 # --- seed ----------------------------------------------------------------------------------
 
 
+async def device_indexes_and_keys(url: URL) -> dict[str, tuple[str, int]]:
+    """The devices table's indexes and constraints by name: each one's definition and oid."""
+    rows = await query(
+        url,
+        "SELECT indexrelid::regclass::text AS name, pg_get_indexdef(indexrelid) AS definition,"
+        " indexrelid::int AS oid FROM pg_index WHERE indrelid = 'devices'::regclass"
+        " UNION ALL SELECT conname, pg_get_constraintdef(oid), oid::int FROM pg_constraint"
+        " WHERE conrelid = 'devices'::regclass AND contype = 'f' ORDER BY name",
+    )
+    return {row["name"]: (row["definition"], row["oid"]) for row in rows}
+
+
 class TestSeed:
     @pytest.fixture
     def seeded(self, devreg) -> Result:
@@ -941,6 +954,52 @@ class TestSeed:
         assert len(user_ids) == 50
         assert len(owners) == 45  # every tenth device has none
         assert owners <= user_ids
+
+    @pytest.fixture
+    def large_from_500(self, monkeypatch):
+        """Seeds of 500 devices or more count as large."""
+        monkeypatch.setattr(seed, "INDEXES_BUILT_AFTER_FROM", 500)
+
+    def test_a_large_seed_into_a_smaller_registry_builds_the_indexes_after(
+        self, devreg, committed_database_url, large_from_500
+    ):
+        before = asyncio.run(device_indexes_and_keys(committed_database_url))
+
+        ok(devreg("seed", "--devices", "500", "--users", "50"))
+
+        after = asyncio.run(device_indexes_and_keys(committed_database_url))
+        assert after.keys() == before.keys()
+        assert len(after) == 12  # 9 indexes, the primary key, the serial number's, the owner's
+        assert [after[name][0] for name in after] == [before[name][0] for name in before]
+        rebuilt = {name for name in after if after[name][1] != before[name][1]}
+        assert rebuilt == {name for name in after if name.startswith(("ix_", "fk_"))}
+        devices = stored(devreg)
+        assert len(devices) == 500
+        assert {d["owner_id"] for d in devices} - {None} <= {
+            u["id"] for u in listed(devreg, "users")
+        }
+
+    def test_a_seed_smaller_than_the_registry_keeps_its_indexes(
+        self, devreg, committed_database_url, seeded, large_from_500
+    ):
+        before = asyncio.run(device_indexes_and_keys(committed_database_url))
+
+        ok(devreg("seed", "--devices", "500", "--users", "50"))
+
+        assert asyncio.run(device_indexes_and_keys(committed_database_url)) == before
+        assert len(stored(devreg)) == 1000
+
+    def test_an_owner_key_built_after_still_refuses_unknown_owners(
+        self, devreg, committed_database_url, large_from_500
+    ):
+        ok(devreg("seed", "--devices", "500", "--users", "50"))
+
+        with pytest.raises(IntegrityError, match="fk_devices_owner_id_users"):
+            asyncio.run(
+                admin(
+                    committed_database_url, "INSERT INTO devices (name, owner_id) VALUES ('x', -1)"
+                )
+            )
 
     def test_devices_without_users_have_no_owner(self, devreg):
         ok(devreg("seed", "--devices", "20", "--users", "0"))

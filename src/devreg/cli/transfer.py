@@ -234,7 +234,8 @@ def seed_data(
     devices: Annotated[int, typer.Option(min=0, max=100_000_000)] = 1000,
     users: Annotated[int, typer.Option(min=0, max=10_000_000)] = 100,
 ) -> None:
-    """Fill the database with synthetic users and devices (development, benchmarks)."""
+    """Fill the database with synthetic users and devices (development, benchmarks). A seed of
+    100,000 devices or more into a registry holding fewer locks the devices table until done."""
     started = time.perf_counter()
     seeded = run_in_transaction(lambda work: seed.seed(work, users=users, devices=devices))
     stdout.print(
