@@ -6,6 +6,8 @@ import os
 import re
 import shutil
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -17,7 +19,7 @@ from typer.testing import Result
 from devreg.cli.common import Terminated, run_async
 from devreg.db import migrations
 from tests.cli.conftest import Invoke
-from tests.support import admin, query, run_devreg, started_devreg
+from tests.support import admin, devreg_environment, query, run_devreg
 
 
 def json_of(result: Result) -> dict:  # type: ignore[type-arg]
@@ -654,10 +656,21 @@ def test_a_signal_amid_the_loops_own_work_ends_the_command(ending: signal.Signal
 def test_ctrl_c_while_the_command_loads_ends_it_quietly() -> None:
     """Loading the CLI takes a good part of a second: a Ctrl-C then was the interpreter's
     traceback of the import it cut short, and death by SIGINT."""
-    command = started_devreg("users", "list", DATABASE_URL="postgresql://devreg@127.0.0.1:1/x")
-    time.sleep(0.5)  # the interpreter is up (in 0.03 s); the CLI's modules load for ~1 s
+    # -X importtime reports each module as it finishes loading: typer's are among the CLI's first,
+    # SQLAlchemy and the rest take most of a second more. (A fixed sleep was sometimes before the
+    # entry point or after the loading, on a busy machine.)
+    command = subprocess.Popen(
+        [sys.executable, "-X", "importtime", "-m", "devreg", "users", "list"],
+        env=devreg_environment(DATABASE_URL="postgresql://devreg@127.0.0.1:1/x"),
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert command.stderr is not None
+    for line in command.stderr:
+        if line.rpartition("|")[2].strip().startswith("typer"):
+            break
     command.send_signal(signal.SIGINT)
-    _, stderr = command.communicate(timeout=30)
+    stderr = command.stderr.read()
+    command.wait(timeout=30)
 
     assert command.returncode == 130
     assert "Traceback" not in stderr
