@@ -8,6 +8,7 @@ from sqlalchemy import (
     BigInteger,
     BindParameter,
     ColumnElement,
+    DateTime,
     Delete,
     FromClause,
     Insert,
@@ -42,7 +43,7 @@ from devreg.db.driver import (
     violations_raised_as,
 )
 from devreg.db.keyset import TableListing, any_of, any_pattern
-from devreg.db.rendering import JsonShape, json_object, sql_text
+from devreg.db.rendering import JsonShape, json_object, json_string, sql_text
 from devreg.devices.filters import CURSOR_VALUE_TYPES, NULLABLE_SORT_KEYS, RELEVANCE, DeviceFilter
 from devreg.devices.models import Device
 from devreg.devices.schemas import DeviceRead, OnConflict
@@ -204,11 +205,12 @@ _CSV_COLUMNS: list[SQLColumnExpression[Any]] = [
         strict=True,
     )
 ]  # fmt: skip
-_JSON_LINE = cast(
-    func.json_build_object(
-        *(part for name in EXPORT_COLUMNS for part in (name, getattr(Device, name)))
-    ),
-    Text,
+_JSON_LINE = json_object(
+    {
+        name: json_string(_iso(column)) if isinstance(column.type, DateTime) else column
+        for name in EXPORT_COLUMNS
+        for column in [getattr(Device, name)]
+    }
 )
 
 _VIOLATIONS: dict[str, type[Exception]] = {
