@@ -46,3 +46,24 @@ def test_smallest_speed_run_reports_each_scenario(server_url: URL, tmp_path: Pat
         assert record["requests"] > 0
         assert record["non_2xx"] == record["errors"] == 0
         assert record["app_cpu_us"] > 0
+
+
+def test_smallest_scale_run_reports_every_query(server_url: URL) -> None:
+    """The scale benchmark, at a few hundred devices: every query answered, import and export
+    run. (Its requests went to a host the open API no longer answers, unnoticed until a run.)"""
+    command = [
+        sys.executable, str(PROJECT_ROOT / "bench" / "scale.py"),
+        "--small", "100", "--large", "300", "--repeats", "1",
+    ]  # fmt: skip
+    environment = devreg_environment(
+        BENCH_DATABASE_URL=server_url.render_as_string(hide_password=False)
+    )
+
+    result = subprocess.run(
+        command, env=environment, capture_output=True, text=True, timeout=200, check=False
+    )
+
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [line for line in result.stdout.splitlines() if line.startswith("| ")]
+    assert len(rows) == 1 + 24 + 3  # a header and 24 queries; a header, export and import
+    assert "import said: 300 rows: 300 inserted" in result.stdout
