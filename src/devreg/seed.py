@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from sqlalchemy import Table, text
 
 from devreg.changes.service import without_change_log
-from devreg.db.bulk_load import holds_fewer_rows, secondary_indexes_built_after
+from devreg.db.bulk_load import outnumbers, secondary_indexes_built_after
 from devreg.db.session import UnitOfWork
 from devreg.devices.models import Device
 
@@ -84,8 +84,8 @@ async def seed(work: UnitOfWork, *, users: int, devices: int) -> Seeded:
     await without_change_log(work)
     devices_table: Table = Device.__table__  # type: ignore[assignment]
     async with AsyncExitStack() as stack:
-        if devices >= INDEXES_BUILT_AFTER_FROM and await holds_fewer_rows(
-            work, devices_table, than=devices
+        if devices >= INDEXES_BUILT_AFTER_FROM and await outnumbers(
+            work, devices_table, adding=devices
         ):
             await stack.enter_async_context(secondary_indexes_built_after(work, devices_table))
         made = await work.session.scalar(

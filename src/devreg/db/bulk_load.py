@@ -1,27 +1,35 @@
-"""Writing many rows into a table that holds fewer: its indexes and foreign keys built once at
-the end instead of kept up to date row by row."""
+"""Writing many rows into a table that holds fewer: its secondary indexes built once at the end
+instead of kept up to date row by row."""
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from sqlalchemy import Table, func, select
-from sqlalchemy.schema import AddConstraint, CreateIndex, DropConstraint, DropIndex
+from sqlalchemy.schema import CreateIndex, DropIndex
 
 from devreg.db.session import UnitOfWork
 
+# Any constant works; it only has to be the same for every devreg process (migrations use ...01).
+BULK_LOAD_LOCK_KEY = 0x6465767265670002
 
-async def holds_fewer_rows(work: UnitOfWork, table: Table, than: int) -> bool:
-    """Whether `table` has fewer than `than` rows: counted, but no further than `than`."""
-    present = select(table.c[0]).limit(than).subquery()
+
+async def outnumbers(work: UnitOfWork, table: Table, adding: int) -> bool:
+    """Whether `adding` rows are more than `table` holds: counted, but no further than `adding`.
+
+    Decided by one bulk load at a time: the transaction holds an advisory lock to its end.
+    Two that had both counted, then both asked for the table to drop its indexes, would each
+    wait for the other to let go of the table."""
+    await work.session.execute(select(func.pg_advisory_xact_lock(BULK_LOAD_LOCK_KEY)))
+    present = select(table.c[0]).limit(adding).subquery()
     counted = await work.session.scalar(select(func.count()).select_from(present))
-    return int(counted or 0) < than
+    return int(counted or 0) < adding
 
 
 @asynccontextmanager
 async def secondary_indexes_built_after(work: UnitOfWork, table: Table) -> AsyncIterator[None]:
-    """Rows written inside go into `table` without its secondary indexes (the schema's `Index`es)
-    and foreign keys, which are made again when the block ends, in the same transaction: built
-    and checked once over the whole table. Its primary key and unique constraints stay.
+    """Rows written inside go into `table` without its secondary indexes (the schema's `Index`es),
+    which are made again when the block ends, in the same transaction: each built once over the
+    whole table. Its primary key, unique and foreign keys stay, and keep checking every row.
 
     For a million devices into an empty registry that took half the time (docs/benchmarks.md), but
     the table is locked against every reader and writer until the transaction ends, and the
@@ -30,13 +38,8 @@ async def secondary_indexes_built_after(work: UnitOfWork, table: Table) -> Async
     """
     connection = await work.session.connection()
     indexes = sorted(table.indexes, key=lambda index: str(index.name))
-    foreign_keys = sorted(table.foreign_key_constraints, key=lambda key: str(key.name))
-    for foreign_key in foreign_keys:
-        await connection.execute(DropConstraint(foreign_key))
     for index in indexes:
         await connection.execute(DropIndex(index))
     yield
     for index in indexes:
         await connection.execute(CreateIndex(index))
-    for foreign_key in foreign_keys:
-        await connection.execute(AddConstraint(foreign_key))
