@@ -31,7 +31,7 @@ async def secondary_indexes_built_after(work: UnitOfWork, table: Table) -> Async
     which are made again when the block ends, in the same transaction: each built once over the
     whole table. Its primary key, unique and foreign keys stay, and keep checking every row.
 
-    For a million devices into an empty registry that took half the time (docs/benchmarks.md), but
+    A million devices into an empty registry took 0.55-0.65 of the time (docs/benchmarks.md), but
     the table is locked against every reader and writer until the transaction ends, and the
     rebuild reads all of it: worth it only when most of its rows are new. When the block
     raises, nothing is made again: the transaction is to roll back, and takes the drops with it.
