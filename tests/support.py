@@ -309,11 +309,12 @@ async def asyncpg_connection(url: URL) -> asyncpg.Connection:
 
 
 async def waiting_for_a_lock(connection: asyncpg.Connection) -> None:
-    """Return once another session waits for a lock `connection` holds (within 10 seconds)."""
+    """Return once another session waits for a lock `connection` holds (within 10 seconds).
+    (pg_locks, not pg_stat_activity, which a transaction reads only once.)"""
     for _ in range(200):
         waiting = await connection.fetchval(
-            "SELECT count(*) FROM pg_stat_activity "
-            "WHERE pg_backend_pid() = ANY(pg_blocking_pids(pid))"
+            "SELECT count(*) FROM pg_locks "
+            "WHERE NOT granted AND pg_backend_pid() = ANY(pg_blocking_pids(pid))"
         )
         if waiting:
             return

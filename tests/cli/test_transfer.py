@@ -43,6 +43,7 @@ from tests.support import (
     one_connection,
     query,
     run_devreg,
+    waiting_for_a_lock,
 )
 
 FORMATS = list(EXPORT_PARSERS)
@@ -885,10 +886,6 @@ class TestExport:
 # --- seed ----------------------------------------------------------------------------------
 
 
-# pg_locks, not pg_stat_activity, which a transaction reads once.
-_ADVISORY_WAITS = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
-
-
 async def device_indexes_and_keys(url: URL) -> dict[str, tuple[str, int]]:
     """The devices table's indexes and constraints by name: each one's definition and oid."""
     rows = await query(
@@ -1013,11 +1010,7 @@ class TestSeed:
                         "SELECT pg_advisory_xact_lock($1)", bulk_load.BULK_LOAD_LOCK_KEY
                     )
                     seeded = asyncio.create_task(seeding())
-                    for _ in range(200):
-                        if await another.fetchval(_ADVISORY_WAITS):
-                            break
-                        await asyncio.sleep(0.05)
-                    assert await another.fetchval(_ADVISORY_WAITS) == 1
+                    await waiting_for_a_lock(another)
                     assert await another.fetchval("SELECT count(*) FROM devices") == 0
 
                 assert await asyncio.wait_for(seeded, 60) == seed.Seeded(users=10, devices=500)
