@@ -3,6 +3,7 @@
 import contextlib
 import math
 import re
+from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
@@ -46,10 +47,11 @@ def storable_text(value: str) -> str:
     """PostgreSQL cannot store NUL, and text must be valid UTF-8 (no lone surrogates)."""
     if "\x00" in value:
         raise ValueError("must not contain NUL characters")
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise ValueError("must be valid UTF-8 text") from None
+    if not value.isascii():  # ASCII has no surrogates: most text needs no encoding to tell
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError("must be valid UTF-8 text") from None
     return value
 
 
@@ -110,7 +112,7 @@ def _not_a_number(value: object) -> object:
     """A number names no time zone: pydantic would read it as seconds or milliseconds since
     1970, which of the two by its size."""
     number = isinstance(value, int | float) and not isinstance(value, bool)
-    if isinstance(value, str):
+    if isinstance(value, str) and ":" not in value:  # no number has one; a time of day does
         with contextlib.suppress(ValueError):
             float(value)
             number = True
@@ -200,8 +202,28 @@ def _storable_json(value: Any, depth: int = 0) -> int:
     """Check a JSON value for what PostgreSQL cannot store; how many more characters than its
     JSON text jsonb's will take: jsonb writes numbers out in full (1e300 is 301 digits), and
     so would an export of them, which must import again."""
-    if depth > ATTRIBUTES_MAX_DEPTH:
+    if isinstance(value, dict):
+        for key in value:
+            storable_text(key)
+        items: Iterable[Any] = value.values()
+    elif isinstance(value, list):
+        items = value
+    else:
+        return _storable_scalar(value)
+    if value and depth == ATTRIBUTES_MAX_DEPTH:  # its items are a level too deep
         raise ValueError(f"must not nest deeper than {ATTRIBUTES_MAX_DEPTH} levels")
+    longer_by = 0
+    # The common scalars are checked here rather than a call deeper: an import checks millions.
+    for item in items:
+        kind = type(item)
+        if kind is str:
+            storable_text(item)
+        elif not (kind is int or kind is bool or item is None):
+            longer_by += _storable_json(item, depth + 1)
+    return longer_by
+
+
+def _storable_scalar(value: Any) -> int:
     if isinstance(value, str):
         storable_text(value)
     elif isinstance(value, float):
@@ -211,12 +233,6 @@ def _storable_json(value: Any, depth: int = 0) -> int:
         if "e" not in text:  # written as it is
             return 0
         return _written_out_length(text) - len(to_json(value))
-    elif isinstance(value, dict):
-        for key in value:
-            storable_text(key)
-        return sum(_storable_json(item, depth + 1) for item in value.values())
-    elif isinstance(value, list):
-        return sum(_storable_json(item, depth + 1) for item in value)
     return 0
 
 

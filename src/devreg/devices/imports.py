@@ -7,14 +7,15 @@ import asyncio
 import csv
 import enum
 import json
-from collections.abc import AsyncGenerator, Callable, Iterable, Iterator
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Iterator
 from contextlib import aclosing, suppress
 from dataclasses import dataclass
 from typing import IO, Any, TypeVar
 
 from pydantic import TypeAdapter, ValidationError
+from pydantic_core import from_json
 
-from devreg.db.session import UnitOfWork
+from devreg.db.session import UnitOfWork, json_text
 from devreg.devices.repository import EXPORT_COLUMNS, DeviceRepository, ImportRecord
 from devreg.devices.schemas import DeviceCreate, OnConflict
 from devreg.errors import Conflict, InvalidInput, UnknownOwner, located
@@ -84,9 +85,9 @@ async def import_devices(
     rows_read = inserted = updated = 0
     # The file is read and validated a batch ahead, in a thread, while PostgreSQL writes the
     # batch before it: an import takes about as long as the slower side, not as both together.
-    async with aclosing(_read_ahead(batches)) as ready:
-        async for batch in ready:
-            written = await _write(work, repository, batch, on_conflict)
+    async with aclosing(_read_ahead(batches, prepare=repository.stage)) as staged:
+        async for batch in staged:
+            written = await _write(work, repository, on_conflict)
             inserted, updated = inserted + written[0], updated + written[1]
             rows_read += len(batch)
             if progress:
@@ -95,14 +96,10 @@ async def import_devices(
 
 
 async def _write(
-    work: UnitOfWork,
-    repository: DeviceRepository,
-    batch: list[ImportRecord],
-    on_conflict: OnConflict,
+    work: UnitOfWork, repository: DeviceRepository, on_conflict: OnConflict
 ) -> tuple[int, int]:
-    """One batch, staged, then inserted: (inserted, updated). Constraints are left to the insert
-    to enforce; only when one fails is the batch searched for the line that broke it."""
-    await repository.stage(batch)
+    """The staged batch inserted: (inserted, updated). Constraints are left to the insert to
+    enforce; only when one fails is the batch searched for the line that broke it."""
     check_existing = on_conflict is OnConflict.ERROR
     repeated = await repository.first_repeated_serial()
     if repeated is not None:
@@ -120,11 +117,16 @@ async def _write(
         raise ImportRejected(*problem) from None
 
 
-async def _read_ahead(items: Iterator[T]) -> AsyncGenerator[T, None]:
-    """`items` (never None), each taken in a thread while the caller uses the one before."""
+async def _read_ahead(
+    items: Iterator[T], *, prepare: Callable[[T], Awaitable[object]]
+) -> AsyncGenerator[T, None]:
+    """`items` (never None), each `prepare`d, then yielded while the next is taken in a thread.
+    Preparing (a batch encoded for COPY) holds the GIL as taking one (reading, validating) does:
+    the two at once took turns, slowly: a batch took five times as long to stage."""
     upcoming = asyncio.ensure_future(asyncio.to_thread(next, items, None))
     try:
         while (item := await upcoming) is not None:
+            await prepare(item)
             upcoming = asyncio.ensure_future(asyncio.to_thread(next, items, None))
             yield item
     finally:
@@ -215,6 +217,11 @@ def _ndjson_rows(source: Iterator[str]) -> Iterator[Row]:
 
 
 def _json(text: str, line: int, what: str) -> Any:
+    # pydantic-core's parser reads the same values as the standard library's, four times as
+    # fast; what it refuses (escaped lone surrogates, nesting past its limit) is left to the
+    # standard library, for the same outcome and message either way.
+    with suppress(ValueError):
+        return from_json(text)
     try:
         return json.loads(text)
     except ValueError:
@@ -251,9 +258,9 @@ def _validated(batch: list[Row]) -> list[ImportRecord]:
             device.status.value,
             device.owner_id,
             device.tags,
-            json.dumps(device.attributes),
+            json_text(device.attributes),
             device.last_seen_at,
-            list(given),
+            ",".join(given),
         )
         for (line, _, given), device in zip(batch, devices, strict=True)
     ]

@@ -77,14 +77,14 @@ RETURNING id
 _STAGING_TABLE = "device_import"
 _STAGING_COLUMNS = ["line", *_WRITABLE_COLUMNS, "given"]
 # The row's line, its writable fields, then which of them the file gives (an update changes only
-# those).
+# those), comma-separated: a list would be written as an array, at some cost for each row.
 ImportRecord = tuple[
-    int, str, str | None, str | None, str, int | None, list[str], str, datetime | None, list[str]
+    int, str, str | None, str | None, str, int | None, list[str], str, datetime | None, str
 ]
 # One batch of the file at a time; the serial numbers of every batch so far, to find a repeat.
 _CREATE_STAGING = (
     f"""
-CREATE TEMP TABLE device_import (line bigint, {_WRITABLE_DEFINITIONS}, given text[]) ON COMMIT DROP
+CREATE TEMP TABLE device_import (line bigint, {_WRITABLE_DEFINITIONS}, given text) ON COMMIT DROP
 """,
     """
 CREATE TEMP TABLE device_import_serial (serial_number text PRIMARY KEY, line bigint NOT NULL)
@@ -133,7 +133,8 @@ FROM written
 """  # noqa: S608 - constant SQL
 _UPDATED_BY_IMPORT = tuple(column for column in _WRITABLE_COLUMNS if column != "serial_number")
 _GIVEN_OR_KEPT = ", ".join(
-    f"CASE WHEN '{column}' = ANY(staged.given) THEN EXCLUDED.{column} ELSE devices.{column} END"
+    f"CASE WHEN '{column}' = ANY(string_to_array(staged.given, ',')) THEN EXCLUDED.{column} "
+    f"ELSE devices.{column} END"
     for column in _UPDATED_BY_IMPORT
 )
 # Where the conflicting serial number's staged row is read from.
