@@ -2,19 +2,14 @@
 PostgreSQL itself (generate_series) in one statement for both tables."""
 
 import secrets
-from contextlib import AsyncExitStack
 from dataclasses import dataclass
 
 from sqlalchemy import Table, text
 
 from devreg.changes.service import without_change_log
-from devreg.db.bulk_load import outnumbers, secondary_indexes_built_after
+from devreg.db.bulk_load import bulk_loading
 from devreg.db.session import UnitOfWork
 from devreg.devices.models import Device
-
-# From this many devices, into a registry holding fewer, the devices' indexes are built after
-# the rows go in (db/bulk_load.py): most of a large seed's time was keeping them up to date.
-INDEXES_BUILT_AFTER_FROM = 100_000
 
 # The number in a device's name: at least 7 digits, all of them beyond.
 NUMBER_IN_NAME = "lpad(g::text, greatest(7, length(g::text)), '0')"
@@ -77,17 +72,13 @@ class Seeded:
 async def seed(work: UnitOfWork, *, users: int, devices: int) -> Seeded:
     """Add `users` users and `devices` devices (owned by the new users, 90% of them).
 
-    A seed of INDEXES_BUILT_AFTER_FROM devices or more into a registry holding fewer locks the
-    devices table until it is done."""
+    A large seed into a registry holding fewer devices locks the devices table until it is done
+    (db.bulk_load)."""
     run = secrets.token_hex(3)  # keeps serials and emails unique across seed runs
     # Synthetic rows are not changes anyone made: the change log stays out of it.
     await without_change_log(work)
     devices_table: Table = Device.__table__  # type: ignore[assignment]
-    async with AsyncExitStack() as stack:
-        if devices >= INDEXES_BUILT_AFTER_FROM and await outnumbers(
-            work, devices_table, adding=devices
-        ):
-            await stack.enter_async_context(secondary_indexes_built_after(work, devices_table))
+    async with bulk_loading(work, devices_table, adding=devices):
         made = await work.session.scalar(
             text(_SEED), {"run": run, "users": users, "devices": devices}
         )

@@ -566,6 +566,100 @@ def test_blank_lines_before_the_csv_header_are_skipped(devreg, tmp_path):
     assert [(device["name"], device["model"]) for device in stored(devreg)] == [("x", "m")]
 
 
+class TestLargeImport:
+    """An import of many rows into a registry holding fewer builds the devices' secondary indexes
+    once, after the rows (db.bulk_load); its outcome is the same as row by row."""
+
+    @staticmethod
+    def numbered(count: int, owner: int | None = None) -> list[dict[str, Any]]:
+        return [
+            {"name": f"d{i}", "serial_number": f"SN-{i}", "owner_id": owner, "tags": ["t"],
+             "attributes": {"i": i}}
+            for i in range(count)
+        ]  # fmt: skip
+
+    @pytest.mark.parametrize("format", FORMATS)
+    def test_builds_the_indexes_after_the_rows(
+        self, devreg, committed_database_url, tmp_path, large_from_500, format
+    ):
+        owner = create_user(devreg)
+        records = self.numbered(600, owner=owner["id"])
+        path = write(tmp_path, f"devices.{format}", WRITERS[format](records))
+        before = asyncio.run(device_indexes_and_keys(committed_database_url))
+
+        assert_summary(import_devices(devreg, path), rows=600, inserted=600, updated=0, skipped=0)
+
+        after = asyncio.run(device_indexes_and_keys(committed_database_url))
+        assert rebuilt(before, after) == SECONDARY_INDEXES
+        assert [content(device) for device in stored(devreg)] == [content(r) for r in records]
+        (logged,) = asyncio.run(
+            query(committed_database_url, "SELECT count(*) FROM changes WHERE action = 'create'")
+        )
+        assert logged["count"] == 601  # the user and every device
+
+    def test_updates_registered_serials_as_row_by_row(
+        self, devreg, committed_database_url, tmp_path, large_from_500
+    ):
+        registered = create_device(devreg, "old", "--serial", "SN-3", "--model", "m1")
+        records = self.numbered(600)
+        path = write(tmp_path, "devices.csv", as_csv(records, ("name", "serial_number")))
+        before = asyncio.run(device_indexes_and_keys(committed_database_url))
+
+        result = import_devices(devreg, path, "--on-conflict", "update")
+
+        assert_summary(result, rows=600, inserted=599, updated=1, skipped=0, left="unchanged")
+        assert rebuilt(before, asyncio.run(device_indexes_and_keys(committed_database_url)))
+        devices = stored(devreg)
+        assert len(devices) == 600
+        assert (devices[0]["id"], devices[0]["name"]) == (registered["id"], "d3")
+        assert devices[0]["model"] == "m1"  # a column the file lacks is kept
+
+    def test_a_rejected_import_leaves_the_indexes_and_devices(
+        self, devreg, committed_database_url, tmp_path, large_from_500
+    ):
+        create_device(devreg, "existing")
+        before_devices = stored(devreg)
+        records = [*self.numbered(600), {"name": "orphan", "owner_id": 999_999}]
+        path = write(tmp_path, "devices.csv", as_csv(records))
+        before = asyncio.run(device_indexes_and_keys(committed_database_url))
+
+        result = import_devices(devreg, path)
+
+        assert_refused(result, 1, "line 602:", "owner_id does not name an existing user")
+        assert asyncio.run(device_indexes_and_keys(committed_database_url)) == before
+        assert stored(devreg) == before_devices
+
+    def test_an_import_smaller_than_the_registry_keeps_the_indexes(
+        self, devreg, committed_database_url, tmp_path, large_from_500
+    ):
+        ok(devreg("seed", "--devices", "700", "--users", "0"))
+        path = write(tmp_path, "devices.csv", as_csv(self.numbered(600)))
+        before = asyncio.run(device_indexes_and_keys(committed_database_url))
+
+        assert_summary(import_devices(devreg, path), rows=600, inserted=600, updated=0, skipped=0)
+
+        assert asyncio.run(device_indexes_and_keys(committed_database_url)) == before
+        assert len(stored(devreg)) == 1300
+
+    def test_a_pipe_of_unknown_length_keeps_the_indexes(
+        self, devreg, committed_database_url, tmp_path, large_from_500
+    ):
+        """A pipe cannot be counted first (read twice): its rows go in row by row."""
+        fifo = tmp_path / "devices.csv"
+        os.mkfifo(fifo)
+        feeding = threading.Thread(
+            target=fifo.write_text, args=(as_csv(self.numbered(600)),), daemon=True
+        )
+        before = asyncio.run(device_indexes_and_keys(committed_database_url))
+
+        feeding.start()
+        result = import_devices(devreg, fifo)
+        feeding.join(timeout=30)
+
+        assert_summary(result, rows=600, inserted=600, updated=0, skipped=0)
+        assert asyncio.run(device_indexes_and_keys(committed_database_url)) == before
+
+
 class TestImportRejectsBadRows:
     @pytest.mark.parametrize(("name", "text", "line", "reason"), BAD_FILES)
     def test_bad_row_aborts_naming_its_line(self, devreg, tmp_path, name, text, line, reason):
@@ -886,6 +980,26 @@ class TestExport:
 # --- seed ----------------------------------------------------------------------------------
 
 
+@pytest.fixture
+def large_from_500(monkeypatch):
+    """Seeds and imports of 500 devices or more count as large (db.bulk_load)."""
+    monkeypatch.setattr(bulk_load, "INDEXES_BUILT_AFTER_FROM", 500)
+
+
+def rebuilt(before: dict[str, tuple[str, int]], after: dict[str, tuple[str, int]]) -> set[str]:
+    """The indexes and keys made again (a new oid), each as it was defined before."""
+    assert after.keys() == before.keys()
+    assert [after[name][0] for name in after] == [before[name][0] for name in before]
+    return {name for name in after if after[name][1] != before[name][1]}
+
+
+SECONDARY_INDEXES = {
+    "ix_devices_attributes", "ix_devices_created_at_id", "ix_devices_last_seen_at_id",
+    "ix_devices_model_id", "ix_devices_name_id", "ix_devices_owner_id_id",
+    "ix_devices_search_text_trgm", "ix_devices_status_id", "ix_devices_tags",
+}  # fmt: skip
+
+
 async def device_indexes_and_keys(url: URL) -> dict[str, tuple[str, int]]:
     """The devices table's indexes and constraints by name: each one's definition and oid."""
     rows = await query(
@@ -959,11 +1073,6 @@ class TestSeed:
         assert len(owners) == 45  # every tenth device has none
         assert owners <= user_ids
 
-    @pytest.fixture
-    def large_from_500(self, monkeypatch):
-        """Seeds of 500 devices or more count as large."""
-        monkeypatch.setattr(seed, "INDEXES_BUILT_AFTER_FROM", 500)
-
     def test_a_large_seed_into_a_smaller_registry_builds_the_indexes_after(
         self, devreg, committed_database_url, large_from_500
     ):
@@ -972,12 +1081,9 @@ class TestSeed:
         ok(devreg("seed", "--devices", "500", "--users", "50"))
 
         after = asyncio.run(device_indexes_and_keys(committed_database_url))
-        assert after.keys() == before.keys()
         assert len(after) == 12  # 9 indexes, the primary key, the serial number's, the owner's
-        assert [after[name][0] for name in after] == [before[name][0] for name in before]
-        rebuilt = {name for name in after if after[name][1] != before[name][1]}
         # The keys stay: dropping the owner's would lock the users table too.
-        assert rebuilt == {name for name in after if name.startswith("ix_")}
+        assert rebuilt(before, after) == SECONDARY_INDEXES
         devices = stored(devreg)
         assert len(devices) == 500
         assert {d["owner_id"] for d in devices} - {None} <= {

@@ -45,9 +45,11 @@ def import_devices(
         ),
     ] = OnConflict.ERROR,
 ) -> None:
-    """Import devices from CSV (with a header) or NDJSON, all or nothing."""
+    """Import devices from CSV (with a header) or NDJSON, all or nothing. An import of 100,000
+    rows or more into a registry holding fewer devices locks the devices table until done."""
     chosen = format or _format_of(file, ImportFormat)
     started = time.perf_counter()
+    rows_expected = _lines_in(file)
     try:
         # utf-8-sig: spreadsheets often start a CSV file with a byte order mark.
         with (
@@ -57,7 +59,12 @@ def import_devices(
         ):
             result = run_in_transaction(
                 lambda work: imports.import_devices(
-                    work, source, format=chosen, on_conflict=on_conflict, progress=progress
+                    work,
+                    source,
+                    format=chosen,
+                    on_conflict=on_conflict,
+                    progress=progress,
+                    rows_expected=rows_expected,
                 )
             )
     except UnicodeDecodeError as error:
@@ -71,6 +78,18 @@ def import_devices(
         markup=False,
         highlight=False,
     )
+
+
+def _lines_in(file: Path) -> int:
+    """How many lines a regular file has (0 for a pipe, which cannot be read twice): about how
+    many rows it holds, for a CSV a few more than that (its header, a field's line breaks)."""
+    try:
+        if not stat.S_ISREG(file.stat().st_mode):  # a pipe's writer would lose its reader
+            return 0
+        with file.open("rb") as read:
+            return sum(chunk.count(b"\n") for chunk in iter(lambda: read.read(1 << 20), b""))
+    except OSError:  # the import, reading it, says what is wrong
+        return 0
 
 
 class _BreaksCounted(io.BufferedIOBase):

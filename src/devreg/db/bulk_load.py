@@ -12,6 +12,22 @@ from devreg.db.session import UnitOfWork
 # Any constant works; it only has to be the same for every devreg process (migrations use ...01).
 BULK_LOAD_LOCK_KEY = 0x6465767265670002
 
+# From this many rows, into a table holding fewer, the indexes are built after the rows go in:
+# most of a large seed's or import's time was keeping them up to date.
+INDEXES_BUILT_AFTER_FROM = 100_000
+
+
+@asynccontextmanager
+async def bulk_loading(work: UnitOfWork, table: Table, *, adding: int) -> AsyncIterator[None]:
+    """Rows written inside, about `adding` of them, go in without `table`'s secondary indexes
+    (secondary_indexes_built_after) when they are INDEXES_BUILT_AFTER_FROM or more and more
+    than the table holds: the table is then locked until the transaction ends."""
+    if adding >= INDEXES_BUILT_AFTER_FROM and await outnumbers(work, table, adding):
+        async with secondary_indexes_built_after(work, table):
+            yield
+    else:
+        yield
+
 
 async def outnumbers(work: UnitOfWork, table: Table, adding: int) -> bool:
     """Whether `adding` rows are more than `table` holds: counted, but no further than `adding`.

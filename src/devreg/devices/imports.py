@@ -14,8 +14,11 @@ from typing import IO, Any, TypeVar
 
 from pydantic import TypeAdapter, ValidationError
 from pydantic_core import from_json
+from sqlalchemy import Table
 
+from devreg.db.bulk_load import bulk_loading
 from devreg.db.session import UnitOfWork, json_text
+from devreg.devices.models import Device
 from devreg.devices.repository import EXPORT_COLUMNS, DeviceRepository, ImportRecord
 from devreg.devices.schemas import DeviceCreate, OnConflict
 from devreg.errors import Conflict, InvalidInput, UnknownOwner, located
@@ -76,16 +79,23 @@ async def import_devices(
     format: ImportFormat,
     on_conflict: OnConflict,
     progress: Progress | None = None,
+    rows_expected: int = 0,
 ) -> ImportResult:
-    """`progress`, if given, is called with the number of rows written so far, batch by batch."""
+    """`progress`, if given, is called with the number of rows written so far, batch by batch.
+    `rows_expected`: about how many rows `source` holds, if known. A large import into a
+    registry holding fewer devices locks the devices table until it is done (db.bulk_load)."""
     repository = DeviceRepository(work)
     await repository.create_import_staging(on_conflict)
     rows = _parse(source, format)
     batches = (_validated(batch) for batch in _batches(rows))
     rows_read = inserted = updated = 0
+    devices: Table = Device.__table__  # type: ignore[assignment]
     # The file is read and validated a batch ahead, in a thread, while PostgreSQL writes the
     # batch before it: an import takes about as long as the slower side, not as both together.
-    async with aclosing(_read_ahead(batches, prepare=repository.stage)) as staged:
+    async with (
+        bulk_loading(work, devices, adding=rows_expected),
+        aclosing(_read_ahead(batches, prepare=repository.stage)) as staged,
+    ):
         async for batch in staged:
             written = await _write(work, repository, on_conflict)
             inserted, updated = inserted + written[0], updated + written[1]
