@@ -29,6 +29,8 @@ from devreg import seed
 from devreg.cli.common import Terminated
 from devreg.db import bulk_load
 from devreg.db.session import session_scope
+from devreg.devices import imports
+from devreg.devices.schemas import OnConflict
 from devreg.schemas import REPEATS_MAX
 from tests.cli.conftest import Invoke
 from tests.support import (
@@ -43,7 +45,6 @@ from tests.support import (
     one_connection,
     query,
     run_devreg,
-    waiting_for_a_lock,
 )
 
 FORMATS = list(EXPORT_PARSERS)
@@ -641,6 +642,62 @@ class TestLargeImport:
         assert asyncio.run(device_indexes_and_keys(committed_database_url)) == before
         assert len(stored(devreg)) == 1300
 
+    def test_reimporting_its_own_csv_export_keeps_the_indexes(
+        self, devreg, committed_database_url, tmp_path, large_from_500
+    ):
+        """As many rows as the registry holds (the header is no row): nothing to rebuild for."""
+        ok(devreg("seed", "--devices", "600", "--users", "0"))
+        exported = tmp_path / "devices.csv"
+        ok(devreg("export", "devices", "-o", str(exported)))
+        before = asyncio.run(device_indexes_and_keys(committed_database_url))
+
+        result = import_devices(devreg, exported, "--on-conflict", "skip")
+
+        assert_summary(result, rows=600, inserted=0, updated=0, skipped=600)
+        assert asyncio.run(device_indexes_and_keys(committed_database_url)) == before
+
+    def test_rows_ended_by_carriage_returns_count(
+        self, devreg, committed_database_url, tmp_path, large_from_500
+    ):
+        text = "name\r" + "".join(f"d{i}\r" for i in range(600))
+        before = asyncio.run(device_indexes_and_keys(committed_database_url))
+
+        result = import_devices(devreg, write(tmp_path, "devices.csv", text))
+
+        assert_summary(result, rows=600, inserted=600, updated=0, skipped=0)
+        after = asyncio.run(device_indexes_and_keys(committed_database_url))
+        assert rebuilt(before, after) == SECONDARY_INDEXES
+
+    async def test_while_another_transaction_uses_the_devices_it_goes_row_by_row(
+        self, committed_database_url, large_from_500
+    ):
+        """Waiting for the table would queue every later reader behind the import, for as long
+        as the reader before it (an export, say) takes."""
+        before = await device_indexes_and_keys(committed_database_url)
+        reader = await asyncpg_connection(committed_database_url)
+        try:
+            async with reader.transaction():
+                await reader.fetch("SELECT id FROM devices LIMIT 1")
+                async with (
+                    one_connection(committed_database_url) as sessions,
+                    session_scope(sessions) as work,
+                ):
+                    result = await asyncio.wait_for(
+                        imports.import_devices(
+                            work,
+                            io.StringIO(as_csv(self.numbered(600))),
+                            format=imports.ImportFormat.CSV,
+                            on_conflict=OnConflict.ERROR,
+                            rows_expected=600,
+                        ),
+                        60,
+                    )
+            assert result == imports.ImportResult(rows=600, inserted=600, updated=0)
+            assert await reader.fetchval("SELECT count(*) FROM devices") == 600
+        finally:
+            await reader.close()
+        assert await device_indexes_and_keys(committed_database_url) == before
+
     def test_a_pipe_of_unknown_length_keeps_the_indexes(
         self, devreg, committed_database_url, tmp_path, large_from_500
     ):
@@ -1100,29 +1157,28 @@ class TestSeed:
         assert asyncio.run(device_indexes_and_keys(committed_database_url)) == before
         assert len(stored(devreg)) == 1000
 
-    async def test_large_seeds_decide_one_at_a_time(self, committed_database_url, large_from_500):
-        """Two large seeds that had both counted the devices, then both asked for the table to
-        drop its indexes, waited for each other: one failed, as a collision."""
+    async def test_a_large_seed_while_another_bulk_load_decides_goes_row_by_row(
+        self, committed_database_url, large_from_500
+    ):
+        """Two that had both counted the devices, then both asked for the table, would each wait
+        for the other to let go of it: one at a time, and the other does not wait."""
+        before = await device_indexes_and_keys(committed_database_url)
         another = await asyncpg_connection(committed_database_url)
         try:
-            async with one_connection(committed_database_url) as sessions:
-
-                async def seeding() -> seed.Seeded:
-                    async with session_scope(sessions) as work:
-                        return await seed.seed(work, users=10, devices=500)
-
-                async with another.transaction():  # another seed, deciding
-                    await another.execute(
-                        "SELECT pg_advisory_xact_lock($1)", bulk_load.BULK_LOAD_LOCK_KEY
-                    )
-                    seeded = asyncio.create_task(seeding())
-                    await waiting_for_a_lock(another)
-                    assert await another.fetchval("SELECT count(*) FROM devices") == 0
-
-                assert await asyncio.wait_for(seeded, 60) == seed.Seeded(users=10, devices=500)
+            async with another.transaction():  # another bulk load, deciding
+                await another.execute(
+                    "SELECT pg_advisory_xact_lock($1)", bulk_load.BULK_LOAD_LOCK_KEY
+                )
+                async with (
+                    one_connection(committed_database_url) as sessions,
+                    session_scope(sessions) as work,
+                ):
+                    seeded = await asyncio.wait_for(seed.seed(work, users=10, devices=500), 60)
+            assert seeded == seed.Seeded(users=10, devices=500)
             assert await another.fetchval("SELECT count(*) FROM devices") == 500
         finally:
             await another.close()
+        assert await device_indexes_and_keys(committed_database_url) == before
 
     def test_devices_without_users_have_no_owner(self, devreg):
         ok(devreg("seed", "--devices", "20", "--users", "0"))

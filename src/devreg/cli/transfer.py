@@ -46,10 +46,11 @@ def import_devices(
     ] = OnConflict.ERROR,
 ) -> None:
     """Import devices from CSV (with a header) or NDJSON, all or nothing. An import of 100,000
-    rows or more into a registry holding fewer devices locks the devices table until done."""
+    rows or more into a registry holding fewer devices locks the devices table until done,
+    unless it is in use: then the rows go in one by one."""
     chosen = format or _format_of(file, ImportFormat)
     started = time.perf_counter()
-    rows_expected = _lines_in(file)
+    rows_expected = _rows_in(file, chosen)
     try:
         # utf-8-sig: spreadsheets often start a CSV file with a byte order mark.
         with (
@@ -80,16 +81,21 @@ def import_devices(
     )
 
 
-def _lines_in(file: Path) -> int:
-    """How many lines a regular file has (0 for a pipe, which cannot be read twice): about how
-    many rows it holds, for a CSV a few more than that (its header, a field's line breaks)."""
+def _rows_in(file: Path, format: ImportFormat) -> int:
+    """About how many rows a regular file holds: its lines, less a CSV file's header (fewer
+    rows when a field spans lines). 0 for a pipe, which cannot be read twice."""
+    lines = 0
     try:
         if not stat.S_ISREG(file.stat().st_mode):  # a pipe's writer would lose its reader
             return 0
         with file.open("rb") as read:
-            return sum(chunk.count(b"\n") for chunk in iter(lambda: read.read(1 << 20), b""))
+            after_cr = False
+            for chunk in iter(lambda: read.read(1 << 20), b""):
+                lines += _line_breaks(chunk, after_cr=after_cr)
+                after_cr = chunk.endswith(b"\r")
     except OSError:  # the import, reading it, says what is wrong
         return 0
+    return max(lines - (format is ImportFormat.CSV), 0)
 
 
 class _BreaksCounted(io.BufferedIOBase):
@@ -254,7 +260,8 @@ def seed_data(
     users: Annotated[int, typer.Option(min=0, max=10_000_000)] = 100,
 ) -> None:
     """Fill the database with synthetic users and devices (development, benchmarks). A seed of
-    100,000 devices or more into a registry holding fewer locks the devices table until done."""
+    100,000 devices or more into a registry holding fewer locks the devices table until done,
+    unless it is in use: then the rows go in one by one."""
     started = time.perf_counter()
     seeded = run_in_transaction(lambda work: seed.seed(work, users=users, devices=devices))
     stdout.print(

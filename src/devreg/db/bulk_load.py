@@ -4,13 +4,15 @@ instead of kept up to date row by row."""
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from sqlalchemy import Table, func, select
+from sqlalchemy import Table, func, select, text
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.schema import CreateIndex, DropIndex
 
 from devreg.db.session import UnitOfWork
 
 # Any constant works; it only has to be the same for every devreg process (migrations use ...01).
 BULK_LOAD_LOCK_KEY = 0x6465767265670002
+LOCK_NOT_AVAILABLE = "55P03"
 
 # From this many rows, into a table holding fewer, the indexes are built after the rows go in:
 # most of a large seed's or import's time was keeping them up to date.
@@ -20,9 +22,18 @@ INDEXES_BUILT_AFTER_FROM = 100_000
 @asynccontextmanager
 async def bulk_loading(work: UnitOfWork, table: Table, *, adding: int) -> AsyncIterator[None]:
     """Rows written inside, about `adding` of them, go in without `table`'s secondary indexes
-    (secondary_indexes_built_after) when they are INDEXES_BUILT_AFTER_FROM or more and more
-    than the table holds: the table is then locked until the transaction ends."""
-    if adding >= INDEXES_BUILT_AFTER_FROM and await outnumbers(work, table, adding):
+    (secondary_indexes_built_after) when they are INDEXES_BUILT_AFTER_FROM or more, more than the
+    table holds, no other bulk load is under way, and the table can be had at once: no statement
+    of another transaction is using it. The table is then locked until the transaction ends.
+    Otherwise the rows go in as any others, kept in the indexes as they come; nothing waits."""
+    if (
+        adding >= INDEXES_BUILT_AFTER_FROM
+        and await outnumbers(work, table, adding)
+        # One at a time: two that had both counted, then both asked for the table, would each
+        # wait for the other to let go of it.
+        and await work.session.scalar(select(func.pg_try_advisory_xact_lock(BULK_LOAD_LOCK_KEY)))
+        and await _locked_at_once(work, table)
+    ):
         async with secondary_indexes_built_after(work, table):
             yield
     else:
@@ -30,15 +41,25 @@ async def bulk_loading(work: UnitOfWork, table: Table, *, adding: int) -> AsyncI
 
 
 async def outnumbers(work: UnitOfWork, table: Table, adding: int) -> bool:
-    """Whether `adding` rows are more than `table` holds: counted, but no further than `adding`.
-
-    Decided by one bulk load at a time: the transaction holds an advisory lock to its end.
-    Two that had both counted, then both asked for the table to drop its indexes, would each
-    wait for the other to let go of the table."""
-    await work.session.execute(select(func.pg_advisory_xact_lock(BULK_LOAD_LOCK_KEY)))
+    """Whether `adding` rows are more than `table` holds: counted, but no further than `adding`."""
     present = select(table.c[0]).limit(adding).subquery()
     counted = await work.session.scalar(select(func.count()).select_from(present))
     return int(counted or 0) < adding
+
+
+async def _locked_at_once(work: UnitOfWork, table: Table) -> bool:
+    """Whether `table` could be locked against every other transaction without waiting. Waiting
+    would queue every later reader behind this one, for as long as the slowest reader before it
+    (an export, say) takes."""
+    name = work.session.get_bind().dialect.identifier_preparer.format_table(table)
+    try:
+        async with work.begin_nested():
+            await work.session.execute(text(f"LOCK TABLE {name} IN ACCESS EXCLUSIVE MODE NOWAIT"))
+    except DBAPIError as exc:
+        if getattr(exc.orig, "sqlstate", None) != LOCK_NOT_AVAILABLE:
+            raise
+        return False
+    return True
 
 
 @asynccontextmanager

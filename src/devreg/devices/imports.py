@@ -8,7 +8,7 @@ import csv
 import enum
 import json
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Iterator
-from contextlib import aclosing, suppress
+from contextlib import AsyncExitStack, aclosing, suppress
 from dataclasses import dataclass
 from typing import IO, Any, TypeVar
 
@@ -93,10 +93,12 @@ async def import_devices(
     # The file is read and validated a batch ahead, in a thread, while PostgreSQL writes the
     # batch before it: an import takes about as long as the slower side, not as both together.
     async with (
-        bulk_loading(work, devices, adding=rows_expected),
+        AsyncExitStack() as loading,
         aclosing(_read_ahead(batches, prepare=repository.stage)) as staged,
     ):
         async for batch in staged:
+            if not rows_read:  # decided once the file's start proves readable, not before
+                await loading.enter_async_context(bulk_loading(work, devices, adding=rows_expected))
             written = await _write(work, repository, on_conflict)
             inserted, updated = inserted + written[0], updated + written[1]
             rows_read += len(batch)
