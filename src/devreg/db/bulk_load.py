@@ -10,8 +10,6 @@ from sqlalchemy.schema import CreateIndex, DropIndex
 
 from devreg.db.session import UnitOfWork
 
-# Any constant works; it only has to be the same for every devreg process (migrations use ...01).
-BULK_LOAD_LOCK_KEY = 0x6465767265670002
 LOCK_NOT_AVAILABLE = "55P03"
 
 # From this many rows, into a table holding fewer, the indexes are built after the rows go in:
@@ -23,15 +21,13 @@ INDEXES_BUILT_AFTER_FROM = 100_000
 async def bulk_loading(work: UnitOfWork, table: Table, *, adding: int) -> AsyncIterator[None]:
     """Rows written inside, about `adding` of them, go in without `table`'s secondary indexes
     (secondary_indexes_built_after) when they are INDEXES_BUILT_AFTER_FROM or more, more than the
-    table holds, no other bulk load is under way, and the table can be had at once: no statement
-    of another transaction is using it. The table is then locked until the transaction ends.
-    Otherwise the rows go in as any others, kept in the indexes as they come; nothing waits."""
+    table holds, and the table can be had at once: no other transaction is using it (another
+    bulk load that has counted its rows, say). The table is then locked until the transaction
+    ends. Otherwise the rows go in as any others, kept in the indexes as they come; nothing
+    waits, and two bulk loads that had both counted cannot each wait for the other."""
     if (
         adding >= INDEXES_BUILT_AFTER_FROM
         and await outnumbers(work, table, adding)
-        # One at a time: two that had both counted, then both asked for the table, would each
-        # wait for the other to let go of it.
-        and await work.session.scalar(select(func.pg_try_advisory_xact_lock(BULK_LOAD_LOCK_KEY)))
         and await _locked_at_once(work, table)
     ):
         async with secondary_indexes_built_after(work, table):
