@@ -698,6 +698,37 @@ class TestLargeImport:
             await reader.close()
         assert await device_indexes_and_keys(committed_database_url) == before
 
+    @pytest.mark.parametrize(
+        ("rows_expected", "told"), [(600, ["600 written", "indexing"]), (0, ["600 written"])]
+    )
+    async def test_progress_tells_of_the_index_build(
+        self, committed_database_url, large_from_500, rows_expected, told
+    ):
+        """A bar at its end would otherwise stand still while the indexes are built."""
+
+        class Told(list[str]):
+            def written(self, rows: int) -> None:
+                self.append(f"{rows} written")
+
+            def indexing(self) -> None:
+                self.append("indexing")
+
+        progress = Told()
+        async with (
+            one_connection(committed_database_url) as sessions,
+            session_scope(sessions) as work,
+        ):
+            await imports.import_devices(
+                work,
+                io.StringIO(as_csv(self.numbered(600))),
+                format=imports.ImportFormat.CSV,
+                on_conflict=OnConflict.ERROR,
+                progress=progress,
+                rows_expected=rows_expected,
+            )
+
+        assert progress == told
+
     def test_a_pipe_of_unknown_length_keeps_the_indexes(
         self, devreg, committed_database_url, tmp_path, large_from_500
     ):

@@ -14,7 +14,7 @@ from typing import IO, Annotated, NoReturn, TextIO, TypeVar
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
 
 from devreg import seed
 from devreg.auth.principal import FULL_ACCESS
@@ -296,15 +296,23 @@ def _progress(source: TextIO) -> Iterator[imports.Progress | None]:
     )
     size = os.fstat(source.fileno()).st_size if source.seekable() else None
     with Progress(*columns, console=Console(stderr=True)) as bar:
-        task = bar.add_task("import", total=size, rows=0, rate="")
-        started = time.perf_counter()
+        yield _Bar(bar, bar.add_task("import", total=size, rows=0, rate=""), source, size)
 
-        def advance(rows: int) -> None:
-            rate = rows / max(time.perf_counter() - started, 1e-6)
-            read = None if size is None else min(source.buffer.tell(), size)
-            bar.update(task, completed=read, rows=rows, rate=f"{rate:,.0f} rows/s")
 
-        yield advance
+class _Bar:
+    """An import's progress on a rich progress bar."""
+
+    def __init__(self, bar: Progress, task: TaskID, source: TextIO, size: int | None) -> None:
+        self._bar, self._task, self._source, self._size = bar, task, source, size
+        self._started = time.perf_counter()
+
+    def written(self, rows: int) -> None:
+        rate = rows / max(time.perf_counter() - self._started, 1e-6)
+        read = None if self._size is None else min(self._source.buffer.tell(), self._size)
+        self._bar.update(self._task, completed=read, rows=rows, rate=f"{rate:,.0f} rows/s")
+
+    def indexing(self) -> None:
+        self._bar.update(self._task, rate="building the devices' indexes")
 
 
 def register(app: typer.Typer) -> None:

@@ -18,22 +18,23 @@ INDEXES_BUILT_AFTER_FROM = 100_000
 
 
 @asynccontextmanager
-async def bulk_loading(work: UnitOfWork, table: Table, *, adding: int) -> AsyncIterator[None]:
+async def bulk_loading(work: UnitOfWork, table: Table, *, adding: int) -> AsyncIterator[bool]:
     """Rows written inside, about `adding` of them, go in without `table`'s secondary indexes
     (secondary_indexes_built_after) when they are INDEXES_BUILT_AFTER_FROM or more, more than the
     table holds, and the table can be had at once: no other transaction is using it (another
     bulk load that has counted its rows, say). The table is then locked until the transaction
     ends. Otherwise the rows go in as any others, kept in the indexes as they come; nothing
-    waits, and two bulk loads that had both counted cannot each wait for the other."""
+    waits, and two bulk loads that had both counted cannot each wait for the other.
+    Yields whether the indexes are to be built at the end."""
     if (
         adding >= INDEXES_BUILT_AFTER_FROM
         and await outnumbers(work, table, adding)
         and await _locked_at_once(work, table)
     ):
         async with secondary_indexes_built_after(work, table):
-            yield
+            yield True
     else:
-        yield
+        yield False
 
 
 async def outnumbers(work: UnitOfWork, table: Table, adding: int) -> bool:

@@ -10,7 +10,7 @@ import json
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Iterator
 from contextlib import AsyncExitStack, aclosing, suppress
 from dataclasses import dataclass
-from typing import IO, Any, TypeVar
+from typing import IO, Any, Protocol, TypeVar
 
 from pydantic import TypeAdapter, ValidationError
 from pydantic_core import from_json
@@ -69,7 +69,14 @@ class ImportResult:
         return self.rows - self.inserted - self.updated
 
 
-Progress = Callable[[int], None]
+class Progress(Protocol):
+    """What an import tells of its course (a progress bar)."""
+
+    def written(self, rows: int) -> None:
+        """`rows` written so far: called batch by batch."""
+
+    def indexing(self) -> None:
+        """Every row written; the devices' indexes being built (db.bulk_load)."""
 
 
 async def import_devices(
@@ -81,9 +88,9 @@ async def import_devices(
     progress: Progress | None = None,
     rows_expected: int = 0,
 ) -> ImportResult:
-    """`progress`, if given, is called with the number of rows written so far, batch by batch.
-    `rows_expected`: about how many rows `source` holds, if known. A large import into a
-    registry holding fewer devices locks the devices table until it is done (db.bulk_load)."""
+    """`progress`, if given, is told how far the import is. `rows_expected`: about how many rows
+    `source` holds, if known. A large import into a registry holding fewer devices locks the
+    devices table until it is done (db.bulk_load)."""
     repository = DeviceRepository(work)
     await repository.create_import_staging(on_conflict)
     rows = _parse(source, format)
@@ -96,14 +103,19 @@ async def import_devices(
         AsyncExitStack() as loading,
         aclosing(_read_ahead(batches, prepare=repository.stage)) as staged,
     ):
+        indexing = False
         async for batch in staged:
             if not rows_read:  # decided once the file's start proves readable, not before
-                await loading.enter_async_context(bulk_loading(work, devices, adding=rows_expected))
+                indexing = await loading.enter_async_context(
+                    bulk_loading(work, devices, adding=rows_expected)
+                )
             written = await _write(work, repository, on_conflict)
             inserted, updated = inserted + written[0], updated + written[1]
             rows_read += len(batch)
-            if progress:
-                progress(rows_read)
+            if progress is not None:
+                progress.written(rows_read)
+        if indexing and progress is not None:
+            progress.indexing()
     return ImportResult(rows=rows_read, inserted=inserted, updated=updated)
 
 
