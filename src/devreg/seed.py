@@ -4,7 +4,7 @@ PostgreSQL itself (generate_series) in one statement for both tables."""
 import secrets
 from dataclasses import dataclass
 
-from sqlalchemy import Table, text
+from sqlalchemy import text
 
 from devreg.changes.service import without_change_log
 from devreg.db.bulk_load import bulk_loading
@@ -77,8 +77,7 @@ async def seed(work: UnitOfWork, *, users: int, devices: int) -> Seeded:
     run = secrets.token_hex(3)  # keeps serials and emails unique across seed runs
     # Synthetic rows are not changes anyone made: the change log stays out of it.
     await without_change_log(work)
-    devices_table: Table = Device.__table__  # type: ignore[assignment]
-    async with bulk_loading(work, devices_table, adding=devices):
+    async with bulk_loading(work, Device, adding=devices):
         made = await work.session.scalar(
             text(_SEED), {"run": run, "users": users, "devices": devices}
         )

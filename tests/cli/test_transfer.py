@@ -579,6 +579,21 @@ class TestLargeImport:
             for i in range(count)
         ]  # fmt: skip
 
+    @classmethod
+    async def imported(
+        cls, url: URL, count: int, *, rows_expected: int, progress: imports.Progress | None = None
+    ) -> imports.ImportResult:
+        """`count` numbered devices imported in-process (callable from within a test's loop)."""
+        async with one_connection(url) as sessions, session_scope(sessions) as work:
+            return await imports.import_devices(
+                work,
+                io.StringIO(as_csv(cls.numbered(count))),
+                format=imports.ImportFormat.CSV,
+                on_conflict=OnConflict.ERROR,
+                progress=progress,
+                rows_expected=rows_expected,
+            )
+
     @pytest.mark.parametrize("format", FORMATS)
     def test_builds_the_indexes_after_the_rows(
         self, devreg, committed_database_url, tmp_path, large_from_500, format
@@ -678,20 +693,9 @@ class TestLargeImport:
         try:
             async with reader.transaction():
                 await reader.fetch("SELECT id FROM devices LIMIT 1")
-                async with (
-                    one_connection(committed_database_url) as sessions,
-                    session_scope(sessions) as work,
-                ):
-                    result = await asyncio.wait_for(
-                        imports.import_devices(
-                            work,
-                            io.StringIO(as_csv(self.numbered(600))),
-                            format=imports.ImportFormat.CSV,
-                            on_conflict=OnConflict.ERROR,
-                            rows_expected=600,
-                        ),
-                        60,
-                    )
+                result = await asyncio.wait_for(
+                    self.imported(committed_database_url, 600, rows_expected=600), 60
+                )
             assert result == imports.ImportResult(rows=600, inserted=600, updated=0)
             assert await reader.fetchval("SELECT count(*) FROM devices") == 600
         finally:
@@ -714,18 +718,9 @@ class TestLargeImport:
                 self.append("indexing")
 
         progress = Told()
-        async with (
-            one_connection(committed_database_url) as sessions,
-            session_scope(sessions) as work,
-        ):
-            await imports.import_devices(
-                work,
-                io.StringIO(as_csv(self.numbered(600))),
-                format=imports.ImportFormat.CSV,
-                on_conflict=OnConflict.ERROR,
-                progress=progress,
-                rows_expected=rows_expected,
-            )
+        await self.imported(
+            committed_database_url, 600, rows_expected=rows_expected, progress=progress
+        )
 
         assert progress == told
 

@@ -8,6 +8,7 @@ from sqlalchemy import Table, func, select, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.schema import CreateIndex, DropIndex
 
+from devreg.db.base import Base
 from devreg.db.session import UnitOfWork
 
 LOCK_NOT_AVAILABLE = "55P03"
@@ -18,26 +19,27 @@ INDEXES_BUILT_AFTER_FROM = 100_000
 
 
 @asynccontextmanager
-async def bulk_loading(work: UnitOfWork, table: Table, *, adding: int) -> AsyncIterator[bool]:
-    """Rows written inside, about `adding` of them, go in without `table`'s secondary indexes
-    (secondary_indexes_built_after) when they are INDEXES_BUILT_AFTER_FROM or more, more than the
-    table holds, and the table can be had at once: no other transaction is using it (another
-    bulk load that has counted its rows, say). The table is then locked until the transaction
-    ends. Otherwise the rows go in as any others, kept in the indexes as they come; nothing
-    waits, and two bulk loads that had both counted cannot each wait for the other.
+async def bulk_loading(work: UnitOfWork, model: type[Base], *, adding: int) -> AsyncIterator[bool]:
+    """Rows written inside, about `adding` of them, go in without `model`'s table's secondary
+    indexes (_secondary_indexes_built_after) when they are INDEXES_BUILT_AFTER_FROM or more,
+    more than the table holds, and the table can be had at once: no other transaction is using
+    it (another bulk load that has counted its rows, say). The table is then locked until the
+    transaction ends. Otherwise the rows go in as any others, kept in the indexes as they come;
+    nothing waits, and two bulk loads that had both counted cannot each wait for the other.
     Yields whether the indexes are to be built at the end."""
+    table: Table = model.__table__  # type: ignore[assignment]
     if (
         adding >= INDEXES_BUILT_AFTER_FROM
-        and await outnumbers(work, table, adding)
+        and await _outnumbers(work, table, adding)
         and await _locked_at_once(work, table)
     ):
-        async with secondary_indexes_built_after(work, table):
+        async with _secondary_indexes_built_after(work, table):
             yield True
     else:
         yield False
 
 
-async def outnumbers(work: UnitOfWork, table: Table, adding: int) -> bool:
+async def _outnumbers(work: UnitOfWork, table: Table, adding: int) -> bool:
     """Whether `adding` rows are more than `table` holds: counted, but no further than `adding`."""
     present = select(table.c[0]).limit(adding).subquery()
     counted = await work.session.scalar(select(func.count()).select_from(present))
@@ -60,7 +62,7 @@ async def _locked_at_once(work: UnitOfWork, table: Table) -> bool:
 
 
 @asynccontextmanager
-async def secondary_indexes_built_after(work: UnitOfWork, table: Table) -> AsyncIterator[None]:
+async def _secondary_indexes_built_after(work: UnitOfWork, table: Table) -> AsyncIterator[None]:
     """Rows written inside go into `table` without its secondary indexes (the schema's `Index`es),
     which are made again when the block ends, in the same transaction: each built once over the
     whole table. Its primary key, unique and foreign keys stay, and keep checking every row.

@@ -14,7 +14,6 @@ from typing import IO, Any, Protocol, TypeVar
 
 from pydantic import TypeAdapter, ValidationError
 from pydantic_core import from_json
-from sqlalchemy import Table
 
 from devreg.db.bulk_load import bulk_loading
 from devreg.db.session import UnitOfWork, json_text
@@ -96,7 +95,6 @@ async def import_devices(
     rows = _parse(source, format)
     batches = (_validated(batch) for batch in _batches(rows))
     rows_read = inserted = updated = 0
-    devices: Table = Device.__table__  # type: ignore[assignment]
     # The file is read and validated a batch ahead, in a thread, while PostgreSQL writes the
     # batch before it: an import takes about as long as the slower side, not as both together.
     async with (
@@ -107,7 +105,7 @@ async def import_devices(
         async for batch in staged:
             if not rows_read:  # decided once the file's start proves readable, not before
                 indexing = await loading.enter_async_context(
-                    bulk_loading(work, devices, adding=rows_expected)
+                    bulk_loading(work, Device, adding=rows_expected)
                 )
             written = await _write(work, repository, on_conflict)
             inserted, updated = inserted + written[0], updated + written[1]
