@@ -7,11 +7,11 @@ from typing import Any
 import pytest
 from httpx import AsyncClient
 from pydantic import BaseModel
-from sqlalchemy import text
+from sqlalchemy import Enum, column, select, text, values
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from devreg.changes.schemas import ChangeRead
-from devreg.db.rendering import JsonShape
+from devreg.db.rendering import JsonShape, json_text
 from tests.api import DEVICES, USERS, create_device, create_user, fetch_device, fetch_user, get_page
 
 
@@ -85,6 +85,16 @@ async def test_changes_listed_as_their_model_writes_them(
     expected = [ChangeRead.model_validate(dict(row)).model_dump(mode="json") for row in rows]
     assert [change["action"] for change in listed] == ["create", "update", "delete"]
     assert exactly(listed) == exactly(expected)
+
+
+@pytest.mark.parametrize("members", [("active", "retired"), ('say "hi"', "back\\slash", "tab\t")])
+async def test_an_enums_values_are_json_strings(
+    connection: AsyncConnection, members: tuple[str, ...]
+) -> None:
+    kind = Enum(*members, name="kind", native_enum=False)
+    rows = values(column("kind", kind), name="rows").data([(member,) for member in members])
+    written = await connection.scalars(select(json_text(rows.c.kind)))
+    assert [json.loads(each) for each in written] == list(members)
 
 
 @pytest.mark.parametrize("fields", ["id", "name,id", "owner,last_seen_at,attributes"])

@@ -19,6 +19,7 @@ from sqlalchemy import (
     Boolean,
     ColumnElement,
     DateTime,
+    Enum,
     Integer,
     Select,
     SQLColumnExpression,
@@ -65,12 +66,21 @@ def json_string(plain: ColumnElement[Any]) -> ColumnElement[Any]:
 
 def json_text(value: Expression) -> ColumnElement[str]:
     """`value` as JSON text (`null` when NULL): a number or boolean as PostgreSQL writes it, a
-    JSON value as it is, anything else (text, arrays) as `to_json` writes it."""
+    JSON value as it is, one of an enum's plain values in quotes, anything else (text, arrays)
+    as `to_json` writes it."""
+    written: ColumnElement[Any]
     if isinstance(value.type, Integer | Boolean | JSON):
         written = cast(value, Text)
+    elif isinstance(value.type, Enum) and all(map(_needs_no_escaping, value.type.enums)):
+        # A device's status: to_json was a tenth of an export's time in PostgreSQL.
+        written = json_string(cast(value, Text))
     else:
         written = cast(func.to_json(value), Text)
     return func.coalesce(written, sql_text("null"))
+
+
+def _needs_no_escaping(text: str) -> bool:
+    return json.dumps(text) == f'"{text}"'
 
 
 def json_object(values: Mapping[str, Expression]) -> ColumnElement[Any]:
