@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import event, text
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
@@ -581,13 +581,28 @@ class TestLargeImport:
 
     @classmethod
     async def imported(
-        cls, url: URL, count: int, *, rows_expected: int, progress: imports.Progress | None = None
+        cls,
+        url: URL,
+        records: int | list[dict[str, Any]],
+        *,
+        rows_expected: int,
+        progress: imports.Progress | None = None,
+        sent: list[str] | None = None,
     ) -> imports.ImportResult:
-        """`count` numbered devices imported in-process (callable from within a test's loop)."""
+        """`records` (or that many numbered devices) imported in-process (callable from within
+        a test's loop); the SQL statements it sends appended to `sent`, if given."""
+        if isinstance(records, int):
+            records = cls.numbered(records)
         async with one_connection(url) as sessions, session_scope(sessions) as work:
+            if sent is not None:
+                event.listen(
+                    sessions.kw["bind"].sync_engine,
+                    "before_cursor_execute",
+                    lambda _connection, _cursor, statement, *_: sent.append(statement),
+                )
             return await imports.import_devices(
                 work,
-                io.StringIO(as_csv(cls.numbered(count))),
+                io.StringIO(as_csv(records)),
                 format=imports.ImportFormat.CSV,
                 on_conflict=OnConflict.ERROR,
                 progress=progress,
@@ -723,6 +738,30 @@ class TestLargeImport:
         )
 
         assert progress == told
+
+    @pytest.mark.parametrize("refused", [True, False])
+    async def test_the_table_is_asked_for_once_the_first_batch_is_read(
+        self, committed_database_url, large_from_500, refused
+    ):
+        """A file refused in its first batch (at its header, say) never locks the devices, not
+        even for the moment until its rollback: every reader would queue behind that lock."""
+        records = self.numbered(600)
+        if refused:
+            records[1]["name"] = None
+        sent: list[str] = []
+
+        async def importing() -> None:
+            await self.imported(committed_database_url, records, rows_expected=600, sent=sent)
+
+        if refused:
+            with pytest.raises(imports.ImportRejected) as rejected:
+                await importing()
+            assert rejected.value.extensions["line"] == 3
+        else:
+            await importing()
+
+        asked = [statement for statement in sent if statement.startswith("LOCK TABLE")]
+        assert len(asked) == (0 if refused else 1)
 
     def test_a_pipe_of_unknown_length_keeps_the_indexes(
         self, devreg, committed_database_url, tmp_path, large_from_500
