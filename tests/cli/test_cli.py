@@ -106,6 +106,19 @@ class TestDevices:
         assert missing.exit_code == 1
         assert "Device not found" in missing.stderr
 
+    def test_db_echo_shows_each_statement_on_stderr(self, devreg: Invoke) -> None:
+        echoed = devreg(
+            "devices", "create", "--name", "pi", "--serial", "SN-7f3a", "--json",
+            env={"DB_ECHO": "true"},
+        )  # fmt: skip
+
+        device = json_of(echoed)  # stdout still holds the device alone
+        assert "INSERT INTO devices (name, serial_number" in echoed.stderr
+        assert "SN-7f3a" not in echoed.stderr  # the values stay hidden, as in the server's log
+        unechoed = devreg("devices", "get", str(device["id"]), "--json")
+        assert unechoed.exit_code == 0
+        assert unechoed.stderr == ""
+
     def test_get_shows_fields_as_a_table(self, devreg: Invoke) -> None:
         device = json_of(devreg("devices", "create", "--name", "pi", "--json"))
         result = devreg("devices", "get", str(device["id"]))

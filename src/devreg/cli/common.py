@@ -2,6 +2,7 @@
 
 import asyncio
 import json
+import logging
 import signal
 import sys
 from collections.abc import (
@@ -9,9 +10,11 @@ from collections.abc import (
     Callable,
     Collection,
     Coroutine,
+    Iterator,
     Mapping,
     Sequence,
 )
+from contextlib import contextmanager
 from types import FrameType, MappingProxyType
 from typing import Annotated, Any, NoReturn, TypeVar
 
@@ -173,9 +176,29 @@ async def with_engine(settings: Settings, use: Callable[[AsyncEngine], Awaitable
     await check_connection(url, connect_timeout=settings.db_connect_timeout)
     engine = create_engine(url, settings)
     try:
-        return await use(engine)
+        with _statements_echoed(settings.db_echo):
+            return await use(engine)
     finally:
         await engine.dispose()
+
+
+@contextmanager
+def _statements_echoed(echo: bool) -> Iterator[None]:
+    """With DB_ECHO, each SQL statement the command runs as a line on stderr (its values hidden,
+    as in the server's log), where it stays out of the command's own output."""
+    if not echo:
+        yield
+        return
+    statements = logging.getLogger("sqlalchemy.engine")
+    handler = logging.StreamHandler(sys.stderr)
+    level = statements.level
+    statements.addHandler(handler)
+    statements.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        statements.removeHandler(handler)
+        statements.setLevel(level)
 
 
 def run_in_transaction(operation: Callable[[UnitOfWork], Awaitable[T]]) -> T:
