@@ -1,5 +1,6 @@
 """HTTP-level tests of /api/v1/devices: every use case, its errors, paging and query counts."""
 
+import json
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
@@ -620,6 +621,39 @@ class TestUpdateDevice:
         assert response.status_code == 200
         assert response.json() == device
         assert await fetch_device(client, device["id"]) == device
+
+    @pytest.mark.parametrize(
+        ("method", "path", "body"),
+        [
+            ("PATCH", "/{id}", b'{"attributes": {"b": {"c": [2.50, 1e1]}, "a": 1.0}}'),
+            ("PUT", "/{id}", b'{"name": "pi", "attributes": {"a": 1.00, "b": {"c": [25e-1, 10]}}}'),
+            (
+                "PATCH",
+                "/bulk",
+                b'[{"id": {id}, "attributes": {"a": 1.0, "b": {"c": [2.5, 10.0]}}}]',
+            ),
+        ],
+    )
+    async def test_equal_attributes_written_otherwise_are_no_change(
+        self, client, method, path, body
+    ):
+        """jsonb holds 1 and 1.0 equal, and keeps each as written: a write of equal attributes in
+        another spelling must not change what a read returns, as the version and ETag (and the
+        change log) say nothing changed."""
+        device = await create_device(client, name="pi", attributes={"a": 1, "b": {"c": [2.5, 10]}})
+        id_ = str(device["id"])
+
+        response = await client.request(
+            method,
+            DEVICES + path.replace("{id}", id_),
+            content=body.replace(b"{id}", id_.encode()),
+            headers={"Content-Type": "application/json"},
+        )
+
+        assert response.status_code == 200
+        read = await client.get(f"{DEVICES}/{id_}")
+        assert read.headers["ETag"] == '"1"'
+        assert json.dumps(read.json()) == json.dumps(device)  # 1, not 1.0: json.dumps tells
 
     async def test_version_goes_up_by_one_per_change(self, client):
         device = await create_device(client)
