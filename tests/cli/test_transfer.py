@@ -743,8 +743,9 @@ class TestLargeImport:
     async def test_the_table_is_asked_for_once_the_first_batch_is_read(
         self, committed_database_url, large_from_500, refused
     ):
-        """A file refused in its first batch (at its header, say) never locks the devices, not
-        even for the moment until its rollback: every reader would queue behind that lock."""
+        """A file refused while its first batch is read and validated (at its header, say) never
+        locks the devices, not even until its rollback: every reader would queue behind that
+        lock. (One the database refuses, for an unknown owner, is refused after the lock.)"""
         records = self.numbered(600)
         if refused:
             records[1]["name"] = None

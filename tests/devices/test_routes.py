@@ -655,6 +655,24 @@ class TestUpdateDevice:
         assert read.headers["ETag"] == '"1"'
         assert json.dumps(read.json()) == json.dumps(device)  # 1, not 1.0: json.dumps tells
 
+    async def test_equal_attributes_beside_a_change_are_kept_and_not_logged(self, client):
+        device = await create_device(client, name="pi", attributes={"a": 1})
+
+        response = await client.patch(
+            f"{DEVICES}/{device['id']}",
+            content=b'{"name": "pi-2", "attributes": {"a": 1.0}}',
+            headers={"Content-Type": "application/json"},
+        )
+
+        assert response.status_code == 200
+        assert response.headers["ETag"] == '"2"'
+        assert json.dumps(response.json()["attributes"]) == '{"a": 1}'
+        changes = (await client.get(f"{DEVICES}/{device['id']}/changes")).json()["items"]
+        assert [(c["action"], c["before"], c["after"]) for c in changes] == [
+            ("update", {"name": "pi"}, {"name": "pi-2"}),
+            ("create", None, changes[1]["after"]),
+        ]
+
     async def test_version_goes_up_by_one_per_change(self, client):
         device = await create_device(client)
         url = f"{DEVICES}/{device['id']}"
