@@ -236,8 +236,16 @@ def _is_id(value: Any) -> bool:
     return type(value) is int and 0 <= value <= BIGINT_MAX
 
 
+class ListingFilters(Protocol):
+    """A listing's filters: a dataclass, restricted to one user's rows by `visible_to` for a
+    non-admin token (auth.principal.Principal.restrict)."""
+
+    @property
+    def visible_to(self) -> int | None: ...
+
+
 FilterT_contra = TypeVar("FilterT_contra", contravariant=True)
-FilterT = TypeVar("FilterT")
+FilterT = TypeVar("FilterT", bound=ListingFilters)
 
 
 class Listable(Protocol[FilterT_contra]):
@@ -272,7 +280,8 @@ async def paginate_listing(
     """One page of `listing` (its name keeps its cursors apart from other listings'): up to
     `limit` rows after the cursor's, and a cursor for the next page when the repository found
     one more. The total, when asked for, is counted, unless the first page is every matching
-    row (an estimate could say otherwise)."""
+    row (an estimate could say otherwise); it is estimated only when asked for in a listing of
+    everyone's rows."""
     sort = page.sort
     nullable = sort.key in repository.nullable_sort_keys
     value_type = repository.sort_value_types[sort.key]
@@ -290,7 +299,9 @@ async def paginate_listing(
         return PageResult(items=items, next_cursor=next_cursor)
     if page.cursor is None and next_cursor is None:
         return PageResult(items=items, next_cursor=None, total=len(items), total_is_estimate=False)
-    exact = page.count is CountMode.EXACT
+    # The planner estimates from statistics of every row, other users' too: one user's listing
+    # is counted, so that its total tells nothing of what others hold.
+    exact = page.count is CountMode.EXACT or filters.visible_to is not None
     total = await repository.count(filters, exact=exact)
     return PageResult(
         items=items,

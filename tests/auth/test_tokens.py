@@ -13,7 +13,7 @@ from devreg.auth.authenticator import token_digest
 from devreg.auth.repository import TokenRepository
 from devreg.calls import SAFE_METHODS, ApiRoute
 from devreg.compat.routes import router as tutorial_router
-from tests.api import DEVICES, USERS, assert_problem, create_device, create_user
+from tests.api import DEVICES, USERS, assert_problem, create_device, create_user, settle
 from tests.support import RunningApp, forget_authentication
 
 TOKENS = "/api/v1/tokens"
@@ -293,6 +293,32 @@ class TestOwnership:
         assert "ann-pi" not in exported.text
         everyone = (await client.get(DEVICES, headers=bearer(people["admin"]))).json()["items"]
         assert {device["name"] for device in everyone} == {"ann-pi", "bob-pi"}
+
+    async def test_a_total_tells_nothing_of_others_devices(
+        self, client, connection, people
+    ) -> None:
+        """`count=estimated` was the planner's estimate, which it makes from statistics of every
+        user's devices: the total of Bob's two "secret" devices grew with how many Ann had."""
+        admin, writer = bearer(people["admin"]), bearer(people["writer"])
+        for owner, model, count in (("ann", "secret", 1500), ("bob", "plain", 1500)):
+            items = [
+                {"name": f"{model}-{n}", "model": model, "owner_id": people[owner]["id"]}
+                for n in range(count)
+            ]
+            created = await client.post(f"{DEVICES}/bulk", json=items, headers=admin)
+            assert created.status_code == 201
+        for n in range(2):
+            await client.post(DEVICES, json={"name": f"bob-{n}", "model": "secret"}, headers=writer)
+        await settle(connection, "devices")
+
+        for count in ("estimated", "exact"):
+            params = {"model": "secret", "count": count, "limit": 1}
+            page = (await client.get(DEVICES, params=params, headers=writer)).json()
+            assert page["next_cursor"] is not None
+            assert (page["total"], page["total_is_estimate"]) == (2, False)
+        params = {"model": "secret", "count": "estimated", "limit": 1}
+        everyones = (await client.get(DEVICES, params=params, headers=admin)).json()
+        assert everyones["total_is_estimate"] is True
 
     async def test_new_devices_belong_to_the_token_user(self, client, people) -> None:
         headers = bearer(people["writer"])
