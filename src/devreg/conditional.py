@@ -95,3 +95,20 @@ class WriteCondition:
 
     if_match: IfMatch | None
     if_none_match: str | None
+
+    @property
+    def accepted_versions(self) -> frozenset[int] | None:
+        """The versions If-Match lets a write apply to; None for any."""
+        return self.if_match.versions if self.if_match is not None else None
+
+    @property
+    def refuses_any_version(self) -> bool:
+        """If-None-Match: *, which no existing device meets."""
+        return self.if_none_match is not None and self.if_none_match.strip() == "*"
+
+    @property
+    def refused_versions(self) -> frozenset[int]:
+        """The versions If-None-Match names (weak comparison), which a write may not apply to."""
+        if self.if_none_match is None or self.refuses_any_version:
+            return frozenset()
+        return _versions(self.if_none_match, weak_too=True)

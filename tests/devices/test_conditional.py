@@ -3,6 +3,7 @@ PUT, PATCH, DELETE and GET (412 when the version moved on), If-None-Match spares
 and refuses a write (412) when it matches."""
 
 import asyncio
+import itertools
 import re
 import time
 from collections import Counter
@@ -420,6 +421,33 @@ async def test_races_are_decided_by_the_database(committed_database_url: URL) ->
     assert final["version"] == 2
 
 
+async def test_writes_whose_if_none_match_names_an_old_version_all_apply(
+    committed_database_url: URL,
+) -> None:
+    """Each write read the version, judged it, and was then guarded by it: another write landing
+    between had it judged again, five times at most, then answer 412 for a tag that matched no
+    version it saw (7-9 in 40 such PATCHes at once, in a helper's runs)."""
+    url = committed_database_url.render_as_string(hide_password=False)
+    numbers = itertools.count()
+    with devreg_server(DATABASE_URL=url) as base_url:
+        async with httpx.AsyncClient(base_url=base_url) as client:
+            device = (await client.post(DEVICES, json={"name": "judged"})).json()
+            device_url = f"{DEVICES}/{device['id']}"
+            await client.patch(device_url, json={"model": "moved on"})
+
+        outcome = await race(
+            base_url,
+            lambda c: c.patch(
+                device_url, json={"model": f"m{next(numbers)}"}, headers={"If-None-Match": '"1"'}
+            ),
+        )
+        async with httpx.AsyncClient(base_url=base_url) as client:
+            final = (await client.get(device_url)).json()
+
+    assert outcome == Counter({200: RACERS})
+    assert final["version"] == 2 + RACERS
+
+
 INCREMENTERS = 10
 INCREMENTS = 5
 
@@ -468,8 +496,9 @@ async def test_concurrent_increments_under_if_match_lose_nothing(
 async def test_a_write_whose_if_none_match_matches_no_version_survives_a_change_meanwhile(
     committed_database_url: URL, method: str
 ) -> None:
-    """Another write lands between the version's judgement and the write (held here by an open
-    transaction): the tag matches neither version, so the write applies (it was a 412)."""
+    """Another write holds the device (an open transaction) when this one comes, and moves it
+    on: the tag matches neither version, so the write applies once the other commits (it was
+    a 412 when the version was judged before the write)."""
     settings = make_settings(committed_database_url)
     async with running(create_app(settings)) as app, api_client(app) as client:
         device = await create_device(client, name="judged")

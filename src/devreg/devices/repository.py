@@ -18,6 +18,7 @@ from sqlalchemy import (
     SQLColumnExpression,
     Text,
     Update,
+    all_,
     any_,
     bindparam,
     case,
@@ -255,17 +256,22 @@ _INSERT = _written_with_owner(
 )
 
 _IN_VERSIONS = _DEVICES.c.version == any_(bindparam("versions", type_=ARRAY(Integer)))
+_NOT_IN_VERSIONS = _DEVICES.c.version != all_(bindparam("not_versions", type_=ARRAY(Integer)))
 _OWNED = _DEVICES.c.owner_id == bindparam("owner", type_=BigInteger)
 
 
-def _by_id(*, owned: bool, guarded: bool = False) -> list[ColumnElement[bool]]:
+def _by_id(
+    *, owned: bool, guarded: bool = False, excluding: bool = False
+) -> list[ColumnElement[bool]]:
     """The device by id; when `owned`, only if the user bound as `owner` owns it; when
-    `guarded`, only at one of the versions bound as `versions`. Both checks are part of the
-    statement itself: no extra round trip, and no window between a check and the write."""
+    `guarded`, only at one of the versions bound as `versions`; when `excluding`, at none of
+    those bound as `not_versions`. The checks are part of the statement itself: no extra round
+    trip, and no window between a check and the write."""
     return [
         _DEVICES.c.id == _BY_ID,
         *([_OWNED] if owned else []),
         *([_IN_VERSIONS] if guarded else []),
+        *([_NOT_IN_VERSIONS] if excluding else []),
     ]
 
 
@@ -290,26 +296,35 @@ def _heartbeat_statement(owned: bool) -> DriverStatement:
 
 
 @functools.cache
-def _update_statement(columns: tuple[str, ...], owned: bool, guarded: bool) -> DriverStatement:
+def _update_statement(
+    columns: tuple[str, ...], owned: bool, guarded: bool, excluding: bool
+) -> DriverStatement:
     """UPDATE of these columns; one compiled statement per set of columns a client changes."""
-    return _written_with_owner(
-        update(Device).where(*_by_id(owned=owned, guarded=guarded), ACTING).values(_values(columns))
-    )
+    where = _by_id(owned=owned, guarded=guarded, excluding=excluding)
+    return _written_with_owner(update(Device).where(*where, ACTING).values(_values(columns)))
 
 
 @functools.cache
-def _delete_statement(owned: bool, guarded: bool) -> DriverStatement:
-    return DriverStatement.compile(
-        delete(Device).where(*_by_id(owned=owned, guarded=guarded), ACTING).returning(Device.id)
-    )
-
-
-def _listed(versions: frozenset[int] | None) -> list[int] | None:
-    return sorted(versions) if versions is not None else None
+def _delete_statement(owned: bool, guarded: bool, excluding: bool) -> DriverStatement:
+    where = _by_id(owned=owned, guarded=guarded, excluding=excluding)
+    return DriverStatement.compile(delete(Device).where(*where, ACTING).returning(Device.id))
 
 
 def _target(device_id: int, owner: int | None) -> dict[str, Any]:
     return {"device_id": device_id, "owner": owner}
+
+
+def _guarded_target(
+    device_id: int,
+    owner: int | None,
+    versions: frozenset[int] | None,
+    not_versions: frozenset[int] | None,
+) -> dict[str, Any]:
+    return {
+        **_target(device_id, owner),
+        "versions": sorted(versions) if versions is not None else None,
+        "not_versions": sorted(not_versions) if not_versions else None,
+    }
 
 
 def _device(values: dict[str, Any]) -> DeviceRead:
@@ -408,19 +423,16 @@ class DeviceRepository(TableListing[DeviceFilter]):
         actor: str,
         owner: int | None = None,
         versions: frozenset[int] | None = None,
+        not_versions: frozenset[int] | None = None,
     ) -> DeviceRead | None:
-        """The device with `changes` applied; None if it does not exist or, when `owner` or
-        `versions` is given, is not that user's or at none of those versions."""
+        """The device with `changes` applied; None if it does not exist or, when `owner`,
+        `versions` or `not_versions` is given, is not that user's, at none of `versions` or at
+        one of `not_versions`."""
         statement = _update_statement(
-            tuple(sorted(changes)), owner is not None, versions is not None
+            tuple(sorted(changes)), owner is not None, versions is not None, bool(not_versions)
         )
-        values = {
-            **changes,
-            **_target(device_id, owner),
-            "versions": _listed(versions),
-            "actor": actor,
-        }
-        return await self._one(statement, values)
+        values = {**changes, **_guarded_target(device_id, owner, versions, not_versions)}
+        return await self._one(statement, {**values, "actor": actor})
 
     async def current_version(self, device_id: int, *, owner: int | None = None) -> int | None:
         statement = _version_statement(owner is not None)
@@ -526,10 +538,12 @@ class DeviceRepository(TableListing[DeviceFilter]):
         actor: str,
         owner: int | None = None,
         versions: frozenset[int] | None = None,
+        not_versions: frozenset[int] | None = None,
     ) -> bool:
-        """Whether a device was deleted (only `owner`'s, at one of `versions`, when given)."""
-        values = {**_target(device_id, owner), "versions": _listed(versions), "actor": actor}
-        statement = _delete_statement(owner is not None, versions is not None)
+        """Whether a device was deleted (only `owner`'s, at one of `versions` and none of
+        `not_versions`, when given)."""
+        values = {**_guarded_target(device_id, owner, versions, not_versions), "actor": actor}
+        statement = _delete_statement(owner is not None, versions is not None, bool(not_versions))
         return await fetch_row(self.work, statement, values, _VIOLATIONS) is not None
 
     async def delete_by_owner(self, owner_id: int) -> None:

@@ -120,8 +120,10 @@ async def delete_device(
     repository = DeviceRepository(work)
     owner, actor = principal.owner, actor_of(principal)
 
-    async def delete(versions: frozenset[int] | None) -> bool | None:
-        deleted = await repository.delete(device_id, actor=actor, owner=owner, versions=versions)
+    async def delete(versions: frozenset[int] | None, not_versions: frozenset[int]) -> bool | None:
+        deleted = await repository.delete(
+            device_id, actor=actor, owner=owner, versions=versions, not_versions=not_versions
+        )
         return deleted or None
 
     await _write_guarded(repository, device_id, condition, owner, delete)
@@ -148,17 +150,19 @@ async def _apply(
     repository = DeviceRepository(work)
     owner, actor = principal.owner, actor_of(principal)
 
-    async def update(versions: frozenset[int] | None) -> DeviceRead | None:
+    async def update(
+        versions: frozenset[int] | None, not_versions: frozenset[int]
+    ) -> DeviceRead | None:
         return await repository.update(
-            device_id, changes, actor=actor, owner=owner, versions=versions
+            device_id,
+            changes,
+            actor=actor,
+            owner=owner,
+            versions=versions,
+            not_versions=not_versions,
         )
 
     return await _write_guarded(repository, device_id, condition, owner, update)
-
-
-# How often a write with If-None-Match judges its condition again when another write changed
-# the device between its judgement and its own statement.
-_MAX_JUDGEMENTS = 5
 
 
 async def _write_guarded(
@@ -166,44 +170,21 @@ async def _write_guarded(
     device_id: int,
     condition: WriteCondition | None,
     owner: int | None,
-    write: Callable[[frozenset[int] | None], Awaitable[T | None]],
+    write: Callable[[frozenset[int] | None, frozenset[int]], Awaitable[T | None]],
 ) -> T:
-    """What `write` returns, given the versions the condition lets it apply to; if it finds no
-    row (None), why (_not_written). A write with If-None-Match is guarded by the version it
-    judged: if another write moved the device on meanwhile, the condition is judged again at
-    the new version (a tag that matched neither version must not turn into a 412)."""
-    judged_again = condition is not None and condition.if_none_match is not None
-    for _ in range(_MAX_JUDGEMENTS):
-        versions = await _writable_versions(repository, device_id, condition, owner)
-        written = await write(versions)
-        if written is not None:
-            return written
-        refusal = await _not_written(repository, device_id, versions, owner)
-        if not (judged_again and isinstance(refusal, PreconditionFailed)):
-            break
-    raise refusal
-
-
-async def _writable_versions(
-    repository: DeviceRepository,
-    device_id: int,
-    condition: WriteCondition | None,
-    owner: int | None,
-) -> frozenset[int] | None:
-    """The versions a write may apply to; None for any. The database checks them, in the
-    write's own statement, so two writers can never both pass the same If-Match. If-None-Match
-    names the versions a write may not apply to, which is rare: the current version is read and
-    judged, and the write then guarded by it (`_write_guarded` has it judged again after a change
-    between)."""
+    """What `write` returns, given the versions it may apply to (If-Match; None for any) and
+    those it may not (If-None-Match): the database checks both in the write's own statement, so
+    two writers never both pass the same If-Match, and no write lands on a version If-None-Match
+    names, whatever other writes do meanwhile. If it finds no row (None), why (_refusal)."""
     if condition is None:
-        return None
-    if condition.if_none_match is None:
-        return condition.if_match.versions if condition.if_match is not None else None
-    current = await repository.current_version(device_id, owner=owner)
-    if current is None:
-        raise DeviceNotFound
-    _judge(condition, current)
-    return frozenset({current})
+        written = await write(None, frozenset())
+    elif condition.refuses_any_version:  # If-None-Match: *, which no device that exists meets
+        written = None
+    else:
+        written = await write(condition.accepted_versions, condition.refused_versions)
+    if written is not None:
+        return written
+    raise await _refusal(repository, device_id, condition, owner)
 
 
 def _judge(condition: WriteCondition, version: int) -> None:
@@ -215,18 +196,30 @@ def _judge(condition: WriteCondition, version: int) -> None:
         )
 
 
-async def _not_written(
+async def _refusal(
     repository: DeviceRepository,
     device_id: int,
-    versions: frozenset[int] | None,
+    condition: WriteCondition | None,
     owner: int | None,
 ) -> Exception:
-    """Why a guarded write found no row: the device is gone (or not the owner's), or at
-    another version."""
-    if versions is None:
+    """Why a write did not apply: the device is gone (or not the owner's), or its version, when
+    the write's statement ran, did not meet the condition."""
+    if condition is None:
         return DeviceNotFound()
     current = await repository.current_version(device_id, owner=owner)
-    return DeviceNotFound() if current is None else PreconditionFailed(current)
+    if current is None:
+        return DeviceNotFound()
+    try:
+        _judge(condition, current)
+    except PreconditionFailed as refusal:
+        return refusal
+    # Another write moved the device on after this one's statement found it at a version the
+    # condition refused.
+    return PreconditionFailed(
+        current,
+        f"The device was at a version the request's condition refuses; it is now at {current} "
+        f'(ETag "{current}").',
+    )
 
 
 def _require_match(if_match: IfMatch | None, version: int) -> None:
