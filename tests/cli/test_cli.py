@@ -19,7 +19,7 @@ from typer.testing import Result
 from devreg.cli.common import Terminated, run_async
 from devreg.db import migrations
 from tests.cli.conftest import Invoke
-from tests.support import admin, devreg_environment, query, run_devreg
+from tests.support import EXPORT_HEADER, admin, devreg_environment, query, run_devreg
 
 
 def json_of(result: Result) -> dict:  # type: ignore[type-arg]
@@ -179,6 +179,83 @@ class TestDevices:
         result = devreg("devices", "list", "--cursor", "garbage")
         assert result.exit_code == 2
         assert "cursor" in result.stderr
+
+
+def devreg_writing_to(
+    url: URL, stdout: Any, *args: str, close_stdout: bool = False
+) -> subprocess.CompletedProcess[str]:
+    """`devreg ARGS...` as a shell runs it with its stdout sent to `stdout` (or closed: `>&-`)."""
+    return subprocess.run(
+        [sys.executable, "-m", "devreg", *args],
+        env=devreg_environment(DATABASE_URL=url.render_as_string(hide_password=False)),
+        stdout=stdout,
+        stderr=subprocess.PIPE,
+        preexec_fn=(lambda: os.close(1)) if close_stdout else None,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+class TestOutputThatCannotBeWritten:
+    """A command's output goes to stdout after its work is done: a write committed, its output
+    lost. The command says so in one line, not a traceback; a reader gone away (`| head`) ends
+    it quietly, as Unix tools end."""
+
+    def test_a_full_disk_is_one_line_and_the_work_stands(
+        self, devreg: Invoke, committed_database_url: URL
+    ) -> None:
+        user = json_of(devreg("users", "create", "--name", "ann", "--json"))
+        with open("/dev/full", "w") as full:
+            result = devreg_writing_to(
+                committed_database_url, full, "tokens", "create", "--user", str(user["id"])
+            )
+
+        assert result.returncode == 1
+        assert result.stderr == "devreg: cannot write to stdout: No space left on device\n"
+        assert len(json_of(devreg("tokens", "list", "--json"))["items"]) == 1
+
+    @pytest.mark.parametrize(
+        "command", [("devices", "list", "--json"), ("export", "devices")], ids=["list", "export"]
+    )
+    def test_a_closed_stdout_is_one_line(
+        self, committed_database_url: URL, command: tuple[str, ...]
+    ) -> None:
+        result = devreg_writing_to(committed_database_url, None, *command, close_stdout=True)
+
+        assert result.returncode == 1
+        assert result.stderr == "devreg: cannot write to stdout: it is closed\n"
+
+    def test_a_reader_gone_ends_the_command_quietly(self, committed_database_url: URL) -> None:
+        url = committed_database_url.render_as_string(hide_password=False)
+        assert run_devreg("seed", "--devices", "1000", DATABASE_URL=url).returncode == 0
+        listing = subprocess.Popen(
+            [sys.executable, "-m", "devreg", "devices", "list", "--limit", "1000", "--json"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=devreg_environment(DATABASE_URL=url),
+        )
+        assert listing.stdout is not None
+        assert listing.stderr is not None
+        listing.stdout.close()  # as `| head -c 0` does: more than a pipe holds is left unread
+
+        assert listing.wait(timeout=120) == 128 + signal.SIGPIPE
+        assert listing.stderr.read() == b""
+
+    def test_an_export_to_dev_stdout_is_csv_where_the_shell_sent_it(
+        self, devreg: Invoke, committed_database_url: URL, tmp_path: Path
+    ) -> None:
+        """As to stdout: CSV unless --format says otherwise. It asked for --format."""
+        devreg("devices", "create", "--name", "pi")
+        kept = tmp_path / "kept.csv"
+        kept.write_text("# written before\n")
+        with kept.open("a") as appended:
+            result = devreg_writing_to(
+                committed_database_url, appended, "export", "devices", "-o", "/dev/stdout"
+            )
+
+        assert result.returncode == 0, result.stderr
+        assert kept.read_text().splitlines()[:2] == ["# written before", EXPORT_HEADER]
 
 
 class TestDatabase:

@@ -9,6 +9,7 @@ import typer
 
 from devreg.cli import changes, records, server, tokens, transfer
 from devreg.cli.common import Terminated, print_error
+from devreg.cli.output import STDOUT, OutputFailed, end_for_output
 
 app = typer.Typer(help=__doc__, no_args_is_help=True, pretty_exceptions_enable=False)
 server.register(app)
@@ -21,6 +22,9 @@ transfer.register(app)
 def main() -> None:
     try:
         code = app(prog_name="devreg", standalone_mode=False)
+        STDOUT.flush()  # what is still buffered: failing here, not in Python's flush at exit
+    except OutputFailed as failed:
+        end_for_output(failed)
     except typer.TyperException as exc:  # a usage error: one line, as every other error
         context = getattr(exc, "ctx", None)
         see = f" (see {context.command_path} --help)" if context is not None else ""

@@ -5,7 +5,8 @@ from typing import Annotated
 import typer
 
 from devreg.changes import service
-from devreg.cli.common import run_in_transaction, stdout, validated
+from devreg.cli.common import run_in_transaction, validated
+from devreg.cli.output import stdout
 from devreg.schemas import Duration, InputSchema
 
 changes_app = typer.Typer(help="The change log of devices and users.", no_args_is_help=True)

@@ -22,12 +22,12 @@ import asyncpg
 import typer
 from alembic.util import CommandError
 from pydantic import BaseModel, ValidationError
-from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from devreg.cli.output import console, stdout, write_line
 from devreg.config import EnvFileError, Settings, get_settings
 from devreg.db import migrations
 from devreg.db.embedded import EmbeddedPostgresError, resolve_database_url
@@ -45,7 +45,6 @@ from devreg.errors import (
 from devreg.pagination import Page, PageResult, page_json
 from devreg.schemas import BIGINT_MAX
 
-stdout = Console()
 T = TypeVar("T")
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
@@ -245,12 +244,12 @@ _UNFOLDED_WIDTH = 100_000
 
 
 def _print_table(table: Table) -> None:
-    (stdout if stdout.is_terminal else Console(width=_UNFOLDED_WIDTH)).print(table)
+    (stdout if stdout.is_terminal else console(width=_UNFOLDED_WIDTH)).print(table)
 
 
 def show(item: BaseModel, *, as_json: bool) -> None:
     if as_json:
-        print(item.model_dump_json())
+        write_line(item.model_dump_json())
         return
     table = Table(show_header=False, box=None)
     for name, value in item.model_dump(mode="json").items():
@@ -269,7 +268,7 @@ def show_page(
     """A page from a service, as a table of `columns` (and the next cursor) or as JSON. The
     `unbroken` columns' values are never folded across lines."""
     if as_json:
-        print(page_json(page_model, result).decode())
+        write_line(page_json(page_model, result).decode())
         return
     table = Table()
     for column in columns:

@@ -13,9 +13,9 @@ from devreg.cli.common import (
     run_in_transaction,
     show,
     show_page,
-    stdout,
     validated,
 )
+from devreg.cli.output import stdout
 from devreg.devices import service as devices_service
 from devreg.devices.filters import DeviceFilter
 from devreg.devices.models import DeviceStatus

@@ -16,9 +16,9 @@ from devreg.cli.common import (
     fail,
     load_settings,
     run_async,
-    stdout,
     with_engine,
 )
+from devreg.cli.output import stdout
 from devreg.db import migrations
 from devreg.db.embedded import EmbeddedPostgresError, embedded_cluster
 from devreg.logs import logging_config

@@ -16,9 +16,9 @@ from devreg.cli.common import (
     run_in_transaction,
     show,
     show_page,
-    stdout,
     validated,
 )
+from devreg.cli.output import stdout, write_line
 from devreg.pagination import PAGE_LIMIT_DEFAULT, PageRequest
 from devreg.schemas import BIGINT_MAX
 
@@ -48,11 +48,11 @@ def tokens_create(
     )
     created = run_in_transaction(lambda work: service.create_token(work, FULL_ACCESS, data=data))
     if as_json:
-        print(created.model_dump_json())
+        write_line(created.model_dump_json())
         return
     show(TokenRead.model_validate(created.model_dump(exclude={"token"})), as_json=False)
     stdout.print("\ntoken (shown once; keep it secret):", style="bold")
-    print(created.token)
+    write_line(created.token)
 
 
 @tokens_app.command("list")

@@ -3,14 +3,13 @@
 import io
 import os
 import secrets
-import signal
 import stat
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import aclosing, contextmanager
 from pathlib import Path
-from typing import IO, Annotated, NoReturn, TextIO, TypeVar
+from typing import Annotated, TextIO, TypeVar
 
 import typer
 from rich.console import Console
@@ -18,7 +17,8 @@ from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeRemaining
 
 from devreg import seed
 from devreg.auth.principal import FULL_ACCESS
-from devreg.cli.common import fail, run_in_transaction, stdout, validated
+from devreg.cli.common import fail, run_in_transaction, validated
+from devreg.cli.output import STDOUT, stdout
 from devreg.db.session import UnitOfWork
 from devreg.devices import export, imports
 from devreg.devices.export import ExportFormat
@@ -169,7 +169,10 @@ def export_devices(
     q: Annotated[str | None, typer.Option(help="Search name, serial and model.")] = None,
 ) -> None:
     """Export devices (all, or those matching the filters) as CSV or NDJSON."""
-    chosen = format or (_format_of(output, ExportFormat) if output else ExportFormat.CSV)
+    to_stdout = output is None or _is_stdout(output)
+    chosen = format or (
+        _format_of(output, ExportFormat) if output and not to_stdout else ExportFormat.CSV
+    )
     options: DeviceFilterOptions = validated(
         DeviceFilterOptions, status=status, owner_id=owner_id, tag=tag, q=q
     )
@@ -184,42 +187,33 @@ def export_devices(
         chunks = export.export_devices(work, filters=filters, format=chosen, principal=FULL_ACCESS)
         # Closed at once when writing fails (the reader gone), while its transaction is open.
         async with aclosing(chunks):
-            with _replaced_on_success(output) as stream:
+            with _replaced_on_success(None if to_stdout else output) as write_chunk:
                 async for chunk in chunks:
-                    stream.write(chunk)
+                    write_chunk(chunk)
 
     try:
         run_in_transaction(write)
-    except BrokenPipeError:
-        if output is not None and not _is_stdout(output):
-            fail(f"cannot write {output}: the reader of the pipe went away")
-        _end_as_unix_tools_do_when_their_reader_goes()
+    except BrokenPipeError:  # stdout's failures are cli.output's
+        fail(f"cannot write {output}: the reader of the pipe went away")
     except OSError as exc:
-        fail(f"cannot write {output or 'to stdout'}: {exc.strerror}")
-
-
-def _end_as_unix_tools_do_when_their_reader_goes() -> NoReturn:
-    """`devreg export devices | head`: end without a word, as if by SIGPIPE (exit 128 + 13),
-    stdout pointed at /dev/null so that Python's own flush at exit does not fail again."""
-    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-    raise typer.Exit(128 + signal.SIGPIPE)
+        fail(f"cannot write {output}: {exc.strerror}")
 
 
 @contextmanager
-def _replaced_on_success(output: Path | None) -> Iterator[IO[bytes]]:
-    """Where an export goes: stdout; a device or a pipe, as it comes; or a file, written beside
-    its place and moved there only once the export is whole, so that a failed export (no
-    database, a timeout, a full disk) leaves nothing half-written and an existing file as it
-    was. A symbolic link is written through, to the file it names. A name for this process's
-    own stdout (`/dev/stdout` when the shell sent it to a file, `>>` say) is stdout itself: the
-    file is written where the shell put it, not replaced."""
-    if output is None or _is_stdout(output):
-        sys.stdout.flush()
-        yield sys.stdout.buffer
+def _replaced_on_success(output: Path | None) -> Iterator[Callable[[bytes], object]]:
+    """How an export's chunks are written: to stdout (`output` None; also for a name of this
+    process's own stdout, `/dev/stdout` when the shell sent it to a file, `>>` say, so that the
+    file is written where the shell put it, not replaced); to a device or a pipe, as they come;
+    or to a file, written beside its place and moved there only once the export is whole, so
+    that a failed export (no database, a timeout, a full disk) leaves nothing half-written and
+    an existing file as it was. A symbolic link is written through, to the file it names."""
+    if output is None:
+        STDOUT.flush()
+        yield STDOUT.write_bytes
         return
-    if output.exists() and not output.is_file():  # /dev/stdout on a pipe has no real path
+    if output.exists() and not output.is_file():  # a device, a named pipe
         with output.open("wb") as device:
-            yield device
+            yield device.write
         return
     target = Path(os.path.realpath(output))
     mode = stat.S_IMODE(target.stat().st_mode) if target.exists() else 0o666 & ~_umask()
@@ -228,7 +222,7 @@ def _replaced_on_success(output: Path | None) -> Iterator[IO[bytes]]:
         # Named first and made inside the try: a Ctrl-C or SIGTERM at any instant, the one just
         # after its creation included, finds it to remove.
         with os.fdopen(os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as out:
-            yield out
+            yield out.write
     except FileExistsError:
         raise  # another's file by that name: not this export's to remove
     except BaseException:

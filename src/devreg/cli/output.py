@@ -1,0 +1,86 @@
+"""The commands' standard output, and how a command ends when it cannot write there."""
+
+import os
+import signal
+import sys
+from typing import Any, NoReturn, TextIO
+
+from rich.console import Console
+
+
+class OutputFailed(Exception):
+    """stdout could not be written: its reader went away (`| head`), the disk is full, or it is
+    closed (`>&-`; `error` None). Not an OSError, which click takes for a reader gone away and
+    ends with exit 1 and no word, a traceback for any other."""
+
+    def __init__(self, error: OSError | None) -> None:
+        super().__init__(error)
+        self.error = error
+
+
+class _Stdout:
+    """sys.stdout as it is when written to (tests and `/dev/stdout` handling replace it), its
+    failures raised as OutputFailed."""
+
+    @property
+    def encoding(self) -> str:
+        return getattr(sys.stdout, "encoding", None) or "utf-8"
+
+    def isatty(self) -> bool:
+        return sys.stdout is not None and sys.stdout.isatty()
+
+    def fileno(self) -> int:
+        return self._stream().fileno()
+
+    def write(self, text: str) -> int:
+        written: int = self._call(self._stream(), "write", text)
+        return written
+
+    def write_bytes(self, data: bytes) -> None:
+        self._call(self._stream().buffer, "write", data)
+
+    def flush(self) -> None:
+        if sys.stdout is not None:  # closed, it holds nothing to flush
+            self._call(sys.stdout, "flush")
+
+    def _stream(self) -> TextIO:
+        if sys.stdout is None:
+            raise OutputFailed(None)
+        return sys.stdout
+
+    @staticmethod
+    def _call(stream: Any, method: str, *arguments: Any) -> Any:
+        try:
+            return getattr(stream, method)(*arguments)
+        except OSError as error:
+            raise OutputFailed(error) from error
+
+
+STDOUT = _Stdout()
+
+
+def console(**options: Any) -> Console:
+    """A Rich console writing to stdout."""
+    return Console(file=STDOUT, **options)  # type: ignore[arg-type]  # a file in all it uses
+
+
+stdout = console()
+
+
+def write_line(text: str) -> None:
+    """`text` on a line of its own, as it is (no Rich markup or highlighting)."""
+    STDOUT.write(text + "\n")
+
+
+def end_for_output(failed: OutputFailed) -> NoReturn:
+    """A reader gone away (`devreg ... | head`) ends the command without a word, as if by
+    SIGPIPE, as Unix tools end (exit 128 + 13); any other failure is one line on stderr, exit 1.
+    Either way what the command did before stands. stdout is pointed at /dev/null, so that
+    Python's own flush at exit does not fail again."""
+    if sys.stdout is not None:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    if isinstance(failed.error, BrokenPipeError):
+        sys.exit(128 + signal.SIGPIPE)
+    reason = "it is closed" if failed.error is None else failed.error.strerror
+    print(f"devreg: cannot write to stdout: {reason}", file=sys.stderr)
+    sys.exit(1)
