@@ -794,6 +794,24 @@ class TestImportRejectsBadRows:
         assert_refused(result, 1, f"line {line}:", reason)
         assert stored(devreg) == before
 
+    @pytest.mark.parametrize(
+        ("name", "text", "line"),
+        [
+            ("d.csv", "name,status\na,broken\nb,active,extra\n", 2),
+            ("d.ndjson", '{"name": "a", "status": "broken"}\n[1]\n', 1),
+        ],
+        ids=["csv-fields-miscounted", "ndjson-not-an-object"],
+    )
+    def test_the_first_bad_line_is_named_whichever_way_it_is_bad(
+        self, devreg, tmp_path, name, text, line
+    ):
+        """A line the reading refused (its fields miscounted, not an object) was named before
+        an earlier one whose field was bad."""
+        result = import_devices(devreg, write(tmp_path, name, text))
+
+        assert_refused(result, 1, f"line {line}:", "status")
+        assert stored(devreg) == []
+
     def test_bad_row_after_the_first_batch_names_its_line(self, devreg, tmp_path):
         rows = [{"name": f"d{i}", "serial_number": f"SN-{i}"} for i in range(10_050)]
         rows[10_020]["status"] = "broken"  # line 10,022: the header is line 1

@@ -7,7 +7,7 @@ import asyncio
 import csv
 import enum
 import json
-from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Iterator
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator
 from contextlib import AsyncExitStack, aclosing, suppress
 from dataclasses import dataclass
 from typing import IO, Any, Protocol, TypeVar
@@ -92,8 +92,7 @@ async def import_devices(
     devices table until it is done (db.bulk_load)."""
     repository = DeviceRepository(work)
     await repository.create_import_staging(on_conflict)
-    rows = _parse(source, format)
-    batches = (_validated(batch) for batch in _batches(rows))
+    batches = _validated_batches(_parse(source, format))
     rows_read = inserted = updated = 0
     # The file is read and validated a batch ahead, in a thread, while PostgreSQL writes the
     # batch before it: an import takes about as long as the slower side, not as both together.
@@ -252,15 +251,26 @@ def _json(text: str, line: int, what: str) -> Any:
         raise ImportRejected(line, f"{what} nests too deep") from None
 
 
-def _batches(rows: Iterable[Row]) -> Iterator[list[Row]]:
+def _validated_batches(rows: Iterator[Row]) -> Iterator[list[ImportRecord]]:
+    """The rows, validated a batch at a time. A line the reading refuses (its fields miscounted,
+    not JSON) is refused once the rows before it in its batch are validated: the first bad line
+    of a batch is the one named, whichever way it is bad."""
     batch: list[Row] = []
-    for row in rows:
+    reading = iter(rows)
+    while True:
+        try:
+            row = next(reading)
+        except StopIteration:
+            break
+        except ImportRejected:
+            _validated(batch)
+            raise
         batch.append(row)
         if len(batch) == _BATCH_SIZE:
-            yield batch
+            yield _validated(batch)
             batch = []
     if batch:
-        yield batch
+        yield _validated(batch)
 
 
 def _validated(batch: list[Row]) -> list[ImportRecord]:
