@@ -72,7 +72,7 @@ class IfMatch:
     @classmethod
     def parse(cls, header: str) -> "IfMatch":
         """ValueError for a header that is neither `*` nor a list of entity tags (check_tags)."""
-        if header.strip() == "*":
+        if _is_any(header):
             return cls(None)
         return cls(_named(check_tags(header), weak_too=False))
 
@@ -85,7 +85,11 @@ def not_modified(if_none_match: str | None, version: int) -> bool:
     304, a write refused (412)."""
     if if_none_match is None:
         return False
-    return if_none_match.strip() == "*" or version in _versions(if_none_match, weak_too=True)
+    return _is_any(if_none_match) or version in _versions(if_none_match, weak_too=True)
+
+
+def _is_any(header: str) -> bool:
+    return header.strip() == "*"
 
 
 @dataclass(frozen=True)
@@ -104,7 +108,7 @@ class WriteCondition:
     @property
     def refuses_any_version(self) -> bool:
         """If-None-Match: *, which no existing device meets."""
-        return self.if_none_match is not None and self.if_none_match.strip() == "*"
+        return self.if_none_match is not None and _is_any(self.if_none_match)
 
     @property
     def refused_versions(self) -> frozenset[int]:

@@ -226,11 +226,14 @@ class TestOutputThatCannotBeWritten:
         assert result.returncode == 1
         assert result.stderr == "devreg: cannot write to stdout: it is closed\n"
 
-    def test_a_reader_gone_ends_the_command_quietly(self, committed_database_url: URL) -> None:
+    @pytest.mark.parametrize("as_json", [(), ("--json",)], ids=["table", "json"])
+    def test_a_reader_gone_ends_the_command_quietly(
+        self, committed_database_url: URL, as_json: tuple[str, ...]
+    ) -> None:
         url = committed_database_url.render_as_string(hide_password=False)
         assert run_devreg("seed", "--devices", "1000", DATABASE_URL=url).returncode == 0
         listing = subprocess.Popen(
-            [sys.executable, "-m", "devreg", "devices", "list", "--limit", "1000", "--json"],
+            [sys.executable, "-m", "devreg", "devices", "list", "--limit", "1000", *as_json],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             env=devreg_environment(DATABASE_URL=url),
@@ -256,6 +259,36 @@ class TestOutputThatCannotBeWritten:
 
         assert result.returncode == 0, result.stderr
         assert kept.read_text().splitlines()[:2] == ["# written before", EXPORT_HEADER]
+
+    def test_an_export_to_its_own_stdout_by_name_keeps_the_names_format(
+        self, devreg: Invoke, committed_database_url: URL, tmp_path: Path
+    ) -> None:
+        """`-o out.ndjson >> out.ndjson`: the extension still says NDJSON (it wrote CSV)."""
+        devreg("devices", "create", "--name", "pi")
+        kept = tmp_path / "kept.ndjson"
+        kept.touch()
+        with kept.open("a") as appended:
+            result = devreg_writing_to(
+                committed_database_url, appended, "export", "devices", "-o", str(kept)
+            )
+
+        assert result.returncode == 0, result.stderr
+        assert json.loads(kept.read_text())["name"] == "pi"
+
+    def test_an_export_to_a_file_needs_no_stdout(
+        self, devreg: Invoke, committed_database_url: URL, tmp_path: Path
+    ) -> None:
+        """With stdout closed, telling whether the file was stdout was an AttributeError."""
+        devreg("devices", "create", "--name", "pi")
+        existing = tmp_path / "devices.csv"
+        existing.write_text("old\n")
+        result = devreg_writing_to(
+            committed_database_url, None, "export", "devices", "-o", str(existing),
+            close_stdout=True,
+        )  # fmt: skip
+
+        assert result.returncode == 0, result.stderr
+        assert existing.read_text().splitlines()[0] == EXPORT_HEADER
 
 
 class TestDatabase:

@@ -493,12 +493,17 @@ async def test_concurrent_increments_under_if_match_lose_nothing(
 
 
 @pytest.mark.parametrize("method", ["PATCH", "DELETE"])
-async def test_a_write_whose_if_none_match_matches_no_version_survives_a_change_meanwhile(
-    committed_database_url: URL, method: str
+@pytest.mark.parametrize(
+    ("if_none_match", "applies"),
+    [('"999"', True), ('"2"', False)],
+    ids=["names-neither-version", "names-the-version-made-meanwhile"],
+)
+async def test_a_write_under_if_none_match_is_judged_at_the_version_it_writes_over(
+    committed_database_url: URL, method: str, if_none_match: str, applies: bool
 ) -> None:
     """Another write holds the device (an open transaction) when this one comes, and moves it
-    on: the tag matches neither version, so the write applies once the other commits (it was
-    a 412 when the version was judged before the write)."""
+    on to version 2: the condition is judged at that version, once the other commits. A tag
+    that matched neither version was a 412 when the version was judged before the write."""
     settings = make_settings(committed_database_url)
     async with running(create_app(settings)) as app, api_client(app) as client:
         device = await create_device(client, name="judged")
@@ -516,7 +521,7 @@ async def test_a_write_whose_if_none_match_matches_no_version_survives_a_change_
                     method,
                     f"{DEVICES}/{device['id']}",
                     json={"name": "mine"} if method == "PATCH" else None,
-                    headers={"If-None-Match": '"999"'},
+                    headers={"If-None-Match": if_none_match},
                 )
             )
             await wait_for_a_lock_wait(other)
@@ -526,7 +531,10 @@ async def test_a_write_whose_if_none_match_matches_no_version_survives_a_change_
             await other.close()
         after = await client.get(f"{DEVICES}/{device['id']}")
 
-    if method == "PATCH":
+    if not applies:
+        assert_problem(response, 412, "If-None-Match matches the device's current version, 2.")
+        assert (after.json()["name"], after.json()["version"]) == ("judged", 2)
+    elif method == "PATCH":
         assert response.status_code == 200, response.text
         assert (after.json()["name"], after.json()["model"]) == ("mine", "meanwhile")
         assert after.json()["version"] == 3

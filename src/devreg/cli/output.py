@@ -19,7 +19,7 @@ class OutputFailed(Exception):
 
 
 class _Stdout:
-    """sys.stdout as it is when written to (tests and `/dev/stdout` handling replace it), its
+    """sys.stdout as it is when written to (an in-process test's runner replaces it), its
     failures raised as OutputFailed."""
 
     @property

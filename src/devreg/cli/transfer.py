@@ -170,9 +170,13 @@ def export_devices(
 ) -> None:
     """Export devices (all, or those matching the filters) as CSV or NDJSON."""
     to_stdout = output is None or _is_stdout(output)
-    chosen = format or (
-        _format_of(output, ExportFormat) if output and not to_stdout else ExportFormat.CSV
-    )
+    chosen: ExportFormat
+    if format is not None:
+        chosen = format
+    elif output is not None and not to_stdout:
+        chosen = _format_of(output, ExportFormat)
+    else:  # a name for stdout (/dev/stdout) need not tell a format, as stdout itself need not
+        chosen = (_format_named(output, ExportFormat) if output else None) or ExportFormat.CSV
     options: DeviceFilterOptions = validated(
         DeviceFilterOptions, status=status, owner_id=owner_id, tag=tag, q=q
     )
@@ -194,9 +198,9 @@ def export_devices(
     try:
         run_in_transaction(write)
     except BrokenPipeError:  # stdout's failures are cli.output's
-        fail(f"cannot write {output}: the reader of the pipe went away")
+        fail(f"cannot write {output or 'to stdout'}: the reader of the pipe went away")
     except OSError as exc:
-        fail(f"cannot write {output}: {exc.strerror}")
+        fail(f"cannot write {output or 'to stdout'}: {exc.strerror}")
 
 
 @contextmanager
@@ -237,6 +241,8 @@ def _replaced_on_success(output: Path | None) -> Iterator[Callable[[bytes], obje
 
 
 def _is_stdout(path: Path) -> bool:
+    if sys.stdout is None:  # closed: nothing is it
+        return False
     try:
         return os.path.samestat(path.stat(), os.fstat(sys.stdout.fileno()))
     except (OSError, ValueError):  # no such file; a stdout with no file descriptor
@@ -267,12 +273,20 @@ def seed_data(
 FormatT = TypeVar("FormatT", ImportFormat, ExportFormat)
 
 
-def _format_of(path: Path, formats: type[FormatT]) -> FormatT:
+def _format_named(path: Path, formats: type[FormatT]) -> FormatT | None:
+    """The format `path`'s extension names, if it names one."""
     try:
         return formats(path.suffix.lstrip(".").lower())
     except ValueError:
+        return None
+
+
+def _format_of(path: Path, formats: type[FormatT]) -> FormatT:
+    named = _format_named(path, formats)
+    if named is None:
         choices = ", ".join(member.value for member in formats)
         fail(f"cannot tell the format of {path.name}; use --format ({choices})", code=2)
+    return named
 
 
 @contextmanager

@@ -32,13 +32,17 @@ async def copy_out(
     echo(sql)
     chunks: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=_CHUNKS_IN_FLIGHT)
     pending = bytearray()
+    large = False
 
     async def collect(data: bytes) -> None:
+        nonlocal large
         pending.extend(data)
         if len(pending) >= _CHUNK_BYTES:
             await chunks.put(bytes(pending))
             pending.clear()
-        elif len(data) < _SMALL_READ_BYTES:
+            large = True
+        elif large and len(data) < _SMALL_READ_BYTES:
+            # Only past the first chunk: a small export, whose last read is its end, never waits.
             await asyncio.sleep(_PAUSE_AFTER_SMALL_READ)
 
     async def produce() -> None:

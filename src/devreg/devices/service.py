@@ -178,7 +178,7 @@ async def _write_guarded(
     names, whatever other writes do meanwhile. If it finds no row (None), why (_refusal)."""
     if condition is None:
         written = await write(None, frozenset())
-    elif condition.refuses_any_version:  # If-None-Match: *, which no device that exists meets
+    elif condition.refuses_any_version:
         written = None
     else:
         written = await write(condition.accepted_versions, condition.refused_versions)
@@ -217,7 +217,7 @@ async def _refusal(
     # condition refused.
     return PreconditionFailed(
         current,
-        f"The device was at a version the request's condition refuses; it is now at {current} "
+        f"The device changed while this write was made; it is now at version {current} "
         f'(ETag "{current}").',
     )
 
