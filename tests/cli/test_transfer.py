@@ -795,21 +795,27 @@ class TestImportRejectsBadRows:
         assert stored(devreg) == before
 
     @pytest.mark.parametrize(
-        ("name", "text", "line"),
+        ("name", "text", "line", "reason"),
         [
-            ("d.csv", "name,status\na,broken\nb,active,extra\n", 2),
-            ("d.ndjson", '{"name": "a", "status": "broken"}\n[1]\n', 1),
+            ("d.csv", "name,status\na,broken\nb,active,extra\n", 2, "status"),
+            ("d.ndjson", '{"name": "a", "status": "broken"}\n[1]\n', 1, "status"),
+            ("d.csv", "name,owner_id\na,999\n,\n", 2, "owner_id does not name"),
+            ("d.csv", "name,owner_id\na,999\nb,1,extra\n", 2, "owner_id does not name"),
         ],
-        ids=["csv-fields-miscounted", "ndjson-not-an-object"],
-    )
+        ids=[
+            "field-before-miscounted-fields", "field-before-not-an-object",
+            "unknown-owner-before-field", "unknown-owner-before-miscounted-fields",
+        ],
+    )  # fmt: skip
     def test_the_first_bad_line_is_named_whichever_way_it_is_bad(
-        self, devreg, tmp_path, name, text, line
+        self, devreg, tmp_path, name, text, line, reason
     ):
-        """A line the reading refused (its fields miscounted, not an object) was named before
-        an earlier one whose field was bad."""
+        """The file was read, then validated, then written, a batch at a time, and the first
+        of these to refuse a line named it: a later line, when an earlier one had a bad field
+        or an owner the database did not know."""
         result = import_devices(devreg, write(tmp_path, name, text))
 
-        assert_refused(result, 1, f"line {line}:", "status")
+        assert_refused(result, 1, f"line {line}:", reason)
         assert stored(devreg) == []
 
     def test_bad_row_after_the_first_batch_names_its_line(self, devreg, tmp_path):

@@ -98,17 +98,22 @@ async def import_devices(
     # batch before it: an import takes about as long as the slower side, not as both together.
     async with (
         AsyncExitStack() as loading,
-        aclosing(_read_ahead(batches, prepare=repository.stage)) as staged,
+        aclosing(
+            _read_ahead(batches, prepare=lambda batch: repository.stage(batch.records))
+        ) as staged,
     ):
         indexing = False
         async for batch in staged:
-            if not rows_read:  # decided once the file's start proves readable, not before
+            # Decided once the file's first batch proves good, not before.
+            if not rows_read and batch.refusal is None:
                 indexing = await loading.enter_async_context(
                     bulk_loading(work, Device, adding=rows_expected)
                 )
             written = await _write(work, repository, on_conflict)
+            if batch.refusal is not None:
+                raise batch.refusal
             inserted, updated = inserted + written[0], updated + written[1]
-            rows_read += len(batch)
+            rows_read += len(batch.records)
             if progress is not None:
                 progress.written(rows_read)
         if indexing and progress is not None:
@@ -251,10 +256,19 @@ def _json(text: str, line: int, what: str) -> Any:
         raise ImportRejected(line, f"{what} nests too deep") from None
 
 
-def _validated_batches(rows: Iterator[Row]) -> Iterator[list[ImportRecord]]:
-    """The rows, validated a batch at a time. A line the reading refuses (its fields miscounted,
-    not JSON) is refused once the rows before it in its batch are validated: the first bad line
-    of a batch is the one named, whichever way it is bad."""
+@dataclass(frozen=True)
+class _Batch:
+    """Rows validated; `refusal`, the bad line after them that ends the file's rows."""
+
+    records: list[ImportRecord]
+    refusal: ImportRejected | None = None
+
+
+def _validated_batches(rows: Iterator[Row]) -> Iterator[_Batch]:
+    """The rows, validated a batch at a time, up to the first bad line: the rows before it in
+    its batch come with its refusal, to be written first, so that the database's refusal of one
+    of them (an unknown owner, say) is named instead. The first bad line is the one named,
+    whichever way it is bad: a field, its fields miscounted, not JSON, refused by the database."""
     batch: list[Row] = []
     reading = iter(rows)
     while True:
@@ -262,25 +276,33 @@ def _validated_batches(rows: Iterator[Row]) -> Iterator[list[ImportRecord]]:
             row = next(reading)
         except StopIteration:
             break
-        except ImportRejected:
-            _validated(batch)
-            raise
+        except ImportRejected as unreadable:
+            yield _validated(batch, then=unreadable)
+            return
         batch.append(row)
         if len(batch) == _BATCH_SIZE:
-            yield _validated(batch)
+            validated = _validated(batch)
+            yield validated
+            if validated.refusal is not None:
+                return
             batch = []
     if batch:
         yield _validated(batch)
 
 
-def _validated(batch: list[Row]) -> list[ImportRecord]:
+def _validated(batch: list[Row], *, then: ImportRejected | None = None) -> _Batch:
+    """The batch's rows up to the first invalid one, with its refusal (else `then`)."""
     try:
-        devices = _BATCH.validate_python([fields for _, fields, _ in batch])
+        return _Batch(_import_records(batch), then)
     except ValidationError as exc:
-        error = exc.errors()[0]
+        error = exc.errors()[0]  # the first row's: items are validated in order
         index, *location = error["loc"]
-        line = batch[int(index)][0]
-        raise ImportRejected(line, located(location, error["msg"])) from None
+        refusal = ImportRejected(batch[int(index)][0], located(location, error["msg"]))
+        return _Batch(_import_records(batch[: int(index)]), refusal)
+
+
+def _import_records(batch: list[Row]) -> list[ImportRecord]:
+    devices = _BATCH.validate_python([fields for _, fields, _ in batch])
     return [
         (
             line,
