@@ -245,35 +245,37 @@ class TestOutputThatCannotBeWritten:
         assert listing.wait(timeout=120) == 128 + signal.SIGPIPE
         assert listing.stderr.read() == b""
 
-    def test_an_export_to_dev_stdout_is_csv_where_the_shell_sent_it(
-        self, devreg: Invoke, committed_database_url: URL, tmp_path: Path
+    @pytest.mark.parametrize(
+        ("file_name", "by_its_own_name"),
+        [("kept.csv", False), ("kept.ndjson", True)],
+        ids=["dev-stdout-is-csv", "its-own-name-keeps-its-format"],
+    )
+    def test_an_export_to_stdout_by_a_name_goes_where_the_shell_sent_it(
+        self,
+        devreg: Invoke,
+        committed_database_url: URL,
+        tmp_path: Path,
+        file_name: str,
+        by_its_own_name: bool,
     ) -> None:
-        """As to stdout: CSV unless --format says otherwise. It asked for --format."""
+        """`-o /dev/stdout >> kept.csv` is CSV unless --format says otherwise (it asked for
+        --format); `-o kept.ndjson >> kept.ndjson` is NDJSON, as the name says (it was CSV)."""
         devreg("devices", "create", "--name", "pi")
-        kept = tmp_path / "kept.csv"
+        kept = tmp_path / file_name
         kept.write_text("# written before\n")
+        named = str(kept) if by_its_own_name else "/dev/stdout"
         with kept.open("a") as appended:
             result = devreg_writing_to(
-                committed_database_url, appended, "export", "devices", "-o", "/dev/stdout"
+                committed_database_url, appended, "export", "devices", "-o", named
             )
 
         assert result.returncode == 0, result.stderr
-        assert kept.read_text().splitlines()[:2] == ["# written before", EXPORT_HEADER]
-
-    def test_an_export_to_its_own_stdout_by_name_keeps_the_names_format(
-        self, devreg: Invoke, committed_database_url: URL, tmp_path: Path
-    ) -> None:
-        """`-o out.ndjson >> out.ndjson`: the extension still says NDJSON (it wrote CSV)."""
-        devreg("devices", "create", "--name", "pi")
-        kept = tmp_path / "kept.ndjson"
-        kept.touch()
-        with kept.open("a") as appended:
-            result = devreg_writing_to(
-                committed_database_url, appended, "export", "devices", "-o", str(kept)
-            )
-
-        assert result.returncode == 0, result.stderr
-        assert json.loads(kept.read_text())["name"] == "pi"
+        before, first = kept.read_text().splitlines()[:2]
+        assert before == "# written before"
+        if by_its_own_name:
+            assert json.loads(first)["name"] == "pi"
+        else:
+            assert first == EXPORT_HEADER
 
     def test_an_export_to_a_file_needs_no_stdout(
         self, devreg: Invoke, committed_database_url: URL, tmp_path: Path
