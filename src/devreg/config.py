@@ -289,11 +289,12 @@ def check_env_file(path: Path) -> None:
     try:
         with path.open(encoding="utf-8") as stream:
             for binding in parse_stream(stream):
-                if binding.error:
+                # A name alone (no `=`) is read as a setting without a value: skipped too.
+                if binding.error or (binding.key is not None and binding.value is None):
                     line = binding.original.line
-                    raise EnvFileError(
-                        f"line {line} of the .env file is not NAME=value (an unclosed quote?)"
-                    )
+                    # Never the line itself, which may be a secret written on its own.
+                    hint = "an unclosed quote?" if binding.error else "no `=`?"
+                    raise EnvFileError(f"line {line} of the .env file is not NAME=value ({hint})")
     except FileNotFoundError:
         return
     except UnicodeDecodeError:

@@ -454,20 +454,32 @@ class TestStartupErrors:
         assert result.exit_code == 2
         assert result.stderr == "devreg: the .env file is not UTF-8 text\n"
 
+    @pytest.mark.parametrize(
+        ("line", "hint"),
+        [
+            ('DATABASE_URL="postgresql://u:p@h/db', "an unclosed quote?"),
+            ("DATABASE_URL", "no `=`?"),
+        ],
+        ids=["unclosed-quote", "no-equals-sign"],
+    )
     def test_a_dotenv_line_that_cannot_be_parsed_is_refused(
-        self, devreg: Invoke, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+        self,
+        devreg: Invoke,
+        monkeypatch: pytest.MonkeyPatch,
+        tmp_path: Path,
+        line: str,
+        hint: str,
     ) -> None:
-        """python-dotenv skips such a line with a warning: devreg went on without the setting,
-        here its DATABASE_URL, and started the embedded cluster in its stead."""
+        """python-dotenv skips such a line (with a warning, or none for a name alone): devreg
+        went on without the setting, here its DATABASE_URL, and started the embedded cluster in
+        its stead."""
         monkeypatch.delenv("DATABASE_URL", raising=False)
         monkeypatch.setenv("DATA_DIR", str(tmp_path / "data"))
-        (tmp_path / ".env").write_text('POOL_SIZE=5\nDATABASE_URL="postgresql://u:p@h/db\n')
+        (tmp_path / ".env").write_text(f"POOL_SIZE=5\n{line}\n")
         monkeypatch.chdir(tmp_path)
         result = devreg("users", "list")
         assert result.exit_code == 2
-        assert result.stderr == (
-            "devreg: line 2 of the .env file is not NAME=value (an unclosed quote?)\n"
-        )
+        assert result.stderr == f"devreg: line 2 of the .env file is not NAME=value ({hint})\n"
         assert not (tmp_path / "data").exists()
 
     def test_a_dotenv_that_cannot_be_read_is_named(
