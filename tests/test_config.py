@@ -129,10 +129,14 @@ class TestDatabaseUrl:
         assert "%40" in error["msg"]
         assert "ret-42" not in error["msg"]
 
+    @pytest.mark.parametrize("name", ["DATABASE_URL", "database_url"])
     def test_a_database_url_set_but_empty_is_refused_not_taken_for_unset(
-        self, monkeypatch: pytest.MonkeyPatch
+        self, monkeypatch: pytest.MonkeyPatch, name: str
     ) -> None:
-        monkeypatch.setenv("DATABASE_URL", "")
+        """Settings are read in any case: `database_url=` was left out, and meant the embedded
+        cluster."""
+        monkeypatch.delenv("DATABASE_URL", raising=False)
+        monkeypatch.setenv(name, "")
 
         with pytest.raises(ValidationError) as raised:
             Settings(_env_file=None)

@@ -142,7 +142,10 @@ class Settings(BaseSettings):
     def _must_be_postgres(cls, value: SecretStr | None) -> SecretStr | None:
         if value is not None:
             _to_async_url(value.get_secret_value())
-        elif os.environ.get("DATABASE_URL", "unset").strip() == "":
+        elif any(
+            name.upper() == "DATABASE_URL" and not given.strip()
+            for name, given in os.environ.items()  # as settings are read: in any case
+        ):
             # Left out by env_ignore_empty, it would mean the embedded cluster: another
             # database than the one meant (an unset CI secret, `DATABASE_URL=$UNSET`).
             raise ValueError(
