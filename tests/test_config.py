@@ -53,6 +53,11 @@ class TestDatabaseUrl:
                 "postgresql://u:p@h:5433/db?connect_timeout=7",
                 "postgresql+asyncpg://u:p@h:5433/db",
             ),
+            (  # libpq's dbname, which psql takes over the path (asyncpg took the path's)
+                "postgresql://u:p@h:5433/db?dbname=other",
+                "postgresql+asyncpg://u:p@h:5433/other",
+            ),
+            ("postgresql://u:p@h:5433?dbname=other", "postgresql+asyncpg://u:p@h:5433/other"),
         ],
     )
     def test_postgres_url_maps_to_asyncpg(

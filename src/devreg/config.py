@@ -197,6 +197,11 @@ def _to_async_url(raw: str) -> URL:
     if "@" in (url.host or "") + (url.database or ""):  # split at an @ of the password
         raise ValueError("DATABASE_URL has an unescaped @ before its host: write @ as %40")
     _url_connect_timeout(url)
+    if (dbname := url.query.get("dbname")) is not None:
+        # libpq's name for the database, which psql takes over the URL's path; asyncpg would
+        # take the path's over it.
+        database = dbname if isinstance(dbname, str) else dbname[-1]
+        url = url.set(database=database).difference_update_query(["dbname"])
     driver_options = {name: value for name, value in url.query.items() if name in _DRIVER_KEYWORDS}
     libpq_options = _libpq_options(
         {name: value for name, value in url.query.items() if name not in _DRIVER_KEYWORDS}
