@@ -316,6 +316,18 @@ class TestDatabase:
         assert "current: a1b2c3d4" in status, (result.stderr, result.exception)
         assert "(unknown to this release: a newer one's?)" in status
 
+    def test_a_status_line_is_never_folded(self, committed_database_url: URL) -> None:
+        """Written to a pipe, a line longer than 80 columns was folded in two."""
+        unknown = f"UPDATE alembic_version SET version_num = '{'a1b2' * 8}'"
+        asyncio.run(admin(committed_database_url, unknown))
+        url = committed_database_url.render_as_string(hide_password=False)
+
+        result = run_devreg("db", "status", DATABASE_URL=url)
+
+        assert result.returncode == 0, result.stderr
+        [line] = result.stdout.splitlines()
+        assert line.endswith("(unknown to this release: a newer one's?)")
+
     @pytest.mark.parametrize("command", [("users", "list"), ("db", "upgrade")])
     def test_a_database_from_a_newer_release_is_said_to_be_one(
         self, devreg: Invoke, committed_database_url: URL, command: tuple[str, ...]

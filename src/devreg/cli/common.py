@@ -244,7 +244,8 @@ _UNFOLDED_WIDTH = 100_000
 
 
 def _print_table(table: Table) -> None:
-    (stdout if stdout.is_terminal else console(width=_UNFOLDED_WIDTH)).print(table)
+    # Laid out to the terminal's width: stdout's lines are otherwise never folded (cli.output).
+    (stdout if stdout.is_terminal else console(width=_UNFOLDED_WIDTH)).print(table, soft_wrap=False)
 
 
 def show(item: BaseModel, *, as_json: bool) -> None:

@@ -64,7 +64,9 @@ def console(**options: Any) -> Console:
     return Console(file=STDOUT, **options)  # type: ignore[arg-type]  # a file in all it uses
 
 
-stdout = console()
+# A line is never folded to the console's width (80 columns when stdout is not a terminal): a
+# program reading it (grep, a script) would find it broken in two.
+stdout = console(soft_wrap=True)
 
 
 def write_line(text: str) -> None:
