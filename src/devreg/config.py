@@ -299,7 +299,11 @@ def check_env_file(path: Path) -> None:
             for binding in parse_stream(stream):
                 # A name alone (no `=`) is read as a setting without a value: skipped too.
                 if binding.error or (binding.key is not None and binding.value is None):
-                    line = binding.original.line
+                    # Where the binding's text begins, blank lines before it included.
+                    text = binding.original.string
+                    line = binding.original.line + text[: len(text) - len(text.lstrip())].count(
+                        "\n"
+                    )
                     # Never the line itself, which may be a secret written on its own.
                     hint = "an unclosed quote?" if binding.error else "no `=`?"
                     raise EnvFileError(f"line {line} of the .env file is not NAME=value ({hint})")

@@ -467,12 +467,13 @@ class TestStartupErrors:
         assert result.stderr == "devreg: the .env file is not UTF-8 text\n"
 
     @pytest.mark.parametrize(
-        ("line", "hint"),
+        ("line", "hint", "number"),
         [
-            ('DATABASE_URL="postgresql://u:p@h/db', "an unclosed quote?"),
-            ("DATABASE_URL", "no `=`?"),
+            ('DATABASE_URL="postgresql://u:p@h/db', "an unclosed quote?", 2),
+            ("DATABASE_URL", "no `=`?", 2),
+            ("\n\nDATABASE_URL", "no `=`?", 4),  # it said line 2: the blank lines' first
         ],
-        ids=["unclosed-quote", "no-equals-sign"],
+        ids=["unclosed-quote", "no-equals-sign", "after-blank-lines"],
     )
     def test_a_dotenv_line_that_cannot_be_parsed_is_refused(
         self,
@@ -481,6 +482,7 @@ class TestStartupErrors:
         tmp_path: Path,
         line: str,
         hint: str,
+        number: int,
     ) -> None:
         """python-dotenv skips such a line (with a warning, or none for a name alone): devreg
         went on without the setting, here its DATABASE_URL, and started the embedded cluster in
@@ -491,7 +493,9 @@ class TestStartupErrors:
         monkeypatch.chdir(tmp_path)
         result = devreg("users", "list")
         assert result.exit_code == 2
-        assert result.stderr == f"devreg: line 2 of the .env file is not NAME=value ({hint})\n"
+        assert result.stderr == (
+            f"devreg: line {number} of the .env file is not NAME=value ({hint})\n"
+        )
         assert not (tmp_path / "data").exists()
 
     def test_a_dotenv_that_cannot_be_read_is_named(

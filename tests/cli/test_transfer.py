@@ -745,7 +745,8 @@ class TestLargeImport:
     ):
         """A file refused while its first batch is read and validated (at its header, say) never
         locks the devices, not even until its rollback: every reader would queue behind that
-        lock. (One the database refuses, for an unknown owner, is refused after the lock.)"""
+        lock. (One the database refuses, for an unknown owner, is refused after the lock,
+        unless a line of the same batch is refused too.)"""
         records = self.numbered(600)
         if refused:
             records[1]["name"] = None

@@ -268,7 +268,8 @@ def _validated_batches(rows: Iterator[Row]) -> Iterator[_Batch]:
     """The rows, validated a batch at a time, up to the first bad line: the rows before it in
     its batch come with its refusal, to be written first, so that the database's refusal of one
     of them (an unknown owner, say) is named instead. The first bad line is the one named,
-    whichever way it is bad: a field, its fields miscounted, not JSON, refused by the database."""
+    whichever way it is bad (a field, its fields miscounted, not JSON, refused by the database),
+    but for text that is not UTF-8, which the decoder meets ahead of the rows before it."""
     batch: list[Row] = []
     reading = iter(rows)
     while True:
