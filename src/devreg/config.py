@@ -9,7 +9,7 @@ from typing import Annotated, Any, Literal, Self
 from urllib.parse import urlencode
 
 import asyncpg
-from dotenv.parser import parse_stream
+from dotenv.parser import Binding, parse_stream
 from platformdirs import user_data_path
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -299,20 +299,24 @@ def check_env_file(path: Path) -> None:
             for binding in parse_stream(stream):
                 # A name alone (no `=`) is read as a setting without a value: skipped too.
                 if binding.error or (binding.key is not None and binding.value is None):
-                    # Where the binding's text begins, blank lines before it included.
-                    text = binding.original.string
-                    line = binding.original.line + text[: len(text) - len(text.lstrip())].count(
-                        "\n"
-                    )
                     # Never the line itself, which may be a secret written on its own.
                     hint = "an unclosed quote?" if binding.error else "no `=`?"
-                    raise EnvFileError(f"line {line} of the .env file is not NAME=value ({hint})")
+                    raise EnvFileError(
+                        f"line {_line_of(binding)} of the .env file is not NAME=value ({hint})"
+                    )
     except FileNotFoundError:
         return
     except UnicodeDecodeError:
         raise EnvFileError("the .env file is not UTF-8 text") from None
     except OSError as exc:
         raise EnvFileError(f"the .env file cannot be read: {exc.strerror}") from None
+
+
+def _line_of(binding: Binding) -> int:
+    """The line a binding is on: python-dotenv's begins where its text does, at the blank lines
+    before it."""
+    text = binding.original.string
+    return binding.original.line + text[: len(text) - len(text.lstrip())].count("\n")
 
 
 @lru_cache
