@@ -767,9 +767,29 @@ class TestChanges:
         assert result.exit_code == 2
         assert says in result.stderr
 
-    @pytest.mark.parametrize("age", ["3600", "3600s", "60m", "1h", "PT1H"])
+    @pytest.mark.parametrize("age", ["3600s", "60m", "1h", "PT1H"])
     def test_an_age_is_read_in_any_unit(self, devreg: Invoke, age: str) -> None:
         assert devreg("changes", "prune", "--older-than", age).exit_code == 0
+
+    @pytest.mark.parametrize(
+        ("command", "option"),
+        [
+            (["changes", "prune"], "--older-than"),
+            (["tokens", "create", "--user", "1"], "--expires"),
+        ],
+    )
+    def test_a_number_without_its_unit_is_refused_not_read_as_seconds(
+        self, devreg: Invoke, committed_database_url: URL, command: list[str], option: str
+    ) -> None:
+        """`prune --older-than 90` deleted every record older than 90 seconds."""
+        devreg("users", "create", "--name", "Ann")
+        asyncio.run(admin(committed_database_url, "UPDATE changes SET at = now() - interval '1h'"))
+        result = devreg(*command, option, " 90 ")
+        assert result.exit_code == 2
+        assert f"{option}: Value error, needs a unit: 90d, 90h, 90m or 90s" in result.stderr
+        kept = asyncio.run(query(committed_database_url, "SELECT count(*) AS n FROM changes"))
+        tokens = asyncio.run(query(committed_database_url, "SELECT count(*) AS n FROM api_tokens"))
+        assert (kept, tokens) == ([{"n": 1}], [{"n": 0}])
 
 
 @pytest.mark.parametrize("ending", [signal.SIGTERM, signal.SIGHUP])

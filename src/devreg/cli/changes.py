@@ -5,15 +5,15 @@ from typing import Annotated
 import typer
 
 from devreg.changes import service
-from devreg.cli.common import run_in_transaction, validated
+from devreg.cli.common import DurationWithUnit, run_in_transaction, validated
 from devreg.cli.output import stdout
-from devreg.schemas import Duration, InputSchema
+from devreg.schemas import InputSchema
 
 changes_app = typer.Typer(help="The change log of devices and users.", no_args_is_help=True)
 
 
 class _Age(InputSchema):
-    older_than: Duration
+    older_than: DurationWithUnit
 
 
 @changes_app.command("prune")

@@ -21,7 +21,7 @@ from typing import Annotated, Any, NoReturn, TypeVar
 import asyncpg
 import typer
 from alembic.util import CommandError
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, BeforeValidator, ValidationError
 from rich.table import Table
 from rich.text import Text
 from sqlalchemy.exc import DBAPIError
@@ -43,7 +43,7 @@ from devreg.errors import (
     sqlstate_problem,
 )
 from devreg.pagination import Page, PageResult, page_json
-from devreg.schemas import BIGINT_MAX
+from devreg.schemas import BIGINT_MAX, Duration
 
 T = TypeVar("T")
 
@@ -212,6 +212,17 @@ def run_in_transaction(operation: Callable[[UnitOfWork], Awaitable[T]]) -> T:
 
     return run_async(with_engine(settings, use))
 
+
+def _with_unit(value: Any) -> Any:
+    if isinstance(value, str) and value.strip().isdigit():
+        number = value.strip()
+        raise ValueError(f"needs a unit: {number}d, {number}h, {number}m or {number}s")
+    return value
+
+
+DurationWithUnit = Annotated[Duration, BeforeValidator(_with_unit)]
+"""A Duration typed as an option: a number alone, which Duration takes for seconds, is refused:
+`--older-than 90` meant 90 days far more often than 90 seconds, and pruned the change log."""
 
 _NO_OPTIONS: Mapping[str, str] = MappingProxyType({})
 

@@ -11,6 +11,7 @@ from devreg.auth.principal import FULL_ACCESS
 from devreg.auth.schemas import TokenCreate, TokenPage, TokenRead
 from devreg.cli.common import (
     Cursor,
+    DurationWithUnit,
     JsonFlag,
     Limit,
     run_in_transaction,
@@ -27,6 +28,10 @@ tokens_app = typer.Typer(help="Create, list and revoke API tokens.", no_args_is_
 UserOption = Annotated[int, typer.Option("--user", min=1, max=BIGINT_MAX, help="The user's id.")]
 
 
+class _TokenOptions(TokenCreate):
+    expires_in: DurationWithUnit | None = None
+
+
 @tokens_app.command("create")
 def tokens_create(
     user: UserOption,
@@ -39,7 +44,7 @@ def tokens_create(
 ) -> None:
     """Create a token and print it: this is the only time it is shown."""
     data = validated(
-        TokenCreate,
+        _TokenOptions,
         {"user_id": "--user", "expires_in": "--expires"},
         user_id=user,
         scope=scope,
