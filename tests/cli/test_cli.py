@@ -227,9 +227,12 @@ class TestOutputThatCannotBeWritten:
         assert result.stderr == "devreg: cannot write to stdout: it is closed\n"
 
     @pytest.mark.parametrize("as_json", [(), ("--json",)], ids=["table", "json"])
+    @pytest.mark.parametrize("read_first", [0, 10], ids=["unread", "gone-partway"])
     def test_a_reader_gone_ends_the_command_quietly(
-        self, committed_database_url: URL, as_json: tuple[str, ...]
+        self, committed_database_url: URL, as_json: tuple[str, ...], read_first: int
     ) -> None:
+        """A reader gone while a page of JSON, larger than a pipe holds, was being written cut
+        the write short without an error: exit 0, the output silently incomplete."""
         url = committed_database_url.render_as_string(hide_password=False)
         assert run_devreg("seed", "--devices", "1000", DATABASE_URL=url).returncode == 0
         listing = subprocess.Popen(
@@ -240,7 +243,8 @@ class TestOutputThatCannotBeWritten:
         )
         assert listing.stdout is not None
         assert listing.stderr is not None
-        listing.stdout.close()  # as `| head -c 0` does: more than a pipe holds is left unread
+        listing.stdout.read(read_first)  # once data comes, the listing is amid its write
+        listing.stdout.close()  # as `| head -c 10` does: more than a pipe holds is left unread
 
         assert listing.wait(timeout=120) == 128 + signal.SIGPIPE
         assert listing.stderr.read() == b""

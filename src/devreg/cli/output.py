@@ -33,11 +33,20 @@ class _Stdout:
         return self._stream().fileno()
 
     def write(self, text: str) -> int:
-        written: int = self._call(self._stream(), "write", text)
-        return written
+        stream = self._stream()
+        self._call(stream, "flush")  # what the text layer holds goes first
+        self.write_bytes(text.encode(self.encoding, getattr(stream, "errors", None) or "strict"))
+        return len(text)
 
     def write_bytes(self, data: bytes) -> None:
-        self._call(self._stream().buffer, "write", data)
+        """`data` written whole. A reader gone amid a write larger than the pipe holds cuts it
+        short without an error (the buffered writer answers with the count it wrote; a text
+        stream drops even that): the rest is written on, and that write fails as it should."""
+        buffer = self._stream().buffer
+        remaining = memoryview(data)
+        while remaining:
+            written: int = self._call(buffer, "write", remaining)
+            remaining = remaining[written:]
 
     def flush(self) -> None:
         if sys.stdout is not None:  # closed, it holds nothing to flush
