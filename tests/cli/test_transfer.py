@@ -12,6 +12,7 @@ import stat
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import AsyncIterator
 from contextlib import suppress
 from datetime import datetime
@@ -45,6 +46,7 @@ from tests.support import (
     one_connection,
     query,
     run_devreg,
+    started_devreg,
 )
 
 FORMATS = list(EXPORT_PARSERS)
@@ -1160,6 +1162,26 @@ async def device_indexes_and_keys(url: URL) -> dict[str, tuple[str, int]]:
     return {row["name"]: (row["definition"], row["oid"]) for row in rows}
 
 
+# The seed's one statement (its text as pg_stat_activity keeps it: the first kilobyte).
+_SEED_INSERTING = (
+    "SELECT count(*) > 0 AS done FROM pg_stat_activity "
+    "WHERE state = 'active' AND query LIKE '%WITH created AS (%INSERT INTO users%' "
+    "AND pid <> pg_backend_pid()"
+)
+_DEVICES_UNLOCKED = (
+    "SELECT count(*) = 0 AS done FROM pg_locks "
+    "WHERE relation = 'devices'::regclass AND mode = 'AccessExclusiveLock'"
+)
+
+
+async def _until(url: URL, condition: str, *, within: float) -> None:
+    """Once `condition` (a query of one row: `done`) holds; it must within `within` seconds."""
+    deadline = time.monotonic() + within
+    while not (await query(url, condition))[0]["done"]:
+        assert time.monotonic() < deadline, condition
+        await asyncio.sleep(0.1)
+
+
 class TestSeed:
     @pytest.fixture
     def seeded(self, devreg) -> Result:
@@ -1268,6 +1290,18 @@ class TestSeed:
         finally:
             await another.close()
         assert await device_indexes_and_keys(committed_database_url) == before
+
+    async def test_a_seed_killed_amid_its_insert_lets_go_of_the_table(self, committed_database_url):
+        """Its backend ran the INSERT to its end with nobody to answer, the table locked: every
+        request waited for as long (45 s after a million-device seed was killed)."""
+        url = committed_database_url.render_as_string(hide_password=False)
+        seeding = started_devreg("seed", "--devices", "3000000", "--users", "10", DATABASE_URL=url)
+        try:
+            await _until(committed_database_url, _SEED_INSERTING, within=60)
+        finally:
+            seeding.kill()
+            seeding.communicate()
+        await _until(committed_database_url, _DEVICES_UNLOCKED, within=10)
 
     def test_devices_without_users_have_no_owner(self, devreg):
         ok(devreg("seed", "--devices", "20", "--users", "0"))
