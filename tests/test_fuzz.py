@@ -209,7 +209,12 @@ UNSTORABLE_TIMESTAMPS = [
 async def test_unstorable_timestamps_are_422(client: AsyncClient, when: str) -> None:
     created = await client.post("/api/v1/devices", json={"name": "edge", "last_seen_at": when})
     assert created.status_code == 422, created.text
-    assert created.json()["errors"][0]["loc"] == ["body", "last_seen_at"]
+    error = created.json()["errors"][0]
+    assert error["loc"] == ["body", "last_seen_at"]
+    # The bounds it names are the very instants refused (it named 23:59:59, a second early).
+    assert error["msg"].endswith(
+        "must be after 0001-01-01T00:00:00Z and before 9999-12-31T23:59:59.999999Z"
+    )
     listed = await client.get("/api/v1/devices", params={"last_seen_after": when})
     assert listed.status_code == 422, listed.text
 

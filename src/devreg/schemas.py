@@ -104,7 +104,9 @@ def _storable_instant(value: datetime) -> datetime:
     except OverflowError:
         utc = datetime.min
     if utc in (datetime.min, datetime.max):
-        raise ValueError("must be after 0001-01-01T00:00:00Z and before 9999-12-31T23:59:59Z")
+        raise ValueError(
+            "must be after 0001-01-01T00:00:00Z and before 9999-12-31T23:59:59.999999Z"
+        )
     return value
 
 
