@@ -231,15 +231,16 @@ class TestOutputThatCannotBeWritten:
     def test_a_reader_gone_ends_the_command_quietly(
         self, committed_database_url: URL, as_json: tuple[str, ...], read_first: int
     ) -> None:
-        """A reader gone while a page of JSON, larger than a pipe holds, was being written cut
-        the write short without an error: exit 0, the output silently incomplete."""
+        """With stdout unbuffered (PYTHONUNBUFFERED, as containers often set it), a reader
+        gone amid a write larger than a pipe holds cut it short without an error: exit 0, the
+        output silently incomplete."""
         url = committed_database_url.render_as_string(hide_password=False)
         assert run_devreg("seed", "--devices", "1000", DATABASE_URL=url).returncode == 0
         listing = subprocess.Popen(
             [sys.executable, "-m", "devreg", "devices", "list", "--limit", "1000", *as_json],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
-            env=devreg_environment(DATABASE_URL=url),
+            env=devreg_environment(DATABASE_URL=url, PYTHONUNBUFFERED="1"),
         )
         assert listing.stdout is not None
         assert listing.stderr is not None

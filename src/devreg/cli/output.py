@@ -1,5 +1,6 @@
 """The commands' standard output, and how a command ends when it cannot write there."""
 
+import io
 import os
 import signal
 import sys
@@ -33,20 +34,11 @@ class _Stdout:
         return self._stream().fileno()
 
     def write(self, text: str) -> int:
-        stream = self._stream()
-        self._call(stream, "flush")  # what the text layer holds goes first
-        self.write_bytes(text.encode(self.encoding, getattr(stream, "errors", None) or "strict"))
-        return len(text)
+        written: int = self._call(self._stream(), "write", text)
+        return written
 
     def write_bytes(self, data: bytes) -> None:
-        """`data` written whole. A reader gone amid a write larger than the pipe holds cuts it
-        short without an error (the buffered writer answers with the count it wrote; a text
-        stream drops even that): the rest is written on, and that write fails as it should."""
-        buffer = self._stream().buffer
-        remaining = memoryview(data)
-        while remaining:
-            written: int = self._call(buffer, "write", remaining)
-            remaining = remaining[written:]
+        self._call(self._stream().buffer, "write", data)
 
     def flush(self) -> None:
         if sys.stdout is not None:  # closed, it holds nothing to flush
@@ -66,6 +58,23 @@ class _Stdout:
 
 
 STDOUT = _Stdout()
+
+
+def buffered_stdout() -> None:
+    """stdout through a buffered writer, as Python gives it unless told not to buffer
+    (PYTHONUNBUFFERED, `-u`: common in containers). Unbuffered, a write goes straight to the
+    file, and one a reader cut short by going away amid it (`| head`, more than a pipe holds)
+    ends without an error, the rest of the output silently dropped: a buffered writer writes
+    on, and that write fails. Each line still goes out as it is written."""
+    stream = sys.stdout
+    if stream is None or not isinstance(getattr(stream, "buffer", None), io.RawIOBase):
+        return
+    sys.stdout = io.TextIOWrapper(
+        io.BufferedWriter(stream.buffer),
+        encoding=stream.encoding,
+        errors=stream.errors,
+        line_buffering=True,
+    )
 
 
 def console(**options: Any) -> Console:
