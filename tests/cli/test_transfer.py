@@ -1303,6 +1303,23 @@ class TestSeed:
             seeding.communicate()
         await _until(committed_database_url, _DEVICES_UNLOCKED, within=10)
 
+    @pytest.mark.parametrize(
+        "setting",
+        [
+            "SET LOCAL no_such_setting = '1s'",  # PostgreSQL 13 and before
+            "SET LOCAL client_connection_check_interval = '-1s'",  # a platform's refusal
+        ],
+        ids=["unknown", "refused"],
+    )
+    def test_a_server_that_cannot_look_for_the_client_seeds_all_the_same(
+        self, devreg, monkeypatch, large_from_500, setting
+    ):
+        monkeypatch.setattr(bulk_load, "CLIENT_CHECK", setting)
+
+        ok(devreg("seed", "--devices", "500", "--users", "50"))
+
+        assert len(stored(devreg)) == 500
+
     def test_devices_without_users_have_no_owner(self, devreg):
         ok(devreg("seed", "--devices", "20", "--users", "0"))
 
