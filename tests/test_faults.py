@@ -209,9 +209,10 @@ async def test_a_database_refusing_new_connections_is_a_logged_503_on_every_path
     for response in responses:
         assert_problem(response, 503)
         assert response.headers["retry-after"].isdigit()
-    # Every request that had to connect (all but the first) logged why.
+    # Every request that had to connect logged why: all but the first, and the first too when
+    # the driver had seen its connection end before the request came (a busy machine's timing).
     logged = [(r.levelname, r.sqlstate) for r in caplog.records if hasattr(r, "sqlstate")]
-    assert logged == [(logged_as, sqlstate)] * 3
+    assert logged in ([(logged_as, sqlstate)] * 3, [(logged_as, sqlstate)] * 4)
 
 
 async def test_a_read_only_database_is_a_logged_503_for_every_write(
