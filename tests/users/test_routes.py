@@ -1,6 +1,7 @@
 """HTTP-level tests of /api/v1/users: every use case, its errors, paging and query counts."""
 
 import asyncio
+import json
 from datetime import datetime
 
 import httpx
@@ -28,7 +29,7 @@ from tests.api import (
     stored_users,
     walk_pages,
 )
-from tests.support import asyncpg_connection, devreg_server, waiting_for_a_lock
+from tests.support import asyncpg_connection, devreg_server, run_devreg, waiting_for_a_lock
 
 # --- bad input -----------------------------------------------------------------------------
 
@@ -555,3 +556,43 @@ async def test_a_cascade_takes_the_devices_registered_while_it_waits(
 
     assert response.status_code == 204, response.text
     assert left == 0
+
+
+async def test_a_users_own_email_sent_back_keeps_an_admins_change_made_meanwhile(
+    committed_database_url: URL,
+) -> None:
+    """A non-admin token may send its user's email only as it is. Checked, then written, it put
+    back the old address over an admin's change committed in between (200, the change log
+    naming the non-admin token as the one that changed it)."""
+    url = committed_database_url.render_as_string(hide_password=False)
+    with devreg_server(DATABASE_URL=url) as base_url:
+        async with httpx.AsyncClient(base_url=base_url, timeout=30) as client:
+            user = (await client.post(USERS, json={"name": "bob", "email": "old@x.org"})).json()
+            made = run_devreg(
+                "tokens", "create", "--user", str(user["id"]), "--json", DATABASE_URL=url
+            )
+            own = {"Authorization": f"Bearer {json.loads(made.stdout)['token']}"}
+            holder = await asyncpg_connection(committed_database_url)
+            try:
+                async with holder.transaction():  # an admin's change of the email
+                    await holder.execute(
+                        "UPDATE users SET email = 'new@x.org' WHERE id = $1", user["id"]
+                    )
+                    renaming = asyncio.ensure_future(
+                        client.patch(
+                            f"{USERS}/{user['id']}",
+                            json={"name": "robert", "email": "old@x.org"},
+                            headers=own,
+                        )
+                    )
+                    await waiting_for_a_lock(holder)
+                response = await renaming
+                stored = await holder.fetchrow(
+                    "SELECT name, email FROM users WHERE id = $1", user["id"]
+                )
+            finally:
+                await holder.close()
+
+    assert response.status_code == 200, response.text
+    assert (response.json()["name"], response.json()["email"]) == ("robert", "new@x.org")
+    assert dict(stored) == {"name": "robert", "email": "new@x.org"}

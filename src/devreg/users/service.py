@@ -47,10 +47,12 @@ async def update_user(
     work: UnitOfWork, user_id: int, *, data: UserUpdate, principal: Principal
 ) -> User:
     changes = data.changes()
+    if principal.owner is not None and "email" in changes:
+        # The email as it is, then, and so no change: written, it would undo an admin's change
+        # made since it was read.
+        await _refuse_email_change(work, user_id, changes.pop("email"), principal=principal)
     if not changes:
         return await get_user(work, user_id, principal=principal)
-    if principal.owner is not None and "email" in changes:
-        await _refuse_email_change(work, user_id, changes["email"], principal=principal)
     await record_actor(work, principal)
     user = await UserRepository(work).update(_visible_user_id(principal, user_id), changes)
     if user is None:
