@@ -151,6 +151,24 @@ class TestAuthentication:
         assert response.status_code == 204
         assert_problem(await client.get(DEVICES, headers=bearer(token)), 401)
 
+    async def test_a_token_revoked_elsewhere_makes_no_others_while_it_is_cached(
+        self, client, people, connection: AsyncConnection
+    ) -> None:
+        """Revoked by another worker (or the CLI), a token stays trusted here for AUTH_CACHE_TTL;
+        it made tokens in that time, which outlived it."""
+        token = people["writer"]
+        assert (await client.get(DEVICES, headers=bearer(token))).status_code == 200  # cached
+        await connection.execute(
+            text("UPDATE api_tokens SET revoked_at = now() WHERE prefix = :prefix"),
+            {"prefix": token[:12]},
+        )
+
+        made = await client.post(TOKENS, json={}, headers=bearer(token))
+
+        assert_problem(made, 401)
+        count = await connection.scalar(text("SELECT count(*) FROM api_tokens"))
+        assert count == 3  # the people's own
+
     async def test_a_lookup_answered_before_a_revocation_is_not_cached(
         self, client, people, monkeypatch
     ) -> None:

@@ -25,15 +25,16 @@ from devreg.errors import UnknownUser
 
 _VIOLATIONS = {"fk_api_tokens_user_id_users": UnknownUser}
 
+_LIVE = (
+    ApiToken.revoked_at.is_(None),
+    or_(ApiToken.expires_at.is_(None), ApiToken.expires_at > func.now()),
+)
+
 # A cache miss's one statement: is the token live, and whose is it; the same statement notes
 # that it was used.
 _USE = DriverStatement.compile(
     update(ApiToken)
-    .where(
-        ApiToken.token_hash == bindparam("token_hash", type_=LargeBinary),
-        ApiToken.revoked_at.is_(None),
-        or_(ApiToken.expires_at.is_(None), ApiToken.expires_at > func.now()),
-    )
+    .where(ApiToken.token_hash == bindparam("token_hash", type_=LargeBinary), *_LIVE)
     .values(last_used_at=func.now())
     .returning(
         ApiToken.id,
@@ -79,6 +80,14 @@ class TokenRepository(TableListing[TokenFilter]):
             statement = statement.where(ApiToken.user_id == owner, ApiToken.admin.is_(False))
         digest: bytes | None = await self.session.scalar(statement, {"token_id": token_id})
         return digest
+
+    async def hold_if_live(self, token_id: int) -> bool:
+        """Whether the token is live, and if so, held so (a revocation waits) until the
+        transaction ends."""
+        statement = (
+            select(ApiToken.id).where(ApiToken.id == token_id, *_LIVE).with_for_update(read=True)
+        )
+        return await self.session.scalar(statement) is not None
 
     async def is_admin_token_of(self, token_id: int, owner: int) -> bool:
         statement = select(

@@ -11,7 +11,7 @@ from devreg.auth.repository import TokenRepository
 from devreg.auth.schemas import TokenCreate, TokenCreated, TokenRead
 from devreg.db.rendering import Rendered
 from devreg.db.session import UnitOfWork
-from devreg.errors import AdminRequired, InvalidInput, TokenNotFound
+from devreg.errors import AdminRequired, InvalidInput, InvalidToken, TokenNotFound
 from devreg.pagination import PageRequest, PageResult, paginate_listing
 
 # Recognisable in logs and by secret scanners.
@@ -37,9 +37,14 @@ async def create_token(
         raise InvalidInput("user_id is required: whose token is it?", field="user_id")
     if not principal.admin and (data.admin or user_id != principal.user_id):
         raise AdminRequired("Only an admin token may create admin tokens or other users' tokens.")
+    tokens = TokenRepository(work)
+    # Trusted from the cache, a token revoked in the last AUTH_CACHE_TTL could still make
+    # others: they would outlive its revocation.
+    if principal.token_id is not None and not await tokens.hold_if_live(principal.token_id):
+        raise InvalidToken
     token = _new_token()
     expires_at = _expiry(principal, data.expires_in)
-    stored = await TokenRepository(work).add(
+    stored = await tokens.add(
         {
             "user_id": user_id,
             "prefix": token[:PREFIX_LENGTH],
