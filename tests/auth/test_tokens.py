@@ -4,17 +4,28 @@ import asyncio
 import hashlib
 from typing import Any
 
+import asyncpg
 import pytest
 from httpx import AsyncClient
 from sqlalchemy import text
+from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from devreg.app import create_app
 from devreg.auth.authenticator import token_digest
 from devreg.auth.repository import TokenRepository
 from devreg.calls import SAFE_METHODS, ApiRoute
 from devreg.compat.routes import router as tutorial_router
 from tests.api import DEVICES, USERS, assert_problem, create_device, create_user, settle
-from tests.support import RunningApp, forget_authentication
+from tests.support import (
+    RunningApp,
+    api_client,
+    asyncpg_connection,
+    forget_authentication,
+    make_settings,
+    query,
+    running,
+)
 
 TOKENS = "/api/v1/tokens"
 
@@ -594,3 +605,55 @@ class TestCost:
         assert len(statements) == 2, statements
         history = await client.get(f"{url}/changes", headers=headers)
         assert history.json()["items"][0]["after"] == {"name": "y"}
+
+
+async def test_a_token_making_another_while_its_user_is_deleted_deadlocks_neither(
+    committed_database_url: URL, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The creating token, held before the new one's insert, and the user's deletion, which
+    holds the user and then its tokens, each waited for the other: one was aborted (40P01)."""
+    checked, go_on = asyncio.Event(), asyncio.Event()
+    hold_if_live = TokenRepository.hold_if_live
+
+    async def hold_then_wait(repository: TokenRepository, token_id: int) -> bool:
+        live = await hold_if_live(repository, token_id)
+        checked.set()
+        await go_on.wait()
+        return live
+
+    async with (
+        running(create_app(make_settings(committed_database_url))) as app,
+        api_client(app) as client,
+    ):
+        user = await create_user(client, name="leaving")
+        token = await new_token(client, user_id=user["id"])
+        monkeypatch.setattr(TokenRepository, "hold_if_live", hold_then_wait)
+        making = asyncio.create_task(client.post(TOKENS, json={}, headers=bearer(token)))
+        await checked.wait()
+        deleter = await asyncpg_connection(committed_database_url)
+        try:
+            deleting = asyncio.create_task(
+                deleter.execute("DELETE FROM users WHERE id = $1", user["id"])
+            )
+            await waiting_for_lock_of(committed_database_url, deleter)
+            go_on.set()
+            made = await making
+            await deleting
+        finally:
+            await deleter.close()
+
+    assert made.status_code == 201, made.text
+    assert await query(committed_database_url, "SELECT count(*) AS n FROM api_tokens") == [{"n": 0}]
+
+
+async def waiting_for_lock_of(url: URL, waiter: asyncpg.Connection) -> None:
+    """Once `waiter`'s session waits for a lock (within 10 seconds)."""
+    pid = waiter.get_server_pid()
+    for _ in range(200):
+        rows = await query(
+            url, f"SELECT count(*) AS n FROM pg_locks WHERE pid = {pid} AND NOT granted"
+        )
+        if rows[0]["n"]:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("the deletion never came to wait")

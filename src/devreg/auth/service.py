@@ -37,13 +37,9 @@ async def create_token(
         raise InvalidInput("user_id is required: whose token is it?", field="user_id")
     if not principal.admin and (data.admin or user_id != principal.user_id):
         raise AdminRequired("Only an admin token may create admin tokens or other users' tokens.")
-    tokens = TokenRepository(work)
-    # Trusted from the cache, a token revoked in the last AUTH_CACHE_TTL could still make
-    # others: they would outlive its revocation.
-    if principal.token_id is not None and not await tokens.hold_if_live(principal.token_id):
-        raise InvalidToken
     token = _new_token()
     expires_at = _expiry(principal, data.expires_in)
+    tokens = TokenRepository(work)
     stored = await tokens.add(
         {
             "user_id": user_id,
@@ -54,6 +50,11 @@ async def create_token(
             "expires_at": expires_at,
         }
     )
+    # Trusted from the cache, a token revoked in the last AUTH_CACHE_TTL could still make
+    # others: they would outlive its revocation. Held after the insert, which holds the user
+    # first, as a deletion of the user does: taken the other way round, the two deadlocked.
+    if principal.token_id is not None and not await tokens.hold_if_live(principal.token_id):
+        raise InvalidToken
     if authenticator is not None:
         authenticator.token_created()
     return TokenCreated.model_validate(
