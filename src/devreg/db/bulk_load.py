@@ -48,7 +48,8 @@ async def _ended_if_the_client_goes(work: UnitOfWork) -> None:
     client only between statements: a seed or import killed amid its INSERT left it running to
     its end, holding the table's lock (all requests waited 45 s after a killed million-device
     seed), and then rolled back. PostgreSQL 14 and later can look for the client as it works,
-    where its platform lets it (Linux; not Windows); elsewhere the load goes on as before."""
+    where its platform lets it (14 on Linux, 15 also on macOS and the BSDs, never on Windows);
+    elsewhere the load goes on as before."""
     try:
         async with work.begin_nested():
             await work.session.execute(text(CLIENT_CHECK))
