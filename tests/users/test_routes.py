@@ -2,6 +2,7 @@
 
 import asyncio
 import json
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 
 import httpx
@@ -29,7 +30,13 @@ from tests.api import (
     stored_users,
     walk_pages,
 )
-from tests.support import asyncpg_connection, devreg_server, run_devreg, waiting_for_a_lock
+from tests.support import (
+    asyncpg_connection,
+    devreg_server,
+    query,
+    run_devreg,
+    waiting_for_a_lock,
+)
 
 # --- bad input -----------------------------------------------------------------------------
 
@@ -528,6 +535,22 @@ class TestRouting:
         assert_problem(response, 404)
 
 
+async def answered_behind(
+    url: URL, statement: str, user_id: int, request: Callable[[], Awaitable[httpx.Response]]
+) -> httpx.Response:
+    """The answer to `request`, sent while another transaction holds what `statement` (given
+    the user's id) wrote, which lets go once the request waits for it."""
+    holder = await asyncpg_connection(url)
+    try:
+        async with holder.transaction():
+            await holder.execute(statement, user_id)
+            answering = asyncio.ensure_future(request())
+            await waiting_for_a_lock(holder)
+        return await answering
+    finally:
+        await holder.close()
+
+
 async def test_a_cascade_takes_the_devices_registered_while_it_waits(
     committed_database_url: URL,
 ) -> None:
@@ -537,25 +560,16 @@ async def test_a_cascade_takes_the_devices_registered_while_it_waits(
     with devreg_server(DATABASE_URL=url) as base_url:
         async with httpx.AsyncClient(base_url=base_url, timeout=30) as client:
             user = (await client.post(USERS, json={"name": "leaving"})).json()
-            holder = await asyncpg_connection(committed_database_url)
-            try:
-                async with holder.transaction():
-                    await holder.execute(
-                        "INSERT INTO devices (name, owner_id) VALUES ('late', $1)", user["id"]
-                    )
-                    deleting = asyncio.ensure_future(
-                        client.delete(f"{USERS}/{user['id']}", params={"cascade": "devices"})
-                    )
-                    await waiting_for_a_lock(holder)
-                response = await deleting
-                left = await holder.fetchval(
-                    "SELECT count(*) FROM devices WHERE owner_id = $1", user["id"]
-                )
-            finally:
-                await holder.close()
+            response = await answered_behind(
+                committed_database_url,
+                "INSERT INTO devices (name, owner_id) VALUES ('late', $1)",
+                user["id"],
+                lambda: client.delete(f"{USERS}/{user['id']}", params={"cascade": "devices"}),
+            )
 
     assert response.status_code == 204, response.text
-    assert left == 0
+    left = "SELECT count(*) AS n FROM devices WHERE owner_id = :id"
+    assert await query(committed_database_url, left, id=user["id"]) == [{"n": 0}]
 
 
 async def test_a_users_own_email_sent_back_keeps_an_admins_change_made_meanwhile(
@@ -572,27 +586,20 @@ async def test_a_users_own_email_sent_back_keeps_an_admins_change_made_meanwhile
                 "tokens", "create", "--user", str(user["id"]), "--json", DATABASE_URL=url
             )
             own = {"Authorization": f"Bearer {json.loads(made.stdout)['token']}"}
-            holder = await asyncpg_connection(committed_database_url)
-            try:
-                async with holder.transaction():  # an admin's change of the email
-                    await holder.execute(
-                        "UPDATE users SET email = 'new@x.org' WHERE id = $1", user["id"]
-                    )
-                    renaming = asyncio.ensure_future(
-                        client.patch(
-                            f"{USERS}/{user['id']}",
-                            json={"name": "robert", "email": "old@x.org"},
-                            headers=own,
-                        )
-                    )
-                    await waiting_for_a_lock(holder)
-                response = await renaming
-                stored = await holder.fetchrow(
-                    "SELECT name, email FROM users WHERE id = $1", user["id"]
-                )
-            finally:
-                await holder.close()
+            response = await answered_behind(
+                committed_database_url,
+                "UPDATE users SET email = 'new@x.org' WHERE id = $1",  # an admin's change
+                user["id"],
+                lambda: client.patch(
+                    f"{USERS}/{user['id']}",
+                    json={"name": "robert", "email": "old@x.org"},
+                    headers=own,
+                ),
+            )
 
     assert response.status_code == 200, response.text
     assert (response.json()["name"], response.json()["email"]) == ("robert", "new@x.org")
-    assert dict(stored) == {"name": "robert", "email": "new@x.org"}
+    stored = "SELECT name, email FROM users WHERE id = :id"
+    assert await query(committed_database_url, stored, id=user["id"]) == [
+        {"name": "robert", "email": "new@x.org"}
+    ]
