@@ -4,6 +4,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -89,6 +90,41 @@ def test_a_stale_pid_file_naming_another_process_is_not_taken_for_the_server(
         other.wait()
 
 
+@pytest.mark.parametrize("left", ["empty", "garbled", "an-ended-process"])
+def test_a_pid_file_a_crash_leaves_unreadable_or_naming_an_ended_process_is_cleared(
+    embedded_settings: dict[str, str], left: str
+) -> None:
+    """A power cut can leave postmaster.pid empty or garbled, and pg_ctl then refused to start
+    the cluster on every run ("is port N taken?"); a server killed where nobody reaps it (a
+    container's) stays a zombie, which pg_ctl took for the running server: every run failed
+    to connect."""
+    data_dir = Path(embedded_settings["DATA_DIR"]) / "pg"
+    assert run_devreg("db", "status", **embedded_settings).returncode == 0
+    rest = (data_dir / "postmaster.pid").read_text().split("\n", 1)[1]
+    assert run_devreg("db", "stop", **embedded_settings).returncode == 0
+    account = "postgres" if os.geteuid() == 0 else None
+    ended = subprocess.Popen(["true"], user=account)  # not waited for: a zombie
+    try:
+        while Path(f"/proc/{ended.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+            time.sleep(0.01)
+        (data_dir / "postmaster.pid").write_text(
+            {
+                "empty": "",
+                "garbled": "\0\0\0\0garbage\n",
+                "an-ended-process": f"{ended.pid}\n{rest}",
+            }[left]
+        )
+
+        status = run_devreg("db", "status", **embedded_settings)
+    finally:
+        ended.wait()
+
+    assert status.returncode == 0, status.stderr
+    assert run_devreg("db", "stop", **embedded_settings).stdout.startswith(
+        "embedded PostgreSQL stopped"
+    )
+
+
 def test_password_file_is_private(embedded_settings: dict[str, str]) -> None:
     result = run_devreg("db", "status", **embedded_settings)
     assert result.returncode == 0, result.stderr
@@ -124,11 +160,13 @@ def test_a_cluster_it_cannot_use_is_one_line(embedded_settings: dict[str, str]) 
     assert run_devreg("db", "status", **moved).returncode == 0
 
 
-def test_a_data_dir_that_is_a_file_is_one_line(tmp_path: Path) -> None:
+@pytest.mark.parametrize("command", ["status", "stop"])
+def test_a_data_dir_that_is_a_file_is_one_line(tmp_path: Path, command: str) -> None:
+    """`db stop` printed a traceback."""
     not_a_directory = tmp_path / "file"
     not_a_directory.write_text("")
 
-    result = run_devreg("db", "status", DATA_DIR=str(not_a_directory / "data"))
+    result = run_devreg("db", command, DATA_DIR=str(not_a_directory / "data"))
 
     assert result.returncode == 1
     assert result.stderr.startswith("devreg: cannot use the embedded PostgreSQL: ")

@@ -100,15 +100,25 @@ class EmbeddedCluster:
             )
 
     def _pid_file_is_stale(self) -> bool:
-        """Whether postmaster.pid names a live process that is not this cluster's server: left
-        by a crash or a power cut, its PID since taken by another process, perhaps another
-        cluster's server, which pg_ctl would take for this one (and `db stop` would stop)."""
+        """Whether postmaster.pid is left by a server gone (a crash, a power cut) in a way
+        pg_ctl cannot tell: empty or garbled, which stops it from starting the cluster; or naming
+        a process that pg_ctl takes for the server: one that has ended but not yet been reaped
+        (no parent waits for it: in a container, say), or one that has since taken its PID,
+        perhaps another cluster's server (which `db stop` would stop)."""
         try:
-            pid = int(self.pid_file.read_text().split("\n", 1)[0])
+            first_line = self.pid_file.read_text().split("\n", 1)[0]
+        except OSError:  # no such file: nothing left
+            return False
+        if not first_line.strip().isdigit():
+            return True
+        pid = int(first_line)
+        try:
+            if _process_state(pid) == _ENDED_UNREAPED:
+                return True
             # A server is a postgres program working in its data directory.
             program = Path(os.readlink(f"/proc/{pid}/exe")).name
             working_in = Path(os.readlink(f"/proc/{pid}/cwd"))
-        except (OSError, ValueError):  # no such file or process, or not ours to look at
+        except OSError:  # no such process (pg_ctl sees that too), or not ours to look at
             return False
         # (An upgraded binary's link reads "postgres (deleted)".)
         return not program.startswith("postgres") or working_in != self.data_dir.resolve()
@@ -121,11 +131,16 @@ class EmbeddedCluster:
     def _alone(self) -> Iterator[None]:
         """Held while the cluster is created, started or stopped: two devreg processes starting
         at once (two servers, a server and a command) would otherwise both run initdb, one
-        writing its password over the other's, or both run pg_ctl start, one failing."""
-        self.data_dir.parent.mkdir(parents=True, exist_ok=True)
-        with self.lock_file.open("a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file is closed
-            yield
+        writing its password over the other's, or both run pg_ctl start, one failing. A file
+        that cannot be used on the way (DATA_DIR a file, or not ours) is an
+        EmbeddedPostgresError: one line, as every command says it."""
+        try:
+            self.data_dir.parent.mkdir(parents=True, exist_ok=True)
+            with self.lock_file.open("a") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file is closed
+                yield
+        except OSError as exc:
+            raise unusable(exc, self.data_dir) from None
 
     def ensure_running(self) -> None:
         """Create the cluster on first use, then start it unless it is already up."""
@@ -220,6 +235,21 @@ class EmbeddedCluster:
             os.chown(path, account.pw_uid, account.pw_gid)
 
 
+_ENDED_UNREAPED = "Z"  # a zombie, in /proc's words
+
+
+def _process_state(pid: int) -> str:
+    """The process's state letter from /proc/PID/stat, after its name (which may hold spaces
+    and parentheses, so the last ")" ends it)."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+
+
+def unusable(exc: OSError, data_dir: Path) -> EmbeddedPostgresError:
+    return EmbeddedPostgresError(
+        f"cannot use the embedded PostgreSQL: {exc.strerror or exc}: {exc.filename or data_dir}"
+    )
+
+
 def embedded_cluster(settings: Settings) -> EmbeddedCluster:
     return EmbeddedCluster(data_dir=settings.embedded_cluster_dir, port=settings.embedded_pg_port)
 
@@ -233,11 +263,8 @@ async def resolve_database_url(settings: Settings) -> URL:
     try:
         await asyncio.to_thread(cluster.ensure_running)
         url = cluster.url(settings.embedded_db_name)
-    except OSError as exc:  # DATA_DIR is a file, or its password file is gone, say
-        where = exc.filename or cluster.data_dir
-        raise EmbeddedPostgresError(
-            f"cannot use the embedded PostgreSQL: {exc.strerror or exc}: {where}"
-        ) from None
+    except OSError as exc:  # its password file is gone, say
+        raise unusable(exc, cluster.data_dir) from None
     try:
         await ensure_database(url)
     except (OSError, TimeoutError, SQLAlchemyError) as exc:  # refused, a wrong password, ...
