@@ -43,9 +43,6 @@ def default_workers() -> int:
     return max(1, min(len(os.sched_getaffinity(0)), _MAX_DEFAULT_WORKERS))
 
 
-_SHELL_SPECIAL = frozenset('$`"\\')
-
-
 def default_data_dir() -> Path:
     """Where the embedded cluster lives: a system path for root, the XDG data dir otherwise."""
     if os.geteuid() == 0:
@@ -138,15 +135,6 @@ class Settings(BaseSettings):
     def _split_origins(cls, value: object) -> object:
         if isinstance(value, str):
             return [origin.strip() for origin in value.split(",") if origin.strip()]
-        return value
-
-    @field_validator("data_dir")
-    @classmethod
-    def _safe_in_a_shell(cls, value: Path) -> Path:
-        # pg_ctl hands the data directory and its log's path to a shell, in double quotes:
-        # `$HOME` in them was expanded, and the cluster made elsewhere or not at all.
-        if any(character in str(value) for character in _SHELL_SPECIAL):
-            raise ValueError('may not hold $, `, " or \\ (pg_ctl hands it to a shell)')
         return value
 
     @field_validator("database_url")

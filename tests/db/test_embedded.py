@@ -3,6 +3,7 @@
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -12,7 +13,13 @@ import httpx
 import pytest
 
 from devreg.db.embedded import EmbeddedCluster
-from tests.support import devreg_server, free_port, run_devreg, started_devreg
+from tests.support import (
+    devreg_environment,
+    devreg_server,
+    free_port,
+    run_devreg,
+    started_devreg,
+)
 
 
 @pytest.fixture
@@ -90,7 +97,7 @@ def test_a_stale_pid_file_naming_another_process_is_not_taken_for_the_server(
         other.wait()
 
 
-@pytest.mark.parametrize("left", ["empty", "garbled", "an-ended-process"])
+@pytest.mark.parametrize("left", ["empty", "garbled", "not-utf-8", "zero", "an-ended-process"])
 def test_a_pid_file_a_crash_leaves_unreadable_or_naming_an_ended_process_is_cleared(
     embedded_settings: dict[str, str], left: str
 ) -> None:
@@ -107,11 +114,13 @@ def test_a_pid_file_a_crash_leaves_unreadable_or_naming_an_ended_process_is_clea
     try:
         while Path(f"/proc/{ended.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
             time.sleep(0.01)
-        (data_dir / "postmaster.pid").write_text(
+        (data_dir / "postmaster.pid").write_bytes(
             {
-                "empty": "",
-                "garbled": "\0\0\0\0garbage\n",
-                "an-ended-process": f"{ended.pid}\n{rest}",
+                "empty": b"",
+                "garbled": b"\0\0\0\0garbage\n",
+                "not-utf-8": b"\xff\xfe\x00garbage\n",
+                "zero": f"0\n{rest}".encode(),
+                "an-ended-process": f"{ended.pid}\n{rest}".encode(),
             }[left]
         )
 
@@ -120,9 +129,34 @@ def test_a_pid_file_a_crash_leaves_unreadable_or_naming_an_ended_process_is_clea
         ended.wait()
 
     assert status.returncode == 0, status.stderr
-    assert run_devreg("db", "stop", **embedded_settings).stdout.startswith(
-        "embedded PostgreSQL stopped"
+    stopped = run_devreg("db", "stop", **embedded_settings)
+    assert stopped.stdout.startswith("embedded PostgreSQL stopped")
+
+
+@pytest.mark.parametrize("relative", [False, True], ids=["absolute", "relative"])
+def test_a_data_dir_a_shell_would_read_otherwise_is_refused_by_name(
+    tmp_path: Path, relative: bool
+) -> None:
+    """pg_ctl hands the path to a shell: under `/tmp/cost$HOME` the cluster's log went to
+    /tmp/cost/var/lib/postgresql, and the start failed as if the port were taken. Only where
+    the embedded cluster is used: DATABASE_URL's users need no DATA_DIR."""
+    where = tmp_path / "cost$HOME"
+    where.mkdir()
+    data_dir = "data" if relative else str(where / "data")
+
+    result = subprocess.run(
+        [sys.executable, "-m", "devreg", "db", "status"],
+        env=devreg_environment(DATA_DIR=data_dir, EMBEDDED_PG_PORT=str(free_port())),
+        cwd=where,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
+
+    assert result.returncode == 1
+    assert result.stderr.startswith('devreg: DATA_DIR may not hold $, `, " or \\ ')
+    assert len(result.stderr.splitlines()) == 1
 
 
 def test_password_file_is_private(embedded_settings: dict[str, str]) -> None:

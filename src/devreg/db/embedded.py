@@ -9,6 +9,7 @@ import asyncio
 import fcntl
 import os
 import pwd
+import re
 import secrets
 import shutil
 import subprocess
@@ -106,12 +107,14 @@ class EmbeddedCluster:
         (no parent waits for it: in a container, say), or one that has since taken its PID,
         perhaps another cluster's server (which `db stop` would stop)."""
         try:
-            first_line = self.pid_file.read_text().split("\n", 1)[0]
+            first_line = self.pid_file.read_bytes().split(b"\n", 1)[0].strip()
         except OSError:  # no such file: nothing left
             return False
-        if not first_line.strip().isdigit():
+        if not re.fullmatch(rb"-?[0-9]+", first_line) or int(first_line) == 0:
             return True
         pid = int(first_line)
+        if pid < 0:  # a single-user server's (PostgreSQL writes its PID negated): pg_ctl says so
+            return False
         try:
             if _process_state(pid) == _ENDED_UNREAPED:
                 return True
@@ -250,8 +253,18 @@ def unusable(exc: OSError, data_dir: Path) -> EmbeddedPostgresError:
     )
 
 
+# pg_ctl hands the data directory and its log's path to a shell, in double quotes: `$HOME` in
+# them was expanded, and the cluster made elsewhere or not at all ("is port N taken?").
+_SHELL_SPECIAL = frozenset('$`"\\')
+
+
 def embedded_cluster(settings: Settings) -> EmbeddedCluster:
-    return EmbeddedCluster(data_dir=settings.embedded_cluster_dir, port=settings.embedded_pg_port)
+    data_dir = settings.embedded_cluster_dir
+    if any(character in str(data_dir) for character in _SHELL_SPECIAL):
+        raise EmbeddedPostgresError(
+            f'DATA_DIR may not hold $, `, " or \\ (pg_ctl hands it to a shell): {data_dir.parent}'
+        )
+    return EmbeddedCluster(data_dir=data_dir, port=settings.embedded_pg_port)
 
 
 async def resolve_database_url(settings: Settings) -> URL:
