@@ -143,7 +143,7 @@ class EmbeddedCluster:
                 fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file is closed
                 yield
         except OSError as exc:
-            raise unusable(exc, self.data_dir) from None
+            raise _unusable(exc, self.data_dir) from None
 
     def ensure_running(self) -> None:
         """Create the cluster on first use, then start it unless it is already up."""
@@ -247,7 +247,7 @@ def _process_state(pid: int) -> str:
     return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
 
 
-def unusable(exc: OSError, data_dir: Path) -> EmbeddedPostgresError:
+def _unusable(exc: OSError, data_dir: Path) -> EmbeddedPostgresError:
     return EmbeddedPostgresError(
         f"cannot use the embedded PostgreSQL: {exc.strerror or exc}: {exc.filename or data_dir}"
     )
@@ -277,7 +277,7 @@ async def resolve_database_url(settings: Settings) -> URL:
         await asyncio.to_thread(cluster.ensure_running)
         url = cluster.url(settings.embedded_db_name)
     except OSError as exc:  # its password file is gone, say
-        raise unusable(exc, cluster.data_dir) from None
+        raise _unusable(exc, cluster.data_dir) from None
     try:
         await ensure_database(url)
     except (OSError, TimeoutError, SQLAlchemyError) as exc:  # refused, a wrong password, ...

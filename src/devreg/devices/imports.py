@@ -271,10 +271,9 @@ def _validated_batches(rows: Iterator[Row]) -> Iterator[_Batch]:
     whichever way it is bad (a field, its fields miscounted, not JSON, refused by the database),
     but for text that is not UTF-8, which the decoder meets ahead of the rows before it."""
     batch: list[Row] = []
-    reading = iter(rows)
     while True:
         try:
-            row = next(reading)
+            row = next(rows)
         except StopIteration:
             break
         except ImportRejected as unreadable:
