@@ -2,6 +2,7 @@
 
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -205,3 +206,34 @@ def test_a_data_dir_that_is_a_file_is_one_line(tmp_path: Path, command: str) -> 
     assert result.returncode == 1
     assert result.stderr.startswith("devreg: cannot use the embedded PostgreSQL: ")
     assert len(result.stderr.splitlines()) == 1
+
+
+def test_db_stop_on_a_data_dir_never_used_creates_nothing(tmp_path: Path) -> None:
+    """A mistyped DATA_DIR was created (its directory and lock file) by `db stop`."""
+    mistyped = tmp_path / "devreg-dta"
+
+    result = run_devreg("db", "stop", DATA_DIR=str(mistyped))
+
+    assert result.returncode == 0
+    assert (
+        result.stdout == f"no embedded PostgreSQL cluster in {mistyped / 'pg'}: nothing to stop\n"
+    )
+    assert not mistyped.exists()
+
+
+def test_a_cluster_that_cannot_start_says_why(embedded_settings: dict[str, str]) -> None:
+    """The reason was only in the server's log; devreg guessed "is port N taken?" whatever it
+    was."""
+    assert run_devreg("db", "status", **embedded_settings).returncode == 0
+    assert run_devreg("db", "stop", **embedded_settings).returncode == 0
+    port = int(embedded_settings["EMBEDDED_PG_PORT"])
+    with socket.create_server(("127.0.0.1", port)):
+        result = run_devreg("db", "status", **embedded_settings)
+
+    log_file = Path(embedded_settings["DATA_DIR"]) / "pg" / "server.log"
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [
+        "devreg: the embedded PostgreSQL did not start: could not bind IPv4 address "
+        '"127.0.0.1": Address already in use; could not create any TCP/IP sockets; '
+        f"see {log_file}"
+    ]

@@ -18,7 +18,7 @@ from devreg.cli.common import (
     run_async,
     with_engine,
 )
-from devreg.cli.output import stdout
+from devreg.cli.output import stdout, write_line
 from devreg.db import migrations
 from devreg.db.embedded import EmbeddedPostgresError, embedded_cluster
 from devreg.logs import logging_config
@@ -139,10 +139,15 @@ def db_status() -> None:
 def db_stop() -> None:
     """Stop the embedded PostgreSQL cluster (data is kept)."""
     try:
-        stopped = embedded_cluster(load_settings()).stop()
+        cluster = embedded_cluster(load_settings())
+        if cluster.stop():
+            stdout.print("embedded PostgreSQL stopped")
+        elif cluster.exists():
+            stdout.print("embedded PostgreSQL is not running")
+        else:
+            write_line(f"no embedded PostgreSQL cluster in {cluster.data_dir}: nothing to stop")
     except EmbeddedPostgresError as exc:
         fail(str(exc))
-    stdout.print("embedded PostgreSQL stopped" if stopped else "embedded PostgreSQL is not running")
 
 
 def register(app: typer.Typer) -> None:

@@ -156,15 +156,51 @@ class EmbeddedCluster:
             if self._pid_file_is_stale():
                 self.pid_file.unlink(missing_ok=True)
             self._write_config()
+            logged_before = self._log_size()
             started = self._pg_ctl("start", "-w", "-t", "60", "-l", str(self.log_file), check=False)
             if started.returncode != 0:
+                why = "; ".join(self._start_failures(logged_before)) or "no reason logged"
                 raise EmbeddedPostgresError(
-                    f"the embedded PostgreSQL did not start (is port {self.port} taken?); "
-                    f"see {self.log_file}"
+                    f"the embedded PostgreSQL did not start: {why}; see {self.log_file}"
                 )
 
+    def _log_size(self) -> int:
+        try:
+            return self.log_file.stat().st_size
+        except OSError:
+            return 0
+
+    def _start_failures(self, logged_before: int) -> list[str]:
+        """What the server logged of why it stopped since `logged_before` bytes: its FATAL
+        and PANIC messages, and what it "could not" do on the way (bind its port, say)."""
+        try:
+            with self.log_file.open("rb") as log:
+                log.seek(logged_before)
+                logged = log.read(_START_LOG_MAX).decode(errors="replace")
+        except OSError:
+            return []
+        return [
+            found.group(2)
+            for found in _LOGGED.finditer(logged)
+            if found.group(1) in ("FATAL", "PANIC") or found.group(2).startswith("could not")
+        ][:_START_FAILURES_MAX]
+
+    def exists(self) -> bool:
+        """Whether DATA_DIR holds the cluster's directory (made, if not yet initialised); a
+        path that cannot be looked at (under a file, or not ours) is an EmbeddedPostgresError."""
+        try:
+            self.data_dir.stat()
+        except FileNotFoundError:
+            return False
+        except OSError as exc:
+            raise _unusable(exc, self.data_dir) from None
+        return True
+
     def stop(self) -> bool:
-        """Stop the cluster cleanly; False when it was not running."""
+        """Stop the cluster cleanly; False when it was not running. A cluster never made is
+        left unmade: a mistyped DATA_DIR is not created."""
+        if not self.exists():
+            return False
         with self._alone():
             if not self.is_running():
                 return False
@@ -237,6 +273,11 @@ class EmbeddedCluster:
             account = pwd.getpwnam(_SERVICE_ACCOUNT)
             os.chown(path, account.pw_uid, account.pw_gid)
 
+
+# A server log line, after its prefix (log_line_prefix): its severity and its message.
+_LOGGED = re.compile(r"\b(LOG|FATAL|PANIC):  (.*)")
+_START_LOG_MAX = 64 * 1024
+_START_FAILURES_MAX = 3
 
 _ENDED_UNREAPED = "Z"  # a zombie, in /proc's words
 
