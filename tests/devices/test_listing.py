@@ -806,6 +806,15 @@ class TestBadQuery:
 
         assert assert_problem(response, 400)["parameter"] == "attr.rack"
 
+    @pytest.mark.parametrize(
+        "path", ["/api/v1/devices", "/api/v1/devices/export", "/api/v1/users/{user_id}/devices"]
+    )
+    async def test_the_attribute_filters_are_in_the_openapi_schema(self, client, path):
+        """They were nowhere in it: OpenAPI cannot name a parameter by its prefix."""
+        schema = (await client.get("/openapi.json")).json()
+
+        assert "`attr.<key>=<value>`" in schema["paths"][path]["get"]["description"]
+
 
 # --- injection -------------------------------------------------------------------------------
 

@@ -143,9 +143,16 @@ def _tagged(
 _ATTRIBUTE_PREFIX = "attr."
 
 
+DEVICE_FILTERS_DESCRIPTION = (
+    "Filters combine with AND; a filter given several times matches any of its values (`tag`: "
+    "all of them). Also `attr.<key>=<value>`, which OpenAPI cannot name as a parameter: the "
+    "device's attributes contain `{key: value}`, the value read as JSON where it parses "
+    "(`attr.floor=3`, `attr.managed=true`), else as text."
+)
+
+
 class DeviceFilterQuery(BaseModel):
-    """A device listing's filters (and its export's); also `attr.<key>=<value>`: attributes
-    contain {key: value} (value read as JSON when it parses, else as text)."""
+    """A device listing's filters (and its export's); `attr.<key>` is read from the request."""
 
     status: tuple[DeviceStatus, ...] = Field((), description="Any of these.")
     owner_id: tuple[Id, ...] = Field((), description="Owned by any of these.")
@@ -337,6 +344,7 @@ async def delete_device(device_id: DeviceId, call: Call) -> None:
     "",
     response_model=DevicePage,
     responses=problem_responses(400, 422),
+    description=DEVICE_FILTERS_DESCRIPTION,
     openapi_extra=documented(*DEVICE_LISTING_QUERY.parameters()),
 )
 async def list_devices(call: Call, listing: DeviceListingDep) -> object:
@@ -356,6 +364,7 @@ async def list_devices(call: Call, listing: DeviceListingDep) -> object:
         },
         **problem_responses(400, 422),
     },
+    description=DEVICE_FILTERS_DESCRIPTION,
     openapi_extra=documented(*_DEVICE_EXPORT_QUERY.parameters()),
 )
 async def export_devices(call: Call, work: StreamingWorkDep) -> StreamingResponse:

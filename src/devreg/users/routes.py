@@ -5,7 +5,11 @@ from pydantic import BaseModel, Field
 
 from devreg.auth.guard import app_authenticator
 from devreg.calls import ApiRoute, Call, documented
-from devreg.devices.routes import DEVICE_LISTING_QUERY, DeviceListingDep
+from devreg.devices.routes import (
+    DEVICE_FILTERS_DESCRIPTION,
+    DEVICE_LISTING_QUERY,
+    DeviceListingDep,
+)
 from devreg.devices.schemas import DevicePage
 from devreg.locations import created_location
 from devreg.problems import described_headers, problem_responses
@@ -134,10 +138,11 @@ async def delete_user(
     "/{user_id}/devices",
     response_model=DevicePage,
     responses=problem_responses(400, 404, 422),
+    description="The user's devices, with every filter and option of `GET /devices`. "
+    + DEVICE_FILTERS_DESCRIPTION,
     openapi_extra=documented(*DEVICE_LISTING_QUERY.parameters()),
 )
 async def list_user_devices(user_id: UserId, call: Call, listing: DeviceListingDep) -> object:
-    """The user's devices, with every filter and option of `GET /devices`."""
     result = await service.list_user_devices(
         call.db, user_id, filters=listing.filters, page=listing.page, principal=call.principal
     )
