@@ -33,7 +33,7 @@ _ECHO = logging.getLogger("sqlalchemy.engine.Engine")
 T = TypeVar("T")
 Violations = Mapping[str, Callable[[], Exception]]
 """The error each constraint's violation is (by constraint name); any other is a 409."""
-_NONE_NAMED: Violations = MappingProxyType({})
+_NONE_NAMED: Mapping[str, Any] = MappingProxyType({})
 
 
 @dataclass(frozen=True)
@@ -117,8 +117,11 @@ async def fetch_row(
     return row
 
 
-async def fetch_all(work: UnitOfWork, statement: Select[Any]) -> Sequence[Sequence[Any]]:
-    """Every row of one read-only statement (a listing's page).
+async def fetch_all(
+    work: UnitOfWork, statement: Select[Any], values: Mapping[str, Any] = _NONE_NAMED
+) -> Sequence[Sequence[Any]]:
+    """Every row of one read-only statement (a listing's page), `values` given for its named
+    parameters.
 
     Outside a transaction it runs straight on a pooled asyncpg connection in autocommit, compiled
     once per structure: one round trip, no BEGIN or ROLLBACK, and none of SQLAlchemy's execution
@@ -126,10 +129,10 @@ async def fetch_all(work: UnitOfWork, statement: Select[Any]) -> Sequence[Sequen
     transaction's connection."""
     bind = work.bind
     if work.in_transaction() or not isinstance(bind, AsyncEngine):
-        result = await work.session.execute(statement)
+        result = await work.session.execute(statement, dict(values))
         rows: Sequence[Sequence[Any]] = result.all()
         return rows
-    sql, arguments = _compiled_once(statement)
+    sql, arguments = _compiled_once(statement, values)
     records: list[asyncpg.Record] = await _pooled(
         bind, sql, lambda driver: driver.fetch(sql, *arguments), {}
     )
@@ -142,9 +145,10 @@ _COMPILED: dict[tuple[Any, ...], tuple[SQLCompiler, DriverStatement]] = {}
 _COMPILED_LIMIT = 500
 
 
-def _compiled_once(statement: Select[Any]) -> tuple[str, list[Any]]:
+def _compiled_once(statement: Select[Any], values: Mapping[str, Any]) -> tuple[str, list[Any]]:
     """The statement as asyncpg's SQL and arguments: compiled the first time its structure (its
-    SQLAlchemy cache key) is seen, with this statement's values each time."""
+    SQLAlchemy cache key) is seen, with this statement's values each time, and `values` for its
+    named parameters."""
     cache_key = statement._generate_cache_key()
     assert cache_key is not None, "every listing's statement is cacheable"
     cached = _COMPILED.get(cache_key.key)
@@ -158,8 +162,9 @@ def _compiled_once(statement: Select[Any]) -> tuple[str, list[Any]]:
             del _COMPILED[next(iter(_COMPILED))]
         cached = _COMPILED[cache_key.key] = (compiled, DriverStatement._of(compiled, DIALECT))
     compiled, driver_statement = cached
-    values = compiled.construct_params(cache_key.params, extracted_parameters=cache_key.bindparams)
-    return driver_statement.sql, driver_statement.arguments(values)
+    named = {**cache_key.params, **values} if cache_key.params else values
+    bound = compiled.construct_params(named, extracted_parameters=cache_key.bindparams)
+    return driver_statement.sql, driver_statement.arguments(bound)
 
 
 def echo(sql: str) -> None:

@@ -344,6 +344,9 @@ _DEVICE_JSON = JsonShape.of_columns(
     ),
 )
 _DEVICES_AND_OWNERS = _and_owners(_DEVICES)
+# With `q=` and no sort: how well the device matches what was searched for.
+_SEARCHED = "searched_for"
+_RELEVANCE = func.word_similarity(bindparam(_SEARCHED, type_=Text), Device.search_text)
 
 
 class DeviceRepository(TableListing[DeviceFilter]):
@@ -361,10 +364,11 @@ class DeviceRepository(TableListing[DeviceFilter]):
     def _source(self) -> FromClause:
         return _DEVICES_AND_OWNERS
 
-    def _sort_key(self, sort: Sort, filters: DeviceFilter) -> ColumnElement[Any]:
-        if sort.key == RELEVANCE:
-            return func.word_similarity(filters.search or "", Device.search_text)
-        return super()._sort_key(sort, filters)
+    def _sort_key(self, sort: Sort) -> SQLColumnExpression[Any]:
+        return _RELEVANCE if sort.key == RELEVANCE else super()._sort_key(sort)
+
+    def _sort_key_values(self, sort: Sort, filters: DeviceFilter) -> Mapping[str, Any]:
+        return {_SEARCHED: filters.search or ""} if sort.key == RELEVANCE else {}
 
     def export(self, filters: DeviceFilter, *, as_json: bool) -> AsyncGenerator[bytes, None]:
         """Matching devices by id, written by PostgreSQL's COPY: CSV with a header, or one JSON
