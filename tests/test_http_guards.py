@@ -65,9 +65,8 @@ async def test_a_body_not_sent_as_json_is_a_415_and_nothing_is_written(
 
 @pytest.mark.parametrize(
     "content_type",
-    ["application/json", "application/json; charset=utf-8", "APPLICATION/JSON",
-     "application/merge-patch+json"],
-)  # fmt: skip
+    ["application/json", "application/json; charset=utf-8", "APPLICATION/JSON"],
+)
 async def test_json_by_any_of_its_names_is_read(client: AsyncClient, content_type: str) -> None:
     device = await create_device(client)
     response = await client.patch(
@@ -77,6 +76,38 @@ async def test_json_by_any_of_its_names_is_read(client: AsyncClient, content_typ
     )
     assert response.status_code == 200, response.text
     assert response.json()["model"] == "m"
+
+
+async def test_a_body_of_a_json_type_of_its_own_is_read_as_json_but_for_a_patch(
+    client: AsyncClient,
+) -> None:
+    response = await client.post(
+        DEVICES, content=b'{"name": "n"}', headers={"content-type": "application/vnd.devreg+json"}
+    )
+    assert response.status_code == 201, response.text
+
+
+@pytest.mark.parametrize(
+    ("content_type", "body"),
+    [
+        ("application/merge-patch+json", b'{"attributes": {"rack": null}}'),
+        ("application/json-patch+json", b'[{"op": "remove", "path": "/attributes/rack"}]'),
+    ],
+)
+async def test_a_patch_format_of_its_own_is_a_415_not_read_as_plain_json(
+    client: AsyncClient, content_type: str, body: bytes
+) -> None:
+    """A merge patch was accepted (and advertised) but read as plain JSON: the device's
+    attributes were replaced by `{"rack": null}`, its other members lost."""
+    device = await create_device(client, attributes={"rack": 4, "row": "b"})
+
+    response = await client.patch(
+        f"{DEVICES}/{device['id']}", content=body, headers={"content-type": content_type}
+    )
+
+    assert_problem(response, 415)
+    assert response.headers["accept-patch"] == "application/json"
+    assert await stored_devices(client) == [device]
 
 
 async def test_bulk_writes_take_bodies_beyond_the_general_limit(client: AsyncClient) -> None:

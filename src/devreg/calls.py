@@ -174,10 +174,17 @@ def _refuse_encoded_body(call: Call) -> None:
 
 def _refuse_body_not_json(call: Call) -> None:
     """A body sent as anything but JSON (text/plain, a form, no Content-Type) is refused as
-    such (415): FastAPI would not parse it, and its 422 said the JSON was not an object."""
+    such (415): FastAPI would not parse it, and its 422 said the JSON was not an object.
+
+    A PATCH takes plain JSON only: the `+json` types a PATCH is sent as are patch formats of
+    their own (`merge-patch+json` merges nested objects and removes members set to null,
+    `json-patch+json` is a list of operations), and read as plain JSON they would replace a
+    device's attributes whole, losing the members the client meant to keep."""
     media_type = (call.header_value("content-type") or "").partition(";")[0].strip().lower()
     if media_type == "application/json" or (
-        media_type.startswith("application/") and media_type.endswith("+json")
+        call.method != "PATCH"
+        and media_type.startswith("application/")
+        and media_type.endswith("+json")
     ):
         return
     if call.header_value("content-length") in (None, "0") and not call.header_value(
@@ -186,7 +193,7 @@ def _refuse_body_not_json(call: Call) -> None:
         return  # no body: FastAPI says what is missing
     problem = UnsupportedMediaType()
     if call.method == "PATCH":  # RFC 5789, 2.2
-        problem.headers["Accept-Patch"] = "application/json, application/merge-patch+json"
+        problem.headers["Accept-Patch"] = "application/json"
     raise problem
 
 
