@@ -1,6 +1,7 @@
 """A real uvicorn process: start-up errors, and a burst far above the pool."""
 
 import asyncio
+import json
 import signal
 import socket
 import time
@@ -191,3 +192,63 @@ async def test_a_client_that_stops_sending_its_body_does_not_hold_the_worker(
     assert stalled_answer.startswith(b"HTTP/1.1 408 ")
     assert b"\r\nconnection: close\r\n" in stalled_answer.lower()
     assert closed
+
+
+async def _exchange(base_url: str, request: bytes) -> bytes:
+    """`request` sent on a connection of its own; all the server answers until it closes."""
+    host, port = base_url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        writer.write(request)
+        await writer.drain()
+        return await asyncio.wait_for(reader.read(), 20)
+    except ConnectionResetError:  # closed before all of the request was taken
+        return b""
+    finally:
+        writer.close()
+
+
+async def test_a_request_head_past_its_bound_is_a_431_and_one_within_is_served(
+    committed_database_url: URL,
+) -> None:
+    """A head of any size was taken, httptools joining a header's pieces one at a time: one
+    header of 48 MB held the worker for 6-12 s before any check ran."""
+    with devreg_server(DATABASE_URL=url_setting(committed_database_url)) as base_url:
+        head = b"GET /livez HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n"
+        too_large = await _exchange(base_url, head + b"X-Big: " + b"a" * 200_000 + b"\r\n\r\n")
+        within = await _exchange(base_url, head + b"X-Big: " + b"a" * 60_000 + b"\r\n\r\n")
+        body = b'{"name": "n", "attributes": {"pad": "' + b"b" * 60_000 + b'"}}'
+        with_a_body = await _exchange(
+            base_url,
+            b"POST /api/v1/devices HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n"
+            b"Content-Type: application/json\r\n"
+            b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body,
+        )
+
+    status_line, _, rest = too_large.partition(b"\r\n")
+    assert status_line == b"HTTP/1.1 431 Request Header Fields Too Large"
+    headers, _, problem = rest.partition(b"\r\n\r\n")
+    assert b"content-type: application/problem+json" in headers
+    assert (
+        json.loads(problem)["detail"] == "The request line and headers may be at most 65536 bytes"
+    )
+    assert within.startswith(b"HTTP/1.1 200 ")
+    # Its head ends in the first piece read, with a body larger than a head may be.
+    assert with_a_body.startswith(b"HTTP/1.1 201 ")
+
+
+async def test_a_websocket_upgrade_is_answered_as_any_request(committed_database_url: URL) -> None:
+    """It was uvicorn's plain-text 403, without devreg's headers or log line."""
+    with devreg_process(DATABASE_URL=url_setting(committed_database_url)) as server:
+        answer = await _exchange(
+            server.base_url,
+            b"GET /nope HTTP/1.1\r\nHost: localhost\r\n"
+            b"Connection: Upgrade\r\nUpgrade: websocket\r\n"
+            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        )
+        logged = server.log()
+
+    assert answer.startswith(b"HTTP/1.1 404 ")
+    assert b"content-type: application/problem+json" in answer.lower()
+    assert b"x-request-id: " in answer.lower()
+    assert '"path": "/nope"' in logged or '"path":"/nope"' in logged

@@ -12,6 +12,9 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from devreg.conditional import etag
 
+PROBLEM_MEDIA_TYPE = "application/problem+json"
+PROBLEM_TYPE_PREFIX = "urn:devreg:problem:"
+
 
 def error_entry(loc: Sequence[str | int], msg: str, type_: str) -> dict[str, Any]:
     """One entry of a 422's `errors` list, as FastAPI writes a validation error's."""

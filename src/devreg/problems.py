@@ -21,6 +21,8 @@ from starlette.requests import ClientDisconnect
 from starlette.routing import Match
 
 from devreg.errors import (
+    PROBLEM_MEDIA_TYPE,
+    PROBLEM_TYPE_PREFIX,
     DatabaseRefusal,
     DevregError,
     PoolExhausted,
@@ -31,9 +33,6 @@ from devreg.errors import (
 )
 
 logger = logging.getLogger("devreg.errors")
-
-PROBLEM_MEDIA_TYPE = "application/problem+json"
-_TYPE_PREFIX = "urn:devreg:problem:"
 
 
 class ValidationIssue(BaseModel):
@@ -68,7 +67,7 @@ def problem_response(
     **extensions: Any,
 ) -> JSONResponse:
     body = {
-        "type": _TYPE_PREFIX + slug if slug else "about:blank",
+        "type": PROBLEM_TYPE_PREFIX + slug if slug else "about:blank",
         "title": HTTPStatus(status).phrase,
         "status": status,
         "detail": detail,

@@ -22,6 +22,7 @@ from devreg.cli.output import stdout, write_line
 from devreg.db import migrations
 from devreg.db.embedded import EmbeddedPostgresError, embedded_cluster
 from devreg.logs import logging_config
+from devreg.protocol import BoundedHeadProtocol
 
 db_app = typer.Typer(help="Migrations and the embedded PostgreSQL.", no_args_is_help=True)
 
@@ -54,6 +55,8 @@ def serve(
         log_config=logging_config(settings.log_level, echo_sql=settings.db_echo),
         access_log=False,
         server_header=False,
+        http=BoundedHeadProtocol,
+        ws="none",  # no route takes a WebSocket: an upgrade asked for is a request as any other
     )
 
 

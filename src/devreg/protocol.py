@@ -1,0 +1,92 @@
+"""The HTTP/1.1 protocol devreg's server speaks: uvicorn's, on httptools, with a bound on the
+size of a request's head (its request line and headers).
+
+httptools takes a head of any size, and gathers a header's value by joining its pieces one at
+a time, at a cost that grows with the square of its length: one 48 MB header held a worker's
+event loop for 6-12 s, health checks and every other request waiting, before any of devreg's
+checks (a token's included) could run. Past HEAD_MAX bytes the request is refused with a 431
+and its connection closed, as uvicorn refuses a request it cannot parse (400).
+"""
+
+import asyncio
+import json
+import logging
+from http import HTTPStatus
+
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from devreg.errors import PROBLEM_MEDIA_TYPE, PROBLEM_TYPE_PREFIX
+
+# As nginx's and Node's bounds, with room for a listing's query string of a hundred filters.
+HEAD_MAX = 64 * 1024
+# How long a refused client may go on sending (its bytes dropped) before its connection ends.
+_LINGER_SECONDS = 5
+
+logger = logging.getLogger("devreg.request")
+
+_STATUS = HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE
+_DETAIL = f"The request line and headers may be at most {HEAD_MAX} bytes"
+_BODY = json.dumps(
+    {
+        "type": PROBLEM_TYPE_PREFIX + "head-too-large",
+        "title": _STATUS.phrase,
+        "status": _STATUS.value,
+        "detail": _DETAIL,
+    }
+).encode()
+_ANSWER = (
+    f"HTTP/1.1 {_STATUS.value} {_STATUS.phrase}\r\n"
+    f"content-type: {PROBLEM_MEDIA_TYPE}\r\n"
+    f"content-length: {len(_BODY)}\r\n"
+    "connection: close\r\n\r\n"
+).encode() + _BODY
+
+
+class BoundedHeadProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol, counting the bytes of each request's head as they come."""
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._head_bytes = 0  # of the head being read, as far as it has come
+        self._reading_head = True
+        self._heads_ended = 0
+        self._refused = False
+
+    def data_received(self, data: bytes) -> None:
+        if self._refused:  # the rest of what the client sends is dropped unread
+            return
+        # Each piece is parsed before it is counted, and counts only if no head ended in it (its
+        # bytes may be a body's, or the next request's): a piece is at most as large as asyncio
+        # reads (256 KiB), so the cost of one is bounded; that of many is not.
+        heads_ended = self._heads_ended
+        super().data_received(data)
+        if heads_ended != self._heads_ended or not self._reading_head:
+            return
+        if self.transport.is_closing():
+            return
+        self._head_bytes += len(data)
+        if self._head_bytes > HEAD_MAX:
+            self._refuse()
+
+    def _refuse(self) -> None:
+        """Answer 431 and end the connection, after a grace for the client to stop sending:
+        closed with its bytes still coming, the connection would be reset, and the client could
+        lose the answer before reading it."""
+        logger.warning(
+            "request head too large",
+            extra={"status": _STATUS.value, "head_bytes": self._head_bytes},
+        )
+        self._refused = True
+        self.transport.write(_ANSWER)
+        self.transport.write_eof()  # the client reads the answer, then the end
+        self.loop.call_later(_LINGER_SECONDS, self.transport.close)
+
+    def on_headers_complete(self) -> None:
+        self._reading_head = False
+        self._heads_ended += 1
+        self._head_bytes = 0
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        self._reading_head = True
