@@ -84,6 +84,33 @@ async def test_a_request_past_its_wait_is_a_503_and_every_health_check_still_ans
     assert served.status_code == 200
 
 
+async def test_a_body_read_without_the_turn_waits_for_one_again(database_url: URL) -> None:
+    """A request gives up its turn while its body arrives (a slow client would hold it), and
+    waits for one again as a new request does: here none comes in time, a 503."""
+    async with one_at_a_time(database_url, lambda gate: gate.hold) as (client, gate):
+        rest_sent = asyncio.Event()
+
+        async def body() -> AsyncIterator[bytes]:
+            yield b'{"name": '
+            await rest_sent.wait()
+            yield b'"late"}'
+
+        posting = asyncio.create_task(
+            client.post(DEVICES_PATH, content=body(), headers={"content-type": "application/json"})
+        )
+        await asyncio.sleep(0.2)  # the POST is in, half its body sent
+        held = await held_request(client, gate)  # the only turn, given up by the POST
+        rest_sent.set()
+        refused = await posting
+        gate.opened.set()
+        await held
+        listed = await client.get(DEVICES_PATH, params={"name": "late"})
+
+    assert assert_problem(refused, 503)["detail"] == PoolExhausted.default_detail
+    assert refused.headers["retry-after"].isdigit()
+    assert listed.json()["items"] == []
+
+
 async def test_a_browsers_preflight_needs_no_turn(database_url: URL) -> None:
     """Answered while the only turn is held, long before a turn could come (POOL_TIMEOUT)."""
     settings = {"cors_origins": "https://ui.example", "pool_timeout": 30}

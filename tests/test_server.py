@@ -194,6 +194,39 @@ async def test_a_client_that_stops_sending_its_body_does_not_hold_the_worker(
     assert closed
 
 
+async def test_bodies_still_arriving_hold_no_turn(committed_database_url: URL) -> None:
+    """A request held its worker's turn while its body arrived, up to BODY_TIMEOUT: eight
+    clients each sending a body slowly had every other request refused (503)."""
+    settings = {"MAX_REQUESTS_IN_PROGRESS": "2", "BODY_TIMEOUT": "60", "POOL_TIMEOUT": "2"}
+    with devreg_server(DATABASE_URL=url_setting(committed_database_url), **settings) as base_url:
+        host, port = base_url.removeprefix("http://").split(":")
+        stalled = []
+        for _ in range(4):
+            reader, writer = await asyncio.open_connection(host, int(port))
+            writer.write(
+                b"POST /api/v1/devices HTTP/1.1\r\nHost: localhost\r\n"
+                b'Content-Type: application/json\r\nContent-Length: 16\r\n\r\n{"na'
+            )
+            await writer.drain()
+            stalled.append((reader, writer))
+        await asyncio.sleep(0.5)  # each request is in the app, waiting for the rest of its body
+        try:
+            async with httpx.AsyncClient(base_url=base_url, timeout=30) as client:
+                served = await client.get("/api/v1/devices", params={"limit": 1})
+                for _, writer in stalled:  # the rest of the bodies: each is served
+                    writer.write(b'me": "slow"}')
+                    await writer.drain()
+                answers = [await asyncio.wait_for(reader.read(12), 10) for reader, _ in stalled]
+                listed = await client.get("/api/v1/devices", params={"name": "slow"})
+        finally:
+            for _, writer in stalled:
+                writer.close()
+
+    assert served.status_code == 200, served.text
+    assert answers == [b"HTTP/1.1 201"] * 4
+    assert len(listed.json()["items"]) == 4
+
+
 async def _exchange(base_url: str, request: bytes) -> bytes:
     """`request` sent on a connection of its own; all the server answers until it closes."""
     host, port = base_url.removeprefix("http://").split(":")

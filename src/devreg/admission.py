@@ -9,8 +9,12 @@ asyncio loop is fair too, but serves about 15% fewer. See docs/benchmarks.md.
 """
 
 import asyncio
+from collections.abc import Awaitable
+from typing import TypeVar
 
 from devreg.errors import PoolExhausted
+
+T = TypeVar("T")
 
 
 class Admission:
@@ -35,6 +39,23 @@ class Turn:
         self._held = False
 
     async def __aenter__(self) -> "Turn":
+        await self._take()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self.end()
+
+    async def without(self, awaitable: Awaitable[T]) -> T:
+        """`awaitable` awaited with the turn given up (a request's body arriving: a client
+        sending it slowly would hold a turn meanwhile, every other request waiting, then
+        refused), then taken back as a new request takes one: PoolExhausted if none comes in
+        time."""
+        self.end()
+        result = await awaitable
+        await self._take()
+        return result
+
+    async def _take(self) -> None:
         # A free turn is taken at once; only waiting needs a timer (the costly part).
         if self._turns.locked():
             try:
@@ -45,10 +66,6 @@ class Turn:
         else:
             await self._turns.acquire()
         self._held = True
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        self.end()
 
     def end(self) -> None:
         if self._held:

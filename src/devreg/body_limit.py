@@ -10,6 +10,9 @@ from collections.abc import Mapping
 from starlette.exceptions import HTTPException
 from starlette.types import Message, Receive
 
+from devreg.admission import Turn
+from devreg.errors import PoolExhausted
+
 
 def too_large(limit: int) -> str:
     return f"The request body is larger than the {limit} bytes this route takes."
@@ -67,3 +70,42 @@ def declared_too_large(content_length: bytes | None, limit: int) -> bool:
 
 def too_slow(timeout: float) -> str:
     return f"The request body did not arrive within {timeout:g} seconds."
+
+
+def declares_body(headers: list[tuple[bytes, bytes]]) -> bool:
+    """Whether the request says a body follows (ASGI gives header names in lower case)."""
+    return any(
+        (name == b"content-length" and value.strip() not in (b"", b"0"))
+        or name == b"transfer-encoding"
+        for name, value in headers
+    )
+
+
+def whole_body_without(turn: Turn, receive: Receive) -> Receive:
+    """`receive` whose first call gives the whole body, read without the request's turn (which
+    is taken back after: a 503 if none comes in time). FastAPI reads a body whole anyway."""
+    read = False
+
+    async def receive_whole() -> Message:
+        nonlocal read
+        if read:
+            return await receive()
+        read = True
+        try:
+            return await turn.without(_whole_body(receive))
+        except PoolExhausted as busy:
+            # FastAPI takes anything but an HTTPException from reading a body for a bad body.
+            raise HTTPException(503, detail=busy.detail, headers=busy.headers) from busy
+
+    return receive_whole
+
+
+async def _whole_body(receive: Receive) -> Message:
+    chunks: list[bytes] = []
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":  # the client went away
+            return message
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            return {"type": "http.request", "body": b"".join(chunks), "more_body": False}

@@ -16,7 +16,13 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from devreg.admission import Admission, Turn
-from devreg.body_limit import BodyLimits, declared_too_large, too_large
+from devreg.body_limit import (
+    BodyLimits,
+    declared_too_large,
+    declares_body,
+    too_large,
+    whole_body_without,
+)
 from devreg.errors import PoolExhausted, UndecodableQueryString
 from devreg.logs import request_logger
 from devreg.problems import (
@@ -154,6 +160,8 @@ class EdgeMiddleware:
                 await self.app(scope, receive_body, send_with_headers)
             else:
                 async with admission.turn() as turn:
+                    if declares_body(headers):
+                        receive_body = whole_body_without(turn, receive_body)
                     await self.app(scope, receive_body, send_with_headers)
         except Exception as exc:
             if response_started:  # a streamed response (an export) broke off

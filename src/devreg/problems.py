@@ -196,6 +196,8 @@ def _unreadable(cause: BaseException | None) -> str | None:
 
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
+    if isinstance(exc.__cause__, DevregError):  # raised as an HTTPException to pass FastAPI
+        return error_response(request, exc.__cause__)
     # FastAPI answers 400 when the body is not JSON text at all; like any malformed JSON,
     # that is a 422 here.
     unreadable = _unreadable(exc.__cause__)
