@@ -363,3 +363,40 @@ def _devices_read(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [
         record.getMessage() for record in caplog.records if "FROM devices" in record.getMessage()
     ]
+
+
+@pytest.mark.parametrize("format", ["csv", "ndjson"])
+async def test_an_export_is_planned_to_stream_its_rows_as_they_are_read(
+    client: AsyncClient, connection: AsyncConnection, format: str
+) -> None:
+    """With parallel plans costed as cheap (a large table's case), the NDJSON export was planned
+    as a parallel scan gathered by a sort: nothing sent until every row was read and sorted (on
+    a large table the plan without workers reads the id index in order)."""
+    await bulk_create(client, [{"name": f"d{i}"} for i in range(3_000)])
+    await connection.execute(text("ANALYZE devices"))
+    for setting in (
+        "parallel_setup_cost = 0",
+        "parallel_tuple_cost = 0",
+        "min_parallel_table_scan_size = 0",
+        "min_parallel_index_scan_size = 0",
+        "auto_explain.log_min_duration = 0",
+        "auto_explain.log_level = notice",
+        "client_min_messages = notice",
+    ):
+        await connection.execute(text(f"SET LOCAL {setting}"))
+    await connection.execute(text("LOAD 'auto_explain'"))
+    plans: list[str] = []
+    raw = (await connection.get_raw_connection()).driver_connection
+    assert raw is not None
+
+    def listen(_: object, message: Any) -> None:
+        plans.append(message.message)
+
+    raw.add_log_listener(listen)
+    try:
+        assert len(await exported(client, format)) == 3_000
+    finally:
+        raw.remove_log_listener(listen)
+
+    (plan,) = [plan for plan in plans if "COPY" in plan]
+    assert "Gather" not in plan, plan
