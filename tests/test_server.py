@@ -22,6 +22,7 @@ from tests.support import (
     free_port,
     query,
     run_devreg,
+    set_revision,
 )
 
 
@@ -285,3 +286,78 @@ async def test_a_websocket_upgrade_is_answered_as_any_request(committed_database
     assert b"content-type: application/problem+json" in answer.lower()
     assert b"x-request-id: " in answer.lower()
     assert '"path": "/nope"' in logged or '"path":"/nope"' in logged
+
+
+async def test_sighup_to_one_worker_lets_the_request_in_flight_finish(
+    committed_database_url: URL,
+) -> None:
+    """With one worker, SIGHUP (a terminal closed, `systemctl reload`) ended the server at once,
+    the request in flight answered with nothing."""
+    with devreg_process(DATABASE_URL=url_setting(committed_database_url)) as server:
+        host, port = server.base_url.removeprefix("http://").split(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(
+            b"POST /api/v1/devices HTTP/1.1\r\nHost: localhost\r\n"
+            b'Content-Type: application/json\r\nContent-Length: 16\r\n\r\n{"na'
+        )
+        await writer.drain()
+        await asyncio.sleep(0.5)
+        server.process.send_signal(signal.SIGHUP)
+        await asyncio.sleep(0.5)
+        writer.write(b'me": "late"}')
+        await writer.drain()
+        answer = await asyncio.wait_for(reader.read(12), 10)
+        writer.close()
+        exit_status = await asyncio.to_thread(server.process.wait, 30)
+
+    assert answer == b"HTTP/1.1 201"
+    assert exit_status == -signal.SIGTERM  # drained as after SIGTERM
+    (row,) = await query(committed_database_url, "SELECT count(*) AS devices FROM devices")
+    assert row["devices"] == 1
+
+
+async def test_a_worker_of_several_that_cannot_start_is_a_failed_start(
+    committed_database_url: URL,
+) -> None:
+    """With two workers or more, uvicorn's supervisor stopped them all and exited with 0."""
+    await set_revision(committed_database_url, "a1b2c3d4")  # a newer release's
+
+    result = await asyncio.to_thread(
+        run_devreg,
+        "serve",
+        "--port",
+        str(free_port()),
+        "--workers",
+        "2",
+        DATABASE_URL=url_setting(committed_database_url),
+    )
+
+    assert result.returncode == 3
+    assert result.stderr.splitlines() == [
+        "devreg: a worker could not start (its log says why); stopped"
+    ]
+    assert "which this release does not know" in result.stdout
+
+
+async def test_a_client_reading_slowly_does_not_keep_the_server_from_stopping(
+    committed_database_url: URL,
+) -> None:
+    """SIGTERM waited for every connection to close: an export read slowly kept the server
+    up for as long as its client liked."""
+    url = url_setting(committed_database_url)
+    assert (
+        run_devreg("seed", "--devices", "20000", "--users", "10", DATABASE_URL=url).returncode == 0
+    )
+    with devreg_process(DATABASE_URL=url, SHUTDOWN_TIMEOUT="1") as server:
+        host, port = server.base_url.removeprefix("http://").split(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(b"GET /api/v1/devices/export HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        await writer.drain()
+        assert (await asyncio.wait_for(reader.read(100), 10)).startswith(b"HTTP/1.1 200")
+        server.process.send_signal(signal.SIGTERM)
+        try:
+            exit_status = await asyncio.to_thread(server.process.wait, 15)
+        finally:
+            writer.close()
+
+    assert exit_status == -signal.SIGTERM

@@ -104,8 +104,11 @@ class Settings(BaseSettings):
     max_body_size: int = Field(1024 * 1024, ge=1024)
     max_bulk_body_size: int = Field(64 * 1024 * 1024, ge=1024)
     # Seconds a request's body may take to arrive, from the request's start (then 408): a
-    # client that stops sending must not hold one of the worker's turns for long.
+    # client that stops sending must not hold its connection for ever.
     body_timeout: float = Field(30.0, gt=0, le=3600)
+    # Seconds a stopping server waits for the requests in progress (an export read slowly)
+    # before it cancels them: within the 30 s a container gets from SIGTERM to SIGKILL.
+    shutdown_timeout: float = Field(25.0, gt=0, le=3600)
     # Origins (comma-separated) whose browser scripts may call the API; none by default.
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     # auto: open on a loopback address until the first token is created, then tokens required;

@@ -1,15 +1,19 @@
 """`devreg serve` and `devreg db ...`."""
 
+import contextlib
 import os
+import signal
 import socket
 from collections.abc import Awaitable, Callable
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 import uvicorn
 from alembic import command as alembic_command
 from alembic.util import CommandError
 from sqlalchemy.ext.asyncio import AsyncEngine
+from uvicorn.config import STARTUP_FAILURE
+from uvicorn.supervisors.multiprocess import Multiprocess
 
 from devreg.auth.authenticator import UnsafeBinding, refuse_unsafe_binding
 from devreg.cli.common import (
@@ -45,19 +49,39 @@ def serve(
     _check_address(settings.host, settings.port)
     # Start the database and surface a bad URL or password as one line, before any worker runs.
     run_async(with_engine(settings, _nothing))
-    uvicorn.run(
-        "devreg.app:create_app",
-        factory=True,
-        host=settings.host,
-        port=settings.port,
-        workers=None if reload else (workers or settings.workers),
-        reload=reload,
-        log_config=logging_config(settings.log_level, echo_sql=settings.db_echo),
-        access_log=False,
-        server_header=False,
-        http=BoundedHeadProtocol,
-        ws="none",  # no route takes a WebSocket: an upgrade asked for is a request as any other
-    )
+    options: dict[str, Any] = {
+        "app": "devreg.app:create_app",
+        "factory": True,
+        "host": settings.host,
+        "port": settings.port,
+        "workers": None if reload else (workers or settings.workers),
+        "reload": reload,
+        "log_config": logging_config(settings.log_level, echo_sql=settings.db_echo),
+        "access_log": False,
+        "server_header": False,
+        "http": BoundedHeadProtocol,
+        # No route takes a WebSocket: an upgrade asked for is a request as any other.
+        "ws": "none",
+        "timeout_graceful_shutdown": settings.shutdown_timeout,
+    }
+    if (options["workers"] or 1) > 1:
+        _supervise(uvicorn.Config(**options))
+        return
+    # One process: SIGHUP (a terminal closed, `systemctl reload`) drains the requests in
+    # progress and stops, as SIGTERM does; by default it ended the server at once.
+    signal.signal(signal.SIGHUP, lambda *_: os.kill(os.getpid(), signal.SIGTERM))
+    uvicorn.run(**options)
+
+
+def _supervise(config: uvicorn.Config) -> None:
+    """Workers started and kept running by uvicorn's supervisor (SIGHUP restarts them one by
+    one). A worker that cannot start stops them all, as one alone does, with its exit status:
+    uvicorn's supervisor ended with 0, as if asked to stop."""
+    supervisor = Multiprocess(config, sockets=[config.bind_socket()])
+    with contextlib.suppress(KeyboardInterrupt):
+        supervisor.run()
+    if any(process.exitcode == STARTUP_FAILURE for process in supervisor.processes):
+        fail("a worker could not start (its log says why); stopped", code=STARTUP_FAILURE)
 
 
 def _check_address(host: str, port: int) -> None:
