@@ -149,6 +149,29 @@ class TestDatabaseUrl:
         assert "database_url" in error_fields(raised.value)
         assert "set but empty" in str(raised.value)
 
+    @pytest.mark.parametrize(
+        ("name", "value", "said"),
+        [
+            ("DATA_DIR", "", "set but empty"),
+            ("DATA_DIR", " ", "set but empty"),
+            ("DATA_DIR", "/tmp/devreg ", "spaces around it"),  # noqa: S108 - never used
+            ("EMBEDDED_DB_NAME", "", "set but empty"),
+            ("EMBEDDED_DB_NAME", "devreg ", "spaces around it"),
+        ],
+    )
+    def test_where_the_embedded_data_is_is_refused_when_it_would_be_elsewhere(
+        self, monkeypatch: pytest.MonkeyPatch, name: str, value: str, said: str
+    ) -> None:
+        """`EMBEDDED_DB_NAME="devreg "` made a new, empty database of that name, and an empty
+        DATA_DIR meant the default one: an empty registry, or another one."""
+        monkeypatch.setenv(name, value)
+
+        with pytest.raises(ValidationError) as raised:
+            Settings(_env_file=None)
+
+        assert error_fields(raised.value) == {name.lower()}
+        assert said in str(raised.value)
+
     def test_an_empty_database_url_line_in_dotenv_is_a_placeholder(
         self, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
     ) -> None:

@@ -11,7 +11,7 @@ from urllib.parse import urlencode
 import asyncpg
 from dotenv.parser import Binding, parse_stream
 from platformdirs import user_data_path
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
@@ -124,9 +124,9 @@ class Settings(BaseSettings):
     # versions, are refused with 428 too).
     require_if_match: bool = False
 
-    data_dir: Path = Field(default_factory=default_data_dir)
+    data_dir: Path = Field(default_factory=default_data_dir, validate_default=True)
     embedded_pg_port: Port = 54329
-    embedded_db_name: str = "devreg"
+    embedded_db_name: str = Field("devreg", validate_default=True)
 
     @field_validator("log_level", "auth", mode="before")
     @classmethod
@@ -145,15 +145,21 @@ class Settings(BaseSettings):
     def _must_be_postgres(cls, value: SecretStr | None) -> SecretStr | None:
         if value is not None:
             _to_async_url(value.get_secret_value())
-        elif any(
-            name.upper() == "DATABASE_URL" and not given.strip()
-            for name, given in os.environ.items()  # as settings are read: in any case
-        ):
-            # Left out by env_ignore_empty, it would mean the embedded cluster: another
-            # database than the one meant (an unset CI secret, `DATABASE_URL=$UNSET`).
+        elif _set_but_empty("database_url"):
             raise ValueError(
                 "set but empty: give a PostgreSQL URL, or unset it for the embedded PostgreSQL"
             )
+        return value
+
+    @field_validator("data_dir", "embedded_db_name", mode="before")
+    @classmethod
+    def _where_the_data_is(cls, value: object, info: ValidationInfo) -> object:
+        """A place for the data given with spaces around it, or set but empty, would be
+        another place than the one meant, its data not there: an empty registry."""
+        if _set_but_empty(info.field_name or ""):
+            raise ValueError("set but empty: give a value, or unset it for the default")
+        if isinstance(value, str) and value != value.strip():
+            raise ValueError(f"has spaces around it: {value!r}")
         return value
 
     @model_validator(mode="after")
@@ -188,6 +194,16 @@ class Settings(BaseSettings):
     def embedded_cluster_dir(self) -> Path:
         # Absolute: PostgreSQL's tools run from / (embedded.py), not from where devreg started.
         return self.data_dir.absolute() / "pg"
+
+
+def _set_but_empty(field: str) -> bool:
+    """Whether the field's variable is in the environment, empty: left out by env_ignore_empty,
+    it would mean the default (for DATABASE_URL the embedded cluster), another database than the
+    one meant (an unset CI secret, `DATABASE_URL=$UNSET`)."""
+    return any(
+        name.upper() == field.upper() and not given.strip()
+        for name, given in os.environ.items()  # as settings are read: in any case
+    )
 
 
 def _to_async_url(raw: str) -> URL:
