@@ -81,4 +81,7 @@ async def seed(work: UnitOfWork, *, users: int, devices: int) -> Seeded:
         made = await work.session.scalar(
             text(_SEED), {"run": run, "users": users, "devices": devices}
         )
+    # The planner's statistics, which autovacuum would bring up to date a minute or so later:
+    # until then its estimates (`count=estimated`, and the plans) were of the tables before.
+    await work.session.execute(text("ANALYZE users, devices"))
     return Seeded(users=int(made or 0), devices=devices)
