@@ -80,7 +80,16 @@ NamePattern = Annotated[
 """What a name contains or starts with: as given, its spaces part of it (names are trimmed,
 their inner spaces kept)."""
 
-SearchText = ShortText
+
+def _searchable(value: str) -> str:
+    """Text with a letter or digit in it: the search compares words, runs of them, and finds
+    nothing in punctuation alone, after reading every row to find so."""
+    if not any(character.isalnum() for character in value):
+        raise ValueError("must hold a letter or digit: a search compares words")
+    return value
+
+
+SearchText = Annotated[ShortText, AfterValidator(_searchable)]
 """What `q=` searches for."""
 
 
