@@ -367,3 +367,30 @@ class TestWorkers:
         monkeypatch.setenv("WORKERS", "7")
 
         assert Settings(_env_file=None).workers == 7
+
+
+@pytest.mark.parametrize(
+    ("given", "read"),
+    [
+        ("24H", timedelta(hours=24)),  # refused, while 1D was taken
+        ("1D", timedelta(days=1)),
+        ("1.5", timedelta(seconds=1.5)),  # refused as text, taken as a number
+        ("1e3", timedelta(seconds=1000)),
+        (" 90d ", timedelta(days=90)),
+    ],
+)
+def test_a_span_of_time_is_read_in_any_case_and_from_a_number_as_text(
+    given: str, read: timedelta
+) -> None:
+    assert Settings(_env_file=None, idempotency_key_lifetime=given).idempotency_key_lifetime == read
+
+
+@pytest.mark.parametrize("given", ["\u0661d", "1w", "1.5h", "-1h", "forever"])
+def test_a_span_of_time_in_no_form_it_takes_names_the_forms(given: str) -> None:
+    """`\u0661d` (an Arabic-Indic one) was a day; `1w` was said to lack a "day" identifier."""
+    with pytest.raises(ValidationError) as raised:
+        Settings(_env_file=None, idempotency_key_lifetime=given)
+
+    assert "must be `90d`, `12h`, `30m`, `3600s`, a number of seconds, or ISO 8601" in str(
+        raised.value
+    )

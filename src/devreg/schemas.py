@@ -159,20 +159,37 @@ RoundedUpInstant = Annotated[Instant, BeforeValidator(_rounded_up)]
 """An instant that a later time than any stored at it must pass (`created_before`, `since`):
 rounded up to the microsecond when given more finely."""
 
-_SHORT_DURATION = re.compile(r"(\d{1,10})([dhms]?)")
+# ASCII digits only: `\d` took other scripts' digits too (`"\u0661d"` was a day).
+_SHORT_DURATION = re.compile(r"([0-9]{1,10})([dhms]?)", re.IGNORECASE)
 _DURATION_UNITS = {"d": "days", "h": "hours", "m": "minutes", "s": "seconds", "": "seconds"}
 _DURATION_MAX = timedelta(days=36_500)
+_DURATION_FORMS = "`90d`, `12h`, `30m`, `3600s`, a number of seconds, or ISO 8601 (`P90D`)"
 
 
 def _short_duration(value: Any) -> Any:
     """`90d`, `12h`, `30m`, `3600s` or `3600` (seconds, as text too: the CLI's options are text)
-    as a timedelta; anything else is left to pydantic (ISO 8601, a number of seconds)."""
-    if isinstance(value, str) and (match := _SHORT_DURATION.fullmatch(value.strip())):
+    as a timedelta; ISO 8601 and a number of seconds are left to pydantic; other text is
+    refused naming the forms (pydantic's word for `24H` was about a "day" identifier)."""
+    if not isinstance(value, str):
+        return value
+    if match := _SHORT_DURATION.fullmatch(value.strip()):
         try:
-            return timedelta(**{_DURATION_UNITS[match[2]]: int(match[1])})
+            return timedelta(**{_DURATION_UNITS[match[2].lower()]: int(match[1])})
         except OverflowError:  # beyond what a timedelta holds, and so beyond the limit
             raise ValueError(f"must be at most {_DURATION_MAX.days} days") from None
+    if is_a_number(value):
+        return float(value)  # seconds, which pydantic takes from a number, not from text
+    if not value.strip().upper().startswith("P"):
+        raise ValueError(f"must be {_DURATION_FORMS}")
     return value
+
+
+_NUMBER = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?")
+
+
+def is_a_number(text: str) -> bool:
+    """Whether `text` is a decimal number, in ASCII digits (spaces around it allowed)."""
+    return _NUMBER.fullmatch(text.strip()) is not None
 
 
 def _sensible_duration(value: timedelta) -> timedelta:
@@ -187,7 +204,7 @@ _DURATION_SCHEMA = {
     "anyOf": [
         {
             "type": "string",
-            "pattern": r"^\s*(\d{1,10}[dhms]?|P.+)\s*$",
+            "pattern": r"^\s*([0-9]{1,10}[dhmsDHMS]?|" + _NUMBER.pattern + r"|P.+)\s*$",
             "description": "`90d`, `12h`, `30m`, `3600s`, `3600`, or ISO 8601 (`P90D`)",
         },
         {"type": "number", "exclusiveMinimum": 0, "description": "seconds"},

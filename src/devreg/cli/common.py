@@ -43,7 +43,7 @@ from devreg.errors import (
     sqlstate_problem,
 )
 from devreg.pagination import Page, PageResult, page_json
-from devreg.schemas import BIGINT_MAX, Duration
+from devreg.schemas import BIGINT_MAX, Duration, is_a_number
 
 T = TypeVar("T")
 
@@ -214,7 +214,7 @@ def run_in_transaction(operation: Callable[[UnitOfWork], Awaitable[T]]) -> T:
 
 
 def _with_unit(value: Any) -> Any:
-    if isinstance(value, str) and value.strip().isdigit():
+    if isinstance(value, str) and is_a_number(value):
         number = value.strip()
         raise ValueError(f"needs a unit: {number}d, {number}h, {number}m or {number}s")
     return value
