@@ -1,6 +1,7 @@
 """Probes: liveness never touches PostgreSQL; readiness says whether it can be reached, and
 whether its schema is migrated."""
 
+import logging
 import time
 from collections.abc import AsyncIterator
 
@@ -69,6 +70,19 @@ class TestReadiness:
 
         assert response.status_code == 200
         assert response.json() == {"status": "ok", "db": "reachable"}
+
+    async def test_a_probe_logs_nothing_but_its_request_line(
+        self, healthy_client: AsyncClient, path: str, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """Each probe logged two lines of Alembic's at INFO ("Context impl PostgresqlImpl.",
+        "Will assume transactional DDL.") beside its request line."""
+        with caplog.at_level(logging.DEBUG):
+            assert (await healthy_client.get(path)).status_code == 200
+
+        server_side = [r for r in caplog.records if r.name != "httpx"]  # the test's client
+        assert [(record.name, record.getMessage()) for record in server_side] == [
+            ("devreg.request", "request")
+        ]
 
     async def test_database_unreachable_returns_503_quickly(
         self, unreachable_client: AsyncClient, path: str
