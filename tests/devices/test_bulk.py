@@ -565,7 +565,9 @@ class TestHeartbeat:
 # --- concurrent bulk writes (a real server) ----------------------------------------------------
 
 
-async def test_a_deadlock_is_a_409_to_send_again(committed_database_url: URL) -> None:
+@pytest.mark.parametrize("method", ["PATCH", "DELETE"])
+async def test_a_deadlock_is_a_409_to_send_again(committed_database_url: URL, method: str) -> None:
+    """A bulk delete's 409 was not in the OpenAPI schema."""
     url = committed_database_url.render_as_string(hide_password=False)
     holder = await asyncpg_connection(committed_database_url)
     try:
@@ -581,16 +583,21 @@ async def test_a_deadlock_is_a_409_to_send_again(committed_database_url: URL) ->
                 first, second = created.json()["ids"]
                 async with holder.transaction():
                     await holder.execute("UPDATE devices SET model = 'held' WHERE id = $1", second)
-                    patching = asyncio.ensure_future(
-                        client.patch(BULK, json=[{"id": first, "model": "m"}, {"id": second}])
+                    body = (
+                        [{"id": first, "model": "m"}, {"id": second}]
+                        if method == "PATCH"
+                        else [first, second]
                     )
+                    patching = asyncio.ensure_future(client.request(method, BULK, json=body))
                     await waiting_for_a_lock(holder)  # it holds `first`, waits for `second`
                     await holder.execute("UPDATE devices SET model = 'held' WHERE id = $1", first)
                     response = await patching
                 stored = [(await client.get(f"{DEVICES}/{id_}")).json() for id_ in (first, second)]
+                schema = (await client.get("/openapi.json")).json()
     finally:
         await holder.close()
 
+    assert "409" in schema["paths"]["/api/v1/devices/bulk"][method.lower()]["responses"]
     problem = assert_problem(response, 409)
     assert problem["type"].endswith(":concurrent-write")
     assert response.headers["Retry-After"] == "1"

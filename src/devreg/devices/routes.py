@@ -416,10 +416,12 @@ async def update_devices(items: BulkUpdate, call: Call) -> BulkResult:
 
 
 @router.delete(
-    "/bulk", status_code=status.HTTP_204_NO_CONTENT, responses=problem_responses(422, 428)
+    "/bulk", status_code=status.HTTP_204_NO_CONTENT, responses=problem_responses(409, 422, 428)
 )
 async def delete_devices(ids: BulkDelete, call: Call) -> None:
-    """Up to 10,000 ids, all or nothing: one unknown id and none is deleted."""
+    """Up to 10,000 ids, all or nothing: one unknown id and none is deleted. A 409 when a
+    concurrent write held the same devices in an order that could not be waited out (nothing
+    deleted; send it again)."""
     await bulk.delete_devices(
         call.db, ids=ids, principal=call.principal, require_if_match=call.settings.require_if_match
     )
