@@ -183,16 +183,15 @@ async def test_a_client_that_stops_sending_its_body_does_not_hold_the_worker(
         try:
             async with httpx.AsyncClient(base_url=base_url, timeout=30) as client:
                 served = await client.get("/api/v1/devices", params={"limit": 1})
-            stalled_answer = await asyncio.wait_for(reader.read(4096), 10)
-            # The rest of the body may yet come, which no request can follow: closed at once.
-            closed = await asyncio.wait_for(reader.read(), 2) == b""
+            # The rest of the body may yet come, which no request can follow: the answer, then
+            # the connection closed (read to its end; in one piece or several).
+            stalled_answer = await asyncio.wait_for(reader.read(), 10)
         finally:
             writer.close()
 
     assert served.status_code == 200, served.text
     assert stalled_answer.startswith(b"HTTP/1.1 408 ")
     assert b"\r\nconnection: close\r\n" in stalled_answer.lower()
-    assert closed
 
 
 async def test_bodies_still_arriving_hold_no_turn(committed_database_url: URL) -> None:
