@@ -26,12 +26,17 @@ async def test_a_body_over_the_limit_is_a_413_and_nothing_is_written(client: Asy
     assert await stored_devices(client) == []
 
 
-@pytest.mark.parametrize("encoding", ["gzip", "br, gzip"])
+@pytest.mark.parametrize(
+    "encodings",
+    [["gzip"], ["br, gzip"], ["identity", "gzip"]],  # the last on two lines: one was read
+    ids=["gzip", "two-on-a-line", "two-lines"],
+)
 async def test_a_compressed_body_is_a_415_and_nothing_is_written(
-    client: AsyncClient, encoding: str
+    client: AsyncClient, encodings: list[str]
 ) -> None:
     body = gzip.compress(json.dumps({"name": "packed"}).encode())
-    headers = {"content-type": "application/json", "content-encoding": encoding}
+    headers = [("content-type", "application/json")]
+    headers += [("content-encoding", encoding) for encoding in encodings]
 
     response = await client.post(DEVICES, content=body, headers=headers)
 

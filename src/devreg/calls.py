@@ -167,7 +167,7 @@ def _refuse_query_parameters(call: Call) -> None:
 def _refuse_encoded_body(call: Call) -> None:
     """A compressed body (gzip, say) is refused as such (415), before it is read: parsed as JSON
     it would only be "not valid UTF-8"."""
-    encoding = call.header_value("content-encoding")
+    encoding = call.list_header("content-encoding")  # on one line or several
     if encoding is not None and encoding.strip().lower() != "identity":
         raise UnsupportedContentEncoding
 
