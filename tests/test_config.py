@@ -394,3 +394,17 @@ def test_a_span_of_time_in_no_form_it_takes_names_the_forms(given: str) -> None:
     assert "must be `90d`, `12h`, `30m`, `3600s`, a number of seconds, or ISO 8601" in str(
         raised.value
     )
+
+
+@pytest.mark.parametrize("seconds", ["0.0004", "0.0001"])
+def test_a_statement_timeout_under_a_millisecond_is_refused_not_made_no_limit(seconds: str) -> None:
+    """PostgreSQL takes whole milliseconds: 0.0004 s was sent as 0, no limit at all."""
+    with pytest.raises(ValidationError) as raised:
+        Settings(_env_file=None, statement_timeout=seconds)
+
+    assert error_fields(raised.value) == {"statement_timeout"}
+
+
+@pytest.mark.parametrize("seconds", ["0", "0.001", "2.5"])
+def test_a_statement_timeout_of_none_or_milliseconds_is_taken(seconds: str) -> None:
+    assert Settings(_env_file=None, statement_timeout=seconds).statement_timeout == float(seconds)

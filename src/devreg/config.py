@@ -31,6 +31,7 @@ AuthMode = Literal["auto", "required", "off"]
 LogLevel = Literal["critical", "error", "warning", "info", "debug"]
 Port = Annotated[int, Field(ge=1, le=65535)]
 _CONNECT_TIMEOUT_MAX = 300
+_MILLISECOND = 0.001
 
 
 # Each worker keeps up to POOL_SIZE + MAX_OVERFLOW connections open; four workers at the
@@ -127,6 +128,15 @@ class Settings(BaseSettings):
     data_dir: Path = Field(default_factory=default_data_dir, validate_default=True)
     embedded_pg_port: Port = 54329
     embedded_db_name: str = Field("devreg", validate_default=True)
+
+    @field_validator("statement_timeout")
+    @classmethod
+    def _whole_milliseconds(cls, value: float) -> float:
+        """PostgreSQL takes it in whole milliseconds: less than half of one would be 0, no
+        limit at all."""
+        if 0 < value < _MILLISECOND:
+            raise ValueError("must be 0 (no limit) or at least 0.001 (a millisecond)")
+        return value
 
     @field_validator("log_level", "auth", mode="before")
     @classmethod
