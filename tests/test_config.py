@@ -408,3 +408,24 @@ def test_a_statement_timeout_under_a_millisecond_is_refused_not_made_no_limit(se
 @pytest.mark.parametrize("seconds", ["0", "0.001", "2.5"])
 def test_a_statement_timeout_of_none_or_milliseconds_is_taken(seconds: str) -> None:
     assert Settings(_env_file=None, statement_timeout=seconds).statement_timeout == float(seconds)
+
+
+@pytest.mark.parametrize(
+    "origin", ["http://a.example/", "https://a.example/app", "a.example", "ftp://a.example"]
+)
+def test_an_origin_no_browser_sends_is_refused(origin: str) -> None:
+    """`https://a.example/` was taken, and matched no browser's Origin: every preflight from
+    it was refused (400), with nothing said at start."""
+    with pytest.raises(ValidationError) as raised:
+        Settings(_env_file=None, cors_origins=f"https://b.example, {origin}")
+
+    assert error_fields(raised.value) == {"cors_origins"}
+    assert f"{origin!r} is not an origin" in str(raised.value)
+
+
+def test_origins_with_ports_are_taken() -> None:
+    given = "https://ui.example, http://localhost:3000"
+    assert Settings(_env_file=None, cors_origins=given).cors_origins == [
+        "https://ui.example",
+        "http://localhost:3000",
+    ]

@@ -6,7 +6,7 @@ from datetime import timedelta
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
 import asyncpg
 from dotenv.parser import Binding, parse_stream
@@ -149,6 +149,23 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [origin.strip() for origin in value.split(",") if origin.strip()]
         return value
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _origins_as_browsers_send_them(cls, origins: list[str]) -> list[str]:
+        """An origin is a scheme, a host and perhaps a port, as a browser's Origin header has
+        it: one written otherwise (`https://ui.example/`, a path, no scheme) matches no browser,
+        and its preflights were all refused, with nothing said."""
+        for origin in origins:
+            parts = urlsplit(origin)
+            if (
+                parts.scheme not in ("http", "https")
+                or not parts.hostname
+                or origin != f"{parts.scheme}://{parts.netloc}"
+                or "@" in parts.netloc
+            ):
+                raise ValueError(f"{origin!r} is not an origin: write it as https://host[:port]")
+        return origins
 
     @field_validator("database_url")
     @classmethod
