@@ -143,3 +143,27 @@ async def test_a_204_has_no_content_type(client: AsyncClient) -> None:
 
     assert [(answer.status_code, answer.content) for answer in answers] == [(204, b"")] * 4
     assert [answer.headers.get("content-type") for answer in answers] == [None] * 4
+
+
+@pytest.mark.parametrize(
+    "written", ["6_7", "+67", "67.0", "%2067", "%C2%A067", "%D9%A6%D9%A7"], ids=repr
+)
+async def test_an_id_in_a_path_is_its_digits_alone(client: AsyncClient, written: str) -> None:
+    """`6_7`, `+67`, `67.0`, a space or other scripts' digits (Arabic-Indic `٦٧`) before it
+    were all read as 67: a typo read another device."""
+    device = (await client.post(DEVICES, json={"name": "d"})).json()
+    user = (await client.post(USERS, json={"name": "u"})).json()
+    plain = {"device": device["id"], "user": user["id"]}
+    for kind, base in (("device", DEVICES), ("user", USERS)):
+        assert (await client.get(f"{base}/{plain[kind]}")).status_code == 200
+        typed = written.replace("67", str(plain[kind])) if "67" in written else written
+        response = await client.get(f"{base}/{typed}")
+        assert assert_problem(response, 422)["errors"][0]["loc"][0] == "path"
+        assert (await client.delete(f"{base}/{typed}")).status_code == 422
+
+
+@pytest.mark.parametrize("limit", ["1_0", "10.0", "+10", " 10"])
+async def test_a_page_size_is_its_digits_alone(client: AsyncClient, limit: str) -> None:
+    response = await client.get(DEVICES, params={"limit": limit})
+
+    assert assert_problem(response, 422)["errors"][0]["loc"] == ["query", "limit"]

@@ -9,7 +9,7 @@ from typing import Annotated, Any, Generic, TypeVar, get_origin
 
 import orjson
 from fastapi import Request, Response
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, BeforeValidator, Field, ValidationError
 
 from devreg.db.rendering import Rendered, json_fragments
 from devreg.errors import InvalidParameter
@@ -25,7 +25,7 @@ from devreg.pagination import (
     page_json,
 )
 from devreg.problems import request_validation_error
-from devreg.schemas import REPEATS_MAX, NamePattern
+from devreg.schemas import REPEATS_MAX, NamePattern, in_digits
 
 FilterT = TypeVar("FilterT")
 
@@ -45,7 +45,9 @@ class PageQuery(BaseModel):
         None,
         description="A sort key, `-` before it for descending; ties are broken by id.",
     )
-    limit: int = Field(PAGE_LIMIT_DEFAULT, ge=1, le=PAGE_LIMIT_MAX, description="Rows per page.")
+    limit: Annotated[int, BeforeValidator(in_digits)] = Field(
+        PAGE_LIMIT_DEFAULT, ge=1, le=PAGE_LIMIT_MAX, description="Rows per page."
+    )
     # Its length is checked with the rest of it, as a bad cursor (400), by Cursors.decode.
     cursor: str | None = Field(
         None,

@@ -100,9 +100,20 @@ def _not_a_boolean(value: Any) -> Any:
     return value
 
 
-# The bounds before the validator: after it, pydantic writes them into the JSON Schema as
+def in_digits(value: Any) -> Any:
+    """A number given as text (a path's id, a query's, a JSON string) written in digits 0-9
+    alone: pydantic also reads `6_7`, `+67`, ` 67`, `67.0` and other scripts' digits as 67, a
+    device other than the one a typo meant."""
+    if isinstance(value, str) and not (value.isascii() and value.isdigit()):
+        raise ValueError("must be written in the digits 0-9 alone")
+    return value
+
+
+# The bounds before the validators: after them, pydantic writes them into the JSON Schema as
 # `ge` and `le`, which no JSON Schema reader knows, instead of `minimum` and `maximum`.
-Id = Annotated[int, Field(ge=1, le=BIGINT_MAX), BeforeValidator(_not_a_boolean)]
+Id = Annotated[
+    int, Field(ge=1, le=BIGINT_MAX), BeforeValidator(_not_a_boolean), BeforeValidator(in_digits)
+]
 
 
 def _storable_instant(value: datetime) -> datetime:

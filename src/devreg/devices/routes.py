@@ -3,7 +3,7 @@ from typing import Annotated, Any, cast
 
 from fastapi import APIRouter, Body, Depends, Path, Request, Response, status
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, Field, TypeAdapter
+from pydantic import BaseModel, BeforeValidator, Field, TypeAdapter
 from starlette.convertors import Convertor, register_url_convertor
 from starlette.types import Receive, Scope, Send
 
@@ -58,6 +58,7 @@ from devreg.schemas import (
     SearchText,
     ShortText,
     Tag,
+    in_digits,
     storable_text,
 )
 
@@ -68,7 +69,9 @@ router = APIRouter(
     responses=problem_responses(401, 403),
 )
 
-DeviceId = Annotated[int, Path(ge=1, le=BIGINT_MAX, description="The device's id.")]
+DeviceId = Annotated[
+    int, Path(ge=1, le=BIGINT_MAX, description="The device's id."), BeforeValidator(in_digits)
+]
 
 
 class _DeviceSegment(Convertor[str]):
