@@ -342,3 +342,27 @@ async def test_only_a_response_that_did_not_end_is_logged_incomplete(
         (200, False),
         (404, False),
     ]
+
+
+async def test_a_422_lists_its_first_ten_thousand_errors_and_counts_the_rest(
+    client: AsyncClient,
+) -> None:
+    """A body of 80,000 unknown keys (within the size limit) was answered with 7 MB listing each,
+    built in seconds while the worker did nothing else."""
+    body = {"name": "n", **{f"k{index}": 0 for index in range(20_000)}}
+
+    response = await client.post(DEVICES, json=body)
+
+    problem = assert_problem(response, 422)
+    assert len(problem["errors"]) == 10_000
+    assert problem["errors_not_listed"] == 10_000
+    assert problem["detail"].endswith("(and 19999 more)")
+    assert await stored_devices(client) == []
+
+
+async def test_a_422_with_few_errors_lists_them_all(client: AsyncClient) -> None:
+    problem = assert_problem(await client.post(DEVICES, json={"name": "n", "a": 1, "b": 2}), 422)
+
+    assert [error["loc"] for error in problem["errors"]] == [["body", "a"], ["body", "b"]]
+    assert "errors_not_listed" not in problem
+    assert problem["detail"].endswith("(and 1 more)")

@@ -27,11 +27,12 @@ def located(loc: Sequence[str | int], msg: str) -> str:
     return f"{where}: {msg}" if where else msg
 
 
-def summary(errors: Sequence[dict[str, Any]]) -> str:
-    """A problem's detail for its `errors`: the first, located, and how many more."""
+def summary(errors: Sequence[dict[str, Any]], *, total: int | None = None) -> str:
+    """A problem's detail for its `errors` (of `total`, when not all are listed): the first,
+    located, and how many more."""
     first = errors[0]
-    detail = located(first["loc"], first["msg"])
-    return detail + (f" (and {len(errors) - 1} more)" if len(errors) > 1 else "")
+    more = (len(errors) if total is None else total) - 1
+    return located(first["loc"], first["msg"]) + (f" (and {more} more)" if more else "")
 
 
 class DevregError(Exception):

@@ -34,6 +34,10 @@ from devreg.errors import (
 
 logger = logging.getLogger("devreg.errors")
 
+# A 422 lists this many errors at most: one for each item of the largest bulk write, and not a
+# response of megabytes, built for seconds, for a body of 80,000 unknown keys.
+ERRORS_LISTED_MAX = 10_000
+
 
 class ValidationIssue(BaseModel):
     loc: list[str | int]
@@ -55,6 +59,9 @@ class Problem(BaseModel):
     field: str | None = Field(None, description="409 and some 422s: the field at fault.")
     parameter: str | None = Field(None, description="400: the query parameter at fault.")
     current_version: int | None = Field(None, description="412: the resource's version now.")
+    errors_not_listed: int | None = Field(
+        None, description=f"422: errors found beyond the first {ERRORS_LISTED_MAX} listed."
+    )
 
 
 def problem_response(
@@ -157,16 +164,21 @@ def request_validation_error(exc: ValidationError, *where: str) -> RequestValida
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     # `input` and `ctx` are left out: they echo what was sent, which may be huge or binary.
+    found = exc.errors()
     errors = [
         error_entry(_location(error["loc"]), _message(error), error["type"])
-        for error in exc.errors()
+        for error in found[:ERRORS_LISTED_MAX]
     ]
+    not_listed: dict[str, Any] = (
+        {"errors_not_listed": len(found) - len(errors)} if len(found) > len(errors) else {}
+    )
     return problem_response(
         request,
         status=422,
-        detail=summary(errors) if errors else "The request is not valid",
+        detail=summary(errors, total=len(found)) if errors else "The request is not valid",
         slug="validation-error",
         errors=errors,
+        **not_listed,
     )
 
 
