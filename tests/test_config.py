@@ -92,6 +92,27 @@ class TestDatabaseUrl:
         with pytest.raises(ValidationError, match=f"{option} is a libpq option the asyncpg"):
             Settings(_env_file=None)
 
+    def test_an_unknown_target_session_attrs_names_those_it_takes(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """asyncpg's own refusal named them by a method's repr."""
+        monkeypatch.setenv("DATABASE_URL", "postgresql://u:p@h/db?target_session_attrs=bogus")
+        with pytest.raises(ValidationError) as raised:
+            Settings(_env_file=None)
+
+        assert "target_session_attrs must be one of any, primary, standby, prefer-standby" in str(
+            raised.value
+        )
+
+    @pytest.mark.parametrize("value", ["read-write", "prefer-standby"])
+    def test_a_known_target_session_attrs_is_kept(
+        self, monkeypatch: pytest.MonkeyPatch, value: str
+    ) -> None:
+        monkeypatch.setenv("DATABASE_URL", f"postgresql://u:p@h/db?target_session_attrs={value}")
+        url = Settings(_env_file=None).external_database_url()
+        assert url is not None
+        assert url.query["target_session_attrs"] == value
+
     def test_libpq_connect_timeout_is_the_connect_timeout(
         self, monkeypatch: pytest.MonkeyPatch
     ) -> None:

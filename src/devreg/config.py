@@ -9,6 +9,7 @@ from typing import Annotated, Any, Literal, Self
 from urllib.parse import urlencode, urlsplit
 
 import asyncpg
+from asyncpg.connect_utils import SessionAttribute
 from dotenv.parser import Binding, parse_stream
 from platformdirs import user_data_path
 from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
@@ -243,6 +244,7 @@ def _to_async_url(raw: str) -> URL:
     if "@" in (url.host or "") + (url.database or ""):  # split at an @ of the password
         raise ValueError("DATABASE_URL has an unescaped @ before its host: write @ as %40")
     _url_connect_timeout(url)
+    _refuse_unknown_session_attributes(url)
     if (dbname := url.query.get("dbname")) is not None:
         # libpq's name for the database, which psql takes over the URL's path; asyncpg would
         # take the path's over it.
@@ -330,6 +332,20 @@ def _url_connect_timeout(url: URL) -> float | None:
             f"{_CONNECT_TIMEOUT_MAX}"
         )
     return timeout
+
+
+_SESSION_ATTRIBUTES = tuple(attribute.value for attribute in SessionAttribute)
+
+
+def _refuse_unknown_session_attributes(url: URL) -> None:
+    """libpq's `target_session_attrs` one of the values asyncpg takes: its own refusal named
+    them by the repr of a method ("<built-in method values of mappingproxy object ...>")."""
+    given = url.query.get("target_session_attrs")
+    for value in [given] if isinstance(given, str) else given or ():
+        if value not in _SESSION_ATTRIBUTES:
+            raise ValueError(
+                f"target_session_attrs must be one of {', '.join(_SESSION_ATTRIBUTES)}"
+            )
 
 
 class EnvFileError(ValueError):
