@@ -1,27 +1,38 @@
 """A real uvicorn process: start-up errors, and a burst far above the pool."""
 
 import asyncio
+import contextlib
 import json
+import logging
+import os
 import signal
 import socket
+import threading
 import time
 from collections import Counter
+from pathlib import Path
 
 import httpx
+import pytest
 from sqlalchemy import text
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
+from devreg.app import create_app
 from devreg.db import migrations
+from devreg.db.server import DatabaseConnectError
 from tests.support import (
+    api_client,
     create_database,
     devreg_backends,
     devreg_process,
     devreg_server,
     free_port,
+    make_settings,
     query,
     run_devreg,
+    running,
     set_revision,
 )
 
@@ -360,3 +371,127 @@ async def test_a_client_reading_slowly_does_not_keep_the_server_from_stopping(
             writer.close()
 
     assert exit_status == -signal.SIGTERM
+
+
+async def test_a_worker_starting_while_its_database_is_unreachable_serves_503s_until_it_answers(
+    committed_database_url: URL, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A worker replacing one that ended while the database was down (a restart, a failover)
+    failed its start-up, and uvicorn's supervisor then stopped every worker: the whole server
+    gone for a moment's outage. Unreachable is not misconfigured: it starts, and says so."""
+    nowhere = committed_database_url.set(host="127.0.0.1", port=free_port())
+    app = create_app(make_settings(nowhere, auth="off"))
+
+    with caplog.at_level(logging.WARNING):
+        async with running(app) as started, api_client(started) as client:
+            ready = await client.get("/readyz")
+            listed = await client.get("/api/v1/devices")
+
+    assert ready.status_code == 503
+    assert ready.json()["db"] == "unreachable"
+    assert listed.status_code == 503
+    assert listed.headers["retry-after"].isdigit()
+    warned = [r.getMessage() for r in caplog.records if r.getMessage().startswith("unreachable")]
+    assert warned[0].startswith(
+        f"unreachable host: cannot connect to PostgreSQL at 127.0.0.1:{nowhere.port}"
+    )
+    assert warned[0].endswith(": serving 503s until it answers")
+
+
+async def test_a_worker_starting_with_a_wrong_password_still_fails(
+    committed_database_url: URL,
+) -> None:
+    wrong = committed_database_url.set(password="not-the-password")
+    app = create_app(make_settings(wrong, auth="off"))
+
+    with pytest.raises(DatabaseConnectError, match="wrong password"):
+        async with running(app):
+            pass
+
+
+class _Switch:
+    """A TCP relay to PostgreSQL that can be switched off (closing what it relays) and on. It
+    runs its own event loop in a thread: starting a server blocks the test's."""
+
+    def __init__(self, target: URL) -> None:
+        self.target = (target.host or "127.0.0.1", target.port or 5432)
+        self.port = free_port()
+        self.server: asyncio.Server | None = None
+        self.relayed: list[asyncio.StreamWriter] = []
+        self.loop = asyncio.new_event_loop()
+        threading.Thread(target=self.loop.run_forever, daemon=True).start()
+
+    def on(self) -> None:
+        asyncio.run_coroutine_threadsafe(self._on(), self.loop).result(10)
+
+    def off(self) -> None:
+        asyncio.run_coroutine_threadsafe(self._off(), self.loop).result(10)
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+
+    async def _on(self) -> None:
+        self.server = await asyncio.start_server(self._relay, "127.0.0.1", self.port)
+
+    async def _off(self) -> None:
+        assert self.server is not None
+        self.server.close()
+        for writer in self.relayed:
+            writer.close()
+        await self.server.wait_closed()
+
+    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        upstream_reader, upstream_writer = await asyncio.open_connection(*self.target)
+        self.relayed += [writer, upstream_writer]
+
+        async def pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(OSError):
+                while data := await source.read(65536):
+                    sink.write(data)
+                    await sink.drain()
+            sink.close()
+
+        await asyncio.gather(pipe(reader, upstream_writer), pipe(upstream_reader, writer))
+
+
+def _a_worker(server_pid: int) -> int:
+    """One of `devreg serve`'s worker processes (its supervisor's children, but for
+    multiprocessing's resource tracker)."""
+    children = Path(f"/proc/{server_pid}/task/{server_pid}/children").read_text().split()
+    return next(
+        int(pid) for pid in children if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    )
+
+
+async def test_a_worker_replaced_while_the_database_is_down_keeps_the_server_up(
+    committed_database_url: URL,
+) -> None:
+    """The replacement failed its start-up (nothing answered), and uvicorn's supervisor then
+    stopped the other worker too: a moment's outage of the database ended the server."""
+    switch = _Switch(committed_database_url)
+    switch.on()
+    relayed = committed_database_url.set(host="127.0.0.1", port=switch.port)
+    try:
+        with devreg_process(DATABASE_URL=url_setting(relayed), WORKERS="2") as server:
+            async with httpx.AsyncClient(base_url=server.base_url, timeout=10) as client:
+                assert (await client.get("/api/v1/devices")).status_code == 200
+                switch.off()
+                os.kill(_a_worker(server.process.pid), signal.SIGKILL)
+                await asyncio.sleep(5)  # the replacement starts while nothing answers
+                still_up = server.process.poll() is None
+                switch.on()
+                statuses = []
+                for _ in range(40):
+                    with contextlib.suppress(httpx.TransportError):
+                        statuses.append((await client.get("/api/v1/devices")).status_code)
+                        if statuses[-1] == 200:
+                            break
+                    await asyncio.sleep(0.25)
+            log = server.log()
+    finally:
+        switch.off()
+        switch.close()
+
+    assert still_up, log
+    assert statuses[-1] == 200
+    assert "serving 503s until it answers" in log

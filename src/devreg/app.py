@@ -27,7 +27,7 @@ from devreg.compat.routes import router as tutorial_router
 from devreg.config import Settings, get_settings
 from devreg.db import migrations
 from devreg.db.embedded import EmbeddedPostgresError, resolve_database_url
-from devreg.db.server import DatabaseConnectError, check_connection
+from devreg.db.server import DatabaseConnectError, DatabaseUnreachable, check_connection
 from devreg.db.session import (
     SessionMaker,
     create_engine,
@@ -133,22 +133,30 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[State]:
+        reachable = True
         try:
             check_binding(settings)
             url = await resolve_database_url(settings)
             await check_connection(url, connect_timeout=settings.db_connect_timeout)
+        except DatabaseUnreachable as exc:
+            # `devreg serve` found it before starting this worker: it is down for a while (a
+            # restart, a failover) as this worker replaces one that ended. Ending this one too
+            # would end the server (uvicorn stops all on a worker that cannot start).
+            logger.warning(f"{exc}: serving 503s until it answers")
+            reachable = False
         except (UnsafeBinding, DatabaseConnectError, EmbeddedPostgresError) as exc:
             logger.error(str(exc))  # the one line that says what to fix
             raise
         engine = create_engine(url, settings)
         try:
-            if settings.migrate_on_start:
+            if settings.migrate_on_start and reachable:
                 try:
                     await migrations.upgrade(engine)
                 except CommandError as exc:  # say, the database at a newer release's revision
                     logger.error(f"migrations: {exc}")  # the one line that says what to fix
                     raise
-            await open_pool(engine)
+            if reachable:
+                await open_pool(engine)
             sessionmaker = create_sessionmaker(engine)
             sweeper = asyncio.create_task(
                 _sweep_expired_keys(sessionmaker, lifetime=settings.idempotency_key_lifetime)

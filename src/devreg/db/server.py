@@ -26,6 +26,11 @@ class InvalidDatabaseUrl(DatabaseConnectError):
     """The URL names no possible connection (a port beyond 65535, an option the driver lacks)."""
 
 
+class DatabaseUnreachable(DatabaseConnectError):
+    """Nothing answered at the URL's address (or it is starting or stopping): it may yet, unlike
+    a wrong password or a missing database."""
+
+
 def _causes(exc: BaseException) -> Iterator[BaseException]:
     seen: set[int] = set()
     current: BaseException | None = exc
@@ -86,9 +91,16 @@ async def check_connection(url: URL, *, connect_timeout: float) -> None:
         unusable = next((c for c in _causes(exc) if isinstance(c, _URL_ERRORS)), None)
         if unusable is not None:
             raise InvalidDatabaseUrl(f"invalid database URL: {unusable}") from None
-        raise DatabaseConnectError(describe_connect_failure(exc, url)) from None
+        failure = (
+            DatabaseUnreachable if any(map(_transient, _causes(exc))) else DatabaseConnectError
+        )
+        raise failure(describe_connect_failure(exc, url)) from None
     finally:
         await engine.dispose()
+
+
+def _transient(cause: BaseException) -> bool:
+    return isinstance(cause, OSError | TimeoutError | asyncpg.CannotConnectNowError)
 
 
 # A URL option neither asyncpg nor libpq knows goes to the server as a setting, which the
