@@ -118,10 +118,14 @@ async def fetch_row(
 
 
 async def fetch_all(
-    work: UnitOfWork, statement: Select[Any], values: Mapping[str, Any] = _NONE_NAMED
+    work: UnitOfWork,
+    statement: Select[Any],
+    values: Mapping[str, Any] = _NONE_NAMED,
+    *,
+    compiled: DriverStatement | None = None,
 ) -> Sequence[Sequence[Any]]:
     """Every row of one read-only statement (a listing's page), `values` given for its named
-    parameters.
+    parameters; `compiled`, when given, is its SQL, which names all its parameters.
 
     Outside a transaction it runs straight on a pooled asyncpg connection in autocommit, compiled
     once per structure: one round trip, no BEGIN or ROLLBACK, and none of SQLAlchemy's execution
@@ -132,7 +136,10 @@ async def fetch_all(
         result = await work.session.execute(statement, dict(values))
         rows: Sequence[Sequence[Any]] = result.all()
         return rows
-    sql, arguments = _compiled_once(statement, values)
+    if compiled is None:
+        sql, arguments = _compiled_once(statement, values)
+    else:
+        sql, arguments = compiled.sql, compiled.arguments(values)
     records: list[asyncpg.Record] = await _pooled(
         bind, sql, lambda driver: driver.fetch(sql, *arguments), {}
     )

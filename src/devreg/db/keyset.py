@@ -4,7 +4,7 @@ import enum
 import functools
 import json
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, ClassVar, Generic, TypeVar
+from typing import Any, ClassVar, Generic, NamedTuple, TypeVar
 
 from sqlalchemy import (
     ARRAY,
@@ -29,7 +29,7 @@ from sqlalchemy.orm import QueryableAttribute
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.expression import ClauseElement, Executable, FromClause
 
-from devreg.db.driver import fetch_all
+from devreg.db.driver import DriverStatement, fetch_all
 from devreg.db.rendering import JsonShape, Rendered, rendered
 from devreg.db.session import Repository, UnitOfWork
 from devreg.pagination import Position, Sort, SortValue
@@ -66,6 +66,13 @@ class _Part(enum.Enum):
     NULL = "null"
 
 
+class _PageStatement(NamedTuple):
+    select: Select[Any]
+    # Its SQL, for a page without conditions: the statement as it is, SQLAlchemy's cache key
+    # (a walk of the whole statement) not needed to find it.
+    compiled: DriverStatement
+
+
 @functools.lru_cache(maxsize=512)
 def _page_statement(
     source: FromClause,
@@ -76,7 +83,7 @@ def _page_statement(
     descending: bool,
     part: _Part,
     past_cursor: bool,
-) -> Select[Any]:
+) -> _PageStatement:
     """A page's statement but for its filters' conditions, its values parameters: built once
     for every listing, sort and part of the rows, for it took a fifth of a page's work to build
     (docs/benchmarks.md)."""
@@ -103,7 +110,8 @@ def _page_statement(
         if past_cursor:
             statement = statement.where(beyond(bindparam(_AFTER_VALUE), after_id))
         order = [direction(key), direction(id_column)]
-    return statement.order_by(*order).limit(bindparam(_ROWS, type_=Integer))
+    statement = statement.order_by(*order).limit(bindparam(_ROWS, type_=Integer))
+    return _PageStatement(statement, DriverStatement.compile(statement))
 
 
 async def fetch_page(
@@ -131,7 +139,7 @@ async def fetch_page(
     async def rows_of(
         part: _Part, past: Position | None, count: int
     ) -> list[tuple[Rendered, SortValue]]:
-        statement = _page_statement(
+        statement, compiled = _page_statement(
             source,
             shape,
             fields,
@@ -139,11 +147,13 @@ async def fetch_page(
             descending=descending,
             part=part,
             past_cursor=past is not None,
-        ).where(*conditions)
+        )
         values = {**key_values, _ROWS: count}
         if past is not None:
             values |= {_AFTER_VALUE: past.value, _AFTER_ID: past.id}
-        return rendered(await fetch_all(work, statement, values))
+        if conditions:
+            return rendered(await fetch_all(work, statement.where(*conditions), values))
+        return rendered(await fetch_all(work, statement, values, compiled=compiled))
 
     if not nullable:
         return await rows_of(_Part.ALL, after, limit + 1)
