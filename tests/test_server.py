@@ -5,6 +5,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import signal
 import socket
 import threading
@@ -257,17 +258,12 @@ async def test_a_request_head_past_its_bound_is_a_431_and_one_within_is_served(
 ) -> None:
     """A head of any size was taken, httptools joining a header's pieces one at a time: one
     header of 48 MB held the worker for 6-12 s before any check ran."""
+    head = b"GET /livez HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n"
     with devreg_server(DATABASE_URL=url_setting(committed_database_url)) as base_url:
-        head = b"GET /livez HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n"
         too_large = await _exchange(base_url, head + b"X-Big: " + b"a" * 200_000 + b"\r\n\r\n")
+        # Sent at once, read in one piece or two: the head is measured whole once it ends.
+        large_at_once = await _exchange(base_url, head + b"X-Big: " + b"a" * 100_000 + b"\r\n\r\n")
         within = await _exchange(base_url, head + b"X-Big: " + b"a" * 60_000 + b"\r\n\r\n")
-        body = b'{"name": "n", "attributes": {"pad": "' + b"b" * 60_000 + b'"}}'
-        with_a_body = await _exchange(
-            base_url,
-            b"POST /api/v1/devices HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n"
-            b"Content-Type: application/json\r\n"
-            b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body,
-        )
 
     status_line, _, rest = too_large.partition(b"\r\n")
     assert status_line == b"HTTP/1.1 431 Request Header Fields Too Large"
@@ -276,9 +272,55 @@ async def test_a_request_head_past_its_bound_is_a_431_and_one_within_is_served(
     assert (
         json.loads(problem)["detail"] == "The request line and headers may be at most 65536 bytes"
     )
+    assert large_at_once.startswith(b"HTTP/1.1 431 ")
     assert within.startswith(b"HTTP/1.1 200 ")
-    # Its head ends in the first piece read, with a body larger than a head may be.
-    assert with_a_body.startswith(b"HTTP/1.1 201 ")
+
+
+async def test_a_large_body_is_not_taken_for_a_head(committed_database_url: URL) -> None:
+    """The piece a body ended in was counted as the next head's: a bulk write of 1 MB was
+    answered 431, its devices created all the same; and on a connection kept alive, a short
+    head sent in two pieces after a body was refused."""
+    items = json.dumps(
+        [{"name": f"d{index}", "model": "m" * 90, "tags": ["t" * 60]} for index in range(6_000)]
+    )
+    body = b'{"name": "kept"}'
+    with devreg_server(DATABASE_URL=url_setting(committed_database_url)) as base_url:
+        async with httpx.AsyncClient(base_url=base_url, timeout=30) as client:
+            bulk = await client.post(
+                "/api/v1/devices/bulk",
+                content=items.encode(),
+                headers={"content-type": "application/json"},
+            )
+        host, port = base_url.removeprefix("http://").split(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+        try:
+            writer.write(
+                b"POST /api/v1/devices HTTP/1.1\r\nHost: localhost\r\n"
+                b"Content-Type: application/json\r\nContent-Length: "
+                + str(len(body)).encode()
+                + b"\r\n\r\n"
+            )
+            await writer.drain()
+            await asyncio.sleep(0.2)
+            writer.write(body)
+            await writer.drain()
+            created = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+            length = re.search(rb"content-length: (\d+)", created.lower())
+            assert length is not None
+            await reader.readexactly(int(length[1]))
+            writer.write(b"GET /livez HTTP/1.1\r\nHost: localhost\r\nX-Pad: " + b"p" * 3_000)
+            await writer.drain()
+            await asyncio.sleep(0.2)
+            writer.write(b"p" * 3_000 + b"\r\nConnection: close\r\n\r\n")
+            await writer.drain()
+            served = await asyncio.wait_for(reader.read(), 10)
+        finally:
+            writer.close()
+
+    assert bulk.status_code == 201, bulk.text[:200]
+    assert len(bulk.json()["ids"]) == 6_000
+    assert created.startswith(b"HTTP/1.1 201 ")
+    assert served.startswith(b"HTTP/1.1 200 ")
 
 
 async def test_a_websocket_upgrade_is_answered_as_any_request(committed_database_url: URL) -> None:

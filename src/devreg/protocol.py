@@ -43,7 +43,8 @@ _ANSWER = (
 
 
 class BoundedHeadProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol, counting the bytes of each request's head as they come."""
+    """uvicorn's httptools protocol, measuring each request's head: as it comes, in the pieces
+    read while no head has ended, and whole once it has (its line and headers)."""
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -55,38 +56,54 @@ class BoundedHeadProtocol(HttpToolsProtocol):
     def data_received(self, data: bytes) -> None:
         if self._refused:  # the rest of what the client sends is dropped unread
             return
-        # Each piece is parsed before it is counted, and counts only if no head ended in it (its
-        # bytes may be a body's, or the next request's): a piece is at most as large as asyncio
-        # reads (256 KiB), so the cost of one is bounded; that of many is not.
+        # A piece counts only if it is all head: a head was being read before it, none ended in
+        # it, and one is still being read after it (not a body's last bytes, or the start of
+        # the next request after them). A piece is at most as large as one read of the socket,
+        # so the cost of one is bounded; that of many is not. A head that ends in a piece is
+        # measured whole (on_headers_complete).
+        all_head = self._reading_head
         heads_ended = self._heads_ended
         super().data_received(data)
-        if heads_ended != self._heads_ended or not self._reading_head:
+        if self._refused:
+            self._refuse()
+            return
+        if not (all_head and self._reading_head and heads_ended == self._heads_ended):
             return
         if self.transport.is_closing():
             return
         self._head_bytes += len(data)
         if self._head_bytes > HEAD_MAX:
+            self._refused = True
             self._refuse()
 
     def _refuse(self) -> None:
         """Answer 431 and end the connection, after a grace for the client to stop sending:
         closed with its bytes still coming, the connection would be reset, and the client could
         lose the answer before reading it."""
-        logger.warning(
-            "request head too large",
-            extra={"status": _STATUS.value, "head_bytes": self._head_bytes},
-        )
-        self._refused = True
+        logger.warning("request head too large", extra={"status": _STATUS.value})
         self.transport.write(_ANSWER)
         self.transport.write_eof()  # the client reads the answer, then the end
         self.loop.call_later(_LINGER_SECONDS, self.transport.close)
 
     def on_headers_complete(self) -> None:
+        if self._refused:  # a request sent after the refused one, in the same piece
+            return
         self._reading_head = False
         self._heads_ended += 1
         self._head_bytes = 0
+        # The request line and each header line, as sent but for spaces around the values.
+        size = len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers)
+        if size > HEAD_MAX:
+            self._refused = True  # no request is made of it (answered in data_received)
+            return
         super().on_headers_complete()
 
+    def on_body(self, body: bytes) -> None:
+        if not self._refused:
+            super().on_body(body)
+
     def on_message_complete(self) -> None:
+        if self._refused:
+            return
         super().on_message_complete()
         self._reading_head = True
