@@ -5,6 +5,7 @@ import logging
 import time
 from typing import Any
 
+import asyncpg
 import httpx
 import pytest
 from httpx import AsyncClient, Response
@@ -19,8 +20,8 @@ from tests.api import DEVICES, assert_problem, create_device, create_user, store
 from tests.support import (
     EXPORT_HEADER,
     EXPORT_PARSERS,
-    admin,
     api_client,
+    asyncpg_connection,
     devreg_process,
     export_view,
     make_settings,
@@ -319,14 +320,15 @@ async def _waiting_for_a_lock(connection: AsyncConnection) -> bool:
 async def test_a_timeout_before_the_first_chunk_is_a_503_problem(
     committed_database_url: URL,
 ) -> None:
-    await admin(
-        committed_database_url,
-        "SELECT set_config('devreg.record_changes', 'off', false)",  # not a change anyone made
-        "INSERT INTO devices (name) SELECT 'device ' || g FROM generate_series(1, 200000) AS g",
-    )
+    """The export waits for a lock another transaction holds on the devices, past its time."""
     app = create_app(make_settings(committed_database_url, statement_timeout=0.1))
-    async with running(app) as started, api_client(started) as client:
-        response = await client.get(EXPORT)
+    holder = await asyncpg_connection(committed_database_url)
+    try:
+        async with running(app) as started, api_client(started) as client, holder.transaction():
+            await holder.execute("LOCK TABLE devices IN ACCESS EXCLUSIVE MODE")
+            response = await client.get(EXPORT)
+    finally:
+        await holder.close()
 
     assert_problem(response, 503)
     assert response.headers["retry-after"]
@@ -400,3 +402,24 @@ async def test_an_export_is_planned_to_stream_its_rows_as_they_are_read(
 
     (plan,) = [plan for plan in plans if "COPY" in plan]
     assert "Gather" not in plan, plan
+
+
+async def test_an_export_outside_a_test_transaction_has_its_plans_set(
+    committed_database_url: URL, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The setting was made on a connection in no transaction (the server's, unlike a test's):
+    PostgreSQL warned that SET LOCAL needs one, and the export ran as if never set."""
+    seen: list[str] = []
+    copy_from_query = asyncpg.Connection.copy_from_query
+
+    async def looking_first(self: asyncpg.Connection, *args: Any, **kwargs: Any) -> Any:
+        seen.append(await self.fetchval("SHOW max_parallel_workers_per_gather"))
+        return await copy_from_query(self, *args, **kwargs)
+
+    monkeypatch.setattr(asyncpg.Connection, "copy_from_query", looking_first)
+    app = create_app(make_settings(committed_database_url, auth="off"))
+    async with running(app) as started, api_client(started) as client:
+        response = await client.get(EXPORT, params={"format": "ndjson"})
+
+    assert response.status_code == 200
+    assert seen == ["0"]

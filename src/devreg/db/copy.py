@@ -5,7 +5,7 @@ from collections.abc import AsyncGenerator
 from typing import Any
 
 import asyncpg
-from sqlalchemy import Select
+from sqlalchemy import Select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from devreg.db.driver import discard, discard_if_lost, driver_connection, driver_sql, echo
@@ -34,6 +34,9 @@ async def copy_out(
 ) -> AsyncGenerator[bytes, None]:
     """The rows of `statement` as COPY writes them (`options`: asyncpg's copy_from_query
     options, e.g. format="csv", header=True), in chunks, with bounded memory."""
+    # Through the session, which begins its transaction first (the driver's connection alone
+    # would not: SET LOCAL outside one is a warning, and no setting).
+    await session.execute(text(STREAMING_PLANS))
     connection = await driver_connection(session)
     sql, arguments = driver_sql(statement, (await session.connection()).dialect)
     echo(sql)
@@ -54,7 +57,6 @@ async def copy_out(
 
     async def produce() -> None:
         try:
-            await connection.execute(STREAMING_PLANS)
             await connection.copy_from_query(sql, *arguments, output=collect, **options)
             if pending:
                 await chunks.put(bytes(pending))
