@@ -13,6 +13,7 @@ from sqlalchemy.engine import URL
 
 from devreg.admission import Admission
 from devreg.app import create_app
+from devreg.body_limit import whole_body_without
 from devreg.errors import PoolExhausted
 from tests.api import assert_problem
 from tests.support import api_client, make_settings, running
@@ -111,6 +112,35 @@ async def test_a_body_read_without_the_turn_waits_for_one_again(database_url: UR
     assert listed.json()["items"] == []
 
 
+async def test_a_streamed_response_whose_request_has_a_body_keeps_no_turn(
+    database_url: URL,
+) -> None:
+    """Its body, arriving after the response started, took the turn back, held until the
+    stream ended: every other request waited, then was refused."""
+    async with one_at_a_time(database_url, lambda gate: gate.stream) as (client, gate):
+        rest_sent = asyncio.Event()
+
+        async def body() -> AsyncIterator[bytes]:
+            yield b"x"
+            await rest_sent.wait()
+            yield b"y"
+
+        async def read_stream() -> str:
+            async with client.stream("GET", HELD, content=body()) as response:
+                return "".join([chunk async for chunk in response.aiter_text()])
+
+        streaming = asyncio.create_task(read_stream())
+        await gate.entered.wait()  # started: its first chunk is out
+        rest_sent.set()
+        await asyncio.sleep(0.1)  # the body whole
+        meanwhile = await client.get("/api/v1/devices")
+        gate.opened.set()
+        streamed = await streaming
+
+    assert meanwhile.status_code == 200
+    assert streamed == "first\nlast\n"
+
+
 async def test_a_browsers_preflight_needs_no_turn(database_url: URL) -> None:
     """Answered while the only turn is held, long before a turn could come (POOL_TIMEOUT)."""
     settings = {"cors_origins": "https://ui.example", "pool_timeout": 30}
@@ -191,3 +221,20 @@ async def test_a_turn_ended_early_is_given_back_once() -> None:
         with pytest.raises(PoolExhausted):
             async with admission.turn():
                 pass
+
+
+async def test_a_client_gone_amid_its_body_does_not_wait_for_a_turn_again() -> None:
+    """It queued for a turn (up to POOL_TIMEOUT) to answer nobody."""
+    admission = Admission(1, timeout=30)
+    turn = admission.turn()
+    await turn.take()
+    other = admission.turn()
+
+    async def gone() -> dict[str, Any]:
+        await other.take()  # the turn given up goes to another request
+        return {"type": "http.disconnect"}
+
+    message = await asyncio.wait_for(whole_body_without(turn, gone)(), 2)
+
+    assert message == {"type": "http.disconnect"}
+    other.end()

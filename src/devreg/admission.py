@@ -9,12 +9,8 @@ asyncio loop is fair too, but serves about 15% fewer. See docs/benchmarks.md.
 """
 
 import asyncio
-from collections.abc import Awaitable
-from typing import TypeVar
 
 from devreg.errors import PoolExhausted
-
-T = TypeVar("T")
 
 
 class Admission:
@@ -37,25 +33,19 @@ class Turn:
         self._turns = turns
         self._timeout = timeout
         self._held = False
+        self._over = False
 
     async def __aenter__(self) -> "Turn":
-        await self._take()
+        await self.take()
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
         self.end()
 
-    async def without(self, awaitable: Awaitable[T]) -> T:
-        """`awaitable` awaited with the turn given up (a request's body arriving: a client
-        sending it slowly would hold a turn meanwhile, every other request waiting, then
-        refused), then taken back as a new request takes one: PoolExhausted if none comes in
-        time."""
-        self.end()
-        result = await awaitable
-        await self._take()
-        return result
-
-    async def _take(self) -> None:
+    async def take(self) -> None:
+        """Wait for a turn, at most the timeout (then PoolExhausted); none once it is over."""
+        if self._over:
+            return
         # A free turn is taken at once; only waiting needs a timer (the costly part).
         if self._turns.locked():
             try:
@@ -66,8 +56,18 @@ class Turn:
         else:
             await self._turns.acquire()
         self._held = True
+        if self._over:  # the response started while this waited
+            self.release()
+
+    def release(self) -> bool:
+        """Give the turn up for now (take may take it back); whether it was held."""
+        if not self._held:
+            return False
+        self._held = False
+        self._turns.release()
+        return True
 
     def end(self) -> None:
-        if self._held:
-            self._held = False
-            self._turns.release()
+        """Give the turn up for good: the response has started (or the request is done)."""
+        self._over = True
+        self.release()

@@ -82,8 +82,11 @@ def declares_body(headers: list[tuple[bytes, bytes]]) -> bool:
 
 
 def whole_body_without(turn: Turn, receive: Receive) -> Receive:
-    """`receive` whose first call gives the whole body, read without the request's turn (which
-    is taken back after: a 503 if none comes in time). FastAPI reads a body whole anyway."""
+    """`receive` whose first call gives the whole body, read without the request's turn: a
+    client sending it slowly would hold the turn meanwhile, every other request waiting, then
+    refused. The turn is taken back once the body is whole, as a new request takes one (a 503
+    if none comes in time); not if it was not held, or is over (a streamed response, started),
+    or if the client went away. FastAPI reads a body whole anyway."""
     read = False
 
     async def receive_whole() -> Message:
@@ -91,11 +94,15 @@ def whole_body_without(turn: Turn, receive: Receive) -> Receive:
         if read:
             return await receive()
         read = True
-        try:
-            return await turn.without(_whole_body(receive))
-        except PoolExhausted as busy:
-            # FastAPI takes anything but an HTTPException from reading a body for a bad body.
-            raise HTTPException(503, detail=busy.detail, headers=busy.headers) from busy
+        held = turn.release()
+        message = await _whole_body(receive)
+        if held and message["type"] == "http.request":
+            try:
+                await turn.take()
+            except PoolExhausted as busy:
+                # FastAPI takes anything but an HTTPException from reading a body for a bad one.
+                raise HTTPException(503, detail=busy.detail, headers=busy.headers) from busy
+        return message
 
     return receive_whole
 
