@@ -174,7 +174,7 @@ class TestDatabaseUrl:
         ("name", "value", "said"),
         [
             ("DATA_DIR", "", "set but empty"),
-            ("DATA_DIR", " ", "set but empty"),
+            ("DATA_DIR", " ", "spaces around it"),
             ("DATA_DIR", "/tmp/devreg ", "spaces around it"),  # noqa: S108 - never used
             ("EMBEDDED_DB_NAME", "", "set but empty"),
             ("EMBEDDED_DB_NAME", "devreg ", "spaces around it"),
@@ -450,3 +450,17 @@ def test_origins_with_ports_are_taken() -> None:
         "https://ui.example",
         "http://localhost:3000",
     ]
+
+
+def test_a_place_given_outright_is_taken_whatever_the_environment_says(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """An empty DATA_DIR in the environment refused a data_dir given to Settings itself."""
+    monkeypatch.setenv("DATA_DIR", "")
+
+    assert Settings(_env_file=None, data_dir=tmp_path).data_dir == tmp_path
+
+
+def test_a_span_of_time_as_hours_minutes_and_seconds_is_still_read() -> None:
+    lifetime = Settings(_env_file=None, idempotency_key_lifetime="01:30:00")
+    assert lifetime.idempotency_key_lifetime == timedelta(hours=1, minutes=30)

@@ -184,7 +184,9 @@ class Settings(BaseSettings):
     def _where_the_data_is(cls, value: object, info: ValidationInfo) -> object:
         """A place for the data given with spaces around it, or set but empty, would be
         another place than the one meant, its data not there: an empty registry."""
-        if _set_but_empty(info.field_name or ""):
+        name = info.field_name or ""
+        default = cls.model_fields[name].get_default(call_default_factory=True)
+        if value == default and _set_but_empty(name):  # the default, for an empty variable
             raise ValueError("set but empty: give a value, or unset it for the default")
         if isinstance(value, str) and value != value.strip():
             raise ValueError(f"has spaces around it: {value!r}")

@@ -190,7 +190,7 @@ def _short_duration(value: Any) -> Any:
             raise ValueError(f"must be at most {_DURATION_MAX.days} days") from None
     if is_a_number(value):
         return float(value)  # seconds, which pydantic takes from a number, not from text
-    if not value.strip().upper().startswith("P"):
+    if not (value.strip().upper().startswith("P") or ":" in value):  # ISO 8601, or 01:30:00
         raise ValueError(f"must be {_DURATION_FORMS}")
     return value
 
