@@ -6,6 +6,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -837,18 +838,23 @@ def test_ctrl_c_while_the_command_loads_ends_it_quietly() -> None:
     # -X importtime reports each module as it finishes loading: typer's are among the CLI's first,
     # SQLAlchemy and the rest take most of a second more. (A fixed sleep was sometimes before the
     # entry point or after the loading, on a busy machine.)
-    command = subprocess.Popen(
-        [sys.executable, "-X", "importtime", "-m", "devreg", "users", "list"],
-        env=devreg_environment(DATABASE_URL="postgresql://devreg@127.0.0.1:1/x"),
-        stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    assert command.stderr is not None
-    for line in command.stderr:
-        if line.rpartition("|")[2].strip().startswith("typer"):
-            break
-    command.send_signal(signal.SIGINT)
-    stderr = command.stderr.read()
-    command.wait(timeout=30)
+    # A server that never answers: on a busy machine the command could otherwise finish loading,
+    # fail to connect and end (exit 1) before the signal came.
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        command = subprocess.Popen(
+            [sys.executable, "-X", "importtime", "-m", "devreg", "users", "list"],
+            env=devreg_environment(
+                DATABASE_URL=f"postgresql://devreg@127.0.0.1:{silent.getsockname()[1]}/x"
+            ),
+            stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        assert command.stderr is not None
+        for line in command.stderr:
+            if line.rpartition("|")[2].strip().startswith("typer"):
+                break
+        command.send_signal(signal.SIGINT)
+        stderr = command.stderr.read()
+        command.wait(timeout=30)
 
     assert command.returncode == 130
     assert "Traceback" not in stderr
