@@ -630,6 +630,23 @@ class TestLargeImport:
         )
         assert logged["count"] == 601  # the user and every device
 
+    def test_a_large_import_leaves_the_planner_knowing_its_rows(
+        self, devreg, committed_database_url, tmp_path, large_from_500
+    ):
+        """Until autovacuum came by, the planner had no statistics of the new rows' values (the
+        index builds count the rows, nothing more): a filter's estimate was a guess."""
+        path = write(tmp_path, "devices.csv", as_csv(self.numbered(600)))
+
+        assert_summary(import_devices(devreg, path), rows=600, inserted=600, updated=0, skipped=0)
+
+        known = asyncio.run(
+            query(
+                committed_database_url,
+                "SELECT attname FROM pg_stats WHERE tablename = 'devices' AND attname = 'status'",
+            )
+        )
+        assert [row["attname"] for row in known] == ["status"]
+
     def test_updates_registered_serials_as_row_by_row(
         self, devreg, committed_database_url, tmp_path, large_from_500
     ):
