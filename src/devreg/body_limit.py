@@ -82,7 +82,7 @@ def declares_body(headers: list[tuple[bytes, bytes]]) -> bool:
 
 
 # Seconds a body may take to arrive with its request's turn held: most come with their head, and
-# giving the turn up and queueing for it again cost a write a fifth more CPU under load.
+# giving the turn up for each would put every write under load in the queue twice.
 _BODY_GRACE = 0.05
 
 

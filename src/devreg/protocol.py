@@ -73,13 +73,13 @@ class BoundedHeadProtocol(HttpToolsProtocol):
             return
         self._head_bytes += len(data)
         if self._head_bytes > HEAD_MAX:
-            self._refused = True
             self._refuse()
 
     def _refuse(self) -> None:
         """Answer 431 and end the connection, after a grace for the client to stop sending:
         closed with its bytes still coming, the connection would be reset, and the client could
         lose the answer before reading it."""
+        self._refused = True
         logger.warning("request head too large", extra={"status": _STATUS.value})
         self.transport.write(_ANSWER)
         self.transport.write_eof()  # the client reads the answer, then the end
