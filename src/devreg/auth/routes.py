@@ -1,7 +1,7 @@
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Response, status
-from pydantic import BeforeValidator, Field
+from pydantic import Field
 
 from devreg.auth import service
 from devreg.auth.filters import DEFAULT_SORT, SORT_KEYS, TokenFilter
@@ -10,7 +10,7 @@ from devreg.auth.schemas import TokenCreate, TokenCreated, TokenPage, TokenRead
 from devreg.calls import ApiRoute, Call, documented
 from devreg.problems import described_headers, problem_responses
 from devreg.querystring import ListingQueryString, PageQuery, page_response
-from devreg.schemas import BIGINT_MAX, Id, in_digits
+from devreg.schemas import Id
 
 router = APIRouter(
     route_class=ApiRoute,
@@ -19,9 +19,7 @@ router = APIRouter(
     responses=problem_responses(401, 403),
 )
 
-TokenId = Annotated[
-    int, Path(ge=1, le=BIGINT_MAX, description="The token's id."), BeforeValidator(in_digits)
-]
+TokenId = Annotated[Id, Path(description="The token's id.")]
 
 
 @router.post(

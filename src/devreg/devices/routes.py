@@ -3,7 +3,7 @@ from typing import Annotated, Any, cast
 
 from fastapi import APIRouter, Body, Depends, Path, Request, Response, status
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, BeforeValidator, Field, TypeAdapter
+from pydantic import BaseModel, Field, TypeAdapter
 from starlette.convertors import Convertor, register_url_convertor
 from starlette.types import Receive, Scope, Send
 
@@ -51,14 +51,12 @@ from devreg.querystring import (
     page_response,
 )
 from devreg.schemas import (
-    BIGINT_MAX,
     Id,
     Instant,
     RoundedUpInstant,
     SearchText,
     ShortText,
     Tag,
-    in_digits,
     storable_text,
 )
 
@@ -69,9 +67,7 @@ router = APIRouter(
     responses=problem_responses(401, 403),
 )
 
-DeviceId = Annotated[
-    int, Path(ge=1, le=BIGINT_MAX, description="The device's id."), BeforeValidator(in_digits)
-]
+DeviceId = Annotated[Id, Path(description="The device's id.")]
 
 
 class _DeviceSegment(Convertor[str]):

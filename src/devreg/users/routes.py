@@ -1,7 +1,7 @@
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Path, Request, Response, status
-from pydantic import BaseModel, BeforeValidator, Field
+from pydantic import BaseModel, Field
 
 from devreg.auth.guard import app_authenticator
 from devreg.calls import ApiRoute, Call, documented
@@ -21,7 +21,7 @@ from devreg.querystring import (
     QueryString,
     page_response,
 )
-from devreg.schemas import BIGINT_MAX, Instant, RoundedUpInstant, ShortText, in_digits
+from devreg.schemas import Id, Instant, RoundedUpInstant, ShortText
 from devreg.users import service
 from devreg.users.filters import DEFAULT_SORT, SORT_KEYS, UserFilter
 from devreg.users.schemas import EmailText, UserCreate, UserPage, UserRead, UserUpdate
@@ -30,9 +30,7 @@ router = APIRouter(
     route_class=ApiRoute, prefix="/users", tags=["users"], responses=problem_responses(401, 403)
 )
 
-UserId = Annotated[
-    int, Path(ge=1, le=BIGINT_MAX, description="The user's id."), BeforeValidator(in_digits)
-]
+UserId = Annotated[Id, Path(description="The user's id.")]
 
 
 @router.post(
