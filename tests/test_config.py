@@ -412,8 +412,8 @@ def test_a_span_of_time_in_no_form_it_takes_names_the_forms(given: str) -> None:
     with pytest.raises(ValidationError) as raised:
         Settings(_env_file=None, idempotency_key_lifetime=given)
 
-    assert "must be `90d`, `12h`, `30m`, `3600s`, a number of seconds, or ISO 8601" in str(
-        raised.value
+    assert "must be `90d`, `12h`, `30m`, `3600s`, a number of seconds, `HH:MM:SS`, or ISO 8601" in (
+        str(raised.value)
     )
 
 

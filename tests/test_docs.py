@@ -6,6 +6,9 @@ from typing import Any
 
 import pytest
 from httpx import AsyncClient
+from pydantic import TypeAdapter, ValidationError
+
+from devreg.schemas import Duration
 
 
 @pytest.mark.parametrize("page", ["/docs", "/redoc"])
@@ -124,6 +127,14 @@ async def test_integer_bounds_are_exact(client: AsyncClient) -> None:
     assert [bound for bound in _bounds(schema) if isinstance(bound, float)] == []
 
 
+def _takes_span(sent: str) -> bool:
+    try:
+        TypeAdapter(Duration).validate_python(sent)
+    except ValidationError:
+        return False
+    return True
+
+
 async def test_a_duration_is_documented_as_it_is_read(client: AsyncClient) -> None:
     """It was `format: duration` (ISO 8601 only): a client generated from the schema refused
     `90d`, and an integer of seconds, both of which the API takes."""
@@ -132,7 +143,15 @@ async def test_a_duration_is_documented_as_it_is_read(client: AsyncClient) -> No
     string, number, _ = expires_in["anyOf"]
 
     assert "format" not in string
-    assert all(re.fullmatch(string["pattern"], sent) for sent in ["90d", "3600", " P1D "])
+    for sent, taken in [
+        *[(span, True) for span in ["90d", " 12H ", "3600", "1.5", " P1D ", "01:30:00"]],
+        *[(span, True) for span in ["1 day, 01:30", "00:00:30.5"]],
+        *[(span, False) for span in ["1w", "1.5h", "-1h", "forever", "1:30", "\u0661d"]],
+    ]:
+        # The pattern left out `01:30:00`, which is taken: a client checking values against
+        # the schema refused it.
+        assert bool(re.fullmatch(string["pattern"], sent)) is taken, sent
+        assert _takes_span(sent) is taken, sent
     assert number == {"type": "number", "exclusiveMinimum": 0, "description": "seconds"}
 
 

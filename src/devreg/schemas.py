@@ -174,7 +174,11 @@ rounded up to the microsecond when given more finely."""
 _SHORT_DURATION = re.compile(r"([0-9]{1,10})([dhms]?)", re.IGNORECASE)
 _DURATION_UNITS = {"d": "days", "h": "hours", "m": "minutes", "s": "seconds", "": "seconds"}
 _DURATION_MAX = timedelta(days=36_500)
-_DURATION_FORMS = "`90d`, `12h`, `30m`, `3600s`, a number of seconds, or ISO 8601 (`P90D`)"
+_DURATION_FORMS = (
+    "`90d`, `12h`, `30m`, `3600s`, a number of seconds, `HH:MM:SS`, or ISO 8601 (`P90D`)"
+)
+# What pydantic reads as a time of day's length, with days before it: `01:30:00`, `1 day, 01:30`.
+_CLOCK_DURATION = r"([0-9]+ ?d(ays?)?,? ?)?[0-9]{2}:[0-9]{2}(:[0-9]{2}(\.[0-9]+)?)?"
 
 
 def _short_duration(value: Any) -> Any:
@@ -192,7 +196,7 @@ def _short_duration(value: Any) -> Any:
         return float(value)  # seconds, which pydantic takes from a number, not from text
     if not (value.strip().upper().startswith("P") or ":" in value):  # ISO 8601, or 01:30:00
         raise ValueError(f"must be {_DURATION_FORMS}")
-    return value
+    return value.strip()  # as the other forms are read: pydantic refused " P1D "
 
 
 _NUMBER = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?")
@@ -215,8 +219,9 @@ _DURATION_SCHEMA = {
     "anyOf": [
         {
             "type": "string",
-            "pattern": r"^\s*([0-9]{1,10}[dhmsDHMS]?|" + _NUMBER.pattern + r"|P.+)\s*$",
-            "description": "`90d`, `12h`, `30m`, `3600s`, `3600`, or ISO 8601 (`P90D`)",
+            "pattern": rf"^\s*([0-9]{{1,10}}[dhmsDHMS]?|{_NUMBER.pattern}|{_CLOCK_DURATION}"
+            r"|P.+)\s*$",
+            "description": "`90d`, `12h`, `30m`, `3600s`, `3600`, `01:30:00`, or ISO 8601 (`P90D`)",
         },
         {"type": "number", "exclusiveMinimum": 0, "description": "seconds"},
     ]
