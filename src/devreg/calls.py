@@ -146,11 +146,27 @@ class ApiRoute(APIRoute):
                     _refuse_encoded_body(call)
                 if takes_json:
                     _refuse_body_not_json(call)
-                if not tagged:
-                    _refuse_unmatchable_preconditions(call, writes=writes)
+                if not tagged and (refusal := _unmatchable_precondition(call, writes)):
+                    return await _served_then_refused(handler, call, refusal)
                 return await handler(call)
 
         return serve
+
+
+async def _served_then_refused(
+    handler: Callable[[Request], Coroutine[Any, Any, Response]],
+    call: Call,
+    refusal: PreconditionOnUntaggedResource,
+) -> Response:
+    """RFC 9110, section 13.2.1: a precondition is judged only where the request would succeed
+    without it. A user that does not exist stays a 404, an unknown query parameter a 400 (both
+    were 412s), so the request is served first, in a transaction the refusal then rolls back."""
+    if not call.db.in_transaction():  # finding out who it acts for may have begun it
+        await call.db.session.begin()
+    response = await handler(call)
+    if response.status_code >= HTTPStatus.MULTIPLE_CHOICES:
+        return response
+    raise refusal
 
 
 def _declares_query(dependant: Dependant) -> bool:
@@ -200,21 +216,23 @@ def _refuse_body_not_json(call: Call) -> None:
 _PRECONDITIONS = frozenset({b"if-match", b"if-none-match"})
 
 
-def _refuse_unmatchable_preconditions(call: Call, *, writes: bool) -> None:
+def _unmatchable_precondition(call: Call, writes: bool) -> PreconditionOnUntaggedResource | None:
     """For a resource without an entity tag: an If-Match naming tags is false, and so is
-    If-None-Match: * for a write (the resource exists); 412, where ignored they would let a
-    guarded write through. (`If-Match: *` holds, and If-None-Match naming tags: none matches.)"""
+    If-None-Match: * for a write that would succeed (the resource exists); 412, where ignored
+    they would let a guarded write through. (`If-Match: *` holds, and If-None-Match naming tags:
+    none matches.)"""
     # One pass over the raw headers, as most requests send neither: asking for each by name
     # cost a create 1.6% of its instructions.
     if _PRECONDITIONS.isdisjoint([name for name, _ in call.scope["headers"]]):
-        return
+        return None
     if_match = read_if_match(call)
     if if_match is not None and if_match.versions is not None:
-        raise PreconditionOnUntaggedResource
+        return PreconditionOnUntaggedResource()
     if writes and (read_if_none_match(call) or "").strip() == "*":
-        raise PreconditionOnUntaggedResource(
+        return PreconditionOnUntaggedResource(
             "If-None-Match: * refuses to write to a resource that exists, as this one does."
         )
+    return None
 
 
 def header_parameter(name: str, description: str, **schema: object) -> dict[str, Any]:

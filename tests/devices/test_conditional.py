@@ -262,6 +262,9 @@ async def test_the_tutorial_routes_honour_if_match(client: AsyncClient) -> None:
     stale = await client.put(url, json={"name": "x"}, headers={"If-Match": '"2"'})
     assert_problem(stale, 412)
     assert await fetch_device(client, device["id"]) == device
+    # Its GET judges the same tags its writes do: it was a 412 for a resource "without an ETag".
+    assert (await client.get(url, headers={"If-Match": '"1"'})).status_code == 200
+    assert_problem(await client.get(url, headers={"If-Match": '"2"'}), 412)
 
 
 @pytest.mark.parametrize(
@@ -316,12 +319,56 @@ class TestResourcesWithoutETag:
         self, client: AsyncClient, targets: dict[str, Any], header: tuple[str, str]
     ) -> None:
         before = (await client.get(DEVICES)).json()["items"]
+        changes = (await client.get("/api/v1/changes")).json()["items"]
         for method, url, body in self.writes(targets):
             response = await client.request(method, url, json=body, headers=[header])
             assert_problem(response, 412)
         assert (await client.get(DEVICES)).json()["items"] == before
+        assert (await client.get("/api/v1/changes")).json()["items"] == changes
         user = (await client.get(f"/api/v1/users/{targets['user']['id']}")).json()
         assert user["name"] == "ann"
+
+    @pytest.mark.parametrize(
+        ("method", "url", "body", "header", "status"),
+        [
+            ("GET", "/api/v1/users/999", None, ("If-Match", '"1"'), 404),
+            ("PATCH", "/api/v1/users/999", {"name": "x"}, ("If-Match", '"1"'), 404),
+            ("DELETE", "/api/v1/users/999", None, ("If-None-Match", "*"), 404),
+            ("POST", f"{DEVICES}/999/heartbeat", None, ("If-None-Match", "*"), 404),
+            ("GET", f"{DEVICES}?bogus=1", None, ("If-Match", '"1"'), 400),
+            ("POST", DEVICES, {"name": ""}, ("If-Match", '"1"'), 422),
+        ],
+    )
+    async def test_a_precondition_does_not_change_an_answer_that_is_no_success(
+        self,
+        client: AsyncClient,
+        method: str,
+        url: str,
+        body: object,
+        header: tuple[str, str],
+        status: int,
+    ) -> None:
+        """RFC 9110, section 13.2.1: preconditions are judged only where the request would
+        succeed without them. These were 412s, the last two saying the missing resource
+        existed."""
+        response = await client.request(method, url, json=body, headers=[header])
+
+        assert_problem(response, status)
+
+    async def test_a_refused_write_is_undone_outside_a_test_transaction_too(
+        self, committed_database_url: URL
+    ) -> None:
+        """A refused write is served first (see above) and rolled back: a heartbeat, which the
+        server runs on its own in autocommit, must run in the transaction that is undone."""
+        app = create_app(make_settings(committed_database_url, auth="off"))
+        async with running(app) as started, api_client(started) as client:
+            device = await create_device(client)
+            beat = f"{DEVICES}/{device['id']}/heartbeat"
+            refused = await client.post(beat, headers={"If-Match": '"1"'})
+            after = await fetch_device(client, device["id"])
+
+        assert_problem(refused, 412)
+        assert after == device
 
     async def test_a_read_with_if_match_naming_a_tag_is_a_412(
         self, client: AsyncClient, targets: dict[str, Any]

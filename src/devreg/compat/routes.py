@@ -7,11 +7,11 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-from devreg.calls import ApiRoute, Call, write_precondition
+from devreg.calls import ApiRoute, Call, documented, read_if_match, write_precondition
 from devreg.compat.schemas import Deleted, TutorialDeviceIn, TutorialDeviceUpdate, TutorialItem
 from devreg.devices import service as devices_service
 from devreg.devices.filters import DeviceFilter
-from devreg.devices.routes import GUARDED_WRITE_HEADERS, DeviceId
+from devreg.devices.routes import GUARDED_WRITE_HEADERS, IF_MATCH_HEADER, DeviceId
 from devreg.devices.schemas import DeviceCreate, DeviceUpdate
 from devreg.pagination import PAGE_LIMIT_DEFAULT, PAGE_LIMIT_MAX, PageRequest
 from devreg.querystring import items_response
@@ -54,9 +54,17 @@ async def tutorial_list_devices(call: Call, limit: Limit = PAGE_LIMIT_DEFAULT) -
     return items_response(page.items)
 
 
-@router.get("/api/v1/device/{device_id}", response_model=TutorialItem)
+# If-Match as on the device's own GET, since its writes take it: a GET naming the version a PUT
+# takes was a 412 for a resource "without an ETag".
+@router.get(
+    "/api/v1/device/{device_id}",
+    response_model=TutorialItem,
+    openapi_extra=documented(IF_MATCH_HEADER),
+)
 async def tutorial_get_device(device_id: DeviceId, call: Call) -> object:
-    return await devices_service.get_device(call.db, device_id, principal=call.principal)
+    return await devices_service.get_device(
+        call.db, device_id, principal=call.principal, if_match=read_if_match(call)
+    )
 
 
 @router.put(
