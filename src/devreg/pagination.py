@@ -10,7 +10,6 @@ import binascii
 import enum
 import hashlib
 import json
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
@@ -193,8 +192,10 @@ class Cursors:
                     raise InvalidCursor
                 return parsed.astimezone(UTC)
             if self.value_type is float and type(wire) in (int, float):  # not a bool
+                # Relevance, a similarity: NaN sorts after every number (page 1 again), and a
+                # value beyond a PostgreSQL real's range was the statement's 422.
                 value = float(wire)
-                if not math.isfinite(value):  # NaN sorts after every number: page 1 again
+                if not 0 <= value <= 1:
                     raise InvalidCursor
                 return value
             if self.value_type is str and isinstance(wire, str):
@@ -286,7 +287,9 @@ async def paginate_listing(
     nullable = sort.key in repository.nullable_sort_keys
     value_type = repository.sort_value_types[sort.key]
     cursors = Cursors(listing, sort, describe_filters(filters), value_type, nullable=nullable)
-    after = cursors.decode(page.cursor) if page.cursor else None
+    # An empty cursor too is one no page gave: read as none, a client writing a last page's
+    # null as "" would be given the first page again, and again.
+    after = cursors.decode(page.cursor) if page.cursor is not None else None
     rows = await repository.list_page(
         filters, sort=sort, after=after, limit=page.limit, fields=page.fields
     )
