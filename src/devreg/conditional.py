@@ -5,8 +5,9 @@ a write (412)."""
 import re
 from dataclasses import dataclass
 
-# An entity tag: optional weakness marker, then an opaque string in double quotes.
-_TAG = r'(W/)?"([\x21\x23-\x7e]*)"'
+# An entity tag: optional weakness marker, then an opaque string in double quotes, which may
+# hold bytes beyond ASCII (RFC 9110's obs-text; headers are read as Latin-1).
+_TAG = r'(W/)?"([\x21\x23-\x7e\x80-\xff]*)"'
 # A list of entity tags (RFC 9110, section 5.6.1): empty elements and separators first, then
 # each tag with the commas (and empty elements) after it, or the end. Read element by element
 # from where the previous one stopped, so a header is read once: one regular expression for

@@ -277,6 +277,7 @@ async def test_the_tutorial_routes_honour_if_match(client: AsyncClient) -> None:
         ('"01", "2147483648"', [], [1, 2147483648]),
         (', "4",, ', [4], [1]),
         ('"a,b", "3"', [3], [4]),  # a comma inside a tag does not end it
+        ('"\xe9", "5"', [5], [1]),  # obs-text (RFC 9110, 8.8.3): a tag, not a malformed header
     ],
 )
 def test_if_match_parsing(header: str, accepted: list[int], refused: list[int]) -> None:
@@ -289,6 +290,18 @@ def test_if_match_parsing(header: str, accepted: list[int], refused: list[int]) 
 def test_if_match_that_is_no_list_of_entity_tags_is_refused(header: str) -> None:
     with pytest.raises(ValueError, match=f"^{re.escape(header)}$"):
         IfMatch.parse(header)
+
+
+async def test_a_tag_with_bytes_beyond_ascii_is_a_tag_that_matches_no_version(
+    client: AsyncClient,
+) -> None:
+    """It was a 400, "malformed", though RFC 9110 (8.8.3) lets a tag hold them."""
+    device = await create_device(client)
+    url = f"{DEVICES}/{device['id']}"
+    tag = '"caf\xc3\xa9"'.encode("latin-1")  # sent as UTF-8 bytes
+
+    assert (await client.get(url, headers={"If-None-Match": tag})).status_code == 200
+    assert_problem(await client.patch(url, json={"model": "m"}, headers={"If-Match": tag}), 412)
 
 
 class TestResourcesWithoutETag:
