@@ -194,6 +194,20 @@ async def test_every_response_carries_the_security_headers(client: AsyncClient) 
         assert "access-control-allow-origin" not in response.headers
 
 
+async def test_a_response_must_be_revalidated_before_a_cache_uses_it(client: AsyncClient) -> None:
+    """Without Cache-Control, a shared cache in front of an open API may keep a device as long
+    as its heuristics like (RFC 9111, 4.2.2). (A new token's no-store stays: tests/auth.)"""
+    device = await create_device(client)
+    url = f"{DEVICES}/{device['id']}"
+    read = await client.get(url)
+    revalidated = await client.get(url, headers={"If-None-Match": read.headers["etag"]})
+
+    assert read.headers["cache-control"] == "no-cache"
+    assert revalidated.status_code == 304
+    assert revalidated.headers["cache-control"] == "no-cache"
+    assert (await client.get(DEVICES)).headers["cache-control"] == "no-cache"
+
+
 async def test_cross_origin_calls_are_allowed_only_from_the_configured_origins(
     committed_database_url: URL,
 ) -> None:

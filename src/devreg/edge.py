@@ -31,7 +31,7 @@ from devreg.problems import (
     response_cut_short,
     unhandled_error,
 )
-from devreg.security import SECURITY_HEADERS, ProblemCORSMiddleware
+from devreg.security import DEFAULT_CACHE_CONTROL, SECURITY_HEADERS, ProblemCORSMiddleware
 
 REQUEST_ID_HEADER = b"x-request-id"
 _VALID_REQUEST_ID = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
@@ -137,6 +137,8 @@ class EdgeMiddleware:
                 status = message["status"]
                 response_started = True
                 kept = [h for h in message.get("headers", ()) if h[0] not in _REPLACED_HEADERS]
+                if _header(kept, b"cache-control") is None:
+                    kept.append(DEFAULT_CACHE_CONTROL)
                 message["headers"] = [*kept, *added]
                 if turn is not None:
                     turn.end()

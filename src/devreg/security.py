@@ -36,6 +36,11 @@ SECURITY_HEADERS: tuple[tuple[bytes, bytes], ...] = tuple(
     for name, value in _HEADERS.headers.items()
 )
 
+# Unless a response says otherwise (a new token's no-store): a cache may keep it but must ask
+# again before using it, its ETag answered with a 304 when nothing changed. Said nothing, a
+# shared cache in front of an open API (AUTH=off) could serve a device minutes old.
+DEFAULT_CACHE_CONTROL = (b"cache-control", b"no-cache")
+
 
 def cors_options(settings: Settings) -> dict[str, Any] | None:
     """ProblemCORSMiddleware's options, None when cross-origin calls are off (no CORS_ORIGINS)."""
