@@ -27,7 +27,12 @@ from devreg.compat.routes import router as tutorial_router
 from devreg.config import Settings, get_settings
 from devreg.db import migrations
 from devreg.db.embedded import EmbeddedPostgresError, resolve_database_url
-from devreg.db.server import DatabaseConnectError, DatabaseUnreachable, check_connection
+from devreg.db.server import (
+    DatabaseConnectError,
+    DatabaseUnreachable,
+    check_connection,
+    folds_case_beyond_ascii,
+)
 from devreg.db.session import (
     SessionMaker,
     create_engine,
@@ -47,6 +52,12 @@ from devreg.security import ProblemCORSMiddleware, cors_options
 from devreg.users.routes import router as users_router
 
 logger = logging.getLogger("devreg")
+
+_ASCII_CASE_ONLY = (
+    "the database folds only A-Z to lower case (its LC_CTYPE is C): name__ic, name__isw and "
+    "emails match other letters in their own case only (ÉVE@x.org and éve@x.org are two users); "
+    "create it with a UTF-8 LC_CTYPE, such as C.UTF-8 or en_US.UTF-8"
+)
 
 API_PREFIX = "/api/v1"
 
@@ -157,6 +168,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     raise
             if reachable:
                 await open_pool(engine)
+                if not await folds_case_beyond_ascii(engine):
+                    logger.warning(_ASCII_CASE_ONLY)
             sessionmaker = create_sessionmaker(engine)
             sweeper = asyncio.create_task(
                 _sweep_expired_keys(sessionmaker, lifetime=settings.idempotency_key_lifetime)

@@ -140,3 +140,11 @@ async def database_state(engine: AsyncEngine, *, within_seconds: float) -> Datab
     except Exception:  # every failure means the same thing here: not ready
         return "unreachable"
     return "not migrated" if migrations.is_behind(revision) else "reachable"
+
+
+async def folds_case_beyond_ascii(engine: AsyncEngine) -> bool:
+    """Whether the database's lower() knows letters beyond A-Z, on which `name__ic`, `name__isw`
+    and emails' matching in any case rest: not under LC_CTYPE=C (the embedded cluster's
+    C.UTF-8 does)."""
+    async with engine.connect() as connection:
+        return bool(await connection.scalar(text("SELECT lower('ÉΣ') = 'éσ'")))
