@@ -58,7 +58,9 @@ async def test_the_headers_a_route_reads_are_documented(database_url: URL) -> No
         return {parameter["name"] for parameter in parameters if parameter["in"] == "header"}
 
     for method in ("get", "put", "patch", "delete"):
-        assert headers(device, method) == {"If-Match", "If-None-Match"}, method
+        assert headers(device, method) == {"If-Match", "If-None-Match", "If-Unmodified-Since"}, (
+            method
+        )
         assert "412" in paths[device][method]["responses"], method
     for path in (DEVICES, DEVICES + "/bulk", device + "/heartbeat"):
         assert headers(path, "post") == {"Idempotency-Key"}

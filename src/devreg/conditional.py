@@ -1,9 +1,12 @@
 """Conditional requests (RFC 9110, section 13.1) on versioned resources: a resource's ETag is its
 version. If-Match guards a write (or a read: 412); If-None-Match spares a read (304), or refuses
-a write (412)."""
+a write (412); If-Unmodified-Since, without If-Match, guards as If-Match does, by the time of
+the last change (`updated_at`)."""
 
 import re
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 
 # An entity tag: optional weakness marker, then an opaque string in double quotes, which may
 # hold bytes beyond ASCII (RFC 9110's obs-text; headers are read as Latin-1).
@@ -93,13 +96,31 @@ def _is_any(header: str) -> bool:
     return header.strip() == "*"
 
 
+def http_date(header: str) -> datetime | None:
+    """An HTTP-date (RFC 9110, section 5.6.7: GMT, to the second), or None for anything else,
+    which a recipient ignores."""
+    try:
+        parsed = parsedate_to_datetime(header)
+    except (TypeError, ValueError):
+        return None
+    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed  # obsolete forms
+
+
+def changed_since(updated_at: datetime, since: datetime) -> bool:
+    """Whether a change at `updated_at` came after `since`, compared to the second (an
+    HTTP-date's precision): a client sends a time read from `updated_at`, cut to the second."""
+    return updated_at.replace(microsecond=0) > since
+
+
 @dataclass(frozen=True)
 class WriteCondition:
     """A write's preconditions: If-Match, and If-None-Match, which a write must not find true
-    either (`*`: a device that exists at all)."""
+    either (`*`: a device that exists at all), and If-Unmodified-Since (only without If-Match,
+    which supersedes it)."""
 
     if_match: IfMatch | None
     if_none_match: str | None
+    unmodified_since: datetime | None = None
 
     @property
     def accepted_versions(self) -> frozenset[int] | None:

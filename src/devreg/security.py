@@ -54,6 +54,7 @@ def cors_options(settings: Settings) -> dict[str, Any] | None:
             "Content-Type",
             "If-Match",
             "If-None-Match",
+            "If-Unmodified-Since",
             IDEMPOTENCY_KEY,
             "X-Request-ID",
         ],

@@ -8,6 +8,8 @@ import re
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
+from datetime import datetime
+from email.utils import format_datetime
 from typing import Any
 
 import asyncpg
@@ -292,6 +294,71 @@ def test_if_match_that_is_no_list_of_entity_tags_is_refused(header: str) -> None
         IfMatch.parse(header)
 
 
+BEFORE_ANY_DEVICE = "Mon, 01 Jan 2001 00:00:00 GMT"
+
+
+def http_date(timestamp: str) -> str:
+    """The HTTP-date of an ISO 8601 time a response gave (`updated_at`), cut to the second."""
+    return format_datetime(datetime.fromisoformat(timestamp), usegmt=True)
+
+
+@pytest.mark.parametrize(
+    ("method", "body"),
+    [("PATCH", {"model": "m1"}), ("PATCH", {}), ("PUT", {"name": "other"}), ("DELETE", None)],
+)
+async def test_a_write_if_unmodified_since_before_the_last_change_is_a_412_and_changes_nothing(
+    client: AsyncClient, method: str, body: object
+) -> None:
+    """RFC 9110, section 13.1.4: it was ignored, and a write the client guarded applied."""
+    device = await create_device(client)
+    url = f"{DEVICES}/{device['id']}"
+
+    response = await client.request(
+        method, url, json=body, headers={"If-Unmodified-Since": BEFORE_ANY_DEVICE}
+    )
+
+    problem = assert_problem(response, 412)
+    assert problem["current_version"] == 1
+    assert "changed after If-Unmodified-Since" in problem["detail"]
+    assert await fetch_device(client, device["id"]) == device
+
+
+async def test_a_write_if_unmodified_since_the_last_change_applies(client: AsyncClient) -> None:
+    device = await create_device(client)
+    url = f"{DEVICES}/{device['id']}"
+    since = http_date(device["updated_at"])
+
+    changed = await client.patch(url, json={"model": "m1"}, headers={"If-Unmodified-Since": since})
+    again = await client.patch(url, json={"model": "m2"}, headers={"If-Unmodified-Since": since})
+
+    assert changed.status_code == 200, changed.text
+    assert changed.json()["model"] == "m1"
+    if http_date(changed.json()["updated_at"]) != since:  # not within the same second
+        assert_problem(again, 412)
+
+
+@pytest.mark.parametrize(
+    ("headers", "status"),
+    [
+        ({"If-Unmodified-Since": BEFORE_ANY_DEVICE}, 412),
+        ({"If-Unmodified-Since": "Fri, 31 Dec 9999 23:59:59 GMT"}, 200),
+        ({"If-Unmodified-Since": BEFORE_ANY_DEVICE, "If-Match": '"1"'}, 200),  # If-Match wins
+        ({"If-Unmodified-Since": "yesterday"}, 200),  # not an HTTP-date: ignored
+    ],
+)
+async def test_if_unmodified_since_judges_a_read_too(
+    client: AsyncClient, headers: dict[str, str], status: int
+) -> None:
+    device = await create_device(client)
+    for url in (f"{DEVICES}/{device['id']}", f"{TUTORIAL_DEVICES}/{device['id']}"):
+        response = await client.get(url, headers=headers)
+        assert response.status_code == status, (url, response.text)
+        patched = await client.patch(
+            f"{DEVICES}/{device['id']}", json={"status": "active"}, headers=headers
+        )
+        assert patched.status_code == status, (url, patched.text)
+
+
 async def test_a_tag_with_bytes_beyond_ascii_is_a_tag_that_matches_no_version(
     client: AsyncClient,
 ) -> None:
@@ -327,7 +394,10 @@ class TestResourcesWithoutETag:
             ("POST", f"{DEVICES}/{device['id']}/heartbeat", None),
         ]
 
-    @pytest.mark.parametrize("header", [("If-Match", '"1"'), ("If-None-Match", "*")])
+    @pytest.mark.parametrize(
+        "header",
+        [("If-Match", '"1"'), ("If-None-Match", "*"), ("If-Unmodified-Since", BEFORE_ANY_DEVICE)],
+    )
     async def test_a_write_guarded_by_a_precondition_is_a_412_and_writes_nothing(
         self, client: AsyncClient, targets: dict[str, Any], header: tuple[str, str]
     ) -> None:

@@ -7,11 +7,23 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-from devreg.calls import ApiRoute, Call, documented, read_if_match, write_precondition
+from devreg.calls import (
+    ApiRoute,
+    Call,
+    documented,
+    read_if_match,
+    read_if_unmodified_since,
+    write_precondition,
+)
 from devreg.compat.schemas import Deleted, TutorialDeviceIn, TutorialDeviceUpdate, TutorialItem
 from devreg.devices import service as devices_service
 from devreg.devices.filters import DeviceFilter
-from devreg.devices.routes import GUARDED_WRITE_HEADERS, IF_MATCH_HEADER, DeviceId
+from devreg.devices.routes import (
+    GUARDED_WRITE_HEADERS,
+    IF_MATCH_HEADER,
+    IF_UNMODIFIED_SINCE_HEADER,
+    DeviceId,
+)
 from devreg.devices.schemas import DeviceCreate, DeviceUpdate
 from devreg.pagination import PAGE_LIMIT_DEFAULT, PAGE_LIMIT_MAX, PageRequest
 from devreg.querystring import items_response
@@ -59,11 +71,16 @@ async def tutorial_list_devices(call: Call, limit: Limit = PAGE_LIMIT_DEFAULT) -
 @router.get(
     "/api/v1/device/{device_id}",
     response_model=TutorialItem,
-    openapi_extra=documented(IF_MATCH_HEADER),
+    openapi_extra=documented(IF_MATCH_HEADER, IF_UNMODIFIED_SINCE_HEADER),
 )
 async def tutorial_get_device(device_id: DeviceId, call: Call) -> object:
+    if_match = read_if_match(call)
     return await devices_service.get_device(
-        call.db, device_id, principal=call.principal, if_match=read_if_match(call)
+        call.db,
+        device_id,
+        principal=call.principal,
+        if_match=if_match,
+        unmodified_since=read_if_unmodified_since(call, if_match),
     )
 
 

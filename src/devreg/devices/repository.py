@@ -282,7 +282,9 @@ def _get_statement(owned: bool) -> DriverStatement:
 
 @functools.cache
 def _version_statement(owned: bool) -> DriverStatement:
-    return DriverStatement.compile(select(_DEVICES.c.version).where(*_by_id(owned=owned)))
+    return DriverStatement.compile(
+        select(_DEVICES.c.version, _DEVICES.c.updated_at).where(*_by_id(owned=owned))
+    )
 
 
 @functools.cache
@@ -439,9 +441,16 @@ class DeviceRepository(TableListing[DeviceFilter]):
         return await self._one(statement, {**values, "actor": actor})
 
     async def current_version(self, device_id: int, *, owner: int | None = None) -> int | None:
+        last = await self.last_change(device_id, owner=owner)
+        return last[0] if last is not None else None
+
+    async def last_change(
+        self, device_id: int, *, owner: int | None = None
+    ) -> tuple[int, datetime] | None:
+        """The device's version and when it was last changed (`updated_at`), or None."""
         statement = _version_statement(owner is not None)
         row = await fetch_row(self.work, statement, _target(device_id, owner))
-        return int(row["version"]) if row is not None else None
+        return (int(row["version"]), row["updated_at"]) if row is not None else None
 
     async def add_many(self, rows: list[dict[str, Any]], *, actor: str) -> list[int]:
         """Insert every row in one statement; ids come back in the rows' order."""

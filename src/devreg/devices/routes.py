@@ -15,6 +15,7 @@ from devreg.calls import (
     header_parameter,
     read_if_match,
     read_if_none_match,
+    read_if_unmodified_since,
     write_precondition,
 )
 from devreg.conditional import etag, not_modified
@@ -95,7 +96,14 @@ IF_NONE_MATCH_READ_HEADER = header_parameter(
 IF_NONE_MATCH_WRITE_HEADER = header_parameter(
     "If-None-Match", "412 if the device's ETag is one of these, or `*` (any)."
 )
-GUARDED_WRITE_HEADERS = documented(IF_MATCH_HEADER, IF_NONE_MATCH_WRITE_HEADER)
+IF_UNMODIFIED_SINCE_HEADER = header_parameter(
+    "If-Unmodified-Since",
+    "Without If-Match: only if the device has not changed since this HTTP-date (`updated_at`, "
+    "to the second; else 412).",
+)
+GUARDED_WRITE_HEADERS = documented(
+    IF_MATCH_HEADER, IF_NONE_MATCH_WRITE_HEADER, IF_UNMODIFIED_SINCE_HEADER
+)
 # PUT and PATCH of one device: If-Match and If-None-Match guard them.
 _ETAG = {"ETag": 'The device\'s version, quoted (`"3"`): for If-Match and If-None-Match.'}
 _TAGGED = {"headers": described_headers(_ETAG)}
@@ -295,12 +303,18 @@ async def create_device(data: DeviceCreate, call: Call) -> Response:
         304: {"description": "Not Modified", **_TAGGED},
         **problem_responses(404, 412, 422),
     },
-    openapi_extra=documented(IF_MATCH_HEADER, IF_NONE_MATCH_READ_HEADER),
+    openapi_extra=documented(
+        IF_MATCH_HEADER, IF_NONE_MATCH_READ_HEADER, IF_UNMODIFIED_SINCE_HEADER
+    ),
 )
 async def get_device(device_id: DeviceId, call: Call) -> Response:
-    if_none_match = read_if_none_match(call)
+    if_none_match, if_match = read_if_none_match(call), read_if_match(call)
     device = await service.get_device(
-        call.db, device_id, principal=call.principal, if_match=read_if_match(call)
+        call.db,
+        device_id,
+        principal=call.principal,
+        if_match=if_match,
+        unmodified_since=read_if_unmodified_since(call, if_match),
     )
     if not_modified(if_none_match, device.version):
         return Response(

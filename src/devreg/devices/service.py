@@ -1,11 +1,12 @@
 """Device use cases. Services never commit: the caller's session scope does."""
 
 from collections.abc import Awaitable, Callable
+from datetime import datetime
 from typing import Any, TypeVar
 
 from devreg.auth.principal import Principal
 from devreg.changes.actor import actor_of
-from devreg.conditional import IfMatch, WriteCondition, not_modified
+from devreg.conditional import IfMatch, WriteCondition, changed_since, not_modified
 from devreg.db.rendering import Rendered
 from devreg.db.session import UnitOfWork
 from devreg.devices.filters import DeviceFilter
@@ -50,14 +51,21 @@ async def register_device(
 
 
 async def get_device(
-    work: UnitOfWork, device_id: int, *, principal: Principal, if_match: IfMatch | None = None
+    work: UnitOfWork,
+    device_id: int,
+    *,
+    principal: Principal,
+    if_match: IfMatch | None = None,
+    unmodified_since: datetime | None = None,
 ) -> DeviceRead:
     """Another user's device is not found, as if it did not exist: ids do not leak. With
-    `if_match`, 412 unless the device is at one of its versions."""
+    `if_match`, 412 unless the device is at one of its versions; with `unmodified_since`, 412
+    if it changed after then."""
     device = await DeviceRepository(work).get_by_id(device_id, owner=principal.owner)
     if device is None:
         raise DeviceNotFound
     _require_match(if_match, device.version)
+    _require_unchanged(unmodified_since, device.version, device.updated_at)
     return device
 
 
@@ -104,6 +112,7 @@ async def update_device(
         device = await get_device(work, device_id, principal=principal)
         if condition is not None:
             _judge(condition, device.version)
+            _require_unchanged(condition.unmodified_since, device.version, device.updated_at)
         return device
     return await _apply(
         work, device_id, with_permitted_owner_change(principal, changes), condition, principal
@@ -180,11 +189,30 @@ async def _write_guarded(
         written = await write(None, frozenset())
     elif condition.refuses_any_version:
         written = None
+    elif condition.unmodified_since is not None:
+        version = await _version_unchanged_since(
+            repository, device_id, owner, condition.unmodified_since
+        )
+        written = await write(frozenset({version}), condition.refused_versions)
     else:
         written = await write(condition.accepted_versions, condition.refused_versions)
     if written is not None:
         return written
     raise await _refusal(repository, device_id, condition, owner)
+
+
+async def _version_unchanged_since(
+    repository: DeviceRepository, device_id: int, owner: int | None, since: datetime
+) -> int:
+    """The device's version, if it has not changed since `since` (If-Unmodified-Since): the
+    write then applies to that version alone, so a change made meanwhile refuses it as a stale
+    If-Match would be."""
+    last = await repository.last_change(device_id, owner=owner)
+    if last is None:
+        raise DeviceNotFound
+    version, updated_at = last
+    _require_unchanged(since, version, updated_at)
+    return version
 
 
 def _judge(condition: WriteCondition, version: int) -> None:
@@ -225,3 +253,12 @@ async def _refusal(
 def _require_match(if_match: IfMatch | None, version: int) -> None:
     if if_match is not None and not if_match.accepts(version):
         raise PreconditionFailed(version)
+
+
+def _require_unchanged(since: datetime | None, version: int, updated_at: datetime) -> None:
+    if since is not None and changed_since(updated_at, since):
+        raise PreconditionFailed(
+            version,
+            f"The device changed after If-Unmodified-Since, at {updated_at.isoformat()}; it is "
+            f'now at version {version} (ETag "{version}").',
+        )
