@@ -169,3 +169,15 @@ async def test_a_page_size_is_its_digits_alone(client: AsyncClient, limit: str) 
     response = await client.get(DEVICES, params={"limit": limit})
 
     assert assert_problem(response, 422)["errors"][0]["loc"] == ["query", "limit"]
+
+
+@pytest.mark.parametrize("path", [f"{DEVICES}/", f"{USERS}/", f"{DEVICES}/1/", "/livez/"])
+async def test_a_path_with_a_slash_too_many_is_not_found_not_redirected(
+    client: AsyncClient, path: str
+) -> None:
+    """It was a 307 to the path without it, before authentication, with no problem body, and
+    with the request's Host header written into its Location."""
+    response = await client.get(path, headers={"Host": "elsewhere.example"})
+
+    assert_problem(response, 404)
+    assert "location" not in response.headers

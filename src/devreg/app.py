@@ -203,6 +203,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
         telemetry=None if settings.telemetry else _NO_TELEMETRY,
     )
+    # `/devices/` is a 404 like any unknown path: Starlette's redirect to `/devices` came before
+    # authentication, was no problem+json, and wrote the request's Host header into Location.
+    app.router.redirect_slashes = False
     app.state.settings = settings
     app.state.authenticator = Authenticator(
         settings.auth, cache_ttl=settings.auth_cache_ttl, trusted_origins=settings.cors_origins
