@@ -171,7 +171,9 @@ async def test_the_headers_a_client_reads_are_documented(client: AsyncClient) ->
     created = paths["/api/v1/devices"]["post"]
     assert headers(created, "201") == {"ETag", "Location", "Idempotent-Replayed"}
     assert headers(paths["/api/v1/devices/bulk"]["post"], "201") == {"Idempotent-Replayed"}
-    assert headers(paths["/api/v1/users"]["post"], "201") == {"Location"}
+    assert headers(paths["/api/v1/users"]["post"], "201") == {"Location", "Idempotent-Replayed"}
+    heartbeat = paths["/api/v1/devices/{device_id}/heartbeat"]["post"]
+    assert headers(heartbeat, "204") == {"Idempotent-Replayed"}
     assert headers(paths["/api/v1/tokens"]["post"], "201") == {"Cache-Control"}
     assert headers(created, "503") == {"Retry-After"}
     assert headers(created, "401") == {"WWW-Authenticate"}

@@ -254,6 +254,16 @@ class IdempotencyKeyReused(InvalidInput):
     default_detail = "This Idempotency-Key was used for a different request."
 
 
+class IdempotencyKeyNotTaken(InvalidInput):
+    """A key sent where no answer can be kept to give again: the retry it meant to make safe
+    would write a second time."""
+
+    slug = "idempotency-key-not-taken"
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail, field="Idempotency-Key", part="header")
+
+
 class InvalidItems(InvalidInput):
     """Some items of a bulk request cannot be applied; none of them was."""
 

@@ -13,7 +13,14 @@ from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from devreg.app import create_app
-from tests.api import DEVICES, assert_problem, create_device, create_user, stored_devices
+from tests.api import (
+    DEVICES,
+    USERS,
+    assert_problem,
+    create_device,
+    create_user,
+    stored_devices,
+)
 from tests.auth.test_tokens import bearer, new_token
 from tests.support import (
     RunningApp,
@@ -90,6 +97,32 @@ class TestReplay:
         assert first.status_code == second.status_code == 204
         assert second.headers["Idempotent-Replayed"] == "true"
         assert second.content == b""
+
+    async def test_a_user_created_is_replayed(self, client) -> None:
+        """POST /users ignored the key: a client's retry made a second user."""
+        body = {"name": "ann", "email": "ann@example.org"}
+        first, second = await post_twice(client, USERS, "k1", body)
+        assert first.status_code == second.status_code == 201, second.text
+        assert second.content == first.content
+        assert second.headers["Location"] == first.headers["Location"]
+        assert second.headers["Idempotent-Replayed"] == "true"
+        assert first.json() == (await client.get(first.headers["Location"])).json()
+        assert [user["name"] for user in (await client.get(USERS)).json()["items"]] == ["ann"]
+
+    async def test_a_token_created_refuses_a_key_it_cannot_keep(self, client) -> None:
+        """A token's answer (its secret) is not kept, so it cannot be given again: the key was
+        ignored, and a retry made a second token."""
+        ann = await create_user(client, name="ann")
+        admin = await new_token(client, user_id=ann["id"], admin=True)
+
+        refused = await client.post(
+            "/api/v1/tokens", json={"user_id": ann["id"]}, headers=keyed("k1", **bearer(admin))
+        )
+
+        problem = assert_problem(refused, 422)
+        assert [error["loc"] for error in problem["errors"]] == [["header", "Idempotency-Key"]]
+        listed = (await client.get("/api/v1/tokens", headers=bearer(admin))).json()["items"]
+        assert len(listed) == 1
 
     async def test_a_body_nested_too_deep_for_json_is_compared_as_bytes(self, client) -> None:
         device = await create_device(client)

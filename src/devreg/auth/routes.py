@@ -8,6 +8,8 @@ from devreg.auth.filters import DEFAULT_SORT, SORT_KEYS, TokenFilter
 from devreg.auth.guard import app_authenticator
 from devreg.auth.schemas import TokenCreate, TokenCreated, TokenPage, TokenRead
 from devreg.calls import ApiRoute, Call, documented
+from devreg.errors import IdempotencyKeyNotTaken
+from devreg.idempotency.models import IDEMPOTENCY_KEY
 from devreg.problems import described_headers, problem_responses
 from devreg.querystring import ListingQueryString, PageQuery, page_response
 from devreg.schemas import Id
@@ -33,6 +35,11 @@ TokenId = Annotated[Id, Path(description="The token's id.")]
 )
 async def create_token(data: TokenCreate, call: Call, response: Response) -> TokenCreated:
     """A new token, shown in full this once; only its hash is kept."""
+    if call.header_value(IDEMPOTENCY_KEY) is not None:
+        raise IdempotencyKeyNotTaken(
+            "A new token is shown once and kept only as a hash, so its answer cannot be given "
+            "again: a retry makes another token. Send no Idempotency-Key here."
+        )
     response.headers["Cache-Control"] = "no-store"  # it carries the secret
     return await service.create_token(
         call.db, call.principal, data=data, authenticator=app_authenticator(call)

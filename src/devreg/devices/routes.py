@@ -39,7 +39,12 @@ from devreg.devices.schemas import (
 )
 from devreg.edge import is_head_request
 from devreg.errors import InvalidParameter
-from devreg.idempotency.header import IDEMPOTENCY_KEY_HEADER, REPLAYED_HEADER, Idempotency
+from devreg.idempotency.header import (
+    IDEMPOTENCY_KEY_HEADER,
+    REPLAYED,
+    Idempotency,
+    idempotent_create,
+)
 from devreg.locations import created_location
 from devreg.problems import described_headers, problem_responses
 from devreg.querystring import (
@@ -112,20 +117,6 @@ GUARDED_WRITE: dict[str, Any] = {
     "openapi_extra": GUARDED_WRITE_HEADERS,
 }
 _DEVICE_READ = TypeAdapter(DeviceRead)
-
-# The creating POSTs: 201, or the first answer again for a repeated Idempotency-Key.
-_REPLAYED = {REPLAYED_HEADER: "`true` when this is the first answer to the Idempotency-Key again."}
-
-
-def _idempotent_create(**headers: str) -> dict[str, Any]:
-    return {
-        "status_code": status.HTTP_201_CREATED,
-        "responses": {
-            201: {"headers": described_headers({**headers, **_REPLAYED})},
-            **problem_responses(409, 422),
-        },
-        "openapi_extra": documented(IDEMPOTENCY_KEY_HEADER),
-    }
 
 
 def _tagged(
@@ -266,7 +257,7 @@ BulkDelete = Annotated[list[Id], Body(min_length=1, max_length=BULK_MAX)]
 @router.post(
     "/{device_id}/heartbeat",
     status_code=status.HTTP_204_NO_CONTENT,
-    responses=problem_responses(404, 422),
+    responses={204: {"headers": described_headers(REPLAYED)}, **problem_responses(404, 422)},
     openapi_extra=documented(IDEMPOTENCY_KEY_HEADER),
 )
 async def record_heartbeat(device_id: DeviceId, call: Call) -> Response:
@@ -282,7 +273,7 @@ async def record_heartbeat(device_id: DeviceId, call: Call) -> Response:
 @router.post(
     "",
     response_model=DeviceRead,
-    **_idempotent_create(**_ETAG, Location="Where the new device is."),
+    **idempotent_create(**_ETAG, Location="Where the new device is."),
 )
 async def create_device(data: DeviceCreate, call: Call) -> Response:
     idempotency = Idempotency(call)
@@ -440,7 +431,7 @@ async def delete_devices(ids: BulkDelete, call: Call) -> None:
     )
 
 
-@router.post("/bulk", response_model=BulkResult, **_idempotent_create())
+@router.post("/bulk", response_model=BulkResult, **idempotent_create())
 async def create_devices(items: BulkCreate, call: Call) -> Response:
     """Up to 10,000 devices, all or nothing; the new ids in the order given."""
     idempotency = Idempotency(call)

@@ -1,16 +1,17 @@
 """The Idempotency-Key header on POST routes: claim the key before the write, record the
 answer with it, or give the first answer again."""
 
-from typing import Annotated
+from typing import Annotated, Any
 
-from fastapi import Request
+from fastapi import Request, status
 from fastapi.responses import Response
 from pydantic import StringConstraints, TypeAdapter
 
-from devreg.calls import Call, header_parameter
+from devreg.calls import Call, documented, header_parameter
 from devreg.idempotency import service
 from devreg.idempotency.models import IDEMPOTENCY_KEY, KEY_MAX_LENGTH
 from devreg.idempotency.service import Answer
+from devreg.problems import described_headers, problem_responses
 
 REPLAYED_HEADER = "Idempotent-Replayed"
 _KEY = TypeAdapter(Annotated[str, StringConstraints(min_length=1, max_length=KEY_MAX_LENGTH)])
@@ -22,6 +23,23 @@ IDEMPOTENCY_KEY_HEADER = header_parameter(
     minLength=1,
     maxLength=KEY_MAX_LENGTH,
 )
+
+
+REPLAYED = {REPLAYED_HEADER: "`true` when this is the first answer to the Idempotency-Key again."}
+"""The header a repeated key's answer has, described for a route's responses."""
+
+
+def idempotent_create(**headers: str) -> dict[str, Any]:
+    """A creating POST's route options: 201 with these headers, or the first answer again for
+    a repeated Idempotency-Key."""
+    return {
+        "status_code": status.HTTP_201_CREATED,
+        "responses": {
+            201: {"headers": described_headers({**headers, **REPLAYED})},
+            **problem_responses(409, 422),
+        },
+        "openapi_extra": documented(IDEMPOTENCY_KEY_HEADER),
+    }
 
 
 class IdempotentReplay(Exception):

@@ -11,8 +11,9 @@ from devreg.devices.routes import (
     DeviceListingDep,
 )
 from devreg.devices.schemas import DevicePage
+from devreg.idempotency.header import Idempotency, idempotent_create
 from devreg.locations import created_location
-from devreg.problems import described_headers, problem_responses
+from devreg.problems import problem_responses
 from devreg.querystring import (
     Listing,
     ListingQueryString,
@@ -33,20 +34,20 @@ router = APIRouter(
 UserId = Annotated[Id, Path(description="The user's id.")]
 
 
-@router.post(
-    "",
-    status_code=status.HTTP_201_CREATED,
-    response_model=UserRead,
-    responses={
-        201: {"headers": described_headers({"Location": "Where the new user is."})},
-        **problem_responses(409, 422),
-    },
-)
-async def create_user(data: UserCreate, call: Call, response: Response) -> object:
+@router.post("", response_model=UserRead, **idempotent_create(Location="Where the new user is."))
+async def create_user(data: UserCreate, call: Call) -> Response:
     """Admins only, once tokens are in use."""
+    idempotency = Idempotency(call)
+    await idempotency.claim()
     user = await service.register_user(call.db, data=data, principal=call.principal)
-    response.headers["Location"] = created_location(call, user.id)
-    return user
+    response = Response(
+        UserRead.model_validate(user, from_attributes=True).model_dump_json(),
+        status_code=status.HTTP_201_CREATED,
+        headers={"Location": created_location(call, user.id)},
+        media_type="application/json",
+    )
+    await idempotency.remember(response, "Location")
+    return response
 
 
 class UserListingQuery(PageQuery):
