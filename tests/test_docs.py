@@ -192,3 +192,22 @@ async def test_each_listing_documents_its_sort_keys(client: AsyncClient) -> None
     ]  # fmt: skip
     assert sorts("/api/v1/users") == ["id", "-id", "name", "-name", "created_at", "-created_at"]
     assert sorts("/api/v1/tokens") == sorts("/api/v1/changes") == ["id", "-id"]
+
+
+async def test_a_repeatable_parameter_says_how_many_times_it_may_be_given(
+    client: AsyncClient,
+) -> None:
+    """Only `name__ic` and `name__isw` said so (10): a client generated from the schema sent 101
+    statuses, a 400."""
+    paths = (await client.get("/openapi.json")).json()["paths"]
+    bounds = {
+        (path, parameter["name"]): parameter["schema"].get("maxItems")
+        for path, operations in paths.items()
+        for parameter in operations.get("get", {}).get("parameters", [])
+        if parameter["in"] == "query" and parameter["schema"].get("type") == "array"
+    }
+
+    assert bounds[("/api/v1/devices", "status")] == 100
+    assert bounds[("/api/v1/devices", "name__ic")] == 10
+    assert bounds[("/api/v1/changes", "object_id")] == 100
+    assert None not in bounds.values(), bounds

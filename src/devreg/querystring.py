@@ -122,11 +122,17 @@ class QueryString(Generic[QueryT]):
                 "schema": (
                     {"type": "string", "enum": self.sorts}
                     if name == "sort" and self.sorts
-                    else _inlined(field, definitions)
+                    else self._bounded(name, _inlined(field, definitions))
                 ),
             }
             for name, field in schema["properties"].items()
         ]
+
+    def _bounded(self, name: str, schema: dict[str, Any]) -> dict[str, Any]:
+        """A repeatable parameter's schema says how many times it may be given."""
+        if name not in self.repeatable:
+            return schema
+        return {**schema, "maxItems": self.repeatable[name]}
 
 
 class ListingQueryString(QueryString[PageQueryT]):
