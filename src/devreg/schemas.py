@@ -199,7 +199,8 @@ def _short_duration(value: Any) -> Any:
     return value.strip()  # as the other forms are read: pydantic refused " P1D "
 
 
-_NUMBER = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?")
+_UNSIGNED_NUMBER = r"([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?"
+_NUMBER = re.compile(rf"[+-]?{_UNSIGNED_NUMBER}")
 
 
 def is_a_number(text: str) -> bool:
@@ -219,11 +220,18 @@ _DURATION_SCHEMA = {
     "anyOf": [
         {
             "type": "string",
-            "pattern": rf"^\s*([0-9]{{1,10}}[dhmsDHMS]?|{_NUMBER.pattern}|{_CLOCK_DURATION}"
+            # A number without a minus sign: a span is longer than zero.
+            "pattern": rf"^\s*([0-9]{{1,10}}[dhmsDHMS]?|\+?{_UNSIGNED_NUMBER}|{_CLOCK_DURATION}"
             r"|P.+)\s*$",
-            "description": "`90d`, `12h`, `30m`, `3600s`, `3600`, `01:30:00`, or ISO 8601 (`P90D`)",
+            "description": "`90d`, `12h`, `30m`, `3600s`, `3600`, `01:30:00`, or ISO 8601 "
+            f"(`P90D`); longer than zero, at most {_DURATION_MAX.days} days",
         },
-        {"type": "number", "exclusiveMinimum": 0, "description": "seconds"},
+        {
+            "type": "number",
+            "exclusiveMinimum": 0,
+            "maximum": int(_DURATION_MAX.total_seconds()),
+            "description": "seconds",
+        },
     ]
 }
 
