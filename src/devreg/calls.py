@@ -83,7 +83,8 @@ class Call(Request):
 # (refused at the edge), a precondition that cannot hold, the database unavailable, the pool
 # exhausted or a statement past STATEMENT_TIMEOUT; and for a write, a body refused at the edge
 # (too slow to arrive, too large, compressed).
-_EVERY_ROUTES_PROBLEMS = problem_responses(400, 412, 503)
+# A body, which any request may send, is bounded in size (413) and time (408).
+_EVERY_ROUTES_PROBLEMS = problem_responses(400, 408, 412, 413, 503)
 _EVERY_WRITES_PROBLEMS = problem_responses(400, 408, 412, 413, 415, 503)
 
 

@@ -94,8 +94,15 @@ def described_headers(descriptions: dict[str, str]) -> dict[str, Any]:
 
 # What some problems carry beside their body.
 _PROBLEM_HEADERS = {
+    400: {"WWW-Authenticate": "When the Authorization header was malformed (RFC 6750)."},
     401: {"WWW-Authenticate": "How to authenticate (`Bearer`), and what was wrong (RFC 6750)."},
+    403: {"WWW-Authenticate": "For a read-only token's write: `insufficient_scope` (RFC 6750)."},
+    409: {"Retry-After": "When the write collided with a concurrent one: send it again after."},
     412: {"ETag": "The resource's current version."},
+    415: {
+        "Accept-Patch": "For a PATCH: the one media type it takes, `application/json`.",
+        "Accept-Encoding": "For a compressed body: `identity`, the only encoding taken.",
+    },
     503: {"Retry-After": "Seconds to wait before sending the request again."},
 }
 

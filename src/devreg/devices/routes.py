@@ -365,6 +365,9 @@ async def list_devices(call: Call, listing: DeviceListingDep) -> object:
         200: {
             "content": {media: {} for media in EXPORT_MEDIA_TYPES.values()},
             "description": "Every matching device, by id, streamed.",
+            "headers": described_headers(
+                {"Content-Disposition": "`attachment`, named `devices.csv` or `devices.ndjson`."}
+            ),
         },
         **problem_responses(400, 422),
     },
