@@ -129,6 +129,7 @@ class TestValidationError:
         assert problem["errors"]
         assert all(set(error) == {"loc", "msg", "type"} for error in problem["errors"])
         assert problem["errors"][0]["loc"] == loc
+        assert problem["title"] == "Unprocessable Content"  # RFC 9110's, not RFC 7231's
 
     async def test_huge_value_not_echoed(self, client: AsyncClient) -> None:
         response = await client.post("/api/v1/devices", json={"name": HUGE_NAME})

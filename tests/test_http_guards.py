@@ -22,7 +22,8 @@ MIB = 1024 * 1024
 
 async def test_a_body_over_the_limit_is_a_413_and_nothing_is_written(client: AsyncClient) -> None:
     body = {"name": "big", "attributes": {"blob": "a" * MIB}}
-    assert_problem(await client.post(DEVICES, json=body), 413)
+    problem = assert_problem(await client.post(DEVICES, json=body), 413)
+    assert problem["title"] == "Content Too Large"  # RFC 9110's, not RFC 7231's
     assert await stored_devices(client) == []
 
 

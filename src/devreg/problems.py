@@ -64,6 +64,14 @@ class Problem(BaseModel):
     )
 
 
+# RFC 9110's names where Python 3.11's are RFC 7231's.
+_RENAMED = {413: "Content Too Large", 416: "Range Not Satisfiable", 422: "Unprocessable Content"}
+
+
+def status_title(status: int) -> str:
+    return _RENAMED.get(status) or HTTPStatus(status).phrase
+
+
 def problem_response(
     request: Request,
     *,
@@ -75,7 +83,7 @@ def problem_response(
 ) -> JSONResponse:
     body = {
         "type": PROBLEM_TYPE_PREFIX + slug if slug else "about:blank",
-        "title": HTTPStatus(status).phrase,
+        "title": status_title(status),
         "status": status,
         "detail": detail,
         "instance": request.url.path,
@@ -112,7 +120,7 @@ def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     return {
         status: {
             "model": Problem,
-            "description": HTTPStatus(status).phrase,
+            "description": status_title(status),
             "content": {PROBLEM_MEDIA_TYPE: {}},
             **(
                 {"headers": described_headers(_PROBLEM_HEADERS[status])}
@@ -223,7 +231,7 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     if unreadable is not None:
         error = {"type": "json_invalid", "loc": ("body",), "msg": unreadable}
         return await _validation_error(request, RequestValidationError([error]))
-    detail = exc.detail if isinstance(exc.detail, str) else HTTPStatus(exc.status_code).phrase
+    detail = exc.detail if isinstance(exc.detail, str) else status_title(exc.status_code)
     headers = dict(exc.headers or {})
     allowed = _allowed_methods(request) if exc.status_code == 405 else ""
     if allowed:  # else the Allow of what raised it: a mounted app's (the docs' static files)
