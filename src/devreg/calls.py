@@ -315,11 +315,12 @@ def read_if_unmodified_since(call: Call, if_match: IfMatch | None) -> datetime |
 
 def write_precondition(call: Call) -> WriteCondition | None:
     """The call's If-Match, If-None-Match and If-Unmodified-Since; without any, None (last write
-    wins). Without If-Match, 428 if REQUIRE_IF_MATCH."""
+    wins). Without If-Match naming a version, 428 if REQUIRE_IF_MATCH."""
     if_match = read_if_match(call)
     if_none_match = read_if_none_match(call)
     unmodified_since = read_if_unmodified_since(call, if_match)
-    if if_match is None and call.settings.require_if_match:
+    if call.settings.require_if_match and (if_match is None or if_match.versions is None):
+        # `If-Match: *` holds for any version: it would meet the rule and guard nothing.
         raise PreconditionRequired
     if if_match is None and if_none_match is None and unmodified_since is None:
         return None

@@ -229,6 +229,8 @@ async def test_writes_without_if_match_are_a_428_when_it_is_required(
     device = await create_device(client)
     url = f"{path}/{device['id']}"
     assert_problem(await client.request(method, url, json=body), 428)
+    # `*` holds for any version: it met the rule and guarded nothing.
+    assert_problem(await client.request(method, url, json=body, headers={"If-Match": "*"}), 428)
     assert await fetch_device(client, device["id"]) == device
     guarded = await client.request(method, url, json=body, headers={"If-Match": '"1"'})
     assert guarded.is_success
