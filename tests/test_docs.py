@@ -224,3 +224,15 @@ async def test_a_repeatable_parameter_says_how_many_times_it_may_be_given(
     assert bounds[("/api/v1/devices", "name__ic")] == 10
     assert bounds[("/api/v1/changes", "object_id")] == 100
     assert None not in bounds.values(), bounds
+
+
+async def test_each_operation_is_named_as_its_endpoint(client: AsyncClient) -> None:
+    """Generated clients name their functions by operationId: FastAPI's default gave
+    `list_devices_api_v1_devices_get`."""
+    paths = (await client.get("/openapi.json")).json()["paths"]
+    names = [operation["operationId"] for path in paths.values() for operation in path.values()]
+
+    assert "list_devices" in names
+    assert "get_device" in names
+    assert len(names) == len(set(names))
+    assert all(name.isidentifier() for name in names)

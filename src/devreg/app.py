@@ -100,6 +100,13 @@ _ROUTE_OPTIONS = (
 )  # fmt: skip
 
 
+def _operation_id(route: APIRoute) -> str:
+    """The endpoint's name (`list_devices`), which clients generated from the schema name their
+    functions after: FastAPI's default adds the path and method
+    (`list_devices_api_v1_devices_get`)."""
+    return route.name
+
+
 def include_flat(app: FastAPI, router: APIRouter, *, prefix: str) -> None:
     """app.include_router(router, prefix=prefix), the router's routes added as the app's own.
 
@@ -202,6 +209,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         summary="A device registry: users own devices; create, find, update and retire them.",
         lifespan=lifespan,
         telemetry=None if settings.telemetry else _NO_TELEMETRY,
+        generate_unique_id_function=_operation_id,
     )
     # `/devices/` is a 404 like any unknown path: Starlette's redirect to `/devices` came before
     # authentication, was no problem+json, and wrote the request's Host header into Location.
