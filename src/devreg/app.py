@@ -15,6 +15,8 @@ from fastapi.telemetry import TelemetryConfig
 from fastapi_offline import FastAPIOffline
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from starlette.routing import BaseRoute, Mount
+from starlette.types import Receive, Scope, Send
 
 from devreg import __version__
 from devreg.admission import Admission
@@ -98,6 +100,21 @@ _ROUTE_OPTIONS = (
     "response_model_exclude_none", "include_in_schema", "response_class", "name", "callbacks",
     "openapi_extra", "generate_unique_id_function", "strict_content_type", "max_body_size",
 )  # fmt: skip
+
+
+def _served_whole(route: BaseRoute) -> BaseRoute:
+    """The docs' static files served whole, a Range header ignored (RFC 9110, 14.2, allows it):
+    Starlette answered a bad one with a plain-text 400 or 416, no problem+json. They are a few
+    files a browser loads whole anyway."""
+    if isinstance(route, Mount):
+        files = route.app
+
+        async def whole(scope: Scope, receive: Receive, send: Send) -> None:
+            headers = [(name, value) for name, value in scope["headers"] if name != b"range"]
+            await files({**scope, "headers": headers}, receive, send)
+
+        route.app = whole
+    return route
 
 
 def _operation_id(route: APIRoute) -> str:
@@ -222,7 +239,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Busiest first: a request is matched against the routes in order, at about 10,000
     # instructions for each route it passes over. The documentation's routes, which FastAPI
     # added first, go behind the API's.
-    documentation = list(app.router.routes)
+    documentation = [_served_whole(route) for route in app.router.routes]
     app.router.routes.clear()
     for router in (devices_router, users_router, tokens_router, changes_router):
         include_flat(app, router, prefix=API_PREFIX)
