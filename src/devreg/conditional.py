@@ -113,7 +113,7 @@ def changed_since(updated_at: datetime, since: datetime) -> bool:
 
 
 @dataclass(frozen=True)
-class WriteCondition:
+class Preconditions:
     """A write's preconditions: If-Match, and If-None-Match, which a write must not find true
     either (`*`: a device that exists at all), and If-Unmodified-Since (only without If-Match,
     which supersedes it)."""

@@ -11,8 +11,7 @@ from devreg.calls import (
     ApiRoute,
     Call,
     documented,
-    read_if_match,
-    read_if_unmodified_since,
+    read_preconditions,
     write_precondition,
 )
 from devreg.compat.schemas import Deleted, TutorialDeviceIn, TutorialDeviceUpdate, TutorialItem
@@ -74,13 +73,8 @@ async def tutorial_list_devices(call: Call, limit: Limit = PAGE_LIMIT_DEFAULT) -
     openapi_extra=documented(IF_MATCH_HEADER, IF_UNMODIFIED_SINCE_HEADER),
 )
 async def tutorial_get_device(device_id: DeviceId, call: Call) -> object:
-    if_match = read_if_match(call)
     return await devices_service.get_device(
-        call.db,
-        device_id,
-        principal=call.principal,
-        if_match=if_match,
-        unmodified_since=read_if_unmodified_since(call, if_match),
+        call.db, device_id, principal=call.principal, conditions=read_preconditions(call)
     )
 
 

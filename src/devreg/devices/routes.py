@@ -13,9 +13,7 @@ from devreg.calls import (
     StreamingWorkDep,
     documented,
     header_parameter,
-    read_if_match,
-    read_if_none_match,
-    read_if_unmodified_since,
+    read_preconditions,
     write_precondition,
 )
 from devreg.conditional import etag, not_modified
@@ -299,15 +297,11 @@ async def create_device(data: DeviceCreate, call: Call) -> Response:
     ),
 )
 async def get_device(device_id: DeviceId, call: Call) -> Response:
-    if_none_match, if_match = read_if_none_match(call), read_if_match(call)
+    conditions = read_preconditions(call)
     device = await service.get_device(
-        call.db,
-        device_id,
-        principal=call.principal,
-        if_match=if_match,
-        unmodified_since=read_if_unmodified_since(call, if_match),
+        call.db, device_id, principal=call.principal, conditions=conditions
     )
-    if not_modified(if_none_match, device.version):
+    if conditions is not None and not_modified(conditions.if_none_match, device.version):
         return Response(
             status_code=status.HTTP_304_NOT_MODIFIED, headers={"ETag": etag(device.version)}
         )

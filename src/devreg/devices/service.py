@@ -6,7 +6,7 @@ from typing import Any, TypeVar
 
 from devreg.auth.principal import Principal
 from devreg.changes.actor import actor_of
-from devreg.conditional import IfMatch, WriteCondition, changed_since, not_modified
+from devreg.conditional import IfMatch, Preconditions, changed_since, not_modified
 from devreg.db.rendering import Rendered
 from devreg.db.session import UnitOfWork
 from devreg.devices.filters import DeviceFilter
@@ -55,17 +55,17 @@ async def get_device(
     device_id: int,
     *,
     principal: Principal,
-    if_match: IfMatch | None = None,
-    unmodified_since: datetime | None = None,
+    conditions: Preconditions | None = None,
 ) -> DeviceRead:
-    """Another user's device is not found, as if it did not exist: ids do not leak. With
-    `if_match`, 412 unless the device is at one of its versions; with `unmodified_since`, 412
-    if it changed after then."""
+    """Another user's device is not found, as if it did not exist: ids do not leak. 412 unless
+    the device is at a version If-Match names, or if it changed after If-Unmodified-Since (a
+    read's If-None-Match is its route's: a 304)."""
     device = await DeviceRepository(work).get_by_id(device_id, owner=principal.owner)
     if device is None:
         raise DeviceNotFound
-    _require_match(if_match, device.version)
-    _require_unchanged(unmodified_since, device.version, device.updated_at)
+    if conditions is not None:
+        _require_match(conditions.if_match, device.version)
+        _require_unchanged(conditions.unmodified_since, device.version, device.updated_at)
     return device
 
 
@@ -91,7 +91,7 @@ async def replace_device(
     device_id: int,
     *,
     data: DeviceCreate,
-    condition: WriteCondition | None = None,
+    condition: Preconditions | None = None,
     principal: Principal,
 ) -> DeviceRead:
     return await _apply(
@@ -104,15 +104,14 @@ async def update_device(
     device_id: int,
     *,
     data: DeviceUpdate,
-    condition: WriteCondition | None = None,
+    condition: Preconditions | None = None,
     principal: Principal,
 ) -> DeviceRead:
     changes = data.changes()
     if not changes:
-        device = await get_device(work, device_id, principal=principal)
+        device = await get_device(work, device_id, principal=principal, conditions=condition)
         if condition is not None:
             _judge(condition, device.version)
-            _require_unchanged(condition.unmodified_since, device.version, device.updated_at)
         return device
     return await _apply(
         work, device_id, with_permitted_owner_change(principal, changes), condition, principal
@@ -123,7 +122,7 @@ async def delete_device(
     work: UnitOfWork,
     device_id: int,
     *,
-    condition: WriteCondition | None = None,
+    condition: Preconditions | None = None,
     principal: Principal,
 ) -> None:
     repository = DeviceRepository(work)
@@ -153,7 +152,7 @@ async def _apply(
     work: UnitOfWork,
     device_id: int,
     changes: dict[str, Any],
-    condition: WriteCondition | None,
+    condition: Preconditions | None,
     principal: Principal,
 ) -> DeviceRead:
     repository = DeviceRepository(work)
@@ -177,7 +176,7 @@ async def _apply(
 async def _write_guarded(
     repository: DeviceRepository,
     device_id: int,
-    condition: WriteCondition | None,
+    condition: Preconditions | None,
     owner: int | None,
     write: Callable[[frozenset[int] | None, frozenset[int]], Awaitable[T | None]],
 ) -> T:
@@ -215,7 +214,7 @@ async def _version_unchanged_since(
     return version
 
 
-def _judge(condition: WriteCondition, version: int) -> None:
+def _judge(condition: Preconditions, version: int) -> None:
     """412 unless a write to this version meets the condition."""
     _require_match(condition.if_match, version)
     if not_modified(condition.if_none_match, version):
@@ -227,7 +226,7 @@ def _judge(condition: WriteCondition, version: int) -> None:
 async def _refusal(
     repository: DeviceRepository,
     device_id: int,
-    condition: WriteCondition | None,
+    condition: Preconditions | None,
     owner: int | None,
 ) -> Exception:
     """Why a write did not apply: the device is gone (or not the owner's), or its version, when
