@@ -455,6 +455,20 @@ class TestResourcesWithoutETag:
         assert_problem(refused, 412)
         assert after == device
 
+    async def test_a_refused_token_leaves_the_api_open(self, committed_database_url: URL) -> None:
+        """A refused write is served first and rolled back: the token it made was undone, but
+        the worker went on believing tokens existed, and asked every request for one (401)."""
+        app = create_app(make_settings(committed_database_url, auth="auto"))
+        async with running(app) as started, api_client(started) as client:
+            user = (await client.post("/api/v1/users", json={"name": "ann"})).json()
+            refused = await client.post(
+                "/api/v1/tokens", json={"user_id": user["id"]}, headers={"If-Match": '"1"'}
+            )
+            after = await client.get("/api/v1/users")
+
+        assert_problem(refused, 412)
+        assert after.status_code == 200, after.text
+
     async def test_a_read_with_if_match_naming_a_tag_is_a_412(
         self, client: AsyncClient, targets: dict[str, Any]
     ) -> None:

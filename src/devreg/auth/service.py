@@ -56,7 +56,7 @@ async def create_token(
     if principal.token_id is not None and not await tokens.hold_if_live(principal.token_id):
         raise InvalidToken
     if authenticator is not None:
-        authenticator.token_created()
+        work.once_committed(authenticator.token_created)
     return TokenCreated.model_validate(
         {**TokenRead.model_validate(stored).model_dump(), "token": token}
     )

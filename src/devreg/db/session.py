@@ -2,7 +2,7 @@
 is made only when a statement needs one."""
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -123,11 +123,12 @@ class UnitOfWork:
     needed (`session`). A hot-path request's lone statement needs none (db.driver.fetch_row runs
     it on a pooled connection in autocommit), so it does not pay for making one."""
 
-    __slots__ = ("_session", "_sessionmaker", "bind")
+    __slots__ = ("_committed_effects", "_session", "_sessionmaker", "bind")
 
     def __init__(self, sessionmaker: SessionMaker) -> None:
         self._sessionmaker = sessionmaker
         self._session: AsyncSession | None = None
+        self._committed_effects: list[Callable[[], None]] | None = None
         # What the sessionmaker binds its sessions to: the engine, or a test's connection.
         self.bind: AsyncEngine | AsyncConnection | None = sessionmaker.kw.get("bind")
 
@@ -144,13 +145,25 @@ class UnitOfWork:
         """A savepoint in the session's transaction (which this begins if need be)."""
         return self.session.begin_nested()
 
+    def once_committed(self, effect: Callable[[], None]) -> None:
+        """Run `effect` once what this unit of work wrote is committed, never if it is rolled
+        back: an in-process effect of a write (the authenticator's knowing that tokens exist)
+        must not outlive the write undone."""
+        if self._committed_effects is None:
+            self._committed_effects = []
+        self._committed_effects.append(effect)
+
     async def commit(self) -> None:
-        """Commit the transaction, if one was begun."""
+        """Commit the transaction, if one was begun; then the effects waiting for it."""
         if self.in_transaction():
             await self.session.commit()
+        effects, self._committed_effects = self._committed_effects, None
+        for effect in effects or ():
+            effect()
 
     async def rollback(self) -> None:
-        """Roll the transaction back, if one was begun."""
+        """Roll the transaction back, if one was begun; the effects waiting for a commit go."""
+        self._committed_effects = None
         if self.in_transaction():
             await self.session.rollback()
 
