@@ -304,8 +304,9 @@ def read_if_none_match(call: Call) -> str | None:
 
 def read_if_unmodified_since(call: Call, if_match: IfMatch | None) -> datetime | None:
     """The call's If-Unmodified-Since, or None: without one, with If-Match (which supersedes
-    it), or with one that is not an HTTP-date (RFC 9110, section 13.1.4: all ignored)."""
-    header = call.header_value("if-unmodified-since")
+    it), or with one that is not an HTTP-date, several lines of it a list of dates among them
+    (RFC 9110, section 13.1.4: all ignored)."""
+    header = call.list_header("if-unmodified-since")
     if header is None or if_match is not None:
         return None
     return http_date(header)

@@ -6,7 +6,6 @@ the last change (`updated_at`)."""
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
 
 # An entity tag: optional weakness marker, then an opaque string in double quotes, which may
 # hold bytes beyond ASCII (RFC 9110's obs-text; headers are read as Latin-1).
@@ -96,14 +95,45 @@ def _is_any(header: str) -> bool:
     return header.strip() == "*"
 
 
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+_MONTH = "(" + "|".join(_MONTHS) + ")"
+_CLOCK = r"([0-9]{2}):([0-9]{2}):([0-9]{2})"
+# RFC 9110, section 5.6.7: IMF-fixdate, then the two obsolete forms a recipient must read.
+_DAY = "(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun)"
+_IMF_FIXDATE = re.compile(rf"{_DAY}, ([0-9]{{2}}) {_MONTH} ([0-9]{{4}}) {_CLOCK} GMT")
+_RFC850_DATE = re.compile(
+    rf"(?:Mon|Tues|Wednes|Thurs|Fri|Satur|Sun)day, ([0-9]{{2}})-{_MONTH}-([0-9]{{2}}) {_CLOCK} GMT"
+)
+_ASCTIME_DATE = re.compile(rf"{_DAY} {_MONTH} ([0-9 ][0-9]) {_CLOCK} ([0-9]{{4}})")
+
+
 def http_date(header: str) -> datetime | None:
     """An HTTP-date (RFC 9110, section 5.6.7: GMT, to the second), or None for anything else,
-    which a recipient ignores."""
-    try:
-        parsed = parsedate_to_datetime(header)
-    except (TypeError, ValueError):
+    which a recipient ignores: a list of dates, another zone, an email's date forms."""
+    header = header.strip()
+    if match := _IMF_FIXDATE.fullmatch(header):
+        day, month, year, *clock = match.groups()
+    elif match := _RFC850_DATE.fullmatch(header):
+        day, month, short_year, *clock = match.groups()
+        year = str(_century_year(int(short_year)))
+    elif match := _ASCTIME_DATE.fullmatch(header):
+        month, day, *clock, year = match.groups()
+    else:
         return None
-    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed  # obsolete forms
+    hour, minute, second = map(int, clock)
+    try:
+        return datetime(
+            int(year), _MONTHS.index(month) + 1, int(day), hour, minute, second, tzinfo=UTC
+        )
+    except ValueError:  # 31 Feb, 25:00, a leap second
+        return None
+
+
+def _century_year(short_year: int) -> int:
+    """A two-digit year as RFC 9110 reads it: no more than 50 years ahead."""
+    this_year = datetime.now(UTC).year
+    year = this_year // 100 * 100 + short_year
+    return year - 100 if year > this_year + 50 else year
 
 
 def changed_since(updated_at: datetime, since: datetime) -> bool:

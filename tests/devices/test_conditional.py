@@ -8,7 +8,7 @@ import re
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
-from datetime import datetime
+from datetime import UTC, datetime
 from email.utils import format_datetime
 from typing import Any
 
@@ -19,7 +19,7 @@ from httpx import AsyncClient
 from sqlalchemy.engine import URL
 
 from devreg.app import create_app
-from devreg.conditional import IfMatch, not_modified
+from devreg.conditional import IfMatch, http_date, not_modified
 from tests.api import DEVICES, assert_problem, create_device, fetch_device
 from tests.support import RunningApp, api_client, devreg_server, make_settings, running
 
@@ -299,7 +299,7 @@ def test_if_match_that_is_no_list_of_entity_tags_is_refused(header: str) -> None
 BEFORE_ANY_DEVICE = "Mon, 01 Jan 2001 00:00:00 GMT"
 
 
-def http_date(timestamp: str) -> str:
+def http_date_of(timestamp: str) -> str:
     """The HTTP-date of an ISO 8601 time a response gave (`updated_at`), cut to the second."""
     return format_datetime(datetime.fromisoformat(timestamp), usegmt=True)
 
@@ -328,14 +328,14 @@ async def test_a_write_if_unmodified_since_before_the_last_change_is_a_412_and_c
 async def test_a_write_if_unmodified_since_the_last_change_applies(client: AsyncClient) -> None:
     device = await create_device(client)
     url = f"{DEVICES}/{device['id']}"
-    since = http_date(device["updated_at"])
+    since = http_date_of(device["updated_at"])
 
     changed = await client.patch(url, json={"model": "m1"}, headers={"If-Unmodified-Since": since})
     again = await client.patch(url, json={"model": "m2"}, headers={"If-Unmodified-Since": since})
 
     assert changed.status_code == 200, changed.text
     assert changed.json()["model"] == "m1"
-    if http_date(changed.json()["updated_at"]) != since:  # not within the same second
+    if http_date_of(changed.json()["updated_at"]) != since:  # not within the same second
         assert_problem(again, 412)
 
 
@@ -359,6 +359,39 @@ async def test_if_unmodified_since_judges_a_read_too(
             f"{DEVICES}/{device['id']}", json={"status": "active"}, headers=headers
         )
         assert patched.status_code == status, (url, patched.text)
+
+
+@pytest.mark.parametrize(
+    ("sent", "read"),
+    [
+        ("Sun, 06 Nov 1994 08:49:37 GMT", datetime(1994, 11, 6, 8, 49, 37, tzinfo=UTC)),
+        ("Sunday, 06-Nov-94 08:49:37 GMT", datetime(1994, 11, 6, 8, 49, 37, tzinfo=UTC)),
+        ("Sun Nov  6 08:49:37 1994", datetime(1994, 11, 6, 8, 49, 37, tzinfo=UTC)),
+        ("Thursday, 01-Jan-70 00:00:00 GMT", datetime(2070, 1, 1, tzinfo=UTC)),  # 50 years ahead
+        ("Mon, 01 Jan 0001 00:00:00 GMT", datetime(1, 1, 1, tzinfo=UTC)),  # was 2001
+        ("Sat, 05 Dec 2026 02:00:00 +0500", None),  # not GMT
+        ("Sat, 05 Dec 2026 02:00:00 EST", None),
+        ("Sat, 05 Dec 2026 01:00:00 GMT, Sat, 05 Dec 2099 01:00:00 GMT", None),  # a list
+        ("1 Jan 9999999999999999999 0:0", None),  # was an OverflowError: a 500
+        ("Sat, 31 Feb 2026 01:00:00 GMT", None),
+        ("yesterday", None),
+    ],
+)
+def test_only_an_http_date_is_read_as_one(sent: str, read: datetime | None) -> None:
+    """RFC 9110, 5.6.7 and 13.1.4: anything else is ignored; an email's date parser read other
+    zones, lists (by their first date) and years beyond any a date holds (a 500)."""
+    assert http_date(sent) == read
+
+
+async def test_if_unmodified_since_on_several_lines_is_a_list_and_ignored(
+    client: AsyncClient,
+) -> None:
+    device = await create_device(client)
+    lines = [("If-Unmodified-Since", BEFORE_ANY_DEVICE), ("If-Unmodified-Since", BEFORE_ANY_DEVICE)]
+    huge = {"If-Unmodified-Since": "1 Jan 9999999999999999999 0:0"}
+
+    assert (await client.get(f"{DEVICES}/{device['id']}", headers=lines)).status_code == 200
+    assert (await client.get(f"{DEVICES}/{device['id']}", headers=huge)).status_code == 200
 
 
 async def test_a_tag_with_bytes_beyond_ascii_is_a_tag_that_matches_no_version(
