@@ -192,7 +192,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     raise
             if reachable:
                 await open_pool(engine)
-                if not await folds_case_beyond_ascii(engine):
+                if await folds_case_beyond_ascii(engine) is False:
                     logger.warning(_ASCII_CASE_ONLY)
             sessionmaker = create_sessionmaker(engine)
             sweeper = asyncio.create_task(

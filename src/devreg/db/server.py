@@ -11,7 +11,7 @@ from typing import Literal
 import asyncpg
 from sqlalchemy import text
 from sqlalchemy.engine import URL
-from sqlalchemy.exc import ArgumentError, IntegrityError, ProgrammingError
+from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, ProgrammingError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
@@ -142,9 +142,12 @@ async def database_state(engine: AsyncEngine, *, within_seconds: float) -> Datab
     return "not migrated" if migrations.is_behind(revision) else "reachable"
 
 
-async def folds_case_beyond_ascii(engine: AsyncEngine) -> bool:
+async def folds_case_beyond_ascii(engine: AsyncEngine) -> bool | None:
     """Whether the database's lower() knows letters beyond A-Z, on which `name__ic`, `name__isw`
     and emails' matching in any case rest: not under LC_CTYPE=C (the embedded cluster's
-    C.UTF-8 does)."""
+    C.UTF-8 does). None when its encoding has no É to ask with (KOI8-R, say)."""
     async with engine.connect() as connection:
-        return bool(await connection.scalar(text("SELECT lower('ÉΣ') = 'éσ'")))
+        try:
+            return bool(await connection.scalar(text("SELECT lower('É') = 'é'")))
+        except DBAPIError:  # untranslatable: a LATIN1 database has it, but no Σ, which was asked
+            return None
