@@ -26,6 +26,7 @@ from devreg.auth.routes import router as tokens_router
 from devreg.body_limit import BodyLimits
 from devreg.changes.routes import router as changes_router
 from devreg.compat.routes import router as tutorial_router
+from devreg.compat.routes import with_tutorial_slashes
 from devreg.config import Settings, get_settings
 from devreg.db import migrations
 from devreg.db.embedded import EmbeddedPostgresError, resolve_database_url
@@ -230,7 +231,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     # `/devices/` is a 404 like any unknown path: Starlette's redirect to `/devices` came before
     # authentication, was no problem+json, and wrote the request's Host header into Location.
+    # Only the tutorials' paths are redirected, as their apps did.
     app.router.redirect_slashes = False
+    app.router.default = with_tutorial_slashes(app.router.default)
     app.state.settings = settings
     app.state.authenticator = Authenticator(
         settings.auth, cache_ttl=settings.auth_cache_ttl, trusted_origins=settings.cors_origins

@@ -178,3 +178,33 @@ class TestTutorialOpenApi:
     )
     async def test_canonical_routes_documented(self, paths: list[str], canonical: str) -> None:
         assert canonical in paths
+
+
+@pytest.mark.parametrize(
+    ("method", "sent", "location"),
+    [
+        ("POST", "/api/v1/device", "/api/v1/device/"),
+        ("GET", "/api/v1/device?limit=5", "/api/v1/device/?limit=5"),
+        ("GET", "/api/v1/device/1/", "/api/v1/device/1"),
+        ("POST", "/users?name=Bob", "/users/?name=Bob"),
+        ("GET", "/users/1/", "/users/1"),
+    ],
+)
+async def test_a_tutorial_path_with_a_slash_too_few_or_many_is_redirected(
+    client: AsyncClient, method: str, sent: str, location: str
+) -> None:
+    """As the tutorials' apps (FastAPI's defaults) did, with the path alone as Location: 404s
+    once redirects were turned off for devreg's own paths."""
+    response = await client.request(method, sent, headers={"Host": "elsewhere.example"})
+
+    assert response.status_code == 307
+    assert response.headers["location"] == location
+
+
+async def test_a_redirected_tutorial_request_is_served_where_it_is_sent(
+    client: AsyncClient,
+) -> None:
+    created = await client.post("/api/v1/device", json={"name": "pi"}, follow_redirects=True)
+
+    assert created.status_code == 200, created.text
+    assert created.json()["name"] == "pi"

@@ -6,6 +6,9 @@ No logic lives here: every route calls the same services as the canonical routes
 from typing import Annotated
 
 from fastapi import APIRouter, Query
+from fastapi.responses import RedirectResponse
+from starlette.routing import Match
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from devreg.calls import (
     ApiRoute,
@@ -125,3 +128,25 @@ async def tutorial_list_users(call: Call, limit: Limit = PAGE_LIMIT_DEFAULT) -> 
 @router.get("/users/{user_id}", response_model=TutorialItem)
 async def tutorial_get_user(user_id: UserId, call: Call) -> object:
     return await users_service.get_user(call.db, user_id, principal=call.principal)
+
+
+def with_tutorial_slashes(not_found: ASGIApp) -> ASGIApp:
+    """`not_found`, but for a tutorial's path with a slash too few or too many (`/users`,
+    `/api/v1/device/1/`): a 307 to the path the tutorial has, as the tutorials' apps (FastAPI's
+    defaults) answered it. devreg's own paths are not redirected (app.py), and the Location is
+    the path alone, not built from the request's Host."""
+
+    async def redirect_or_not_found(scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope["path"]
+        other = path.removesuffix("/") if path.endswith("/") else path + "/"
+        elsewhere = {**scope, "path": other}
+        if scope["type"] == "http" and any(
+            route.matches(elsewhere)[0] is not Match.NONE for route in router.routes
+        ):
+            query = scope["query_string"].decode("latin-1")
+            location = f"{other}?{query}" if query else other
+            await RedirectResponse(location, status_code=307)(scope, receive, send)
+            return
+        await not_found(scope, receive, send)
+
+    return redirect_or_not_found
