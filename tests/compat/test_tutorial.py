@@ -208,3 +208,30 @@ async def test_a_redirected_tutorial_request_is_served_where_it_is_sent(
 
     assert created.status_code == 200, created.text
     assert created.json()["name"] == "pi"
+
+
+@pytest.mark.parametrize(
+    ("path", "params", "body", "other_params"),
+    [
+        ("/api/v1/device/", None, {"name": "pi"}, None),
+        ("/users/", {"name": "Bob"}, None, {"name": "Ann"}),
+    ],
+)
+async def test_a_tutorial_create_is_made_once_for_an_idempotency_key(
+    client: AsyncClient,
+    path: str,
+    params: dict[str, str] | None,
+    body: dict[str, str] | None,
+    other_params: dict[str, str] | None,
+) -> None:
+    """The key was ignored there: a client's retry created twice."""
+    key = {"Idempotency-Key": "k1"}
+    first = await client.post(path, params=params, json=body, headers=key)
+    second = await client.post(path, params=params, json=body, headers=key)
+
+    assert first.status_code == second.status_code == 200, second.text
+    assert second.content == first.content
+    assert second.headers["Idempotent-Replayed"] == "true"
+    assert len((await client.get(path)).json()) == 1
+    if other_params is not None:  # another name in the query string is another request
+        assert_problem(await client.post(path, params=other_params, headers=key), 422)

@@ -3,9 +3,10 @@
 No logic lives here: every route calls the same services as the canonical routes.
 """
 
+from collections.abc import Awaitable, Callable
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Response
 from fastapi.responses import RedirectResponse
 from starlette.routing import Match
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -27,6 +28,7 @@ from devreg.devices.routes import (
     DeviceId,
 )
 from devreg.devices.schemas import DeviceCreate, DeviceUpdate
+from devreg.idempotency.header import Idempotency
 from devreg.pagination import PAGE_LIMIT_DEFAULT, PAGE_LIMIT_MAX, PageRequest
 from devreg.querystring import items_response
 from devreg.schemas import ShortText
@@ -50,10 +52,24 @@ Limit = Annotated[int, Query(ge=1, le=PAGE_LIMIT_MAX)]
 _TUTORIAL_FIELDS = frozenset(TutorialItem.model_fields)
 
 
+async def _created(call: Call, create: Callable[[], Awaitable[object]]) -> Response:
+    """What `create` made, as the tutorial answers it: once for an Idempotency-Key, and that
+    answer again for the key repeated (the key was ignored, and a retry created twice)."""
+    idempotency = Idempotency(call)
+    await idempotency.claim()
+    item = TutorialItem.model_validate(await create(), from_attributes=True)
+    response = Response(item.model_dump_json(), media_type="application/json")
+    await idempotency.remember(response)
+    return response
+
+
 @router.post("/api/v1/device/", response_model=TutorialItem)
-async def tutorial_create_device(data: TutorialDeviceIn, call: Call) -> object:
-    return await devices_service.register_device(
-        call.db, data=DeviceCreate(name=data.name), principal=call.principal
+async def tutorial_create_device(data: TutorialDeviceIn, call: Call) -> Response:
+    return await _created(
+        call,
+        lambda: devices_service.register_device(
+            call.db, data=DeviceCreate(name=data.name), principal=call.principal
+        ),
     )
 
 
@@ -108,9 +124,12 @@ async def tutorial_delete_device(device_id: DeviceId, call: Call) -> Deleted:
 
 
 @router.post("/users/", response_model=TutorialItem)
-async def tutorial_create_user(name: Annotated[ShortText, Query()], call: Call) -> object:
-    return await users_service.register_user(
-        call.db, data=UserCreate(name=name), principal=call.principal
+async def tutorial_create_user(name: Annotated[ShortText, Query()], call: Call) -> Response:
+    return await _created(
+        call,
+        lambda: users_service.register_user(
+            call.db, data=UserCreate(name=name), principal=call.principal
+        ),
     )
 
 

@@ -42,6 +42,13 @@ def idempotent_create(**headers: str) -> dict[str, Any]:
     }
 
 
+def _target(call: Call) -> str:
+    """The path, and the query string when there is one (the tutorial's POST /users/?name=):
+    two requests that differ in either are two requests."""
+    query = call.scope["query_string"]
+    return f"{call.url.path}?{query.decode('latin-1')}" if query else call.url.path
+
+
 class IdempotentReplay(Exception):
     def __init__(self, answer: Answer) -> None:
         self.answer = answer
@@ -70,7 +77,7 @@ class Idempotency:
             call.db,
             token_id=self._token_id,
             key=self.key,
-            fingerprint=service.fingerprint(call.method, call.url.path, await call.body()),
+            fingerprint=service.fingerprint(call.method, _target(call), await call.body()),
             lifetime=call.settings.idempotency_key_lifetime,
         )
         if earlier is not None:
