@@ -100,12 +100,12 @@ class QueryString(Generic[QueryT]):
         # model's 422, `status`'s hundred a 400.
         if len(params.multi_items()) > len(params):
             _reject_repeats(params.multi_items(), self.model.model_fields, self.repeatable)
+        _reject_many_prefixed(params.multi_items(), prefix=self.prefix)
         try:
             query = self.model.model_validate(values)
         except ValidationError as exc:
             raise request_validation_error(exc, "query") from None
         _reject_unknown(request, self.model.model_fields, prefix=self.prefix)
-        _reject_many_prefixed(params.multi_items(), prefix=self.prefix)
         return query
 
     def parameters(self) -> list[dict[str, Any]]:
