@@ -220,10 +220,10 @@ _PRECONDITIONS = frozenset({b"if-match", b"if-none-match", b"if-unmodified-since
 
 def _unmatchable_precondition(call: Call, writes: bool) -> PreconditionOnUntaggedResource | None:
     """For a resource without an entity tag: an If-Match naming tags is false, and so is
-    If-None-Match: * for a write that would succeed (the resource exists); a write's
-    If-Unmodified-Since has no time of change to be judged by. 412, where ignored they would let
-    a guarded write through. (`If-Match: *` holds, and If-None-Match naming tags: none
-    matches.)"""
+    If-None-Match: * for a write that would succeed (the resource exists); 412, where ignored
+    they would let a guarded write through. (`If-Match: *` holds, and If-None-Match naming tags:
+    none matches. If-Unmodified-Since is the route's: a user judges it by its `updated_at`;
+    where nothing tells when the resource last changed, RFC 9110 has it ignored.)"""
     conditions = read_preconditions(call)
     if conditions is None:
         return None
@@ -234,11 +234,6 @@ def _unmatchable_precondition(call: Call, writes: bool) -> PreconditionOnUntagge
     if conditions.refuses_any_version:
         return PreconditionOnUntaggedResource(
             "If-None-Match: * refuses to write to a resource that exists, as this one does."
-        )
-    if conditions.unmodified_since is not None:
-        return PreconditionOnUntaggedResource(
-            "If-Unmodified-Since cannot be judged here: only a device (/api/v1/devices/{id}) "
-            "tells when it last changed."
         )
     return None
 

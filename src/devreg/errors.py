@@ -6,6 +6,7 @@ loading it; `devreg.problems` makes them (and every other failure) HTTP response
 
 import logging
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any, ClassVar
 
 from sqlalchemy.exc import DBAPIError, IntegrityError
@@ -293,6 +294,23 @@ class PreconditionFailed(DevregError):
             current_version=current_version,
         )
         self.headers["ETag"] = etag(current_version)
+
+
+class ChangedSince(DevregError):
+    """If-Unmodified-Since named a time before the resource's last change (a user's, which has
+    no version to name)."""
+
+    status = 412
+    slug = "precondition-failed"
+
+    def __init__(self, what: str, updated_at: datetime) -> None:
+        super().__init__(changed_after(what, updated_at))
+
+
+def changed_after(what: str, updated_at: datetime) -> str:
+    """The detail of an If-Unmodified-Since that a change came after."""
+    at = updated_at.isoformat().replace("+00:00", "Z")  # as the API writes times
+    return f"The {what} changed after If-Unmodified-Since, at {at}."
 
 
 class PreconditionOnUntaggedResource(DevregError):

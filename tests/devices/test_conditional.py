@@ -297,6 +297,7 @@ def test_if_match_that_is_no_list_of_entity_tags_is_refused(header: str) -> None
 
 
 BEFORE_ANY_DEVICE = "Mon, 01 Jan 2001 00:00:00 GMT"
+LATER = "Fri, 31 Dec 9999 23:59:59 GMT"
 
 
 def http_date_of(timestamp: str) -> str:
@@ -429,10 +430,7 @@ class TestResourcesWithoutETag:
             ("POST", f"{DEVICES}/{device['id']}/heartbeat", None),
         ]
 
-    @pytest.mark.parametrize(
-        "header",
-        [("If-Match", '"1"'), ("If-None-Match", "*"), ("If-Unmodified-Since", BEFORE_ANY_DEVICE)],
-    )
+    @pytest.mark.parametrize("header", [("If-Match", '"1"'), ("If-None-Match", "*")])
     async def test_a_write_guarded_by_a_precondition_is_a_412_and_writes_nothing(
         self, client: AsyncClient, targets: dict[str, Any], header: tuple[str, str]
     ) -> None:
@@ -487,6 +485,39 @@ class TestResourcesWithoutETag:
 
         assert_problem(refused, 412)
         assert after == device
+
+    async def test_a_user_is_judged_by_if_unmodified_since(
+        self, client: AsyncClient, targets: dict[str, Any]
+    ) -> None:
+        """A user tells when it last changed (`updated_at`): it was refused on a write whatever
+        the date (RFC 9110, 13.1.4: judged where the date is known) and ignored on a read."""
+        url = f"/api/v1/users/{targets['user']['id']}"
+        before, after = {"If-Unmodified-Since": BEFORE_ANY_DEVICE}, {"If-Unmodified-Since": LATER}
+
+        assert_problem(await client.get(url, headers=before), 412)
+        assert_problem(await client.patch(url, json={"name": "bob"}, headers=before), 412)
+        assert_problem(await client.delete(f"{url}?cascade=devices", headers=before), 412)
+        assert (await client.get(url)).json() == targets["user"]
+        assert (await client.get(url, headers=after)).status_code == 200
+        renamed = await client.patch(url, json={"name": "bob"}, headers=after)
+        assert renamed.status_code == 200, renamed.text
+        assert renamed.json()["name"] == "bob"
+
+    async def test_if_unmodified_since_is_ignored_where_nothing_tells_the_time_of_a_change(
+        self, client: AsyncClient, targets: dict[str, Any]
+    ) -> None:
+        """RFC 9110, 13.1.4: a collection, a bulk write or a heartbeat has no time of change to
+        judge it by. It was a 412 whatever the date."""
+        device = targets["device"]
+        header = {"If-Unmodified-Since": BEFORE_ANY_DEVICE}
+        for method, url, body in [
+            ("POST", DEVICES, {"name": "new"}),
+            ("POST", f"{DEVICES}/bulk", [{"name": "new"}]),
+            ("PATCH", f"{DEVICES}/bulk", [{"id": device["id"], "name": "after"}]),
+            ("POST", f"{DEVICES}/{device['id']}/heartbeat", None),
+        ]:
+            response = await client.request(method, url, json=body, headers=header)
+            assert response.is_success, (method, url, response.text)
 
     async def test_a_refused_token_leaves_the_api_open(self, committed_database_url: URL) -> None:
         """A refused write is served first and rolled back: the token it made was undone, but

@@ -12,7 +12,7 @@ from devreg.db.session import UnitOfWork
 from devreg.devices.filters import DeviceFilter
 from devreg.devices.repository import DeviceRepository
 from devreg.devices.schemas import DeviceCreate, DeviceRead, DeviceUpdate
-from devreg.errors import DeviceNotFound, Forbidden, PreconditionFailed
+from devreg.errors import DeviceNotFound, Forbidden, PreconditionFailed, changed_after
 from devreg.pagination import PageRequest, PageResult, paginate_listing
 
 T = TypeVar("T")
@@ -258,6 +258,5 @@ def _require_unchanged(since: datetime | None, version: int, updated_at: datetim
     if since is not None and changed_since(updated_at, since):
         raise PreconditionFailed(
             version,
-            f"The device changed after If-Unmodified-Since, at {updated_at.isoformat()}; it is "
-            f'now at version {version} (ETag "{version}").',
+            f'{changed_after("device", updated_at)} It is at version {version} (ETag "{version}").',
         )

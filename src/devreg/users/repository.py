@@ -1,3 +1,4 @@
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
@@ -57,8 +58,16 @@ class UserRepository(TableListing[UserFilter]):
     async def add(self, values: dict[str, Any]) -> User:
         return (await self._returning(insert(User).values(values).returning(User))).one()
 
-    async def update(self, user_id: int, changes: dict[str, Any]) -> User | None:
-        statement = update(User).where(User.id == user_id).values(changes).returning(User)
+    async def update(
+        self, user_id: int, changes: dict[str, Any], *, unchanged_since: datetime | None = None
+    ) -> User | None:
+        """The user changed, or None if there is none (or it changed after `unchanged_since`)."""
+        statement = (
+            update(User)
+            .where(User.id == user_id, *_unchanged_since(unchanged_since))
+            .values(changes)
+            .returning(User)
+        )
         return (await self._returning(statement)).one_or_none()
 
     async def lock(self, user_id: int) -> bool:
@@ -67,8 +76,13 @@ class UserRepository(TableListing[UserFilter]):
         statement = select(User.id).where(User.id == user_id).with_for_update()
         return await self.session.scalar(statement) is not None
 
-    async def delete(self, user_id: int) -> bool:
-        statement = delete(User).where(User.id == user_id).returning(User.id)
+    async def delete(self, user_id: int, *, unchanged_since: datetime | None = None) -> bool:
+        """Whether the user was there to delete (and had not changed after `unchanged_since`)."""
+        statement = (
+            delete(User)
+            .where(User.id == user_id, *_unchanged_since(unchanged_since))
+            .returning(User.id)
+        )
         with violations_raised_as(_VIOLATIONS):
             deleted = await self.session.scalar(statement)
         return deleted is not None
@@ -78,3 +92,8 @@ class UserRepository(TableListing[UserFilter]):
             return await self.session.scalars(
                 statement, execution_options={"populate_existing": True}
             )
+
+
+def _unchanged_since(since: datetime | None) -> list[ColumnElement[bool]]:
+    """No change after `since`, an HTTP-date (to the second: conditional.changed_since)."""
+    return [] if since is None else [func.date_trunc("second", User.updated_at) <= since]

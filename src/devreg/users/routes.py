@@ -1,10 +1,11 @@
+from datetime import datetime
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Path, Request, Response, status
 from pydantic import BaseModel, Field
 
 from devreg.auth.guard import app_authenticator
-from devreg.calls import ApiRoute, Call, documented
+from devreg.calls import ApiRoute, Call, documented, header_parameter, read_preconditions
 from devreg.devices.routes import (
     DEVICE_FILTERS_DESCRIPTION,
     DEVICE_LISTING_QUERY,
@@ -94,14 +95,46 @@ async def list_users(
     return page_response(UserPage, result)
 
 
-@router.get("/{user_id}", response_model=UserRead, responses=problem_responses(404, 422))
+_IF_UNMODIFIED_SINCE = documented(
+    header_parameter(
+        "If-Unmodified-Since",
+        "Only if the user has not changed since this HTTP-date (`updated_at`, to the second; "
+        "else 412).",
+    )
+)
+
+
+def _unchanged_since(call: Call) -> datetime | None:
+    conditions = read_preconditions(call)
+    return conditions.unmodified_since if conditions is not None else None
+
+
+@router.get(
+    "/{user_id}",
+    response_model=UserRead,
+    responses=problem_responses(404, 422),
+    openapi_extra=_IF_UNMODIFIED_SINCE,
+)
 async def get_user(user_id: UserId, call: Call) -> object:
-    return await service.get_user(call.db, user_id, principal=call.principal)
+    return await service.get_user(
+        call.db, user_id, principal=call.principal, unchanged_since=_unchanged_since(call)
+    )
 
 
-@router.patch("/{user_id}", response_model=UserRead, responses=problem_responses(404, 409, 422))
+@router.patch(
+    "/{user_id}",
+    response_model=UserRead,
+    responses=problem_responses(404, 409, 422),
+    openapi_extra=_IF_UNMODIFIED_SINCE,
+)
 async def update_user(user_id: UserId, data: UserUpdate, call: Call) -> object:
-    return await service.update_user(call.db, user_id, data=data, principal=call.principal)
+    return await service.update_user(
+        call.db,
+        user_id,
+        data=data,
+        principal=call.principal,
+        unchanged_since=_unchanged_since(call),
+    )
 
 
 class UserDeletionQuery(BaseModel):
@@ -117,7 +150,9 @@ _USER_DELETION_QUERY = QueryString(UserDeletionQuery)
     "/{user_id}",
     status_code=status.HTTP_204_NO_CONTENT,
     responses=problem_responses(400, 404, 409, 422, 428),
-    openapi_extra=documented(*_USER_DELETION_QUERY.parameters()),
+    openapi_extra=documented(
+        *_USER_DELETION_QUERY.parameters(), *_IF_UNMODIFIED_SINCE["parameters"]
+    ),
 )
 async def delete_user(
     user_id: UserId,
@@ -132,6 +167,7 @@ async def delete_user(
         require_if_match=call.settings.require_if_match,
         principal=call.principal,
         authenticator=app_authenticator(call),
+        unchanged_since=_unchanged_since(call),
     )
 
 

@@ -1,15 +1,17 @@
 """User use cases. Services never commit: the caller's session scope does."""
 
 from dataclasses import replace
+from datetime import datetime
 
 from devreg.auth.authenticator import Authenticator
 from devreg.auth.principal import Principal
 from devreg.changes.service import record_actor
+from devreg.conditional import changed_since
 from devreg.db.rendering import Rendered
 from devreg.db.session import UnitOfWork
 from devreg.devices import service as devices_service
 from devreg.devices.filters import DeviceFilter
-from devreg.errors import AdminRequired, UnguardedBulkWrite, UserNotFound
+from devreg.errors import AdminRequired, ChangedSince, UnguardedBulkWrite, UserNotFound
 from devreg.pagination import PageRequest, PageResult, paginate_listing
 from devreg.users.filters import UserFilter
 from devreg.users.models import User
@@ -30,11 +32,23 @@ async def register_user(work: UnitOfWork, *, data: UserCreate, principal: Princi
     return await UserRepository(work).add(data.model_dump())
 
 
-async def get_user(work: UnitOfWork, user_id: int, *, principal: Principal) -> User:
+async def get_user(
+    work: UnitOfWork, user_id: int, *, principal: Principal, unchanged_since: datetime | None = None
+) -> User:
+    """412 if the user changed after `unchanged_since` (If-Unmodified-Since)."""
     user = await UserRepository(work).get_by_id(_visible_user_id(principal, user_id))
     if user is None:
         raise UserNotFound
+    if unchanged_since is not None and changed_since(user.updated_at, unchanged_since):
+        raise ChangedSince("user", user.updated_at)
     return user
+
+
+async def _refusal(work: UnitOfWork, user_id: int, principal: Principal) -> Exception:
+    """Why a write found no user to change: there is none, or it changed after the time the
+    write was guarded by."""
+    user = await UserRepository(work).get_by_id(_visible_user_id(principal, user_id))
+    return UserNotFound() if user is None else ChangedSince("user", user.updated_at)
 
 
 async def list_users(
@@ -44,7 +58,12 @@ async def list_users(
 
 
 async def update_user(
-    work: UnitOfWork, user_id: int, *, data: UserUpdate, principal: Principal
+    work: UnitOfWork,
+    user_id: int,
+    *,
+    data: UserUpdate,
+    principal: Principal,
+    unchanged_since: datetime | None = None,
 ) -> User:
     changes = data.changes()
     if principal.owner is not None and "email" in changes:
@@ -52,11 +71,13 @@ async def update_user(
         # made since it was read.
         await _refuse_email_change(work, user_id, changes.pop("email"), principal=principal)
     if not changes:
-        return await get_user(work, user_id, principal=principal)
+        return await get_user(work, user_id, principal=principal, unchanged_since=unchanged_since)
     await record_actor(work, principal)
-    user = await UserRepository(work).update(_visible_user_id(principal, user_id), changes)
+    user = await UserRepository(work).update(
+        _visible_user_id(principal, user_id), changes, unchanged_since=unchanged_since
+    )
     if user is None:
-        raise UserNotFound
+        raise await _refusal(work, user_id, principal)
     return user
 
 
@@ -78,6 +99,7 @@ async def delete_user(
     principal: Principal,
     authenticator: Authenticator | None = None,
     require_if_match: bool = False,
+    unchanged_since: datetime | None = None,
 ) -> None:
     """Refused with UserHasDevices while the user owns devices, unless they go with the user
     (not with `require_if_match`: they would go without their versions named). Only an admin
@@ -96,8 +118,8 @@ async def delete_user(
         if not await users.lock(user_id):
             raise UserNotFound
         await devices_service.delete_devices_of_owner(work, owner_id=user_id)
-    if not await users.delete(user_id):
-        raise UserNotFound
+    if not await users.delete(user_id, unchanged_since=unchanged_since):
+        raise await _refusal(work, user_id, principal)
     if authenticator is not None:
         authenticator.forget_user(user_id)
 
