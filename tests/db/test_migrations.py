@@ -1,6 +1,7 @@
 import asyncio
 import logging
 import sys
+import uuid
 from typing import Any
 
 import pytest
@@ -16,6 +17,7 @@ from devreg.db import migrations
 from devreg.db.base import Base
 from devreg.db.session import ANSWER_GRACE_SECONDS, create_engine
 from tests.support import (
+    admin,
     api_client,
     create_database,
     devreg_environment,
@@ -268,6 +270,38 @@ async def test_a_database_at_a_revision_this_release_does_not_know_is_named_at_s
         "newer release migrated it): use that release, or set MIGRATE_ON_START=false to use the "
         "database as it is"
     ]
+
+
+async def test_another_applications_database_is_named_as_such_and_not_ready(
+    server_url: URL, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The first tutorial's own Alembic leaves a `device` table at a revision of its own:
+    devreg said a newer release had migrated it, to use MIGRATE_ON_START=false, and then its
+    readiness said ready while every request was a 503."""
+    url = await create_database(server_url, f"devreg_{uuid.uuid4().hex[:12]}")
+    await admin(
+        url,
+        "CREATE TABLE device (id serial PRIMARY KEY, name text)",
+        "CREATE TABLE alembic_version (version_num varchar(32) PRIMARY KEY)",
+        "INSERT INTO alembic_version VALUES ('453bfe4a0810')",
+    )
+    try:
+        with caplog.at_level(logging.ERROR), pytest.raises(CommandError):
+            async with running(create_app(make_settings(url, migrate_on_start=True))):
+                pass
+        app = create_app(make_settings(url, migrate_on_start=False, auth="off"))
+        async with running(app) as started, api_client(started) as client:
+            ready = await client.get("/readyz")
+    finally:
+        await admin(server_url, f"DROP DATABASE IF EXISTS {url.database} WITH (FORCE)")
+
+    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("migrations")]
+    assert said == [
+        "migrations: the database is at revision 453bfe4a0810, which this release does not "
+        "know, and holds no devices table: it is another application's (a tutorial's, say); "
+        "give devreg a database of its own"
+    ]
+    assert ready.status_code == 503
 
 
 async def test_an_unmigrated_database_is_a_503_that_says_to_migrate(

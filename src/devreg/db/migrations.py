@@ -55,13 +55,27 @@ class DatabaseFromANewerRelease(CommandError):
         )
 
 
+class AnotherApplicationsDatabase(CommandError):
+    """The database is at a revision this release does not know, and holds none of devreg's
+    tables: another application's migrations made it (a tutorial's, say)."""
+
+    def __init__(self, revision: str) -> None:
+        super().__init__(
+            f"the database is at revision {revision}, which this release does not know, and "
+            "holds no devices table: it is another application's (a tutorial's, say); give "
+            "devreg a database of its own"
+        )
+
+
 async def _migrate(engine: AsyncEngine, revision: str, operation: _Operation) -> None:
     try:
         await _run_locked(engine, operation)
     except CommandError as exc:
         current = await current_revision(engine)
         if current is not None and current not in _known_revisions():
-            raise DatabaseFromANewerRelease(current) from exc
+            if await _holds_devices(engine):
+                raise DatabaseFromANewerRelease(current) from exc
+            raise AnotherApplicationsDatabase(current) from exc
         raise
     except AssertionError as exc:
         # Alembic asserts, rather than explains, when a revision resolves to nothing (``, `@`)
@@ -72,6 +86,21 @@ async def _migrate(engine: AsyncEngine, revision: str, operation: _Operation) ->
         if _RELATIVE.search(revision):
             raise CommandError(f"Relative revision {revision} leads past the revisions") from exc
         raise CommandError(f"No such revision: {revision!r}") from exc
+
+
+async def _holds_devices(engine: AsyncEngine) -> bool:
+    async with engine.connect() as connection:
+        return bool(await connection.scalar(text("SELECT to_regclass('devices') IS NOT NULL")))
+
+
+async def serves_this_release(engine: AsyncEngine) -> bool:
+    """Whether this release's requests can be served: the database is migrated to its head,
+    or by a newer release (MIGRATE_ON_START=false uses it as it is), not another
+    application's."""
+    revision = await current_revision(engine)
+    if is_behind(revision):
+        return False
+    return revision in _known_revisions() or await _holds_devices(engine)
 
 
 async def current_revision(engine: AsyncEngine) -> str | None:

@@ -136,10 +136,10 @@ async def database_state(engine: AsyncEngine, *, within_seconds: float) -> Datab
     no `devreg db upgrade` yet)."""
     try:
         async with asyncio.timeout(within_seconds):
-            revision = await migrations.current_revision(engine)
+            served = await migrations.serves_this_release(engine)
     except Exception:  # every failure means the same thing here: not ready
         return "unreachable"
-    return "not migrated" if migrations.is_behind(revision) else "reachable"
+    return "reachable" if served else "not migrated"
 
 
 async def folds_case_beyond_ascii(engine: AsyncEngine) -> bool | None:
