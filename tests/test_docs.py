@@ -251,3 +251,14 @@ async def test_each_operation_is_named_as_its_endpoint(client: AsyncClient) -> N
     assert "get_device" in names
     assert len(names) == len(set(names))
     assert all(name.isidentifier() for name in names)
+
+
+async def test_trimmed_text_is_documented_as_more_than_spaces(client: AsyncClient) -> None:
+    """Names, models, serial numbers and tags are trimmed, then need a character: `minLength: 1`
+    alone let a client generated from the schema send spaces alone, for a 422."""
+    schemas = (await client.get("/openapi.json")).json()["components"]["schemas"]
+    create = schemas["DeviceCreate"]["properties"]
+
+    assert create["name"]["pattern"] == r"\S"
+    assert create["tags"]["items"]["pattern"] == r"\S"
+    assert (await client.post("/api/v1/devices", json={"name": "   "})).status_code == 422

@@ -61,16 +61,22 @@ SHORT_TEXT_MAX = 100
 REPEATS_MAX = 100
 """How many values a repeatable filter takes: each one is a condition of the statement."""
 
+# Trimmed text has a character other than a space: said in the schema (`\S`), which checks the
+# text as sent, a client generated from it sent spaces alone, for a 422.
+_NOT_ONLY_SPACES = r"\S"
+
 ShortText = Annotated[
     str,
-    StringConstraints(strip_whitespace=True, min_length=1, max_length=SHORT_TEXT_MAX),
+    StringConstraints(
+        strip_whitespace=True, min_length=1, max_length=SHORT_TEXT_MAX, pattern=_NOT_ONLY_SPACES
+    ),
     AfterValidator(storable_text),
 ]
 """Names, serial numbers, models: trimmed, then 1 to 100 characters of storable text."""
 
 Tag = Annotated[
     str,
-    StringConstraints(strip_whitespace=True, min_length=1, max_length=64),
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=64, pattern=_NOT_ONLY_SPACES),
     AfterValidator(storable_text),
 ]
 
