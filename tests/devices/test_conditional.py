@@ -305,10 +305,7 @@ def http_date_of(timestamp: str) -> str:
     return format_datetime(datetime.fromisoformat(timestamp), usegmt=True)
 
 
-@pytest.mark.parametrize(
-    ("method", "body"),
-    [("PATCH", {"model": "m1"}), ("PATCH", {}), ("PUT", {"name": "other"}), ("DELETE", None)],
-)
+@pytest.mark.parametrize(("method", "body"), WRITES)
 async def test_a_write_if_unmodified_since_before_the_last_change_is_a_412_and_changes_nothing(
     client: AsyncClient, method: str, body: object
 ) -> None:
