@@ -1,5 +1,6 @@
 """What devreg finds out about the PostgreSQL server it is given."""
 
+import asyncio
 import logging
 import uuid
 
@@ -7,6 +8,7 @@ import pytest
 from sqlalchemy.engine import URL
 
 from devreg.app import create_app
+from devreg.db.server import DatabaseUnreachable, check_connection
 from tests.support import admin, make_settings, running
 
 FOLDS_ONLY_ASCII = "the database folds only A-Z to lower case"
@@ -47,3 +49,46 @@ async def test_a_database_that_folds_every_letter_is_not(
     warnings = await warnings_at_start(committed_database_url, caplog)
 
     assert not any(warning.startswith(FOLDS_ONLY_ASCII) for warning in warnings), warnings
+
+
+async def test_a_server_closing_the_connection_once_made_may_yet_answer(
+    committed_database_url: URL,
+) -> None:
+    """As a restarting server, or a proxy before it, does: the connection made, then closed at
+    the first query. It was taken for a failure no retry mends (a DBAPIError), and a worker
+    starting meanwhile ended the server (uvicorn stops every worker then)."""
+    target = (committed_database_url.host or "127.0.0.1", committed_database_url.port or 5432)
+
+    async def close_at_first_query(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        upstream_reader, upstream_writer = await asyncio.open_connection(*target)
+        ready = asyncio.Event()
+
+        async def answers() -> None:
+            while data := await upstream_reader.read(65536):
+                writer.write(data)
+                if b"Z\x00\x00\x00\x05" in data:  # ReadyForQuery: the connection is made
+                    ready.set()
+
+        relay = asyncio.create_task(answers())
+        while data := await reader.read(65536):
+            if ready.is_set():
+                break
+            upstream_writer.write(data)
+        relay.cancel()
+        writer.close()
+        upstream_writer.close()
+
+    server = await asyncio.start_server(close_at_first_query, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        with pytest.raises(DatabaseUnreachable) as raised:
+            await check_connection(
+                committed_database_url.set(host="127.0.0.1", port=port), connect_timeout=5
+            )
+    finally:
+        server.close()
+        await server.wait_closed()
+
+    assert str(raised.value).startswith(f"unreachable host: PostgreSQL at 127.0.0.1:{port}")

@@ -51,6 +51,13 @@ def _connection_part(url: URL, name: str, given: object, default: object) -> str
 
 
 def describe_connect_failure(exc: BaseException, url: URL) -> str:
+    return _diagnosis(exc, url)[0]
+
+
+def _diagnosis(exc: BaseException, url: URL) -> tuple[str, bool]:
+    """Why a connection failed, in a line without the password, and whether it may yet
+    succeed (nothing answered, or the server is starting, stopping or full) unlike a wrong
+    password or a missing database."""
     host = _connection_part(url, "host", url.host, "localhost")
     # Without one, asyncpg connects as PGUSER, or else as the user running devreg.
     user = _connection_part(
@@ -59,19 +66,26 @@ def describe_connect_failure(exc: BaseException, url: URL) -> str:
     where = f"PostgreSQL at {host}:{_connection_part(url, 'port', url.port, 5432)}"
     for cause in _causes(exc):
         if isinstance(cause, asyncpg.InvalidPasswordError):
-            return f"wrong password: {where} rejected the password for user {user!r}"
+            return f"wrong password: {where} rejected the password for user {user!r}", False
         if isinstance(cause, asyncpg.InvalidAuthorizationSpecificationError):
-            return f"access denied: {where} refused user {user!r}"
+            return f"access denied: {where} refused user {user!r}", False
         if isinstance(cause, asyncpg.InvalidCatalogNameError):
-            return f"missing database: {where} has no database {url.database!r}"
+            return f"missing database: {where} has no database {url.database!r}", False
         if isinstance(cause, socket.gaierror):
-            return f"unreachable host: cannot resolve {host!r}"
+            return f"unreachable host: cannot resolve {host!r}", True
         if isinstance(cause, TimeoutError):
-            return f"unreachable host: {where} did not answer in time"
+            return f"unreachable host: {where} did not answer in time", True
         if isinstance(cause, OSError):
             reason = cause.strerror or str(cause) or type(cause).__name__
-            return f"unreachable host: cannot connect to {where} ({reason})"
-    return f"cannot connect to {where} ({type(exc).__name__})"
+            return f"unreachable host: cannot connect to {where} ({reason})", True
+        if isinstance(cause, asyncpg.CannotConnectNowError):
+            return f"not ready: {where} is starting up or shutting down", True
+        if isinstance(cause, asyncpg.TooManyConnectionsError):
+            return f"too many connections: {where} has no free connection slot", True
+        # Closed while connecting, as a server restarting, or a proxy before it, does.
+        if isinstance(cause, asyncpg.PostgresConnectionError):
+            return f"unreachable host: {where} closed the connection ({type(cause).__name__})", True
+    return f"cannot connect to {where} ({type(exc).__name__})", False
 
 
 async def check_connection(url: URL, *, connect_timeout: float) -> None:
@@ -91,16 +105,10 @@ async def check_connection(url: URL, *, connect_timeout: float) -> None:
         unusable = next((c for c in _causes(exc) if isinstance(c, _URL_ERRORS)), None)
         if unusable is not None:
             raise InvalidDatabaseUrl(f"invalid database URL: {unusable}") from None
-        failure = (
-            DatabaseUnreachable if any(map(_transient, _causes(exc))) else DatabaseConnectError
-        )
-        raise failure(describe_connect_failure(exc, url)) from None
+        reason, transient = _diagnosis(exc, url)
+        raise (DatabaseUnreachable if transient else DatabaseConnectError)(reason) from None
     finally:
         await engine.dispose()
-
-
-def _transient(cause: BaseException) -> bool:
-    return isinstance(cause, OSError | TimeoutError | asyncpg.CannotConnectNowError)
 
 
 # A URL option neither asyncpg nor libpq knows goes to the server as a setting, which the
