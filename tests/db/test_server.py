@@ -2,13 +2,14 @@
 
 import asyncio
 import logging
+import struct
 import uuid
 
 import pytest
 from sqlalchemy.engine import URL
 
 from devreg.app import create_app
-from devreg.db.server import DatabaseUnreachable, check_connection
+from devreg.db.server import DatabaseConnectError, DatabaseUnreachable, check_connection
 from tests.support import admin, make_settings, running
 
 FOLDS_ONLY_ASCII = "the database folds only A-Z to lower case"
@@ -92,3 +93,37 @@ async def test_a_server_closing_the_connection_once_made_may_yet_answer(
         await server.wait_closed()
 
     assert str(raised.value).startswith(f"unreachable host: PostgreSQL at 127.0.0.1:{port}")
+
+
+async def test_a_server_refusing_in_words_of_its_own_is_not_waited_for(
+    committed_database_url: URL,
+) -> None:
+    """A pooler refuses a startup parameter it does not know (SQLSTATE 08P01): no retry mends
+    that. Taken for a connection closed (and so for an outage that passes), a worker starting
+    then served 503s for ever instead of stopping with the server's words."""
+
+    async def refuse(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        size = struct.unpack("!I", await reader.readexactly(4))[0]
+        body = await reader.readexactly(size - 4)
+        if struct.unpack("!I", body[:4])[0] == 80877103:  # SSLRequest: no
+            writer.write(b"N")
+            size = struct.unpack("!I", await reader.readexactly(4))[0]
+            await reader.readexactly(size - 4)
+        fields = b"SFATAL\0VFATAL\0C08P01\0Munsupported startup parameter: statement_timeout\0\0"
+        writer.write(b"E" + struct.pack("!I", len(fields) + 4) + fields)
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(refuse, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        with pytest.raises(DatabaseConnectError) as raised:
+            await check_connection(
+                committed_database_url.set(host="127.0.0.1", port=port), connect_timeout=5
+            )
+    finally:
+        server.close()
+        await server.wait_closed()
+
+    assert not isinstance(raised.value, DatabaseUnreachable)
+    assert "unsupported startup parameter: statement_timeout" in str(raised.value)

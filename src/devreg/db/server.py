@@ -83,8 +83,12 @@ def _diagnosis(exc: BaseException, url: URL) -> tuple[str, bool]:
         if isinstance(cause, asyncpg.TooManyConnectionsError):
             return f"too many connections: {where} has no free connection slot", True
         # Closed while connecting, as a server restarting, or a proxy before it, does.
-        if isinstance(cause, asyncpg.PostgresConnectionError):
+        if isinstance(cause, asyncpg.ConnectionDoesNotExistError | asyncpg.ConnectionFailureError):
             return f"unreachable host: {where} closed the connection ({type(cause).__name__})", True
+        # Refused in words of its own (a pooler's "unsupported startup parameter"), which no
+        # retry mends.
+        if isinstance(cause, asyncpg.PostgresConnectionError):
+            return f"refused: {where} would not connect: {cause}", False
     return f"cannot connect to {where} ({type(exc).__name__})", False
 
 
