@@ -5,7 +5,7 @@ the last change (`updated_at`)."""
 
 import re
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 # An entity tag: optional weakness marker, then an opaque string in double quotes, which may
 # hold bytes beyond ASCII (RFC 9110's obs-text; headers are read as Latin-1).
@@ -111,29 +111,35 @@ def http_date(header: str) -> datetime | None:
     """An HTTP-date (RFC 9110, section 5.6.7: GMT, to the second), or None for anything else,
     which a recipient ignores: a list of dates, another zone, an email's date forms."""
     header = header.strip()
+    two_digit_year = False
     if match := _IMF_FIXDATE.fullmatch(header):
         day, month, year, *clock = match.groups()
     elif match := _RFC850_DATE.fullmatch(header):
         day, month, short_year, *clock = match.groups()
-        year = str(_century_year(int(short_year)))
+        year, two_digit_year = str(datetime.now(UTC).year // 100 * 100 + int(short_year)), True
     elif match := _ASCTIME_DATE.fullmatch(header):
         month, day, *clock, year = match.groups()
     else:
         return None
     hour, minute, second = map(int, clock)
     try:
-        return datetime(
+        date = datetime(
             int(year), _MONTHS.index(month) + 1, int(day), hour, minute, second, tzinfo=UTC
         )
+        return _within_50_years(date) if two_digit_year else date
     except ValueError:  # 31 Feb, 25:00, a leap second
         return None
 
 
-def _century_year(short_year: int) -> int:
-    """A two-digit year as RFC 9110 reads it: no more than 50 years ahead."""
-    this_year = datetime.now(UTC).year
-    year = this_year // 100 * 100 + short_year
-    return year - 100 if year > this_year + 50 else year
+def _within_50_years(date: datetime) -> datetime:
+    """A two-digit year's date as RFC 9110 reads it: one more than 50 years ahead is the most
+    recent past year with those digits."""
+    if date > datetime.now(UTC) + _FIFTY_YEARS:
+        return date.replace(year=date.year - 100)
+    return date
+
+
+_FIFTY_YEARS = timedelta(days=50 * 365.25)
 
 
 def changed_since(updated_at: datetime, since: datetime) -> bool:

@@ -8,7 +8,7 @@ import re
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from typing import Any
 
@@ -365,7 +365,6 @@ async def test_if_unmodified_since_judges_a_read_too(
         ("Sun, 06 Nov 1994 08:49:37 GMT", datetime(1994, 11, 6, 8, 49, 37, tzinfo=UTC)),
         ("Sunday, 06-Nov-94 08:49:37 GMT", datetime(1994, 11, 6, 8, 49, 37, tzinfo=UTC)),
         ("Sun Nov  6 08:49:37 1994", datetime(1994, 11, 6, 8, 49, 37, tzinfo=UTC)),
-        ("Thursday, 01-Jan-70 00:00:00 GMT", datetime(2070, 1, 1, tzinfo=UTC)),  # 50 years ahead
         ("Mon, 01 Jan 0001 00:00:00 GMT", datetime(1, 1, 1, tzinfo=UTC)),  # was 2001
         ("Sat, 05 Dec 2026 02:00:00 +0500", None),  # not GMT
         ("Sat, 05 Dec 2026 02:00:00 EST", None),
@@ -379,6 +378,28 @@ def test_only_an_http_date_is_read_as_one(sent: str, read: datetime | None) -> N
     """RFC 9110, 5.6.7 and 13.1.4: anything else is ignored; an email's date parser read other
     zones, lists (by their first date) and years beyond any a date holds (a 500)."""
     assert http_date(sent) == read
+
+
+@pytest.mark.parametrize(("ahead", "back"), [(timedelta(days=-40), 0), (timedelta(days=40), 100)])
+def test_a_two_digit_year_is_no_more_than_50_years_ahead(ahead: timedelta, back: int) -> None:
+    """RFC 9110, 5.6.7: a date more than 50 years ahead is in the most recent past year with
+    those digits, judged by the date: judged by its year alone, 31-Dec-76 read on 2026-12-05
+    was 2076."""
+    fifty_years = datetime.now(UTC).replace(microsecond=0) + timedelta(days=50 * 365.25) + ahead
+    sent = fifty_years.strftime("Monday, %d-%b-%y %H:%M:%S GMT")
+
+    assert http_date(sent) == fifty_years.replace(year=fifty_years.year - back)
+
+
+def test_a_two_digit_year_is_judged_by_its_date_not_its_year() -> None:
+    """Judged by its year alone, 31-Dec-76 read on 2026-12-05 was 2076, more than 50 years
+    ahead."""
+    now = datetime.now(UTC)
+    year_end = datetime(now.year + 50, 12, 31, 23, 59, 59, tzinfo=UTC)
+    beyond = year_end - now > timedelta(days=50 * 365.25)  # all but the year's last day or so
+    sent = year_end.strftime("Monday, %d-%b-%y %H:%M:%S GMT")
+
+    assert http_date(sent) == (year_end.replace(year=now.year - 50) if beyond else year_end)
 
 
 async def test_if_unmodified_since_on_several_lines_is_a_list_and_ignored(
