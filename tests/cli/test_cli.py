@@ -353,6 +353,21 @@ class TestDatabase:
         )
         assert devreg("users", "list", env={"MIGRATE_ON_START": "false"}).exit_code == 0
 
+    def test_another_applications_database_is_said_to_be_one(
+        self, devreg: Invoke, committed_database_url: URL
+    ) -> None:
+        """`db upgrade` exited 2, a usage error's status, and `db status` guessed a newer
+        release."""
+        unknown = "UPDATE alembic_version SET version_num = 'a1b2c3d4'"
+        asyncio.run(admin(committed_database_url, unknown, "DROP TABLE devices CASCADE"))
+
+        upgrade = devreg("db", "upgrade")
+        status = devreg("db", "status")
+
+        assert upgrade.exit_code == 1
+        assert "it is another application's" in upgrade.stderr
+        assert status.stdout.rstrip().endswith("no devices table: another application's)")
+
     def test_downgrade_and_upgrade_name_the_revision_reached(self, devreg: Invoke) -> None:
         head = migrations.head_revision()
         down = devreg("db", "downgrade")

@@ -154,7 +154,7 @@ def run_async(operation: Coroutine[Any, Any, T]) -> T:
         fail(_meaning(sqlstate_problem(str(exc.sqlstate)), exc))
     except asyncpg.InterfaceError:
         fail("the connection to PostgreSQL was lost")
-    except migrations.DatabaseFromANewerRelease as exc:
+    except (migrations.DatabaseFromANewerRelease, migrations.AnotherApplicationsDatabase) as exc:
         fail(str(exc))
     except CommandError as exc:  # Alembic's: an unknown revision, say
         fail(f"migrations: {exc}", code=2)

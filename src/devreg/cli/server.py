@@ -151,14 +151,17 @@ def db_revision(
 @db_app.command("status")
 def db_status() -> None:
     """Show the database's migration revision and the newest one."""
-    current = run_async(with_engine(load_settings(), migrations.current_revision))
+    settings = load_settings()
+    current = run_async(with_engine(settings, migrations.current_revision))
     head = migrations.head_revision()
     if current == head:
         state = "up to date"
     elif migrations.is_behind(current):
         state = "migrations pending"
-    else:
+    elif run_async(with_engine(settings, migrations.serves_this_release)):
         state = "unknown to this release: a newer one's?"
+    else:
+        state = "unknown to this release, and no devices table: another application's"
     stdout.print(f"current: {current or 'empty'}  head: {head}  ({state})")
 
 
