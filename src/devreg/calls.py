@@ -321,6 +321,12 @@ def read_preconditions(call: Call) -> Preconditions | None:
     return Preconditions(if_match, if_none_match, unmodified_since)
 
 
+def unmodified_since(call: Call) -> datetime | None:
+    """The call's If-Unmodified-Since, for a resource judged by its time of change alone."""
+    conditions = read_preconditions(call)
+    return conditions.unmodified_since if conditions is not None else None
+
+
 def write_precondition(call: Call) -> Preconditions | None:
     """The call's preconditions; without any, None (last write wins). Without If-Match naming
     a version, 428 if REQUIRE_IF_MATCH."""

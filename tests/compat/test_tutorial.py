@@ -235,3 +235,23 @@ async def test_a_tutorial_create_is_made_once_for_an_idempotency_key(
     assert len((await client.get(path)).json()) == 1
     if other_params is not None:  # another name in the query string is another request
         assert_problem(await client.post(path, params=other_params, headers=key), 422)
+
+
+async def test_a_redirect_keeps_the_path_as_sent(client: AsyncClient) -> None:
+    """Built from the decoded path, `/api/v1/device/1%3F/` went to `/api/v1/device/1?`, which
+    is device 1, where the path without its slash is a 422."""
+    response = await client.get("/api/v1/device/1%3F/")
+
+    assert response.status_code == 307
+    assert response.headers["location"] == "/api/v1/device/1%3F"
+
+
+async def test_the_tutorial_user_is_judged_by_if_unmodified_since(client: AsyncClient) -> None:
+    """As the API's own user is: the tutorial's GET ignored it."""
+    user = (await client.post("/users/", params={"name": "Bob"})).json()
+
+    response = await client.get(
+        f"/users/{user['id']}", headers={"If-Unmodified-Since": "Sun, 06 Nov 1994 08:49:37 GMT"}
+    )
+
+    assert_problem(response, 412)

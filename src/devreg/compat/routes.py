@@ -16,6 +16,7 @@ from devreg.calls import (
     Call,
     documented,
     read_preconditions,
+    unmodified_since,
     write_precondition,
 )
 from devreg.compat.schemas import Deleted, TutorialDeviceIn, TutorialDeviceUpdate, TutorialItem
@@ -146,7 +147,9 @@ async def tutorial_list_users(call: Call, limit: Limit = PAGE_LIMIT_DEFAULT) -> 
 
 @router.get("/users/{user_id}", response_model=TutorialItem)
 async def tutorial_get_user(user_id: UserId, call: Call) -> object:
-    return await users_service.get_user(call.db, user_id, principal=call.principal)
+    return await users_service.get_user(
+        call.db, user_id, principal=call.principal, unchanged_since=unmodified_since(call)
+    )
 
 
 def with_tutorial_slashes(not_found: ASGIApp) -> ASGIApp:
@@ -162,8 +165,12 @@ def with_tutorial_slashes(not_found: ASGIApp) -> ASGIApp:
         if scope["type"] == "http" and any(
             route.matches(elsewhere)[0] is not Match.NONE for route in router.routes
         ):
+            # As sent, escapes kept: built from the decoded path, `/device/1%3F/` went to
+            # `/device/1?`, device 1.
+            sent = scope.get("raw_path", path.encode()).decode("latin-1")
+            target = sent.removesuffix("/") if sent.endswith("/") else sent + "/"
             query = scope["query_string"].decode("latin-1")
-            location = f"{other}?{query}" if query else other
+            location = f"{target}?{query}" if query else target
             await RedirectResponse(location, status_code=307)(scope, receive, send)
             return
         await not_found(scope, receive, send)

@@ -1,11 +1,10 @@
-from datetime import datetime
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Path, Request, Response, status
 from pydantic import BaseModel, Field
 
 from devreg.auth.guard import app_authenticator
-from devreg.calls import ApiRoute, Call, documented, header_parameter, read_preconditions
+from devreg.calls import ApiRoute, Call, documented, header_parameter, unmodified_since
 from devreg.devices.routes import (
     DEVICE_FILTERS_DESCRIPTION,
     DEVICE_LISTING_QUERY,
@@ -104,11 +103,6 @@ _IF_UNMODIFIED_SINCE = documented(
 )
 
 
-def _unchanged_since(call: Call) -> datetime | None:
-    conditions = read_preconditions(call)
-    return conditions.unmodified_since if conditions is not None else None
-
-
 @router.get(
     "/{user_id}",
     response_model=UserRead,
@@ -117,7 +111,7 @@ def _unchanged_since(call: Call) -> datetime | None:
 )
 async def get_user(user_id: UserId, call: Call) -> object:
     return await service.get_user(
-        call.db, user_id, principal=call.principal, unchanged_since=_unchanged_since(call)
+        call.db, user_id, principal=call.principal, unchanged_since=unmodified_since(call)
     )
 
 
@@ -133,7 +127,7 @@ async def update_user(user_id: UserId, data: UserUpdate, call: Call) -> object:
         user_id,
         data=data,
         principal=call.principal,
-        unchanged_since=_unchanged_since(call),
+        unchanged_since=unmodified_since(call),
     )
 
 
@@ -167,7 +161,7 @@ async def delete_user(
         require_if_match=call.settings.require_if_match,
         principal=call.principal,
         authenticator=app_authenticator(call),
-        unchanged_since=_unchanged_since(call),
+        unchanged_since=unmodified_since(call),
     )
 
 
