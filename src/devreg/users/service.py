@@ -109,6 +109,9 @@ async def delete_user(
         raise UnguardedBulkWrite
     await record_actor(work, principal)
     users = UserRepository(work)
+    if cascade_devices and unchanged_since is not None:
+        # Judged first too, or every device would be deleted only to be restored.
+        await get_user(work, user_id, principal=principal, unchanged_since=unchanged_since)
     if cascade_devices:
         await devices_service.delete_devices_of_owner(work, owner_id=user_id)
         # Then the user is held and its devices deleted again: one registered for the user
