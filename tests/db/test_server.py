@@ -4,6 +4,7 @@ import asyncio
 import logging
 import struct
 import uuid
+from collections.abc import Awaitable, Callable
 
 import pytest
 from sqlalchemy.engine import URL
@@ -81,18 +82,10 @@ async def test_a_server_closing_the_connection_once_made_may_yet_answer(
         writer.close()
         upstream_writer.close()
 
-    server = await asyncio.start_server(close_at_first_query, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    try:
-        with pytest.raises(DatabaseUnreachable) as raised:
-            await check_connection(
-                committed_database_url.set(host="127.0.0.1", port=port), connect_timeout=5
-            )
-    finally:
-        server.close()
-        await server.wait_closed()
+    failure, port = await connection_failure(committed_database_url, close_at_first_query)
 
-    assert str(raised.value).startswith(f"unreachable host: PostgreSQL at 127.0.0.1:{port}")
+    assert isinstance(failure, DatabaseUnreachable)
+    assert str(failure).startswith(f"unreachable host: PostgreSQL at 127.0.0.1:{port}")
 
 
 async def test_a_server_refusing_in_words_of_its_own_is_not_waited_for(
@@ -114,16 +107,24 @@ async def test_a_server_refusing_in_words_of_its_own_is_not_waited_for(
         await writer.drain()
         writer.close()
 
-    server = await asyncio.start_server(refuse, "127.0.0.1", 0)
+    failure, _ = await connection_failure(committed_database_url, refuse)
+
+    assert not isinstance(failure, DatabaseUnreachable)
+    assert "unsupported startup parameter: statement_timeout" in str(failure)
+
+
+async def connection_failure(
+    url: URL,
+    serve: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]],
+) -> tuple[DatabaseConnectError, int]:
+    """How checking a connection to a server that `serve`s on a port of its own fails, and the
+    port."""
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     try:
         with pytest.raises(DatabaseConnectError) as raised:
-            await check_connection(
-                committed_database_url.set(host="127.0.0.1", port=port), connect_timeout=5
-            )
+            await check_connection(url.set(host="127.0.0.1", port=port), connect_timeout=5)
     finally:
         server.close()
         await server.wait_closed()
-
-    assert not isinstance(raised.value, DatabaseUnreachable)
-    assert "unsupported startup parameter: statement_timeout" in str(raised.value)
+    return raised.value, port
