@@ -2,6 +2,7 @@
 
 import asyncio
 import hashlib
+from datetime import datetime
 from typing import Any
 
 import asyncpg
@@ -583,6 +584,22 @@ class TestExpiringTokens:
 
         assert minted.status_code == 201
         assert minted.json()["expires_at"] == expiring.json()["expires_at"]
+
+    @pytest.mark.parametrize(("asked", "lifetime"), [("90d", 90 * 86_400), ("PT0.5S", 0.5)])
+    async def test_a_token_lives_what_it_was_asked_from_its_creation(
+        self, client, people, asked: str, lifetime: float
+    ) -> None:
+        """Its expiry was the app's clock plus the lifetime, its creation the database's: a
+        token asked to live a millisecond expired before it was made."""
+        created = await client.post(
+            TOKENS, json={"expires_in": asked}, headers=bearer(people["writer"])
+        )
+
+        token = created.json()
+        lived = datetime.fromisoformat(token["expires_at"]) - datetime.fromisoformat(
+            token["created_at"]
+        )
+        assert lived.total_seconds() == lifetime
 
 
 class TestCost:

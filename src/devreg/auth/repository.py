@@ -1,3 +1,4 @@
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import (
@@ -62,7 +63,13 @@ class TokenRepository(TableListing[TokenFilter]):
             conditions.append(ApiToken.user_id == filters.visible_to)
         return conditions
 
-    async def add(self, values: dict[str, Any]) -> ApiToken:
+    async def add(self, values: dict[str, Any], *, expires_in: timedelta | None = None) -> ApiToken:
+        """The token; `expires_in` after its creation by the database's clock, as `created_at`
+        is (by the app's, a token could expire before it was made), and never after the
+        `expires_at` given (the creating token's)."""
+        if expires_in is not None:
+            expires_at = func.least(func.now() + expires_in, values["expires_at"])
+            values = {**values, "expires_at": expires_at}
         statement = insert(ApiToken).values(values).returning(ApiToken)
         with violations_raised_as(_VIOLATIONS):
             return (await self.session.scalars(statement)).one()

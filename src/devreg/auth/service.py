@@ -38,7 +38,7 @@ async def create_token(
     if not principal.admin and (data.admin or user_id != principal.user_id):
         raise AdminRequired("Only an admin token may create admin tokens or other users' tokens.")
     token = _new_token()
-    expires_at = _expiry(principal, data.expires_in)
+    _refuse_outliving(principal, data.expires_in)
     tokens = TokenRepository(work)
     stored = await tokens.add(
         {
@@ -47,8 +47,9 @@ async def create_token(
             "token_hash": token_digest(token),
             "scope": data.scope,
             "admin": data.admin,
-            "expires_at": expires_at,
-        }
+            "expires_at": principal.expires_at,
+        },
+        expires_in=data.expires_in,
     )
     # Trusted from the cache, a token revoked in the last AUTH_CACHE_TTL could still make
     # others: they would outlive its revocation. Held after the insert, which holds the user
@@ -62,19 +63,16 @@ async def create_token(
     )
 
 
-def _expiry(principal: Principal, expires_in: timedelta | None) -> datetime | None:
-    """When a new token expires: after `expires_in`, but never after the token creating it."""
+def _refuse_outliving(principal: Principal, expires_in: timedelta | None) -> None:
+    """A new token expires after `expires_in`, but never after the token creating it: asked to,
+    422 (the repository holds it to that limit by the database's clock too)."""
     limit = principal.expires_at
-    if expires_in is None:
-        return limit
-    expires_at = datetime.now(UTC) + expires_in
-    if limit is not None and expires_at > limit:
+    if expires_in is not None and limit is not None and datetime.now(UTC) + expires_in > limit:
         raise InvalidInput(
             "A token may not outlive the token that creates it, which expires at "
             f"{limit.isoformat().replace('+00:00', 'Z')}.",
             field="expires_in",
         )
-    return expires_at
 
 
 async def list_tokens(
