@@ -160,15 +160,13 @@ def with_tutorial_slashes(not_found: ASGIApp) -> ASGIApp:
 
     async def redirect_or_not_found(scope: Scope, receive: Receive, send: Send) -> None:
         path = scope["path"]
-        other = path.removesuffix("/") if path.endswith("/") else path + "/"
-        elsewhere = {**scope, "path": other}
+        elsewhere = {**scope, "path": _slash_toggled(path)}
         if scope["type"] == "http" and any(
             route.matches(elsewhere)[0] is not Match.NONE for route in router.routes
         ):
             # As sent, escapes kept: built from the decoded path, `/device/1%3F/` went to
             # `/device/1?`, device 1.
-            sent = scope.get("raw_path", path.encode()).decode("latin-1")
-            target = sent.removesuffix("/") if sent.endswith("/") else sent + "/"
+            target = _slash_toggled(scope.get("raw_path", path.encode()).decode("latin-1"))
             query = scope["query_string"].decode("latin-1")
             location = f"{target}?{query}" if query else target
             await RedirectResponse(location, status_code=307)(scope, receive, send)
@@ -176,3 +174,7 @@ def with_tutorial_slashes(not_found: ASGIApp) -> ASGIApp:
         await not_found(scope, receive, send)
 
     return redirect_or_not_found
+
+
+def _slash_toggled(path: str) -> str:
+    return path.removesuffix("/") if path.endswith("/") else path + "/"

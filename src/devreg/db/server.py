@@ -161,5 +161,5 @@ async def folds_case_beyond_ascii(engine: AsyncEngine) -> bool | None:
     async with engine.connect() as connection:
         try:
             return bool(await connection.scalar(text("SELECT lower('É') = 'é'")))
-        except DBAPIError:  # untranslatable: a LATIN1 database has it, but no Σ, which was asked
+        except DBAPIError:  # untranslatable into the database's encoding
             return None

@@ -45,10 +45,10 @@ async def get_user(
 
 
 async def _refusal(work: UnitOfWork, user_id: int, principal: Principal) -> Exception:
-    """Why a write found no user to change: there is none, or it changed after the time the
-    write was guarded by."""
-    user = await UserRepository(work).get_by_id(_visible_user_id(principal, user_id))
-    return UserNotFound() if user is None else ChangedSince("user", user.updated_at)
+    """Why a write found no user to change: there is none (raised), or it changed after the
+    time the write was guarded by."""
+    user = await get_user(work, user_id, principal=principal)
+    return ChangedSince("user", user.updated_at)
 
 
 async def list_users(
