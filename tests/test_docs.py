@@ -185,14 +185,20 @@ async def test_the_headers_a_client_reads_are_documented(client: AsyncClient) ->
     def headers(operation: dict[str, Any], status: str) -> set[str]:
         return set(operation["responses"][status].get("headers", {}))
 
-    assert headers(device["get"], "200") == {"ETag"}
+    assert headers(device["get"], "200") == {"ETag", "Last-Modified"}
     assert headers(device["get"], "304") == {"ETag"}
-    assert headers(device["patch"], "200") == {"ETag"}
+    assert headers(device["patch"], "200") == {"ETag", "Last-Modified"}
     assert headers(device["patch"], "412") == {"ETag"}
     created = paths["/api/v1/devices"]["post"]
-    assert headers(created, "201") == {"ETag", "Location", "Idempotent-Replayed"}
+    assert headers(created, "201") == {"ETag", "Last-Modified", "Location", "Idempotent-Replayed"}
     assert headers(paths["/api/v1/devices/bulk"]["post"], "201") == {"Idempotent-Replayed"}
-    assert headers(paths["/api/v1/users"]["post"], "201") == {"Location", "Idempotent-Replayed"}
+    user = paths["/api/v1/users/{user_id}"]
+    assert headers(user["get"], "200") == headers(user["patch"], "200") == {"Last-Modified"}
+    assert headers(paths["/api/v1/users"]["post"], "201") == {
+        "Last-Modified",
+        "Location",
+        "Idempotent-Replayed",
+    }
     heartbeat = paths["/api/v1/devices/{device_id}/heartbeat"]["post"]
     assert headers(heartbeat, "204") == {"Idempotent-Replayed"}
     assert headers(paths["/api/v1/tokens"]["post"], "201") == {"Cache-Control"}

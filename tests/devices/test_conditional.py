@@ -337,6 +337,33 @@ async def test_a_write_if_unmodified_since_the_last_change_applies(client: Async
         assert_problem(again, 412)
 
 
+async def test_device_and_user_responses_tell_their_last_change(client: AsyncClient) -> None:
+    """RFC 9110, 8.8.2: Last-Modified, the value for If-Unmodified-Since. Without it a client
+    took the response's Date, a second after a change at times, and its guarded write applied
+    over a change made in that second."""
+    key = {"Idempotency-Key": "last-modified"}
+    created = await client.post(DEVICES, json={"name": "probe"}, headers=key)
+    replayed = await client.post(DEVICES, json={"name": "probe"}, headers=key)
+    url = f"{DEVICES}/{created.json()['id']}"
+    read = await client.get(url)
+    patched = await client.patch(url, json={"model": "m1"})
+    replaced = await client.put(url, json={"name": "probe"})
+    user = await client.post("/api/v1/users", json={"name": "ann", "email": "ann@example.org"})
+    user_url = f"/api/v1/users/{user.json()['id']}"
+    user_read = await client.get(user_url)
+    renamed = await client.patch(user_url, json={"name": "bob"})
+
+    for response in (created, replayed, read, patched, replaced, user, user_read, renamed):
+        assert response.is_success, response.text
+        assert response.headers["last-modified"] == http_date_of(response.json()["updated_at"])
+    guarded = await client.patch(
+        url,
+        json={"model": "m2"},
+        headers={"If-Unmodified-Since": replaced.headers["last-modified"]},
+    )
+    assert guarded.status_code == 200, guarded.text
+
+
 @pytest.mark.parametrize(
     ("headers", "status"),
     [

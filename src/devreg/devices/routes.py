@@ -16,7 +16,7 @@ from devreg.calls import (
     read_preconditions,
     write_precondition,
 )
-from devreg.conditional import etag, not_modified
+from devreg.conditional import etag, last_modified, not_modified
 from devreg.devices import bulk, export, service
 from devreg.devices.export import EXPORT_MEDIA_TYPES, ExportFormat
 from devreg.devices.filters import (
@@ -108,7 +108,10 @@ GUARDED_WRITE_HEADERS = documented(
     IF_MATCH_HEADER, IF_NONE_MATCH_WRITE_HEADER, IF_UNMODIFIED_SINCE_HEADER
 )
 # PUT and PATCH of one device: If-Match and If-None-Match guard them.
-_ETAG = {"ETag": 'The device\'s version, quoted (`"3"`): for If-Match and If-None-Match.'}
+_ETAG = {
+    "ETag": 'The device\'s version, quoted (`"3"`): for If-Match and If-None-Match.',
+    "Last-Modified": "When the device last changed (`updated_at`): for If-Unmodified-Since.",
+}
 _TAGGED = {"headers": described_headers(_ETAG)}
 GUARDED_WRITE: dict[str, Any] = {
     "responses": {200: _TAGGED, **problem_responses(404, 409, 412, 422, 428)},
@@ -120,12 +123,13 @@ _DEVICE_READ = TypeAdapter(DeviceRead)
 def _tagged(
     device: DeviceRead, *, status_code: int = status.HTTP_200_OK, location: str | None = None
 ) -> Response:
-    """The device as its model writes it, with its version as ETag (and where a created one is).
+    """The device as its model writes it, with its version as ETag, its last change as
+    Last-Modified (and where a created one is).
 
     Returned as the response itself: FastAPI would otherwise validate the device again against
     the route's response model and merge a separate headers-only response into its own, at 3% of
     a GET's instructions."""
-    headers = {"ETag": etag(device.version)}
+    headers = {"ETag": etag(device.version), "Last-Modified": last_modified(device.updated_at)}
     if location is not None:
         headers["Location"] = location
     return Response(
@@ -280,7 +284,7 @@ async def create_device(data: DeviceCreate, call: Call) -> Response:
     response = _tagged(
         device, status_code=status.HTTP_201_CREATED, location=created_location(call, device.id)
     )
-    await idempotency.remember(response, "Location", "ETag")
+    await idempotency.remember(response, "Location", "ETag", "Last-Modified")
     return response
 
 
@@ -289,7 +293,7 @@ async def create_device(data: DeviceCreate, call: Call) -> Response:
     response_model=DeviceRead,
     responses={
         200: _TAGGED,
-        304: {"description": "Not Modified", **_TAGGED},
+        304: {"description": "Not Modified", "headers": described_headers({"ETag": _ETAG["ETag"]})},
         **problem_responses(404, 412, 422),
     },
     openapi_extra=documented(

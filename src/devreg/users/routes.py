@@ -1,10 +1,11 @@
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Path, Request, Response, status
 from pydantic import BaseModel, Field
 
 from devreg.auth.guard import app_authenticator
 from devreg.calls import ApiRoute, Call, documented, header_parameter, unmodified_since
+from devreg.conditional import last_modified
 from devreg.devices.routes import (
     DEVICE_FILTERS_DESCRIPTION,
     DEVICE_LISTING_QUERY,
@@ -13,7 +14,7 @@ from devreg.devices.routes import (
 from devreg.devices.schemas import DevicePage
 from devreg.idempotency.header import Idempotency, idempotent_create
 from devreg.locations import created_location
-from devreg.problems import problem_responses
+from devreg.problems import described_headers, problem_responses
 from devreg.querystring import (
     Listing,
     ListingQueryString,
@@ -34,7 +35,17 @@ router = APIRouter(
 UserId = Annotated[Id, Path(description="The user's id.")]
 
 
-@router.post("", response_model=UserRead, **idempotent_create(Location="Where the new user is."))
+_LAST_MODIFIED = {
+    "Last-Modified": "When the user last changed (`updated_at`): for If-Unmodified-Since."
+}
+_DATED: dict[int | str, dict[str, Any]] = {200: {"headers": described_headers(_LAST_MODIFIED)}}
+
+
+@router.post(
+    "",
+    response_model=UserRead,
+    **idempotent_create(**_LAST_MODIFIED, Location="Where the new user is."),
+)
 async def create_user(data: UserCreate, call: Call) -> Response:
     """Admins only, once tokens are in use."""
     idempotency = Idempotency(call)
@@ -43,10 +54,13 @@ async def create_user(data: UserCreate, call: Call) -> Response:
     response = Response(
         UserRead.model_validate(user, from_attributes=True).model_dump_json(),
         status_code=status.HTTP_201_CREATED,
-        headers={"Location": created_location(call, user.id)},
+        headers={
+            "Location": created_location(call, user.id),
+            "Last-Modified": last_modified(user.updated_at),
+        },
         media_type="application/json",
     )
-    await idempotency.remember(response, "Location")
+    await idempotency.remember(response, "Location", "Last-Modified")
     return response
 
 
@@ -106,29 +120,33 @@ _IF_UNMODIFIED_SINCE = documented(
 @router.get(
     "/{user_id}",
     response_model=UserRead,
-    responses=problem_responses(404, 422),
+    responses={**_DATED, **problem_responses(404, 422)},
     openapi_extra=_IF_UNMODIFIED_SINCE,
 )
-async def get_user(user_id: UserId, call: Call) -> object:
-    return await service.get_user(
+async def get_user(user_id: UserId, call: Call, response: Response) -> object:
+    user = await service.get_user(
         call.db, user_id, principal=call.principal, unchanged_since=unmodified_since(call)
     )
+    response.headers["Last-Modified"] = last_modified(user.updated_at)
+    return user
 
 
 @router.patch(
     "/{user_id}",
     response_model=UserRead,
-    responses=problem_responses(404, 409, 422),
+    responses={**_DATED, **problem_responses(404, 409, 422)},
     openapi_extra=_IF_UNMODIFIED_SINCE,
 )
-async def update_user(user_id: UserId, data: UserUpdate, call: Call) -> object:
-    return await service.update_user(
+async def update_user(user_id: UserId, data: UserUpdate, call: Call, response: Response) -> object:
+    user = await service.update_user(
         call.db,
         user_id,
         data=data,
         principal=call.principal,
         unchanged_since=unmodified_since(call),
     )
+    response.headers["Last-Modified"] = last_modified(user.updated_at)
+    return user
 
 
 class UserDeletionQuery(BaseModel):
