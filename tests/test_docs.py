@@ -201,7 +201,7 @@ async def test_the_headers_a_client_reads_are_documented(client: AsyncClient) ->
     }
     heartbeat = paths["/api/v1/devices/{device_id}/heartbeat"]["post"]
     assert headers(heartbeat, "204") == {"Idempotent-Replayed"}
-    assert headers(paths["/api/v1/tokens"]["post"], "201") == {"Cache-Control"}
+    assert headers(paths["/api/v1/tokens"]["post"], "201") == {"Cache-Control", "Location"}
     assert headers(created, "503") == {"Retry-After"}
     assert headers(created, "401") == {"WWW-Authenticate"}
     # Sent but undocumented until a hunt compared the two:

@@ -498,6 +498,28 @@ class TestManagingTokens:
         expected = {key: value for key, value in created.json().items() if key != "token"}
         assert expected in listed.json()["items"]
 
+    async def test_a_token_is_read_where_its_creation_says_it_is(self, client, people) -> None:
+        """POST /tokens gave no Location, and there was nowhere to read one token."""
+        created = await client.post(
+            TOKENS, json={"scope": "read"}, headers=bearer(people["writer"])
+        )
+        location = created.headers["Location"]
+        expected = {key: value for key, value in created.json().items() if key != "token"}
+
+        assert location == f"{TOKENS}/{created.json()['id']}"
+        for token in ("writer", "reader", "admin"):
+            read = await client.get(location, headers=bearer(people[token]))
+            assert read.json() == expected, token
+        anns = await client.get(
+            TOKENS, params={"user_id": people["ann"]["id"]}, headers=bearer(people["admin"])
+        )
+        anns_token = f"{TOKENS}/{anns.json()['items'][0]['id']}"
+        assert_problem(await client.get(anns_token, headers=bearer(people["writer"])), 404)
+        assert_problem(await client.get(f"{TOKENS}/999999", headers=bearer(people["admin"])), 404)
+        await client.delete(location, headers=bearer(people["writer"]))
+        revoked = await client.get(location, headers=bearer(people["writer"]))
+        assert revoked.json()["revoked_at"] is not None
+
     async def test_an_admin_lists_one_users_tokens(self, client, people) -> None:
         headers = bearer(people["admin"])
         response = await client.get(

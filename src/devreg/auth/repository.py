@@ -74,6 +74,14 @@ class TokenRepository(TableListing[TokenFilter]):
         with violations_raised_as(_VIOLATIONS):
             return (await self.session.scalars(statement)).one()
 
+    async def get(self, token_id: int, *, owner: int | None) -> ApiToken | None:
+        """The token, given an `owner` (a non-admin's read) only if it is that user's."""
+        statement = select(ApiToken).where(ApiToken.id == token_id)
+        if owner is not None:
+            statement = statement.where(ApiToken.user_id == owner)
+        token: ApiToken | None = await self.session.scalar(statement)
+        return token
+
     async def revoke(self, token_id: int, *, owner: int | None) -> bytes | None:
         """Revoke the token (a no-op if it already is); its hash, or None if there is none.
         Given an `owner` (a non-admin's revocation), only that user's plain tokens."""

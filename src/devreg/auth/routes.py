@@ -10,6 +10,7 @@ from devreg.auth.schemas import TokenCreate, TokenCreated, TokenPage, TokenRead
 from devreg.calls import ApiRoute, Call, documented
 from devreg.errors import IdempotencyKeyNotTaken
 from devreg.idempotency.models import IDEMPOTENCY_KEY
+from devreg.locations import created_location
 from devreg.problems import described_headers, problem_responses
 from devreg.querystring import ListingQueryString, PageQuery, page_response
 from devreg.schemas import Id
@@ -29,7 +30,14 @@ TokenId = Annotated[Id, Path(description="The token's id.")]
     status_code=status.HTTP_201_CREATED,
     response_model=TokenCreated,
     responses={
-        201: {"headers": described_headers({"Cache-Control": "`no-store`: it holds the token."})},
+        201: {
+            "headers": described_headers(
+                {
+                    "Cache-Control": "`no-store`: it holds the token.",
+                    "Location": "Where the new token is (its secret is not).",
+                }
+            )
+        },
         **problem_responses(422),
     },
 )
@@ -40,10 +48,12 @@ async def create_token(data: TokenCreate, call: Call, response: Response) -> Tok
             "A new token is shown once and kept only as a hash, so its answer cannot be given "
             "again: a retry makes another token. Send no Idempotency-Key here."
         )
-    response.headers["Cache-Control"] = "no-store"  # it carries the secret
-    return await service.create_token(
+    created = await service.create_token(
         call.db, call.principal, data=data, authenticator=app_authenticator(call)
     )
+    response.headers["Cache-Control"] = "no-store"  # it carries the secret
+    response.headers["Location"] = created_location(call, created.id)
+    return created
 
 
 class TokenListingQuery(PageQuery):
@@ -69,6 +79,12 @@ async def list_tokens(call: Call) -> object:
         call.db, call.principal, filters=TokenFilter(user_id=query.user_id), page=page
     )
     return page_response(TokenPage, result)
+
+
+@router.get("/{token_id}", response_model=TokenRead, responses=problem_responses(404, 422))
+async def get_token(token_id: TokenId, call: Call) -> object:
+    """A token of the caller's user (an admin's: anyone's), as listed."""
+    return await service.get_token(call.db, call.principal, token_id)
 
 
 @router.delete(

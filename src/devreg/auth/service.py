@@ -84,6 +84,14 @@ async def list_tokens(
     )
 
 
+async def get_token(work: UnitOfWork, principal: Principal, token_id: int) -> TokenRead:
+    """A token of the caller's user (an admin's: anyone's), as it is listed: never its secret."""
+    token = await TokenRepository(work).get(token_id, owner=principal.owner)
+    if token is None:
+        raise TokenNotFound
+    return TokenRead.model_validate(token)
+
+
 async def revoke_token(
     work: UnitOfWork,
     principal: Principal,
