@@ -304,6 +304,27 @@ async def test_another_applications_database_is_named_as_such_and_not_ready(
     assert ready.status_code == 503
 
 
+async def test_tables_another_application_made_are_named_as_its(
+    server_url: URL, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The second and third tutorials make a `users` table without Alembic: devreg's start-up
+    stopped on PostgreSQL's 'relation "users" already exists', as if devreg had a fault."""
+    url = await create_database(server_url, f"devreg_{uuid.uuid4().hex[:12]}")
+    await admin(url, "CREATE TABLE users (id serial PRIMARY KEY, name text)")
+    try:
+        with caplog.at_level(logging.ERROR), pytest.raises(CommandError):
+            async with running(create_app(make_settings(url, migrate_on_start=True))):
+                pass
+    finally:
+        await admin(server_url, f"DROP DATABASE IF EXISTS {url.database} WITH (FORCE)")
+
+    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("migrations")]
+    assert said == [
+        "migrations: the database already holds tables devreg did not make (users): it is "
+        "another application's (a tutorial's, say); give devreg a database of its own"
+    ]
+
+
 async def test_an_unmigrated_database_is_a_503_that_says_to_migrate(
     committed_database_url: URL, caplog: pytest.LogCaptureFixture
 ) -> None:

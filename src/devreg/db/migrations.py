@@ -13,6 +13,7 @@ from alembic.config import Config
 from alembic.script import ScriptDirectory
 from alembic.util import CommandError
 from sqlalchemy import Connection, func, select, text
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 PROJECT_ROOT = Path(__file__).resolve().parents[3]
@@ -67,9 +68,28 @@ class AnotherApplicationsDatabase(CommandError):
         )
 
 
+class TablesOfAnotherApplication(CommandError):
+    """A database devreg never migrated holds tables named as devreg's: another application
+    made them, without Alembic (the second and third tutorials' `users`)."""
+
+    def __init__(self, tables: str) -> None:
+        super().__init__(
+            f"the database already holds tables devreg did not make ({tables}): it is another "
+            "application's (a tutorial's, say); give devreg a database of its own"
+        )
+
+
+_DUPLICATE_TABLE = "42P07"
+
+
 async def _migrate(engine: AsyncEngine, revision: str, operation: _Operation) -> None:
     try:
         await _run_locked(engine, operation)
+    except DBAPIError as exc:
+        duplicate = getattr(exc.orig, "sqlstate", None) == _DUPLICATE_TABLE
+        if duplicate and await current_revision(engine) is None:
+            raise TablesOfAnotherApplication(await _tables(engine)) from exc
+        raise
     except CommandError as exc:
         current = await current_revision(engine)
         if current is not None and current not in _known_revisions():
@@ -86,6 +106,17 @@ async def _migrate(engine: AsyncEngine, revision: str, operation: _Operation) ->
         if _RELATIVE.search(revision):
             raise CommandError(f"Relative revision {revision} leads past the revisions") from exc
         raise CommandError(f"No such revision: {revision!r}") from exc
+
+
+async def _tables(engine: AsyncEngine) -> str:
+    async with engine.connect() as connection:
+        names = await connection.scalar(
+            text(
+                "SELECT string_agg(tablename, ', ' ORDER BY tablename) FROM pg_tables "
+                "WHERE schemaname = current_schema()"
+            )
+        )
+        return str(names)
 
 
 async def _holds_devices(engine: AsyncEngine) -> bool:
