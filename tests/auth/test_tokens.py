@@ -86,6 +86,27 @@ class TestOpenUntilTheFirstToken:
         assert_problem(await client.get(DEVICES), 401)
         assert_problem(await client.post(TOKENS, json={"user_id": 1, "admin": True}), 401)
 
+    async def test_a_token_made_elsewhere_closes_token_making_at_once(
+        self, client: AsyncClient, connection: AsyncConnection
+    ) -> None:
+        """Believed open for AUTH_CACHE_TTL after another worker (or the CLI) made the first
+        token, this worker let a request without a token make a lasting admin token."""
+        ann = await create_user(client, name="ann")
+        assert (await client.get(DEVICES)).status_code == 200  # open, and believed so a while
+        await connection.execute(
+            text(
+                "INSERT INTO api_tokens (user_id, prefix, token_hash, scope, admin) "
+                "VALUES (:user_id, 'dvr_elsewher', 'elsewhere', 'write', true)"
+            ),
+            {"user_id": ann["id"]},
+        )
+
+        made = await client.post(TOKENS, json={"user_id": ann["id"], "admin": True})
+
+        assert_problem(made, 401)
+        assert await connection.scalar(text("SELECT count(*) FROM api_tokens")) == 1
+        assert_problem(await client.get(DEVICES), 401)  # closed here too, from then on
+
 
 class TestAuthentication:
     async def test_a_bad_token_is_401_invalid_token(self, client, people) -> None:
@@ -180,6 +201,8 @@ class TestAuthentication:
         assert_problem(made, 401)
         count = await connection.scalar(text("SELECT count(*) FROM api_tokens"))
         assert count == 3  # the people's own
+        # Found revoked, it is no longer trusted from the cache: it went on writing.
+        assert_problem(await client.post(DEVICES, json={"name": "pi"}, headers=bearer(token)), 401)
 
     async def test_a_lookup_answered_before_a_revocation_is_not_cached(
         self, client, people, monkeypatch

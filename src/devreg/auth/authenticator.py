@@ -9,7 +9,7 @@ import hashlib
 import ipaddress
 import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -110,6 +110,17 @@ class Authenticator:
         self._open_until = time.monotonic() + self.cache_ttl
         return True
 
+    async def confirm_open(self, work: UnitOfWork, principal: Principal) -> None:
+        """For a request let in without a token because the API was open: 401 if a token has
+        been created since (by another worker or the CLI, within AUTH_CACHE_TTL), and the API
+        believed closed from then on; else it stays open until the transaction ends. A token
+        made by such a request would outlive the open API."""
+        if self.mode != "auto" or principal.token_id is not None:
+            return
+        if await TokenRepository(work).any_ever_created(held=True):
+            self.token_created()
+            raise Unauthenticated
+
     def _require_local(self, headers: RawHeaders) -> None:
         """The open API trusts whoever can reach loopback, but a browser reaches it for any web
         page: refuse a request sent under a name that is not loopback's (a DNS-rebinding page
@@ -128,15 +139,22 @@ class Authenticator:
     def token_created(self) -> None:
         self._tokens_exist = True
 
+    def forget_token(self, token_id: int) -> None:
+        """Forget a token found revoked or expired by its id."""
+        self._forget_where(lambda principal: principal.token_id == token_id)
+
     def forget(self, digest: bytes) -> None:
         self._forgettings += 1
         self._verdicts.pop(digest, None)
 
     def forget_user(self, user_id: int) -> None:
         """Forget the tokens of a deleted user (the database deleted them with the user)."""
+        self._forget_where(lambda principal: principal.user_id == user_id)
+
+    def _forget_where(self, whose: Callable[[Principal], bool]) -> None:
         self._forgettings += 1
         for digest, verdict in list(self._verdicts.items()):
-            if verdict.principal is not None and verdict.principal.user_id == user_id:
+            if verdict.principal is not None and whose(verdict.principal):
                 self._verdicts.pop(digest, None)
 
 

@@ -12,6 +12,7 @@ from sqlalchemy import (
     insert,
     or_,
     select,
+    text,
     update,
 )
 
@@ -125,7 +126,12 @@ class TokenRepository(TableListing[TokenFilter]):
         expires_in = row["expires_in"]
         return principal, None if expires_in is None else float(expires_in)
 
-    async def any_ever_created(self) -> bool:
-        """Whether a token has ever been created, even if none is left."""
+    async def any_ever_created(self, *, held: bool = False) -> bool:
+        """Whether a token has ever been created, even if none is left. `held`: and until the
+        transaction ends, none is created elsewhere (its creation waits)."""
+        if held:
+            # Taken by no one else but such a check: a token's creation takes ROW EXCLUSIVE
+            # (its trigger's insert), which waits for it; a second check, which waits too.
+            await self.session.execute(text("LOCK TABLE first_token IN SHARE ROW EXCLUSIVE MODE"))
         row = await fetch_row(self.work, _EVER_CREATED, {})
         return bool(row is not None and row["found"])

@@ -39,6 +39,8 @@ async def create_token(
         raise AdminRequired("Only an admin token may create admin tokens or other users' tokens.")
     token = _new_token()
     _refuse_outliving(principal, data.expires_in)
+    if authenticator is not None:
+        await authenticator.confirm_open(work, principal)
     tokens = TokenRepository(work)
     stored = await tokens.add(
         {
@@ -55,6 +57,8 @@ async def create_token(
     # others: they would outlive its revocation. Held after the insert, which holds the user
     # first, as a deletion of the user does: taken the other way round, the two deadlocked.
     if principal.token_id is not None and not await tokens.hold_if_live(principal.token_id):
+        if authenticator is not None:
+            authenticator.forget_token(principal.token_id)
         raise InvalidToken
     if authenticator is not None:
         work.once_committed(authenticator.token_created)
