@@ -308,6 +308,19 @@ async def asyncpg_connection(url: URL) -> asyncpg.Connection:
     return await asyncpg.connect(url.set(drivername="postgresql").render_as_string(False))
 
 
+async def waiting_for_lock_of(url: URL, waiter: asyncpg.Connection) -> None:
+    """Once `waiter`'s session waits for a lock (within 10 seconds)."""
+    pid = waiter.get_server_pid()
+    for _ in range(200):
+        rows = await query(
+            url, f"SELECT count(*) AS n FROM pg_locks WHERE pid = {pid} AND NOT granted"
+        )
+        if rows[0]["n"]:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("it never came to wait for a lock")
+
+
 async def waiting_for_a_lock(connection: asyncpg.Connection) -> None:
     """Return once another session waits for a lock `connection` holds (within 10 seconds).
     (pg_locks, not pg_stat_activity, which a transaction reads only once.)"""

@@ -5,7 +5,6 @@ import hashlib
 from datetime import datetime
 from typing import Any
 
-import asyncpg
 import pytest
 from httpx import AsyncClient
 from sqlalchemy import text
@@ -26,6 +25,7 @@ from tests.support import (
     make_settings,
     query,
     running,
+    waiting_for_lock_of,
 )
 
 TOKENS = "/api/v1/tokens"
@@ -706,16 +706,3 @@ async def test_a_token_making_another_while_its_user_is_deleted_deadlocks_neithe
 
     assert made.status_code == 201, made.text
     assert await query(committed_database_url, "SELECT count(*) AS n FROM api_tokens") == [{"n": 0}]
-
-
-async def waiting_for_lock_of(url: URL, waiter: asyncpg.Connection) -> None:
-    """Once `waiter`'s session waits for a lock (within 10 seconds)."""
-    pid = waiter.get_server_pid()
-    for _ in range(200):
-        rows = await query(
-            url, f"SELECT count(*) AS n FROM pg_locks WHERE pid = {pid} AND NOT granted"
-        )
-        if rows[0]["n"]:
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError("the deletion never came to wait")

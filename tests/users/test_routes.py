@@ -10,6 +10,8 @@ import pytest
 from httpx import AsyncClient
 from sqlalchemy.engine import URL
 
+from devreg.app import create_app
+from devreg.users.repository import UserRepository
 from tests.api import (
     BAD_IDS,
     BAD_LIMITS,
@@ -31,11 +33,15 @@ from tests.api import (
     walk_pages,
 )
 from tests.support import (
+    api_client,
     asyncpg_connection,
     devreg_server,
+    make_settings,
     query,
     run_devreg,
+    running,
     waiting_for_a_lock,
+    waiting_for_lock_of,
 )
 
 # --- bad input -----------------------------------------------------------------------------
@@ -570,6 +576,48 @@ async def test_a_cascade_takes_the_devices_registered_while_it_waits(
     assert response.status_code == 204, response.text
     left = "SELECT count(*) AS n FROM devices WHERE owner_id = :id"
     assert await query(committed_database_url, left, id=user["id"]) == [{"n": 0}]
+
+
+async def test_a_cascade_and_a_plain_deletion_at_once_deadlock_neither(
+    committed_database_url: URL, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The cascade deleted the devices, then held the user; a plain deletion of the user, which
+    held it meanwhile, waited for those devices in its foreign key's check: one of the two was
+    aborted as a deadlock (a 409 to send again)."""
+    first_pass, go_on = asyncio.Event(), asyncio.Event()
+    lock = UserRepository.lock
+
+    async def lock_once_the_other_waits(repository: UserRepository, user_id: int) -> bool:
+        first_pass.set()
+        await go_on.wait()
+        return await lock(repository, user_id)
+
+    async with (
+        running(create_app(make_settings(committed_database_url))) as app,
+        api_client(app) as client,
+    ):
+        user = await create_user(client, name="leaving")
+        await create_device(client, owner_id=user["id"])
+        monkeypatch.setattr(UserRepository, "lock", lock_once_the_other_waits)
+        cascading = asyncio.create_task(
+            client.delete(f"{USERS}/{user['id']}", params={"cascade": "devices"})
+        )
+        await first_pass.wait()
+        deleter = await asyncpg_connection(committed_database_url)
+        try:
+            deleting = asyncio.create_task(
+                deleter.execute("DELETE FROM users WHERE id = $1", user["id"])
+            )
+            await waiting_for_lock_of(committed_database_url, deleter)
+            go_on.set()
+            cascaded = await cascading
+            deleted = await deleting
+        finally:
+            await deleter.close()
+
+    assert cascaded.status_code == 204, cascaded.text
+    assert deleted == "DELETE 0"
+    assert await query(committed_database_url, "SELECT count(*) AS n FROM devices") == [{"n": 0}]
 
 
 async def test_a_users_own_email_sent_back_keeps_an_admins_change_made_meanwhile(

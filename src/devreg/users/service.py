@@ -113,6 +113,10 @@ async def delete_user(
         # Judged first too, or every device would be deleted only to be restored.
         await get_user(work, user_id, principal=principal, unchanged_since=unchanged_since)
     if cascade_devices:
+        # Another deletion of the user, held against first, would hold the user and then wait
+        # for the devices this one deletes, while this one waits for the user: a deadlock.
+        if not await users.hold_against_deletion(user_id):
+            raise UserNotFound
         await devices_service.delete_devices_of_owner(work, owner_id=user_id)
         # Then the user is held and its devices deleted again: one registered for the user
         # meanwhile would otherwise refuse the deletion. Held only after the first pass, the
