@@ -164,6 +164,34 @@ async def test_an_id_in_a_path_is_its_digits_alone(client: AsyncClient, written:
         assert (await client.delete(f"{base}/{typed}")).status_code == 422
 
 
+@pytest.mark.parametrize("written", ["{id}.0", "{id}e0", "{id}.0e0"])
+async def test_an_id_in_a_body_is_a_whole_number(client: AsyncClient, written: str) -> None:
+    """A JSON number with a fraction or an exponent was read through a float: `1.0` was taken
+    (README: refused), and above 2**53 it was another id (`9007199254740993.0` gave the device
+    to user 9007199254740992)."""
+    user = (await client.post(USERS, json={"name": "u"})).json()
+    device = (await client.post(DEVICES, json={"name": "d"})).json()
+
+    def number(value: int) -> str:
+        return written.format(id=value)
+
+    sent = [
+        ("POST", DEVICES, f'{{"name": "d", "owner_id": {number(user["id"])}}}'),
+        ("PATCH", f"{DEVICES}/{device['id']}", f'{{"owner_id": {number(user["id"])}}}'),
+        ("PATCH", f"{DEVICES}/bulk", f'[{{"id": {number(device["id"])}, "model": "m"}}]'),
+        ("DELETE", f"{DEVICES}/bulk", f"[{number(device['id'])}]"),
+        ("POST", "/api/v1/tokens", f'{{"user_id": {number(user["id"])}}}'),
+    ]
+    for method, url, body in sent:
+        response = await client.request(
+            method, url, content=body, headers={"Content-Type": "application/json"}
+        )
+        assert "whole number" in assert_problem(response, 422)["errors"][0]["msg"], url
+
+    assert (await client.get(f"{DEVICES}/{device['id']}")).json() == device
+    assert (await client.get(DEVICES)).json()["items"] == [device]
+
+
 @pytest.mark.parametrize("limit", ["1_0", "10.0", "+10", " 10"])
 async def test_a_page_size_is_its_digits_alone(client: AsyncClient, limit: str) -> None:
     response = await client.get(DEVICES, params={"limit": limit})

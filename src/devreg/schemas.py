@@ -109,9 +109,13 @@ def _not_a_boolean(value: Any) -> Any:
 def in_digits(value: Any) -> Any:
     """A number given as text (a path's id, a query's, a JSON string) written in digits 0-9
     alone: pydantic also reads `6_7`, `+67`, ` 67`, `67.0` and other scripts' digits as 67, a
-    device other than the one a typo meant."""
+    device other than the one a typo meant. A JSON number with a fraction or an exponent
+    (`67.0`, `6.7e1`) is refused too: pydantic reads it through a float, which above 2**53 is
+    another number (`9007199254740993.0` was device 9007199254740992)."""
     if isinstance(value, str) and not (value.isascii() and value.isdigit()):
         raise ValueError("must be written in the digits 0-9 alone")
+    if isinstance(value, float):
+        raise ValueError("must be a whole number written in the digits 0-9 alone")
     return value
 
 
@@ -133,7 +137,9 @@ def _storable_instant(value: datetime) -> datetime:
         raise ValueError(
             "must be after 0001-01-01T00:00:00Z and before 9999-12-31T23:59:59.999999Z"
         )
-    return value
+    # The same instant in UTC: written as text (a bulk write's JSON), an offset beyond the
+    # ±15:59 PostgreSQL reads, which Python allows, was refused there.
+    return value.astimezone(UTC)
 
 
 def _not_a_number(value: object) -> object:
@@ -152,7 +158,7 @@ def _not_a_number(value: object) -> object:
 Instant = Annotated[
     AwareDatetime, BeforeValidator(_not_a_number), AfterValidator(_storable_instant)
 ]
-"""A point in time, with its offset (`Z` or `+01:00`)."""
+"""A point in time, with its offset (`Z` or `+01:00`), read as the same instant in UTC."""
 
 # A fraction of a second beyond the microsecond PostgreSQL stores: `.1185331`.
 _BEYOND_A_MICROSECOND = re.compile(r"[.,]\d{6}(\d+)")

@@ -117,6 +117,20 @@ class TestBulkCreate:
         assert (bare["status"], bare["tags"], bare["attributes"]) == ("active", [], {})
         assert bare["version"] == 1
 
+    @pytest.mark.parametrize("offset", ["+23:59", "-16:00"])
+    async def test_any_offset_python_takes_is_taken_as_one_device_takes_it(self, client, offset):
+        """PostgreSQL reads offsets up to ±15:59 in the bulk write's JSON text: a bulk create and
+        a bulk update were an unlocated 422 where every other write took the time."""
+        seen = f"2024-05-06T05:08:09{offset}"
+        one = await create_device(client, name="one", last_seen_at=seen)
+
+        [created] = await bulk_create(client, [{"name": "bulk", "last_seen_at": seen}])
+        updated = await client.patch(BULK, json=[{"id": one["id"], "last_seen_at": seen}])
+
+        assert updated.status_code == 200, updated.text
+        assert (await fetch_device(client, created))["last_seen_at"] == one["last_seen_at"]
+        assert parse_time(one["last_seen_at"]) == parse_time(seen)
+
     async def test_the_maximum_batch_is_written_quickly(self, client):
         items = [{"name": f"d{i}", "serial_number": f"SN-{i}"} for i in range(BULK_MAX)]
 
