@@ -65,7 +65,8 @@ class TestOpenOnlyToThisMachine:
         "headers",
         [{"Host": "rebound.evil.example"}, {"Host": "rebound.evil.example:8000"},
          {"Origin": "https://evil.example"}, {"Origin": "null"},
-         {"Host": "localhost", "Origin": "http://localhost.evil.example"}],
+         {"Host": "localhost", "Origin": "http://localhost.evil.example"},
+         {"Origin": "http://[::1"}, {"Origin": "https://["}],  # unreadable: were a 500
     )  # fmt: skip
     async def test_a_request_from_elsewhere_is_refused(
         self, client: httpx.AsyncClient, headers: dict[str, str]

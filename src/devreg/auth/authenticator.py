@@ -133,7 +133,11 @@ class Authenticator:
                 origin = value.decode("latin-1")
                 if origin in self.trusted_origins or "*" in self.trusted_origins:
                     continue
-                if not names_this_machine(urlsplit(origin).netloc):
+                try:
+                    authority = urlsplit(origin).netloc
+                except ValueError:  # an unclosed [: no site at all
+                    raise NotALocalRequest from None
+                if not names_this_machine(authority):
                     raise NotALocalRequest
 
     def token_created(self) -> None:
