@@ -23,6 +23,7 @@ from sqlalchemy.pool import NullPool
 from devreg.app import create_app
 from devreg.db import migrations
 from devreg.db.server import DatabaseConnectError
+from tests.api import assert_problem
 from tests.support import (
     api_client,
     create_database,
@@ -494,6 +495,42 @@ class _Switch:
             sink.close()
 
         await asyncio.gather(pipe(reader, upstream_writer), pipe(upstream_reader, writer))
+
+
+async def test_a_database_gone_after_the_connection_check_leaves_a_worker_serving_503s(
+    committed_database_url: URL, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Gone between the start-up's connection check and the pool's opening (a second worker
+    starting as a relay went off, in a full run), the start-up failed, and uvicorn's supervisor
+    ended the whole server."""
+    switch = _Switch(committed_database_url)
+    switch.on()
+    relayed = committed_database_url.set(host="127.0.0.1", port=switch.port)
+    upgrade = migrations.upgrade
+
+    async def upgrade_then_go_away(*args: object) -> None:
+        await upgrade(*args)  # type: ignore[arg-type]
+        await asyncio.to_thread(switch.off)
+
+    monkeypatch.setattr(migrations, "upgrade", upgrade_then_go_away)
+    try:
+        with caplog.at_level(logging.WARNING):
+            async with (
+                running(
+                    create_app(make_settings(relayed, auth="off", migrate_on_start=True))
+                ) as app,
+                api_client(app) as client,
+            ):
+                away = await client.get("/api/v1/devices")
+                await asyncio.to_thread(switch.on)
+                back = await client.get("/api/v1/devices")
+    finally:
+        switch.close()
+
+    assert_problem(away, 503)
+    assert back.status_code == 200, back.text
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any(m.endswith("serving 503s until it answers") for m in warned), warned
 
 
 def _a_worker(server_pid: int) -> int:

@@ -35,6 +35,7 @@ from devreg.db.server import (
     DatabaseUnreachable,
     check_connection,
     folds_case_beyond_ascii,
+    passing_failure,
 )
 from devreg.db.session import (
     SessionMaker,
@@ -164,6 +165,20 @@ async def _sweep_expired_keys(
         await asyncio.sleep(interval)
 
 
+async def _prepare_database(engine: AsyncEngine, settings: Settings) -> None:
+    """Migrated (unless MIGRATE_ON_START=false), the pool's connections opened, and a warning
+    if `lower()` folds ASCII alone."""
+    if settings.migrate_on_start:
+        try:
+            await migrations.upgrade(engine)
+        except CommandError as exc:  # say, the database at a newer release's revision
+            logger.error(f"migrations: {exc}")  # the one line that says what to fix
+            raise
+    await open_pool(engine)
+    if await folds_case_beyond_ascii(engine) is False:
+        logger.warning(_ASCII_CASE_ONLY)
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
 
@@ -185,16 +200,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             raise
         engine = create_engine(url, settings)
         try:
-            if settings.migrate_on_start and reachable:
-                try:
-                    await migrations.upgrade(engine)
-                except CommandError as exc:  # say, the database at a newer release's revision
-                    logger.error(f"migrations: {exc}")  # the one line that says what to fix
-                    raise
             if reachable:
-                await open_pool(engine)
-                if await folds_case_beyond_ascii(engine) is False:
-                    logger.warning(_ASCII_CASE_ONLY)
+                try:
+                    await _prepare_database(engine, settings)
+                except Exception as exc:
+                    # Gone since the check (a second worker starting as the database restarts).
+                    reason = passing_failure(exc, url)
+                    if reason is None:
+                        raise
+                    logger.warning(f"{reason}: serving 503s until it answers")
             sessionmaker = create_sessionmaker(engine)
             sweeper = asyncio.create_task(
                 _sweep_expired_keys(sessionmaker, lifetime=settings.idempotency_key_lifetime)

@@ -54,6 +54,12 @@ def describe_connect_failure(exc: BaseException, url: URL) -> str:
     return _diagnosis(exc, url)[0]
 
 
+def passing_failure(exc: BaseException, url: URL) -> str | None:
+    """Why a connection failed, if that may yet pass (the database away for a while)."""
+    reason, transient = _diagnosis(exc, url)
+    return reason if transient else None
+
+
 def _diagnosis(exc: BaseException, url: URL) -> tuple[str, bool]:
     """Why a connection failed, in a line without the password, and whether it may yet
     succeed (nothing answered, or the server is starting, stopping or full) unlike a wrong
