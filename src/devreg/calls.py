@@ -268,7 +268,7 @@ async def streaming_work(request: Request) -> AsyncIterator[UnitOfWork]:
         try:
             yield work
         finally:
-            await work.rollback()
+            await work.abandon()
 
 
 StreamingWorkDep = Annotated[UnitOfWork, Depends(streaming_work)]

@@ -1,6 +1,7 @@
 """HTTP tests of GET /devices/export: CSV and NDJSON, streamed by id, with the listing filters."""
 
 import asyncio
+import json
 import logging
 import time
 from typing import Any
@@ -15,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
 from sqlalchemy.pool import NullPool
 
 from devreg.app import create_app
+from devreg.db.session import UnitOfWork
 from devreg.errors import PoolExhausted
 from tests.api import DEVICES, assert_problem, create_device, create_user, stored_devices
 from tests.support import (
@@ -25,6 +27,7 @@ from tests.support import (
     devreg_process,
     export_view,
     make_settings,
+    query,
     run_devreg,
     running,
 )
@@ -423,3 +426,31 @@ async def test_an_export_outside_a_test_transaction_has_its_plans_set(
 
     assert response.status_code == 200
     assert seen == ["0"]
+
+
+async def test_an_export_whose_connection_is_gone_once_read_ends_without_an_error(
+    committed_database_url: URL, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The database gone after the rows were read (stopped, or the server ending and cancelling
+    the COPY): the rollback that ends the export's work failed, and was logged as an unhandled
+    error although the client had every row. The connection leaves the pool instead."""
+    rollback = UnitOfWork.rollback
+
+    async def rollback_once_gone(work: UnitOfWork) -> None:
+        if work.in_transaction():
+            pid = (await work.session.execute(text("SELECT pg_backend_pid()"))).scalar_one()
+            await query(committed_database_url, f"SELECT pg_terminate_backend({pid})")
+        await rollback(work)
+
+    app = create_app(make_settings(committed_database_url, auth="off", pool_size=1, max_overflow=0))
+    async with running(app) as started, api_client(started) as client:
+        await create_device(client, name="pi")
+        monkeypatch.setattr(UnitOfWork, "rollback", rollback_once_gone)
+        with caplog.at_level(logging.WARNING):
+            exported = await client.get(EXPORT, params={"format": "ndjson"})
+        monkeypatch.undo()
+        after = await client.get(f"{DEVICES}/1")
+
+    assert [line["name"] for line in map(json.loads, exported.text.splitlines())] == ["pi"]
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+    assert after.status_code == 200, after.text

@@ -10,6 +10,7 @@ from urllib.parse import parse_qs, urlsplit
 from pydantic_core import from_json, to_json
 from sqlalchemy import event
 from sqlalchemy.engine import URL, ExceptionContext
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import (
     AsyncConnection,
     AsyncEngine,
@@ -166,6 +167,15 @@ class UnitOfWork:
         self._committed_effects = None
         if self.in_transaction():
             await self.session.rollback()
+
+    async def abandon(self) -> None:
+        """Roll back work that only read. Its connection may be gone (the database gone once a
+        stream's rows were read, a COPY cancelled by the server's ending): then there is
+        nothing to undo, and the connection leaves the pool."""
+        try:
+            await self.rollback()
+        except DBAPIError:
+            await self.session.invalidate()
 
 
 @asynccontextmanager
