@@ -26,6 +26,7 @@ from devreg.db.server import DatabaseConnectError
 from tests.api import assert_problem
 from tests.support import (
     api_client,
+    asyncpg_connection,
     create_database,
     devreg_backends,
     devreg_process,
@@ -36,6 +37,7 @@ from tests.support import (
     run_devreg,
     running,
     set_revision,
+    waiting_for_a_lock,
 )
 
 
@@ -390,6 +392,44 @@ async def test_a_worker_of_several_that_cannot_start_is_a_failed_start(
         "devreg: a worker could not start (its log says why); stopped"
     ]
     assert "which this release does not know" in result.stdout
+
+
+async def test_requests_still_served_when_the_shutdown_timeout_passes_get_a_503(
+    committed_database_url: URL,
+) -> None:
+    """Cancelled by uvicorn once SHUTDOWN_TIMEOUT passed, a request was uvicorn's bare 500 in
+    plain text (no problem, no request id, no Retry-After), logged as a crash."""
+    url = url_setting(committed_database_url)
+    with devreg_process(DATABASE_URL=url, SHUTDOWN_TIMEOUT="1") as server:
+        async with httpx.AsyncClient(base_url=server.base_url, timeout=30) as client:
+            device = (await client.post("/api/v1/devices", json={"name": "held"})).json()
+            holder = await asyncpg_connection(committed_database_url)
+            try:
+                async with holder.transaction():
+                    await holder.execute(
+                        "SELECT 1 FROM devices WHERE id = $1 FOR UPDATE", device["id"]
+                    )
+                    writes = [
+                        asyncio.create_task(
+                            client.patch(f"/api/v1/devices/{device['id']}", json={"model": "m"})
+                        )
+                        for _ in range(2)
+                    ]
+                    await waiting_for_a_lock(holder)
+                    server.process.send_signal(signal.SIGTERM)
+                    answers = await asyncio.gather(*writes)
+            finally:
+                await holder.close()
+        exit_status = await asyncio.to_thread(server.process.wait, 30)
+        errors = server.errors_logged()
+
+    for answer in answers:
+        assert_problem(answer, 503)
+        assert answer.headers["Retry-After"]
+        assert answer.headers["X-Request-ID"]
+    # uvicorn's own line, that it cancelled them; no crash.
+    assert [(e["logger"], e["message"].split()[0]) for e in errors] == [("uvicorn.error", "Cancel")]
+    assert exit_status == -signal.SIGTERM
 
 
 async def test_a_client_reading_slowly_does_not_keep_the_server_from_stopping(

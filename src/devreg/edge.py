@@ -4,6 +4,7 @@ One layer instead of five (request id, security headers, request log, body limit
 each layer wraps `send` and `receive` again and adds its own awaits to every request; as
 separate middlewares they cost about a fifth of a simple GET's CPU."""
 
+import asyncio
 import os
 import re
 import time
@@ -23,7 +24,7 @@ from devreg.body_limit import (
     too_large,
     whole_body_without,
 )
-from devreg.errors import PoolExhausted, UndecodableQueryString
+from devreg.errors import PoolExhausted, ServerStopping, UndecodableQueryString
 from devreg.logs import request_logger
 from devreg.problems import (
     error_response,
@@ -165,6 +166,16 @@ class EdgeMiddleware:
                     if declares_body(headers):
                         receive_body = whole_body_without(turn, receive_body)
                     await self.app(scope, receive_body, send_with_headers)
+        except asyncio.CancelledError:
+            # The server stopping cancels what it still serves once SHUTDOWN_TIMEOUT passed: a
+            # 503 to send again (not uvicorn's bare 500 and a crash logged); the request then
+            # ends, as asked.
+            stopping = ServerStopping()
+            if response_started:
+                response_cut_short(Request(scope), stopping)
+            else:
+                response = error_response(Request(scope), stopping)
+                await self._own(response)(scope, receive, send_with_headers)
         except Exception as exc:
             if response_started:  # a streamed response (an export) broke off
                 response_cut_short(Request(scope), exc)

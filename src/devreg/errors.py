@@ -421,6 +421,14 @@ class StatementTimedOut(ServiceUnavailable):
     default_detail = "The database took too long to answer; try again shortly."
 
 
+class ServerStopping(ServiceUnavailable):
+    """A request still in progress when a stopping server's SHUTDOWN_TIMEOUT passed: cancelled,
+    and to be sent again (to another worker, or once the server is back)."""
+
+    slug = "stopping"
+    default_detail = "The server stopped before this request was done; send it again."
+
+
 class PoolExhausted(ServiceUnavailable):
     slug = "busy"
     default_detail = "The server is too busy to take this request now; try again shortly."
