@@ -247,6 +247,38 @@ async def test_a_read_only_database_is_a_logged_503_for_every_write(
     assert logged == {("database is read-only", "25006")}
 
 
+async def test_a_role_without_a_privilege_is_a_logged_503_on_every_path(
+    server_url: URL, database_url: URL, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A role granted reads alone (an operator's mistake): every write was a 500, logged as an
+    unhandled error of one type or another, which told the operator nothing."""
+    role = f"reader_{secrets.token_hex(4)}"
+    await admin(server_url, f"CREATE ROLE {role} LOGIN PASSWORD 'reads'")
+    await admin(database_url, f"GRANT SELECT ON ALL TABLES IN SCHEMA public TO {role}")
+    try:
+        url = database_url.set(username=role, password="reads")
+        caplog.set_level(logging.WARNING, logger="devreg.errors")
+        async with running(create_app(make_settings(url))) as app, api_client(app) as client:
+            writes = [
+                await client.post(DEVICES, json={"name": "pi"}),  # by its route's statement
+                await client.post(f"{DEVICES}/bulk", json=[{"name": "pi"}]),  # in a session
+                await client.post("/api/v1/users", json={"name": "ann"}),
+            ]
+            read = await client.get(DEVICES)
+    finally:
+        await admin(database_url, f"DROP OWNED BY {role}")
+        await admin(server_url, f"DROP ROLE {role}")
+
+    for response in writes:
+        assert_problem(response, 503)
+        assert response.headers["retry-after"].isdigit()
+    assert read.status_code == 200
+    logged = {
+        (r.levelname, r.getMessage(), r.sqlstate) for r in caplog.records if hasattr(r, "sqlstate")
+    }
+    assert logged == {("ERROR", "database denies devreg's role a privilege it needs", "42501")}
+
+
 async def test_a_lock_held_past_lock_timeout_is_a_503(committed_database_url: URL) -> None:
     """An operator's lock_timeout cuts a write's wait for a row locked elsewhere (a transaction
     left open in psql): the write was not done, and may be retried. It was a 500."""

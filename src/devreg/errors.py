@@ -406,7 +406,15 @@ class DatabaseReadOnly(DatabaseRefusal):
     log_message = "database is read-only"
 
 
+class DatabaseDeniesPrivilege(DatabaseRefusal):
+    """devreg's role lacks a privilege on its own tables (42501): granted reads alone, say."""
+
+    log_level = logging.ERROR
+    log_message = "database denies devreg's role a privilege it needs"
+
+
 UNDEFINED_TABLE = "42P01"
+INSUFFICIENT_PRIVILEGE = "42501"
 READ_ONLY_TRANSACTION = "25006"
 
 # SQLSTATEs of a statement cut short by the database's limits on waiting: statement_timeout,
@@ -483,6 +491,8 @@ def sqlstate_problem(sqlstate: str) -> DevregError | None:
         return DatabaseReadOnly(sqlstate)
     if sqlstate == UNDEFINED_TABLE:
         return DatabaseNotMigrated(sqlstate)
+    if sqlstate == INSUFFICIENT_PRIVILEGE:
+        return DatabaseDeniesPrivilege(sqlstate)
     if sqlstate in TRANSACTION_COLLISIONS:
         return ConcurrentWriteConflict()
     if sqlstate.startswith("22"):  # data exception: a value PG refused
