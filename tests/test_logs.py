@@ -3,16 +3,20 @@ import logging
 import logging.config
 import sys
 import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
+from urllib.parse import quote
 
 import asyncpg
+import httpx
 import pytest
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError
 
 from devreg.app import create_app
 from devreg.logs import JsonLineFormatter, logging_config
-from tests.support import api_client, make_settings, running
+from tests.support import api_client, devreg_process, make_settings, running
 
 
 def format_record(message: str, *, exc_info: bool = False) -> dict[str, object]:
@@ -73,27 +77,53 @@ def test_sql_is_logged_only_with_db_echo() -> None:
     assert (quiet, echoing) == ("WARNING", "INFO")
 
 
-def test_uvicorns_error_for_a_response_broken_off_by_the_edge_is_left_out(
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    """The edge logs why it broke a response off (test_http_guards); uvicorn's error for the
-    same response, "returned without completing response", said nothing more, at ERROR."""
+@contextmanager
+def devreg_logging() -> Iterator[None]:
+    """Logging as devreg configures it (to the stdout of the moment), then as it was."""
     config = logging_config("info")
     touched = [logging.getLogger(name) for name in ("", *config["loggers"])]
     saved = [(lg.handlers[:], lg.filters[:], lg.level, lg.propagate) for lg in touched]
     try:
         logging.config.dictConfig(config)
-        logging.getLogger().addHandler(caplog.handler)
-        uvicorn_errors = logging.getLogger("uvicorn.error")
-        uvicorn_errors.error("ASGI callable returned without completing response.")
-        uvicorn_errors.error("Exception in ASGI application\n")
+        yield
     finally:
         for logger, (handlers, filters, level, propagate) in zip(touched, saved, strict=True):
             logger.handlers[:], logger.filters[:] = handlers, filters
             logger.setLevel(level)
             logger.propagate = propagate
 
+
+def test_uvicorns_error_for_a_response_broken_off_by_the_edge_is_left_out(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The edge logs why it broke a response off (test_http_guards); uvicorn's error for the
+    same response, "returned without completing response", said nothing more, at ERROR."""
+    with devreg_logging():
+        logging.getLogger().addHandler(caplog.handler)
+        uvicorn_errors = logging.getLogger("uvicorn.error")
+        uvicorn_errors.error("ASGI callable returned without completing response.")
+        uvicorn_errors.error("Exception in ASGI application\n")
+
     assert [r.getMessage() for r in caplog.records] == ["Exception in ASGI application\n"]
+
+
+async def test_a_request_asking_to_upgrade_is_served_without_warnings(
+    committed_database_url: URL,
+) -> None:
+    """Each request with `Upgrade: websocket` (or `h2c`) made uvicorn log two warnings, one of
+    them advice to install a WebSocket library: anyone could fill the log with them."""
+    url = committed_database_url.render_as_string(hide_password=False)
+    with devreg_process(DATABASE_URL=url) as server:
+        async with httpx.AsyncClient(base_url=server.base_url) as client:
+            upgrades = [
+                await client.get("/livez", headers={"Connection": "Upgrade", "Upgrade": protocol})
+                for protocol in ("websocket", "h2c")
+            ]
+        log = server.log()
+
+    assert [answer.status_code for answer in upgrades] == [200, 200]
+    assert "upgrade" not in log.lower()
+    assert "WebSocket" not in log
 
 
 def test_a_line_is_stamped_in_utc_as_iso_8601() -> None:
@@ -119,6 +149,24 @@ def test_a_line_carries_the_records_own_fields_and_none_of_logging_internals() -
 
     assert list(line) == ["time", "level", "logger", "message", "request_id", "status"]
     assert (line["message"], line["request_id"], line["status"]) == ("Started x", "abc", 200)
+
+
+async def test_a_requests_path_cannot_steer_the_terminal_or_split_the_line(
+    database_url: URL, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A client's path reached the log raw but for C0 controls: C1 controls (U+009B, 8-bit
+    ESC [), a right-to-left override spoofing the status shown, and U+2028 / U+0085, which
+    split the line for readers breaking on them."""
+    steering = "\u009b2J\u009d0;title\u009c\u202e\u2028\u0085\u061c\x7f"
+    app = create_app(make_settings(database_url, auth="off"))
+    with devreg_logging():
+        async with running(app) as started, api_client(started) as client:
+            await client.get("/api/v1/devices/" + quote(steering))
+    lines = [line for line in capsys.readouterr().out.splitlines() if '"devreg.request"' in line]
+
+    assert len(lines) == 1
+    assert lines[0].isascii()
+    assert json.loads(lines[0])["path"] == "/api/v1/devices/" + steering
 
 
 def test_the_record_itself_loses_its_traceback_for_any_other_handler() -> None:

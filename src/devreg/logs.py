@@ -2,6 +2,7 @@
 
 import itertools
 import logging
+import re
 from datetime import UTC, datetime
 from typing import Any
 
@@ -29,6 +30,20 @@ _RECORD_ATTRIBUTES = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None
 _RENAMED = {"correlation_id": "request_id"}
 
 
+# What steers a terminal or a reader of lines rather than shows: the C0 and C1 controls (ESC,
+# and its 8-bit forms U+009B and U+009D, start terminal commands), DEL, the line and paragraph
+# separators (line breaks to some readers), and the bidirectional controls (U+202E shows the
+# rest of a line reversed). JSON allows most of them raw, and orjson writes them so.
+_STEERING = re.compile(r"[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069]")
+
+
+def visible(text: str) -> str:
+    """`text` with each character that would steer a terminal or a reader instead of showing
+    written as its JSON escape (`\\u001b`): what a client sent or stored is shown to an operator,
+    never obeyed by their terminal."""
+    return _STEERING.sub(lambda found: f"\\u{ord(found[0]):04x}", text)
+
+
 class JsonLineFormatter(logging.Formatter):
     """One JSON object per record: its time (UTC, ISO 8601), level, logger and message, then its
     own fields (`extra=`, the request id). A record's exception becomes its type name: tracebacks
@@ -49,7 +64,9 @@ class JsonLineFormatter(logging.Formatter):
         for key, value in record.__dict__.items():
             if key not in _RECORD_ATTRIBUTES and not key.startswith("_"):
                 line.setdefault(_RENAMED.get(key, key), value)
-        return orjson.dumps(line, default=_as_text).decode()
+        # Escaped inside the line's strings (no other part holds such a character), the line
+        # reads back the same.
+        return visible(orjson.dumps(line, default=_as_text).decode())
 
 
 def _redacted(record: logging.LogRecord) -> str:
@@ -90,14 +107,27 @@ def _error_names(traceback_text: str) -> str:
     return outermost if outermost == first_cause else f"{outermost} ({first_cause})"
 
 
-class CutShortResponseFilter(logging.Filter):
-    """Drops uvicorn's error for a response the app left unfinished. The edge leaves one so
-    only when it broke off (an export cut by a statement timeout: ending it would tell the
-    client the body was whole), and has logged why, as a warning or an error of its own, with
-    the request line marked `incomplete`."""
+_UVICORN_LINES_LEFT_OUT = frozenset(
+    {
+        # A response the app left unfinished. The edge leaves one so only when it broke off (an
+        # export cut by a statement timeout: ending it would tell the client the body was
+        # whole), and has logged why, with the request line marked `incomplete`.
+        "ASGI callable returned without completing response.",
+        # A request asking to upgrade (`Upgrade: websocket`, `h2c`): it is served as plain
+        # HTTP, as RFC 9110 (7.8) lets a server, and no client should make two warnings a
+        # request, one of them advice to install a WebSocket library devreg has no use for.
+        "Unsupported upgrade request.",
+        "No supported WebSocket library detected. Please use \"pip install 'uvicorn[standard]'\""
+        ", or install 'websockets' or 'wsproto' manually.",
+    }
+)
+
+
+class UvicornLinesLeftOut(logging.Filter):
+    """Drops uvicorn's lines that tell an operator nothing to act on."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return record.msg != "ASGI callable returned without completing response."
+        return record.msg not in _UVICORN_LINES_LEFT_OUT
 
 
 def logging_config(level: str, *, echo_sql: bool = False) -> dict[str, Any]:
@@ -107,7 +137,7 @@ def logging_config(level: str, *, echo_sql: bool = False) -> dict[str, Any]:
         "disable_existing_loggers": False,
         "filters": {
             "request_id": {"()": "asgi_correlation_id.CorrelationIdFilter", "default_value": None},
-            "cut_short_response": {"()": CutShortResponseFilter},
+            "uvicorn_lines_left_out": {"()": UvicornLinesLeftOut},
         },
         "formatters": {"json": {"()": JsonLineFormatter}},
         "handlers": {
@@ -124,7 +154,7 @@ def logging_config(level: str, *, echo_sql: bool = False) -> dict[str, Any]:
             "uvicorn.error": {
                 "handlers": [],
                 "propagate": True,
-                "filters": ["cut_short_response"],
+                "filters": ["uvicorn_lines_left_out"],
             },
             "uvicorn.access": {"handlers": [], "propagate": False},
             "sqlalchemy.engine": {"level": "INFO" if echo_sql else "WARNING"},

@@ -135,6 +135,25 @@ class TestDevices:
         assert name in created.stdout
         assert name in listed.stdout
 
+    def test_stored_control_characters_never_reach_the_terminal(self, devreg: Invoke) -> None:
+        """Any token that may write could store ESC sequences (clear the screen, set the window's
+        title, fake a prompt) that `devices get` and `list` wrote raw to the operator's
+        terminal; C1 controls and a right-to-left override too."""
+        name = "a\x1b[2J\x1b]0;owned\x07\u009b31m\u202eb"
+        device = json_of(devreg("devices", "create", "--name", name, "--model", name, "--json"))
+        outputs = [
+            devreg("devices", "get", str(device["id"])).stdout,
+            devreg("devices", "list").stdout,
+            devreg("devices", "get", str(device["id"]), "--json").stdout,
+        ]
+
+        shown = "a\\u001b[2J\\u001b]0;owned\\u0007\\u009b31m\\u202eb"
+        for output in outputs[:2]:
+            assert not {"\x1b", "\x07", "\u009b", "\u202e"} & set(output), output
+            assert shown in output
+        assert outputs[2].isascii()
+        assert json.loads(outputs[2])["name"] == name
+
     def test_a_table_written_to_a_pipe_keeps_each_value_on_one_line(self, devreg: Invoke) -> None:
         """Read by grep or awk, a value folded at 80 columns was not found whole."""
         name, serial = "gateway-" + "x" * 92, "SN-" + "9" * 60

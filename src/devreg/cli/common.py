@@ -42,6 +42,7 @@ from devreg.errors import (
     database_problem,
     sqlstate_problem,
 )
+from devreg.logs import visible
 from devreg.pagination import Page, PageResult, page_json
 from devreg.schemas import BIGINT_MAX, Duration, is_a_number
 
@@ -261,7 +262,7 @@ def _print_table(table: Table) -> None:
 
 def show(item: BaseModel, *, as_json: bool) -> None:
     if as_json:
-        write_line(item.model_dump_json())
+        write_line(visible(item.model_dump_json()))
         return
     table = Table(show_header=False, box=None)
     for name, value in item.model_dump(mode="json").items():
@@ -280,7 +281,7 @@ def show_page(
     """A page from a service, as a table of `columns` (and the next cursor) or as JSON. The
     `unbroken` columns' values are never folded across lines."""
     if as_json:
-        write_line(page_json(page_model, result).decode())
+        write_line(visible(page_json(page_model, result).decode()))
         return
     table = Table()
     for column in columns:
@@ -294,9 +295,10 @@ def show_page(
 
 
 def _cell(value: Any) -> Text:
-    """A value as it is: stored text is never read as Rich's markup ("[b]", "[/]")."""
+    """A value as it is: stored text is never read as Rich's markup ("[b]", "[/]"), nor its
+    control characters by the terminal (logs.visible)."""
     if value is None:
         return Text()
     if isinstance(value, list | dict):
-        return Text(json.dumps(value, ensure_ascii=False))
-    return Text(str(value))
+        return Text(visible(json.dumps(value, ensure_ascii=False)))
+    return Text(visible(str(value)))
