@@ -15,8 +15,9 @@ from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError
 
 from devreg.app import create_app
+from devreg.db.server import check_connection, ensure_database
 from devreg.logs import JsonLineFormatter, logging_config
-from tests.support import api_client, devreg_process, make_settings, running
+from tests.support import admin, api_client, devreg_process, make_settings, running
 
 
 def format_record(message: str, *, exc_info: bool = False) -> dict[str, object]:
@@ -218,3 +219,22 @@ async def test_db_echo_shows_the_statements_sent_straight_to_asyncpg_too(
         "SELECT", "SELECT", "UPDATE", "SELECT"  # the export's COPY (SELECT ...) is last
     ]  # fmt: skip
     assert "$1" in statements[0]  # the id is a parameter, not in the text
+
+
+async def test_db_echo_shows_no_value_the_start_up_sends(
+    committed_database_url: URL, caplog: pytest.LogCaptureFixture
+) -> None:
+    """README: DB_ECHO logs each statement "without its values"; the engines that check the
+    server and create the database logged theirs (the database's name, at least)."""
+    secret = "s3cr3t_value"  # the name of a database there is: no CREATE DATABASE names it
+    await admin(committed_database_url, f"CREATE DATABASE {secret}")
+    try:
+        with caplog.at_level(logging.INFO, logger="sqlalchemy.engine.Engine"):
+            await ensure_database(committed_database_url.set(database=secret))
+            await check_connection(committed_database_url, connect_timeout=5)
+    finally:
+        await admin(committed_database_url, f"DROP DATABASE {secret}")
+
+    logged = [r.getMessage() for r in caplog.records if r.name == "sqlalchemy.engine.Engine"]
+    assert any("pg_database" in line for line in logged)
+    assert not any(secret in line for line in logged), logged

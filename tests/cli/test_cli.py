@@ -615,6 +615,17 @@ class TestStartupErrors:
         assert "missing database" in result.stderr
         assert "no_such_db" in result.stderr
 
+    def test_a_missing_database_given_in_the_query_is_the_one_named(
+        self, devreg: Invoke, committed_database_url: URL, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """`?database=` overrides the path's name, as the driver reads it: the message named
+        the path's database, which exists."""
+        missing = committed_database_url.update_query_dict({"database": "no_such_db"})
+        monkeypatch.setenv("DATABASE_URL", missing.render_as_string(hide_password=False))
+        result = devreg("users", "list")
+        assert result.exit_code == 1
+        assert "has no database 'no_such_db'" in result.stderr, result.stderr
+
     def test_unreachable_host_is_named(
         self, devreg: Invoke, committed_database_url: URL, monkeypatch: pytest.MonkeyPatch
     ) -> None:

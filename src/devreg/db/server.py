@@ -76,7 +76,8 @@ def _diagnosis(exc: BaseException, url: URL) -> tuple[str, bool]:
         if isinstance(cause, asyncpg.InvalidAuthorizationSpecificationError):
             return f"access denied: {where} refused user {user!r}", False
         if isinstance(cause, asyncpg.InvalidCatalogNameError):
-            return f"missing database: {where} has no database {url.database!r}", False
+            database = _connection_part(url, "database", url.database, user)
+            return f"missing database: {where} has no database {database!r}", False
         if isinstance(cause, socket.gaierror):
             return f"unreachable host: cannot resolve {host!r}", True
         if isinstance(cause, TimeoutError):
@@ -101,7 +102,10 @@ def _diagnosis(exc: BaseException, url: URL) -> tuple[str, bool]:
 async def check_connection(url: URL, *, connect_timeout: float) -> None:
     try:
         engine = create_async_engine(
-            url, poolclass=NullPool, connect_args={"timeout": connect_timeout}
+            url,
+            poolclass=NullPool,
+            connect_args={"timeout": connect_timeout},
+            hide_parameters=True,  # DB_ECHO shows statements, never their values
         )
     except ArgumentError:  # its message quotes the URL, password and all
         raise InvalidDatabaseUrl("invalid database URL: an option cannot be read") from None
@@ -129,7 +133,10 @@ _URL_ERRORS = (OverflowError, TypeError, ValueError, asyncpg.UndefinedObjectErro
 async def ensure_database(url: URL) -> None:
     """Create the URL's database when it does not exist yet (the embedded cluster, tests)."""
     maintenance = create_async_engine(
-        url.set(database="postgres"), poolclass=NullPool, isolation_level="AUTOCOMMIT"
+        url.set(database="postgres"),
+        poolclass=NullPool,
+        isolation_level="AUTOCOMMIT",
+        hide_parameters=True,
     )
     try:
         async with maintenance.connect() as connection:
