@@ -354,6 +354,20 @@ class TestImportConflicts:
         assert first == registered
         assert (second["name"], second["serial_number"]) == ("fresh", "SN-2")
 
+    @pytest.mark.parametrize("on_conflict", ["skip", "update", "error"])
+    def test_a_row_with_an_unknown_owner_is_refused_whatever_its_serial(
+        self, devreg, registered, tmp_path, on_conflict
+    ):
+        """Skipped for its serial number, such a row never met the foreign key's check: `skip`
+        reported it skipped (exit 0) where `update` and `error` refused the file."""
+        rows = [{"name": "new", "serial_number": "SN-1", "owner_id": 987_654}]
+        path = write(tmp_path, "devices.ndjson", WRITERS["ndjson"](rows))
+
+        result = import_devices(devreg, path, "--on-conflict", on_conflict)
+
+        assert_refused(result, 1, "line 1:", "owner_id does not name an existing user")
+        assert stored(devreg) == [registered]
+
     def test_update_rewrites_the_registered_device(self, devreg, registered, file):
         result = import_devices(devreg, file, "--on-conflict", "update")
 

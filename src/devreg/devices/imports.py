@@ -109,7 +109,7 @@ async def import_devices(
                 indexing = await loading.enter_async_context(
                     bulk_loading(work, Device, adding=rows_expected)
                 )
-            written = await _write(work, repository, on_conflict)
+            written = await _write(work, repository, on_conflict, rows=len(batch.records))
             if batch.refusal is not None:
                 raise batch.refusal
             inserted, updated = inserted + written[0], updated + written[1]
@@ -122,10 +122,11 @@ async def import_devices(
 
 
 async def _write(
-    work: UnitOfWork, repository: DeviceRepository, on_conflict: OnConflict
+    work: UnitOfWork, repository: DeviceRepository, on_conflict: OnConflict, *, rows: int
 ) -> tuple[int, int]:
-    """The staged batch inserted: (inserted, updated). Constraints are left to the insert to
-    enforce; only when one fails is the batch searched for the line that broke it."""
+    """The staged batch of `rows` inserted: (inserted, updated). Constraints are left to the
+    insert to enforce; only when one fails is the batch searched for the line that broke it, or
+    when rows were left alone (skipped), which the insert checks for nothing."""
     check_existing = on_conflict is OnConflict.ERROR
     repeated = await repository.first_repeated_serial()
     if repeated is not None:
@@ -135,12 +136,17 @@ async def _write(
         raise ImportRejected(*problem)
     try:
         async with work.begin_nested():
-            return await repository.insert_from_staging(on_conflict)
+            written = await repository.insert_from_staging(on_conflict)
     except (UnknownOwner, Conflict):
         problem = await repository.find_import_problem(check_existing=check_existing)
         if problem is None:
             raise
         raise ImportRejected(*problem) from None
+    if sum(written) < rows:
+        problem = await repository.find_import_problem(check_existing=False)
+        if problem is not None:
+            raise ImportRejected(*problem)
+    return written
 
 
 async def _read_ahead(
