@@ -6,7 +6,7 @@ the last change (`updated_at`)."""
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from email.utils import format_datetime
+from wsgiref.handlers import format_date_time
 
 # An entity tag: optional weakness marker, then an opaque string in double quotes, which may
 # hold bytes beyond ASCII (RFC 9110's obs-text; headers are read as Latin-1).
@@ -29,7 +29,7 @@ def etag(version: int) -> str:
 def last_modified(updated_at: datetime) -> str:
     """`updated_at` as an HTTP-date (IMF-fixdate, to the second): what a client sends back in
     If-Unmodified-Since, rather than a time of its own or the response's Date."""
-    return format_datetime(updated_at.astimezone(UTC), usegmt=True)
+    return format_date_time(updated_at.timestamp())
 
 
 def _versions(header: str, *, weak_too: bool) -> frozenset[int]:

@@ -64,9 +64,11 @@ class JsonLineFormatter(logging.Formatter):
         for key, value in record.__dict__.items():
             if key not in _RECORD_ATTRIBUTES and not key.startswith("_"):
                 line.setdefault(_RENAMED.get(key, key), value)
-        # Escaped inside the line's strings (no other part holds such a character), the line
-        # reads back the same.
-        return visible(orjson.dumps(line, default=_as_text).decode())
+        written = orjson.dumps(line, default=_as_text).decode()
+        # orjson escapes the C0 controls: a line in ASCII (nearly every one) holds no other but
+        # DEL. Escaped inside the line's strings (no other part holds one), a line reads back
+        # the same.
+        return written if written.isascii() and "\x7f" not in written else visible(written)
 
 
 def _redacted(record: logging.LogRecord) -> str:
