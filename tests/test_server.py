@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import re
+import secrets
 import signal
 import socket
 import threading
@@ -17,14 +18,17 @@ import httpx
 import pytest
 from sqlalchemy import text
 from sqlalchemy.engine import URL
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
 from devreg.app import create_app
 from devreg.db import migrations
 from devreg.db.server import DatabaseConnectError
+from devreg.db.session import create_engine, open_pool
 from tests.api import assert_problem
 from tests.support import (
+    admin,
     api_client,
     asyncpg_connection,
     create_database,
@@ -571,6 +575,34 @@ async def test_a_database_gone_after_the_connection_check_leaves_a_worker_servin
     assert back.status_code == 200, back.text
     warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert any(m.endswith("serving 503s until it answers") for m in warned), warned
+
+
+async def test_a_pool_too_large_for_the_server_fails_the_start_up_holding_nothing(
+    server_url: URL, database_url: URL
+) -> None:
+    """POOL_SIZE beyond what the server lets devreg's role open is a misconfiguration, no
+    passing outage: the start-up was made to serve 503s instead, and the connections opened
+    after the first refusal stayed checked out for good, a pool of fewer forever."""
+    role = f"limited_{secrets.token_hex(4)}"
+    await admin(server_url, f"CREATE ROLE {role} LOGIN PASSWORD 'few' CONNECTION LIMIT 3")
+    await admin(database_url, f"GRANT ALL ON ALL TABLES IN SCHEMA public TO {role}")
+    url = database_url.set(username=role, password="few")
+    settings = make_settings(url, pool_size=6, max_overflow=0)
+    engine = create_engine(url, settings)
+    try:
+        with pytest.raises(DBAPIError, match="too many connections"):
+            await open_pool(engine)
+        checked_out = engine.pool.checkedout()  # type: ignore[attr-defined]
+        await engine.dispose()
+        with pytest.raises(DBAPIError, match="too many connections"):
+            async with running(create_app(settings)):
+                pass
+    finally:
+        await engine.dispose()
+        await admin(database_url, f"DROP OWNED BY {role}")
+        await admin(server_url, f"DROP ROLE {role}")
+
+    assert checked_out == 0
 
 
 def _a_worker(server_pid: int) -> int:

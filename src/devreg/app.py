@@ -35,7 +35,7 @@ from devreg.db.server import (
     DatabaseUnreachable,
     check_connection,
     folds_case_beyond_ascii,
-    passing_failure,
+    gone_away,
 )
 from devreg.db.session import (
     SessionMaker,
@@ -205,7 +205,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     await _prepare_database(engine, settings)
                 except Exception as exc:
                     # Gone since the check (a second worker starting as the database restarts).
-                    reason = passing_failure(exc, url)
+                    reason = gone_away(exc, url)
                     if reason is None:
                         raise
                     logger.warning(f"{reason}: serving 503s until it answers")

@@ -6,11 +6,17 @@ import struct
 import uuid
 from collections.abc import Awaitable, Callable
 
+import asyncpg
 import pytest
 from sqlalchemy.engine import URL
 
 from devreg.app import create_app
-from devreg.db.server import DatabaseConnectError, DatabaseUnreachable, check_connection
+from devreg.db.server import (
+    DatabaseConnectError,
+    DatabaseUnreachable,
+    check_connection,
+    gone_away,
+)
 from tests.support import admin, make_settings, running
 
 FOLDS_ONLY_ASCII = "the database folds only A-Z to lower case"
@@ -128,3 +134,24 @@ async def connection_failure(
         server.close()
         await server.wait_closed()
     return raised.value, port
+
+
+@pytest.mark.parametrize(
+    ("failure", "waited_out"),
+    [
+        (ConnectionRefusedError(111, "Connection refused"), True),
+        (asyncpg.ConnectionDoesNotExistError("closed"), True),
+        (asyncpg.CannotConnectNowError("starting up"), True),
+        (asyncpg.TooManyConnectionsError("too many"), False),  # a pool that does not fit
+        (FileNotFoundError(2, "No such file or directory"), False),  # a migration file, say
+    ],
+    ids=type,
+)
+def test_only_a_server_gone_away_is_waited_out_once_it_answered(
+    failure: BaseException, waited_out: bool
+) -> None:
+    """After the start-up's check, any OSError was read as the server away: a migration that
+    could not read its file was "unreachable host", and the worker served on unmigrated."""
+    url = URL.create("postgresql+asyncpg", host="db.internal", database="devreg")
+
+    assert (gone_away(failure, url) is not None) is waited_out

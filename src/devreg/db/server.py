@@ -54,10 +54,23 @@ def describe_connect_failure(exc: BaseException, url: URL) -> str:
     return _diagnosis(exc, url)[0]
 
 
-def passing_failure(exc: BaseException, url: URL) -> str | None:
-    """Why a connection failed, if that may yet pass (the database away for a while)."""
-    reason, transient = _diagnosis(exc, url)
-    return reason if transient else None
+# A server gone away: nothing answers, it closed the connection, or it is restarting.
+_GONE = (
+    ConnectionError,
+    TimeoutError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.ConnectionDoesNotExistError,
+    asyncpg.ConnectionFailureError,
+)
+
+
+def gone_away(exc: BaseException, url: URL) -> str | None:
+    """Why a connection failed, if the server went away: what a start-up that found it a moment
+    before waits out (a restart). Not a full server (too many connections: the pool does not
+    fit), nor any other error, which no wait mends."""
+    if any(isinstance(cause, _GONE) for cause in _causes(exc)):
+        return _diagnosis(exc, url)[0]
+    return None
 
 
 def _diagnosis(exc: BaseException, url: URL) -> tuple[str, bool]:

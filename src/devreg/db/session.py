@@ -112,7 +112,15 @@ async def open_pool(engine: AsyncEngine) -> None:
     load later pays for connecting (TCP, authentication, a backend process, type set-up)."""
     size = engine.pool.size() if isinstance(engine.pool, QueuePool) else 0
     async with AsyncExitStack() as held:
-        await asyncio.gather(*(held.enter_async_context(engine.connect()) for _ in range(size)))
+        # Every connection is waited for, and back in the pool, before a failure is raised: a
+        # connection made after another failed would otherwise stay checked out for good.
+        opened = await asyncio.gather(
+            *(held.enter_async_context(engine.connect()) for _ in range(size)),
+            return_exceptions=True,
+        )
+    failure = next((each for each in opened if isinstance(each, BaseException)), None)
+    if failure is not None:
+        raise failure
 
 
 def create_sessionmaker(engine: AsyncEngine) -> SessionMaker:
