@@ -16,7 +16,7 @@ from fastapi_offline import FastAPIOffline
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from starlette.routing import BaseRoute, Mount
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from devreg import __version__
 from devreg.admission import Admission
@@ -107,13 +107,21 @@ _ROUTE_OPTIONS = (
 def _served_whole(route: BaseRoute) -> BaseRoute:
     """The docs' static files served whole, a Range header ignored (RFC 9110, 14.2, allows it):
     Starlette answered a bad one with a plain-text 400 or 416, no problem+json. They are a few
-    files a browser loads whole anyway."""
+    files a browser loads whole anyway, and are not said to be served in ranges
+    (Accept-Ranges)."""
     if isinstance(route, Mount):
         files = route.app
 
         async def whole(scope: Scope, receive: Receive, send: Send) -> None:
             headers = [(name, value) for name, value in scope["headers"] if name != b"range"]
-            await files({**scope, "headers": headers}, receive, send)
+
+            async def send_without_ranges(message: Message) -> None:
+                if message["type"] == "http.response.start":
+                    kept = [h for h in message["headers"] if h[0] != b"accept-ranges"]
+                    message = {**message, "headers": kept}
+                await send(message)
+
+            await files({**scope, "headers": headers}, receive, send_without_ranges)
 
         route.app = whole
     return route

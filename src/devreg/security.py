@@ -16,11 +16,12 @@ from devreg.idempotency.models import IDEMPOTENCY_KEY
 from devreg.problems import problem_response
 
 # The API answers JSON; only the bundled /docs and /redoc pages run scripts and styles, inline
-# ones among them, all from this origin.
+# ones among them, all from this origin, and Redoc's search a worker made from a blob: URL.
 _HEADERS = secure.Secure(
     csp=secure.ContentSecurityPolicy()
     .default_src("'self'")
     .script_src("'self'", "'unsafe-inline'")
+    .worker_src("'self'", "blob:")
     .style_src("'self'", "'unsafe-inline'")
     .img_src("'self'", "data:")
     .object_src("'none'")
