@@ -444,11 +444,35 @@ def test_an_origin_no_browser_sends_is_refused(origin: str) -> None:
     assert f"{origin!r} is not an origin" in str(raised.value)
 
 
+@pytest.mark.parametrize(
+    ("origin", "as_sent"),
+    [
+        ("https://Admin.Example", "https://admin.example"),
+        ("HTTPS://ui.example", "https://ui.example"),
+        ("https://ui.example:443", "https://ui.example"),
+        ("http://ui.example:80", "http://ui.example"),
+        ("https://ui.example:0444", "https://ui.example:444"),
+        ("https://ui.example:", "https://ui.example"),
+        ("https://bücher.example", "https://xn--bcher-kva.example"),
+    ],
+)
+def test_an_origin_written_otherwise_than_browsers_send_it_is_refused_naming_their_form(
+    origin: str, as_sent: str
+) -> None:
+    """Taken as written, these matched no browser's Origin (lower case, punycode, no default
+    port), so their preflights were all refused, with nothing said at start."""
+    with pytest.raises(ValidationError) as raised:
+        Settings(_env_file=None, cors_origins=origin)
+
+    assert f"write it as a browser sends it: {as_sent}" in str(raised.value)
+
+
 def test_origins_with_ports_are_taken() -> None:
-    given = "https://ui.example, http://localhost:3000"
+    given = "https://ui.example, http://localhost:3000, http://[::1]:8080"
     assert Settings(_env_file=None, cors_origins=given).cors_origins == [
         "https://ui.example",
         "http://localhost:3000",
+        "http://[::1]:8080",
     ]
 
 

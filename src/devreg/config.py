@@ -55,6 +55,28 @@ def default_data_dir() -> Path:
 ENV_FILE = ".env"
 
 
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def _browser_origin(origin: str) -> str | None:
+    """`origin` as a browser's Origin header writes it (the scheme and host in lower case, a
+    host beyond ASCII in punycode, no default port), or None if it is no origin at all."""
+    parts = urlsplit(origin)
+    scheme, host = parts.scheme.lower(), parts.hostname
+    try:
+        port = parts.port
+        host = host.encode("idna").decode("ascii") if host else None
+    except (ValueError, UnicodeError):
+        return None
+    if scheme not in _DEFAULT_PORTS or not host or "@" in parts.netloc:
+        return None
+    if parts.path or parts.query or parts.fragment or origin.endswith(("?", "#")):
+        return None
+    if ":" in host:  # an IPv6 address
+        host = f"[{host}]"
+    return f"{scheme}://{host}" + ("" if port in (None, _DEFAULT_PORTS[scheme]) else f":{port}")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_file=ENV_FILE,
@@ -155,17 +177,14 @@ class Settings(BaseSettings):
     @classmethod
     def _origins_as_browsers_send_them(cls, origins: list[str]) -> list[str]:
         """An origin is a scheme, a host and perhaps a port, as a browser's Origin header has
-        it: one written otherwise (`https://ui.example/`, a path, no scheme) matches no browser,
-        and its preflights were all refused, with nothing said."""
+        it: one written otherwise (`https://ui.example/`, a path, no scheme, capitals, a default
+        port) matches no browser, and its preflights were all refused, with nothing said."""
         for origin in origins:
-            parts = urlsplit(origin)
-            if (
-                parts.scheme not in ("http", "https")
-                or not parts.hostname
-                or origin != f"{parts.scheme}://{parts.netloc}"
-                or "@" in parts.netloc
-            ):
+            as_sent = _browser_origin(origin)
+            if as_sent is None:
                 raise ValueError(f"{origin!r} is not an origin: write it as https://host[:port]")
+            if origin != as_sent:
+                raise ValueError(f"{origin!r}: write it as a browser sends it: {as_sent}")
         return origins
 
     @field_validator("database_url")
