@@ -230,6 +230,24 @@ async def test_cross_origin_calls_are_allowed_only_from_the_configured_origins(
     assert "ETag" in read.headers["access-control-expose-headers"]
 
 
+async def test_a_configured_origin_may_reach_a_server_on_a_private_network(
+    browser_client: AsyncClient,
+) -> None:
+    """A browser asking first whether a public page may call a server on loopback or a private
+    address (Private Network Access) got a 400: every non-simple call from a configured origin
+    failed there."""
+    preflight = {
+        "access-control-request-method": "PATCH",
+        "access-control-request-private-network": "true",
+    }
+
+    response = await browser_client.options(f"{DEVICES}/1", headers=preflight)
+
+    assert response.status_code == 200, response.text
+    assert response.headers["access-control-allow-private-network"] == "true"
+    assert response.headers["access-control-allow-origin"] == "https://ui.example"
+
+
 async def test_a_refused_preflight_is_a_problem_naming_what_was_refused(
     browser_client: AsyncClient,
 ) -> None:

@@ -60,6 +60,9 @@ def cors_options(settings: Settings) -> dict[str, Any] | None:
             "X-Request-ID",
         ],
         "expose_headers": ["ETag", "Location", "X-Request-ID", "Retry-After", REPLAYED_HEADER],
+        # The origins named may call a devreg on loopback or a private network, as browsers
+        # implementing Private Network Access ask first.
+        "allow_private_network": True,
     }
 
 
