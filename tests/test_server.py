@@ -276,6 +276,13 @@ async def test_a_request_head_past_its_bound_is_a_431_and_one_within_is_served(
     assert status_line == b"HTTP/1.1 431 Request Header Fields Too Large"
     headers, _, problem = rest.partition(b"\r\n\r\n")
     assert b"content-type: application/problem+json" in headers
+    # RFC 9110, 6.6.1: an origin server with a clock sends Date; and the headers every other
+    # response carries.
+    assert re.search(
+        rb"\r\ndate: \w{3}, \d{2} \w{3} \d{4} \d{2}:\d{2}:\d{2} GMT", b"\r\n" + headers
+    )
+    assert b"x-content-type-options: nosniff" in headers
+    assert b"content-security-policy: " in headers
     assert (
         json.loads(problem)["detail"] == "The request line and headers may be at most 65536 bytes"
     )

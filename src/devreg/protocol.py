@@ -11,11 +11,13 @@ and its connection closed, as uvicorn refuses a request it cannot parse (400).
 import asyncio
 import json
 import logging
+from email.utils import formatdate
 from http import HTTPStatus
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from devreg.errors import PROBLEM_MEDIA_TYPE, PROBLEM_TYPE_PREFIX
+from devreg.headers import SECURITY_HEADERS
 
 # As nginx's and Node's bounds, with room for a listing's query string of a hundred filters.
 HEAD_MAX = 64 * 1024
@@ -34,12 +36,17 @@ _BODY = json.dumps(
         "detail": _DETAIL,
     }
 ).encode()
-_ANSWER = (
+_HEAD = (
     f"HTTP/1.1 {_STATUS.value} {_STATUS.phrase}\r\n"
     f"content-type: {PROBLEM_MEDIA_TYPE}\r\n"
     f"content-length: {len(_BODY)}\r\n"
-    "connection: close\r\n\r\n"
-).encode() + _BODY
+    "connection: close\r\n"
+).encode() + b"".join(name + b": " + value + b"\r\n" for name, value in SECURITY_HEADERS)
+
+
+def _answer() -> bytes:
+    """The 431, dated now (RFC 9110, 6.6.1), with the headers every response carries."""
+    return _HEAD + f"date: {formatdate(usegmt=True)}\r\n\r\n".encode() + _BODY
 
 
 class BoundedHeadProtocol(HttpToolsProtocol):
@@ -81,7 +88,7 @@ class BoundedHeadProtocol(HttpToolsProtocol):
         lose the answer before reading it."""
         self._refused = True
         logger.warning("request head too large", extra={"status": _STATUS.value})
-        self.transport.write(_ANSWER)
+        self.transport.write(_answer())
         self.transport.write_eof()  # the client reads the answer, then the end
         self.loop.call_later(_LINGER_SECONDS, self.transport.close)
 

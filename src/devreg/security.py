@@ -1,9 +1,8 @@
-"""Headers every response carries, and cross-origin access (off unless CORS_ORIGINS is set)."""
+"""Cross-origin access (CORS): off unless CORS_ORIGINS is set."""
 
 from http import HTTPStatus
 from typing import Any
 
-import secure
 from fastapi import Request
 from fastapi.middleware.cors import CORSMiddleware
 from starlette.datastructures import Headers
@@ -14,33 +13,6 @@ from devreg.config import Settings
 from devreg.idempotency.header import REPLAYED_HEADER
 from devreg.idempotency.models import IDEMPOTENCY_KEY
 from devreg.problems import problem_response
-
-# The API answers JSON; only the bundled /docs and /redoc pages run scripts and styles, inline
-# ones among them, all from this origin, and Redoc's search a worker made from a blob: URL.
-_HEADERS = secure.Secure(
-    csp=secure.ContentSecurityPolicy()
-    .default_src("'self'")
-    .script_src("'self'", "'unsafe-inline'")
-    .worker_src("'self'", "blob:")
-    .style_src("'self'", "'unsafe-inline'")
-    .img_src("'self'", "data:")
-    .object_src("'none'")
-    .frame_ancestors("'none'")
-    .base_uri("'self'"),
-    xcto=secure.XContentTypeOptions(),
-    xfo=secure.XFrameOptions().deny(),
-    referrer=secure.ReferrerPolicy().no_referrer(),
-)
-
-SECURITY_HEADERS: tuple[tuple[bytes, bytes], ...] = tuple(
-    (name.lower().encode("latin-1"), value.encode("latin-1"))
-    for name, value in _HEADERS.headers.items()
-)
-
-# Unless a response says otherwise (a new token's no-store): a cache may keep it but must ask
-# again before using it, its ETag answered with a 304 when nothing changed. Said nothing, a
-# shared cache in front of an open API (AUTH=off) could serve a device minutes old.
-DEFAULT_CACHE_CONTROL = (b"cache-control", b"no-cache")
 
 
 def cors_options(settings: Settings) -> dict[str, Any] | None:
