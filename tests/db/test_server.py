@@ -2,6 +2,7 @@
 
 import asyncio
 import logging
+import socket
 import struct
 import uuid
 from collections.abc import Awaitable, Callable
@@ -140,18 +141,26 @@ async def connection_failure(
     ("failure", "waited_out"),
     [
         (ConnectionRefusedError(111, "Connection refused"), True),
+        # localhost refusing on both ::1 and 127.0.0.1, as asyncio reports it
+        (OSError("Multiple exceptions: [Errno 111] ..., [Errno 111] ..."), True),
+        (OSError(113, "No route to host"), True),  # an address moved by a failover
+        (socket.gaierror(-2, "Name or service not known"), True),
+        (FileNotFoundError(2, "No such file or directory"), True),  # a Unix socket, restarting
         (asyncpg.ConnectionDoesNotExistError("closed"), True),
         (asyncpg.CannotConnectNowError("starting up"), True),
+        (asyncpg.AdminShutdownError("terminating connection"), True),  # a statement ended
         (asyncpg.TooManyConnectionsError("too many"), False),  # a pool that does not fit
-        (FileNotFoundError(2, "No such file or directory"), False),  # a migration file, say
+        (PermissionError(13, "Permission denied", "/srv/migrations/x.py"), False),  # a file
     ],
-    ids=type,
+    ids=repr,
 )
-def test_only_a_server_gone_away_is_waited_out_once_it_answered(
+def test_only_what_may_pass_is_waited_out_once_the_server_answered(
     failure: BaseException, waited_out: bool
 ) -> None:
-    """After the start-up's check, any OSError was read as the server away: a migration that
-    could not read its file was "unreachable host", and the worker served on unmigrated."""
+    """After the start-up's check, any OSError was read as the server away (a migration that
+    could not read its file was "unreachable host"); then, by the review's, only a few types,
+    so that localhost refusing on both its addresses, a Unix socket gone with its restarting
+    server or a name gone in a failover ended the whole server."""
     url = URL.create("postgresql+asyncpg", host="db.internal", database="devreg")
 
     assert (gone_away(failure, url) is not None) is waited_out

@@ -54,23 +54,15 @@ def describe_connect_failure(exc: BaseException, url: URL) -> str:
     return _diagnosis(exc, url)[0]
 
 
-# A server gone away: nothing answers, it closed the connection, or it is restarting.
-_GONE = (
-    ConnectionError,
-    TimeoutError,
-    asyncpg.CannotConnectNowError,
-    asyncpg.ConnectionDoesNotExistError,
-    asyncpg.ConnectionFailureError,
-)
-
-
 def gone_away(exc: BaseException, url: URL) -> str | None:
-    """Why a connection failed, if the server went away: what a start-up that found it a moment
-    before waits out (a restart). Not a full server (too many connections: the pool does not
-    fit), nor any other error, which no wait mends."""
-    if any(isinstance(cause, _GONE) for cause in _causes(exc)):
-        return _diagnosis(exc, url)[0]
-    return None
+    """Why a connection failed, if that may pass (the server restarting, failing over, away
+    for a while): what a start-up that found the server a moment before waits out. Not a
+    server too full for the pool (the pool does not fit: a misconfiguration), nor any failure
+    no wait mends."""
+    if any(isinstance(cause, asyncpg.TooManyConnectionsError) for cause in _causes(exc)):
+        return None
+    reason, transient = _diagnosis(exc, url)
+    return reason if transient else None
 
 
 def _diagnosis(exc: BaseException, url: URL) -> tuple[str, bool]:
@@ -95,11 +87,16 @@ def _diagnosis(exc: BaseException, url: URL) -> tuple[str, bool]:
             return f"unreachable host: cannot resolve {host!r}", True
         if isinstance(cause, TimeoutError):
             return f"unreachable host: {where} did not answer in time", True
+        if isinstance(cause, OSError) and cause.filename is not None:  # a file, not a socket
+            return f"cannot read {cause.filename}: {cause.strerror}", False
         if isinstance(cause, OSError):
             reason = cause.strerror or str(cause) or type(cause).__name__
             return f"unreachable host: cannot connect to {where} ({reason})", True
         if isinstance(cause, asyncpg.CannotConnectNowError):
             return f"not ready: {where} is starting up or shutting down", True
+        # A statement ended by the server's stopping (57P01, 57P02): a restart, a failover.
+        if isinstance(cause, asyncpg.AdminShutdownError | asyncpg.CrashShutdownError):
+            return f"not ready: {where} is shutting down", True
         if isinstance(cause, asyncpg.TooManyConnectionsError):
             return f"too many connections: {where} has no free connection slot", True
         # Closed while connecting, as a server restarting, or a proxy before it, does.
