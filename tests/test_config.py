@@ -432,7 +432,8 @@ def test_a_statement_timeout_of_none_or_milliseconds_is_taken(seconds: str) -> N
 
 
 @pytest.mark.parametrize(
-    "origin", ["http://a.example/", "https://a.example/app", "a.example", "ftp://a.example"]
+    "origin",
+    ["https://a.example/app", "a.example", "ftp://a.example", "https://u@a.example", "null", "*"],
 )
 def test_an_origin_no_browser_sends_is_refused(origin: str) -> None:
     """`https://a.example/` was taken, and matched no browser's Origin: every preflight from
@@ -454,6 +455,10 @@ def test_an_origin_no_browser_sends_is_refused(origin: str) -> None:
         ("https://ui.example:0444", "https://ui.example:444"),
         ("https://ui.example:", "https://ui.example"),
         ("https://bücher.example", "https://xn--bcher-kva.example"),
+        ("https://faß.de", "https://xn--fa-hia.de"),  # UTS 46, as browsers: not fass.de
+        ("http://[0:0:0:0:0:0:0:1]:8080", "http://[::1]:8080"),
+        ("http://127.1", "http://127.0.0.1"),
+        ("http://a.example/", "http://a.example"),
     ],
 )
 def test_an_origin_written_otherwise_than_browsers_send_it_is_refused_naming_their_form(
@@ -468,11 +473,12 @@ def test_an_origin_written_otherwise_than_browsers_send_it_is_refused_naming_the
 
 
 def test_origins_with_ports_are_taken() -> None:
-    given = "https://ui.example, http://localhost:3000, http://[::1]:8080"
+    given = "https://ui.example, http://localhost:3000, http://[::1]:8080, http://my_host.lan"
     assert Settings(_env_file=None, cors_origins=given).cors_origins == [
         "https://ui.example",
         "http://localhost:3000",
         "http://[::1]:8080",
+        "http://my_host.lan",
     ]
 
 

@@ -6,8 +6,9 @@ from datetime import timedelta
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import urlencode
 
+import ada_url
 import asyncpg
 from asyncpg.connect_utils import SessionAttribute
 from dotenv.parser import Binding, parse_stream
@@ -55,26 +56,19 @@ def default_data_dir() -> Path:
 ENV_FILE = ".env"
 
 
-_DEFAULT_PORTS = {"http": 80, "https": 443}
-
-
 def _browser_origin(origin: str) -> str | None:
-    """`origin` as a browser's Origin header writes it (the scheme and host in lower case, a
-    host beyond ASCII in punycode, no default port), or None if it is no origin at all."""
-    parts = urlsplit(origin)
-    scheme, host = parts.scheme.lower(), parts.hostname
+    """`origin` as a browser's Origin header writes it (the WHATWG URL standard's serialisation:
+    lower case, punycode by UTS 46, no default port, IP addresses in their shortest form), or
+    None if it is no http(s) origin at all (a path, a query, credentials)."""
     try:
-        port = parts.port
-        host = host.encode("idna").decode("ascii") if host else None
-    except (ValueError, UnicodeError):
+        url = ada_url.URL(origin)
+    except ValueError:
         return None
-    if scheme not in _DEFAULT_PORTS or not host or "@" in parts.netloc:
+    if url.protocol not in ("http:", "https:") or url.pathname != "/" or url.search:
         return None
-    if parts.path or parts.query or parts.fragment or origin.endswith(("?", "#")):
+    if url.username or url.password or "?" in origin or "#" in origin:
         return None
-    if ":" in host:  # an IPv6 address
-        host = f"[{host}]"
-    return f"{scheme}://{host}" + ("" if port in (None, _DEFAULT_PORTS[scheme]) else f":{port}")
+    return str(url.origin)
 
 
 class Settings(BaseSettings):
