@@ -283,6 +283,7 @@ async def test_a_request_head_past_its_bound_is_a_431_and_one_within_is_served(
     )
     assert b"x-content-type-options: nosniff" in headers
     assert b"content-security-policy: " in headers
+    assert b"cache-control: no-cache" in headers
     assert (
         json.loads(problem)["detail"] == "The request line and headers may be at most 65536 bytes"
     )

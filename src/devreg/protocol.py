@@ -17,7 +17,7 @@ from http import HTTPStatus
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from devreg.errors import PROBLEM_MEDIA_TYPE, PROBLEM_TYPE_PREFIX
-from devreg.headers import SECURITY_HEADERS
+from devreg.headers import DEFAULT_CACHE_CONTROL, SECURITY_HEADERS
 
 # As nginx's and Node's bounds, with room for a listing's query string of a hundred filters.
 HEAD_MAX = 64 * 1024
@@ -41,7 +41,9 @@ _HEAD = (
     f"content-type: {PROBLEM_MEDIA_TYPE}\r\n"
     f"content-length: {len(_BODY)}\r\n"
     "connection: close\r\n"
-).encode() + b"".join(name + b": " + value + b"\r\n" for name, value in SECURITY_HEADERS)
+).encode() + b"".join(
+    name + b": " + value + b"\r\n" for name, value in (*SECURITY_HEADERS, DEFAULT_CACHE_CONTROL)
+)
 
 
 def _answer() -> bytes:
