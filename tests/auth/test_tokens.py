@@ -669,6 +669,32 @@ class TestCost:
         assert history.json()["items"][0]["after"] == {"name": "y"}
 
 
+async def test_of_first_tokens_made_at_once_without_a_token_only_one_is_made(
+    committed_database_url: URL,
+) -> None:
+    """Two workers both believing the API open, requests without a token each made a token:
+    whichever came second outlived the open API. The database decides: one 201, the rest 401."""
+    settings = make_settings(committed_database_url)
+    async with (
+        running(create_app(settings)) as first,
+        running(create_app(settings)) as second,
+        api_client(first) as one,
+        api_client(second) as other,
+    ):
+        user = await create_user(one, name="ann")
+        for client in (one, other):  # each worker now believes the API open
+            assert (await client.get(DEVICES)).status_code == 200
+        made = await asyncio.gather(
+            *(
+                client.post(TOKENS, json={"user_id": user["id"], "admin": True})
+                for client in (one, other) * 5
+            )
+        )
+
+    assert sorted(response.status_code for response in made) == [201] + [401] * 9
+    assert await query(committed_database_url, "SELECT count(*) AS n FROM api_tokens") == [{"n": 1}]
+
+
 async def test_a_token_making_another_while_its_user_is_deleted_deadlocks_neither(
     committed_database_url: URL, monkeypatch: pytest.MonkeyPatch
 ) -> None:
