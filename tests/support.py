@@ -5,6 +5,7 @@ import csv
 import io
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -15,7 +16,7 @@ from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from datetime import datetime
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 import asyncpg
 import httpx
@@ -31,6 +32,8 @@ from starlette.types import Receive, Scope, Send
 from devreg.auth.authenticator import Authenticator
 from devreg.config import Settings
 from devreg.db.session import SessionMaker, create_engine, create_sessionmaker
+
+T = TypeVar("T")
 
 
 def free_port() -> int:
@@ -77,6 +80,22 @@ async def admin(server_url: URL, *statements: str) -> None:
                 await connection.execute(text(statement))
     finally:
         await engine.dispose()
+
+
+@asynccontextmanager
+async def login_role(
+    server_url: URL, database_url: URL, *, grant: str, limits: str = ""
+) -> AsyncIterator[URL]:
+    """`database_url` as a role of its own, granted `grant` on every table (and `limits`, such
+    as `CONNECTION LIMIT 3`), dropped afterwards."""
+    role = f"role_{secrets.token_hex(4)}"
+    await admin(server_url, f"CREATE ROLE {role} LOGIN PASSWORD 'first' {limits}")
+    await admin(database_url, f"GRANT {grant} ON ALL TABLES IN SCHEMA public TO {role}")
+    try:
+        yield database_url.set(username=role, password="first")
+    finally:
+        await admin(database_url, f"DROP OWNED BY {role}")
+        await admin(server_url, f"DROP ROLE {role}")
 
 
 async def create_database(server_url: URL, name: str, *, template: str | None = None) -> URL:
@@ -319,6 +338,22 @@ async def waiting_for_lock_of(url: URL, waiter: asyncpg.Connection) -> None:
             return
         await asyncio.sleep(0.05)
     raise AssertionError("it never came to wait for a lock")
+
+
+async def user_deleted_while(
+    url: URL, user_id: int, request: "asyncio.Task[T]", go_on: asyncio.Event
+) -> tuple[T, str]:
+    """The answer to `request` (paused until `go_on`) and the status of the user's plain
+    deletion, sent by a session of its own while the request holds what it holds, and let go
+    on once the deletion waits for it."""
+    deleter = await asyncpg_connection(url)
+    try:
+        deleting = asyncio.create_task(deleter.execute("DELETE FROM users WHERE id = $1", user_id))
+        await waiting_for_lock_of(url, deleter)
+        go_on.set()
+        return await request, await deleting
+    finally:
+        await deleter.close()
 
 
 async def waiting_for_a_lock(connection: asyncpg.Connection) -> None:

@@ -4,7 +4,6 @@ drops its dead connections, and devreg serves again by itself once the database 
 import asyncio
 import logging
 import os
-import secrets
 import shutil
 import signal
 import tempfile
@@ -37,6 +36,7 @@ from tests.support import (
     api_client,
     devreg_process,
     free_port,
+    login_role,
     make_settings,
     query,
     running,
@@ -179,11 +179,8 @@ async def test_a_database_refusing_new_connections_is_a_logged_503_on_every_path
     in the database but not in DATABASE_URL) says nothing about the request: a 503 whether
     the request's statement runs on the hot path or in a session, and the operator is told
     why. The session path answered 500, the hot path a 503 that logged nothing."""
-    role = f"refused_{secrets.token_hex(4)}"
-    await admin(server_url, f"CREATE ROLE {role} LOGIN PASSWORD 'first'")
-    await admin(database_url, f"GRANT SELECT ON ALL TABLES IN SCHEMA public TO {role}")
-    try:
-        url = database_url.set(username=role, password="first")
+    async with login_role(server_url, database_url, grant="SELECT") as url:
+        role = url.username
         # One connection: once the first request has met it dead, every request must connect.
         settings = make_settings(url, pool_size=1, max_overflow=0)
         async with running(create_app(settings)) as app, api_client(app) as client:
@@ -202,9 +199,6 @@ async def test_a_database_refusing_new_connections_is_a_logged_503_on_every_path
                 await client.get(f"{DEVICES}/1/changes"),  # a session's read
                 await client.get(f"{DEVICES}/1"),  # the hot path, connecting
             ]
-    finally:
-        await admin(database_url, f"DROP OWNED BY {role}")
-        await admin(server_url, f"DROP ROLE {role}")
 
     for response in responses:
         assert_problem(response, 503)
@@ -252,22 +246,18 @@ async def test_a_role_without_a_privilege_is_a_logged_503_on_every_path(
 ) -> None:
     """A role granted reads alone (an operator's mistake): every write was a 500, logged as an
     unhandled error of one type or another, which told the operator nothing."""
-    role = f"reader_{secrets.token_hex(4)}"
-    await admin(server_url, f"CREATE ROLE {role} LOGIN PASSWORD 'reads'")
-    await admin(database_url, f"GRANT SELECT ON ALL TABLES IN SCHEMA public TO {role}")
-    try:
-        url = database_url.set(username=role, password="reads")
-        caplog.set_level(logging.WARNING, logger="devreg.errors")
-        async with running(create_app(make_settings(url))) as app, api_client(app) as client:
-            writes = [
-                await client.post(DEVICES, json={"name": "pi"}),  # by its route's statement
-                await client.post(f"{DEVICES}/bulk", json=[{"name": "pi"}]),  # in a session
-                await client.post("/api/v1/users", json={"name": "ann"}),
-            ]
-            read = await client.get(DEVICES)
-    finally:
-        await admin(database_url, f"DROP OWNED BY {role}")
-        await admin(server_url, f"DROP ROLE {role}")
+    caplog.set_level(logging.WARNING, logger="devreg.errors")
+    async with (
+        login_role(server_url, database_url, grant="SELECT") as url,
+        running(create_app(make_settings(url))) as app,
+        api_client(app) as client,
+    ):
+        writes = [
+            await client.post(DEVICES, json={"name": "pi"}),  # by its route's statement
+            await client.post(f"{DEVICES}/bulk", json=[{"name": "pi"}]),  # in a session
+            await client.post("/api/v1/users", json={"name": "ann"}),
+        ]
+        read = await client.get(DEVICES)
 
     for response in writes:
         assert_problem(response, 503)

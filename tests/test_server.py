@@ -6,7 +6,6 @@ import json
 import logging
 import os
 import re
-import secrets
 import signal
 import socket
 import threading
@@ -28,7 +27,6 @@ from devreg.db.server import DatabaseConnectError
 from devreg.db.session import create_engine, open_pool
 from tests.api import assert_problem
 from tests.support import (
-    admin,
     api_client,
     asyncpg_connection,
     create_database,
@@ -36,6 +34,7 @@ from tests.support import (
     devreg_process,
     devreg_server,
     free_port,
+    login_role,
     make_settings,
     query,
     run_devreg,
@@ -591,24 +590,20 @@ async def test_a_pool_too_large_for_the_server_fails_the_start_up_holding_nothin
     """POOL_SIZE beyond what the server lets devreg's role open is a misconfiguration, no
     passing outage: the start-up was made to serve 503s instead, and the connections opened
     after the first refusal stayed checked out for good, a pool of fewer forever."""
-    role = f"limited_{secrets.token_hex(4)}"
-    await admin(server_url, f"CREATE ROLE {role} LOGIN PASSWORD 'few' CONNECTION LIMIT 3")
-    await admin(database_url, f"GRANT ALL ON ALL TABLES IN SCHEMA public TO {role}")
-    url = database_url.set(username=role, password="few")
-    settings = make_settings(url, pool_size=6, max_overflow=0)
-    engine = create_engine(url, settings)
-    try:
-        with pytest.raises(DBAPIError, match="too many connections"):
-            await open_pool(engine)
-        checked_out = engine.pool.checkedout()  # type: ignore[attr-defined]
-        await engine.dispose()
+    async with login_role(
+        server_url, database_url, grant="ALL", limits="CONNECTION LIMIT 3"
+    ) as url:
+        settings = make_settings(url, pool_size=6, max_overflow=0)
+        engine = create_engine(url, settings)
+        try:
+            with pytest.raises(DBAPIError, match="too many connections"):
+                await open_pool(engine)
+            checked_out = engine.pool.checkedout()  # type: ignore[attr-defined]
+        finally:
+            await engine.dispose()
         with pytest.raises(DBAPIError, match="too many connections"):
             async with running(create_app(settings)):
                 pass
-    finally:
-        await engine.dispose()
-        await admin(database_url, f"DROP OWNED BY {role}")
-        await admin(server_url, f"DROP ROLE {role}")
 
     assert checked_out == 0
 

@@ -20,12 +20,11 @@ from tests.api import DEVICES, USERS, assert_problem, create_device, create_user
 from tests.support import (
     RunningApp,
     api_client,
-    asyncpg_connection,
     forget_authentication,
     make_settings,
     query,
     running,
-    waiting_for_lock_of,
+    user_deleted_while,
 )
 
 TOKENS = "/api/v1/tokens"
@@ -718,17 +717,7 @@ async def test_a_token_making_another_while_its_user_is_deleted_deadlocks_neithe
         monkeypatch.setattr(TokenRepository, "hold_if_live", hold_then_wait)
         making = asyncio.create_task(client.post(TOKENS, json={}, headers=bearer(token)))
         await checked.wait()
-        deleter = await asyncpg_connection(committed_database_url)
-        try:
-            deleting = asyncio.create_task(
-                deleter.execute("DELETE FROM users WHERE id = $1", user["id"])
-            )
-            await waiting_for_lock_of(committed_database_url, deleter)
-            go_on.set()
-            made = await making
-            await deleting
-        finally:
-            await deleter.close()
+        made, _ = await user_deleted_while(committed_database_url, user["id"], making, go_on)
 
     assert made.status_code == 201, made.text
     assert await query(committed_database_url, "SELECT count(*) AS n FROM api_tokens") == [{"n": 0}]

@@ -2,6 +2,8 @@ import asyncio
 import logging
 import sys
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
@@ -272,30 +274,42 @@ async def test_a_database_at_a_revision_this_release_does_not_know_is_named_at_s
     ]
 
 
+@asynccontextmanager
+async def database_holding(server_url: URL, *statements: str) -> AsyncIterator[URL]:
+    """A database of its own, as `statements` leave it, dropped afterwards."""
+    url = await create_database(server_url, f"devreg_{uuid.uuid4().hex[:12]}")
+    await admin(url, *statements)
+    try:
+        yield url
+    finally:
+        await admin(server_url, f"DROP DATABASE IF EXISTS {url.database} WITH (FORCE)")
+
+
+async def migration_refused(url: URL, caplog: pytest.LogCaptureFixture) -> list[str]:
+    """What a start-up that refused to migrate the database at `url` said of it."""
+    with caplog.at_level(logging.ERROR), pytest.raises(CommandError):
+        async with running(create_app(make_settings(url, migrate_on_start=True))):
+            pass
+    return [r.getMessage() for r in caplog.records if r.getMessage().startswith("migrations")]
+
+
 async def test_another_applications_database_is_named_as_such_and_not_ready(
     server_url: URL, caplog: pytest.LogCaptureFixture
 ) -> None:
     """The first tutorial's own Alembic leaves a `device` table at a revision of its own:
     devreg said a newer release had migrated it, to use MIGRATE_ON_START=false, and then its
     readiness said ready while every request was a 503."""
-    url = await create_database(server_url, f"devreg_{uuid.uuid4().hex[:12]}")
-    await admin(
-        url,
+    async with database_holding(
+        server_url,
         "CREATE TABLE device (id serial PRIMARY KEY, name text)",
         "CREATE TABLE alembic_version (version_num varchar(32) PRIMARY KEY)",
         "INSERT INTO alembic_version VALUES ('453bfe4a0810')",
-    )
-    try:
-        with caplog.at_level(logging.ERROR), pytest.raises(CommandError):
-            async with running(create_app(make_settings(url, migrate_on_start=True))):
-                pass
+    ) as url:
+        said = await migration_refused(url, caplog)
         app = create_app(make_settings(url, migrate_on_start=False, auth="off"))
         async with running(app) as started, api_client(started) as client:
             ready = await client.get("/readyz")
-    finally:
-        await admin(server_url, f"DROP DATABASE IF EXISTS {url.database} WITH (FORCE)")
 
-    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("migrations")]
     assert said == [
         "migrations: the database is at revision 453bfe4a0810, which this release does not "
         "know, and holds no devices table: it is another application's (a tutorial's, say); "
@@ -309,16 +323,10 @@ async def test_tables_another_application_made_are_named_as_its(
 ) -> None:
     """The second and third tutorials make a `users` table without Alembic: devreg's start-up
     stopped on PostgreSQL's 'relation "users" already exists', as if devreg had a fault."""
-    url = await create_database(server_url, f"devreg_{uuid.uuid4().hex[:12]}")
-    await admin(url, "CREATE TABLE users (id serial PRIMARY KEY, name text)")
-    try:
-        with caplog.at_level(logging.ERROR), pytest.raises(CommandError):
-            async with running(create_app(make_settings(url, migrate_on_start=True))):
-                pass
-    finally:
-        await admin(server_url, f"DROP DATABASE IF EXISTS {url.database} WITH (FORCE)")
+    users = "CREATE TABLE users (id serial PRIMARY KEY, name text)"
+    async with database_holding(server_url, users) as url:
+        said = await migration_refused(url, caplog)
 
-    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("migrations")]
     assert said == [
         "migrations: the database already holds tables devreg did not make (users): it is "
         "another application's (a tutorial's, say); give devreg a database of its own"

@@ -40,8 +40,8 @@ from tests.support import (
     query,
     run_devreg,
     running,
+    user_deleted_while,
     waiting_for_a_lock,
-    waiting_for_lock_of,
 )
 
 # --- bad input -----------------------------------------------------------------------------
@@ -603,17 +603,9 @@ async def test_a_cascade_and_a_plain_deletion_at_once_deadlock_neither(
             client.delete(f"{USERS}/{user['id']}", params={"cascade": "devices"})
         )
         await first_pass.wait()
-        deleter = await asyncpg_connection(committed_database_url)
-        try:
-            deleting = asyncio.create_task(
-                deleter.execute("DELETE FROM users WHERE id = $1", user["id"])
-            )
-            await waiting_for_lock_of(committed_database_url, deleter)
-            go_on.set()
-            cascaded = await cascading
-            deleted = await deleting
-        finally:
-            await deleter.close()
+        cascaded, deleted = await user_deleted_while(
+            committed_database_url, user["id"], cascading, go_on
+        )
 
     assert cascaded.status_code == 204, cascaded.text
     assert deleted == "DELETE 0"
