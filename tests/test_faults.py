@@ -12,6 +12,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import httpx
@@ -209,6 +210,29 @@ async def test_a_database_refusing_new_connections_is_a_logged_503_on_every_path
     assert logged in ([(logged_as, sqlstate)] * 3, [(logged_as, sqlstate)] * 4)
 
 
+async def refused_writes_and_a_read(
+    url: URL, device: dict[str, Any]
+) -> tuple[list[httpx.Response], httpx.Response]:
+    """A write by every path to the database at `url` (a route's own statement, a hot-path
+    update, the heartbeat, a bulk write and a user's creation, in a session), then a read."""
+    async with running(create_app(make_settings(url))) as app, api_client(app) as client:
+        device_url = f"{DEVICES}/{device['id']}"
+        writes = [
+            await client.post(DEVICES, json={"name": "pi"}),
+            await client.patch(device_url, json={"name": "renamed"}),
+            await client.post(f"{device_url}/heartbeat"),
+            await client.post(f"{DEVICES}/bulk", json=[{"name": "pi"}]),
+            await client.post("/api/v1/users", json={"name": "ann"}),
+        ]
+        return writes, await client.get(device_url)
+
+
+def logged_refusals(caplog: pytest.LogCaptureFixture) -> set[tuple[str, str, str]]:
+    return {
+        (r.levelname, r.getMessage(), r.sqlstate) for r in caplog.records if hasattr(r, "sqlstate")
+    }
+
+
 async def test_a_read_only_database_is_a_logged_503_for_every_write(
     committed_database_url: URL, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -221,52 +245,36 @@ async def test_a_read_only_database_is_a_logged_503_for_every_write(
         {"options": "-c default_transaction_read_only=on"}
     )
     caplog.set_level(logging.WARNING, logger="devreg.errors")
-    async with running(create_app(make_settings(read_only))) as app, api_client(app) as client:
-        url = f"{DEVICES}/{device['id']}"
-        writes = [
-            await client.post(DEVICES, json={"name": "pi"}),  # by its route's statement
-            await client.patch(url, json={"name": "renamed"}),
-            await client.post(f"{url}/heartbeat"),
-            await client.post(f"{DEVICES}/bulk", json=[{"name": "pi"}]),  # in a session
-            await client.post("/api/v1/users", json={"name": "ann"}),
-        ]
-        read = await client.get(url)
+
+    writes, read = await refused_writes_and_a_read(read_only, device)
 
     for response in writes:
         assert_problem(response, 503)
         assert response.headers["retry-after"].isdigit()
-    assert read.status_code == 200
     assert read.json() == device
-    logged = {(r.getMessage(), r.sqlstate) for r in caplog.records if hasattr(r, "sqlstate")}
-    assert logged == {("database is read-only", "25006")}
+    assert logged_refusals(caplog) == {("WARNING", "database is read-only", "25006")}
 
 
-async def test_a_role_without_a_privilege_is_a_logged_503_on_every_path(
-    server_url: URL, database_url: URL, caplog: pytest.LogCaptureFixture
+async def test_a_role_without_a_privilege_is_a_logged_503_for_every_write(
+    server_url: URL, committed_database_url: URL, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A role granted reads alone (an operator's mistake): every write was a 500, logged as an
     unhandled error of one type or another, which told the operator nothing."""
+    settings = make_settings(committed_database_url)
+    async with running(create_app(settings)) as app, api_client(app) as client:
+        device = await create_device(client)
     caplog.set_level(logging.WARNING, logger="devreg.errors")
-    async with (
-        login_role(server_url, database_url, grant="SELECT") as url,
-        running(create_app(make_settings(url))) as app,
-        api_client(app) as client,
-    ):
-        writes = [
-            await client.post(DEVICES, json={"name": "pi"}),  # by its route's statement
-            await client.post(f"{DEVICES}/bulk", json=[{"name": "pi"}]),  # in a session
-            await client.post("/api/v1/users", json={"name": "ann"}),
-        ]
-        read = await client.get(DEVICES)
+
+    async with login_role(server_url, committed_database_url, grant="SELECT") as url:
+        writes, read = await refused_writes_and_a_read(url, device)
 
     for response in writes:
         assert_problem(response, 503)
         assert response.headers["retry-after"].isdigit()
-    assert read.status_code == 200
-    logged = {
-        (r.levelname, r.getMessage(), r.sqlstate) for r in caplog.records if hasattr(r, "sqlstate")
+    assert read.json() == device
+    assert logged_refusals(caplog) == {
+        ("ERROR", "database denies devreg's role a privilege it needs", "42501")
     }
-    assert logged == {("ERROR", "database denies devreg's role a privilege it needs", "42501")}
 
 
 async def test_a_lock_held_past_lock_timeout_is_a_503(committed_database_url: URL) -> None:
