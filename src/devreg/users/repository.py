@@ -70,12 +70,13 @@ class UserRepository(TableListing[UserFilter]):
         )
         return (await self._returning(statement)).one_or_none()
 
-    async def hold_against_deletion(self, user_id: int) -> bool:
-        """Hold the user until the transaction ends against another deletion or change of it,
+    async def hold_against_deletion(self, user_id: int) -> User | None:
+        """The user, held until the transaction ends against another deletion or change of it,
         not against a device given to it meanwhile (a foreign key's check takes a weaker
-        lock): whether it exists."""
-        statement = select(User.id).where(User.id == user_id).with_for_update(key_share=True)
-        return await self.session.scalar(statement) is not None
+        lock); None if there is none."""
+        statement = select(User).where(User.id == user_id).with_for_update(key_share=True)
+        user: User | None = await self.session.scalar(statement)
+        return user
 
     async def lock(self, user_id: int) -> bool:
         """Hold the user until the transaction ends (no device can be given it meanwhile):

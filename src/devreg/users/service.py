@@ -39,9 +39,14 @@ async def get_user(
     user = await UserRepository(work).get_by_id(_visible_user_id(principal, user_id))
     if user is None:
         raise UserNotFound
-    if unchanged_since is not None and changed_since(user.updated_at, unchanged_since):
-        raise ChangedSince("user", user.updated_at)
+    _require_unchanged(user, unchanged_since)
     return user
+
+
+def _require_unchanged(user: User, since: datetime | None) -> None:
+    """412 if the user changed after `since` (If-Unmodified-Since)."""
+    if since is not None and changed_since(user.updated_at, since):
+        raise ChangedSince("user", user.updated_at)
 
 
 async def _refusal(work: UnitOfWork, user_id: int, principal: Principal) -> Exception:
@@ -109,14 +114,14 @@ async def delete_user(
         raise UnguardedBulkWrite
     await record_actor(work, principal)
     users = UserRepository(work)
-    if cascade_devices and unchanged_since is not None:
-        # Judged first too, or every device would be deleted only to be restored.
-        await get_user(work, user_id, principal=principal, unchanged_since=unchanged_since)
     if cascade_devices:
         # Another deletion of the user, held against first, would hold the user and then wait
         # for the devices this one deletes, while this one waits for the user: a deadlock.
-        if not await users.hold_against_deletion(user_id):
+        held = await users.hold_against_deletion(user_id)
+        if held is None:
             raise UserNotFound
+        # Judged before the devices go too, or every one would be deleted only to be restored.
+        _require_unchanged(held, unchanged_since)
         await devices_service.delete_devices_of_owner(work, owner_id=user_id)
         # Then the user is held and its devices deleted again: one registered for the user
         # meanwhile would otherwise refuse the deletion. Held only after the first pass, the
