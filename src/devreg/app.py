@@ -28,6 +28,7 @@ from devreg.changes.routes import router as changes_router
 from devreg.compat.routes import router as tutorial_router
 from devreg.compat.routes import with_tutorial_slashes
 from devreg.config import Settings, get_settings
+from devreg.cors import ProblemCORSMiddleware, cors_options
 from devreg.db import migrations
 from devreg.db.embedded import EmbeddedPostgresError, resolve_database_url
 from devreg.db.server import (
@@ -52,7 +53,6 @@ from devreg.idempotency.header import IdempotentReplay, replay
 from devreg.idempotency.service import forget_expired
 from devreg.problems import document_problems, register_error_handlers
 from devreg.schemas import BIGINT_MAX
-from devreg.security import ProblemCORSMiddleware, cors_options
 from devreg.users.routes import router as users_router
 
 logger = logging.getLogger("devreg")

@@ -24,6 +24,7 @@ from devreg.body_limit import (
     too_large,
     whole_body_without,
 )
+from devreg.cors import ProblemCORSMiddleware
 from devreg.errors import PoolExhausted, ServerStopping, UndecodableQueryString
 from devreg.headers import DEFAULT_CACHE_CONTROL, SECURITY_HEADERS
 from devreg.logs import request_logger
@@ -33,7 +34,6 @@ from devreg.problems import (
     response_cut_short,
     unhandled_error,
 )
-from devreg.security import ProblemCORSMiddleware
 
 REQUEST_ID_HEADER = b"x-request-id"
 _VALID_REQUEST_ID = re.compile(rb"[A-Za-z0-9._:-]{1,128}")

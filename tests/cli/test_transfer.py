@@ -31,7 +31,7 @@ from devreg.cli.common import Terminated
 from devreg.db import bulk_load
 from devreg.db.session import session_scope
 from devreg.devices import imports
-from devreg.devices.schemas import OnConflict
+from devreg.devices.schemas import FileFormat, OnConflict
 from devreg.schemas import REPEATS_MAX
 from tests.cli.conftest import Invoke
 from tests.support import (
@@ -619,7 +619,7 @@ class TestLargeImport:
             return await imports.import_devices(
                 work,
                 io.StringIO(as_csv(records)),
-                format=imports.ImportFormat.CSV,
+                format=FileFormat.CSV,
                 on_conflict=OnConflict.ERROR,
                 progress=progress,
                 rows_expected=rows_expected,

@@ -43,13 +43,14 @@ from devreg.errors import (
     sqlstate_problem,
 )
 from devreg.logs import visible
-from devreg.pagination import Page, PageResult, page_json
+from devreg.pagination import PAGE_LIMIT_MAX, Page, PageResult, page_json
 from devreg.schemas import BIGINT_MAX, Duration, is_a_number
 
 T = TypeVar("T")
+ModelT = TypeVar("ModelT", bound=BaseModel)
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
-Limit = Annotated[int, typer.Option(min=1, max=1000, help="Rows per page.")]
+Limit = Annotated[int, typer.Option(min=1, max=PAGE_LIMIT_MAX, help="Rows per page.")]
 Cursor = Annotated[str | None, typer.Option(help="next_cursor printed by the previous page.")]
 DeviceIdArgument = Annotated[int, typer.Argument(min=1, max=BIGINT_MAX, help="The device's id.")]
 
@@ -229,8 +230,8 @@ _NO_OPTIONS: Mapping[str, str] = MappingProxyType({})
 
 
 def validated(
-    schema: type[BaseModel], options: Mapping[str, str] = _NO_OPTIONS, /, **fields: Any
-) -> Any:
+    schema: type[ModelT], options: Mapping[str, str] = _NO_OPTIONS, /, **fields: Any
+) -> ModelT:
     """`fields` (the options given) as `schema`; else exit 2 naming each bad option as typed:
     `--owner-id` for owner_id, or the name `options` gives a field (`{"tags": "--tag"}`)."""
     try:

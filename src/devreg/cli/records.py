@@ -19,7 +19,7 @@ from devreg.cli.output import stdout
 from devreg.devices import service as devices_service
 from devreg.devices.filters import DeviceFilter
 from devreg.devices.models import DeviceStatus
-from devreg.devices.schemas import DeviceCreate, DevicePage, DeviceRead
+from devreg.devices.schemas import DeviceCreate, DevicePage
 from devreg.pagination import PAGE_LIMIT_DEFAULT, PageRequest
 from devreg.users import service as users_service
 from devreg.users.filters import UserFilter
@@ -81,7 +81,7 @@ def devices_create(
     device = run_in_transaction(
         lambda work: devices_service.register_device(work, data=data, principal=FULL_ACCESS)
     )
-    show(DeviceRead.model_validate(device), as_json=as_json)
+    show(device, as_json=as_json)
 
 
 @devices_app.command("get")
@@ -90,7 +90,7 @@ def devices_get(device_id: DeviceIdArgument, as_json: JsonFlag = False) -> None:
     device = run_in_transaction(
         lambda work: devices_service.get_device(work, device_id, principal=FULL_ACCESS)
     )
-    show(DeviceRead.model_validate(device), as_json=as_json)
+    show(device, as_json=as_json)
 
 
 @devices_app.command("list")

@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import aclosing, contextmanager
 from pathlib import Path
-from typing import Annotated, TextIO, TypeVar
+from typing import Annotated, TextIO
 
 import typer
 from rich.console import Console
@@ -21,11 +21,9 @@ from devreg.cli.common import fail, run_in_transaction, validated
 from devreg.cli.output import STDOUT, stdout
 from devreg.db.session import UnitOfWork
 from devreg.devices import export, imports
-from devreg.devices.export import ExportFormat
 from devreg.devices.filters import DeviceFilter
-from devreg.devices.imports import ImportFormat
 from devreg.devices.models import DeviceStatus
-from devreg.devices.schemas import DeviceFilterOptions, OnConflict
+from devreg.devices.schemas import DeviceFilterOptions, FileFormat, OnConflict
 
 import_app = typer.Typer(help="Load data from files.", no_args_is_help=True)
 export_app = typer.Typer(help="Write data to files.", no_args_is_help=True)
@@ -35,7 +33,7 @@ export_app = typer.Typer(help="Write data to files.", no_args_is_help=True)
 def import_devices(
     file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, readable=True)],
     format: Annotated[
-        ImportFormat | None, typer.Option(help="Default: from the file's extension.")
+        FileFormat | None, typer.Option(help="Default: from the file's extension.")
     ] = None,
     on_conflict: Annotated[
         OnConflict,
@@ -48,7 +46,7 @@ def import_devices(
     """Import devices from CSV (with a header) or NDJSON, all or nothing. An import of 100,000
     rows or more into a registry holding fewer devices locks the devices table until done,
     unless it is in use: then the rows go in one by one."""
-    chosen = format or _format_of(file, ImportFormat)
+    chosen = format or _format_of(file)
     started = time.perf_counter()
     rows_expected = _rows_in(file, chosen)
     try:
@@ -81,7 +79,7 @@ def import_devices(
     )
 
 
-def _rows_in(file: Path, format: ImportFormat) -> int:
+def _rows_in(file: Path, format: FileFormat) -> int:
     """About how many rows a regular file holds: its lines, less a CSV file's header (fewer
     rows when a field spans lines). 0 for a pipe, which cannot be read twice."""
     lines = 0
@@ -95,7 +93,7 @@ def _rows_in(file: Path, format: ImportFormat) -> int:
                 after_cr = chunk.endswith(b"\r")
     except OSError:  # the import, reading it, says what is wrong
         return 0
-    return max(lines - (format is ImportFormat.CSV), 0)
+    return max(lines - (format is FileFormat.CSV), 0)
 
 
 class _BreaksCounted(io.BufferedIOBase):
@@ -159,7 +157,7 @@ def _line_breaks(data: bytes, *, after_cr: bool) -> int:
 @export_app.command("devices")
 def export_devices(
     format: Annotated[
-        ExportFormat | None,
+        FileFormat | None,
         typer.Option(help="Default: from --output's extension (.csv or .ndjson); csv to stdout."),
     ] = None,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Default: stdout.")] = None,
@@ -170,16 +168,14 @@ def export_devices(
 ) -> None:
     """Export devices (all, or those matching the filters) as CSV or NDJSON."""
     to_stdout = output is None or _is_stdout(output)
-    chosen: ExportFormat
+    chosen: FileFormat
     if format is not None:
         chosen = format
     elif output is not None and not to_stdout:
-        chosen = _format_of(output, ExportFormat)
+        chosen = _format_of(output)
     else:  # a name for stdout (/dev/stdout) need not tell a format, as stdout itself need not
-        chosen = (_format_named(output, ExportFormat) if output else None) or ExportFormat.CSV
-    options: DeviceFilterOptions = validated(
-        DeviceFilterOptions, status=status, owner_id=owner_id, tag=tag, q=q
-    )
+        chosen = (_format_named(output) if output else None) or FileFormat.CSV
+    options = validated(DeviceFilterOptions, status=status, owner_id=owner_id, tag=tag, q=q)
     filters = DeviceFilter(
         status=tuple(options.status),
         owner_id=tuple(options.owner_id),
@@ -270,21 +266,18 @@ def seed_data(
     )
 
 
-FormatT = TypeVar("FormatT", ImportFormat, ExportFormat)
-
-
-def _format_named(path: Path, formats: type[FormatT]) -> FormatT | None:
+def _format_named(path: Path) -> FileFormat | None:
     """The format `path`'s extension names, if it names one."""
     try:
-        return formats(path.suffix.lstrip(".").lower())
+        return FileFormat(path.suffix.lstrip(".").lower())
     except ValueError:
         return None
 
 
-def _format_of(path: Path, formats: type[FormatT]) -> FormatT:
-    named = _format_named(path, formats)
+def _format_of(path: Path) -> FileFormat:
+    named = _format_named(path)
     if named is None:
-        choices = ", ".join(member.value for member in formats)
+        choices = ", ".join(member.value for member in FileFormat)
         fail(f"cannot tell the format of {path.name}; use --format ({choices})", code=2)
     return named
 

@@ -11,13 +11,12 @@ from typing import Any, TypeVar
 import asyncpg
 from sqlalchemy import Dialect, Select
 from sqlalchemy.dialects.postgresql.asyncpg import PGDialect_asyncpg
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from sqlalchemy.pool import Pool, PoolProxiedConnection
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.expression import ClauseElement
 
-from devreg.db.constraints import violated_constraint
 from devreg.db.session import JSON_CODECS, UnitOfWork
 from devreg.errors import (
     CONNECTION_LOST_SQLSTATES,
@@ -221,7 +220,13 @@ def violations_raised_as(violations: Violations) -> Iterator[None]:
     try:
         yield
     except IntegrityError as exc:
-        raise violation_error(violated_constraint(exc), violations) from None
+        raise violation_error(_violated_constraint(exc), violations) from None
+
+
+def _violated_constraint(exc: DBAPIError) -> str | None:
+    """The name of the constraint behind SQLAlchemy's IntegrityError, as PostgreSQL reported it."""
+    name = getattr(getattr(exc.orig, "driver_exception", None), "constraint_name", None)
+    return name if isinstance(name, str) else None
 
 
 def _problem(

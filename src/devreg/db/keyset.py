@@ -29,6 +29,7 @@ from sqlalchemy.orm import QueryableAttribute
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.expression import ClauseElement, Executable, FromClause
 
+from devreg.db.base import Base
 from devreg.db.driver import DriverStatement, fetch_all
 from devreg.db.rendering import JsonShape, Rendered, rendered
 from devreg.db.session import Repository, UnitOfWork
@@ -206,7 +207,7 @@ class TableListing(Repository, Generic[FilterT]):
     `sort_value_types` types each sort key's values for its cursors."""
 
     shape: ClassVar[JsonShape]
-    table: ClassVar[Any]
+    table: ClassVar[type[Base]]
     # The Python type of each sort key's values (a cursor's), and those that may be NULL.
     sort_value_types: ClassVar[dict[str, type]]
     nullable_sort_keys: ClassVar[frozenset[str]] = frozenset()
@@ -215,7 +216,7 @@ class TableListing(Repository, Generic[FilterT]):
         raise NotImplementedError
 
     def _source(self) -> FromClause:
-        return self.table.__table__  # type: ignore[no-any-return]
+        return self.table.__table__
 
     def _shape(self, filters: FilterT) -> JsonShape:
         """How the rows are written for whoever `filters` lists them for."""

@@ -27,12 +27,12 @@ from devreg.errors import half_sent
 SessionMaker = async_sessionmaker[AsyncSession]
 
 
-def json_text(value: Any) -> str:
+def dump_json(value: Any) -> str:
     """A JSON value's text, as json and jsonb values are written."""
     return to_json(value).decode()
 
 
-JSON_CODECS: dict[str, Any] = {"json_serializer": json_text, "json_deserializer": from_json}
+JSON_CODECS: dict[str, Any] = {"json_serializer": dump_json, "json_deserializer": from_json}
 """How json and jsonb values are written and read: by pydantic-core, at a fifth of the standard
 library's json.dumps and json.loads each (SQLAlchemy's default), which were about 2% of a
 create's instructions apiece. The same values: integers of any size, floats read back exactly."""

@@ -5,7 +5,6 @@ transaction)."""
 
 import asyncio
 import csv
-import enum
 import json
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator
 from contextlib import AsyncExitStack, aclosing, suppress
@@ -16,10 +15,10 @@ from pydantic import TypeAdapter, ValidationError
 from pydantic_core import from_json
 
 from devreg.db.bulk_load import bulk_loading
-from devreg.db.session import UnitOfWork, json_text
+from devreg.db.session import UnitOfWork, dump_json
 from devreg.devices.models import Device
 from devreg.devices.repository import EXPORT_COLUMNS, DeviceRepository, ImportRecord
-from devreg.devices.schemas import DeviceCreate, OnConflict
+from devreg.devices.schemas import DeviceCreate, FileFormat, OnConflict
 from devreg.errors import Conflict, InvalidInput, UnknownOwner, located
 
 _BATCH_SIZE = 10_000
@@ -34,11 +33,6 @@ _EMPTY_IS_NULL = frozenset(
 _BATCH = TypeAdapter(list[DeviceCreate])
 
 T = TypeVar("T")
-
-
-class ImportFormat(enum.StrEnum):
-    CSV = "csv"
-    NDJSON = "ndjson"
 
 
 class ImportRejected(InvalidInput):
@@ -82,7 +76,7 @@ async def import_devices(
     work: UnitOfWork,
     source: IO[str],
     *,
-    format: ImportFormat,
+    format: FileFormat,
     on_conflict: OnConflict,
     progress: Progress | None = None,
     rows_expected: int = 0,
@@ -171,12 +165,12 @@ async def _read_ahead(
 Row = tuple[int, dict[str, Any], tuple[str, ...]]
 
 
-def _parse(source: IO[str], format: ImportFormat) -> Iterator[Row]:
+def _parse(source: IO[str], format: FileFormat) -> Iterator[Row]:
     """(line number, fields, the fields the file gives) for each row; server-owned columns
     dropped. A CSV row gives its header's columns, but not an empty cell of a column that
     cannot be null; an NDJSON line gives its keys."""
     lines = _lines(source)
-    return _csv_rows(lines) if format is ImportFormat.CSV else _ndjson_rows(lines)
+    return _csv_rows(lines) if format is FileFormat.CSV else _ndjson_rows(lines)
 
 
 def _lines(source: IO[str]) -> Iterator[str]:
@@ -318,7 +312,7 @@ def _import_records(batch: list[Row]) -> list[ImportRecord]:
             device.status.value,
             device.owner_id,
             device.tags,
-            json_text(device.attributes),
+            dump_json(device.attributes),
             device.last_seen_at,
             ",".join(given),
         )

@@ -18,7 +18,7 @@ from devreg.calls import (
 )
 from devreg.conditional import etag, last_modified, not_modified
 from devreg.devices import bulk, export, service
-from devreg.devices.export import EXPORT_MEDIA_TYPES, ExportFormat
+from devreg.devices.export import EXPORT_MEDIA_TYPES
 from devreg.devices.filters import (
     DEFAULT_SORT,
     SORT_KEYS,
@@ -34,6 +34,7 @@ from devreg.devices.schemas import (
     DevicePage,
     DeviceRead,
     DeviceUpdate,
+    FileFormat,
 )
 from devreg.edge import is_head_request
 from devreg.errors import InvalidParameter
@@ -107,12 +108,12 @@ IF_UNMODIFIED_SINCE_HEADER = header_parameter(
 GUARDED_WRITE_HEADERS = documented(
     IF_MATCH_HEADER, IF_NONE_MATCH_WRITE_HEADER, IF_UNMODIFIED_SINCE_HEADER
 )
-# PUT and PATCH of one device: If-Match and If-None-Match guard them.
 _ETAG = {
     "ETag": 'The device\'s version, quoted (`"3"`): for If-Match and If-None-Match.',
     "Last-Modified": "When the device last changed (`updated_at`): for If-Unmodified-Since.",
 }
 _TAGGED = {"headers": described_headers(_ETAG)}
+# PUT and PATCH of one device: If-Match, If-None-Match and If-Unmodified-Since guard them.
 GUARDED_WRITE: dict[str, Any] = {
     "responses": {200: _TAGGED, **problem_responses(404, 409, 412, 422, 428)},
     "openapi_extra": GUARDED_WRITE_HEADERS,
@@ -198,7 +199,7 @@ class DeviceListingQuery(DeviceFilterQuery, PageQuery):
 
 
 class DeviceExportQuery(DeviceFilterQuery):
-    format: ExportFormat = Field(ExportFormat.CSV, description="`csv` or `ndjson`.")
+    format: FileFormat = Field(FileFormat.CSV, description="`csv` or `ndjson`.")
 
 
 DEVICE_LISTING_QUERY = ListingQueryString(

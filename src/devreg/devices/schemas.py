@@ -22,6 +22,13 @@ from devreg.schemas import (
 TAGS_MAX = 100
 
 
+class FileFormat(enum.StrEnum):
+    """The formats devices are imported from and exported to."""
+
+    CSV = "csv"
+    NDJSON = "ndjson"
+
+
 def _distinct(tags: list[str]) -> list[str]:
     return list(dict.fromkeys(tags))
 
