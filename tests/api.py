@@ -35,6 +35,15 @@ async def create_device(client: AsyncClient, **fields: Any) -> dict[str, Any]:
     return await _create(client, DEVICES, {"name": "pi", **fields})
 
 
+async def bulk_create(client: AsyncClient, items: list[dict[str, Any]]) -> list[int]:
+    """The ids `POST /devices/bulk` created, in order."""
+    response = await client.post(f"{DEVICES}/bulk", json=items)
+    assert response.status_code == 201, response.text
+    assert response.headers["content-type"] == "application/json"
+    ids: list[int] = response.json()["ids"]
+    return ids
+
+
 async def _fetch(client: AsyncClient, url: str) -> dict[str, Any]:
     response = await client.get(url)
     assert response.status_code == 200, response.text

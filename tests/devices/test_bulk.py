@@ -16,6 +16,7 @@ from tests.api import (
     DEVICES,
     USERS,
     assert_problem,
+    bulk_create,
     create_device,
     create_user,
     fetch_device,
@@ -29,14 +30,6 @@ BULK_MAX = 10_000
 
 
 # --- helpers -------------------------------------------------------------------------------
-
-
-async def bulk_create(client: AsyncClient, items: list[dict[str, Any]]) -> list[int]:
-    response = await client.post(BULK, json=items)
-    assert response.status_code == 201, response.text
-    assert response.headers["content-type"] == "application/json"
-    ids: list[int] = response.json()["ids"]
-    return ids
 
 
 async def bulk_update(client: AsyncClient, items: list[dict[str, Any]]) -> Response:
@@ -64,10 +57,6 @@ def bad_items(problem: dict[str, Any]) -> list[tuple[int, str | None]]:
 
 def heartbeat_url(device_id: object) -> str:
     return f"{DEVICES}/{device_id}/heartbeat"
-
-
-def parse_time(value: str) -> datetime:
-    return datetime.fromisoformat(value)
 
 
 def starting_with(statements: list[str], verb: str) -> list[str]:
@@ -110,7 +99,9 @@ class TestBulkCreate:
         assert stored["name"] == "gw"
         assert stored["owner"] == {"id": owner["id"], "name": "ann"}
         assert stored["tags"] == ["lab", "eu"]
-        assert parse_time(stored["last_seen_at"]) == parse_time(items[0]["last_seen_at"])
+        assert datetime.fromisoformat(stored["last_seen_at"]) == datetime.fromisoformat(
+            items[0]["last_seen_at"]
+        )
         for key in ("serial_number", "model", "status", "attributes"):
             assert stored[key] == items[0][key]
         bare = await fetch_device(client, second)
@@ -129,7 +120,7 @@ class TestBulkCreate:
 
         assert updated.status_code == 200, updated.text
         assert (await fetch_device(client, created))["last_seen_at"] == one["last_seen_at"]
-        assert parse_time(one["last_seen_at"]) == parse_time(seen)
+        assert datetime.fromisoformat(one["last_seen_at"]) == datetime.fromisoformat(seen)
 
     async def test_the_maximum_batch_is_written_quickly(self, client):
         items = [{"name": f"d{i}", "serial_number": f"SN-{i}"} for i in range(BULK_MAX)]
@@ -536,7 +527,7 @@ class TestHeartbeat:
         seen = (await fetch_device(client, device["id"]))["last_seen_at"]
         assert seen is not None
         # Inside the test's one transaction, now() is when that transaction began.
-        assert parse_time(seen) >= parse_time(device["created_at"])
+        assert datetime.fromisoformat(seen) >= datetime.fromisoformat(device["created_at"])
 
     async def test_replaces_an_older_last_seen(self, client):
         device = await create_device(client, last_seen_at="2001-01-01T00:00:00Z")
@@ -544,7 +535,7 @@ class TestHeartbeat:
         await client.post(heartbeat_url(device["id"]))
 
         seen = (await fetch_device(client, device["id"]))["last_seen_at"]
-        assert parse_time(seen) >= parse_time(device["created_at"])
+        assert datetime.fromisoformat(seen) >= datetime.fromisoformat(device["created_at"])
 
     async def test_leaves_other_devices_alone(self, client):
         device, other = await create_device(client), await create_device(client)

@@ -18,7 +18,14 @@ from sqlalchemy.pool import NullPool
 from devreg.app import create_app
 from devreg.db.session import UnitOfWork
 from devreg.errors import PoolExhausted
-from tests.api import DEVICES, assert_problem, create_device, create_user, stored_devices
+from tests.api import (
+    DEVICES,
+    assert_problem,
+    bulk_create,
+    create_device,
+    create_user,
+    stored_devices,
+)
 from tests.support import (
     EXPORT_HEADER,
     EXPORT_PARSERS,
@@ -64,11 +71,6 @@ async def exported(client: AsyncClient, format: str, params: Any = ()) -> list[d
     """The records of an export in `format`, parsed and typed (see tests.support)."""
     response = await export(client, [("format", format), *params])
     return EXPORT_PARSERS[format](response.text)
-
-
-async def bulk_create(client: AsyncClient, items: list[dict[str, Any]]) -> None:
-    response = await client.post(f"{DEVICES}/bulk", json=items)
-    assert response.status_code == 201, response.text
 
 
 # --- tests ---------------------------------------------------------------------------------

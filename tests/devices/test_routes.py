@@ -52,10 +52,6 @@ def nested(levels: int, *, lists: bool = False) -> Any:
     return value
 
 
-def parse_time(value: str) -> datetime:
-    return datetime.fromisoformat(value)
-
-
 # --- bad input -----------------------------------------------------------------------------
 
 # Each is merged into a valid body; every one must be refused with a 422 and nothing stored.
@@ -148,7 +144,7 @@ class TestRegisterDevice:
         assert isinstance(device["id"], int)
         assert device["id"] >= 1
         assert device["version"] == 1
-        assert parse_time(device["created_at"]).tzinfo is not None
+        assert datetime.fromisoformat(device["created_at"]).tzinfo is not None
         assert device["updated_at"] == device["created_at"]
 
     async def test_created_has_location_of_new_device(self, client):
@@ -178,7 +174,7 @@ class TestRegisterDevice:
         device = await create_device(client, **fields)
 
         assert device["owner"] == {"id": owner["id"], "name": "ann"}
-        assert parse_time(device["last_seen_at"]) == seen
+        assert datetime.fromisoformat(device["last_seen_at"]) == seen
         for key in ("name", "serial_number", "model", "status", "owner_id", "tags", "attributes"):
             assert device[key] == fields[key]
         assert await fetch_device(client, device["id"]) == device
@@ -477,7 +473,9 @@ class TestReplaceDevice:
 
         assert replaced["owner"] == {"id": owner["id"], "name": "cy"}
         assert replaced["tags"] == ["x", "y"]
-        assert parse_time(replaced["last_seen_at"]) == datetime(2024, 2, 3, 4, 5, 6, tzinfo=UTC)
+        assert datetime.fromisoformat(replaced["last_seen_at"]) == datetime(
+            2024, 2, 3, 4, 5, 6, tzinfo=UTC
+        )
         for key in ("name", "serial_number", "model", "status", "owner_id", "attributes"):
             assert replaced[key] == fields[key]
 
@@ -573,7 +571,7 @@ class TestUpdateDevice:
         ).json()
 
         expected = datetime(2024, 3, 4, 10, 6, 7, tzinfo=UTC)
-        assert parse_time(updated["last_seen_at"]) == expected
+        assert datetime.fromisoformat(updated["last_seen_at"]) == expected
 
     async def test_null_clears_optional_fields(self, client):
         owner = await create_user(client)
@@ -693,7 +691,9 @@ class TestUpdateDevice:
         updated = (await client.patch(f"{DEVICES}/{device['id']}", json={"name": "b"})).json()
 
         assert updated["created_at"] == device["created_at"]
-        assert parse_time(updated["updated_at"]) >= parse_time(device["updated_at"])
+        assert datetime.fromisoformat(updated["updated_at"]) >= datetime.fromisoformat(
+            device["updated_at"]
+        )
 
 
 @pytest.fixture(params=["POST", "PUT", "PATCH"])

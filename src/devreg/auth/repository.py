@@ -83,9 +83,9 @@ class TokenRepository(TableListing[TokenFilter]):
         token: ApiToken | None = await self.session.scalar(statement)
         return token
 
-    async def revoke(self, token_id: int, *, owner: int | None) -> bytes | None:
-        """Revoke the token (a no-op if it already is); its hash, or None if there is none.
-        Given an `owner` (a non-admin's revocation), only that user's plain tokens."""
+    async def revoke(self, token_id: int, *, owner: int | None, plain_only: bool) -> bytes | None:
+        """Revoke the token (a no-op if it already is); its hash, or None if there is none, or
+        none that `owner` holds (when given), or none but an admin token (with `plain_only`)."""
         statement = (
             update(ApiToken)
             .where(ApiToken.id == bindparam("token_id", type_=BigInteger))
@@ -93,7 +93,9 @@ class TokenRepository(TableListing[TokenFilter]):
             .returning(ApiToken.token_hash)
         )
         if owner is not None:
-            statement = statement.where(ApiToken.user_id == owner, ApiToken.admin.is_(False))
+            statement = statement.where(ApiToken.user_id == owner)
+        if plain_only:
+            statement = statement.where(ApiToken.admin.is_(False))
         digest: bytes | None = await self.session.scalar(statement, {"token_id": token_id})
         return digest
 

@@ -106,7 +106,7 @@ async def revoke_token(
     """Revoke a token of the caller's user (an admin's: anyone's). Only an admin token may
     revoke an admin token: a leaked plain token must not lock its user's admin out."""
     tokens = TokenRepository(work)
-    digest = await tokens.revoke(token_id, owner=principal.owner)
+    digest = await tokens.revoke(token_id, owner=principal.owner, plain_only=not principal.admin)
     if digest is None:
         owner = principal.owner
         if owner is not None and await tokens.is_admin_token_of(token_id, owner):

@@ -111,7 +111,7 @@ async def update_device(
     if not changes:
         device = await get_device(work, device_id, principal=principal, conditions=condition)
         if condition is not None:
-            _judge(condition, device.version)
+            _require_none_match(condition.if_none_match, device.version)
         return device
     return await _apply(
         work, device_id, with_permitted_owner_change(principal, changes), condition, principal
@@ -217,10 +217,7 @@ async def _version_unchanged_since(
 def _judge(condition: Preconditions, version: int) -> None:
     """412 unless a write to this version meets the condition."""
     _require_match(condition.if_match, version)
-    if not_modified(condition.if_none_match, version):
-        raise PreconditionFailed(
-            version, f"If-None-Match matches the device's current version, {version}."
-        )
+    _require_none_match(condition.if_none_match, version)
 
 
 async def _refusal(
@@ -252,6 +249,13 @@ async def _refusal(
 def _require_match(if_match: IfMatch | None, version: int) -> None:
     if if_match is not None and not if_match.accepts(version):
         raise PreconditionFailed(version)
+
+
+def _require_none_match(if_none_match: str | None, version: int) -> None:
+    if not_modified(if_none_match, version):
+        raise PreconditionFailed(
+            version, f"If-None-Match matches the device's current version, {version}."
+        )
 
 
 def _require_unchanged(since: datetime | None, version: int, updated_at: datetime) -> None:
