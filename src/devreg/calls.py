@@ -5,7 +5,8 @@ one `Call`.
 The route class does this, not FastAPI dependencies: FastAPI solves every dependency, and every
 declared header, on every request, at about 5% of a GET's CPU apiece (docs/benchmarks.md). For
 the same reason the optional request headers a route reads (If-Match, If-None-Match,
-Idempotency-Key) are read from the call and documented in the OpenAPI schema by `documented`.
+If-Unmodified-Since, Idempotency-Key) are read from the call and documented in the OpenAPI schema
+by `documented`.
 """
 
 from collections.abc import AsyncIterator, Callable, Coroutine
@@ -80,12 +81,11 @@ class Call(Request):
 
 
 # What any API route may answer whatever its endpoint does: a query string that is not UTF-8
-# (refused at the edge), a precondition that cannot hold, the database unavailable, the pool
-# exhausted or a statement past STATEMENT_TIMEOUT; and for a write, a body refused at the edge
-# (too slow to arrive, too large, compressed).
-# A body, which any request may send, is bounded in size (413) and time (408).
+# (refused at the edge), a body too slow to arrive or too large (any request may send one), a
+# precondition that cannot hold, the database unavailable, the pool exhausted or a statement past
+# STATEMENT_TIMEOUT; and for a write, a compressed body too.
 _EVERY_ROUTES_PROBLEMS = problem_responses(400, 408, 412, 413, 503)
-_EVERY_WRITES_PROBLEMS = problem_responses(400, 408, 412, 413, 415, 503)
+_EVERY_WRITES_PROBLEMS = {**_EVERY_ROUTES_PROBLEMS, **problem_responses(415)}
 
 
 class ApiRoute(APIRoute):

@@ -281,7 +281,8 @@ class InvalidItems(InvalidInput):
 
 
 class PreconditionFailed(DevregError):
-    """If-Match named a version the resource no longer has, or If-None-Match its current one."""
+    """If-Match named a version the resource no longer has, If-None-Match its current one, or
+    If-Unmodified-Since a moment it has changed since."""
 
     status = 412
     slug = "precondition-failed"

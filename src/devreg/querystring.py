@@ -1,4 +1,6 @@
-"""Query-string handling shared by the listings: strict names, sparse fields, attr.<key>."""
+"""A route's query string read strictly (unknown names and repeats refused, sparse fields,
+JSON scalars for `attr.<key>`), and a listing's answer written (pagination.page_json, in a
+Response: here, not in pagination, which the CLI loads without the web framework)."""
 
 import json
 import math

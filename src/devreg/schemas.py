@@ -25,7 +25,7 @@ BIGINT_MAX = 2**63 - 1
 
 
 class Schema(BaseModel):
-    """Output models: built from ORM rows."""
+    """Output models: built from ORM rows or from a row's values."""
 
     model_config = ConfigDict(from_attributes=True)
 

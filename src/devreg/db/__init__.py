@@ -1,1 +1,3 @@
-"""Engine and sessions, the embedded PostgreSQL launcher, and the glue to Alembic."""
+"""PostgreSQL: engine and sessions, the asyncpg driver beneath them (statements, COPY, bulk loads,
+keyset pages, rows rendered as JSON by the server), the embedded cluster, and the glue to
+Alembic."""
