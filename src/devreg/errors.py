@@ -420,7 +420,9 @@ READ_ONLY_TRANSACTION = "25006"
 
 # SQLSTATEs of a statement cut short by the database's limits on waiting: statement_timeout,
 # and the operator's lock_timeout (a lock held elsewhere, say by a transaction left open).
-TIMED_OUT = frozenset({"57014", "55P03"})  # query canceled, lock not available
+QUERY_CANCELED = "57014"
+LOCK_NOT_AVAILABLE = "55P03"
+TIMED_OUT = frozenset({QUERY_CANCELED, LOCK_NOT_AVAILABLE})
 # SQLSTATEs of a transaction PostgreSQL rolled back for colliding with another.
 TRANSACTION_COLLISIONS = frozenset({"40P01", "40001"})  # deadlock, serialization failure
 
@@ -450,7 +452,13 @@ def database_problem(exc: DBAPIError) -> DevregError | None:
     lost = exc.connection_invalidated or type(exc.orig).__name__ in _DRIVER_CONNECTION_ERRORS
     if lost and not half_sent(getattr(exc.orig, "driver_exception", None)):
         return ServiceUnavailable()
-    return sqlstate_problem(getattr(exc.orig, "sqlstate", None) or "")
+    return sqlstate_problem(sqlstate_of(exc) or "")
+
+
+def sqlstate_of(exc: DBAPIError) -> str | None:
+    """The SQLSTATE PostgreSQL gave the error beneath SQLAlchemy's, if it gave one."""
+    sqlstate = getattr(exc.orig, "sqlstate", None)
+    return sqlstate if isinstance(sqlstate, str) else None
 
 
 def half_sent(driver_error: BaseException | None) -> bool:

@@ -10,8 +10,8 @@ from sqlalchemy.schema import CreateIndex, DropIndex
 
 from devreg.db.base import Base
 from devreg.db.session import UnitOfWork
+from devreg.errors import LOCK_NOT_AVAILABLE, sqlstate_of
 
-LOCK_NOT_AVAILABLE = "55P03"
 CLIENT_CHECK = "SET LOCAL client_connection_check_interval = '1s'"
 # A setting this server does not have (before PostgreSQL 14), or may not set on its platform.
 _SETTING_UNAVAILABLE = ("42704", "22023")
@@ -54,7 +54,7 @@ async def _ended_if_the_client_goes(work: UnitOfWork) -> None:
         async with work.begin_nested():
             await work.session.execute(text(CLIENT_CHECK))
     except DBAPIError as exc:
-        if getattr(exc.orig, "sqlstate", None) not in _SETTING_UNAVAILABLE:
+        if sqlstate_of(exc) not in _SETTING_UNAVAILABLE:
             raise
 
 
@@ -74,7 +74,7 @@ async def _locked_at_once(work: UnitOfWork, table: Table) -> bool:
         async with work.begin_nested():
             await work.session.execute(text(f"LOCK TABLE {name} IN ACCESS EXCLUSIVE MODE NOWAIT"))
     except DBAPIError as exc:
-        if getattr(exc.orig, "sqlstate", None) != LOCK_NOT_AVAILABLE:
+        if sqlstate_of(exc) != LOCK_NOT_AVAILABLE:
             raise
         return False
     return True

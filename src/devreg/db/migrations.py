@@ -16,6 +16,8 @@ from sqlalchemy import Connection, func, select, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from devreg.errors import sqlstate_of
+
 PROJECT_ROOT = Path(__file__).resolve().parents[3]
 # Any constant works; it only has to be the same for every devreg process.
 MIGRATION_LOCK_KEY = 0x6465767265670001
@@ -86,7 +88,7 @@ async def _migrate(engine: AsyncEngine, revision: str, operation: _Operation) ->
     try:
         await _run_locked(engine, operation)
     except DBAPIError as exc:
-        duplicate = getattr(exc.orig, "sqlstate", None) == _DUPLICATE_TABLE
+        duplicate = sqlstate_of(exc) == _DUPLICATE_TABLE
         if duplicate and await current_revision(engine) is None:
             raise TablesOfAnotherApplication(await _tables(engine)) from exc
         raise
