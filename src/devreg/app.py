@@ -180,7 +180,7 @@ async def _prepare_database(engine: AsyncEngine, settings: Settings) -> None:
         try:
             await migrations.upgrade(engine)
         except CommandError as exc:  # say, the database at a newer release's revision
-            logger.error(f"migrations: {exc}")  # the one line that says what to fix
+            logger.error("migrations: %s", exc)  # the one line that says what to fix
             raise
     await open_pool(engine)
     if await folds_case_beyond_ascii(engine) is False:
@@ -201,7 +201,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             # `devreg serve` found it before starting this worker: it is down for a while (a
             # restart, a failover) as this worker replaces one that ended. Ending this one too
             # would end the server (uvicorn stops all on a worker that cannot start).
-            logger.warning(f"{exc}: serving 503s until it answers")
+            logger.warning("%s: serving 503s until it answers", exc)
             reachable = False
         except (UnsafeBinding, DatabaseConnectError, EmbeddedPostgresError) as exc:
             logger.error(str(exc))  # the one line that says what to fix
@@ -216,7 +216,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     reason = gone_away(exc, url)
                     if reason is None:
                         raise
-                    logger.warning(f"{reason}: serving 503s until it answers")
+                    logger.warning("%s: serving 503s until it answers", reason)
             sessionmaker = create_sessionmaker(engine)
             sweeper = asyncio.create_task(
                 _sweep_expired_keys(sessionmaker, lifetime=settings.idempotency_key_lifetime)

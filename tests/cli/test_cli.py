@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+from datetime import datetime, tzinfo
 from pathlib import Path
 from typing import Any
 
@@ -786,6 +787,29 @@ class TestChanges:
             query(committed_database_url, "SELECT after->>'name' AS name FROM changes")
         )
         assert left == [{"name": "new"}]
+
+    def test_prune_reads_the_age_by_the_databases_clock(
+        self, devreg: Invoke, committed_database_url: URL, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """The records' `at` is the database's clock: with devreg's host ten days ahead of it,
+        `--older-than 90d` deleted records 85 days old."""
+        devreg("devices", "create", "--name", "pi")
+        asyncio.run(
+            admin(committed_database_url, "UPDATE changes SET at = now() - interval '85 days'")
+        )
+
+        class TenDaysAhead(datetime):
+            @classmethod
+            def now(cls, tz: tzinfo | None = None) -> "TenDaysAhead":
+                return cls.fromtimestamp(time.time() + 10 * 86400, tz)
+
+        monkeypatch.setattr("devreg.changes.service.datetime", TenDaysAhead, raising=False)
+        result = devreg("changes", "prune", "--older-than", "90d")
+        assert result.exit_code == 0, result.output
+        assert "0 change records deleted" in result.stdout
+        assert asyncio.run(query(committed_database_url, "SELECT count(*) AS n FROM changes")) == [
+            {"n": 1}
+        ]
 
     def test_a_statement_past_the_timeout_is_said_as_the_api_says_it(
         self, devreg: Invoke, committed_database_url: URL

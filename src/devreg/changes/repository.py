@@ -1,10 +1,11 @@
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import timedelta
 
 from sqlalchemy import (
     ColumnElement,
     case,
     delete,
+    func,
     literal_column,
     null,
     or_,
@@ -43,9 +44,9 @@ class ChangeRepository(TableListing[ChangeFilter]):
         """Record nothing for the rest of the transaction."""
         await self.session.execute(text("SELECT set_config('devreg.record_changes', 'off', true)"))
 
-    async def delete_older_than(self, moment: datetime) -> int:
-        statement = delete(Change).where(Change.at < moment)
-        result = await self.session.execute(statement)
+    async def delete_older_than(self, age: timedelta) -> int:
+        """Delete the records older than `age` by the database's clock, which wrote their `at`."""
+        result = await self.session.execute(delete(Change).where(Change.at < func.now() - age))
         return int(result.rowcount)  # type: ignore[attr-defined]
 
     def _shape(self, filters: ChangeFilter) -> JsonShape:

@@ -1,7 +1,7 @@
 """Change-log use cases. Services never commit: the caller's session scope does."""
 
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 from devreg.auth.principal import Principal
 from devreg.changes.actor import actor_of
@@ -69,4 +69,4 @@ async def without_change_log(work: UnitOfWork) -> None:
 
 async def prune_changes(work: UnitOfWork, *, older_than: timedelta) -> int:
     """Delete the records older than `older_than`; how many went."""
-    return await ChangeRepository(work).delete_older_than(datetime.now(UTC) - older_than)
+    return await ChangeRepository(work).delete_older_than(older_than)
