@@ -9,7 +9,7 @@ from sqlalchemy.engine import URL
 
 from devreg.app import create_app
 from devreg.calls import ApiRoute
-from devreg.devices.routes import device_listing
+from devreg.devices.parameters import device_listing
 from devreg.errors import InvalidParameter
 from tests.api import DEVICES, USERS, assert_problem
 from tests.support import api_client, make_settings, running

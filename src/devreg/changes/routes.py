@@ -8,7 +8,7 @@ from devreg.changes import service
 from devreg.changes.filters import DEFAULT_SORT, SORT_KEYS, ChangeFilter
 from devreg.changes.models import Action, ObjectType
 from devreg.changes.schemas import ChangePage, ChangeRead
-from devreg.devices.routes import DeviceId
+from devreg.devices.parameters import DeviceId
 from devreg.pagination import PageRequest
 from devreg.problems import problem_responses
 from devreg.querystring import Listing, ListingQueryString, PageQuery, page_response

@@ -22,7 +22,7 @@ from devreg.calls import (
 from devreg.compat.schemas import Deleted, TutorialDeviceIn, TutorialDeviceUpdate, TutorialItem
 from devreg.devices import service as devices_service
 from devreg.devices.filters import DeviceFilter
-from devreg.devices.routes import (
+from devreg.devices.parameters import (
     GUARDED_WRITE_HEADERS,
     IF_MATCH_HEADER,
     IF_UNMODIFIED_SINCE_HEADER,

@@ -1,10 +1,9 @@
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Annotated, Any, cast
 
-from fastapi import APIRouter, Body, Depends, Path, Request, Response, status
+from fastapi import APIRouter, Body, Response, status
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, Field, TypeAdapter
-from starlette.convertors import Convertor, register_url_convertor
+from pydantic import TypeAdapter
 from starlette.types import Receive, Scope, Send
 
 from devreg.calls import (
@@ -12,20 +11,24 @@ from devreg.calls import (
     Call,
     StreamingWorkDep,
     documented,
-    header_parameter,
     read_preconditions,
     write_precondition,
 )
 from devreg.conditional import etag, last_modified, not_modified
 from devreg.devices import bulk, export, service
 from devreg.devices.export import EXPORT_MEDIA_TYPES
-from devreg.devices.filters import (
-    DEFAULT_SORT,
-    SORT_KEYS,
-    DeviceFilter,
-    JsonScalar,
+from devreg.devices.parameters import (
+    DEVICE_EXPORT_QUERY,
+    DEVICE_FILTERS_DESCRIPTION,
+    DEVICE_LISTING_QUERY,
+    DEVICE_PATH,
+    GUARDED_WRITE_HEADERS,
+    IF_MATCH_HEADER,
+    IF_NONE_MATCH_READ_HEADER,
+    IF_UNMODIFIED_SINCE_HEADER,
+    DeviceId,
+    DeviceListingDep,
 )
-from devreg.devices.models import DeviceStatus
 from devreg.devices.schemas import (
     BULK_MAX,
     BulkResult,
@@ -34,10 +37,8 @@ from devreg.devices.schemas import (
     DevicePage,
     DeviceRead,
     DeviceUpdate,
-    FileFormat,
 )
 from devreg.edge import is_head_request
-from devreg.errors import InvalidParameter
 from devreg.idempotency.header import (
     IDEMPOTENCY_KEY_HEADER,
     REPLAYED,
@@ -46,24 +47,8 @@ from devreg.idempotency.header import (
 )
 from devreg.locations import created_location
 from devreg.problems import described_headers, problem_responses
-from devreg.querystring import (
-    Listing,
-    ListingQueryString,
-    NamePatterns,
-    PageQuery,
-    QueryString,
-    json_scalar,
-    page_response,
-)
-from devreg.schemas import (
-    Id,
-    Instant,
-    RoundedUpInstant,
-    SearchText,
-    ShortText,
-    Tag,
-    storable_text,
-)
+from devreg.querystring import page_response
+from devreg.schemas import Id
 
 router = APIRouter(
     route_class=ApiRoute,
@@ -72,42 +57,6 @@ router = APIRouter(
     responses=problem_responses(401, 403),
 )
 
-DeviceId = Annotated[Id, Path(description="The device's id.")]
-
-
-class _DeviceSegment(Convertor[str]):
-    """A device's own path segment: anything but the collection's fixed paths, so that a method
-    those lack (`GET /devices/bulk`) is a 405 naming theirs, not a 422 for a bad device id."""
-
-    regex = r"(?!(?:bulk|export)$)[^/]+"
-
-    def convert(self, value: str) -> str:
-        return value
-
-    def to_string(self, value: str) -> str:
-        return value
-
-
-register_url_convertor("device", _DeviceSegment())
-DEVICE_PATH = "/{device_id:device}"
-
-IF_MATCH_HEADER = header_parameter(
-    "If-Match", "Only if the device's ETag is one of these, or `*` (else 412)."
-)
-IF_NONE_MATCH_READ_HEADER = header_parameter(
-    "If-None-Match", "304 without a body if the ETag is one of these, or `*`."
-)
-IF_NONE_MATCH_WRITE_HEADER = header_parameter(
-    "If-None-Match", "412 if the device's ETag is one of these, or `*` (any)."
-)
-IF_UNMODIFIED_SINCE_HEADER = header_parameter(
-    "If-Unmodified-Since",
-    "Without If-Match: only if the device has not changed since this HTTP-date (`updated_at`, "
-    "to the second; else 412).",
-)
-GUARDED_WRITE_HEADERS = documented(
-    IF_MATCH_HEADER, IF_NONE_MATCH_WRITE_HEADER, IF_UNMODIFIED_SINCE_HEADER
-)
 _ETAG = {
     "ETag": 'The device\'s version, quoted (`"3"`): for If-Match and If-None-Match.',
     "Last-Modified": "When the device last changed (`updated_at`): for If-Unmodified-Since.",
@@ -139,112 +88,6 @@ def _tagged(
         headers=headers,
         media_type="application/json",
     )
-
-
-_ATTRIBUTE_PREFIX = "attr."
-
-
-DEVICE_FILTERS_DESCRIPTION = (
-    "Filters combine with AND; a filter given several times matches any of its values (`tag`: "
-    "all of them). Also `attr.<key>=<value>`, which OpenAPI cannot name as a parameter: the "
-    "device's attributes contain `{key: value}`, the value read as JSON where it parses "
-    "(`attr.floor=3`, `attr.managed=true`), else as text."
-)
-
-
-class DeviceFilterQuery(BaseModel):
-    """A device listing's filters (and its export's); `attr.<key>` is read from the request."""
-
-    status: tuple[DeviceStatus, ...] = Field((), description="Any of these.")
-    owner_id: tuple[Id, ...] = Field((), description="Owned by any of these.")
-    model: tuple[ShortText, ...] = ()
-    name: tuple[ShortText, ...] = ()
-    name__ic: NamePatterns = Field((), description="Name contains (any case).")
-    name__isw: NamePatterns = Field((), description="Name starts with (any case).")
-    serial_number: tuple[ShortText, ...] = ()
-    created_after: Instant | None = None
-    created_before: RoundedUpInstant | None = None
-    last_seen_after: Instant | None = None
-    last_seen_before: RoundedUpInstant | None = None
-    tag: tuple[Tag, ...] = Field((), description="Has all of these tags.")
-    has_owner: bool | None = None
-    q: SearchText | None = Field(
-        None,
-        description="Search name, serial and model, "
-        "forgiving typos and partial words; ordered by relevance unless `sort` is given.",
-    )
-
-    def filters(self, request: Request) -> DeviceFilter:
-        return DeviceFilter(
-            status=self.status,
-            owner_id=self.owner_id,
-            model=self.model,
-            name=self.name,
-            name_contains=self.name__ic,
-            name_starts_with=self.name__isw,
-            serial_number=self.serial_number,
-            created_after=self.created_after,
-            created_before=self.created_before,
-            last_seen_after=self.last_seen_after,
-            last_seen_before=self.last_seen_before,
-            tags=self.tag,
-            has_owner=self.has_owner,
-            attributes=_attribute_filters(request),
-            search=self.q,
-        )
-
-
-class DeviceListingQuery(DeviceFilterQuery, PageQuery):
-    pass
-
-
-class DeviceExportQuery(DeviceFilterQuery):
-    format: FileFormat = Field(FileFormat.CSV, description="`csv` or `ndjson`.")
-
-
-DEVICE_LISTING_QUERY = ListingQueryString(
-    DeviceListingQuery,
-    item=DeviceRead,
-    sort_keys=SORT_KEYS,
-    default_sort=DEFAULT_SORT,
-    prefix=_ATTRIBUTE_PREFIX,
-)
-_DEVICE_EXPORT_QUERY = QueryString(DeviceExportQuery, prefix=_ATTRIBUTE_PREFIX)
-
-
-async def device_listing(request: Request) -> Listing[DeviceFilter]:
-    """Sort keys: `name`, `created_at`, `last_seen_at`, `id`; with `q=`, relevance by default."""
-    query = DEVICE_LISTING_QUERY(request)
-    filters = query.filters(request)
-    page = DEVICE_LISTING_QUERY.page(query, default_sort=filters.default_sort)
-    return Listing(filters=filters, page=page)
-
-
-def _attribute_filters(request: Request) -> tuple[tuple[str, tuple[JsonScalar, ...]], ...]:
-    values: dict[str, list[JsonScalar]] = {}
-    for parameter, raw in request.query_params.multi_items():
-        if parameter.startswith(_ATTRIBUTE_PREFIX):
-            key = parameter.removeprefix(_ATTRIBUTE_PREFIX)
-            value = json_scalar(raw)
-            if not _usable_attribute(key, value):
-                raise InvalidParameter(parameter, f"{parameter} is not a usable attribute filter")
-            values.setdefault(key, []).append(value)
-    return tuple((key, tuple(options)) for key, options in sorted(values.items()))
-
-
-def _usable_attribute(key: str, value: JsonScalar) -> bool:
-    """Whether a stored attribute could have this key and value: storable text, as attributes
-    are (a value '"\u0000"' is NUL, '"\ud800"' a lone surrogate); a key of any length, the
-    empty one too, as a device's attributes may have."""
-    try:
-        for text in (key, value) if isinstance(value, str) else (key,):
-            storable_text(text)
-    except ValueError:
-        return False
-    return True
-
-
-DeviceListingDep = Annotated[Listing[DeviceFilter], Depends(device_listing)]
 
 
 BulkCreate = Annotated[list[DeviceCreate], Body(min_length=1, max_length=BULK_MAX)]
@@ -371,11 +214,11 @@ async def list_devices(call: Call, listing: DeviceListingDep) -> object:
         **problem_responses(400, 422),
     },
     description=DEVICE_FILTERS_DESCRIPTION,
-    openapi_extra=documented(*_DEVICE_EXPORT_QUERY.parameters()),
+    openapi_extra=documented(*DEVICE_EXPORT_QUERY.parameters()),
 )
 async def export_devices(call: Call, work: StreamingWorkDep) -> StreamingResponse:
     """Every device matching the filters (those of `GET /devices`), streamed in constant memory."""
-    query = _DEVICE_EXPORT_QUERY(call)
+    query = DEVICE_EXPORT_QUERY(call)
     return _ExportResponse(
         export.export_devices(
             work, filters=query.filters(call), format=query.format, principal=call.principal

@@ -6,7 +6,7 @@ from pydantic import BaseModel, Field
 from devreg.auth.guard import app_authenticator
 from devreg.calls import ApiRoute, Call, documented, header_parameter, unmodified_since
 from devreg.conditional import last_modified
-from devreg.devices.routes import (
+from devreg.devices.parameters import (
     DEVICE_FILTERS_DESCRIPTION,
     DEVICE_LISTING_QUERY,
     DeviceListingDep,
