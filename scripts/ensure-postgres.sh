@@ -12,5 +12,11 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 echo "Installing PostgreSQL from Debian's packages..."
 export DEBIAN_FRONTEND=noninteractive
+# Debian's packages would create and start a system-wide cluster (port 5432, started at every
+# boot) that devreg never uses: not while these packages are installed.
+no_main_cluster=/etc/postgresql-common/createcluster.d/devreg-install.conf
+mkdir -p "$(dirname "$no_main_cluster")"
+echo "create_main_cluster = false" > "$no_main_cluster"
+trap 'rm -f "$no_main_cluster"' EXIT
 apt-get update -qq
 apt-get install -y -qq postgresql >/dev/null

@@ -127,6 +127,17 @@ async def test_a_request_asking_to_upgrade_is_served_without_warnings(
     assert "WebSocket" not in log
 
 
+def test_start_up_logs_no_line_per_alembic_plugin(committed_database_url: URL) -> None:
+    """Alembic 1.17 and later log each of its plugins at INFO as they are set up: seven lines in
+    every worker at every start (seen with two workers, the default on two cores)."""
+    url = committed_database_url.render_as_string(hide_password=False)
+    with devreg_process(DATABASE_URL=url, WORKERS="2") as server:
+        log = server.log()
+
+    assert "Application startup complete" in log
+    assert "alembic.runtime.plugins" not in log
+
+
 def test_a_line_is_stamped_in_utc_as_iso_8601() -> None:
     config = logging_config("info")["formatters"]["json"]
     formatter = config["()"](**{key: value for key, value in config.items() if key != "()"})

@@ -160,5 +160,6 @@ def logging_config(level: str, *, echo_sql: bool = False) -> dict[str, Any]:
             },
             "uvicorn.access": {"handlers": [], "propagate": False},
             "sqlalchemy.engine": {"level": "INFO" if echo_sql else "WARNING"},
+            "alembic.runtime.plugins": {"level": "WARNING"},  # a line per plugin, every start
         },
     }
