@@ -1,6 +1,6 @@
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Response, status
+from fastapi import APIRouter, Depends, Path, Request, Response, status
 from pydantic import Field
 
 from devreg.auth import service
@@ -12,7 +12,7 @@ from devreg.errors import IdempotencyKeyNotTaken
 from devreg.idempotency.models import IDEMPOTENCY_KEY
 from devreg.locations import created_location
 from devreg.problems import described_headers, problem_responses
-from devreg.querystring import ListingQueryString, PageQuery, page_response
+from devreg.querystring import Listing, ListingQueryString, PageQuery, page_response
 from devreg.schemas import Id
 
 router = APIRouter(
@@ -65,18 +65,26 @@ _TOKEN_LISTING_QUERY = ListingQueryString(
 )
 
 
+async def token_listing(request: Request) -> Listing[TokenFilter]:
+    query = _TOKEN_LISTING_QUERY(request)
+    return Listing(
+        filters=TokenFilter(user_id=query.user_id), page=_TOKEN_LISTING_QUERY.page(query)
+    )
+
+
+TokenListingDep = Annotated[Listing[TokenFilter], Depends(token_listing)]
+
+
 @router.get(
     "",
     response_model=TokenPage,
     responses=problem_responses(400, 422),
     openapi_extra=documented(*_TOKEN_LISTING_QUERY.parameters()),
 )
-async def list_tokens(call: Call) -> object:
+async def list_tokens(call: Call, listing: TokenListingDep) -> object:
     """The caller's tokens (an admin's: everyone's), revoked ones included, oldest first."""
-    query = _TOKEN_LISTING_QUERY(call)
-    page = _TOKEN_LISTING_QUERY.page(query)
     result = await service.list_tokens(
-        call.db, call.principal, filters=TokenFilter(user_id=query.user_id), page=page
+        call.db, call.principal, filters=listing.filters, page=listing.page
     )
     return page_response(TokenPage, result)
 

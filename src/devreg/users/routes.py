@@ -92,15 +92,16 @@ async def user_listing(request: Request) -> Listing[UserFilter]:
     return Listing(filters=filters, page=page)
 
 
+UserListingDep = Annotated[Listing[UserFilter], Depends(user_listing)]
+
+
 @router.get(
     "",
     response_model=UserPage,
     responses=problem_responses(400, 422),
     openapi_extra=documented(*_USER_LISTING_QUERY.parameters()),
 )
-async def list_users(
-    call: Call, listing: Annotated[Listing[UserFilter], Depends(user_listing)]
-) -> object:
+async def list_users(call: Call, listing: UserListingDep) -> object:
     """Every user for an admin token; only its own user for any other."""
     result = await service.list_users(
         call.db, filters=listing.filters, page=listing.page, principal=call.principal
