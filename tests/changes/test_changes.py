@@ -5,6 +5,7 @@ from typing import Any
 import pytest
 from httpx import AsyncClient
 from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from tests.api import (
     DEVICES,
@@ -20,8 +21,12 @@ from tests.auth.test_tokens import bearer, new_token
 CHANGES = "/api/v1/changes"
 
 
-async def changes(client: AsyncClient, url: str = CHANGES, **params: Any) -> list[dict[str, Any]]:
-    response = await client.get(url, params={"sort": "id", "limit": 1000, **params})
+async def changes(
+    client: AsyncClient, url: str = CHANGES, headers: dict[str, str] | None = None, **params: Any
+) -> list[dict[str, Any]]:
+    response = await client.get(
+        url, params={"sort": "id", "limit": 1000, **params}, headers=headers
+    )
     assert response.status_code == 200, response.text
     items: list[dict[str, Any]] = response.json()["items"]
     return items
@@ -29,6 +34,25 @@ async def changes(client: AsyncClient, url: str = CHANGES, **params: Any) -> lis
 
 def history(device_id: int) -> str:
     return f"{DEVICES}/{device_id}/changes"
+
+
+async def user_and_device_of_one_id(
+    client: AsyncClient, connection: AsyncConnection
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A user and a device (not the user's) with the same id: both id sequences moved on to the
+    same value (forward only, as sequences ignore the test's rollback)."""
+    await connection.execute(
+        text(
+            "SELECT setval(pg_get_serial_sequence('users', 'id'), n),"
+            " setval(pg_get_serial_sequence('devices', 'id'), n)"
+            " FROM (SELECT greatest(nextval(pg_get_serial_sequence('users', 'id')),"
+            " nextval(pg_get_serial_sequence('devices', 'id'))) AS n) AS moved"
+        )
+    )
+    user = await create_user(client, name="ann")
+    device = await create_device(client, name="not-anns")
+    assert user["id"] == device["id"]
+    return user, device
 
 
 class TestDeviceChanges:
@@ -258,6 +282,37 @@ class TestReading:
         assert [response.status_code for response in found] == [200, 200]
         assert [len(response.json()["items"]) for response in found] == [1, 2]
 
+    async def test_a_users_token_sees_nothing_of_a_device_sharing_its_users_id(
+        self, client: AsyncClient, connection: AsyncConnection
+    ) -> None:
+        user, device = await user_and_device_of_one_id(client, connection)
+        admin = await new_token(client, user_id=user["id"], admin=True)
+        plain = await new_token(client, as_token=admin, user_id=user["id"])
+
+        seen = await changes(client, headers=bearer(plain))
+
+        assert [(c["object_type"], c["object_id"]) for c in seen] == [("user", device["id"])]
+
+    async def test_a_devices_history_holds_no_record_of_the_user_sharing_its_id(
+        self, client: AsyncClient, connection: AsyncConnection
+    ) -> None:
+        _, device = await user_and_device_of_one_id(client, connection)
+
+        seen = await changes(client, history(device["id"]))
+
+        assert [(c["object_type"], c["action"]) for c in seen] == [("device", "create")]
+
+    async def test_a_living_device_whose_records_were_pruned_has_an_empty_history(
+        self, client: AsyncClient, connection: AsyncConnection
+    ) -> None:
+        device = await create_device(client, name="pi")
+        await connection.execute(text("DELETE FROM changes"))
+
+        response = await client.get(history(device["id"]))
+
+        assert response.status_code == 200, response.text
+        assert response.json()["items"] == []
+
     async def test_what_a_user_sees_is_found_by_index(self, client, connection) -> None:
         """`IN (subquery)` made the rule a filter on every record of the log, read newest
         first: 440-514 ms a page at 2M records (a reviewer's measure); by index, 0.13 ms."""
@@ -296,6 +351,13 @@ class TestReading:
         assert len(await changes(client, since=at)) == 3
         assert await changes(client, until=at) == []
         assert await changes(client, action="delete") == []
+
+    async def test_until_keeps_only_earlier_records(self, client: AsyncClient) -> None:
+        """The records of one test's requests share a moment (its transaction's), so `until` is
+        judged here against moments far from it."""
+        await create_device(client, name="pi")
+        assert await changes(client, until="2000-01-01T00:00:00Z") == []
+        assert len(await changes(client, until="2999-01-01T00:00:00Z")) == 1
 
     @pytest.mark.parametrize("moment", ["0.5", "253402300799", "1e9", "-1"])
     @pytest.mark.parametrize(
