@@ -42,6 +42,25 @@ async def new_token(client: AsyncClient, *, as_token: str | None = None, **field
     return token
 
 
+def paused_after_lookup(
+    monkeypatch: pytest.MonkeyPatch, token: str
+) -> tuple[asyncio.Event, asyncio.Event]:
+    """Each lookup of `token` in the database, once answered, sets the first event and waits
+    for the second: something may happen between a request's lookup and its going on."""
+    looked_up, go_on = asyncio.Event(), asyncio.Event()
+    use = TokenRepository.use
+
+    async def use_then_wait(repository: TokenRepository, digest: bytes) -> Any:
+        found = await use(repository, digest)
+        if digest == token_digest(token):
+            looked_up.set()
+            await go_on.wait()
+        return found
+
+    monkeypatch.setattr(TokenRepository, "use", use_then_wait)
+    return looked_up, go_on
+
+
 @pytest.fixture
 async def people(client: AsyncClient) -> dict[str, Any]:
     """Ann (an admin token) and Bob (a write and a read token), each with a device. Created
@@ -209,17 +228,7 @@ class TestAuthentication:
         """The database said "live" to a request, then the token was revoked before the request
         went on: the request may use the token, but the cache must not keep it (AUTH_CACHE_TTL)."""
         token = people["writer"]
-        looked_up, go_on = asyncio.Event(), asyncio.Event()
-        use = TokenRepository.use
-
-        async def use_then_wait(repository: TokenRepository, digest: bytes) -> Any:
-            found = await use(repository, digest)
-            if digest == token_digest(token):
-                looked_up.set()
-                await go_on.wait()
-            return found
-
-        monkeypatch.setattr(TokenRepository, "use", use_then_wait)
+        looked_up, go_on = paused_after_lookup(monkeypatch, token)
         own = await client.get(TOKENS, headers=bearer(people["admin"]), params={"limit": 100})
         token_id = next(item["id"] for item in own.json()["items"] if item["prefix"] == token[:12])
         first = asyncio.create_task(client.get(DEVICES, headers=bearer(token)))
@@ -230,6 +239,41 @@ class TestAuthentication:
         assert revoked.status_code == 204
         assert (await first).status_code == 200
         assert_problem(await client.get(DEVICES, headers=bearer(token)), 401)
+
+    async def test_a_lookup_answered_before_its_users_deletion_is_not_cached(
+        self, client, people, monkeypatch
+    ) -> None:
+        admin = bearer(people["admin"])
+        carl = (await client.post(USERS, json={"name": "carl"}, headers=admin)).json()
+        token = await new_token(client, as_token=people["admin"], user_id=carl["id"])
+        looked_up, go_on = paused_after_lookup(monkeypatch, token)
+        first = asyncio.create_task(client.get(DEVICES, headers=bearer(token)))
+        await looked_up.wait()
+        deleted = await client.delete(f"{USERS}/{carl['id']}", headers=admin)
+        go_on.set()
+
+        assert deleted.status_code == 204
+        assert (await first).status_code == 200
+        assert_problem(await client.get(DEVICES, headers=bearer(token)), 401)
+
+    async def test_a_cached_token_is_not_trusted_past_its_expiry(
+        self, client, people, connection: AsyncConnection
+    ) -> None:
+        """AUTH_CACHE_TTL is 10 s; a token expiring sooner is trusted from the cache until then
+        only (its expiry moved into the past here, as the clock would)."""
+        token = people["writer"]
+        await connection.execute(text("UPDATE api_tokens SET expires_at = now() + interval '1s'"))
+        assert (await client.get(DEVICES, headers=bearer(token))).status_code == 200  # cached
+        await connection.execute(text("UPDATE api_tokens SET expires_at = now() - interval '1s'"))
+        await asyncio.sleep(1.5)
+
+        assert_problem(await client.get(DEVICES, headers=bearer(token)), 401)
+
+    async def test_the_scheme_is_read_in_any_case(self, client, people) -> None:
+        """RFC 9110, 11.1: an authentication scheme is case-insensitive."""
+        for scheme in ("bearer", "BEARER"):
+            headers = {"Authorization": f"{scheme} {people['writer']}"}
+            assert (await client.get(DEVICES, headers=headers)).status_code == 200
 
     async def test_a_deleted_users_tokens_stop_working_at_once(self, client, people) -> None:
         admin = bearer(people["admin"])
