@@ -2,6 +2,7 @@
 
 import asyncio
 import logging
+from datetime import timedelta
 from typing import Any
 
 import asyncpg
@@ -13,6 +14,8 @@ from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from devreg.app import create_app
+from devreg.db.session import UnitOfWork
+from devreg.idempotency.service import forget_expired
 from tests.api import (
     DEVICES,
     USERS,
@@ -152,6 +155,11 @@ class TestReplay:
             assert "Idempotent-Replayed" not in response.headers
         everyone = (await client.get(DEVICES, headers=bearer(admin))).json()["items"]
         assert len(everyone) == 2
+        retried = await client.post(
+            DEVICES, json={"name": "pi"}, headers=keyed("k1", **bearer(admin))
+        )
+        assert retried.headers["Idempotent-Replayed"] == "true"
+        assert retried.json()["id"] == min(device["id"] for device in everyone)
 
     async def test_an_expired_key_writes_again(self, client, connection: AsyncConnection) -> None:
         await client.post(DEVICES, json={"name": "pi"}, headers=keyed("k1"))
@@ -162,6 +170,22 @@ class TestReplay:
         assert again.status_code == 201
         assert "Idempotent-Replayed" not in again.headers
         assert len(await stored_devices(client)) == 2
+
+    async def test_the_sweep_deletes_only_expired_keys(
+        self, client, connection: AsyncConnection, sessionmaker
+    ) -> None:
+        for key in ("old", "new"):
+            await client.post(DEVICES, json={"name": key}, headers=keyed(key))
+        await connection.execute(
+            text("UPDATE idempotency_keys SET created_at = now() - interval '25 hours'"
+                 " WHERE key = 'old'")
+        )  # fmt: skip
+
+        swept = await forget_expired(UnitOfWork(sessionmaker), lifetime=timedelta(hours=24))
+
+        assert swept == 1
+        left = await connection.scalars(text("SELECT key FROM idempotency_keys"))
+        assert list(left) == ["new"]
 
     async def test_a_bad_key_is_422(self, client) -> None:
         for key in ("", "k" * 256):
