@@ -132,6 +132,20 @@ async def small_limits(committed_database_url: URL) -> AsyncIterator[AsyncClient
         yield client
 
 
+async def test_a_body_of_exactly_the_limit_is_taken(small_limits: AsyncClient) -> None:
+    body = b'{"name": "x"}'.ljust(2048)
+
+    async def streamed() -> AsyncIterator[bytes]:
+        yield body[:1000]
+        yield body[1000:]
+
+    json = {"content-type": "application/json"}
+    sized = await small_limits.post(DEVICES, content=body, headers=json)
+    unsized = await small_limits.post(DEVICES, content=streamed(), headers=json)
+
+    assert [sized.status_code, unsized.status_code] == [201, 201], unsized.text
+
+
 async def test_a_streamed_body_is_cut_off_at_the_limit(small_limits: AsyncClient) -> None:
     async def chunks() -> AsyncIterator[bytes]:
         yield b'{"name": "x", "attributes": {"blob": "'
