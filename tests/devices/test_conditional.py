@@ -362,6 +362,11 @@ async def test_device_and_user_responses_tell_their_last_change(client: AsyncCli
         headers={"If-Unmodified-Since": replaced.headers["last-modified"]},
     )
     assert guarded.status_code == 200, guarded.text
+    since = {"If-Unmodified-Since": renamed.headers["last-modified"]}
+    user_guarded = await client.patch(user_url, json={"name": "cy"}, headers=since)
+    assert user_guarded.status_code == 200, user_guarded.text
+    since = {"If-Unmodified-Since": user_guarded.headers["last-modified"]}
+    assert (await client.delete(user_url, headers=since)).status_code == 204
 
 
 @pytest.mark.parametrize(
