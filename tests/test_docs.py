@@ -226,11 +226,34 @@ async def test_the_headers_a_client_reads_are_documented(client: AsyncClient) ->
     assert headers(created, "401") == {"WWW-Authenticate"}
     # Sent but undocumented until a hunt compared the two:
     assert headers(created, "400") == headers(created, "403") == {"WWW-Authenticate"}
-    assert headers(created, "409") == {"Retry-After"}
+    for creating in ("/api/v1/devices", "/api/v1/devices/bulk", "/api/v1/users"):
+        # 409: the same Idempotency-Key's first request still in progress
+        assert headers(paths[creating]["post"], "409") == {"Retry-After"}
     assert headers(device["patch"], "415") == {"Accept-Patch", "Accept-Encoding"}
     export = paths["/api/v1/devices/export"]["get"]
     assert headers(export, "200") == {"Content-Disposition"}
     assert {"408", "413"} <= set(device["get"]["responses"])  # a GET may send a body too
+
+
+async def test_an_idempotency_key_is_documented_as_it_is_read(client: AsyncClient) -> None:
+    paths = (await client.get("/openapi.json")).json()["paths"]
+    for path in ("/api/v1/devices", "/api/v1/devices/bulk", "/api/v1/users"):
+        (key,) = [p for p in paths[path]["post"]["parameters"] if p["name"] == "Idempotency-Key"]
+        assert key["schema"] == {"type": "string", "minLength": 1, "maxLength": 255}
+
+
+async def test_a_sparse_item_is_documented_with_the_whole_items_fields(
+    client: AsyncClient,
+) -> None:
+    """With `fields=`, an item holds some of its fields: documented as the item's properties,
+    none of them required."""
+    schemas = (await client.get("/openapi.json")).json()["components"]["schemas"]
+    for page, item in [("DevicePage", "DeviceRead"), ("UserPage", "UserRead")]:
+        whole, sparse = schemas[page]["properties"]["items"]["items"]["anyOf"]
+        assert whole == {"$ref": f"#/components/schemas/{item}"}
+        assert sparse["properties"] == schemas[item]["properties"]
+        assert "required" in schemas[item]
+        assert "required" not in sparse
 
 
 async def test_each_listing_documents_its_sort_keys(client: AsyncClient) -> None:
