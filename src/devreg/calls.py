@@ -83,9 +83,9 @@ class Call(Request):
 # What any API route may answer whatever its endpoint does: a query string that is not UTF-8
 # (refused at the edge), a body too slow to arrive or too large (any request may send one), a
 # precondition that cannot hold, the database unavailable, the pool exhausted or a statement past
-# STATEMENT_TIMEOUT; and for a write, a compressed body too.
+# STATEMENT_TIMEOUT; and for a write, a body compressed or not sent as JSON (415).
 _EVERY_ROUTES_PROBLEMS = problem_responses(400, 408, 412, 413, 503)
-_EVERY_WRITES_PROBLEMS = {**_EVERY_ROUTES_PROBLEMS, **problem_responses(415)}
+_EVERY_WRITES_PROBLEMS = dict(sorted({**_EVERY_ROUTES_PROBLEMS, **problem_responses(415)}.items()))
 
 
 class ApiRoute(APIRoute):
