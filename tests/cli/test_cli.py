@@ -916,6 +916,9 @@ def test_ctrl_c_while_the_command_loads_ends_it_quietly() -> None:
                 DATABASE_URL=f"postgresql://devreg@127.0.0.1:{silent.getsockname()[1]}/x"
             ),
             stderr=subprocess.PIPE, text=True,
+            # Ctrl-C as a terminal sends it, even to a suite started where SIGINT is ignored (in
+            # the background of a shell script), which its processes would inherit.
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )  # fmt: skip
         assert command.stderr is not None
         for line in command.stderr:
