@@ -357,11 +357,12 @@ class TestSearch:
 
     @pytest.fixture
     async def ranked(self, client) -> list[dict[str, Any]]:
-        """Devices created least similar to "raspberry pi 4" first; the best match twice."""
+        """Devices similar to "raspberry pi 4" in an order neither relevance nor id gives (the
+        best match twice, first and last), and one not similar at all."""
+        first = await create_device(client, name="Raspberry Pi 4")
         raspberry = await create_device(client, name="Raspberry")
         await create_device(client, name="Arduino Uno")
         zero = await create_device(client, name="Raspberry Pi Zero")
-        first = await create_device(client, name="Raspberry Pi 4")
         second = await create_device(client, name="Raspberry Pi 4")
         return [second, first, zero, raspberry]
 
@@ -382,6 +383,21 @@ class TestSearch:
         pages = await walk_listing(client, DEVICES, {"q": "raspberry pi 4", "sort": sort}, limit=2)
 
         assert ids_of(items_of(pages)) == ids_of(in_sort_order(ranked, sort))
+
+    @pytest.mark.parametrize("relevance", [5.0, -1, 1e308])
+    async def test_a_relevance_no_match_can_have_is_a_tampered_cursor(
+        self, client, ranked, relevance
+    ):
+        cursor = (await get_page(client, DEVICES, {"q": "raspberry pi 4", "limit": 1}))[
+            "next_cursor"
+        ]
+
+        response = await client.get(
+            DEVICES,
+            params={"q": "raspberry pi 4", "cursor": rewrite_cursor(cursor, value=relevance)},
+        )
+
+        assert assert_problem(response, 400)["parameter"] == "cursor"
 
     async def test_count_totals_every_match(self, client, ranked):
         page = await get_page(
@@ -496,6 +512,8 @@ TAMPERED_CURSORS = [
     pytest.param("id", {"value": "7"}, id="id-value-string"),
     pytest.param("id", {"value": True}, id="id-value-boolean"),
     pytest.param("id", {"value": None}, id="id-value-null"),
+    pytest.param("id", {"value": -1}, id="id-value-negative"),
+    pytest.param("id", {"value": BIGINT_MAX + 1}, id="id-value-beyond-bigint"),
     pytest.param("name", {"id": -1}, id="negative-id"),
     pytest.param("name", {"id": BIGINT_MAX + 1}, id="id-beyond-bigint"),
     pytest.param("name", {"id": "7"}, id="id-string"),
@@ -627,6 +645,25 @@ class TestCursors:
 
         assert assert_problem(response, 400)["parameter"] == "cursor"
 
+    async def test_a_cursor_holds_for_the_same_instant_written_with_another_offset(
+        self, client, catalog
+    ):
+        first = await get_page(
+            client, DEVICES, {"created_after": "2024-01-01T02:00:00+02:00", "limit": 1}
+        )
+
+        response = await client.get(
+            DEVICES,
+            params={
+                "created_after": "2024-01-01T00:00:00Z",
+                "limit": 1,
+                "cursor": first["next_cursor"],
+            },
+        )
+
+        assert response.status_code == 200, response.text
+        assert ids_of(response.json()["items"]) != ids_of(first["items"])
+
     @pytest.mark.parametrize(("sort", "changes"), TAMPERED_CURSORS)
     async def test_tampered_cursor_is_refused(self, client, catalog, sort, changes):
         cursor = (await get_page(client, DEVICES, {"sort": sort, "limit": 1}))["next_cursor"]
@@ -718,6 +755,7 @@ class TestFields:
             pytest.param("id,name,status", {"id", "name", "status"}, id="three"),
             pytest.param(" id , owner ", {"id", "owner"}, id="spaces-and-nested"),
             pytest.param("attributes", {"attributes"}, id="one"),
+            pytest.param("id,,name,", {"id", "name"}, id="empty-entries"),
         ],
     )
     async def test_items_have_exactly_the_fields_asked_for(self, client, catalog, fields, keys):
@@ -800,6 +838,17 @@ class TestBadQuery:
         page = await get_page(client, DEVICES, {f"attr.{key}": "1"})
 
         assert ids_of(page["items"]) == [device["id"]]
+
+    async def test_an_attribute_value_of_json_object_or_array_is_text(self, client):
+        """Only a JSON scalar is read as JSON: `{"a": 1}` is text, not containment of an object."""
+        await create_device(client, attributes={"rack": {"a": 1, "b": 2}, "slots": [1, 2]})
+        text_rack = await create_device(client, attributes={"rack": '{"a": 1}'})
+
+        by_object = await get_page(client, DEVICES, {"attr.rack": '{"a": 1}'})
+        by_array = await get_page(client, DEVICES, {"attr.slots": "[1]"})
+
+        assert ids_of(by_object["items"]) == [text_rack["id"]]
+        assert by_array["items"] == []
 
     @pytest.mark.parametrize("value", ["4\x00", '"\\u0000"', '"\\ud800"'])
     @pytest.mark.parametrize("path", [DEVICES, f"{DEVICES}/export"])
