@@ -462,6 +462,14 @@ GOOD_CSV_ROW = "a,SN-1,active,,[]\n"
 # what stderr must say about it).
 BAD_FILES = [
     pytest.param(
+        "d.csv", "name,serial_number,owner_id\na,SN-0,\nb,SN-9,999\n", 2,
+        "serial_number is already registered", id="csv-registered-serial-before-unknown-owner",
+    ),
+    pytest.param(
+        "d.csv", "name,serial_number\na,X\nb,X\nc,X\n", 3, "repeats an earlier line",
+        id="csv-serial-thrice",
+    ),
+    pytest.param(
         "d.csv", CSV_HEADER + GOOD_CSV_ROW + ",SN-2,active,,[]\n" + "c,,,,\n", 3, "name",
         id="csv-empty-name",
     ),
