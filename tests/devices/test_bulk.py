@@ -413,6 +413,21 @@ class TestBulkUpdate:
             problem = assert_problem(answer, 409, "serial_number is already registered")
             assert bad_items(problem) == [(0, "serial_number"), (1, "serial_number")]
 
+    async def test_a_tokens_create_names_its_item_whose_serial_another_user_holds(self, client):
+        ann, bob = [await create_user(client, name=name) for name in ("ann", "bob")]
+        await create_device(client, serial_number="S-1", owner_id=ann["id"])
+        admin = await new_token(client, user_id=ann["id"], admin=True)
+        bobs_token = await new_token(client, as_token=admin, user_id=bob["id"])
+
+        response = await client.post(
+            BULK,
+            json=[{"name": "ok", "serial_number": "S-2"}, {"name": "x", "serial_number": "S-1"}],
+            headers=bearer(bobs_token),
+        )
+
+        problem = assert_problem(response, 409, "serial_number is already registered")
+        assert bad_items(problem) == [(1, "serial_number")]
+
     async def test_unknown_owner_changes_nothing(self, client, devices):
         first, second, _ = devices
 

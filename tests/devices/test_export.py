@@ -91,12 +91,15 @@ class TestExportContent:
             attributes={"rack": 4, "ports": [1, 2], "meta": {"ok": True, "none": None}},
             last_seen_at="2024-05-06T07:08:09.123456+02:00",
         )
-        await create_device(client, name="bare")
+        bare = await create_device(client, name="bare")
         await create_device(client, name="third", tags=["x"])
+        # A row updated is written anew at the table's end: the order is the export's own.
+        await client.patch(f"{DEVICES}/{bare['id']}", json={"model": "m"})
 
         records = await exported(client, format)
 
         assert records == [export_view(device) for device in await stored_devices(client)]
+        assert [record["id"] for record in records] == sorted(record["id"] for record in records)
 
     async def test_missing_values_are_empty(self, client, format):
         device = await create_device(client, name="bare")
