@@ -232,6 +232,14 @@ class TestUpdateUser:
         assert updated == {**user, "name": "bob", "updated_at": updated["updated_at"]}
         assert await fetch_user(client, user["id"]) == updated
 
+    async def test_a_change_free_patch_is_judged_against_if_unmodified_since(self, client):
+        user = await create_user(client)
+        before = {"If-Unmodified-Since": "Mon, 01 Jan 2001 00:00:00 GMT"}
+
+        response = await client.patch(f"{USERS}/{user['id']}", json={}, headers=before)
+
+        assert_problem(response, 412)
+
     async def test_email_can_be_set(self, client):
         user = await create_user(client)
 
