@@ -11,8 +11,9 @@ and its connection closed, as uvicorn refuses a request it cannot parse (400).
 import asyncio
 import json
 import logging
-from email.utils import formatdate
+import time
 from http import HTTPStatus
+from wsgiref.handlers import format_date_time
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
@@ -48,7 +49,7 @@ _HEAD = (
 
 def _answer() -> bytes:
     """The 431, dated now (RFC 9110, 6.6.1), with the headers every response carries."""
-    return _HEAD + f"date: {formatdate(usegmt=True)}\r\n\r\n".encode() + _BODY
+    return _HEAD + f"date: {format_date_time(time.time())}\r\n\r\n".encode() + _BODY
 
 
 class BoundedHeadProtocol(HttpToolsProtocol):
