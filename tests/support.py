@@ -154,8 +154,9 @@ def forget_authentication(app: FastAPI) -> None:
     )
 
 
-def api_client(app: RunningApp) -> AsyncClient:
-    return AsyncClient(transport=ASGITransport(app=app), base_url="http://localhost")
+def api_client(app: RunningApp, peer: tuple[str, int] = ("127.0.0.1", 123)) -> AsyncClient:
+    """A client of the app, calling from `peer` (httpx's default address)."""
+    return AsyncClient(transport=ASGITransport(app=app, client=peer), base_url="http://localhost")
 
 
 _DATABASE_VARIABLES = ("DATABASE_URL", "DB_USER", "DB_PASSWORD", "DB_NAME", "DB_HOST", "DB_PORT")

@@ -105,6 +105,15 @@ class TestOpenOnlyToThisMachine:
             other = await client.get(DEVICES, headers={"Origin": "https://evil.example"})
             assert_problem(other, 403)
 
+    async def test_a_request_from_another_machine_is_refused(self, database_url: URL) -> None:
+        """Reaching loopback through a proxy on this machine, which says (X-Forwarded-For) whom
+        it forwards for: the request comes from elsewhere, whatever its Host."""
+        async with running(create_app(make_settings(database_url))) as app:
+            async with api_client(app, peer=("203.0.113.5", 4711)) as remote:
+                assert_problem(await remote.get(DEVICES), 403)
+            async with api_client(app, peer=("::1", 4711)) as local:
+                assert (await local.get(DEVICES)).status_code == 200
+
     async def test_a_token_is_served_under_any_name(self, client: httpx.AsyncClient) -> None:
         """A page elsewhere has no token to send; a client that sends one may use any name
         (a proxy's, a container's)."""
@@ -194,6 +203,21 @@ def test_tokens_from_the_cli_reach_a_running_server(committed_database_url: URL)
         listed = run_devreg("tokens", "list", **database)
         assert token["prefix"] in listed.stdout
         assert token["token"] not in listed.stdout + listed.stderr
+
+
+def test_the_open_api_refuses_what_a_local_proxy_forwards_for_others(
+    committed_database_url: URL,
+) -> None:
+    """A proxy on this machine passing requests on as 127.0.0.1 (nginx's default Host) would
+    open the API to everyone it serves; one that says whom it forwards for is refused."""
+    database = {"DATABASE_URL": committed_database_url.render_as_string(hide_password=False)}
+    with devreg_server(**database) as base_url:
+        devices = f"{base_url}{DEVICES}"
+        forwarded = httpx.get(devices, headers={"X-Forwarded-For": "203.0.113.5"})
+        assert forwarded.status_code == 403
+        assert forwarded.json()["type"].endswith("not-a-local-request")
+        assert httpx.get(devices, headers={"X-Forwarded-For": "127.0.0.1"}).status_code == 200
+        assert httpx.get(devices).status_code == 200
 
 
 def test_auth_off_warns_of_the_address_served(committed_database_url: URL) -> None:

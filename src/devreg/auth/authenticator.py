@@ -56,13 +56,17 @@ class Authenticator:
         self._forgettings = 0
 
     async def principal(
-        self, work: UnitOfWork, authorization: str | None, headers: RawHeaders
+        self,
+        work: UnitOfWork,
+        authorization: str | None,
+        headers: RawHeaders,
+        client_host: str | None,
     ) -> Principal:
         if self.mode == "off":  # no authentication: a token sent is not looked at
             return FULL_ACCESS
         if authorization is None:
             if await self._open(work):
-                self._require_local(headers)
+                self._require_local(headers, client_host)
                 return FULL_ACCESS
             raise Unauthenticated
         scheme, _, credentials = authorization.partition(" ")
@@ -121,10 +125,14 @@ class Authenticator:
             self.token_created()
             raise Unauthenticated
 
-    def _require_local(self, headers: RawHeaders) -> None:
+    def _require_local(self, headers: RawHeaders, client_host: str | None) -> None:
         """The open API trusts whoever can reach loopback, but a browser reaches it for any web
         page: refuse a request sent under a name that is not loopback's (a DNS-rebinding page
-        reading the API as its own site) or, by a browser's Origin, from another site's page."""
+        reading the API as its own site) or, by a browser's Origin, from another site's page.
+        A proxy on this machine reaches it for other machines: refuse a request it says came
+        from elsewhere (X-Forwarded-For, which uvicorn trusts from FORWARDED_ALLOW_IPS)."""
+        if client_host is not None and not is_loopback(client_host):
+            raise NotALocalRequest
         for name, value in headers:
             if name == b"host":
                 if not names_this_machine(value.decode("latin-1")):

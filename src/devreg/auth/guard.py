@@ -35,7 +35,10 @@ async def authenticate(request: Request, work: UnitOfWork, *, writes: bool) -> P
     if len(sent) > 1 and authenticator.mode != "off":
         raise MalformedAuthorization("Send one Authorization header, not several.")
     authorization = sent[0].decode("latin-1") if sent else None
-    principal = await authenticator.principal(work, authorization, request.scope["headers"])
+    client = request.scope.get("client")
+    principal = await authenticator.principal(
+        work, authorization, request.scope["headers"], client[0] if client else None
+    )
     if writes:
         principal.require_write()
     return principal
