@@ -15,9 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import typer
 from sqlalchemy.engine import URL
-from typer.testing import Result
+from typer.core import TyperGroup
+from typer.testing import CliRunner, Result
 
+from devreg.cli import app
 from devreg.cli.common import Terminated, run_async
 from devreg.db import migrations
 from tests.cli.conftest import Invoke
@@ -674,6 +677,55 @@ def test_help_is_no_error() -> None:
 
     assert result.returncode == 0
     assert "Usage" in result.stdout
+
+
+def _command_paths(command: object, path: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    paths = [path]
+    if isinstance(command, TyperGroup):
+        for name, subcommand in command.commands.items():
+            paths += _command_paths(subcommand, (*path, name))
+    return paths
+
+
+@pytest.mark.parametrize("path", _command_paths(typer.main.get_command(app)), ids=" ".join)
+def test_help_text_is_filled_to_the_width(path: tuple[str, ...]) -> None:
+    """A help paragraph is reflowed to the terminal, not broken where its docstring's source
+    lines were (short lines mid-sentence)."""
+    result = CliRunner().invoke(app, [*path, "--help"], env={"COLUMNS": "80"})
+    assert result.exit_code == 0, result.output
+
+    lines = result.output.splitlines()
+    prose = [line.strip() for line in lines if not line.startswith(_BOX)]
+    for paragraph in "\n".join(prose).split("\n\n"):
+        _assert_filled(paragraph.strip("\n").splitlines(), paragraph)
+    for description in _command_descriptions(lines):
+        _assert_filled(description, "\n".join(description))
+
+
+_BOX = ("\u256d", "\u2502", "\u2570")  # a panel's corners and sides
+
+
+def _assert_filled(lines: list[str], shown: str) -> None:
+    assert all(len(line) > 40 for line in lines[:-1]), shown
+
+
+def _command_descriptions(lines: list[str]) -> list[list[str]]:
+    """The description of each command in a group's Commands panel, line by line."""
+    descriptions: list[list[str]] = []
+    start = None
+    in_panel = False
+    for line in lines:
+        if line.startswith("\u256d"):
+            in_panel = "Commands" in line
+        elif in_panel and line.startswith("\u2502"):
+            cells = line[1:-1]
+            if cells[1] != " ":  # a command's name: its first line
+                name, rest = cells[1:].split(" ", 1)
+                start = 1 + len(name) + len(rest) - len(rest.lstrip(" "))
+                descriptions.append([])
+            assert start is not None
+            descriptions[-1].append(cells[start:].strip())
+    return descriptions
 
 
 def test_revision_writes_a_dated_migration(

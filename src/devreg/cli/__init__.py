@@ -11,7 +11,9 @@ from devreg.cli import changes, records, server, tokens, transfer
 from devreg.cli.common import Terminated, print_error
 from devreg.cli.output import STDOUT, OutputFailed, buffered_stdout, end_for_output
 
-app = typer.Typer(help=__doc__, no_args_is_help=True, pretty_exceptions_enable=False)
+app = typer.Typer(
+    help=__doc__, no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode="markdown"
+)
 server.register(app)
 records.register(app)
 tokens.register(app)

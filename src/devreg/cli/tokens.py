@@ -69,8 +69,9 @@ def tokens_list(
     cursor: Cursor = None,
     as_json: JsonFlag = False,
 ) -> None:
-    """List tokens, a page at a time (never the tokens themselves: their prefix, scope and
-    dates)."""
+    """List tokens, a page at a time.
+
+    Never the tokens themselves: their prefix, scope and dates."""
     page = PageRequest(limit=limit, cursor=cursor)
     result = run_in_transaction(
         lambda work: service.list_tokens(

@@ -43,9 +43,10 @@ def import_devices(
         ),
     ] = OnConflict.ERROR,
 ) -> None:
-    """Import devices from CSV (with a header) or NDJSON, all or nothing. An import of 100,000
-    rows or more into a registry holding fewer devices locks the devices table until done,
-    unless it is in use: then the rows go in one by one."""
+    """Import devices from CSV (with a header) or NDJSON, all or nothing.
+
+    An import of 100,000 rows or more into a registry holding fewer devices locks the devices
+    table until done, unless it is in use: then the rows go in one by one."""
     chosen = format or _format_of(file)
     started = time.perf_counter()
     rows_expected = _rows_in(file, chosen)
@@ -255,9 +256,10 @@ def seed_data(
     devices: Annotated[int, typer.Option(min=0, max=100_000_000)] = 1000,
     users: Annotated[int, typer.Option(min=0, max=10_000_000)] = 100,
 ) -> None:
-    """Fill the database with synthetic users and devices (development, benchmarks). A seed of
-    100,000 devices or more into a registry holding fewer locks the devices table until done,
-    unless it is in use: then the rows go in one by one."""
+    """Fill the database with synthetic users and devices (development, benchmarks).
+
+    A seed of 100,000 devices or more into a registry holding fewer locks the devices table
+    until done, unless it is in use: then the rows go in one by one."""
     started = time.perf_counter()
     seeded = run_in_transaction(lambda work: seed.seed(work, users=users, devices=devices))
     stdout.print(
