@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import IO, Any, TypeVar
 
 import asyncpg
@@ -186,8 +187,9 @@ class DevregProcess:
 
 
 @contextmanager
-def devreg_process(**settings: str) -> Iterator[DevregProcess]:
-    """A real `devreg serve` process; stopped with Ctrl-C (SIGINT) if it is still running.
+def devreg_process(cwd: Path | None = None, **settings: str) -> Iterator[DevregProcess]:
+    """A real `devreg serve` process, run in `cwd` (where it reads a `.env`); stopped with
+    Ctrl-C (SIGINT) if it is still running.
 
     One worker unless `WORKERS` says otherwise, whatever the machine's CPUs. Its output goes to
     a file: a pipe nobody reads would fill up and block the server.
@@ -197,6 +199,7 @@ def devreg_process(**settings: str) -> Iterator[DevregProcess]:
         process = subprocess.Popen(
             [sys.executable, "-m", "devreg", "serve", "--port", str(port)],
             env=devreg_environment(**{"WORKERS": "1", **settings}),
+            cwd=cwd,
             stdout=output,
             stderr=subprocess.STDOUT,
             text=True,
@@ -215,9 +218,9 @@ def devreg_process(**settings: str) -> Iterator[DevregProcess]:
 
 
 @contextmanager
-def devreg_server(**settings: str) -> Iterator[str]:
+def devreg_server(cwd: Path | None = None, **settings: str) -> Iterator[str]:
     """A real `devreg serve` process (see devreg_process); yields its base URL."""
-    with devreg_process(**settings) as server:
+    with devreg_process(cwd, **settings) as server:
         yield server.base_url
 
 

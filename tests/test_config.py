@@ -271,6 +271,8 @@ class TestSources:
             ("IDEMPOTENCY_KEY_LIFETIME", "3", "idempotency_key_lifetime", timedelta(seconds=3)),
             ("IDEMPOTENCY_KEY_LIFETIME", "P2D", "idempotency_key_lifetime", timedelta(days=2)),
             ("IDEMPOTENCY_KEY_LIFETIME", "12h", "idempotency_key_lifetime", timedelta(hours=12)),
+            ("FORWARDED_ALLOW_IPS", "10.0.0.0/8,::1", "forwarded_allow_ips", ["10.0.0.0/8", "::1"]),
+            ("FORWARDED_ALLOW_IPS", "*", "forwarded_allow_ips", ["*"]),
         ],
     )
     def test_value_read_from_environment(
@@ -331,6 +333,7 @@ class TestInvalidValues:
             ("MIGRATE_ON_START", "maybe"),
             ("IDEMPOTENCY_KEY_LIFETIME", "0"),
             ("IDEMPOTENCY_KEY_LIFETIME", "soon"),
+            ("FORWARDED_ALLOW_IPS", "proxy.internal"),
         ],
     )
     def test_invalid_value_rejected_naming_field(

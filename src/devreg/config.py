@@ -1,6 +1,7 @@
 """Every knob devreg has, read from the environment (and a `.env` file) in one place."""
 
 import inspect
+import ipaddress
 import os
 from datetime import timedelta
 from functools import lru_cache
@@ -129,6 +130,11 @@ class Settings(BaseSettings):
     shutdown_timeout: float = Field(25.0, gt=0, le=3600)
     # Origins (comma-separated) whose browser scripts may call the API; none by default.
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # Proxies (comma-separated addresses or networks, or *) whose X-Forwarded-For and
+    # X-Forwarded-Proto are believed: the client they name is the request's client.
+    forwarded_allow_ips: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["127.0.0.1", "::1"]
+    )
     # auto: open on a loopback address until the first token is created, then tokens required;
     # refused on any other address. required: tokens always. off: no authentication at all.
     auth: AuthMode = "auto"
@@ -146,6 +152,17 @@ class Settings(BaseSettings):
     embedded_pg_port: Port = 54329
     embedded_db_name: str = Field("devreg", validate_default=True)
 
+    @field_validator("forwarded_allow_ips")
+    @classmethod
+    def _proxy_addresses(cls, proxies: list[str]) -> list[str]:
+        for proxy in proxies:
+            if proxy != "*":
+                try:
+                    ipaddress.ip_network(proxy, strict=False)
+                except ValueError:
+                    raise ValueError(f"{proxy!r} is no IP address or network, nor *") from None
+        return proxies
+
     @field_validator("statement_timeout")
     @classmethod
     def _whole_milliseconds(cls, value: float) -> float:
@@ -160,11 +177,11 @@ class Settings(BaseSettings):
     def _lowercase(cls, value: object) -> object:
         return value.lower() if isinstance(value, str) else value
 
-    @field_validator("cors_origins", mode="before")
+    @field_validator("cors_origins", "forwarded_allow_ips", mode="before")
     @classmethod
-    def _split_origins(cls, value: object) -> object:
+    def _comma_separated(cls, value: object) -> object:
         if isinstance(value, str):
-            return [origin.strip() for origin in value.split(",") if origin.strip()]
+            return [item.strip() for item in value.split(",") if item.strip()]
         return value
 
     @field_validator("cors_origins")

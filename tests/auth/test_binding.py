@@ -3,6 +3,7 @@
 import json
 import logging
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -206,7 +207,7 @@ def test_tokens_from_the_cli_reach_a_running_server(committed_database_url: URL)
 
 
 def test_the_open_api_refuses_what_a_local_proxy_forwards_for_others(
-    committed_database_url: URL,
+    committed_database_url: URL, tmp_path: Path
 ) -> None:
     """A proxy on this machine passing requests on as 127.0.0.1 (nginx's default Host) would
     open the API to everyone it serves; one that says whom it forwards for is refused."""
@@ -218,6 +219,11 @@ def test_the_open_api_refuses_what_a_local_proxy_forwards_for_others(
         assert forwarded.json()["type"].endswith("not-a-local-request")
         assert httpx.get(devices, headers={"X-Forwarded-For": "127.0.0.1"}).status_code == 200
         assert httpx.get(devices).status_code == 200
+    # Believed only from the proxies named (here, in a .env): not from this machine.
+    (tmp_path / ".env").write_text("FORWARDED_ALLOW_IPS=192.0.2.1\n")
+    with devreg_server(tmp_path, **database) as base_url:
+        devices = f"{base_url}{DEVICES}"
+        assert httpx.get(devices, headers={"X-Forwarded-For": "203.0.113.5"}).status_code == 200
 
 
 def test_auth_off_warns_of_the_address_served(committed_database_url: URL) -> None:

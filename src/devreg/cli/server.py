@@ -59,6 +59,7 @@ def serve(
         "log_config": logging_config(settings.log_level, echo_sql=settings.db_echo),
         "access_log": False,
         "server_header": False,
+        "forwarded_allow_ips": settings.forwarded_allow_ips,
         "http": BoundedHeadProtocol,
         # No route takes a WebSocket: an upgrade asked for is a request as any other.
         "ws": "none",
