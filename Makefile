@@ -30,9 +30,16 @@ $(VENV)/.installed: pyproject.toml requirements.lock
 	$(BIN)/pip install --quiet --disable-pip-version-check -c requirements.lock -e '.[dev]'
 	touch $@
 
-# Refresh the pinned versions after changing dependencies in pyproject.toml.
-lock: $(VENV)/.installed
-	$(BIN)/pip freeze --exclude-editable --disable-pip-version-check > requirements.lock
+# Refresh the pinned versions after changing dependencies in pyproject.toml, in a virtual
+# environment of its own: pins nothing needs any more drop out, pinned versions stay (delete a
+# line to let that package move to its newest release), new dependencies get their newest.
+LOCK_VENV := .lock-venv
+lock:
+	rm -rf $(LOCK_VENV)
+	$(PYTHON) -m venv $(LOCK_VENV)
+	$(LOCK_VENV)/bin/pip install --quiet --disable-pip-version-check -c requirements.lock -e '.[dev]'
+	$(LOCK_VENV)/bin/pip freeze --exclude-editable --disable-pip-version-check > requirements.lock
+	rm -rf $(LOCK_VENV)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
