@@ -1,9 +1,12 @@
 import asyncio
 import logging
+import subprocess
 import sys
 import uuid
+import zipfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -230,6 +233,46 @@ async def test_plain_alembic_waits_for_the_migration_lock(server_url: URL) -> No
         assert await migrations.current_revision(holder) == migrations.head_revision()
     finally:
         await holder.dispose()
+
+
+async def test_an_installed_wheel_migrates_a_database_with_its_own_files(
+    server_url: URL, tmp_path: Path
+) -> None:
+    """A wheel (what pip installs) carries alembic.ini and the migrations: built from this
+    checkout and run from elsewhere, its devreg migrated nothing ("Path doesn't exist")."""
+    url = await create_database(server_url, "devreg_from_a_wheel")
+    built = await _run(
+        sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
+        "--disable-pip-version-check", "--quiet", "--wheel-dir", str(tmp_path / "dist"),
+        str(migrations.PROJECT_ROOT),
+    )  # fmt: skip
+    assert built.returncode == 0, built.stderr
+    (wheel,) = (tmp_path / "dist").glob("devreg-*.whl")
+    installed = tmp_path / "site-packages"
+    zipfile.ZipFile(wheel).extractall(installed)
+    environment = {
+        "DATABASE_URL": url.render_as_string(hide_password=False),
+        "PYTHONPATH": str(installed),  # before the checkout's editable install
+    }
+
+    upgraded = await _run(
+        sys.executable, "-m", "devreg", "db", "upgrade", cwd=tmp_path, **environment
+    )
+    where = await _run(sys.executable, "-c", "import devreg; print(devreg.__file__)", **environment)
+
+    assert upgraded.returncode == 0, upgraded.stderr
+    assert upgraded.stdout.strip() == f"database at revision {migrations.head_revision()}"
+    assert Path(where.stdout.strip()).is_relative_to(installed)
+
+
+async def _run(
+    *command: str, cwd: Path | None = None, **settings: str
+) -> subprocess.CompletedProcess[str]:
+    """`command` run to its end (a thread's wait: the event loop serves other tests' tasks)."""
+    return await asyncio.to_thread(
+        subprocess.run, command, cwd=cwd, env=devreg_environment(**settings),
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
 
 
 async def test_the_first_token_is_remembered_across_a_downgrade_with_every_token_gone(

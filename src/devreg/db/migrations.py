@@ -18,7 +18,10 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from devreg.errors import sqlstate_of
 
-PROJECT_ROOT = Path(__file__).resolve().parents[3]
+# Where alembic.ini and migrations/ are: inside the package when installed from a wheel, else at
+# the root of the checkout this module runs from.
+_PACKAGED = Path(__file__).resolve().parents[1] / "_alembic"
+PROJECT_ROOT = _PACKAGED if _PACKAGED.is_dir() else Path(__file__).resolve().parents[3]
 # Any constant works; it only has to be the same for every devreg process.
 MIGRATION_LOCK_KEY = 0x6465767265670001
 
