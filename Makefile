@@ -20,6 +20,7 @@ check: $(VENV)/.installed
 	$(BIN)/ruff format --check src tests migrations bench
 	$(BIN)/mypy src
 	$(BIN)/lint-imports
+	$(BIN)/deptry src
 
 postgres:
 	@bash scripts/ensure-postgres.sh
