@@ -345,6 +345,18 @@ class TestDatabase:
         assert "current: a1b2c3d4" in status, (result.stderr, result.exception)
         assert "(unknown to this release: a newer one's?)" in status
 
+    def test_status_without_the_migrations_says_so_in_a_line(
+        self, devreg: Invoke, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """An install without its migrations: `db status` ended in Alembic's traceback."""
+        monkeypatch.setattr(migrations, "PROJECT_ROOT", tmp_path)
+
+        result = devreg("db", "status")
+
+        assert result.exit_code == 2
+        assert result.stderr.startswith("devreg: migrations: Path doesn't exist"), result.stderr
+        assert "Traceback" not in result.output
+
     def test_a_status_line_is_never_folded(self, committed_database_url: URL) -> None:
         """Written to a pipe, a line longer than 80 columns was folded in two."""
         unknown = f"UPDATE alembic_version SET version_num = '{'a1b2' * 8}'"

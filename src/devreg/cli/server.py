@@ -153,8 +153,7 @@ def db_revision(
 def db_status() -> None:
     """Show the database's migration revision and the newest one."""
     settings = load_settings()
-    current = run_async(with_engine(settings, migrations.current_revision))
-    head = migrations.head_revision()
+    current, head = run_async(with_engine(settings, _revisions))
     if current == head:
         state = "up to date"
     elif migrations.is_behind(current):
@@ -164,6 +163,11 @@ def db_status() -> None:
     else:
         state = "unknown to this release, and no devices table: another application's"
     stdout.print(f"current: {current or 'empty'}  head: {head}  ({state})")
+
+
+async def _revisions(engine: AsyncEngine) -> tuple[str | None, str | None]:
+    """The database's revision and the newest (where a missing migration says so in one line)."""
+    return await migrations.current_revision(engine), migrations.head_revision()
 
 
 @db_app.command("stop")
