@@ -113,6 +113,23 @@ class TestDatabaseUrl:
         assert url is not None
         assert url.query["target_session_attrs"] == value
 
+    @pytest.mark.parametrize(
+        ("option", "says"),
+        [
+            ("statement_cache_size=none", "statement_cache_size must be a whole number"),
+            ("max_cacheable_statement_size=-1", "max_cacheable_statement_size must be a whole"),
+            ("direct_tls=maybe", "direct_tls must be true or false"),
+            ("prepared_statement_name_func=uuid", "prepared_statement_name_func cannot be given"),
+            ("record_class=dict", "record_class cannot be given in a URL"),
+        ],
+    )
+    def test_an_asyncpg_option_of_the_wrong_type_is_refused(
+        self, monkeypatch: pytest.MonkeyPatch, option: str, says: str
+    ) -> None:
+        monkeypatch.setenv("DATABASE_URL", f"postgresql://u:p@h/db?{option}")
+        with pytest.raises(ValidationError, match=says):
+            Settings(_env_file=None)
+
     def test_libpq_connect_timeout_is_the_connect_timeout(
         self, monkeypatch: pytest.MonkeyPatch
     ) -> None:

@@ -277,6 +277,7 @@ def _to_async_url(raw: str) -> URL:
         raise ValueError("DATABASE_URL has an unescaped @ before its host: write @ as %40")
     _url_connect_timeout(url)
     _refuse_unknown_session_attributes(url)
+    driver_connect_args(url)  # a value that is not of its type refused now, naming it
     if (dbname := url.query.get("dbname")) is not None:
         # libpq's name for the database, which psql takes over the URL's path; asyncpg would
         # take the path's over it.
@@ -299,6 +300,47 @@ _DRIVER_KEYWORDS = frozenset(inspect.signature(asyncpg.connect).parameters) | {
     "prepared_statement_cache_size",
     "prepared_statement_name_func",
 }
+# Driver keywords whose values a URL writes as text, by the type asyncpg needs (it compared the
+# text "0" with a number); and those that are objects no URL can write.
+_WHOLE_NUMBER_KEYWORDS = frozenset(
+    {
+        "statement_cache_size",
+        "max_cached_statement_lifetime",
+        "max_cacheable_statement_size",
+        "prepared_statement_cache_size",
+    }
+)
+_BOOLEAN_KEYWORDS = {"direct_tls": {"true": True, "false": False}}
+_OBJECT_KEYWORDS = frozenset(
+    {
+        "loop",
+        "connection_class",
+        "record_class",
+        "server_settings",
+        "prepared_statement_name_func",
+    }
+)
+
+
+def driver_connect_args(url: URL) -> dict[str, Any]:
+    """The URL's driver options that are not text, as the values asyncpg takes (to pass as
+    connect_args, which take precedence over the URL's text)."""
+    typed: dict[str, Any] = {}
+    for name, given in url.query.items():
+        value = given if isinstance(given, str) else given[-1]
+        if name in _OBJECT_KEYWORDS:
+            raise ValueError(f"DATABASE_URL option {name} cannot be given in a URL")
+        if name in _WHOLE_NUMBER_KEYWORDS:
+            if not value.isascii() or not value.isdigit():
+                raise ValueError(f"DATABASE_URL option {name} must be a whole number")
+            typed[name] = int(value)
+        elif name in _BOOLEAN_KEYWORDS:
+            if value.lower() not in _BOOLEAN_KEYWORDS[name]:
+                raise ValueError(f"DATABASE_URL option {name} must be true or false")
+            typed[name] = _BOOLEAN_KEYWORDS[name][value.lower()]
+    return typed
+
+
 # libpq options asyncpg does not read, which would reach the server as settings it refuses.
 # Dropped: client-side tuning, and what asyncpg does anyway or never needs.
 _LIBPQ_DROPPED = frozenset(

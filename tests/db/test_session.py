@@ -5,6 +5,7 @@ from sqlalchemy import func, select, text
 from sqlalchemy.engine import URL
 
 from devreg.auth.principal import FULL_ACCESS
+from devreg.db.server import check_connection
 from devreg.db.session import create_engine, create_sessionmaker, session_scope
 from devreg.devices import service as devices_service
 from devreg.devices.models import Device
@@ -79,3 +80,31 @@ async def test_libpq_options_in_the_url_reach_the_connection(committed_database_
     finally:
         await engine.dispose()
     assert settings.db_connect_timeout == 7
+
+
+async def test_asyncpg_numbers_in_the_url_reach_the_connection(committed_database_url: URL) -> None:
+    """asyncpg's own options, written as text in a URL: a statement cache of size "0" (for a
+    connection pooler in transaction mode) was compared with numbers, and devreg would not
+    start ("invalid database URL: '<' not supported between instances of 'str' and 'int'")."""
+    with_options = committed_database_url.set(
+        query={"statement_cache_size": "0", "prepared_statement_cache_size": "0"}
+    )
+    settings = make_settings(with_options)
+    url = settings.external_database_url()
+    assert url is not None
+    await check_connection(url, connect_timeout=5)
+    engine = create_engine(url, settings)
+    try:
+        async with engine.connect() as connection:
+            assert await connection.scalar(text("SELECT 1")) == 1
+            asyncpg_connection = (await connection.get_raw_connection()).driver_connection
+            assert asyncpg_connection is not None
+            await asyncpg_connection.fetchval("SELECT 2")
+            assert (
+                await asyncpg_connection.fetchval(
+                    "SELECT count(*) FROM pg_prepared_statements WHERE NOT from_sql"
+                )
+                == 0
+            )  # none kept: asyncpg's cache is off
+    finally:
+        await engine.dispose()

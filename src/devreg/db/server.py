@@ -15,6 +15,7 @@ from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, Programmin
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
+from devreg.config import driver_connect_args
 from devreg.db import migrations
 
 
@@ -114,7 +115,7 @@ async def check_connection(url: URL, *, connect_timeout: float) -> None:
         engine = create_async_engine(
             url,
             poolclass=NullPool,
-            connect_args={"timeout": connect_timeout},
+            connect_args={**driver_connect_args(url), "timeout": connect_timeout},
             hide_parameters=True,  # DB_ECHO shows statements, never their values
         )
     except ArgumentError:  # its message quotes the URL, password and all

@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import (
 )
 from sqlalchemy.pool import QueuePool
 
-from devreg.config import Settings
+from devreg.config import Settings, driver_connect_args
 from devreg.errors import half_sent
 
 SessionMaker = async_sessionmaker[AsyncSession]
@@ -53,6 +53,7 @@ def create_engine(url: URL, settings: Settings) -> AsyncEngine:
         # Bound parameters stay out of exception messages, so they cannot reach a log line.
         hide_parameters=True,
         connect_args={
+            **driver_connect_args(url),
             "timeout": settings.db_connect_timeout,
             "command_timeout": answer_timeout(settings.statement_timeout),
             "server_settings": {
