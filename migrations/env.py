@@ -14,7 +14,7 @@ from sqlalchemy.pool import NullPool
 
 from devreg.auth import models as _auth_models  # noqa: F401
 from devreg.changes import models as _changes_models  # noqa: F401
-from devreg.config import get_settings
+from devreg.config import driver_connect_args, get_settings
 from devreg.db.base import Base
 from devreg.db.embedded import resolve_database_url
 from devreg.db.migrations import hold_migration_lock
@@ -38,7 +38,7 @@ def run_migrations(connection: Connection) -> None:
 
 async def run_migrations_from_settings() -> None:
     url = await resolve_database_url(get_settings())
-    engine = create_async_engine(url, poolclass=NullPool)
+    engine = create_async_engine(url, poolclass=NullPool, connect_args=driver_connect_args(url))
     try:
         async with engine.connect() as connection:
             await hold_migration_lock(connection)  # as devreg's own migrations do

@@ -265,6 +265,26 @@ async def test_an_installed_wheel_migrates_a_database_with_its_own_files(
     assert Path(where.stdout.strip()).is_relative_to(installed)
 
 
+async def test_plain_alembic_takes_asyncpg_numbers_in_the_url(server_url: URL) -> None:
+    """`alembic upgrade head` with the URL devreg runs with (a statement cache of "0", as for
+    a pooler) compared the text with numbers, as devreg itself did."""
+    url = await create_database(server_url, "devreg_alembic_options")
+    with_options = url.set(query={"statement_cache_size": "0"})
+
+    upgraded = await _run(
+        sys.executable, "-m", "alembic", "upgrade", "head",
+        cwd=migrations.PROJECT_ROOT,
+        DATABASE_URL=with_options.render_as_string(hide_password=False),
+    )  # fmt: skip
+
+    assert upgraded.returncode == 0, upgraded.stderr
+    engine = create_engine(url, make_settings(url))
+    try:
+        assert await migrations.current_revision(engine) == migrations.head_revision()
+    finally:
+        await engine.dispose()
+
+
 async def _run(
     *command: str, cwd: Path | None = None, **settings: str
 ) -> subprocess.CompletedProcess[str]:
