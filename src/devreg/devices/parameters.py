@@ -154,7 +154,7 @@ def _attribute_filters(request: Request) -> tuple[tuple[str, tuple[JsonScalar, .
 
 def _usable_attribute(key: str, value: JsonScalar) -> bool:
     """Whether a stored attribute could have this key and value: storable text, as attributes
-    are (a value '"\u0000"' is NUL, '"\ud800"' a lone surrogate); a key of any length, the
+    are (a value '"\\u0000"' is NUL, '"\\ud800"' a lone surrogate); a key of any length, the
     empty one too, as a device's attributes may have."""
     try:
         for text in (key, value) if isinstance(value, str) else (key,):
