@@ -3,19 +3,24 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+# The environment is made again, from scratch, for another Python than the one it has.
+version = $(shell $(1) -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null)
+PYTHON_VERSION := $(call version,$(PYTHON))
+VENV_VERSION := $(call version,$(BIN)/python)
+INSTALLED := $(VENV)/.installed-python$(PYTHON_VERSION)
 PYTEST_ARGS ?=
 # One pytest worker per core, each with a PostgreSQL cluster of its own; TEST_WORKERS=0 runs in-process.
 TEST_WORKERS ?= auto
 
-.PHONY: run test check lint typecheck postgres lock clean
+.PHONY: run test check postgres lock clean
 
-run: $(VENV)/.installed postgres
+run: $(INSTALLED) postgres
 	$(BIN)/devreg serve
 
-test: $(VENV)/.installed postgres
+test: $(INSTALLED) postgres
 	$(BIN)/pytest -n $(TEST_WORKERS) $(PYTEST_ARGS)
 
-check: $(VENV)/.installed
+check: $(INSTALLED)
 	$(BIN)/ruff check src tests migrations bench
 	$(BIN)/ruff format --check src tests migrations bench
 	$(BIN)/mypy src
@@ -25,9 +30,9 @@ check: $(VENV)/.installed
 postgres:
 	@bash scripts/ensure-postgres.sh
 
-$(VENV)/.installed: pyproject.toml requirements.lock
+$(INSTALLED): pyproject.toml requirements.lock
 	@bash scripts/ensure-venv-support.sh $(PYTHON)
-	$(PYTHON) -m venv $(VENV)
+	$(PYTHON) -m venv $(if $(filter-out $(PYTHON_VERSION),$(VENV_VERSION)),--clear) $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check -c requirements.lock -e '.[dev]'
 	touch $@
 
