@@ -631,7 +631,12 @@ async def test_a_worker_replaced_while_the_database_is_down_keeps_the_server_up(
                 assert (await client.get("/api/v1/devices")).status_code == 200
                 switch.off()
                 os.kill(_a_worker(server.process.pid), signal.SIGKILL)
-                await asyncio.sleep(5)  # the replacement starts while nothing answers
+                # The replacement starts while nothing answers (slowly, on a busy machine).
+                deadline = time.monotonic() + 60
+                while "serving 503s until it answers" not in server.log():
+                    assert time.monotonic() < deadline, server.log()
+                    await asyncio.sleep(0.25)
+                await asyncio.sleep(1)  # the supervisor would stop the server about now
                 still_up = server.process.poll() is None
                 switch.on()
                 statuses = []
