@@ -206,9 +206,14 @@ def _short_duration(value: Any) -> Any:
             raise ValueError(f"must be at most {_DURATION_MAX.days} days") from None
     if is_a_number(value):
         return float(value)  # seconds, which pydantic takes from a number, not from text
-    if not (value.strip().upper().startswith("P") or ":" in value):  # ISO 8601, or 01:30:00
+    # As the other forms are read: spaces around it (pydantic refused " P1D "), and ISO 8601's
+    # letters in either case (pydantic refused "p90d").
+    span = value.strip()
+    if span.upper().startswith("P"):
+        return span.upper()
+    if ":" not in span:  # 01:30:00
         raise ValueError(f"must be {_DURATION_FORMS}")
-    return value.strip()  # as the other forms are read: pydantic refused " P1D "
+    return span
 
 
 _UNSIGNED_NUMBER = r"([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?"
@@ -234,7 +239,7 @@ _DURATION_SCHEMA = {
             "type": "string",
             # A number without a minus sign: a span is longer than zero.
             "pattern": rf"^\s*([0-9]{{1,10}}[dhmsDHMS]?|\+?{_UNSIGNED_NUMBER}|{_CLOCK_DURATION}"
-            r"|P.+)\s*$",
+            r"|[Pp].+)\s*$",
             "description": "`90d`, `12h`, `30m`, `3600s`, `3600`, `01:30:00`, or ISO 8601 "
             f"(`P90D`); longer than zero, at most {_DURATION_MAX.days} days",
         },

@@ -10,7 +10,7 @@ import socket
 import subprocess
 import sys
 import time
-from datetime import datetime, tzinfo
+from datetime import datetime, timedelta, tzinfo
 from pathlib import Path
 from typing import Any
 
@@ -130,6 +130,16 @@ class TestDevices:
         assert result.exit_code == 0
         assert "serial_number" in result.stdout
         assert "pi" in result.stdout
+        assert "None" not in result.stdout  # no owner: an empty cell
+        owner_row = next(line for line in result.stdout.splitlines() if " owner_id " in line)
+        assert owner_row.split() == ["owner_id"]
+
+    @pytest.mark.parametrize("limit", ["0", "1001"])
+    def test_a_limit_out_of_range_is_a_usage_error(self, devreg: Invoke, limit: str) -> None:
+        """A page of none would still have given a cursor, after a row never shown."""
+        result = devreg("devices", "list", "--limit", limit, "--json")
+        assert result.exit_code == 2
+        assert "--limit" in result.stderr
 
     @pytest.mark.parametrize("name", ["[/]", "sensor [b]rack[/b] [red]A"])
     def test_names_are_shown_as_they_are(self, devreg: Invoke, name: str) -> None:
@@ -788,6 +798,20 @@ class TestTokens:
         [revoked] = json.loads(devreg("tokens", "list", "--json").stdout)["items"]
         assert revoked["revoked_at"] is not None
 
+    @pytest.mark.parametrize(
+        ("expires", "lifetime"),
+        [("30m", timedelta(minutes=30)), ("12h", timedelta(hours=12)), ("2d", timedelta(days=2))],
+    )
+    def test_a_token_lives_as_long_as_asked(
+        self, devreg: Invoke, expires: str, lifetime: timedelta
+    ) -> None:
+        user = json_of(devreg("users", "create", "--name", "Ann", "--json"))
+        created = json_of(
+            devreg("tokens", "create", "--user", str(user["id"]), "--expires", expires, "--json")
+        )
+        expires_at = datetime.fromisoformat(created["expires_at"])
+        assert expires_at - datetime.fromisoformat(created["created_at"]) == lifetime
+
     def test_tokens_are_listed_a_page_at_a_time(self, devreg: Invoke) -> None:
         user = json_of(devreg("users", "create", "--name", "Ann", "--json"))
         for _ in range(3):
@@ -905,6 +929,8 @@ class TestChanges:
             ("0d", "--older-than: Value error, must be longer than zero"),
             ("36501d", "--older-than: Value error, must be at most 36500 days"),
             ("1000000000d", "--older-than: Value error, must be at most 36500 days"),
+            # Not "needs a unit: -90d, ...", which would be refused too.
+            ("-90", "--older-than: Value error, must be longer than zero"),
         ],
     )
     def test_prune_needs_a_valid_age(self, devreg: Invoke, age: str, says: str) -> None:
@@ -912,7 +938,7 @@ class TestChanges:
         assert result.exit_code == 2
         assert says in result.stderr
 
-    @pytest.mark.parametrize("age", ["3600s", "60m", "1h", "PT1H"])
+    @pytest.mark.parametrize("age", ["3600s", "60m", "1h", "PT1H", "p90d", "36500d"])
     def test_an_age_is_read_in_any_unit(self, devreg: Invoke, age: str) -> None:
         assert devreg("changes", "prune", "--older-than", age).exit_code == 0
 
@@ -935,6 +961,19 @@ class TestChanges:
         kept = asyncio.run(query(committed_database_url, "SELECT count(*) AS n FROM changes"))
         tokens = asyncio.run(query(committed_database_url, "SELECT count(*) AS n FROM api_tokens"))
         assert (kept, tokens) == ([{"n": 1}], [{"n": 0}])
+
+    @pytest.mark.parametrize("age", ["1.5", "+90", "1e3", ".5"])
+    def test_any_number_without_its_unit_is_refused(
+        self, devreg: Invoke, committed_database_url: URL, age: str
+    ) -> None:
+        """Read as seconds, `1.5` pruned every record older than a second and a half."""
+        devreg("users", "create", "--name", "Ann")
+        asyncio.run(admin(committed_database_url, "UPDATE changes SET at = now() - interval '1h'"))
+        result = devreg("changes", "prune", "--older-than", age)
+        assert result.exit_code == 2
+        assert f"needs a unit: {age}d, {age}h, {age}m or {age}s" in result.stderr
+        kept = asyncio.run(query(committed_database_url, "SELECT count(*) AS n FROM changes"))
+        assert kept == [{"n": 1}]
 
 
 @pytest.mark.parametrize("ending", [signal.SIGTERM, signal.SIGHUP])

@@ -216,7 +216,8 @@ def run_in_transaction(operation: Callable[[UnitOfWork], Awaitable[T]]) -> T:
 
 
 def _with_unit(value: Any) -> Any:
-    if isinstance(value, str) and is_a_number(value):
+    # A number of no length or less is refused as such by Duration: no unit would mend it.
+    if isinstance(value, str) and is_a_number(value) and float(value) > 0:
         number = value.strip()
         raise ValueError(f"needs a unit: {number}d, {number}h, {number}m or {number}s")
     return value
