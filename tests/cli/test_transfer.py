@@ -322,6 +322,12 @@ class TestImport:
         assert result.exit_code == 2
         assert "nowhere.csv" in result.stderr
 
+    def test_blank_lines_between_csv_rows_are_skipped(self, devreg, tmp_path):
+        result = import_devices(devreg, write(tmp_path, "d.csv", "name,model\na,m\n\nb,m\n"))
+
+        assert_summary(result, rows=2, inserted=2, updated=0, skipped=0)
+        assert [device["name"] for device in stored(devreg)] == ["a", "b"]
+
 
 class TestImportConflicts:
     """A row whose serial number is already registered, after a row that is new."""
@@ -468,6 +474,18 @@ BAD_FILES = [
     pytest.param(
         "d.csv", "name,serial_number\na,X\nb,X\nc,X\n", 3, "repeats an earlier line",
         id="csv-serial-thrice",
+    ),
+    pytest.param(
+        "d.csv", "name,serial_number,owner_id\na,X,\nb,X,\nc,Y,999\n", 3,
+        "serial_number repeats an earlier line", id="csv-repeat-before-unknown-owner",
+    ),
+    pytest.param(
+        "d.csv", "name,serial_number,owner_id\na,X,\nb,X,999\n", 3,
+        "serial_number repeats an earlier line", id="csv-repeat-and-unknown-owner-on-one-line",
+    ),
+    pytest.param(
+        "d.csv", "name,zeta,alpha,mid\na,1,2,3\n", 1, "unknown columns: alpha, mid, zeta",
+        id="csv-unknown-columns-named-in-order",
     ),
     pytest.param(
         "d.csv", CSV_HEADER + GOOD_CSV_ROW + ",SN-2,active,,[]\n" + "c,,,,\n", 3, "name",
@@ -826,6 +844,30 @@ class TestLargeImport:
 
 
 class TestImportRejectsBadRows:
+    @pytest.mark.parametrize("on_conflict", ["skip", "update"])
+    @pytest.mark.parametrize(
+        ("text", "line", "reason"),
+        [
+            ("name,serial_number\na,SN-0\nb,Y\nc,Y\n", 4, "serial_number repeats"),
+            ("name,serial_number,owner_id\na,SN-0,\nb,Z,999\n", 3, "owner_id does not name"),
+        ],
+        ids=["repeat", "unknown-owner"],
+    )
+    def test_a_registered_serial_is_no_problem_where_it_is_skipped_or_updated(
+        self, devreg, tmp_path, on_conflict, text, line, reason
+    ):
+        """The line named is the bad one, not the registered serial --on-conflict takes care
+        of."""
+        create_device(devreg, "existing", "--serial", "SN-0")
+        before = stored(devreg)
+
+        result = import_devices(
+            devreg, write(tmp_path, "d.csv", text), "--on-conflict", on_conflict
+        )
+
+        assert_refused(result, 1, f"line {line}:", reason)
+        assert stored(devreg) == before
+
     @pytest.mark.parametrize(("name", "text", "line", "reason"), BAD_FILES)
     def test_bad_row_aborts_naming_its_line(self, devreg, tmp_path, name, text, line, reason):
         create_device(devreg, "existing", "--serial", "SN-0")

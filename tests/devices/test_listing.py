@@ -525,6 +525,15 @@ TAMPERED_CURSORS = [
 
 
 class TestCursors:
+    async def test_a_cursor_is_read_only_to_its_limit(self, client, catalog):
+        """A real cursor padded past 1,024 characters (base64 decoding skips the padding) is
+        refused like any other that long, before it is decoded."""
+        cursor = (await get_page(client, DEVICES, {"limit": 1}))["next_cursor"]
+        padded = cursor + "=" * (1025 - len(cursor))
+
+        assert (await client.get(DEVICES, params={"cursor": padded[:-1]})).status_code == 200
+        assert_problem(await client.get(DEVICES, params={"cursor": padded}), 400)
+
     async def test_empty_result_has_no_cursor(self, client, catalog):
         page = await get_page(client, DEVICES, {"name": "nothing", "limit": 1})
 
@@ -1128,6 +1137,16 @@ async def test_a_bound_finer_than_a_microsecond_keeps_what_it_is_after(
     page = await get_page(client, url, {parameter: finer_than_stored(row[field])})
 
     assert [item["id"] for item in page["items"]] == [row["id"]]
+
+
+async def test_a_bound_written_with_trailing_zeros_is_the_instant_itself(client):
+    """`.1234560` is `.123456`: a device stored then is not before it (rounding it up as a finer
+    instant would take it in)."""
+    device = await create_device(client, last_seen_at="2026-01-02T03:04:05.123456Z")
+
+    before = await get_page(client, DEVICES, {"last_seen_before": "2026-01-02T03:04:05.1234560Z"})
+
+    assert device["id"] not in [item["id"] for item in before["items"]]
 
 
 async def test_the_change_log_bounds_finer_than_a_microsecond(client):
