@@ -12,7 +12,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -187,9 +187,12 @@ class DevregProcess:
 
 
 @contextmanager
-def devreg_process(cwd: Path | None = None, **settings: str) -> Iterator[DevregProcess]:
-    """A real `devreg serve` process, run in `cwd` (where it reads a `.env`); stopped with
-    Ctrl-C (SIGINT) if it is still running.
+def devreg_process(
+    cwd: Path | None = None, ignoring: Sequence[signal.Signals] = (), **settings: str
+) -> Iterator[DevregProcess]:
+    """A real `devreg serve` process, run in `cwd` (where it reads a `.env`) with the signals
+    `ignoring` ignored (as `nohup` leaves SIGHUP) and the others at their defaults, whatever
+    the suite was started with; stopped with Ctrl-C (SIGINT) if it is still running.
 
     One worker unless `WORKERS` says otherwise, whatever the machine's CPUs. Its output goes to
     a file: a pipe nobody reads would fill up and block the server.
@@ -200,6 +203,7 @@ def devreg_process(cwd: Path | None = None, **settings: str) -> Iterator[DevregP
             [sys.executable, "-m", "devreg", "serve", "--port", str(port)],
             env=devreg_environment(**{"WORKERS": "1", **settings}),
             cwd=cwd,
+            preexec_fn=lambda: _set_signals(ignoring),
             stdout=output,
             stderr=subprocess.STDOUT,
             text=True,
@@ -222,6 +226,11 @@ def devreg_server(cwd: Path | None = None, **settings: str) -> Iterator[str]:
     """A real `devreg serve` process (see devreg_process); yields its base URL."""
     with devreg_process(cwd, **settings) as server:
         yield server.base_url
+
+
+def _set_signals(ignoring: Sequence[signal.Signals]) -> None:
+    for ending in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(ending, signal.SIG_IGN if ending in ignoring else signal.SIG_DFL)
 
 
 def _wait_until_live(process: subprocess.Popen[str], base_url: str, output: IO[str]) -> None:

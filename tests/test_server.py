@@ -382,6 +382,17 @@ async def test_sighup_to_one_worker_lets_the_request_in_flight_finish(
     assert row["devices"] == 1
 
 
+async def test_sighup_leaves_one_started_ignoring_it_serving(committed_database_url: URL) -> None:
+    """`nohup devreg serve` was stopped by the SIGHUP nohup was to keep from it."""
+    database = url_setting(committed_database_url)
+    with devreg_process(ignoring=[signal.SIGHUP], DATABASE_URL=database) as server:
+        server.process.send_signal(signal.SIGHUP)
+        await asyncio.sleep(1)
+        async with httpx.AsyncClient(base_url=server.base_url) as client:
+            assert (await client.get("/livez")).status_code == 200
+        assert server.process.poll() is None
+
+
 async def test_a_worker_of_several_that_cannot_start_is_a_failed_start(
     committed_database_url: URL,
 ) -> None:

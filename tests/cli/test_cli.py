@@ -1001,13 +1001,37 @@ def test_a_signal_amid_the_loops_own_work_ends_the_command(ending: signal.Signal
             cleaned_up.append(True)
 
     started = time.monotonic()
-    with pytest.raises(Terminated) as ended:
-        run_async(awaiting_a_callback_the_signal_lands_in())
+    inherited = signal.signal(ending, signal.SIG_DFL)  # as at a terminal, even under nohup
+    try:
+        with pytest.raises(Terminated) as ended:
+            run_async(awaiting_a_callback_the_signal_lands_in())
+        after = signal.getsignal(ending)
+    finally:
+        signal.signal(ending, inherited)
 
     assert ended.value.signal_number == ending
     assert cleaned_up == [True]
     assert time.monotonic() - started < 5
-    assert signal.getsignal(ending) is signal.SIG_DFL  # as before the command
+    assert after is signal.SIG_DFL  # as before the command
+
+
+def test_a_signal_the_command_was_started_ignoring_stays_ignored() -> None:
+    """`nohup devreg import ...`: the SIGHUP of the terminal closing ended the import."""
+
+    async def work_through_a_hangup() -> str:
+        os.kill(os.getpid(), signal.SIGHUP)
+        await asyncio.sleep(0.2)
+        return "finished"
+
+    inherited = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        outcome = run_async(work_through_a_hangup())
+        after = signal.getsignal(signal.SIGHUP)
+    finally:
+        signal.signal(signal.SIGHUP, inherited)
+
+    assert outcome == "finished"
+    assert after is signal.SIG_IGN
 
 
 def test_ctrl_c_while_the_command_loads_ends_it_quietly() -> None:

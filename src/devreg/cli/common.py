@@ -99,8 +99,10 @@ def _run_until_ended(operation: Coroutine[Any, Any, T]) -> T:
     Terminated is raised once the loop is done; before and after the loop, Terminated is
     raised where the signal lands. Raised by the signal handler inside whatever the loop was
     doing, it could leave a future never resolved (the command hung, its transaction open) or
-    a connection taken for broken (a traceback)."""
-    previous = {ending: signal.signal(ending, _terminate) for ending in _ENDINGS}
+    a connection taken for broken (a traceback). A signal this process was started ignoring
+    stays ignored: `nohup devreg import ...` outlives its terminal."""
+    endings = [ending for ending in _ENDINGS if signal.getsignal(ending) is not signal.SIG_IGN]
+    previous = {ending: signal.signal(ending, _terminate) for ending in endings}
     ended_by: list[int] = []
 
     async def until_ended() -> T:
@@ -112,12 +114,12 @@ def _run_until_ended(operation: Coroutine[Any, Any, T]) -> T:
             ended_by.append(signal_number)
             operation_task.cancel()
 
-        for ending in _ENDINGS:
+        for ending in endings:
             loop.add_signal_handler(ending, end, ending)
         try:
             return await operation
         finally:
-            for ending in _ENDINGS:
+            for ending in endings:
                 loop.remove_signal_handler(ending)
                 signal.signal(ending, _terminate)  # for the loop's own shutdown
 

@@ -69,8 +69,10 @@ def serve(
         _supervise(uvicorn.Config(**options))
         return
     # One process: SIGHUP (a terminal closed, `systemctl reload`) drains the requests in
-    # progress and stops, as SIGTERM does; by default it ended the server at once.
-    signal.signal(signal.SIGHUP, lambda *_: os.kill(os.getpid(), signal.SIGTERM))
+    # progress and stops, as SIGTERM does; by default it ended the server at once. Started
+    # ignoring it (`nohup devreg serve`), it goes on ignoring it.
+    if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:
+        signal.signal(signal.SIGHUP, lambda *_: os.kill(os.getpid(), signal.SIGTERM))
     uvicorn.run(**options)
 
 
