@@ -299,6 +299,8 @@ class TestSources:
             ),
             ("FORWARDED_ALLOW_IPS", "10.0.0.0/8,::1", "forwarded_allow_ips", ["10.0.0.0/8", "::1"]),
             ("FORWARDED_ALLOW_IPS", "*", "forwarded_allow_ips", ["*"]),
+            # As uvicorn matches a network: by its own address (it matched nothing given this).
+            ("FORWARDED_ALLOW_IPS", "127.0.0.1/8", "forwarded_allow_ips", ["127.0.0.0/8"]),
         ],
     )
     def test_value_read_from_environment(
@@ -360,6 +362,7 @@ class TestInvalidValues:
             ("IDEMPOTENCY_KEY_LIFETIME", "0"),
             ("IDEMPOTENCY_KEY_LIFETIME", "soon"),
             ("FORWARDED_ALLOW_IPS", "proxy.internal"),
+            ("FORWARDED_ALLOW_IPS", "*,10.0.0.1"),  # uvicorn would trust neither
         ],
     )
     def test_invalid_value_rejected_naming_field(

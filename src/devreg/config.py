@@ -155,13 +155,21 @@ class Settings(BaseSettings):
     @field_validator("forwarded_allow_ips")
     @classmethod
     def _proxy_addresses(cls, proxies: list[str]) -> list[str]:
-        for proxy in proxies:
-            if proxy != "*":
-                try:
-                    ipaddress.ip_network(proxy, strict=False)
-                except ValueError:
-                    raise ValueError(f"{proxy!r} is no IP address or network, nor *") from None
-        return proxies
+        """As uvicorn matches them: a network by its own address (`127.0.0.1/8` is read as
+        `127.0.0.0/8`, where uvicorn matched nothing), and `*` only alone."""
+        if "*" in proxies:
+            if len(proxies) > 1:
+                raise ValueError("* (every proxy) stands alone")
+            return proxies
+        try:
+            return [
+                str(ipaddress.ip_network(proxy, strict=False))
+                if "/" in proxy
+                else str(ipaddress.ip_address(proxy))
+                for proxy in proxies
+            ]
+        except ValueError as exc:
+            raise ValueError(f"{exc}: write IP addresses, networks or *") from None
 
     @field_validator("statement_timeout")
     @classmethod

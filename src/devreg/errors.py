@@ -134,14 +134,14 @@ class AdminRequired(Forbidden):
 
 
 class NotALocalRequest(Forbidden):
-    """A request without a token, for the open API, that a web page elsewhere may have made:
-    another site's (Origin), or one reaching loopback under another name (DNS rebinding)."""
+    """A request without a token, for the open API, that came from elsewhere: a web page of
+    another site (Origin), one reaching loopback under another name (DNS rebinding), or a
+    client a proxy forwards for (X-Forwarded-For)."""
 
     slug = "not-a-local-request"
     default_detail = (
-        "Without a token, the open API answers only requests to localhost (or a loopback "
-        "address) from this machine's own pages: send a token (devreg tokens create), or call "
-        "it as localhost."
+        "Without a token, the open API answers only this machine's own requests, to localhost "
+        "(or a loopback address), from its own pages: send a token (devreg tokens create)."
     )
 
 

@@ -24,7 +24,8 @@ from tests.support import (
 
 
 @pytest.mark.parametrize(
-    "host", ["127.0.0.1", "127.0.0.2", "::1", "localhost", "LocalHost", "localhost."]
+    "host",
+    ["127.0.0.1", "127.0.0.2", "::1", "localhost", "LocalHost", "localhost.", "::ffff:127.0.0.1"],
 )
 def test_loopback_hosts(host: str) -> None:
     assert is_loopback(host)

@@ -174,9 +174,13 @@ def is_loopback(host: str) -> bool:
     if host.lower().removesuffix(".") == "localhost":  # a host name, in any case (RFC 4343)
         return True
     try:
-        return ipaddress.ip_address(host).is_loopback
+        address = ipaddress.ip_address(host)
     except ValueError:
         return False
+    # `::ffff:127.0.0.1`, as a dual-stack proxy names a client of 127.0.0.1 (loopback for
+    # Python from 3.13 only).
+    mapped = address.ipv4_mapped if isinstance(address, ipaddress.IPv6Address) else None
+    return (mapped or address).is_loopback
 
 
 def names_this_machine(authority: str) -> bool:
