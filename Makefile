@@ -3,7 +3,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-# The environment is made again, from scratch, for another Python than the one it has.
+# The environment is made again, from scratch, unless it has this Python (none, a removed one).
 version = $(shell $(1) -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null)
 PYTHON_VERSION := $(call version,$(PYTHON))
 VENV_VERSION := $(call version,$(BIN)/python)
@@ -32,7 +32,7 @@ postgres:
 
 $(INSTALLED): pyproject.toml requirements.lock
 	@bash scripts/ensure-venv-support.sh $(PYTHON)
-	$(PYTHON) -m venv $(if $(filter-out $(PYTHON_VERSION),$(VENV_VERSION)),--clear) $(VENV)
+	$(PYTHON) -m venv $(if $(filter $(PYTHON_VERSION),$(VENV_VERSION)),,--clear) $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check -c requirements.lock -e '.[dev]'
 	touch $@
 
@@ -41,6 +41,7 @@ $(INSTALLED): pyproject.toml requirements.lock
 # line to let that package move to its newest release), new dependencies get their newest.
 LOCK_VENV := .lock-venv
 lock:
+	@bash scripts/ensure-venv-support.sh $(PYTHON)
 	rm -rf $(LOCK_VENV)
 	$(PYTHON) -m venv $(LOCK_VENV)
 	$(LOCK_VENV)/bin/pip install --quiet --disable-pip-version-check -c requirements.lock -e '.[dev]'

@@ -160,6 +160,9 @@ def api_client(app: RunningApp, peer: tuple[str, int] = ("127.0.0.1", 123)) -> A
     return AsyncClient(transport=ASGITransport(app=app, client=peer), base_url="http://localhost")
 
 
+# The checkout under test: its bench/, Makefile, sources.
+CHECKOUT = Path(__file__).resolve().parents[1]
+
 _DATABASE_VARIABLES = ("DATABASE_URL", "DB_USER", "DB_PASSWORD", "DB_NAME", "DB_HOST", "DB_PORT")
 
 

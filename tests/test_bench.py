@@ -8,13 +8,12 @@ from pathlib import Path
 
 from sqlalchemy.engine import URL
 
-from devreg.db.migrations import PROJECT_ROOT
-from tests.support import devreg_environment, free_port
+from tests.support import CHECKOUT, devreg_environment, free_port
 
 
 def test_smallest_speed_run_reports_each_scenario(server_url: URL, tmp_path: Path) -> None:
     command = [
-        sys.executable, str(PROJECT_ROOT / "bench" / "speed.py"),
+        sys.executable, str(CHECKOUT / "bench" / "speed.py"),
         "--apps", "devreg,devreg-auth", "--workers", "1", "--scenarios", "get,heartbeat",
         "--duration", "1", "--warmup", "0", "--port", str(free_port()), "--out", str(tmp_path),
     ]  # fmt: skip
@@ -52,7 +51,7 @@ def test_smallest_scale_run_reports_every_query(server_url: URL) -> None:
     """The scale benchmark, at a few hundred devices: every query answered, import and export
     run. (Its requests went to a host the open API no longer answers, unnoticed until a run.)"""
     command = [
-        sys.executable, str(PROJECT_ROOT / "bench" / "scale.py"),
+        sys.executable, str(CHECKOUT / "bench" / "scale.py"),
         "--small", "100", "--large", "300", "--repeats", "1",
     ]  # fmt: skip
     environment = devreg_environment(

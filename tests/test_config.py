@@ -121,6 +121,8 @@ class TestDatabaseUrl:
             ("direct_tls=maybe", "direct_tls must be true or false"),
             ("prepared_statement_name_func=uuid", "prepared_statement_name_func cannot be given"),
             ("record_class=dict", "record_class cannot be given in a URL"),
+            ("timeout=soon", "timeout must be a number of seconds"),
+            ("command_timeout=0", "command_timeout must be a number of seconds"),
         ],
     )
     def test_an_asyncpg_option_of_the_wrong_type_is_refused(

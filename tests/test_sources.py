@@ -2,9 +2,9 @@
 
 import ast
 
-from devreg.db.migrations import PROJECT_ROOT
+from tests.support import CHECKOUT
 
-_BENCH = PROJECT_ROOT / "bench"  # its own files, not the peers' virtual environment in it
+_BENCH = CHECKOUT / "bench"  # its own files, not the peers' virtual environment in it
 _DEFINITIONS = (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)
 
 
@@ -12,7 +12,7 @@ def test_every_docstring_is_unicode_text() -> None:
     """Python 3.13 compiles docstrings through UTF-8: one holding a lone surrogate (an escape
     such as \\ud800 in a docstring that is not raw) stopped its module from importing there."""
     unencodable = []
-    sources = [PROJECT_ROOT / folder for folder in ("src", "tests", "migrations")]
+    sources = [CHECKOUT / folder for folder in ("src", "tests", "migrations")]
     paths = [*(path for folder in sources for path in folder.rglob("*.py")), *_BENCH.glob("*.py")]
     for path in sorted(paths):
         for node in ast.walk(ast.parse(path.read_bytes(), str(path))):
@@ -23,5 +23,5 @@ def test_every_docstring_is_unicode_text() -> None:
                 (docstring or "").encode()
             except UnicodeEncodeError:
                 line = getattr(node, "lineno", 1)
-                unencodable.append(f"{path.relative_to(PROJECT_ROOT)}:{line}")
+                unencodable.append(f"{path.relative_to(CHECKOUT)}:{line}")
     assert unencodable == []

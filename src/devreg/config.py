@@ -19,7 +19,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
-from devreg.schemas import Duration
+from devreg.schemas import Duration, is_a_number
 
 ASYNC_DRIVER = "postgresql+asyncpg"
 _POSTGRES_SCHEMES = {
@@ -318,6 +318,7 @@ _WHOLE_NUMBER_KEYWORDS = frozenset(
         "prepared_statement_cache_size",
     }
 )
+_SECONDS_KEYWORDS = frozenset({"timeout", "command_timeout"})  # devreg's settings set its own
 _BOOLEAN_KEYWORDS = {"direct_tls": {"true": True, "false": False}}
 _OBJECT_KEYWORDS = frozenset(
     {
@@ -342,6 +343,11 @@ def driver_connect_args(url: URL) -> dict[str, Any]:
             if not value.isascii() or not value.isdigit():
                 raise ValueError(f"DATABASE_URL option {name} must be a whole number")
             typed[name] = int(value)
+        elif name in _SECONDS_KEYWORDS:
+            seconds = float(value) if is_a_number(value) else 0.0
+            if not 0 < seconds < float("inf"):
+                raise ValueError(f"DATABASE_URL option {name} must be a number of seconds")
+            typed[name] = seconds
         elif name in _BOOLEAN_KEYWORDS:
             if value.lower() not in _BOOLEAN_KEYWORDS[name]:
                 raise ValueError(f"DATABASE_URL option {name} must be true or false")

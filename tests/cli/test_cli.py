@@ -359,7 +359,7 @@ class TestDatabase:
         self, devreg: Invoke, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     ) -> None:
         """An install without its migrations: `db status` ended in Alembic's traceback."""
-        monkeypatch.setattr(migrations, "PROJECT_ROOT", tmp_path)
+        monkeypatch.setattr(migrations, "ALEMBIC_HOME", tmp_path)
 
         result = devreg("db", "status")
 
@@ -761,13 +761,13 @@ def test_revision_writes_a_dated_migration(
 ) -> None:
     # A copy of the project's migrations: a probe revision in the real ones would be the head,
     # for a moment, to the test workers migrating beside this one.
-    shutil.copy(migrations.PROJECT_ROOT / "alembic.ini", tmp_path)
+    shutil.copy(migrations.ALEMBIC_HOME / "alembic.ini", tmp_path)
     shutil.copytree(
-        migrations.PROJECT_ROOT / "migrations",
+        migrations.ALEMBIC_HOME / "migrations",
         tmp_path / "migrations",
         ignore=shutil.ignore_patterns("__pycache__"),
     )
-    monkeypatch.setattr(migrations, "PROJECT_ROOT", tmp_path)
+    monkeypatch.setattr(migrations, "ALEMBIC_HOME", tmp_path)
     versions = tmp_path / "migrations" / "versions"
     before = set(versions.glob("*.py"))  # not __pycache__, which loading them may write
 
@@ -971,7 +971,8 @@ class TestChanges:
         asyncio.run(admin(committed_database_url, "UPDATE changes SET at = now() - interval '1h'"))
         result = devreg("changes", "prune", "--older-than", age)
         assert result.exit_code == 2
-        assert f"needs a unit: {age}d, {age}h, {age}m or {age}s" in result.stderr
+        # Not "needs a unit: 1.5d, ...": a unit takes a whole number.
+        assert "needs a whole number with its unit (90d, 12h, 30m, 45s)" in result.stderr
         kept = asyncio.run(query(committed_database_url, "SELECT count(*) AS n FROM changes"))
         assert kept == [{"n": 1}]
 

@@ -22,6 +22,7 @@ from devreg.db import migrations
 from devreg.db.base import Base
 from devreg.db.session import ANSWER_GRACE_SECONDS, create_engine
 from tests.support import (
+    CHECKOUT,
     admin,
     api_client,
     create_database,
@@ -224,7 +225,7 @@ async def test_plain_alembic_waits_for_the_migration_lock(server_url: URL) -> No
             )
             alembic = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "alembic", "upgrade", "head",
-                cwd=migrations.PROJECT_ROOT, env=environment,
+                cwd=migrations.ALEMBIC_HOME, env=environment,
             )  # fmt: skip
             await asyncio.sleep(2)
             assert alembic.returncode is None  # still waiting for the lock
@@ -244,7 +245,7 @@ async def test_an_installed_wheel_migrates_a_database_with_its_own_files(
     built = await _run(
         sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
         "--disable-pip-version-check", "--quiet", "--wheel-dir", str(tmp_path / "dist"),
-        str(migrations.PROJECT_ROOT),
+        str(CHECKOUT),
     )  # fmt: skip
     assert built.returncode == 0, built.stderr
     (wheel,) = (tmp_path / "dist").glob("devreg-*.whl")
@@ -266,14 +267,14 @@ async def test_an_installed_wheel_migrates_a_database_with_its_own_files(
 
 
 async def test_plain_alembic_takes_asyncpg_numbers_in_the_url(server_url: URL) -> None:
-    """`alembic upgrade head` with the URL devreg runs with (a statement cache of "0", as for
-    a pooler) compared the text with numbers, as devreg itself did."""
+    """`alembic upgrade head` with asyncpg's options in the URL (a statement cache of "0", a
+    connection timeout) compared their text with numbers, as devreg itself did."""
     url = await create_database(server_url, "devreg_alembic_options")
-    with_options = url.set(query={"statement_cache_size": "0"})
+    with_options = url.set(query={"statement_cache_size": "0", "timeout": "5"})
 
     upgraded = await _run(
         sys.executable, "-m", "alembic", "upgrade", "head",
-        cwd=migrations.PROJECT_ROOT,
+        cwd=migrations.ALEMBIC_HOME,
         DATABASE_URL=with_options.render_as_string(hide_password=False),
     )  # fmt: skip
 

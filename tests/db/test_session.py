@@ -83,9 +83,9 @@ async def test_libpq_options_in_the_url_reach_the_connection(committed_database_
 
 
 async def test_asyncpg_numbers_in_the_url_reach_the_connection(committed_database_url: URL) -> None:
-    """asyncpg's own options, written as text in a URL: a statement cache of size "0" (for a
-    connection pooler in transaction mode) was compared with numbers, and devreg would not
-    start ("invalid database URL: '<' not supported between instances of 'str' and 'int'")."""
+    """asyncpg's own options, written as text in a URL: a statement cache of size "0" was
+    compared with numbers, and devreg would not start ("invalid database URL: '<' not
+    supported between instances of 'str' and 'int'")."""
     with_options = committed_database_url.set(
         query={"statement_cache_size": "0", "prepared_statement_cache_size": "0"}
     )

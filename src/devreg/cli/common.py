@@ -221,7 +221,11 @@ def _with_unit(value: Any) -> Any:
     # A number of no length or less is refused as such by Duration: no unit would mend it.
     if isinstance(value, str) and is_a_number(value) and float(value) > 0:
         number = value.strip()
-        raise ValueError(f"needs a unit: {number}d, {number}h, {number}m or {number}s")
+        if number.isdigit():
+            raise ValueError(f"needs a unit: {number}d, {number}h, {number}m or {number}s")
+        raise ValueError(
+            "needs a whole number with its unit (90d, 12h, 30m, 45s), HH:MM:SS or ISO 8601 (PT1.5H)"
+        )
     return value
 
 

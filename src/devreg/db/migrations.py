@@ -21,7 +21,7 @@ from devreg.errors import sqlstate_of
 # Where alembic.ini and migrations/ are: inside the package when installed from a wheel, else at
 # the root of the checkout this module runs from.
 _PACKAGED = Path(__file__).resolve().parents[1] / "_alembic"
-PROJECT_ROOT = _PACKAGED if _PACKAGED.is_dir() else Path(__file__).resolve().parents[3]
+ALEMBIC_HOME = _PACKAGED if _PACKAGED.is_dir() else Path(__file__).resolve().parents[3]
 # Any constant works; it only has to be the same for every devreg process.
 MIGRATION_LOCK_KEY = 0x6465767265670001
 
@@ -29,8 +29,8 @@ _Operation = Callable[[Config], None]
 
 
 def alembic_config() -> Config:
-    config = Config(str(PROJECT_ROOT / "alembic.ini"))
-    config.set_main_option("script_location", str(PROJECT_ROOT / "migrations"))
+    config = Config(str(ALEMBIC_HOME / "alembic.ini"))
+    config.set_main_option("script_location", str(ALEMBIC_HOME / "migrations"))
     return config
 
 
