@@ -1,7 +1,10 @@
 """The speed benchmark's smallest run, end to end: the script works. (The benchmark itself is
 not a test; this proves only that it starts devreg, drives it and reports.)"""
 
+import contextlib
 import json
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -21,9 +24,7 @@ def test_smallest_speed_run_reports_each_scenario(server_url: URL, tmp_path: Pat
         BENCH_DATABASE_URL=server_url.render_as_string(hide_password=False), WORKERS="1"
     )
 
-    result = subprocess.run(
-        command, env=environment, capture_output=True, text=True, timeout=100, check=False
-    )
+    result = _run_bench(command, environment, timeout=180)
 
     assert result.returncode == 0, result.stderr[-3000:]
     rows = [line.split("|")[1:-1] for line in result.stdout.splitlines() if line.startswith("| 1 ")]
@@ -58,11 +59,32 @@ def test_smallest_scale_run_reports_every_query(server_url: URL) -> None:
         BENCH_DATABASE_URL=server_url.render_as_string(hide_password=False)
     )
 
-    result = subprocess.run(
-        command, env=environment, capture_output=True, text=True, timeout=200, check=False
-    )
+    result = _run_bench(command, environment, timeout=200)
 
     assert result.returncode == 0, result.stderr[-3000:]
     rows = [line for line in result.stdout.splitlines() if line.startswith("| ")]
     assert len(rows) == 1 + 24 + 3  # a header and 24 queries; a header, export and import
     assert "import said: 300 rows: 300 inserted" in result.stdout
+
+
+def _run_bench(
+    command: list[str], environment: dict[str, str], *, timeout: float
+) -> subprocess.CompletedProcess[str]:
+    """`command` run to its end or, past `timeout`, interrupted as Ctrl-C does, so that it
+    stops the servers it started: killed, it left a devreg server running, its port and
+    database held."""
+    with subprocess.Popen(
+        command, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True,
+    ) as process:  # fmt: skip
+        try:
+            stdout, stderr = process.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.send_signal(signal.SIGINT)
+            try:
+                process.communicate(timeout=30)
+            finally:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGKILL)
+            raise
+    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
