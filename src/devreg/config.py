@@ -3,6 +3,7 @@
 import inspect
 import ipaddress
 import os
+from collections.abc import Sequence
 from datetime import timedelta
 from functools import lru_cache
 from pathlib import Path
@@ -289,8 +290,7 @@ def _to_async_url(raw: str) -> URL:
     if (dbname := url.query.get("dbname")) is not None:
         # libpq's name for the database, which psql takes over the URL's path; asyncpg would
         # take the path's over it.
-        database = dbname if isinstance(dbname, str) else dbname[-1]
-        url = url.set(database=database).difference_update_query(["dbname"])
+        url = url.set(database=_last(dbname)).difference_update_query(["dbname"])
     driver_options = {name: value for name, value in url.query.items() if name in _DRIVER_KEYWORDS}
     libpq_options = _libpq_options(
         {name: value for name, value in url.query.items() if name not in _DRIVER_KEYWORDS}
@@ -336,7 +336,7 @@ def driver_connect_args(url: URL) -> dict[str, Any]:
     connect_args, which take precedence over the URL's text)."""
     typed: dict[str, Any] = {}
     for name, given in url.query.items():
-        value = given if isinstance(given, str) else given[-1]
+        value = _last(given)
         if name in _OBJECT_KEYWORDS:
             raise ValueError(f"DATABASE_URL option {name} cannot be given in a URL")
         if name in _WHOLE_NUMBER_KEYWORDS:
@@ -344,10 +344,7 @@ def driver_connect_args(url: URL) -> dict[str, Any]:
                 raise ValueError(f"DATABASE_URL option {name} must be a whole number")
             typed[name] = int(value)
         elif name in _SECONDS_KEYWORDS:
-            seconds = float(value) if is_a_number(value) else 0.0
-            if not 0 < seconds < float("inf"):
-                raise ValueError(f"DATABASE_URL option {name} must be a number of seconds")
-            typed[name] = seconds
+            typed[name] = _seconds(name, value)
         elif name in _BOOLEAN_KEYWORDS:
             if value.lower() not in _BOOLEAN_KEYWORDS[name]:
                 raise ValueError(f"DATABASE_URL option {name} must be true or false")
@@ -392,7 +389,7 @@ def _libpq_options(options: dict[str, Any]) -> dict[str, Any]:
     refused by name."""
     kept = {}
     for name, value in options.items():
-        last = value if isinstance(value, str) else value[-1]
+        last = _last(value)
         if name in _LIBPQ_UNSUPPORTED or (
             name in _LIBPQ_OPTIONAL and last not in _LIBPQ_OPTIONAL[name]
         ):
@@ -408,18 +405,21 @@ def _libpq_options(options: dict[str, Any]) -> dict[str, Any]:
 def _url_connect_timeout(url: URL) -> float | None:
     """The URL's libpq `connect_timeout` in seconds, if it has one (a positive number)."""
     raw = url.query.get("connect_timeout")
-    if raw is None:
-        return None
-    try:
-        timeout = float(raw if isinstance(raw, str) else raw[-1])
-    except ValueError:
-        timeout = 0
-    if not 0 < timeout <= _CONNECT_TIMEOUT_MAX:
-        raise ValueError(
-            "connect_timeout must be a number of seconds above 0 and at most "
-            f"{_CONNECT_TIMEOUT_MAX}"
-        )
-    return timeout
+    return None if raw is None else _seconds("connect_timeout", _last(raw), _CONNECT_TIMEOUT_MAX)
+
+
+def _last(given: str | Sequence[str]) -> str:
+    """A URL option's value: the last, when it is given several times (as libpq reads it)."""
+    return given if isinstance(given, str) else given[-1]
+
+
+def _seconds(name: str, value: str, at_most: float = float("inf")) -> float:
+    """A URL option's number of seconds: above 0, and at most `at_most`."""
+    seconds = float(value) if is_a_number(value) else 0.0
+    if not 0 < seconds <= at_most:
+        bound = "" if at_most == float("inf") else f" and at most {at_most}"
+        raise ValueError(f"{name} must be a number of seconds above 0{bound}")
+    return seconds
 
 
 _SESSION_ATTRIBUTES = tuple(attribute.value for attribute in SessionAttribute)
