@@ -9,6 +9,8 @@ own clean error; never raise anything else (which the API would answer with a 50
 import base64
 import json
 import math
+import string
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
@@ -61,6 +63,9 @@ json_values = st.recursive(
 
 def _cursors(value_type: type, nullable: bool, **filters: Any) -> Cursors:
     return Cursors("devices", Sort("key"), filters, value_type, nullable=nullable)
+
+
+URLSAFE_BASE64 = string.ascii_uppercase + string.ascii_lowercase + string.digits + "-_"
 
 
 def _b64(payload: bytes) -> str:
@@ -153,6 +158,36 @@ def test_a_tampered_cursor_decodes_or_is_refused(
     if extra:
         with pytest.raises(InvalidCursor):
             cursors.decode(raw)
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda cursor: cursor + ".",
+        lambda cursor: cursor + "!!!!",
+        lambda cursor: cursor + "=",
+        lambda cursor: f"{cursor[:4]} {cursor[4:]}",
+        lambda cursor: cursor.replace("-", "+").replace("_", "/"),
+        lambda cursor: cursor[:-1] + URLSAFE_BASE64[URLSAFE_BASE64.index(cursor[-1]) ^ 1],
+    ],
+    ids=["dot", "bangs", "padding", "space", "standard alphabet", "unused bits"],
+)
+def test_a_cursor_given_out_is_taken_only_as_given(edit: Callable[[str], str]) -> None:
+    """Base64 decoders skip what is not of their alphabet and the bits a last character leaves
+    unused: a cursor with something added or changed is another cursor, not the same one."""
+    cursors = _cursors(str, False)
+    # One with both characters only the URL-safe alphabet has, and a last character with bits
+    # to spare (its length not a multiple of 4).
+    cursor = next(
+        encoded
+        for n in range(1000)
+        if {"-", "_"}
+        <= set(encoded := cursors.encode(Position(value="?" * (n % 7) + ">~" * n, id=n)))
+        and len(encoded) % 4
+    )
+    assert cursors.decode(cursor).id >= 0
+    with pytest.raises(InvalidCursor):
+        cursors.decode(edit(cursor))
 
 
 def _wire(value: Any) -> Any:

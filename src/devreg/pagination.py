@@ -159,14 +159,18 @@ class Cursors:
         payload = json.dumps(
             [self.fingerprint, wire, position.id], separators=(",", ":"), ensure_ascii=False
         )
-        return base64.urlsafe_b64encode(payload.encode()).rstrip(b"=").decode()
+        return _unpadded_base64(payload.encode())
 
     def decode(self, cursor: str) -> Position:
         if len(cursor) > CURSOR_MAX_LENGTH:
             raise InvalidCursor
         try:
-            padded = cursor + "=" * (-len(cursor) % 4)
-            fingerprint, wire, row_id = json.loads(base64.urlsafe_b64decode(padded.encode()))
+            payload = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+            # The decoder skips characters outside its alphabet: only the cursor as it was
+            # given out is taken, not one with something added to it.
+            if _unpadded_base64(payload) != cursor:
+                raise InvalidCursor
+            fingerprint, wire, row_id = json.loads(payload)
         except (ValueError, TypeError, binascii.Error) as exc:
             raise InvalidCursor from exc
         if fingerprint != self.fingerprint:
@@ -313,3 +317,7 @@ async def paginate_listing(
         total=total if exact else max(total, len(rows)),
         total_is_estimate=not exact,
     )
+
+
+def _unpadded_base64(payload: bytes) -> str:
+    return base64.urlsafe_b64encode(payload).rstrip(b"=").decode()
