@@ -1,5 +1,6 @@
 import asyncio
 import logging
+import re
 import subprocess
 import sys
 import uuid
@@ -20,6 +21,7 @@ from sqlalchemy.engine import URL
 from devreg.app import create_app
 from devreg.db import migrations
 from devreg.db.base import Base
+from devreg.db.embedded import find_pg_bindir
 from devreg.db.session import ANSWER_GRACE_SECONDS, create_engine
 from tests.support import (
     CHECKOUT,
@@ -28,6 +30,7 @@ from tests.support import (
     create_database,
     devreg_environment,
     make_settings,
+    query,
     running,
     set_revision,
 )
@@ -68,6 +71,74 @@ async def test_downgrade_to_base_then_upgrade_again(server_url: URL) -> None:
         assert {"users", "devices"} <= set(tables)
     finally:
         await engine.dispose()
+
+
+def _libpq(url: URL) -> str:
+    return url.set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+async def test_a_dump_restores_into_an_empty_database(
+    committed_database_url: URL, server_url: URL, tmp_path: Path
+) -> None:
+    """What an operator backs up with pg_dump restores whole (pg_upgrade restores the schema
+    the same way): the version trigger's condition read a generated column, refused when the
+    dump re-created it, and the restored devices' versions then never changed."""
+    await admin(
+        committed_database_url,
+        "INSERT INTO devices (name, serial_number) VALUES ('probe', 'SN-DUMP')",
+    )
+    bin_dir = find_pg_bindir()
+    dump = tmp_path / "devreg.dump"
+    restored = await create_database(server_url, "devreg_restored")
+    for tool, *arguments in (
+        ("pg_dump", "--format=custom", f"--file={dump}", _libpq(committed_database_url)),
+        ("pg_restore", "--exit-on-error", f"--dbname={_libpq(restored)}", str(dump)),
+    ):
+        done = await asyncio.to_thread(
+            subprocess.run, [bin_dir / tool, *arguments], capture_output=True, text=True
+        )
+        assert done.returncode == 0, done.stderr
+
+    renamed = "UPDATE devices SET name = :name WHERE serial_number = 'SN-DUMP' RETURNING version"
+    assert await query(restored, renamed, name="probe") == [{"version": 1}]
+    assert await query(restored, renamed, name="renamed") == [{"version": 2}]
+    versions = await query(restored, "SELECT version_num FROM alembic_version")
+    assert versions == [{"version_num": migrations.head_revision()}]
+
+
+async def test_a_database_restored_without_its_version_trigger_gets_it_back(
+    committed_database_url: URL,
+) -> None:
+    """A dump taken before the trigger could be restored restores without it (pg_restore says
+    so and goes on): migrating the restored database makes it again."""
+    await admin(committed_database_url, "DROP TRIGGER devices_bump_version ON devices")
+    await set_revision(committed_database_url, "a2eb37244a61")
+    engine = create_engine(committed_database_url, make_settings(committed_database_url))
+    try:
+        await migrations.upgrade(engine)
+    finally:
+        await engine.dispose()
+
+    await admin(committed_database_url, "INSERT INTO devices (name) VALUES ('probe')")
+    renamed = "UPDATE devices SET name = 'renamed' RETURNING version"
+    assert await query(committed_database_url, renamed) == [{"version": 2}]
+
+
+async def test_the_version_trigger_compares_every_column_a_write_sets(database_url: URL) -> None:
+    """Its condition names the columns (it may not read the generated one): a column added to
+    devices must be added to it, or a change of that column alone would keep the version."""
+    columns = await query(
+        database_url,
+        "SELECT attname FROM pg_attribute WHERE attrelid = 'devices'::regclass "
+        "AND attnum > 0 AND NOT attisdropped AND attgenerated = ''",
+    )
+    [trigger] = await query(
+        database_url,
+        "SELECT pg_get_triggerdef(oid) AS definition FROM pg_trigger "
+        "WHERE tgname = 'devices_bump_version'",
+    )
+    compared = set(re.findall(r"\bnew\.(\w+)", trigger["definition"]))
+    assert compared == {column["attname"] for column in columns}
 
 
 async def test_concurrent_starters_migrate_exactly_once(server_url: URL) -> None:
