@@ -1,6 +1,7 @@
 """With no database configured, devreg runs its own PostgreSQL cluster and keeps its data."""
 
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -13,7 +14,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from devreg.db.embedded import EmbeddedCluster
+from devreg.db import embedded
+from devreg.db.embedded import EmbeddedCluster, EmbeddedPostgresError, find_pg_bindir
 from tests.support import (
     devreg_environment,
     devreg_server,
@@ -221,14 +223,105 @@ def test_db_stop_on_a_data_dir_never_used_creates_nothing(tmp_path: Path) -> Non
     assert not mistyped.exists()
 
 
-def test_a_cluster_that_cannot_start_says_why(embedded_settings: dict[str, str]) -> None:
-    """The reason was only in the server's log; devreg guessed "is port N taken?" whatever it
-    was."""
-    assert run_devreg("db", "status", **embedded_settings).returncode == 0
-    assert run_devreg("db", "stop", **embedded_settings).returncode == 0
+as_root = pytest.mark.skipif(os.geteuid() != 0, reason="PostgreSQL runs as another user for root")
+
+
+@as_root
+@pytest.mark.parametrize("umask", [0o027, 0o077, 0o000], ids=["027", "077", "000"])
+def test_the_directories_it_makes_do_not_depend_on_the_umask(
+    embedded_settings: dict[str, str], umask: int
+) -> None:
+    """As root under a strict umask, the directories devreg made for DATA_DIR were closed to
+    the postgres account, and initdb failed on every run ("Permission denied"); under umask 000
+    anyone could replace the password file, or hold the lock and keep devreg waiting."""
+    data_dir = Path(embedded_settings["DATA_DIR"]) / "made" / "here"
+    settings = {**embedded_settings, "DATA_DIR": str(data_dir)}
+
+    status = subprocess.run(
+        [sys.executable, "-m", "devreg", "db", "status"],
+        env=devreg_environment(**settings),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        umask=umask,
+    )
+
+    try:
+        assert status.returncode == 0, status.stderr
+        for made in (data_dir.parent, data_dir):
+            assert made.stat().st_mode & 0o777 == 0o755
+        assert (data_dir / "pg.lock").stat().st_mode & 0o777 == 0o600
+    finally:
+        assert run_devreg("db", "stop", **settings).returncode == 0
+
+
+@as_root
+def test_a_directory_closed_to_the_postgres_account_is_named(
+    embedded_settings: dict[str, str],
+) -> None:
+    closed = Path(embedded_settings["DATA_DIR"]) / "private"
+    closed.mkdir(mode=0o700)
+    data_dir = closed / "devreg"
+
+    result = run_devreg("db", "status", **{**embedded_settings, "DATA_DIR": str(data_dir)})
+
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [
+        f"devreg: the `postgres` user, which runs PostgreSQL for root, cannot enter {closed} "
+        f"to reach {data_dir / 'pg'}: open it to others (`chmod o+x {closed}`) or choose "
+        "another DATA_DIR"
+    ]
+
+
+@as_root
+def test_without_the_postgres_account_root_is_told_what_to_do(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Binaries from elsewhere than Debian's packages (a container's, conda's) come without
+    the account: a traceback ended the command, and an empty cluster directory stayed."""
+    monkeypatch.setattr(embedded, "_SERVICE_ACCOUNT", "devreg-no-such-account")
+    cluster = EmbeddedCluster(data_dir=tmp_path / "data" / "pg", port=free_port())
+
+    with pytest.raises(EmbeddedPostgresError, match=r"`useradd --system devreg-no-such-account`"):
+        cluster.ensure_running()
+
+    assert not (tmp_path / "data").exists()
+
+
+def test_a_first_start_cut_short_leaves_nothing_the_next_takes_for_a_cluster(
+    embedded_settings: dict[str, str],
+) -> None:
+    """initdb runs in a session of its own: devreg killed amid it (or a power cut), it went on
+    and made a cluster without devreg's settings, which every later start ran on PostgreSQL's
+    default port and then could not find."""
+    data_dir = Path(embedded_settings["DATA_DIR"])
+    first = started_devreg("db", "status", **embedded_settings)
+    deadline = time.monotonic() + 60
+    while not any(data_dir.glob("**/PG_VERSION")):
+        assert time.monotonic() < deadline, "initdb did not begin"
+        time.sleep(0.01)
+    first.kill()
+    first.communicate()
+
+    status = run_devreg("db", "status", **embedded_settings)
+
+    assert status.returncode == 0, status.stderr
+    pid_file = (data_dir / "pg" / "postmaster.pid").read_text().split("\n")
+    assert pid_file[3] == embedded_settings["EMBEDDED_PG_PORT"]
+
+
+@pytest.mark.parametrize("language", ["", "de"])
+def test_a_cluster_that_cannot_start_says_why_in_english(
+    embedded_settings: dict[str, str], language: str
+) -> None:
+    """With LANGUAGE set (as desktops set it), the server logged in that language, where
+    devreg looks for English: it said "no reason logged", or half the reason."""
+    settings = {**embedded_settings, "LANGUAGE": language}
+    assert run_devreg("db", "status", **settings).returncode == 0
+    assert run_devreg("db", "stop", **settings).returncode == 0
     port = int(embedded_settings["EMBEDDED_PG_PORT"])
     with socket.create_server(("127.0.0.1", port)):
-        result = run_devreg("db", "status", **embedded_settings)
+        result = run_devreg("db", "status", **settings)
 
     log_file = Path(embedded_settings["DATA_DIR"]) / "pg" / "server.log"
     assert result.returncode == 1
@@ -236,4 +329,107 @@ def test_a_cluster_that_cannot_start_says_why(embedded_settings: dict[str, str])
         "devreg: the embedded PostgreSQL did not start: could not bind IPv4 address "
         '"127.0.0.1": Address already in use; could not create any TCP/IP sockets; '
         f"see {log_file}"
+    ]
+
+
+def _without_pg_ctl_on_path() -> str:
+    return os.pathsep.join(
+        directory
+        for directory in os.environ["PATH"].split(os.pathsep)
+        if not (Path(directory) / "pg_ctl").exists()
+    )
+
+
+def test_a_cluster_another_postgresql_made_names_its_version(
+    embedded_settings: dict[str, str], tmp_path: Path
+) -> None:
+    """A cluster is run by the major version that made it. Another refuses it, and devreg said
+    only "database files are incompatible with server", not which versions."""
+    assert run_devreg("db", "status", **embedded_settings).returncode == 0
+    assert run_devreg("db", "stop", **embedded_settings).returncode == 0
+    (Path(embedded_settings["DATA_DIR"]) / "pg" / "PG_VERSION").write_text("14\n")
+    installed = find_pg_bindir()
+    elsewhere = tmp_path / "bin"
+    elsewhere.mkdir()
+    (elsewhere / "pg_ctl").symlink_to(installed / "pg_ctl")
+    path = _without_pg_ctl_on_path()
+
+    not_installed = run_devreg("db", "status", **embedded_settings, PATH=path)
+    another_on_path = run_devreg(
+        "db", "status", **embedded_settings, PATH=f"{elsewhere}{os.pathsep}{path}"
+    )
+
+    assert not_installed.returncode == 1
+    assert not_installed.stderr.splitlines() == [
+        "devreg: the embedded cluster was made by PostgreSQL 14, whose server binaries are not "
+        "installed: install them (`apt-get install -y postgresql-14`), or put that version's "
+        "pg_ctl on PATH"
+    ]
+    assert another_on_path.returncode == 1
+    assert re.fullmatch(
+        r"devreg: the embedded PostgreSQL did not start: database files are incompatible with "
+        r"server \(The data directory was initialized by PostgreSQL version 14, which is not "
+        r"compatible with this version \d+\.\d+.*\); see .*server\.log\n",
+        another_on_path.stderr,
+    )
+
+
+def test_an_existing_cluster_is_run_by_the_version_that_made_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Debian's upgrades install the next major version beside the one in use: the newest was
+    taken, for a cluster it cannot run, though its own version was still installed."""
+    for version in ("15", "17"):
+        (tmp_path / version / "bin").mkdir(parents=True)
+        (tmp_path / version / "bin" / "pg_ctl").touch()
+    monkeypatch.setattr(embedded, "PACKAGED_VERSIONS", tmp_path)
+    monkeypatch.setenv("PATH", _without_pg_ctl_on_path())
+
+    assert find_pg_bindir("15") == tmp_path / "15" / "bin"
+    assert find_pg_bindir(None) == tmp_path / "17" / "bin"  # a new cluster: the newest
+
+
+@pytest.mark.parametrize(
+    ("returncode", "stderr", "reason"),
+    [
+        (
+            1,
+            'The files belonging to this database system will be owned by user "postgres".\n'
+            'initdb: error: could not create directory "/d/pg": No space left on device\n'
+            'initdb: removing data directory "/d/pg"\n',
+            'initdb: error: could not create directory "/d/pg": No space left on device',
+        ),
+        (1, "pg_ctl: server did not start in time\n", "pg_ctl: server did not start in time"),
+        (-9, "", "ended by SIGKILL"),
+        (137, "", "exit status 137"),
+    ],
+    ids=["its-error", "its-last-line", "killed", "silent"],
+)
+def test_a_tool_that_failed_says_why_in_a_line(returncode: int, stderr: str, reason: str) -> None:
+    """initdb's whole output was the message, several lines of it (a full disk), or nothing
+    at all ("initdb failed: ") when it was killed."""
+    result = subprocess.CompletedProcess(["initdb"], returncode, stdout="", stderr=stderr)
+    assert embedded._reason(result) == reason
+
+
+@as_root
+def test_a_cluster_that_fails_before_it_logs_says_what_pg_ctl_said(
+    embedded_settings: dict[str, str],
+) -> None:
+    """A cluster copied by root is root's: pg_ctl, run as the postgres account, fails before
+    the server writes a line, and devreg said "no reason logged"."""
+    assert run_devreg("db", "status", **embedded_settings).returncode == 0
+    assert run_devreg("db", "stop", **embedded_settings).returncode == 0
+    data_dir = Path(embedded_settings["DATA_DIR"]) / "pg"
+    postgres = (data_dir.stat().st_uid, data_dir.stat().st_gid)
+    os.chown(data_dir, 0, 0)
+    try:
+        result = run_devreg("db", "status", **embedded_settings)
+    finally:
+        os.chown(data_dir, *postgres)
+
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [
+        "devreg: the embedded PostgreSQL did not start: pg_ctl: could not open PID file "
+        f'"{data_dir}/postmaster.pid": Permission denied; see {data_dir}/server.log'
     ]

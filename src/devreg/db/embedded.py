@@ -12,9 +12,11 @@ import pwd
 import re
 import secrets
 import shutil
+import signal
+import stat
 import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,12 +36,28 @@ class EmbeddedPostgresError(Exception):
     """The embedded cluster could not be set up or started; the message says what to do."""
 
 
-def find_pg_bindir() -> Path:
+# Debian's packages install each major version's binaries here, side by side.
+PACKAGED_VERSIONS = Path("/usr/lib/postgresql")
+
+
+def find_pg_bindir(made_by: str | None = None) -> Path:
+    """PostgreSQL's binaries for a cluster made by major version `made_by` (its PG_VERSION):
+    that version's packaged ones, where installed; else those on PATH; for a new cluster, those
+    on PATH, else the newest packaged. Another major version cannot run an existing cluster,
+    and Debian upgrades install the next beside the one a cluster was made with."""
+    if made_by is not None and (PACKAGED_VERSIONS / made_by / "bin" / "pg_ctl").exists():
+        return PACKAGED_VERSIONS / made_by / "bin"
     on_path = shutil.which("pg_ctl")
     if on_path:
         return Path(on_path).resolve().parent
+    if made_by is not None:
+        raise EmbeddedPostgresError(
+            f"the embedded cluster was made by PostgreSQL {made_by}, whose server binaries are "
+            f"not installed: install them (`apt-get install -y postgresql-{made_by}`), or put "
+            "that version's pg_ctl on PATH"
+        )
     versions = sorted(
-        Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"),
+        PACKAGED_VERSIONS.glob("*/bin/pg_ctl"),
         key=lambda path: int(path.parent.parent.name) if path.parent.parent.name.isdigit() else 0,
     )
     if versions:
@@ -82,6 +100,13 @@ class EmbeddedCluster:
 
     def is_initialised(self) -> bool:
         return (self.data_dir / "PG_VERSION").exists()
+
+    def _made_by(self) -> str | None:
+        """The major version of PostgreSQL that made the cluster, if there is one."""
+        try:
+            return (self.data_dir / "PG_VERSION").read_text().strip()
+        except FileNotFoundError:
+            return None
 
     def is_running(self) -> bool:
         if not self.is_initialised() or self._pid_file_is_stale():
@@ -138,8 +163,10 @@ class EmbeddedCluster:
         that cannot be used on the way (DATA_DIR a file, or not ours) is an
         EmbeddedPostgresError: one line, as every command says it."""
         try:
-            self.data_dir.parent.mkdir(parents=True, exist_ok=True)
-            with self.lock_file.open("a") as lock:
+            _make_directories(self.data_dir.parent)
+            # Private: anyone who can open the lock can hold it, and so keep devreg waiting.
+            descriptor = os.open(self.lock_file, os.O_RDONLY | os.O_CREAT, 0o600)
+            with open(descriptor) as lock:
                 fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file is closed
                 yield
         except OSError as exc:
@@ -147,7 +174,10 @@ class EmbeddedCluster:
 
     def ensure_running(self) -> None:
         """Create the cluster on first use, then start it unless it is already up."""
+        if os.geteuid() == 0:
+            _service_account()  # before anything is made for it
         with self._alone():
+            self._require_reachable()
             if not self.is_initialised():
                 self._initdb()
             if self.is_running():
@@ -159,7 +189,9 @@ class EmbeddedCluster:
             logged_before = self._log_size()
             started = self._pg_ctl("start", "-w", "-t", "60", "-l", str(self.log_file), check=False)
             if started.returncode != 0:
-                why = "; ".join(self._start_failures(logged_before)) or "no reason logged"
+                # Failing before the server logs anything (its PID file not its to write, say),
+                # pg_ctl says why itself.
+                why = "; ".join(self._start_failures(logged_before)) or _reason(started)
                 raise EmbeddedPostgresError(
                     f"the embedded PostgreSQL did not start: {why}; see {self.log_file}"
                 )
@@ -172,18 +204,26 @@ class EmbeddedCluster:
 
     def _start_failures(self, logged_before: int) -> list[str]:
         """What the server logged of why it stopped since `logged_before` bytes: its FATAL
-        and PANIC messages, and what it "could not" do on the way (bind its port, say)."""
+        and PANIC messages, and what it "could not" do on the way (bind its port, say), each
+        with its DETAIL (which names the versions of a cluster another PostgreSQL made)."""
         try:
             with self.log_file.open("rb") as log:
                 log.seek(logged_before)
                 logged = log.read(_START_LOG_MAX).decode(errors="replace")
         except OSError:
             return []
-        return [
-            found.group(2)
-            for found in _LOGGED.finditer(logged)
-            if found.group(1) in ("FATAL", "PANIC") or found.group(2).startswith("could not")
-        ][:_START_FAILURES_MAX]
+        failures: list[str] = []
+        kept = False  # the message a DETAIL line is of
+        for found in _LOGGED.finditer(logged):
+            severity, message = found.groups()
+            if severity == "DETAIL":
+                if kept:
+                    failures[-1] += f" ({message.rstrip('.')})"
+                continue
+            kept = severity in ("FATAL", "PANIC") or message.startswith("could not")
+            if kept:
+                failures.append(message)
+        return failures[:_START_FAILURES_MAX]
 
     def exists(self) -> bool:
         """Whether DATA_DIR holds the cluster's directory (made, if not yet initialised); a
@@ -207,33 +247,65 @@ class EmbeddedCluster:
             self._pg_ctl("stop", "-w", "-m", "fast")
             return True
 
+    def _require_reachable(self) -> None:
+        """As root, the service account can pass through every directory above the cluster's:
+        initdb and the server, run as that account, failed on the first one closed to it
+        ("Permission denied"), a parent made under a strict umask or a private home."""
+        if os.geteuid() != 0:
+            return
+        account = _service_account()
+        groups = set(os.getgrouplist(account.pw_name, account.pw_gid))
+        for directory in reversed(self.data_dir.parents):
+            status = directory.stat()
+            if status.st_uid == account.pw_uid:
+                searchable = status.st_mode & stat.S_IXUSR
+            elif status.st_gid in groups:
+                searchable = status.st_mode & stat.S_IXGRP
+            else:
+                searchable = status.st_mode & stat.S_IXOTH
+            if not searchable:
+                raise EmbeddedPostgresError(
+                    f"the `{account.pw_name}` user, which runs PostgreSQL for root, cannot "
+                    f"enter {directory} to reach {self.data_dir}: open it to others "
+                    f"(`chmod o+x {directory}`) or choose another DATA_DIR"
+                )
+
     def _initdb(self) -> None:
-        self.data_dir.mkdir(mode=0o700, exist_ok=True)
-        self._hand_to_service_account(self.data_dir)
+        """Made beside the cluster's place, then moved there whole: a first start cut short
+        (killed, a power cut) left a cluster half made, taken for one by the next start, which
+        then ran it on PostgreSQL's default port for ever."""
+        for leftover in self.data_dir.parent.glob(f"{self.data_dir.name}{_MAKING}*"):
+            shutil.rmtree(leftover, ignore_errors=True)
+        making = Path(
+            tempfile.mkdtemp(prefix=f"{self.data_dir.name}{_MAKING}", dir=self.data_dir.parent)
+        )
+        self._hand_to_service_account(making)
         password = secrets.token_urlsafe(24)
-        # The password file is for devreg (its owner) alone; initdb reads a throwaway copy.
+        # initdb reads a copy of the password, which goes with what a cut-short start leaves.
+        password_copy = making / "password"
+        password_copy.touch(mode=0o600)
+        password_copy.write_text(password + "\n")
+        self._hand_to_service_account(password_copy)
+        cluster = making / "pg"
+        self._run(
+            "initdb",
+            "-D",
+            str(cluster),
+            "-U",
+            SUPERUSER,
+            f"--pwfile={password_copy}",
+            "--auth-host=scram-sha-256",
+            "--auth-local=scram-sha-256",
+            "--encoding=UTF8",
+            "--locale=C.UTF-8",
+        )
+        with (cluster / "postgresql.conf").open("a") as conf:
+            conf.write(f"\ninclude_if_exists = '{_CONFIG_FILE}'\n")
+        # The password file is for devreg (its owner) alone.
         self.password_file.touch(mode=0o600)
         self.password_file.write_text(password + "\n")
-        with tempfile.NamedTemporaryFile("w", prefix="devreg-pw-", delete=False) as pwfile:
-            pwfile.write(password + "\n")
-        try:
-            self._hand_to_service_account(Path(pwfile.name))
-            self._run(
-                "initdb",
-                "-D",
-                str(self.data_dir),
-                "-U",
-                SUPERUSER,
-                f"--pwfile={pwfile.name}",
-                "--auth-host=scram-sha-256",
-                "--auth-local=scram-sha-256",
-                "--encoding=UTF8",
-                "--locale=C.UTF-8",
-            )
-        finally:
-            os.unlink(pwfile.name)
-        with (self.data_dir / "postgresql.conf").open("a") as conf:
-            conf.write(f"\ninclude_if_exists = '{_CONFIG_FILE}'\n")
+        cluster.rename(self.data_dir)  # over an empty directory, if one is there
+        shutil.rmtree(making)
 
     def _write_config(self) -> None:
         settings = {
@@ -242,6 +314,8 @@ class EmbeddedCluster:
             "unix_socket_directories": "''",
             # Room for the default workers' pools (4 x 30) and the CLI beside them.
             "max_connections": "200",
+            # devreg reads why the server did not start from its log (_start_failures).
+            "lc_messages": "'C'",
             **self.server_settings,
         }
         path = self.data_dir / _CONFIG_FILE
@@ -252,9 +326,9 @@ class EmbeddedCluster:
         return self._run("pg_ctl", "-D", str(self.data_dir), *args, check=check)
 
     def _run(self, tool: str, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        command = [str(find_pg_bindir() / tool), *args]
+        command = [str(find_pg_bindir(self._made_by()) / tool), *args]
         if os.geteuid() == 0:
-            command = ["runuser", "-u", _SERVICE_ACCOUNT, "--", *command]
+            command = ["runuser", "-u", _service_account().pw_name, "--", *command]
         result = subprocess.run(  # noqa: S603 - fixed binaries, arguments built here
             command,
             capture_output=True,
@@ -262,24 +336,76 @@ class EmbeddedCluster:
             check=False,
             start_new_session=True,
             cwd="/",
+            env=_in_english(os.environ),
         )
         if check and result.returncode != 0:
-            raise EmbeddedPostgresError(f"{tool} failed: {result.stderr.strip()[-500:]}")
+            raise EmbeddedPostgresError(f"{tool} failed: {_reason(result)}")
         return result
 
     @staticmethod
     def _hand_to_service_account(path: Path) -> None:
         if os.geteuid() == 0:
-            account = pwd.getpwnam(_SERVICE_ACCOUNT)
+            account = _service_account()
             os.chown(path, account.pw_uid, account.pw_gid)
 
 
+def _make_directories(path: Path) -> None:
+    """`path` and its missing parents, open to all to pass through (as root, the service
+    account must reach the cluster inside), whatever the umask: 027 closed them to it, 000 let
+    anyone replace the password file."""
+    for directory in reversed([path, *path.parents]):
+        if not directory.exists():
+            directory.mkdir(exist_ok=True)
+            directory.chmod(0o755)
+
+
+def _service_account() -> pwd.struct_passwd:
+    try:
+        return pwd.getpwnam(_SERVICE_ACCOUNT)
+    except KeyError:
+        raise EmbeddedPostgresError(
+            f"as root, devreg runs PostgreSQL as the `{_SERVICE_ACCOUNT}` user (PostgreSQL "
+            "refuses root), which this machine does not have: create it "
+            f"(`useradd --system {_SERVICE_ACCOUNT}`), run devreg as another user, or set "
+            "DATABASE_URL"
+        ) from None
+
+
+def _in_english(environment: Mapping[str, str]) -> dict[str, str]:
+    """The environment PostgreSQL's tools run in: their messages, and the server's log, in
+    English, which devreg reads them in. LANGUAGE chose gettext's translation whatever the
+    locale (but C), and LC_ALL overrides LC_MESSAGES."""
+    kept = {
+        name: value for name, value in environment.items() if name not in ("LANGUAGE", "LC_ALL")
+    }
+    return {**kept, "LC_MESSAGES": "C"}
+
+
+def _reason(result: subprocess.CompletedProcess[str]) -> str:
+    """Why a PostgreSQL tool failed, in a line: its first error, else its last word, else how
+    it ended (killed, it says nothing)."""
+    lines = [line.strip() for line in result.stderr.splitlines() if line.strip()]
+    errors = [line for line in lines if _TOOL_ERROR.search(line)]
+    if errors:
+        return errors[0]
+    if lines:
+        return lines[-1]
+    if result.returncode < 0:
+        return f"ended by {signal.Signals(-result.returncode).name}"
+    return f"exit status {result.returncode}"
+
+
+_TOOL_ERROR = re.compile(r"\b(error|FATAL|PANIC):|could not ")
+
+
 # A server log line, after its prefix (log_line_prefix): its severity and its message.
-_LOGGED = re.compile(r"\b(LOG|FATAL|PANIC):  (.*)")
+_LOGGED = re.compile(r"\b(LOG|FATAL|PANIC|DETAIL):  (.*)")
 _START_LOG_MAX = 64 * 1024
 _START_FAILURES_MAX = 3
 
 _ENDED_UNREAPED = "Z"  # a zombie, in /proc's words
+# What a cluster being made is called, beside where it goes.
+_MAKING = ".initdb-"
 
 
 def _process_state(pid: int) -> str:
