@@ -184,9 +184,13 @@ class DevregProcess:
         return self.output.read()
 
     def errors_logged(self) -> list[dict[str, Any]]:
-        """The log's records at level ERROR or above (the log is JSON, a record a line)."""
+        """The log's records at level ERROR or above."""
+        return self.logged("ERROR", "CRITICAL")
+
+    def logged(self, *levels: str) -> list[dict[str, Any]]:
+        """The log's records at these levels (the log is JSON, a record a line)."""
         records = [json.loads(line) for line in self.log().splitlines() if line.startswith("{")]
-        return [record for record in records if record.get("level") in {"ERROR", "CRITICAL"}]
+        return [record for record in records if record.get("level") in levels]
 
 
 @contextmanager

@@ -109,6 +109,7 @@ async def test_a_database_restart_under_load_costs_503s_and_nothing_else(
             done.set()
             await asyncio.gather(*loaders)
         errors = server.errors_logged()
+        warnings = server.logged("WARNING")
 
     # The figures, for `pytest -s`: requests sent, their statuses, time to recover.
     print(
@@ -117,7 +118,8 @@ async def test_a_database_restart_under_load_costs_503s_and_nothing_else(
     )
     assert set(statuses) <= {200, 201, 204, 503}, (statuses, errors)
     assert errors == []
-    assert before_restart[503] > 0  # the outage was seen...
+    assert before_restart[503] > 0  # the outage was seen, and said why...
+    assert {"database unreachable"} <= {warning["message"] for warning in warnings}
     assert unavailable_without_retry_after == 0
     assert statuses[200] > served_before  # ...and service resumed without restarting devreg
     assert recovered_after < 5

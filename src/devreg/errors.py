@@ -370,9 +370,20 @@ class DatabaseRefusal(ServiceUnavailable):
     log_level: ClassVar[int] = logging.WARNING
     log_message: ClassVar[str]
 
-    def __init__(self, sqlstate: str) -> None:
+    def __init__(self, sqlstate: str | None) -> None:
         super().__init__()
         self.sqlstate = sqlstate
+
+
+class DatabaseOutage(DatabaseRefusal):
+    """The database not answering, or a connection to it lost (it stopped, restarted or was cut
+    off; with a SQLSTATE of class 08 or 57P0x when it said so): each request a 503, and a
+    warning, without which an outage left only the 503s in the log."""
+
+    log_message = "database unreachable"
+
+    def __init__(self, sqlstate: str | None = None) -> None:
+        super().__init__(sqlstate)
 
 
 class DatabaseOutOfResources(DatabaseRefusal):
@@ -451,7 +462,7 @@ def database_problem(exc: DBAPIError) -> DevregError | None:
         return Conflict()
     lost = exc.connection_invalidated or type(exc.orig).__name__ in _DRIVER_CONNECTION_ERRORS
     if lost and not half_sent(getattr(exc.orig, "driver_exception", None)):
-        return ServiceUnavailable()
+        return DatabaseOutage()
     return sqlstate_problem(sqlstate_of(exc) or "")
 
 
@@ -489,7 +500,7 @@ def sqlstate_problem(sqlstate: str) -> DevregError | None:
     """The problem a PostgreSQL error means for the client, by its SQLSTATE, whichever layer
     (SQLAlchemy or asyncpg itself) raised it; None for a bug of devreg's own."""
     if sqlstate.startswith(CONNECTION_LOST_SQLSTATES):
-        return ServiceUnavailable()
+        return DatabaseOutage(sqlstate)
     if sqlstate.startswith(OUT_OF_RESOURCES):
         return DatabaseOutOfResources(sqlstate)
     if sqlstate.startswith(REFUSED_CONNECTION):

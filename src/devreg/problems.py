@@ -23,10 +23,10 @@ from starlette.routing import Match
 from devreg.errors import (
     PROBLEM_MEDIA_TYPE,
     PROBLEM_TYPE_PREFIX,
+    DatabaseOutage,
     DatabaseRefusal,
     DevregError,
     PoolExhausted,
-    ServiceUnavailable,
     database_problem,
     error_entry,
     summary,
@@ -149,7 +149,8 @@ def document_problems(schema: dict[str, Any]) -> dict[str, Any]:
 async def _devreg_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, DevregError)
     if isinstance(exc, DatabaseRefusal):  # the operator's to fix, not the client's
-        logger.log(exc.log_level, exc.log_message, extra={"sqlstate": exc.sqlstate})
+        said = {"sqlstate": exc.sqlstate} if exc.sqlstate else {}
+        logger.log(exc.log_level, exc.log_message, extra=said)
     return error_response(request, exc)
 
 
@@ -270,7 +271,7 @@ async def _database_error(request: Request, exc: Exception) -> JSONResponse:
 
 
 async def _connection_error(request: Request, exc: Exception) -> JSONResponse:
-    return await _devreg_error(request, ServiceUnavailable())
+    return await _devreg_error(request, DatabaseOutage())
 
 
 async def _client_gone(request: Request, exc: Exception) -> JSONResponse:

@@ -9,7 +9,7 @@ from sqlalchemy import Select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from devreg.db.driver import discard, discard_if_lost, driver_connection, driver_sql, echo
-from devreg.errors import ServiceUnavailable, StatementTimedOut, sqlstate_problem
+from devreg.errors import DatabaseOutage, StatementTimedOut, sqlstate_problem
 
 _CHUNK_BYTES = 256 * 1024
 _CHUNKS_IN_FLIGHT = 8  # with _CHUNK_BYTES, what bounds the memory one export uses
@@ -81,7 +81,7 @@ async def copy_out(
             raise StatementTimedOut() from None
         except Exception as exc:
             if await discard_if_lost(session, exc):  # the server went away, before or mid-COPY
-                raise ServiceUnavailable() from None
+                raise DatabaseOutage() from None
             problem = (
                 sqlstate_problem(str(exc.sqlstate))  # a timeout, say
                 if isinstance(exc, asyncpg.PostgresError)

@@ -21,6 +21,7 @@ from devreg.db.session import JSON_CODECS, UnitOfWork
 from devreg.errors import (
     CONNECTION_LOST_SQLSTATES,
     Conflict,
+    DatabaseOutage,
     ServiceUnavailable,
     half_sent,
     sqlstate_problem,
@@ -194,9 +195,7 @@ async def _pooled(
         # The pool had to connect, and could not: the database down or starting up (no SQLSTATE,
         # or a connection one), out of connections, or refusing devreg's role or password.
         refusal = sqlstate_problem(getattr(exc, "sqlstate", None) or "")
-        raise (
-            refusal if isinstance(refusal, ServiceUnavailable) else ServiceUnavailable()
-        ) from None
+        raise (refusal if isinstance(refusal, ServiceUnavailable) else DatabaseOutage()) from None
     try:
         return await run(pooled.driver_connection)
     except BaseException as exc:
@@ -241,7 +240,7 @@ def _problem(
         # server restarted): each is replaced at its next checkout, as SQLAlchemy does on its own
         # path, rather than found dead by a request of its own, a 503 each.
         pool._invalidate(pooled, exc)
-        return ServiceUnavailable()
+        return DatabaseOutage()
     if not isinstance(exc, asyncpg.PostgresError) or half_sent(exc):
         # Cancelled mid-statement, or left half-way through the statement's messages.
         pooled.invalidate()
