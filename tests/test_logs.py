@@ -2,6 +2,7 @@ import json
 import logging
 import logging.config
 import sys
+import time
 import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -179,6 +180,32 @@ async def test_a_requests_path_cannot_steer_the_terminal_or_split_the_line(
     assert len(lines) == 1
     assert lines[0].isascii()
     assert json.loads(lines[0])["path"] == "/api/v1/devices/" + steering
+
+
+@pytest.mark.parametrize("encoding", ["ascii", "latin-1"])
+def test_every_line_is_written_as_json_whatever_stdouts_encoding(
+    committed_database_url: URL, encoding: str
+) -> None:
+    """Under PYTHONIOENCODING=ascii a request for a path beyond ASCII lost its line (stderr
+    said "--- Logging error ---"); under latin-1, `café` reached the log as a byte that is not
+    UTF-8."""
+    url = committed_database_url.render_as_string(hide_password=False)
+    paths = ["/api/v1/café", "/api/v1/\N{ROCKET}"]
+    with devreg_process(DATABASE_URL=url, PYTHONIOENCODING=encoding) as server:
+        for path in paths:
+            httpx.get(server.base_url + quote(path))
+        # A request's line is written once its answer is sent: the last may not be there yet.
+        deadline = time.monotonic() + 10
+        while server.log().count('"path":"/api/v1/') < len(paths):
+            assert time.monotonic() < deadline, server.log()
+            time.sleep(0.05)
+        log = server.log()
+
+    assert "Logging error" not in log
+    assert log.isascii()
+    records = [json.loads(line) for line in log.splitlines()]
+    logged = [r["path"] for r in records if r["logger"] == "devreg.request"]
+    assert [path for path in logged if path.startswith("/api/")] == paths
 
 
 def test_the_record_itself_loses_its_traceback_for_any_other_handler() -> None:

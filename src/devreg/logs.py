@@ -44,11 +44,36 @@ def visible(text: str) -> str:
     return _STEERING.sub(lambda found: f"\\u{ord(found[0]):04x}", text)
 
 
+# Outside a JSON document's strings it is ASCII: these are all in its strings.
+_BEYOND_PRINTABLE_ASCII = re.compile(r"[^\x00-\x7e]")
+
+
+def ascii_json(text: str) -> str:
+    """The JSON document `text` in ASCII: each character beyond it, and DEL, written as its JSON
+    escape (`\\u00e9`; a surrogate pair's two beyond U+FFFF), which every JSON reader reads back
+    as the character. ASCII is written as it is in any encoding stdout may have (ASCII under
+    LC_ALL=C, latin-1), where the character itself may be missing or a byte that is not UTF-8;
+    and it steers no terminal (JSON's strings hold no raw C0 control)."""
+    return _BEYOND_PRINTABLE_ASCII.sub(_json_escape, text)
+
+
+def _json_escape(found: re.Match[str]) -> str:
+    code = ord(found[0])
+    if code <= 0xFFFF:
+        return f"\\u{code:04x}"
+    beyond = code - 0x10000
+    return f"\\u{0xD800 + (beyond >> 10):04x}\\u{0xDC00 + (beyond & 0x3FF):04x}"
+
+
 class JsonLineFormatter(logging.Formatter):
     """One JSON object per record: its time (UTC, ISO 8601), level, logger and message, then its
     own fields (`extra=`, the request id). A record's exception becomes its type name: tracebacks
     (and the SQL and values in exception messages) stay out of logs by policy, and so does the
     traceback text uvicorn logs as the message when an application's start-up fails.
+
+    Every line is ASCII (`ascii_json`), whatever stdout's encoding: with one that lacks a
+    character of a request's path (ASCII, say), the line was lost to a UnicodeEncodeError; with
+    latin-1, a log meant to be UTF-8 got a byte that is not.
 
     Written for the fields devreg logs rather than taken from a general JSON formatter:
     python-json-logger's merging of a record's attributes was 5% of a GET's instructions
@@ -65,10 +90,8 @@ class JsonLineFormatter(logging.Formatter):
             if key not in _RECORD_ATTRIBUTES and not key.startswith("_"):
                 line.setdefault(_RENAMED.get(key, key), value)
         written = orjson.dumps(line, default=_as_text).decode()
-        # orjson escapes the C0 controls: a line in ASCII (nearly every one) holds no other but
-        # DEL. Escaped inside the line's strings (no other part holds one), a line reads back
-        # the same.
-        return written if written.isascii() and "\x7f" not in written else visible(written)
+        # Nearly every line is ASCII already, and orjson escapes the C0 controls.
+        return written if written.isascii() and "\x7f" not in written else ascii_json(written)
 
 
 def _redacted(record: logging.LogRecord) -> str:
