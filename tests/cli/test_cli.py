@@ -332,6 +332,66 @@ class TestOutputThatCannotBeWritten:
         assert existing.read_text().splitlines()[0] == EXPORT_HEADER
 
 
+NAMED_BEYOND_ASCII = "Žluťoučký 🚀"
+# The encodings a stdout may have that lack characters of it, and how each is asked for.
+ENCODINGS_LACKING_ITS_CHARACTERS = [
+    pytest.param("ascii", {"PYTHONIOENCODING": "ascii"}, id="ascii"),
+    pytest.param("latin-1", {"PYTHONIOENCODING": "latin-1"}, id="latin-1"),
+    pytest.param("ascii", {"LC_ALL": "C", "PYTHONUTF8": "0"}, id="c-locale"),
+]
+# A page (users list takes the same way) and a single record.
+LISTINGS_OF_IT = [("devices", "list"), ("devices", "get", "1")]
+
+
+def devreg_output_in(
+    encoding: str, url: str, *args: str, **environment: str
+) -> subprocess.CompletedProcess[str]:
+    """`devreg ARGS...` with its stdout in `encoding`, read back in it."""
+    return subprocess.run(
+        [sys.executable, "-m", "devreg", *args],
+        env=devreg_environment(DATABASE_URL=url, **environment),
+        capture_output=True,
+        encoding=encoding,
+        timeout=120,
+        check=False,
+    )
+
+
+class TestOutputInAnyEncoding:
+    """A name with a character stdout's encoding lacks ended the listing with a
+    UnicodeEncodeError's traceback, as a table and as JSON alike."""
+
+    @pytest.fixture
+    def url(self, devreg: Invoke, committed_database_url: URL) -> str:
+        devreg("devices", "create", "--name", NAMED_BEYOND_ASCII, "--tag", NAMED_BEYOND_ASCII)
+        return committed_database_url.render_as_string(hide_password=False)
+
+    @pytest.mark.parametrize("command", LISTINGS_OF_IT, ids=" ".join)
+    @pytest.mark.parametrize(("encoding", "environment"), ENCODINGS_LACKING_ITS_CHARACTERS)
+    def test_json_is_ascii_and_reads_back_the_name(
+        self, url: str, command: tuple[str, ...], encoding: str, environment: dict[str, str]
+    ) -> None:
+        result = devreg_output_in(encoding, url, *command, "--json", **environment)
+
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.isascii()
+        document = json.loads(result.stdout)
+        shown = document["items"][0] if "items" in document else document
+        assert (shown["name"], shown["tags"]) == (NAMED_BEYOND_ASCII, [NAMED_BEYOND_ASCII])
+
+    @pytest.mark.parametrize("command", LISTINGS_OF_IT, ids=" ".join)
+    @pytest.mark.parametrize(("encoding", "environment"), ENCODINGS_LACKING_ITS_CHARACTERS)
+    def test_a_table_shows_the_characters_lacking_as_escapes_in_line(
+        self, url: str, command: tuple[str, ...], encoding: str, environment: dict[str, str]
+    ) -> None:
+        result = devreg_output_in(encoding, url, *command, **environment)
+
+        assert (result.returncode, result.stderr) == (0, "")
+        escaped = NAMED_BEYOND_ASCII.encode(encoding, "backslashreplace").decode(encoding)
+        assert escaped in result.stdout
+        assert len({len(line) for line in result.stdout.splitlines()}) == 1, result.stdout
+
+
 class TestDatabase:
     def test_status_downgrade_upgrade(self, devreg: Invoke) -> None:
         assert "up to date" in devreg("db", "status").stdout

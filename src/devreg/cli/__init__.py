@@ -9,7 +9,13 @@ import typer
 
 from devreg.cli import changes, records, server, tokens, transfer
 from devreg.cli.common import Terminated, print_error
-from devreg.cli.output import STDOUT, OutputFailed, buffered_stdout, end_for_output
+from devreg.cli.output import (
+    STDOUT,
+    OutputFailed,
+    buffered_stdout,
+    end_for_output,
+    stdout_escaping_missing_characters,
+)
 
 app = typer.Typer(
     help=__doc__, no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode="markdown"
@@ -23,6 +29,7 @@ transfer.register(app)
 
 def main() -> None:
     buffered_stdout()
+    stdout_escaping_missing_characters()
     try:
         code = app(prog_name="devreg", standalone_mode=False)
         STDOUT.flush()  # what is still buffered: failing here, not in Python's flush at exit

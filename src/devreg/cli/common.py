@@ -27,7 +27,7 @@ from rich.text import Text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from devreg.cli.output import console, stdout, write_line
+from devreg.cli.output import as_written, console, stdout, write_json
 from devreg.config import EnvFileError, Settings, get_settings
 from devreg.db import migrations
 from devreg.db.embedded import EmbeddedPostgresError, resolve_database_url
@@ -270,7 +270,7 @@ def _print_table(table: Table) -> None:
 
 def show(item: BaseModel, *, as_json: bool) -> None:
     if as_json:
-        write_line(visible(item.model_dump_json()))
+        write_json(item.model_dump_json())
         return
     table = Table(show_header=False, box=None)
     for name, value in item.model_dump(mode="json").items():
@@ -289,7 +289,7 @@ def show_page(
     """A page from a service, as a table of `columns` (and the next cursor) or as JSON. The
     `unbroken` columns' values are never folded across lines."""
     if as_json:
-        write_line(visible(page_json(page_model, result).decode()))
+        write_json(page_json(page_model, result).decode())
         return
     table = Table()
     for column in columns:
@@ -304,9 +304,10 @@ def show_page(
 
 def _cell(value: Any) -> Text:
     """A value as it is: stored text is never read as Rich's markup ("[b]", "[/]"), nor its
-    control characters by the terminal (logs.visible)."""
+    control characters by the terminal (logs.visible), and a character stdout's encoding lacks
+    is its escape (output.as_written)."""
     if value is None:
         return Text()
     if isinstance(value, list | dict):
-        return Text(visible(json.dumps(value, ensure_ascii=False)))
-    return Text(visible(str(value)))
+        return Text(as_written(visible(json.dumps(value, ensure_ascii=False))))
+    return Text(as_written(visible(str(value))))

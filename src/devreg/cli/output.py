@@ -1,5 +1,6 @@
 """The commands' standard output, and how a command ends when it cannot write there."""
 
+import codecs
 import io
 import os
 import signal
@@ -7,6 +8,8 @@ import sys
 from typing import Any, NoReturn, TextIO
 
 from rich.console import Console
+
+from devreg.logs import ascii_json, visible
 
 
 class OutputFailed(Exception):
@@ -26,6 +29,10 @@ class _Stdout:
     @property
     def encoding(self) -> str:
         return getattr(sys.stdout, "encoding", None) or "utf-8"
+
+    @property
+    def is_utf8(self) -> bool:
+        return codecs.lookup(self.encoding).name == "utf-8"
 
     def isatty(self) -> bool:
         return sys.stdout is not None and sys.stdout.isatty()
@@ -77,6 +84,28 @@ def buffered_stdout() -> None:
     )
 
 
+# The error handlers that end a write on a character the encoding lacks.
+_FAILING_ON_A_MISSING_CHARACTER = frozenset({"strict", "surrogateescape"})
+
+
+def stdout_escaping_missing_characters() -> None:
+    """A character stdout's encoding lacks (Ž under LC_ALL=C or PYTHONIOENCODING=ascii, 🚀 in
+    latin-1) written as Python's escape (`\\u017d`), as Python writes it to stderr: it ended the
+    command with a UnicodeEncodeError's traceback, its output cut short. An escape rather than
+    "?": names that differ are still told apart, and the character can be looked up."""
+    stream = sys.stdout
+    if getattr(stream, "errors", None) in _FAILING_ON_A_MISSING_CHARACTER:
+        stream.reconfigure(errors="backslashreplace")  # type: ignore[union-attr]
+
+
+def as_written(text: str) -> str:
+    """`text` as stdout writes it, each character its encoding lacks an escape: what a table
+    must measure, or the escapes, longer than the characters, push its columns out of line."""
+    if STDOUT.is_utf8:
+        return text
+    return text.encode(STDOUT.encoding, "backslashreplace").decode(STDOUT.encoding)
+
+
 def console(**options: Any) -> Console:
     """A Rich console writing to stdout."""
     return Console(file=STDOUT, **options)  # type: ignore[arg-type]  # a file in all it uses
@@ -90,6 +119,15 @@ stdout = console(soft_wrap=True)
 def write_line(text: str) -> None:
     """`text` on a line of its own, as it is (no Rich markup or highlighting)."""
     STDOUT.write(text + "\n")
+
+
+def write_json(document: str) -> None:
+    """The JSON `document` on a line of its own, no stored text in it obeyed by a terminal
+    (logs.visible): as it is on a UTF-8 stdout, else in ASCII (logs.ascii_json), which any
+    encoding writes and any JSON reader reads back the same. A character the encoding lacks
+    would otherwise be Python's escape (`\\U0001f680`), which JSON is not, and one it has a
+    byte that is not UTF-8, which JSON must be (RFC 8259, 8.1)."""
+    write_line(visible(document) if STDOUT.is_utf8 else ascii_json(document))
 
 
 def end_for_output(failed: OutputFailed) -> NoReturn:
