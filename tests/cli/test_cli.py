@@ -182,6 +182,21 @@ class TestDevices:
         assert any(name in line for line in shown.stdout.splitlines())
         assert "last_used_at" in tokens.stdout
 
+    @pytest.mark.parametrize("forcing", ["FORCE_COLOR", "TTY_COMPATIBLE"])
+    def test_a_table_piped_in_colour_keeps_each_value_on_one_line(
+        self, devreg: Invoke, committed_database_url: URL, forcing: str
+    ) -> None:
+        """Rich takes a pipe for a terminal under FORCE_COLOR (or TTY_COMPATIBLE), which folded
+        the table at 80 columns."""
+        name, serial = "gateway-" + "x" * 92, "SN-" + "9" * 60
+        devreg("devices", "create", "--name", name, "--serial", serial)
+        url = committed_database_url.render_as_string(hide_password=False)
+        listed = run_devreg("devices", "list", DATABASE_URL=url, **{forcing: "1"})
+
+        assert listed.returncode == 0, listed.stderr
+        row = next(line for line in listed.stdout.splitlines() if name in line)
+        assert serial in row
+
     def test_duplicate_serial_fails(self, devreg: Invoke) -> None:
         devreg("devices", "create", "--name", "a", "--serial", "SN-1")
         result = devreg("devices", "create", "--name", "b", "--serial", "SN-1")

@@ -27,7 +27,7 @@ from rich.text import Text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from devreg.cli.output import as_written, console, stdout, write_json
+from devreg.cli.output import STDOUT, as_written, console, stdout, write_json
 from devreg.config import EnvFileError, Settings, get_settings
 from devreg.db import migrations
 from devreg.db.embedded import EmbeddedPostgresError, resolve_database_url
@@ -265,7 +265,9 @@ _UNFOLDED_WIDTH = 100_000
 
 def _print_table(table: Table) -> None:
     # Laid out to the terminal's width: stdout's lines are otherwise never folded (cli.output).
-    (stdout if stdout.is_terminal else console(width=_UNFOLDED_WIDTH)).print(table, soft_wrap=False)
+    # Asked of stdout itself, not Rich, which FORCE_COLOR and TTY_COMPATIBLE tell a pipe is a
+    # terminal (they are meant for colour in a CI's log, which colour still follows).
+    (stdout if STDOUT.isatty() else console(width=_UNFOLDED_WIDTH)).print(table, soft_wrap=False)
 
 
 def show(item: BaseModel, *, as_json: bool) -> None:
