@@ -94,6 +94,20 @@ async def committed_database_url(server_url: URL, template_url: URL) -> AsyncIte
     await admin(server_url, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
+@pytest.fixture
+async def latin1_database_url(server_url: URL) -> AsyncIterator[URL]:
+    """A migrated database of the test's own in LATIN1, which lacks most of Unicode."""
+    name = f"devreg_latin1_{uuid.uuid4().hex[:12]}"
+    url = await create_database(server_url, name, encoding="LATIN1")
+    engine = create_engine(url, make_settings(url))
+    try:
+        await migrations.upgrade(engine)
+    finally:
+        await engine.dispose()
+    yield url
+    await admin(server_url, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
 @pytest.fixture(scope="session")
 async def running_app(database_url: URL) -> AsyncIterator[RunningApp]:
     async with running(create_app(make_settings(database_url))) as app:

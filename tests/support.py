@@ -99,8 +99,14 @@ async def login_role(
         await admin(server_url, f"DROP ROLE {role}")
 
 
-async def create_database(server_url: URL, name: str, *, template: str | None = None) -> URL:
+async def create_database(
+    server_url: URL, name: str, *, template: str | None = None, encoding: str | None = None
+) -> URL:
+    """A database `name`, made afresh: a clone of `template`, or empty in `encoding` (with the C
+    locale, which any encoding can have)."""
     clone = f" TEMPLATE {template}" if template else ""
+    if encoding:
+        clone = f" TEMPLATE template0 ENCODING '{encoding}' LC_COLLATE 'C' LC_CTYPE 'C'"
     await admin(
         server_url, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)", f"CREATE DATABASE {name}{clone}"
     )

@@ -271,3 +271,23 @@ def test_a_value_postgresql_refuses_is_a_422_with_an_errors_list() -> None:
     assert problem.extensions["errors"] == [
         {"loc": [], "msg": "A value in the request is not valid.", "type": "invalid_input"}
     ]
+
+
+async def test_a_character_the_databases_encoding_lacks_is_a_422_saying_so(
+    latin1_database_url: URL,
+) -> None:
+    """A LATIN1 database refused Ž and 🚀 (SQLSTATE 22P05) as "A value in the request is not
+    valid.", saying neither what nor why."""
+    app = create_app(make_settings(latin1_database_url))
+    async with running(app) as started, api_client(started) as client:
+        refused = await client.post("/api/v1/devices", json={"name": "Žluťoučký 🚀"})
+        stored = await client.post("/api/v1/devices", json={"name": "café"})
+
+    assert_problem(
+        refused,
+        422,
+        "A character in the request cannot be stored: the database's encoding has no "
+        "equivalent for it.",
+    )
+    assert stored.status_code == 201
+    assert stored.json()["name"] == "café"

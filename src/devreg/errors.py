@@ -265,6 +265,24 @@ class IdempotencyKeyNotTaken(InvalidInput):
         super().__init__(detail, field="Idempotency-Key", part="header")
 
 
+class UnstorableCharacter(InvalidInput):
+    """A character the database's encoding has no equivalent for (22P05): a database created in
+    another encoding than UTF8 (LATIN1, say) stores only its own characters. `line` and
+    `column`: where an import's staged rows held it, when PostgreSQL said."""
+
+    slug = "unstorable-character"
+
+    def __init__(
+        self, encoding: str | None = None, *, line: int | None = None, column: str | None = None
+    ) -> None:
+        self.encoding, self.line, self.column = encoding, line, column
+        named = f" ({encoding})" if encoding else ""
+        super().__init__(
+            f"A character in the request cannot be stored: the database's encoding{named} has "
+            "no equivalent for it."
+        )
+
+
 class InvalidItems(InvalidInput):
     """Some items of a bulk request cannot be applied; none of them was."""
 
@@ -428,6 +446,7 @@ class DatabaseDeniesPrivilege(DatabaseRefusal):
 UNDEFINED_TABLE = "42P01"
 INSUFFICIENT_PRIVILEGE = "42501"
 READ_ONLY_TRANSACTION = "25006"
+UNTRANSLATABLE_CHARACTER = "22P05"
 
 # SQLSTATEs of a statement cut short by the database's limits on waiting: statement_timeout,
 # and the operator's lock_timeout (a lock held elsewhere, say by a transaction left open).
@@ -515,6 +534,8 @@ def sqlstate_problem(sqlstate: str) -> DevregError | None:
         return DatabaseDeniesPrivilege(sqlstate)
     if sqlstate in TRANSACTION_COLLISIONS:
         return ConcurrentWriteConflict()
+    if sqlstate == UNTRANSLATABLE_CHARACTER:
+        return UnstorableCharacter()
     if sqlstate.startswith("22"):  # data exception: a value PG refused
         return InvalidInput("A value in the request is not valid.")
     return None

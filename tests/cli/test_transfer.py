@@ -932,6 +932,22 @@ class TestImportRejectsBadRows:
         assert_refused(result, 1, "line 10031:", reason)
         assert stored(devreg) == before
 
+    def test_a_character_the_databases_encoding_lacks_names_its_line(
+        self, devreg, tmp_path, latin1_database_url
+    ):
+        """A LATIN1 database refused the row, and the import said "A value in the request is
+        not valid.", naming no line."""
+        url = latin1_database_url.render_as_string(hide_password=False)
+        rows = [{"name": f"café {i}", "serial_number": f"SN-{i}"} for i in range(10_050)]
+        rows[10_030]["model"] = "Žluťoučký 🚀"
+
+        result = import_devices(
+            devreg, write(tmp_path, "d.ndjson", as_ndjson(rows)), DATABASE_URL=url
+        )
+
+        assert_refused(result, 1, "line 10031:", "model", "encoding (LATIN1)")
+        assert stored(devreg, DATABASE_URL=url) == []
+
     def test_serial_repeated_across_batches_names_the_later_line(self, devreg, tmp_path):
         rows = [{"name": f"d{i}", "serial_number": f"SN-{i}"} for i in range(10_050)]
         rows[10_030]["serial_number"] = "SN-5"

@@ -19,7 +19,7 @@ from devreg.db.session import UnitOfWork, dump_json
 from devreg.devices.models import Device
 from devreg.devices.repository import EXPORT_COLUMNS, DeviceRepository, ImportRecord
 from devreg.devices.schemas import DeviceCreate, FileFormat, OnConflict
-from devreg.errors import Conflict, InvalidInput, UnknownOwner, located
+from devreg.errors import Conflict, InvalidInput, UnknownOwner, UnstorableCharacter, located
 
 _BATCH_SIZE = 10_000
 # Server-owned columns an export carries; an import ignores them, so exports re-import as is.
@@ -93,7 +93,7 @@ async def import_devices(
     async with (
         AsyncExitStack() as loading,
         aclosing(
-            _read_ahead(batches, prepare=lambda batch: repository.stage(batch.records))
+            _read_ahead(batches, prepare=lambda batch: _stage(repository, batch.records))
         ) as staged,
     ):
         indexing = False
@@ -113,6 +113,17 @@ async def import_devices(
         if indexing and progress is not None:
             progress.indexing()
     return ImportResult(rows=rows_read, inserted=inserted, updated=updated)
+
+
+async def _stage(repository: DeviceRepository, records: list[ImportRecord]) -> None:
+    """The batch staged; a value the database's encoding cannot hold refused by its line."""
+    try:
+        await repository.stage(records)
+    except UnstorableCharacter as exc:
+        if exc.line is None:
+            raise
+        reason = f"{exc.column} has a character the database's encoding ({exc.encoding}) lacks"
+        raise ImportRejected(exc.line, reason) from None
 
 
 async def _write(

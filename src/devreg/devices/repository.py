@@ -1,8 +1,10 @@
 import functools
+import re
 from collections.abc import AsyncGenerator, Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
+import asyncpg
 from sqlalchemy import (
     ARRAY,
     BigInteger,
@@ -48,7 +50,7 @@ from devreg.db.rendering import JsonShape, json_object, json_string, sql_text
 from devreg.devices.filters import CURSOR_VALUE_TYPES, NULLABLE_SORT_KEYS, RELEVANCE, DeviceFilter
 from devreg.devices.models import Device
 from devreg.devices.schemas import DeviceRead, OnConflict
-from devreg.errors import SerialAlreadyRegistered, UnknownOwner
+from devreg.errors import SerialAlreadyRegistered, UnknownOwner, UnstorableCharacter
 from devreg.pagination import Sort
 from devreg.users.models import User
 
@@ -77,6 +79,9 @@ RETURNING id
 # The import's staging table, named for asyncpg's COPY; the statements below spell it out.
 _STAGING_TABLE = "device_import"
 _STAGING_COLUMNS = ["line", *_WRITABLE_COLUMNS, "given"]
+# Where COPY met a value it could not take, as its error's context says: "COPY device_import,
+# line 3, column name" (the row of the records sent, from 1).
+_COPIED_ROW = re.compile(r"\bline (?P<row>\d+), column (?P<column>\w+)")
 # The row's line, its writable fields, then which of them the file gives (an update changes only
 # those), comma-separated: a list would be written as an array, at some cost for each row.
 ImportRecord = tuple[
@@ -519,9 +524,17 @@ class DeviceRepository(TableListing[DeviceFilter]):
         echo(_EMPTY_STAGING)
         await connection.execute(_EMPTY_STAGING)
         echo(_COPY_TO_STAGING)
-        await connection.copy_records_to_table(
-            _STAGING_TABLE, records=records, columns=_STAGING_COLUMNS
-        )
+        try:
+            await connection.copy_records_to_table(
+                _STAGING_TABLE, records=records, columns=_STAGING_COLUMNS
+            )
+        except asyncpg.UntranslatableCharacterError as exc:
+            encoding = connection.get_settings().server_encoding
+            copied = _COPIED_ROW.search(exc.context or "")
+            if copied is None:  # PostgreSQL's messages in another language
+                raise UnstorableCharacter(encoding) from None
+            line = records[int(copied["row"]) - 1][0]
+            raise UnstorableCharacter(encoding, line=line, column=copied["column"]) from None
 
     async def first_repeated_serial(self) -> int | None:
         """The staged batch's first line whose serial number an earlier line (of this batch or
