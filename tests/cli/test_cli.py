@@ -197,6 +197,45 @@ class TestDevices:
         row = next(line for line in listed.stdout.splitlines() if name in line)
         assert serial in row
 
+    @pytest.mark.parametrize(
+        "command",
+        [
+            ("devices", "create", "--name", "pi"),
+            ("import", "devices", "/dev/stdin", "--format", "csv"),
+        ],
+        ids=["create", "import"],
+    )
+    def test_a_full_disk_is_said_as_the_api_says_it(
+        self, devreg: Invoke, committed_database_url: URL, command: tuple[str, ...]
+    ) -> None:
+        """PostgreSQL's own words were printed: a file inside its cluster, without the hint to
+        check free disk space."""
+        asyncio.run(
+            admin(
+                committed_database_url,
+                "CREATE FUNCTION disk_full() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+                'RAISE EXCEPTION \'could not extend file "base/16384/16559": wrote only 4096 of '
+                "8192 bytes' USING ERRCODE = 'disk_full', HINT = 'Check free disk space.'; END $$",
+                "CREATE TRIGGER disk_full BEFORE INSERT ON devices "
+                "FOR EACH ROW EXECUTE FUNCTION disk_full()",
+            )
+        )
+        url = committed_database_url.render_as_string(hide_password=False)
+        result = subprocess.run(
+            [sys.executable, "-m", "devreg", *command],
+            env=devreg_environment(DATABASE_URL=url),
+            input="name\npi\n",
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+
+        assert result.returncode == 1
+        assert result.stderr == (
+            "devreg: The database is out of connections, memory or disk; try again shortly.\n"
+        )
+
     def test_duplicate_serial_fails(self, devreg: Invoke) -> None:
         devreg("devices", "create", "--name", "a", "--serial", "SN-1")
         result = devreg("devices", "create", "--name", "b", "--serial", "SN-1")

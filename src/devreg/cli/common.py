@@ -36,6 +36,7 @@ from devreg.db.server import DatabaseConnectError, InvalidDatabaseUrl, check_con
 from devreg.db.session import UnitOfWork, create_engine, create_sessionmaker, session_scope
 from devreg.errors import (
     DatabaseNotMigrated,
+    DatabaseOutOfResources,
     DatabaseRefusal,
     DevregError,
     InvalidParameter,
@@ -167,6 +168,8 @@ def run_async(operation: Coroutine[Any, Any, T]) -> T:
 def _meaning(problem: DevregError | None, error: BaseException | None) -> str:
     if isinstance(problem, DatabaseNotMigrated):  # with MIGRATE_ON_START=false
         return f"the database is not migrated ({error}): run devreg db upgrade"
+    if isinstance(problem, DatabaseOutOfResources):  # PostgreSQL's words name cluster files
+        return problem.detail
     if isinstance(problem, DatabaseRefusal):  # PostgreSQL's own words say which
         return f"database error: {error}"
     if problem is not None:
