@@ -37,6 +37,7 @@ from devreg.db.server import (
     check_connection,
     folds_case_beyond_ascii,
     gone_away,
+    server_encoding,
 )
 from devreg.db.session import (
     SessionMaker,
@@ -61,6 +62,13 @@ _ASCII_CASE_ONLY = (
     "the database folds only A-Z to lower case (its LC_CTYPE is C): name__ic, name__isw and "
     "emails match other letters in their own case only (ÉVE@x.org and éve@x.org are two users); "
     "create it with a UTF-8 LC_CTYPE, such as C.UTF-8 or en_US.UTF-8"
+)
+
+# SQL_ASCII stores the bytes it is sent, any UTF-8 among them, unchecked.
+_ENCODINGS_OF_ALL_UNICODE = frozenset({"UTF8", "SQL_ASCII"})
+_LACKS_CHARACTERS = (
+    "the database's encoding is %s, not UTF8: text with a character %s lacks (a name with Ž "
+    "or an emoji, say) is refused with a 422; create the database with ENCODING 'UTF8'"
 )
 
 API_PREFIX = "/api/v1"
@@ -175,7 +183,7 @@ async def _sweep_expired_keys(
 
 async def _prepare_database(engine: AsyncEngine, settings: Settings) -> None:
     """Migrated (unless MIGRATE_ON_START=false), the pool's connections opened, and a warning
-    if `lower()` folds ASCII alone."""
+    if `lower()` folds ASCII alone, or the database's encoding lacks characters."""
     if settings.migrate_on_start:
         try:
             await migrations.upgrade(engine)
@@ -185,6 +193,9 @@ async def _prepare_database(engine: AsyncEngine, settings: Settings) -> None:
     await open_pool(engine)
     if await folds_case_beyond_ascii(engine) is False:
         logger.warning(_ASCII_CASE_ONLY)
+    encoding = await server_encoding(engine)
+    if encoding not in _ENCODINGS_OF_ALL_UNICODE:
+        logger.warning(_LACKS_CHARACTERS, encoding, encoding)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

@@ -21,6 +21,7 @@ from devreg.db.server import (
 from tests.support import admin, make_settings, running
 
 FOLDS_ONLY_ASCII = "the database folds only A-Z to lower case"
+LACKS_CHARACTERS = "the database's encoding is {}, not UTF8"
 
 
 async def warnings_at_start(url: URL, caplog: pytest.LogCaptureFixture) -> list[str]:
@@ -58,6 +59,19 @@ async def test_a_database_that_folds_every_letter_is_not(
     warnings = await warnings_at_start(committed_database_url, caplog)
 
     assert not any(warning.startswith(FOLDS_ONLY_ASCII) for warning in warnings), warnings
+
+
+async def test_a_database_in_an_encoding_lacking_characters_is_warned_of(
+    latin1_database_url: URL, committed_database_url: URL, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A LATIN1 database refuses a name with Ž or an emoji, and nothing said so before a
+    client's request did."""
+    latin1 = await warnings_at_start(latin1_database_url, caplog)
+    caplog.clear()
+    utf8 = await warnings_at_start(committed_database_url, caplog)
+
+    assert any(warning.startswith(LACKS_CHARACTERS.format("LATIN1")) for warning in latin1)
+    assert not any("the database's encoding is" in warning for warning in utf8), utf8
 
 
 async def test_a_server_closing_the_connection_once_made_may_yet_answer(

@@ -187,3 +187,12 @@ async def folds_case_beyond_ascii(engine: AsyncEngine) -> bool | None:
             return bool(await connection.scalar(text("SELECT lower('É') = 'é'")))
         except DBAPIError:  # untranslatable into the database's encoding
             return None
+
+
+async def server_encoding(engine: AsyncEngine) -> str:
+    """The database's encoding (UTF8, LATIN1, ...), as PostgreSQL told the connection when it
+    was made: no query."""
+    async with engine.connect() as connection:
+        pooled = await connection.get_raw_connection()
+        asyncpg_connection: asyncpg.Connection = pooled.driver_connection
+        return str(asyncpg_connection.get_settings().server_encoding)
