@@ -1,12 +1,15 @@
 import json
 import logging
 import logging.config
+import signal
+import subprocess
 import sys
 import time
 import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from pathlib import Path
 from urllib.parse import quote
 
 import asyncpg
@@ -18,7 +21,15 @@ from sqlalchemy.exc import DBAPIError
 from devreg.app import create_app
 from devreg.db.server import check_connection, ensure_database
 from devreg.logs import JsonLineFormatter, logging_config
-from tests.support import admin, api_client, devreg_process, make_settings, running
+from tests.support import (
+    admin,
+    api_client,
+    devreg_environment,
+    devreg_process,
+    free_port,
+    make_settings,
+    running,
+)
 
 
 def format_record(message: str, *, exc_info: bool = False) -> dict[str, object]:
@@ -276,3 +287,71 @@ async def test_db_echo_shows_no_value_the_start_up_sends(
     logged = [r.getMessage() for r in caplog.records if r.name == "sqlalchemy.engine.Engine"]
     assert any("pg_database" in line for line in logged)
     assert not any(secret in line for line in logged), logged
+
+
+@pytest.mark.parametrize("path", ["/" + "a" * 30_000, "/" + "\N{ROCKET}" * 3_000])
+def test_a_line_is_never_longer_than_one_write_to_a_pipe_keeps_whole(path: str) -> None:
+    """Workers share stdout, and the kernel keeps a write to a pipe whole only up to 4,096
+    bytes: a client's 30,000-character path had its line cut by another worker's."""
+    record = logging.LogRecord("devreg.request", logging.INFO, __file__, 1, "request", (), None)
+    record.path = path
+    record.method = "GET"
+
+    written = JsonLineFormatter().format(record)
+    line = json.loads(written)
+
+    assert len(written) + len("\n") <= 4096
+    assert line["truncated"] == ["path"]
+    assert line["path"].endswith("...")
+    assert path.startswith(line["path"].removesuffix("..."))
+    assert line["method"] == "GET"
+
+
+def test_a_line_within_the_bound_is_written_whole() -> None:
+    record = logging.LogRecord("devreg.request", logging.INFO, __file__, 1, "request", (), None)
+    record.path = "/" + "a" * 3_900
+
+    line = json.loads(JsonLineFormatter().format(record))
+
+    assert line["path"] == record.path
+    assert "truncated" not in line
+
+
+def test_a_log_whose_reader_went_away_is_said_once_then_dropped(
+    committed_database_url: URL, tmp_path: Path
+) -> None:
+    """`devreg serve | head`: after head ended, every log line printed a traceback of its own
+    on stderr (56 lines a request); the server serves on."""
+    port = free_port()
+    with (tmp_path / "stderr").open("w+") as stderr:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "devreg", "serve", "--port", str(port)],
+            env=devreg_environment(
+                DATABASE_URL=committed_database_url.render_as_string(hide_password=False),
+                WORKERS="1",
+            ),
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+        )
+        try:
+            assert server.stdout is not None
+            server.stdout.readline()  # its first line, as `head -n 1` reads, and gone
+            server.stdout.close()
+            base_url = f"http://127.0.0.1:{port}"
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    if httpx.get(f"{base_url}/livez", timeout=1).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    assert time.monotonic() < deadline, "devreg serve did not come up"
+                    time.sleep(0.1)
+            statuses = [httpx.get(f"{base_url}/livez").status_code for _ in range(10)]
+        finally:
+            server.send_signal(signal.SIGINT)
+            server.wait(timeout=30)
+        stderr.seek(0)
+        said = stderr.read()
+
+    assert statuses == [200] * 10
+    assert said.splitlines() == ["devreg: the log's reader went away: its lines are dropped"]

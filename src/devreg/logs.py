@@ -2,7 +2,9 @@
 
 import itertools
 import logging
+import os
 import re
+import sys
 from datetime import UTC, datetime
 from typing import Any
 
@@ -89,9 +91,41 @@ class JsonLineFormatter(logging.Formatter):
         for key, value in record.__dict__.items():
             if key not in _RECORD_ATTRIBUTES and not key.startswith("_"):
                 line.setdefault(_RENAMED.get(key, key), value)
-        written = orjson.dumps(line, default=_as_text).decode()
-        # Nearly every line is ASCII already, and orjson escapes the C0 controls.
-        return written if written.isascii() and "\x7f" not in written else ascii_json(written)
+        written = _written(line)
+        return written if len(written) <= LINE_MAX else _shortened(line)
+
+
+# The longest line, its newline aside: PIPE_BUF, the most one write to a pipe keeps whole. The
+# workers share stdout, and a longer line (a client's 30,000-character path) was cut by the
+# other workers' lines, two lines then neither of them JSON.
+LINE_MAX = 4096 - 1
+_CUT = "..."
+
+
+def _written(line: dict[str, Any]) -> str:
+    written = orjson.dumps(line, default=_as_text).decode()
+    # Nearly every line is ASCII already, and orjson escapes the C0 controls.
+    return written if written.isascii() and "\x7f" not in written else ascii_json(written)
+
+
+def _shortened(line: dict[str, Any]) -> str:
+    """The line within LINE_MAX: its longest texts cut short, ending in "...", and named in
+    its `truncated` field."""
+    truncated: list[str] = []
+    written = _written(line)
+    while len(written) > LINE_MAX:
+        texts = [key for key, value in line.items() if isinstance(value, str) and value != _CUT]
+        if not texts:
+            break
+        longest = max(texts, key=lambda key: len(line[key]))
+        # Each character cut takes at least one off the line (one beyond ASCII, up to 12).
+        keep = max(0, len(line[longest]) - (len(written) - LINE_MAX) - len(_CUT))
+        line[longest] = line[longest][:keep] + _CUT
+        if longest not in truncated:
+            truncated.append(longest)
+        line["truncated"] = truncated
+        written = _written(line)
+    return written
 
 
 def _redacted(record: logging.LogRecord) -> str:
@@ -155,6 +189,21 @@ class UvicornLinesLeftOut(logging.Filter):
         return record.msg not in _UVICORN_LINES_LEFT_OUT
 
 
+class LogHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes the log to its stream (stdout); when the reader goes away (`devreg serve | head`)
+    it says so once on stderr and drops the lines from then on, where logging printed a
+    traceback on stderr for every line instead."""
+
+    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 - logging's name
+        if not isinstance(sys.exc_info()[1], BrokenPipeError):
+            super().handleError(record)
+            return
+        # Written to nowhere from now on: what is still buffered too, at exit as before it.
+        with open(os.devnull, "wb") as nowhere:
+            os.dup2(nowhere.fileno(), self.stream.fileno())
+        sys.stderr.write("devreg: the log's reader went away: its lines are dropped\n")
+
+
 def logging_config(level: str, *, echo_sql: bool = False) -> dict[str, Any]:
     """A dictConfig for devreg and uvicorn alike (uvicorn applies it in every worker)."""
     return {
@@ -167,7 +216,7 @@ def logging_config(level: str, *, echo_sql: bool = False) -> dict[str, Any]:
         "formatters": {"json": {"()": JsonLineFormatter}},
         "handlers": {
             "stdout": {
-                "class": "logging.StreamHandler",
+                "class": "devreg.logs.LogHandler",
                 "formatter": "json",
                 "filters": ["request_id"],
                 "stream": "ext://sys.stdout",
