@@ -103,14 +103,17 @@ async def send_raw(
     return await client.request(method, url, content=body, headers=headers)
 
 
-def assert_problem(response: Response, status: int, detail: str | None = None) -> dict[str, Any]:
-    """An RFC 9457 problem with the given status (and detail, when given)."""
+def assert_problem(
+    response: Response, status: int, detail: str | None = None, *, root_path: str = ""
+) -> dict[str, Any]:
+    """An RFC 9457 problem with the given status (and detail, when given), about the request's
+    path under the `root_path` the app is served at."""
     assert response.status_code == status, response.text
     assert response.headers["content-type"].startswith(PROBLEM_JSON)
     body: dict[str, Any] = response.json()
     assert body.keys() >= PROBLEM_FIELDS
     assert body["status"] == status
-    assert body["instance"] == response.request.url.path
+    assert body["instance"] == root_path + response.request.url.path
     assert isinstance(body["title"], str)
     assert isinstance(body["type"], str)
     assert isinstance(body["detail"], str)

@@ -136,19 +136,22 @@ def sessionmaker(connection: AsyncConnection) -> async_sessionmaker[AsyncSession
 
 
 @pytest.fixture
-async def client(
+async def app_in_test_transaction(
     running_app: RunningApp, sessionmaker: async_sessionmaker[AsyncSession]
-) -> AsyncIterator[AsyncClient]:
-    # Every request's session runs in this test's transaction, rolled back when the test ends.
-    in_test_transaction = RunningApp(
-        running_app.app, {**running_app.state, "sessionmaker": sessionmaker}
-    )
+) -> AsyncIterator[RunningApp]:
+    """The app, every request's session running in this test's transaction, rolled back when
+    the test ends."""
     forget_authentication(running_app.app)
     try:
-        async with api_client(in_test_transaction) as client:
-            yield client
+        yield RunningApp(running_app.app, {**running_app.state, "sessionmaker": sessionmaker})
     finally:
         forget_authentication(running_app.app)
+
+
+@pytest.fixture
+async def client(app_in_test_transaction: RunningApp) -> AsyncIterator[AsyncClient]:
+    async with api_client(app_in_test_transaction) as client:
+        yield client
 
 
 class StatementLog(list[str]):

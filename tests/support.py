@@ -28,7 +28,7 @@ from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 from sqlalchemy.sql.expression import Executable
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from devreg.auth.authenticator import Authenticator
 from devreg.config import Settings
@@ -161,9 +161,30 @@ def forget_authentication(app: FastAPI) -> None:
     )
 
 
-def api_client(app: RunningApp, peer: tuple[str, int] = ("127.0.0.1", 123)) -> AsyncClient:
-    """A client of the app, calling from `peer` (httpx's default address)."""
-    return AsyncClient(transport=ASGITransport(app=app, client=peer), base_url="http://localhost")
+def api_client(
+    app: ASGIApp, peer: tuple[str, int] = ("127.0.0.1", 123), *, root_path: str = ""
+) -> AsyncClient:
+    """A client of the app, calling from `peer` (httpx's default address); a `root_path` is
+    given as httpx gives it, in the scope's root_path alone (see served_under)."""
+    transport = ASGITransport(app=app, client=peer, root_path=root_path)
+    return AsyncClient(transport=transport, base_url="http://localhost")
+
+
+def served_under(root_path: str, app: ASGIApp) -> ASGIApp:
+    """`app` as uvicorn serves it with `--root-path`: the prefix in the scope's root_path and at
+    the start of its path and raw_path, as the ASGI spec says (httpx's ASGITransport leaves the
+    path without it)."""
+
+    async def prefixed(scope: Scope, receive: Receive, send: Send) -> None:
+        scope = {
+            **scope,
+            "root_path": root_path,
+            "path": root_path + scope["path"],
+            "raw_path": root_path.encode("ascii") + scope["raw_path"],
+        }
+        await app(scope, receive, send)
+
+    return prefixed
 
 
 # The checkout under test: its bench/, Makefile, sources.

@@ -16,7 +16,7 @@ from devreg.app import create_app
 from devreg.body_limit import whole_body_without
 from devreg.errors import PoolExhausted
 from tests.api import assert_problem
-from tests.support import api_client, make_settings, running
+from tests.support import api_client, make_settings, running, served_under
 
 HELD = "/api/v1/held"
 DEVICES_PATH = "/api/v1/devices"
@@ -47,15 +47,16 @@ class Gate:
 
 @asynccontextmanager
 async def one_at_a_time(
-    database_url: URL, held_route: Callable[[Gate], Any], **settings: object
+    database_url: URL, held_route: Callable[[Gate], Any], root_path: str = "", **settings: object
 ) -> AsyncIterator[tuple[AsyncClient, Gate]]:
-    """A client of an app that works on one request at a time, with a held route at HELD."""
+    """A client of an app that works on one request at a time, with a held route at HELD,
+    served as uvicorn serves it under `root_path`."""
     limited = make_settings(
         database_url, **{"max_requests_in_progress": 1, "pool_timeout": 0.3, **settings}
     )
     app, gate = create_app(limited), Gate()
     app.add_api_route(HELD, held_route(gate))
-    async with running(app) as started, api_client(started) as client:
+    async with running(app) as started, api_client(served_under(root_path, started)) as client:
         yield client, gate
 
 
@@ -78,10 +79,13 @@ async def held_request(client: AsyncClient, gate: Gate) -> "asyncio.Task[Respons
     return held
 
 
+@pytest.mark.parametrize("root_path", ["", "/devreg"])
 async def test_a_request_past_its_wait_is_a_503_and_every_health_check_still_answers(
-    database_url: URL,
+    database_url: URL, root_path: str
 ) -> None:
-    async with one_at_a_time(database_url, lambda gate: gate.hold) as (client, gate):
+    """Under a root path, which uvicorn puts at the start of the path, health checks were
+    held back as any request: 503 while another had the only turn."""
+    async with one_at_a_time(database_url, lambda gate: gate.hold, root_path) as (client, gate):
         held = await held_request(client, gate)
         refused = await client.get("/api/v1/devices")
         probes = [await client.get(path) for path in HEALTH_CHECKS]
@@ -89,7 +93,7 @@ async def test_a_request_past_its_wait_is_a_503_and_every_health_check_still_ans
         assert (await held).status_code == 200
         served = await client.get("/api/v1/devices")
 
-    body = assert_problem(refused, 503)
+    body = assert_problem(refused, 503, root_path=root_path)
     assert body["detail"] == PoolExhausted.default_detail
     assert refused.headers["retry-after"].isdigit()
     assert "x-request-id" in refused.headers

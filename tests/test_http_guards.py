@@ -15,7 +15,7 @@ from sqlalchemy.engine import URL
 from devreg.app import create_app
 from devreg.errors import StatementTimedOut
 from tests.api import DEVICES, assert_problem, create_device, stored_devices
-from tests.support import api_client, make_settings, running
+from tests.support import api_client, make_settings, running, served_under
 
 MIB = 1024 * 1024
 
@@ -124,11 +124,23 @@ async def test_bulk_writes_take_bodies_beyond_the_general_limit(client: AsyncCli
 
 
 @pytest.fixture
-async def small_limits(committed_database_url: URL) -> AsyncIterator[AsyncClient]:
+def root_path() -> str:
+    """The path prefix small_limits' app is served under: none, unless a test is parametrized
+    with one."""
+    return ""
+
+
+@pytest.fixture
+async def small_limits(committed_database_url: URL, root_path: str) -> AsyncIterator[AsyncClient]:
+    """A client of an app with small body limits, served as uvicorn serves it under
+    `root_path`."""
     settings = make_settings(
         committed_database_url, max_body_size=2048, max_bulk_body_size=8192, body_timeout=0.5
     )
-    async with running(create_app(settings)) as app, api_client(app) as client:
+    async with (
+        running(create_app(settings)) as app,
+        api_client(served_under(root_path, app)) as client,
+    ):
         yield client
 
 
@@ -178,14 +190,14 @@ async def test_a_body_that_stops_arriving_is_a_408_and_nothing_is_written(
     assert await stored_devices(small_limits) == []
 
 
-async def test_bulk_routes_have_their_own_limit(small_limits: AsyncClient) -> None:
+@pytest.mark.parametrize("root_path", ["", "/devreg"])
+async def test_bulk_routes_have_their_own_limit(small_limits: AsyncClient, root_path: str) -> None:
+    """Under a root path, which uvicorn puts at the start of the path, the bulk routes had
+    the general limit."""
     within = [{"name": f"d{index}"} for index in range(200)]  # about 3 KiB
     assert (await small_limits.post(f"{DEVICES}/bulk", json=within)).status_code == 201
-    beyond = [{"name": f"d{index}"} for index in range(1000)]
-    assert (
-        "8192 bytes"
-        in assert_problem(await small_limits.post(f"{DEVICES}/bulk", json=beyond), 413)["detail"]
-    )
+    beyond = await small_limits.post(f"{DEVICES}/bulk", json=[{"name": "d"}] * 1000)
+    assert "8192 bytes" in assert_problem(beyond, 413, root_path=root_path)["detail"]
 
 
 async def test_only_the_bulk_path_itself_has_the_bulk_limit(small_limits: AsyncClient) -> None:

@@ -28,6 +28,7 @@ from devreg.cors import ProblemCORSMiddleware
 from devreg.errors import PoolExhausted, ServerStopping, UndecodableQueryString
 from devreg.headers import DEFAULT_CACHE_CONTROL, SECURITY_HEADERS
 from devreg.logs import request_logger
+from devreg.paths import route_path
 from devreg.problems import (
     error_response,
     problem_response,
@@ -107,7 +108,7 @@ class EdgeMiddleware:
     def _admission(self, scope: Scope) -> Admission | None:
         """What admits the request: the app's (from its lifespan), unless it is a health check
         or an OPTIONS request (a browser's preflight, answered without the database)."""
-        if scope["path"] in self.always_admitted or scope["method"] == "OPTIONS":
+        if route_path(scope) in self.always_admitted or scope["method"] == "OPTIONS":
             return None
         admission: Admission | None = scope.get("state", {}).get("admission")
         return admission
@@ -154,7 +155,7 @@ class EdgeMiddleware:
             await send(message)
 
         try:
-            limit = self.body_limits.limit_for(scope["path"])
+            limit = self.body_limits.limit_for(route_path(scope))
             receive_body = self.body_limits.receive_within(receive, limit)
             admission = self._admission(scope)
             refusal = _refusal(scope, limit)

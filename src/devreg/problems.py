@@ -31,6 +31,7 @@ from devreg.errors import (
     error_entry,
     summary,
 )
+from devreg.paths import public_path
 
 logger = logging.getLogger("devreg.errors")
 
@@ -86,7 +87,7 @@ def problem_response(
         "title": status_title(status),
         "status": status,
         "detail": detail,
-        "instance": request.url.path,
+        "instance": public_path(request.scope),
         **extensions,
     }
     return JSONResponse(body, status_code=status, headers=headers, media_type=PROBLEM_MEDIA_TYPE)
