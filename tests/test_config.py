@@ -303,6 +303,8 @@ class TestSources:
             ("FORWARDED_ALLOW_IPS", "*", "forwarded_allow_ips", ["*"]),
             # As uvicorn matches a network: by its own address (it matched nothing given this).
             ("FORWARDED_ALLOW_IPS", "127.0.0.1/8", "forwarded_allow_ips", ["127.0.0.0/8"]),
+            ("ROOT_PATH", "/devreg", "root_path", "/devreg"),
+            ("ROOT_PATH", "/tools/dev-reg_2", "root_path", "/tools/dev-reg_2"),
         ],
     )
     def test_value_read_from_environment(
@@ -340,6 +342,7 @@ class TestDefaults:
             ("port", 4000),
             ("host", "127.0.0.1"),
             ("migrate_on_start", True),
+            ("root_path", ""),
         ],
     )
     def test_unset_field_has_default(self, field: str, expected: Any) -> None:
@@ -528,3 +531,29 @@ def test_a_place_given_outright_is_taken_whatever_the_environment_says(
 def test_a_span_of_time_as_hours_minutes_and_seconds_is_still_read() -> None:
     lifetime = Settings(_env_file=None, idempotency_key_lifetime="01:30:00")
     assert lifetime.idempotency_key_lifetime == timedelta(hours=1, minutes=30)
+
+
+@pytest.mark.parametrize(
+    ("prefix", "told"),
+    [
+        ("devreg", "'devreg' does not begin with /: write /devreg"),
+        ("/devreg/", "'/devreg/' ends with /: write /devreg"),
+        ("/", "'/' is the root: leave it unset"),
+        ("//devreg", "one / before each"),
+        ("/dev reg", "one / before each"),
+        ("/devreg?x", "one / before each"),
+        ("/régistre", "one / before each"),  # uvicorn takes ASCII alone
+    ],
+)
+def test_a_root_path_no_route_could_be_under_is_refused_saying_what_to_write(
+    monkeypatch: pytest.MonkeyPatch, prefix: str, told: str
+) -> None:
+    """uvicorn puts ROOT_PATH before every request's path as written: without its first `/`,
+    or with a last one, no path would be one that a route has."""
+    monkeypatch.setenv("ROOT_PATH", prefix)
+
+    with pytest.raises(ValidationError) as raised:
+        Settings(_env_file=None)
+
+    assert error_fields(raised.value) == {"root_path"}
+    assert told in str(raised.value)

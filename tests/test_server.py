@@ -123,6 +123,34 @@ def test_tutorial_settings_compose_the_url(committed_database_url: URL) -> None:
     assert ready.json() == {"status": "ok", "db": "reachable"}
 
 
+async def test_served_under_a_root_path_it_names_the_prefix_once(
+    committed_database_url: URL,
+) -> None:
+    """ROOT_PATH, for a proxy that strips the prefix before passing requests on (as these
+    requests come): with no way to set it, /docs loaded /openapi.json from the site's root (a
+    blank page), and Location and a problem's instance pointed outside the prefix."""
+    with devreg_server(
+        DATABASE_URL=url_setting(committed_database_url), ROOT_PATH="/devreg"
+    ) as base_url:
+        async with httpx.AsyncClient(base_url=base_url) as client:
+            docs = await client.get("/docs")
+            script = await client.get("/static-offline-docs/swagger-ui-bundle.js")
+            schema = await client.get("/openapi.json")
+            created = await client.post("/api/v1/devices", json={"name": "pi"})
+            missing = await client.get("/api/v1/devices/999999")
+            redirected = await client.get("/users")  # a tutorial's path, a slash too few
+            live = await client.get("/livez")
+
+    assert "url: '/devreg/openapi.json'" in docs.text
+    assert '"/devreg/static-offline-docs/swagger-ui-bundle.js"' in docs.text
+    assert script.status_code == 200
+    assert schema.json()["servers"] == [{"url": "/devreg"}]
+    assert created.headers["location"] == f"/devreg/api/v1/devices/{created.json()['id']}"
+    assert missing.json()["instance"] == "/devreg/api/v1/devices/999999"
+    assert (redirected.status_code, redirected.headers["location"]) == (307, "/devreg/users/")
+    assert live.status_code == 200
+
+
 async def test_two_workers_on_an_empty_database_migrate_once(server_url: URL) -> None:
     url = await create_database(server_url, "devreg_two_workers")
     with devreg_server(DATABASE_URL=url_setting(url), WORKERS="2") as base_url:

@@ -3,6 +3,7 @@
 import inspect
 import ipaddress
 import os
+import re
 from collections.abc import Sequence
 from datetime import timedelta
 from functools import lru_cache
@@ -35,6 +36,7 @@ AuthMode = Literal["auto", "required", "off"]
 LogLevel = Literal["critical", "error", "warning", "info", "debug"]
 Port = Annotated[int, Field(ge=1, le=65535)]
 _CONNECT_TIMEOUT_MAX = 300
+_PATH_PREFIX = re.compile(r"(/[A-Za-z0-9._~!$&'()*+,;=:@-]+)+")
 _MILLISECOND = 0.001
 
 
@@ -136,6 +138,10 @@ class Settings(BaseSettings):
     forwarded_allow_ips: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: ["127.0.0.1", "::1"]
     )
+    # The path prefix a proxy serves devreg under, stripping it before it passes requests on
+    # (`/devreg` for https://example.org/devreg/...): uvicorn's root_path, which the docs, the
+    # schema's servers, Location and problems' instance name. Empty: served at the site's root.
+    root_path: str = ""
     # auto: open on a loopback address until the first token is created, then tokens required;
     # refused on any other address. required: tokens always. off: no authentication at all.
     auth: AuthMode = "auto"
@@ -171,6 +177,28 @@ class Settings(BaseSettings):
             ]
         except ValueError as exc:
             raise ValueError(f"{exc}: write IP addresses, networks or *") from None
+
+    @field_validator("root_path")
+    @classmethod
+    def _path_prefix(cls, prefix: str) -> str:
+        """Segments of a URL's path (RFC 3986's characters, unescaped), each after a `/`, none
+        after the last: uvicorn puts it before every request's path as written, so `devreg`
+        or `/devreg/` would make every path one that no route has, and it takes ASCII alone."""
+        if not prefix or _PATH_PREFIX.fullmatch(prefix):
+            return prefix
+        if not prefix.startswith("/"):
+            raise ValueError(f"{prefix!r} does not begin with /: write /{prefix.strip('/')}")
+        if prefix.endswith("/"):
+            stripped = prefix.rstrip("/")
+            raise ValueError(
+                f"{prefix!r} ends with /: write {stripped}"
+                if stripped
+                else "'/' is the root: leave it unset"
+            )
+        raise ValueError(
+            f"{prefix!r}: write its segments with letters, digits and -._~!$&'()*+,;=:@ alone, "
+            "one / before each"
+        )
 
     @field_validator("statement_timeout")
     @classmethod

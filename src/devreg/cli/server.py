@@ -60,6 +60,7 @@ def serve(
         "access_log": False,
         "server_header": False,
         "forwarded_allow_ips": settings.forwarded_allow_ips,
+        "root_path": settings.root_path,
         "http": BoundedHeadProtocol,
         # No route takes a WebSocket: an upgrade asked for is a request as any other.
         "ws": "none",
