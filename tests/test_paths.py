@@ -49,3 +49,14 @@ async def test_a_problem_names_its_instance_under_the_prefix_once(prefixed: Asyn
 
     assert response.status_code == 404
     assert response.json()["instance"] == f"{PREFIX}{DEVICES}/999999"
+
+
+async def test_a_tutorial_path_a_slash_too_few_is_redirected_under_the_prefix_once(
+    prefixed: AsyncClient,
+) -> None:
+    """A server that leaves the root path out of raw_path had the redirect leave the prefix
+    out too: /users went to /users/, outside it."""
+    response = await prefixed.get("/users", params={"limit": 5})
+
+    assert response.status_code == 307
+    assert response.headers["location"] == f"{PREFIX}/users/?limit=5"

@@ -31,6 +31,7 @@ from devreg.devices.parameters import (
 from devreg.devices.schemas import DeviceCreate, DeviceUpdate
 from devreg.idempotency.header import Idempotency
 from devreg.pagination import PAGE_LIMIT_DEFAULT, PAGE_LIMIT_MAX, PageRequest
+from devreg.paths import public_path
 from devreg.querystring import items_response
 from devreg.schemas import ShortText
 from devreg.users import service as users_service
@@ -165,8 +166,10 @@ def with_tutorial_slashes(not_found: ASGIApp) -> ASGIApp:
             route.matches(elsewhere)[0] is not Match.NONE for route in router.routes
         ):
             # As sent, escapes kept: built from the decoded path, `/device/1%3F/` went to
-            # `/device/1?`, device 1.
-            target = _slash_toggled(scope.get("raw_path", path.encode()).decode("latin-1"))
+            # `/device/1?`, device 1. Under the root path once, whether the server put it at
+            # the start of raw_path (uvicorn) or not.
+            sent = scope.get("raw_path", path.encode()).decode("latin-1")
+            target = _slash_toggled(public_path({**scope, "path": sent}))
             query = scope["query_string"].decode("latin-1")
             location = f"{target}?{query}" if query else target
             await RedirectResponse(location, status_code=307)(scope, receive, send)
