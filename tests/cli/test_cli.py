@@ -205,19 +205,40 @@ class TestDevices:
         ],
         ids=["create", "import"],
     )
-    def test_a_full_disk_is_said_as_the_api_says_it(
-        self, devreg: Invoke, committed_database_url: URL, command: tuple[str, ...]
+    @pytest.mark.parametrize(
+        ("errcode", "postgresql_said", "said"),
+        [
+            (
+                "disk_full",
+                'could not extend file "base/16384/16559": wrote only 4096 of 8192 bytes',
+                "The database is out of connections, memory or disk; try again shortly.",
+            ),
+            (
+                "admin_shutdown",
+                "terminating connection due to administrator command",
+                "The database is unavailable; try again shortly.",
+            ),
+        ],
+        ids=["disk-full", "connection-ended"],
+    )
+    def test_a_database_refusal_is_said_as_the_api_says_it(
+        self,
+        devreg: Invoke,
+        committed_database_url: URL,
+        command: tuple[str, ...],
+        errcode: str,
+        postgresql_said: str,
+        said: str,
     ) -> None:
         """PostgreSQL's own words were printed: a file inside its cluster, without the hint to
-        check free disk space."""
+        check free disk space; its words for a connection it ended."""
         asyncio.run(
             admin(
                 committed_database_url,
-                "CREATE FUNCTION disk_full() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
-                'RAISE EXCEPTION \'could not extend file "base/16384/16559": wrote only 4096 of '
-                "8192 bytes' USING ERRCODE = 'disk_full', HINT = 'Check free disk space.'; END $$",
-                "CREATE TRIGGER disk_full BEFORE INSERT ON devices "
-                "FOR EACH ROW EXECUTE FUNCTION disk_full()",
+                "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+                f"RAISE EXCEPTION '{postgresql_said}' USING ERRCODE = '{errcode}'; END $$",
+                "CREATE TRIGGER refuse BEFORE INSERT ON devices "
+                "FOR EACH ROW EXECUTE FUNCTION refuse()",
             )
         )
         url = committed_database_url.render_as_string(hide_password=False)
@@ -232,9 +253,7 @@ class TestDevices:
         )
 
         assert result.returncode == 1
-        assert result.stderr == (
-            "devreg: The database is out of connections, memory or disk; try again shortly.\n"
-        )
+        assert result.stderr == f"devreg: {said}\n"
 
     def test_duplicate_serial_fails(self, devreg: Invoke) -> None:
         devreg("devices", "create", "--name", "a", "--serial", "SN-1")

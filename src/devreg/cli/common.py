@@ -36,6 +36,7 @@ from devreg.db.server import DatabaseConnectError, InvalidDatabaseUrl, check_con
 from devreg.db.session import UnitOfWork, create_engine, create_sessionmaker, session_scope
 from devreg.errors import (
     DatabaseNotMigrated,
+    DatabaseOutage,
     DatabaseOutOfResources,
     DatabaseRefusal,
     DevregError,
@@ -168,7 +169,8 @@ def run_async(operation: Coroutine[Any, Any, T]) -> T:
 def _meaning(problem: DevregError | None, error: BaseException | None) -> str:
     if isinstance(problem, DatabaseNotMigrated):  # with MIGRATE_ON_START=false
         return f"the database is not migrated ({error}): run devreg db upgrade"
-    if isinstance(problem, DatabaseOutOfResources):  # PostgreSQL's words name cluster files
+    # PostgreSQL's words name cluster files, or its internals (a connection terminated).
+    if isinstance(problem, DatabaseOutOfResources | DatabaseOutage):
         return problem.detail
     if isinstance(problem, DatabaseRefusal):  # PostgreSQL's own words say which
         return f"database error: {error}"
