@@ -105,10 +105,11 @@ class EdgeMiddleware:
         self.always_admitted = always_admitted
         self.cors = cors
 
-    def _admission(self, scope: Scope) -> Admission | None:
-        """What admits the request: the app's (from its lifespan), unless it is a health check
-        or an OPTIONS request (a browser's preflight, answered without the database)."""
-        if route_path(scope) in self.always_admitted or scope["method"] == "OPTIONS":
+    def _admission(self, scope: Scope, path: str) -> Admission | None:
+        """What admits the request to `path` (its route path): the app's (from its lifespan),
+        unless it is a health check or an OPTIONS request (a browser's preflight, answered
+        without the database)."""
+        if path in self.always_admitted or scope["method"] == "OPTIONS":
             return None
         admission: Admission | None = scope.get("state", {}).get("admission")
         return admission
@@ -155,9 +156,10 @@ class EdgeMiddleware:
             await send(message)
 
         try:
-            limit = self.body_limits.limit_for(route_path(scope))
+            path = route_path(scope)
+            limit = self.body_limits.limit_for(path)
             receive_body = self.body_limits.receive_within(receive, limit)
-            admission = self._admission(scope)
+            admission = self._admission(scope, path)
             refusal = _refusal(scope, limit)
             if refusal is not None:
                 await self._own(refusal)(scope, receive, send_with_headers)
