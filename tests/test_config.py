@@ -543,6 +543,8 @@ def test_a_span_of_time_as_hours_minutes_and_seconds_is_still_read() -> None:
         ("/dev reg", "one / before each"),
         ("/devreg?x", "one / before each"),
         ("/régistre", "one / before each"),  # uvicorn takes ASCII alone
+        ("/dev'reg", "one / before each"),  # would end a string in the docs page's script
+        ("/dev<reg>", "one / before each"),
     ],
 )
 def test_a_root_path_no_route_could_be_under_is_refused_saying_what_to_write(
