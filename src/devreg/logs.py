@@ -111,19 +111,26 @@ def _written(line: dict[str, Any]) -> str:
 def _shortened(line: dict[str, Any]) -> str:
     """The line within LINE_MAX: its longest texts cut short, ending in "...", and named in
     its `truncated` field."""
-    truncated: list[str] = []
+    line["truncated"] = truncated = []
     written = _written(line)
     while len(written) > LINE_MAX:
         texts = [key for key, value in line.items() if isinstance(value, str) and value != _CUT]
         if not texts:
             break
         longest = max(texts, key=lambda key: len(line[key]))
-        # Each character cut takes at least one off the line (one beyond ASCII, up to 12).
-        keep = max(0, len(line[longest]) - (len(written) - LINE_MAX) - len(_CUT))
-        line[longest] = line[longest][:keep] + _CUT
-        if longest not in truncated:
-            truncated.append(longest)
-        line["truncated"] = truncated
+        truncated.append(longest)
+        whole = line[longest]
+        # The most of it that fits, found by halving: a character beyond ASCII is written as
+        # 6 or 12 (its escape), so the line's length says not how many to cut.
+        fits, too_many = 0, len(whole)
+        while too_many - fits > 1:
+            middle = (fits + too_many) // 2
+            line[longest] = whole[:middle] + _CUT
+            if len(_written(line)) <= LINE_MAX:
+                fits = middle
+            else:
+                too_many = middle
+        line[longest] = whole[:fits] + _CUT
         written = _written(line)
     return written
 
