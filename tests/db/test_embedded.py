@@ -288,6 +288,31 @@ def test_without_the_postgres_account_root_is_told_what_to_do(
     assert not (tmp_path / "data").exists()
 
 
+@pytest.mark.parametrize("linked_to", ["an-empty-directory", "nothing-yet"])
+def test_a_cluster_directory_linked_elsewhere_is_made_there(
+    embedded_settings: dict[str, str], linked_to: str
+) -> None:
+    """`DATA_DIR/pg` a link to another disk: the cluster is made where it leads (made aside and
+    moved into place, it was moved over the link, which failed: "Not a directory")."""
+    elsewhere = Path(embedded_settings["DATA_DIR"]) / "disk" / "devreg-pg"
+    elsewhere.parent.mkdir()
+    if linked_to == "an-empty-directory":
+        elsewhere.mkdir()
+    data_dir = Path(embedded_settings["DATA_DIR"]) / "data"
+    data_dir.mkdir()
+    (data_dir / "pg").symlink_to(elsewhere)
+    settings = {**embedded_settings, "DATA_DIR": str(data_dir)}
+
+    try:
+        status = run_devreg("db", "status", **settings)
+
+        assert status.returncode == 0, status.stderr
+        assert (elsewhere / "PG_VERSION").is_file()
+        assert (data_dir / "pg").is_symlink()
+    finally:
+        run_devreg("db", "stop", **settings)
+
+
 def test_a_first_start_cut_short_leaves_nothing_the_next_takes_for_a_cluster(
     embedded_settings: dict[str, str],
 ) -> None:

@@ -255,7 +255,9 @@ class EmbeddedCluster:
             return
         account = _service_account()
         groups = set(os.getgrouplist(account.pw_name, account.pw_gid))
-        for directory in reversed(self.data_dir.parents):
+        # Those on the way to a link (`DATA_DIR/pg` linked to another disk), then beyond it.
+        on_the_way = (*reversed(self.data_dir.parents), *reversed(self.data_dir.resolve().parents))
+        for directory in dict.fromkeys(on_the_way):
             status = directory.stat()
             if status.st_uid == account.pw_uid:
                 searchable = status.st_mode & stat.S_IXUSR
@@ -274,11 +276,12 @@ class EmbeddedCluster:
         """Made beside the cluster's place, then moved there whole: a first start cut short
         (killed, a power cut) left a cluster half made, taken for one by the next start, which
         then ran it on PostgreSQL's default port for ever."""
-        for leftover in self.data_dir.parent.glob(f"{self.data_dir.name}{_MAKING}*"):
+        # Where a link (`DATA_DIR/pg` linked to another disk) leads: a directory cannot be moved
+        # over the link itself, nor from one disk to another.
+        place = self.data_dir.resolve()
+        for leftover in place.parent.glob(f"{place.name}{_MAKING}*"):
             shutil.rmtree(leftover, ignore_errors=True)
-        making = Path(
-            tempfile.mkdtemp(prefix=f"{self.data_dir.name}{_MAKING}", dir=self.data_dir.parent)
-        )
+        making = Path(tempfile.mkdtemp(prefix=f"{place.name}{_MAKING}", dir=place.parent))
         self._hand_to_service_account(making)
         password = secrets.token_urlsafe(24)
         # initdb reads a copy of the password, which goes with what a cut-short start leaves.
@@ -304,7 +307,7 @@ class EmbeddedCluster:
         # The password file is for devreg (its owner) alone.
         self.password_file.touch(mode=0o600)
         self.password_file.write_text(password + "\n")
-        cluster.rename(self.data_dir)  # over an empty directory, if one is there
+        cluster.rename(place)  # over an empty directory, if one is there
         shutil.rmtree(making)
 
     def _write_config(self) -> None:
