@@ -30,7 +30,8 @@ from devreg.compat.routes import with_tutorial_slashes
 from devreg.config import Settings, get_settings
 from devreg.cors import ProblemCORSMiddleware, cors_options
 from devreg.db import migrations
-from devreg.db.embedded import EmbeddedPostgresError, resolve_database_url
+from devreg.db.embedded import resolve_database_url
+from devreg.db.programs import EmbeddedPostgresError
 from devreg.db.server import (
     DatabaseConnectError,
     DatabaseUnreachable,

@@ -388,7 +388,7 @@ class DatabaseRefusal(ServiceUnavailable):
     log_level: ClassVar[int] = logging.WARNING
     log_message: ClassVar[str]
 
-    def __init__(self, sqlstate: str | None) -> None:
+    def __init__(self, sqlstate: str | None = None) -> None:
         super().__init__()
         self.sqlstate = sqlstate
 
@@ -399,9 +399,6 @@ class DatabaseOutage(DatabaseRefusal):
     warning, without which an outage left only the 503s in the log."""
 
     log_message = "database unreachable"
-
-    def __init__(self, sqlstate: str | None = None) -> None:
-        super().__init__(sqlstate)
 
 
 class DatabaseOutOfResources(DatabaseRefusal):

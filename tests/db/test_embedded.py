@@ -14,8 +14,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from devreg.db import embedded
-from devreg.db.embedded import EmbeddedCluster, EmbeddedPostgresError, find_pg_bindir
+from devreg.db import programs
+from devreg.db.embedded import EmbeddedCluster
+from devreg.db.programs import EmbeddedPostgresError, find_pg_bindir
 from tests.support import (
     devreg_environment,
     devreg_server,
@@ -279,7 +280,7 @@ def test_without_the_postgres_account_root_is_told_what_to_do(
 ) -> None:
     """Binaries from elsewhere than Debian's packages (a container's, conda's) come without
     the account: a traceback ended the command, and an empty cluster directory stayed."""
-    monkeypatch.setattr(embedded, "_SERVICE_ACCOUNT", "devreg-no-such-account")
+    monkeypatch.setattr(programs, "SERVICE_ACCOUNT", "devreg-no-such-account")
     cluster = EmbeddedCluster(data_dir=tmp_path / "data" / "pg", port=free_port())
 
     with pytest.raises(EmbeddedPostgresError, match=r"`useradd --system devreg-no-such-account`"):
@@ -407,7 +408,7 @@ def test_an_existing_cluster_is_run_by_the_version_that_made_it(
     for version in ("15", "17"):
         (tmp_path / version / "bin").mkdir(parents=True)
         (tmp_path / version / "bin" / "pg_ctl").touch()
-    monkeypatch.setattr(embedded, "PACKAGED_VERSIONS", tmp_path)
+    monkeypatch.setattr(programs, "PACKAGED_VERSIONS", tmp_path)
     monkeypatch.setenv("PATH", _without_pg_ctl_on_path())
 
     assert find_pg_bindir("15") == tmp_path / "15" / "bin"
@@ -434,7 +435,7 @@ def test_a_tool_that_failed_says_why_in_a_line(returncode: int, stderr: str, rea
     """initdb's whole output was the message, several lines of it (a full disk), or nothing
     at all ("initdb failed: ") when it was killed."""
     result = subprocess.CompletedProcess(["initdb"], returncode, stdout="", stderr=stderr)
-    assert embedded._reason(result) == reason
+    assert programs.failure_reason(result) == reason
 
 
 @as_root

@@ -21,7 +21,7 @@ from sqlalchemy.engine import URL
 from devreg.app import create_app
 from devreg.db import migrations
 from devreg.db.base import Base
-from devreg.db.embedded import find_pg_bindir
+from devreg.db.programs import find_pg_bindir
 from devreg.db.session import ANSWER_GRACE_SECONDS, create_engine
 from tests.support import (
     CHECKOUT,

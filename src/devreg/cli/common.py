@@ -30,7 +30,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from devreg.cli.output import STDOUT, as_written, console, stdout, write_json
 from devreg.config import EnvFileError, Settings, get_settings
 from devreg.db import migrations
-from devreg.db.embedded import EmbeddedPostgresError, resolve_database_url
+from devreg.db.embedded import resolve_database_url
+from devreg.db.programs import EmbeddedPostgresError
 from devreg.db.rendering import Rendered
 from devreg.db.server import DatabaseConnectError, InvalidDatabaseUrl, check_connection
 from devreg.db.session import UnitOfWork, create_engine, create_sessionmaker, session_scope

@@ -24,7 +24,8 @@ from devreg.cli.common import (
 )
 from devreg.cli.output import stdout, write_line
 from devreg.db import migrations
-from devreg.db.embedded import EmbeddedPostgresError, embedded_cluster
+from devreg.db.embedded import embedded_cluster
+from devreg.db.programs import EmbeddedPostgresError
 from devreg.logs import logging_config
 from devreg.protocol import BoundedHeadProtocol
 

@@ -8,15 +8,13 @@ PostgreSQL refuses to run as root, so as root initdb and pg_ctl run as the `post
 import asyncio
 import fcntl
 import os
-import pwd
 import re
 import secrets
 import shutil
-import signal
 import stat
 import subprocess
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,48 +23,17 @@ from sqlalchemy.engine import URL
 from sqlalchemy.exc import SQLAlchemyError
 
 from devreg.config import ASYNC_DRIVER, Settings
+from devreg.db.programs import (
+    EmbeddedPostgresError,
+    failure_reason,
+    find_pg_bindir,
+    in_english,
+    service_account,
+)
 from devreg.db.server import DatabaseConnectError, describe_connect_failure, ensure_database
 
 SUPERUSER = "devreg"
-_SERVICE_ACCOUNT = "postgres"
 _CONFIG_FILE = "devreg.conf"
-
-
-class EmbeddedPostgresError(Exception):
-    """The embedded cluster could not be set up or started; the message says what to do."""
-
-
-# Debian's packages install each major version's binaries here, side by side.
-PACKAGED_VERSIONS = Path("/usr/lib/postgresql")
-
-
-def find_pg_bindir(made_by: str | None = None) -> Path:
-    """PostgreSQL's binaries for a cluster made by major version `made_by` (its PG_VERSION):
-    that version's packaged ones, where installed; else those on PATH; for a new cluster, those
-    on PATH, else the newest packaged. Another major version cannot run an existing cluster,
-    and Debian upgrades install the next beside the one a cluster was made with."""
-    if made_by is not None and (PACKAGED_VERSIONS / made_by / "bin" / "pg_ctl").exists():
-        return PACKAGED_VERSIONS / made_by / "bin"
-    on_path = shutil.which("pg_ctl")
-    if on_path:
-        return Path(on_path).resolve().parent
-    if made_by is not None:
-        raise EmbeddedPostgresError(
-            f"the embedded cluster was made by PostgreSQL {made_by}, whose server binaries are "
-            f"not installed: install them (`apt-get install -y postgresql-{made_by}`), or put "
-            "that version's pg_ctl on PATH"
-        )
-    versions = sorted(
-        PACKAGED_VERSIONS.glob("*/bin/pg_ctl"),
-        key=lambda path: int(path.parent.parent.name) if path.parent.parent.name.isdigit() else 0,
-    )
-    if versions:
-        return versions[-1].parent
-    raise EmbeddedPostgresError(
-        "PostgreSQL's server binaries were not found. Install them with "
-        "`apt-get update && apt-get install -y postgresql` (or run `make run`), "
-        "or set DATABASE_URL to use an existing server."
-    )
 
 
 @dataclass(frozen=True)
@@ -175,7 +142,7 @@ class EmbeddedCluster:
     def ensure_running(self) -> None:
         """Create the cluster on first use, then start it unless it is already up."""
         if os.geteuid() == 0:
-            _service_account()  # before anything is made for it
+            service_account()  # before anything is made for it
         with self._alone():
             self._require_reachable()
             if not self.is_initialised():
@@ -191,7 +158,7 @@ class EmbeddedCluster:
             if started.returncode != 0:
                 # Failing before the server logs anything (its PID file not its to write, say),
                 # pg_ctl says why itself.
-                why = "; ".join(self._start_failures(logged_before)) or _reason(started)
+                why = "; ".join(self._start_failures(logged_before)) or failure_reason(started)
                 raise EmbeddedPostgresError(
                     f"the embedded PostgreSQL did not start: {why}; see {self.log_file}"
                 )
@@ -253,7 +220,7 @@ class EmbeddedCluster:
         ("Permission denied"), a parent made under a strict umask or a private home."""
         if os.geteuid() != 0:
             return
-        account = _service_account()
+        account = service_account()
         groups = set(os.getgrouplist(account.pw_name, account.pw_gid))
         # Those on the way to a link (`DATA_DIR/pg` linked to another disk), then beyond it.
         on_the_way = (*reversed(self.data_dir.parents), *reversed(self.data_dir.resolve().parents))
@@ -331,7 +298,7 @@ class EmbeddedCluster:
     def _run(self, tool: str, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         command = [str(find_pg_bindir(self._made_by()) / tool), *args]
         if os.geteuid() == 0:
-            command = ["runuser", "-u", _service_account().pw_name, "--", *command]
+            command = ["runuser", "-u", service_account().pw_name, "--", *command]
         result = subprocess.run(  # noqa: S603 - fixed binaries, arguments built here
             command,
             capture_output=True,
@@ -339,16 +306,16 @@ class EmbeddedCluster:
             check=False,
             start_new_session=True,
             cwd="/",
-            env=_in_english(os.environ),
+            env=in_english(os.environ),
         )
         if check and result.returncode != 0:
-            raise EmbeddedPostgresError(f"{tool} failed: {_reason(result)}")
+            raise EmbeddedPostgresError(f"{tool} failed: {failure_reason(result)}")
         return result
 
     @staticmethod
     def _hand_to_service_account(path: Path) -> None:
         if os.geteuid() == 0:
-            account = _service_account()
+            account = service_account()
             os.chown(path, account.pw_uid, account.pw_gid)
 
 
@@ -360,45 +327,6 @@ def _make_directories(path: Path) -> None:
         if not directory.exists():
             directory.mkdir(exist_ok=True)
             directory.chmod(0o755)
-
-
-def _service_account() -> pwd.struct_passwd:
-    try:
-        return pwd.getpwnam(_SERVICE_ACCOUNT)
-    except KeyError:
-        raise EmbeddedPostgresError(
-            f"as root, devreg runs PostgreSQL as the `{_SERVICE_ACCOUNT}` user (PostgreSQL "
-            "refuses root), which this machine does not have: create it "
-            f"(`useradd --system {_SERVICE_ACCOUNT}`), run devreg as another user, or set "
-            "DATABASE_URL"
-        ) from None
-
-
-def _in_english(environment: Mapping[str, str]) -> dict[str, str]:
-    """The environment PostgreSQL's tools run in: their messages, and the server's log, in
-    English, which devreg reads them in. LANGUAGE chose gettext's translation whatever the
-    locale (but C), and LC_ALL overrides LC_MESSAGES."""
-    kept = {
-        name: value for name, value in environment.items() if name not in ("LANGUAGE", "LC_ALL")
-    }
-    return {**kept, "LC_MESSAGES": "C"}
-
-
-def _reason(result: subprocess.CompletedProcess[str]) -> str:
-    """Why a PostgreSQL tool failed, in a line: its first error, else its last word, else how
-    it ended (killed, it says nothing)."""
-    lines = [line.strip() for line in result.stderr.splitlines() if line.strip()]
-    errors = [line for line in lines if _TOOL_ERROR.search(line)]
-    if errors:
-        return errors[0]
-    if lines:
-        return lines[-1]
-    if result.returncode < 0:
-        return f"ended by {signal.Signals(-result.returncode).name}"
-    return f"exit status {result.returncode}"
-
-
-_TOOL_ERROR = re.compile(r"\b(error|FATAL|PANIC):|could not ")
 
 
 # A server log line, after its prefix (log_line_prefix): its severity and its message.
