@@ -277,9 +277,9 @@ class UnstorableCharacter(InvalidInput):
     ) -> None:
         self.encoding, self.line, self.column = encoding, line, column
         named = f" ({encoding})" if encoding else ""
+        # Met in a search too (`q=Ž`), where nothing is being stored.
         super().__init__(
-            f"A character in the request cannot be stored: the database's encoding{named} has "
-            "no equivalent for it."
+            f"A character in the request has no equivalent in the database's encoding{named}."
         )
 
 
