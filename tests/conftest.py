@@ -27,9 +27,7 @@ from sqlalchemy.ext.asyncio import (
 )
 
 from devreg.app import create_app
-from devreg.db import migrations
 from devreg.db.embedded import EmbeddedCluster
-from devreg.db.session import create_engine
 from tests.support import (
     RunningApp,
     admin,
@@ -38,6 +36,7 @@ from tests.support import (
     forget_authentication,
     free_port,
     make_settings,
+    migrate,
     running,
 )
 
@@ -73,11 +72,7 @@ def server_url() -> Iterator[URL]:
 async def template_url(server_url: URL) -> URL:
     """A database migrated to head once per run; tests clone it and never connect to it."""
     url = await create_database(server_url, TEMPLATE_DATABASE)
-    engine = create_engine(url, make_settings(url))
-    try:
-        await migrations.upgrade(engine)
-    finally:
-        await engine.dispose()
+    await migrate(url)
     return url
 
 
@@ -99,11 +94,7 @@ async def latin1_database_url(server_url: URL) -> AsyncIterator[URL]:
     """A migrated database of the test's own in LATIN1, which lacks most of Unicode."""
     name = f"devreg_latin1_{uuid.uuid4().hex[:12]}"
     url = await create_database(server_url, name, encoding="LATIN1")
-    engine = create_engine(url, make_settings(url))
-    try:
-        await migrations.upgrade(engine)
-    finally:
-        await engine.dispose()
+    await migrate(url)
     yield url
     await admin(server_url, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 

@@ -32,6 +32,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from devreg.auth.authenticator import Authenticator
 from devreg.config import Settings
+from devreg.db import migrations
 from devreg.db.session import SessionMaker, create_engine, create_sessionmaker
 
 T = TypeVar("T")
@@ -97,6 +98,15 @@ async def login_role(
     finally:
         await admin(database_url, f"DROP OWNED BY {role}")
         await admin(server_url, f"DROP ROLE {role}")
+
+
+async def migrate(url: URL) -> None:
+    """The database at `url` migrated to head, as devreg's start-up migrates it."""
+    engine = create_engine(url, make_settings(url))
+    try:
+        await migrations.upgrade(engine)
+    finally:
+        await engine.dispose()
 
 
 async def create_database(

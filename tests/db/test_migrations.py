@@ -30,6 +30,7 @@ from tests.support import (
     create_database,
     devreg_environment,
     make_settings,
+    migrate,
     query,
     running,
     set_revision,
@@ -113,11 +114,7 @@ async def test_a_database_restored_without_its_version_trigger_gets_it_back(
     so and goes on): migrating the restored database makes it again."""
     await admin(committed_database_url, "DROP TRIGGER devices_bump_version ON devices")
     await set_revision(committed_database_url, "a2eb37244a61")
-    engine = create_engine(committed_database_url, make_settings(committed_database_url))
-    try:
-        await migrations.upgrade(engine)
-    finally:
-        await engine.dispose()
+    await migrate(committed_database_url)
 
     await admin(committed_database_url, "INSERT INTO devices (name) VALUES ('probe')")
     renamed = "UPDATE devices SET name = 'renamed' RETURNING version"
