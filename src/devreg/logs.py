@@ -1,6 +1,7 @@
 """Structured logging: JSON lines, one per request, each with the request id."""
 
 import itertools
+import json
 import logging
 import os
 import re
@@ -46,25 +47,13 @@ def visible(text: str) -> str:
     return _STEERING.sub(lambda found: f"\\u{ord(found[0]):04x}", text)
 
 
-# Outside a JSON document's strings it is ASCII: these are all in its strings.
-_BEYOND_PRINTABLE_ASCII = re.compile(r"[^\x00-\x7e]")
-
-
 def ascii_json(text: str) -> str:
-    """The JSON document `text` in ASCII: each character beyond it, and DEL, written as its JSON
-    escape (`\\u00e9`; a surrogate pair's two beyond U+FFFF), which every JSON reader reads back
-    as the character. ASCII is written as it is in any encoding stdout may have (ASCII under
-    LC_ALL=C, latin-1), where the character itself may be missing or a byte that is not UTF-8;
-    and it steers no terminal (JSON's strings hold no raw C0 control)."""
-    return _BEYOND_PRINTABLE_ASCII.sub(_json_escape, text)
-
-
-def _json_escape(found: re.Match[str]) -> str:
-    code = ord(found[0])
-    if code <= 0xFFFF:
-        return f"\\u{code:04x}"
-    beyond = code - 0x10000
-    return f"\\u{0xD800 + (beyond >> 10):04x}\\u{0xDC00 + (beyond & 0x3FF):04x}"
+    """The JSON document `text` in ASCII, as the standard library writes it (`\\u00e9`; a
+    surrogate pair's two escapes beyond U+FFFF), which every JSON reader reads back the same,
+    and nothing in it that steers a terminal (`visible`: DEL is ASCII). ASCII is written as it
+    is in any encoding stdout may have (ASCII under LC_ALL=C, latin-1), where the character
+    itself may be missing or a byte that is not UTF-8."""
+    return visible(json.dumps(json.loads(text), ensure_ascii=True, separators=(",", ":")))
 
 
 class JsonLineFormatter(logging.Formatter):
