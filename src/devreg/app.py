@@ -4,7 +4,7 @@ import asyncio
 import gc
 import logging
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager, suppress
+from contextlib import asynccontextmanager
 from datetime import timedelta
 from typing import Any, TypedDict
 
@@ -30,7 +30,7 @@ from devreg.compat.routes import with_tutorial_slashes
 from devreg.config import Settings, get_settings
 from devreg.cors import ProblemCORSMiddleware, cors_options
 from devreg.db import migrations
-from devreg.db.embedded import resolve_database_url
+from devreg.db.embedded import embedded_cluster, keep_running, resolve_database_url
 from devreg.db.programs import EmbeddedPostgresError
 from devreg.db.server import (
     DatabaseConnectError,
@@ -230,9 +230,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                         raise
                     logger.warning("%s: serving 503s until it answers", reason)
             sessionmaker = create_sessionmaker(engine)
-            sweeper = asyncio.create_task(
-                _sweep_expired_keys(sessionmaker, lifetime=settings.idempotency_key_lifetime)
-            )
+            chores = [_sweep_expired_keys(sessionmaker, lifetime=settings.idempotency_key_lifetime)]
+            if settings.external_database_url() is None:
+                chores.append(keep_running(embedded_cluster(settings)))
+            background = [asyncio.create_task(chore) for chore in chores]
             # What start-up built (modules, routes, schemas, the pool) lives as long as the
             # process: keep it out of the garbage collector's full passes, which would otherwise
             # walk all of it every few hundred requests.
@@ -249,9 +250,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     "exports": exports,
                 }
             finally:
-                sweeper.cancel()
-                with suppress(asyncio.CancelledError):
-                    await sweeper
+                for task in background:
+                    task.cancel()
+                await asyncio.gather(*background, return_exceptions=True)
         finally:
             await engine.dispose()
 

@@ -3,12 +3,14 @@
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -19,6 +21,7 @@ from devreg.db.embedded import EmbeddedCluster
 from devreg.db.programs import EmbeddedPostgresError, find_pg_bindir
 from tests.support import (
     devreg_environment,
+    devreg_process,
     devreg_server,
     free_port,
     run_devreg,
@@ -58,6 +61,78 @@ def test_data_survives_restarts_until_db_stop(embedded_settings: dict[str, str])
     assert "stopped" in stopped.stdout
     assert not cluster.is_running()
     assert "not running" in run_devreg("db", "stop", **embedded_settings).stdout
+
+
+def test_a_crashed_cluster_is_started_again_while_serving_and_a_stopped_one_is_not(
+    embedded_settings: dict[str, str],
+) -> None:
+    """Its server killed (by the kernel short of memory, say), the API answered 503 until
+    someone ran devreg again."""
+    cluster = EmbeddedCluster(
+        data_dir=Path(embedded_settings["DATA_DIR"]) / "pg",
+        port=int(embedded_settings["EMBEDDED_PG_PORT"]),
+    )
+    with devreg_process(**embedded_settings) as server:
+        created = httpx.post(f"{server.base_url}/api/v1/devices", json={"name": "kept"})
+        device = f"{server.base_url}/api/v1/devices/{created.json()['id']}"
+        os.kill(int(cluster.pid_file.read_text().split()[0]), signal.SIGKILL)
+
+        deadline = time.monotonic() + 30
+        while (fetched := httpx.get(device)).status_code != 200:
+            assert fetched.status_code == 503
+            assert time.monotonic() < deadline, "the cluster was not started again"
+            time.sleep(0.2)
+        assert fetched.json()["name"] == "kept"
+        assert [w["message"] for w in server.logged("WARNING") if "PostgreSQL" in w["message"]] == [
+            "the embedded PostgreSQL had stopped without being asked to: restarted"
+        ]
+
+        assert run_devreg("db", "stop", **embedded_settings).returncode == 0
+        time.sleep(5)  # two of the server's looks
+        assert httpx.get(device).status_code == 503
+        assert not cluster.is_running()
+
+
+def test_a_crashed_cluster_that_cannot_start_again_is_said_and_tried_again(
+    embedded_settings: dict[str, str],
+) -> None:
+    """The start that fails removes the postmaster.pid the crash left: nothing then said to try
+    again."""
+    cluster = EmbeddedCluster(
+        data_dir=Path(embedded_settings["DATA_DIR"]) / "pg",
+        port=int(embedded_settings["EMBEDDED_PG_PORT"]),
+    )
+    with devreg_process(**embedded_settings) as server:
+        os.kill(int(cluster.pid_file.read_text().split()[0]), signal.SIGKILL)
+        with _port_taken(cluster.port):  # by the time the server looks
+            deadline = time.monotonic() + 30
+            while not (errors := server.errors_logged()):
+                assert time.monotonic() < deadline, "no failure logged"
+                time.sleep(0.2)
+        assert errors[0]["message"].startswith(
+            "the embedded PostgreSQL has stopped, and could not start again: "
+            "the embedded PostgreSQL did not start: could not bind"
+        )
+
+        deadline = time.monotonic() + 30
+        while httpx.get(f"{server.base_url}/api/v1/devices").status_code != 200:
+            assert time.monotonic() < deadline, "not tried again"
+            time.sleep(0.2)
+
+
+@contextmanager
+def _port_taken(port: int) -> Iterator[None]:
+    """Listening on `port` as soon as the killed server that had it has let it go."""
+    deadline = time.monotonic() + 5
+    while True:
+        try:
+            listener = socket.create_server(("127.0.0.1", port))
+            break
+        except OSError:
+            assert time.monotonic() < deadline, f"port {port} still in use"
+            time.sleep(0.01)
+    with listener:
+        yield
 
 
 def test_starters_at_once_share_one_cluster(embedded_settings: dict[str, str]) -> None:

@@ -7,6 +7,7 @@ PostgreSQL refuses to run as root, so as root initdb and pg_ctl run as the `post
 
 import asyncio
 import fcntl
+import logging
 import os
 import re
 import secrets
@@ -34,6 +35,8 @@ from devreg.db.server import DatabaseConnectError, describe_connect_failure, ens
 
 SUPERUSER = "devreg"
 _CONFIG_FILE = "devreg.conf"
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -139,8 +142,9 @@ class EmbeddedCluster:
         except OSError as exc:
             raise _unusable(exc, self.data_dir) from None
 
-    def ensure_running(self) -> None:
-        """Create the cluster on first use, then start it unless it is already up."""
+    def ensure_running(self) -> bool:
+        """Create the cluster on first use, then start it unless it is already up; True when
+        this call started it."""
         if os.geteuid() == 0:
             service_account()  # before anything is made for it
         with self._alone():
@@ -149,7 +153,7 @@ class EmbeddedCluster:
                 self._initdb()
             if self.is_running():
                 self._require_port()
-                return
+                return False
             if self._pid_file_is_stale():
                 self.pid_file.unlink(missing_ok=True)
             self._write_config()
@@ -162,6 +166,19 @@ class EmbeddedCluster:
                 raise EmbeddedPostgresError(
                     f"the embedded PostgreSQL did not start: {why}; see {self.log_file}"
                 )
+            return True
+
+    def has_crashed(self) -> bool:
+        """Whether its server ended without being stopped (killed, by the kernel short of memory
+        say): postmaster.pid is left behind, naming no server. A server stopped by `devreg db
+        stop` or pg_ctl, even in `immediate` mode, removes the file."""
+        try:
+            pid = abs(int(self.pid_file.read_bytes().split(b"\n", 1)[0]))
+        except OSError:  # none, or not ours to read
+            return False
+        except ValueError:  # garbled
+            return True
+        return self._pid_file_is_stale() or not Path(f"/proc/{pid}").exists()
 
     def _log_size(self) -> int:
         try:
@@ -363,6 +380,34 @@ def embedded_cluster(settings: Settings) -> EmbeddedCluster:
             f'DATA_DIR may not hold $, `, " or \\ (pg_ctl hands it to a shell): {data_dir.parent}'
         )
     return EmbeddedCluster(data_dir=data_dir, port=settings.embedded_pg_port)
+
+
+# How often a serving worker looks for a crashed cluster, and the longest it waits between
+# attempts to start one again that fail (a disk still full, say).
+_WATCH_SECONDS = 2.0
+_RETRY_SECONDS_MAX = 60.0
+
+
+async def keep_running(cluster: EmbeddedCluster) -> None:
+    """Start the cluster again when its server has crashed, as a service manager restarts a
+    crashed daemon: the API would otherwise answer 503 until someone ran devreg again. Every
+    worker looks; its lock lets one of them start it."""
+    wait = _WATCH_SECONDS
+    # A start that failed takes the crashed server's postmaster.pid with it.
+    failed = False
+    while True:
+        await asyncio.sleep(wait)
+        if not (failed or cluster.has_crashed()):
+            continue
+        try:
+            started = await asyncio.to_thread(cluster.ensure_running)
+        except (EmbeddedPostgresError, OSError) as exc:
+            logger.error("the embedded PostgreSQL has stopped, and could not start again: %s", exc)
+            failed, wait = True, min(wait * 2, _RETRY_SECONDS_MAX)
+            continue
+        failed, wait = False, _WATCH_SECONDS
+        if started:
+            logger.warning("the embedded PostgreSQL had stopped without being asked to: restarted")
 
 
 async def resolve_database_url(settings: Settings) -> URL:
