@@ -234,8 +234,15 @@ class TestRequestLog:
             await app_client.request(method, path)
 
         [record] = request_records(caplog)
-        fields = {name: getattr(record, name, None) for name in ("method", "path", "status")}
-        assert fields == {"method": method, "path": path.split("?")[0], "status": status}
+        fields = {
+            name: getattr(record, name, None) for name in ("method", "path", "status", "client")
+        }
+        assert fields == {
+            "method": method,
+            "path": path.split("?")[0],
+            "status": status,
+            "client": "127.0.0.1",  # httpx's ASGI transport's
+        }
         duration: Any = getattr(record, "duration_ms", None)
         assert isinstance(duration, float | int)
         assert duration >= 0

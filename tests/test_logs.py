@@ -139,6 +139,20 @@ async def test_a_request_asking_to_upgrade_is_served_without_warnings(
     assert "WebSocket" not in log
 
 
+async def test_a_request_line_names_the_client_a_trusted_proxy_forwards_for(
+    committed_database_url: URL,
+) -> None:
+    url = committed_database_url.render_as_string(hide_password=False)
+    with devreg_process(DATABASE_URL=url, FORWARDED_ALLOW_IPS="127.0.0.1") as server:
+        async with httpx.AsyncClient(base_url=server.base_url) as client:
+            await client.get("/livez")
+            await client.get("/livez", headers={"X-Forwarded-For": "203.0.113.5, 127.0.0.1"})
+        requests = [line for line in server.logged("INFO") if line["message"] == "request"]
+
+    # (The first lines are the start-up's probes.)
+    assert [line["client"] for line in requests[-2:]] == ["127.0.0.1", "203.0.113.5"]
+
+
 def test_start_up_logs_no_line_per_alembic_plugin(committed_database_url: URL) -> None:
     """Alembic 1.17 and later log each of its plugins at INFO as they are set up: seven lines in
     every worker at every start (seen with two workers, the default on two cores)."""

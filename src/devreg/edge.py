@@ -191,11 +191,14 @@ class EdgeMiddleware:
                     response = await unhandled_error(Request(scope), exc)
                 await self._own(response)(scope, receive, send_with_headers)
         finally:
+            client = scope.get("client")
             line = {
                 "method": method,
                 "path": scope["path"],
                 "status": status,
                 "duration_ms": round((time.perf_counter() - started_at) * 1000, 2),
+                # Behind a proxy FORWARDED_ALLOW_IPS names, its client (X-Forwarded-For).
+                "client": client[0] if client else None,
             }
             if response_started and not response_ended:  # broken off, or the client went away
                 line["incomplete"] = True
