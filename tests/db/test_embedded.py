@@ -331,6 +331,48 @@ def test_the_directories_it_makes_do_not_depend_on_the_umask(
         assert run_devreg("db", "stop", **settings).returncode == 0
 
 
+@contextmanager
+def _mounted(volume: Path, at: Path) -> Iterator[None]:
+    """`volume` bind-mounted at `at`, as a container's volume is."""
+    mounted = subprocess.run(["mount", "--bind", str(volume), str(at)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount here: {mounted.stderr.decode().strip()}")
+    try:
+        yield
+    finally:
+        subprocess.run(["umount", "--lazy", str(at)], check=True)
+
+
+@as_root
+@pytest.mark.parametrize("holding", ["nothing", "lost+found"])
+def test_a_volume_mounted_where_the_cluster_goes_holds_it(
+    embedded_settings: dict[str, str], holding: str
+) -> None:
+    """Made aside and moved onto the mount point, the cluster could not start: "Device or
+    resource busy"."""
+    root = Path(embedded_settings["DATA_DIR"])
+    volume, data_dir = root / "volume", root / "data"
+    volume.mkdir(mode=0o755)
+    if holding != "nothing":
+        (volume / holding).mkdir()
+    (data_dir / "pg").mkdir(parents=True)
+    settings = {**embedded_settings, "DATA_DIR": str(data_dir)}
+
+    with _mounted(volume, data_dir / "pg"):
+        try:
+            status = run_devreg("db", "status", **settings)
+        finally:
+            run_devreg("db", "stop", **settings)
+
+    if holding == "nothing":
+        assert status.returncode == 0, status.stderr
+        assert (volume / "PG_VERSION").exists()
+    else:
+        assert status.returncode == 1
+        assert "initdb failed: " in status.stderr
+        assert "exists but is not empty" in status.stderr
+
+
 @as_root
 def test_a_directory_closed_to_the_postgres_account_is_named(
     embedded_settings: dict[str, str],

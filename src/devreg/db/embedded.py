@@ -273,7 +273,12 @@ class EmbeddedCluster:
         password_copy.touch(mode=0o600)
         password_copy.write_text(password + "\n")
         self._hand_to_service_account(password_copy)
-        cluster = making / "pg"
+        # A volume mounted there (a container's) cannot be replaced: the cluster is made in it,
+        # and initdb refuses one that holds anything (lost+found, say) in words of its own.
+        in_place = _is_mount_point(place)
+        cluster = place if in_place else making / "pg"
+        if in_place:
+            self._hand_to_service_account(place)
         self._run(
             "initdb",
             "-D",
@@ -291,7 +296,8 @@ class EmbeddedCluster:
         # The password file is for devreg (its owner) alone.
         self.password_file.touch(mode=0o600)
         self.password_file.write_text(password + "\n")
-        cluster.rename(place)  # over an empty directory, if one is there
+        if not in_place:
+            cluster.rename(place)  # over an empty directory, if one is there
         shutil.rmtree(making)
 
     def _write_config(self) -> None:
@@ -354,6 +360,25 @@ _START_FAILURES_MAX = 3
 _ENDED_UNREAPED = "Z"  # a zombie, in /proc's words
 # What a cluster being made is called, beside where it goes.
 _MAKING = ".initdb-"
+
+
+def _is_mount_point(path: Path) -> bool:
+    """Whether a file system is mounted at `path` (an absolute path without links): a volume
+    bind-mounted from the same disk too, which `os.path.ismount` does not see."""
+    try:
+        with open("/proc/self/mountinfo") as mounts:
+            # The fifth field, with space, tab, newline and backslash escaped in octal.
+            points = {_OCTAL_ESCAPE.sub(_unescaped, line.split()[4]) for line in mounts}
+    except OSError:
+        return path.is_mount()
+    return str(path) in points
+
+
+_OCTAL_ESCAPE = re.compile(r"\\([0-7]{3})")
+
+
+def _unescaped(escape: re.Match[str]) -> str:
+    return chr(int(escape[1], 8))
 
 
 def _process_state(pid: int) -> str:
