@@ -1,5 +1,6 @@
 """With no database configured, devreg runs its own PostgreSQL cluster and keeps its data."""
 
+import json
 import os
 import re
 import shutil
@@ -16,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from devreg.db import programs
+from devreg.db import embedded, programs
 from devreg.db.embedded import EmbeddedCluster
 from devreg.db.programs import EmbeddedPostgresError, find_pg_bindir
 from tests.support import (
@@ -246,6 +247,56 @@ def test_password_file_is_private(embedded_settings: dict[str, str]) -> None:
     assert password_file.stat().st_mode & 0o077 == 0
 
 
+def test_a_lost_password_file_is_replaced_with_a_new_password_once_the_cluster_is_stopped(
+    embedded_settings: dict[str, str],
+) -> None:
+    """A cluster whose password file was lost (deleted, left out of a copy) could not be used
+    again: every run said "No such file or directory"."""
+    password_file = Path(embedded_settings["DATA_DIR"]) / "pg.password"
+    created = run_devreg("devices", "create", "--name", "kept", "--json", **embedded_settings)
+    assert created.returncode == 0, created.stderr
+    lost = password_file.read_text()
+    password_file.unlink()
+
+    running = run_devreg("db", "status", **embedded_settings)
+    assert running.returncode == 1
+    assert running.stderr == (
+        f"devreg: the embedded PostgreSQL's password file is gone ({password_file}): stop "
+        "devreg's servers and run `devreg db stop`; its next start sets a new password\n"
+    )
+
+    assert run_devreg("db", "stop", **embedded_settings).returncode == 0
+    device_id = json.loads(created.stdout)["id"]
+    fetched = run_devreg("devices", "get", str(device_id), "--json", **embedded_settings)
+    assert fetched.returncode == 0, fetched.stderr
+    assert json.loads(fetched.stdout)["name"] == "kept"
+    assert "a new password is set" in fetched.stderr
+    assert password_file.read_text() != lost
+    assert password_file.stat().st_mode & 0o777 == 0o600
+
+
+def test_a_new_password_that_cannot_be_set_is_said_without_it(
+    embedded_settings: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cluster = EmbeddedCluster(
+        data_dir=Path(embedded_settings["DATA_DIR"]) / "pg",
+        port=int(embedded_settings["EMBEDDED_PG_PORT"]),
+    )
+    cluster.ensure_running()
+    cluster.stop()
+    cluster.password_file.unlink()
+    monkeypatch.setattr(embedded, "SUPERUSER", "no-such-role")
+
+    with pytest.raises(EmbeddedPostgresError) as refused:
+        cluster.ensure_running()
+
+    assert str(refused.value) == (
+        f"the embedded PostgreSQL's password file is gone ({cluster.password_file}), and no new "
+        "password could be set"
+    )
+    assert not cluster.password_file.exists()
+
+
 def test_a_cluster_it_cannot_use_is_one_line(embedded_settings: dict[str, str]) -> None:
     assert run_devreg("db", "status", **embedded_settings).returncode == 0
     password_file = Path(embedded_settings["DATA_DIR"]) / "pg.password"
@@ -262,7 +313,7 @@ def test_a_cluster_it_cannot_use_is_one_line(embedded_settings: dict[str, str]) 
     for result, says in [
         (on_another_port, "is running on port"),
         (wrong_password, "wrong password"),
-        (no_password, "No such file or directory"),
+        (no_password, "password file is gone"),
     ]:
         assert result.returncode == 1
         assert result.stderr.startswith("devreg: ")

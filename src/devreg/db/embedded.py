@@ -151,6 +151,8 @@ class EmbeddedCluster:
             self._require_reachable()
             if not self.is_initialised():
                 self._initdb()
+            elif not self.password_file.exists():
+                self._give_new_password()
             if self.is_running():
                 self._require_port()
                 return False
@@ -293,12 +295,43 @@ class EmbeddedCluster:
         )
         with (cluster / "postgresql.conf").open("a") as conf:
             conf.write(f"\ninclude_if_exists = '{_CONFIG_FILE}'\n")
-        # The password file is for devreg (its owner) alone.
-        self.password_file.touch(mode=0o600)
-        self.password_file.write_text(password + "\n")
+        self._keep_password(password)
         if not in_place:
             cluster.rename(place)  # over an empty directory, if one is there
         shutil.rmtree(making)
+
+    def _keep_password(self, password: str) -> None:
+        # For devreg (its owner) alone.
+        self.password_file.touch(mode=0o600)
+        self.password_file.write_text(password + "\n")
+
+    def _give_new_password(self) -> None:
+        """The password file lost (deleted, or left out of a copy of DATA_DIR): its superuser is
+        given a new password, set by PostgreSQL in single-user mode, which asks for none. Not
+        while the cluster runs: the servers using it would then be refused."""
+        if self.is_running():
+            raise EmbeddedPostgresError(
+                f"the embedded PostgreSQL's password file is gone ({self.password_file}): stop "
+                "devreg's servers and run `devreg db stop`; its next start sets a new password"
+            )
+        password = secrets.token_urlsafe(24)  # of letters, digits, - and _: no quote to escape
+        altered = self._run(
+            "postgres",
+            "--single",
+            "-D",
+            str(self.data_dir),
+            "postgres",
+            stdin=f"ALTER ROLE {SUPERUSER} PASSWORD '{password}'\n",
+        )
+        # A statement that fails ends single-user mode with 0 all the same, its error logged
+        # with the statement, password and all: not to be repeated.
+        if " ERROR: " in altered.stderr:
+            raise EmbeddedPostgresError(
+                f"the embedded PostgreSQL's password file is gone ({self.password_file}), and "
+                "no new password could be set"
+            )
+        self._keep_password(password)
+        logger.warning("the embedded PostgreSQL's password file was gone: a new password is set")
 
     def _write_config(self) -> None:
         settings = {
@@ -318,12 +351,15 @@ class EmbeddedCluster:
     def _pg_ctl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         return self._run("pg_ctl", "-D", str(self.data_dir), *args, check=check)
 
-    def _run(self, tool: str, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    def _run(
+        self, tool: str, *args: str, check: bool = True, stdin: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
         command = [str(find_pg_bindir(self._made_by()) / tool), *args]
         if os.geteuid() == 0:
             command = ["runuser", "-u", service_account().pw_name, "--", *command]
         result = subprocess.run(  # noqa: S603 - fixed binaries, arguments built here
             command,
+            input=stdin,
             capture_output=True,
             text=True,
             check=False,
