@@ -31,6 +31,10 @@ def run_migrations(connection: Connection) -> None:
         connection=connection,
         target_metadata=target_metadata,
         compare_server_default=True,
+        # Each migration commits before the next: one transaction for all held what each
+        # locked (devices, for a trigger) until the last was done, while the servers of the
+        # release before went on serving, and deadlocked their requests.
+        transaction_per_migration=True,
     )
     with context.begin_transaction():
         context.run_migrations()

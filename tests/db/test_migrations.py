@@ -27,6 +27,7 @@ from tests.support import (
     CHECKOUT,
     admin,
     api_client,
+    asyncpg_connection,
     create_database,
     devreg_environment,
     make_settings,
@@ -34,6 +35,7 @@ from tests.support import (
     query,
     running,
     set_revision,
+    waiting_for_a_lock,
 )
 
 
@@ -175,6 +177,35 @@ async def test_a_starter_waits_for_anothers_migration_past_statement_timeout(
     finally:
         await holder.dispose()
         await starter.dispose()
+
+
+async def test_an_upgrade_beside_an_older_releases_keyed_write_does_not_deadlock(
+    server_url: URL,
+) -> None:
+    """An older release serving while the new one migrates: its keyed heartbeat writes the key,
+    then the device. The upgrade, one transaction, held devices from an early migration (its
+    triggers) while a later one waited for the keys: PostgreSQL ended one of the two, a 500 or
+    a failed upgrade, and every request for a device waited for the whole upgrade. Each
+    migration now commits, and lets go of what it locked, before the next begins."""
+    url = await create_database(server_url, "devreg_rolling_upgrade")
+    engine = create_engine(url, make_settings(url))
+    request = await asyncpg_connection(url)
+    try:
+        await migrations.upgrade(engine, "5d1a8f3c9e42")  # as 5f13a69 left it
+        await request.execute("INSERT INTO devices (name) VALUES ('pi')")
+        async with request.transaction():
+            await request.execute(
+                "INSERT INTO idempotency_keys (token_id, key, fingerprint) VALUES (1, 'k', '')"
+            )
+            upgrading = asyncio.create_task(migrations.upgrade(engine))
+            await waiting_for_a_lock(request)  # the keys' migration waits for this request
+            beat = request.execute("UPDATE devices SET last_seen_at = now() WHERE name = 'pi'")
+            assert await asyncio.wait_for(beat, 10) == "UPDATE 1"
+        await asyncio.wait_for(upgrading, 30)
+        assert await migrations.current_revision(engine) == migrations.head_revision()
+    finally:
+        await request.close()
+        await engine.dispose()
 
 
 def test_autogenerate_proposes_nothing(tmp_path, database_url: URL, monkeypatch) -> None:

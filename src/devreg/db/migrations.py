@@ -1,5 +1,6 @@
 """Alembic, driven from devreg: upgrades run under an advisory lock so concurrent starters
-(several workers, several replicas) apply each migration exactly once."""
+(several workers, several replicas) apply each migration exactly once, each migration in a
+transaction of its own."""
 
 import re
 import traceback
@@ -174,13 +175,15 @@ def is_behind(revision: str | None) -> bool:
 
 
 async def hold_migration_lock(connection: AsyncConnection) -> None:
-    """Wait for, and hold until the transaction ends, the lock every migrating process takes
-    (devreg on start, `devreg db`, plain `alembic`): a transaction-level lock, released by the
-    commit that makes the migration visible."""
+    """Wait for, and hold until the session ends, the lock every migrating process takes
+    (devreg on start, `devreg db`, plain `alembic`, and earlier releases' transaction-level
+    one, which it excludes as well), then end the transaction: each migration runs in its own,
+    which lets go of the tables it locked before the next begins."""
     # STATEMENT_TIMEOUT is for requests: a migration may rewrite a big table, and another
-    # starter waits for the lock as long as that takes.
-    await connection.execute(text("SET LOCAL statement_timeout = 0"))
-    await connection.execute(select(func.pg_advisory_xact_lock(MIGRATION_LOCK_KEY)))
+    # starter waits for the lock as long as that takes. The session ends with the migrations.
+    await connection.execute(text("SET statement_timeout = 0"))
+    await connection.execute(select(func.pg_advisory_lock(MIGRATION_LOCK_KEY)))
+    await connection.commit()
 
 
 async def _run_locked(engine: AsyncEngine, operation: _Operation) -> None:
@@ -191,7 +194,9 @@ async def _run_locked(engine: AsyncEngine, operation: _Operation) -> None:
             await connection.run_sync(_with_connection, operation)
             await connection.commit()
         finally:
-            await connection.invalidate()  # not back to the pool without its answer timeout
+            # Not back to the pool without its answer timeout and statement_timeout; closed,
+            # it lets go of the migration lock.
+            await connection.invalidate()
 
 
 async def _wait_for_answers_as_long_as_they_take(connection: AsyncConnection) -> None:
