@@ -418,8 +418,10 @@ class DatabaseRefusesDevreg(DatabaseRefusal):
 
 
 class DatabaseNotMigrated(DatabaseRefusal):
-    """A table devreg's statements name does not exist (42P01): the database is not migrated
-    to this release (MIGRATE_ON_START=false, and no `devreg db upgrade` yet)."""
+    """A table devreg's statements name does not exist (42P01), or a column (42703), or has
+    another type (42804): the database is not migrated to this release (MIGRATE_ON_START=false,
+    and no `devreg db upgrade` yet), or not all the way (still at the release before's
+    revision, in a rolling deploy)."""
 
     log_level = logging.ERROR
     log_message = "database not migrated: run devreg db upgrade"
@@ -441,6 +443,8 @@ class DatabaseDeniesPrivilege(DatabaseRefusal):
 
 
 UNDEFINED_TABLE = "42P01"
+# A table, or a column, that the database's schema lacks or holds in another type.
+SCHEMA_BEHIND = frozenset({UNDEFINED_TABLE, "42703", "42804"})
 INSUFFICIENT_PRIVILEGE = "42501"
 READ_ONLY_TRANSACTION = "25006"
 UNTRANSLATABLE_CHARACTER = "22P05"
@@ -525,7 +529,7 @@ def sqlstate_problem(sqlstate: str) -> DevregError | None:
         return StatementTimedOut()
     if sqlstate == READ_ONLY_TRANSACTION:
         return DatabaseReadOnly(sqlstate)
-    if sqlstate == UNDEFINED_TABLE:
+    if sqlstate in SCHEMA_BEHIND:
         return DatabaseNotMigrated(sqlstate)
     if sqlstate == INSUFFICIENT_PRIVILEGE:
         return DatabaseDeniesPrivilege(sqlstate)
