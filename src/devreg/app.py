@@ -72,6 +72,11 @@ _LACKS_CHARACTERS = (
     "or an emoji, say) is refused with a 422; create the database with ENCODING 'UTF8'"
 )
 
+_BEHIND = (
+    "MIGRATE_ON_START=false, and the database is at revision %s, behind this release's %s: "
+    "/readyz answers 503, as do requests its schema cannot serve, until devreg db upgrade"
+)
+
 API_PREFIX = "/api/v1"
 
 
@@ -183,14 +188,19 @@ async def _sweep_expired_keys(
 
 
 async def _prepare_database(engine: AsyncEngine, settings: Settings) -> None:
-    """Migrated (unless MIGRATE_ON_START=false), the pool's connections opened, and a warning
-    if `lower()` folds ASCII alone, or the database's encoding lacks characters."""
+    """Migrated (unless MIGRATE_ON_START=false: then a warning if it is behind), the pool's
+    connections opened, and a warning if `lower()` folds ASCII alone, or the database's
+    encoding lacks characters."""
     if settings.migrate_on_start:
         try:
             await migrations.upgrade(engine)
         except CommandError as exc:  # say, the database at a newer release's revision
             logger.error("migrations: %s", exc)  # the one line that says what to fix
             raise
+    else:
+        revision = await migrations.current_revision(engine)
+        if migrations.is_behind(revision):
+            logger.warning(_BEHIND, revision or "none", migrations.head_revision())
     await open_pool(engine)
     if await folds_case_beyond_ascii(engine) is False:
         logger.warning(_ASCII_CASE_ONLY)

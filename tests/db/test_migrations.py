@@ -570,3 +570,27 @@ async def test_a_database_behind_this_release_is_a_503_that_says_to_migrate(
     assert answer.status_code == 503
     errors = {r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR}
     assert errors == {"database not migrated: run devreg db upgrade"}
+
+
+async def test_a_start_without_migrating_says_the_database_is_behind(
+    committed_database_url: URL, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A rolling deploy's new servers, MIGRATE_ON_START=false, before `devreg db upgrade`: they
+    started without a word, then answered /readyz with 503s."""
+    engine = create_engine(committed_database_url, make_settings(committed_database_url))
+    try:
+        await migrations.downgrade(engine, "3b9e5c7a2d14")
+    finally:
+        await engine.dispose()
+    app = create_app(make_settings(committed_database_url, migrate_on_start=False, auth="off"))
+
+    with caplog.at_level(logging.WARNING):
+        async with running(app):
+            pass
+
+    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("MIGRATE")]
+    assert said == [
+        "MIGRATE_ON_START=false, and the database is at revision 3b9e5c7a2d14, behind this "
+        f"release's {migrations.head_revision()}: /readyz answers 503, as do requests its "
+        "schema cannot serve, until devreg db upgrade"
+    ]
