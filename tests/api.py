@@ -387,3 +387,13 @@ async def explain_listing(
             document = json.loads(document)
         plans.append(Plan(_plan_nodes(document[0]["Plan"])))
     return plans
+
+
+def deletes_fetching_rows(statements: list[str], table: str) -> list[str]:
+    """The DELETE statements of `table` among `statements` that send back what they deleted: a
+    bulk delete that does holds every row's key in the process (db.session.UNSYNCHRONIZED)."""
+    return [
+        sql
+        for sql in statements
+        if f"DELETE FROM {table} " in sql and "RETURNING" in sql.rpartition("DELETE")[2]
+    ]

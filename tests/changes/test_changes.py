@@ -1,5 +1,6 @@
 """The change log: every create, update and delete of a device or user, in the same transaction."""
 
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -7,12 +8,15 @@ from httpx import AsyncClient
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from devreg.changes.service import prune_changes
+from devreg.db.session import UnitOfWork
 from tests.api import (
     DEVICES,
     USERS,
     assert_problem,
     create_device,
     create_user,
+    deletes_fetching_rows,
     explain_listing,
     settle,
 )
@@ -312,6 +316,22 @@ class TestReading:
 
         assert response.status_code == 200, response.text
         assert response.json()["items"] == []
+
+    async def test_a_prune_fetches_none_of_the_records_it_deletes(
+        self, client: AsyncClient, connection: AsyncConnection, sessionmaker, statements
+    ) -> None:
+        """With RETURNING, every pruned record's id came back to the command: 580 MB peak RSS
+        for 1.65 million (a reviewer's measure)."""
+        await create_device(client, name="old")
+        await connection.execute(text("UPDATE changes SET at = now() - interval '100 days'"))
+        await create_device(client, name="new")
+        statements.reset()
+
+        pruned = await prune_changes(UnitOfWork(sessionmaker), older_than=timedelta(days=90))
+
+        assert pruned == 1
+        assert [c["after"]["name"] for c in await changes(client)] == ["new"]
+        assert deletes_fetching_rows(statements, "changes") == []
 
     async def test_what_a_user_sees_is_found_by_index(self, client, connection) -> None:
         """`IN (subquery)` made the rule a filter on every record of the log, read newest

@@ -22,6 +22,7 @@ from tests.api import (
     assert_problem,
     create_device,
     create_user,
+    deletes_fetching_rows,
     stored_devices,
 )
 from tests.auth.test_tokens import bearer, new_token
@@ -186,6 +187,23 @@ class TestReplay:
         assert swept == 1
         left = await connection.scalars(text("SELECT key FROM idempotency_keys"))
         assert list(left) == ["new"]
+
+    async def test_the_sweep_fetches_none_of_the_keys_it_deletes(
+        self, client, connection: AsyncConnection, sessionmaker, statements
+    ) -> None:
+        """With RETURNING, the key of every expired row came back to each worker: a sweep of
+        a million took it from 120 to 470 MB (a reviewer's measure)."""
+        for key in ("a", "b"):
+            await client.post(DEVICES, json={"name": key}, headers=keyed(key))
+        await connection.execute(
+            text("UPDATE idempotency_keys SET created_at = now() - interval '25 hours'")
+        )
+        statements.reset()
+
+        swept = await forget_expired(UnitOfWork(sessionmaker), lifetime=timedelta(hours=24))
+
+        assert swept == 2
+        assert deletes_fetching_rows(statements, "idempotency_keys") == []
 
     async def test_a_bad_key_is_422(self, client) -> None:
         for key in ("", "k" * 256):

@@ -26,6 +26,7 @@ from tests.api import (
     assert_problem,
     create_device,
     create_user,
+    deletes_fetching_rows,
     fetch_user,
     items_of,
     stored_devices,
@@ -389,6 +390,20 @@ class TestDeleteUser:
         assert response.content == b""
         assert await stored_users(client) == [other]
         assert await stored_devices(client) == [others_device, unowned]
+
+    async def test_cascade_fetches_none_of_the_devices_it_deletes(self, client, statements):
+        """With RETURNING, every device's id came back to the worker: 100,000 for a user
+        owning as many (a reviewer's measure; 9.9 s, the worker's RSS up 18 MB)."""
+        user = await create_user(client, name="gone")
+        for name in ("a", "b"):
+            await create_device(client, name=name, owner_id=user["id"])
+        statements.reset()
+
+        response = await client.delete(f"{USERS}/{user['id']}", params={"cascade": "devices"})
+
+        assert response.status_code == 204
+        assert await stored_devices(client) == []
+        assert deletes_fetching_rows(statements, "devices") == []
 
     async def test_cascade_without_devices_deletes_the_user(self, client):
         user = await create_user(client)

@@ -18,6 +18,7 @@ from devreg.changes.models import Change, ObjectType
 from devreg.changes.schemas import ChangeRead
 from devreg.db.keyset import TableListing, any_of
 from devreg.db.rendering import JsonShape
+from devreg.db.session import UNSYNCHRONIZED
 
 _CHANGE_JSON = JsonShape.of_columns(ChangeRead, Change)
 
@@ -46,7 +47,8 @@ class ChangeRepository(TableListing[ChangeFilter]):
 
     async def delete_older_than(self, age: timedelta) -> int:
         """Delete the records older than `age` by the database's clock, which wrote their `at`."""
-        result = await self.session.execute(delete(Change).where(Change.at < func.now() - age))
+        statement = delete(Change).where(Change.at < func.now() - age)
+        result = await self.session.execute(statement, execution_options=UNSYNCHRONIZED)
         return int(result.rowcount)  # type: ignore[attr-defined]
 
     def _shape(self, filters: ChangeFilter) -> JsonShape:

@@ -47,6 +47,7 @@ from devreg.db.driver import (
 )
 from devreg.db.keyset import TableListing, any_of, any_pattern
 from devreg.db.rendering import JsonShape, json_object, json_string, sql_text
+from devreg.db.session import UNSYNCHRONIZED
 from devreg.devices.filters import CURSOR_VALUE_TYPES, NULLABLE_SORT_KEYS, RELEVANCE, DeviceFilter
 from devreg.devices.models import Device
 from devreg.devices.schemas import DeviceRead, OnConflict
@@ -573,7 +574,9 @@ class DeviceRepository(TableListing[DeviceFilter]):
         return await fetch_row(self.work, statement, values, _VIOLATIONS) is not None
 
     async def delete_by_owner(self, owner_id: int) -> None:
-        await self.session.execute(_delete_in_id_order(Device.owner_id == owner_id))
+        await self.session.execute(
+            _delete_in_id_order(Device.owner_id == owner_id), execution_options=UNSYNCHRONIZED
+        )
 
     async def _one(
         self, statement: DriverStatement, values: Mapping[str, Any]

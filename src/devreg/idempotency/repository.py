@@ -3,7 +3,7 @@ from datetime import timedelta
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.dialects.postgresql import insert
 
-from devreg.db.session import Repository
+from devreg.db.session import UNSYNCHRONIZED, Repository
 from devreg.idempotency.models import IdempotencyKey
 
 
@@ -59,6 +59,7 @@ class IdempotencyRepository(Repository):
 
     async def delete_expired(self, lifetime: timedelta) -> int:
         result = await self.session.execute(
-            delete(IdempotencyKey).where(IdempotencyKey.created_at < func.now() - lifetime)
+            delete(IdempotencyKey).where(IdempotencyKey.created_at < func.now() - lifetime),
+            execution_options=UNSYNCHRONIZED,
         )
         return int(result.rowcount)  # type: ignore[attr-defined]
