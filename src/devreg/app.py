@@ -45,14 +45,13 @@ from devreg.db.session import (
     create_engine,
     create_sessionmaker,
     open_pool,
-    session_scope,
 )
 from devreg.devices.routes import router as devices_router
 from devreg.edge import EdgeMiddleware
 from devreg.health.routes import HEALTH_PATHS
 from devreg.health.routes import router as health_router
+from devreg.idempotency import service as idempotency
 from devreg.idempotency.header import IdempotentReplay, replay
-from devreg.idempotency.service import forget_expired
 from devreg.problems import document_problems, register_error_handlers
 from devreg.schemas import BIGINT_MAX
 from devreg.users.routes import router as users_router
@@ -178,8 +177,7 @@ async def _sweep_expired_keys(
     interval = max(min(lifetime, _SWEEP_INTERVAL_MAX), _SWEEP_INTERVAL_MIN).total_seconds()
     while True:
         try:
-            async with session_scope(sessionmaker) as work:
-                await forget_expired(work, lifetime=lifetime)
+            await idempotency.forget_all_expired(sessionmaker, lifetime=lifetime)
         except (SQLAlchemyError, OSError) as exc:  # the database away, the pool busy: next time
             logger.warning(
                 "expired idempotency keys not deleted", extra={"error_type": type(exc).__name__}

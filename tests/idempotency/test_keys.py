@@ -28,6 +28,7 @@ from tests.api import (
 from tests.auth.test_tokens import bearer, new_token
 from tests.support import (
     RunningApp,
+    admin,
     api_client,
     devreg_server,
     make_settings,
@@ -315,3 +316,34 @@ async def waiting_sessions(connection: asyncpg.Connection, count: int) -> None:
             return
         await asyncio.sleep(0.02)
     raise AssertionError(f"fewer than {count} sessions waited for a lock")
+
+
+async def test_the_sweep_deletes_keys_past_the_statement_timeout(
+    committed_database_url: URL, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One DELETE of every expired key ran past STATEMENT_TIMEOUT once they were many (a
+    million: 1.4 s) and was cancelled at start-up and every hour after, the keys never deleted;
+    a batch at a time, each statement ends in time. Here each deletion takes 10 ms (a trigger):
+    60 keys, 0.6 s in one statement, 0.1 s a batch of 10, against a timeout of 0.3 s."""
+    url = committed_database_url
+    monkeypatch.setattr("devreg.idempotency.service.SWEEP_BATCH", 10)
+    await admin(
+        url,
+        "INSERT INTO idempotency_keys (token_id, key, fingerprint, created_at)"
+        " SELECT 1, 'k' || g, '\\x00', now() - interval '2 days'"
+        " FROM generate_series(1, 60) AS g",
+        "CREATE FUNCTION slowly() RETURNS trigger LANGUAGE plpgsql"
+        " AS $$ BEGIN PERFORM pg_sleep(0.01); RETURN OLD; END $$",
+        "CREATE TRIGGER slowly BEFORE DELETE ON idempotency_keys"
+        " FOR EACH ROW EXECUTE FUNCTION slowly()",
+    )
+    app = create_app(make_settings(url, statement_timeout=0.3, idempotency_key_lifetime="1d"))
+
+    async with running(app):
+        for _ in range(100):
+            left = await query(url, "SELECT count(*) AS n FROM idempotency_keys")
+            if left == [{"n": 0}]:
+                break
+            await asyncio.sleep(0.1)
+
+    assert left == [{"n": 0}]

