@@ -357,6 +357,36 @@ class TestReading:
             assert {"ix_changes_owner_id_id", "ix_changes_object_type_object_id_id"} <= plan.indexes
             assert "SubPlan" not in str(plan.nodes)
 
+    async def test_an_objects_records_are_found_by_index_whatever_its_type(
+        self, client, connection
+    ) -> None:
+        """`object_id` without `object_type` read the whole index of the two, its first
+        column: 0.5 s at 3 million records (a reviewer's measure); naming both types, 0.2 ms."""
+        user, device = await user_and_device_of_one_id(client, connection)
+        await connection.execute(
+            text(
+                "INSERT INTO changes (object_type, object_id, action, after)"
+                " SELECT 'device', 1000 + g, 'update', '{}'::jsonb"
+                " FROM generate_series(1, 20000) AS g"
+            )
+        )
+        await settle(connection, "changes")
+
+        found = await changes(client, object_id=device["id"])
+        plans = await explain_listing(client, connection, CHANGES, {"object_id": device["id"]})
+
+        assert {(c["object_type"], c["object_id"]) for c in found} == {
+            ("user", user["id"]), ("device", device["id"])
+        }  # fmt: skip
+        for plan in plans:
+            conditions = [
+                node.get("Index Cond", "")
+                for node in plan.nodes
+                if node.get("Index Name") == "ix_changes_object_type_object_id_id"
+            ]
+            assert conditions, plan.nodes
+            assert all("object_type" in condition for condition in conditions), conditions
+
     async def test_filters_sort_and_pages(self, client: AsyncClient) -> None:
         for name in ("a", "b", "c"):
             await create_device(client, name=name)
