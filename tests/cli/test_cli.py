@@ -358,6 +358,26 @@ class TestOutputThatCannotBeWritten:
         assert listing.stderr.read() == b""
 
     @pytest.mark.parametrize(
+        "command",
+        [("--help",), (), ("devices", "list", "--help")],
+        ids=["help", "no-arguments", "a-command's-help"],
+    )
+    def test_a_help_whose_reader_is_gone_ends_as_a_command_does(
+        self, committed_database_url: URL, command: tuple[str, ...]
+    ) -> None:
+        """`devreg --help | head -1`: click took the broken pipe for an error of its own and
+        ended with exit 1."""
+        reader, writer = os.pipe()
+        os.close(reader)  # as a `head` that has ended before the help is written
+        try:
+            result = devreg_writing_to(committed_database_url, writer, *command)
+        finally:
+            os.close(writer)
+
+        assert result.returncode == 128 + signal.SIGPIPE
+        assert result.stderr == ""
+
+    @pytest.mark.parametrize(
         ("file_name", "by_its_own_name"),
         [("kept.csv", False), ("kept.ndjson", True)],
         ids=["dev-stdout-is-csv", "its-own-name-keeps-its-format"],

@@ -15,6 +15,7 @@ from devreg.cli.output import (
     buffered_stdout,
     end_for_output,
     stdout_escaping_missing_characters,
+    stdout_failing_as_output,
 )
 
 app = typer.Typer(
@@ -30,6 +31,7 @@ transfer.register(app)
 def main() -> None:
     buffered_stdout()
     stdout_escaping_missing_characters()
+    stdout_failing_as_output()
     try:
         code = app(prog_name="devreg", standalone_mode=False)
         STDOUT.flush()  # what is still buffered: failing here, not in Python's flush at exit

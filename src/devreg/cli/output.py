@@ -41,30 +41,63 @@ class _Stdout:
         return self._stream().fileno()
 
     def write(self, text: str) -> int:
-        written: int = self._call(self._stream(), "write", text)
+        written: int = _failing_as_output(self._stream(), "write", text)
         return written
 
     def write_bytes(self, data: bytes) -> None:
-        self._call(self._stream().buffer, "write", data)
+        _failing_as_output(self._stream().buffer, "write", data)
 
     def flush(self) -> None:
         if sys.stdout is not None:  # closed, it holds nothing to flush
-            self._call(sys.stdout, "flush")
+            _failing_as_output(sys.stdout, "flush")
 
     def _stream(self) -> TextIO:
         if sys.stdout is None:
             raise OutputFailed(None)
         return sys.stdout
 
-    @staticmethod
-    def _call(stream: Any, method: str, *arguments: Any) -> Any:
-        try:
-            return getattr(stream, method)(*arguments)
-        except OSError as error:
-            raise OutputFailed(error) from error
+
+def _failing_as_output(stream: Any, method: str, *arguments: Any) -> Any:
+    try:
+        return getattr(stream, method)(*arguments)
+    except OSError as error:
+        raise OutputFailed(error) from error
 
 
 STDOUT = _Stdout()
+
+
+class _StdoutFailingAsOutput:
+    """sys.stdout for what writes to it itself, not through STDOUT (Typer's help, through
+    Rich), its failures raised as OutputFailed too."""
+
+    def __init__(self, wrapped: TextIO) -> None:
+        self.wrapped = wrapped
+
+    def write(self, text: str) -> int:
+        written: int = _failing_as_output(self.wrapped, "write", text)
+        return written
+
+    def flush(self) -> None:
+        _failing_as_output(self.wrapped, "flush")
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.wrapped, name)
+
+
+def stdout_failing_as_output() -> None:
+    """A help (`devreg --help | head -1`) whose reader went away ends as a command's output
+    does (end_for_output), where click took the OSError for its own and ended with exit 1."""
+    if sys.stdout is not None:
+        sys.stdout = _StdoutFailingAsOutput(sys.stdout)
+
+
+def stdout_for_a_log() -> None:
+    """sys.stdout as it was, for a server's log: its reader gone away, the log says so once
+    and the server serves on (logs.LogHandler), where OutputFailed would print a traceback
+    for every line."""
+    if isinstance(sys.stdout, _StdoutFailingAsOutput):
+        sys.stdout = sys.stdout.wrapped
 
 
 def buffered_stdout() -> None:

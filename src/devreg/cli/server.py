@@ -22,7 +22,7 @@ from devreg.cli.common import (
     run_async,
     with_engine,
 )
-from devreg.cli.output import stdout, write_line
+from devreg.cli.output import stdout, stdout_for_a_log, write_line
 from devreg.db import migrations
 from devreg.db.embedded import embedded_cluster
 from devreg.db.programs import EmbeddedPostgresError
@@ -50,6 +50,7 @@ def serve(
     _check_address(settings.host, settings.port)
     # Start the database and surface a bad URL or password as one line, before any worker runs.
     run_async(with_engine(settings, _nothing))
+    stdout_for_a_log()
     options: dict[str, Any] = {
         "app": "devreg.app:create_app",
         "factory": True,
