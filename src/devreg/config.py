@@ -260,6 +260,19 @@ class Settings(BaseSettings):
             raise ValueError(f"has spaces around it: {value!r}")
         return value
 
+    @field_validator("data_dir")
+    @classmethod
+    def _whole_path(cls, data_dir: Path) -> Path:
+        """Absolute: PostgreSQL's tools run from / (embedded.py), not from where devreg
+        started."""
+        try:
+            return data_dir.absolute()
+        except FileNotFoundError:  # no working directory to find it from
+            raise ValueError(
+                f"{str(data_dir)!r} is relative and the working directory it is in is gone: "
+                "give a whole path, or run devreg from a directory that exists"
+            ) from None
+
     @model_validator(mode="after")
     def _connect_timeout_from_url(self) -> Self:
         """libpq's `connect_timeout` in DATABASE_URL sets DB_CONNECT_TIMEOUT, unless that is
@@ -290,8 +303,7 @@ class Settings(BaseSettings):
 
     @property
     def embedded_cluster_dir(self) -> Path:
-        # Absolute: PostgreSQL's tools run from / (embedded.py), not from where devreg started.
-        return self.data_dir.absolute() / "pg"
+        return self.data_dir / "pg"
 
 
 def _set_but_empty(field: str) -> bool:

@@ -676,6 +676,34 @@ class TestStartupErrors:
         assert "set but empty" in result.stderr
         assert not (tmp_path / "data").exists()
 
+    @pytest.mark.parametrize("command", [("db", "stop"), ("serve",)], ids=["db-stop", "serve"])
+    def test_a_relative_data_dir_in_a_working_directory_gone_is_one_line(
+        self,
+        devreg: Invoke,
+        monkeypatch: pytest.MonkeyPatch,
+        tmp_path: Path,
+        command: tuple[str, ...],
+    ) -> None:
+        """It was a FileNotFoundError's traceback, from looking for the working directory."""
+        from tests.support import free_port
+
+        gone = tmp_path / "gone"
+        gone.mkdir()
+        monkeypatch.chdir(gone)
+        gone.rmdir()
+        monkeypatch.delenv("DATABASE_URL")
+        monkeypatch.setenv("DATA_DIR", "data")
+        monkeypatch.setenv("PORT", str(free_port()))
+
+        result = devreg(*command)
+
+        assert result.exit_code == 2
+        assert result.stderr == (
+            "devreg: invalid setting DATA_DIR: Value error, 'data' is relative and the working "
+            "directory it is in is gone: give a whole path, or run devreg from a directory that "
+            "exists\n"
+        )
+
     def test_a_dotenv_that_is_not_utf8_is_named(
         self, devreg: Invoke, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
     ) -> None:
