@@ -123,6 +123,21 @@ def test_tutorial_settings_compose_the_url(committed_database_url: URL) -> None:
     assert ready.json() == {"status": "ok", "db": "reachable"}
 
 
+def test_a_worker_names_its_database_once_at_start_never_its_password(
+    committed_database_url: URL,
+) -> None:
+    url = committed_database_url
+    assert url.password
+    with devreg_process(DATABASE_URL=url_setting(url)) as server:
+        logged = server.logged("INFO")
+        log = server.log()
+
+    assert [line["message"] for line in logged if line["message"].startswith("database")] == [
+        f"database: PostgreSQL at 127.0.0.1:{url.port}/{url.database} as user {url.username!r}"
+    ]
+    assert url.password not in log
+
+
 async def test_served_under_a_root_path_it_names_the_prefix_once(
     committed_database_url: URL,
 ) -> None:

@@ -30,7 +30,12 @@ from devreg.compat.routes import with_tutorial_slashes
 from devreg.config import Settings, get_settings
 from devreg.cors import ProblemCORSMiddleware, cors_options
 from devreg.db import migrations
-from devreg.db.embedded import embedded_cluster, keep_running, resolve_database_url
+from devreg.db.embedded import (
+    describe_database_in_use,
+    embedded_cluster,
+    keep_running,
+    resolve_database_url,
+)
 from devreg.db.programs import EmbeddedPostgresError
 from devreg.db.server import (
     DatabaseConnectError,
@@ -216,6 +221,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             check_binding(settings)
             url = await resolve_database_url(settings)
+            logger.info("database: %s", describe_database_in_use(settings, url))
             await check_connection(url, connect_timeout=settings.db_connect_timeout)
         except DatabaseUnreachable as exc:
             # `devreg serve` found it before starting this worker: it is down for a while (a

@@ -149,6 +149,20 @@ def test_starters_at_once_share_one_cluster(embedded_settings: dict[str, str]) -
         assert run_devreg("db", "stop", **embedded_settings).returncode == 0
 
 
+def test_a_worker_names_the_embedded_cluster_it_uses_once_at_start(
+    embedded_settings: dict[str, str],
+) -> None:
+    with devreg_process(**embedded_settings) as server:
+        logged = server.logged("INFO")
+
+    cluster_dir = Path(embedded_settings["DATA_DIR"]) / "pg"
+    port = embedded_settings["EMBEDDED_PG_PORT"]
+    assert [line["message"] for line in logged if line["message"].startswith("database")] == [
+        f"database: the embedded PostgreSQL in {cluster_dir}, 127.0.0.1:{port}/devreg as user "
+        "'devreg'"
+    ]
+
+
 def test_a_stale_pid_file_naming_another_process_is_not_taken_for_the_server(
     embedded_settings: dict[str, str],
 ) -> None:

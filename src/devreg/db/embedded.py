@@ -31,7 +31,12 @@ from devreg.db.programs import (
     in_english,
     service_account,
 )
-from devreg.db.server import DatabaseConnectError, describe_connect_failure, ensure_database
+from devreg.db.server import (
+    DatabaseConnectError,
+    describe_connect_failure,
+    describe_database,
+    ensure_database,
+)
 
 SUPERUSER = "devreg"
 _CONFIG_FILE = "devreg.conf"
@@ -469,6 +474,15 @@ async def keep_running(cluster: EmbeddedCluster) -> None:
         failed, wait = False, _WATCH_SECONDS
         if started:
             logger.warning("the embedded PostgreSQL had stopped without being asked to: restarted")
+
+
+def describe_database_in_use(settings: Settings, url: URL) -> str:
+    """The database devreg uses at `url`, without the password: the embedded cluster named by
+    its data directory too."""
+    described = describe_database(url)
+    if settings.external_database_url() is None:
+        return f"the embedded PostgreSQL in {settings.embedded_cluster_dir}, {described}"
+    return f"PostgreSQL at {described}"
 
 
 async def resolve_database_url(settings: Settings) -> URL:

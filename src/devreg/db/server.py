@@ -51,6 +51,23 @@ def _connection_part(url: URL, name: str, given: object, default: object) -> str
     return str(value)
 
 
+def _user(url: URL) -> str:
+    # Without one, asyncpg connects as PGUSER, or else as the user running devreg.
+    return _connection_part(
+        url, "user", url.username, os.environ.get("PGUSER") or getpass.getuser()
+    )
+
+
+def describe_database(url: URL) -> str:
+    """The database at `url` as the driver connects to it (`host:port/name as user 'u'`),
+    without the password."""
+    user = _user(url)
+    host = _connection_part(url, "host", url.host, "localhost")
+    port = _connection_part(url, "port", url.port, 5432)
+    database = _connection_part(url, "database", url.database, user)
+    return f"{host}:{port}/{database} as user {user!r}"
+
+
 def describe_connect_failure(exc: BaseException, url: URL) -> str:
     return _diagnosis(exc, url)[0]
 
@@ -71,10 +88,7 @@ def _diagnosis(exc: BaseException, url: URL) -> tuple[str, bool]:
     succeed (nothing answered, or the server is starting, stopping or full) unlike a wrong
     password or a missing database."""
     host = _connection_part(url, "host", url.host, "localhost")
-    # Without one, asyncpg connects as PGUSER, or else as the user running devreg.
-    user = _connection_part(
-        url, "user", url.username, os.environ.get("PGUSER") or getpass.getuser()
-    )
+    user = _user(url)
     where = f"PostgreSQL at {host}:{_connection_part(url, 'port', url.port, 5432)}"
     for cause in _causes(exc):
         if isinstance(cause, asyncpg.InvalidPasswordError):
