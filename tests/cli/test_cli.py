@@ -818,6 +818,17 @@ class TestStartupErrors:
         assert result.exit_code == 1
         assert "rejected SSL upgrade" in result.stderr
 
+    def test_an_external_server_is_reached_as_libpq_variables_say(
+        self, devreg: Invoke, committed_database_url: URL, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """PGSSLMODE asks TLS of the server devreg is given, as of the embedded one it does not."""
+        as_given = committed_database_url.set(query={})
+        monkeypatch.setenv("DATABASE_URL", as_given.render_as_string(hide_password=False))
+        monkeypatch.setenv("PGSSLMODE", "require")
+        result = devreg("users", "list")
+        assert result.exit_code == 1
+        assert "rejected SSL upgrade" in result.stderr
+
     def test_missing_database_is_named(
         self, devreg: Invoke, committed_database_url: URL, monkeypatch: pytest.MonkeyPatch
     ) -> None:

@@ -163,6 +163,23 @@ def test_a_worker_names_the_embedded_cluster_it_uses_once_at_start(
     ]
 
 
+def test_libpq_variables_set_for_other_servers_leave_the_embedded_cluster_reachable(
+    embedded_settings: dict[str, str],
+) -> None:
+    """asyncpg reads them as libpq does: devreg could not connect to its own cluster, which
+    has no TLS and is no standby."""
+    result = run_devreg(
+        "users", "list", "--json",
+        **embedded_settings,
+        PGSSLMODE="verify-full",
+        PGSSLNEGOTIATION="direct",
+        PGTARGETSESSIONATTRS="read-only",
+    )  # fmt: skip
+
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["items"] == []
+
+
 def test_a_stale_pid_file_naming_another_process_is_not_taken_for_the_server(
     embedded_settings: dict[str, str],
 ) -> None:

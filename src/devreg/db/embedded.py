@@ -40,6 +40,10 @@ from devreg.db.server import (
 
 SUPERUSER = "devreg"
 _CONFIG_FILE = "devreg.conf"
+# Without TLS, to a primary: the cluster serves no other way. asyncpg reads libpq's variables
+# (PGSSLMODE=verify-full, PGSSLNEGOTIATION=direct, PGTARGETSESSIONATTRS=read-only), set for
+# other servers, where a connection says nothing of its own; a DATABASE_URL's server gets them.
+_AS_THE_CLUSTER_SERVES = {"ssl": "disable", "direct_tls": "false", "target_session_attrs": "any"}
 
 logger = logging.getLogger(__name__)
 
@@ -493,7 +497,7 @@ async def resolve_database_url(settings: Settings) -> URL:
     cluster = embedded_cluster(settings)
     try:
         await asyncio.to_thread(cluster.ensure_running)
-        url = cluster.url(settings.embedded_db_name)
+        url = cluster.url(settings.embedded_db_name).update_query_dict(_AS_THE_CLUSTER_SERVES)
     except OSError as exc:  # its password file is gone, say
         raise _unusable(exc, cluster.data_dir) from None
     try:

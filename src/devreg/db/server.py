@@ -159,6 +159,7 @@ async def ensure_database(url: URL) -> None:
     """Create the URL's database when it does not exist yet (the embedded cluster, tests)."""
     maintenance = create_async_engine(
         url.set(database="postgres"),
+        connect_args=driver_connect_args(url),
         poolclass=NullPool,
         isolation_level="AUTOCOMMIT",
         hide_parameters=True,
