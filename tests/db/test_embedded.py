@@ -1,5 +1,6 @@
 """With no database configured, devreg runs its own PostgreSQL cluster and keeps its data."""
 
+import asyncio
 import json
 import os
 import re
@@ -119,6 +120,57 @@ def test_a_crashed_cluster_that_cannot_start_again_is_said_and_tried_again(
         while httpx.get(f"{server.base_url}/api/v1/devices").status_code != 200:
             assert time.monotonic() < deadline, "not tried again"
             time.sleep(0.2)
+
+
+def test_a_server_stopping_as_it_is_looked_at_has_not_crashed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A server stopping removes postmaster.pid, then ends: the file read before it went named
+    a process gone by the time it was looked for, and the cluster, stopped on purpose, was
+    taken for crashed and started again."""
+    cluster = EmbeddedCluster(data_dir=tmp_path / "pg", port=free_port())
+    cluster.data_dir.mkdir()
+    server = subprocess.Popen(["sleep", "60"])
+    cluster.pid_file.write_text(f"{server.pid}\n")
+
+    def its_last_moments(self: EmbeddedCluster) -> bool:  # between the two looks
+        cluster.pid_file.unlink()
+        server.kill()
+        server.wait()
+        return False
+
+    monkeypatch.setattr(EmbeddedCluster, "_pid_file_is_stale", its_last_moments)
+
+    assert not cluster.has_crashed()
+
+
+async def test_a_crash_seen_before_a_stop_on_purpose_starts_nothing(
+    embedded_settings: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two workers saw the crash: one started the cluster again, and `devreg db stop` then
+    stopped it, while the other waited for the lock to start it, and did."""
+    cluster = EmbeddedCluster(
+        data_dir=Path(embedded_settings["DATA_DIR"]) / "pg",
+        port=int(embedded_settings["EMBEDDED_PG_PORT"]),
+    )
+    cluster.ensure_running()
+    cluster.stop()
+    gone = await asyncio.create_subprocess_exec("true")
+    await gone.wait()
+    cluster.pid_file.write_text(f"{gone.pid}\n")  # as a crash leaves it
+    monkeypatch.setattr(embedded, "_WATCH_SECONDS", 0.05)
+
+    with cluster._alone():  # the other worker's start, then `devreg db stop`
+        watcher = asyncio.create_task(embedded.keep_running(cluster))
+        await asyncio.sleep(0.5)  # it has seen the crash, and waits for the lock
+        cluster.pid_file.unlink()
+    for _ in range(30):
+        if cluster.is_running():
+            break
+        await asyncio.sleep(0.1)
+    watcher.cancel()
+
+    assert not cluster.is_running()
 
 
 @contextmanager

@@ -157,27 +157,41 @@ class EmbeddedCluster:
         if os.geteuid() == 0:
             service_account()  # before anything is made for it
         with self._alone():
-            self._require_reachable()
-            if not self.is_initialised():
-                self._initdb()
-            elif not self.password_file.exists():
-                self._give_new_password()
-            if self.is_running():
-                self._require_port()
-                return False
-            if self._pid_file_is_stale():
-                self.pid_file.unlink(missing_ok=True)
-            self._write_config()
-            logged_before = self._log_size()
-            started = self._pg_ctl("start", "-w", "-t", "60", "-l", str(self.log_file), check=False)
-            if started.returncode != 0:
-                # Failing before the server logs anything (its PID file not its to write, say),
-                # pg_ctl says why itself.
-                why = "; ".join(self._start_failures(logged_before)) or failure_reason(started)
-                raise EmbeddedPostgresError(
-                    f"the embedded PostgreSQL did not start: {why}; see {self.log_file}"
-                )
-            return True
+            return self._start_unless_running()
+
+    def restart_if_crashed(self) -> bool:
+        """Start the cluster again if its server crashed, judged holding the lock: seen crashed
+        before it, the cluster may since have been started again and stopped on purpose (by
+        another worker, then `devreg db stop`), and stays stopped. True when this call started
+        it."""
+        if os.geteuid() == 0:
+            service_account()
+        with self._alone():
+            return self.has_crashed() and self._start_unless_running()
+
+    def _start_unless_running(self) -> bool:
+        """ensure_running's work, the lock held."""
+        self._require_reachable()
+        if not self.is_initialised():
+            self._initdb()
+        elif not self.password_file.exists():
+            self._give_new_password()
+        if self.is_running():
+            self._require_port()
+            return False
+        if self._pid_file_is_stale():
+            self.pid_file.unlink(missing_ok=True)
+        self._write_config()
+        logged_before = self._log_size()
+        started = self._pg_ctl("start", "-w", "-t", "60", "-l", str(self.log_file), check=False)
+        if started.returncode != 0:
+            # Failing before the server logs anything (its PID file not its to write, say),
+            # pg_ctl says why itself.
+            why = "; ".join(self._start_failures(logged_before)) or failure_reason(started)
+            raise EmbeddedPostgresError(
+                f"the embedded PostgreSQL did not start: {why}; see {self.log_file}"
+            )
+        return True
 
     def has_crashed(self) -> bool:
         """Whether its server ended without being stopped (killed, by the kernel short of memory
@@ -189,7 +203,13 @@ class EmbeddedCluster:
             return False
         except ValueError:  # garbled
             return True
-        return self._pid_file_is_stale() or not Path(f"/proc/{pid}").exists()
+        if self._pid_file_is_stale():
+            return True
+        if Path(f"/proc/{pid}").exists():
+            return False
+        # A server stopping removes the file, then ends: read before it went, the file names a
+        # process gone by the time it is looked for, and is gone itself.
+        return self.pid_file.exists()
 
     def _log_size(self) -> int:
         try:
@@ -470,7 +490,10 @@ async def keep_running(cluster: EmbeddedCluster) -> None:
         if not (failed or cluster.has_crashed()):
             continue
         try:
-            started = await asyncio.to_thread(cluster.ensure_running)
+            # A start that failed is tried again whatever it left; a crash is judged again
+            # holding the lock.
+            start = cluster.ensure_running if failed else cluster.restart_if_crashed
+            started = await asyncio.to_thread(start)
         except (EmbeddedPostgresError, OSError) as exc:
             logger.error("the embedded PostgreSQL has stopped, and could not start again: %s", exc)
             failed, wait = True, min(wait * 2, _RETRY_SECONDS_MAX)
