@@ -7,8 +7,9 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any, NoReturn
 
 import pytest
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from httpx import AsyncClient
+from sqlalchemy import text
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError
 
@@ -183,6 +184,33 @@ class TestUnhandledException:
             assert record.exc_text is None
         assert SECRET not in caplog.text
         assert "Traceback" not in caplog.text
+
+
+@pytest.mark.parametrize(
+    "statement",
+    ["SELECT no_such_column FROM devices", "SELECT 1 WHERE 'x'::text"],
+    ids=["undefined column", "datatype mismatch"],
+)
+async def test_a_statements_bug_on_a_migrated_database_is_a_500_not_a_migration(
+    fresh_app: Callable[..., FastAPI], caplog: pytest.LogCaptureFixture, statement: str
+) -> None:
+    """A column missing (42703) or of another type (42804) is a 503 "not migrated" only while
+    the database is behind: at this release's revision it is devreg's own bug, which was
+    answered 503 with Retry-After and logged "run devreg db upgrade", which mends nothing."""
+    app = fresh_app()
+
+    async def buggy(request: Request) -> None:
+        async with request.state.sessionmaker() as session:
+            await session.execute(text(statement))
+
+    app.add_api_route("/buggy", buggy)
+    with caplog.at_level(logging.WARNING):
+        async with running(app) as started, api_client(started) as client:
+            response = await client.get("/buggy")
+
+    assert_problem(response, 500)
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert errors == ["unhandled error"]
 
 
 class TestRequestId:

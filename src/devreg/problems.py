@@ -14,15 +14,18 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, ValidationError
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from starlette.routing import Match
 
+from devreg.db import migrations
 from devreg.errors import (
     PROBLEM_MEDIA_TYPE,
     PROBLEM_TYPE_PREFIX,
+    UNDEFINED_TABLE,
+    DatabaseNotMigrated,
     DatabaseOutage,
     DatabaseRefusal,
     DevregError,
@@ -149,10 +152,27 @@ def document_problems(schema: dict[str, Any]) -> dict[str, Any]:
 
 async def _devreg_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, DevregError)
+    if isinstance(exc, DatabaseNotMigrated) and await _migrated(request, exc):
+        # A column devreg names missing, or of another type, at this release's own revision:
+        # a bug of devreg's statement, which `devreg db upgrade` would not mend.
+        return await unhandled_error(request, exc, sqlstate=exc.sqlstate)
     if isinstance(exc, DatabaseRefusal):  # the operator's to fix, not the client's
         said = {"sqlstate": exc.sqlstate} if exc.sqlstate else {}
         logger.log(exc.log_level, exc.log_message, extra=said)
     return error_response(request, exc)
+
+
+async def _migrated(request: Request, exc: DatabaseNotMigrated) -> bool:
+    """Whether the database is at this release's revision (or a newer one) though a statement
+    found a column missing or of another type (42703, 42804): a table missing (42P01) is not
+    migrated whatever the revision says (another schema on the search path, say)."""
+    if exc.sqlstate == UNDEFINED_TABLE:
+        return False
+    try:
+        revision = await migrations.current_revision(request.state.engine)
+    except (SQLAlchemyError, OSError, AttributeError):  # not asked, then: as it was
+        return False
+    return not migrations.is_behind(revision)
 
 
 def error_response(request: Request, exc: DevregError) -> JSONResponse:
@@ -283,13 +303,17 @@ async def _client_gone(request: Request, exc: Exception) -> JSONResponse:
     )
 
 
-async def unhandled_error(request: Request, exc: BaseException) -> JSONResponse:
+async def unhandled_error(
+    request: Request, exc: BaseException, *, sqlstate: str | None = None
+) -> JSONResponse:
+    said = {"sqlstate": sqlstate} if sqlstate else {}
     logger.error(
         "unhandled error",
         extra={
             "error_type": type(exc).__name__,
             "method": request.method,
             "path": request.url.path,
+            **said,
         },
     )
     return problem_response(request, status=500, detail=DevregError.default_detail)
