@@ -358,6 +358,25 @@ def test_a_lost_password_file_is_replaced_with_a_new_password_once_the_cluster_i
     assert password_file.stat().st_mode & 0o777 == 0o600
 
 
+def test_a_lost_password_file_is_replaced_after_a_crash(
+    embedded_settings: dict[str, str],
+) -> None:
+    """A crash's postmaster.pid (here empty), which a start removes, was still there when the
+    new password was set: single-user mode refused it ("lock file "postmaster.pid" is
+    empty"), and the cluster could not be used."""
+    cluster = EmbeddedCluster(
+        data_dir=Path(embedded_settings["DATA_DIR"]) / "pg",
+        port=int(embedded_settings["EMBEDDED_PG_PORT"]),
+    )
+    cluster.ensure_running()
+    cluster.stop()
+    cluster.password_file.unlink()
+    cluster.pid_file.write_text("")
+
+    assert cluster.ensure_running()
+    assert cluster.password_file.exists()
+
+
 def test_a_new_password_that_cannot_be_set_is_said_without_it(
     embedded_settings: dict[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

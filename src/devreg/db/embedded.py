@@ -174,13 +174,14 @@ class EmbeddedCluster:
         self._require_reachable()
         if not self.is_initialised():
             self._initdb()
-        elif not self.password_file.exists():
+        # Before a new password is set: single-user mode refuses the file as the server would.
+        if self._pid_file_is_stale():
+            self.pid_file.unlink(missing_ok=True)
+        if not self.password_file.exists():
             self._give_new_password()
         if self.is_running():
             self._require_port()
             return False
-        if self._pid_file_is_stale():
-            self.pid_file.unlink(missing_ok=True)
         self._write_config()
         logged_before = self._log_size()
         started = self._pg_ctl("start", "-w", "-t", "60", "-l", str(self.log_file), check=False)
