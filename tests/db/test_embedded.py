@@ -173,6 +173,28 @@ async def test_a_crash_seen_before_a_stop_on_purpose_starts_nothing(
     assert not cluster.is_running()
 
 
+async def test_a_crashed_cluster_without_its_password_file_keeps_its_password_while_serving(
+    embedded_settings: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The servers connect with the password they read at start: the watcher that started the
+    crashed cluster again gave it a new one, and locked every worker out until restarted."""
+    cluster = EmbeddedCluster(
+        data_dir=Path(embedded_settings["DATA_DIR"]) / "pg",
+        port=int(embedded_settings["EMBEDDED_PG_PORT"]),
+    )
+    cluster.ensure_running()
+    os.kill(int(cluster.pid_file.read_text().split()[0]), signal.SIGKILL)
+    cluster.password_file.unlink()
+    monkeypatch.setattr(embedded, "_WATCH_SECONDS", 0.05)
+
+    watcher = asyncio.create_task(embedded.keep_running(cluster))
+    await asyncio.sleep(3)
+    watcher.cancel()
+
+    assert not cluster.password_file.exists()
+    assert not cluster.is_running()
+
+
 @contextmanager
 def _port_taken(port: int) -> Iterator[None]:
     """Listening on `port` as soon as the killed server that had it has let it go."""

@@ -167,10 +167,17 @@ class EmbeddedCluster:
         if os.geteuid() == 0:
             service_account()
         with self._alone():
-            return self.has_crashed() and self._start_unless_running()
+            return self.has_crashed() and self._start_unless_running(serving=True)
 
-    def _start_unless_running(self) -> bool:
-        """ensure_running's work, the lock held."""
+    def start_for_servers(self) -> bool:
+        """ensure_running for servers using the cluster (a start that failed tried again): its
+        password kept, which they connect with."""
+        with self._alone():
+            return self._start_unless_running(serving=True)
+
+    def _start_unless_running(self, *, serving: bool = False) -> bool:
+        """ensure_running's work, the lock held; `serving`: for servers using the cluster, whose
+        password a new one would lock out."""
         self._require_reachable()
         if not self.is_initialised():
             self._initdb()
@@ -178,7 +185,7 @@ class EmbeddedCluster:
         if self._pid_file_is_stale():
             self.pid_file.unlink(missing_ok=True)
         if not self.password_file.exists():
-            self._give_new_password()
+            self._give_new_password(serving=serving)
         if self.is_running():
             self._require_port()
             return False
@@ -335,11 +342,12 @@ class EmbeddedCluster:
         self.password_file.touch(mode=0o600)
         self.password_file.write_text(password + "\n")
 
-    def _give_new_password(self) -> None:
+    def _give_new_password(self, *, serving: bool = False) -> None:
         """The password file lost (deleted, or left out of a copy of DATA_DIR): its superuser is
         given a new password, set by PostgreSQL in single-user mode, which asks for none. Not
-        while the cluster runs: the servers using it would then be refused."""
-        if self.is_running():
+        while the cluster runs, nor for the servers starting it again (`serving`): those using
+        it would then be refused."""
+        if serving or self.is_running():
             raise EmbeddedPostgresError(
                 f"the embedded PostgreSQL's password file is gone ({self.password_file}): stop "
                 "devreg's servers and run `devreg db stop`; its next start sets a new password"
@@ -493,7 +501,7 @@ async def keep_running(cluster: EmbeddedCluster) -> None:
         try:
             # A start that failed is tried again whatever it left; a crash is judged again
             # holding the lock.
-            start = cluster.ensure_running if failed else cluster.restart_if_crashed
+            start = cluster.start_for_servers if failed else cluster.restart_if_crashed
             started = await asyncio.to_thread(start)
         except (EmbeddedPostgresError, OSError) as exc:
             logger.error("the embedded PostgreSQL has stopped, and could not start again: %s", exc)
