@@ -190,6 +190,13 @@ async def _sweep_expired_keys(
         await asyncio.sleep(interval)
 
 
+def _said_if_failed(chore: "asyncio.Task[None]") -> None:
+    """A background chore that ends by an error it does not expect (a bug) is logged as it
+    ends, not left to end silently while the server serves on without it."""
+    if not chore.cancelled() and (error := chore.exception()) is not None:
+        logger.error("background task failed", extra={"error_type": type(error).__name__})
+
+
 async def _prepare_database(engine: AsyncEngine, settings: Settings) -> None:
     """Migrated (unless MIGRATE_ON_START=false: then a warning if it is behind), the pool's
     connections opened, and a warning if `lower()` folds ASCII alone, or the database's
@@ -248,6 +255,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             if settings.external_database_url() is None:
                 chores.append(keep_running(embedded_cluster(settings)))
             background = [asyncio.create_task(chore) for chore in chores]
+            for task in background:
+                task.add_done_callback(_said_if_failed)
             # What start-up built (modules, routes, schemas, the pool) lives as long as the
             # process: keep it out of the garbage collector's full passes, which would otherwise
             # walk all of it every few hundred requests.

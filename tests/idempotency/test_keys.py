@@ -347,3 +347,24 @@ async def test_the_sweep_deletes_keys_past_the_statement_timeout(
             await asyncio.sleep(0.1)
 
     assert left == [{"n": 0}]
+
+
+async def test_a_sweep_ended_by_an_unexpected_error_is_logged_as_it_ends(
+    database_url: URL, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Ended silently: the server served on, its keys never deleted again."""
+
+    async def broken(*args: Any, **kwargs: Any) -> int:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr("devreg.idempotency.service.forget_all_expired", broken)
+    with caplog.at_level(logging.ERROR):
+        async with running(create_app(make_settings(database_url))):
+            for _ in range(100):
+                if caplog.records:
+                    break
+                await asyncio.sleep(0.02)
+
+    assert [(r.getMessage(), getattr(r, "error_type", None)) for r in caplog.records] == [
+        ("background task failed", "RuntimeError")
+    ]
