@@ -406,6 +406,25 @@ def test_a_lost_password_file_is_replaced_after_a_crash(
     assert cluster.password_file.exists()
 
 
+def test_a_cluster_gone_under_its_servers_is_not_made_anew_for_them(
+    embedded_settings: dict[str, str],
+) -> None:
+    """The servers' watcher, trying again a start that failed, would have run initdb: an
+    empty registry served in place of the one gone, under a password the servers lack."""
+    cluster = EmbeddedCluster(
+        data_dir=Path(embedded_settings["DATA_DIR"]) / "pg",
+        port=int(embedded_settings["EMBEDDED_PG_PORT"]),
+    )
+    cluster.ensure_running()
+    cluster.stop()
+    shutil.rmtree(cluster.data_dir)
+
+    with pytest.raises(EmbeddedPostgresError, match="cluster is gone from"):
+        cluster.start_for_servers()
+
+    assert not cluster.data_dir.exists()
+
+
 def test_a_new_password_that_cannot_be_set_is_said_without_it(
     embedded_settings: dict[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -177,9 +177,14 @@ class EmbeddedCluster:
 
     def _start_unless_running(self, *, serving: bool = False) -> bool:
         """ensure_running's work, the lock held; `serving`: for servers using the cluster, whose
-        password a new one would lock out."""
+        password a new one would lock out, and whose data a new cluster would not hold."""
         self._require_reachable()
         if not self.is_initialised():
+            if serving:
+                raise EmbeddedPostgresError(
+                    f"the embedded PostgreSQL's cluster is gone from {self.data_dir}: stop "
+                    "devreg's servers; their next start makes a new, empty one"
+                )
             self._initdb()
         # Before a new password is set: single-user mode refuses the file as the server would.
         if self._pid_file_is_stale():
