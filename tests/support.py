@@ -100,11 +100,15 @@ async def login_role(
         await admin(server_url, f"DROP ROLE {role}")
 
 
-async def migrate(url: URL) -> None:
-    """The database at `url` migrated to head, as devreg's start-up migrates it."""
+async def migrate(url: URL, *, down_to: str | None = None) -> None:
+    """The database at `url` migrated to head, as devreg's start-up migrates it; or down to
+    the revision `down_to` (`base`: no schema at all)."""
     engine = create_engine(url, make_settings(url))
     try:
-        await migrations.upgrade(engine)
+        if down_to is None:
+            await migrations.upgrade(engine)
+        else:
+            await migrations.downgrade(engine, down_to)
     finally:
         await engine.dispose()
 

@@ -40,15 +40,19 @@ def embedded_settings() -> Iterator[dict[str, str]]:
     try:
         yield settings
     finally:
-        EmbeddedCluster(data_dir=root / "pg", port=int(settings["EMBEDDED_PG_PORT"])).stop()
+        cluster_of(settings).stop()
         shutil.rmtree(root, ignore_errors=True)
 
 
-def test_data_survives_restarts_until_db_stop(embedded_settings: dict[str, str]) -> None:
-    cluster = EmbeddedCluster(
-        data_dir=Path(embedded_settings["DATA_DIR"]) / "pg",
-        port=int(embedded_settings["EMBEDDED_PG_PORT"]),
+def cluster_of(settings: dict[str, str]) -> EmbeddedCluster:
+    """The embedded cluster that devreg run with `settings` uses."""
+    return EmbeddedCluster(
+        data_dir=Path(settings["DATA_DIR"]) / "pg", port=int(settings["EMBEDDED_PG_PORT"])
     )
+
+
+def test_data_survives_restarts_until_db_stop(embedded_settings: dict[str, str]) -> None:
+    cluster = cluster_of(embedded_settings)
     with devreg_server(**embedded_settings) as base_url:
         created = httpx.post(f"{base_url}/api/v1/devices", json={"name": "kept"})
         assert created.status_code == 201
@@ -71,10 +75,7 @@ def test_a_crashed_cluster_is_started_again_while_serving_and_a_stopped_one_is_n
 ) -> None:
     """Its server killed (by the kernel short of memory, say), the API answered 503 until
     someone ran devreg again."""
-    cluster = EmbeddedCluster(
-        data_dir=Path(embedded_settings["DATA_DIR"]) / "pg",
-        port=int(embedded_settings["EMBEDDED_PG_PORT"]),
-    )
+    cluster = cluster_of(embedded_settings)
     with devreg_process(**embedded_settings) as server:
         created = httpx.post(f"{server.base_url}/api/v1/devices", json={"name": "kept"})
         device = f"{server.base_url}/api/v1/devices/{created.json()['id']}"
@@ -107,10 +108,7 @@ def test_a_crashed_cluster_that_cannot_start_again_is_said_and_tried_again(
 ) -> None:
     """The start that fails removes the postmaster.pid the crash left: nothing then said to try
     again."""
-    cluster = EmbeddedCluster(
-        data_dir=Path(embedded_settings["DATA_DIR"]) / "pg",
-        port=int(embedded_settings["EMBEDDED_PG_PORT"]),
-    )
+    cluster = cluster_of(embedded_settings)
     with devreg_process(**embedded_settings) as server:
         os.kill(int(cluster.pid_file.read_text().split()[0]), signal.SIGKILL)
         with _port_taken(cluster.port):  # by the time the server looks
@@ -156,10 +154,7 @@ async def test_a_crash_seen_before_a_stop_on_purpose_starts_nothing(
 ) -> None:
     """Two workers saw the crash: one started the cluster again, and `devreg db stop` then
     stopped it, while the other waited for the lock to start it, and did."""
-    cluster = EmbeddedCluster(
-        data_dir=Path(embedded_settings["DATA_DIR"]) / "pg",
-        port=int(embedded_settings["EMBEDDED_PG_PORT"]),
-    )
+    cluster = cluster_of(embedded_settings)
     cluster.ensure_running()
     cluster.stop()
     gone = await asyncio.create_subprocess_exec("true")
@@ -185,10 +180,7 @@ async def test_a_crashed_cluster_without_its_password_file_keeps_its_password_wh
 ) -> None:
     """The servers connect with the password they read at start: the watcher that started the
     crashed cluster again gave it a new one, and locked every worker out until restarted."""
-    cluster = EmbeddedCluster(
-        data_dir=Path(embedded_settings["DATA_DIR"]) / "pg",
-        port=int(embedded_settings["EMBEDDED_PG_PORT"]),
-    )
+    cluster = cluster_of(embedded_settings)
     cluster.ensure_running()
     os.kill(int(cluster.pid_file.read_text().split()[0]), signal.SIGKILL)
     cluster.password_file.unlink()
@@ -393,10 +385,7 @@ def test_a_lost_password_file_is_replaced_after_a_crash(
     """A crash's postmaster.pid (here empty), which a start removes, was still there when the
     new password was set: single-user mode refused it ("lock file "postmaster.pid" is
     empty"), and the cluster could not be used."""
-    cluster = EmbeddedCluster(
-        data_dir=Path(embedded_settings["DATA_DIR"]) / "pg",
-        port=int(embedded_settings["EMBEDDED_PG_PORT"]),
-    )
+    cluster = cluster_of(embedded_settings)
     cluster.ensure_running()
     cluster.stop()
     cluster.password_file.unlink()
@@ -411,10 +400,7 @@ def test_a_cluster_gone_under_its_servers_is_not_made_anew_for_them(
 ) -> None:
     """The servers' watcher, trying again a start that failed, would have run initdb: an
     empty registry served in place of the one gone, under a password the servers lack."""
-    cluster = EmbeddedCluster(
-        data_dir=Path(embedded_settings["DATA_DIR"]) / "pg",
-        port=int(embedded_settings["EMBEDDED_PG_PORT"]),
-    )
+    cluster = cluster_of(embedded_settings)
     cluster.ensure_running()
     cluster.stop()
     shutil.rmtree(cluster.data_dir)
@@ -428,10 +414,7 @@ def test_a_cluster_gone_under_its_servers_is_not_made_anew_for_them(
 def test_a_new_password_that_cannot_be_set_is_said_without_it(
     embedded_settings: dict[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    cluster = EmbeddedCluster(
-        data_dir=Path(embedded_settings["DATA_DIR"]) / "pg",
-        port=int(embedded_settings["EMBEDDED_PG_PORT"]),
-    )
+    cluster = cluster_of(embedded_settings)
     cluster.ensure_running()
     cluster.stop()
     cluster.password_file.unlink()

@@ -503,11 +503,7 @@ async def test_an_unmigrated_database_is_a_503_that_says_to_migrate(
 ) -> None:
     """MIGRATE_ON_START=false and no `devreg db upgrade`: every request was a 500, logged as an
     unhandled error."""
-    engine = create_engine(committed_database_url, make_settings(committed_database_url))
-    try:
-        await migrations.downgrade(engine, "base")
-    finally:
-        await engine.dispose()
+    await migrate(committed_database_url, down_to="base")
     app = create_app(make_settings(committed_database_url, migrate_on_start=False, auth="off"))
 
     with caplog.at_level(logging.WARNING):
@@ -556,11 +552,7 @@ async def test_a_database_behind_this_release_is_a_503_that_says_to_migrate(
     deploy's new servers, before `devreg db upgrade`): its tables are there, some in an older
     shape, and a request for one (a column missing, or of another type) was a 500, logged as
     an unhandled error."""
-    engine = create_engine(committed_database_url, make_settings(committed_database_url))
-    try:
-        await migrations.downgrade(engine, revision)
-    finally:
-        await engine.dispose()
+    await migrate(committed_database_url, down_to=revision)
     app = create_app(make_settings(committed_database_url, migrate_on_start=False, auth=auth))
 
     with caplog.at_level(logging.WARNING):
@@ -577,11 +569,7 @@ async def test_a_start_without_migrating_says_the_database_is_behind(
 ) -> None:
     """A rolling deploy's new servers, MIGRATE_ON_START=false, before `devreg db upgrade`: they
     started without a word, then answered /readyz with 503s."""
-    engine = create_engine(committed_database_url, make_settings(committed_database_url))
-    try:
-        await migrations.downgrade(engine, "3b9e5c7a2d14")
-    finally:
-        await engine.dispose()
+    await migrate(committed_database_url, down_to="3b9e5c7a2d14")
     app = create_app(make_settings(committed_database_url, migrate_on_start=False, auth="off"))
 
     with caplog.at_level(logging.WARNING):
