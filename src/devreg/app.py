@@ -30,12 +30,7 @@ from devreg.compat.routes import with_tutorial_slashes
 from devreg.config import Settings, get_settings
 from devreg.cors import ProblemCORSMiddleware, cors_options
 from devreg.db import migrations
-from devreg.db.embedded import (
-    describe_database_in_use,
-    embedded_cluster,
-    keep_running,
-    resolve_database_url,
-)
+from devreg.db.embedded import describe_database_in_use, embedded_cluster, resolve_database_url
 from devreg.db.programs import EmbeddedPostgresError
 from devreg.db.server import (
     DatabaseConnectError,
@@ -51,6 +46,7 @@ from devreg.db.session import (
     create_sessionmaker,
     open_pool,
 )
+from devreg.db.watcher import keep_running
 from devreg.devices.routes import router as devices_router
 from devreg.edge import EdgeMiddleware
 from devreg.health.routes import HEALTH_PATHS

@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from devreg.db import embedded, programs
+from devreg.db import embedded, programs, watcher
 from devreg.db.embedded import EmbeddedCluster
 from devreg.db.programs import EmbeddedPostgresError, find_pg_bindir
 from tests.support import (
@@ -160,17 +160,17 @@ async def test_a_crash_seen_before_a_stop_on_purpose_starts_nothing(
     gone = await asyncio.create_subprocess_exec("true")
     await gone.wait()
     cluster.pid_file.write_text(f"{gone.pid}\n")  # as a crash leaves it
-    monkeypatch.setattr(embedded, "_WATCH_SECONDS", 0.05)
+    monkeypatch.setattr(watcher, "_WATCH_SECONDS", 0.05)
 
     with cluster._alone():  # the other worker's start, then `devreg db stop`
-        watcher = asyncio.create_task(embedded.keep_running(cluster))
+        watching = asyncio.create_task(watcher.keep_running(cluster))
         await asyncio.sleep(0.5)  # it has seen the crash, and waits for the lock
         cluster.pid_file.unlink()
     for _ in range(30):
         if cluster.is_running():
             break
         await asyncio.sleep(0.1)
-    watcher.cancel()
+    watching.cancel()
 
     assert not cluster.is_running()
 
@@ -184,11 +184,11 @@ async def test_a_crashed_cluster_without_its_password_file_keeps_its_password_wh
     cluster.ensure_running()
     os.kill(int(cluster.pid_file.read_text().split()[0]), signal.SIGKILL)
     cluster.password_file.unlink()
-    monkeypatch.setattr(embedded, "_WATCH_SECONDS", 0.05)
+    monkeypatch.setattr(watcher, "_WATCH_SECONDS", 0.05)
 
-    watcher = asyncio.create_task(embedded.keep_running(cluster))
+    watching = asyncio.create_task(watcher.keep_running(cluster))
     await asyncio.sleep(3)
-    watcher.cancel()
+    watching.cancel()
 
     assert not cluster.password_file.exists()
     assert not cluster.is_running()

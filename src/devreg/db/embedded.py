@@ -104,19 +104,26 @@ class EmbeddedCluster:
                 "run `devreg db stop` first to move it"
             )
 
+    def _pid_named(self) -> int | None:
+        """The PID on postmaster.pid's first line (negated by a single-user server), 0 when the
+        line is empty or garbled; None without the file (or one not ours to read)."""
+        try:
+            first_line = self.pid_file.read_bytes().split(b"\n", 1)[0].strip()
+        except OSError:
+            return None
+        return int(first_line) if re.fullmatch(rb"-?[0-9]+", first_line) else 0
+
     def _pid_file_is_stale(self) -> bool:
         """Whether postmaster.pid is left by a server gone (a crash, a power cut) in a way
         pg_ctl cannot tell: empty or garbled, which stops it from starting the cluster; or naming
         a process that pg_ctl takes for the server: one that has ended but not yet been reaped
         (no parent waits for it: in a container, say), or one that has since taken its PID,
         perhaps another cluster's server (which `db stop` would stop)."""
-        try:
-            first_line = self.pid_file.read_bytes().split(b"\n", 1)[0].strip()
-        except OSError:  # no such file: nothing left
+        pid = self._pid_named()
+        if pid is None:  # no such file: nothing left
             return False
-        if not re.fullmatch(rb"-?[0-9]+", first_line) or int(first_line) == 0:
+        if pid == 0:
             return True
-        pid = int(first_line)
         if pid < 0:  # a single-user server's (PostgreSQL writes its PID negated): pg_ctl says so
             return False
         try:
@@ -210,15 +217,12 @@ class EmbeddedCluster:
         """Whether its server ended without being stopped (killed, by the kernel short of memory
         say): postmaster.pid is left behind, naming no server. A server stopped by `devreg db
         stop` or pg_ctl, even in `immediate` mode, removes the file."""
-        try:
-            pid = abs(int(self.pid_file.read_bytes().split(b"\n", 1)[0]))
-        except OSError:  # none, or not ours to read
+        pid = self._pid_named()
+        if pid is None:
             return False
-        except ValueError:  # garbled
+        if self._pid_file_is_stale():  # garbled, too
             return True
-        if self._pid_file_is_stale():
-            return True
-        if Path(f"/proc/{pid}").exists():
+        if Path(f"/proc/{abs(pid)}").exists():
             return False
         # A server stopping removes the file, then ends: read before it went, the file names a
         # process gone by the time it is looked for, and is gone itself.
@@ -484,37 +488,6 @@ def embedded_cluster(settings: Settings) -> EmbeddedCluster:
             f'DATA_DIR may not hold $, `, " or \\ (pg_ctl hands it to a shell): {data_dir.parent}'
         )
     return EmbeddedCluster(data_dir=data_dir, port=settings.embedded_pg_port)
-
-
-# How often a serving worker looks for a crashed cluster, and the longest it waits between
-# attempts to start one again that fail (a disk still full, say).
-_WATCH_SECONDS = 2.0
-_RETRY_SECONDS_MAX = 60.0
-
-
-async def keep_running(cluster: EmbeddedCluster) -> None:
-    """Start the cluster again when its server has crashed, as a service manager restarts a
-    crashed daemon: the API would otherwise answer 503 until someone ran devreg again. Every
-    worker looks; its lock lets one of them start it."""
-    wait = _WATCH_SECONDS
-    # A start that failed takes the crashed server's postmaster.pid with it.
-    failed = False
-    while True:
-        await asyncio.sleep(wait)
-        if not (failed or cluster.has_crashed()):
-            continue
-        try:
-            # A start that failed is tried again whatever it left; a crash is judged again
-            # holding the lock.
-            start = cluster.start_for_servers if failed else cluster.restart_if_crashed
-            started = await asyncio.to_thread(start)
-        except (EmbeddedPostgresError, OSError) as exc:
-            logger.error("the embedded PostgreSQL has stopped, and could not start again: %s", exc)
-            failed, wait = True, min(wait * 2, _RETRY_SECONDS_MAX)
-            continue
-        failed, wait = False, _WATCH_SECONDS
-        if started:
-            logger.warning("the embedded PostgreSQL had stopped without being asked to: restarted")
 
 
 def describe_database_in_use(settings: Settings, url: URL) -> str:
