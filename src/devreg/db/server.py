@@ -58,14 +58,24 @@ def _user(url: URL) -> str:
     )
 
 
+def _host(url: URL) -> str:
+    return _connection_part(url, "host", url.host, "localhost")
+
+
+def _address(url: URL) -> str:
+    return f"{_host(url)}:{_connection_part(url, 'port', url.port, 5432)}"
+
+
+def _database(url: URL, user: str) -> str:
+    # Without one, the user's own.
+    return _connection_part(url, "database", url.database, user)
+
+
 def describe_database(url: URL) -> str:
     """The database at `url` as the driver connects to it (`host:port/name as user 'u'`),
     without the password."""
     user = _user(url)
-    host = _connection_part(url, "host", url.host, "localhost")
-    port = _connection_part(url, "port", url.port, 5432)
-    database = _connection_part(url, "database", url.database, user)
-    return f"{host}:{port}/{database} as user {user!r}"
+    return f"{_address(url)}/{_database(url, user)} as user {user!r}"
 
 
 def describe_connect_failure(exc: BaseException, url: URL) -> str:
@@ -87,17 +97,16 @@ def _diagnosis(exc: BaseException, url: URL) -> tuple[str, bool]:
     """Why a connection failed, in a line without the password, and whether it may yet
     succeed (nothing answered, or the server is starting, stopping or full) unlike a wrong
     password or a missing database."""
-    host = _connection_part(url, "host", url.host, "localhost")
+    host = _host(url)
     user = _user(url)
-    where = f"PostgreSQL at {host}:{_connection_part(url, 'port', url.port, 5432)}"
+    where = f"PostgreSQL at {_address(url)}"
     for cause in _causes(exc):
         if isinstance(cause, asyncpg.InvalidPasswordError):
             return f"wrong password: {where} rejected the password for user {user!r}", False
         if isinstance(cause, asyncpg.InvalidAuthorizationSpecificationError):
             return f"access denied: {where} refused user {user!r}", False
         if isinstance(cause, asyncpg.InvalidCatalogNameError):
-            database = _connection_part(url, "database", url.database, user)
-            return f"missing database: {where} has no database {database!r}", False
+            return f"missing database: {where} has no database {_database(url, user)!r}", False
         if isinstance(cause, socket.gaierror):
             return f"unreachable host: cannot resolve {host!r}", True
         if isinstance(cause, TimeoutError):
