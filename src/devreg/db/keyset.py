@@ -104,13 +104,14 @@ def _page_statement(
         statement = statement.where(key.is_(None))
         if past_cursor:
             statement = statement.where(beyond(after_id))
-        order = [direction(id_column)]
     else:
         if part is _Part.VALUED:
             statement = statement.where(key.is_not(None))
         if past_cursor:
             statement = statement.where(beyond(bindparam(_AFTER_VALUE), after_id))
-        order = [direction(key), direction(id_column)]
+    # Rows without a key are ordered by it too, though they all have NULL: the sort's index
+    # (key, id) then serves them in order, NULL being one of its conditions (IS NULL).
+    order = [direction(key), direction(id_column)]
     statement = statement.order_by(*order).limit(bindparam(_ROWS, type_=Integer))
     return _PageStatement(statement, DriverStatement.compile(statement))
 
