@@ -81,6 +81,7 @@ def _page_statement(
     fields: frozenset[str] | None,
     key: SQLColumnExpression[Any],
     *,
+    leading: SQLColumnExpression[Any] | None,
     descending: bool,
     part: _Part,
     past_cursor: bool,
@@ -112,6 +113,8 @@ def _page_statement(
     # Rows without a key are ordered by it too, though they all have NULL: the sort's index
     # (key, id) then serves them in order, NULL being one of its conditions (IS NULL).
     order = [direction(key), direction(id_column)]
+    if leading is not None:
+        order.insert(0, direction(leading))
     statement = statement.order_by(*order).limit(bindparam(_ROWS, type_=Integer))
     return _PageStatement(statement, DriverStatement.compile(statement))
 
@@ -125,6 +128,7 @@ async def fetch_page(
     conditions: Sequence[ColumnElement[bool]],
     key: SQLColumnExpression[Any],
     key_values: Mapping[str, Any],
+    leading: SQLColumnExpression[Any] | None,
     descending: bool,
     nullable: bool,
     after: Position | None,
@@ -132,7 +136,9 @@ async def fetch_page(
 ) -> list[tuple[Rendered, SortValue]]:
     """Up to limit + 1 rows of `source` meeting `conditions`, ordered by (key, id), NULL keys
     last, after `after`: each as its rendered item (`shape`'s `fields`) and its key's value, for
-    the next cursor. `key_values` are the key's own parameters.
+    the next cursor. `key_values` are the key's own parameters. `leading`: a column every
+    matching row has the same value in, held by a `pinned` condition: ordering by it first lets
+    an index that begins with it serve the page.
 
     Rows with a NULL key are read by a second query when the first runs out, so each part is
     one ordered index scan, in either direction.
@@ -146,6 +152,7 @@ async def fetch_page(
             shape,
             fields,
             key,
+            leading=leading,
             descending=descending,
             part=part,
             past_cursor=past is not None,
@@ -166,6 +173,15 @@ async def fetch_page(
             return rows
     past_nulls = after if after is not None and after.value is None else None
     return rows + await rows_of(_Part.NULL, past_nulls, limit + 1 - len(rows))
+
+
+def pinned(column: QueryableAttribute[Any], value: Any) -> ColumnElement[bool]:
+    """`column` equal to `value`, written as a range of that one value. With `=` PostgreSQL takes
+    the column for a constant and drops it from a page's ORDER BY (see `fetch_page`'s
+    `leading`); it then may read the sort's index and filter out every row before the value's
+    first: at a million devices, 0.15 s for an owner whose devices were added last, where the
+    index that begins with the owner serves the page in 0.2 ms."""
+    return column.between(value, value)
 
 
 def any_pattern(
@@ -216,7 +232,8 @@ class TableListing(Repository, Generic[FilterT]):
     def _conditions(self, filters: FilterT) -> Sequence[ColumnElement[bool]]:
         raise NotImplementedError
 
-    def _source(self) -> FromClause:
+    def _source(self, filters: FilterT) -> FromClause:
+        """What a page reads from, for `filters` (and the `_shape` it writes them in)."""
         return self.table.__table__
 
     def _shape(self, filters: FilterT) -> JsonShape:
@@ -231,6 +248,10 @@ class TableListing(Repository, Generic[FilterT]):
 
     def _sort_key_values(self, sort: Sort, filters: FilterT) -> Mapping[str, Any]:
         return {}
+
+    def _pinned_column(self, filters: FilterT) -> SQLColumnExpression[Any] | None:
+        """The column that `filters` hold to one value with a `pinned` condition, if any."""
+        return None
 
     async def list_page(
         self,
@@ -248,10 +269,11 @@ class TableListing(Repository, Generic[FilterT]):
             self.work,
             shape,
             fields,
-            source=self._source(),
+            source=self._source(filters),
             conditions=self._conditions(filters),
             key=self._sort_key(sort),
             key_values=self._sort_key_values(sort, filters),
+            leading=self._pinned_column(filters),
             descending=sort.descending,
             nullable=sort.key in self.nullable_sort_keys,
             after=after,

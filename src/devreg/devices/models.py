@@ -43,6 +43,11 @@ class Device(Timestamped, Base):
         Index("ix_devices_status_id", "status", "id"),
         Index("ix_devices_created_at_id", "created_at", "id"),
         Index("ix_devices_last_seen_at_id", "last_seen_at", "id"),
+        # A listing of one owner's devices (every listing of a non-admin's) reads one of
+        # these in its sort's order, from the owner's first device (db.keyset.pinned).
+        Index("ix_devices_owner_id_name_id", "owner_id", "name", "id"),
+        Index("ix_devices_owner_id_created_at_id", "owner_id", "created_at", "id"),
+        Index("ix_devices_owner_id_last_seen_at_id", "owner_id", "last_seen_at", "id"),
         Index("ix_devices_tags", "tags", postgresql_using="gin"),
         Index(
             "ix_devices_attributes",
