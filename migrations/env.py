@@ -17,7 +17,7 @@ from devreg.changes import models as _changes_models  # noqa: F401
 from devreg.config import driver_connect_args, get_settings
 from devreg.db.base import Base
 from devreg.db.embedded import resolve_database_url
-from devreg.db.migrations import hold_migration_lock
+from devreg.db.migrations import compared, hold_migration_lock
 from devreg.devices import models as _devices_models  # noqa: F401 - registers the tables
 from devreg.idempotency import models as _idempotency_models  # noqa: F401
 from devreg.users import models as _users_models  # noqa: F401
@@ -31,6 +31,7 @@ def run_migrations(connection: Connection) -> None:
         connection=connection,
         target_metadata=target_metadata,
         compare_server_default=True,
+        include_object=compared,
         # Each migration commits before the next: one transaction for all held what each
         # locked (devices, for a trigger) until the last was done, while the servers of the
         # release before went on serving, and deadlocked their requests.

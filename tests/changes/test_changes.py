@@ -333,28 +333,43 @@ class TestReading:
         assert [c["after"]["name"] for c in await changes(client)] == ["new"]
         assert deletes_fetching_rows(statements, "changes") == []
 
-    async def test_what_a_user_sees_is_found_by_index(self, client, connection) -> None:
+    @pytest.mark.parametrize("sort", ["-id", "id"])
+    async def test_what_a_user_sees_is_found_by_index(self, client, connection, sort) -> None:
         """`IN (subquery)` made the rule a filter on every record of the log, read newest
-        first: 440-514 ms a page at 2M records (a reviewer's measure); by index, 0.13 ms."""
+        first: 440-514 ms a page at 2M records (a reviewer's measure); by index, 0.13 ms. Then
+        `owner_id = N OR (object_type = 'user' AND object_id = N)` read the log's primary key
+        backwards past every newer record, or sorted all the user's: 0.34-0.46 s a page for a
+        user whose 300,000 records came before 2.7 million others."""
         ann = await create_user(client, name="ann")
         admin = await new_token(client, user_id=ann["id"], admin=True)
         plain = await new_token(client, as_token=admin, user_id=ann["id"])
         await client.post(DEVICES, json={"name": "ann-pi"}, headers=bearer(plain))
         await connection.execute(
             text(
-                "INSERT INTO changes (object_type, object_id, action, user_id, after)"
-                " SELECT 'device', 1000 + g % 5000, 'update', 100 + g % 500, '{}'::jsonb"
-                " FROM generate_series(1, 20000) AS g"
+                "INSERT INTO changes (object_type, object_id, action, owner_id, after)"
+                " SELECT 'device', 900000 + g % 50, 'update', :ann, '{}'::jsonb"
+                " FROM generate_series(1, 3000) AS g"
+            ),
+            {"ann": ann["id"]},
+        )
+        await connection.execute(
+            text(
+                "INSERT INTO changes (object_type, object_id, action, user_id, owner_id, after)"
+                " SELECT 'device', 1000 + g % 5000, 'update', 100 + g % 500, 100 + g % 500,"
+                " '{}'::jsonb FROM generate_series(1, 20000) AS g"
             )
         )
         await settle(connection, "changes")
 
         plans = await explain_listing(
-            client, connection, CHANGES, {"count": "exact"}, headers=bearer(plain)
+            client, connection, CHANGES, {"sort": sort, "count": "exact"}, headers=bearer(plain)
         )
 
+        [page, count] = plans
+        assert "ix_changes_reader_id" in page.indexes
+        assert not page.node_types & {"Seq Scan", "Sort", "Incremental Sort"}
+        assert "ix_changes_reader_id" in count.indexes
         for plan in plans:
-            assert {"ix_changes_owner_id_id", "ix_changes_object_type_object_id_id"} <= plan.indexes
             assert "SubPlan" not in str(plan.nodes)
 
     async def test_an_objects_records_are_found_by_index_whatever_its_type(

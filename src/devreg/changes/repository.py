@@ -1,22 +1,23 @@
 from collections.abc import Sequence
 from datetime import timedelta
+from typing import Any
 
 from sqlalchemy import (
     ColumnElement,
+    SQLColumnExpression,
     case,
     delete,
     func,
     literal_column,
     null,
-    or_,
     text,
 )
 
 from devreg.changes.actor import SET_ACTOR
 from devreg.changes.filters import SORT_KEYS, ChangeFilter
-from devreg.changes.models import Change, ObjectType
+from devreg.changes.models import READER, Change, ObjectType
 from devreg.changes.schemas import ChangeRead
-from devreg.db.keyset import TableListing, any_of
+from devreg.db.keyset import TableListing, any_of, pinned
 from devreg.db.rendering import JsonShape
 from devreg.db.session import UNSYNCHRONIZED
 
@@ -51,6 +52,9 @@ class ChangeRepository(TableListing[ChangeFilter]):
         result = await self.session.execute(statement, execution_options=UNSYNCHRONIZED)
         return int(result.rowcount)  # type: ignore[attr-defined]
 
+    def _pinned_column(self, filters: ChangeFilter) -> SQLColumnExpression[Any] | None:
+        return None if filters.visible_to is None else READER
+
     def _shape(self, filters: ChangeFilter) -> JsonShape:
         return _CHANGE_JSON if filters.visible_to is None else _CHANGE_JSON_FOR_OWNER
 
@@ -81,9 +85,7 @@ class ChangeRepository(TableListing[ChangeFilter]):
 def _visible_to(user_id: int) -> ColumnElement[bool]:
     """What a user's non-admin token sees of the log: the records of the user's devices from
     the user's time with each (a device given to the user brings none of its previous owner's;
-    one given away or deleted keeps the user's), and of the user's own record. Not what an
-    admin token of the same user did elsewhere: that reaches other users' devices and records."""
-    return or_(
-        Change.owner_id == user_id,
-        (Change.object_type == ObjectType.USER) & (Change.object_id == user_id),
-    )
+    one given away or deleted keeps the user's), and of the user's own record (READER). Not
+    what an admin token of the same user did elsewhere: that reaches other users' devices and
+    records."""
+    return pinned(READER, user_id)

@@ -175,7 +175,7 @@ async def fetch_page(
     return rows + await rows_of(_Part.NULL, past_nulls, limit + 1 - len(rows))
 
 
-def pinned(column: QueryableAttribute[Any], value: Any) -> ColumnElement[bool]:
+def pinned(column: ColumnElement[Any] | QueryableAttribute[Any], value: Any) -> ColumnElement[bool]:
     """`column` equal to `value`, written as a range of that one value. With `=` PostgreSQL takes
     the column for a constant and drops it from a page's ORDER BY (see `fetch_page`'s
     `leading`); it then may read the sort's index and filter out every row before the value's

@@ -13,9 +13,10 @@ from alembic import command
 from alembic.config import Config
 from alembic.script import ScriptDirectory
 from alembic.util import CommandError
-from sqlalchemy import Connection, func, select, text
+from sqlalchemy import Column, Connection, Index, func, select, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.sql.schema import SchemaItem
 
 from devreg.errors import sqlstate_of
 
@@ -27,6 +28,19 @@ ALEMBIC_HOME = _PACKAGED if _PACKAGED.is_dir() else Path(__file__).resolve().par
 MIGRATION_LOCK_KEY = 0x6465767265670001
 
 _Operation = Callable[[Config], None]
+
+
+def compared(
+    schema_item: SchemaItem, name: str | None, kind: str, reflected: bool, other: Any
+) -> bool:
+    """Whether autogenerate compares `schema_item` of the models with the database's: not an
+    index on an expression, which PostgreSQL writes back in its own words (casts, parentheses,
+    line breaks) that alembic cannot match with the model's, so that it would propose to drop
+    and make the index again in every new revision. (alembic's `include_object`.)"""
+    return not (
+        isinstance(schema_item, Index)
+        and not all(isinstance(part, Column) for part in schema_item.expressions)
+    )
 
 
 def alembic_config() -> Config:
