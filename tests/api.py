@@ -16,6 +16,16 @@ DEVICES = "/api/v1/devices"
 PROBLEM_JSON = "application/problem+json"
 PROBLEM_FIELDS = {"type", "title", "status", "detail", "instance"}
 BIGINT_MAX = 2**63 - 1
+# What a device has in each field its creation leaves out (but its name).
+DEVICE_DEFAULTS: dict[str, Any] = {
+    "serial_number": None,
+    "model": None,
+    "status": "active",
+    "owner_id": None,
+    "tags": [],
+    "attributes": {},
+    "last_seen_at": None,
+}
 
 
 # --- requests ------------------------------------------------------------------------------

@@ -33,6 +33,7 @@ from devreg.db.session import session_scope
 from devreg.devices import imports
 from devreg.devices.schemas import FileFormat, OnConflict
 from devreg.schemas import REPEATS_MAX
+from tests.api import DEVICE_DEFAULTS
 from tests.cli.conftest import Invoke
 from tests.support import (
     EXPORT_HEADER,
@@ -50,17 +51,8 @@ from tests.support import (
 )
 
 FORMATS = list(EXPORT_PARSERS)
-# The fields an import sets, and what a device has when a row leaves one out.
-DEFAULTS: dict[str, Any] = {
-    "serial_number": None,
-    "model": None,
-    "status": "active",
-    "owner_id": None,
-    "tags": [],
-    "attributes": {},
-    "last_seen_at": None,
-}
-IMPORT_COLUMNS = ("name", *DEFAULTS)
+# The fields an import sets.
+IMPORT_COLUMNS = ("name", *DEVICE_DEFAULTS)
 
 # Rows with text CSV must quote, and text beyond ASCII; each must arrive exactly as written.
 RECORDS: list[dict[str, Any]] = [
@@ -110,7 +102,7 @@ def stored(devreg: Invoke, **env: str) -> list[dict[str, Any]]:
 
 def content(device: dict[str, Any]) -> dict[str, Any]:
     """The fields an import sets, defaults filled in: what must survive a round trip."""
-    values = {**DEFAULTS, **{key: device[key] for key in IMPORT_COLUMNS if key in device}}
+    values = {**DEVICE_DEFAULTS, **{key: device[key] for key in IMPORT_COLUMNS if key in device}}
     if values["last_seen_at"] is not None:
         values["last_seen_at"] = datetime.fromisoformat(values["last_seen_at"])
     return values
