@@ -47,6 +47,9 @@ QUERIES = [
     ("status=inactive", "status=inactive"),
     ("status=active&status=inactive", "status=active&status=inactive"),
     ("owner_id=42", "owner_id={owner}"),
+    ("owner_id of a tenth, added last", "owner_id={late}"),
+    ("the same, sort=name", "owner_id={late}&sort=name"),
+    ("the same, sort=created_at", "owner_id={late}&sort=created_at"),
     ("model=Jetson Nano", "model=Jetson%20Nano"),
     ("name (exact)", "name=camera-0000002"),
     ("name__ic=amer", "name__ic=amer"),
@@ -70,6 +73,16 @@ QUERIES = [
 ]
 
 
+# A customer whose devices were imported last: it owns the last tenth of them (highest ids).
+LATE_EMAIL = "late.customer@example.org"
+LATE_CUSTOMER = (
+    f"INSERT INTO users (name, email) VALUES ('late customer', '{LATE_EMAIL}')",
+    "SET devreg.record_changes = 'off'",
+    "UPDATE devices SET owner_id = (SELECT id FROM users WHERE email = '" + LATE_EMAIL + "')"
+    " WHERE id > (SELECT max(id) - count(*) / 10 FROM devices)",
+)
+
+
 async def seeded_database(
     server_url: URL, name: str, devices: int, *, users: int | None = None
 ) -> tuple[URL, float]:
@@ -84,7 +97,7 @@ async def seeded_database(
         seconds = time.perf_counter() - started
     finally:
         await engine.dispose()
-    await admin(url, "VACUUM ANALYZE")
+    await admin(url, *LATE_CUSTOMER, "VACUUM ANALYZE")
     return url, seconds
 
 
@@ -94,6 +107,9 @@ async def placeholders(url: URL) -> dict[str, str]:
     async with engine.connect() as connection:
         owner = await connection.scalar(
             text("SELECT owner_id FROM devices WHERE owner_id IS NOT NULL ORDER BY id LIMIT 1")
+        )
+        late = await connection.scalar(
+            text("SELECT id FROM users WHERE email = :email"), {"email": LATE_EMAIL}
         )
         serial = await connection.scalar(
             text("SELECT serial_number FROM devices ORDER BY id DESC LIMIT 1")
@@ -117,6 +133,7 @@ async def placeholders(url: URL) -> dict[str, str]:
     now = datetime.now(UTC)
     return {
         "owner": str(owner),
+        "late": str(late),
         "serial": str(serial),
         "recent": (now.replace(microsecond=0)).isoformat().replace("+00:00", "Z"),
         "old": "2000-01-01T00:00:00Z",
