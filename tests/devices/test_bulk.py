@@ -212,6 +212,20 @@ class TestBulkCreate:
         assert bad_items(problem) == [(0, "serial_number"), (2, "serial_number")]
         assert await device_count(client) == 2
 
+    async def test_a_serial_already_registered_answers_before_an_unknown_owner(self, client):
+        """As the README says: PostgreSQL finds the taken serial as the rows are written, the
+        missing owner at the statement's end."""
+        await create_device(client, serial_number="SN-1")
+
+        response = await client.post(
+            BULK,
+            json=[{"name": "a", "owner_id": 999_999}, {"name": "b", "serial_number": "SN-1"}],
+        )
+
+        problem = assert_problem(response, 409, "serial_number is already registered")
+        assert bad_items(problem) == [(1, "serial_number")]
+        assert await device_count(client) == 1
+
     async def test_unknown_owner_is_refused(self, client):
         owner = await create_user(client)
 
