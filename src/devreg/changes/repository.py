@@ -53,7 +53,11 @@ class ChangeRepository(TableListing[ChangeFilter]):
         return int(result.rowcount)  # type: ignore[attr-defined]
 
     def _pinned_column(self, filters: ChangeFilter) -> SQLColumnExpression[Any] | None:
-        return None if filters.visible_to is None else READER
+        """READER for a user's records, but those of one object (a device's history): the index
+        on (object_type, object_id, id) serves them in order, where led by the reader the page
+        read the user's records past every newer one of its other devices."""
+        one_object = len(filters.object_type) == 1 and len(filters.object_id) == 1
+        return None if filters.visible_to is None or one_object else READER
 
     def _shape(self, filters: ChangeFilter) -> JsonShape:
         return _CHANGE_JSON if filters.visible_to is None else _CHANGE_JSON_FOR_OWNER
