@@ -33,12 +33,15 @@ _Operation = Callable[[Config], None]
 def compared(
     schema_item: SchemaItem, name: str | None, kind: str, reflected: bool, other: Any
 ) -> bool:
-    """Whether autogenerate compares `schema_item` of the models with the database's: not an
-    index on an expression, which PostgreSQL writes back in its own words (casts, parentheses,
-    line breaks) that alembic cannot match with the model's, so that it would propose to drop
-    and make the index again in every new revision. (alembic's `include_object`.)"""
+    """Whether autogenerate compares `schema_item` of the models with the database's (`other`,
+    when both have it): not an index on an expression found on both sides, which PostgreSQL
+    writes back in its own words (casts, parentheses, line breaks) that alembic cannot match
+    with the model's, so that it would propose to drop and make the index again in every new
+    revision. One on a side alone is still compared: a migration that lacks it is found.
+    (alembic's `include_object`.)"""
     return not (
-        isinstance(schema_item, Index)
+        other is not None
+        and isinstance(schema_item, Index)
         and not all(isinstance(part, Column) for part in schema_item.expressions)
     )
 
