@@ -137,8 +137,8 @@ async def fetch_page(
     """Up to limit + 1 rows of `source` meeting `conditions`, ordered by (key, id), NULL keys
     last, after `after`: each as its rendered item (`shape`'s `fields`) and its key's value, for
     the next cursor. `key_values` are the key's own parameters. `leading`: a column every
-    matching row has the same value in, held by a `pinned` condition: ordering by it first lets
-    an index that begins with it serve the page.
+    matching row has the same value in, held by a `pinned` condition (or NULL in, held by IS
+    NULL): ordering by it first lets an index that begins with it serve the page.
 
     Rows with a NULL key are read by a second query when the first runs out, so each part is
     one ordered index scan, in either direction.
@@ -250,7 +250,8 @@ class TableListing(Repository, Generic[FilterT]):
         return {}
 
     def _pinned_column(self, filters: FilterT) -> SQLColumnExpression[Any] | None:
-        """The column that `filters` hold to one value with a `pinned` condition, if any."""
+        """The column that `filters` hold to one value with a `pinned` condition (or to NULL,
+        with IS NULL), if any."""
         return None
 
     async def list_page(

@@ -407,8 +407,12 @@ class DeviceRepository(TableListing[DeviceFilter]):
         return {_SEARCHED: filters.search or ""} if sort.key == RELEVANCE else {}
 
     def _pinned_column(self, filters: DeviceFilter) -> SQLColumnExpression[Any] | None:
+        # Devices without an owner share one owner_id too, NULL, held by IS NULL: PostgreSQL
+        # does not take that column for a constant either, and read the sort's index filtering
+        # out every owned device before the first unowned one (0.16-0.23 s at a million devices
+        # for a batch of unowned devices added last, by id or created_at).
         one_owner = filters.visible_to is not None or len(filters.owner_id) == 1
-        return Device.owner_id if one_owner else None
+        return Device.owner_id if one_owner or filters.has_owner is False else None
 
     def export(self, filters: DeviceFilter, *, as_json: bool) -> AsyncGenerator[bytes, None]:
         """Matching devices by id, written by PostgreSQL's COPY: CSV with a header, or one JSON
