@@ -47,6 +47,7 @@ SEEN_ORDER = {EARLY: 0, HEARTBEAT: 1, LATE: 2}
 STEPS = int(os.environ.get("MODEL_STEPS", "30"))
 EXAMPLES = int(os.environ.get("MODEL_EXAMPLES", "25"))
 HUNTING = "MODEL_EXAMPLES" in os.environ
+SORTS = ["id", "-id", "name", "-name", "created_at", "-created_at", "last_seen_at", "-last_seen_at"]
 
 names = st.sampled_from(["a", "b", "A", "ab", "b a", "Ba", "pi", " pi ", "a b"])
 serials = st.none() | st.sampled_from(["S1", "S2", "S3", "S4"])
@@ -165,9 +166,15 @@ class Registry(ApiMachine):
         response.request_id = request_id  # type: ignore[attr-defined]
         return response
 
-    @initialize()
-    def begin(self) -> None:
+    @initialize(data=st.data(), names=st.lists(names, min_size=2, max_size=2))
+    def begin(self, data: st.DataObject, names: list[str]) -> None:
+        """In a savepoint, a registry to start from: two users and a few devices (listings of
+        an empty registry, most of them otherwise, tried no order)."""
         self.example = self.savepoint()
+        for name in names:
+            self.create_user(name)
+        for _ in range(3):
+            self.bulk_create(data, bad_owner=False, key=None)
 
     def teardown(self) -> None:
         if self.example is not None:
@@ -574,18 +581,7 @@ class Registry(ApiMachine):
 
     @rule(
         data=st.data(),
-        sort=st.sampled_from(
-            [
-                "id",
-                "-id",
-                "name",
-                "-name",
-                "created_at",
-                "-created_at",
-                "last_seen_at",
-                "-last_seen_at",
-            ]
-        ),
+        sort=st.sampled_from(SORTS),
         limit=st.integers(1, 4),
         of_user=st.booleans(),
     )
@@ -626,6 +622,18 @@ class Registry(ApiMachine):
         expected = self.ordered(
             [i for i, d in self.devices.items() if self.matches(d, query)], sort
         )
+        self.walk_listing(url, params, expected, limit)
+
+    @rule(limit=st.integers(1, 3))
+    def list_all_in_every_order(self, limit: int) -> None:
+        for sort in SORTS:
+            params: list[tuple[str, Any]] = [("sort", sort), ("limit", limit), ("count", "exact")]
+            self.walk_listing(DEVICES, params, self.ordered(list(self.devices), sort), limit)
+
+    def walk_listing(
+        self, url: str, params: list[tuple[str, Any]], expected: list[int], limit: int
+    ) -> None:
+        """Every page of the listing, by cursor: the devices `expected`, in that order."""
         seen: list[int] = []
         cursor = None
         pages = 0
