@@ -136,6 +136,8 @@ async def test_a_database_restored_without_its_version_trigger_gets_it_back(
 ) -> None:
     """A dump taken before the trigger could be restored restores without it (pg_restore says
     so and goes on): migrating the restored database makes it again."""
+    # Back to the trigger's own migration for real: the revision set below would otherwise
+    # have the later migrations make their indexes a second time.
     await migrate(committed_database_url, down_to="c81d4e0b9a27")
     await admin(committed_database_url, "DROP TRIGGER devices_bump_version ON devices")
     await set_revision(committed_database_url, "a2eb37244a61")
