@@ -233,6 +233,21 @@ class DevregProcess:
         records = [json.loads(line) for line in self.log().splitlines() if line.startswith("{")]
         return [record for record in records if record.get("level") in levels]
 
+    def request_lines(self, *request_ids: str) -> list[dict[str, Any]]:
+        """The request lines of these requests (by X-Request-ID), in order, once all are
+        logged (within 10 seconds): a request's line is written after its answer is sent."""
+        deadline = time.monotonic() + 10
+        while True:
+            lines = {
+                line["request_id"]: line
+                for line in self.logged("INFO")
+                if line["message"] == "request" and line.get("request_id") in request_ids
+            }
+            if len(lines) == len(request_ids):
+                return [lines[request_id] for request_id in request_ids]
+            assert time.monotonic() < deadline, self.log()
+            time.sleep(0.05)
+
 
 @contextmanager
 def devreg_process(
