@@ -16,8 +16,9 @@ from pydantic_core import from_json
 
 from devreg.db.bulk_load import bulk_loading
 from devreg.db.session import UnitOfWork, dump_json
+from devreg.devices.import_staging import ImportRecord, ImportStaging
 from devreg.devices.models import Device
-from devreg.devices.repository import EXPORT_COLUMNS, DeviceRepository, ImportRecord
+from devreg.devices.repository import EXPORT_COLUMNS
 from devreg.devices.schemas import DeviceCreate, FileFormat, OnConflict
 from devreg.errors import Conflict, InvalidInput, UnknownOwner, UnstorableCharacter, located
 
@@ -84,8 +85,8 @@ async def import_devices(
     """`progress`, if given, is told how far the import is. `rows_expected`: about how many rows
     `source` holds, if known. A large import into a registry holding fewer devices locks the
     devices table until it is done (db.bulk_load)."""
-    repository = DeviceRepository(work)
-    await repository.create_import_staging(on_conflict)
+    staging = ImportStaging(work)
+    await staging.create(on_conflict)
     batches = _validated_batches(_parse(source, format))
     rows_read = inserted = updated = 0
     # The file is read and validated a batch ahead, in a thread, while PostgreSQL writes the
@@ -93,7 +94,7 @@ async def import_devices(
     async with (
         AsyncExitStack() as loading,
         aclosing(
-            _read_ahead(batches, prepare=lambda batch: _stage(repository, batch.records))
+            _read_ahead(batches, prepare=lambda batch: _stage(staging, batch.records))
         ) as staged,
     ):
         indexing = False
@@ -103,7 +104,7 @@ async def import_devices(
                 indexing = await loading.enter_async_context(
                     bulk_loading(work, Device, adding=rows_expected)
                 )
-            written = await _write(work, repository, on_conflict, rows=len(batch.records))
+            written = await _write(work, staging, on_conflict, rows=len(batch.records))
             if batch.refusal is not None:
                 raise batch.refusal
             inserted, updated = inserted + written[0], updated + written[1]
@@ -115,10 +116,10 @@ async def import_devices(
     return ImportResult(rows=rows_read, inserted=inserted, updated=updated)
 
 
-async def _stage(repository: DeviceRepository, records: list[ImportRecord]) -> None:
+async def _stage(staging: ImportStaging, records: list[ImportRecord]) -> None:
     """The batch staged; a value the database's encoding cannot hold refused by its line."""
     try:
-        await repository.stage(records)
+        await staging.stage(records)
     except UnstorableCharacter as exc:
         if exc.line is None:
             raise
@@ -127,28 +128,28 @@ async def _stage(repository: DeviceRepository, records: list[ImportRecord]) -> N
 
 
 async def _write(
-    work: UnitOfWork, repository: DeviceRepository, on_conflict: OnConflict, *, rows: int
+    work: UnitOfWork, staging: ImportStaging, on_conflict: OnConflict, *, rows: int
 ) -> tuple[int, int]:
     """The staged batch of `rows` inserted: (inserted, updated). Constraints are left to the
     insert to enforce; only when one fails is the batch searched for the line that broke it, or
     when rows were left alone (skipped), which the insert checks for nothing."""
     check_existing = on_conflict is OnConflict.ERROR
-    repeated = await repository.first_repeated_serial()
+    repeated = await staging.first_repeated_serial()
     if repeated is not None:
-        problem = await repository.find_import_problem(check_existing=check_existing)
+        problem = await staging.first_problem(check_existing=check_existing)
         if problem is None or problem[0] >= repeated:  # on the repeated line, the repeat is why
             problem = (repeated, "serial_number repeats an earlier line of the file")
         raise ImportRejected(*problem)
     try:
         async with work.begin_nested():
-            written = await repository.insert_from_staging(on_conflict)
+            written = await staging.insert_staged(on_conflict)
     except (UnknownOwner, Conflict):
-        problem = await repository.find_import_problem(check_existing=check_existing)
+        problem = await staging.first_problem(check_existing=check_existing)
         if problem is None:
             raise
         raise ImportRejected(*problem) from None
     if sum(written) < rows:
-        problem = await repository.find_import_problem(check_existing=False)
+        problem = await staging.first_problem(check_existing=False)
         if problem is not None:
             raise ImportRejected(*problem)
     return written

@@ -1,10 +1,8 @@
 import functools
-import re
-from collections.abc import AsyncGenerator, Iterable, Mapping, Sequence
+from collections.abc import AsyncGenerator, Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
-import asyncpg
 from sqlalchemy import (
     ARRAY,
     BigInteger,
@@ -41,8 +39,6 @@ from devreg.changes.actor import ACTING, ACTING_SQL
 from devreg.db.copy import copy_out
 from devreg.db.driver import (
     DriverStatement,
-    driver_connection,
-    echo,
     fetch_row,
     violations_raised_as,
 )
@@ -51,8 +47,8 @@ from devreg.db.rendering import Expression, JsonShape, json_object, json_string,
 from devreg.db.session import UNSYNCHRONIZED
 from devreg.devices.filters import CURSOR_VALUE_TYPES, NULLABLE_SORT_KEYS, RELEVANCE, DeviceFilter
 from devreg.devices.models import Device
-from devreg.devices.schemas import DeviceRead, OnConflict
-from devreg.errors import SerialAlreadyRegistered, UnknownOwner, UnstorableCharacter
+from devreg.devices.schemas import DeviceRead
+from devreg.errors import SerialAlreadyRegistered, UnknownOwner
 from devreg.pagination import Sort
 from devreg.users.models import User
 
@@ -62,105 +58,21 @@ _WRITABLE_COLUMN_TYPES = {
     "name": "text", "serial_number": "text", "model": "text", "status": "text",
     "owner_id": "bigint", "tags": "text[]", "attributes": "jsonb", "last_seen_at": "timestamptz",
 }  # fmt: skip
-_WRITABLE_COLUMNS = tuple(_WRITABLE_COLUMN_TYPES)
-_WRITABLE = ", ".join(_WRITABLE_COLUMNS)
-_WRITABLE_DEFINITIONS = ", ".join(
+WRITABLE_COLUMNS = tuple(_WRITABLE_COLUMN_TYPES)
+WRITABLE = ", ".join(WRITABLE_COLUMNS)
+WRITABLE_DEFINITIONS = ", ".join(
     f"{name} {type_}" for name, type_ in _WRITABLE_COLUMN_TYPES.items()
 )
 
 _INSERT_MANY = f"""
-INSERT INTO devices ({_WRITABLE})
-SELECT {_WRITABLE}
-FROM ROWS FROM (jsonb_to_recordset(:rows) AS ({_WRITABLE_DEFINITIONS}))
-WITH ORDINALITY AS item({_WRITABLE}, position)
+INSERT INTO devices ({WRITABLE})
+SELECT {WRITABLE}
+FROM ROWS FROM (jsonb_to_recordset(:rows) AS ({WRITABLE_DEFINITIONS}))
+WITH ORDINALITY AS item({WRITABLE}, position)
 WHERE {ACTING_SQL}
 ORDER BY position
 RETURNING id
 """  # noqa: S608 - constant SQL: values are parameters
-
-# The import's staging table, named for asyncpg's COPY; the statements below spell it out.
-_STAGING_TABLE = "device_import"
-_STAGING_COLUMNS = ["line", *_WRITABLE_COLUMNS, "given"]
-# Where COPY met a value it could not take, as its error's context says: "COPY device_import,
-# line 3, column name" (the row of the records sent, from 1).
-_COPIED_ROW = re.compile(r"\bline (?P<row>\d+), column (?P<column>\w+)")
-# The row's line, its writable fields, then which of them the file gives (an update changes only
-# those), comma-separated: a list would be written as an array, at some cost for each row.
-ImportRecord = tuple[
-    int, str, str | None, str | None, str, int | None, list[str], str, datetime | None, str
-]
-# One batch of the file at a time; the serial numbers of every batch so far, to find a repeat.
-_CREATE_STAGING = (
-    f"""
-CREATE TEMP TABLE device_import (line bigint, {_WRITABLE_DEFINITIONS}, given text) ON COMMIT DROP
-""",
-    """
-CREATE TEMP TABLE device_import_serial (serial_number text PRIMARY KEY, line bigint NOT NULL)
-ON COMMIT DROP
-""",
-)
-_INDEX_STAGED_SERIALS = "CREATE INDEX ON device_import (serial_number)"
-_EMPTY_STAGING = "TRUNCATE device_import"
-_COPY_TO_STAGING = (
-    f"COPY {_STAGING_TABLE} ({', '.join(_STAGING_COLUMNS)}) FROM STDIN (FORMAT binary)"
-)
-# Remembers the batch's serial numbers; the first line whose serial number came earlier.
-_FIRST_REPEATED_SERIAL = """
-WITH first_seen AS (
-    INSERT INTO device_import_serial
-    SELECT serial_number, line FROM device_import
-    WHERE serial_number IS NOT NULL ORDER BY line
-    ON CONFLICT (serial_number) DO NOTHING
-    RETURNING line
-)
-SELECT min(line) FROM device_import
-WHERE serial_number IS NOT NULL AND line NOT IN (SELECT line FROM first_seen)
-"""
-# Why a staged batch broke a constraint: run only then, so its plan is never on the hot path.
-_STAGED_PROBLEMS = """
-SELECT line, 'owner_id does not name an existing user' AS reason
-FROM device_import AS staged
-WHERE owner_id IS NOT NULL AND NOT EXISTS (SELECT FROM users WHERE users.id = staged.owner_id)
-"""
-_STAGED_ALREADY_REGISTERED = """
-UNION ALL
-SELECT line, 'serial_number is already registered'
-FROM device_import AS staged JOIN devices USING (serial_number)
-"""
-# {} is the ON CONFLICT clause (_ON_CONFLICT).
-_INSERT_STAGED = f"""
-WITH written AS (
-    INSERT INTO devices ({_WRITABLE})
-    SELECT {_WRITABLE} FROM device_import ORDER BY line
-    {{}}
-    RETURNING xmax = 0 AS inserted
-)
-SELECT count(*) FILTER (WHERE inserted) AS inserted,
-       count(*) FILTER (WHERE NOT inserted) AS updated
-FROM written
-"""  # noqa: S608 - constant SQL
-_UPDATED_BY_IMPORT = tuple(column for column in _WRITABLE_COLUMNS if column != "serial_number")
-_GIVEN_OR_KEPT = ", ".join(
-    f"CASE WHEN '{column}' = ANY(string_to_array(staged.given, ',')) THEN EXCLUDED.{column} "
-    f"ELSE devices.{column} END"
-    for column in _UPDATED_BY_IMPORT
-)
-# Where the conflicting serial number's staged row is read from.
-_STAGED_FOR_CONFLICT = (
-    "FROM device_import AS staged WHERE staged.serial_number = EXCLUDED.serial_number"
-)
-_ON_CONFLICT = {
-    OnConflict.ERROR: "",
-    OnConflict.SKIP: "ON CONFLICT (serial_number) DO NOTHING",
-    # A field the file leaves out (a CSV column it lacks, a key an NDJSON line lacks) keeps the
-    # device's value, as in a PATCH. In the insert's own statement: a device another
-    # transaction is inserting at the same time is waited for and then updated, not skipped.
-    # A device the row would not change is left as it is (not written, nor counted updated).
-    OnConflict.UPDATE: f"""ON CONFLICT (serial_number) DO UPDATE
-SET ({", ".join(_UPDATED_BY_IMPORT)}) = (SELECT {_GIVEN_OR_KEPT} {_STAGED_FOR_CONFLICT})
-WHERE ROW({", ".join(f"devices.{column}" for column in _UPDATED_BY_IMPORT)})
-    IS DISTINCT FROM (SELECT ROW({_GIVEN_OR_KEPT}) {_STAGED_FOR_CONFLICT})""",  # noqa: S608
-}
 
 # A key an item leaves out keeps the device's value; a key sent as null sets NULL.
 # Rows are locked in id order first (`locked`), as every write of many devices locks them
@@ -200,7 +112,7 @@ def _iso(column: SQLColumnExpression[Any]) -> ColumnElement[str]:
     return func.replace(cast(column, Text), sql_text(" "), sql_text("T")).concat(sql_text(":00"))
 
 
-EXPORT_COLUMNS = ("id", *_WRITABLE_COLUMNS, "created_at", "updated_at", "version")
+EXPORT_COLUMNS = ("id", *WRITABLE_COLUMNS, "created_at", "updated_at", "version")
 _CSV_COLUMNS: list[SQLColumnExpression[Any]] = [
     column.label(name)
     for name, column in zip(
@@ -222,7 +134,7 @@ _JSON_LINE = json_object(
     }
 )
 
-_VIOLATIONS: dict[str, type[Exception]] = {
+VIOLATIONS: dict[str, type[Exception]] = {
     "uq_devices_serial_number": SerialAlreadyRegistered,
     "fk_devices_owner_id_users": UnknownOwner,
 }
@@ -258,7 +170,7 @@ _BY_ID = bindparam("device_id", type_=BigInteger)
 _READ = _with_owner(_DEVICES)
 _INSERT = _written_with_owner(
     insert(Device).from_select(
-        _WRITABLE_COLUMNS, select(*_values(_WRITABLE_COLUMNS).values()).where(ACTING)
+        WRITABLE_COLUMNS, select(*_values(WRITABLE_COLUMNS).values()).where(ACTING)
     )
 )
 
@@ -497,7 +409,7 @@ class DeviceRepository(TableListing[DeviceFilter]):
     async def add_many(self, rows: list[dict[str, Any]], *, actor: str) -> list[int]:
         """Insert every row in one statement; ids come back in the rows' order."""
         statement = text(_INSERT_MANY).bindparams(bindparam("rows", type_=JSONB))
-        with violations_raised_as(_VIOLATIONS):
+        with violations_raised_as(VIOLATIONS):
             ids = (await self.session.scalars(statement, {"rows": rows, "actor": actor})).all()
         # Identity values are drawn in the SELECT's (input) order, whatever order RETURNING
         # reports them in.
@@ -530,7 +442,7 @@ class DeviceRepository(TableListing[DeviceFilter]):
         statement = text(_UPDATE_MANY).bindparams(
             bindparam("items", type_=JSONB), bindparam("owner", type_=BigInteger)
         )
-        with violations_raised_as(_VIOLATIONS):
+        with violations_raised_as(VIOLATIONS):
             found = await self.session.scalars(
                 statement, {"items": changes, "owner": owner, "actor": actor}
             )
@@ -549,51 +461,6 @@ class DeviceRepository(TableListing[DeviceFilter]):
         found = await fetch_row(self.work, statement, _target(device_id, owner))
         return found is not None
 
-    async def create_import_staging(self, on_conflict: OnConflict) -> None:
-        for statement in _CREATE_STAGING:
-            await self.session.execute(text(statement))
-        if on_conflict is OnConflict.UPDATE:  # each update finds its staged row by serial number
-            await self.session.execute(text(_INDEX_STAGED_SERIALS))
-
-    async def stage(self, records: Sequence[ImportRecord]) -> None:
-        """Replace the staged batch: COPY (binary) on this session's connection and transaction."""
-        connection = await driver_connection(self.session)
-        echo(_EMPTY_STAGING)
-        await connection.execute(_EMPTY_STAGING)
-        echo(_COPY_TO_STAGING)
-        try:
-            await connection.copy_records_to_table(
-                _STAGING_TABLE, records=records, columns=_STAGING_COLUMNS
-            )
-        except asyncpg.UntranslatableCharacterError as exc:
-            encoding = connection.get_settings().server_encoding
-            copied = _COPIED_ROW.search(exc.context or "")
-            if copied is None:  # PostgreSQL's messages in another language
-                raise UnstorableCharacter(encoding) from None
-            line = records[int(copied["row"]) - 1][0]
-            raise UnstorableCharacter(encoding, line=line, column=copied["column"]) from None
-
-    async def first_repeated_serial(self) -> int | None:
-        """The staged batch's first line whose serial number an earlier line (of this batch or
-        an earlier one) has. Remembers the batch's serial numbers: call it once per batch."""
-        line = await self.session.scalar(text(_FIRST_REPEATED_SERIAL))
-        return int(line) if line is not None else None
-
-    async def find_import_problem(self, *, check_existing: bool) -> tuple[int, str] | None:
-        """The staged batch's first row that breaks a constraint, as (line, reason)."""
-        query = _STAGED_PROBLEMS + (_STAGED_ALREADY_REGISTERED if check_existing else "")
-        row = (await self.session.execute(text(query + " ORDER BY line LIMIT 1"))).first()
-        return (int(row.line), str(row.reason)) if row else None
-
-    async def insert_from_staging(self, on_conflict: OnConflict) -> tuple[int, int]:
-        """Write the staged batch in one statement: (inserted, updated). Raises UnknownOwner, or
-        (with OnConflict.ERROR) SerialAlreadyRegistered, for some row: find_import_problem says
-        which."""
-        statement = _INSERT_STAGED.format(_ON_CONFLICT[on_conflict])
-        with violations_raised_as(_VIOLATIONS):
-            row = (await self.session.execute(text(statement))).one()
-        return int(row.inserted), int(row.updated)
-
     async def delete(
         self,
         device_id: int,
@@ -607,7 +474,7 @@ class DeviceRepository(TableListing[DeviceFilter]):
         `not_versions`, when given)."""
         values = {**_guarded_target(device_id, owner, versions, not_versions), "actor": actor}
         statement = _delete_statement(owner is not None, versions is not None, bool(not_versions))
-        return await fetch_row(self.work, statement, values, _VIOLATIONS) is not None
+        return await fetch_row(self.work, statement, values, VIOLATIONS) is not None
 
     async def delete_by_owner(self, owner_id: int) -> None:
         await self.session.execute(
@@ -617,7 +484,7 @@ class DeviceRepository(TableListing[DeviceFilter]):
     async def _one(
         self, statement: DriverStatement, values: Mapping[str, Any]
     ) -> DeviceRead | None:
-        row = await fetch_row(self.work, statement, values, _VIOLATIONS)
+        row = await fetch_row(self.work, statement, values, VIOLATIONS)
         return _device(dict(row)) if row is not None else None
 
 
