@@ -25,6 +25,7 @@ from fastapi import FastAPI
 from httpx import ASGITransport, AsyncClient
 from sqlalchemy import text
 from sqlalchemy.engine import URL
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 from sqlalchemy.sql.expression import Executable
@@ -116,15 +117,38 @@ async def migrate(url: URL, *, down_to: str | None = None) -> None:
 async def create_database(
     server_url: URL, name: str, *, template: str | None = None, encoding: str | None = None
 ) -> URL:
-    """A database `name`, made afresh: a clone of `template`, or empty in `encoding` (with the C
-    locale, which any encoding can have)."""
-    clone = f" TEMPLATE {template}" if template else ""
-    if encoding:
-        clone = f" TEMPLATE template0 ENCODING '{encoding}' LC_COLLATE 'C' LC_CTYPE 'C'"
-    await admin(
-        server_url, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)", f"CREATE DATABASE {name}{clone}"
-    )
+    """A database `name`, made afresh: a clone of `template`, or empty. An empty one is in
+    `encoding` with the C locale, which any encoding can have; else in UTF8 ordering text as
+    devreg's own cluster does (C.UTF-8, code point order), whatever a TEST_DATABASE_URL server's
+    default: the tests expect Python's order ("A" before "a", which ICU's en-US reverses)."""
+    await admin(server_url, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    if template:
+        await admin(server_url, f"CREATE DATABASE {name} TEMPLATE {template}")
+        return server_url.set(database=name)
+    # The locale of the server's template0 (and its ICU provider, from PostgreSQL 15) is not.
+    provider = " LOCALE_PROVIDER libc" if await server_version(server_url) >= 150000 else ""
+    locales = ["C"] if encoding else ["C.UTF-8", "C"]  # a server's system may lack C.UTF-8
+    for locale in locales:
+        try:
+            await admin(
+                server_url,
+                f"CREATE DATABASE {name} TEMPLATE template0 ENCODING '{encoding or 'UTF8'}'"
+                f" LOCALE '{locale}'{provider}",
+            )
+        except DBAPIError:
+            if locale == locales[-1]:
+                raise
+        else:
+            break
     return server_url.set(database=name)
+
+
+async def server_version(server_url: URL) -> int:
+    connection = await asyncpg_connection(server_url)
+    try:
+        return int(await connection.fetchval("SHOW server_version_num"))
+    finally:
+        await connection.close()
 
 
 @dataclass

@@ -18,7 +18,7 @@ from devreg.db.server import (
     check_connection,
     gone_away,
 )
-from tests.support import admin, make_settings, running
+from tests.support import admin, create_database, make_settings, running
 
 FOLDS_ONLY_ASCII = "the database folds only A-Z to lower case"
 LACKS_CHARACTERS = "the database's encoding is {}, not UTF8"
@@ -39,13 +39,9 @@ async def test_a_database_whose_lower_case_is_ascii_only_is_warned_of(
     users, where README promised any case: nothing said so. (Asked with a Σ, a LATIN1 database
     failed the start-up; KOI8-R has no É to ask with, and is not warned of.)"""
     name = f"devreg_c_{uuid.uuid4().hex[:12]}"
-    await admin(
-        server_url,
-        f"CREATE DATABASE {name} TEMPLATE template0 ENCODING '{encoding}' LC_CTYPE 'C' "
-        "LC_COLLATE 'C'",
-    )
+    url = await create_database(server_url, name, encoding=encoding)
     try:
-        warnings = await warnings_at_start(server_url.set(database=name), caplog)
+        warnings = await warnings_at_start(url, caplog)
     finally:
         await admin(server_url, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
