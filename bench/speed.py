@@ -15,9 +15,11 @@ the peers' table, one migrated for devreg (BENCH_DATABASE_URL, a superuser URL, 
 to use instead), and installs wrk from Debian's packages when missing.
 Each round starts every app in turn (same uvicorn loop/http, same worker count), warms it up and
 drives each scenario with wrk (2 threads, 64 connections, loopback only, bounded by --duration),
-counting the app's CPU time (/proc) and the PostgreSQL sessions opened meanwhile
-(pg_stat_database). Rows written by POST are deleted after each run. The report gives medians
-over rounds, and ratios to C and to B taken within each round, then their median.
+counting the app's CPU time and PostgreSQL's (/proc: the server's processes, when it runs on this
+machine), how busy the machine's cores were, and the PostgreSQL sessions opened meanwhile
+(pg_stat_database). A run whose machine was busy near 100% was bound by its cores, not the
+app. Rows written by POST are deleted after each run. The report gives medians over rounds, and
+ratios to C and to B taken within each round, then their median.
 """
 
 import argparse
@@ -279,25 +281,60 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU of a process and all its descendants (e.g. uvicorn's workers)."""
+    """CPU time of a process and all its descendants (e.g. uvicorn's workers, PostgreSQL's
+    sessions), every thread's, as the scheduler counts it (/proc/PID/task/TID/schedstat, in
+    nanoseconds). /proc/PID/stat's clock ticks, sampled 100 times a second, missed most of a
+    PostgreSQL session's short turns: 0 µs for a run of GETs."""
     parents: dict[int, int] = {}
-    times: dict[int, float] = {}
-    tick = os.sysconf("SC_CLK_TCK")
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
+            parents[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
         except OSError:
             continue
-        process = int(stat.parent.name)
-        parents[process] = int(fields[1])
-        times[process] = (int(fields[11]) + int(fields[12])) / tick
     tree = {pid}
     grew = True
     while grew:
         children = {child for child, parent in parents.items() if parent in tree} - tree
         tree |= children
         grew = bool(children)
-    return sum(times.get(process, 0.0) for process in tree)
+    return sum(_threads_cpu_seconds(process) for process in tree)
+
+
+def _threads_cpu_seconds(pid: int) -> float:
+    nanoseconds = 0
+    for schedstat in Path(f"/proc/{pid}/task").glob("*/schedstat"):
+        try:
+            nanoseconds += int(schedstat.read_text().split()[0])
+        except OSError:  # the thread has ended
+            continue
+    return nanoseconds / 1e9
+
+
+def machine_cpu_ticks() -> tuple[int, int]:
+    """(busy, all) clock ticks of every core of this machine so far: /proc/stat's first line,
+    idle and waiting for I/O counted as not busy."""
+    ticks = [int(value) for value in Path("/proc/stat").read_text().split()[1:9]]
+    return sum(ticks) - ticks[3] - ticks[4], sum(ticks)
+
+
+async def postmaster_pid(server_url: URL) -> int | None:
+    """The PostgreSQL server's main process, whose children are its sessions and workers: the
+    parent of a session's; None when the server runs on another machine (or in a container)."""
+    engine = create_async_engine(server_url, poolclass=NullPool)
+    try:
+        async with engine.connect() as connection:
+            backend = int(await connection.scalar(text("SELECT pg_backend_pid()")) or 0)
+            return _parent_of_postgres(backend)  # while the session (and its process) lasts
+    finally:
+        await engine.dispose()
+
+
+def _parent_of_postgres(pid: int) -> int | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat.rsplit(")", 1)[1].split()[1]) if "(postgres)" in stat else None
 
 
 async def connection_counts(server_url: URL, database: str, since: datetime) -> tuple[int, int]:
@@ -367,14 +404,22 @@ async def measure(
         wrk(target.base_url, route, load, load.warmup, authorization)
     started_at = datetime.now(UTC)
     sessions_before, _ = await connection_counts(server_url, database, started_at)
+    postmaster = await postmaster_pid(server_url)
     cpu_before = cpu_seconds(target.process.pid)
+    pg_cpu_before = cpu_seconds(postmaster) if postmaster else 0.0
+    busy_before, all_before = machine_cpu_ticks()
     result = await asyncio.to_thread(
         wrk, target.base_url, route, load, load.duration, authorization
     )
+    busy_after, all_after = machine_cpu_ticks()
     cpu = cpu_seconds(target.process.pid) - cpu_before
+    pg_cpu = cpu_seconds(postmaster) - pg_cpu_before if postmaster else None
     await asyncio.sleep(1.1)  # PostgreSQL publishes session counts at most once a second
     sessions_after, started = await connection_counts(server_url, database, started_at)
     result["app_cpu_us"] = cpu / max(result["requests"], 1) * 1e6
+    if pg_cpu is not None:
+        result["pg_cpu_us"] = pg_cpu / max(result["requests"], 1) * 1e6
+    result["machine_busy_pct"] = (busy_after - busy_before) / (all_after - all_before) * 100
     result["new_connections"] = max(sessions_after - sessions_before, started)
     return result
 
@@ -384,6 +429,12 @@ async def measure(
 
 def _median(values: list[float]) -> float | None:
     return statistics.median(values) if values else None
+
+
+def pg_cpu(runs: dict[int, dict[str, object]]) -> str:
+    """The median of the runs' PostgreSQL CPU per request, if it was counted (a local server)."""
+    counted = [float(str(r["pg_cpu_us"])) for r in runs.values() if "pg_cpu_us" in r]
+    return f"{statistics.median(counted):,.0f}" if counted else "–"
 
 
 def report(results: list[dict[str, object]], apps_run: list[str]) -> str:
@@ -407,9 +458,9 @@ def report(results: list[dict[str, object]], apps_run: list[str]) -> str:
         return "–" if value is None else f"{value:.2f}"
 
     lines = [
-        "| workers | scenario | app | req/s | p50 ms | p99 ms | app CPU µs/req | ×C | ×B "
-        "| non-2xx | new PG conns |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| workers | scenario | app | req/s | p50 ms | p99 ms | app CPU µs/req "
+        "| PG CPU µs/req | machine busy | ×C | ×B | non-2xx | new PG conns |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     worker_counts = sorted({int(str(r["workers"])) for r in results})
     for workers in worker_counts:
@@ -429,7 +480,8 @@ def report(results: list[dict[str, object]], apps_run: list[str]) -> str:
                 lines.append(
                     f"| {workers} | {scenario} | {app} | {median_of('rps'):,.0f} "
                     f"| {median_of('p50_ms'):.1f} | {median_of('p99_ms'):.1f} "
-                    f"| {median_of('app_cpu_us'):,.0f} "
+                    f"| {median_of('app_cpu_us'):,.0f} | {pg_cpu(mine)} "
+                    f"| {median_of('machine_busy_pct'):.0f}% "
                     f"| {ratio(mine, 'C', workers, baseline)} "
                     f"| {ratio(mine, 'B', workers, scenario)} "
                     f"| {total('non_2xx') + total('errors')} | {total('new_connections')} |"

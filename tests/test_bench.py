@@ -46,6 +46,8 @@ def test_smallest_speed_run_reports_each_scenario(server_url: URL, tmp_path: Pat
         assert record["requests"] > 0
         assert record["non_2xx"] == record["errors"] == 0
         assert record["app_cpu_us"] > 0
+        assert record["pg_cpu_us"] > 0  # the suite's server runs on this machine
+        assert 0 < record["machine_busy_pct"] <= 100
 
 
 def test_smallest_scale_run_reports_every_query(server_url: URL) -> None:
