@@ -65,7 +65,7 @@ def test_smallest_scale_run_reports_every_query(server_url: URL) -> None:
 
     assert result.returncode == 0, result.stderr[-3000:]
     rows = [line for line in result.stdout.splitlines() if line.startswith("| ")]
-    assert len(rows) == 1 + 27 + 3  # a header and 27 queries; a header, export and import
+    assert len(rows) == 1 + 27 + 4  # a header and 27 queries; a header, export, import, floor
     assert "import said: 300 rows: 300 inserted" in result.stdout
 
 
