@@ -31,7 +31,8 @@ from devreg.db.session import (
 from devreg.devices.filters import DeviceFilter
 from devreg.devices.repository import DeviceRepository
 from devreg.errors import StatementTimedOut
-from tests.api import DEVICES, PROBLEM_JSON, assert_problem, create_device
+from tests.api import DEVICES, PROBLEM_JSON, assert_problem, create_device, create_user
+from tests.auth.test_tokens import TOKENS
 from tests.support import (
     admin,
     api_client,
@@ -277,6 +278,51 @@ async def test_a_role_without_a_privilege_is_a_logged_503_for_every_write(
     assert logged_refusals(caplog) == {
         ("ERROR", "database denies devreg's role a privilege it needs", "42501")
     }
+
+
+@asynccontextmanager
+async def read_only(server_url: URL, database_url: URL) -> AsyncIterator[URL]:
+    """`database_url` on a database that takes no writes: a standby, or maintenance."""
+    yield database_url.update_query_dict({"options": "-c default_transaction_read_only=on"})
+
+
+@asynccontextmanager
+async def reads_granted(server_url: URL, database_url: URL) -> AsyncIterator[URL]:
+    """`database_url` as a role granted reads alone."""
+    async with login_role(server_url, database_url, grant="SELECT") as url:
+        yield url
+
+
+@pytest.mark.parametrize("refusing_writes", [read_only, reads_granted])
+async def test_a_database_refusing_writes_serves_reads_to_tokens(
+    server_url: URL, committed_database_url: URL, refusing_writes: Any
+) -> None:
+    """A token is verified by the statement that notes its use (an UPDATE of last_used_at),
+    which a database taking no writes, or a role granted reads alone, refuses: once tokens were
+    in use, every request was a 503, reads too, where without tokens reads were served."""
+    settings = make_settings(committed_database_url)
+    async with running(create_app(settings)) as app, api_client(app) as client:
+        device = await create_device(client)
+        user = await create_user(client)
+        created = await client.post(TOKENS, json={"user_id": user["id"], "admin": True})
+    token = {"Authorization": f"Bearer {created.json()['token']}"}
+    unknown = {"Authorization": "Bearer dvr_not-a-token"}
+
+    async with (
+        refusing_writes(server_url, committed_database_url) as url,
+        running(create_app(make_settings(url))) as app,
+        api_client(app) as client,
+    ):
+        read = await client.get(f"{DEVICES}/{device['id']}", headers=token)
+        listed = await client.get(DEVICES, headers=token)
+        write = await client.post(DEVICES, json={"name": "pi"}, headers=token)
+        refused = await client.get(f"{DEVICES}/{device['id']}", headers=unknown)
+
+    assert read.status_code == 200, read.text
+    assert read.json() == device
+    assert [item["id"] for item in listed.json()["items"]] == [device["id"]]
+    assert_problem(write, 503)
+    assert_problem(refused, 401)
 
 
 async def test_a_lock_held_past_lock_timeout_is_a_503(committed_database_url: URL) -> None:

@@ -19,7 +19,14 @@ from devreg.auth.principal import FULL_ACCESS, Principal
 from devreg.auth.repository import TokenRepository
 from devreg.config import AuthMode, Settings
 from devreg.db.session import UnitOfWork
-from devreg.errors import InvalidToken, MalformedAuthorization, NotALocalRequest, Unauthenticated
+from devreg.errors import (
+    DatabaseDeniesPrivilege,
+    DatabaseReadOnly,
+    InvalidToken,
+    MalformedAuthorization,
+    NotALocalRequest,
+    Unauthenticated,
+)
 
 logger = logging.getLogger("devreg.auth")
 
@@ -86,7 +93,7 @@ class Authenticator:
         verdict = self._verdicts.get(digest)
         if verdict is None:
             forgettings = self._forgettings
-            found = await TokenRepository(work).use(digest)
+            found = await _verified(work, digest)
             if found is None:
                 verdict = _Verdict(None, self.cache_ttl)
             else:
@@ -168,6 +175,18 @@ class Authenticator:
         for digest, verdict in list(self._verdicts.items()):
             if verdict.principal is not None and whose(verdict.principal):
                 self._verdicts.pop(digest, None)
+
+
+async def _verified(work: UnitOfWork, digest: bytes) -> tuple[Principal, float | None] | None:
+    """The token's principal and seconds until it expires (None: not live), its use noted. A
+    database that takes no writes (a standby, or read-only for maintenance), or a role granted
+    reads alone, refuses the note: the token is then verified by a read, so that reads are
+    still served (and writes refused as such)."""
+    tokens = TokenRepository(work)
+    try:
+        return await tokens.use(digest)
+    except (DatabaseReadOnly, DatabaseDeniesPrivilege):
+        return await tokens.look_up(digest)
 
 
 def is_loopback(host: str) -> bool:

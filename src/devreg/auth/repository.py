@@ -32,21 +32,22 @@ _LIVE = (
     or_(ApiToken.expires_at.is_(None), ApiToken.expires_at > func.now()),
 )
 
+_BY_HASH = (ApiToken.token_hash == bindparam("token_hash", type_=LargeBinary), *_LIVE)
+_PRINCIPAL = (
+    ApiToken.id,
+    ApiToken.user_id,
+    ApiToken.scope,
+    ApiToken.admin,
+    ApiToken.expires_at,
+    extract("epoch", ApiToken.expires_at - func.now()).label("expires_in"),
+)
 # A cache miss's one statement: is the token live, and whose is it; the same statement notes
 # that it was used.
 _USE = DriverStatement.compile(
-    update(ApiToken)
-    .where(ApiToken.token_hash == bindparam("token_hash", type_=LargeBinary), *_LIVE)
-    .values(last_used_at=func.now())
-    .returning(
-        ApiToken.id,
-        ApiToken.user_id,
-        ApiToken.scope,
-        ApiToken.admin,
-        ApiToken.expires_at,
-        extract("epoch", ApiToken.expires_at - func.now()).label("expires_in"),
-    )
+    update(ApiToken).where(*_BY_HASH).values(last_used_at=func.now()).returning(*_PRINCIPAL)
 )
+# The same, its use not noted: for a database that takes no writes.
+_LOOK_UP = DriverStatement.compile(select(*_PRINCIPAL).where(*_BY_HASH))
 _EVER_CREATED = DriverStatement.compile(select(exists(select(FirstToken.id)).label("found")))
 
 
@@ -115,7 +116,16 @@ class TokenRepository(TableListing[TokenFilter]):
 
     async def use(self, token_hash: bytes) -> tuple[Principal, float | None] | None:
         """The live token's principal and seconds until it expires; None if it is not live."""
-        row = await fetch_row(self.work, _USE, {"token_hash": token_hash})
+        return await self._verified(_USE, token_hash)
+
+    async def look_up(self, token_hash: bytes) -> tuple[Principal, float | None] | None:
+        """As `use`, without noting that the token was used: a read alone."""
+        return await self._verified(_LOOK_UP, token_hash)
+
+    async def _verified(
+        self, statement: DriverStatement, token_hash: bytes
+    ) -> tuple[Principal, float | None] | None:
+        row = await fetch_row(self.work, statement, {"token_hash": token_hash})
         if row is None:
             return None
         principal = Principal(
