@@ -222,6 +222,25 @@ class TestAuthentication:
         # Found revoked, it is no longer trusted from the cache: it went on writing.
         assert_problem(await client.post(DEVICES, json={"name": "pi"}, headers=bearer(token)), 401)
 
+    async def test_a_token_deleted_elsewhere_with_its_user_makes_no_others_while_cached(
+        self, client, people, connection: AsyncConnection
+    ) -> None:
+        """Its user deleted by another worker, a token stays trusted here for AUTH_CACHE_TTL;
+        making a token with it, for its own user, was a 422 naming a user_id it never sent, and
+        the token stayed trusted, where one revoked is a 401 and trusted no more."""
+        admin = bearer(people["admin"])
+        carl = (await client.post(USERS, json={"name": "carl"}, headers=admin)).json()
+        token = await new_token(client, as_token=people["admin"], user_id=carl["id"], admin=True)
+        assert (await client.get(DEVICES, headers=bearer(token))).status_code == 200  # cached
+        await connection.execute(text("DELETE FROM users WHERE id = :id"), {"id": carl["id"]})
+
+        made = await client.post(TOKENS, json={}, headers=bearer(token))
+
+        assert_problem(made, 401)
+        assert made.json()["type"].endswith(":invalid-token")
+        # Found gone, it is no longer trusted from the cache: it went on writing.
+        assert_problem(await client.post(USERS, json={"name": "dan"}, headers=bearer(token)), 401)
+
     async def test_a_lookup_answered_before_a_revocation_is_not_cached(
         self, client, people, monkeypatch
     ) -> None:

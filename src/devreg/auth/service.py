@@ -11,7 +11,7 @@ from devreg.auth.repository import TokenRepository
 from devreg.auth.schemas import TokenCreate, TokenCreated, TokenRead
 from devreg.db.rendering import Rendered
 from devreg.db.session import UnitOfWork
-from devreg.errors import AdminRequired, InvalidInput, InvalidToken, TokenNotFound
+from devreg.errors import AdminRequired, InvalidInput, InvalidToken, TokenNotFound, UnknownUser
 from devreg.pagination import PageRequest, PageResult, paginate_listing
 
 # Recognisable in logs and by secret scanners.
@@ -42,29 +42,41 @@ async def create_token(
     if authenticator is not None:
         await authenticator.confirm_open(work, principal)
     tokens = TokenRepository(work)
-    stored = await tokens.add(
-        {
-            "user_id": user_id,
-            "prefix": token[:PREFIX_LENGTH],
-            "token_hash": token_digest(token),
-            "scope": data.scope,
-            "admin": data.admin,
-            "expires_at": principal.expires_at,
-        },
-        expires_in=data.expires_in,
-    )
+    try:
+        stored = await tokens.add(
+            {
+                "user_id": user_id,
+                "prefix": token[:PREFIX_LENGTH],
+                "token_hash": token_digest(token),
+                "scope": data.scope,
+                "admin": data.admin,
+                "expires_at": principal.expires_at,
+            },
+            expires_in=data.expires_in,
+        )
+    except UnknownUser:
+        # Trusted from the cache, a token whose own user was deleted (its tokens with it) in
+        # the last AUTH_CACHE_TTL: it is no token any more, as one revoked.
+        if principal.token_id is not None and user_id == principal.user_id:
+            raise _not_live(principal.token_id, authenticator) from None
+        raise
     # Trusted from the cache, a token revoked in the last AUTH_CACHE_TTL could still make
     # others: they would outlive its revocation. Held after the insert, which holds the user
     # first, as a deletion of the user does: taken the other way round, the two deadlocked.
     if principal.token_id is not None and not await tokens.hold_if_live(principal.token_id):
-        if authenticator is not None:
-            authenticator.forget_token(principal.token_id)
-        raise InvalidToken
+        raise _not_live(principal.token_id, authenticator)
     if authenticator is not None:
         work.once_committed(authenticator.token_created)
     return TokenCreated.model_validate(
         {**TokenRead.model_validate(stored).model_dump(), "token": token}
     )
+
+
+def _not_live(token_id: int, authenticator: Authenticator | None) -> InvalidToken:
+    """The token acting, found revoked, expired or gone: 401, and trusted no more."""
+    if authenticator is not None:
+        authenticator.forget_token(token_id)
+    return InvalidToken()
 
 
 def _refuse_outliving(principal: Principal, expires_in: timedelta | None) -> None:
