@@ -241,6 +241,28 @@ class TestAuthentication:
         # Found gone, it is no longer trusted from the cache: it went on writing.
         assert_problem(await client.post(USERS, json={"name": "dan"}, headers=bearer(token)), 401)
 
+    async def test_a_token_deleted_elsewhere_with_its_user_creates_no_device_for_it(
+        self, client, people, connection: AsyncConnection
+    ) -> None:
+        """Its user deleted by another worker, a plain token stays trusted here for
+        AUTH_CACHE_TTL; a device it creates is its user's, who is gone: that was a 422 naming an
+        owner_id the request never sent (each item's, in a bulk create)."""
+        admin = bearer(people["admin"])
+        carl = (await client.post(USERS, json={"name": "carl"}, headers=admin)).json()
+        token = bearer(await new_token(client, as_token=people["admin"], user_id=carl["id"]))
+        assert (await client.get(DEVICES, headers=token)).status_code == 200  # cached
+        await connection.execute(text("DELETE FROM users WHERE id = :id"), {"id": carl["id"]})
+
+        created = [
+            await client.post(DEVICES, json={"name": "pi"}, headers=token),
+            await client.post(f"{DEVICES}/bulk", json=[{"name": "pi"}] * 2, headers=token),
+            await client.post("/api/v1/device/", json={"name": "pi"}, headers=token),
+        ]
+
+        for response in created:
+            assert_problem(response, 401)
+            assert response.json()["type"].endswith(":invalid-token")
+
     async def test_a_lookup_answered_before_a_revocation_is_not_cached(
         self, client, people, monkeypatch
     ) -> None:

@@ -9,7 +9,11 @@ from devreg.changes.actor import actor_of
 from devreg.db.session import UnitOfWork
 from devreg.devices.repository import DeviceRepository
 from devreg.devices.schemas import DeviceBulkUpdate, DeviceCreate
-from devreg.devices.service import with_permitted_owner, with_permitted_owner_change
+from devreg.devices.service import (
+    refuse_if_owner_gone,
+    with_permitted_owner,
+    with_permitted_owner_change,
+)
 from devreg.errors import InvalidItems, SerialAlreadyRegistered, UnguardedBulkWrite, UnknownOwner
 
 
@@ -78,6 +82,7 @@ async def _refusals_located(
         async with work.begin_nested():
             yield
     except UnknownOwner:
+        refuse_if_owner_gone(owner)
         await _refuse_unknown_owners(repository, rows)
         raise
     except SerialAlreadyRegistered:

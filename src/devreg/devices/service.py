@@ -12,7 +12,14 @@ from devreg.db.session import UnitOfWork
 from devreg.devices.filters import DeviceFilter
 from devreg.devices.repository import DeviceRepository
 from devreg.devices.schemas import DeviceCreate, DeviceRead, DeviceUpdate
-from devreg.errors import DeviceNotFound, Forbidden, PreconditionFailed, changed_after
+from devreg.errors import (
+    DeviceNotFound,
+    Forbidden,
+    InvalidToken,
+    PreconditionFailed,
+    UnknownOwner,
+    changed_after,
+)
 from devreg.pagination import PageRequest, PageResult, paginate_listing
 
 T = TypeVar("T")
@@ -43,11 +50,24 @@ def with_permitted_owner_change(principal: Principal, changes: dict[str, Any]) -
     return with_permitted_owner(principal, changes)
 
 
+def refuse_if_owner_gone(owner: int | None) -> None:
+    """For a write whose owner was not found: a device a plain token (of the user `owner`)
+    writes is its user's, and that user gone (deleted elsewhere, the token trusted from this
+    worker's cache for AUTH_CACHE_TTL), the token went with it: 401, not an owner_id the
+    request never sent."""
+    if owner is not None:
+        raise InvalidToken
+
+
 async def register_device(
     work: UnitOfWork, *, data: DeviceCreate, principal: Principal
 ) -> DeviceRead:
     values = with_permitted_owner(principal, data.model_dump())
-    return await DeviceRepository(work).add(values, actor=actor_of(principal))
+    try:
+        return await DeviceRepository(work).add(values, actor=actor_of(principal))
+    except UnknownOwner:
+        refuse_if_owner_gone(principal.owner)
+        raise
 
 
 async def get_device(
