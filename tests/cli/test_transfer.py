@@ -871,6 +871,25 @@ class TestImportRejectsBadRows:
         assert stored(devreg) == before
 
     @pytest.mark.parametrize(
+        ("name", "text", "shown"),
+        [
+            ("d.ndjson", '{"name": "a", "co\\nlour\\u001b[2J": 1}\n', "co\\u000alour\\u001b[2J"),
+            ("d\n\x1b[2J.txt", "name\na\n", "d\\u000a\\u001b[2J.txt"),
+        ],
+        ids=["ndjson-field-named-with-control-characters", "file-named-with-control-characters"],
+    )
+    def test_a_refusal_naming_what_it_was_given_is_one_line(
+        self, devreg, tmp_path, name, text, shown
+    ):
+        """A field's name or a file's, as given, is shown with its control characters escaped:
+        the error is one line, which no terminal takes for a command."""
+        result = import_devices(devreg, write(tmp_path, name, text))
+
+        assert_refused(result, None, shown)
+        assert result.stderr.count("\n") == 1
+        assert "\x1b" not in result.stderr
+
+    @pytest.mark.parametrize(
         ("name", "text", "line", "reason"),
         [
             ("d.csv", "name,status\na,broken\nb,active,extra\n", 2, "status"),

@@ -65,7 +65,9 @@ def fail(message: str, code: int = 1) -> NoReturn:
 
 
 def print_error(message: str) -> None:
-    print(f"devreg: {message}", file=sys.stderr)
+    """`message` as one line: what it names as given (a file's name, a field's from a file) has
+    its control characters and line breaks escaped (logs.visible), never obeyed by a terminal."""
+    print(f"devreg: {visible(message)}", file=sys.stderr)
 
 
 def load_settings() -> Settings:
