@@ -11,6 +11,7 @@ import socket
 import threading
 import time
 from collections import Counter
+from email.utils import parsedate_to_datetime
 from pathlib import Path
 
 import httpx
@@ -331,6 +332,39 @@ async def test_a_request_head_past_its_bound_is_a_431_and_one_within_is_served(
     )
     assert large_at_once.startswith(b"HTTP/1.1 431 ")
     assert within.startswith(b"HTTP/1.1 200 ")
+
+
+async def test_a_response_is_dated_no_earlier_than_the_change_it_reports(
+    committed_database_url: URL,
+) -> None:
+    """RFC 9110, 8.8.2.1: Last-Modified is never later than the response's Date. uvicorn dated a
+    response with its clock as last read (once a second) before the request's head arrived: a
+    user made as its body came, a second later, was modified after its answer's Date (so was
+    about one fresh write in four)."""
+    body = b'{"name": "ann"}'
+    head = (
+        b"POST /api/v1/users HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n"
+        b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body)
+    )
+    with devreg_server(DATABASE_URL=url_setting(committed_database_url)) as base_url:
+        host, port = base_url.removeprefix("http://").split(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+        try:
+            writer.write(head)
+            await writer.drain()
+            await asyncio.sleep(1.1)  # past the second the head arrived in
+            writer.write(body)
+            await writer.drain()
+            answer = await asyncio.wait_for(reader.read(), 20)
+        finally:
+            writer.close()
+
+    status_line, _, rest = answer.partition(b"\r\n")
+    assert status_line == b"HTTP/1.1 201 Created", answer
+    lines = rest.partition(b"\r\n\r\n")[0].decode().split("\r\n")
+    headers = {name.lower(): value for name, value in (line.split(": ", 1) for line in lines)}
+    last_modified = parsedate_to_datetime(headers["last-modified"])
+    assert last_modified <= parsedate_to_datetime(headers["date"]), headers
 
 
 async def test_a_large_body_is_not_taken_for_a_head(committed_database_url: URL) -> None:

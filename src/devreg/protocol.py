@@ -9,6 +9,7 @@ and its connection closed, as uvicorn refuses a request it cannot parse (400).
 """
 
 import asyncio
+import functools
 import json
 import logging
 import time
@@ -50,6 +51,25 @@ _HEAD = (
 def _answer() -> bytes:
     """The 431, dated now (RFC 9110, 6.6.1), with the headers every response carries."""
     return _HEAD + f"date: {format_date_time(time.time())}\r\n\r\n".encode() + _BODY
+
+
+_Headers = list[tuple[bytes, bytes]]
+
+
+@functools.lru_cache(maxsize=1)
+def _http_date(second: int) -> bytes:
+    return format_date_time(second).encode()
+
+
+class _DatedWhenSent(_Headers):
+    """A response's default headers (uvicorn's), their Date read from the clock as the response
+    starts. uvicorn's is its clock as it last read it (once a second) before the request's head
+    arrived: earlier than a change the request made, whose Last-Modified it then preceded, which
+    RFC 9110 (8.8.2.1) forbids."""
+
+    def __add__(self, other: _Headers) -> _Headers:  # type: ignore[override]
+        date = _http_date(int(time.time()))
+        return [(name, date if name == b"date" else value) for name, value in self] + other
 
 
 class BoundedHeadProtocol(HttpToolsProtocol):
@@ -107,6 +127,8 @@ class BoundedHeadProtocol(HttpToolsProtocol):
             self._refused = True  # no request is made of it (answered in data_received)
             return
         super().on_headers_complete()
+        if self.cycle is not None:
+            self.cycle.default_headers = _DatedWhenSent(self.cycle.default_headers)
 
     def on_body(self, body: bytes) -> None:
         if not self._refused:
