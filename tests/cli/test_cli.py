@@ -1018,7 +1018,8 @@ class TestTokens:
         assert len(ids) == 3
         assert rest["next_cursor"] is None
         assert all(item["prefix"] in table.stdout for item in first["items"])
-        assert f"--cursor {first['next_cursor']}" in table.stdout
+        # Sent as the hint reads, without the command's own filters, it was refused.
+        assert f"next page: the same command with --cursor {first['next_cursor']}" in table.stdout
 
     def test_unknown_user_and_bad_expiry_fail(self, devreg: Invoke) -> None:
         unknown = devreg("tokens", "create", "--user", "999")

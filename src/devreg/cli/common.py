@@ -309,7 +309,9 @@ def show_page(
         table.add_row(*(_cell(row[column]) for column in columns))
     _print_table(table)
     if result.next_cursor:
-        stdout.print(f"next page: --cursor {result.next_cursor}", markup=False, highlight=False)
+        # The cursor holds the filters it was made for: another command's is refused.
+        hint = f"next page: the same command with --cursor {result.next_cursor}"
+        stdout.print(hint, markup=False, highlight=False)
 
 
 def _cell(value: Any) -> Text:
