@@ -260,7 +260,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             gc.freeze()
             admission = Admission(settings.max_requests_in_progress, timeout=settings.pool_timeout)
             # An export waits for no turn: it would wait holding one of `admission`'s.
-            exports = Admission(settings.max_exports_in_progress, timeout=0)
+            exports = Admission(settings.exports_at_once, timeout=0)
             try:
                 yield {
                     "engine": engine,

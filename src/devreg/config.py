@@ -284,6 +284,13 @@ class Settings(BaseSettings):
             self.db_connect_timeout = timeout
         return self
 
+    @property
+    def exports_at_once(self) -> int:
+        """MAX_EXPORTS_IN_PROGRESS, held below the pool's size: an export holds a connection
+        until its last byte is sent, and slow readers must leave one for other requests (a pool
+        of one has none to spare: it serves an export at a time all the same)."""
+        return max(1, min(self.max_exports_in_progress, self.pool_size + self.max_overflow - 1))
+
     def external_database_url(self) -> URL | None:
         """The configured server's URL on the asyncpg driver, or None to use the embedded one."""
         if self.database_url is not None:

@@ -279,15 +279,22 @@ class TestExportFilters:
         assert_problem(response, 422)
 
 
+@pytest.mark.parametrize(
+    "limits",
+    [
+        pytest.param({"max_exports_in_progress": 1}, id="max-exports"),
+        # With the default limit of 4, two slow exports took both connections: every other
+        # request waited out POOL_TIMEOUT for a 503.
+        pytest.param({"pool_size": 2, "max_overflow": 0}, id="pool-of-two"),
+    ],
+)
 async def test_an_export_past_max_exports_in_progress_is_refused_at_once(
-    committed_database_url: URL,
+    committed_database_url: URL, limits: dict[str, int]
 ) -> None:
     """An export holds a database connection until its last byte is sent, however slowly its
     client reads: exports without a limit could take every connection of the pool. One that
     waited for a turn would hold one of the worker's request turns meanwhile."""
-    app = create_app(
-        make_settings(committed_database_url, auth="off", max_exports_in_progress=1, pool_timeout=5)
-    )
+    app = create_app(make_settings(committed_database_url, auth="off", pool_timeout=5, **limits))
     engine = create_async_engine(committed_database_url, poolclass=NullPool)
     try:
         async with running(app) as started, api_client(started) as client:
