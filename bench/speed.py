@@ -284,20 +284,29 @@ def cpu_seconds(pid: int) -> float:
     """CPU time of a process and all its descendants (e.g. uvicorn's workers, PostgreSQL's
     sessions), every thread's, as the scheduler counts it (/proc/PID/task/TID/schedstat, in
     nanoseconds). /proc/PID/stat's clock ticks, sampled 100 times a second, missed most of a
-    PostgreSQL session's short turns: 0 µs for a run of GETs."""
+    PostgreSQL session's short turns: 0 µs for a run of GETs. A descendant that has ended counts
+    as its parent's reaped children's time (/proc/PID/stat's cutime and cstime, summed by the
+    kernel to the nanosecond, shown in clock ticks): PostgreSQL's sessions closed during a run
+    (a peer's connection per request, an autovacuum worker) were left out, and one open at its
+    start but closed before its end took its whole time off the run's."""
     parents: dict[int, int] = {}
+    reaped: dict[int, float] = {}
+    tick = os.sysconf("SC_CLK_TCK")
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
-            parents[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            fields = stat.read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
+        process = int(stat.parent.name)
+        parents[process] = int(fields[1])
+        reaped[process] = (int(fields[13]) + int(fields[14])) / tick
     tree = {pid}
     grew = True
     while grew:
         children = {child for child, parent in parents.items() if parent in tree} - tree
         tree |= children
         grew = bool(children)
-    return sum(_threads_cpu_seconds(process) for process in tree)
+    return sum(_threads_cpu_seconds(process) + reaped.get(process, 0.0) for process in tree)
 
 
 def _threads_cpu_seconds(pid: int) -> float:

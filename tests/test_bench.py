@@ -52,6 +52,23 @@ def test_smallest_speed_run_reports_each_scenario(server_url: URL, tmp_path: Pat
         assert 0 < record["machine_busy_pct"] <= 100
 
 
+# Half a second of CPU, then the process ends.
+_BURN = "import time\nend = time.process_time() + 0.5\nwhile time.process_time() < end: pass"
+
+
+def test_cpu_of_a_process_ended_during_a_run_is_counted(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run's CPU is a process tree's, counted before and after: a descendant that ended in
+    between (a PostgreSQL session closed, an autovacuum worker) was left out, its time lost,
+    and one running at the start took its time until then off the run's."""
+    monkeypatch.syspath_prepend(str(CHECKOUT / "bench"))
+    speed = importlib.import_module("speed")
+    before = speed.cpu_seconds(os.getpid())
+
+    subprocess.run([sys.executable, "-c", _BURN], check=True)
+
+    assert speed.cpu_seconds(os.getpid()) - before >= 0.45
+
+
 def test_smallest_scale_run_reports_every_query(server_url: URL) -> None:
     """The scale benchmark, at a few hundred devices: every query answered, import and export
     run. (Its requests went to a host the open API no longer answers, unnoticed until a run.)"""
