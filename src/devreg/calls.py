@@ -19,13 +19,14 @@ from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute
 from pydantic import TypeAdapter, ValidationError
 
-from devreg.auth.guard import SECURITY_REQUIREMENT, authenticate
+from devreg.auth.guard import SECURITY_REQUIREMENT, app_authenticator, authenticate
 from devreg.auth.principal import Principal
 from devreg.conditional import IfMatch, Preconditions, check_tags, http_date
 from devreg.config import Settings
 from devreg.db.session import UnitOfWork, session_scope
 from devreg.errors import (
     InvalidParameter,
+    InvalidToken,
     MalformedPrecondition,
     PreconditionOnUntaggedResource,
     PreconditionRequired,
@@ -148,9 +149,16 @@ class ApiRoute(APIRoute):
                     _refuse_encoded_body(call)
                 if takes_json:
                     _refuse_body_not_json(call)
-                if not tagged and (refusal := _unmatchable_precondition(call, writes)):
-                    return await _served_then_refused(handler, call, refusal)
-                return await handler(call)
+                try:
+                    if not tagged and (refusal := _unmatchable_precondition(call, writes)):
+                        return await _served_then_refused(handler, call, refusal)
+                    return await handler(call)
+                except InvalidToken:
+                    # The token, trusted from the cache, found gone as the request was served
+                    # (revoked, or deleted with its user, by another worker): trusted no more.
+                    if call.principal.token_id is not None:
+                        app_authenticator(call).forget_token(call.principal.token_id)
+                    raise
 
         return serve
 
