@@ -35,6 +35,7 @@ from devreg.auth.authenticator import Authenticator
 from devreg.config import Settings
 from devreg.db import migrations
 from devreg.db.session import SessionMaker, create_engine, create_sessionmaker
+from devreg.errors import sqlstate_of
 
 T = TypeVar("T")
 
@@ -114,6 +115,10 @@ async def migrate(url: URL, *, down_to: str | None = None) -> None:
         await engine.dispose()
 
 
+# PostgreSQL's refusal of a locale its system lacks ("invalid locale name: ...").
+_INVALID_LOCALE = "42809"
+
+
 async def create_database(
     server_url: URL, name: str, *, template: str | None = None, encoding: str | None = None
 ) -> URL:
@@ -135,8 +140,10 @@ async def create_database(
                 f"CREATE DATABASE {name} TEMPLATE template0 ENCODING '{encoding or 'UTF8'}'"
                 f" LOCALE '{locale}'{provider}",
             )
-        except DBAPIError:
-            if locale == locales[-1]:
+        except DBAPIError as exc:
+            # The next locale only for one this server's system lacks: a refusal for another
+            # reason (out of connections, say) made the database in C all the same.
+            if locale == locales[-1] or sqlstate_of(exc) != _INVALID_LOCALE:
                 raise
         else:
             break

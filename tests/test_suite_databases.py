@@ -1,5 +1,6 @@
 """The suite's own databases: alike on whatever server TEST_DATABASE_URL names."""
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -8,9 +9,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import pytest
 from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import DBAPIError
 
 from devreg.db.programs import find_pg_bindir, service_account
+from tests import support
 from tests.support import create_database, free_port, query
 
 
@@ -49,3 +53,40 @@ async def test_the_suites_databases_order_text_by_code_point_whatever_the_server
         rows = await query(url, "SELECT array_agg(name ORDER BY name) AS names FROM "
                                 "unnest(ARRAY['a', 'B', 'A', 'b', 'é', 'É']) AS name")  # fmt: skip
     assert rows[0]["names"] == ["A", "B", "a", "b", "É", "é"]  # as Python's sorted() has them
+
+
+class _Refused(Exception):
+    def __init__(self, sqlstate: str) -> None:
+        self.sqlstate = sqlstate
+
+
+@pytest.mark.parametrize(
+    ("sqlstate", "made"),
+    [("42809", [{"locale": "C"}]), ("53300", [])],
+    ids=["server-lacking-c-utf8", "server-out-of-connections"],
+)
+async def test_a_database_is_made_in_c_only_on_a_server_lacking_c_utf8(
+    server_url: URL, monkeypatch: pytest.MonkeyPatch, sqlstate: str, made: list[object]
+) -> None:
+    """C (whose lower() folds A-Z alone) is for a server whose system lacks C.UTF-8: a database
+    refused for another reason, out of connections say, was made in C all the same, and the
+    suite failed later, far from why."""
+    admin = support.admin
+
+    async def refusing_c_utf8(url: URL, *statements: str) -> None:
+        if any("C.UTF-8" in statement for statement in statements):
+            raise DBAPIError(statements[0], None, _Refused(sqlstate))
+        await admin(url, *statements)
+
+    monkeypatch.setattr(support, "admin", refusing_c_utf8)
+    try:
+        with contextlib.suppress(DBAPIError):
+            await create_database(server_url, "devreg_refused")
+        found = await query(
+            server_url,
+            "SELECT datcollate AS locale FROM pg_database WHERE datname = 'devreg_refused'",
+        )
+    finally:
+        await admin(server_url, "DROP DATABASE IF EXISTS devreg_refused WITH (FORCE)")
+
+    assert found == made
