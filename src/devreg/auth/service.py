@@ -58,25 +58,18 @@ async def create_token(
         # Trusted from the cache, a token whose own user was deleted (its tokens with it) in
         # the last AUTH_CACHE_TTL: it is no token any more, as one revoked.
         if principal.token_id is not None and user_id == principal.user_id:
-            raise _not_live(principal.token_id, authenticator) from None
+            raise InvalidToken from None
         raise
     # Trusted from the cache, a token revoked in the last AUTH_CACHE_TTL could still make
     # others: they would outlive its revocation. Held after the insert, which holds the user
     # first, as a deletion of the user does: taken the other way round, the two deadlocked.
     if principal.token_id is not None and not await tokens.hold_if_live(principal.token_id):
-        raise _not_live(principal.token_id, authenticator)
+        raise InvalidToken
     if authenticator is not None:
         work.once_committed(authenticator.token_created)
     return TokenCreated.model_validate(
         {**TokenRead.model_validate(stored).model_dump(), "token": token}
     )
-
-
-def _not_live(token_id: int, authenticator: Authenticator | None) -> InvalidToken:
-    """The token acting, found revoked, expired or gone: 401, and trusted no more."""
-    if authenticator is not None:
-        authenticator.forget_token(token_id)
-    return InvalidToken()
 
 
 def _refuse_outliving(principal: Principal, expires_in: timedelta | None) -> None:
