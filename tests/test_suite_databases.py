@@ -22,26 +22,34 @@ from tests.support import create_database, free_port, query
 def icu_cluster() -> Iterator[URL]:
     """A server as PostgreSQL's container images and installers make them: template0 sorting
     by a language (ICU's en-US, where "a" comes before "A"), not by code point."""
-    root = Path(tempfile.mkdtemp(prefix="devreg-test-"))  # pytest's tmp_path is root's alone
-    data, port = root / "pg", free_port()
-    data.mkdir()
-    as_postgres = []
-    if os.geteuid() == 0:  # run as PostgreSQL's own account, which must reach the cluster
-        account = service_account()
-        as_postgres = ["runuser", "-u", account.pw_name, "--"]
-        root.chmod(0o755)
-        os.chown(data, account.pw_uid, account.pw_gid)
     bindir = find_pg_bindir()
-    initdb = [str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust"]
-    icu = ["--encoding=UTF8", "--locale=C.UTF-8", "--locale-provider=icu", "--icu-locale=en-US"]
-    subprocess.run([*as_postgres, *initdb, *icu], check=True, capture_output=True, cwd="/")
-    options = f"-p {port} -c listen_addresses=127.0.0.1 -c unix_socket_directories='' -c fsync=off"
-    pg_ctl = [*as_postgres, str(bindir / "pg_ctl"), "-D", str(data), "-w"]
-    subprocess.run([*pg_ctl, "-o", options, "-l", str(data / "log"), "start"], check=True, cwd="/")
+    initdb = [str(bindir / "initdb")]
+    # Before PostgreSQL 15, or built without ICU, a server cannot be made so by initdb.
+    usage = subprocess.run([*initdb, "--help"], capture_output=True, text=True).stdout
+    if "--icu-locale" not in usage:
+        pytest.skip("this PostgreSQL's initdb makes no ICU cluster")
+    root = Path(tempfile.mkdtemp(prefix="devreg-test-"))  # pytest's tmp_path is root's alone
     try:
-        yield make_url(f"postgresql+asyncpg://postgres@127.0.0.1:{port}/postgres")
+        data, port = root / "pg", free_port()
+        data.mkdir()
+        as_postgres = []
+        if os.geteuid() == 0:  # run as PostgreSQL's own account, which must reach the cluster
+            account = service_account()
+            as_postgres = ["runuser", "-u", account.pw_name, "--"]
+            root.chmod(0o755)
+            os.chown(data, account.pw_uid, account.pw_gid)
+        initdb += ["-D", str(data), "-U", "postgres", "--auth=trust", "--encoding=UTF8"]
+        icu = ["--locale=C.UTF-8", "--locale-provider=icu", "--icu-locale=en-US"]
+        subprocess.run([*as_postgres, *initdb, *icu], check=True, capture_output=True, cwd="/")
+        options = f"-p {port} -c listen_addresses=127.0.0.1 -c unix_socket_directories=''"
+        pg_ctl = [*as_postgres, str(bindir / "pg_ctl"), "-D", str(data), "-w"]
+        start = [*pg_ctl, "-o", options, "-l", str(data / "log"), "start"]
+        subprocess.run(start, check=True, cwd="/")
+        try:
+            yield make_url(f"postgresql+asyncpg://postgres@127.0.0.1:{port}/postgres")
+        finally:
+            subprocess.run([*pg_ctl, "-m", "immediate", "stop"], check=True, cwd="/")
     finally:
-        subprocess.run([*pg_ctl, "-m", "immediate", "stop"], check=True, cwd="/")
         shutil.rmtree(root, ignore_errors=True)
 
 
