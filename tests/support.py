@@ -130,7 +130,7 @@ async def create_database(
     if template:
         await admin(server_url, f"CREATE DATABASE {name} TEMPLATE {template}")
         return server_url.set(database=name)
-    # The locale of the server's template0 (and its ICU provider, from PostgreSQL 15) is not.
+    # Named here, not taken from the server's template0 (nor, from PostgreSQL 15, its ICU provider).
     provider = " LOCALE_PROVIDER libc" if await server_version(server_url) >= 150000 else ""
     locales = ["C"] if encoding else ["C.UTF-8", "C"]  # a server's system may lack C.UTF-8
     for locale in locales:
