@@ -15,11 +15,12 @@ the peers' table, one migrated for devreg (BENCH_DATABASE_URL, a superuser URL, 
 to use instead), and installs wrk from Debian's packages when missing.
 Each round starts every app in turn (same uvicorn loop/http, same worker count), warms it up and
 drives each scenario with wrk (2 threads, 64 connections, loopback only, bounded by --duration),
-counting the app's CPU time and PostgreSQL's (/proc: the server's processes, when it runs on this
-machine), how busy the machine's cores were, and the PostgreSQL sessions opened meanwhile
-(pg_stat_database). A run whose machine was busy near 100% was bound by its cores, not the
-app. Rows written by POST are deleted after each run. The report gives medians over rounds, and
-ratios to C and to B taken within each round, then their median.
+counting the app's CPU time and PostgreSQL's (/proc: the server's processes, when it runs on
+this machine), how busy the machine's cores were, and the PostgreSQL sessions opened meanwhile
+(pg_stat_database). A run whose machine was as busy as every app keeps it with two workers
+(about 85% on the 2-core box of docs/benchmarks.md) was
+bound by its cores, not the app. Rows written by POST are deleted after each run. The report
+gives medians over rounds, and ratios to C and to B taken within each round, then their median.
 """
 
 import argparse
