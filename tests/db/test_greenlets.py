@@ -1,0 +1,116 @@
+"""SQLAlchemy's synchronous code run from coroutines in kept greenlets (db.greenlets)."""
+
+import asyncio
+import contextvars
+from collections.abc import AsyncIterator
+
+import pytest
+from greenlet import getcurrent
+from sqlalchemy.engine import URL
+from sqlalchemy.exc import TimeoutError as PoolTimeout
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.pool import PoolProxiedConnection
+from sqlalchemy.util import await_
+
+from devreg.db.greenlets import run_synchronously
+
+_SEEN = contextvars.ContextVar[str]("seen")
+
+
+def _awaiting(value: int) -> tuple[int, object]:
+    """Waits, the way SQLAlchemy's synchronous code waits, and says which greenlet it ran in."""
+    return await_(asyncio.sleep(0.01, result=value)), getcurrent()
+
+
+async def test_the_function_awaits_and_its_value_comes_back() -> None:
+    value, first_worker = await run_synchronously(lambda: _awaiting(1))
+    assert value == 1
+    value, second_worker = await run_synchronously(lambda: _awaiting(2))
+    assert value == 2
+    assert second_worker is first_worker, "the greenlet is kept for the next call"
+    assert first_worker is not getcurrent()
+
+
+async def test_calls_at_once_each_get_a_greenlet_of_their_own() -> None:
+    outcomes = await asyncio.gather(
+        *(run_synchronously(lambda n=n: _awaiting(n)) for n in range(5))
+    )
+    assert [value for value, _ in outcomes] == list(range(5))
+    assert len({id(worker) for _, worker in outcomes}) == 5
+
+
+async def test_what_the_function_raises_is_raised_and_the_greenlet_kept() -> None:
+    def failing() -> object:
+        await_(asyncio.sleep(0))
+        raise LookupError("from the function")
+
+    _, worker = await run_synchronously(lambda: _awaiting(0))
+    with pytest.raises(LookupError, match="from the function"):
+        await run_synchronously(failing)
+    assert await run_synchronously(lambda: _awaiting(3)) == (3, worker)
+
+
+async def test_the_function_sees_the_callers_context_variables() -> None:
+    async def in_a_task(name: str) -> str:
+        _SEEN.set(name)
+        return await run_synchronously(_SEEN.get)
+
+    assert await asyncio.gather(in_a_task("a"), in_a_task("b")) == ["a", "b"]
+
+
+async def test_a_cancelled_caller_cancels_what_the_function_awaits() -> None:
+    cleaned_up = asyncio.Event()
+
+    def waiting_long() -> None:
+        try:
+            await_(asyncio.sleep(60))
+        except asyncio.CancelledError:
+            cleaned_up.set()
+            raise
+
+    task = asyncio.create_task(run_synchronously(waiting_long))
+    await asyncio.sleep(0.05)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert cleaned_up.is_set()
+    assert await run_synchronously(lambda: 5) == 5
+
+
+@pytest.fixture
+async def pool_of_one(committed_database_url: URL) -> AsyncIterator[AsyncEngine]:
+    engine = create_async_engine(
+        committed_database_url, pool_size=1, max_overflow=0, pool_timeout=0.3
+    )
+    yield engine
+    await engine.dispose()
+
+
+async def _checkout(engine: AsyncEngine) -> PoolProxiedConnection:
+    return await run_synchronously(engine.sync_engine.raw_connection)
+
+
+async def test_a_checkout_waits_for_a_connection_in_use(pool_of_one: AsyncEngine) -> None:
+    held = await _checkout(pool_of_one)
+    waiting = asyncio.create_task(_checkout(pool_of_one))
+    await asyncio.sleep(0.05)
+    assert not waiting.done()
+    driver_connection = held.driver_connection
+    held.close()
+    taken = await waiting
+    assert taken.driver_connection is driver_connection
+    assert await taken.driver_connection.fetchval("SELECT 7") == 7
+    taken.close()
+
+
+async def test_a_checkout_that_waits_too_long_fails_and_leaves_the_pool_whole(
+    pool_of_one: AsyncEngine,
+) -> None:
+    held = await _checkout(pool_of_one)
+    with pytest.raises(PoolTimeout):
+        await _checkout(pool_of_one)
+    held.close()
+    again = await _checkout(pool_of_one)
+    assert await again.driver_connection.fetchval("SELECT 8") == 8
+    again.close()
+    assert pool_of_one.sync_engine.pool.checkedout() == 0  # type: ignore[attr-defined]
