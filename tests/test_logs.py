@@ -15,12 +15,13 @@ from urllib.parse import quote
 import asyncpg
 import httpx
 import pytest
+from asgi_correlation_id import correlation_id
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError
 
 from devreg.app import create_app
 from devreg.db.server import check_connection, ensure_database
-from devreg.logs import JsonLineFormatter, logging_config
+from devreg.logs import JsonLineFormatter, log_request, logging_config, request_logger
 from tests.support import (
     admin,
     api_client,
@@ -374,3 +375,64 @@ def test_a_log_whose_reader_went_away_is_said_once_then_dropped(
 
     assert statuses == [200] * 10
     assert said.splitlines() == ["devreg: the log's reader went away: its lines are dropped"]
+
+
+_REQUEST = {"method": "GET", "path": "/api/v1/devices/7", "status": 200, "duration_ms": 1.5}
+
+
+def _without_time(line: str) -> dict[str, object]:
+    fields = json.loads(line)
+    datetime.fromisoformat(fields.pop("time"))
+    return fields  # type: ignore[no-any-return]
+
+
+def test_a_request_line_written_straight_is_the_records_line(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """log_request skips logging's layers while logging is devreg's: the same line, fields in
+    the same order, as the record it stands for."""
+    request = {**_REQUEST, "path": "/caf\u00e9"}
+    token = correlation_id.set("r-1")
+    try:
+        with devreg_logging():
+            capsys.readouterr()
+            with monkeypatch.context() as patched:
+                patched.setattr(request_logger, "handle", pytest.fail)
+                log_request(request)
+            straight = capsys.readouterr().out
+            request_logger.info("request", extra=request)
+            recorded = capsys.readouterr().out
+    finally:
+        correlation_id.reset(token)
+
+    assert straight.endswith("\n")
+    assert straight.count("\n") == 1
+    assert straight.isascii()
+    assert list(_without_time(straight).items()) == list(_without_time(recorded).items())
+    assert _without_time(straight)["request_id"] == "r-1"
+
+
+def test_a_request_line_is_a_record_where_logging_is_set_up_otherwise(
+    caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
+) -> None:
+    extra_handler = logging.StreamHandler(sys.stderr)
+    with devreg_logging():
+        request_logger.addHandler(extra_handler)
+        try:
+            log_request(_REQUEST)
+        finally:
+            request_logger.removeHandler(extra_handler)
+        on_stdout = capsys.readouterr().out
+    with caplog.at_level(logging.INFO, logger=request_logger.name):
+        log_request(_REQUEST)
+
+    assert '"/api/v1/devices/7"' in on_stdout, "devreg's own handler still has it"
+    assert [record.getMessage() for record in caplog.records] == ["request"]
+    assert caplog.records[0].path == "/api/v1/devices/7"
+
+
+def test_no_request_line_below_the_log_level(capsys: pytest.CaptureFixture[str]) -> None:
+    with devreg_logging():
+        logging.root.setLevel(logging.WARNING)
+        log_request(_REQUEST)
+    assert "devreg.request" not in capsys.readouterr().out

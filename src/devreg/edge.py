@@ -27,7 +27,7 @@ from devreg.body_limit import (
 from devreg.cors import ProblemCORSMiddleware
 from devreg.errors import PoolExhausted, ServerStopping, UndecodableQueryString
 from devreg.headers import DEFAULT_CACHE_CONTROL, SECURITY_HEADERS
-from devreg.logs import request_logger
+from devreg.logs import log_request
 from devreg.paths import route_path
 from devreg.problems import (
     error_response,
@@ -202,4 +202,4 @@ class EdgeMiddleware:
             }
             if response_started and not response_ended:  # broken off, or the client went away
                 line["incomplete"] = True
-            request_logger.info("request", extra=line)
+            log_request(line)
