@@ -287,6 +287,25 @@ class TestDevices:
         assert result.exit_code == 2
         assert "cursor" in result.stderr
 
+    @pytest.mark.parametrize("written", ["0_{}", "+{}", " {}"])
+    def test_an_id_not_in_the_digits_alone_is_a_usage_error(
+        self, devreg: Invoke, written: str
+    ) -> None:
+        """As the API refuses it: typer's int read `0_1`, `+1` and ` 1` as 1, so that a typo
+        deleted device 1 (`devices delete 0_1`), gave a device to user 1 or exported user 1's."""
+        owner = json_of(devreg("users", "create", "--name", "Ann", "--json"))
+        device = json_of(devreg("devices", "create", "--name", "pi", "--json"))
+        owner_id = written.format(owner["id"])
+
+        deleted = devreg("devices", "delete", written.format(device["id"]))
+        given = devreg("devices", "create", "--name", "pi-2", "--owner-id", owner_id)
+        exported = devreg("export", "devices", "--owner-id", owner_id)
+
+        assert [deleted.exit_code, given.exit_code, exported.exit_code] == [2, 2, 2]
+        assert exported.stdout == ""
+        listed = json_of(devreg("devices", "list", "--json"))["items"]
+        assert [(item["id"], item["owner_id"]) for item in listed] == [(device["id"], None)]
+
 
 def devreg_writing_to(
     url: URL, stdout: Any, *args: str, close_stdout: bool = False
@@ -989,6 +1008,22 @@ class TestTokens:
         assert devreg("tokens", "revoke", str(item["id"])).exit_code == 0
         [revoked] = json.loads(devreg("tokens", "list", "--json").stdout)["items"]
         assert revoked["revoked_at"] is not None
+
+    @pytest.mark.parametrize("written", ["0_{}", "+{}", " {}"])
+    def test_an_id_not_in_the_digits_alone_is_a_usage_error(
+        self, devreg: Invoke, written: str
+    ) -> None:
+        """typer's int read `0_1` as 1: a typo revoked token 1, or made a token for user 1."""
+        user = json_of(devreg("users", "create", "--name", "Ann", "--json"))
+        token = json_of(devreg("tokens", "create", "--user", str(user["id"]), "--json"))
+
+        made = devreg("tokens", "create", "--user", written.format(user["id"]))
+        listed = devreg("tokens", "list", "--user", written.format(user["id"]))
+        revoked = devreg("tokens", "revoke", written.format(token["id"]))
+
+        assert [made.exit_code, listed.exit_code, revoked.exit_code] == [2, 2, 2]
+        [item] = json_of(devreg("tokens", "list", "--json"))["items"]
+        assert item["revoked_at"] is None
 
     @pytest.mark.parametrize(
         ("expires", "lifetime"),

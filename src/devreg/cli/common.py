@@ -21,7 +21,7 @@ from typing import Annotated, Any, NoReturn, TypeVar
 import asyncpg
 import typer
 from alembic.util import CommandError
-from pydantic import BaseModel, BeforeValidator, ValidationError
+from pydantic import BaseModel, BeforeValidator, TypeAdapter, ValidationError
 from rich.table import Table
 from rich.text import Text
 from sqlalchemy.exc import DBAPIError
@@ -47,7 +47,7 @@ from devreg.errors import (
 )
 from devreg.logs import visible
 from devreg.pagination import PAGE_LIMIT_MAX, Page, PageResult, page_json
-from devreg.schemas import BIGINT_MAX, Duration, is_a_number
+from devreg.schemas import Duration, Id, is_a_number
 
 T = TypeVar("T")
 ModelT = TypeVar("ModelT", bound=BaseModel)
@@ -55,7 +55,19 @@ ModelT = TypeVar("ModelT", bound=BaseModel)
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 Limit = Annotated[int, typer.Option(min=1, max=PAGE_LIMIT_MAX, help="Rows per page.")]
 Cursor = Annotated[str | None, typer.Option(help="next_cursor printed by the previous page.")]
-DeviceIdArgument = Annotated[int, typer.Argument(min=1, max=BIGINT_MAX, help="The device's id.")]
+_ID: TypeAdapter[int] = TypeAdapter(Id)
+
+
+def parse_id(text: str) -> int:
+    """An id given as an argument or option, read as the API reads one (schemas.Id): typer's
+    int took `1_0`, `+10` and ` 10` for 10, so that a typo deleted another device."""
+    try:
+        return _ID.validate_python(text)
+    except ValidationError as exc:
+        raise ValueError(exc.errors()[0]["msg"].removeprefix("Value error, ")) from None
+
+
+DeviceIdArgument = Annotated[int, typer.Argument(parser=parse_id, help="The device's id.")]
 
 
 def fail(message: str, code: int = 1) -> NoReturn:

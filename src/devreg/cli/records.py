@@ -10,6 +10,7 @@ from devreg.cli.common import (
     DeviceIdArgument,
     JsonFlag,
     Limit,
+    parse_id,
     run_in_transaction,
     show,
     show_page,
@@ -63,7 +64,9 @@ def devices_create(
     serial_number: Annotated[str | None, typer.Option("--serial-number", "--serial")] = None,
     model: Annotated[str | None, typer.Option()] = None,
     status: Annotated[DeviceStatus | None, typer.Option()] = None,
-    owner_id: Annotated[int | None, typer.Option(help="The owning user's id.")] = None,
+    owner_id: Annotated[
+        int | None, typer.Option(parser=parse_id, help="The owning user's id.")
+    ] = None,
     tags: Annotated[list[str] | None, typer.Option("--tag", help="Repeat for more tags.")] = None,
     as_json: JsonFlag = False,
 ) -> None:

@@ -14,6 +14,7 @@ from devreg.cli.common import (
     DurationWithUnit,
     JsonFlag,
     Limit,
+    parse_id,
     run_in_transaction,
     show,
     show_page,
@@ -21,11 +22,10 @@ from devreg.cli.common import (
 )
 from devreg.cli.output import stdout, write_line
 from devreg.pagination import PAGE_LIMIT_DEFAULT, PageRequest
-from devreg.schemas import BIGINT_MAX
 
 tokens_app = typer.Typer(help="Create, list and revoke API tokens.", no_args_is_help=True)
 
-UserOption = Annotated[int, typer.Option("--user", min=1, max=BIGINT_MAX, help="The user's id.")]
+UserOption = Annotated[int, typer.Option("--user", parser=parse_id, help="The user's id.")]
 
 
 class _TokenOptions(TokenCreate):
@@ -63,7 +63,7 @@ def tokens_create(
 @tokens_app.command("list")
 def tokens_list(
     user: Annotated[
-        int | None, typer.Option("--user", min=1, max=BIGINT_MAX, help="Only this user's.")
+        int | None, typer.Option("--user", parser=parse_id, help="Only this user's.")
     ] = None,
     limit: Limit = PAGE_LIMIT_DEFAULT,
     cursor: Cursor = None,
@@ -86,7 +86,7 @@ def tokens_list(
 
 @tokens_app.command("revoke")
 def tokens_revoke(
-    token_id: Annotated[int, typer.Argument(min=1, max=BIGINT_MAX, help="The token's id.")],
+    token_id: Annotated[int, typer.Argument(parser=parse_id, help="The token's id.")],
 ) -> None:
     """Revoke a token. A running server stops accepting it within AUTH_CACHE_TTL seconds."""
     run_in_transaction(lambda work: service.revoke_token(work, FULL_ACCESS, token_id))

@@ -17,7 +17,7 @@ from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeRemaining
 
 from devreg import seed
 from devreg.auth.principal import FULL_ACCESS
-from devreg.cli.common import fail, run_in_transaction, validated
+from devreg.cli.common import fail, parse_id, run_in_transaction, validated
 from devreg.cli.output import STDOUT, stdout
 from devreg.db.session import UnitOfWork
 from devreg.devices import export, imports
@@ -163,7 +163,9 @@ def export_devices(
     ] = None,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Default: stdout.")] = None,
     status: Annotated[list[DeviceStatus] | None, typer.Option(help="Repeat for any of.")] = None,
-    owner_id: Annotated[list[int] | None, typer.Option(help="Repeat for any of.")] = None,
+    owner_id: Annotated[
+        list[int] | None, typer.Option(parser=parse_id, help="Repeat for any of.")
+    ] = None,
     tag: Annotated[list[str] | None, typer.Option(help="Repeat: has all of these.")] = None,
     q: Annotated[str | None, typer.Option(help="Search name, serial and model.")] = None,
 ) -> None:
