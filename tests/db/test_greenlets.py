@@ -5,7 +5,7 @@ import contextvars
 from collections.abc import AsyncIterator
 
 import pytest
-from greenlet import getcurrent
+from greenlet import GreenletExit, getcurrent, greenlet
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
@@ -114,3 +114,22 @@ async def test_a_checkout_that_waits_too_long_fails_and_leaves_the_pool_whole(
     assert await again.driver_connection.fetchval("SELECT 8") == 8
     again.close()
     assert pool_of_one.sync_engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+
+
+async def test_a_worker_collected_while_it_waits_ends() -> None:
+    """greenlet ends a greenlet that is collected unfinished by raising GreenletExit in it: the
+    worker must let it end, not hand it to a caller as its function's error and live on."""
+    workers: list[greenlet] = []
+
+    def waiting_forever() -> None:
+        workers.append(getcurrent())
+        await_(asyncio.Event().wait())
+
+    task = asyncio.create_task(run_synchronously(waiting_forever))
+    await asyncio.sleep(0.01)
+    (worker,) = workers
+    worker.throw(GreenletExit)
+    assert worker.dead
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task

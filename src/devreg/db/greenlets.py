@@ -10,7 +10,7 @@ import threading
 from collections.abc import Callable
 from typing import Any, TypeVar, cast
 
-from greenlet import getcurrent, greenlet
+from greenlet import GreenletExit, getcurrent, greenlet
 
 T = TypeVar("T")
 
@@ -35,6 +35,10 @@ class _Worker(greenlet):
         while function is not None:
             try:
                 self.returned = function()
+            except GreenletExit:
+                # The worker itself collected while it waited (its caller gone): it ends, as a
+                # greenlet must, instead of switching to a caller that waits for nothing.
+                raise
             except BaseException as exc:  # handed to the caller, who raises it
                 self.raised = exc
             # Nothing of this call is held while the worker waits for the next one.
