@@ -2,6 +2,9 @@
 
 import asyncio
 import contextvars
+import gc
+import threading
+import weakref
 from collections.abc import AsyncIterator
 
 import pytest
@@ -12,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import PoolProxiedConnection
 from sqlalchemy.util import await_
 
-from devreg.db.greenlets import run_synchronously
+from devreg.db.greenlets import _IDLE, in_kept_greenlet
 
 _SEEN = contextvars.ContextVar[str]("seen")
 
@@ -23,18 +26,16 @@ def _awaiting(value: int) -> tuple[int, object]:
 
 
 async def test_the_function_awaits_and_its_value_comes_back() -> None:
-    value, first_worker = await run_synchronously(lambda: _awaiting(1))
+    value, first_worker = await in_kept_greenlet(lambda: _awaiting(1))
     assert value == 1
-    value, second_worker = await run_synchronously(lambda: _awaiting(2))
+    value, second_worker = await in_kept_greenlet(lambda: _awaiting(2))
     assert value == 2
     assert second_worker is first_worker, "the greenlet is kept for the next call"
     assert first_worker is not getcurrent()
 
 
 async def test_calls_at_once_each_get_a_greenlet_of_their_own() -> None:
-    outcomes = await asyncio.gather(
-        *(run_synchronously(lambda n=n: _awaiting(n)) for n in range(5))
-    )
+    outcomes = await asyncio.gather(*(in_kept_greenlet(lambda n=n: _awaiting(n)) for n in range(5)))
     assert [value for value, _ in outcomes] == list(range(5))
     assert len({id(worker) for _, worker in outcomes}) == 5
 
@@ -44,16 +45,16 @@ async def test_what_the_function_raises_is_raised_and_the_greenlet_kept() -> Non
         await_(asyncio.sleep(0))
         raise LookupError("from the function")
 
-    _, worker = await run_synchronously(lambda: _awaiting(0))
+    _, worker = await in_kept_greenlet(lambda: _awaiting(0))
     with pytest.raises(LookupError, match="from the function"):
-        await run_synchronously(failing)
-    assert await run_synchronously(lambda: _awaiting(3)) == (3, worker)
+        await in_kept_greenlet(failing)
+    assert await in_kept_greenlet(lambda: _awaiting(3)) == (3, worker)
 
 
 async def test_the_function_sees_the_callers_context_variables() -> None:
     async def in_a_task(name: str) -> str:
         _SEEN.set(name)
-        return await run_synchronously(_SEEN.get)
+        return await in_kept_greenlet(_SEEN.get)
 
     assert await asyncio.gather(in_a_task("a"), in_a_task("b")) == ["a", "b"]
 
@@ -68,13 +69,13 @@ async def test_a_cancelled_caller_cancels_what_the_function_awaits() -> None:
             cleaned_up.set()
             raise
 
-    task = asyncio.create_task(run_synchronously(waiting_long))
+    task = asyncio.create_task(in_kept_greenlet(waiting_long))
     await asyncio.sleep(0.05)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
     assert cleaned_up.is_set()
-    assert await run_synchronously(lambda: 5) == 5
+    assert await in_kept_greenlet(lambda: 5) == 5
 
 
 @pytest.fixture
@@ -87,7 +88,7 @@ async def pool_of_one(committed_database_url: URL) -> AsyncIterator[AsyncEngine]
 
 
 async def _checkout(engine: AsyncEngine) -> PoolProxiedConnection:
-    return await run_synchronously(engine.sync_engine.raw_connection)
+    return await in_kept_greenlet(engine.sync_engine.raw_connection)
 
 
 async def test_a_checkout_waits_for_a_connection_in_use(pool_of_one: AsyncEngine) -> None:
@@ -125,7 +126,7 @@ async def test_a_worker_collected_while_it_waits_ends() -> None:
         workers.append(getcurrent())
         await_(asyncio.Event().wait())
 
-    task = asyncio.create_task(run_synchronously(waiting_forever))
+    task = asyncio.create_task(in_kept_greenlet(waiting_forever))
     await asyncio.sleep(0.01)
     (worker,) = workers
     worker.throw(GreenletExit)
@@ -133,3 +134,63 @@ async def test_a_worker_collected_while_it_waits_ends() -> None:
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
+
+
+class _Held:
+    """Something a call leaves behind, watched through a weak reference."""
+
+
+_HELD = contextvars.ContextVar[_Held]("held")
+
+
+class _Failure(Exception):
+    def __init__(self, held: _Held) -> None:
+        self.held = held
+
+
+async def test_an_idle_worker_holds_nothing_of_the_calls_it_ran() -> None:
+    """Not the function it started with (an engine's method, with the engine), nor the
+    caller's context variables, nor, once the caller is done with it, what it raised."""
+    watched: list[weakref.ref[_Held]] = []
+
+    def held() -> _Held:
+        made = _Held()
+        watched.append(weakref.ref(made))
+        return made
+
+    def failing() -> None:
+        raise _Failure(held())
+
+    async def calls() -> None:
+        _HELD.set(_Held())
+        function_held = held()
+        await in_kept_greenlet(lambda: function_held)
+        with pytest.raises(_Failure):
+            await in_kept_greenlet(failing)
+
+    gc.disable()  # what only the cyclic collector would free counts as held
+    try:
+        await asyncio.create_task(calls())
+        function_held, raised_held = watched
+        assert function_held() is None
+        assert raised_held() is None
+    finally:
+        gc.enable()
+    assert [worker.gr_context for worker in _IDLE.workers] == [None] * len(_IDLE.workers)
+
+
+def test_a_threads_workers_end_with_it() -> None:
+    async def checkout_like() -> None:
+        await in_kept_greenlet(lambda: await_(asyncio.sleep(0)))
+
+    def in_a_thread() -> None:
+        asyncio.run(checkout_like())
+        workers.append(weakref.ref(_IDLE.workers[0]))
+
+    workers: list[weakref.ref[greenlet]] = []
+    thread = threading.Thread(target=in_a_thread)
+    thread.start()
+    thread.join()
+    gc.collect()
+    assert len(workers) == 1
+    assert workers[0]() is None

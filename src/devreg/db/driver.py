@@ -17,7 +17,7 @@ from sqlalchemy.pool import Pool, PoolProxiedConnection
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.expression import ClauseElement
 
-from devreg.db.greenlets import run_synchronously
+from devreg.db.greenlets import in_kept_greenlet
 from devreg.db.session import JSON_CODECS, UnitOfWork
 from devreg.errors import (
     CONNECTION_LOST_SQLSTATES,
@@ -191,7 +191,7 @@ async def _pooled(
     after. Its errors become problems as on SQLAlchemy's path (_problem)."""
     echo(sql)
     try:
-        pooled = await run_synchronously(bind.sync_engine.raw_connection)
+        pooled = await in_kept_greenlet(bind.sync_engine.raw_connection)
     except bind.dialect.loaded_dbapi.Error as exc:
         # The pool had to connect, and could not: the database down or starting up (no SQLSTATE,
         # or a connection one), out of connections, or refusing devreg's role or password.
