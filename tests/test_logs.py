@@ -1,6 +1,7 @@
 import json
 import logging
 import logging.config
+import os
 import signal
 import subprocess
 import sys
@@ -436,3 +437,44 @@ def test_no_request_line_below_the_log_level(capsys: pytest.CaptureFixture[str])
         logging.root.setLevel(logging.WARNING)
         log_request(_REQUEST)
     assert "devreg.request" not in capsys.readouterr().out
+
+
+def test_a_record_factory_of_its_own_gets_its_record(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A record factory (OpenTelemetry's log correlation installs one, adding the trace id)
+    makes the request's line from its record, fields and all."""
+    made_by = logging.getLogRecordFactory()
+
+    def with_trace_id(*args: object, **kwargs: object) -> logging.LogRecord:
+        record = made_by(*args, **kwargs)
+        record.trace_id = "abc123"
+        return record
+
+    with devreg_logging():
+        logging.setLogRecordFactory(with_trace_id)
+        try:
+            log_request(_REQUEST)
+        finally:
+            logging.setLogRecordFactory(made_by)
+        line = json.loads(capsys.readouterr().out)
+
+    assert line["trace_id"] == "abc123"
+    assert line["path"] == _REQUEST["path"]
+
+
+def test_a_request_line_that_cannot_be_written_is_reported_as_a_records_would_be(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with devreg_logging():
+        handler = logging.root.handlers[0]
+        assert isinstance(handler, logging.StreamHandler)
+        closed = open(os.devnull, "w")  # noqa: SIM115 - closed at once
+        closed.close()
+        writing_to, handler.stream = handler.stream, closed
+        try:
+            log_request(_REQUEST)
+        finally:
+            handler.stream = writing_to
+
+    assert "Message: 'request'" in capsys.readouterr().err
