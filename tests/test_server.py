@@ -8,6 +8,7 @@ import os
 import re
 import signal
 import socket
+import subprocess
 import threading
 import time
 from collections import Counter
@@ -41,6 +42,7 @@ from tests.support import (
     run_devreg,
     running,
     set_revision,
+    started_devreg,
     waiting_for_a_lock,
 )
 
@@ -468,6 +470,42 @@ async def test_sighup_leaves_one_started_ignoring_it_serving(committed_database_
         async with httpx.AsyncClient(base_url=server.base_url) as client:
             assert (await client.get("/livez")).status_code == 200
         assert server.process.poll() is None
+
+
+@pytest.mark.parametrize(
+    ("ending", "exit_status"), [(signal.SIGTERM, -signal.SIGTERM), (signal.SIGINT, 0)]
+)
+async def test_a_stop_signal_ends_a_start_up_waiting_for_the_migration_lock(
+    committed_database_url: URL, ending: signal.Signals, exit_status: int
+) -> None:
+    """uvicorn looks at a stop signal once start-up is over: a start-up waiting for another's
+    migration (or running a long one) went on waiting, through SIGTERM and Ctrl-C (twice too),
+    until the lock was let go."""
+    holder = await asyncpg_connection(committed_database_url)
+    try:
+        await holder.execute("SELECT pg_advisory_lock($1)", migrations.MIGRATION_LOCK_KEY)
+        server = started_devreg(
+            "serve",
+            "--port",
+            str(free_port()),
+            DATABASE_URL=url_setting(committed_database_url),
+            WORKERS="1",
+        )
+        try:
+            await waiting_for_a_lock(holder)
+            server.send_signal(ending)
+            ended: int | None = await asyncio.to_thread(server.wait, 10)
+        except subprocess.TimeoutExpired:
+            ended = None
+        finally:
+            server.kill()
+            output, errors = server.communicate()
+    finally:
+        await holder.close()
+
+    assert ended == exit_status, output + errors
+    assert "Traceback" not in output + errors
+    assert await devreg_backends(committed_database_url) == set()
 
 
 async def test_a_worker_of_several_that_cannot_start_is_a_failed_start(

@@ -3,9 +3,12 @@
 import asyncio
 import gc
 import logging
-from collections.abc import AsyncIterator
+import signal
+import threading
+from collections.abc import AsyncIterator, Coroutine
 from contextlib import asynccontextmanager
 from datetime import timedelta
+from types import FrameType
 from typing import Any, TypedDict
 
 from alembic.util import CommandError
@@ -215,6 +218,44 @@ async def _prepare_database(engine: AsyncEngine, settings: Settings) -> None:
         logger.warning(_LACKS_CHARACTERS, encoding, encoding)
 
 
+# Those uvicorn stops on (uvicorn.server.HANDLED_SIGNALS).
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+async def _unless_stopped(preparation: Coroutine[Any, Any, None]) -> bool:
+    """Run `preparation`; False when a signal that stops the server cut it short. uvicorn's
+    handlers only mark the server as stopping, which it looks at once start-up is over: a
+    start-up waiting for another's migration (or running a long one) went on through SIGTERM
+    and Ctrl-C, twice too, for as long as that took."""
+    preparing = asyncio.ensure_future(preparation)
+    loop = asyncio.get_running_loop()
+    stopped_by: list[int] = []
+    uvicorns: dict[int, Any] = {}
+
+    def stop(number: int, frame: FrameType | None) -> None:
+        uvicorns[number](number, frame)  # the server stops once start-up is over
+        stopped_by.append(number)
+        loop.call_soon_threadsafe(preparing.cancel)
+
+    if threading.current_thread() is threading.main_thread():  # where signals are handled
+        for ending in _STOP_SIGNALS:
+            if callable(handler := signal.getsignal(ending)):
+                uvicorns[ending] = handler
+                signal.signal(ending, stop)
+    try:
+        await preparing
+    except asyncio.CancelledError:
+        current = asyncio.current_task()
+        if not stopped_by or (current is not None and current.cancelling()):
+            raise
+        logger.info("stopped while starting: the database's migrations were not waited for")
+        return False
+    finally:
+        for number, uvicorns_own in uvicorns.items():
+            signal.signal(number, uvicorns_own)
+    return True
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
 
@@ -237,9 +278,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             raise
         engine = create_engine(url, settings)
         try:
+            stopping = False
             if reachable:
                 try:
-                    await _prepare_database(engine, settings)
+                    stopping = not await _unless_stopped(_prepare_database(engine, settings))
                 except Exception as exc:
                     # Gone since the check (a second worker starting as the database restarts).
                     reason = gone_away(exc, url)
@@ -247,9 +289,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                         raise
                     logger.warning("%s: serving 503s until it answers", reason)
             sessionmaker = create_sessionmaker(engine)
-            chores = [_sweep_expired_keys(sessionmaker, lifetime=settings.idempotency_key_lifetime)]
-            if settings.external_database_url() is None:
-                chores.append(keep_running(embedded_cluster(settings)))
+            chores: list[Coroutine[Any, Any, None]] = []
+            if not stopping:  # else uvicorn goes from start-up straight to its shutdown
+                lifetime = settings.idempotency_key_lifetime
+                chores.append(_sweep_expired_keys(sessionmaker, lifetime=lifetime))
+                if settings.external_database_url() is None:
+                    chores.append(keep_running(embedded_cluster(settings)))
             background = [asyncio.create_task(chore) for chore in chores]
             for task in background:
                 task.add_done_callback(_said_if_failed)
