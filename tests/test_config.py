@@ -262,6 +262,26 @@ class TestDatabaseParts:
     def test_nothing_set_means_embedded(self) -> None:
         assert Settings(_env_file=None).external_database_url() is None
 
+    @pytest.mark.parametrize("name", DB_PARTS)
+    def test_a_part_set_but_empty_is_refused_not_taken_for_unset(
+        self, monkeypatch: pytest.MonkeyPatch, name: str
+    ) -> None:
+        """As DATABASE_URL is: the five parts set from unset CI secrets (`DB_HOST=$DB_HOST`)
+        meant the embedded cluster, another, empty registry; one of them, its default."""
+        set_env(monkeypatch, dict.fromkeys(DB_PARTS, ""))
+
+        with pytest.raises(ValidationError) as raised:
+            Settings(_env_file=None)
+
+        assert name.lower() in error_fields(raised.value)
+        assert "set but empty" in str(raised.value)
+
+    def test_an_empty_part_in_dotenv_is_a_placeholder(self, clean_environment: Path) -> None:
+        (clean_environment / ".env").write_text("DB_HOST=\nDB_NAME=mydb\n")
+
+        expected = "postgresql+asyncpg://postgres:postgres@localhost:5432/mydb"
+        assert rendered_url(Settings()) == expected
+
     def test_tutorial_dotenv_with_export_lines_read(self, clean_environment: Path) -> None:
         (clean_environment / ".env").write_text(
             "export DB_USER=postgres\n"

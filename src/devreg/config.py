@@ -88,11 +88,11 @@ class Settings(BaseSettings):
     # An external PostgreSQL: DATABASE_URL, or the tutorial's five DB_* parts.
     # With neither, devreg runs its own embedded cluster under DATA_DIR.
     database_url: SecretStr | None = Field(None, validate_default=True)
-    db_user: str | None = None
-    db_password: SecretStr | None = None
-    db_name: str | None = None
-    db_host: str | None = None
-    db_port: Port | None = None
+    db_user: str | None = Field(None, validate_default=True)
+    db_password: SecretStr | None = Field(None, validate_default=True)
+    db_name: str | None = Field(None, validate_default=True)
+    db_host: str | None = Field(None, validate_default=True)
+    db_port: Port | None = Field(None, validate_default=True)
 
     pool_size: int = Field(20, ge=1, le=1000)
     max_overflow: int = Field(10, ge=0, le=1000)
@@ -245,6 +245,15 @@ class Settings(BaseSettings):
             raise ValueError(
                 "set but empty: give a PostgreSQL URL, or unset it for the embedded PostgreSQL"
             )
+        return value
+
+    @field_validator("db_user", "db_password", "db_name", "db_host", "db_port")
+    @classmethod
+    def _database_part_given(cls, value: object, info: ValidationInfo) -> object:
+        """As DATABASE_URL: all five set from unset secrets meant the embedded cluster, and one
+        its default, another database than the one meant."""
+        if value is None and _set_but_empty(info.field_name or ""):
+            raise ValueError("set but empty: give a value, or unset it for the default")
         return value
 
     @field_validator("data_dir", "embedded_db_name", mode="before")
