@@ -734,6 +734,38 @@ async def test_a_pool_too_large_for_the_server_fails_the_start_up_holding_nothin
     assert checked_out == 0
 
 
+async def test_a_served_pool_too_large_for_the_server_says_too_many_connections(
+    server_url: URL, committed_database_url: URL
+) -> None:
+    """The worker's log said only "error: DBAPIError (TooManyConnectionsError)", where the
+    README promises it says "too many connections", and where."""
+    async with login_role(
+        server_url, committed_database_url, grant="ALL", limits="CONNECTION LIMIT 3"
+    ) as url:
+        result = await asyncio.to_thread(
+            run_devreg,
+            "serve",
+            "--port",
+            str(free_port()),
+            DATABASE_URL=url_setting(url),
+            WORKERS="1",
+            POOL_SIZE="6",
+            MAX_OVERFLOW="0",
+        )
+
+    assert result.returncode == 3
+    errors = [
+        json.loads(line)["message"]
+        for line in result.stdout.splitlines()
+        if line.startswith("{") and json.loads(line)["level"] == "ERROR"
+    ]
+    assert any(
+        message.startswith(f"too many connections: PostgreSQL at 127.0.0.1:{url.port} ")
+        and "POOL_SIZE" in message
+        for message in errors
+    ), errors
+
+
 def _a_worker(server_pid: int) -> int:
     """One of `devreg serve`'s worker processes (its supervisor's children, but for
     multiprocessing's resource tracker)."""

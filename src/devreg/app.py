@@ -41,6 +41,7 @@ from devreg.db.server import (
     check_connection,
     folds_case_beyond_ascii,
     gone_away,
+    no_room_for_the_pool,
     server_encoding,
 )
 from devreg.db.session import (
@@ -78,6 +79,11 @@ _LACKS_CHARACTERS = (
 _BEHIND = (
     "MIGRATE_ON_START=false, and the database is at revision %s, behind this release's %s: "
     "/readyz answers 503, as do requests its schema cannot serve, until devreg db upgrade"
+)
+
+_POOL_DOES_NOT_FIT = (
+    "%s: each worker opens POOL_SIZE + MAX_OVERFLOW connections (%d + %d); make room for "
+    "them all (max_connections, the role's CONNECTION LIMIT), or ask for fewer"
 )
 
 API_PREFIX = "/api/v1"
@@ -286,6 +292,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     # Gone since the check (a second worker starting as the database restarts).
                     reason = gone_away(exc, url)
                     if reason is None:
+                        if (crowded := no_room_for_the_pool(exc, url)) is not None:
+                            # Else only the error's type is logged (logs.py).
+                            logger.error(
+                                _POOL_DOES_NOT_FIT,
+                                crowded,
+                                settings.pool_size,
+                                settings.max_overflow,
+                            )
                         raise
                     logger.warning("%s: serving 503s until it answers", reason)
             sessionmaker = create_sessionmaker(engine)

@@ -87,10 +87,18 @@ def gone_away(exc: BaseException, url: URL) -> str | None:
     for a while): what a start-up that found the server a moment before waits out. Not a
     server too full for the pool (the pool does not fit: a misconfiguration), nor any failure
     no wait mends."""
-    if any(isinstance(cause, asyncpg.TooManyConnectionsError) for cause in _causes(exc)):
+    if no_room_for_the_pool(exc, url) is not None:
         return None
     reason, transient = _diagnosis(exc, url)
     return reason if transient else None
+
+
+def no_room_for_the_pool(exc: BaseException, url: URL) -> str | None:
+    """Why a connection failed, if the server (or the role's limit) had no room for it: for a
+    pool, a misconfiguration, said in a line."""
+    if any(isinstance(cause, asyncpg.TooManyConnectionsError) for cause in _causes(exc)):
+        return _diagnosis(exc, url)[0]
+    return None
 
 
 def _diagnosis(exc: BaseException, url: URL) -> tuple[str, bool]:
