@@ -29,6 +29,7 @@ from devreg.db.server import DatabaseConnectError
 from devreg.db.session import create_engine, open_pool
 from tests.api import assert_problem
 from tests.support import (
+    admin,
     api_client,
     asyncpg_connection,
     create_database,
@@ -764,6 +765,28 @@ async def test_a_served_pool_too_large_for_the_server_says_too_many_connections(
         and "POOL_SIZE" in message
         for message in errors
     ), errors
+
+
+async def test_a_migration_the_database_refuses_is_logged_in_its_words(
+    server_url: URL, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A role that may not create tables (PostgreSQL 15's default in another's database): the
+    worker's log said only "error: ProgrammingError (InsufficientPrivilegeError)", where
+    `devreg db upgrade` says what was denied."""
+    name = "devreg_no_create"
+    url = await create_database(server_url, name)
+    try:
+        await admin(url, "REVOKE CREATE ON SCHEMA public FROM PUBLIC")
+        async with login_role(server_url, url, grant="SELECT") as role_url:
+            app = create_app(make_settings(role_url, migrate_on_start=True))
+            with caplog.at_level(logging.ERROR, logger="devreg"), pytest.raises(DBAPIError):
+                async with running(app):
+                    pass
+    finally:
+        await admin(server_url, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+    logged = [record.getMessage() for record in caplog.records if record.name == "devreg"]
+    assert logged == ["database error: permission denied for schema public"]
 
 
 def _a_worker(server_pid: int) -> int:

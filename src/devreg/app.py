@@ -43,6 +43,7 @@ from devreg.db.server import (
     gone_away,
     no_room_for_the_pool,
     server_encoding,
+    server_refusal,
 )
 from devreg.db.session import (
     SessionMaker,
@@ -292,14 +293,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     # Gone since the check (a second worker starting as the database restarts).
                     reason = gone_away(exc, url)
                     if reason is None:
+                        # Else only the error's type is logged (logs.py).
                         if (crowded := no_room_for_the_pool(exc, url)) is not None:
-                            # Else only the error's type is logged (logs.py).
                             logger.error(
                                 _POOL_DOES_NOT_FIT,
                                 crowded,
                                 settings.pool_size,
                                 settings.max_overflow,
                             )
+                        elif (refused := server_refusal(exc)) is not None:
+                            logger.error("database error: %s", refused)  # as the CLI says it
                         raise
                     logger.warning("%s: serving 503s until it answers", reason)
             sessionmaker = create_sessionmaker(engine)

@@ -101,6 +101,15 @@ def no_room_for_the_pool(exc: BaseException, url: URL) -> str | None:
     return None
 
 
+def server_refusal(exc: BaseException) -> str | None:
+    """PostgreSQL's own words for what it refused (`permission denied for schema public`): its
+    message alone, never the statement, nor a DETAIL that may hold values."""
+    for cause in _causes(exc):
+        if isinstance(cause, asyncpg.PostgresError):
+            return str(cause)
+    return None
+
+
 def _diagnosis(exc: BaseException, url: URL) -> tuple[str, bool]:
     """Why a connection failed, in a line without the password, and whether it may yet
     succeed (nothing answered, or the server is starting, stopping or full) unlike a wrong
