@@ -6,12 +6,14 @@ import socket
 import struct
 import uuid
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 import asyncpg
 import pytest
 from sqlalchemy.engine import URL
 
 from devreg.app import create_app
+from devreg.config import Settings
 from devreg.db.server import (
     DatabaseConnectError,
     DatabaseUnreachable,
@@ -128,6 +130,25 @@ async def test_a_server_refusing_in_words_of_its_own_is_not_waited_for(
 
     assert not isinstance(failure, DatabaseUnreachable)
     assert "unsupported startup parameter: statement_timeout" in str(failure)
+
+
+@pytest.mark.parametrize("option", ["sslrootcert", "sslcert"])
+async def test_a_tls_file_the_url_names_that_cannot_be_read_is_named(
+    committed_database_url: URL, tmp_path: Path, option: str
+) -> None:
+    """The ssl module's error names no file: a certificate file missing was "unreachable host:
+    cannot connect to PostgreSQL at ... (No such file or directory)", an outage to wait out."""
+    missing = tmp_path / "missing.pem"
+    given = committed_database_url.update_query_dict({"sslmode": "require", option: str(missing)})
+    settings = Settings(_env_file=None, database_url=given.render_as_string(hide_password=False))
+    url = settings.external_database_url()
+    assert url is not None
+
+    with pytest.raises(DatabaseConnectError) as raised:
+        await check_connection(url, connect_timeout=5)
+
+    assert not isinstance(raised.value, DatabaseUnreachable)
+    assert str(raised.value) == f"cannot read {option} {missing}: No such file or directory"
 
 
 async def connection_failure(

@@ -7,6 +7,7 @@ import os
 import socket
 from collections.abc import Iterator
 from typing import Literal
+from urllib.parse import parse_qs, urlsplit
 
 import asyncpg
 from sqlalchemy import text
@@ -130,6 +131,9 @@ def _diagnosis(exc: BaseException, url: URL) -> tuple[str, bool]:
             return f"unreachable host: {where} did not answer in time", True
         if isinstance(cause, OSError) and cause.filename is not None:  # a file, not a socket
             return f"cannot read {cause.filename}: {cause.strerror}", False
+        # The ssl module's error names no file: a missing one was taken for a Unix socket's.
+        if isinstance(cause, OSError) and (unreadable := _unreadable_tls_file(url)):
+            return f"cannot read {unreadable}", False
         if isinstance(cause, OSError):
             reason = cause.strerror or str(cause) or type(cause).__name__
             return f"unreachable host: cannot connect to {where} ({reason})", True
@@ -148,6 +152,24 @@ def _diagnosis(exc: BaseException, url: URL) -> tuple[str, bool]:
         if isinstance(cause, asyncpg.PostgresConnectionError):
             return f"refused: {where} would not connect: {cause}", False
     return f"cannot connect to {where} ({type(exc).__name__})", False
+
+
+# The files libpq's URL options name, which the driver reads before it connects.
+_TLS_FILES = ("sslrootcert", "sslcert", "sslkey", "sslcrl")
+
+
+def _unreadable_tls_file(url: URL) -> str | None:
+    """The first TLS file the URL names that cannot be read, as `option path: why`."""
+    dsn = url.query.get("dsn")  # the libpq options (config.py)
+    options = parse_qs(urlsplit(dsn if isinstance(dsn, str) else dsn[-1]).query) if dsn else {}
+    for option in _TLS_FILES:
+        for path in options.get(option, [])[-1:]:
+            try:
+                with open(os.path.expanduser(path), "rb"):
+                    pass
+            except OSError as exc:
+                return f"{option} {path}: {exc.strerror}"
+    return None
 
 
 async def check_connection(url: URL, *, connect_timeout: float) -> None:
