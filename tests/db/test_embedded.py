@@ -1,6 +1,7 @@
 """With no database configured, devreg runs its own PostgreSQL cluster and keeps its data."""
 
 import asyncio
+import fcntl
 import json
 import os
 import re
@@ -220,6 +221,34 @@ def test_starters_at_once_share_one_cluster(embedded_settings: dict[str, str]) -
         assert [starter.returncode for starter in starters] == [0, 0, 0], results
         assert run_devreg("db", "status", **embedded_settings).returncode == 0
         assert run_devreg("db", "stop", **embedded_settings).returncode == 0
+
+
+@pytest.mark.parametrize(
+    ("ending", "exit_status"), [(signal.SIGTERM, 128 + signal.SIGTERM), (signal.SIGINT, 130)]
+)
+def test_a_command_waiting_its_turn_for_the_cluster_stops_when_told(
+    embedded_settings: dict[str, str], ending: signal.Signals, exit_status: int
+) -> None:
+    """The lock was waited for in a thread, which neither SIGTERM nor Ctrl-C reaches, and the
+    command ended only once it got its turn: never, while the process holding it was
+    suspended (Ctrl-Z) or stuck."""
+    lock_file = cluster_of(embedded_settings).lock_file
+    with lock_file.open("w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        command = started_devreg("db", "status", **embedded_settings)
+        try:
+            time.sleep(1.5)  # started, and waiting for its turn
+            command.send_signal(ending)
+            ended: int | None = command.wait(10)
+        except subprocess.TimeoutExpired:
+            ended = None
+        finally:
+            command.kill()
+            _, errors = command.communicate()
+
+    assert ended == exit_status, errors
+    assert "Traceback" not in errors
+    assert not cluster_of(embedded_settings).is_initialised()
 
 
 def test_a_worker_names_the_embedded_cluster_it_uses_once_at_start(

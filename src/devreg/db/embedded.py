@@ -15,10 +15,12 @@ import shutil
 import stat
 import subprocess
 import tempfile
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import SQLAlchemyError
@@ -142,28 +144,30 @@ class EmbeddedCluster:
         return self.data_dir.with_name(self.data_dir.name + ".lock")
 
     @contextmanager
-    def _alone(self) -> Iterator[None]:
+    def _alone(self, given_up: threading.Event | None = None) -> Iterator[None]:
         """Held while the cluster is created, started or stopped: two devreg processes starting
         at once (two servers, a server and a command) would otherwise both run initdb, one
         writing its password over the other's, or both run pg_ctl start, one failing. A file
         that cannot be used on the way (DATA_DIR a file, or not ours) is an
-        EmbeddedPostgresError: one line, as every command says it."""
+        EmbeddedPostgresError: one line, as every command says it. Waiting for it stops once
+        `given_up` is set."""
         try:
             _make_directories(self.data_dir.parent)
             # Private: anyone who can open the lock can hold it, and so keep devreg waiting.
             descriptor = os.open(self.lock_file, os.O_RDONLY | os.O_CREAT, 0o600)
             with open(descriptor) as lock:
-                fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file is closed
+                _take_turn(lock, given_up or threading.Event())  # let go when the file closes
                 yield
         except OSError as exc:
             raise _unusable(exc, self.data_dir) from None
 
-    def ensure_running(self) -> bool:
+    def ensure_running(self, given_up: threading.Event | None = None) -> bool:
         """Create the cluster on first use, then start it unless it is already up; True when
-        this call started it."""
+        this call started it. Waiting for another process's turn stops once `given_up` is
+        set."""
         if os.geteuid() == 0:
             service_account()  # before anything is made for it
-        with self._alone():
+        with self._alone(given_up):
             return self._start_unless_running()
 
     def restart_if_crashed(self) -> bool:
@@ -425,6 +429,23 @@ class EmbeddedCluster:
             os.chown(path, account.pw_uid, account.pw_gid)
 
 
+# How often a process waiting for the cluster's lock looks whether it is its turn.
+_TURN_SECONDS = 0.05
+
+
+def _take_turn(lock: IO[str], given_up: threading.Event) -> None:
+    """Take the lock when it is free, or raise once `given_up` is set: waited for in a thread
+    (asyncio.to_thread), the lock held the process after SIGTERM or Ctrl-C, which do not reach
+    that thread, for as long as another process held it (suspended with Ctrl-Z: for ever)."""
+    while True:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if given_up.wait(_TURN_SECONDS):
+                raise EmbeddedPostgresError("stopped waiting for the embedded PostgreSQL") from None
+
+
 def _make_directories(path: Path) -> None:
     """`path` and its missing parents, open to all to pass through (as root, the service
     account must reach the cluster inside), whatever the umask: 027 closed them to it, 000 let
@@ -505,11 +526,15 @@ async def resolve_database_url(settings: Settings) -> URL:
     if external is not None:
         return external
     cluster = embedded_cluster(settings)
+    given_up = threading.Event()
     try:
-        await asyncio.to_thread(cluster.ensure_running)
+        await asyncio.to_thread(cluster.ensure_running, given_up)
         url = cluster.url(settings.embedded_db_name).update_query_dict(_AS_THE_CLUSTER_SERVES)
     except OSError as exc:  # its password file is gone, say
         raise _unusable(exc, cluster.data_dir) from None
+    except asyncio.CancelledError:
+        given_up.set()  # the thread stops waiting, and the process can end
+        raise
     try:
         await ensure_database(url)
     except (OSError, TimeoutError, SQLAlchemyError) as exc:  # refused, a wrong password, ...
