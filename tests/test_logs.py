@@ -414,20 +414,19 @@ def test_a_request_line_written_straight_is_the_records_line(
 
 
 def test_a_request_line_is_a_record_where_logging_is_set_up_otherwise(
-    caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
+    caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    extra_handler = logging.StreamHandler(sys.stderr)
-    with devreg_logging():
-        request_logger.addHandler(extra_handler)
-        try:
-            log_request(_REQUEST)
-        finally:
-            request_logger.removeHandler(extra_handler)
-        on_stdout = capsys.readouterr().out
+    with devreg_logging(), monkeypatch.context() as patched:
+        patched.setattr(request_logger, "handlers", [logging.StreamHandler(sys.stderr)])
+        log_request(_REQUEST)
+        written = capsys.readouterr()
     with caplog.at_level(logging.INFO, logger=request_logger.name):
         log_request(_REQUEST)
 
-    assert '"/api/v1/devices/7"' in on_stdout, "devreg's own handler still has it"
+    assert '"/api/v1/devices/7"' in written.out, "devreg's own handler still has it"
+    assert written.err == "request\n", "and the other handler its record"
     assert [record.getMessage() for record in caplog.records] == ["request"]
     assert caplog.records[0].path == "/api/v1/devices/7"
 
