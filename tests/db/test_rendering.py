@@ -1,5 +1,6 @@
-"""Listings' items are written as JSON by PostgreSQL (db/rendering.py): each must be exactly
-what the item's Pydantic model writes for the same row, whatever the row holds."""
+"""Listings' items, and a device read by id, are written as JSON by PostgreSQL
+(db/rendering.py): each must be exactly what the item's Pydantic model writes for the same row,
+whatever the row holds."""
 
 import json
 from typing import Any
@@ -56,9 +57,10 @@ async def test_devices_listed_as_read_one_by_one(client: AsyncClient) -> None:
     created = [await create_device(client, **fields) for fields in DEVICES_OF_EVERY_SHAPE]
     created.append(await create_device(client, name="owned", owner_id=owner["id"]))
     listed = (await get_page(client, DEVICES, {"limit": 100, "sort": "id"}))["items"]
-    assert exactly(listed) == exactly(
-        [await fetch_device(client, device["id"]) for device in created]
-    )
+    fetched = [await fetch_device(client, device["id"]) for device in created]
+    # A listing and a GET are written by PostgreSQL; a create's answer by the model.
+    assert exactly(listed) == exactly(created)
+    assert exactly(fetched) == exactly(created)
     assert listed[1]["last_seen_at"] == "2026-01-01T00:00:00Z"
     assert listed[2]["last_seen_at"] == "2026-01-01T00:00:00.500000Z"
     assert listed[3]["last_seen_at"] == "2025-12-31T22:00:00.000001Z"

@@ -145,8 +145,12 @@ class JsonShape:
 
     def select(self, fields: frozenset[str] | None = None) -> Select[Any]:
         """Each row's id and its JSON text (`rendered` reads the rows)."""
-        columns: tuple[SQLColumnExpression[Any], ...] = (self.id_column, self._json_of(fields))
+        columns: tuple[SQLColumnExpression[Any], ...] = (self.id_column, self.json(fields))
         return select(*columns)
+
+    def json(self, fields: frozenset[str] | None = None) -> ColumnElement[str]:
+        """A row's JSON text, as the column `json`."""
+        return self._json_of(fields)
 
     @functools.lru_cache(maxsize=256)  # noqa: B019 - shapes live as long as the process
     def _json_of(self, fields: frozenset[str] | None = None) -> ColumnElement[str]:

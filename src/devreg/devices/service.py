@@ -2,7 +2,7 @@
 
 from collections.abc import Awaitable, Callable
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from devreg.auth.principal import Principal
 from devreg.changes.actor import actor_of
@@ -10,7 +10,7 @@ from devreg.conditional import IfMatch, Preconditions, changed_since, not_modifi
 from devreg.db.rendering import Rendered
 from devreg.db.session import UnitOfWork
 from devreg.devices.filters import DeviceFilter
-from devreg.devices.repository import DeviceRepository
+from devreg.devices.repository import DeviceRepository, RenderedDevice
 from devreg.devices.schemas import DeviceCreate, DeviceRead, DeviceUpdate
 from devreg.errors import (
     DeviceNotFound,
@@ -80,7 +80,34 @@ async def get_device(
     """Another user's device is not found, as if it did not exist: ids do not leak. 412 unless
     the device is at a version If-Match names, or if it changed after If-Unmodified-Since (a
     read's If-None-Match is its route's: a 304)."""
-    device = await DeviceRepository(work).get_by_id(device_id, owner=principal.owner)
+    found = await DeviceRepository(work).get_by_id(device_id, owner=principal.owner)
+    return _readable(found, conditions)
+
+
+async def get_device_json(
+    work: UnitOfWork,
+    device_id: int,
+    *,
+    principal: Principal,
+    conditions: Preconditions | None = None,
+) -> RenderedDevice:
+    """The device as get_device finds it, as its JSON."""
+    found = await DeviceRepository(work).get_json_by_id(device_id, owner=principal.owner)
+    return _readable(found, conditions)
+
+
+class _Versioned(Protocol):
+    @property
+    def version(self) -> int: ...
+
+    @property
+    def updated_at(self) -> datetime: ...
+
+
+VersionedT = TypeVar("VersionedT", bound=_Versioned)
+
+
+def _readable(device: VersionedT | None, conditions: Preconditions | None) -> VersionedT:
     if device is None:
         raise DeviceNotFound
     if conditions is not None:
