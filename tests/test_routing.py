@@ -199,7 +199,9 @@ async def test_a_page_size_is_its_digits_alone(client: AsyncClient, limit: str) 
     assert assert_problem(response, 422)["errors"][0]["loc"] == ["query", "limit"]
 
 
-@pytest.mark.parametrize("path", [f"{DEVICES}/", f"{USERS}/", f"{DEVICES}/1/", "/livez/"])
+@pytest.mark.parametrize(
+    "path", [f"{DEVICES}/", f"{USERS}/", f"{DEVICES}/1/", "/livez/", "/readyz/"]
+)
 async def test_a_path_with_a_slash_too_many_is_not_found_not_redirected(
     client: AsyncClient, path: str
 ) -> None:

@@ -8,6 +8,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
 from fastapi.responses import RedirectResponse
+from fastapi.routing import APIRoute
 from starlette.routing import Match
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -29,6 +30,8 @@ from devreg.devices.parameters import (
     DeviceId,
 )
 from devreg.devices.schemas import DeviceCreate, DeviceUpdate
+from devreg.health.routes import TUTORIAL_READINESS_PATH
+from devreg.health.routes import router as health_router
 from devreg.idempotency.header import Idempotency
 from devreg.pagination import PAGE_LIMIT_DEFAULT, PAGE_LIMIT_MAX, PageRequest
 from devreg.paths import public_path
@@ -158,12 +161,21 @@ def with_tutorial_slashes(not_found: ASGIApp) -> ASGIApp:
     `/api/v1/device/1/`): a 307 to the path the tutorial has, as the tutorials' apps (FastAPI's
     defaults) answered it. devreg's own paths are not redirected (app.py), and the Location is
     the path alone, not built from the request's Host."""
+    # The tutorial's health check is one of its paths too (served by the health router).
+    tutorial_routes = [
+        *router.routes,
+        *(
+            route
+            for route in health_router.routes
+            if isinstance(route, APIRoute) and route.path == TUTORIAL_READINESS_PATH
+        ),
+    ]
 
     async def redirect_or_not_found(scope: Scope, receive: Receive, send: Send) -> None:
         path = scope["path"]
         elsewhere = {**scope, "path": _slash_toggled(path)}
         if scope["type"] == "http" and any(
-            route.matches(elsewhere)[0] is not Match.NONE for route in router.routes
+            route.matches(elsewhere)[0] is not Match.NONE for route in tutorial_routes
         ):
             # As sent, escapes kept: built from the decoded path, `/device/1%3F/` went to
             # `/device/1?`, device 1. Under the root path once, whether the server put it at
