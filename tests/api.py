@@ -117,13 +117,14 @@ def assert_problem(
     response: Response, status: int, detail: str | None = None, *, root_path: str = ""
 ) -> dict[str, Any]:
     """An RFC 9457 problem with the given status (and detail, when given), about the request's
-    path under the `root_path` the app is served at."""
+    path as sent (its escapes kept) under the `root_path` the app is served at."""
     assert response.status_code == status, response.text
     assert response.headers["content-type"].startswith(PROBLEM_JSON)
     body: dict[str, Any] = response.json()
     assert body.keys() >= PROBLEM_FIELDS
     assert body["status"] == status
-    assert body["instance"] == root_path + response.request.url.path
+    sent_path = response.request.url.raw_path.partition(b"?")[0].decode("ascii")
+    assert body["instance"] == root_path + sent_path
     assert isinstance(body["title"], str)
     assert isinstance(body["type"], str)
     assert isinstance(body["detail"], str)

@@ -52,6 +52,27 @@ class TestUnknownRoute:
         assert body["type"] == "about:blank"
         assert body["instance"] == "/no/such/route"
 
+    @pytest.mark.parametrize(
+        ("sent", "instance"),
+        [
+            ("/api/v1/devices/1%3F", "/api/v1/devices/1%3F"),
+            ("/api/v1/devices/1%2F2", "/api/v1/devices/1%2F2"),
+            ("/no/such%23route", "/no/such%23route"),
+            ("/api/v1/devices/a%20b", "/api/v1/devices/a%20b"),
+            ('/api/v1/devices/a"<b>', "/api/v1/devices/a%22%3Cb%3E"),
+        ],
+    )
+    async def test_a_problems_instance_is_the_path_as_sent(
+        self, app_client: AsyncClient, sent: str, instance: str
+    ) -> None:
+        """RFC 9457: `instance` is a URI reference. Written from the decoded path it named
+        another resource (`/devices/1?` is device 1, `/devices/1/2` another path, `#route` a
+        fragment), or none at all (a space, a quote)."""
+        response = await app_client.get(sent)
+
+        assert response.status_code in (404, 422), response.text
+        assert response.json()["instance"] == instance
+
 
 class TestWrongMethod:
     @pytest.mark.parametrize(

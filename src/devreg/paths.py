@@ -5,7 +5,12 @@ spec says); others, and httpx's ASGITransport, leave it out. Code that matches a
 the app's own paths, or writes one for the client, reads it through here, as Starlette's routing
 does, so either kind of server is served alike."""
 
+from urllib.parse import quote
+
 from starlette.types import Scope
+
+# What a path may hold as it is (RFC 3986's pchar and `/`), `%` to keep the escapes it has.
+_PATH_CHARACTERS = "/%!$&'()*+,;=:@-._~"
 
 
 def route_path(scope: Scope) -> str:
@@ -25,3 +30,14 @@ def public_path(scope: Scope) -> str:
     once, then the route's path."""
     root_path: str = scope.get("root_path", "")
     return root_path + route_path(scope)
+
+
+def sent_path(scope: Scope) -> str:
+    """The path as the client sent it (`raw_path`), under the root path once: a URI reference
+    for the client, to name the request by. The decoded path names another resource
+    (`/devices/1%3F` decoded is `/devices/1?`, device 1; `1%2F2` is `1/2`) or none (a space);
+    bytes the server let through that a URI may not hold (`"`, `<`) are escaped."""
+    raw: bytes | None = scope.get("raw_path")
+    if raw is None:
+        return public_path(scope)
+    return public_path({**scope, "path": quote(raw, safe=_PATH_CHARACTERS)})

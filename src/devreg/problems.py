@@ -34,7 +34,7 @@ from devreg.errors import (
     error_entry,
     summary,
 )
-from devreg.paths import public_path
+from devreg.paths import sent_path
 
 logger = logging.getLogger("devreg.errors")
 
@@ -90,7 +90,7 @@ def problem_response(
         "title": status_title(status),
         "status": status,
         "detail": detail,
-        "instance": public_path(request.scope),
+        "instance": sent_path(request.scope),
         **extensions,
     }
     return JSONResponse(body, status_code=status, headers=headers, media_type=PROBLEM_MEDIA_TYPE)
