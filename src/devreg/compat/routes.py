@@ -34,7 +34,7 @@ from devreg.health.routes import TUTORIAL_READINESS_PATH
 from devreg.health.routes import router as health_router
 from devreg.idempotency.header import Idempotency
 from devreg.pagination import PAGE_LIMIT_DEFAULT, PAGE_LIMIT_MAX, PageRequest
-from devreg.paths import public_path
+from devreg.paths import sent_path
 from devreg.querystring import items_response
 from devreg.schemas import ShortText
 from devreg.users import service as users_service
@@ -178,10 +178,8 @@ def with_tutorial_slashes(not_found: ASGIApp) -> ASGIApp:
             route.matches(elsewhere)[0] is not Match.NONE for route in tutorial_routes
         ):
             # As sent, escapes kept: built from the decoded path, `/device/1%3F/` went to
-            # `/device/1?`, device 1. Under the root path once, whether the server put it at
-            # the start of raw_path (uvicorn) or not.
-            sent = scope.get("raw_path", path.encode()).decode("latin-1")
-            target = _slash_toggled(public_path({**scope, "path": sent}))
+            # `/device/1?`, device 1.
+            target = _slash_toggled(sent_path(scope))
             query = scope["query_string"].decode("latin-1")
             location = f"{target}?{query}" if query else target
             await RedirectResponse(location, status_code=307)(scope, receive, send)
