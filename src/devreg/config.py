@@ -9,7 +9,7 @@ from datetime import timedelta
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self
-from urllib.parse import urlencode
+from urllib.parse import parse_qs, urlencode, urlsplit
 
 import ada_url
 import asyncpg
@@ -355,6 +355,13 @@ def _to_async_url(raw: str) -> URL:
     if libpq_options:
         driver_options["dsn"] = "postgresql://?" + urlencode(libpq_options, doseq=True)
     return url.set(drivername=ASYNC_DRIVER, query=driver_options)
+
+
+def dsn_options(url: URL) -> dict[str, list[str]]:
+    """The libpq options of a URL _to_async_url made (`application_name`, `sslrootcert`...),
+    which it hands to asyncpg in a DSN of their own."""
+    dsn = url.query.get("dsn")
+    return parse_qs(urlsplit(_last(dsn)).query) if dsn else {}
 
 
 # The URL options SQLAlchemy passes to asyncpg.connect as keywords (ssl, target_session_attrs),

@@ -7,7 +7,6 @@ import os
 import socket
 from collections.abc import Iterator
 from typing import Literal
-from urllib.parse import parse_qs, urlsplit
 
 import asyncpg
 from sqlalchemy import text
@@ -16,7 +15,7 @@ from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, Programmin
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
-from devreg.config import driver_connect_args
+from devreg.config import driver_connect_args, dsn_options
 from devreg.db import migrations
 
 
@@ -160,8 +159,7 @@ _TLS_FILES = ("sslrootcert", "sslcert", "sslkey", "sslcrl")
 
 def _unreadable_tls_file(url: URL) -> str | None:
     """The first TLS file the URL names that cannot be read, as `option path: why`."""
-    dsn = url.query.get("dsn")  # the libpq options (config.py)
-    options = parse_qs(urlsplit(dsn if isinstance(dsn, str) else dsn[-1]).query) if dsn else {}
+    options = dsn_options(url)
     for option in _TLS_FILES:
         for path in options.get(option, [])[-1:]:
             try:

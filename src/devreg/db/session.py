@@ -5,7 +5,6 @@ import asyncio
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
 from pydantic_core import from_json, to_json
 from sqlalchemy import event
@@ -21,7 +20,7 @@ from sqlalchemy.ext.asyncio import (
 )
 from sqlalchemy.pool import QueuePool
 
-from devreg.config import Settings, driver_connect_args
+from devreg.config import Settings, driver_connect_args, dsn_options
 from devreg.errors import half_sent
 
 SessionMaker = async_sessionmaker[AsyncSession]
@@ -82,8 +81,7 @@ def create_engine(url: URL, settings: Settings) -> AsyncEngine:
 def _default_application_name(url: URL) -> dict[str, str]:
     """devreg's name in pg_stat_activity, unless DATABASE_URL gives one (libpq's option, which
     config.py hands to asyncpg in a DSN of its own)."""
-    dsn_options = parse_qs(urlsplit(str(url.query.get("dsn", ""))).query)
-    return {} if "application_name" in dsn_options else {"application_name": "devreg"}
+    return {} if "application_name" in dsn_options(url) else {"application_name": "devreg"}
 
 
 # PostgreSQL cancels a statement at STATEMENT_TIMEOUT and says so at once: a server still
