@@ -6,6 +6,7 @@ import logging
 import os
 import re
 import sys
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -72,16 +73,28 @@ class JsonLineFormatter(logging.Formatter):
     (docs/benchmarks.md)."""
 
     def format(self, record: logging.LogRecord) -> str:
-        line: dict[str, Any] = {
-            "time": datetime.fromtimestamp(record.created, UTC),
-            "level": record.levelname,
-            "logger": record.name,
-            "message": _redacted(record),
-        }
-        for key, value in record.__dict__.items():
-            if key not in _RECORD_ATTRIBUTES and not key.startswith("_"):
-                line.setdefault(_RENAMED.get(key, key), value)
+        line = _line(
+            datetime.fromtimestamp(record.created, UTC),
+            record.levelname,
+            record.name,
+            _redacted(record),
+            (
+                (_RENAMED.get(key, key), value)
+                for key, value in record.__dict__.items()
+                if key not in _RECORD_ATTRIBUTES and not key.startswith("_")
+            ),
+        )
         return _line_text(line)
+
+
+def _line(
+    time: datetime, level: str, logger: str, message: str, fields: Iterable[tuple[str, Any]]
+) -> dict[str, Any]:
+    """A line's fields: its own four first, then the others, each name once (the first)."""
+    line: dict[str, Any] = {"time": time, "level": level, "logger": logger, "message": message}
+    for key, value in fields:
+        line.setdefault(key, value)
+    return line
 
 
 def _line_text(line: dict[str, Any]) -> str:
@@ -230,15 +243,11 @@ def log_request(fields: dict[str, Any]) -> None:
     if handler is None:
         request_logger.info("request", extra=fields)
         return
-    line: dict[str, Any] = {
-        "time": datetime.now(UTC),
-        "level": "INFO",
-        "logger": request_logger.name,
-        "message": "request",
-    }
-    for key, value in fields.items():  # as JsonLineFormatter takes a record's fields
-        line.setdefault(key, value)
-    line.setdefault("request_id", correlation_id.get(None))  # as logging_config's filter adds it
+    # request_id last, as logging_config's filter adds it to a record.
+    request_id = ("request_id", correlation_id.get(None))
+    line = _line(
+        datetime.now(UTC), "INFO", request_logger.name, "request", [*fields.items(), request_id]
+    )
     handler.write_line(line)
 
 
