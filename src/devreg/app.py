@@ -16,6 +16,7 @@ from fastapi import APIRouter, FastAPI
 from fastapi.routing import APIRoute
 from fastapi.telemetry import TelemetryConfig
 from fastapi_offline import FastAPIOffline
+from sqlalchemy.engine import URL
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from starlette.routing import BaseRoute, Mount
@@ -263,6 +264,16 @@ async def _unless_stopped(preparation: Coroutine[Any, Any, None]) -> bool:
     return True
 
 
+def _say_why_it_failed(exc: Exception, url: URL, settings: Settings) -> None:
+    """Log what a failed preparation of the database means, when the error itself would be
+    logged as its type alone (logs.py): a pool the server has no room for, or what PostgreSQL
+    refused, in its words (as the CLI says it)."""
+    if (crowded := no_room_for_the_pool(exc, url)) is not None:
+        logger.error(_POOL_DOES_NOT_FIT, crowded, settings.pool_size, settings.max_overflow)
+    elif (refused := server_refusal(exc)) is not None:
+        logger.error("database error: %s", refused)
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
 
@@ -293,16 +304,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     # Gone since the check (a second worker starting as the database restarts).
                     reason = gone_away(exc, url)
                     if reason is None:
-                        # Else only the error's type is logged (logs.py).
-                        if (crowded := no_room_for_the_pool(exc, url)) is not None:
-                            logger.error(
-                                _POOL_DOES_NOT_FIT,
-                                crowded,
-                                settings.pool_size,
-                                settings.max_overflow,
-                            )
-                        elif (refused := server_refusal(exc)) is not None:
-                            logger.error("database error: %s", refused)  # as the CLI says it
+                        _say_why_it_failed(exc, url, settings)
                         raise
                     logger.warning("%s: serving 503s until it answers", reason)
             sessionmaker = create_sessionmaker(engine)
