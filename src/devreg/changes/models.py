@@ -39,10 +39,6 @@ class Change(Base):
         CheckConstraint("action IN ('create', 'update', 'delete')", name="action_known"),
         Index("ix_changes_object_type_object_id_id", "object_type", "object_id", "id"),
         Index("ix_changes_user_id_id", "user_id", "id"),
-        # Unused by this release (READER's index serves its rule): servers of the release
-        # before read a non-admin token's log through it while an upgrade rolls out. The next
-        # release drops it.
-        Index("ix_changes_owner_id_id", "owner_id", "id"),
         # One type's or one action's records, in the log's order from where they are: read
         # from the primary key, a type or action whose records all came long ago (user
         # records, deletes) filtered out every later record (0.3-0.45 s at 3 million).
