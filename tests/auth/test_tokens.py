@@ -142,6 +142,18 @@ class TestAuthentication:
         assert_problem(response, 400)
         assert 'error="invalid_request"' in response.headers["WWW-Authenticate"]
 
+    @pytest.mark.parametrize("written", ['"{}"', "{} {}", "{},", "<{}>"])
+    async def test_a_bearer_token_not_written_as_one_is_400_invalid_request(
+        self, client, people, written
+    ) -> None:
+        """RFC 6750, section 2.1: a bearer token is one run of letters, digits and -._~+/ (and
+        = at its end). A live token pasted in quotes, twice or with a stray character was a
+        401 invalid_token, "unknown, expired or revoked", as if it had to be replaced."""
+        authorization = "Bearer " + written.format(people["writer"], people["writer"])
+        response = await client.get(DEVICES, headers={"Authorization": authorization})
+        assert_problem(response, 400)
+        assert 'error="invalid_request"' in response.headers["WWW-Authenticate"]
+
     @pytest.mark.parametrize("authorization", ["Basic YW5uOnB3", "dvr_no-scheme"])
     async def test_another_scheme_is_401_with_a_plain_challenge(
         self, client, people, authorization

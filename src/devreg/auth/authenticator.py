@@ -8,6 +8,7 @@ process's cache at once; other workers and processes drop it within the TTL.
 import hashlib
 import ipaddress
 import logging
+import re
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -31,6 +32,9 @@ from devreg.errors import (
 logger = logging.getLogger("devreg.auth")
 
 _CACHED_TOKENS = 10_000
+
+# RFC 6750, section 2.1: what a bearer token may be written as (b64token).
+_BEARER_TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
 
 RawHeaders = Iterable[tuple[bytes, bytes]]
 
@@ -84,6 +88,12 @@ class Authenticator:
             raise Unauthenticated("Authorization must be: Bearer <token>.")
         if not token:
             raise MalformedAuthorization
+        if not _BEARER_TOKEN.fullmatch(token):
+            # Quoted, doubled or with a stray character: a request to fix, not a token to
+            # replace (invalid_token would say it is unknown, expired or revoked).
+            raise MalformedAuthorization(
+                "The token must be sent as it was given: letters, digits and -._~+/ alone."
+            )
         verdict = await self._verdict(work, token_digest(token))
         if verdict.principal is None:
             raise InvalidToken
