@@ -156,7 +156,7 @@ class Authenticator:
                     raise NotALocalRequest
             elif name == b"origin":
                 origin = value.decode("latin-1")
-                if origin in self.trusted_origins or "*" in self.trusted_origins:
+                if origin in self.trusted_origins:
                     continue
                 try:
                     authority = urlsplit(origin).netloc
