@@ -959,6 +959,21 @@ class TestImportRejectsBadRows:
         assert_refused(result, 1, "line 10031:", "model", "encoding (LATIN1)")
         assert stored(devreg, DATABASE_URL=url) == []
 
+    def test_an_unknown_owner_before_a_character_the_encoding_lacks_is_named_first(
+        self, devreg, tmp_path, latin1_database_url
+    ):
+        """The rows of a batch before the character its encoding lacks were never written, so
+        the unknown owner on an earlier line went unseen and the later line was named."""
+        url = latin1_database_url.render_as_string(hide_password=False)
+        rows = [{"name": "a"}, {"name": "b", "owner_id": 999}, {"name": "c", "model": "Ž"}]
+
+        result = import_devices(
+            devreg, write(tmp_path, "d.ndjson", as_ndjson(rows)), DATABASE_URL=url
+        )
+
+        assert_refused(result, 1, "line 2:", "owner_id")
+        assert stored(devreg, DATABASE_URL=url) == []
+
     def test_serial_repeated_across_batches_names_the_later_line(self, devreg, tmp_path):
         rows = [{"name": f"d{i}", "serial_number": f"SN-{i}"} for i in range(10_050)]
         rows[10_030]["serial_number"] = "SN-5"

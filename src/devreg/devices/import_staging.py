@@ -107,11 +107,22 @@ class ImportStaging(Repository):
         if on_conflict is OnConflict.UPDATE:  # each update finds its staged row by serial number
             await self.session.execute(text(_INDEX_STAGED_SERIALS))
 
-    async def stage(self, records: Sequence[ImportRecord]) -> None:
-        """Replace the staged batch: COPY (binary) on this session's connection and transaction."""
+    async def may_refuse_characters(self) -> bool:
+        """Whether the database's encoding lacks some characters (any but UTF8), so that a COPY
+        may be refused for one (UnstorableCharacter)."""
+        connection = await driver_connection(self.session)
+        return bool(connection.get_settings().server_encoding != "UTF8")
+
+    async def empty(self) -> None:
+        """Drop the staged batch, for the next."""
         connection = await driver_connection(self.session)
         echo(_EMPTY_STAGING)
         await connection.execute(_EMPTY_STAGING)
+
+    async def stage(self, records: Sequence[ImportRecord]) -> None:
+        """Add `records` to the staged batch: COPY (binary) on this session's connection and
+        transaction."""
+        connection = await driver_connection(self.session)
         echo(_COPY_TO_STAGING)
         try:
             await connection.copy_records_to_table(

@@ -94,7 +94,7 @@ async def import_devices(
     async with (
         AsyncExitStack() as loading,
         aclosing(
-            _read_ahead(batches, prepare=lambda batch: _stage(staging, batch.records))
+            _read_ahead(batches, prepare=lambda batch: _stage(work, staging, batch))
         ) as staged,
     ):
         indexing = False
@@ -116,15 +116,27 @@ async def import_devices(
     return ImportResult(rows=rows_read, inserted=inserted, updated=updated)
 
 
-async def _stage(staging: ImportStaging, records: list[ImportRecord]) -> None:
-    """The batch staged; a value the database's encoding cannot hold refused by its line."""
+async def _stage(work: UnitOfWork, staging: ImportStaging, batch: "_Batch") -> "_Batch":
+    """The batch staged. A value the database's encoding cannot hold ends it at its line, as a
+    bad field does: the rows before that line are staged instead, to be written (and checked)
+    first, so that one of them the database refuses (an unknown owner) is named before it."""
+    # Emptied outside the savepoint: PostgreSQL empties a table in place only in the
+    # (sub)transaction that made it, else keeps each batch's old file until the import commits.
+    await staging.empty()
+    if not await staging.may_refuse_characters():  # UTF8: no savepoint to pay for
+        await staging.stage(batch.records)
+        return batch
     try:
-        await staging.stage(records)
+        async with work.begin_nested():
+            await staging.stage(batch.records)
     except UnstorableCharacter as exc:
         if exc.line is None:
             raise
         reason = f"{exc.column} has a character the database's encoding ({exc.encoding}) lacks"
-        raise ImportRejected(exc.line, reason) from None
+        before = [record for record in batch.records if record[0] < exc.line]
+        await staging.stage(before)
+        return _Batch(before, ImportRejected(exc.line, reason))
+    return batch
 
 
 async def _write(
@@ -156,17 +168,18 @@ async def _write(
 
 
 async def _read_ahead(
-    items: Iterator[T], *, prepare: Callable[[T], Awaitable[object]]
+    items: Iterator[T], *, prepare: Callable[[T], Awaitable[T]]
 ) -> AsyncGenerator[T, None]:
-    """`items` (never None), each `prepare`d, then yielded while the next is taken in a thread.
+    """`items` (never None), each `prepare`d, then yielded as `prepare` gives it back while the
+    next is taken in a thread.
     Preparing (a batch encoded for COPY) holds the GIL as taking one (reading, validating) does:
     the two at once took turns, slowly: a batch took five times as long to stage."""
     upcoming = asyncio.ensure_future(asyncio.to_thread(next, items, None))
     try:
         while (item := await upcoming) is not None:
-            await prepare(item)
+            prepared = await prepare(item)
             upcoming = asyncio.ensure_future(asyncio.to_thread(next, items, None))
-            yield item
+            yield prepared
     finally:
         # The caller stopped early (a bad row): let the thread finish before the source closes;
         # what it read, or the error it met, no longer matters.
