@@ -16,6 +16,8 @@ CLIENT_CHECK = "SET LOCAL client_connection_check_interval = '1s'"
 # A setting this server does not have (before PostgreSQL 14), or may not set on its platform.
 _SETTING_UNAVAILABLE = ("42704", "22023")
 
+_OWNED = "SELECT pg_has_role(relowner, 'USAGE') FROM pg_class WHERE oid = CAST(:table AS regclass)"
+
 # From this many rows, into a table holding fewer, the indexes are built after the rows go in:
 # most of a large seed's or import's time was keeping them up to date.
 INDEXES_BUILT_AFTER_FROM = 100_000
@@ -25,16 +27,18 @@ INDEXES_BUILT_AFTER_FROM = 100_000
 async def bulk_loading(work: UnitOfWork, model: type[Base], *, adding: int) -> AsyncIterator[bool]:
     """Rows written inside, about `adding` of them, go in without `model`'s table's secondary
     indexes (_secondary_indexes_built_after) when they are INDEXES_BUILT_AFTER_FROM or more,
-    more than the table holds, and the table can be had at once: no other transaction is using
-    it (another bulk load that has counted its rows, say). The table is then locked until the
-    transaction ends. Otherwise the rows go in as any others, kept in the indexes as they come;
-    nothing waits, and two bulk loads that had both counted cannot each wait for the other.
-    Yields whether the indexes are to be built at the end."""
+    more than the table holds, this role owns the table (only its owner may drop and make its
+    indexes), and the table can be had at once: no other transaction is using it (another bulk
+    load that has counted its rows, say). The table is then locked until the transaction ends.
+    Otherwise the rows go in as any others, kept in the indexes as they come; nothing waits,
+    and two bulk loads that had both counted cannot each wait for the other. Yields whether the
+    indexes are to be built at the end."""
     table: Table = model.__table__  # type: ignore[assignment]
     await _ended_if_the_client_goes(work)
     if (
         adding >= INDEXES_BUILT_AFTER_FROM
         and await _outnumbers(work, table, adding)
+        and await _owned(work, table)
         and await _locked_at_once(work, table)
     ):
         async with _secondary_indexes_built_after(work, table):
@@ -63,6 +67,14 @@ async def _outnumbers(work: UnitOfWork, table: Table, adding: int) -> bool:
     present = select(table.c[0]).limit(adding).subquery()
     counted = await work.session.scalar(select(func.count()).select_from(present))
     return int(counted or 0) < adding
+
+
+async def _owned(work: UnitOfWork, table: Table) -> bool:
+    """Whether this role has its table owner's rights (a member of the owner's role, or a
+    superuser): a role granted the rows alone, the tables migrated by another, may not drop an
+    index."""
+    name = work.session.get_bind().dialect.identifier_preparer.format_table(table)
+    return bool(await work.session.scalar(text(_OWNED), {"table": name}))
 
 
 async def _locked_at_once(work: UnitOfWork, table: Table) -> bool:
