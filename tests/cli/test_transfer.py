@@ -1495,6 +1495,24 @@ class TestPipesAndTerminals:
         assert result.returncode == 0, result.stderr
         assert result.stdout == EXPORT_HEADER + "\n"
 
+    @pytest.mark.parametrize("format_options", [[], ["--format", "ndjson"]])
+    def test_an_export_to_dash_goes_to_stdout(
+        self, committed_database_url, tmp_path, format_options
+    ):
+        """`-o -` is stdout, as for most tools: it wrote a file named `-` in the working
+        directory (or, with no --format, failed: "cannot tell the format of -")."""
+        url = committed_database_url.render_as_string(hide_password=False)
+
+        result = subprocess.run(
+            [sys.executable, "-m", "devreg", "export", "devices", *format_options, "-o", "-"],
+            capture_output=True, text=True, cwd=tmp_path,
+            env=devreg_environment(DATABASE_URL=url), timeout=120, check=False,
+        )  # fmt: skip
+
+        assert result.returncode == 0, result.stderr
+        assert result.stdout == ("" if format_options else EXPORT_HEADER + "\n")
+        assert list(tmp_path.iterdir()) == []
+
     def test_an_export_to_dev_stdout_appended_to_a_file_keeps_what_the_file_had(
         self, committed_database_url, tmp_path
     ):

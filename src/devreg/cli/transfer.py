@@ -161,7 +161,9 @@ def export_devices(
         FileFormat | None,
         typer.Option(help="Default: from --output's extension (.csv or .ndjson); csv to stdout."),
     ] = None,
-    output: Annotated[Path | None, typer.Option("--output", "-o", help="Default: stdout.")] = None,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Default (or -): stdout.")
+    ] = None,
     status: Annotated[list[DeviceStatus] | None, typer.Option(help="Repeat for any of.")] = None,
     owner_id: Annotated[
         list[int] | None, typer.Option(parser=parse_id, help="Repeat for any of.")
@@ -170,6 +172,8 @@ def export_devices(
     q: Annotated[str | None, typer.Option(help="Search name, serial and model.")] = None,
 ) -> None:
     """Export devices (all, or those matching the filters) as CSV or NDJSON."""
+    if output == Path("-"):  # stdout, as for most tools (a file named - is given by its whole path)
+        output = None
     to_stdout = output is None or _is_stdout(output)
     chosen: FileFormat
     if format is not None:
