@@ -13,7 +13,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import httpx
@@ -223,6 +223,18 @@ def test_starters_at_once_share_one_cluster(embedded_settings: dict[str, str]) -
         assert run_devreg("db", "stop", **embedded_settings).returncode == 0
 
 
+def _wait_until_it_opens(pid: int, path: Path) -> None:
+    """Until process `pid` has `path` open: a fixed pause was too short on a busy machine,
+    where the signal then came before the command had set up its handling of it."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        with suppress(OSError):  # a descriptor closed as it was listed
+            if any(fd.resolve() == path.resolve() for fd in Path(f"/proc/{pid}/fd").iterdir()):
+                return
+        time.sleep(0.05)
+    raise AssertionError(f"{path} never opened by {pid}")
+
+
 @pytest.mark.parametrize(
     ("ending", "exit_status"), [(signal.SIGTERM, 128 + signal.SIGTERM), (signal.SIGINT, 130)]
 )
@@ -237,7 +249,7 @@ def test_a_command_waiting_its_turn_for_the_cluster_stops_when_told(
         fcntl.flock(held, fcntl.LOCK_EX)
         command = started_devreg("db", "status", **embedded_settings)
         try:
-            time.sleep(1.5)  # started, and waiting for its turn
+            _wait_until_it_opens(command.pid, lock_file)  # started, and waiting for its turn
             command.send_signal(ending)
             ended: int | None = command.wait(10)
         except subprocess.TimeoutExpired:
