@@ -502,7 +502,7 @@ class DeviceRepository(TableListing[DeviceFilter]):
         `not_versions`, when given)."""
         values = {**_guarded_target(device_id, owner, versions, not_versions), "actor": actor}
         statement = _delete_statement(owner is not None, versions is not None, bool(not_versions))
-        return await fetch_row(self.work, statement, values, VIOLATIONS) is not None
+        return await fetch_row(self.work, statement, values) is not None
 
     async def delete_by_owner(self, owner_id: int) -> None:
         await self.session.execute(
