@@ -25,21 +25,21 @@ from devreg.pagination import PageRequest, PageResult, paginate_listing
 T = TypeVar("T")
 
 
-def _owner_for(principal: Principal, owner_id: int | None) -> int | None:
-    """The owner a write may give a device: anyone for an admin; for other tokens their own
-    user (also when none is named), never another."""
-    if principal.owner is None:
-        return owner_id
-    if owner_id is not None and owner_id != principal.owner:
+def _owner_for(owner: int, owner_id: int | None) -> int:
+    """The owner a write by a token of the user `owner` (not an admin's, which may give a
+    device to anyone) may give a device: its own user (also when none is named), never
+    another."""
+    if owner_id is not None and owner_id != owner:
         raise Forbidden("A token may only give devices to its own user; admins may assign any.")
-    return principal.owner
+    return owner
 
 
 def with_permitted_owner(principal: Principal, values: dict[str, Any]) -> dict[str, Any]:
     """`values` with the owner the principal may give (when they name one, or must)."""
-    if principal.owner is None or "owner_id" not in values:
+    owner = principal.owner
+    if owner is None or "owner_id" not in values:
         return values
-    return {**values, "owner_id": _owner_for(principal, values.get("owner_id"))}
+    return {**values, "owner_id": _owner_for(owner, values.get("owner_id"))}
 
 
 def with_permitted_owner_change(principal: Principal, changes: dict[str, Any]) -> dict[str, Any]:
