@@ -416,6 +416,28 @@ async def test_a_server_that_stops_answering_is_a_503_within_the_statement_timeo
     assert again.status_code == 200
 
 
+async def test_readyz_answers_a_server_that_stops_answering_within_the_health_timeout(
+    committed_database_url: URL,
+) -> None:
+    """HEALTH_TIMEOUT is how long /readyz waits for PostgreSQL: the check given up on, its
+    connection's closing (SQLAlchemy waits 2 s more for a polite goodbye) was waited for too,
+    so a silent server's 503 came HEALTH_TIMEOUT + 2 s after the probe asked."""
+    settings = make_settings(
+        committed_database_url, health_timeout=0.5, pool_size=2, max_overflow=0
+    )
+    async with running(create_app(settings)) as app, api_client(app) as client:
+        async with _frozen_backends(committed_database_url):
+            started = time.monotonic()
+            response = await asyncio.wait_for(client.get("/readyz"), 15)
+            waited = time.monotonic() - started
+        again = await client.get("/readyz")
+
+    assert response.status_code == 503
+    assert response.json() == {"status": "error", "db": "unreachable"}
+    assert waited < 0.5 + 1
+    assert again.json() == {"status": "ok", "db": "reachable"}
+
+
 @asynccontextmanager
 async def _frozen_backends(url: URL) -> AsyncIterator[None]:
     """devreg's connections to the database at `url` stop answering, as a frozen server's."""
