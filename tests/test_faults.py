@@ -434,7 +434,7 @@ async def test_readyz_answers_a_server_that_stops_answering_within_the_health_ti
 
     assert response.status_code == 503
     assert response.json() == {"status": "error", "db": "unreachable"}
-    assert waited < 0.5 + 1
+    assert waited < 0.5 + 1.5  # room for a busy machine, short of the 2 s more
     assert again.json() == {"status": "ok", "db": "reachable"}
 
 
