@@ -481,6 +481,11 @@ BAD_FILES = [
         id="csv-unknown-columns-named-in-order",
     ),
     pytest.param(
+        # Which of the two would be the name? Neither is taken.
+        "d.csv", "\nname,model,name\na,m,b\n", 2, "columns appear more than once: name",
+        id="csv-column-given-twice",
+    ),
+    pytest.param(
         "d.csv", CSV_HEADER + GOOD_CSV_ROW + ",SN-2,active,,[]\n" + "c,,,,\n", 3, "name",
         id="csv-empty-name",
     ),

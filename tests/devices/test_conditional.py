@@ -306,6 +306,18 @@ def http_date_of(timestamp: str) -> str:
 
 
 @pytest.mark.parametrize(("method", "body"), WRITES)
+async def test_a_write_if_unmodified_since_to_a_missing_device_is_a_404(
+    client: AsyncClient, method: str, body: object
+) -> None:
+    """RFC 9110, section 13.2.1: the precondition is judged only where the write would succeed
+    without it: a device that is not there is a 404, not a 412."""
+    response = await client.request(
+        method, f"{DEVICES}/999999", json=body, headers={"If-Unmodified-Since": LATER}
+    )
+    assert_problem(response, 404, "Device not found")
+
+
+@pytest.mark.parametrize(("method", "body"), WRITES)
 async def test_a_write_if_unmodified_since_before_the_last_change_is_a_412_and_changes_nothing(
     client: AsyncClient, method: str, body: object
 ) -> None:
