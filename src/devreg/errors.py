@@ -5,6 +5,7 @@ loading it; `devreg.problems` makes them (and every other failure) HTTP response
 """
 
 import logging
+import sys
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, ClassVar
@@ -34,6 +35,15 @@ def summary(errors: Sequence[dict[str, Any]], *, total: int | None = None) -> st
     first = errors[0]
     more = (len(errors) if total is None else total) - 1
     return located(first["loc"], first["msg"]) + (f" (and {more} more)" if more else "")
+
+
+def number_too_long(exc: BaseException) -> str | None:
+    """Why Python's JSON reader refused a document, when it was an integer of more digits than
+    it converts (their conversion takes time quadratic in their length: "Exceeds the limit ...
+    for integer string conversion"); else None."""
+    if type(exc) is ValueError and "integer string conversion" in str(exc):
+        return f"a number has more than {sys.get_int_max_str_digits()} digits"
+    return None
 
 
 class DevregError(Exception):

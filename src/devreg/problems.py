@@ -6,7 +6,6 @@ and no log line carries SQL, a stack trace, a DSN or a password.
 """
 
 import logging
-import sys
 from http import HTTPStatus
 from typing import Any
 
@@ -32,6 +31,7 @@ from devreg.errors import (
     PoolExhausted,
     database_problem,
     error_entry,
+    number_too_long,
     summary,
 )
 from devreg.paths import sent_path
@@ -236,10 +236,8 @@ _UNREADABLE_BODY = {
 
 def _unreadable(cause: BaseException | None) -> str | None:
     """Why FastAPI could not read the body as JSON, for the reasons that are the sender's."""
-    # Python's JSON reader refuses integers of more digits than this: their conversion takes
-    # time quadratic in their length ("Exceeds the limit ... for integer string conversion").
-    if type(cause) is ValueError and "integer string conversion" in str(cause):
-        return f"JSON decode error: a number has more than {sys.get_int_max_str_digits()} digits"
+    if cause is not None and (too_long := number_too_long(cause)) is not None:
+        return f"JSON decode error: {too_long}"
     return _UNREADABLE_BODY.get(type(cause))
 
 

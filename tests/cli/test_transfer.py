@@ -598,6 +598,17 @@ BAD_FILES = [
         "d.ndjson", '{"name": "a"}\n{"name": "b", "attributes": {"x": ' + "[" * 100000 + "}\n",
         2, "nests too deep", id="ndjson-nested-too-deep",
     ),
+    # Valid JSON Python's reader will not convert: it was "not valid JSON", as if malformed.
+    pytest.param(
+        "d.ndjson", '{"name": "a"}\n{"name": "b", "attributes": {"x": ' + "9" * 5000 + "}}\n",
+        2, "the line is not readable: a number has more than 4300 digits",
+        id="ndjson-number-of-too-many-digits",
+    ),
+    pytest.param(
+        "d.csv", CSV_HEADER + GOOD_CSV_ROW + "b,SN-2,active,,[" + "9" * 5000 + "]\n", 3,
+        "tags is not readable: a number has more than 4300 digits",
+        id="csv-number-of-too-many-digits",
+    ),
 ]  # fmt: skip
 
 

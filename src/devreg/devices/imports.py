@@ -20,7 +20,14 @@ from devreg.devices.import_staging import ImportRecord, ImportStaging
 from devreg.devices.models import Device
 from devreg.devices.repository import EXPORT_COLUMNS
 from devreg.devices.schemas import DeviceCreate, FileFormat, OnConflict
-from devreg.errors import Conflict, InvalidInput, UnknownOwner, UnstorableCharacter, located
+from devreg.errors import (
+    Conflict,
+    InvalidInput,
+    UnknownOwner,
+    UnstorableCharacter,
+    located,
+    number_too_long,
+)
 
 _BATCH_SIZE = 10_000
 # Server-owned columns an export carries; an import ignores them, so exports re-import as is.
@@ -275,8 +282,10 @@ def _json(text: str, line: int, what: str) -> Any:
         return from_json(text)
     try:
         return json.loads(text)
-    except ValueError:
-        raise ImportRejected(line, f"{what} is not valid JSON") from None
+    except ValueError as exc:
+        too_long = number_too_long(exc)
+        reason = "is not valid JSON" if too_long is None else f"is not readable: {too_long}"
+        raise ImportRejected(line, f"{what} {reason}") from None
     except RecursionError:
         raise ImportRejected(line, f"{what} nests too deep") from None
 
