@@ -94,6 +94,7 @@ async def import_devices(
     devices table until it is done (db.bulk_load)."""
     staging = ImportStaging(work)
     await staging.create(on_conflict)
+    refusing = await staging.may_refuse_characters()
     batches = _validated_batches(_parse(source, format))
     rows_read = inserted = updated = 0
     # The file is read and validated a batch ahead, in a thread, while PostgreSQL writes the
@@ -101,7 +102,7 @@ async def import_devices(
     async with (
         AsyncExitStack() as loading,
         aclosing(
-            _read_ahead(batches, prepare=lambda batch: _stage(work, staging, batch))
+            _read_ahead(batches, prepare=lambda batch: _stage(work, staging, batch, refusing))
         ) as staged,
     ):
         indexing = False
@@ -123,14 +124,17 @@ async def import_devices(
     return ImportResult(rows=rows_read, inserted=inserted, updated=updated)
 
 
-async def _stage(work: UnitOfWork, staging: ImportStaging, batch: "_Batch") -> "_Batch":
-    """The batch staged. A value the database's encoding cannot hold ends it at its line, as a
-    bad field does: the rows before that line are staged instead, to be written (and checked)
-    first, so that one of them the database refuses (an unknown owner) is named before it."""
+async def _stage(
+    work: UnitOfWork, staging: ImportStaging, batch: "_Batch", refusing: bool
+) -> "_Batch":
+    """The batch staged. Where the database's encoding lacks characters (`refusing`), a value
+    it cannot hold ends the batch at its line, as a bad field does: the rows before that line
+    are staged instead, to be written (and checked) first, so that one of them the database
+    refuses (an unknown owner) is named before it."""
     # Emptied outside the savepoint: PostgreSQL empties a table in place only in the
     # (sub)transaction that made it, else keeps each batch's old file until the import commits.
     await staging.empty()
-    if not await staging.may_refuse_characters():  # UTF8: no savepoint to pay for
+    if not refusing:  # UTF8: no savepoint to pay for
         await staging.stage(batch.records)
         return batch
     try:
