@@ -22,6 +22,7 @@ import asyncpg
 import typer
 from alembic.util import CommandError
 from pydantic import BaseModel, BeforeValidator, TypeAdapter, ValidationError
+from pydantic_core import ErrorDetails
 from rich.table import Table
 from rich.text import Text
 from sqlalchemy.exc import DBAPIError
@@ -64,10 +65,15 @@ def parse_id(text: str) -> int:
     try:
         return _ID.validate_python(text)
     except ValidationError as exc:
-        raise ValueError(exc.errors()[0]["msg"].removeprefix("Value error, ")) from None
+        raise ValueError(_message(exc.errors()[0])) from None
 
 
 DeviceIdArgument = Annotated[int, typer.Argument(parser=parse_id, help="The device's id.")]
+
+
+def _message(error: ErrorDetails) -> str:
+    """A validation error's message without Pydantic's "Value error, " before a validator's."""
+    return error["msg"].removeprefix("Value error, ")
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
@@ -89,8 +95,9 @@ def load_settings() -> Settings:
         fail(str(exc), code=2)
     except ValidationError as exc:
         first = exc.errors()[0]
-        name = str(first["loc"][0]).upper() if first["loc"] else "settings"
-        fail(f"invalid setting {name}: {first['msg']}", code=2)
+        # A rule across settings (no one setting's) names them in its message.
+        name = f" {str(first['loc'][0]).upper()}" if first["loc"] else ""
+        fail(f"invalid setting{name}: {_message(first)}", code=2)
 
 
 class Terminated(BaseException):
@@ -265,7 +272,7 @@ def validated(
         return schema.model_validate({k: v for k, v in fields.items() if v is not None})
     except ValidationError as exc:
         messages = "; ".join(
-            f"{_option(error['loc'], options)}: {error['msg']}" for error in exc.errors()
+            f"{_option(error['loc'], options)}: {_message(error)}" for error in exc.errors()
         )
         fail(messages, code=2)
 
