@@ -432,6 +432,15 @@ def test_a_relative_data_dir_is_where_devreg_started(
     assert Settings(_env_file=None).embedded_cluster_dir == tmp_path / "data" / "pg"
 
 
+@pytest.mark.parametrize("server", [{"DATABASE_URL": "postgresql://db/devreg"}, {"DB_HOST": "db"}])
+def test_a_data_dir_a_shell_would_read_otherwise_is_no_matter_with_a_server_of_ones_own(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, server: dict[str, str]
+) -> None:
+    set_env(monkeypatch, {"DATA_DIR": str(tmp_path / "cost$HOME"), **server})
+
+    assert Settings(_env_file=None).data_dir == tmp_path / "cost$HOME"
+
+
 class TestWorkers:
     @pytest.mark.parametrize(("cpus", "expected"), [(1, 1), (2, 2), (4, 4), (16, 4)])
     def test_default_is_one_per_usable_cpu_up_to_four(

@@ -40,6 +40,9 @@ _CONNECT_TIMEOUT_MAX = 300
 # HTML as they are, where a quote ended a string (`/dev'reg`).
 _PATH_PREFIX = re.compile(r"(/[A-Za-z0-9._~-]+)+")
 _MILLISECOND = 0.001
+# pg_ctl hands the data directory and its log's path to a shell, in double quotes: `$HOME` in
+# them was expanded, and the cluster made elsewhere or not at all ("is port N taken?").
+_SHELL_SPECIAL = frozenset('$`"\\')
 
 
 # Each worker keeps up to POOL_SIZE + MAX_OVERFLOW connections open; four workers at the
@@ -283,6 +286,16 @@ class Settings(BaseSettings):
             ) from None
 
     @model_validator(mode="after")
+    def _data_dir_pg_ctl_can_use(self) -> Self:
+        """Only where the embedded cluster is used: DATABASE_URL's users need no DATA_DIR."""
+        cluster_dir = str(self.embedded_cluster_dir)
+        if self.uses_embedded_cluster and not _SHELL_SPECIAL.isdisjoint(cluster_dir):
+            raise ValueError(
+                f'DATA_DIR may not hold $, `, " or \\ (pg_ctl hands it to a shell): {self.data_dir}'
+            )
+        return self
+
+    @model_validator(mode="after")
     def _connect_timeout_from_url(self) -> Self:
         """libpq's `connect_timeout` in DATABASE_URL sets DB_CONNECT_TIMEOUT, unless that is
         set too."""
@@ -300,12 +313,17 @@ class Settings(BaseSettings):
         of one has none to spare: it serves an export at a time all the same)."""
         return max(1, min(self.max_exports_in_progress, self.pool_size + self.max_overflow - 1))
 
+    @property
+    def uses_embedded_cluster(self) -> bool:
+        """No server configured: neither DATABASE_URL nor any of its parts."""
+        parts = (self.db_user, self.db_password, self.db_name, self.db_host, self.db_port)
+        return self.database_url is None and all(part is None for part in parts)
+
     def external_database_url(self) -> URL | None:
         """The configured server's URL on the asyncpg driver, or None to use the embedded one."""
         if self.database_url is not None:
             return _to_async_url(self.database_url.get_secret_value())
-        parts = (self.db_user, self.db_password, self.db_name, self.db_host, self.db_port)
-        if all(part is None for part in parts):
+        if self.uses_embedded_cluster:
             return None
         # The tutorial's defaults fill in whichever parts are left out.
         return URL.create(

@@ -379,8 +379,8 @@ def test_a_data_dir_a_shell_would_read_otherwise_is_refused_by_name(
         check=False,
     )
 
-    assert result.returncode == 1
-    assert result.stderr.startswith('devreg: DATA_DIR may not hold $, `, " or \\ ')
+    assert result.returncode == 2  # a setting, as the README says of them
+    assert result.stderr.startswith('devreg: invalid setting: DATA_DIR may not hold $, `, " or \\ ')
     assert len(result.stderr.splitlines()) == 1
 
 

@@ -497,18 +497,8 @@ def _unusable(exc: OSError, data_dir: Path) -> EmbeddedPostgresError:
     )
 
 
-# pg_ctl hands the data directory and its log's path to a shell, in double quotes: `$HOME` in
-# them was expanded, and the cluster made elsewhere or not at all ("is port N taken?").
-_SHELL_SPECIAL = frozenset('$`"\\')
-
-
 def embedded_cluster(settings: Settings) -> EmbeddedCluster:
-    data_dir = settings.embedded_cluster_dir
-    if any(character in str(data_dir) for character in _SHELL_SPECIAL):
-        raise EmbeddedPostgresError(
-            f'DATA_DIR may not hold $, `, " or \\ (pg_ctl hands it to a shell): {data_dir.parent}'
-        )
-    return EmbeddedCluster(data_dir=data_dir, port=settings.embedded_pg_port)
+    return EmbeddedCluster(data_dir=settings.embedded_cluster_dir, port=settings.embedded_pg_port)
 
 
 def describe_database_in_use(settings: Settings, url: URL) -> str:
