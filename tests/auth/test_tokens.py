@@ -589,6 +589,26 @@ class TestManagingTokens:
         for body in ({"admin": True}, {"user_id": people["ann"]["id"]}):
             assert_problem(await client.post(TOKENS, json=body, headers=headers), 403)
 
+    @pytest.mark.parametrize("content_type", [None, "application/json"])
+    async def test_a_request_with_no_body_asks_for_the_defaults(
+        self, client, people, content_type
+    ) -> None:
+        """As `tokens create --user ID` with no other option: every field has its default."""
+        headers = bearer(people["writer"])
+        if content_type is not None:
+            headers["Content-Type"] = content_type
+
+        created = await client.post(TOKENS, headers=headers)
+
+        assert created.status_code == 201, created.text
+        token = created.json()
+        assert (token["user_id"], token["scope"], token["admin"]) == (
+            people["bob"]["id"],
+            "write",
+            False,
+        )
+        assert token["expires_at"] is None
+
     async def test_a_new_token_is_never_stored_by_a_cache(self, client, people) -> None:
         """The response carries the secret (RFC 6749, section 5.1; RFC 9111, 5.2.2.5)."""
         created = await client.post(

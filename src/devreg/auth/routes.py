@@ -1,6 +1,6 @@
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Path, Request, Response, status
+from fastapi import APIRouter, Body, Depends, Path, Request, Response, status
 from pydantic import Field
 
 from devreg.auth import service
@@ -23,6 +23,8 @@ router = APIRouter(
 )
 
 TokenId = Annotated[Id, Path(description="The token's id.")]
+# Every field has its default: a request with no body asks for them all, as `{}` does.
+_DEFAULT_TOKEN = TokenCreate()
 
 
 @router.post(
@@ -41,8 +43,11 @@ TokenId = Annotated[Id, Path(description="The token's id.")]
         **problem_responses(422),
     },
 )
-async def create_token(data: TokenCreate, call: Call, response: Response) -> TokenCreated:
-    """A new token, shown in full this once; only its hash is kept."""
+async def create_token(
+    call: Call, response: Response, data: Annotated[TokenCreate, Body()] = _DEFAULT_TOKEN
+) -> TokenCreated:
+    """A new token, shown in full this once; only its hash is kept. With no body, a
+    `write` token of the caller's own user that never expires (or expires with the caller's)."""
     if call.header_value(IDEMPOTENCY_KEY) is not None:
         raise IdempotencyKeyNotTaken(
             "A new token is shown once and kept only as a hash, so its answer cannot be given "
