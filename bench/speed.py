@@ -7,7 +7,9 @@ and the same load, in interleaved rounds. Not part of the test suite.
 Peers (their code is not copied here; they run from the peers folder, in their own virtual
 environment built from its requirements.txt): A the sync SQLModel tutorial, B the async
 SQLAlchemy tutorial, C raw asyncpg + orjson (the practical Python bound; PATCH added by
-raw_asyncpg_with_patch.py), D no database (the framework bound).
+raw_asyncpg_with_patch.py), D no database (the framework bound). C-schema is C's way on devreg's
+own schema and data (raw_asyncpg_on_devreg_schema.py): the same devices, indexes, triggers and
+JSON as devreg, none of its Python; beside it, devreg's ratio says what devreg's Python costs.
 
 It starts a throwaway PostgreSQL cluster (PostgreSQL's default settings, max_connections 200)
 with two databases holding the same 10,000 devices (ids 1..10000, names device-<id>): one with
@@ -20,7 +22,8 @@ this machine), how busy the machine's cores were, and the PostgreSQL sessions op
 (pg_stat_database). A run whose machine was as busy as every app keeps it with two workers
 (about 85% on the 2-core box of docs/benchmarks.md) was
 bound by its cores, not the app. Rows written by POST are deleted after each run. The report
-gives medians over rounds, and ratios to C and to B taken within each round, then their median.
+gives medians over rounds, and ratios to C and to B (and to C-schema, when it ran) taken within
+each round, then their median.
 """
 
 import argparse
@@ -61,6 +64,8 @@ BENCH_TOKEN = "dvr_bench-token-for-loopback-runs-only"  # noqa: S105 - a throwaw
 SCENARIOS = ("get", "post", "patch", "page", "heartbeat")
 # The scenario whose C figure a devreg scenario is held against (the heartbeat has no peer).
 BASELINE_SCENARIO = {"heartbeat": "get"}
+# C's way on devreg's schema: each scenario held against its own.
+SCHEMA_BASELINE = "C-schema"
 
 
 @dataclass(frozen=True)
@@ -80,6 +85,7 @@ class App:
     app_dir: str = ""
     env: dict[str, str] = field(default_factory=dict)
     authorization: str = ""  # sent with every request
+    database: str = PEERS_DATABASE
 
 
 def _tutorial_routes(update_method: str) -> dict[str, Route]:
@@ -114,6 +120,7 @@ def apps(peers: Path, server_url: URL) -> dict[str, App]:
             ready_path="/readyz",
             env={**devreg_database, "AUTH": "off", **env},
             authorization=authorization,
+            database=DEVREG_DATABASE,
         )
 
     return {
@@ -160,6 +167,16 @@ def apps(peers: Path, server_url: URL) -> dict[str, App]:
             "raw_asyncpg_with_patch",
             str(BENCH),
             {**peer_env, "ASYNCPG_DSN": dsn("postgresql", PEERS_DATABASE)},
+        ),
+        "C-schema": App(
+            "C-schema",
+            "raw asyncpg + orjson, as C, on devreg's schema, data and JSON",
+            devreg_routes,
+            "/api/v1/devices/1",
+            "raw_asyncpg_on_devreg_schema",
+            str(BENCH),
+            {**peer_env, "ASYNCPG_DSN": dsn("postgresql", DEVREG_DATABASE)},
+            database=DEVREG_DATABASE,
         ),
         "D": App(
             "D",
@@ -467,10 +484,14 @@ def report(results: list[dict[str, object]], apps_run: list[str]) -> str:
         value = _median(ratios)
         return "–" if value is None else f"{value:.2f}"
 
+    on_schema = SCHEMA_BASELINE in apps_run
     lines = [
         "| workers | scenario | app | req/s | p50 ms | p99 ms | app CPU µs/req "
-        "| PG CPU µs/req | machine busy | ×C | ×B | non-2xx | new PG conns |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        f"| PG CPU µs/req | machine busy | ×C | ×B |{' ×C-schema |' if on_schema else ''} "
+        "non-2xx | new PG conns |",
+        "|---|---|---|---|---|---|---|---|---|---|---|"
+        + ("---|" if on_schema else "")
+        + "---|---|",
     ]
     worker_counts = sorted({int(str(r["workers"])) for r in results})
     for workers in worker_counts:
@@ -494,7 +515,8 @@ def report(results: list[dict[str, object]], apps_run: list[str]) -> str:
                     f"| {median_of('machine_busy_pct'):.0f}% "
                     f"| {ratio(mine, 'C', workers, baseline)} "
                     f"| {ratio(mine, 'B', workers, scenario)} "
-                    f"| {total('non_2xx') + total('errors')} | {total('new_connections')} |"
+                    + (f"| {ratio(mine, SCHEMA_BASELINE, workers, scenario)} " if on_schema else "")
+                    + f"| {total('non_2xx') + total('errors')} | {total('new_connections')} |"
                 )
     if len(worker_counts) > 1:
         low, high = worker_counts[0], worker_counts[-1]
@@ -526,8 +548,8 @@ def arguments() -> argparse.Namespace:
     parser.add_argument(
         "--apps",
         default="devreg,C,B,A,D",
-        help="also devreg-auth (devreg with a token), devreg-unadmitted (no admission queue) and "
-        "devreg-unlogged (no request log line)",
+        help="also devreg-auth (devreg with a token), devreg-unadmitted (no admission queue), "
+        "devreg-unlogged (no request log line) and C-schema (C on devreg's schema)",
     )
     parser.add_argument("--scenarios", default=",".join(SCENARIOS))
     parser.add_argument("--peers", type=Path, default=DEFAULT_PEERS, help="the peers folder")
@@ -578,10 +600,7 @@ async def main() -> None:
                         continue
                     with running(app, port=args.port, workers=workers, log=log) as target:
                         for scenario in wanted:
-                            database = (
-                                DEVREG_DATABASE if name.startswith("devreg") else PEERS_DATABASE
-                            )
-                            result = await measure(target, scenario, load, server_url, database)
+                            result = await measure(target, scenario, load, server_url, app.database)
                             record = {
                                 "round": round_,
                                 "workers": workers,

@@ -19,7 +19,7 @@ from tests.support import CHECKOUT, devreg_environment, free_port, query
 def test_smallest_speed_run_reports_each_scenario(server_url: URL, tmp_path: Path) -> None:
     command = [
         sys.executable, str(CHECKOUT / "bench" / "speed.py"),
-        "--apps", "devreg,devreg-auth", "--workers", "1", "--scenarios", "get,heartbeat",
+        "--apps", "devreg,devreg-auth,C-schema", "--workers", "1", "--scenarios", "get,heartbeat",
         "--duration", "1", "--warmup", "0", "--port", str(free_port()), "--out", str(tmp_path),
     ]  # fmt: skip
     environment = devreg_environment(
@@ -33,9 +33,12 @@ def test_smallest_speed_run_reports_each_scenario(server_url: URL, tmp_path: Pat
     assert [(row[1].strip(), row[2].strip()) for row in rows] == [
         ("get", "devreg"),
         ("get", "devreg-auth"),
+        ("get", "C-schema"),
         ("heartbeat", "devreg"),
         ("heartbeat", "devreg-auth"),
+        ("heartbeat", "C-schema"),
     ]
+    assert all(float(row[11]) > 0 for row in rows)  # each one's ratio to C-schema
     (raw,) = tmp_path.glob("speed-*.jsonl")
     records = [json.loads(line) for line in raw.read_text().splitlines()]
     assert [(record["app"], record["scenario"]) for record in records] == [
@@ -43,6 +46,8 @@ def test_smallest_speed_run_reports_each_scenario(server_url: URL, tmp_path: Pat
         ("devreg", "heartbeat"),
         ("devreg-auth", "get"),
         ("devreg-auth", "heartbeat"),
+        ("C-schema", "get"),
+        ("C-schema", "heartbeat"),
     ]
     for record in records:
         assert record["requests"] > 0
