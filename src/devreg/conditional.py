@@ -129,12 +129,16 @@ def http_date(header: str) -> datetime | None:
     else:
         return None
     hour, minute, second = map(int, clock)
+    if (hour, minute, second) == (23, 59, 60):
+        # A leap second, which RFC 9110 allows and a datetime cannot hold: to the second, a
+        # change after it is one after 23:59:59 (PostgreSQL's clock has no 23:59:60).
+        second = 59
     try:
         date = datetime(
             int(year), _MONTHS.index(month) + 1, int(day), hour, minute, second, tzinfo=UTC
         )
         return _within_50_years(date) if two_digit_year else date
-    except ValueError:  # 31 Feb, 25:00, a leap second
+    except ValueError:  # 31 Feb, 25:00
         return None
 
 

@@ -410,6 +410,12 @@ async def test_if_unmodified_since_judges_a_read_too(
         ("Sunday, 06-Nov-94 08:49:37 GMT", datetime(1994, 11, 6, 8, 49, 37, tzinfo=UTC)),
         ("Sun Nov  6 08:49:37 1994", datetime(1994, 11, 6, 8, 49, 37, tzinfo=UTC)),
         ("Mon, 01 Jan 0001 00:00:00 GMT", datetime(1, 1, 1, tzinfo=UTC)),  # was 2001
+        # A leap second, which RFC 9110's time-of-day allows: no change comes within it.
+        ("Sat, 31 Dec 2016 23:59:60 GMT", datetime(2016, 12, 31, 23, 59, 59, tzinfo=UTC)),
+        ("Saturday, 31-Dec-16 23:59:60 GMT", datetime(2016, 12, 31, 23, 59, 59, tzinfo=UTC)),
+        ("Sat Dec 31 23:59:60 2016", datetime(2016, 12, 31, 23, 59, 59, tzinfo=UTC)),
+        ("Sat, 31 Dec 2016 12:30:60 GMT", None),  # not a leap second's time
+        ("Sat, 31 Dec 2016 23:59:61 GMT", None),
         ("Sat, 05 Dec 2026 02:00:00 +0500", None),  # not GMT
         ("Sat, 05 Dec 2026 02:00:00 EST", None),
         ("Sat, 05 Dec 2026 01:00:00 GMT, Sat, 05 Dec 2099 01:00:00 GMT", None),  # a list
@@ -422,6 +428,22 @@ def test_only_an_http_date_is_read_as_one(sent: str, read: datetime | None) -> N
     """RFC 9110, 5.6.7 and 13.1.4: anything else is ignored; an email's date parser read other
     zones, lists (by their first date) and years beyond any a date holds (a 500)."""
     assert http_date(sent) == read
+
+
+async def test_a_write_if_unmodified_since_a_leap_second_before_the_last_change_is_a_412(
+    client: AsyncClient,
+) -> None:
+    """RFC 9110 (5.6.7) has 23:59:60 for a leap second: taken for no HTTP-date, it was ignored,
+    and a write the client guarded applied over a change made since."""
+    device = await create_device(client)
+    url = f"{DEVICES}/{device['id']}"
+
+    response = await client.patch(
+        url, json={"model": "m1"}, headers={"If-Unmodified-Since": "Sat, 31 Dec 2016 23:59:60 GMT"}
+    )
+
+    assert_problem(response, 412)
+    assert await fetch_device(client, device["id"]) == device
 
 
 @pytest.mark.parametrize(("ahead", "back"), [(timedelta(days=-40), 0), (timedelta(days=40), 100)])
