@@ -126,6 +126,9 @@ Id = Annotated[
 ]
 
 
+_OUT_OF_RANGE = "must be after 0001-01-01T00:00:00Z and before 9999-12-31T23:59:59.999999Z"
+
+
 def _storable_instant(value: datetime) -> datetime:
     """Within what PostgreSQL and its driver store as given: asyncpg writes the first and last
     instants Python has as -infinity and infinity, and cannot write what falls outside them."""
@@ -134,9 +137,7 @@ def _storable_instant(value: datetime) -> datetime:
     except OverflowError:
         utc = datetime.min
     if utc in (datetime.min, datetime.max):
-        raise ValueError(
-            "must be after 0001-01-01T00:00:00Z and before 9999-12-31T23:59:59.999999Z"
-        )
+        raise ValueError(_OUT_OF_RANGE)
     # The same instant in UTC: written as text (a bulk write's JSON), an offset beyond the
     # ±15:59 PostgreSQL reads, which Python allows, was refused there.
     return value.astimezone(UTC)
@@ -155,8 +156,32 @@ def _not_a_number(value: object) -> object:
     return value
 
 
+# A time of day at second 60: a leap second, as RFC 3339 (the schema's date-time) writes it.
+_LEAP_SECOND = re.compile(r"([0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}):60(?![0-9])")
+_DATETIME: TypeAdapter[datetime] = TypeAdapter(datetime)
+
+
+def _leap_second(value: Any) -> Any:
+    """A leap second (`2016-12-31T23:59:60Z`) as PostgreSQL reads one: the next minute's start.
+    pydantic, whose datetime has no second 60, refused it for "unexpected extra characters"."""
+    leap = _LEAP_SECOND.match(value) if isinstance(value, str) else None
+    if leap is None:
+        return value
+    try:
+        before = _DATETIME.validate_python(f"{leap[1]}:59{value[leap.end() :]}")
+    except ValidationError:  # not a time otherwise: refused as any other would be, after this
+        return value
+    try:
+        return (before.astimezone(UTC) if before.tzinfo else before) + timedelta(seconds=1)
+    except OverflowError:
+        raise ValueError(_OUT_OF_RANGE) from None
+
+
 Instant = Annotated[
-    AwareDatetime, BeforeValidator(_not_a_number), AfterValidator(_storable_instant)
+    AwareDatetime,
+    BeforeValidator(_not_a_number),
+    BeforeValidator(_leap_second),
+    AfterValidator(_storable_instant),
 ]
 """A point in time, with its offset (`Z` or `+01:00`), read as the same instant in UTC."""
 
@@ -176,7 +201,9 @@ def _rounded_up(value: Any) -> Any:
     return value
 
 
-_INSTANT: TypeAdapter[datetime] = TypeAdapter(AwareDatetime)
+_INSTANT: TypeAdapter[datetime] = TypeAdapter(
+    Annotated[AwareDatetime, BeforeValidator(_leap_second)]
+)
 
 RoundedUpInstant = Annotated[Instant, BeforeValidator(_rounded_up)]
 """An instant that a later time than any stored at it must pass (`created_before`, `since`):

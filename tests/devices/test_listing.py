@@ -1235,6 +1235,17 @@ async def test_a_bound_written_with_trailing_zeros_is_the_instant_itself(client)
     assert device["id"] not in [item["id"] for item in before["items"]]
 
 
+async def test_a_bound_at_a_leap_second_keeps_what_comes_before_it(client):
+    """23:59:60 (RFC 3339's leap second) was a 422; it is read as PostgreSQL reads it, the next
+    day's start."""
+    before = await create_device(client, last_seen_at="2016-12-31T23:59:59.999999Z")
+    await create_device(client, last_seen_at="2017-01-01T00:00:00Z")
+
+    earlier = await get_page(client, DEVICES, {"last_seen_before": "2016-12-31T23:59:60Z"})
+
+    assert [item["id"] for item in earlier["items"]] == [before["id"]]
+
+
 async def test_the_change_log_bounds_finer_than_a_microsecond(client):
     device = await create_device(client)
     [record] = (await get_page(client, f"{DEVICES}/{device['id']}/changes", {}))["items"]

@@ -573,6 +573,24 @@ class TestUpdateDevice:
         expected = datetime(2024, 3, 4, 10, 6, 7, tzinfo=UTC)
         assert datetime.fromisoformat(updated["last_seen_at"]) == expected
 
+    @pytest.mark.parametrize(
+        ("sent", "stored"),
+        [
+            ("2016-12-31T23:59:60Z", "2017-01-01T00:00:00Z"),
+            ("2016-12-31T15:59:60.5-08:00", "2017-01-01T00:00:00.500000Z"),
+        ],
+    )
+    async def test_a_leap_second_is_taken_as_postgresql_takes_it(self, client, sent, stored):
+        """RFC 3339 (the schema's date-time) writes a leap second 23:59:60: it was a 422 about
+        "unexpected extra characters at the end of the input"."""
+        device = await create_device(client)
+
+        response = await client.patch(f"{DEVICES}/{device['id']}", json={"last_seen_at": sent})
+
+        assert response.status_code == 200, response.text
+        assert response.json()["last_seen_at"] == stored
+        assert (await fetch_device(client, device["id"]))["last_seen_at"] == stored
+
     async def test_null_clears_optional_fields(self, client):
         owner = await create_user(client)
         device = await create_device(
