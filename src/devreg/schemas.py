@@ -209,6 +209,27 @@ RoundedUpInstant = Annotated[Instant, BeforeValidator(_rounded_up)]
 """An instant that a later time than any stored at it must pass (`created_before`, `since`):
 rounded up to the microsecond when given more finely."""
 
+# A time of day, then a space and an offset's digits: the space can only be a `+` (no ISO 8601
+# time has one before its offset).
+_SPACE_FOR_PLUS = re.compile(
+    r"(.*[0-9]{2}:[0-9]{2}(?::[0-9]{2}(?:[.,][0-9]+)?)?) ([0-9]{2}(?::?[0-9]{2})?)"
+)
+
+
+def _plus_sent_unescaped(value: Any) -> Any:
+    """An instant in a query string whose offset's `+` was sent as is (`curl
+    '...?since=2026-12-01T00:00:00+01:00'`), which a query string reads as a space, as HTML
+    forms write one: refused, it was "unexpected extra characters at the end of the input"."""
+    spaced = _SPACE_FOR_PLUS.fullmatch(value) if isinstance(value, str) else None
+    return f"{spaced[1]}+{spaced[2]}" if spaced else value
+
+
+InstantParameter = Annotated[Instant, BeforeValidator(_plus_sent_unescaped)]
+"""An Instant given in a query string, its offset's `+` taken as sent unescaped too."""
+
+RoundedUpInstantParameter = Annotated[RoundedUpInstant, BeforeValidator(_plus_sent_unescaped)]
+"""A RoundedUpInstant given in a query string, its offset's `+` taken as sent unescaped too."""
+
 # ASCII digits only: `\d` took other scripts' digits too (`"\u0661d"` was a day).
 _SHORT_DURATION = re.compile(r"([0-9]{1,10})([dhms]?)", re.IGNORECASE)
 _DURATION_UNITS = {"d": "days", "h": "hours", "m": "minutes", "s": "seconds", "": "seconds"}

@@ -3,7 +3,7 @@ orders, cursors, counts and sparse fields; and the query plans behind each of th
 
 import math
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
@@ -1223,6 +1223,36 @@ async def test_a_bound_finer_than_a_microsecond_keeps_what_it_is_after(
     page = await get_page(client, url, {parameter: finer_than_stored(row[field])})
 
     assert [item["id"] for item in page["items"]] == [row["id"]]
+
+
+@pytest.mark.parametrize(
+    ("url", "parameter", "finds_a_row_of_now"),
+    [
+        (DEVICES, "last_seen_after", True),
+        (DEVICES, "last_seen_before", False),
+        (DEVICES, "created_after", True),
+        (DEVICES, "created_before", False),
+        (USERS, "created_after", True),
+        (USERS, "created_before", False),
+        ("/api/v1/changes", "since", True),
+        ("/api/v1/changes", "until", False),
+    ],
+)
+async def test_a_bound_whose_offset_plus_is_sent_unescaped_is_read_with_it(
+    client, url, parameter, finds_a_row_of_now
+):
+    """`?since=2026-12-01T00:00:00+01:00` typed into curl as it is arrives with a space for its
+    `+` (a query string's form encoding): it was a 422 about "unexpected extra characters at
+    the end of the input"."""
+    await create_user(client)
+    await create_device(client, last_seen_at=datetime.now(UTC).isoformat())
+    a_minute_ago = datetime.now(UTC) - timedelta(minutes=1)
+    bound = a_minute_ago.astimezone(timezone(timedelta(hours=14))).replace(microsecond=0)
+
+    response = await client.get(f"{url}?{parameter}={bound.isoformat()}")  # `+14:00` as is
+
+    assert response.status_code == 200, response.text
+    assert bool(response.json()["items"]) is finds_a_row_of_now
 
 
 async def test_a_bound_written_with_trailing_zeros_is_the_instant_itself(client):

@@ -12,7 +12,7 @@ from devreg.devices.parameters import DeviceId
 from devreg.pagination import PageRequest
 from devreg.problems import problem_responses
 from devreg.querystring import Listing, ListingQueryString, PageQuery, page_response
-from devreg.schemas import Id, RoundedUpInstant
+from devreg.schemas import Id, RoundedUpInstantParameter
 
 router = APIRouter(
     route_class=ApiRoute, tags=["changes"], responses=problem_responses(400, 401, 403, 422)
@@ -24,8 +24,8 @@ class ObjectChangeListingQuery(PageQuery):
 
     user_id: tuple[Id, ...] = Field((), description="Made by any of these.")
     action: tuple[Action, ...] = Field((), description="Any of these.")
-    since: RoundedUpInstant | None = Field(None, description="At or after this time.")
-    until: RoundedUpInstant | None = Field(None, description="Before this time.")
+    since: RoundedUpInstantParameter | None = Field(None, description="At or after this time.")
+    until: RoundedUpInstantParameter | None = Field(None, description="Before this time.")
 
 
 class ChangeListingQuery(ObjectChangeListingQuery):

@@ -21,7 +21,15 @@ from devreg.querystring import (
     QueryString,
     json_scalar,
 )
-from devreg.schemas import Id, Instant, RoundedUpInstant, SearchText, ShortText, Tag, storable_text
+from devreg.schemas import (
+    Id,
+    InstantParameter,
+    RoundedUpInstantParameter,
+    SearchText,
+    ShortText,
+    Tag,
+    storable_text,
+)
 
 DeviceId = Annotated[Id, Path(description="The device's id.")]
 
@@ -82,10 +90,10 @@ class DeviceFilterQuery(BaseModel):
     name__ic: NamePatterns = Field((), description="Name contains (any case).")
     name__isw: NamePatterns = Field((), description="Name starts with (any case).")
     serial_number: tuple[ShortText, ...] = ()
-    created_after: Instant | None = None
-    created_before: RoundedUpInstant | None = None
-    last_seen_after: Instant | None = None
-    last_seen_before: RoundedUpInstant | None = None
+    created_after: InstantParameter | None = None
+    created_before: RoundedUpInstantParameter | None = None
+    last_seen_after: InstantParameter | None = None
+    last_seen_before: RoundedUpInstantParameter | None = None
     tag: tuple[Tag, ...] = Field((), description="Has all of these tags.")
     has_owner: bool | None = None
     q: SearchText | None = Field(

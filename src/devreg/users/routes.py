@@ -23,7 +23,7 @@ from devreg.querystring import (
     QueryString,
     page_response,
 )
-from devreg.schemas import Id, Instant, RoundedUpInstant, ShortText
+from devreg.schemas import Id, InstantParameter, RoundedUpInstantParameter, ShortText
 from devreg.users import service
 from devreg.users.filters import DEFAULT_SORT, SORT_KEYS, UserFilter
 from devreg.users.schemas import EmailText, UserCreate, UserPage, UserRead, UserUpdate
@@ -69,8 +69,8 @@ class UserListingQuery(PageQuery):
     name__ic: NamePatterns = Field((), description="Name contains (any case).")
     name__isw: NamePatterns = Field((), description="Name starts with (any case).")
     email: tuple[EmailText, ...] = Field((), description="Any case.")
-    created_after: Instant | None = None
-    created_before: RoundedUpInstant | None = None
+    created_after: InstantParameter | None = None
+    created_before: RoundedUpInstantParameter | None = None
 
 
 _USER_LISTING_QUERY = ListingQueryString(
