@@ -231,9 +231,11 @@ RoundedUpInstantParameter = Annotated[RoundedUpInstant, BeforeValidator(_plus_se
 """A RoundedUpInstant given in a query string, its offset's `+` taken as sent unescaped too."""
 
 # ASCII digits only: `\d` took other scripts' digits too (`"\u0661d"` was a day).
-_SHORT_DURATION = re.compile(r"([0-9]{1,10})([dhms]?)", re.IGNORECASE)
+_SHORT_DURATION = re.compile(r"([0-9]+)([dhms]?)", re.IGNORECASE)
 _DURATION_UNITS = {"d": "days", "h": "hours", "m": "minutes", "s": "seconds", "": "seconds"}
 _DURATION_MAX = timedelta(days=36_500)
+_TOO_LONG = f"must be at most {_DURATION_MAX.days} days"
+_NOT_LONGER_THAN_ZERO = "must be longer than zero"
 _DURATION_FORMS = (
     "`90d`, `12h`, `30m`, `3600s`, a number of seconds, `HH:MM:SS`, or ISO 8601 (`P90D`)"
 )
@@ -245,15 +247,21 @@ def _short_duration(value: Any) -> Any:
     """`90d`, `12h`, `30m`, `3600s` or `3600` (seconds, as text too: the CLI's options are text)
     as a timedelta; ISO 8601 and a number of seconds are left to pydantic; other text is
     refused naming the forms (pydantic's word for `24H` was about a "day" identifier)."""
+    if isinstance(value, int | float):
+        return _bounded_seconds(value)
     if not isinstance(value, str):
         return value
     if match := _SHORT_DURATION.fullmatch(value.strip()):
+        # More digits than any span within the limit has (and than int() takes, past 4,300).
+        if len(match[1].lstrip("0")) > len(str(int(_DURATION_MAX.total_seconds()))):
+            raise ValueError(_TOO_LONG)
         try:
             return timedelta(**{_DURATION_UNITS[match[2].lower()]: int(match[1])})
         except OverflowError:  # beyond what a timedelta holds, and so beyond the limit
-            raise ValueError(f"must be at most {_DURATION_MAX.days} days") from None
+            raise ValueError(_TOO_LONG) from None
     if is_a_number(value):
-        return float(value)  # seconds, which pydantic takes from a number, not from text
+        # Seconds, which pydantic takes from a number, not from text.
+        return _bounded_seconds(float(value))
     # As the other forms are read: spaces around it (pydantic refused " P1D "), and ISO 8601's
     # letters in either case (pydantic refused "p90d").
     span = value.strip()
@@ -273,11 +281,21 @@ def is_a_number(text: str) -> bool:
     return _NUMBER.fullmatch(text.strip()) is not None
 
 
+def _bounded_seconds(seconds: float) -> float:
+    """A number of seconds, refused beyond the bounds as any span is: pydantic's refusal of one
+    beyond what a timedelta holds (`1e300`) named its own limit, 999,999,999 days."""
+    if seconds > _DURATION_MAX.total_seconds():
+        raise ValueError(_TOO_LONG)
+    if seconds < 0:
+        raise ValueError(_NOT_LONGER_THAN_ZERO)
+    return seconds
+
+
 def _sensible_duration(value: timedelta) -> timedelta:
     if value <= timedelta(0):
-        raise ValueError("must be longer than zero")
+        raise ValueError(_NOT_LONGER_THAN_ZERO)
     if value > _DURATION_MAX:
-        raise ValueError(f"must be at most {_DURATION_MAX.days} days")
+        raise ValueError(_TOO_LONG)
     return value
 
 

@@ -705,6 +705,21 @@ class TestManagingTokens:
         for body in bodies:
             assert_problem(await client.post(TOKENS, json=body, headers=headers), 422)
 
+    @pytest.mark.parametrize("expires_in", [10**30, 1e300, "1e300", "99999999999d", "9" * 5000])
+    async def test_a_lifetime_past_the_limit_is_refused_naming_the_limit(
+        self, client, people, expires_in
+    ) -> None:
+        """Past what a timedelta holds, it was "durations may not exceed 999,999,999 days" (a
+        limit no client may ask for), or for 11 digits and a unit, a list of the forms it has."""
+        response = await client.post(
+            TOKENS, json={"expires_in": expires_in}, headers=bearer(people["admin"])
+        )
+
+        problem = assert_problem(response, 422)
+        assert [error["msg"] for error in problem["errors"]] == [
+            "Value error, must be at most 36500 days"
+        ]
+
     async def test_a_user_may_not_revoke_its_admin_token_with_a_plain_one(
         self, client, people
     ) -> None:

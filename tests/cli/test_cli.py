@@ -1157,6 +1157,8 @@ class TestChanges:
             ("0d", "--older-than: must be longer than zero"),
             ("36501d", "--older-than: must be at most 36500 days"),
             ("1000000000d", "--older-than: must be at most 36500 days"),
+            # Not a list of the forms, which it has.
+            ("99999999999d", "--older-than: must be at most 36500 days"),
             # Not "needs a unit: -90d, ...", which would be refused too.
             ("-90", "--older-than: must be longer than zero"),
         ],
