@@ -265,11 +265,17 @@ def _short_duration(value: Any) -> Any:
     # As the other forms are read: spaces around it (pydantic refused " P1D "), and ISO 8601's
     # letters in either case (pydantic refused "p90d").
     span = value.strip()
-    if span.upper().startswith("P"):
-        return span.upper()
-    if ":" not in span:  # 01:30:00
+    if not written_as_a_span(span):
         raise ValueError(f"must be {_DURATION_FORMS}")
-    return span
+    return span.upper() if span.upper().startswith("P") else span
+
+
+def written_as_a_span(text: str) -> bool:
+    """Whether `text` is written in a form of a span of time other than a number alone, whatever
+    its value: with its unit (`90d`), ISO 8601 (`P90D`, in either case) or a clock's (`01:30:00`,
+    which pydantic reads)."""
+    span = text.strip()
+    return bool(_SHORT_DURATION.fullmatch(span)) or span.upper().startswith("P") or ":" in span
 
 
 _UNSIGNED_NUMBER = r"([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?"

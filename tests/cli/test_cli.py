@@ -1206,6 +1206,27 @@ class TestChanges:
         kept = asyncio.run(query(committed_database_url, "SELECT count(*) AS n FROM changes"))
         assert kept == [{"n": 1}]
 
+    @pytest.mark.parametrize(
+        ("command", "option"),
+        [
+            (["changes", "prune"], "--older-than"),
+            (["tokens", "create", "--user", "1"], "--expires"),
+        ],
+    )
+    @pytest.mark.parametrize("span", ["soon", "1.5d", "90 days"])
+    def test_a_span_in_no_form_is_told_the_forms_an_option_takes(
+        self, devreg: Invoke, command: list[str], option: str, span: str
+    ) -> None:
+        """It was told the API's forms, "a number of seconds" among them, which the option
+        refuses: a user who then wrote one was told it needs a unit."""
+        result = devreg(*command, option, span)
+
+        assert result.exit_code == 2
+        assert result.stderr == (
+            f"devreg: {option}: must be a whole number with its unit "
+            "(90d, 12h, 30m, 45s), HH:MM:SS or ISO 8601 (P90D)\n"
+        )
+
 
 @pytest.mark.parametrize("ending", [signal.SIGTERM, signal.SIGHUP])
 def test_a_signal_amid_the_loops_own_work_ends_the_command(ending: signal.Signals) -> None:

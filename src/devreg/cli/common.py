@@ -48,7 +48,7 @@ from devreg.errors import (
 )
 from devreg.logs import visible
 from devreg.pagination import PAGE_LIMIT_MAX, Page, PageResult, page_json
-from devreg.schemas import Duration, Id, is_a_number
+from devreg.schemas import Duration, Id, is_a_number, written_as_a_span
 
 T = TypeVar("T")
 ModelT = TypeVar("ModelT", bound=BaseModel)
@@ -244,15 +244,21 @@ def run_in_transaction(operation: Callable[[UnitOfWork], Awaitable[T]]) -> T:
     return run_async(with_engine(settings, use))
 
 
+_UNIT_FORMS = "a whole number with its unit (90d, 12h, 30m, 45s), HH:MM:SS or ISO 8601"
+
+
 def _with_unit(value: Any) -> Any:
+    if not isinstance(value, str):
+        return value
     # A number of no length or less is refused as such by Duration: no unit would mend it.
-    if isinstance(value, str) and is_a_number(value) and float(value) > 0:
+    if is_a_number(value) and float(value) > 0:
         number = value.strip()
         if number.isdigit():
             raise ValueError(f"needs a unit: {number}d, {number}h, {number}m or {number}s")
-        raise ValueError(
-            "needs a whole number with its unit (90d, 12h, 30m, 45s), HH:MM:SS or ISO 8601 (PT1.5H)"
-        )
+        raise ValueError(f"needs {_UNIT_FORMS} (PT1.5H)")
+    # Duration's own word for text in no form lists a number of seconds, which an option is not.
+    if not is_a_number(value) and not written_as_a_span(value):
+        raise ValueError(f"must be {_UNIT_FORMS} (P90D)")
     return value
 
 
