@@ -177,10 +177,25 @@ def _leap_second(value: Any) -> Any:
         raise ValueError(_OUT_OF_RANGE) from None
 
 
+# A time of day, then an offset of whole hours alone: `+00`, as PostgreSQL writes a timestamptz
+# (psql, COPY), and ISO 8601 allows.
+_OFFSET_IN_HOURS = re.compile(r".*[0-9]{2}:[0-9]{2}(?::[0-9]{2}(?:[.,][0-9]+)?)?[+-][0-9]{2}")
+
+
+def _offset_in_hours(value: Any) -> Any:
+    """An offset of hours alone written out with its minutes, as pydantic reads one: a file of
+    PostgreSQL's own writing (`2024-05-06 05:08:09.123456+00`) was refused for "unexpected
+    extra characters at the end of the input"."""
+    if isinstance(value, str) and _OFFSET_IN_HOURS.fullmatch(value):
+        return f"{value}:00"
+    return value
+
+
 Instant = Annotated[
     AwareDatetime,
     BeforeValidator(_not_a_number),
     BeforeValidator(_leap_second),
+    BeforeValidator(_offset_in_hours),
     AfterValidator(_storable_instant),
 ]
 """A point in time, with its offset (`Z` or `+01:00`), read as the same instant in UTC."""
@@ -202,7 +217,7 @@ def _rounded_up(value: Any) -> Any:
 
 
 _INSTANT: TypeAdapter[datetime] = TypeAdapter(
-    Annotated[AwareDatetime, BeforeValidator(_leap_second)]
+    Annotated[AwareDatetime, BeforeValidator(_leap_second), BeforeValidator(_offset_in_hours)]
 )
 
 RoundedUpInstant = Annotated[Instant, BeforeValidator(_rounded_up)]

@@ -221,6 +221,24 @@ class TestImport:
         assert devices[3]["owner"] == {"id": owner["id"], "name": "ann"}
         assert {device["version"] for device in devices} == {1}
 
+    def test_times_as_postgresql_writes_them_are_read(self, devreg, tmp_path):
+        """psql and COPY write a timestamptz's offset in hours alone (`+00`), which ISO 8601
+        allows: a file of them was refused for "unexpected extra characters at the end of the
+        input"."""
+        path = write(
+            tmp_path,
+            "devices.csv",
+            "name,last_seen_at\na,2024-05-06 05:08:09.123456+00\nb,2024-05-06 05:08:09-05\n",
+        )
+
+        result = import_devices(devreg, path)
+
+        assert_summary(result, rows=2, inserted=2, updated=0, skipped=0)
+        assert [device["last_seen_at"] for device in stored(devreg)] == [
+            "2024-05-06T05:08:09.123456Z",
+            "2024-05-06T10:08:09Z",
+        ]
+
     @pytest.mark.parametrize(
         ("name", "format", "option"),
         [
