@@ -39,6 +39,7 @@ from tests.support import (
     free_port,
     login_role,
     make_settings,
+    migrate,
     query,
     run_devreg,
     running,
@@ -471,6 +472,38 @@ async def test_sighup_leaves_one_started_ignoring_it_serving(committed_database_
         async with httpx.AsyncClient(base_url=server.base_url) as client:
             assert (await client.get("/livez")).status_code == 200
         assert server.process.poll() is None
+
+
+async def test_sighup_waits_for_replacement_workers_that_migrate_first(
+    committed_database_url: URL,
+) -> None:
+    """SIGHUP replaces several workers one by one, a new release's first applying its
+    migrations (or waiting for another's: another replica's, `devreg db upgrade`'s). uvicorn gave
+    a replacement 5 s to start, then killed it, amid a migration too, and kept the old workers:
+    the new release never served, whatever the number of SIGHUPs."""
+    database = url_setting(committed_database_url)
+    with devreg_process(DATABASE_URL=database, WORKERS="2") as server:
+        await migrate(committed_database_url, down_to="-1")  # the new release's, pending
+        holder = await asyncpg_connection(committed_database_url)
+        try:
+            await holder.execute("SELECT pg_advisory_lock($1)", migrations.MIGRATION_LOCK_KEY)
+            server.process.send_signal(signal.SIGHUP)
+            await waiting_for_a_lock(holder)  # the first replacement's start-up
+            await asyncio.sleep(6)  # past uvicorn's 5 s
+        finally:
+            await holder.close()
+        deadline = time.monotonic() + 60
+        while server.log().count("Application startup complete.") < 4:
+            assert time.monotonic() < deadline, server.log()
+            await asyncio.sleep(0.25)
+        async with httpx.AsyncClient(base_url=server.base_url) as client:
+            answer = await client.get("/readyz")
+        errors = server.errors_logged()
+
+    assert errors == []
+    assert answer.status_code == 200
+    [revision] = await query(committed_database_url, "SELECT version_num FROM alembic_version")
+    assert revision["version_num"] == migrations.head_revision()
 
 
 @pytest.mark.parametrize(

@@ -5,6 +5,7 @@ import os
 import signal
 import socket
 from collections.abc import Awaitable, Callable
+from types import FrameType
 from typing import Annotated, Any
 
 import typer
@@ -79,11 +80,42 @@ def serve(
     uvicorn.run(**options)
 
 
+# How long a worker that replaces another (SIGHUP) may take to start: as long as the migrations
+# it applies first take, in practice (one that fails to start ends the wait as it ends).
+_REPLACEMENT_START_TIMEOUT = 24 * 3600
+
+
+class _Supervisor(Multiprocess):
+    """uvicorn's supervisor, waiting for a worker that replaces another (SIGHUP) as long as its
+    start-up takes: a new release's applies pending migrations first, or waits for another
+    process applying them. uvicorn gave it 5 s (its health check's timeout), then killed it,
+    amid a migration too, and kept the old workers: the new release never served. A stop signal
+    still ends the wait at once."""
+
+    def restart_all(self) -> None:
+        checked = self.config.timeout_worker_healthcheck
+        previous = {ending: signal.getsignal(ending) for ending in (signal.SIGINT, signal.SIGTERM)}
+
+        def stop(number: int, frame: FrameType | None) -> None:
+            self.signal_queue.append(number)  # as uvicorn's own handler
+            self.should_exit.set()  # which the wait for the replacement looks at
+
+        self.config.timeout_worker_healthcheck = _REPLACEMENT_START_TIMEOUT
+        for ending in previous:
+            signal.signal(ending, stop)
+        try:
+            super().restart_all()
+        finally:
+            self.config.timeout_worker_healthcheck = checked
+            for ending, handler in previous.items():
+                signal.signal(ending, handler)
+
+
 def _supervise(config: uvicorn.Config) -> None:
     """Workers started and kept running by uvicorn's supervisor (SIGHUP restarts them one by
     one). A worker that cannot start stops them all, as one alone does, with its exit status:
     uvicorn's supervisor ended with 0, as if asked to stop."""
-    supervisor = Multiprocess(config, sockets=[config.bind_socket()])
+    supervisor = _Supervisor(config, sockets=[config.bind_socket()])
     with contextlib.suppress(KeyboardInterrupt):
         supervisor.run()
     if any(process.exitcode == STARTUP_FAILURE for process in supervisor.processes):
