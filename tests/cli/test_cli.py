@@ -514,6 +514,28 @@ class TestDatabase:
         assert devreg("db", "upgrade").exit_code == 0
         assert "up to date" in devreg("db", "status").stdout
 
+    def test_migrations_in_a_directory_named_with_a_percent_sign(
+        self, devreg: Invoke, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A checkout or virtual environment in such a directory (a CI workspace named after the
+        branch `fix/x`, `fix%2Fx`): every command that reads the migrations, the server's start
+        too, ended in configparser's "invalid interpolation syntax" traceback."""
+        home = tmp_path / "devreg_fix%2Fx"
+        shutil.copytree(
+            migrations.ALEMBIC_HOME / "migrations",
+            home / "migrations",
+            ignore=shutil.ignore_patterns("__pycache__"),
+        )
+        shutil.copy(migrations.ALEMBIC_HOME / "alembic.ini", home)
+        head = migrations.head_revision()
+        monkeypatch.setattr(migrations, "ALEMBIC_HOME", home)
+
+        down = devreg("db", "downgrade")
+        up = devreg("db", "upgrade")
+
+        assert (down.exit_code, down.stderr) == (0, "")
+        assert up.stdout == f"database at revision {head}\n"
+
     def test_status_tells_a_revision_this_release_does_not_know(
         self, devreg: Invoke, committed_database_url: URL
     ) -> None:

@@ -5,6 +5,7 @@ transaction of its own."""
 import re
 import traceback
 from collections.abc import Callable
+from configparser import DEFAULTSECT
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -48,8 +49,16 @@ def compared(
 
 def alembic_config() -> Config:
     config = Config(str(ALEMBIC_HOME / "alembic.ini"))
-    config.set_main_option("script_location", str(ALEMBIC_HOME / "migrations"))
+    # alembic.ini is read by ConfigParser, to which "%" begins a reference to another value: a
+    # directory named with one (a CI workspace's `fix%2Fx`) is written "%%", alembic's own
+    # %(here)s too, which it writes as it is.
+    config.file_config.set(DEFAULTSECT, "here", _config_value(ALEMBIC_HOME))
+    config.set_main_option("script_location", _config_value(ALEMBIC_HOME / "migrations"))
     return config
+
+
+def _config_value(path: Path) -> str:
+    return str(path).replace("%", "%%")
 
 
 # Where Alembic resolves a revision name (and asserts on a step past the newest).
