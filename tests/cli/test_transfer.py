@@ -1458,6 +1458,23 @@ class TestSeed:
         assert asyncio.run(device_indexes_and_keys(committed_database_url)) == before
         assert len(stored(devreg)) == 1000
 
+    def test_a_large_seed_into_a_database_a_migration_behind_goes_row_by_row(
+        self, devreg, committed_database_url, large_from_500
+    ):
+        """MIGRATE_ON_START=false, the database not yet given a migration's indexes on devices
+        (the owner's in each sort's order): the seed dropped the indexes the models name and
+        failed on the first one missing, 'index "ix_devices_owner_id_created_at_id" does not
+        exist'. Made at its end, they would have failed the migration that makes them."""
+        ok(devreg("db", "downgrade", "c81d4e0b9a27"))
+        before = asyncio.run(device_indexes_and_keys(committed_database_url))
+
+        result = devreg("seed", "--devices", "500", "--users", "50", env={"MIGRATE_ON_START": "0"})
+
+        assert result.exit_code == 0, result.stderr
+        assert asyncio.run(device_indexes_and_keys(committed_database_url)) == before
+        assert len(stored(devreg, MIGRATE_ON_START="0")) == 500
+        ok(devreg("db", "upgrade"))
+
     async def test_a_large_seed_while_another_has_counted_the_devices_goes_row_by_row(
         self, committed_database_url, large_from_500
     ):

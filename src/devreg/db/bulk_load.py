@@ -17,6 +17,10 @@ CLIENT_CHECK = "SET LOCAL client_connection_check_interval = '1s'"
 _SETTING_UNAVAILABLE = ("42704", "22023")
 
 _OWNED = "SELECT pg_has_role(relowner, 'USAGE') FROM pg_class WHERE oid = CAST(:table AS regclass)"
+_INDEX_NAMES = (
+    "SELECT ix.relname FROM pg_index JOIN pg_class AS ix ON ix.oid = indexrelid "
+    "WHERE indrelid = CAST(:table AS regclass)"
+)
 
 # From this many rows, into a table holding fewer, the indexes are built after the rows go in:
 # most of a large seed's or import's time was keeping them up to date.
@@ -28,8 +32,9 @@ async def bulk_loading(work: UnitOfWork, model: type[Base], *, adding: int) -> A
     """Rows written inside, about `adding` of them, go in without `model`'s table's secondary
     indexes (_secondary_indexes_built_after) when they are INDEXES_BUILT_AFTER_FROM or more,
     more than the table holds, this role owns the table (only its owner may drop and make its
-    indexes), and the table can be had at once: no other transaction is using it (another bulk
-    load that has counted its rows, say). The table is then locked until the transaction ends.
+    indexes), the table has every index the model names (_indexed_as_modelled), and the table
+    can be had at once: no other transaction is using it (another bulk load that has counted its
+    rows, say). The table is then locked until the transaction ends.
     Otherwise the rows go in as any others, kept in the indexes as they come; nothing waits,
     and two bulk loads that had both counted cannot each wait for the other. Yields whether the
     indexes are to be built at the end."""
@@ -39,6 +44,7 @@ async def bulk_loading(work: UnitOfWork, model: type[Base], *, adding: int) -> A
         adding >= INDEXES_BUILT_AFTER_FROM
         and await _outnumbers(work, table, adding)
         and await _owned(work, table)
+        and await _indexed_as_modelled(work, table)
         and await _locked_at_once(work, table)
     ):
         async with _secondary_indexes_built_after(work, table):
@@ -75,6 +81,15 @@ async def _owned(work: UnitOfWork, table: Table) -> bool:
     index."""
     name = work.session.get_bind().dialect.identifier_preparer.format_table(table)
     return bool(await work.session.scalar(text(_OWNED), {"table": name}))
+
+
+async def _indexed_as_modelled(work: UnitOfWork, table: Table) -> bool:
+    """Whether `table` has every secondary index its model names. A database not yet migrated
+    to this release (MIGRATE_ON_START=false) may lack one, which cannot be dropped, and which,
+    made at the end, would fail the migration that makes it."""
+    name = work.session.get_bind().dialect.identifier_preparer.format_table(table)
+    present = set(await work.session.scalars(text(_INDEX_NAMES), {"table": name}))
+    return {str(index.name) for index in table.indexes} <= present
 
 
 async def _locked_at_once(work: UnitOfWork, table: Table) -> bool:
