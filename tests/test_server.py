@@ -506,6 +506,28 @@ async def test_sighup_waits_for_replacement_workers_that_migrate_first(
     assert revision["version_num"] == migrations.head_revision()
 
 
+async def test_sighup_keeps_the_old_workers_when_a_replacement_cannot_start(
+    committed_database_url: URL,
+) -> None:
+    """A replacement that cannot start (the database now a newer release's) ends the rolling
+    restart, not the server: the old workers go on serving, as the README says."""
+    with devreg_process(DATABASE_URL=url_setting(committed_database_url), WORKERS="2") as server:
+        await set_revision(committed_database_url, "a1b2c3d4")  # a newer release's
+        server.process.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 60
+        while "aborting the restart" not in server.log():
+            assert time.monotonic() < deadline, server.log()
+            await asyncio.sleep(0.25)
+        async with httpx.AsyncClient(base_url=server.base_url) as client:
+            answers = [(await client.get("/livez")).status_code for _ in range(4)]
+        still_serving = server.process.poll() is None
+        log = server.log()
+
+    assert answers == [200] * 4, log
+    assert still_serving, log
+    assert "which this release does not know" in log  # the replacement's reason
+
+
 @pytest.mark.parametrize(
     ("ending", "exit_status"), [(signal.SIGTERM, -signal.SIGTERM), (signal.SIGINT, 0)]
 )
