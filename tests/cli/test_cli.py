@@ -573,9 +573,20 @@ class TestDatabase:
         [line] = result.stdout.splitlines()
         assert line.endswith("(unknown to this release: a newer one's?)")
 
-    @pytest.mark.parametrize("command", [("users", "list"), ("db", "upgrade")])
+    @pytest.mark.parametrize(
+        ("command", "remedy"),
+        [
+            (
+                ("users", "list"),
+                "use that release, or set MIGRATE_ON_START=false to use the database as it is",
+            ),
+            # MIGRATE_ON_START=false would change nothing: the migration is what was asked for.
+            (("db", "upgrade"), "migrate it with that release's devreg db"),
+            (("db", "downgrade"), "migrate it with that release's devreg db"),
+        ],
+    )
     def test_a_database_from_a_newer_release_is_said_to_be_one(
-        self, devreg: Invoke, committed_database_url: URL, command: tuple[str, ...]
+        self, devreg: Invoke, committed_database_url: URL, command: tuple[str, ...], remedy: str
     ) -> None:
         """It was `migrations: Can't locate revision ...` and the exit status of a usage error,
         which the user had not made."""
@@ -587,8 +598,7 @@ class TestDatabase:
         assert result.exit_code == 1
         assert result.stderr == (
             "devreg: the database is at revision a1b2c3d4, which this release does not know (a "
-            "newer release migrated it): use that release, or set MIGRATE_ON_START=false to "
-            "use the database as it is\n"
+            f"newer release migrated it): {remedy}\n"
         )
         assert devreg("users", "list", env={"MIGRATE_ON_START": "false"}).exit_code == 0
 
@@ -624,6 +634,25 @@ class TestDatabase:
         assert down.exit_code == 0, down.stderr
         assert head not in down.stdout
         assert up.stdout == f"database at revision {head}\n"
+
+    def test_a_step_past_either_end_names_the_end_and_where_the_database_is(
+        self, devreg: Invoke
+    ) -> None:
+        """Alembic's word was "Relative revision -1 didn't produce 1 migrations"."""
+        up = devreg("db", "upgrade", "+1")
+        assert devreg("db", "downgrade", "base").exit_code == 0
+        down = devreg("db", "downgrade")
+
+        assert (up.exit_code, up.stderr) == (
+            2,
+            f"devreg: migrations: +1 leads past the newest migration: the database is at "
+            f"{migrations.head_revision()}\n",
+        )
+        assert (down.exit_code, down.stderr) == (
+            2,
+            "devreg: migrations: -1 leads past the first migration: the database is at base "
+            "(empty)\n",
+        )
 
     @pytest.mark.parametrize(
         "args",

@@ -163,7 +163,13 @@ def _migrated(
     """Run `migrate` to `revision`, then say which revision the database is at."""
 
     async def run(engine: AsyncEngine) -> str | None:
-        await migrate(engine, revision)
+        try:
+            await migrate(engine, revision)
+        except migrations.DatabaseFromANewerRelease as exc:
+            # MIGRATE_ON_START is nothing to a migration asked for.
+            raise migrations.DatabaseFromANewerRelease(
+                exc.revision, "migrate it with that release's devreg db"
+            ) from None
         return await migrations.current_revision(engine)
 
     return run

@@ -77,14 +77,17 @@ async def downgrade(engine: AsyncEngine, revision: str = "-1") -> None:
 _RELATIVE = re.compile(r"[+-]\d+$")
 
 
+_USE_IT_AS_IT_IS = "use that release, or set MIGRATE_ON_START=false to use the database as it is"
+
+
 class DatabaseFromANewerRelease(CommandError):
     """The database is at a revision this release does not know: a newer one migrated it."""
 
-    def __init__(self, revision: str) -> None:
+    def __init__(self, revision: str, remedy: str = _USE_IT_AS_IT_IS) -> None:
+        self.revision = revision
         super().__init__(
             f"the database is at revision {revision}, which this release does not know (a "
-            "newer release migrated it): use that release, or set MIGRATE_ON_START=false to "
-            "use the database as it is"
+            f"newer release migrated it): {remedy}"
         )
 
 
@@ -128,6 +131,13 @@ async def _migrate(engine: AsyncEngine, revision: str, operation: _Operation) ->
             if await _holds_devices(engine):
                 raise DatabaseFromANewerRelease(current) from exc
             raise AnotherApplicationsDatabase(current) from exc
+        if _RELATIVE.fullmatch(revision):  # Alembic's "Relative revision -1 didn't produce 1
+            # migrations" named neither the end it met nor where the database is.
+            end = "first" if revision.startswith("-") else "newest"
+            raise CommandError(
+                f"{revision} leads past the {end} migration: the database is at "
+                f"{current or 'base (empty)'}"
+            ) from exc
         raise
     except AssertionError as exc:
         # Alembic asserts, rather than explains, when a revision resolves to nothing (``, `@`)
