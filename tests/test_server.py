@@ -463,6 +463,50 @@ async def test_sighup_to_one_worker_lets_the_request_in_flight_finish(
     assert row["devices"] == 1
 
 
+def _with_its_children(pid: int) -> list[int]:
+    """The process and those it started: its workers, its resource tracker."""
+    return [pid, *map(int, Path(f"/proc/{pid}/task/{pid}/children").read_text().split())]
+
+
+async def test_sighup_to_the_whole_group_of_several_workers_lets_the_requests_in_flight_finish(
+    committed_database_url: URL,
+) -> None:
+    """A terminal closed sends SIGHUP to every process of the server's group, the workers too:
+    with several workers, each ended at once, the requests in flight answered with nothing,
+    rather than being replaced one by one by their supervisor."""
+    database = url_setting(committed_database_url)
+    with devreg_process(DATABASE_URL=database, WORKERS="2") as server:
+        deadline = time.monotonic() + 60
+        while server.log().count("Application startup complete.") < 2:
+            assert time.monotonic() < deadline, server.log()
+            await asyncio.sleep(0.1)
+        host, port = server.base_url.removeprefix("http://").split(":")
+        requests = []
+        for _ in range(4):
+            reader, writer = await asyncio.open_connection(host, int(port))
+            writer.write(
+                b"POST /api/v1/devices HTTP/1.1\r\nHost: localhost\r\n"
+                b'Content-Type: application/json\r\nContent-Length: 16\r\n\r\n{"na'
+            )
+            await writer.drain()
+            requests.append((reader, writer))
+        await asyncio.sleep(0.5)
+        for process in _with_its_children(server.process.pid):
+            os.kill(process, signal.SIGHUP)
+        await asyncio.sleep(0.5)
+        answers = []
+        for reader, writer in requests:
+            writer.write(b'me": "late"}')
+            await writer.drain()
+            answers.append(await asyncio.wait_for(reader.read(12), 10))
+            writer.close()
+        assert server.process.poll() is None  # replaced, not stopped
+
+    assert answers == [b"HTTP/1.1 201"] * 4
+    (row,) = await query(committed_database_url, "SELECT count(*) AS devices FROM devices")
+    assert row["devices"] == 4
+
+
 async def test_sighup_leaves_one_started_ignoring_it_serving(committed_database_url: URL) -> None:
     """`nohup devreg serve` was stopped by the SIGHUP nohup was to keep from it."""
     database = url_setting(committed_database_url)

@@ -274,6 +274,15 @@ def _say_why_it_failed(exc: Exception, url: URL, settings: Settings) -> None:
         logger.error("database error: %s", refused)
 
 
+def create_supervised_app() -> FastAPI:
+    """create_app() for a worker of several (`devreg serve --workers N`), which leaves SIGHUP to
+    its supervisor: that replaces the workers one by one, each stopped with SIGTERM once its
+    requests are done. A SIGHUP sent to the whole process group (a terminal closed) ended every
+    worker at once, the requests in flight answered with nothing."""
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    return create_app()
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
 

@@ -70,7 +70,7 @@ def serve(
         "timeout_graceful_shutdown": settings.shutdown_timeout,
     }
     if (options["workers"] or 1) > 1:
-        _supervise(uvicorn.Config(**options))
+        _supervise(uvicorn.Config(**{**options, "app": "devreg.app:create_supervised_app"}))
         return
     # One process: SIGHUP (a terminal closed, `systemctl reload`) drains the requests in
     # progress and stops, as SIGTERM does; by default it ended the server at once. Started
