@@ -212,6 +212,28 @@ class TestDatabaseUrl:
         assert error_fields(raised.value) == {name.lower()}
         assert said in str(raised.value)
 
+    @pytest.mark.parametrize("name", ["d" * 64, "\u00e9" * 32])
+    def test_an_embedded_database_name_longer_than_postgresql_keeps_is_refused_by_name(
+        self, monkeypatch: pytest.MonkeyPatch, name: str
+    ) -> None:
+        """A name of more than 63 bytes was taken, and every start then failed on the driver's
+        refusal, as if the cluster were unreachable: `cannot connect to PostgreSQL at
+        127.0.0.1:54329 (ProgrammingError)`."""
+        monkeypatch.setenv("EMBEDDED_DB_NAME", name)
+
+        with pytest.raises(ValidationError) as raised:
+            Settings(_env_file=None)
+
+        assert error_fields(raised.value) == {"embedded_db_name"}
+        assert "64 bytes" in str(raised.value)
+
+    def test_an_embedded_database_name_of_63_bytes_is_taken(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.setenv("EMBEDDED_DB_NAME", "d" * 63)
+
+        assert Settings(_env_file=None).embedded_db_name == "d" * 63
+
     def test_an_empty_database_url_line_in_dotenv_is_a_placeholder(
         self, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
     ) -> None:

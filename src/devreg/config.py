@@ -43,6 +43,8 @@ _MILLISECOND = 0.001
 # pg_ctl hands the data directory and its log's path to a shell, in double quotes: `$HOME` in
 # them was expanded, and the cluster made elsewhere or not at all ("is port N taken?").
 _SHELL_SPECIAL = frozenset('$`"\\')
+# PostgreSQL's NAMEDATALEN, less its terminating zero byte.
+_NAME_BYTES_MAX = 63
 
 
 # Each worker keeps up to POOL_SIZE + MAX_OVERFLOW connections open; four workers at the
@@ -271,6 +273,19 @@ class Settings(BaseSettings):
         if isinstance(value, str) and value != value.strip():
             raise ValueError(f"has spaces around it: {value!r}")
         return value
+
+    @field_validator("embedded_db_name")
+    @classmethod
+    def _a_name_postgresql_keeps(cls, name: str) -> str:
+        """At most 63 bytes, as PostgreSQL keeps a name: a longer one was refused by the driver
+        only as the database was looked for, every start failing as if the cluster could not
+        be reached ("cannot connect to PostgreSQL ... (ProgrammingError)")."""
+        size = len(name.encode())
+        if size > _NAME_BYTES_MAX:
+            raise ValueError(
+                f"is {size} bytes long: PostgreSQL's names are at most {_NAME_BYTES_MAX}"
+            )
+        return name
 
     @field_validator("data_dir")
     @classmethod
