@@ -420,6 +420,26 @@ def test_a_lost_password_file_is_replaced_with_a_new_password_once_the_cluster_i
     assert password_file.stat().st_mode & 0o777 == 0o600
 
 
+def test_a_password_file_a_power_cut_left_empty_is_replaced_once_the_cluster_is_stopped(
+    embedded_settings: dict[str, str],
+) -> None:
+    """A file created but not yet written to disk when the power went (or written blank by
+    hand) was taken for a password: every run then said "wrong password", for ever."""
+    password_file = Path(embedded_settings["DATA_DIR"]) / "pg.password"
+    created = run_devreg("devices", "create", "--name", "kept", "--json", **embedded_settings)
+    assert created.returncode == 0, created.stderr
+    assert run_devreg("db", "stop", **embedded_settings).returncode == 0
+    password_file.write_text("\n")
+
+    device_id = json.loads(created.stdout)["id"]
+    fetched = run_devreg("devices", "get", str(device_id), "--json", **embedded_settings)
+
+    assert fetched.returncode == 0, fetched.stderr
+    assert json.loads(fetched.stdout)["name"] == "kept"
+    assert "a new password is set" in fetched.stderr
+    assert password_file.read_text().strip()
+
+
 def test_a_lost_password_file_is_replaced_after_a_crash(
     embedded_settings: dict[str, str],
 ) -> None:

@@ -200,7 +200,7 @@ class EmbeddedCluster:
         # Before a new password is set: single-user mode refuses the file as the server would.
         if self._pid_file_is_stale():
             self.pid_file.unlink(missing_ok=True)
-        if not self.password_file.exists():
+        if not self._has_password():
             self._give_new_password(serving=serving)
         if self.is_running():
             self._require_port()
@@ -349,6 +349,14 @@ class EmbeddedCluster:
         if not in_place:
             cluster.rename(place)  # over an empty directory, if one is there
         shutil.rmtree(making)
+
+    def _has_password(self) -> bool:
+        """Whether the password file holds a password: one left empty (created, but not yet
+        written to disk when the power went) is as lost as a file deleted."""
+        try:
+            return bool(self.password_file.read_text().strip())
+        except FileNotFoundError:
+            return False
 
     def _keep_password(self, password: str) -> None:
         # For devreg (its owner) alone.
