@@ -676,6 +676,27 @@ def test_a_cluster_directory_linked_elsewhere_is_made_there(
         run_devreg("db", "stop", **settings)
 
 
+def test_a_cluster_directory_holding_no_cluster_but_files_is_named_and_left_as_it_is(
+    embedded_settings: dict[str, str],
+) -> None:
+    """A cluster was made aside and then failed to move over the files there, saying so of the
+    one made aside ("Directory not empty: DATA_DIR/pg.initdb-x1y2z3/pg"), which it left behind,
+    with a password file for it."""
+    data_dir = Path(embedded_settings["DATA_DIR"])
+    (data_dir / "pg").mkdir()
+    (data_dir / "pg" / "notes.txt").write_text("kept\n")
+
+    status = run_devreg("db", "status", **embedded_settings)
+
+    assert status.returncode == 1
+    assert status.stderr == (
+        f"devreg: {data_dir / 'pg'} holds files but no PostgreSQL cluster: empty it, or "
+        "choose another DATA_DIR\n"
+    )
+    assert sorted(path.name for path in data_dir.iterdir()) == ["pg", "pg.lock"]
+    assert [path.name for path in (data_dir / "pg").iterdir()] == ["notes.txt"]
+
+
 def test_a_first_start_cut_short_leaves_nothing_the_next_takes_for_a_cluster(
     embedded_settings: dict[str, str],
 ) -> None:

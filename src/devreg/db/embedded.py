@@ -315,6 +315,14 @@ class EmbeddedCluster:
         # Where a link (`DATA_DIR/pg` linked to another disk) leads: a directory cannot be moved
         # over the link itself, nor from one disk to another.
         place = self.data_dir.resolve()
+        # A volume mounted there (a container's) cannot be replaced: the cluster is made in it,
+        # and initdb refuses one that holds anything (lost+found, say) in words of its own.
+        in_place = _is_mount_point(place)
+        if not in_place and _holds_anything(place):
+            raise EmbeddedPostgresError(
+                f"{self.data_dir} holds files but no PostgreSQL cluster: empty it, or choose "
+                "another DATA_DIR"
+            )
         for leftover in place.parent.glob(f"{place.name}{_MAKING}*"):
             shutil.rmtree(leftover, ignore_errors=True)
         making = Path(tempfile.mkdtemp(prefix=f"{place.name}{_MAKING}", dir=place.parent))
@@ -325,9 +333,6 @@ class EmbeddedCluster:
         password_copy.touch(mode=0o600)
         password_copy.write_text(password + "\n")
         self._hand_to_service_account(password_copy)
-        # A volume mounted there (a container's) cannot be replaced: the cluster is made in it,
-        # and initdb refuses one that holds anything (lost+found, say) in words of its own.
-        in_place = _is_mount_point(place)
         cluster = place if in_place else making / "pg"
         if in_place:
             self._hand_to_service_account(place)
@@ -484,6 +489,16 @@ def _is_mount_point(path: Path) -> bool:
     except OSError:
         return path.is_mount()
     return str(path) in points
+
+
+def _holds_anything(path: Path) -> bool:
+    """Whether something is at `path` but an empty directory (which a cluster is moved over)."""
+    try:
+        return any(path.iterdir())
+    except FileNotFoundError:
+        return False
+    except NotADirectoryError:
+        return True
 
 
 _OCTAL_ESCAPE = re.compile(r"\\([0-7]{3})")
