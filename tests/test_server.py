@@ -6,9 +6,11 @@ import json
 import logging
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import threading
 import time
 from collections import Counter
@@ -113,6 +115,27 @@ def test_a_port_in_use_is_one_clear_line_before_the_database_is_touched() -> Non
         f"devreg: cannot listen on 127.0.0.1:{port}: address already in use"
     ]
     assert result.stdout == ""
+
+
+def test_the_embedded_clusters_port_as_the_http_port_is_refused_before_it_starts() -> None:
+    """The cluster was made and started on the port, which uvicorn then could not listen on: exit
+    status 3, and a log line saying the address was in use, by devreg's own PostgreSQL."""
+    port = free_port()
+    data_dir = Path(tempfile.mkdtemp(prefix="devreg-embedded-"))
+    data_dir.chmod(0o755)  # as root, the postgres account must reach the cluster inside
+    settings = {"DATA_DIR": str(data_dir), "EMBEDDED_PG_PORT": str(port)}
+    try:
+        result = run_devreg("serve", "--port", str(port), **settings)
+    finally:
+        run_devreg("db", "stop", **settings)
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.stderr.splitlines() == [
+        f"devreg: PORT and EMBEDDED_PG_PORT are both {port}: the embedded PostgreSQL listens "
+        "on it; give them different ports"
+    ]
+    assert "Started server process" not in result.stdout
 
 
 def test_tutorial_settings_compose_the_url(committed_database_url: URL) -> None:

@@ -48,6 +48,13 @@ def serve(
         refuse_unsafe_binding(settings)  # the workers warn of AUTH=off, once logging is set up
     except UnsafeBinding as exc:
         fail(str(exc), code=2)
+    if settings.external_database_url() is None and settings.port == settings.embedded_pg_port:
+        # Free until the cluster starts on it: uvicorn then said only that it was in use.
+        fail(
+            f"PORT and EMBEDDED_PG_PORT are both {settings.port}: the embedded PostgreSQL "
+            "listens on it; give them different ports",
+            code=2,
+        )
     _check_address(settings.host, settings.port)
     # Start the database and surface a bad URL or password as one line, before any worker runs.
     run_async(with_engine(settings, _nothing))
