@@ -697,6 +697,30 @@ def test_a_cluster_directory_holding_no_cluster_but_files_is_named_and_left_as_i
     assert [path.name for path in (data_dir / "pg").iterdir()] == ["notes.txt"]
 
 
+def test_a_cluster_lacking_devregs_settings_is_given_them_not_run_on_a_port_of_its_own(
+    embedded_settings: dict[str, str],
+) -> None:
+    """A cluster made in place (on a volume mounted there) whose first start was cut short
+    before devreg's settings were included in its postgresql.conf, or one made by hand, was
+    started on the port its own configuration says (PostgreSQL's default 5432, and a Unix
+    socket beside it), left running there, and every run said the cluster could not be
+    reached."""
+    cluster = cluster_of(embedded_settings)
+    cluster.ensure_running()
+    cluster.stop()
+    conf = cluster.data_dir / "postgresql.conf"
+    own_port = free_port()  # not 5432, which a server of the machine's own may listen on
+    conf.write_text(
+        conf.read_text().replace("include_if_exists = 'devreg.conf'", f"port = {own_port}")
+    )
+
+    status = run_devreg("db", "status", **embedded_settings)
+
+    assert status.returncode == 0, status.stderr
+    pid_file = cluster.pid_file.read_text().split("\n")
+    assert pid_file[3] == embedded_settings["EMBEDDED_PG_PORT"]
+
+
 def test_a_first_start_cut_short_leaves_nothing_the_next_takes_for_a_cluster(
     embedded_settings: dict[str, str],
 ) -> None:

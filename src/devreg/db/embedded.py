@@ -42,6 +42,8 @@ from devreg.db.server import (
 
 SUPERUSER = "devreg"
 _CONFIG_FILE = "devreg.conf"
+# postgresql.conf's line that reads devreg's settings (port, listen_addresses...) from it.
+_INCLUDE_CONFIG = f"include_if_exists = '{_CONFIG_FILE}'"
 # Without TLS, to a primary: the cluster serves no other way. asyncpg reads libpq's variables
 # (PGSSLMODE=verify-full, PGSSLNEGOTIATION=direct, PGTARGETSESSIONATTRS=read-only), set for
 # other servers, where a connection says nothing of its own; a DATABASE_URL's server gets them.
@@ -348,8 +350,7 @@ class EmbeddedCluster:
             "--encoding=UTF8",
             "--locale=C.UTF-8",
         )
-        with (cluster / "postgresql.conf").open("a") as conf:
-            conf.write(f"\ninclude_if_exists = '{_CONFIG_FILE}'\n")
+        _include_config(cluster)
         self._keep_password(password)
         if not in_place:
             cluster.rename(place)  # over an empty directory, if one is there
@@ -411,6 +412,9 @@ class EmbeddedCluster:
         path = self.data_dir / _CONFIG_FILE
         path.write_text("".join(f"{name} = {value}\n" for name, value in settings.items()))
         self._hand_to_service_account(path)
+        # A cluster made in place whose first start was cut short before it was included (or
+        # one made by hand) ran on a port of its own, where devreg never found it.
+        _include_config(self.data_dir)
 
     def _pg_ctl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         return self._run("pg_ctl", "-D", str(self.data_dir), *args, check=check)
@@ -457,6 +461,14 @@ def _take_turn(lock: IO[str], given_up: threading.Event) -> None:
         except BlockingIOError:
             if given_up.wait(_TURN_SECONDS):
                 raise EmbeddedPostgresError("stopped waiting for the embedded PostgreSQL") from None
+
+
+def _include_config(cluster: Path) -> None:
+    """Have the cluster's postgresql.conf read devreg's settings, unless it already does."""
+    conf = cluster / "postgresql.conf"
+    if _INCLUDE_CONFIG not in conf.read_text().splitlines():
+        with conf.open("a") as appended:
+            appended.write(f"\n{_INCLUDE_CONFIG}\n")
 
 
 def _make_directories(path: Path) -> None:
