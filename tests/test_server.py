@@ -530,6 +530,41 @@ async def test_sighup_to_the_whole_group_of_several_workers_lets_the_requests_in
     assert row["devices"] == 4
 
 
+async def test_workers_whose_supervisor_was_killed_stop(committed_database_url: URL) -> None:
+    """`devreg serve` with several workers killed with SIGKILL (by hand, by the kernel short of
+    memory): its workers went on serving with no supervisor, for ever, holding the port (a new
+    `devreg serve` said "address already in use") and their database connections."""
+    database = url_setting(committed_database_url)
+    with devreg_process(DATABASE_URL=database, WORKERS="2") as server:
+        deadline = time.monotonic() + 60
+        while server.log().count("Application startup complete.") < 2:
+            assert time.monotonic() < deadline, server.log()
+            await asyncio.sleep(0.1)
+        workers = _with_its_children(server.process.pid)[1:]
+        server.process.kill()
+        server.process.wait()
+
+        deadline = time.monotonic() + 30
+        try:
+            while any(map(_running, workers)):
+                assert time.monotonic() < deadline, "the workers went on without a supervisor"
+                await asyncio.sleep(0.1)
+        finally:
+            for worker in filter(_running, workers):
+                os.kill(worker, signal.SIGKILL)
+        while await devreg_backends(committed_database_url):  # their connections, closing
+            assert time.monotonic() < deadline, "the workers' connections stayed open"
+            await asyncio.sleep(0.1)
+
+
+def _running(pid: int) -> bool:
+    """Whether the process has not ended (a zombie has)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
 async def test_sighup_leaves_one_started_ignoring_it_serving(committed_database_url: URL) -> None:
     """`nohup devreg serve` was stopped by the SIGHUP nohup was to keep from it."""
     database = url_setting(committed_database_url)

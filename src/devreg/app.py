@@ -1,9 +1,13 @@
 """create_app(): the lifespan (database, migrations), the routers and the error handlers."""
 
 import asyncio
+import ctypes
 import gc
 import logging
+import multiprocessing
+import os
 import signal
+import sys
 import threading
 from collections.abc import AsyncIterator, Coroutine
 from contextlib import asynccontextmanager
@@ -280,7 +284,24 @@ def create_supervised_app() -> FastAPI:
     requests are done. A SIGHUP sent to the whole process group (a terminal closed) ended every
     worker at once, the requests in flight answered with nothing."""
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    _stop_with_the_supervisor()
     return create_app()
+
+
+# prctl(2)'s option that has the kernel send a signal when the process's parent ends.
+_PR_SET_PDEATHSIG = 1
+
+
+def _stop_with_the_supervisor() -> None:
+    """SIGTERM (a stop that lets the requests in progress finish) once the supervisor has ended:
+    killed (SIGKILL, or by the kernel short of memory), it left its workers serving alone for
+    ever, holding the port, which a new `devreg serve` then found in use."""
+    if sys.platform != "linux":
+        return
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    supervisor = multiprocessing.parent_process()
+    if supervisor is not None and os.getppid() != supervisor.pid:  # ended before that
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
