@@ -689,6 +689,29 @@ async def test_a_worker_of_several_that_cannot_start_is_a_failed_start(
     assert "which this release does not know" in result.stdout
 
 
+@pytest.mark.parametrize("workers", ["1", "2"])
+async def test_why_a_worker_could_not_start_is_logged_at_every_log_level(
+    committed_database_url: URL, workers: str
+) -> None:
+    """At LOG_LEVEL=critical the server exited with status 3 having said nothing at all (one
+    worker), or that its log said why (several), when the log said nothing: the reason was
+    logged as an error."""
+    await set_revision(committed_database_url, "a1b2c3d4")  # a newer release's
+
+    result = await asyncio.to_thread(
+        run_devreg,
+        "serve",
+        "--port",
+        str(free_port()),
+        DATABASE_URL=url_setting(committed_database_url),
+        WORKERS=workers,
+        LOG_LEVEL="critical",
+    )
+
+    assert result.returncode == 3
+    assert "which this release does not know" in result.stdout
+
+
 async def test_requests_still_served_when_the_shutdown_timeout_passes_get_a_503(
     committed_database_url: URL,
 ) -> None:
@@ -915,7 +938,7 @@ async def test_a_served_pool_too_large_for_the_server_says_too_many_connections(
     errors = [
         json.loads(line)["message"]
         for line in result.stdout.splitlines()
-        if line.startswith("{") and json.loads(line)["level"] == "ERROR"
+        if line.startswith("{") and json.loads(line)["level"] in ("ERROR", "CRITICAL")
     ]
     assert any(
         message.startswith(f"too many connections: PostgreSQL at 127.0.0.1:{url.port} ")

@@ -216,7 +216,7 @@ async def _prepare_database(engine: AsyncEngine, settings: Settings) -> None:
         try:
             await migrations.upgrade(engine)
         except CommandError as exc:  # say, the database at a newer release's revision
-            logger.error("migrations: %s", exc)  # the one line that says what to fix
+            logger.critical("migrations: %s", exc)  # the one line that says what to fix
             raise
     else:
         revision = await migrations.current_revision(engine)
@@ -273,9 +273,9 @@ def _say_why_it_failed(exc: Exception, url: URL, settings: Settings) -> None:
     logged as its type alone (logs.py): a pool the server has no room for, or what PostgreSQL
     refused, in its words (as the CLI says it)."""
     if (crowded := no_room_for_the_pool(exc, url)) is not None:
-        logger.error(_POOL_DOES_NOT_FIT, crowded, settings.pool_size, settings.max_overflow)
+        logger.critical(_POOL_DOES_NOT_FIT, crowded, settings.pool_size, settings.max_overflow)
     elif (refused := server_refusal(exc)) is not None:
-        logger.error("database error: %s", refused)
+        logger.critical("database error: %s", refused)
 
 
 def create_supervised_app() -> FastAPI:
@@ -322,7 +322,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             logger.warning("%s: serving 503s until it answers", exc)
             reachable = False
         except (UnsafeBinding, DatabaseConnectError, EmbeddedPostgresError) as exc:
-            logger.error(str(exc))  # the one line that says what to fix
+            logger.critical(str(exc))  # the one line that says what to fix
             raise
         engine = create_engine(url, settings)
         try:
