@@ -132,6 +132,25 @@ async def test_a_server_refusing_in_words_of_its_own_is_not_waited_for(
     assert "unsupported startup parameter: statement_timeout" in str(failure)
 
 
+async def test_a_database_closed_to_connections_is_said_in_the_servers_words(
+    server_url: URL, committed_database_url: URL
+) -> None:
+    """`ALTER DATABASE ... ALLOW_CONNECTIONS false` (maintenance), or EMBEDDED_DB_NAME=template0:
+    every command and start said only "cannot connect to PostgreSQL at HOST:PORT (DBAPIError)"."""
+    name = committed_database_url.database
+    await admin(server_url, f"ALTER DATABASE {name} ALLOW_CONNECTIONS false")
+    try:
+        with pytest.raises(DatabaseConnectError) as refused:
+            await check_connection(committed_database_url, connect_timeout=5)
+    finally:
+        await admin(server_url, f"ALTER DATABASE {name} ALLOW_CONNECTIONS true")
+
+    assert str(refused.value) == (
+        f"refused: PostgreSQL at 127.0.0.1:{committed_database_url.port} would not connect: "
+        f'database "{name}" is not currently accepting connections'
+    )
+
+
 @pytest.mark.parametrize("option", ["sslrootcert", "sslcert"])
 async def test_a_tls_file_the_url_names_that_cannot_be_read_is_named(
     committed_database_url: URL, tmp_path: Path, option: str

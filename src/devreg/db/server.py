@@ -146,9 +146,11 @@ def _diagnosis(exc: BaseException, url: URL) -> tuple[str, bool]:
         # Closed while connecting, as a server restarting, or a proxy before it, does.
         if isinstance(cause, asyncpg.ConnectionDoesNotExistError | asyncpg.ConnectionFailureError):
             return f"unreachable host: {where} closed the connection ({type(cause).__name__})", True
-        # Refused in words of its own (a pooler's "unsupported startup parameter"), which no
-        # retry mends.
-        if isinstance(cause, asyncpg.PostgresConnectionError):
+        # Refused in words of its own (a pooler's "unsupported startup parameter", a database
+        # closed to connections: ALLOW_CONNECTIONS false, template0), which no retry mends.
+        if isinstance(
+            cause, asyncpg.PostgresConnectionError | asyncpg.ObjectNotInPrerequisiteStateError
+        ):
             return f"refused: {where} would not connect: {cause}", False
     return f"cannot connect to {where} ({type(exc).__name__})", False
 
