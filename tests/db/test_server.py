@@ -151,6 +151,27 @@ async def test_a_database_closed_to_connections_is_said_in_the_servers_words(
     )
 
 
+async def test_a_server_not_of_the_kind_target_session_attrs_asks_for_is_said_and_waited_for(
+    server_url: URL, committed_database_url: URL
+) -> None:
+    """`target_session_attrs=read-write` and a server read-only (a primary turned standby in a
+    failover): every command and start said only "cannot connect to PostgreSQL at HOST:PORT
+    (InternalError)", and a worker starting then stopped the server instead of waiting."""
+    name = committed_database_url.database
+    await admin(server_url, f"ALTER DATABASE {name} SET default_transaction_read_only = on")
+    url = committed_database_url.update_query_dict({"target_session_attrs": "read-write"})
+    try:
+        with pytest.raises(DatabaseUnreachable) as refused:
+            await check_connection(url, connect_timeout=5)
+    finally:
+        await admin(server_url, f"ALTER DATABASE {name} RESET default_transaction_read_only")
+
+    assert str(refused.value) == (
+        f"not ready: PostgreSQL at 127.0.0.1:{url.port} is not the kind of server "
+        "target_session_attrs asks for (a standby, or read-only)"
+    )
+
+
 @pytest.mark.parametrize("option", ["sslrootcert", "sslcert"])
 async def test_a_tls_file_the_url_names_that_cannot_be_read_is_named(
     committed_database_url: URL, tmp_path: Path, option: str

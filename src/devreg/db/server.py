@@ -141,6 +141,14 @@ def _diagnosis(exc: BaseException, url: URL) -> tuple[str, bool]:
         # A statement ended by the server's stopping (57P01, 57P02): a restart, a failover.
         if isinstance(cause, asyncpg.AdminShutdownError | asyncpg.CrashShutdownError):
             return f"not ready: {where} is shutting down", True
+        # Answered, but not as target_session_attrs asks (read-write of a primary turned
+        # standby in a failover): the one it asks for may soon be there.
+        if isinstance(cause, asyncpg.TargetServerAttributeNotMatched):
+            return (
+                f"not ready: {where} is not the kind of server target_session_attrs asks for "
+                "(a standby, or read-only)",
+                True,
+            )
         if isinstance(cause, asyncpg.TooManyConnectionsError):
             return f"too many connections: {where} has no free connection slot", True
         # Closed while connecting, as a server restarting, or a proxy before it, does.
