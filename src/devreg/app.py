@@ -342,7 +342,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             if not stopping:  # else uvicorn goes from start-up straight to its shutdown
                 lifetime = settings.idempotency_key_lifetime
                 chores.append(_sweep_expired_keys(sessionmaker, lifetime=lifetime))
-                if settings.external_database_url() is None:
+                if settings.uses_embedded_cluster:
                     chores.append(keep_running(embedded_cluster(settings)))
             background = [asyncio.create_task(chore) for chore in chores]
             for task in background:

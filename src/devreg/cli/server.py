@@ -48,7 +48,7 @@ def serve(
         refuse_unsafe_binding(settings)  # the workers warn of AUTH=off, once logging is set up
     except UnsafeBinding as exc:
         fail(str(exc), code=2)
-    if settings.external_database_url() is None and settings.port == settings.embedded_pg_port:
+    if settings.uses_embedded_cluster and settings.port == settings.embedded_pg_port:
         # Free until the cluster starts on it: uvicorn then said only that it was in use.
         fail(
             f"PORT and EMBEDDED_PG_PORT are both {settings.port}: the embedded PostgreSQL "

@@ -540,7 +540,7 @@ def describe_database_in_use(settings: Settings, url: URL) -> str:
     """The database devreg uses at `url`, without the password: the embedded cluster named by
     its data directory too."""
     described = describe_database(url)
-    if settings.external_database_url() is None:
+    if settings.uses_embedded_cluster:
         return f"the embedded PostgreSQL in {settings.embedded_cluster_dir}, {described}"
     return f"PostgreSQL at {described}"
 
