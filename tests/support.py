@@ -255,6 +255,14 @@ class DevregProcess:
         self.output.seek(0)
         return self.output.read()
 
+    async def logs(self, text: str, *, times: int = 1) -> None:
+        """Wait (up to 60 seconds) until the log holds `text` `times` times: "Application
+        startup complete." once a worker, say."""
+        deadline = time.monotonic() + 60
+        while self.log().count(text) < times:
+            assert time.monotonic() < deadline, self.log()
+            await asyncio.sleep(0.1)
+
     def errors_logged(self) -> list[dict[str, Any]]:
         """The log's records at level ERROR or above."""
         return self.logged("ERROR", "CRITICAL")
