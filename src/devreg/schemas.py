@@ -191,12 +191,13 @@ def _offset_in_hours(value: Any) -> Any:
     return value
 
 
+# An aware date and time, also as PostgreSQL and RFC 3339 write some that pydantic does not read.
+_WRITTEN_INSTANT = Annotated[
+    AwareDatetime, BeforeValidator(_leap_second), BeforeValidator(_offset_in_hours)
+]
+
 Instant = Annotated[
-    AwareDatetime,
-    BeforeValidator(_not_a_number),
-    BeforeValidator(_leap_second),
-    BeforeValidator(_offset_in_hours),
-    AfterValidator(_storable_instant),
+    _WRITTEN_INSTANT, BeforeValidator(_not_a_number), AfterValidator(_storable_instant)
 ]
 """A point in time, with its offset (`Z` or `+01:00`), read as the same instant in UTC."""
 
@@ -216,9 +217,7 @@ def _rounded_up(value: Any) -> Any:
     return value
 
 
-_INSTANT: TypeAdapter[datetime] = TypeAdapter(
-    Annotated[AwareDatetime, BeforeValidator(_leap_second), BeforeValidator(_offset_in_hours)]
-)
+_INSTANT: TypeAdapter[datetime] = TypeAdapter(_WRITTEN_INSTANT)
 
 RoundedUpInstant = Annotated[Instant, BeforeValidator(_rounded_up)]
 """An instant that a later time than any stored at it must pass (`created_before`, `since`):

@@ -75,11 +75,16 @@ async def _outnumbers(work: UnitOfWork, table: Table, adding: int) -> bool:
     return int(counted or 0) < adding
 
 
+def _quoted(work: UnitOfWork, table: Table) -> str:
+    """The table's name as SQL writes it (quoted where it must be)."""
+    return work.session.get_bind().dialect.identifier_preparer.format_table(table)
+
+
 async def _owned(work: UnitOfWork, table: Table) -> bool:
     """Whether this role has its table owner's rights (a member of the owner's role, or a
     superuser): a role granted the rows alone, the tables migrated by another, may not drop an
     index."""
-    name = work.session.get_bind().dialect.identifier_preparer.format_table(table)
+    name = _quoted(work, table)
     return bool(await work.session.scalar(text(_OWNED), {"table": name}))
 
 
@@ -87,7 +92,7 @@ async def _indexed_as_modelled(work: UnitOfWork, table: Table) -> bool:
     """Whether `table` has every secondary index its model names. A database not yet migrated
     to this release (MIGRATE_ON_START=false) may lack one, which cannot be dropped, and which,
     made at the end, would fail the migration that makes it."""
-    name = work.session.get_bind().dialect.identifier_preparer.format_table(table)
+    name = _quoted(work, table)
     present = set(await work.session.scalars(text(_INDEX_NAMES), {"table": name}))
     return {str(index.name) for index in table.indexes} <= present
 
@@ -96,7 +101,7 @@ async def _locked_at_once(work: UnitOfWork, table: Table) -> bool:
     """Whether `table` could be locked against every other transaction without waiting. Waiting
     would queue every later reader behind this one, for as long as the slowest reader before it
     (an export, say) takes."""
-    name = work.session.get_bind().dialect.identifier_preparer.format_table(table)
+    name = _quoted(work, table)
     try:
         async with work.begin_nested():
             await work.session.execute(text(f"LOCK TABLE {name} IN ACCESS EXCLUSIVE MODE NOWAIT"))
