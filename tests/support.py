@@ -296,11 +296,15 @@ def devreg_process(
     `ignoring` ignored (as `nohup` leaves SIGHUP) and the others at their defaults, whatever
     the suite was started with; stopped with Ctrl-C (SIGINT) if it is still running.
 
-    One worker unless `WORKERS` says otherwise, whatever the machine's CPUs. Its output goes to
-    a file: a pipe nobody reads would fill up and block the server.
+    One worker unless `WORKERS` says otherwise, whatever the machine's CPUs; yielded once each
+    has started (one answering is not enough: another starting still would fail a test that
+    then changes the database under it). Its output goes to a file opened for appending (the
+    server's writes land at its end, whatever this process reads): a pipe nobody reads would
+    fill up and block the server.
     """
     port = free_port()
-    with tempfile.TemporaryFile("w+") as output:
+    workers = int(settings.get("WORKERS", "1"))
+    with tempfile.TemporaryFile("a+") as output:
         process = subprocess.Popen(
             [sys.executable, "-m", "devreg", "serve", "--port", str(port)],
             env=devreg_environment(**{"WORKERS": "1", **settings}),
@@ -312,7 +316,7 @@ def devreg_process(
         )
         base_url = f"http://127.0.0.1:{port}"
         try:
-            _wait_until_live(process, base_url, output)
+            _wait_until_started(process, base_url, output, workers)
             yield DevregProcess(base_url, process, output)
         finally:
             process.send_signal(signal.SIGINT)
@@ -335,19 +339,24 @@ def _set_signals(ignoring: Sequence[signal.Signals]) -> None:
         signal.signal(ending, signal.SIG_IGN if ending in ignoring else signal.SIG_DFL)
 
 
-def _wait_until_live(process: subprocess.Popen[str], base_url: str, output: IO[str]) -> None:
+def _wait_until_started(
+    process: subprocess.Popen[str], base_url: str, output: IO[str], workers: int
+) -> None:
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
+        output.seek(0)
+        log = output.read()
         if process.poll() is not None:
-            output.seek(0)
-            raise AssertionError(f"devreg serve exited with {process.returncode}:\n{output.read()}")
+            raise AssertionError(f"devreg serve exited with {process.returncode}:\n{log}")
         try:
-            if httpx.get(f"{base_url}/livez", timeout=1).status_code == 200:
-                return
+            live = httpx.get(f"{base_url}/livez", timeout=1).status_code == 200
         except httpx.TransportError:
-            pass
+            live = False
+        if live and log.count("Application startup complete.") >= workers:
+            return
         time.sleep(0.1)
-    raise AssertionError("devreg serve did not come up within 60 s")
+    output.seek(0)
+    raise AssertionError(f"devreg serve did not come up within 60 s:\n{output.read()}")
 
 
 async def set_revision(url: URL, revision: str) -> None:
