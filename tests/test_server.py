@@ -441,6 +441,56 @@ async def test_a_large_body_is_not_taken_for_a_head(committed_database_url: URL)
     assert served.startswith(b"HTTP/1.1 200 ")
 
 
+async def test_a_request_asking_to_upgrade_is_read_whole_and_so_are_those_after_it(
+    committed_database_url: URL,
+) -> None:
+    """httptools stops at the head of a request that asks to switch protocols (`curl --http2`
+    asks for h2c), taking what follows for the new protocol: a POST's body was lost (422 "Field
+    required"), read as a request of its own when it came in a later piece, and the requests
+    sent after it in the same piece were never answered."""
+    upgrade = b"Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABk\r\n"
+    json_body = b"Host: localhost\r\nContent-Type: application/json\r\n"
+    sized = b'{"name": "sized"}'
+    chunked = b'{"name": "chunked"}'
+    pipelined = (
+        b"POST /api/v1/devices HTTP/1.1\r\n" + json_body + upgrade
+        + b"Content-Length: %d\r\n\r\n%s" % (len(sized), sized)
+        + b"POST /api/v1/devices HTTP/1.1\r\n" + json_body + upgrade
+        + b"Transfer-Encoding: chunked\r\n\r\n%x\r\n%s\r\n0\r\n\r\n" % (len(chunked), chunked)
+        + b"GET /livez HTTP/1.1\r\nHost: localhost\r\n" + upgrade + b"\r\n"
+        + b"GET /api/v1/devices?fields=name HTTP/1.1\r\nHost: localhost\r\n"
+        + b"Connection: close\r\n\r\n"
+    )  # fmt: skip
+    late = b'{"name": "late"}'
+    with devreg_server(DATABASE_URL=url_setting(committed_database_url)) as base_url:
+        answers = await _exchange(base_url, pipelined)
+        host, port = base_url.removeprefix("http://").split(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+        try:
+            writer.write(
+                b"POST /api/v1/devices HTTP/1.1\r\n" + json_body + upgrade
+                + b"Connection: close\r\nContent-Length: %d\r\n\r\n" % len(late)
+            )  # fmt: skip
+            await writer.drain()
+            await asyncio.sleep(0.2)
+            writer.write(late)
+            await writer.drain()
+            answer_to_late = await asyncio.wait_for(reader.read(), 10)
+        finally:
+            writer.close()
+
+    assert re.findall(rb"HTTP/1.1 (\d{3}) ", answers) == [
+        b"201",
+        b"201",
+        b"200",
+        b"200",
+    ], answers
+    listing = json.loads(answers.rpartition(b"\r\n\r\n")[2])
+    assert [item["name"] for item in listing["items"]] == ["sized", "chunked"]
+    assert re.findall(rb"HTTP/1.1 (\d{3}) ", answer_to_late) == [b"201"]
+    assert b'"name":"late"' in answer_to_late
+
+
 async def test_a_websocket_upgrade_is_answered_as_any_request(committed_database_url: URL) -> None:
     """It was uvicorn's plain-text 403, without devreg's headers or log line."""
     with devreg_process(DATABASE_URL=url_setting(committed_database_url)) as server:

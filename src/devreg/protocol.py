@@ -6,6 +6,9 @@ a time, at a cost that grows with the square of its length: one 48 MB header hel
 event loop for 6-12 s, health checks and every other request waiting, before any of devreg's
 checks (a token's included) could run. Past HEAD_MAX bytes the request is refused with a 431
 and its connection closed, as uvicorn refuses a request it cannot parse (400).
+
+devreg switches to no other protocol (no WebSocket, no h2c): a request asking for one is read
+as any other, its body included.
 """
 
 import asyncio
@@ -13,11 +16,15 @@ import functools
 import json
 import logging
 import time
+from array import array
 from http import HTTPStatus
+from typing import Any
 from wsgiref.handlers import format_date_time
 
+import httptools
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from devreg.body_limit import declares_body
 from devreg.errors import PROBLEM_MEDIA_TYPE, PROBLEM_TYPE_PREFIX
 from devreg.headers import DEFAULT_CACHE_CONTROL, SECURITY_HEADERS
 
@@ -72,9 +79,49 @@ class _DatedWhenSent(_Headers):
         return [(name, date if name == b"date" else value) for name, value in self] + other
 
 
+class _ParserOfPlainHttp(httptools.HttpRequestParser):
+    """httptools' parser (with uvicorn's leniency), for a server that switches to no other
+    protocol. At the head of a request asking for one (`Connection: upgrade`: `curl --http2`
+    asks for h2c), llhttp ends the request, its body unread, and stops, leaving what follows to
+    the new protocol, which uvicorn then dropped: a POST's JSON was lost (422 "Field
+    required"), taken for a request of its own when it came in a later piece, and the requests
+    after it in the same piece went unanswered. Here what follows is read on as HTTP, by the
+    parser the protocol has for it (BoundedHeadProtocol.parser_after_upgrade)."""
+
+    def __init__(self, protocol: "BoundedHeadProtocol") -> None:
+        super().__init__(protocol)
+        self.set_dangerous_leniencies(lenient_data_after_close=True)
+        self._protocol = protocol
+
+    def feed_data(self, data: "bytes | bytearray | memoryview | array[int]") -> None:
+        parser: httptools.HttpRequestParser = self
+        while True:
+            try:
+                httptools.HttpRequestParser.feed_data(parser, data)
+                return
+            except httptools.HttpParserUpgrade as upgrade:
+                data = data[upgrade.args[0] :]
+                parser = self._protocol.parser_after_upgrade()
+                if not data:
+                    return
+
+
+# The head llhttp is given for the body of a request that asked for an upgrade.
+_FRAMING_HEADERS = (b"content-length", b"transfer-encoding")
+
+
 class BoundedHeadProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol, measuring each request's head: as it comes, in the pieces
-    read while no head has ended, and whole once it has (its line and headers)."""
+    read while no head has ended, and whole once it has (its line and headers); and reading a
+    request that asks for an upgrade as any other (_ParserOfPlainHttp)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.parser = _ParserOfPlainHttp(self)
+        # The framing of the body of the request being read that asked for an upgrade, until
+        # a parser is given it; and whether the head a parser reads is that framing's.
+        self._upgrade_body: bytes | None = None
+        self._reading_framing = False
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -82,6 +129,19 @@ class BoundedHeadProtocol(HttpToolsProtocol):
         self._reading_head = True
         self._heads_ended = 0
         self._refused = False
+
+    def parser_after_upgrade(self) -> httptools.HttpRequestParser:
+        """A parser of its own for what follows a request that asked for an upgrade: llhttp,
+        having ended it, takes no more after a `Connection: close`. Given the head of the
+        request's body's framing first, when it has a body, whose end then ends the request.
+        As any head, that one resets uvicorn's state of the request being read, which the
+        request already made keeps a copy of."""
+        self.parser = _ParserOfPlainHttp(self)
+        framing, self._upgrade_body = self._upgrade_body, None
+        if framing is not None:
+            self._reading_framing = True
+            self.parser.feed_data(framing)
+        return self.parser
 
     def data_received(self, data: bytes) -> None:
         if self._refused:  # the rest of what the client sends is dropped unread
@@ -118,6 +178,9 @@ class BoundedHeadProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         if self._refused:  # a request sent after the refused one, in the same piece
             return
+        if self._reading_framing:  # the request it frames the body of was made of its own head
+            self._reading_framing = False
+            return
         self._reading_head = False
         self._heads_ended += 1
         self._head_bytes = 0
@@ -126,6 +189,16 @@ class BoundedHeadProtocol(HttpToolsProtocol):
         if size > HEAD_MAX:
             self._refused = True  # no request is made of it (answered in data_received)
             return
+        if self.parser.should_upgrade() and declares_body(self.headers):
+            self._upgrade_body = b"".join(
+                [b"PUT / HTTP/1.1\r\n"]
+                + [
+                    name + b": " + value + b"\r\n"
+                    for name, value in self.headers
+                    if name in _FRAMING_HEADERS
+                ]
+                + [b"\r\n"]
+            )
         super().on_headers_complete()
         if self.cycle is not None:
             self.cycle.default_headers = _DatedWhenSent(self.cycle.default_headers)
@@ -135,7 +208,8 @@ class BoundedHeadProtocol(HttpToolsProtocol):
             super().on_body(body)
 
     def on_message_complete(self) -> None:
-        if self._refused:
+        # llhttp ends a request asking for an upgrade at its head: its body is still to come.
+        if self._refused or self._upgrade_body is not None:
             return
         super().on_message_complete()
         self._reading_head = True
