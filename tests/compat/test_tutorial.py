@@ -248,6 +248,16 @@ async def test_a_redirect_keeps_the_path_as_sent(client: AsyncClient) -> None:
     assert response.headers["location"] == "/api/v1/device/1%3F"
 
 
+async def test_a_slash_sent_escaped_is_not_redirected_to_a_path_not_found(
+    client: AsyncClient,
+) -> None:
+    """`/api/v1/device/1%2F` decoded is `/api/v1/device/1/`, a slash too many; but the path as
+    sent has none to take away, and the redirect added one: to `/api/v1/device/1%2F/`, a 404."""
+    response = await client.get("/api/v1/device/1%2F")
+
+    assert_problem(response, 404)
+
+
 async def test_the_tutorial_user_is_judged_by_if_unmodified_since(client: AsyncClient) -> None:
     """As the API's own user is: the tutorial's GET ignored it."""
     user = (await client.post("/users/", params={"name": "Bob"})).json()

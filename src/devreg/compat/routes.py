@@ -5,6 +5,7 @@ No logic lives here: every route calls the same services as the canonical routes
 
 from collections.abc import Awaitable, Callable
 from typing import Annotated
+from urllib.parse import unquote
 
 from fastapi import APIRouter, Query, Response
 from fastapi.responses import RedirectResponse
@@ -172,14 +173,14 @@ def with_tutorial_slashes(not_found: ASGIApp) -> ASGIApp:
     ]
 
     async def redirect_or_not_found(scope: Scope, receive: Receive, send: Send) -> None:
-        path = scope["path"]
-        elsewhere = {**scope, "path": _slash_toggled(path)}
+        # As sent, escapes kept: built from the decoded path, `/device/1%3F/` went to
+        # `/device/1?`, device 1. And matched as it will be decoded: toggled in the decoded path,
+        # a slash sent as %2F was taken away, where the target has it and gains another.
+        target = _slash_toggled(sent_path(scope))
+        elsewhere = {**scope, "path": unquote(target)}
         if scope["type"] == "http" and any(
             route.matches(elsewhere)[0] is not Match.NONE for route in tutorial_routes
         ):
-            # As sent, escapes kept: built from the decoded path, `/device/1%3F/` went to
-            # `/device/1?`, device 1.
-            target = _slash_toggled(sent_path(scope))
             query = scope["query_string"].decode("latin-1")
             location = f"{target}?{query}" if query else target
             await RedirectResponse(location, status_code=307)(scope, receive, send)
