@@ -46,6 +46,21 @@ async def test_a_compressed_body_is_a_415_and_nothing_is_written(
     assert await stored_devices(client) == []
 
 
+@pytest.mark.parametrize("codings", ["gzip, chunked", "deflate,chunked", "x-unknown, chunked"])
+async def test_a_body_in_a_transfer_coding_other_than_chunked_is_a_501_and_nothing_is_written(
+    client: AsyncClient, codings: str
+) -> None:
+    """RFC 9112, 6.1. The server decodes chunked alone and passed the rest on as it came: a body
+    compressed in transit was a 422 saying it was not UTF-8."""
+    device = await create_device(client)
+    body = gzip.compress(json.dumps({"name": "packed"}).encode())
+    headers = {"content-type": "application/json", "transfer-encoding": codings}
+    for method, url in [("POST", DEVICES), ("PATCH", f"{DEVICES}/{device['id']}")]:
+        response = await client.request(method, url, content=body, headers=headers)
+        assert "Transfer-Encoding" in assert_problem(response, 501)["detail"]
+    assert await stored_devices(client) == [device]
+
+
 @pytest.mark.parametrize(
     "content_type",
     ["text/plain", "application/x-www-form-urlencoded", "application/jsonx", "", None],

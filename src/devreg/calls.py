@@ -32,6 +32,7 @@ from devreg.errors import (
     PreconditionRequired,
     UnsupportedContentEncoding,
     UnsupportedMediaType,
+    UnsupportedTransferCoding,
 )
 from devreg.problems import problem_responses, request_validation_error
 
@@ -84,9 +85,12 @@ class Call(Request):
 # What any API route may answer whatever its endpoint does: a query string that is not UTF-8
 # (refused at the edge), a body too slow to arrive or too large (any request may send one), a
 # precondition that cannot hold, the database unavailable, the pool exhausted or a statement past
-# STATEMENT_TIMEOUT; and for a write, a body compressed or not sent as JSON (415).
+# STATEMENT_TIMEOUT; and for a write, a body compressed or not sent as JSON (415), or in a
+# transfer coding the server does not decode (501).
 _EVERY_ROUTES_PROBLEMS = problem_responses(400, 408, 412, 413, 503)
-_EVERY_WRITES_PROBLEMS = dict(sorted({**_EVERY_ROUTES_PROBLEMS, **problem_responses(415)}.items()))
+_EVERY_WRITES_PROBLEMS = dict(
+    sorted({**_EVERY_ROUTES_PROBLEMS, **problem_responses(415, 501)}.items())
+)
 
 
 class ApiRoute(APIRoute):
@@ -190,12 +194,22 @@ def _refuse_query_parameters(call: Call) -> None:
         raise InvalidParameter(name, f"unknown query parameter {name!r}")
 
 
+# The transfer codings the HTTP server takes off a body (uvicorn: chunked; identity is none).
+_DECODED_TRANSFER_CODINGS = frozenset({"chunked", "identity"})
+
+
 def _refuse_encoded_body(call: Call) -> None:
     """A compressed body (gzip, say) is refused as such (415), before it is read: parsed as JSON
-    it would only be "not valid UTF-8"."""
+    it would only be "not valid UTF-8". So is one compressed in transit (`Transfer-Encoding: gzip,
+    chunked`), which the server passes on as it came (501, RFC 9112, 6.1)."""
     encoding = call.list_header("content-encoding")  # on one line or several
     if encoding is not None and encoding.strip().lower() != "identity":
         raise UnsupportedContentEncoding
+    transfer = call.list_header("transfer-encoding")
+    if transfer is not None and not _DECODED_TRANSFER_CODINGS.issuperset(
+        coding.strip().lower() for coding in transfer.split(",")
+    ):
+        raise UnsupportedTransferCoding
 
 
 def _refuse_body_not_json(call: Call) -> None:

@@ -363,6 +363,17 @@ class UnsupportedContentEncoding(DevregError):
     default_headers = {"Accept-Encoding": "identity"}  # RFC 9110, 15.5.16
 
 
+class UnsupportedTransferCoding(DevregError):
+    """RFC 9112, 6.1: the server decodes `chunked` alone, and passes a body in another transfer
+    coding on as it came."""
+
+    status = 501
+    slug = "unsupported-transfer-coding"
+    default_detail = (
+        "Send the request body with Transfer-Encoding: chunked alone, or with a Content-Length."
+    )
+
+
 class UnsupportedMediaType(DevregError):
     status = 415
     slug = "unsupported-media-type"
