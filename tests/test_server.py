@@ -361,6 +361,19 @@ async def test_a_request_head_past_its_bound_is_a_431_and_one_within_is_served(
     assert within.startswith(b"HTTP/1.1 200 ")
 
 
+async def test_a_431_to_a_head_request_has_no_body(committed_database_url: URL) -> None:
+    """RFC 9110, 9.3.2: it had the problem a GET gets, which a client reads as the start of
+    the next response."""
+    head = b"HEAD /livez HTTP/1.1\r\nHost: localhost\r\nX-Big: " + b"a" * 100_000 + b"\r\n\r\n"
+    with devreg_server(DATABASE_URL=url_setting(committed_database_url)) as base_url:
+        answer = await _exchange(base_url, head)
+
+    headers, _, body = answer.partition(b"\r\n\r\n")
+    assert headers.startswith(b"HTTP/1.1 431 ")
+    assert b"\r\ncontent-length: " in headers  # as a GET would have it
+    assert body == b""
+
+
 async def test_a_response_is_dated_no_earlier_than_the_change_it_reports(
     committed_database_url: URL,
 ) -> None:

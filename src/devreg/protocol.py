@@ -55,9 +55,11 @@ _HEAD = (
 )
 
 
-def _answer() -> bytes:
-    """The 431, dated now (RFC 9110, 6.6.1), with the headers every response carries."""
-    return _HEAD + f"date: {format_date_time(time.time())}\r\n\r\n".encode() + _BODY
+def _answer(*, to_head: bool) -> bytes:
+    """The 431, dated now (RFC 9110, 6.6.1), with the headers every response carries; without
+    its problem when it answers a HEAD request (RFC 9110, 9.3.2)."""
+    dated = _HEAD + f"date: {format_date_time(time.time())}\r\n\r\n".encode()
+    return dated if to_head else dated + _BODY
 
 
 _Headers = list[tuple[bytes, bytes]]
@@ -171,7 +173,8 @@ class BoundedHeadProtocol(HttpToolsProtocol):
         lose the answer before reading it."""
         self._refused = True
         logger.warning("request head too large", extra={"status": _STATUS.value})
-        self.transport.write(_answer())
+        # Past HEAD_MAX, the request line has been read: its method is known.
+        self.transport.write(_answer(to_head=self.parser.get_method() == b"HEAD"))
         self.transport.write_eof()  # the client reads the answer, then the end
         self.loop.call_later(_LINGER_SECONDS, self.transport.close)
 
