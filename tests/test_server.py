@@ -361,17 +361,46 @@ async def test_a_request_head_past_its_bound_is_a_431_and_one_within_is_served(
     assert within.startswith(b"HTTP/1.1 200 ")
 
 
+async def test_a_431_comes_after_the_answers_to_the_requests_before_it(
+    committed_database_url: URL,
+) -> None:
+    """It was written at once, the connection ended after it: a request pipelined before it,
+    still being served, was never answered (its user created all the same), and an error was
+    logged for its response, cut off."""
+    body = b'{"name": "ann"}'
+    pipelined = (
+        b"POST /api/v1/users HTTP/1.1\r\nHost: localhost\r\n"
+        b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+        % (len(body), body)
+        + b"GET /livez HTTP/1.1\r\nHost: localhost\r\nX-Big: "
+        + b"a" * 100_000
+        + b"\r\n\r\n"
+    )
+    with devreg_process(DATABASE_URL=url_setting(committed_database_url)) as server:
+        answers = await _exchange(server.base_url, pipelined)
+        logged = server.log()
+
+    assert re.findall(rb"HTTP/1.1 (\d{3}) ", answers) == [b"201", b"431"], answers[:300]
+    assert '"level":"ERROR"' not in logged.replace(" ", "")
+
+
 async def test_a_431_to_a_head_request_has_no_body(committed_database_url: URL) -> None:
     """RFC 9110, 9.3.2: it had the problem a GET gets, which a client reads as the start of
     the next response."""
     head = b"HEAD /livez HTTP/1.1\r\nHost: localhost\r\nX-Big: " + b"a" * 100_000 + b"\r\n\r\n"
     with devreg_server(DATABASE_URL=url_setting(committed_database_url)) as base_url:
         answer = await _exchange(base_url, head)
+        # A request sent after it, in the same piece, is not the one answered.
+        followed = await _exchange(
+            base_url, head + b"GET /livez HTTP/1.1\r\nHost: localhost\r\n\r\n"
+        )
 
     headers, _, body = answer.partition(b"\r\n\r\n")
     assert headers.startswith(b"HTTP/1.1 431 ")
     assert b"\r\ncontent-length: " in headers  # as a GET would have it
     assert body == b""
+    assert followed.startswith(b"HTTP/1.1 431 ")
+    assert followed.endswith(b"\r\n\r\n")
 
 
 async def test_a_response_is_dated_no_earlier_than_the_change_it_reports(

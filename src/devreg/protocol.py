@@ -131,6 +131,8 @@ class BoundedHeadProtocol(HttpToolsProtocol):
         self._reading_head = True
         self._heads_ended = 0
         self._refused = False
+        self._refused_head = False
+        self._refusal: bytes | None = None  # the 431, until the requests before it are answered
 
     def parser_after_upgrade(self) -> httptools.HttpRequestParser:
         """A parser of its own for what follows a request that asked for an upgrade: llhttp,
@@ -165,18 +167,44 @@ class BoundedHeadProtocol(HttpToolsProtocol):
             return
         self._head_bytes += len(data)
         if self._head_bytes > HEAD_MAX:
+            self._stop_reading()
             self._refuse()
 
     def _refuse(self) -> None:
-        """Answer 431 and end the connection, after a grace for the client to stop sending:
+        """Answer 431 once the requests before it on the connection are answered (written at
+        once, it came first, and ended the connection before their answers), then end the
+        connection."""
+        logger.warning("request head too large", extra={"status": _STATUS.value})
+        self._refusal = _answer(to_head=self._refused_head)
+        if not self._answering():
+            self._send_refusal()
+
+    def _stop_reading(self) -> None:
+        """Make no request of the head being read, or of what follows it, which is dropped; its
+        method is kept for the answer, as the parser may read on (past HEAD_MAX, the request line
+        has been read)."""
+        self._refused = True
+        self._refused_head = self.parser.get_method() == b"HEAD"
+
+    def _answering(self) -> bool:
+        """Whether a request before the refused one is still to be answered."""
+        return bool(self.pipeline) or (self.cycle is not None and not self.cycle.response_complete)
+
+    def _send_refusal(self) -> None:
+        """The 431, then the end of the connection after a grace for the client to stop sending:
         closed with its bytes still coming, the connection would be reset, and the client could
         lose the answer before reading it."""
-        self._refused = True
-        logger.warning("request head too large", extra={"status": _STATUS.value})
-        # Past HEAD_MAX, the request line has been read: its method is known.
-        self.transport.write(_answer(to_head=self.parser.get_method() == b"HEAD"))
+        refusal, self._refusal = self._refusal, None
+        if refusal is None or self.transport.is_closing():
+            return
+        self.transport.write(refusal)
         self.transport.write_eof()  # the client reads the answer, then the end
         self.loop.call_later(_LINGER_SECONDS, self.transport.close)
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if self._refusal is not None and not self._answering():
+            self._send_refusal()
 
     def on_headers_complete(self) -> None:
         if self._refused:  # a request sent after the refused one, in the same piece
@@ -190,7 +218,7 @@ class BoundedHeadProtocol(HttpToolsProtocol):
         # The request line and each header line, as sent but for spaces around the values.
         size = len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers)
         if size > HEAD_MAX:
-            self._refused = True  # no request is made of it (answered in data_received)
+            self._stop_reading()  # answered in data_received
             return
         if self.parser.should_upgrade() and declares_body(self.headers):
             self._upgrade_body = b"".join(
