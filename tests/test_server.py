@@ -384,6 +384,34 @@ async def test_a_431_comes_after_the_answers_to_the_requests_before_it(
     assert '"level":"ERROR"' not in logged.replace(" ", "")
 
 
+async def test_a_request_that_cannot_be_parsed_is_refused_after_the_answers_before_it(
+    committed_database_url: URL,
+) -> None:
+    """uvicorn's 400 was written at once and the connection closed: a write pipelined before
+    it was cut off unanswered (served on, it would have been done all the same)."""
+    body = b'{"name": "ann"}'
+    pipelined = (
+        b"POST /api/v1/users HTTP/1.1\r\nHost: localhost\r\n"
+        b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+        % (len(body), body)
+        + b"GET /\x01 HTTP/1.1\r\nHost: localhost\r\n\r\n"
+    )
+    bad_chunk = (
+        b"POST /api/v1/users HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\nzz\r\n"
+    )
+    with devreg_server(DATABASE_URL=url_setting(committed_database_url)) as base_url:
+        answers = await _exchange(base_url, pipelined)
+        async with httpx.AsyncClient(base_url=base_url) as client:
+            users = (await client.get("/api/v1/users")).json()["items"]
+        # Its own body not HTTP, a request is refused at once, not once its body is given up.
+        refused = await asyncio.wait_for(_exchange(base_url, bad_chunk), 5)
+
+    assert re.findall(rb"HTTP/1.1 (\d{3}) ", answers) == [b"201", b"400"], answers[:300]
+    assert [user["name"] for user in users] == ["ann"]
+    assert refused.startswith(b"HTTP/1.1 400 ")
+
+
 async def test_a_431_to_a_head_request_has_no_body(committed_database_url: URL) -> None:
     """RFC 9110, 9.3.2: it had the problem a GET gets, which a client reads as the start of
     the next response."""

@@ -17,6 +17,7 @@ import json
 import logging
 import time
 from array import array
+from collections.abc import Callable
 from http import HTTPStatus
 from typing import Any
 from wsgiref.handlers import format_date_time
@@ -130,9 +131,11 @@ class BoundedHeadProtocol(HttpToolsProtocol):
         self._head_bytes = 0  # of the head being read, as far as it has come
         self._reading_head = True
         self._heads_ended = 0
-        self._refused = False
-        self._refused_head = False
-        self._refusal: bytes | None = None  # the 431, until the requests before it are answered
+        self._refused = False  # what the client sends is read no more
+        self._head_too_large = False
+        self._refused_head = False  # the request refused is a HEAD
+        # The connection's last answer, until the requests before it are answered.
+        self._last_answer: Callable[[], None] | None = None
 
     def parser_after_upgrade(self) -> httptools.HttpRequestParser:
         """A parser of its own for what follows a request that asked for an upgrade: llhttp,
@@ -158,8 +161,9 @@ class BoundedHeadProtocol(HttpToolsProtocol):
         all_head = self._reading_head
         heads_ended = self._heads_ended
         super().data_received(data)
-        if self._refused:
-            self._refuse()
+        if self._refused:  # a head too large (on_headers_complete), or one not HTTP (a 400)
+            if self._head_too_large:
+                self._refuse()
             return
         if not (all_head and self._reading_head and heads_ended == self._heads_ended):
             return
@@ -171,40 +175,56 @@ class BoundedHeadProtocol(HttpToolsProtocol):
             self._refuse()
 
     def _refuse(self) -> None:
-        """Answer 431 once the requests before it on the connection are answered (written at
-        once, it came first, and ended the connection before their answers), then end the
-        connection."""
+        """Answer 431, the connection's last answer."""
         logger.warning("request head too large", extra={"status": _STATUS.value})
-        self._refusal = _answer(to_head=self._refused_head)
-        if not self._answering():
-            self._send_refusal()
+        self._answer_last(functools.partial(self._send_431, _answer(to_head=self._refused_head)))
 
     def _stop_reading(self) -> None:
-        """Make no request of the head being read, or of what follows it, which is dropped; its
-        method is kept for the answer, as the parser may read on (past HEAD_MAX, the request line
-        has been read)."""
-        self._refused = True
+        """Make no request of the head being read, which is too large, or of what follows it,
+        which is dropped; its method is kept for the answer, as the parser may read on (past
+        HEAD_MAX, the request line has been read)."""
+        self._refused = self._head_too_large = True
         self._refused_head = self.parser.get_method() == b"HEAD"
+
+    def _send_431(self, answer: bytes) -> None:
+        """The 431, then the end of the connection after a grace for the client to stop sending:
+        closed with its bytes still coming, the connection would be reset, and the client could
+        lose the answer before reading it."""
+        self.transport.write(answer)
+        self.transport.write_eof()  # the client reads the answer, then the end
+        self.loop.call_later(_LINGER_SECONDS, self.transport.close)
+
+    def send_400_response(self, msg: str) -> None:
+        if self.cycle is not None and self.cycle.more_body:
+            # What is not HTTP is the body of the request being read (a chunk's size, say): it
+            # is the request refused, whose answer would otherwise wait for the rest of its body.
+            super().send_400_response(msg)
+            return
+        self._answer_last(functools.partial(super().send_400_response, msg))
+
+    def _answer_last(self, answer: Callable[[], None]) -> None:
+        """Give `answer`, which ends the connection, once the requests before it on the
+        connection are answered; what the client sends meanwhile is dropped. Written at once,
+        it came before their answers, and the connection ended without them: a request still
+        being served (a write, done all the same) was never answered."""
+        self._refused = True
+        self._last_answer = answer
+        if not self._answering():
+            self._give_last_answer()
 
     def _answering(self) -> bool:
         """Whether a request before the refused one is still to be answered."""
         return bool(self.pipeline) or (self.cycle is not None and not self.cycle.response_complete)
 
-    def _send_refusal(self) -> None:
-        """The 431, then the end of the connection after a grace for the client to stop sending:
-        closed with its bytes still coming, the connection would be reset, and the client could
-        lose the answer before reading it."""
-        refusal, self._refusal = self._refusal, None
-        if refusal is None or self.transport.is_closing():
-            return
-        self.transport.write(refusal)
-        self.transport.write_eof()  # the client reads the answer, then the end
-        self.loop.call_later(_LINGER_SECONDS, self.transport.close)
+    def _give_last_answer(self) -> None:
+        answer, self._last_answer = self._last_answer, None
+        if answer is not None and not self.transport.is_closing():
+            answer()
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
-        if self._refusal is not None and not self._answering():
-            self._send_refusal()
+        if self._last_answer is not None and not self._answering():
+            self._give_last_answer()
 
     def on_headers_complete(self) -> None:
         if self._refused:  # a request sent after the refused one, in the same piece
