@@ -16,6 +16,7 @@ from typing import Annotated, Any, ClassVar, TypeVar
 
 from fastapi import Depends, Request, Response
 from fastapi.dependencies.models import Dependant
+from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from pydantic import TypeAdapter, ValidationError
 
@@ -72,10 +73,16 @@ class Call(Request):
         return ", ".join(self.headers.getlist(name))
 
     def header(self, name: str, adapter: TypeAdapter[T]) -> T | None:
-        """An optional header's value, validated as FastAPI validates a declared one (422)."""
+        """An optional header's value, validated as FastAPI validates a declared one (422); sent
+        on several lines, it is refused too: which one the client meant is not known (of two
+        Idempotency-Keys the first was taken, and a retry keyed by the other wrote again)."""
         raw = self.header_value(name)
         if raw is None:
             return None
+        if len(self.headers.getlist(name)) > 1:
+            raise RequestValidationError(
+                [{"loc": ("header", name), "msg": "must be sent once", "type": "value_error"}]
+            )
         try:
             return adapter.validate_python(raw)
         except ValidationError as exc:

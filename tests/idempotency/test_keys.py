@@ -82,6 +82,14 @@ class TestReplay:
         assert_problem(elsewhere, 422)
         assert len(await stored_devices(client)) == 1
 
+    async def test_two_keys_are_422_and_nothing_is_written(self, client) -> None:
+        """The first was taken, the other ignored: a retry keyed by the other wrote again."""
+        headers = [("Idempotency-Key", "k1"), ("Idempotency-Key", "k2")]
+        refused = await client.post(DEVICES, json={"name": "pi"}, headers=headers)
+        problem = assert_problem(refused, 422)
+        assert [error["loc"] for error in problem["errors"]] == [["header", "Idempotency-Key"]]
+        assert await stored_devices(client) == []
+
     async def test_other_keys_and_no_key_write_again(self, client) -> None:
         await client.post(DEVICES, json={"name": "pi"}, headers=keyed("k1"))
         await client.post(DEVICES, json={"name": "pi"}, headers=keyed("k2"))
