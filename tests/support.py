@@ -451,10 +451,16 @@ async def asyncpg_connection(url: URL) -> asyncpg.Connection:
     return await asyncpg.connect(url.set(drivername="postgresql").render_as_string(False))
 
 
+# How long a lock may take to be waited for: a real process's start-up may come first (a
+# server's worker, a command), which takes seconds on a busy machine.
+_LOCK_WAIT_DEADLINE = 60
+
+
 async def waiting_for_lock_of(url: URL, waiter: asyncpg.Connection) -> None:
-    """Once `waiter`'s session waits for a lock (within 10 seconds)."""
+    """Once `waiter`'s session waits for a lock (within 60 seconds)."""
     pid = waiter.get_server_pid()
-    for _ in range(200):
+    deadline = time.monotonic() + _LOCK_WAIT_DEADLINE
+    while time.monotonic() < deadline:
         rows = await query(
             url, f"SELECT count(*) AS n FROM pg_locks WHERE pid = {pid} AND NOT granted"
         )
@@ -481,9 +487,10 @@ async def user_deleted_while(
 
 
 async def waiting_for_a_lock(connection: asyncpg.Connection) -> None:
-    """Return once another session waits for a lock `connection` holds (within 10 seconds).
+    """Return once another session waits for a lock `connection` holds (within 60 seconds).
     (pg_locks, not pg_stat_activity, which a transaction reads only once.)"""
-    for _ in range(200):
+    deadline = time.monotonic() + _LOCK_WAIT_DEADLINE
+    while time.monotonic() < deadline:
         waiting = await connection.fetchval(
             "SELECT count(*) FROM pg_locks "
             "WHERE NOT granted AND pg_backend_pid() = ANY(pg_blocking_pids(pid))"
