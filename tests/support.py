@@ -327,6 +327,31 @@ def devreg_process(
                 process.wait()
 
 
+async def read_by_the_server(writer: asyncio.StreamWriter) -> None:
+    """Once the server at the other end of `writer` has read all that was written on it (within
+    60 seconds): a request's head read, the server has the request in hand (a stop lets it
+    finish) and has passed it to the app. (A fixed pause was too short on a busy machine.)"""
+    own_port = writer.get_extra_info("sockname")[1]
+    server_port = writer.get_extra_info("peername")[1]
+    deadline = time.monotonic() + 60
+    while writer.transport.get_write_buffer_size() or _unread_by(server_port, own_port):
+        assert time.monotonic() < deadline, "the server never read what was sent"
+        await asyncio.sleep(0.05)
+
+
+def _unread_by(server_port: int, client_port: int) -> int:
+    """The bytes the server's end of a loopback connection has received but not read yet (none
+    once it has closed it)."""
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        local, remote, _, queues = line.split()[1:5]
+        if (int(local.split(":")[1], 16), int(remote.split(":")[1], 16)) == (
+            server_port,
+            client_port,
+        ):
+            return int(queues.split(":")[1], 16)
+    return 0
+
+
 @contextmanager
 def devreg_server(cwd: Path | None = None, **settings: str) -> Iterator[str]:
     """A real `devreg serve` process (see devreg_process); yields its base URL."""

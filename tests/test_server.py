@@ -43,6 +43,7 @@ from tests.support import (
     make_settings,
     migrate,
     query,
+    read_by_the_server,
     run_devreg,
     running,
     set_revision,
@@ -262,7 +263,7 @@ async def test_a_client_that_stops_sending_its_body_does_not_hold_the_worker(
     settings = {"MAX_REQUESTS_IN_PROGRESS": "1", "BODY_TIMEOUT": "1", "POOL_TIMEOUT": "3"}
     with devreg_server(DATABASE_URL=url_setting(committed_database_url), **settings) as base_url:
         reader, writer = await _create_half_sent(base_url, length=100)
-        await asyncio.sleep(0.3)  # the stalled request holds the worker's one turn
+        await read_by_the_server(writer)  # the stalled request holds the worker's one turn
         try:
             async with httpx.AsyncClient(base_url=base_url, timeout=30) as client:
                 served = await client.get("/api/v1/devices", params={"limit": 1})
@@ -283,7 +284,8 @@ async def test_bodies_still_arriving_hold_no_turn(committed_database_url: URL) -
     settings = {"MAX_REQUESTS_IN_PROGRESS": "2", "BODY_TIMEOUT": "60", "POOL_TIMEOUT": "2"}
     with devreg_server(DATABASE_URL=url_setting(committed_database_url), **settings) as base_url:
         stalled = [await _create_half_sent(base_url) for _ in range(4)]
-        await asyncio.sleep(0.5)  # each request is in the app, waiting for the rest of its body
+        for _, writer in stalled:  # each request is in the app, waiting for the rest of its body
+            await read_by_the_server(writer)
         try:
             async with httpx.AsyncClient(base_url=base_url, timeout=30) as client:
                 served = await client.get("/api/v1/devices", params={"limit": 1})
@@ -585,9 +587,9 @@ async def test_sighup_to_one_worker_lets_the_request_in_flight_finish(
     the request in flight answered with nothing."""
     with devreg_process(DATABASE_URL=url_setting(committed_database_url)) as server:
         reader, writer = await _create_half_sent(server.base_url)
-        await asyncio.sleep(0.5)
+        await read_by_the_server(writer)
         server.process.send_signal(signal.SIGHUP)
-        await asyncio.sleep(0.5)
+        await server.logs("Shutting down")
         writer.write(b'me": "late"}')
         await writer.drain()
         answer = await asyncio.wait_for(reader.read(12), 10)
@@ -615,10 +617,11 @@ async def test_sighup_to_the_whole_group_of_several_workers_lets_the_requests_in
     with devreg_process(DATABASE_URL=database, WORKERS="2") as server:
         await server.logs("Application startup complete.", times=2)
         requests = [await _create_half_sent(server.base_url) for _ in range(4)]
-        await asyncio.sleep(0.5)
+        for _, writer in requests:
+            await read_by_the_server(writer)
         for process in _with_its_children(server.process.pid):
             os.kill(process, signal.SIGHUP)
-        await asyncio.sleep(0.5)
+        await server.logs("Received SIGHUP, restarting processes.")
         answers = []
         for reader, writer in requests:
             writer.write(b'me": "late"}')
