@@ -165,7 +165,8 @@ async def test_a_crash_seen_before_a_stop_on_purpose_starts_nothing(
 
     with cluster._alone():  # the other worker's start, then `devreg db stop`
         watching = asyncio.create_task(watcher.keep_running(cluster))
-        await asyncio.sleep(0.5)  # it has seen the crash, and waits for the lock
+        # It has seen the crash, and waits for the lock: it has the lock's file open too.
+        await asyncio.to_thread(_wait_until_it_opens, os.getpid(), cluster.lock_file, times=2)
         cluster.pid_file.unlink()
     for _ in range(30):
         if cluster.is_running():
@@ -223,16 +224,18 @@ def test_starters_at_once_share_one_cluster(embedded_settings: dict[str, str]) -
         assert run_devreg("db", "stop", **embedded_settings).returncode == 0
 
 
-def _wait_until_it_opens(pid: int, path: Path) -> None:
-    """Until process `pid` has `path` open: a fixed pause was too short on a busy machine,
-    where the signal then came before the command had set up its handling of it."""
+def _wait_until_it_opens(pid: int, path: Path, *, times: int = 1) -> None:
+    """Until process `pid` has `path` open (`times` times at once): a fixed pause was too short
+    on a busy machine, where the signal then came before the command had set up its handling
+    of it."""
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         with suppress(OSError):  # a descriptor closed as it was listed
-            if any(fd.resolve() == path.resolve() for fd in Path(f"/proc/{pid}/fd").iterdir()):
+            fds = Path(f"/proc/{pid}/fd").iterdir()
+            if sum(fd.resolve() == path.resolve() for fd in fds) >= times:
                 return
         time.sleep(0.05)
-    raise AssertionError(f"{path} never opened by {pid}")
+    raise AssertionError(f"{path} never opened {times} time(s) by {pid}")
 
 
 @pytest.mark.parametrize(
