@@ -193,6 +193,7 @@ async def test_a_starter_waits_for_anothers_migration_past_statement_timeout(
                 text("SELECT pg_advisory_xact_lock(:key)"), {"key": migrations.MIGRATION_LOCK_KEY}
             )
             started = asyncio.create_task(migrations.upgrade(starter))
+            await waiting_for_a_lock((await migrating.get_raw_connection()).driver_connection)
             # Past STATEMENT_TIMEOUT, and past the time devreg waits for an answer after it.
             await asyncio.sleep(0.2 + ANSWER_GRACE_SECONDS + 0.5)
             assert not started.done()
@@ -351,7 +352,7 @@ async def test_plain_alembic_waits_for_the_migration_lock(server_url: URL) -> No
                 sys.executable, "-m", "alembic", "upgrade", "head",
                 cwd=migrations.ALEMBIC_HOME, env=environment,
             )  # fmt: skip
-            await asyncio.sleep(2)
+            await waiting_for_a_lock((await migrating.get_raw_connection()).driver_connection)
             assert alembic.returncode is None  # still waiting for the lock
             await migrating.commit()
         assert await asyncio.wait_for(alembic.wait(), 60) == 0
