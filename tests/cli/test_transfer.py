@@ -49,6 +49,7 @@ from tests.support import (
     query,
     run_devreg,
     started_devreg,
+    waiting_for_a_lock,
 )
 
 FORMATS = list(EXPORT_PARSERS)
@@ -424,7 +425,8 @@ class TestImportConflicts:
                     "--on-conflict", "update",
                     env={**os.environ, "DATABASE_URL": url}, stdout=asyncio.subprocess.PIPE,
                 )  # fmt: skip
-                await asyncio.sleep(2)  # the import now waits for this transaction
+                # The import now waits for this transaction.
+                await waiting_for_a_lock((await registering.get_raw_connection()).driver_connection)
                 await registering.commit()
             output, _ = await asyncio.wait_for(importing.communicate(), 60)
         finally:
