@@ -60,16 +60,20 @@ async def one_at_a_time(
         yield client, gate
 
 
-def sent_in_two(first: bytes, rest: bytes) -> tuple[asyncio.Event, AsyncIterator[bytes]]:
-    """A request body whose `rest` is sent once the event is set."""
-    rest_sent = asyncio.Event()
+def sent_in_two(
+    first: bytes, rest: bytes
+) -> tuple[asyncio.Event, asyncio.Event, AsyncIterator[bytes]]:
+    """A request body whose `rest` is sent once the second event is set; the first is set once
+    the app, `first` read, asks for more."""
+    rest_wanted, rest_sent = asyncio.Event(), asyncio.Event()
 
     async def body() -> AsyncIterator[bytes]:
         yield first
+        rest_wanted.set()
         await rest_sent.wait()
         yield rest
 
-    return rest_sent, body()
+    return rest_wanted, rest_sent, body()
 
 
 async def held_request(client: AsyncClient, gate: Gate) -> "asyncio.Task[Response]":
@@ -105,11 +109,11 @@ async def test_a_body_read_without_the_turn_waits_for_one_again(database_url: UR
     """A request gives up its turn while its body arrives (a slow client would hold it), and
     waits for one again as a new request does: here none comes in time, a 503."""
     async with one_at_a_time(database_url, lambda gate: gate.hold) as (client, gate):
-        rest_sent, body = sent_in_two(b'{"name": ', b'"late"}')
+        rest_wanted, rest_sent, body = sent_in_two(b'{"name": ', b'"late"}')
         posting = asyncio.create_task(
             client.post(DEVICES_PATH, content=body, headers={"content-type": "application/json"})
         )
-        await asyncio.sleep(0.2)  # the POST is in, half its body sent
+        await asyncio.wait_for(rest_wanted.wait(), 30)  # the POST is in, half its body read
         held = await held_request(client, gate)  # the only turn, given up by the POST
         rest_sent.set()
         refused = await posting
@@ -128,7 +132,7 @@ async def test_a_streamed_response_whose_request_has_a_body_keeps_no_turn(
     """Its body, arriving after the response started, took the turn back, held until the
     stream ended: every other request waited, then was refused."""
     async with one_at_a_time(database_url, lambda gate: gate.stream) as (client, gate):
-        rest_sent, body = sent_in_two(b"x", b"y")
+        _, rest_sent, body = sent_in_two(b"x", b"y")
 
         async def read_stream() -> str:
             async with client.stream("GET", HELD, content=body) as response:
