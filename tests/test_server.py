@@ -659,6 +659,33 @@ async def test_workers_whose_supervisor_was_killed_stop(committed_database_url: 
             await asyncio.sleep(0.1)
 
 
+# Run by every Python started with this on its path: a worker (multiprocessing's spawned
+# process) boots as slowly as on a small or busy host, past uvicorn's 5 s health check.
+_SLOW_WORKER_BOOT = """
+import sys, time
+if "--multiprocessing-fork" in sys.argv:
+    time.sleep(7)
+"""
+
+
+async def test_workers_slow_to_boot_are_waited_for(
+    committed_database_url: URL, tmp_path: Path
+) -> None:
+    """A worker that had not answered uvicorn's health check within 5 s of being started (still
+    loading Python and devreg, on a slow or busy host) was killed and started again, for ever:
+    `devreg serve --workers 2` never served."""
+    (tmp_path / "sitecustomize.py").write_text(_SLOW_WORKER_BOOT)
+    path = os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")]))
+    database = url_setting(committed_database_url)
+    with devreg_process(DATABASE_URL=database, WORKERS="2", PYTHONPATH=path) as server:
+        async with httpx.AsyncClient(base_url=server.base_url) as client:
+            answer = await client.get("/readyz")
+        log = server.log()
+
+    assert answer.status_code == 200
+    assert "died" not in log
+
+
 def _running(pid: int) -> bool:
     """Whether the process has not ended (a zombie has)."""
     try:

@@ -4,6 +4,7 @@ import contextlib
 import os
 import signal
 import socket
+import time
 from collections.abc import Awaitable, Callable
 from types import FrameType
 from typing import Annotated, Any
@@ -14,7 +15,7 @@ from alembic import command as alembic_command
 from alembic.util import CommandError
 from sqlalchemy.ext.asyncio import AsyncEngine
 from uvicorn.config import STARTUP_FAILURE
-from uvicorn.supervisors.multiprocess import Multiprocess
+from uvicorn.supervisors.multiprocess import Multiprocess, Process
 
 from devreg.auth.authenticator import UnsafeBinding, refuse_unsafe_binding
 from devreg.cli.common import (
@@ -87,6 +88,9 @@ def serve(
     uvicorn.run(**options)
 
 
+# How long a worker just started may take to answer its supervisor's health check a first time.
+_BOOT_TIMEOUT = 300
+
 # How long a worker that replaces another (SIGHUP) may take to start: as long as the migrations
 # it applies first take, in practice (one that fails to start ends the wait as it ends).
 _REPLACEMENT_START_TIMEOUT = 24 * 3600
@@ -97,7 +101,36 @@ class _Supervisor(Multiprocess):
     start-up takes: a new release's applies pending migrations first, or waits for another
     process applying them. uvicorn gave it 5 s (its health check's timeout), then killed it,
     amid a migration too, and kept the old workers: the new release never served. A stop signal
-    still ends the wait at once."""
+    still ends the wait at once.
+
+    And waiting for a worker just started to answer its first health check: a thread of its
+    own answers, once Python has loaded devreg, which on a slow or busy host took past the 5 s
+    uvicorn gave it, and each worker was killed and started again, for ever. Once a worker has
+    answered, 5 s is kept: a worker ending (its answering thread gone first) is not waited for
+    longer."""
+
+    def __init__(self, config: uvicorn.Config, sockets: list[socket.socket]) -> None:
+        super().__init__(config, sockets)
+        self._booted: set[int | None] = set()  # the workers (pids) that have answered once
+
+    def keep_subprocess_alive(self) -> None:
+        if all(map(self._booted_or_ended, self.processes)):
+            super().keep_subprocess_alive()
+        # else a signal came meanwhile: it is handled first, the check made next time round
+
+    def _booted_or_ended(self, worker: Process) -> bool:
+        """Wait until `worker` has answered a health check once, ended, or taken _BOOT_TIMEOUT
+        (then uvicorn's check finds it hung); False if a signal comes first, or the server
+        is stopping."""
+        deadline = time.monotonic() + _BOOT_TIMEOUT
+        while worker.pid not in self._booted and time.monotonic() < deadline:
+            if not worker.process.is_alive():
+                return True
+            if self.signal_queue or self.should_exit.is_set():
+                return False
+            if worker.ping(timeout=1):
+                self._booted.add(worker.pid)
+        return True
 
     def restart_all(self) -> None:
         checked = self.config.timeout_worker_healthcheck
