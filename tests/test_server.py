@@ -402,16 +402,43 @@ async def test_a_request_that_cannot_be_parsed_is_refused_after_the_answers_befo
         b"POST /api/v1/users HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
         b"Transfer-Encoding: chunked\r\n\r\nzz\r\n"
     )
+    # Not HTTP in the body of a request queued behind one being served: in a chunk's size, or
+    # in the framing of a request asking for an upgrade (read on as plain HTTP).
+    served_first = pipelined.partition(b"GET /\x01")[0]
+    queued_bad_bodies = [
+        served_first.replace(b'"ann"', b'"bob"') + bad_chunk,
+        served_first.replace(b'"ann"', b'"cyd"')
+        + b"POST /api/v1/users HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\n"
+        + b"Upgrade: h2c\r\nTransfer-Encoding: identity\r\n\r\nhello",
+    ]
     with devreg_server(DATABASE_URL=url_setting(committed_database_url)) as base_url:
         answers = await _exchange(base_url, pipelined)
+        queued_answers = [await _exchange(base_url, sent) for sent in queued_bad_bodies]
         async with httpx.AsyncClient(base_url=base_url) as client:
             users = (await client.get("/api/v1/users")).json()["items"]
         # Its own body not HTTP, a request is refused at once, not once its body is given up.
         refused = await asyncio.wait_for(_exchange(base_url, bad_chunk), 5)
 
     assert re.findall(rb"HTTP/1.1 (\d{3}) ", answers) == [b"201", b"400"], answers[:300]
-    assert [user["name"] for user in users] == ["ann"]
+    for answered in queued_answers:
+        assert re.findall(rb"HTTP/1.1 (\d{3}) ", answered) == [b"201", b"400"], answered[:300]
+    assert sorted(user["name"] for user in users) == ["ann", "bob", "cyd"]
     assert refused.startswith(b"HTTP/1.1 400 ")
+
+
+async def test_a_head_too_large_asking_for_an_upgrade_is_a_431(committed_database_url: URL) -> None:
+    """Its body, sent with it, was read as a request of its own: uvicorn's 400 took the 431's
+    place."""
+    body = b'{"name": "x"}'
+    sent = (
+        b"POST /api/v1/devices HTTP/1.1\r\nHost: localhost\r\nX-Big: " + b"a" * 100_000
+        + b"\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMA\r\n"
+        + b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+    )  # fmt: skip
+    with devreg_server(DATABASE_URL=url_setting(committed_database_url)) as base_url:
+        answer = await _exchange(base_url, sent)
+
+    assert answer.startswith(b"HTTP/1.1 431 "), answer[:300]
 
 
 async def test_a_431_to_a_head_request_has_no_body(committed_database_url: URL) -> None:

@@ -23,7 +23,8 @@ from typing import Any
 from wsgiref.handlers import format_date_time
 
 import httptools
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn._types import ASGI3Application
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
 from devreg.body_limit import declares_body
 from devreg.errors import PROBLEM_MEDIA_TYPE, PROBLEM_TYPE_PREFIX
@@ -104,9 +105,10 @@ class _ParserOfPlainHttp(httptools.HttpRequestParser):
                 return
             except httptools.HttpParserUpgrade as upgrade:
                 data = data[upgrade.args[0] :]
-                parser = self._protocol.parser_after_upgrade()
-                if not data:
+                following = self._protocol.parser_after_upgrade()
+                if following is None or not data:
                     return
+                parser = following
 
 
 # The head llhttp is given for the body of a request that asked for an upgrade.
@@ -134,15 +136,19 @@ class BoundedHeadProtocol(HttpToolsProtocol):
         self._refused = False  # what the client sends is read no more
         self._head_too_large = False
         self._refused_head = False  # the request refused is a HEAD
+        self._served: RequestResponseCycle | None = None  # the request last given to the app
         # The connection's last answer, until the requests before it are answered.
         self._last_answer: Callable[[], None] | None = None
 
-    def parser_after_upgrade(self) -> httptools.HttpRequestParser:
+    def parser_after_upgrade(self) -> httptools.HttpRequestParser | None:
         """A parser of its own for what follows a request that asked for an upgrade: llhttp,
         having ended it, takes no more after a `Connection: close`. Given the head of the
         request's body's framing first, when it has a body, whose end then ends the request.
         As any head, that one resets uvicorn's state of the request being read, which the
-        request already made keeps a copy of."""
+        request already made keeps a copy of. None when the request was refused (its head too
+        large): what follows is dropped, not read as requests (a 400 in place of the 431)."""
+        if self._refused:
+            return None
         self.parser = _ParserOfPlainHttp(self)
         framing, self._upgrade_body = self._upgrade_body, None
         if framing is not None:
@@ -195,11 +201,17 @@ class BoundedHeadProtocol(HttpToolsProtocol):
         self.loop.call_later(_LINGER_SECONDS, self.transport.close)
 
     def send_400_response(self, msg: str) -> None:
-        if self.cycle is not None and self.cycle.more_body:
-            # What is not HTTP is the body of the request being read (a chunk's size, say): it
-            # is the request refused, whose answer would otherwise wait for the rest of its body.
-            super().send_400_response(msg)
-            return
+        refused = self.cycle
+        if refused is not None and refused.more_body:
+            # What is not HTTP is the body of the request being read (a chunk's size, say).
+            if not self.pipeline:
+                # Being served, it is the request refused, whose answer would otherwise wait
+                # for the rest of its body.
+                super().send_400_response(msg)
+                return
+            # Queued behind others (the newest, uvicorn's appendleft), it is never served: its
+            # 400 comes after their answers, not in place of the one being served.
+            self.pipeline.popleft()
         self._answer_last(functools.partial(super().send_400_response, msg))
 
     def _answer_last(self, answer: Callable[[], None]) -> None:
@@ -214,7 +226,12 @@ class BoundedHeadProtocol(HttpToolsProtocol):
 
     def _answering(self) -> bool:
         """Whether a request before the refused one is still to be answered."""
-        return bool(self.pipeline) or (self.cycle is not None and not self.cycle.response_complete)
+        served = self._served
+        return bool(self.pipeline) or (served is not None and not served.response_complete)
+
+    def _start_asgi_task(self, cycle: RequestResponseCycle, app: ASGI3Application) -> None:
+        self._served = cycle  # the newest request read may be queued behind it, or refused
+        super()._start_asgi_task(cycle, app)
 
     def _give_last_answer(self) -> None:
         answer, self._last_answer = self._last_answer, None
